@@ -1,0 +1,9 @@
+//! sockmesh: a Motan2 service-mesh node agent with eBPF socket interception.
+//!
+//! Data flows one way: intercept -> proxy (accept, detect protocol) -> filters -> cluster
+//! (route, pick endpoint, retry) -> pool -> upstream. See ARCHITECTURE.md.
+
+pub mod protocol;
+
+/// The BPF object built by `cargo xtask build-ebpf`, embedded at compile time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SOCKMESH_EBPF_OBJECT"));

@@ -1,0 +1,3 @@
+fn main() {
+    println!("sockmesh {} ({} byte BPF object)", env!("CARGO_PKG_VERSION"), sockmesh::EBPF_OBJECT.len());
+}

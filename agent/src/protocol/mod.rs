@@ -1,0 +1,2 @@
+//! Wire protocols the agent speaks.
+pub mod motan2;

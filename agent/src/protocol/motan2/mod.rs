@@ -1,0 +1,1 @@
+//! Motan2 frames, meta and the simple serialization (see shared spec).

@@ -1,0 +1,34 @@
+//! sk_msg (attached to `SM_SOCKS`): data sent on one end of an app<->agent connection goes
+//! straight into the other end's receive queue, skipping the loopback TCP stack.
+use aya_ebpf::{
+    bindings::{sk_action::SK_PASS, BPF_F_INGRESS},
+    helpers::bpf_get_netns_cookie,
+    macros::sk_msg,
+    programs::SkMsgContext,
+    EbpfContext,
+};
+use sockmesh_common::SockKey;
+
+use crate::maps::SM_SOCKS;
+
+const AF_INET: u32 = 2;
+
+#[sk_msg]
+pub fn sm_skmsg(ctx: SkMsgContext) -> u32 {
+    let md = unsafe { &*ctx.msg };
+    if md.family != AF_INET {
+        return SK_PASS;
+    }
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // The peer socket stored its own view: our remote is its local.
+    let peer = SockKey {
+        local_ip4: md.remote_ip4,
+        remote_ip4: md.local_ip4,
+        local_port: u32::from_be(md.remote_port),
+        remote_port: md.local_port,
+        netns,
+    };
+    // A missing peer makes the helper return SK_DROP; pass instead so data takes the TCP path.
+    let _ = SM_SOCKS.redirect_msg(&ctx, peer, BPF_F_INGRESS as u64);
+    SK_PASS
+}
