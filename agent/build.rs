@@ -7,13 +7,18 @@ fn main() {
     let target_dir = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| manifest.join("..").join("target"));
-    let obj = target_dir.join("bpfel-unknown-none").join("bpf").join("sockmesh-ebpf");
+    let obj = target_dir
+        .join("bpfel-unknown-none")
+        .join("bpf")
+        .join("sockmesh-ebpf");
     println!("cargo:rerun-if-changed={}", obj.display());
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
     if !obj.exists() {
         eprintln!();
         eprintln!("error: the BPF object {} is missing.", obj.display());
-        eprintln!("       Run `cargo xtask build-ebpf` first (or `cargo xtask test` / `cargo xtask run`,");
+        eprintln!(
+            "       Run `cargo xtask build-ebpf` first (or `cargo xtask test` / `cargo xtask run`,"
+        );
         eprintln!("       which build it for you).");
         eprintln!();
         std::process::exit(1);

@@ -3,7 +3,15 @@
 //! Data flows one way: intercept -> proxy (accept, detect protocol) -> filters -> cluster
 //! (route, pick endpoint, retry) -> pool -> upstream. See ARCHITECTURE.md.
 
+pub mod admin;
+pub mod app;
+pub mod cgroup;
+pub mod check;
+pub mod config;
+pub mod intercept;
 pub mod protocol;
+pub mod proxy;
+pub mod sys;
 
 /// The BPF object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SOCKMESH_EBPF_OBJECT"));

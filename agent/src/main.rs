@@ -1,3 +1,256 @@
-fn main() {
-    println!("sockmesh {} ({} byte BPF object)", env!("CARGO_PKG_VERSION"), sockmesh::EBPF_OBJECT.len());
+//! The `sockmesh` command: the daemon and its control CLI.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use sockmesh::config::{Config, RequestedMode};
+
+#[derive(Parser)]
+#[command(name = "sockmesh", version, about = "Motan2 service-mesh node agent with eBPF socket interception")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct AdminArgs {
+    /// Admin API of the running daemon.
+    #[arg(long, global = true, default_value = "127.0.0.1:8002", env = "SOCKMESH_ADMIN")]
+    admin: SocketAddr,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground.
+    Run {
+        /// Configuration file (motan-go YAML layout); the embedded default when omitted.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log level or filter (overrides sockmesh.log_level), e.g. debug or sockmesh=trace.
+        #[arg(long)]
+        log_level: Option<String>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Probe this kernel for everything interception needs.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Control interception through the running daemon.
+    #[command(subcommand)]
+    Intercept(InterceptCmd),
+    /// Summary of the running daemon.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop the daemon and remove every pinned program link and map.
+    Uninstall {
+        #[arg(long, default_value = sockmesh_common::PIN_ROOT)]
+        pin_dir: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check a configuration file and report every problem.
+    Validate { file: PathBuf },
+    /// Print the embedded default configuration.
+    ShowDefault,
+}
+
+#[derive(Subcommand)]
+enum InterceptCmd {
+    /// Intercept TCP connections made by processes in a cgroup (and its descendants).
+    Enable {
+        /// cgroup path relative to the cgroup v2 mount, e.g. /apps/web.
+        #[arg(long)]
+        cgroup: String,
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<RequestedMode>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop intercepting a cgroup, or all of them.
+    Disable {
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        cgroup: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Intercepted cgroups, their modes and counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+fn parse_mode(s: &str) -> Result<RequestedMode, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sockmesh: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str, json: bool) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("bad log level {filter:?}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if json { builder.json().init() } else { builder.init() }
+    // aya-log (kernel program logs) speaks `log`; route it into tracing.
+    let _ = tracing_log::LogTracer::init();
+    Ok(())
+}
+
+fn query(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Call the admin API; non-2xx answers become errors carrying the daemon's message.
+fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> Result<serde_json::Value> {
+    let (code, body) = sockmesh::admin::request(admin.admin, method, path)?;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
+    if !(200..300).contains(&code) {
+        let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or(&body).to_string();
+        bail!("{msg}");
+    }
+    Ok(v)
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run { config, log_level, log_json } => {
+            let cfg = match &config {
+                Some(p) => Config::load(p),
+                None => Config::embedded(),
+            }
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            init_logging(log_level.as_deref().unwrap_or(&cfg.sockmesh.log_level), log_json)?;
+            tracing::info!(config = %cfg.source, version = env!("CARGO_PKG_VERSION"), "sockmesh starting");
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(sockmesh::app::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { json } => {
+            let report = sockmesh::check::run();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                report.print();
+            }
+            Ok(if report.full_ebpf { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Config(ConfigCmd::Validate { file }) => match Config::load(&file) {
+            Ok(c) => {
+                println!("{}: ok ({} motan section(s), admin {}, transparent listener {})", c.source, c.motan.len(), c.admin_addr(), c.transparent_addr());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprint!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Cmd::Config(ConfigCmd::ShowDefault) => {
+            print!("{}", sockmesh::config::EMBEDDED_DEFAULT);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Intercept(InterceptCmd::Enable { cgroup, mode, admin }) => {
+            let mut path = format!("/intercept/enable?cgroup={}", query(&cgroup));
+            if let Some(m) = mode {
+                let m = match m {
+                    RequestedMode::Auto => "auto",
+                    RequestedMode::Connect => "ebpf-connect",
+                    RequestedMode::Sockmap => "ebpf-sockmap",
+                };
+                path.push_str(&format!("&mode={m}"));
+            }
+            let v = admin_call(&admin, "POST", &path)?;
+            println!("intercepting {} (mode {})", v["cgroup"].as_str().unwrap_or(&cgroup), v["mode"].as_str().unwrap_or("?"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Intercept(InterceptCmd::Disable { cgroup, all, admin }) => {
+            let path = if all { "/intercept/disable?all=true".to_string() } else { format!("/intercept/disable?cgroup={}", query(cgroup.as_deref().unwrap_or(""))) };
+            let v = admin_call(&admin, "POST", &path)?;
+            println!("disabled interception for {} cgroup(s)", v["disabled"]);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Intercept(InterceptCmd::Status { json, admin }) => {
+            let v = admin_call(&admin, "GET", "/intercept/status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("auto mode: {}   transparent listener: {}", v["auto_mode"].as_str().unwrap_or("?"), v["transparent_listener"].as_str().unwrap_or("?"));
+                println!("{:<32} {:<14} {:>10} {:>10} {:>10}", "CGROUP", "MODE", "REDIRECTED", "PASSED", "FAIL-OPEN");
+                for c in v["cgroups"].as_array().into_iter().flatten() {
+                    println!("{:<32} {:<14} {:>10} {:>10} {:>10}", c["cgroup"].as_str().unwrap_or("?"), c["mode"].as_str().unwrap_or("?"), c["redirected"], c["passed"], c["fail_open"]);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { json, admin } => {
+            let v = admin_call(&admin, "GET", "/status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("sockmesh {}  up {} s  status {}", v["version"].as_str().unwrap_or("?"), v["uptime_seconds"], v["status"]);
+                for l in v["listeners"].as_array().into_iter().flatten() {
+                    println!("  listener {:<12} {}", l["name"].as_str().unwrap_or("?"), l["address"].as_str().unwrap_or("?"));
+                }
+                let i = &v["intercept"];
+                if i["available"].as_bool() == Some(true) {
+                    println!("  interception: available, auto = {}, {} cgroup(s)", i["auto_mode"].as_str().unwrap_or("?"), i["cgroups"].as_array().map_or(0, |a| a.len()));
+                } else {
+                    println!("  interception: unavailable: {}", i["error"].as_str().unwrap_or("?"));
+                }
+                let p = &v["transparent_proxy"];
+                println!("  transparent proxy: {} accepted, {} active, {} upstream errors", p["accepted"], p["active"], p["upstream_errors"]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Uninstall { pin_dir, admin } => {
+            match sockmesh::admin::request(admin.admin, "POST", "/shutdown") {
+                Ok(_) => {
+                    println!("asked the running daemon at {} to stop", admin.admin);
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+                    while std::net::TcpStream::connect_timeout(&admin.admin, std::time::Duration::from_millis(200)).is_ok() {
+                        if std::time::Instant::now() > deadline {
+                            bail!("the daemon did not stop within 15 s; stop it, then run uninstall again");
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+                Err(_) => println!("no daemon answering at {}", admin.admin),
+            }
+            let n = sockmesh::intercept::ebpf::uninstall(&pin_dir)?;
+            println!("removed {n} pinned BPF object(s) under {} (programs detach with their links)", pin_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

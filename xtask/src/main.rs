@@ -1,1 +1,190 @@
-fn main(){}
+//! `cargo xtask`: everything a contributor or CI needs, from a fresh clone, as root.
+mod setup;
+mod util;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::util::{Step, cargo, project_root, run_streaming};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "sockmesh build, set-up, test and benchmark tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and tests need (idempotent; a second run is a quick no-op).
+    Setup,
+    /// Compile the BPF programs for bpfel-unknown-none (needs nightly + bpf-linker: run setup).
+    BuildEbpf,
+    /// Setup, fmt check, clippy, build-ebpf, then every test (privileged ones included).
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, and run the daemon in the foreground with the embedded default config.
+    Run {
+        /// Arguments passed to `sockmesh run` (e.g. `--config FILE`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every fuzz target for N seconds each (installs cargo-fuzz when missing).
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::BuildEbpf => build_ebpf(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Run { args } => run(&args),
+        Cmd::Fuzz { seconds } => fuzz(seconds),
+    }
+}
+
+/// Path of the BPF object the agent embeds (see agent/build.rs).
+fn ebpf_object() -> PathBuf {
+    project_root().join("target/bpfel-unknown-none/bpf/sockmesh-ebpf")
+}
+
+fn build_ebpf() -> Result<()> {
+    let step = Step::start("build-ebpf: compiling BPF programs for bpfel-unknown-none");
+    let mut cmd = cargo(Some("nightly"));
+    cmd.args([
+        "build",
+        "--package",
+        "sockmesh-ebpf",
+        "--profile",
+        "bpf",
+        "-Z",
+        "build-std=core",
+        "--target",
+        "bpfel-unknown-none",
+    ])
+    // --btf: emit .BTF/.BTF.ext so the verifier log and bpftool show types and source lines.
+    .env("CARGO_ENCODED_RUSTFLAGS", "-Clink-arg=--btf")
+    .env("PATH", setup::path_with_cargo_bin());
+    let status = cmd.status().context("running cargo +nightly build")?;
+    if !status.success() {
+        bail!(
+            "BPF build failed. If bpf-linker or rust-src is missing, run `cargo xtask setup` first."
+        );
+    }
+    step.done(&format!("{}", ebpf_object().display()));
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    setup::run()?;
+    let step = Step::start("fmt: cargo fmt --all --check");
+    let st = cargo(None)
+        .args(["fmt", "--all", "--", "--check"])
+        .status()?;
+    if !st.success() {
+        bail!("cargo fmt --check found unformatted code: run `cargo fmt --all`");
+    }
+    step.done("clean");
+    build_ebpf()?;
+    let step = Step::start("clippy: cargo clippy --all-targets -- -D warnings");
+    let st = cargo(None)
+        .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+        .status()?;
+    if !st.success() {
+        bail!("clippy reported warnings");
+    }
+    step.done("clean");
+    let step = Step::start("test: cargo test (unit, integration and privileged tests)");
+    let mut cmd = cargo(None);
+    cmd.arg("test").args(extra);
+    let summary = run_streaming(&mut cmd)?;
+    step.done(&format!(
+        "{} passed, {} failed, {} ignored",
+        summary.passed, summary.failed, summary.ignored
+    ));
+    if !summary.success || summary.failed > 0 {
+        bail!("tests failed");
+    }
+    if summary.passed == 0 {
+        bail!("no test ran");
+    }
+    println!("{} passed, {} failed", summary.passed, summary.failed);
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<()> {
+    setup::run()?;
+    build_ebpf()?;
+    let step = Step::start("build: cargo build --release --package sockmesh");
+    let st = cargo(None)
+        .args(["build", "--release", "--package", "sockmesh"])
+        .status()?;
+    if !st.success() {
+        bail!("building the agent failed");
+    }
+    step.done("target/release/sockmesh");
+    let bin = project_root().join("target/release/sockmesh");
+    println!(
+        "xtask: starting `{} run {}` (Ctrl-C stops it)",
+        bin.display(),
+        args.join(" ")
+    );
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(&bin)
+        .arg("run")
+        .args(args)
+        .exec();
+    Err(err).context("exec sockmesh")
+}
+
+fn fuzz(seconds: u64) -> Result<()> {
+    setup::ensure_cargo_fuzz()?;
+    let fuzz_dir = project_root().join("agent/fuzz");
+    let out = std::process::Command::new("cargo")
+        .args(["+nightly", "fuzz", "list"])
+        .current_dir(&fuzz_dir)
+        .env("PATH", setup::path_with_cargo_bin())
+        .output()
+        .context("cargo fuzz list")?;
+    let targets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if targets.is_empty() {
+        bail!("no fuzz targets found in {}", fuzz_dir.display());
+    }
+    for t in &targets {
+        let step = Step::start(&format!("fuzz: {t} for {seconds} s"));
+        let st = std::process::Command::new("cargo")
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                t,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ])
+            .current_dir(&fuzz_dir)
+            .env("PATH", setup::path_with_cargo_bin())
+            .status()?;
+        if !st.success() {
+            bail!("fuzz target {t} found a failure (see agent/fuzz/artifacts/{t})");
+        }
+        step.done("no crash");
+    }
+    Ok(())
+}

@@ -161,7 +161,10 @@ mod tests {
 
     #[test]
     fn sizes_have_no_hidden_padding() {
-        assert_eq!(core::mem::size_of::<GlobalConfig>(), 16 + 4 * MAX_AGENT_PORTS);
+        assert_eq!(
+            core::mem::size_of::<GlobalConfig>(),
+            16 + 4 * MAX_AGENT_PORTS
+        );
         assert_eq!(core::mem::size_of::<CgroupPolicy>(), 32);
         assert_eq!(core::mem::size_of::<OrigDst>(), 24);
         assert_eq!(core::mem::size_of::<EndpointKey>(), 16);
@@ -179,7 +182,10 @@ mod tests {
             netns: 9,
         };
         let p = k.peer();
-        assert_eq!((p.local_ip4, p.remote_ip4, p.local_port, p.remote_port), (2, 1, 4, 3));
+        assert_eq!(
+            (p.local_ip4, p.remote_ip4, p.local_port, p.remote_port),
+            (2, 1, 4, 3)
+        );
         assert_eq!(p.peer(), k);
         assert_eq!(Mode::from_u32(2), Mode::Sockmap);
         assert_eq!(Mode::from_u32(7), Mode::Off);

@@ -2,9 +2,9 @@
 //! from the record `sockops` published, so the agent (and any other tool) reads the original
 //! destination exactly as under iptables REDIRECT. Every other option keeps the kernel's answer.
 use aya_ebpf::{
-    helpers::bpf_get_netns_cookie, macros::cgroup_sockopt, programs::SockoptContext, EbpfContext,
+    EbpfContext, helpers::bpf_get_netns_cookie, macros::cgroup_sockopt, programs::SockoptContext,
 };
-use sockmesh_common::{EndpointKey, SOL_IP, SO_ORIGINAL_DST};
+use sockmesh_common::{EndpointKey, SO_ORIGINAL_DST, SOL_IP};
 
 use crate::maps::SM_PEER_ORIG;
 

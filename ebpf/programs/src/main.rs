@@ -11,8 +11,8 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
-mod connect4;
-mod getpeername4;
+mod connect;
+mod getpeername;
 mod getsockopt;
 mod maps;
 mod skmsg;

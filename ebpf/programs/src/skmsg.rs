@@ -1,22 +1,23 @@
 //! sk_msg (attached to `SM_SOCKS`): data sent on one end of an app<->agent connection goes
 //! straight into the other end's receive queue, skipping the loopback TCP stack.
 use aya_ebpf::{
-    bindings::{sk_action::SK_PASS, BPF_F_INGRESS},
+    EbpfContext,
+    bindings::{BPF_F_INGRESS, sk_action::SK_PASS},
     helpers::bpf_get_netns_cookie,
     macros::sk_msg,
     programs::SkMsgContext,
-    EbpfContext,
 };
 use sockmesh_common::SockKey;
 
 use crate::maps::SM_SOCKS;
 
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 
 #[sk_msg]
 pub fn sm_skmsg(ctx: SkMsgContext) -> u32 {
     let md = unsafe { &*ctx.msg };
-    if md.family != AF_INET {
+    if md.family != AF_INET && !(md.family == AF_INET6 && md.remote_ip4 != 0) {
         return SK_PASS;
     }
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };

@@ -1,7 +1,7 @@
 //! cgroup/sock_release: forget an app socket's original-destination record when it closes.
 //! (The tuple record the agent reads lives until the agent's side closes; see `sockops`.)
 use aya_ebpf::{
-    helpers::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext, EbpfContext,
+    EbpfContext, helpers::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext,
 };
 
 use crate::maps::SM_ORIG_DST;

@@ -6,6 +6,7 @@
 //!   accepted socket into `SM_SOCKS`, and ask for a state callback so the record is dropped
 //!   when the agent's socket closes.
 use aya_ebpf::{
+    EbpfContext,
     bindings::{
         BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
@@ -13,19 +14,21 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sock_ops,
     programs::SockOpsContext,
-    EbpfContext,
 };
 use aya_log_ebpf::warn;
 use sockmesh_common::{EndpointKey, GlobalConfig, Mode, SockKey};
 
-use crate::maps::{config, SM_ORIG_DST, SM_PEER_ORIG, SM_SOCKS};
+use crate::maps::{SM_ORIG_DST, SM_PEER_ORIG, SM_SOCKS, config};
 
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 const TCP_CLOSE: u32 = 7;
 
 #[sock_ops]
 pub fn sm_sockops(ctx: SockOpsContext) -> u32 {
-    if ctx.family() != AF_INET {
+    // IPv4, or a dual-stack socket on an IPv4-mapped connection (its v4 fields are filled).
+    let family = ctx.family();
+    if family != AF_INET && !(family == AF_INET6 && ctx.remote_ip4() != 0) {
         return 1;
     }
     let Some(cfg) = config() else { return 1 };
@@ -56,18 +59,33 @@ fn is_listener(ctx: &SockOpsContext, cfg: &GlobalConfig) -> bool {
 
 fn app_established(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(orig) = SM_ORIG_DST.get_ptr(&cookie) else { return };
+    let Some(orig) = SM_ORIG_DST.get_ptr(&cookie) else {
+        return;
+    };
     let orig = unsafe { *orig };
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let me = EndpointKey { ip4: ctx.local_ip4(), port: ctx.local_port(), netns };
+    let me = EndpointKey {
+        ip4: ctx.local_ip4(),
+        port: ctx.local_port(),
+        netns,
+    };
     if SM_PEER_ORIG.insert(&me, &orig, BPF_ANY as u64).is_err() {
-        warn!(ctx, "sockmesh: cannot publish original destination for port {}", me.port);
+        warn!(
+            ctx,
+            "sockmesh: cannot publish original destination for port {}", me.port
+        );
         return;
     }
     if orig.mode == Mode::Sockmap as u32 {
         let key = sock_key(ctx, netns);
-        if SM_SOCKS.update(key, unsafe { &mut *ctx.ops }, BPF_ANY as u64).is_err() {
-            warn!(ctx, "sockmesh: sockhash insert failed (app side); data takes the TCP path");
+        if SM_SOCKS
+            .update(key, unsafe { &mut *ctx.ops }, BPF_ANY as u64)
+            .is_err()
+        {
+            warn!(
+                ctx,
+                "sockmesh: sockhash insert failed (app side); data takes the TCP path"
+            );
         }
     }
 }
@@ -77,14 +95,26 @@ fn agent_established(ctx: &SockOpsContext, cfg: &GlobalConfig) {
         return;
     }
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let peer = EndpointKey { ip4: ctx.remote_ip4(), port: u32::from_be(ctx.remote_port()), netns };
-    let Some(orig) = SM_PEER_ORIG.get_ptr(&peer) else { return };
+    let peer = EndpointKey {
+        ip4: ctx.remote_ip4(),
+        port: u32::from_be(ctx.remote_port()),
+        netns,
+    };
+    let Some(orig) = SM_PEER_ORIG.get_ptr(&peer) else {
+        return;
+    };
     // Drop the record when this (agent-side) socket closes.
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     if unsafe { (*orig).mode } == Mode::Sockmap as u32 {
         let key = sock_key(ctx, netns);
-        if SM_SOCKS.update(key, unsafe { &mut *ctx.ops }, BPF_ANY as u64).is_err() {
-            warn!(ctx, "sockmesh: sockhash insert failed (agent side); data takes the TCP path");
+        if SM_SOCKS
+            .update(key, unsafe { &mut *ctx.ops }, BPF_ANY as u64)
+            .is_err()
+        {
+            warn!(
+                ctx,
+                "sockmesh: sockhash insert failed (agent side); data takes the TCP path"
+            );
         }
     }
 }
@@ -94,6 +124,10 @@ fn agent_state(ctx: &SockOpsContext, cfg: &GlobalConfig) {
         return;
     }
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let peer = EndpointKey { ip4: ctx.remote_ip4(), port: u32::from_be(ctx.remote_port()), netns };
+    let peer = EndpointKey {
+        ip4: ctx.remote_ip4(),
+        port: u32::from_be(ctx.remote_port()),
+        netns,
+    };
     let _ = SM_PEER_ORIG.remove(&peer);
 }

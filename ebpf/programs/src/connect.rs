@@ -1,6 +1,9 @@
-//! cgroup/connect4: rewrite an app's TCP connect to the agent's transparent listener.
+//! cgroup/connect4 and cgroup/connect6: rewrite an app's TCP connect to the agent's transparent
+//! listener. connect6 handles IPv4-mapped destinations (`::ffff:a.b.c.d`), which is how
+//! dual-stack sockets (Java's default, for instance) reach IPv4 services.
 use aya_ebpf::{
-    bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS},
+    EbpfContext,
+    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_sk_lookup_tcp,
         bpf_sk_release,
@@ -8,14 +11,15 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
-    EbpfContext,
 };
 use aya_log_ebpf::{debug, warn};
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
-use sockmesh_common::{CgroupPolicy, GlobalConfig, Mode, OrigDst, MAX_AGENT_PORTS, MAX_CGROUP_DEPTH};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use sockmesh_common::{
+    CgroupPolicy, GlobalConfig, MAX_AGENT_PORTS, MAX_CGROUP_DEPTH, Mode, OrigDst,
+};
 
 use crate::maps::{
-    config, SM_CGROUPS, SM_EXCLUDE_PORTS, SM_EXCLUDE_V4, SM_INCLUDE_V4, SM_ORIG_DST,
+    SM_CGROUPS, SM_EXCLUDE_PORTS, SM_EXCLUDE_V4, SM_INCLUDE_V4, SM_ORIG_DST, config,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -24,7 +28,28 @@ const LOOPBACK_NET: u32 = 0x7f00_0000;
 /// Always allow the connect (return 1): interception must never make a connect fail.
 #[cgroup_sock_addr(connect4)]
 pub fn sm_connect4(ctx: SockAddrContext) -> i32 {
-    let _ = try_connect4(&ctx);
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let dst_ip = sa.user_ip4;
+    if let Some(to) = try_connect(&ctx, dst_ip) {
+        sa.user_ip4 = to.0;
+        sa.user_port = to.1;
+    }
+    1
+}
+
+const V4_MAPPED_PREFIX: [u32; 3] = [0, 0, 0x0000_ffff_u32.to_be()];
+
+#[cgroup_sock_addr(connect6)]
+pub fn sm_connect6(ctx: SockAddrContext) -> i32 {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let ip6 = sa.user_ip6;
+    if ip6[0] != V4_MAPPED_PREFIX[0] || ip6[1] != V4_MAPPED_PREFIX[1] || ip6[2] != V4_MAPPED_PREFIX[2] {
+        return 1; // native IPv6 destinations are not intercepted yet
+    }
+    if let Some(to) = try_connect(&ctx, ip6[3]) {
+        sa.user_ip6[3] = to.0;
+        sa.user_port = to.1;
+    }
     1
 }
 
@@ -34,40 +59,55 @@ enum Verdict {
     FailOpen,
 }
 
-fn try_connect4(ctx: &SockAddrContext) -> Result<(), i64> {
-    let sa = unsafe { &mut *ctx.sock_addr };
+/// Decide for a TCP connect to `dst_ip` (network order); returns the address and port (both as
+/// the context stores them) to rewrite to, or None to leave the connect alone.
+fn try_connect(ctx: &SockAddrContext, dst_ip: u32) -> Option<(u32, u32)> {
+    let sa = unsafe { &*ctx.sock_addr };
     if sa.protocol != IPPROTO_TCP {
-        return Ok(());
+        return None;
     }
-    let Some(cfg) = config() else { return Ok(()) };
+    let cfg = config()?;
     // Self-exclusion: the agent marks its own sockets.
     let sk = unsafe { sa.__bindgen_anon_1.sk };
     if !sk.is_null() && cfg.agent_mark != 0 && unsafe { (*sk).mark } == cfg.agent_mark {
-        return Ok(());
+        return None;
     }
-    let Some((cgroup_id, policy)) = enabled_ancestor() else { return Ok(()) };
+    let (cgroup_id, policy) = enabled_ancestor()?;
     let mode = unsafe { (*policy).mode };
     if mode == Mode::Off as u32 {
-        return Ok(());
+        return None;
     }
-    let dst_ip = sa.user_ip4; // network order
     let dst_port = u16::from_be(sa.user_port as u16) as u32;
 
+    let mut rewrite = None;
     let verdict = if !policy_allows(cfg, dst_ip, dst_port) {
         Verdict::Passed
     } else if !listener_alive(ctx, cfg) {
         Verdict::FailOpen
     } else {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let orig = OrigDst { ip4: dst_ip, port: dst_port, mode, _pad: 0, cgroup_id };
+        let orig = OrigDst {
+            ip4: dst_ip,
+            port: dst_port,
+            mode,
+            _pad: 0,
+            cgroup_id,
+        };
         if SM_ORIG_DST.insert(&cookie, &orig, 0).is_err() {
-            warn!(ctx, "sockmesh: cannot record original destination; not intercepting");
+            warn!(
+                ctx,
+                "sockmesh: cannot record original destination; not intercepting"
+            );
             Verdict::FailOpen
         } else {
-            sa.user_ip4 = cfg.listen_ip4;
-            sa.user_port = ((cfg.listen_port as u16).to_be()) as u32;
-            debug!(ctx, "sockmesh: redirected connect to {:i}:{} (cgroup {})",
-                u32::from_be(dst_ip), dst_port, cgroup_id);
+            rewrite = Some((cfg.listen_ip4, ((cfg.listen_port as u16).to_be()) as u32));
+            debug!(
+                ctx,
+                "sockmesh: redirected connect to {:i}:{} (cgroup {})",
+                u32::from_be(dst_ip),
+                dst_port,
+                cgroup_id
+            );
             Verdict::Redirected
         }
     };
@@ -80,7 +120,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), i64> {
     };
     // A BPF atomic add (BPF_XADD): several CPUs may count for the same cgroup at once.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
-    Ok(())
+    rewrite
 }
 
 /// The deepest enabled cgroup among the current task's ancestors (itself included).
@@ -140,7 +180,8 @@ fn listener_alive(ctx: &SockAddrContext, cfg: &GlobalConfig) -> bool {
         bpf_sk_lookup_tcp(
             ctx.as_ptr(),
             &mut tuple,
-            core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32,
+            core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+                as u32,
             BPF_F_CURRENT_NETNS as u64,
             0,
         )

@@ -1,0 +1,238 @@
+//! Wiring and lifecycle of the daemon: interception, listeners, admin API, graceful shutdown.
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use sockmesh_common::Mode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, RequestedMode};
+use crate::intercept::ebpf::mode_name;
+use crate::intercept::selftest::{self, SelfTest};
+use crate::intercept::EbpfInterceptor;
+use crate::proxy::transparent::{Stats, TransparentProxy};
+
+/// How long in-flight connections get to finish on shutdown.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct AppState {
+    pub started: Instant,
+    pub online: AtomicBool,
+    pub config: Config,
+    pub interceptor: Mutex<Option<EbpfInterceptor>>,
+    /// Why interception is unavailable, when it is.
+    pub intercept_error: Option<String>,
+    pub selftest: Option<SelfTest>,
+    /// What `auto` resolves to on this kernel.
+    pub auto_mode: Mode,
+    pub proxy_stats: Arc<Stats>,
+    pub listeners: Vec<(String, String)>,
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    fn resolve(&self, m: Option<RequestedMode>) -> Mode {
+        let m = m.unwrap_or_else(|| self.config.sockmesh.intercept.default_mode.parse().unwrap_or(RequestedMode::Auto));
+        match m {
+            RequestedMode::Auto => self.auto_mode,
+            RequestedMode::Connect => Mode::Connect,
+            RequestedMode::Sockmap => Mode::Sockmap,
+        }
+    }
+
+    fn with_interceptor<T>(&self, f: impl FnOnce(&mut EbpfInterceptor) -> Result<T>) -> Result<T> {
+        let mut g = self.interceptor.lock().unwrap();
+        match g.as_mut() {
+            Some(i) => f(i),
+            None => anyhow::bail!(
+                "eBPF interception is unavailable: {}",
+                self.intercept_error.as_deref().unwrap_or("disabled in the configuration")
+            ),
+        }
+    }
+
+    pub fn enable(&self, cgroup: &str, mode: Option<RequestedMode>) -> Result<Value> {
+        let m = self.resolve(mode);
+        if m == Mode::Sockmap && self.selftest.as_ref().is_some_and(|t| !t.sockmap_safe()) {
+            tracing::warn!(cgroup, "ebpf-sockmap requested although the kernel self-test failed: {}", self.selftest.as_ref().unwrap().summary());
+        }
+        let st = self.with_interceptor(|i| i.enable(cgroup, m))?;
+        Ok(serde_json::to_value(st)?)
+    }
+
+    pub fn disable(&self, cgroup: &str) -> Result<()> {
+        self.with_interceptor(|i| i.disable(cgroup))
+    }
+
+    pub fn disable_all(&self) -> Result<usize> {
+        self.with_interceptor(|i| i.disable_all())
+    }
+
+    pub fn intercept_json(&self) -> Result<Value> {
+        let cgroups = self.with_interceptor(|i| i.status())?;
+        Ok(json!({
+            "available": true,
+            "auto_mode": mode_name(self.auto_mode),
+            "transparent_listener": self.config.transparent_addr().to_string(),
+            "cgroups": cgroups,
+        }))
+    }
+
+    pub fn status_json(&self) -> Value {
+        let intercept = match self.intercept_json() {
+            Ok(v) => v,
+            Err(e) => json!({ "available": false, "error": format!("{e:#}") }),
+        };
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "status": if self.online.load(std::sync::atomic::Ordering::Relaxed) { 200 } else { 503 },
+            "config": self.config.source,
+            "listeners": self.listeners.iter().map(|(k, v)| json!({"name": k, "address": v})).collect::<Vec<_>>(),
+            "intercept": intercept,
+            "selftest": self.selftest,
+            "transparent_proxy": self.proxy_stats.snapshot(),
+        })
+    }
+}
+
+/// Probe sk_msg redirect and pick what `auto` means on this kernel.
+fn kernel_selftest() -> (Option<SelfTest>, Mode) {
+    match selftest::run(std::path::Path::new("/sys/fs/bpf")) {
+        Ok(t) if t.sockmap_safe() => {
+            if t.failed().is_empty() {
+                tracing::info!("kernel self-test passed ({}); auto mode = ebpf-sockmap", t.summary());
+            } else {
+                tracing::warn!(
+                    "kernel self-test: {}; auto mode = ebpf-sockmap, but apps that use {} must be enabled with --mode ebpf-connect",
+                    t.summary(),
+                    t.failed().join(", ")
+                );
+            }
+            (Some(t), Mode::Sockmap)
+        }
+        Ok(t) => {
+            tracing::warn!("kernel self-test: {}; sk_msg redirect is unsafe here, auto mode = ebpf-connect", t.summary());
+            (Some(t), Mode::Connect)
+        }
+        Err(e) => {
+            tracing::warn!("kernel self-test could not run ({e:#}); auto mode = ebpf-connect");
+            (None, Mode::Connect)
+        }
+    }
+}
+
+async fn bind(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding the {name} listener on {addr}"))
+}
+
+/// Run the daemon until SIGINT/SIGTERM or an admin shutdown.
+pub async fn run(config: Config) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let mut listeners = Vec::new();
+
+    // Interception first: the self-test decides what `auto` means.
+    let (mut interceptor, intercept_error, test, auto_mode) = if config.sockmesh.intercept.enabled {
+        let (test, auto_mode) = tokio::task::spawn_blocking(kernel_selftest).await?;
+        match EbpfInterceptor::start(config.intercept_settings()) {
+            Ok(i) => (Some(i), None, test, auto_mode),
+            Err(e) => {
+                tracing::error!("eBPF interception unavailable: {e:#}");
+                (None, Some(format!("{e:#}")), test, auto_mode)
+            }
+        }
+    } else {
+        (None, Some("sockmesh.intercept.enabled is false".to_string()), None, Mode::Connect)
+    };
+    if let Some(logger) = interceptor.as_mut().and_then(|i| i.take_logger()) {
+        tasks.spawn(forward_bpf_logs(logger, shutdown.clone()));
+    }
+
+    let stats = Arc::new(Stats::default());
+    let transparent = bind("transparent", config.transparent_addr()).await?;
+    listeners.push(("transparent".to_string(), config.transparent_addr().to_string()));
+    let proxy = Arc::new(TransparentProxy {
+        mark: config.sockmesh.intercept.mark,
+        connect_timeout: Duration::from_secs(5),
+        stats: stats.clone(),
+    });
+    tasks.spawn(proxy.run(transparent, shutdown.clone(), tasks.clone()));
+
+    let admin = bind("admin", config.admin_addr()).await?;
+    listeners.push(("admin".to_string(), config.admin_addr().to_string()));
+
+    let state = Arc::new(AppState {
+        started: Instant::now(),
+        online: AtomicBool::new(false),
+        config: config.clone(),
+        interceptor: Mutex::new(interceptor),
+        intercept_error,
+        selftest: test,
+        auto_mode,
+        proxy_stats: stats,
+        listeners: listeners.clone(),
+        shutdown: shutdown.clone(),
+    });
+    tasks.spawn(crate::admin::serve(admin, state.clone(), shutdown.clone()));
+
+    for (name, addr) in &listeners {
+        tracing::info!(listener = %name, %addr, "listening");
+    }
+    if state.intercept_error.is_none() {
+        tracing::info!(
+            "interception ready (auto = {}); enable it for a cgroup with: sockmesh intercept enable --cgroup <PATH relative to {}> [--mode auto|ebpf-connect|ebpf-sockmap]",
+            mode_name(auto_mode),
+            crate::cgroup::cgroup2_mount().map(|p| p.display().to_string()).unwrap_or_default()
+        );
+    } else {
+        tracing::warn!("running without interception: apps can still use the agent on purpose");
+    }
+
+    wait_for_signal(&shutdown).await;
+    tracing::info!("shutting down: no new connections; in-flight ones get {DRAIN_DEADLINE:?}");
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, tasks.wait()).await.is_err() {
+        tracing::warn!("drain deadline passed with connections still open; closing them");
+    }
+    // Pinned interception stays attached; while no listener exists, apps connect directly.
+    tracing::info!("stopped; interception stays pinned and fails open until the agent is back");
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: &CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+/// aya-log records from the kernel programs go through `log` into tracing.
+async fn forward_bpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>, shutdown: CancellationToken) {
+    // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd holds the logger.
+    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("BPF log forwarding unavailable: {}", e.into_parts().1);
+            return;
+        }
+    };
+    loop {
+        let mut guard = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            g = fd.readable_mut() => match g { Ok(g) => g, Err(_) => return },
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

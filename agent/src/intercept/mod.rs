@@ -1,0 +1,5 @@
+//! Transparent interception: steer app sockets to the agent's transparent listener.
+pub mod ebpf;
+pub mod selftest;
+
+pub use ebpf::{Cidr, CgroupStatus, EbpfInterceptor, InterceptSettings};

@@ -1,0 +1,102 @@
+//! Small helpers: timed progress steps, cargo invocations, test-output accounting.
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A progress line on start and a timed line on completion.
+pub struct Step {
+    name: String,
+    start: Instant,
+}
+
+impl Step {
+    pub fn start(name: &str) -> Step {
+        println!("xtask: {name} ...");
+        Step {
+            name: name.to_string(),
+            start: Instant::now(),
+        }
+    }
+    pub fn done(self, what: &str) {
+        println!(
+            "xtask: {} -> {} ({:.1} s)",
+            self.name,
+            what,
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// `cargo [+toolchain]` in the project root, without variables the outer `cargo run` set that
+/// would leak into a build for another toolchain.
+pub fn cargo(toolchain: Option<&str>) -> Command {
+    let mut cmd = Command::new("cargo");
+    if let Some(t) = toolchain {
+        cmd.arg(format!("+{t}"));
+        for v in [
+            "RUSTC",
+            "RUSTDOC",
+            "RUSTC_WRAPPER",
+            "RUSTUP_TOOLCHAIN",
+            "RUSTFLAGS",
+            "CARGO",
+        ] {
+            cmd.env_remove(v);
+        }
+    }
+    cmd.current_dir(project_root());
+    cmd
+}
+
+#[derive(Default, Debug)]
+pub struct TestSummary {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+    pub success: bool,
+}
+
+/// Run a `cargo test` command, echo its output, and add up its "test result:" lines.
+pub fn run_streaming(cmd: &mut Command) -> Result<TestSummary> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawning cargo test")?;
+    let stdout = child.stdout.take().unwrap();
+    let mut sum = TestSummary::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let part = part
+                    .trim()
+                    .trim_start_matches("ok.")
+                    .trim_start_matches("FAILED.")
+                    .trim();
+                let mut it = part.split_whitespace();
+                if let (Some(n), Some(what)) = (it.next(), it.next()) {
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match what {
+                        "passed" => sum.passed += n,
+                        "failed" => sum.failed += n,
+                        "ignored" => sum.ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    sum.success = child.wait()?.success();
+    Ok(sum)
+}
