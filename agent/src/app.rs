@@ -101,8 +101,15 @@ impl AppState {
 }
 
 /// Probe sk_msg redirect and pick what `auto` means on this kernel.
-fn kernel_selftest() -> (Option<SelfTest>, Mode) {
+fn kernel_selftest(allow_sockmap: bool) -> (Option<SelfTest>, Mode) {
     match selftest::run(std::path::Path::new("/sys/fs/bpf")) {
+        Ok(t) if t.sockmap_safe() && !allow_sockmap => {
+            tracing::info!(
+                "kernel self-test: {}; auto mode = ebpf-connect (set sockmesh.intercept.auto_sockmap: true to let auto use ebpf-sockmap)",
+                t.summary()
+            );
+            (Some(t), Mode::Connect)
+        }
         Ok(t) if t.sockmap_safe() => {
             if t.failed().is_empty() {
                 tracing::info!("kernel self-test passed ({}); auto mode = ebpf-sockmap", t.summary());
@@ -138,7 +145,8 @@ pub async fn run(config: Config) -> Result<()> {
 
     // Interception first: the self-test decides what `auto` means.
     let (mut interceptor, intercept_error, test, auto_mode) = if config.sockmesh.intercept.enabled {
-        let (test, auto_mode) = tokio::task::spawn_blocking(kernel_selftest).await?;
+        let allow = config.sockmesh.intercept.auto_sockmap;
+        let (test, auto_mode) = tokio::task::spawn_blocking(move || kernel_selftest(allow)).await?;
         match EbpfInterceptor::start(config.intercept_settings()) {
             Ok(i) => (Some(i), None, test, auto_mode),
             Err(e) => {

@@ -70,6 +70,10 @@ pub struct InterceptSection {
     pub mark: u32,
     /// Mode `intercept enable` uses when none is given: auto, ebpf-connect, ebpf-sockmap.
     pub default_mode: String,
+    /// Let `auto` choose ebpf-sockmap when the kernel self-test passes. Off by default: on
+    /// 6.18 a blocking reader on a redirected socket was seen to get a spurious EAGAIN while
+    /// another thread wrote (see ARCHITECTURE.md), which the self-test cannot yet provoke.
+    pub auto_sockmap: bool,
     pub exclude_ports: Vec<u16>,
     pub include_cidrs: Vec<String>,
     pub exclude_cidrs: Vec<String>,
@@ -85,6 +89,7 @@ impl Default for InterceptSection {
             transparent_port: sockmesh_common::DEFAULT_TRANSPARENT_PORT,
             mark: sockmesh_common::DEFAULT_AGENT_MARK,
             default_mode: "auto".into(),
+            auto_sockmap: false,
             exclude_ports: vec![22],
             include_cidrs: vec!["0.0.0.0/0".into()],
             exclude_cidrs: vec![],

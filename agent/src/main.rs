@@ -117,7 +117,13 @@ fn main() -> ExitCode {
 
 fn init_logging(filter: &str, json: bool) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("bad log level {filter:?}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    use std::io::IsTerminal;
+    // Logs go to stderr; colours only on a terminal, so log files and journald stay greppable.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json { builder.json().init() } else { builder.init() }
     // aya-log (kernel program logs) speaks `log`; route it into tracing.
     let _ = tracing_log::LogTracer::init();

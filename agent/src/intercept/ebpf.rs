@@ -377,12 +377,37 @@ pub fn remove_pins(dir: &Path) -> Result<usize> {
 }
 
 /// Remove all of sockmesh's pinned links and maps under `pin_dir` (links first, so programs
-/// detach before their maps go). Returns how many pins were removed.
+/// detach before their maps go), then wait until the kernel has freed those maps (it does so
+/// asynchronously), so that "afterwards nothing of ours is listed" holds when this returns.
+/// Returns how many pins were removed.
 pub fn uninstall(pin_dir: &Path) -> Result<usize> {
+    let mut map_ids = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(pin_dir.join("maps")) {
+        for e in rd.flatten() {
+            if let Ok(info) = aya::maps::MapData::from_pin(e.path()).and_then(|m| m.info()) {
+                map_ids.push(info.id());
+            }
+        }
+    }
     let mut n = remove_pins(&pin_dir.join("links"))?;
     n += remove_pins(&pin_dir.join("maps"))?;
     if pin_dir.exists() {
         n += remove_pins(pin_dir)?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let alive: Vec<u32> = aya::maps::loaded_maps()
+            .filter_map(|m| m.ok())
+            .map(|m| m.id())
+            .filter(|id| map_ids.contains(id))
+            .collect();
+        if alive.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("unpinned, but the kernel still holds map(s) {alive:?} after 10 s (a process still has them open?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(n)
 }

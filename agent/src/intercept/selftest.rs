@@ -33,7 +33,8 @@ pub struct SelfTest {
 }
 
 /// Checks an app's ordinary reads depend on; if any fails, sk_msg redirect is unsafe here.
-const REQUIRED: &[&str] = &["redirect-active", "data-exact", "fionread", "epoll", "blocking-read"];
+const REQUIRED: &[&str] =
+    &["redirect-active", "data-exact", "fionread", "epoll", "blocking-read", "blocking-read-while-writing"];
 
 impl SelfTest {
     /// sk_msg redirect is safe for ordinary apps (splice users aside).
@@ -90,6 +91,7 @@ pub fn run(scratch_root: &Path) -> Result<SelfTest> {
     push("fionread", fionread(&client, &server));
     push("epoll", epoll(&client, &server));
     push("blocking-read", blocking_read(&client, &server));
+    push("blocking-read-while-writing", blocking_read_while_writing(&client, &server));
     push("splice", splice(&client, &server));
     Ok(SelfTest { checks })
 }
@@ -205,6 +207,107 @@ fn blocking_read(client: &TcpStream, server: &TcpStream) -> Result<String> {
     w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
     anyhow::ensure!(&buf == b"blocking", "wrong bytes");
     Ok("a blocked reader wakes with the data".into())
+}
+
+/// A blocking reader while another thread writes on the same socket (Java blocking I/O, thread
+/// per direction) must never get EAGAIN. Seen on 6.18: tcp_bpf_recvmsg turns a wake-up that
+/// brought no redirected data (the writer's write-space wake-up) into -EAGAIN.
+fn blocking_read_while_writing(client: &TcpStream, server: &TcpStream) -> Result<String> {
+    const ROUNDS: usize = 8;
+    const SIZE: usize = 1024 * 1024;
+    client.set_read_timeout(None)?;
+    // The redirected server end behaves like the agent: non-blocking, forwarding through a
+    // plain TCP upstream (an echo) and back, so the reader's wake-ups come as they do in
+    // production.
+    let echo = {
+        let s = server.try_clone()?;
+        std::thread::spawn(move || relay_through_upstream(s, ROUNDS * SIZE))
+    };
+    let mut spurious = 0;
+    let mut first_error = String::new();
+    for round in 0..ROUNDS {
+        let w = {
+            let mut c = client.try_clone()?;
+            std::thread::spawn(move || c.write_all(&pattern(SIZE, round as u8)))
+        };
+        let mut got = 0;
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got < SIZE && Instant::now() < deadline {
+            match (&*client).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    spurious += 1;
+                    if first_error.is_empty() {
+                        first_error = format!("round {round}, after {got} bytes");
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        anyhow::ensure!(got == SIZE, "round {round}: {got} of {SIZE} bytes echoed");
+    }
+    echo.join().map_err(|_| anyhow::anyhow!("echo panicked"))??;
+    client.set_read_timeout(Some(Duration::from_secs(2)))?;
+    anyhow::ensure!(
+        spurious == 0,
+        "a blocking read() returned EAGAIN {spurious} time(s) while another thread wrote on the socket (first: {first_error}); blocking-I/O apps with a writer thread would fail"
+    );
+    Ok(format!("{ROUNDS} x {} KiB echoed, no spurious EAGAIN", SIZE / 1024))
+}
+
+fn relay_through_upstream(s: TcpStream, total: usize) -> std::io::Result<()> {
+    let up_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let up = TcpStream::connect(up_listener.local_addr()?)?;
+    let (mut far, _) = up_listener.accept()?;
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = far.read(&mut buf) {
+            if n == 0 || far.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    s.set_nonblocking(true)?;
+    up.set_nonblocking(true)?;
+    let (mut s, mut up) = (s, up);
+    let mut to_up: Vec<u8> = Vec::new();
+    let mut to_app: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    let mut delivered = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered < total && Instant::now() < deadline {
+        let mut fds = [
+            libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN | if to_app.is_empty() { 0 } else { libc::POLLOUT }, revents: 0 },
+            libc::pollfd { fd: up.as_raw_fd(), events: libc::POLLIN | if to_up.is_empty() { 0 } else { libc::POLLOUT }, revents: 0 },
+        ];
+        // SAFETY: two valid pollfds.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+        if to_up.len() < 65536 {
+            if let Ok(n) = s.read(&mut buf) {
+                to_up.extend_from_slice(&buf[..n]);
+            }
+        }
+        if !to_up.is_empty() {
+            if let Ok(n) = up.write(&to_up) {
+                to_up.drain(..n);
+            }
+        }
+        if to_app.len() < 65536 {
+            if let Ok(n) = up.read(&mut buf) {
+                to_app.extend_from_slice(&buf[..n]);
+            }
+        }
+        if !to_app.is_empty() {
+            if let Ok(n) = s.write(&to_app) {
+                to_app.drain(..n);
+                delivered += n;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn splice(client: &TcpStream, server: &TcpStream) -> Result<String> {

@@ -1,0 +1,140 @@
+//! Test peer for the privileged integration tests (not part of the product):
+//! `echo-server ADDR` echoes every connection until EOF; `client` optionally moves itself into a
+//! cgroup first, then exchanges a byte pattern with an echo server and reports as JSON.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8 ^ 0x5a).collect()
+}
+
+fn fionread(s: &TcpStream) -> i32 {
+    let mut n: libc::c_int = 0;
+    unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    n
+}
+
+fn tcp_bytes_received(s: &TcpStream) -> u64 {
+    let mut info = [0u8; 232];
+    let mut len = info.len() as libc::socklen_t;
+    unsafe { libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len) };
+    u64::from_ne_bytes(info[128..136].try_into().unwrap())
+}
+
+fn echo_server(addr: &str) {
+    let l = TcpListener::bind(addr).expect("bind echo server");
+    println!("ready {}", l.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    for c in l.incoming() {
+        let Ok(mut c) = c else { continue };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16384];
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = c.shutdown(std::net::Shutdown::Write);
+        });
+    }
+}
+
+fn client(args: &[String]) {
+    let get = |k: &str| args.iter().position(|a| a == k).map(|i| args[i + 1].clone());
+    if let Some(cg) = get("--cgroup") {
+        std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string()).expect("join cgroup");
+    }
+    let addr: SocketAddr = get("--connect").expect("--connect").parse().unwrap();
+    let n: usize = get("--bytes").map(|b| b.parse().unwrap()).unwrap_or(1 << 20);
+    let reader = get("--reader").unwrap_or_else(|| "blocking".into());
+    let data = pattern(n);
+    let mut fionread_max = 0;
+    let mut eagain = 0u32;
+    let got = if reader == "tokio" {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let peer = s.peer_addr().unwrap();
+            let (mut r, mut w) = s.into_split();
+            let d = data.clone();
+            let wt = tokio::spawn(async move {
+                w.write_all(&d).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut got)).await.expect("read timed out").unwrap();
+            wt.await.unwrap();
+            (got, peer, 0u64)
+        })
+    } else {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let peer = s.peer_addr().unwrap();
+        let mut w = s.try_clone().unwrap();
+        let d = data.clone();
+        let wt = std::thread::spawn(move || {
+            w.write_all(&d).unwrap();
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::with_capacity(n);
+        let mut buf = vec![0u8; 65536];
+        let mut r = &s;
+        loop {
+            if reader == "fionread" {
+                // Size reads by FIONREAD, the way nginx/Java NIO do; wait while it says 0.
+                let mut waited = 0;
+                let mut q = fionread(&s);
+                while q == 0 && waited < 2000 && got.len() < n {
+                    std::thread::sleep(Duration::from_millis(1));
+                    waited += 1;
+                    q = fionread(&s);
+                }
+                fionread_max = fionread_max.max(q);
+                if q == 0 && got.len() < n {
+                    panic!("FIONREAD stayed 0 for 2 s with {} of {n} bytes received", got.len());
+                }
+            }
+            match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+                // A blocking socket should never say EAGAIN before its 20 s timeout; count it
+                // (the sk_msg self-test reports this kernel behaviour) and keep reading.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => eagain += 1,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        wt.join().unwrap();
+        let tcp = tcp_bytes_received(&s);
+        (got, peer, tcp)
+    };
+    let (got, peer, tcp) = got;
+    println!(
+        "{{\"ok\":{},\"received\":{},\"peer\":\"{}\",\"tcp_bytes_received\":{},\"fionread_max\":{},\"spurious_eagain\":{}}}",
+        got == data,
+        got.len(),
+        peer,
+        tcp,
+        fionread_max,
+        eagain
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("echo-server") => echo_server(&args[1]),
+        Some("client") => client(&args[1..]),
+        _ => {
+            eprintln!("usage: sockmesh-testpeer echo-server ADDR | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio]");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Shared harness for the privileged integration tests: a daemon per test with its own ports
+//! and pin directory, child cgroups and network namespaces behind drop guards, an echo server,
+//! and the cgroup-joining test client. Everything a test creates is removed on drop, also when
+//! the test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use sockmesh::cgroup::ChildCgroup;
+
+/// Privileged tests share the kernel (cgroup root attachments, bpftool listings): run them one
+/// at a time so their assertions about "nothing of ours is left" are exact.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True when the test may run. Without root it fails with the reason, unless
+/// SOCKMESH_SKIP_PRIVILEGED=1 asks to skip (and then it says why).
+pub fn privileged(test: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("SOCKMESH_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        eprintln!("SKIPPED {test}: needs root (cgroups, BPF, network namespaces); SOCKMESH_SKIP_PRIVILEGED=1 is set");
+        return false;
+    }
+    panic!("{test} needs root to load BPF programs and create cgroups/netns; run as root or set SOCKMESH_SKIP_PRIVILEGED=1 to skip it explicitly");
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sockmesh")
+}
+
+pub fn peer_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sockmesh-testpeer")
+}
+
+/// `n` distinct free loopback ports (all held until chosen, so they differ).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+pub fn cgroup_mount() -> PathBuf {
+    sockmesh::cgroup::cgroup2_mount().expect("cgroup v2 mount")
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    pub transparent_port: u16,
+    pub pin_dir: PathBuf,
+    pub dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(name: &str) -> Daemon {
+        Daemon::start_with(name, "")
+    }
+
+    /// Start with extra keys for the `sockmesh.intercept` section (YAML lines, 4-space indent).
+    pub fn start_with(name: &str, extra_intercept: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("sockmesh-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = free_ports(4);
+        let (port, eport, mport, tport) = (p[0], p[1], p[2], p[3]);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-test-{name}-{}", std::process::id()));
+        let config = dir.join("sockmesh.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "motan-agent:\n  port: {port}\n  eport: {eport}\n  mport: {mport}\n  application: test-{name}\n\
+                 sockmesh:\n  log_level: debug\n  intercept:\n    transparent_port: {tport}\n    pin_dir: {}\n    bpf_log_level: debug\n{extra_intercept}",
+                pin_dir.display()
+            ),
+        )
+        .unwrap();
+        let mut d = Daemon {
+            child: None,
+            admin: format!("127.0.0.1:{mport}").parse().unwrap(),
+            transparent_port: tport,
+            pin_dir,
+            log: dir.join("agent.log"),
+            dir,
+            config,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sockmesh run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = sockmesh::admin::request(self.admin, "GET", "/status") {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("daemon exited during start-up ({st}); log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "daemon did not answer on {} within 30 s; log:\n{}", self.admin, self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// SIGKILL the daemon (we started it; we stop it by its PID).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Run the CLI against this daemon; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin()).args(args).arg("--admin").arg(self.admin.to_string()).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    pub fn enable(&self, cgroup_rel: &str, mode: &str) {
+        let (ok, out, err) = self.cli(&["intercept", "enable", "--cgroup", cgroup_rel, "--mode", mode]);
+        assert!(ok, "intercept enable failed: {out}{err}");
+    }
+
+    pub fn intercept_status(&self) -> serde_json::Value {
+        let (ok, out, err) = self.cli(&["intercept", "status", "--json"]);
+        assert!(ok, "intercept status failed: {err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// Counters of one intercepted cgroup: (redirected, passed, fail_open).
+    pub fn counters(&self, cgroup_rel: &str) -> (u64, u64, u64) {
+        let v = self.intercept_status();
+        let c = v["cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cgroup"] == cgroup_rel)
+            .unwrap_or_else(|| panic!("cgroup {cgroup_rel} not in status {v}"))
+            .clone();
+        (c["redirected"].as_u64().unwrap(), c["passed"].as_u64().unwrap(), c["fail_open"].as_u64().unwrap())
+    }
+
+    /// Remove this daemon's pins (what `sockmesh uninstall` does), returning the CLI output.
+    pub fn uninstall(&mut self) -> String {
+        let out = Command::new(bin())
+            .args(["uninstall", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .arg("--admin")
+            .arg(self.admin.to_string())
+            .output()
+            .unwrap();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        assert!(out.status.success(), "uninstall failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = sockmesh::intercept::ebpf::uninstall(&self.pin_dir);
+        if std::thread::panicking() {
+            eprintln!("--- agent log ({}) ---\n{}", self.log.display(), self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A network namespace with a veth pair to the root namespace: root side `host_ip/30`, namespace
+/// side `ns_ip/30`. Deleted on drop (which also removes the veth pair).
+pub struct NetNs {
+    pub name: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+impl NetNs {
+    /// `subnet` picks 10.213.<subnet>.0/30, a range only this test uses, inside its own netns.
+    pub fn create(tag: &str, subnet: u8) -> NetNs {
+        let name = format!("smt-{tag}-{}", std::process::id());
+        let (veth_h, veth_n) = (format!("smh{subnet}-{}", std::process::id() % 10000), format!("smn{subnet}-{}", std::process::id() % 10000));
+        let ns = NetNs { name: name.clone(), host_ip: format!("10.213.{subnet}.1"), ns_ip: format!("10.213.{subnet}.2") };
+        ip(&["netns", "add", &name]);
+        ip(&["link", "add", &veth_h, "type", "veth", "peer", "name", &veth_n]);
+        ip(&["link", "set", &veth_n, "netns", &name]);
+        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &veth_h]);
+        ip(&["link", "set", &veth_h, "up"]);
+        ip(&["-n", &name, "addr", "add", &format!("{}/30", ns.ns_ip), "dev", &veth_n]);
+        ip(&["-n", &name, "link", "set", &veth_n, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// An echo server process (the test peer), optionally inside a network namespace.
+pub struct EchoServer {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl EchoServer {
+    pub fn start(listen: &str, netns: Option<&NetNs>) -> EchoServer {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, peer_bin()]);
+                c
+            }
+            None => Command::new(peer_bin()),
+        };
+        let mut child = cmd.args(["echo-server", listen]).stdout(Stdio::piped()).spawn().expect("spawn echo server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("ready ").unwrap_or_else(|| panic!("echo server said {line:?}")).parse().unwrap();
+        EchoServer { child, addr }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the test client (moving itself into `cgroup` first when given) against `connect`.
+pub fn client(cgroup: Option<&Path>, connect: SocketAddr, bytes: usize, reader: &str) -> serde_json::Value {
+    let mut cmd = Command::new(peer_bin());
+    cmd.arg("client");
+    if let Some(cg) = cgroup {
+        cmd.arg("--cgroup").arg(cg);
+    }
+    let out = cmd
+        .args(["--connect", &connect.to_string(), "--bytes", &bytes.to_string(), "--reader", reader])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("client output {:?}: {e}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A short request/response on a plain socket from this (un-intercepted) process.
+pub fn ping(addr: SocketAddr) -> Vec<u8> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.write_all(b"ping").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).unwrap();
+    v
+}
