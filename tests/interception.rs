@@ -44,11 +44,20 @@ fn check_probes_every_capability_and_cleans_up() {
             assert_eq!(l["state"], "ok", "{name} not ok on this kernel: {l}");
         }
         if name.starts_with("cgroup/") || name == "sock_ops" {
-            assert!(l["detail"].as_str().unwrap().contains("attached to scratch cgroup"), "{l}");
+            assert!(
+                l["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("attached to scratch cgroup"),
+                "{l}"
+            );
         }
     }
     assert_eq!(report["full_ebpf"], true);
-    assert!(out.status.success(), "check exits 0 when the full eBPF path is available");
+    assert!(
+        out.status.success(),
+        "check exits 0 when the full eBPF path is available"
+    );
     // The probe removed its scratch cgroup and pins.
     let leftovers: Vec<_> = std::fs::read_dir(cgroup_mount())
         .unwrap()
@@ -79,11 +88,18 @@ fn connect_mode_intercepts_only_the_enabled_cgroup() {
     let r = client(Some(cg.path()), echo.addr, MIB, "blocking");
     assert_eq!(r["ok"], true, "1 MiB each way must arrive intact: {r}");
     assert_eq!(r["received"], MIB);
-    assert_eq!(r["peer"], echo.addr.to_string(), "getpeername shows the original destination");
+    assert_eq!(
+        r["peer"],
+        echo.addr.to_string(),
+        "getpeername shows the original destination"
+    );
     let (redirected, _, _) = d.counters(&rel);
     assert_eq!(redirected, 1);
     let log = d.log();
-    assert!(log.contains(&format!("original_dst={}", echo.addr)), "agent did not log the original destination:\n{log}");
+    assert!(
+        log.contains(&format!("original_dst={}", echo.addr)),
+        "agent did not log the original destination:\n{log}"
+    );
     // Connect mode: the data crossed the loopback TCP stack.
     assert!(r["tcp_bytes_received"].as_u64().unwrap() >= MIB as u64, "{r}");
 
@@ -91,9 +107,17 @@ fn connect_mode_intercepts_only_the_enabled_cgroup() {
     let before = d.cli(&["status", "--json"]).1;
     let r = client(None, echo.addr, 4096, "blocking");
     assert_eq!(r["ok"], true);
-    assert_eq!(d.counters(&rel).0, 1, "a process outside the cgroup was intercepted");
+    assert_eq!(
+        d.counters(&rel).0,
+        1,
+        "a process outside the cgroup was intercepted"
+    );
     let after = d.cli(&["status", "--json"]).1;
-    let acc = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["transparent_proxy"]["accepted"].as_u64().unwrap();
+    let acc = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s).unwrap()["transparent_proxy"]["accepted"]
+            .as_u64()
+            .unwrap()
+    };
     assert_eq!(acc(&before), acc(&after));
 
     // disable restores the direct path.
@@ -101,7 +125,11 @@ fn connect_mode_intercepts_only_the_enabled_cgroup() {
     assert!(ok, "{out}{err}");
     let r = client(Some(cg.path()), echo.addr, 4096, "blocking");
     assert_eq!(r["ok"], true);
-    assert_eq!(acc(&d.cli(&["status", "--json"]).1), acc(&after), "disabled cgroup still intercepted");
+    assert_eq!(
+        acc(&d.cli(&["status", "--json"]).1),
+        acc(&after),
+        "disabled cgroup still intercepted"
+    );
     assert!(d.intercept_status()["cgroups"].as_array().unwrap().is_empty());
 }
 
@@ -123,7 +151,10 @@ fn sockmap_mode_serves_tokio_fionread_and_blocking_readers() {
         assert_eq!(r["peer"], echo.addr.to_string());
         if reader != "tokio" {
             // The app<->agent leg bypassed TCP: (almost) nothing arrived through the stack.
-            assert!(r["tcp_bytes_received"].as_u64().unwrap() < 4096, "{reader}: data took the TCP path: {r}");
+            assert!(
+                r["tcp_bytes_received"].as_u64().unwrap() < 4096,
+                "{reader}: data took the TCP path: {r}"
+            );
         }
         if reader == "fionread" {
             assert!(r["fionread_max"].as_u64().unwrap() > 0, "{r}");
@@ -131,8 +162,15 @@ fn sockmap_mode_serves_tokio_fionread_and_blocking_readers() {
         // A spurious EAGAIN on a blocking reader (seen on 6.18 under sk_msg) must never be what
         // `auto` hands to apps: then auto has to be ebpf-connect.
         if r["spurious_eagain"].as_u64().unwrap() > 0 {
-            eprintln!("{reader}: blocking reader saw {} spurious EAGAIN under ebpf-sockmap", r["spurious_eagain"]);
-            assert_eq!(auto_mode(&d), "ebpf-connect", "auto must not pick the mode that showed the fault: {r}");
+            eprintln!(
+                "{reader}: blocking reader saw {} spurious EAGAIN under ebpf-sockmap",
+                r["spurious_eagain"]
+            );
+            assert_eq!(
+                auto_mode(&d),
+                "ebpf-connect",
+                "auto must not pick the mode that showed the fault: {r}"
+            );
         }
     }
     assert_eq!(d.counters(&rel).0, 3);
@@ -154,9 +192,17 @@ fn auto_mode_follows_the_self_test() {
     let v: serde_json::Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
     let checks = v["selftest"]["checks"].as_array().unwrap();
     assert!(checks.len() >= 7, "{v}");
-    let required = ["redirect-active", "data-exact", "fionread", "epoll", "blocking-read", "blocking-read-while-writing"];
-    let safe = required.iter().all(|n| checks.iter().any(|c| c["name"] == *n && c["ok"] == true));
-    assert!(checks.iter().any(|c| c["name"] == "splice"), "{v}");
+    let required = [
+        "redirect-active",
+        "data-exact",
+        "fionread",
+        "epoll",
+        "blocking-read",
+        "blocking-read-while-writing",
+    ];
+    for name in required.iter().chain(&["splice"]) {
+        assert!(checks.iter().any(|c| c["name"] == *name), "self-test lacks {name}: {v}");
+    }
     // Default (auto_sockmap: false): auto is ebpf-connect whatever the self-test says.
     let want = "ebpf-connect";
     assert_eq!(v["intercept"]["auto_mode"], want, "{v}");
@@ -171,8 +217,14 @@ fn auto_mode_follows_the_self_test() {
     let d = Daemon::start_with("auto-optin", "    auto_sockmap: true\n");
     let v: serde_json::Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
     let checks = v["selftest"]["checks"].as_array().unwrap();
-    let safe = required.iter().all(|n| checks.iter().any(|c| c["name"] == *n && c["ok"] == true));
-    assert_eq!(v["intercept"]["auto_mode"], if safe { "ebpf-sockmap" } else { "ebpf-connect" }, "{v}");
+    let safe = required
+        .iter()
+        .all(|n| checks.iter().any(|c| c["name"] == *n && c["ok"] == true));
+    assert_eq!(
+        v["intercept"]["auto_mode"],
+        if safe { "ebpf-sockmap" } else { "ebpf-connect" },
+        "{v}"
+    );
 }
 
 #[test]
@@ -213,7 +265,10 @@ fn fail_open_when_killed_and_interception_back_after_restart() {
     // Agent gone: the app's next connection reaches its destination directly.
     let r = client(Some(cg.path()), echo.addr, 65536, "blocking");
     assert_eq!(r["ok"], true, "fail-open: {r}");
-    assert!(r["tcp_bytes_received"].as_u64().unwrap() >= 65536, "direct path expected: {r}");
+    assert!(
+        r["tcp_bytes_received"].as_u64().unwrap() >= 65536,
+        "direct path expected: {r}"
+    );
 
     // Restart: interception is back without enabling again, and counted the fail-open.
     d.spawn();
@@ -222,14 +277,28 @@ fn fail_open_when_killed_and_interception_back_after_restart() {
     let r = client(Some(cg.path()), echo.addr, 65536, "blocking");
     assert_eq!(r["ok"], true);
     assert_eq!(d.counters(&rel).0, 2, "not intercepted after restart");
-    assert!(d.log().contains("interception from the previous run is active again"));
+    assert!(
+        d.log()
+            .contains("interception from the previous run is active again")
+    );
 }
 
 fn bpftool_names(what: &str) -> Vec<String> {
-    let out = Command::new("bpftool").args(["-j", what, "show"]).output().expect("bpftool (installed by cargo xtask setup)");
-    assert!(out.status.success(), "bpftool {what}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bpftool")
+        .args(["-j", what, "show"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(
+        out.status.success(),
+        "bpftool {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array().unwrap().iter().filter_map(|p| p["name"].as_str().map(String::from)).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(String::from))
+        .collect()
 }
 
 #[test]
@@ -242,11 +311,20 @@ fn uninstall_leaves_no_bpf_objects() {
     let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-uninst-{}", std::process::id())).unwrap();
     let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
     d.enable(&rel, "ebpf-sockmap");
-    assert!(bpftool_names("prog").iter().any(|n| n.starts_with("sm_")), "programs should be loaded before uninstall");
+    assert!(
+        bpftool_names("prog").iter().any(|n| n.starts_with("sm_")),
+        "programs should be loaded before uninstall"
+    );
     let out = d.uninstall();
     assert!(out.contains("removed"), "{out}");
-    let progs: Vec<_> = bpftool_names("prog").into_iter().filter(|n| n.starts_with("sm_")).collect();
-    let maps: Vec<_> = bpftool_names("map").into_iter().filter(|n| n.starts_with("SM_") || n == "AYA_LOGS").collect();
+    let progs: Vec<_> = bpftool_names("prog")
+        .into_iter()
+        .filter(|n| n.starts_with("sm_"))
+        .collect();
+    let maps: Vec<_> = bpftool_names("map")
+        .into_iter()
+        .filter(|n| n.starts_with("SM_") || n == "AYA_LOGS")
+        .collect();
     assert!(progs.is_empty(), "programs left after uninstall: {progs:?}");
     assert!(maps.is_empty(), "maps left after uninstall: {maps:?}");
     let tree = Command::new("bpftool").args(["cgroup", "tree"]).output().unwrap();
@@ -260,16 +338,34 @@ fn config_validate_reports_all_problems() {
     let dir = std::env::temp_dir().join(format!("sockmesh-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.yaml");
-    std::fs::write(&bad, "motan-agent:\n  port: 8002\n  mport: 8002\nsockmesh:\n  intercept:\n    default_mode: warp\n").unwrap();
-    let out = Command::new(bin()).args(["config", "validate"]).arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        "motan-agent:\n  port: 8002\n  mport: 8002\nsockmesh:\n  intercept:\n    default_mode: warp\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["config", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("2 configuration problem(s)"), "{err}");
-    assert!(err.contains("bad.yaml") && err.contains("default_mode") && err.contains("mport"), "{err}");
+    assert!(
+        err.contains("bad.yaml") && err.contains("default_mode") && err.contains("mport"),
+        "{err}"
+    );
     let good = dir.join("good.yaml");
-    let def = Command::new(bin()).args(["config", "show-default"]).output().unwrap();
+    let def = Command::new(bin())
+        .args(["config", "show-default"])
+        .output()
+        .unwrap();
     std::fs::write(&good, &def.stdout).unwrap();
-    let out = Command::new(bin()).args(["config", "validate"]).arg(&good).output().unwrap();
+    let out = Command::new(bin())
+        .args(["config", "validate"])
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }

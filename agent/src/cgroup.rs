@@ -31,7 +31,10 @@ pub fn resolve(mount: &Path, rel: &str) -> Result<PathBuf> {
     }
     let full = mount.join(rel_path);
     if !full.join("cgroup.procs").exists() {
-        bail!("cgroup {rel:?} does not exist ({} has no cgroup.procs)", full.display());
+        bail!(
+            "cgroup {rel:?} does not exist ({} has no cgroup.procs)",
+            full.display()
+        );
     }
     Ok(full)
 }
@@ -51,10 +54,10 @@ pub fn path_of(mount: &Path, id: u64) -> Option<PathBuf> {
             return None;
         }
         for e in std::fs::read_dir(dir).ok()?.flatten() {
-            if e.file_type().ok()?.is_dir() {
-                if let Some(p) = walk(&e.path(), id, depth + 1) {
-                    return Some(p);
-                }
+            if e.file_type().ok()?.is_dir()
+                && let Some(p) = walk(&e.path(), id, depth + 1)
+            {
+                return Some(p);
             }
         }
         None
@@ -74,7 +77,10 @@ pub fn display_rel(mount: &Path, full: &Path) -> String {
 /// The cgroup (v2) of a process, as an absolute directory under `mount`.
 pub fn of_pid(mount: &Path, pid: u32) -> Result<PathBuf> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let rel = s.lines().find_map(|l| l.strip_prefix("0::")).context("process has no cgroup v2 entry")?;
+    let rel = s
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .context("process has no cgroup v2 entry")?;
     Ok(mount.join(rel.trim_start_matches('/')))
 }
 
@@ -109,9 +115,10 @@ impl ChildCgroup {
 
 impl Drop for ChildCgroup {
     fn drop(&mut self) {
-        if let (Ok(procs), Some(parent)) =
-            (std::fs::read_to_string(self.path.join("cgroup.procs")), self.path.parent())
-        {
+        if let (Ok(procs), Some(parent)) = (
+            std::fs::read_to_string(self.path.join("cgroup.procs")),
+            self.path.parent(),
+        ) {
             for pid in procs.lines() {
                 let _ = std::fs::write(parent.join("cgroup.procs"), pid);
             }
@@ -134,9 +141,15 @@ mod tests {
     fn finds_hybrid_and_pure_mounts() {
         let hybrid = "30 24 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n\
                       36 30 0:31 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(parse_cgroup2_mount(hybrid).unwrap(), PathBuf::from("/sys/fs/cgroup/unified"));
+        assert_eq!(
+            parse_cgroup2_mount(hybrid).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/unified")
+        );
         let pure = "29 23 0:26 / /sys/fs/cgroup rw shared:4 - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_cgroup2_mount(pure).unwrap(), PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(
+            parse_cgroup2_mount(pure).unwrap(),
+            PathBuf::from("/sys/fs/cgroup")
+        );
         assert!(parse_cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n").is_none());
     }
 

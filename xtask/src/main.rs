@@ -79,9 +79,7 @@ fn build_ebpf() -> Result<()> {
     .env("PATH", setup::path_with_cargo_bin());
     let status = cmd.status().context("running cargo +nightly build")?;
     if !status.success() {
-        bail!(
-            "BPF build failed. If bpf-linker or rust-src is missing, run `cargo xtask setup` first."
-        );
+        bail!("BPF build failed. If bpf-linker or rust-src is missing, run `cargo xtask setup` first.");
     }
     step.done(&format!("{}", ebpf_object().display()));
     Ok(())
@@ -90,9 +88,7 @@ fn build_ebpf() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     setup::run()?;
     let step = Step::start("fmt: cargo fmt --all --check");
-    let st = cargo(None)
-        .args(["fmt", "--all", "--", "--check"])
-        .status()?;
+    let st = cargo(None).args(["fmt", "--all", "--", "--check"]).status()?;
     if !st.success() {
         bail!("cargo fmt --check found unformatted code: run `cargo fmt --all`");
     }
@@ -142,10 +138,7 @@ fn run(args: &[String]) -> Result<()> {
         args.join(" ")
     );
     use std::os::unix::process::CommandExt;
-    let err = std::process::Command::new(&bin)
-        .arg("run")
-        .args(args)
-        .exec();
+    let err = std::process::Command::new(&bin).arg("run").args(args).exec();
     Err(err).context("exec sockmesh")
 }
 

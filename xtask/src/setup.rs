@@ -25,9 +25,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 pub fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or("/root".into())).join(".cargo")
-        })
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or("/root".into())).join(".cargo"))
 }
 
 /// PATH with `$CARGO_HOME/bin` first, so the freshly installed bpf-linker is found.
@@ -43,10 +41,7 @@ pub fn run() -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker(llvm_major)?;
     ensure_apt_packages()?;
-    println!(
-        "xtask: setup complete ({:.2} s)",
-        start.elapsed().as_secs_f64()
-    );
+    println!("xtask: setup complete ({:.2} s)", start.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -121,11 +116,11 @@ fn ensure_rust_src() -> Result<()> {
 
 fn ensure_bpf_linker(llvm_major: u32) -> Result<()> {
     let bin = cargo_home().join("bin/bpf-linker");
-    if let Ok(v) = output(Command::new(&bin).arg("--version")) {
-        if v.contains(BPF_LINKER_VERSION) {
-            println!("xtask: setup: bpf-linker {BPF_LINKER_VERSION} present");
-            return Ok(());
-        }
+    if let Ok(v) = output(Command::new(&bin).arg("--version"))
+        && v.contains(BPF_LINKER_VERSION)
+    {
+        println!("xtask: setup: bpf-linker {BPF_LINKER_VERSION} present");
+        return Ok(());
     }
     // Build bpf-linker against the nightly's own libLLVM, so no system LLVM of a matching
     // version is needed: a prefix whose lib/ holds libLLVM.so links to the sysroot's copy.
@@ -187,11 +182,7 @@ fn ensure_apt_packages() -> Result<()> {
     if missing.is_empty() {
         println!(
             "xtask: setup: Debian packages present ({})",
-            APT_PACKAGES
-                .iter()
-                .map(|p| p.0)
-                .collect::<Vec<_>>()
-                .join(", ")
+            APT_PACKAGES.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
         );
         return Ok(());
     }

@@ -49,8 +49,12 @@ impl std::str::FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-        let addr = a.parse().map_err(|_| format!("{s:?} is not an IPv4 CIDR (like 10.0.0.0/8)"))?;
-        let len: u8 = l.parse().map_err(|_| format!("{s:?}: prefix length must be 0..32"))?;
+        let addr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 CIDR (like 10.0.0.0/8)"))?;
+        let len: u8 = l
+            .parse()
+            .map_err(|_| format!("{s:?}: prefix length must be 0..32"))?;
         if len > 32 {
             return Err(format!("{s:?}: prefix length must be 0..32"));
         }
@@ -120,20 +124,29 @@ pub fn load_object(maps_dir: &Path, log_level: u8) -> Result<Ebpf> {
 }
 
 fn prog<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
-    bpf.program_mut(name).with_context(|| format!("program {name} missing from the BPF object"))
+    bpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the BPF object"))
 }
 
 /// Attach `name` to `target` through a new link (returned, not pinned).
-pub fn attach_link(bpf: &Ebpf, name: &str, target: impl AsFd, at: AttachType) -> Result<std::os::fd::OwnedFd> {
-    let p = bpf.program(name).with_context(|| format!("program {name} missing"))?;
+pub fn attach_link(
+    bpf: &Ebpf,
+    name: &str,
+    target: impl AsFd,
+    at: AttachType,
+) -> Result<std::os::fd::OwnedFd> {
+    let p = bpf
+        .program(name)
+        .with_context(|| format!("program {name} missing"))?;
     let fd = p.fd().with_context(|| format!("program {name} not loaded"))?;
-    sys::link_create(fd.as_fd(), target.as_fd(), at)
-        .with_context(|| format!("attaching {name} ({at:?})"))
+    sys::link_create(fd.as_fd(), target.as_fd(), at).with_context(|| format!("attaching {name} ({at:?})"))
 }
 
 /// Attach through the link pinned at `pin` (swapping in our program) or create and pin one.
 fn attach_pinned(bpf: &Ebpf, name: &str, target: impl AsFd, at: AttachType, pin: &Path) -> Result<bool> {
-    let p = bpf.program(name).with_context(|| format!("program {name} missing"))?;
+    let p = bpf
+        .program(name)
+        .with_context(|| format!("program {name} missing"))?;
     let prog_fd = p.fd().with_context(|| format!("program {name} not loaded"))?;
     if pin.exists() {
         let link = sys::obj_get(pin).with_context(|| format!("reopening {}", pin.display()))?;
@@ -165,12 +178,19 @@ impl EbpfInterceptor {
         let links = settings.pin_dir.join("links");
         std::fs::create_dir_all(&links).with_context(|| format!("creating {}", links.display()))?;
         let bpf = load_object(&settings.pin_dir.join("maps"), settings.bpf_log_level)?;
-        let mut me = EbpfInterceptor { settings, cgroup_mount, bpf };
+        let mut me = EbpfInterceptor {
+            settings,
+            cgroup_mount,
+            bpf,
+        };
         me.write_policy()?;
         me.attach_host()?;
         let adopted = me.adopt_cgroups()?;
         if adopted > 0 {
-            tracing::info!(cgroups = adopted, "interception from the previous run is active again");
+            tracing::info!(
+                cgroups = adopted,
+                "interception from the previous run is active again"
+            );
         }
         Ok(me)
     }
@@ -216,7 +236,10 @@ impl EbpfInterceptor {
         for p in &s.exclude_ports {
             ports.insert(*p as u32, 1, 0)?;
         }
-        for (map, list) in [("SM_INCLUDE_V4", &s.include_cidrs), ("SM_EXCLUDE_V4", &s.exclude_cidrs)] {
+        for (map, list) in [
+            ("SM_INCLUDE_V4", &s.include_cidrs),
+            ("SM_EXCLUDE_V4", &s.exclude_cidrs),
+        ] {
             let mut trie: LpmTrie<&mut MapData, u32, u8> =
                 LpmTrie::try_from(self.bpf.map_mut(map).context(map)?)?;
             let old: Vec<Key<u32>> = trie.keys().filter_map(|k| k.ok()).collect();
@@ -238,14 +261,32 @@ impl EbpfInterceptor {
     fn attach_host(&mut self) -> Result<()> {
         let links = self.settings.pin_dir.join("links");
         let root = std::fs::File::open(&self.cgroup_mount)?;
-        attach_pinned(&self.bpf, "sm_sockops", &root, AttachType::SockOps, &links.join("host-sockops"))?;
-        attach_pinned(&self.bpf, "sm_getsockopt", &root, AttachType::CgroupGetsockopt, &links.join("host-getsockopt"))?;
+        attach_pinned(
+            &self.bpf,
+            "sm_sockops",
+            &root,
+            AttachType::SockOps,
+            &links.join("host-sockops"),
+        )?;
+        attach_pinned(
+            &self.bpf,
+            "sm_getsockopt",
+            &root,
+            AttachType::CgroupGetsockopt,
+            &links.join("host-getsockopt"),
+        )?;
         let socks = self.bpf.map("SM_SOCKS").context("SM_SOCKS")?;
         let map_fd = match socks {
             aya::maps::Map::SockHash(m) => m.fd().as_fd().try_clone_to_owned()?,
             _ => bail!("SM_SOCKS is not a sockhash"),
         };
-        attach_pinned(&self.bpf, "sm_skmsg", &map_fd, AttachType::SkMsgVerdict, &links.join("host-skmsg"))?;
+        attach_pinned(
+            &self.bpf,
+            "sm_skmsg",
+            &map_fd,
+            AttachType::SkMsgVerdict,
+            &links.join("host-skmsg"),
+        )?;
         Ok(())
     }
 
@@ -254,7 +295,9 @@ impl EbpfInterceptor {
         let mut n = 0;
         for e in std::fs::read_dir(self.settings.pin_dir.join("links"))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.strip_prefix("cg-").and_then(|s| s.parse::<u64>().ok()) else { continue };
+            let Some(id) = name.strip_prefix("cg-").and_then(|s| s.parse::<u64>().ok()) else {
+                continue;
+            };
             for (prog, _, file) in CGROUP_PROGRAMS {
                 let pin = e.path().join(file);
                 if pin.exists() {
@@ -286,7 +329,9 @@ impl EbpfInterceptor {
             HashMap::try_from(self.bpf.map_mut("SM_CGROUPS").context("SM_CGROUPS")?)?;
         let mut policy = cgroups.get(&id, 0).unwrap_or_default();
         policy.mode = mode as u32;
-        cgroups.insert(id, policy, 0).context("recording the cgroup policy")?;
+        cgroups
+            .insert(id, policy, 0)
+            .context("recording the cgroup policy")?;
         let dir = self.cgroup_links_dir(id);
         std::fs::create_dir_all(&dir)?;
         let cg = std::fs::File::open(&path)?;
@@ -330,7 +375,10 @@ impl EbpfInterceptor {
     }
 
     fn status_of(&self, id: u64) -> Result<CgroupStatus> {
-        self.status()?.into_iter().find(|s| s.cgroup_id == id).context("cgroup vanished from the policy map")
+        self.status()?
+            .into_iter()
+            .find(|s| s.cgroup_id == id)
+            .context("cgroup vanished from the policy map")
     }
 
     pub fn status(&self) -> Result<Vec<CgroupStatus>> {
@@ -405,7 +453,9 @@ pub fn uninstall(pin_dir: &Path) -> Result<usize> {
             break;
         }
         if std::time::Instant::now() > deadline {
-            bail!("unpinned, but the kernel still holds map(s) {alive:?} after 10 s (a process still has them open?)");
+            bail!(
+                "unpinned, but the kernel still holds map(s) {alive:?} after 10 s (a process still has them open?)"
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

@@ -2,4 +2,4 @@
 pub mod ebpf;
 pub mod selftest;
 
-pub use ebpf::{Cidr, CgroupStatus, EbpfInterceptor, InterceptSettings};
+pub use ebpf::{CgroupStatus, Cidr, EbpfInterceptor, InterceptSettings};

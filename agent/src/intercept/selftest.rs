@@ -33,13 +33,21 @@ pub struct SelfTest {
 }
 
 /// Checks an app's ordinary reads depend on; if any fails, sk_msg redirect is unsafe here.
-const REQUIRED: &[&str] =
-    &["redirect-active", "data-exact", "fionread", "epoll", "blocking-read", "blocking-read-while-writing"];
+const REQUIRED: &[&str] = &[
+    "redirect-active",
+    "data-exact",
+    "fionread",
+    "epoll",
+    "blocking-read",
+    "blocking-read-while-writing",
+];
 
 impl SelfTest {
     /// sk_msg redirect is safe for ordinary apps (splice users aside).
     pub fn sockmap_safe(&self) -> bool {
-        REQUIRED.iter().all(|n| self.checks.iter().any(|c| c.name == *n && c.ok))
+        REQUIRED
+            .iter()
+            .all(|n| self.checks.iter().any(|c| c.name == *n && c.ok))
     }
     pub fn failed(&self) -> Vec<&'static str> {
         self.checks.iter().filter(|c| !c.ok).map(|c| c.name).collect()
@@ -76,14 +84,23 @@ pub fn run(scratch_root: &Path) -> Result<SelfTest> {
             SockHash::try_from(bpf.map_mut("SM_SOCKS").context("SM_SOCKS")?)?;
         for s in [&client, &server] {
             let key = key_of(s)?;
-            hash.insert(key, s.as_raw_fd(), 0).context("inserting a socket into the sockhash")?;
+            hash.insert(key, s.as_raw_fd(), 0)
+                .context("inserting a socket into the sockhash")?;
         }
     }
     let mut checks = Vec::new();
     let mut push = |name, r: Result<String>| {
         checks.push(match r {
-            Ok(detail) => Check { name, ok: true, detail },
-            Err(e) => Check { name, ok: false, detail: format!("{e:#}") },
+            Ok(detail) => Check {
+                name,
+                ok: true,
+                detail,
+            },
+            Err(e) => Check {
+                name,
+                ok: false,
+                detail: format!("{e:#}"),
+            },
         })
     };
     push("data-exact", data_exact(&client, &server));
@@ -91,7 +108,10 @@ pub fn run(scratch_root: &Path) -> Result<SelfTest> {
     push("fionread", fionread(&client, &server));
     push("epoll", epoll(&client, &server));
     push("blocking-read", blocking_read(&client, &server));
-    push("blocking-read-while-writing", blocking_read_while_writing(&client, &server));
+    push(
+        "blocking-read-while-writing",
+        blocking_read_while_writing(&client, &server),
+    );
     push("splice", splice(&client, &server));
     Ok(SelfTest { checks })
 }
@@ -119,7 +139,9 @@ fn key_of(s: &TcpStream) -> Result<SockKey> {
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn data_exact(client: &TcpStream, server: &TcpStream) -> Result<String> {
@@ -144,13 +166,22 @@ fn redirect_active(server: &TcpStream) -> Result<String> {
     let mut len = info.len() as libc::socklen_t;
     // SAFETY: buffer is valid for len bytes.
     let r = unsafe {
-        libc::getsockopt(server.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
+        libc::getsockopt(
+            server.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
     };
     anyhow::ensure!(r == 0, "TCP_INFO: {}", std::io::Error::last_os_error());
     // struct tcp_info: tcpi_bytes_received is a u64 at offset 128 (Linux >= 4.1).
     anyhow::ensure!(len as usize >= 136, "TCP_INFO too short ({len} bytes)");
     let bytes_received = u64::from_ne_bytes(info[128..136].try_into().unwrap());
-    anyhow::ensure!(bytes_received == 0, "{bytes_received} bytes went through TCP: sk_msg did not redirect");
+    anyhow::ensure!(
+        bytes_received == 0,
+        "{bytes_received} bytes went through TCP: sk_msg did not redirect"
+    );
     Ok("no payload crossed the TCP stack".into())
 }
 
@@ -181,7 +212,10 @@ fn epoll(client: &TcpStream, server: &TcpStream) -> Result<String> {
     unsafe {
         let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
         anyhow::ensure!(ep >= 0, "epoll_create1: {}", std::io::Error::last_os_error());
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 1 };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 1,
+        };
         libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, server.as_raw_fd(), &mut ev);
         (&*client).write_all(b"epoll")?;
         let mut out = [libc::epoll_event { events: 0, u64: 0 }; 1];
@@ -255,7 +289,10 @@ fn blocking_read_while_writing(client: &TcpStream, server: &TcpStream) -> Result
         spurious == 0,
         "a blocking read() returned EAGAIN {spurious} time(s) while another thread wrote on the socket (first: {first_error}); blocking-I/O apps with a writer thread would fail"
     );
-    Ok(format!("{ROUNDS} x {} KiB echoed, no spurious EAGAIN", SIZE / 1024))
+    Ok(format!(
+        "{ROUNDS} x {} KiB echoed, no spurious EAGAIN",
+        SIZE / 1024
+    ))
 }
 
 fn relay_through_upstream(s: TcpStream, total: usize) -> std::io::Result<()> {
@@ -280,31 +317,39 @@ fn relay_through_upstream(s: TcpStream, total: usize) -> std::io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while delivered < total && Instant::now() < deadline {
         let mut fds = [
-            libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN | if to_app.is_empty() { 0 } else { libc::POLLOUT }, revents: 0 },
-            libc::pollfd { fd: up.as_raw_fd(), events: libc::POLLIN | if to_up.is_empty() { 0 } else { libc::POLLOUT }, revents: 0 },
+            libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN | if to_app.is_empty() { 0 } else { libc::POLLOUT },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: up.as_raw_fd(),
+                events: libc::POLLIN | if to_up.is_empty() { 0 } else { libc::POLLOUT },
+                revents: 0,
+            },
         ];
         // SAFETY: two valid pollfds.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
-        if to_up.len() < 65536 {
-            if let Ok(n) = s.read(&mut buf) {
-                to_up.extend_from_slice(&buf[..n]);
-            }
+        if to_up.len() < 65536
+            && let Ok(n) = s.read(&mut buf)
+        {
+            to_up.extend_from_slice(&buf[..n]);
         }
-        if !to_up.is_empty() {
-            if let Ok(n) = up.write(&to_up) {
-                to_up.drain(..n);
-            }
+        if !to_up.is_empty()
+            && let Ok(n) = up.write(&to_up)
+        {
+            to_up.drain(..n);
         }
-        if to_app.len() < 65536 {
-            if let Ok(n) = up.read(&mut buf) {
-                to_app.extend_from_slice(&buf[..n]);
-            }
+        if to_app.len() < 65536
+            && let Ok(n) = up.read(&mut buf)
+        {
+            to_app.extend_from_slice(&buf[..n]);
         }
-        if !to_app.is_empty() {
-            if let Ok(n) = s.write(&to_app) {
-                to_app.drain(..n);
-                delivered += n;
-            }
+        if !to_app.is_empty()
+            && let Ok(n) = s.write(&to_app)
+        {
+            to_app.drain(..n);
+            delivered += n;
         }
     }
     Ok(())
@@ -313,14 +358,24 @@ fn relay_through_upstream(s: TcpStream, total: usize) -> std::io::Result<()> {
 fn splice(client: &TcpStream, server: &TcpStream) -> Result<String> {
     let mut pipe = [0; 2];
     // SAFETY: pipe2 fills two fds which we close below.
-    anyhow::ensure!(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } == 0, "pipe2");
+    anyhow::ensure!(
+        unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } == 0,
+        "pipe2"
+    );
     (&*client).write_all(b"splice")?;
     let deadline = Instant::now() + Duration::from_millis(300);
     let mut got = -1;
     while Instant::now() < deadline {
         // SAFETY: valid fds; non-blocking splice into our pipe.
         got = unsafe {
-            libc::splice(server.as_raw_fd(), std::ptr::null_mut(), pipe[1], std::ptr::null_mut(), 64, libc::SPLICE_F_NONBLOCK)
+            libc::splice(
+                server.as_raw_fd(),
+                std::ptr::null_mut(),
+                pipe[1],
+                std::ptr::null_mut(),
+                64,
+                libc::SPLICE_F_NONBLOCK,
+            )
         } as i64;
         if got > 0 {
             break;
@@ -337,6 +392,9 @@ fn splice(client: &TcpStream, server: &TcpStream) -> Result<String> {
         let mut buf = [0u8; 6];
         let _ = (&*server).read_exact(&mut buf);
     }
-    anyhow::ensure!(got > 0, "splice() from the receiving socket saw no data (redirected data is only readable with recv); apps that splice must use --mode ebpf-connect");
+    anyhow::ensure!(
+        got > 0,
+        "splice() from the receiving socket saw no data (redirected data is only readable with recv); apps that splice must use --mode ebpf-connect"
+    );
     Ok(format!("spliced {got} bytes"))
 }
