@@ -201,7 +201,10 @@ fn auto_mode_follows_the_self_test() {
         "blocking-read-while-writing",
     ];
     for name in required.iter().chain(&["splice"]) {
-        assert!(checks.iter().any(|c| c["name"] == *name), "self-test lacks {name}: {v}");
+        assert!(
+            checks.iter().any(|c| c["name"] == *name),
+            "self-test lacks {name}: {v}"
+        );
     }
     // Default (auto_sockmap: false): auto is ebpf-connect whatever the self-test says.
     let want = "ebpf-connect";
