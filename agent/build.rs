@@ -16,9 +16,7 @@ fn main() {
     if !obj.exists() {
         eprintln!();
         eprintln!("error: the BPF object {} is missing.", obj.display());
-        eprintln!(
-            "       Run `cargo xtask build-ebpf` first (or `cargo xtask test` / `cargo xtask run`,"
-        );
+        eprintln!("       Run `cargo xtask build-ebpf` first (or `cargo xtask test` / `cargo xtask run`,");
         eprintln!("       which build it for you).");
         eprintln!();
         std::process::exit(1);

@@ -40,7 +40,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
     let app = router(state);
-    let r = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
     if let Err(e) = r {
         tracing::error!("admin server failed: {e}");
     }
@@ -79,7 +81,10 @@ async fn intercept_status(State(s): State<Arc<AppState>>) -> Response {
 
 async fn intercept_enable(State(s): State<Arc<AppState>>, Query(q): Params) -> Response {
     let Some(cgroup) = q.get("cgroup") else {
-        return error(StatusCode::BAD_REQUEST, "missing parameter cgroup (path relative to the cgroup v2 mount)");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing parameter cgroup (path relative to the cgroup v2 mount)",
+        );
     };
     let mode = match q.get("mode").map(|m| m.parse::<RequestedMode>()) {
         None => None,
@@ -114,15 +119,23 @@ async fn shutdown(State(s): State<Arc<AppState>>) -> &'static str {
 
 /// Minimal HTTP/1.0 client for the CLI (`sockmesh intercept ...`, `status`, `uninstall`).
 pub fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
     use anyhow::Context;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
-        .with_context(|| format!("cannot reach the sockmesh daemon's admin API at {addr}; is `sockmesh run` running?"))?;
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).with_context(
+        || format!("cannot reach the sockmesh daemon's admin API at {addr}; is `sockmesh run` running?"),
+    )?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n")?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("malformed HTTP response")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("malformed HTTP response")?;
     Ok((code, body.to_string()))
 }

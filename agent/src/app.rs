@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RequestedMode};
+use crate::intercept::EbpfInterceptor;
 use crate::intercept::ebpf::mode_name;
 use crate::intercept::selftest::{self, SelfTest};
-use crate::intercept::EbpfInterceptor;
 use crate::proxy::transparent::{Stats, TransparentProxy};
 
 /// How long in-flight connections get to finish on shutdown.
@@ -36,7 +36,14 @@ pub struct AppState {
 
 impl AppState {
     fn resolve(&self, m: Option<RequestedMode>) -> Mode {
-        let m = m.unwrap_or_else(|| self.config.sockmesh.intercept.default_mode.parse().unwrap_or(RequestedMode::Auto));
+        let m = m.unwrap_or_else(|| {
+            self.config
+                .sockmesh
+                .intercept
+                .default_mode
+                .parse()
+                .unwrap_or(RequestedMode::Auto)
+        });
         match m {
             RequestedMode::Auto => self.auto_mode,
             RequestedMode::Connect => Mode::Connect,
@@ -50,7 +57,9 @@ impl AppState {
             Some(i) => f(i),
             None => anyhow::bail!(
                 "eBPF interception is unavailable: {}",
-                self.intercept_error.as_deref().unwrap_or("disabled in the configuration")
+                self.intercept_error
+                    .as_deref()
+                    .unwrap_or("disabled in the configuration")
             ),
         }
     }
@@ -58,7 +67,11 @@ impl AppState {
     pub fn enable(&self, cgroup: &str, mode: Option<RequestedMode>) -> Result<Value> {
         let m = self.resolve(mode);
         if m == Mode::Sockmap && self.selftest.as_ref().is_some_and(|t| !t.sockmap_safe()) {
-            tracing::warn!(cgroup, "ebpf-sockmap requested although the kernel self-test failed: {}", self.selftest.as_ref().unwrap().summary());
+            tracing::warn!(
+                cgroup,
+                "ebpf-sockmap requested although the kernel self-test failed: {}",
+                self.selftest.as_ref().unwrap().summary()
+            );
         }
         let st = self.with_interceptor(|i| i.enable(cgroup, m))?;
         Ok(serde_json::to_value(st)?)
@@ -112,7 +125,10 @@ fn kernel_selftest(allow_sockmap: bool) -> (Option<SelfTest>, Mode) {
         }
         Ok(t) if t.sockmap_safe() => {
             if t.failed().is_empty() {
-                tracing::info!("kernel self-test passed ({}); auto mode = ebpf-sockmap", t.summary());
+                tracing::info!(
+                    "kernel self-test passed ({}); auto mode = ebpf-sockmap",
+                    t.summary()
+                );
             } else {
                 tracing::warn!(
                     "kernel self-test: {}; auto mode = ebpf-sockmap, but apps that use {} must be enabled with --mode ebpf-connect",
@@ -123,7 +139,10 @@ fn kernel_selftest(allow_sockmap: bool) -> (Option<SelfTest>, Mode) {
             (Some(t), Mode::Sockmap)
         }
         Ok(t) => {
-            tracing::warn!("kernel self-test: {}; sk_msg redirect is unsafe here, auto mode = ebpf-connect", t.summary());
+            tracing::warn!(
+                "kernel self-test: {}; sk_msg redirect is unsafe here, auto mode = ebpf-connect",
+                t.summary()
+            );
             (Some(t), Mode::Connect)
         }
         Err(e) => {
@@ -134,7 +153,9 @@ fn kernel_selftest(allow_sockmap: bool) -> (Option<SelfTest>, Mode) {
 }
 
 async fn bind(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("binding the {name} listener on {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {name} listener on {addr}"))
 }
 
 /// Run the daemon until SIGINT/SIGTERM or an admin shutdown.
@@ -155,7 +176,12 @@ pub async fn run(config: Config) -> Result<()> {
             }
         }
     } else {
-        (None, Some("sockmesh.intercept.enabled is false".to_string()), None, Mode::Connect)
+        (
+            None,
+            Some("sockmesh.intercept.enabled is false".to_string()),
+            None,
+            Mode::Connect,
+        )
     };
     if let Some(logger) = interceptor.as_mut().and_then(|i| i.take_logger()) {
         tasks.spawn(forward_bpf_logs(logger, shutdown.clone()));
@@ -195,7 +221,9 @@ pub async fn run(config: Config) -> Result<()> {
         tracing::info!(
             "interception ready (auto = {}); enable it for a cgroup with: sockmesh intercept enable --cgroup <PATH relative to {}> [--mode auto|ebpf-connect|ebpf-sockmap]",
             mode_name(auto_mode),
-            crate::cgroup::cgroup2_mount().map(|p| p.display().to_string()).unwrap_or_default()
+            crate::cgroup::cgroup2_mount()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         );
     } else {
         tracing::warn!("running without interception: apps can still use the agent on purpose");
@@ -227,7 +255,8 @@ async fn wait_for_signal(shutdown: &CancellationToken) {
 /// aya-log records from the kernel programs go through `log` into tracing.
 async fn forward_bpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>, shutdown: CancellationToken) {
     // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd holds the logger.
-    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let registered =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {

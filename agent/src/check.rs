@@ -26,17 +26,37 @@ pub struct Report {
 
 fn line(capability: &str, r: Result<String, String>) -> Line {
     match r {
-        Ok(detail) => Line { capability: capability.into(), state: "ok", detail },
-        Err(detail) => Line { capability: capability.into(), state: "missing", detail },
+        Ok(detail) => Line {
+            capability: capability.into(),
+            state: "ok",
+            detail,
+        },
+        Err(detail) => Line {
+            capability: capability.into(),
+            state: "missing",
+            detail,
+        },
     }
 }
 
 const PROGRAMS: &[(&str, &str, AttachType)] = &[
     ("cgroup/connect4", "sm_connect4", AttachType::Inet4Connect),
     ("cgroup/connect6", "sm_connect6", AttachType::Inet6Connect),
-    ("cgroup/getpeername4", "sm_getpeername4", AttachType::Inet4Getpeername),
-    ("cgroup/getpeername6", "sm_getpeername6", AttachType::Inet6Getpeername),
-    ("cgroup/sock_release", "sm_sock_release", AttachType::InetSockRelease),
+    (
+        "cgroup/getpeername4",
+        "sm_getpeername4",
+        AttachType::Inet4Getpeername,
+    ),
+    (
+        "cgroup/getpeername6",
+        "sm_getpeername6",
+        AttachType::Inet6Getpeername,
+    ),
+    (
+        "cgroup/sock_release",
+        "sm_sock_release",
+        AttachType::InetSockRelease,
+    ),
     ("cgroup/getsockopt", "sm_getsockopt", AttachType::CgroupGetsockopt),
     ("sock_ops", "sm_sockops", AttachType::SockOps),
 ];
@@ -46,10 +66,23 @@ pub fn run() -> Report {
     let btf = Path::new("/sys/kernel/btf/vmlinux");
     lines.push(line(
         "BTF",
-        if btf.exists() { Ok(btf.display().to_string()) } else { Err(format!("{} not found (kernel built without CONFIG_DEBUG_INFO_BTF)", btf.display())) },
+        if btf.exists() {
+            Ok(btf.display().to_string())
+        } else {
+            Err(format!(
+                "{} not found (kernel built without CONFIG_DEBUG_INFO_BTF)",
+                btf.display()
+            ))
+        },
     ));
     let mount = cgroup::cgroup2_mount();
-    lines.push(line("cgroup v2", mount.as_ref().map(|m| format!("mounted at {}", m.display())).map_err(|e| format!("{e:#}"))));
+    lines.push(line(
+        "cgroup v2",
+        mount
+            .as_ref()
+            .map(|m| format!("mounted at {}", m.display()))
+            .map_err(|e| format!("{e:#}")),
+    ));
     let bpffs = Path::new("/sys/fs/bpf");
     let fs = sys::ensure_bpffs(bpffs);
     lines.push(line(
@@ -82,14 +115,27 @@ pub fn run() -> Report {
             Ok(t) => {
                 selftest_ok = t.sockmap_safe();
                 for c in &t.checks {
-                    let state = if c.ok { "ok" } else if c.name == "splice" { "limited" } else { "missing" };
-                    lines.push(Line { capability: format!("sk_msg redirect: {}", c.name), state, detail: c.detail.clone() });
+                    let state = if c.ok {
+                        "ok"
+                    } else if c.name == "splice" {
+                        "limited"
+                    } else {
+                        "missing"
+                    };
+                    lines.push(Line {
+                        capability: format!("sk_msg redirect: {}", c.name),
+                        state,
+                        detail: c.detail.clone(),
+                    });
                 }
             }
             Err(e) => lines.push(line("sk_msg redirect self-test", Err(format!("{e:#}")))),
         }
     }
-    Report { lines, full_ebpf: programs_ok && selftest_ok }
+    Report {
+        lines,
+        full_ebpf: programs_ok && selftest_ok,
+    }
 }
 
 fn probe_programs(mount: &Path, scratch: &Path, lines: &mut Vec<Line>) -> bool {
@@ -147,7 +193,12 @@ impl Report {
         if self.full_ebpf {
             println!("\nfull eBPF path available: ebpf-connect and ebpf-sockmap modes work on this kernel");
         } else {
-            let missing: Vec<&str> = self.lines.iter().filter(|l| l.state == "missing").map(|l| l.capability.as_str()).collect();
+            let missing: Vec<&str> = self
+                .lines
+                .iter()
+                .filter(|l| l.state == "missing")
+                .map(|l| l.capability.as_str())
+                .collect();
             println!("\nfull eBPF path NOT available; missing: {}", missing.join(", "));
         }
     }

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use sockmesh::config::{Config, RequestedMode};
 
 #[derive(Parser)]
-#[command(name = "sockmesh", version, about = "Motan2 service-mesh node agent with eBPF socket interception")]
+#[command(
+    name = "sockmesh",
+    version,
+    about = "Motan2 service-mesh node agent with eBPF socket interception"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -116,7 +120,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str, json: bool) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("bad log level {filter:?}"))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("bad log level {filter:?}"))?;
     use std::io::IsTerminal;
     // Logs go to stderr; colours only on a terminal, so log files and journald stay greppable.
     let builder = tracing_subscriber::fmt()
@@ -124,7 +129,11 @@ fn init_logging(filter: &str, json: bool) -> Result<()> {
         .with_target(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if json { builder.json().init() } else { builder.init() }
+    if json {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
     // aya-log (kernel program logs) speaks `log`; route it into tracing.
     let _ = tracing_log::LogTracer::init();
     Ok(())
@@ -144,7 +153,11 @@ fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> Result<serde_json:
     let (code, body) = sockmesh::admin::request(admin.admin, method, path)?;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
     if !(200..300).contains(&code) {
-        let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or(&body).to_string();
+        let msg = v
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or(&body)
+            .to_string();
         bail!("{msg}");
     }
     Ok(v)
@@ -152,7 +165,11 @@ fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> Result<serde_json:
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Run { config, log_level, log_json } => {
+        Cmd::Run {
+            config,
+            log_level,
+            log_json,
+        } => {
             let cfg = match &config {
                 Some(p) => Config::load(p),
                 None => Config::embedded(),
@@ -171,11 +188,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             } else {
                 report.print();
             }
-            Ok(if report.full_ebpf { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.full_ebpf {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Config(ConfigCmd::Validate { file }) => match Config::load(&file) {
             Ok(c) => {
-                println!("{}: ok ({} motan section(s), admin {}, transparent listener {})", c.source, c.motan.len(), c.admin_addr(), c.transparent_addr());
+                println!(
+                    "{}: ok ({} motan section(s), admin {}, transparent listener {})",
+                    c.source,
+                    c.motan.len(),
+                    c.admin_addr(),
+                    c.transparent_addr()
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -198,11 +225,22 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 path.push_str(&format!("&mode={m}"));
             }
             let v = admin_call(&admin, "POST", &path)?;
-            println!("intercepting {} (mode {})", v["cgroup"].as_str().unwrap_or(&cgroup), v["mode"].as_str().unwrap_or("?"));
+            println!(
+                "intercepting {} (mode {})",
+                v["cgroup"].as_str().unwrap_or(&cgroup),
+                v["mode"].as_str().unwrap_or("?")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Intercept(InterceptCmd::Disable { cgroup, all, admin }) => {
-            let path = if all { "/intercept/disable?all=true".to_string() } else { format!("/intercept/disable?cgroup={}", query(cgroup.as_deref().unwrap_or(""))) };
+            let path = if all {
+                "/intercept/disable?all=true".to_string()
+            } else {
+                format!(
+                    "/intercept/disable?cgroup={}",
+                    query(cgroup.as_deref().unwrap_or(""))
+                )
+            };
             let v = admin_call(&admin, "POST", &path)?;
             println!("disabled interception for {} cgroup(s)", v["disabled"]);
             Ok(ExitCode::SUCCESS)
@@ -212,10 +250,24 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("auto mode: {}   transparent listener: {}", v["auto_mode"].as_str().unwrap_or("?"), v["transparent_listener"].as_str().unwrap_or("?"));
-                println!("{:<32} {:<14} {:>10} {:>10} {:>10}", "CGROUP", "MODE", "REDIRECTED", "PASSED", "FAIL-OPEN");
+                println!(
+                    "auto mode: {}   transparent listener: {}",
+                    v["auto_mode"].as_str().unwrap_or("?"),
+                    v["transparent_listener"].as_str().unwrap_or("?")
+                );
+                println!(
+                    "{:<32} {:<14} {:>10} {:>10} {:>10}",
+                    "CGROUP", "MODE", "REDIRECTED", "PASSED", "FAIL-OPEN"
+                );
                 for c in v["cgroups"].as_array().into_iter().flatten() {
-                    println!("{:<32} {:<14} {:>10} {:>10} {:>10}", c["cgroup"].as_str().unwrap_or("?"), c["mode"].as_str().unwrap_or("?"), c["redirected"], c["passed"], c["fail_open"]);
+                    println!(
+                        "{:<32} {:<14} {:>10} {:>10} {:>10}",
+                        c["cgroup"].as_str().unwrap_or("?"),
+                        c["mode"].as_str().unwrap_or("?"),
+                        c["redirected"],
+                        c["passed"],
+                        c["fail_open"]
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -225,18 +277,37 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("sockmesh {}  up {} s  status {}", v["version"].as_str().unwrap_or("?"), v["uptime_seconds"], v["status"]);
+                println!(
+                    "sockmesh {}  up {} s  status {}",
+                    v["version"].as_str().unwrap_or("?"),
+                    v["uptime_seconds"],
+                    v["status"]
+                );
                 for l in v["listeners"].as_array().into_iter().flatten() {
-                    println!("  listener {:<12} {}", l["name"].as_str().unwrap_or("?"), l["address"].as_str().unwrap_or("?"));
+                    println!(
+                        "  listener {:<12} {}",
+                        l["name"].as_str().unwrap_or("?"),
+                        l["address"].as_str().unwrap_or("?")
+                    );
                 }
                 let i = &v["intercept"];
                 if i["available"].as_bool() == Some(true) {
-                    println!("  interception: available, auto = {}, {} cgroup(s)", i["auto_mode"].as_str().unwrap_or("?"), i["cgroups"].as_array().map_or(0, |a| a.len()));
+                    println!(
+                        "  interception: available, auto = {}, {} cgroup(s)",
+                        i["auto_mode"].as_str().unwrap_or("?"),
+                        i["cgroups"].as_array().map_or(0, |a| a.len())
+                    );
                 } else {
-                    println!("  interception: unavailable: {}", i["error"].as_str().unwrap_or("?"));
+                    println!(
+                        "  interception: unavailable: {}",
+                        i["error"].as_str().unwrap_or("?")
+                    );
                 }
                 let p = &v["transparent_proxy"];
-                println!("  transparent proxy: {} accepted, {} active, {} upstream errors", p["accepted"], p["active"], p["upstream_errors"]);
+                println!(
+                    "  transparent proxy: {} accepted, {} active, {} upstream errors",
+                    p["accepted"], p["active"], p["upstream_errors"]
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -245,7 +316,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(_) => {
                     println!("asked the running daemon at {} to stop", admin.admin);
                     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-                    while std::net::TcpStream::connect_timeout(&admin.admin, std::time::Duration::from_millis(200)).is_ok() {
+                    while std::net::TcpStream::connect_timeout(
+                        &admin.admin,
+                        std::time::Duration::from_millis(200),
+                    )
+                    .is_ok()
+                    {
                         if std::time::Instant::now() > deadline {
                             bail!("the daemon did not stop within 15 s; stop it, then run uninstall again");
                         }
@@ -255,7 +331,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Err(_) => println!("no daemon answering at {}", admin.admin),
             }
             let n = sockmesh::intercept::ebpf::uninstall(&pin_dir)?;
-            println!("removed {n} pinned BPF object(s) under {} (programs detach with their links)", pin_dir.display());
+            println!(
+                "removed {n} pinned BPF object(s) under {} (programs detach with their links)",
+                pin_dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -45,9 +45,18 @@ impl BpfAttr {
 fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
     // SAFETY: attr is a properly sized, zero-initialised bpf_attr for `cmd`.
     let r = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut BpfAttr, std::mem::size_of::<BpfAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BpfAttr,
+            std::mem::size_of::<BpfAttr>(),
+        )
     };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 fn owned(fd: libc::c_long) -> OwnedFd {
@@ -115,9 +124,7 @@ pub fn ensure_bpffs(path: &Path) -> io::Result<bool> {
     let target = cpath(path)?;
     let src = CString::new("bpf").unwrap();
     // SAFETY: plain mount(2) with valid C strings.
-    let r = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
-    };
+    let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -128,16 +135,28 @@ fn getsockopt_raw(fd: BorrowedFd<'_>, level: i32, name: i32, buf: &mut [u8]) -> 
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: buf is valid for len bytes.
     let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut len) };
-    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(len as usize) }
+    if r != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(len as usize)
+    }
 }
 
 /// `getsockopt(SOL_IP, SO_ORIGINAL_DST)`: answered by conntrack (iptables REDIRECT) or by our
 /// cgroup/getsockopt program (eBPF interception) alike.
 pub fn original_dst(fd: impl AsFd) -> io::Result<SocketAddrV4> {
     let mut buf = [0u8; 16];
-    let n = getsockopt_raw(fd.as_fd(), libc::SOL_IP, sockmesh_common::SO_ORIGINAL_DST, &mut buf)?;
+    let n = getsockopt_raw(
+        fd.as_fd(),
+        libc::SOL_IP,
+        sockmesh_common::SO_ORIGINAL_DST,
+        &mut buf,
+    )?;
     if n < 8 || u16::from_ne_bytes([buf[0], buf[1]]) != libc::AF_INET as u16 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "SO_ORIGINAL_DST: not an IPv4 address"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "SO_ORIGINAL_DST: not an IPv4 address",
+        ));
     }
     let port = u16::from_be_bytes([buf[2], buf[3]]);
     let ip = Ipv4Addr::new(buf[4], buf[5], buf[6], buf[7]);

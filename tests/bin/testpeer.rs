@@ -19,7 +19,15 @@ fn fionread(s: &TcpStream) -> i32 {
 fn tcp_bytes_received(s: &TcpStream) -> u64 {
     let mut info = [0u8; 232];
     let mut len = info.len() as libc::socklen_t;
-    unsafe { libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len) };
+    unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
     u64::from_ne_bytes(info[128..136].try_into().unwrap())
 }
 
@@ -58,7 +66,10 @@ fn client(args: &[String]) {
     let mut fionread_max = 0;
     let mut eagain = 0u32;
     let got = if reader == "tokio" {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -70,7 +81,10 @@ fn client(args: &[String]) {
                 w.shutdown().await.unwrap();
             });
             let mut got = Vec::new();
-            tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut got)).await.expect("read timed out").unwrap();
+            tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut got))
+                .await
+                .expect("read timed out")
+                .unwrap();
             wt.await.unwrap();
             (got, peer, 0u64)
         })
@@ -99,7 +113,10 @@ fn client(args: &[String]) {
                 }
                 fionread_max = fionread_max.max(q);
                 if q == 0 && got.len() < n {
-                    panic!("FIONREAD stayed 0 for 2 s with {} of {n} bytes received", got.len());
+                    panic!(
+                        "FIONREAD stayed 0 for 2 s with {} of {n} bytes received",
+                        got.len()
+                    );
                 }
             }
             match r.read(&mut buf) {
@@ -133,7 +150,9 @@ fn main() {
         Some("echo-server") => echo_server(&args[1]),
         Some("client") => client(&args[1..]),
         _ => {
-            eprintln!("usage: sockmesh-testpeer echo-server ADDR | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio]");
+            eprintln!(
+                "usage: sockmesh-testpeer echo-server ADDR | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio]"
+            );
             std::process::exit(2);
         }
     }

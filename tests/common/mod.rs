@@ -28,10 +28,14 @@ pub fn privileged(test: &str) -> bool {
         return true;
     }
     if std::env::var("SOCKMESH_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: needs root (cgroups, BPF, network namespaces); SOCKMESH_SKIP_PRIVILEGED=1 is set");
+        eprintln!(
+            "SKIPPED {test}: needs root (cgroups, BPF, network namespaces); SOCKMESH_SKIP_PRIVILEGED=1 is set"
+        );
         return false;
     }
-    panic!("{test} needs root to load BPF programs and create cgroups/netns; run as root or set SOCKMESH_SKIP_PRIVILEGED=1 to skip it explicitly");
+    panic!(
+        "{test} needs root to load BPF programs and create cgroups/netns; run as root or set SOCKMESH_SKIP_PRIVILEGED=1 to skip it explicitly"
+    );
 }
 
 pub fn bin() -> &'static str {
@@ -44,7 +48,9 @@ pub fn peer_bin() -> &'static str {
 
 /// `n` distinct free loopback ports (all held until chosen, so they differ).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
     held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
@@ -98,7 +104,11 @@ impl Daemon {
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&self.config)
@@ -115,7 +125,12 @@ impl Daemon {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("daemon exited during start-up ({st}); log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "daemon did not answer on {} within 30 s; log:\n{}", self.admin, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not answer on {} within 30 s; log:\n{}",
+                self.admin,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -138,8 +153,17 @@ impl Daemon {
 
     /// Run the CLI against this daemon; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(bin()).args(args).arg("--admin").arg(self.admin.to_string()).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--admin")
+            .arg(self.admin.to_string())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 
     pub fn enable(&self, cgroup_rel: &str, mode: &str) {
@@ -163,7 +187,11 @@ impl Daemon {
             .find(|c| c["cgroup"] == cgroup_rel)
             .unwrap_or_else(|| panic!("cgroup {cgroup_rel} not in status {v}"))
             .clone();
-        (c["redirected"].as_u64().unwrap(), c["passed"].as_u64().unwrap(), c["fail_open"].as_u64().unwrap())
+        (
+            c["redirected"].as_u64().unwrap(),
+            c["passed"].as_u64().unwrap(),
+            c["fail_open"].as_u64().unwrap(),
+        )
     }
 
     /// Remove this daemon's pins (what `sockmesh uninstall` does), returning the CLI output.
@@ -178,7 +206,11 @@ impl Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         }
-        assert!(out.status.success(), "uninstall failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "uninstall failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into()
     }
 }
@@ -204,21 +236,41 @@ pub struct NetNs {
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl NetNs {
     /// `subnet` picks 10.213.<subnet>.0/30, a range only this test uses, inside its own netns.
     pub fn create(tag: &str, subnet: u8) -> NetNs {
         let name = format!("smt-{tag}-{}", std::process::id());
-        let (veth_h, veth_n) = (format!("smh{subnet}-{}", std::process::id() % 10000), format!("smn{subnet}-{}", std::process::id() % 10000));
-        let ns = NetNs { name: name.clone(), host_ip: format!("10.213.{subnet}.1"), ns_ip: format!("10.213.{subnet}.2") };
+        let (veth_h, veth_n) = (
+            format!("smh{subnet}-{}", std::process::id() % 10000),
+            format!("smn{subnet}-{}", std::process::id() % 10000),
+        );
+        let ns = NetNs {
+            name: name.clone(),
+            host_ip: format!("10.213.{subnet}.1"),
+            ns_ip: format!("10.213.{subnet}.2"),
+        };
         ip(&["netns", "add", &name]);
         ip(&["link", "add", &veth_h, "type", "veth", "peer", "name", &veth_n]);
         ip(&["link", "set", &veth_n, "netns", &name]);
         ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &veth_h]);
         ip(&["link", "set", &veth_h, "up"]);
-        ip(&["-n", &name, "addr", "add", &format!("{}/30", ns.ns_ip), "dev", &veth_n]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{}/30", ns.ns_ip),
+            "dev",
+            &veth_n,
+        ]);
         ip(&["-n", &name, "link", "set", &veth_n, "up"]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         ns
@@ -247,10 +299,21 @@ impl EchoServer {
             }
             None => Command::new(peer_bin()),
         };
-        let mut child = cmd.args(["echo-server", listen]).stdout(Stdio::piped()).spawn().expect("spawn echo server");
+        let mut child = cmd
+            .args(["echo-server", listen])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn echo server");
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("ready ").unwrap_or_else(|| panic!("echo server said {line:?}")).parse().unwrap();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("ready ")
+            .unwrap_or_else(|| panic!("echo server said {line:?}"))
+            .parse()
+            .unwrap();
         EchoServer { child, addr }
     }
 }
@@ -270,11 +333,23 @@ pub fn client(cgroup: Option<&Path>, connect: SocketAddr, bytes: usize, reader: 
         cmd.arg("--cgroup").arg(cg);
     }
     let out = cmd
-        .args(["--connect", &connect.to_string(), "--bytes", &bytes.to_string(), "--reader", reader])
+        .args([
+            "--connect",
+            &connect.to_string(),
+            "--bytes",
+            &bytes.to_string(),
+            "--reader",
+            reader,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("client output {:?}: {e}", String::from_utf8_lossy(&out.stdout)))
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("client output {:?}: {e}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// A short request/response on a plain socket from this (un-intercepted) process.

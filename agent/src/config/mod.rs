@@ -39,7 +39,13 @@ pub struct AgentSection {
 
 impl Default for AgentSection {
     fn default() -> Self {
-        AgentSection { port: 9981, mport: 8002, eport: 9982, application: "sockmesh".into(), other: BTreeMap::new() }
+        AgentSection {
+            port: 9981,
+            mport: 8002,
+            eport: 9982,
+            application: "sockmesh".into(),
+            other: BTreeMap::new(),
+        }
     }
 }
 
@@ -55,7 +61,11 @@ pub struct SockmeshSection {
 
 impl Default for SockmeshSection {
     fn default() -> Self {
-        SockmeshSection { admin_bind: Ipv4Addr::LOCALHOST, log_level: "info".into(), intercept: InterceptSection::default() }
+        SockmeshSection {
+            admin_bind: Ipv4Addr::LOCALHOST,
+            log_level: "info".into(),
+            intercept: InterceptSection::default(),
+        }
     }
 }
 
@@ -114,7 +124,9 @@ impl std::str::FromStr for RequestedMode {
             "auto" => Ok(RequestedMode::Auto),
             "ebpf-connect" | "connect" => Ok(RequestedMode::Connect),
             "ebpf-sockmap" | "sockmap" => Ok(RequestedMode::Sockmap),
-            other => Err(format!("unknown mode {other:?} (expected auto, ebpf-connect or ebpf-sockmap)")),
+            other => Err(format!(
+                "unknown mode {other:?} (expected auto, ebpf-connect or ebpf-sockmap)"
+            )),
         }
     }
 }
@@ -164,7 +176,11 @@ impl Config {
         let root: Value = match serde_yaml_ng::from_str(text) {
             Ok(Value::Null) => Value::Mapping(Default::default()),
             Ok(v @ Value::Mapping(_)) => v,
-            Ok(_) => return Err(ConfigErrors(vec![format!("{source}: the top level must be a mapping of sections")])),
+            Ok(_) => {
+                return Err(ConfigErrors(vec![format!(
+                    "{source}: the top level must be a mapping of sections"
+                )]));
+            }
             Err(e) => return Err(ConfigErrors(vec![format!("{source}: not valid YAML: {e}")])),
         };
         let Value::Mapping(map) = root else { unreachable!() };
@@ -190,9 +206,18 @@ impl Config {
                 }
             }
         }
-        let cfg = Config { source: source.to_string(), agent, sockmesh, motan };
+        let cfg = Config {
+            source: source.to_string(),
+            agent,
+            sockmesh,
+            motan,
+        };
         errors.extend(cfg.validate());
-        if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     fn validate(&self) -> Vec<String> {
@@ -201,25 +226,41 @@ impl Config {
         let a = &self.agent;
         for (key, port) in [("port", a.port), ("mport", a.mport), ("eport", a.eport)] {
             if port == 0 {
-                e.push(format!("{src}: section motan-agent, key {key}: port 0 is not allowed"));
+                e.push(format!(
+                    "{src}: section motan-agent, key {key}: port 0 is not allowed"
+                ));
             }
         }
         let i = &self.sockmesh.intercept;
-        let ports = [("motan-agent.port", a.port), ("motan-agent.mport", a.mport), ("motan-agent.eport", a.eport), ("sockmesh.intercept.transparent_port", i.transparent_port)];
+        let ports = [
+            ("motan-agent.port", a.port),
+            ("motan-agent.mport", a.mport),
+            ("motan-agent.eport", a.eport),
+            ("sockmesh.intercept.transparent_port", i.transparent_port),
+        ];
         for (n, (k1, p1)) in ports.iter().enumerate() {
             for (k2, p2) in &ports[n + 1..] {
                 if p1 == p2 {
-                    e.push(format!("{src}: {k1} and {k2} are both {p1}; each listener needs its own port"));
+                    e.push(format!(
+                        "{src}: {k1} and {k2} are both {p1}; each listener needs its own port"
+                    ));
                 }
             }
         }
         if i.transparent_port == 0 {
-            e.push(format!("{src}: section sockmesh.intercept, key transparent_port: port 0 is not allowed"));
+            e.push(format!(
+                "{src}: section sockmesh.intercept, key transparent_port: port 0 is not allowed"
+            ));
         }
         if let Err(m) = i.default_mode.parse::<RequestedMode>() {
-            e.push(format!("{src}: section sockmesh.intercept, key default_mode: {m}"));
+            e.push(format!(
+                "{src}: section sockmesh.intercept, key default_mode: {m}"
+            ));
         }
-        for (key, list) in [("include_cidrs", &i.include_cidrs), ("exclude_cidrs", &i.exclude_cidrs)] {
+        for (key, list) in [
+            ("include_cidrs", &i.include_cidrs),
+            ("exclude_cidrs", &i.exclude_cidrs),
+        ] {
             for c in list {
                 if let Err(m) = c.parse::<Cidr>() {
                     e.push(format!("{src}: section sockmesh.intercept, key {key}: {m}"));
@@ -233,10 +274,15 @@ impl Config {
             e.push(format!("{src}: section sockmesh.intercept, key bpf_log_level: {:?} is not one of off, error, warn, info, debug, trace", i.bpf_log_level));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.sockmesh.log_level).is_err() {
-            e.push(format!("{src}: section sockmesh, key log_level: {:?} is not a valid level or filter", self.sockmesh.log_level));
+            e.push(format!(
+                "{src}: section sockmesh, key log_level: {:?} is not a valid level or filter",
+                self.sockmesh.log_level
+            ));
         }
         if !i.pin_dir.is_absolute() {
-            e.push(format!("{src}: section sockmesh.intercept, key pin_dir: must be an absolute path on a bpffs"));
+            e.push(format!(
+                "{src}: section sockmesh.intercept, key pin_dir: must be an absolute path on a bpffs"
+            ));
         }
         e
     }
@@ -283,24 +329,40 @@ mod tests {
         let err = Config::parse(text, "bad.yaml").unwrap_err();
         let all = err.to_string();
         assert!(err.0.len() >= 3, "{all}");
-        assert!(all.contains("bad.yaml: motan-agent.port and motan-agent.mport are both 8002"), "{all}");
+        assert!(
+            all.contains("bad.yaml: motan-agent.port and motan-agent.mport are both 8002"),
+            "{all}"
+        );
         assert!(all.contains("key default_mode"), "{all}");
         assert!(all.contains("key include_cidrs"), "{all}");
     }
 
     #[test]
     fn unknown_sockmesh_keys_and_garbage_are_named() {
-        let err = Config::parse("sockmesh:\n  intercpt: {}\n", "x.yaml").unwrap_err().to_string();
-        assert!(err.contains("section sockmesh") && err.contains("intercpt"), "{err}");
-        let err = Config::parse("- just\n- a list\n", "y.yaml").unwrap_err().to_string();
+        let err = Config::parse("sockmesh:\n  intercpt: {}\n", "x.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("section sockmesh") && err.contains("intercpt"),
+            "{err}"
+        );
+        let err = Config::parse("- just\n- a list\n", "y.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("top level must be a mapping"), "{err}");
-        let err = Config::parse("motan-agent: {port: [1]", "z.yaml").unwrap_err().to_string();
+        let err = Config::parse("motan-agent: {port: [1]", "z.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not valid YAML"), "{err}");
     }
 
     #[test]
     fn keeps_motan_sections_for_the_agent_core() {
-        let c = Config::parse("motan-refer:\n  hello:\n    path: com.weibo.HelloService\n", "r.yaml").unwrap();
+        let c = Config::parse(
+            "motan-refer:\n  hello:\n    path: com.weibo.HelloService\n",
+            "r.yaml",
+        )
+        .unwrap();
         assert!(c.motan.contains_key("motan-refer"));
     }
 }

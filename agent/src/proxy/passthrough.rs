@@ -12,7 +12,9 @@ use tokio::net::{TcpSocket, TcpStream};
 pub async fn connect_marked(dst: SocketAddrV4, mark: u32, timeout: Duration) -> Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     if mark != 0 {
-        socket2::SockRef::from(&sock).set_mark(mark).context("setting SO_MARK (needs CAP_NET_ADMIN)")?;
+        socket2::SockRef::from(&sock)
+            .set_mark(mark)
+            .context("setting SO_MARK (needs CAP_NET_ADMIN)")?;
     }
     sock.set_nodelay(true)?;
     let stream = tokio::time::timeout(timeout, sock.connect(dst.into()))

@@ -62,7 +62,12 @@ pub struct TransparentProxy {
 
 impl TransparentProxy {
     /// Accept until `shutdown`; connections in flight are tracked by `tasks` for draining.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken, tasks: TaskTracker) {
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) {
         let local = listener.local_addr().ok();
         loop {
             let (conn, peer) = tokio::select! {

@@ -161,10 +161,7 @@ mod tests {
 
     #[test]
     fn sizes_have_no_hidden_padding() {
-        assert_eq!(
-            core::mem::size_of::<GlobalConfig>(),
-            16 + 4 * MAX_AGENT_PORTS
-        );
+        assert_eq!(core::mem::size_of::<GlobalConfig>(), 16 + 4 * MAX_AGENT_PORTS);
         assert_eq!(core::mem::size_of::<CgroupPolicy>(), 32);
         assert_eq!(core::mem::size_of::<OrigDst>(), 24);
         assert_eq!(core::mem::size_of::<EndpointKey>(), 16);

@@ -4,23 +4,16 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
-    helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_sk_lookup_tcp,
-        bpf_sk_release,
-    },
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_sk_lookup_tcp, bpf_sk_release},
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use aya_log_ebpf::{debug, warn};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
-use sockmesh_common::{
-    CgroupPolicy, GlobalConfig, MAX_AGENT_PORTS, MAX_CGROUP_DEPTH, Mode, OrigDst,
-};
+use sockmesh_common::{CgroupPolicy, GlobalConfig, MAX_AGENT_PORTS, MAX_CGROUP_DEPTH, Mode, OrigDst};
 
-use crate::maps::{
-    SM_CGROUPS, SM_EXCLUDE_PORTS, SM_EXCLUDE_V4, SM_INCLUDE_V4, SM_ORIG_DST, config,
-};
+use crate::maps::{SM_CGROUPS, SM_EXCLUDE_PORTS, SM_EXCLUDE_V4, SM_INCLUDE_V4, SM_ORIG_DST, config};
 
 const IPPROTO_TCP: u32 = 6;
 const LOOPBACK_NET: u32 = 0x7f00_0000;
@@ -180,8 +173,7 @@ fn listener_alive(ctx: &SockAddrContext, cfg: &GlobalConfig) -> bool {
         bpf_sk_lookup_tcp(
             ctx.as_ptr(),
             &mut tuple,
-            core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
-                as u32,
+            core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32,
             BPF_F_CURRENT_NETNS as u64,
             0,
         )

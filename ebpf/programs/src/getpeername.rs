@@ -1,8 +1,7 @@
 //! cgroup/getpeername4 and getpeername6: an intercepted app sees its original destination as its
 //! peer, as it would under iptables REDIRECT.
 use aya_ebpf::{
-    EbpfContext, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    EbpfContext, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 
 use crate::maps::SM_ORIG_DST;

@@ -1,8 +1,6 @@
 //! cgroup/sock_release: forget an app socket's original-destination record when it closes.
 //! (The tuple record the agent reads lives until the agent's side closes; see `sockops`.)
-use aya_ebpf::{
-    EbpfContext, helpers::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext,
-};
+use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext};
 
 use crate::maps::SM_ORIG_DST;
 
