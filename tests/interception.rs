@@ -252,6 +252,51 @@ fn destination_inside_a_test_network_namespace() {
 }
 
 #[test]
+fn app_inside_another_network_namespace() {
+    if !privileged("app_inside_another_network_namespace") {
+        return;
+    }
+    let _g = serial();
+    let ns = NetNs::create("app", 2);
+    // The destination is the namespace's own loopback: only reachable from inside it.
+    let echo = EchoServer::start("127.0.0.2:0", Some(&ns));
+    let d = Daemon::start("netnsapp");
+    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-nsapp-{}", std::process::id())).unwrap();
+    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    d.enable(&rel, "ebpf-connect");
+    let _resident = Resident::start(Some(&ns), cg.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.intercept_status()["netns_listeners"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no listener opened in the app's namespace:\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for mode in ["ebpf-connect", "ebpf-sockmap"] {
+        d.enable(&rel, mode);
+        let r = client_in(Some(&ns), Some(cg.path()), echo.addr, MIB, "blocking");
+        assert_eq!(r["ok"], true, "{mode}: {r}");
+        assert_eq!(r["peer"], echo.addr.to_string(), "{mode}");
+    }
+    assert_eq!(d.counters(&rel).0, 2, "both connections intercepted");
+    let log = d.log();
+    assert!(
+        log.contains(&format!("original_dst={}", echo.addr)) && log.contains("other_netns=true"),
+        "{log}"
+    );
+    assert!(
+        log.contains("transparent listener opened in network namespace"),
+        "{log}"
+    );
+}
+
+#[test]
 fn fail_open_when_killed_and_interception_back_after_restart() {
     if !privileged("fail_open_when_killed_and_interception_back_after_restart") {
         return;

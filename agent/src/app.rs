@@ -31,6 +31,8 @@ pub struct AppState {
     pub auto_mode: Mode,
     pub proxy_stats: Arc<Stats>,
     pub listeners: Vec<(String, String)>,
+    /// Network namespaces (inode) where a transparent listener runs besides our own.
+    pub netns_listeners: Mutex<Vec<u64>>,
     pub shutdown: CancellationToken,
 }
 
@@ -91,6 +93,7 @@ impl AppState {
             "available": true,
             "auto_mode": mode_name(self.auto_mode),
             "transparent_listener": self.config.transparent_addr().to_string(),
+            "netns_listeners": *self.netns_listeners.lock().unwrap(),
             "cgroups": cgroups,
         }))
     }
@@ -195,7 +198,11 @@ pub async fn run(config: Config) -> Result<()> {
         connect_timeout: Duration::from_secs(5),
         stats: stats.clone(),
     });
-    tasks.spawn(proxy.run(transparent, shutdown.clone(), tasks.clone()));
+    tasks.spawn(
+        proxy
+            .clone()
+            .run(transparent, shutdown.clone(), tasks.clone(), None),
+    );
 
     let admin = bind("admin", config.admin_addr()).await?;
     listeners.push(("admin".to_string(), config.admin_addr().to_string()));
@@ -210,8 +217,12 @@ pub async fn run(config: Config) -> Result<()> {
         auto_mode,
         proxy_stats: stats,
         listeners: listeners.clone(),
+        netns_listeners: Mutex::new(Vec::new()),
         shutdown: shutdown.clone(),
     });
+    if state.intercept_error.is_none() {
+        tasks.spawn(watch_namespaces(state.clone(), proxy, tasks.clone()));
+    }
     tasks.spawn(crate::admin::serve(admin, state.clone(), shutdown.clone()));
 
     for (name, addr) in &listeners {
@@ -239,6 +250,86 @@ pub async fn run(config: Config) -> Result<()> {
     // Pinned interception stays attached; while no listener exists, apps connect directly.
     tracing::info!("stopped; interception stays pinned and fails open until the agent is back");
     Ok(())
+}
+
+/// Keep a transparent listener in every foreign network namespace that has processes in an
+/// intercepted cgroup (see intercept/netns.rs).
+async fn watch_namespaces(state: Arc<AppState>, proxy: Arc<TransparentProxy>, tasks: TaskTracker) {
+    use crate::intercept::netns;
+    let Some(own) = netns::netns_ino(std::process::id()) else {
+        return;
+    };
+    let listen = state.config.transparent_addr();
+    let mut active: std::collections::HashMap<u64, CancellationToken> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cgroups: Vec<std::path::PathBuf> = {
+            let g = state.interceptor.lock().unwrap();
+            let Some(i) = g.as_ref() else { return };
+            let mount = i.cgroup_mount().to_path_buf();
+            i.status()
+                .unwrap_or_default()
+                .iter()
+                .filter(|c| c.mode != "off" && c.cgroup.starts_with('/'))
+                .map(|c| mount.join(c.cgroup.trim_start_matches('/')))
+                .collect()
+        };
+        let found = tokio::task::spawn_blocking(move || netns::foreign_namespaces(&cgroups, own))
+            .await
+            .unwrap_or_default();
+        for (ino, path) in &found {
+            if active.contains_key(ino) {
+                continue;
+            }
+            let p = path.clone();
+            match tokio::task::spawn_blocking(move || netns::NetnsSockets::start(&p, listen)).await {
+                Ok(Ok((sockets, std_listener))) => {
+                    let listener = match std_listener
+                        .set_nonblocking(true)
+                        .and_then(|_| TcpListener::from_std(std_listener))
+                    {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!(
+                                netns = ino,
+                                "cannot use the listener made in network namespace: {e}"
+                            );
+                            continue;
+                        }
+                    };
+                    let token = state.shutdown.child_token();
+                    tasks.spawn(
+                        proxy
+                            .clone()
+                            .run(listener, token.clone(), tasks.clone(), Some(sockets)),
+                    );
+                    tracing::info!(netns = ino, via = %path.display(), %listen, "transparent listener opened in network namespace");
+                    active.insert(*ino, token);
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    netns = ino,
+                    "no transparent listener in network namespace (connections there go direct): {e:#}"
+                ),
+                Err(e) => tracing::warn!("namespace watcher: {e}"),
+            }
+        }
+        active.retain(|ino, token| {
+            let keep = found.contains_key(ino);
+            if !keep {
+                token.cancel();
+                tracing::info!(
+                    netns = ino,
+                    "no intercepted processes left in network namespace; listener closed"
+                );
+            }
+            keep
+        });
+        *state.netns_listeners.lock().unwrap() = active.keys().copied().collect();
+    }
 }
 
 async fn wait_for_signal(shutdown: &CancellationToken) {

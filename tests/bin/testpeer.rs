@@ -149,9 +149,20 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("echo-server") => echo_server(&args[1]),
         Some("client") => client(&args[1..]),
+        Some("hold") => {
+            // Join a cgroup and stay there (a resident app process) until killed.
+            std::fs::write(
+                format!("{}/cgroup.procs", args[1]),
+                std::process::id().to_string(),
+            )
+            .expect("join cgroup");
+            println!("held");
+            std::io::stdout().flush().unwrap();
+            std::thread::sleep(Duration::from_secs(120));
+        }
         _ => {
             eprintln!(
-                "usage: sockmesh-testpeer echo-server ADDR | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio]"
+                "usage: sockmesh-testpeer echo-server ADDR | hold CGROUP-DIR | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio]"
             );
             std::process::exit(2);
         }

@@ -291,15 +291,7 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(listen: &str, netns: Option<&NetNs>) -> EchoServer {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name, peer_bin()]);
-                c
-            }
-            None => Command::new(peer_bin()),
-        };
-        let mut child = cmd
+        let mut child = peer_cmd(netns)
             .args(["echo-server", listen])
             .stdout(Stdio::piped())
             .spawn()
@@ -327,7 +319,60 @@ impl Drop for EchoServer {
 
 /// Run the test client (moving itself into `cgroup` first when given) against `connect`.
 pub fn client(cgroup: Option<&Path>, connect: SocketAddr, bytes: usize, reader: &str) -> serde_json::Value {
-    let mut cmd = Command::new(peer_bin());
+    client_in(None, cgroup, connect, bytes, reader)
+}
+
+/// `peer_bin()`, run inside `netns` when given. nsenter switches only the network namespace;
+/// `ip netns exec` would also remount /sys and hide the cgroup mount the peer has to join.
+fn peer_cmd(netns: Option<&NetNs>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{}", ns.name))
+                .arg("--")
+                .arg(peer_bin());
+            c
+        }
+        None => Command::new(peer_bin()),
+    }
+}
+
+/// A process that sits in a cgroup (inside `netns` when given) until dropped.
+pub struct Resident(Child);
+
+impl Resident {
+    pub fn start(netns: Option<&NetNs>, cgroup: &Path) -> Resident {
+        let mut child = peer_cmd(netns)
+            .arg("hold")
+            .arg(cgroup)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "held");
+        Resident(child)
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The test client, inside `netns` when given.
+pub fn client_in(
+    netns: Option<&NetNs>,
+    cgroup: Option<&Path>,
+    connect: SocketAddr,
+    bytes: usize,
+    reader: &str,
+) -> serde_json::Value {
+    let mut cmd = peer_cmd(netns);
     cmd.arg("client");
     if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(cg);

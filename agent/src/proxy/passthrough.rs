@@ -8,9 +8,21 @@ use anyhow::{Context, Result};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Connect to `dst` with the agent's socket mark, so the connect hook never intercepts the
-/// agent's own connections (no loops), in eBPF and iptables mode alike.
-pub async fn connect_marked(dst: SocketAddrV4, mark: u32, timeout: Duration) -> Result<TcpStream> {
-    let sock = TcpSocket::new_v4()?;
+/// agent's own connections (no loops), in eBPF and iptables mode alike. `socket`, when given,
+/// is a fresh socket made in another network namespace (see intercept/netns.rs).
+pub async fn connect_marked(
+    dst: SocketAddrV4,
+    mark: u32,
+    timeout: Duration,
+    socket: Option<socket2::Socket>,
+) -> Result<TcpStream> {
+    let sock = match socket {
+        Some(s) => {
+            s.set_nonblocking(true)?;
+            TcpSocket::from_std_stream(s.into())
+        }
+        None => TcpSocket::new_v4()?,
+    };
     if mark != 0 {
         socket2::SockRef::from(&sock)
             .set_mark(mark)

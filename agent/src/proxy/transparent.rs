@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::passthrough;
+use crate::intercept::netns::NetnsSockets;
 use crate::sys;
 
 #[derive(Default, Debug)]
@@ -62,11 +63,14 @@ pub struct TransparentProxy {
 
 impl TransparentProxy {
     /// Accept until `shutdown`; connections in flight are tracked by `tasks` for draining.
+    /// `netns` is set for a listener inside another network namespace: upstream sockets are then
+    /// made there too.
     pub async fn run(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        netns: Option<NetnsSockets>,
     ) {
         let local = listener.local_addr().ok();
         loop {
@@ -82,11 +86,18 @@ impl TransparentProxy {
                 },
             };
             let me = self.clone();
-            tasks.spawn(async move { me.handle(conn, peer, local).await });
+            let ns = netns.clone();
+            tasks.spawn(async move { me.handle(conn, peer, local, ns).await });
         }
     }
 
-    async fn handle(&self, conn: TcpStream, peer: SocketAddr, local: Option<SocketAddr>) {
+    async fn handle(
+        &self,
+        conn: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        netns: Option<NetnsSockets>,
+    ) {
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let orig = match sys::original_dst(&conn) {
             Ok(o) => o,
@@ -101,15 +112,33 @@ impl TransparentProxy {
             tracing::warn!(%peer, "original destination is the transparent listener itself; closing to avoid a loop");
             return;
         }
-        tracing::debug!(%peer, original_dst = %orig, "intercepted connection");
+        tracing::debug!(%peer, original_dst = %orig, other_netns = netns.is_some(), "intercepted connection");
         self.stats.active.fetch_add(1, Ordering::Relaxed);
-        self.passthrough(conn, orig, peer).await;
+        self.passthrough(conn, orig, peer, netns).await;
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn passthrough(&self, conn: TcpStream, orig: SocketAddrV4, peer: SocketAddr) {
+    async fn passthrough(
+        &self,
+        conn: TcpStream,
+        orig: SocketAddrV4,
+        peer: SocketAddr,
+        netns: Option<NetnsSockets>,
+    ) {
         let _ = conn.set_nodelay(true);
-        let upstream = match passthrough::connect_marked(orig, self.mark, self.connect_timeout).await {
+        let socket = match &netns {
+            Some(ns) => match ns.socket().await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, "cannot make a socket in the app's network namespace: {e:#}");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let upstream = match passthrough::connect_marked(orig, self.mark, self.connect_timeout, socket).await
+        {
             Ok(u) => u,
             Err(e) => {
                 self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
