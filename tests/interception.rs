@@ -100,6 +100,8 @@ fn connect_mode_intercepts_only_the_enabled_cgroup() {
         log.contains(&format!("original_dst={}", echo.addr)),
         "agent did not log the original destination:\n{log}"
     );
+    // aya-log records of the kernel program reach the agent's log.
+    assert!(log.contains(&format!("sockmesh: redirected connect to {}", echo.addr)), "no BPF log record:\n{log}");
     // Connect mode: the data crossed the loopback TCP stack.
     assert!(r["tcp_bytes_received"].as_u64().unwrap() >= MIB as u64, "{r}");
 
