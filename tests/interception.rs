@@ -101,7 +101,10 @@ fn connect_mode_intercepts_only_the_enabled_cgroup() {
         "agent did not log the original destination:\n{log}"
     );
     // aya-log records of the kernel program reach the agent's log.
-    assert!(log.contains(&format!("sockmesh: redirected connect to {}", echo.addr)), "no BPF log record:\n{log}");
+    assert!(
+        log.contains(&format!("sockmesh: redirected connect to {}", echo.addr)),
+        "no BPF log record:\n{log}"
+    );
     // Connect mode: the data crossed the loopback TCP stack.
     assert!(r["tcp_bytes_received"].as_u64().unwrap() >= MIB as u64, "{r}");
 
@@ -418,4 +421,74 @@ fn config_validate_reports_all_problems() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn iptables_save() -> String {
+    let out = Command::new("iptables-save").output().expect("iptables-save");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn iptables_mode_redirects_and_uninstall_removes_every_rule() {
+    if !privileged("iptables_mode_redirects_and_uninstall_removes_every_rule") {
+        return;
+    }
+    let _g = serial();
+    let echo = EchoServer::start("127.0.0.6:0", None);
+    let mut d = Daemon::start("iptables");
+    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-ipt-{}", std::process::id())).unwrap();
+    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    d.enable(&rel, "iptables");
+    let saved = iptables_save();
+    assert!(
+        saved.contains(&format!("-A OUTPUT -p tcp -j {}", d.iptables_chain)),
+        "{saved}"
+    );
+    assert!(saved.contains(&format!("sockmesh cgroup {rel}")), "{saved}");
+
+    let r = client(Some(cg.path()), echo.addr, MIB, "blocking");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["peer"], echo.addr.to_string());
+    assert!(
+        d.log().contains(&format!("original_dst={}", echo.addr)),
+        "conntrack original destination not used"
+    );
+    let st = d.intercept_status();
+    let c = st["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup"] == rel.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (c["mode"].as_str(), c["redirected"].as_u64()),
+        (Some("iptables"), Some(1)),
+        "{st}"
+    );
+
+    // Not intercepted outside the cgroup (the rule count stays 1).
+    assert_eq!(client(None, echo.addr, 4096, "blocking")["ok"], true);
+    let st = d.intercept_status();
+    assert_eq!(st["cgroups"][0]["redirected"], 1, "{st}");
+
+    // Switching the cgroup to eBPF removes its iptables rule, and back.
+    d.enable(&rel, "ebpf-connect");
+    assert!(!iptables_save().contains(&format!("sockmesh cgroup {rel}")));
+    assert_eq!(d.intercept_status()["cgroups"][0]["mode"], "ebpf-connect");
+    d.enable(&rel, "iptables");
+    assert_eq!(d.intercept_status()["cgroups"].as_array().unwrap().len(), 1);
+
+    let out = d.uninstall();
+    assert!(
+        out.contains(&format!("removed iptables nat chain {}", d.iptables_chain)),
+        "{out}"
+    );
+    let saved = iptables_save();
+    assert!(
+        !saved.contains(&d.iptables_chain) && !saved.contains("sockmesh"),
+        "rules left:\n{saved}"
+    );
+    // Direct path again.
+    assert_eq!(client(Some(cg.path()), echo.addr, 4096, "blocking")["ok"], true);
 }

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, RequestedMode};
 use crate::intercept::EbpfInterceptor;
 use crate::intercept::ebpf::mode_name;
+use crate::intercept::iptables::Iptables;
 use crate::intercept::selftest::{self, SelfTest};
 use crate::proxy::transparent::{Stats, TransparentProxy};
 
@@ -24,6 +25,7 @@ pub struct AppState {
     pub online: AtomicBool,
     pub config: Config,
     pub interceptor: Mutex<Option<EbpfInterceptor>>,
+    pub iptables: Iptables,
     /// Why interception is unavailable, when it is.
     pub intercept_error: Option<String>,
     pub selftest: Option<SelfTest>,
@@ -37,19 +39,21 @@ pub struct AppState {
 }
 
 impl AppState {
-    fn resolve(&self, m: Option<RequestedMode>) -> Mode {
-        let m = m.unwrap_or_else(|| {
+    /// The eBPF mode a request means, or None for iptables.
+    fn resolve(&self, m: Option<RequestedMode>) -> Option<Mode> {
+        let default = || {
             self.config
                 .sockmesh
                 .intercept
                 .default_mode
                 .parse()
                 .unwrap_or(RequestedMode::Auto)
-        });
-        match m {
-            RequestedMode::Auto => self.auto_mode,
-            RequestedMode::Connect => Mode::Connect,
-            RequestedMode::Sockmap => Mode::Sockmap,
+        };
+        match m.unwrap_or_else(default) {
+            RequestedMode::Auto => Some(self.auto_mode),
+            RequestedMode::Connect => Some(Mode::Connect),
+            RequestedMode::Sockmap => Some(Mode::Sockmap),
+            RequestedMode::Iptables => None,
         }
     }
 
@@ -66,33 +70,87 @@ impl AppState {
         }
     }
 
+    /// Intercept `cgroup` in the requested mode; a cgroup is in one mode at a time, so switching
+    /// between iptables and eBPF removes the other mode's attachment.
     pub fn enable(&self, cgroup: &str, mode: Option<RequestedMode>) -> Result<Value> {
-        let m = self.resolve(mode);
-        if m == Mode::Sockmap && self.selftest.as_ref().is_some_and(|t| !t.sockmap_safe()) {
-            tracing::warn!(
-                cgroup,
-                "ebpf-sockmap requested although the kernel self-test failed: {}",
-                self.selftest.as_ref().unwrap().summary()
-            );
+        let mount = crate::cgroup::cgroup2_mount()?;
+        let path = crate::cgroup::resolve(&mount, cgroup)?;
+        let rel = crate::cgroup::display_rel(&mount, &path);
+        match self.resolve(mode) {
+            None => {
+                let in_ebpf = self
+                    .with_interceptor(|i| i.status())
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.cgroup == rel);
+                if in_ebpf {
+                    self.with_interceptor(|i| i.disable(&rel))?;
+                }
+                self.iptables.enable(&rel)?;
+                let st = self.iptables.cgroups()?.into_iter().find(|c| c.cgroup == rel);
+                Ok(json!({ "cgroup": rel, "mode": "iptables", "redirected": st.map_or(0, |c| c.redirected) }))
+            }
+            Some(m) => {
+                if m == Mode::Sockmap
+                    && let Some(t) = self.selftest.as_ref().filter(|t| !t.sockmap_safe())
+                {
+                    tracing::warn!(
+                        cgroup,
+                        "ebpf-sockmap requested although the kernel self-test failed: {}",
+                        t.summary()
+                    );
+                }
+                let st = self.with_interceptor(|i| i.enable(&rel, m))?;
+                self.iptables.disable(&rel)?;
+                Ok(serde_json::to_value(st)?)
+            }
         }
-        let st = self.with_interceptor(|i| i.enable(cgroup, m))?;
-        Ok(serde_json::to_value(st)?)
     }
 
     pub fn disable(&self, cgroup: &str) -> Result<()> {
-        self.with_interceptor(|i| i.disable(cgroup))
+        let mount = crate::cgroup::cgroup2_mount()?;
+        let rel = crate::cgroup::display_rel(&mount, &crate::cgroup::resolve(&mount, cgroup)?);
+        let was_iptables = self.iptables.disable(&rel)?;
+        let in_ebpf = self
+            .with_interceptor(|i| i.status())
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.cgroup == rel);
+        if in_ebpf {
+            self.with_interceptor(|i| i.disable(&rel))?;
+        } else if !was_iptables {
+            anyhow::bail!("cgroup {rel:?} is not intercepted");
+        }
+        Ok(())
     }
 
     pub fn disable_all(&self) -> Result<usize> {
-        self.with_interceptor(|i| i.disable_all())
+        let mut n = 0;
+        for c in self.iptables.cgroups()? {
+            self.iptables.disable(&c.cgroup)?;
+            n += 1;
+        }
+        if self.interceptor.lock().unwrap().is_some() {
+            n += self.with_interceptor(|i| i.disable_all())?;
+        }
+        Ok(n)
     }
 
     pub fn intercept_json(&self) -> Result<Value> {
-        let cgroups = self.with_interceptor(|i| i.status())?;
+        let (ebpf, error) = match self.with_interceptor(|i| i.status()) {
+            Ok(c) => (serde_json::to_value(c)?, None),
+            Err(e) => (json!([]), Some(format!("{e:#}"))),
+        };
+        let mut cgroups = ebpf.as_array().cloned().unwrap_or_default();
+        for c in self.iptables.cgroups()? {
+            cgroups.push(json!({ "cgroup": c.cgroup, "mode": c.mode, "redirected": c.redirected, "passed": 0, "fail_open": 0 }));
+        }
         Ok(json!({
-            "available": true,
+            "available": error.is_none(),
+            "error": error,
             "auto_mode": mode_name(self.auto_mode),
             "transparent_listener": self.config.transparent_addr().to_string(),
+            "iptables_chain": self.iptables.chain(),
             "netns_listeners": *self.netns_listeners.lock().unwrap(),
             "cgroups": cgroups,
         }))
@@ -101,7 +159,7 @@ impl AppState {
     pub fn status_json(&self) -> Value {
         let intercept = match self.intercept_json() {
             Ok(v) => v,
-            Err(e) => json!({ "available": false, "error": format!("{e:#}") }),
+            Err(e) => json!({ "available": false, "error": format!("{e:#}"), "cgroups": [] }),
         };
         json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -212,6 +270,10 @@ pub async fn run(config: Config) -> Result<()> {
         online: AtomicBool::new(false),
         config: config.clone(),
         interceptor: Mutex::new(interceptor),
+        iptables: Iptables::new(
+            &config.sockmesh.intercept.iptables_chain,
+            config.intercept_settings(),
+        )?,
         intercept_error,
         selftest: test,
         auto_mode,

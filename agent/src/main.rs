@@ -57,10 +57,12 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Stop the daemon and remove every pinned program link and map.
+    /// Stop the daemon, remove every pinned program link and map and the iptables chain.
     Uninstall {
         #[arg(long, default_value = sockmesh_common::PIN_ROOT)]
         pin_dir: PathBuf,
+        #[arg(long, default_value = "SOCKMESH")]
+        iptables_chain: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -81,6 +83,7 @@ enum InterceptCmd {
         /// cgroup path relative to the cgroup v2 mount, e.g. /apps/web.
         #[arg(long)]
         cgroup: String,
+        /// auto, ebpf-connect, ebpf-sockmap or iptables (default: sockmesh.intercept.default_mode).
         #[arg(long, value_parser = parse_mode)]
         mode: Option<RequestedMode>,
         #[command(flatten)]
@@ -217,12 +220,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Intercept(InterceptCmd::Enable { cgroup, mode, admin }) => {
             let mut path = format!("/intercept/enable?cgroup={}", query(&cgroup));
             if let Some(m) = mode {
-                let m = match m {
-                    RequestedMode::Auto => "auto",
-                    RequestedMode::Connect => "ebpf-connect",
-                    RequestedMode::Sockmap => "ebpf-sockmap",
-                };
-                path.push_str(&format!("&mode={m}"));
+                path.push_str(&format!("&mode={}", m.name()));
             }
             let v = admin_call(&admin, "POST", &path)?;
             println!(
@@ -311,7 +309,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Uninstall { pin_dir, admin } => {
+        Cmd::Uninstall {
+            pin_dir,
+            iptables_chain,
+            admin,
+        } => {
             match sockmesh::admin::request(admin.admin, "POST", "/shutdown") {
                 Ok(_) => {
                     println!("asked the running daemon at {} to stop", admin.admin);
@@ -335,6 +337,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 "removed {n} pinned BPF object(s) under {} (programs detach with their links)",
                 pin_dir.display()
             );
+            match sockmesh::intercept::iptables::Iptables::uninstall(&iptables_chain) {
+                Ok(true) => println!("removed iptables nat chain {iptables_chain} and its jump from OUTPUT"),
+                Ok(false) => println!("no iptables chain {iptables_chain}"),
+                Err(e) => println!("iptables chain {iptables_chain} not removed: {e:#}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

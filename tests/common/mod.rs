@@ -63,6 +63,7 @@ pub struct Daemon {
     pub admin: SocketAddr,
     pub transparent_port: u16,
     pub pin_dir: PathBuf,
+    pub iptables_chain: String,
     pub dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
@@ -80,12 +81,13 @@ impl Daemon {
         let p = free_ports(4);
         let (port, eport, mport, tport) = (p[0], p[1], p[2], p[3]);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-test-{name}-{}", std::process::id()));
+        let iptables_chain = format!("SMT{}", std::process::id());
         let config = dir.join("sockmesh.yaml");
         std::fs::write(
             &config,
             format!(
                 "motan-agent:\n  port: {port}\n  eport: {eport}\n  mport: {mport}\n  application: test-{name}\n\
-                 sockmesh:\n  log_level: debug\n  intercept:\n    transparent_port: {tport}\n    pin_dir: {}\n    bpf_log_level: debug\n{extra_intercept}",
+                 sockmesh:\n  log_level: debug\n  intercept:\n    transparent_port: {tport}\n    pin_dir: {}\n    iptables_chain: {iptables_chain}\n    bpf_log_level: debug\n{extra_intercept}",
                 pin_dir.display()
             ),
         )
@@ -95,6 +97,7 @@ impl Daemon {
             admin: format!("127.0.0.1:{mport}").parse().unwrap(),
             transparent_port: tport,
             pin_dir,
+            iptables_chain,
             log: dir.join("agent.log"),
             dir,
             config,
@@ -199,6 +202,7 @@ impl Daemon {
         let out = Command::new(bin())
             .args(["uninstall", "--pin-dir"])
             .arg(&self.pin_dir)
+            .args(["--iptables-chain", &self.iptables_chain])
             .arg("--admin")
             .arg(self.admin.to_string())
             .output()
@@ -219,6 +223,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         let _ = sockmesh::intercept::ebpf::uninstall(&self.pin_dir);
+        let _ = sockmesh::intercept::iptables::Iptables::uninstall(&self.iptables_chain);
         if std::thread::panicking() {
             eprintln!("--- agent log ({}) ---\n{}", self.log.display(), self.log());
         }

@@ -88,6 +88,8 @@ pub struct InterceptSection {
     pub include_cidrs: Vec<String>,
     pub exclude_cidrs: Vec<String>,
     pub pin_dir: PathBuf,
+    /// nat chain of the iptables mode (`--mode iptables`).
+    pub iptables_chain: String,
     /// Level of the kernel programs' own log records: off, error, warn, info, debug, trace.
     pub bpf_log_level: String,
 }
@@ -104,6 +106,7 @@ impl Default for InterceptSection {
             include_cidrs: vec!["0.0.0.0/0".into()],
             exclude_cidrs: vec![],
             pin_dir: PathBuf::from(sockmesh_common::PIN_ROOT),
+            iptables_chain: "SOCKMESH".into(),
             bpf_log_level: "info".into(),
         }
     }
@@ -115,6 +118,18 @@ pub enum RequestedMode {
     Auto,
     Connect,
     Sockmap,
+    Iptables,
+}
+
+impl RequestedMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestedMode::Auto => "auto",
+            RequestedMode::Connect => "ebpf-connect",
+            RequestedMode::Sockmap => "ebpf-sockmap",
+            RequestedMode::Iptables => "iptables",
+        }
+    }
 }
 
 impl std::str::FromStr for RequestedMode {
@@ -124,8 +139,9 @@ impl std::str::FromStr for RequestedMode {
             "auto" => Ok(RequestedMode::Auto),
             "ebpf-connect" | "connect" => Ok(RequestedMode::Connect),
             "ebpf-sockmap" | "sockmap" => Ok(RequestedMode::Sockmap),
+            "iptables" => Ok(RequestedMode::Iptables),
             other => Err(format!(
-                "unknown mode {other:?} (expected auto, ebpf-connect or ebpf-sockmap)"
+                "unknown mode {other:?} (expected auto, ebpf-connect, ebpf-sockmap or iptables)"
             )),
         }
     }
@@ -277,6 +293,13 @@ impl Config {
             e.push(format!(
                 "{src}: section sockmesh, key log_level: {:?} is not a valid level or filter",
                 self.sockmesh.log_level
+            ));
+        }
+        if let Err(m) =
+            crate::intercept::iptables::Iptables::new(&i.iptables_chain, self.intercept_settings())
+        {
+            e.push(format!(
+                "{src}: section sockmesh.intercept, key iptables_chain: {m}"
             ));
         }
         if !i.pin_dir.is_absolute() {

@@ -1,5 +1,6 @@
 //! Transparent interception: steer app sockets to the agent's transparent listener.
 pub mod ebpf;
+pub mod iptables;
 pub mod netns;
 pub mod selftest;
 
