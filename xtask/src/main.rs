@@ -1,4 +1,6 @@
 //! `cargo xtask`: everything a contributor or CI needs, from a fresh clone, as root.
+mod bench;
+mod plots;
 mod setup;
 mod util;
 
@@ -37,6 +39,18 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The interception benchmark (BENCH.md): every mode side by side, report under bench/results/.
+    Bench {
+        /// Every mode and case briefly (one round, 1 s per run): for CI and smoke tests.
+        #[arg(long)]
+        quick: bool,
+        /// Interleaved rounds (default 5).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Seconds per run (default 5).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Run every fuzz target for N seconds each (installs cargo-fuzz when missing).
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -52,6 +66,12 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Run { args } => run(&args),
         Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Bench { quick, rounds, seconds } => bench::run(bench::Options {
+            quick,
+            rounds: rounds.unwrap_or(if quick { 1 } else { 5 }),
+            duration: std::time::Duration::from_secs(seconds.unwrap_or(if quick { 1 } else { 5 })),
+            warmup: std::time::Duration::from_millis(if quick { 200 } else { 1000 }),
+        }),
     }
 }
 
@@ -60,7 +80,7 @@ fn ebpf_object() -> PathBuf {
     project_root().join("target/bpfel-unknown-none/bpf/sockmesh-ebpf")
 }
 
-fn build_ebpf() -> Result<()> {
+pub(crate) fn build_ebpf() -> Result<()> {
     let step = Step::start("build-ebpf: compiling BPF programs for bpfel-unknown-none");
     let mut cmd = cargo(Some("nightly"));
     cmd.args([
