@@ -492,3 +492,139 @@ fn iptables_mode_redirects_and_uninstall_removes_every_rule() {
     // Direct path again.
     assert_eq!(client(Some(cg.path()), echo.addr, 4096, "blocking")["ok"], true);
 }
+
+#[test]
+fn install_status_uninstall_leaves_nothing() {
+    if !privileged("install_status_uninstall_leaves_nothing") {
+        return;
+    }
+    let _g = serial();
+    let root = std::env::temp_dir().join(format!("sockmesh-install-{}", std::process::id()));
+    // A config with this test's own ports, pin directory and chain.
+    let mut d = Daemon::start("install");
+    let cfg = std::fs::read_to_string(d.dir.join("sockmesh.yaml")).unwrap();
+    d.kill9();
+    let cfg_file = root.with_extension("yaml");
+    std::fs::write(&cfg_file, &cfg).unwrap();
+    let out = Command::new(bin())
+        .args(["install", "--root"])
+        .arg(&root)
+        .arg("--config")
+        .arg(&cfg_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed_bin = root.join("usr/local/bin/sockmesh");
+    let installed_cfg = root.join("etc/sockmesh/sockmesh.yaml");
+    let unit = root.join("etc/systemd/system/sockmesh.service");
+    for p in [&installed_bin, &installed_cfg, &unit] {
+        assert!(p.exists(), "{} not installed: {text}", p.display());
+    }
+    assert!(
+        text.contains("systemd is not running here") || text.contains("enabled and started"),
+        "{text}"
+    );
+    // Idempotent.
+    let again = Command::new(bin())
+        .args(["install", "--root"])
+        .arg(&root)
+        .arg("--config")
+        .arg(&cfg_file)
+        .output()
+        .unwrap();
+    assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).contains("already up to date"));
+
+    // Run the installed binary with the installed config: healthy status, interception on.
+    let mut child = Command::new(&installed_bin)
+        .args(["run", "--config"])
+        .arg(&installed_cfg)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Ok((200, body)) = sockmesh::admin::request(d.admin, "GET", "/status") {
+            break serde_json::from_str::<serde_json::Value>(&body).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "installed daemon did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status["intercept"]["available"], true, "{status}");
+    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-inst-{}", std::process::id())).unwrap();
+    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    d.enable(&rel, "ebpf-sockmap");
+    let (ok, _, err) = d.cli(&[
+        "intercept",
+        "enable",
+        "--cgroup",
+        &format!("{rel}-none"),
+        "--mode",
+        "iptables",
+    ]);
+    assert!(
+        !ok && err.contains("does not exist"),
+        "a missing cgroup must be refused: {err}"
+    );
+
+    let out = Command::new(&installed_bin)
+        .args(["uninstall", "--root"])
+        .arg(&root)
+        .arg("--pin-dir")
+        .arg(&d.pin_dir)
+        .args([
+            "--iptables-chain",
+            &d.iptables_chain,
+            "--admin",
+            &d.admin.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = child.wait().unwrap();
+    assert!(st.success(), "daemon should exit cleanly on uninstall: {st}");
+    for p in [&installed_bin, &installed_cfg, &unit, &root.join("etc/sockmesh")] {
+        assert!(!p.exists(), "{} left after uninstall: {text}", p.display());
+    }
+    assert!(!d.pin_dir.exists(), "pins left");
+    assert!(
+        !bpftool_names("prog").iter().any(|n| n.starts_with("sm_")),
+        "programs left"
+    );
+    assert!(
+        !bpftool_names("map").iter().any(|n| n.starts_with("SM_")),
+        "maps left"
+    );
+    assert!(
+        !iptables_save().contains(&d.iptables_chain),
+        "iptables rules left"
+    );
+    // Twice is safe.
+    let out = Command::new(bin())
+        .args(["uninstall", "--root"])
+        .arg(&root)
+        .arg("--pin-dir")
+        .arg(&d.pin_dir)
+        .args([
+            "--iptables-chain",
+            &d.iptables_chain,
+            "--admin",
+            &d.admin.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_file(&cfg_file);
+}

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cgroup;
 pub mod check;
 pub mod config;
+pub mod install;
 pub mod intercept;
 pub mod protocol;
 pub mod proxy;

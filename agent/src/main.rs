@@ -57,8 +57,21 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Stop the daemon, remove every pinned program link and map and the iptables chain.
+    /// Install binary, configuration and systemd unit; start it when systemd runs.
+    Install {
+        /// Configuration to install (default: keep an installed one, else the embedded default).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Install below this directory instead of / (packaging, tests).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Stop the daemon, remove every pinned program link and map, the iptables chain, the unit
+    /// and the installed files.
     Uninstall {
+        /// The directory given to `install --root`.
+        #[arg(long)]
+        root: Option<PathBuf>,
         #[arg(long, default_value = sockmesh_common::PIN_ROOT)]
         pin_dir: PathBuf,
         #[arg(long, default_value = "SOCKMESH")]
@@ -309,11 +322,24 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Install { config, root } => {
+            for line in sockmesh::install::install(&sockmesh::install::Layout::new(root), config.as_deref())?
+            {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Uninstall {
+            root,
             pin_dir,
             iptables_chain,
             admin,
         } => {
+            let layout = sockmesh::install::Layout::new(root);
+            // Under systemd, stop the unit first so it is not restarted behind our back.
+            if let Some(line) = sockmesh::install::stop_unit(&layout)? {
+                println!("{line}");
+            }
             match sockmesh::admin::request(admin.admin, "POST", "/shutdown") {
                 Ok(_) => {
                     println!("asked the running daemon at {} to stop", admin.admin);
@@ -341,6 +367,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(true) => println!("removed iptables nat chain {iptables_chain} and its jump from OUTPUT"),
                 Ok(false) => println!("no iptables chain {iptables_chain}"),
                 Err(e) => println!("iptables chain {iptables_chain} not removed: {e:#}"),
+            }
+            for line in sockmesh::install::remove_files(&layout)? {
+                println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,267 @@
+//! `sockmesh install` / `sockmesh uninstall`: put the daemon on a host the conventional way and
+//! take it off without a trace. Both are idempotent and say what they did.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+
+pub const UNIT_NAME: &str = "sockmesh.service";
+
+/// Where things go. `root` prefixes every path (like DESTDIR), for packaging and tests.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: Option<PathBuf>) -> Layout {
+        Layout {
+            root: root.unwrap_or_else(|| PathBuf::from("/")),
+        }
+    }
+    fn at(&self, p: &str) -> PathBuf {
+        self.root.join(p.trim_start_matches('/'))
+    }
+    pub fn binary(&self) -> PathBuf {
+        self.at("/usr/local/bin/sockmesh")
+    }
+    pub fn config_dir(&self) -> PathBuf {
+        self.at("/etc/sockmesh")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.at("/etc/sockmesh/sockmesh.yaml")
+    }
+    pub fn unit(&self) -> PathBuf {
+        self.at(&format!("/etc/systemd/system/{UNIT_NAME}"))
+    }
+    /// Paths as the running system sees them (without the root prefix).
+    fn installed_binary(&self) -> &'static str {
+        "/usr/local/bin/sockmesh"
+    }
+    fn installed_config(&self) -> &'static str {
+        "/etc/sockmesh/sockmesh.yaml"
+    }
+    fn is_real_root(&self) -> bool {
+        self.root == Path::new("/")
+    }
+}
+
+/// The unit: only the capabilities the daemon uses, restart on failure, SIGHUP reloads.
+pub fn unit_text(layout: &Layout) -> String {
+    format!(
+        "[Unit]\n\
+         Description=sockmesh Motan2 service-mesh node agent (eBPF interception)\n\
+         Documentation=https://example.invalid/sockmesh\n\
+         After=network-online.target\n\
+         Wants=network-online.target\n\
+         \n\
+         [Service]\n\
+         Type=simple\n\
+         ExecStart={bin} run --config {cfg}\n\
+         ExecReload=/bin/kill -HUP $MAINPID\n\
+         Restart=on-failure\n\
+         RestartSec=1\n\
+         # SIGTERM drains: the listener closes first, so apps fail open to direct connects.\n\
+         KillSignal=SIGTERM\n\
+         TimeoutStopSec=20\n\
+         # CAP_BPF: load programs and maps. CAP_NET_ADMIN: attach cgroup socket programs, SO_MARK,\n\
+         # iptables mode. CAP_SYS_ADMIN: mount bpffs, setns() into app network namespaces.\n\
+         # CAP_SYS_PTRACE: open /proc/PID/ns/net of apps run by other users.\n\
+         CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE\n\
+         AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE\n\
+         NoNewPrivileges=yes\n\
+         LimitNOFILE=1048576\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        bin = layout.installed_binary(),
+        cfg = layout.installed_config(),
+    )
+}
+
+fn systemd_running() -> bool {
+    Path::new("/run/systemd/system").exists()
+}
+
+fn systemctl(args: &[&str]) -> Result<()> {
+    let st = Command::new("systemctl")
+        .args(args)
+        .status()
+        .context("running systemctl")?;
+    anyhow::ensure!(st.success(), "systemctl {} failed", args.join(" "));
+    Ok(())
+}
+
+/// Write `data` to `path` through a temporary file and a rename (never a half-written file).
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().context("path without parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))?;
+    Ok(())
+}
+
+/// Install binary, configuration and unit; enable and start the unit when systemd runs.
+/// Returns the lines it reports.
+pub fn install(layout: &Layout, config: Option<&Path>) -> Result<Vec<String>> {
+    let mut report = Vec::new();
+    // The configuration first: a bad one stops the install before anything is written.
+    let (text, from) = match config {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None if layout.config().exists() => (std::fs::read_to_string(layout.config())?, "kept".into()),
+        None => (
+            crate::config::EMBEDDED_DEFAULT.to_string(),
+            "embedded default".into(),
+        ),
+    };
+    Config::parse(&text, &from).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let exe = std::fs::read("/proc/self/exe").context("reading our own binary")?;
+    let same = std::fs::read(layout.binary()).is_ok_and(|b| b == exe);
+    if same {
+        report.push(format!("binary {} already up to date", layout.binary().display()));
+    } else {
+        write_atomic(&layout.binary(), &exe, 0o755)?;
+        report.push(format!("installed binary {}", layout.binary().display()));
+    }
+    if from == "kept" {
+        report.push(format!(
+            "kept existing configuration {}",
+            layout.config().display()
+        ));
+    } else {
+        write_atomic(&layout.config(), text.as_bytes(), 0o644)?;
+        report.push(format!(
+            "wrote configuration {} ({from})",
+            layout.config().display()
+        ));
+    }
+    write_atomic(&layout.unit(), unit_text(layout).as_bytes(), 0o644)?;
+    report.push(format!("wrote systemd unit {}", layout.unit().display()));
+
+    if layout.is_real_root() && systemd_running() {
+        systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", "--now", UNIT_NAME])?;
+        report.push(format!("enabled and started {UNIT_NAME}"));
+    } else {
+        report.push(format!(
+            "systemd is not running here, so nothing was started; run the daemon with: {} run --config {}",
+            layout.binary().display(),
+            layout.config().display()
+        ));
+    }
+    Ok(report)
+}
+
+/// Stop and disable the unit when systemd runs it.
+pub fn stop_unit(layout: &Layout) -> Result<Option<String>> {
+    if layout.is_real_root() && systemd_running() && layout.unit().exists() {
+        systemctl(&["disable", "--now", UNIT_NAME])?;
+        return Ok(Some(format!("stopped and disabled {UNIT_NAME}")));
+    }
+    Ok(None)
+}
+
+/// Remove unit, binary and configuration (call `stop_unit` first).
+pub fn remove_files(layout: &Layout) -> Result<Vec<String>> {
+    let mut report = Vec::new();
+    for f in [layout.unit(), layout.binary(), layout.config()] {
+        match std::fs::remove_file(&f) {
+            Ok(()) => report.push(format!("removed {}", f.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", f.display())),
+        }
+    }
+    if layout.config_dir().exists() {
+        match std::fs::remove_dir(layout.config_dir()) {
+            Ok(()) => report.push(format!("removed {}", layout.config_dir().display())),
+            Err(_) => report.push(format!(
+                "left {} (it holds other files)",
+                layout.config_dir().display()
+            )),
+        }
+    }
+    if layout.is_real_root() && systemd_running() {
+        let _ = systemctl(&["daemon-reload"]);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names_only_the_needed_capabilities() {
+        let u = unit_text(&Layout::new(None));
+        assert!(u.contains("ExecStart=/usr/local/bin/sockmesh run --config /etc/sockmesh/sockmesh.yaml"));
+        assert!(u.contains("Restart=on-failure"));
+        let caps = u
+            .lines()
+            .find(|l| l.starts_with("CapabilityBoundingSet="))
+            .unwrap();
+        assert_eq!(
+            caps,
+            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE"
+        );
+    }
+
+    #[test]
+    fn install_and_remove_under_a_root_are_idempotent() {
+        let root = std::env::temp_dir().join(format!("sockmesh-install-unit-{}", std::process::id()));
+        let l = Layout::new(Some(root.clone()));
+        let first = install(&l, None).unwrap();
+        assert!(
+            first.iter().any(|r| r.starts_with("installed binary")),
+            "{first:?}"
+        );
+        assert!(
+            first
+                .iter()
+                .any(|r| r.contains("systemd is not running here") || r.contains("enabled")),
+            "{first:?}"
+        );
+        let second = install(&l, None).unwrap();
+        assert!(
+            second.iter().any(|r| r.contains("already up to date")),
+            "{second:?}"
+        );
+        assert!(
+            second.iter().any(|r| r.contains("kept existing configuration")),
+            "{second:?}"
+        );
+        let removed = remove_files(&l).unwrap();
+        assert_eq!(
+            removed.iter().filter(|r| r.starts_with("removed")).count(),
+            4,
+            "{removed:?}"
+        );
+        assert!(
+            remove_files(&l).unwrap().is_empty(),
+            "second removal has nothing to do"
+        );
+        assert!(!l.binary().exists() && !l.config().exists() && !l.unit().exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn install_refuses_a_bad_config_before_writing() {
+        let root = std::env::temp_dir().join(format!("sockmesh-install-bad-{}", std::process::id()));
+        let bad = std::env::temp_dir().join(format!("sockmesh-bad-{}.yaml", std::process::id()));
+        std::fs::write(&bad, "sockmesh:\n  intercept:\n    default_mode: nope\n").unwrap();
+        let err = install(&Layout::new(Some(root.clone())), Some(&bad))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("default_mode"), "{err}");
+        assert!(!root.exists(), "nothing may be written for a bad config");
+        let _ = std::fs::remove_file(&bad);
+    }
+}
