@@ -34,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/intercept/enable", post(intercept_enable))
         .route("/intercept/disable", post(intercept_disable))
         .route("/shutdown", post(shutdown))
+        .route("/reload", post(reload))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint; see /status") })
         .with_state(state)
 }
@@ -108,6 +109,16 @@ async fn intercept_disable(State(s): State<Arc<AppState>>, Query(q): Params) -> 
     match r {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    }
+}
+
+async fn reload(State(s): State<Arc<AppState>>) -> Response {
+    match s.reload() {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!("reload refused, running configuration kept: {e:#}"),
+        ),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Wiring and lifecycle of the daemon: interception, listeners, admin API, graceful shutdown.
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,20 +18,37 @@ use crate::intercept::iptables::Iptables;
 use crate::intercept::selftest::{self, SelfTest};
 use crate::proxy::transparent::{Stats, TransparentProxy};
 
+/// Replaces the process's log filter (e.g. "debug"); errors name what is wrong with it.
+pub type LogReload = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
+
+/// How the binary started the daemon.
+#[derive(Default)]
+pub struct RunOptions {
+    pub config_path: Option<PathBuf>,
+    pub log_reload: Option<LogReload>,
+    /// A --log-level given on the command line wins over the configuration, also on reload.
+    pub log_level_pinned: bool,
+}
+
 /// How long in-flight connections get to finish on shutdown.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct AppState {
     pub started: Instant,
     pub online: AtomicBool,
-    pub config: Config,
+    /// The running configuration; replaced by a successful reload.
+    pub config: RwLock<Config>,
+    /// The file the configuration came from (None: the embedded default).
+    pub config_path: Option<PathBuf>,
+    /// Changes the log filter of the running process (set up by the binary).
+    pub log_reload: Option<LogReload>,
     pub interceptor: Mutex<Option<EbpfInterceptor>>,
-    pub iptables: Iptables,
+    pub iptables: Mutex<Iptables>,
     /// Why interception is unavailable, when it is.
     pub intercept_error: Option<String>,
     pub selftest: Option<SelfTest>,
-    /// What `auto` resolves to on this kernel.
-    pub auto_mode: Mode,
+    /// What `auto` resolves to on this kernel with the current configuration.
+    pub auto_mode: RwLock<Mode>,
     pub proxy_stats: Arc<Stats>,
     pub listeners: Vec<(String, String)>,
     /// Network namespaces (inode) where a transparent listener runs besides our own.
@@ -43,6 +61,8 @@ impl AppState {
     fn resolve(&self, m: Option<RequestedMode>) -> Option<Mode> {
         let default = || {
             self.config
+                .read()
+                .unwrap()
                 .sockmesh
                 .intercept
                 .default_mode
@@ -50,7 +70,7 @@ impl AppState {
                 .unwrap_or(RequestedMode::Auto)
         };
         match m.unwrap_or_else(default) {
-            RequestedMode::Auto => Some(self.auto_mode),
+            RequestedMode::Auto => Some(*self.auto_mode.read().unwrap()),
             RequestedMode::Connect => Some(Mode::Connect),
             RequestedMode::Sockmap => Some(Mode::Sockmap),
             RequestedMode::Iptables => None,
@@ -86,8 +106,14 @@ impl AppState {
                 if in_ebpf {
                     self.with_interceptor(|i| i.disable(&rel))?;
                 }
-                self.iptables.enable(&rel)?;
-                let st = self.iptables.cgroups()?.into_iter().find(|c| c.cgroup == rel);
+                self.iptables.lock().unwrap().enable(&rel)?;
+                let st = self
+                    .iptables
+                    .lock()
+                    .unwrap()
+                    .cgroups()?
+                    .into_iter()
+                    .find(|c| c.cgroup == rel);
                 Ok(json!({ "cgroup": rel, "mode": "iptables", "redirected": st.map_or(0, |c| c.redirected) }))
             }
             Some(m) => {
@@ -101,7 +127,7 @@ impl AppState {
                     );
                 }
                 let st = self.with_interceptor(|i| i.enable(&rel, m))?;
-                self.iptables.disable(&rel)?;
+                self.iptables.lock().unwrap().disable(&rel)?;
                 Ok(serde_json::to_value(st)?)
             }
         }
@@ -110,7 +136,7 @@ impl AppState {
     pub fn disable(&self, cgroup: &str) -> Result<()> {
         let mount = crate::cgroup::cgroup2_mount()?;
         let rel = crate::cgroup::display_rel(&mount, &crate::cgroup::resolve(&mount, cgroup)?);
-        let was_iptables = self.iptables.disable(&rel)?;
+        let was_iptables = self.iptables.lock().unwrap().disable(&rel)?;
         let in_ebpf = self
             .with_interceptor(|i| i.status())
             .unwrap_or_default()
@@ -126,8 +152,8 @@ impl AppState {
 
     pub fn disable_all(&self) -> Result<usize> {
         let mut n = 0;
-        for c in self.iptables.cgroups()? {
-            self.iptables.disable(&c.cgroup)?;
+        for c in self.iptables.lock().unwrap().cgroups()? {
+            self.iptables.lock().unwrap().disable(&c.cgroup)?;
             n += 1;
         }
         if self.interceptor.lock().unwrap().is_some() {
@@ -142,18 +168,117 @@ impl AppState {
             Err(e) => (json!([]), Some(format!("{e:#}"))),
         };
         let mut cgroups = ebpf.as_array().cloned().unwrap_or_default();
-        for c in self.iptables.cgroups()? {
+        for c in self.iptables.lock().unwrap().cgroups()? {
             cgroups.push(json!({ "cgroup": c.cgroup, "mode": c.mode, "redirected": c.redirected, "passed": 0, "fail_open": 0 }));
         }
         Ok(json!({
             "available": error.is_none(),
             "error": error,
-            "auto_mode": mode_name(self.auto_mode),
-            "transparent_listener": self.config.transparent_addr().to_string(),
-            "iptables_chain": self.iptables.chain(),
+            "auto_mode": mode_name(*self.auto_mode.read().unwrap()),
+            "transparent_listener": self.config.read().unwrap().transparent_addr().to_string(),
+            "iptables_chain": self.iptables.lock().unwrap().chain(),
             "netns_listeners": *self.netns_listeners.lock().unwrap(),
             "cgroups": cgroups,
         }))
+    }
+
+    /// Re-read and validate the configuration, then apply what can change in place: the
+    /// interception policy (ports/prefixes excluded or included), the default and auto modes,
+    /// the log level. Listener addresses, the mark, the pin directory and the iptables chain
+    /// name take effect after a restart and are reported as such. A configuration with errors
+    /// is refused and the running one stays.
+    pub fn reload(&self) -> Result<Value> {
+        let new = match &self.config_path {
+            Some(p) => Config::load(p),
+            None => Config::embedded(),
+        };
+        let new = match new {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration stays:\n{e}");
+                anyhow::bail!("{e}");
+            }
+        };
+        let old = self.config.read().unwrap().clone();
+        let (o, n) = (&old.sockmesh.intercept, &new.sockmesh.intercept);
+        let mut applied = Vec::new();
+        let mut restart = Vec::new();
+        for (key, changed) in [
+            ("motan-agent.port", old.agent.port != new.agent.port),
+            ("motan-agent.eport", old.agent.eport != new.agent.eport),
+            ("motan-agent.mport", old.agent.mport != new.agent.mport),
+            (
+                "sockmesh.admin_bind",
+                old.sockmesh.admin_bind != new.sockmesh.admin_bind,
+            ),
+            ("sockmesh.intercept.enabled", o.enabled != n.enabled),
+            (
+                "sockmesh.intercept.transparent_port",
+                o.transparent_port != n.transparent_port,
+            ),
+            ("sockmesh.intercept.mark", o.mark != n.mark),
+            ("sockmesh.intercept.pin_dir", o.pin_dir != n.pin_dir),
+            (
+                "sockmesh.intercept.iptables_chain",
+                o.iptables_chain != n.iptables_chain,
+            ),
+            (
+                "sockmesh.intercept.bpf_log_level",
+                o.bpf_log_level != n.bpf_log_level,
+            ),
+        ] {
+            if changed {
+                restart.push(key);
+            }
+        }
+        let policy_changed = o.exclude_ports != n.exclude_ports
+            || o.include_cidrs != n.include_cidrs
+            || o.exclude_cidrs != n.exclude_cidrs;
+        // Keys that need a restart keep their running values.
+        let mut effective = new.clone();
+        effective.agent.port = old.agent.port;
+        effective.agent.eport = old.agent.eport;
+        effective.agent.mport = old.agent.mport;
+        effective.sockmesh.admin_bind = old.sockmesh.admin_bind;
+        {
+            let (ei, oi) = (&mut effective.sockmesh.intercept, &old.sockmesh.intercept);
+            ei.enabled = oi.enabled;
+            ei.transparent_port = oi.transparent_port;
+            ei.mark = oi.mark;
+            ei.pin_dir = oi.pin_dir.clone();
+            ei.iptables_chain = oi.iptables_chain.clone();
+            ei.bpf_log_level = oi.bpf_log_level.clone();
+        }
+        if policy_changed {
+            let settings = effective.intercept_settings();
+            if let Some(i) = self.interceptor.lock().unwrap().as_mut() {
+                i.update_policy(settings.clone())?;
+            }
+            self.iptables.lock().unwrap().update_policy(settings)?;
+            applied.push("sockmesh.intercept policy (exclude_ports, include_cidrs, exclude_cidrs)");
+        }
+        if o.default_mode != n.default_mode {
+            applied.push("sockmesh.intercept.default_mode");
+        }
+        if o.auto_sockmap != n.auto_sockmap {
+            *self.auto_mode.write().unwrap() = auto_mode_for(self.selftest.as_ref(), n.auto_sockmap);
+            applied.push("sockmesh.intercept.auto_sockmap");
+        }
+        if old.sockmesh.log_level != new.sockmesh.log_level {
+            match &self.log_reload {
+                Some(f) => {
+                    f(&new.sockmesh.log_level)?;
+                    applied.push("sockmesh.log_level");
+                }
+                None => restart.push("sockmesh.log_level (pinned by --log-level)"),
+            }
+        }
+        if old.motan != new.motan {
+            restart.push("motan sections (clusters and services reload with the agent core)");
+        }
+        *self.config.write().unwrap() = effective;
+        tracing::info!(applied = ?applied, needs_restart = ?restart, source = %new.source, "configuration reloaded");
+        Ok(json!({ "source": new.source, "applied": applied, "needs_restart": restart }))
     }
 
     pub fn status_json(&self) -> Value {
@@ -165,12 +290,20 @@ impl AppState {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "status": if self.online.load(std::sync::atomic::Ordering::Relaxed) { 200 } else { 503 },
-            "config": self.config.source,
+            "config": self.config.read().unwrap().source.clone(),
             "listeners": self.listeners.iter().map(|(k, v)| json!({"name": k, "address": v})).collect::<Vec<_>>(),
             "intercept": intercept,
             "selftest": self.selftest,
             "transparent_proxy": self.proxy_stats.snapshot(),
         })
+    }
+}
+
+/// What `auto` means given the self-test and `sockmesh.intercept.auto_sockmap`.
+fn auto_mode_for(test: Option<&SelfTest>, allow_sockmap: bool) -> Mode {
+    match test {
+        Some(t) if allow_sockmap && t.sockmap_safe() => Mode::Sockmap,
+        _ => Mode::Connect,
     }
 }
 
@@ -220,7 +353,7 @@ async fn bind(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpListener> {
 }
 
 /// Run the daemon until SIGINT/SIGTERM or an admin shutdown.
-pub async fn run(config: Config) -> Result<()> {
+pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut listeners = Vec::new();
@@ -268,15 +401,21 @@ pub async fn run(config: Config) -> Result<()> {
     let state = Arc::new(AppState {
         started: Instant::now(),
         online: AtomicBool::new(false),
-        config: config.clone(),
+        config: RwLock::new(config.clone()),
+        config_path: opts.config_path,
+        log_reload: if opts.log_level_pinned {
+            None
+        } else {
+            opts.log_reload
+        },
         interceptor: Mutex::new(interceptor),
-        iptables: Iptables::new(
+        iptables: Mutex::new(Iptables::new(
             &config.sockmesh.intercept.iptables_chain,
             config.intercept_settings(),
-        )?,
+        )?),
         intercept_error,
         selftest: test,
-        auto_mode,
+        auto_mode: RwLock::new(auto_mode),
         proxy_stats: stats,
         listeners: listeners.clone(),
         netns_listeners: Mutex::new(Vec::new()),
@@ -302,7 +441,7 @@ pub async fn run(config: Config) -> Result<()> {
         tracing::warn!("running without interception: apps can still use the agent on purpose");
     }
 
-    wait_for_signal(&shutdown).await;
+    wait_for_signal(&state).await;
     tracing::info!("shutting down: no new connections; in-flight ones get {DRAIN_DEADLINE:?}");
     shutdown.cancel();
     tasks.close();
@@ -321,7 +460,7 @@ async fn watch_namespaces(state: Arc<AppState>, proxy: Arc<TransparentProxy>, ta
     let Some(own) = netns::netns_ino(std::process::id()) else {
         return;
     };
-    let listen = state.config.transparent_addr();
+    let listen = state.config.read().unwrap().transparent_addr();
     let mut active: std::collections::HashMap<u64, CancellationToken> = Default::default();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -394,14 +533,22 @@ async fn watch_namespaces(state: Arc<AppState>, proxy: Arc<TransparentProxy>, ta
     }
 }
 
-async fn wait_for_signal(shutdown: &CancellationToken) {
+async fn wait_for_signal(state: &AppState) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-        _ = shutdown.cancelled() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); return }
+            _ = int.recv() => { tracing::info!("SIGINT received"); return }
+            _ = state.shutdown.cancelled() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                // Errors are logged by reload itself; the running configuration stays.
+                let _ = state.reload();
+            }
+        }
     }
 }
 

@@ -135,24 +135,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str, json: bool) -> Result<()> {
+/// Set up tracing; returns a function that swaps the log filter of the running process.
+fn init_logging(filter: &str, json: bool) -> Result<sockmesh::app::LogReload> {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("bad log level {filter:?}"))?;
-    use std::io::IsTerminal;
     // Logs go to stderr; colours only on a terminal, so log files and journald stay greppable.
-    let builder = tracing_subscriber::fmt()
+    let base = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if json {
-        builder.json().init()
+    let parse =
+        |f: &str| tracing_subscriber::EnvFilter::try_new(f).with_context(|| format!("bad log level {f:?}"));
+    // aya-log (kernel program logs) speaks `log`; it is routed into tracing below.
+    let reload: sockmesh::app::LogReload = if json {
+        let b = base.json().with_filter_reloading();
+        let h = b.reload_handle();
+        b.init();
+        Box::new(move |f| {
+            h.reload(parse(f)?)
+                .map_err(|e| anyhow::anyhow!("changing the log level: {e}"))
+        })
     } else {
-        builder.init()
-    }
-    // aya-log (kernel program logs) speaks `log`; route it into tracing.
+        let b = base.with_filter_reloading();
+        let h = b.reload_handle();
+        b.init();
+        Box::new(move |f| {
+            h.reload(parse(f)?)
+                .map_err(|e| anyhow::anyhow!("changing the log level: {e}"))
+        })
+    };
     let _ = tracing_log::LogTracer::init();
-    Ok(())
+    Ok(reload)
 }
 
 fn query(s: &str) -> String {
@@ -191,10 +206,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 None => Config::embedded(),
             }
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-            init_logging(log_level.as_deref().unwrap_or(&cfg.sockmesh.log_level), log_json)?;
+            let log_reload = init_logging(log_level.as_deref().unwrap_or(&cfg.sockmesh.log_level), log_json)?;
             tracing::info!(config = %cfg.source, version = env!("CARGO_PKG_VERSION"), "sockmesh starting");
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(sockmesh::app::run(cfg))?;
+            let opts = sockmesh::app::RunOptions {
+                config_path: config.clone(),
+                log_reload: Some(log_reload),
+                log_level_pinned: log_level.is_some(),
+            };
+            rt.block_on(sockmesh::app::run(cfg, opts))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { json } => {

@@ -144,11 +144,38 @@ fn client(args: &[String]) {
     );
 }
 
+/// One connection, `--count` small exchanges `--interval-ms` apart; fails on the first wrong or
+/// missing echo. Prints how many round trips succeeded.
+fn pingpong(args: &[String]) {
+    let get = |k: &str| args.iter().position(|a| a == k).map(|i| args[i + 1].clone());
+    if let Some(cg) = get("--cgroup") {
+        std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string()).expect("join cgroup");
+    }
+    let addr: SocketAddr = get("--connect").expect("--connect").parse().unwrap();
+    let count: u32 = get("--count").map(|c| c.parse().unwrap()).unwrap_or(10);
+    let interval = Duration::from_millis(get("--interval-ms").map(|c| c.parse().unwrap()).unwrap_or(100));
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    println!("connected");
+    std::io::stdout().flush().unwrap();
+    for i in 0..count {
+        let msg = format!("ping {i:06}");
+        s.write_all(msg.as_bytes()).expect("write");
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("round trip {i}: {e}"));
+        assert_eq!(buf, msg.as_bytes(), "round trip {i}: wrong echo");
+        std::thread::sleep(interval);
+    }
+    println!("ok {count}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("echo-server") => echo_server(&args[1]),
         Some("client") => client(&args[1..]),
+        Some("pingpong") => pingpong(&args[1..]),
         Some("hold") => {
             // Join a cgroup and stay there (a resident app process) until killed.
             std::fs::write(

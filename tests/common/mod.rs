@@ -150,6 +150,29 @@ impl Daemon {
         }
     }
 
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Send SIGHUP to the daemon (we started it).
+    pub fn sighup(&self) {
+        // SAFETY: kill(2) on the PID of our own child.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGHUP) }, 0);
+    }
+
+    /// Wait until the log contains `needle` at least `n` times.
+    pub fn wait_log(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "log never showed {needle:?} {n} time(s):\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -339,6 +362,48 @@ fn peer_cmd(netns: Option<&NetNs>) -> Command {
             c
         }
         None => Command::new(peer_bin()),
+    }
+}
+
+/// A client with one long-lived connection doing periodic round trips (see testpeer pingpong).
+pub struct PingPong(Child);
+
+impl PingPong {
+    pub fn start(cgroup: &Path, connect: SocketAddr, count: u32, interval_ms: u32) -> PingPong {
+        let mut child = Command::new(peer_bin())
+            .arg("pingpong")
+            .arg("--cgroup")
+            .arg(cgroup)
+            .args(["--connect", &connect.to_string(), "--count", &count.to_string()])
+            .args(["--interval-ms", &interval_ms.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "connected");
+        PingPong(child)
+    }
+
+    /// Wait for the end; returns its report ("ok N") or panics with its error.
+    pub fn finish(mut self) -> String {
+        let st = self.0.wait().unwrap();
+        let mut out = String::new();
+        let mut err = String::new();
+        self.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        self.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(st.success(), "long-lived connection broke: {err}");
+        out.trim().to_string()
+    }
+}
+
+impl Drop for PingPong {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -214,6 +214,14 @@ impl EbpfInterceptor {
         }
     }
 
+    /// Apply a new interception policy (exclusions, inclusions) to the running programs. The pin
+    /// directory stays what it was.
+    pub fn update_policy(&mut self, mut settings: InterceptSettings) -> Result<()> {
+        settings.pin_dir = self.settings.pin_dir.clone();
+        self.settings = settings;
+        self.write_policy()
+    }
+
     fn write_policy(&mut self) -> Result<()> {
         let s = &self.settings;
         let mut agent_ports = [0u32; MAX_AGENT_PORTS];

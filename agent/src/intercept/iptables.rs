@@ -124,6 +124,22 @@ impl Iptables {
         Ok(())
     }
 
+    /// Rebuild the chain for a new policy, keeping the cgroups that were enabled. Connections
+    /// already redirected keep their conntrack state.
+    pub fn update_policy(&mut self, settings: InterceptSettings) -> Result<()> {
+        let cgroups = self.cgroups()?;
+        self.settings = settings;
+        if cgroups.is_empty() {
+            Iptables::uninstall(&self.chain)?;
+            return Ok(());
+        }
+        Iptables::uninstall(&self.chain)?;
+        for c in cgroups {
+            self.enable(&c.cgroup)?;
+        }
+        Ok(())
+    }
+
     /// REDIRECT TCP connects from processes in cgroup `rel` (relative to the cgroup2 mount).
     pub fn enable(&self, rel: &str) -> Result<()> {
         let rel = format!("/{}", rel.trim_start_matches('/'));
