@@ -689,3 +689,39 @@ fn reload_applies_policy_keeps_connections_and_refuses_bad_config() {
         "the established connection kept working through the reloads"
     );
 }
+
+#[test]
+fn sigterm_drains_fails_open_and_restart_intercepts_again() {
+    if !privileged("sigterm_drains_fails_open_and_restart_intercepts_again") {
+        return;
+    }
+    let _g = serial();
+    let echo = EchoServer::start("127.0.0.8:0", None);
+    let mut d = Daemon::start("drain");
+    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-drain-{}", std::process::id())).unwrap();
+    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    d.enable(&rel, "ebpf-connect");
+    // In flight when SIGTERM arrives: 40 round trips over 2 s on one intercepted connection.
+    let long = PingPong::start(cg.path(), echo.addr, 40, 50);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    d.sigterm();
+    d.wait_log("shutting down", 1);
+    // While the agent drains, new connections from the app go direct (listener closed first).
+    let r = client(Some(cg.path()), echo.addr, 65536, "blocking");
+    assert_eq!(r["ok"], true, "fail-open during drain: {r}");
+    assert_eq!(
+        long.finish(),
+        "ok 40",
+        "the accepted connection was cut by the shutdown"
+    );
+    assert!(d.wait_exit(), "daemon exits cleanly after draining");
+    // Restarted: intercepted again without enabling.
+    d.spawn();
+    let before = d.counters(&rel).0;
+    assert_eq!(client(Some(cg.path()), echo.addr, 4096, "blocking")["ok"], true);
+    assert_eq!(d.counters(&rel).0, before + 1);
+    assert!(
+        d.counters(&rel).2 >= 1,
+        "the direct connect during the drain was counted as fail-open"
+    );
+}

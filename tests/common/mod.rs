@@ -154,6 +154,23 @@ impl Daemon {
         &self.config
     }
 
+    /// Send SIGTERM to the daemon (we started it).
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) on the PID of our own child.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) }, 0);
+    }
+
+    /// Wait for the daemon to exit; returns whether it exited successfully.
+    pub fn wait_exit(&mut self) -> bool {
+        let ok = self
+            .child
+            .as_mut()
+            .map(|c| c.wait().unwrap().success())
+            .unwrap_or(false);
+        self.child = None;
+        ok
+    }
+
     /// Send SIGHUP to the daemon (we started it).
     pub fn sighup(&self) {
         // SAFETY: kill(2) on the PID of our own child.
