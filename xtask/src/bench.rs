@@ -26,8 +26,14 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] =
-        [Mode::Direct, Mode::AgentExplicit, Mode::Iptables, Mode::EbpfConnect, Mode::EbpfSockmap, Mode::Haproxy];
+    pub const ALL: [Mode; 6] = [
+        Mode::Direct,
+        Mode::AgentExplicit,
+        Mode::Iptables,
+        Mode::EbpfConnect,
+        Mode::EbpfSockmap,
+        Mode::Haproxy,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
@@ -53,10 +59,34 @@ pub struct Case {
 
 pub fn cases() -> Vec<Case> {
     vec![
-        Case { name: "open-1k-100B-1conn", rate: Some(1000), conns: 1, payload: 100, conn_per_request: false },
-        Case { name: "open-5k-4KiB-16conn", rate: Some(5000), conns: 16, payload: 4096, conn_per_request: false },
-        Case { name: "open-500-100B-conn-per-req", rate: Some(500), conns: 1, payload: 100, conn_per_request: true },
-        Case { name: "closed-100B-16conn", rate: None, conns: 16, payload: 100, conn_per_request: false },
+        Case {
+            name: "open-1k-100B-1conn",
+            rate: Some(1000),
+            conns: 1,
+            payload: 100,
+            conn_per_request: false,
+        },
+        Case {
+            name: "open-5k-4KiB-16conn",
+            rate: Some(5000),
+            conns: 16,
+            payload: 4096,
+            conn_per_request: false,
+        },
+        Case {
+            name: "open-500-100B-conn-per-req",
+            rate: Some(500),
+            conns: 1,
+            payload: 100,
+            conn_per_request: true,
+        },
+        Case {
+            name: "closed-100B-16conn",
+            rate: None,
+            conns: 16,
+            payload: 100,
+            conn_per_request: false,
+        },
     ]
 }
 
@@ -77,7 +107,6 @@ pub struct Run {
     pub proxy_cpu_s: f64,
     pub proxy_rss_kib: u64,
 }
-
 
 impl Run {
     pub fn get(&self, path: &[&str]) -> f64 {
@@ -103,8 +132,9 @@ impl Drop for Proc {
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
     held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
@@ -113,7 +143,8 @@ fn cgroup2_mount() -> Result<PathBuf> {
     info.lines()
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
         })
         .context("no cgroup2 mount")
 }
@@ -172,7 +203,10 @@ fn wait_ready(child: &mut Child, what: &str) -> Result<String> {
     let out = child.stdout.take().context("no stdout")?;
     let mut line = String::new();
     BufReader::new(out).read_line(&mut line)?;
-    line.trim().strip_prefix("ready ").map(String::from).with_context(|| format!("{what} said {line:?}"))
+    line.trim()
+        .strip_prefix("ready ")
+        .map(String::from)
+        .with_context(|| format!("{what} said {line:?}"))
 }
 
 fn start_env(dir: &Path) -> Result<Env> {
@@ -273,9 +307,16 @@ fn start_env(dir: &Path) -> Result<Env> {
 
 impl Env {
     fn cli(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new(&self.bin).args(args).args(["--admin", &self.agent_admin]).output()?;
+        let out = Command::new(&self.bin)
+            .args(args)
+            .args(["--admin", &self.agent_admin])
+            .output()?;
         if !out.status.success() {
-            bail!("sockmesh {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "sockmesh {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -283,13 +324,30 @@ impl Env {
     /// Put the client cgroup into the mode's interception state.
     fn prepare(&self, mode: Mode) -> Result<()> {
         match mode {
-            Mode::Iptables => self.cli(&["intercept", "enable", "--cgroup", &self.cgroup_rel, "--mode", "iptables"]),
-            Mode::EbpfConnect => {
-                self.cli(&["intercept", "enable", "--cgroup", &self.cgroup_rel, "--mode", "ebpf-connect"])
-            }
-            Mode::EbpfSockmap => {
-                self.cli(&["intercept", "enable", "--cgroup", &self.cgroup_rel, "--mode", "ebpf-sockmap"])
-            }
+            Mode::Iptables => self.cli(&[
+                "intercept",
+                "enable",
+                "--cgroup",
+                &self.cgroup_rel,
+                "--mode",
+                "iptables",
+            ]),
+            Mode::EbpfConnect => self.cli(&[
+                "intercept",
+                "enable",
+                "--cgroup",
+                &self.cgroup_rel,
+                "--mode",
+                "ebpf-connect",
+            ]),
+            Mode::EbpfSockmap => self.cli(&[
+                "intercept",
+                "enable",
+                "--cgroup",
+                &self.cgroup_rel,
+                "--mode",
+                "ebpf-sockmap",
+            ]),
             _ => {
                 let _ = self.cli(&["intercept", "disable", "--all"]);
                 Ok(())
@@ -335,7 +393,11 @@ impl Env {
         }
         let out = cmd.output().context("running sockmesh-loadgen")?;
         if !out.status.success() {
-            bail!("loadgen failed in mode {}: {}", mode.name(), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "loadgen failed in mode {}: {}",
+                mode.name(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let after = pid.map(proc_cpu_rss).unwrap_or_default();
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("loadgen output")?;
@@ -357,12 +419,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn spread(v: &[f64]) -> (f64, f64) {
     let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    (f.iter().copied().fold(f64::INFINITY, f64::min), f.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+    (
+        f.iter().copied().fold(f64::INFINITY, f64::min),
+        f.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    )
 }
 
 pub fn run(opts: Options) -> Result<()> {
@@ -373,7 +442,9 @@ pub fn run(opts: Options) -> Result<()> {
     crate::setup::run()?;
     crate::build_ebpf()?;
     let step = Step::start("bench: building release binaries (sockmesh, sockmesh-loadgen)");
-    let st = cargo(None).args(["build", "--release", "--package", "sockmesh", "--bins"]).status()?;
+    let st = cargo(None)
+        .args(["build", "--release", "--package", "sockmesh", "--bins"])
+        .status()?;
     if !st.success() {
         bail!("release build failed");
     }
@@ -391,9 +462,18 @@ pub fn run(opts: Options) -> Result<()> {
     let unavailable: Vec<(Mode, &str)> = modes
         .iter()
         .filter(|m| env.target(**m).is_none())
-        .map(|m| (*m, "needs the agent core's client/server roles (9981 -> 9982), not built yet"))
+        .map(|m| {
+            (
+                *m,
+                "needs the agent core's client/server roles (9981 -> 9982), not built yet",
+            )
+        })
         .collect();
-    let runnable: Vec<Mode> = modes.iter().copied().filter(|m| env.target(*m).is_some()).collect();
+    let runnable: Vec<Mode> = modes
+        .iter()
+        .copied()
+        .filter(|m| env.target(*m).is_some())
+        .collect();
     let total = opts.rounds as usize * cases.len() * runnable.len();
     let per_run = opts.duration + opts.warmup + Duration::from_millis(300);
     let started = Instant::now();
@@ -453,32 +533,82 @@ impl Report {
         took: Duration,
     ) -> Report {
         use std::fmt::Write as _;
-        let kernel = Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-        let haproxy = Command::new("haproxy").arg("-v").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()).unwrap_or_default();
-        let cmd = if opts.quick { "cargo xtask bench --quick".to_string() } else { format!("cargo xtask bench --rounds {}", opts.rounds) };
+        let kernel = Command::new("uname")
+            .arg("-r")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let haproxy = Command::new("haproxy")
+            .arg("-v")
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let cmd = if opts.quick {
+            "cargo xtask bench --quick".to_string()
+        } else {
+            format!("cargo xtask bench --rounds {}", opts.rounds)
+        };
         let mut md = String::new();
         let _ = writeln!(md, "# sockmesh interception benchmark\n");
-        let _ = writeln!(md, "- command: `{cmd}` ({} round(s), {} ms per run after {} ms warm-up; took {} s)", opts.rounds, opts.duration.as_millis(), opts.warmup.as_millis(), took.as_secs());
-        let _ = writeln!(md, "- kernel {kernel}, {} cores; sockmesh {}; {haproxy}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), env!("CARGO_PKG_VERSION"));
-        let _ = writeln!(md, "- latency is the full request round trip measured from the intended send time (no coordinated omission); medians over rounds, [min..max] of the per-round values");
-        let _ = writeln!(md, "- proxy CPU = utime+stime of the agent (haproxy in haproxy mode) per 1,000 requests; interception modes forward as plain TCP (the agent core's Motan2 routing is not in this path yet)");
+        let _ = writeln!(
+            md,
+            "- command: `{cmd}` ({} round(s), {} ms per run after {} ms warm-up; took {} s)",
+            opts.rounds,
+            opts.duration.as_millis(),
+            opts.warmup.as_millis(),
+            took.as_secs()
+        );
+        let _ = writeln!(
+            md,
+            "- kernel {kernel}, {} cores; sockmesh {}; {haproxy}",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            md,
+            "- latency is the full request round trip measured from the intended send time (no coordinated omission); medians over rounds, [min..max] of the per-round values"
+        );
+        let _ = writeln!(
+            md,
+            "- proxy CPU = utime+stime of the agent (haproxy in haproxy mode) per 1,000 requests; interception modes forward as plain TCP (the agent core's Motan2 routing is not in this path yet)"
+        );
         for (m, why) in unavailable {
             let _ = writeln!(md, "- mode `{}` not run: {why}", m.name());
         }
         let mut cases_json = BTreeMap::new();
         for case in cases {
             let _ = writeln!(md, "\n## {}\n", case.name);
-            let _ = writeln!(md, "| mode | p50 µs | p90 µs | p99 µs | p99.9 µs | req/s | errors | proxy CPU ms / 1k req | RSS MiB |");
+            let _ = writeln!(
+                md,
+                "| mode | p50 µs | p90 µs | p99 µs | p99.9 µs | req/s | errors | proxy CPU ms / 1k req | RSS MiB |"
+            );
             let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
             let mut modes_json = BTreeMap::new();
-            let per = |m: Mode| -> Vec<&Run> { runs.iter().filter(|r| r.mode == m && r.case == case.name).collect() };
+            let per = |m: Mode| -> Vec<&Run> {
+                runs.iter()
+                    .filter(|r| r.mode == m && r.case == case.name)
+                    .collect()
+            };
             for m in modes {
                 let rs = per(*m);
                 let col = |path: &[&str]| rs.iter().map(|r| r.get(path)).collect::<Vec<f64>>();
-                let cpu: Vec<f64> = rs.iter().map(|r| {
-                    let n = r.get(&["requests"]);
-                    if n > 0.0 { r.proxy_cpu_s * 1e6 / n } else { f64::NAN }
-                }).collect();
+                let cpu: Vec<f64> = rs
+                    .iter()
+                    .map(|r| {
+                        let n = r.get(&["requests"]);
+                        if n > 0.0 {
+                            r.proxy_cpu_s * 1e6 / n
+                        } else {
+                            f64::NAN
+                        }
+                    })
+                    .collect();
                 let p = |k: &str| {
                     let v = col(&["latency_us", k]);
                     let (lo, hi) = spread(&v);
@@ -492,9 +622,25 @@ impl Report {
                 let _ = writeln!(
                     md,
                     "| {} | {:.0} [{:.0}..{:.0}] | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
-                    m.name(), p50.0, p50.1, p50.2, p90.0, p99.0, p999.0, tput, errors,
-                    if cpu_m.is_finite() { format!("{cpu_m:.1}") } else { "-".into() },
-                    if *m == Mode::Direct { "-".to_string() } else { format!("{rss:.1}") }
+                    m.name(),
+                    p50.0,
+                    p50.1,
+                    p50.2,
+                    p90.0,
+                    p99.0,
+                    p999.0,
+                    tput,
+                    errors,
+                    if cpu_m.is_finite() {
+                        format!("{cpu_m:.1}")
+                    } else {
+                        "-".into()
+                    },
+                    if *m == Mode::Direct {
+                        "-".to_string()
+                    } else {
+                        format!("{rss:.1}")
+                    }
                 );
                 modes_json.insert(m.name(), serde_json::json!({
                     "p50_us": p50.0, "p50_min": p50.1, "p50_max": p50.2, "p90_us": p90.0, "p99_us": p99.0, "p999_us": p999.0,
@@ -508,21 +654,47 @@ impl Report {
                 if ra.is_empty() || rb.is_empty() {
                     return None;
                 }
-                let d: Vec<f64> = ra.iter().filter_map(|x| rb.iter().find(|y| y.round == x.round).map(|y| x.get(&["latency_us", "p50"]) - y.get(&["latency_us", "p50"]))).collect();
+                let d: Vec<f64> = ra
+                    .iter()
+                    .filter_map(|x| {
+                        rb.iter()
+                            .find(|y| y.round == x.round)
+                            .map(|y| x.get(&["latency_us", "p50"]) - y.get(&["latency_us", "p50"]))
+                    })
+                    .collect();
                 let (lo, hi) = spread(&d);
                 Some((median(d), lo, hi))
             };
-            let _ = writeln!(md, "\nPaired per-round p50 differences (median [min..max], µs):\n");
+            let _ = writeln!(
+                md,
+                "\nPaired per-round p50 differences (median [min..max], µs):\n"
+            );
             let mut diffs = BTreeMap::new();
             for (a, b, label) in [
                 (Mode::Haproxy, Mode::Direct, "haproxy hop (haproxy - direct)"),
                 (Mode::EbpfConnect, Mode::Direct, "ebpf-connect - direct"),
                 (Mode::EbpfSockmap, Mode::Direct, "ebpf-sockmap - direct"),
                 (Mode::Iptables, Mode::Direct, "iptables - direct"),
-                (Mode::Iptables, Mode::EbpfConnect, "iptables - ebpf-connect (rule cost)"),
-                (Mode::EbpfSockmap, Mode::EbpfConnect, "ebpf-sockmap - ebpf-connect (loopback bypass)"),
-                (Mode::EbpfConnect, Mode::Haproxy, "ebpf-connect - haproxy (our hop vs haproxy's)"),
-                (Mode::AgentExplicit, Mode::Direct, "proxy overhead (agent-explicit - direct)"),
+                (
+                    Mode::Iptables,
+                    Mode::EbpfConnect,
+                    "iptables - ebpf-connect (rule cost)",
+                ),
+                (
+                    Mode::EbpfSockmap,
+                    Mode::EbpfConnect,
+                    "ebpf-sockmap - ebpf-connect (loopback bypass)",
+                ),
+                (
+                    Mode::EbpfConnect,
+                    Mode::Haproxy,
+                    "ebpf-connect - haproxy (our hop vs haproxy's)",
+                ),
+                (
+                    Mode::AgentExplicit,
+                    Mode::Direct,
+                    "proxy overhead (agent-explicit - direct)",
+                ),
             ] {
                 if let Some((m, lo, hi)) = paired(a, b) {
                     let _ = writeln!(md, "- {label}: {m:+.1} [{lo:+.1}..{hi:+.1}]");

@@ -66,7 +66,11 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Run { args } => run(&args),
         Cmd::Fuzz { seconds } => fuzz(seconds),
-        Cmd::Bench { quick, rounds, seconds } => bench::run(bench::Options {
+        Cmd::Bench {
+            quick,
+            rounds,
+            seconds,
+        } => bench::run(bench::Options {
             quick,
             rounds: rounds.unwrap_or(if quick { 1 } else { 5 }),
             duration: std::time::Duration::from_secs(seconds.unwrap_or(if quick { 1 } else { 5 })),

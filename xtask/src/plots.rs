@@ -26,15 +26,31 @@ fn e<E: std::fmt::Debug>(err: E) -> anyhow::Error {
 
 pub fn write_all(dir: &Path, runs: &[Run], cases: &[Case], modes: &[Mode]) -> Result<()> {
     for case in cases {
-        cdf(&dir.join(format!("latency-cdf-{}.svg", case.name)), runs, case, modes)?;
+        cdf(
+            &dir.join(format!("latency-cdf-{}.svg", case.name)),
+            runs,
+            case,
+            modes,
+        )?;
     }
-    bars(&dir.join("throughput-closed-loop.svg"), "closed-loop throughput (req/s, median over rounds)", runs, modes, |r| {
-        (r.case == "closed-100B-16conn").then(|| r.get(&["throughput"]))
-    })?;
-    bars(&dir.join("proxy-cpu.svg"), "proxy CPU ms per 1,000 requests (open-1k-100B-1conn)", runs, modes, |r| {
-        let n = r.get(&["requests"]);
-        (r.case == "open-1k-100B-1conn" && r.mode != Mode::Direct && n > 0.0).then(|| r.proxy_cpu_s * 1e6 / n)
-    })?;
+    bars(
+        &dir.join("throughput-closed-loop.svg"),
+        "closed-loop throughput (req/s, median over rounds)",
+        runs,
+        modes,
+        |r| (r.case == "closed-100B-16conn").then(|| r.get(&["throughput"])),
+    )?;
+    bars(
+        &dir.join("proxy-cpu.svg"),
+        "proxy CPU ms per 1,000 requests (open-1k-100B-1conn)",
+        runs,
+        modes,
+        |r| {
+            let n = r.get(&["requests"]);
+            (r.case == "open-1k-100B-1conn" && r.mode != Mode::Direct && n > 0.0)
+                .then(|| r.proxy_cpu_s * 1e6 / n)
+        },
+    )?;
     Ok(())
 }
 
@@ -52,7 +68,10 @@ fn cdf(path: &Path, runs: &[Run], case: &Case, modes: &[Mode]) -> Result<()> {
             (!pts.is_empty()).then_some((*m, pts))
         })
         .collect();
-    let max_x = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.0)).fold(10.0, f64::max);
+    let max_x = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.0))
+        .fold(10.0, f64::max);
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
     let mut chart = ChartBuilder::on(&root)
@@ -62,7 +81,12 @@ fn cdf(path: &Path, runs: &[Run], case: &Case, modes: &[Mode]) -> Result<()> {
         .y_label_area_size(50)
         .build_cartesian_2d((10.0f64..max_x * 1.1).log_scale(), 0.0f64..1.0)
         .map_err(e)?;
-    chart.configure_mesh().x_desc("round-trip latency (µs, log scale)").y_desc("fraction of requests").draw().map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("round-trip latency (µs, log scale)")
+        .y_desc("fraction of requests")
+        .draw()
+        .map_err(e)?;
     for (m, pts) in series {
         let c = color(m);
         chart
@@ -71,16 +95,32 @@ fn cdf(path: &Path, runs: &[Run], case: &Case, modes: &[Mode]) -> Result<()> {
             .label(m.name())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw().map_err(e)?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(e)?;
     root.present().map_err(e)?;
     Ok(())
 }
 
-fn bars(path: &Path, title: &str, runs: &[Run], modes: &[Mode], value: impl Fn(&Run) -> Option<f64>) -> Result<()> {
+fn bars(
+    path: &Path,
+    title: &str,
+    runs: &[Run],
+    modes: &[Mode],
+    value: impl Fn(&Run) -> Option<f64>,
+) -> Result<()> {
     let vals: Vec<(Mode, f64)> = modes
         .iter()
         .filter_map(|m| {
-            let mut v: Vec<f64> = runs.iter().filter(|r| r.mode == *m).filter_map(&value).filter(|x| x.is_finite()).collect();
+            let mut v: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.mode == *m)
+                .filter_map(&value)
+                .filter(|x| x.is_finite())
+                .collect();
             if v.is_empty() {
                 return None;
             }
@@ -104,17 +144,29 @@ fn bars(path: &Path, title: &str, runs: &[Run], modes: &[Mode], value: impl Fn(&
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(n)
-        .x_label_formatter(&|x| names.get(x.floor() as usize).map(|s| s.to_string()).unwrap_or_default())
+        .x_label_formatter(&|x| {
+            names
+                .get(x.floor() as usize)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        })
         .draw()
         .map_err(e)?;
     chart
         .draw_series(vals.iter().enumerate().map(|(i, (m, v))| {
-            Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)], color(*m).filled())
+            Rectangle::new(
+                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)],
+                color(*m).filled(),
+            )
         }))
         .map_err(e)?;
     chart
         .draw_series(vals.iter().enumerate().map(|(i, (_, v))| {
-            Text::new(format!("{v:.1}"), (i as f64 + 0.35, *v * 1.02 + max_y * 0.02), ("sans-serif", 14))
+            Text::new(
+                format!("{v:.1}"),
+                (i as f64 + 0.35, *v * 1.02 + max_y * 0.02),
+                ("sans-serif", 14),
+            )
         }))
         .map_err(e)?;
     root.present().map_err(e)?;
