@@ -125,6 +125,26 @@ fn connect_mode_intercepts_only_the_enabled_cgroup() {
     };
     assert_eq!(acc(&before), acc(&after));
 
+    // A connection straight to the transparent listener has no original destination: it is
+    // closed, and the warning shows up in the status' recent errors.
+    let direct: std::net::SocketAddr = format!("127.0.0.1:{}", d.transparent_port).parse().unwrap();
+    let _ = ping(direct);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let st: serde_json::Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
+        if st["recent_errors"]
+            .to_string()
+            .contains("no original destination")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "warning not in recent_errors: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
     // disable restores the direct path.
     let (ok, out, err) = d.cli(&["intercept", "disable", "--cgroup", &rel]);
     assert!(ok, "{out}{err}");

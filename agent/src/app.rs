@@ -295,6 +295,7 @@ impl AppState {
             "intercept": intercept,
             "selftest": self.selftest,
             "transparent_proxy": self.proxy_stats.snapshot(),
+            "recent_errors": crate::recent::snapshot(),
         })
     }
 }

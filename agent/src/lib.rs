@@ -12,6 +12,7 @@ pub mod install;
 pub mod intercept;
 pub mod protocol;
 pub mod proxy;
+pub mod recent;
 pub mod sys;
 
 /// The BPF object built by `cargo xtask build-ebpf`, embedded at compile time.

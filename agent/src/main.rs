@@ -149,10 +149,13 @@ fn init_logging(filter: &str, json: bool) -> Result<sockmesh::app::LogReload> {
     let parse =
         |f: &str| tracing_subscriber::EnvFilter::try_new(f).with_context(|| format!("bad log level {f:?}"));
     // aya-log (kernel program logs) speaks `log`; it is routed into tracing below.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let recent = sockmesh::recent::RecentErrors;
     let reload: sockmesh::app::LogReload = if json {
         let b = base.json().with_filter_reloading();
         let h = b.reload_handle();
-        b.init();
+        b.finish().with(recent).init();
         Box::new(move |f| {
             h.reload(parse(f)?)
                 .map_err(|e| anyhow::anyhow!("changing the log level: {e}"))
@@ -160,7 +163,7 @@ fn init_logging(filter: &str, json: bool) -> Result<sockmesh::app::LogReload> {
     } else {
         let b = base.with_filter_reloading();
         let h = b.reload_handle();
-        b.init();
+        b.finish().with(recent).init();
         Box::new(move |f| {
             h.reload(parse(f)?)
                 .map_err(|e| anyhow::anyhow!("changing the log level: {e}"))
@@ -295,9 +298,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         "{:<32} {:<14} {:>10} {:>10} {:>10}",
                         c["cgroup"].as_str().unwrap_or("?"),
                         c["mode"].as_str().unwrap_or("?"),
-                        c["redirected"],
-                        c["passed"],
-                        c["fail_open"]
+                        c["redirected"].as_u64().unwrap_or(0),
+                        c["passed"].as_u64().unwrap_or(0),
+                        c["fail_open"].as_u64().unwrap_or(0)
                     );
                 }
             }
@@ -324,15 +327,38 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 let i = &v["intercept"];
                 if i["available"].as_bool() == Some(true) {
                     println!(
-                        "  interception: available, auto = {}, {} cgroup(s)",
+                        "  interception: eBPF available, auto = {}, {} cgroup(s)",
                         i["auto_mode"].as_str().unwrap_or("?"),
                         i["cgroups"].as_array().map_or(0, |a| a.len())
                     );
                 } else {
                     println!(
-                        "  interception: unavailable: {}",
+                        "  interception: eBPF unavailable: {}",
                         i["error"].as_str().unwrap_or("?")
                     );
+                }
+                for c in i["cgroups"].as_array().into_iter().flatten() {
+                    println!(
+                        "    {:<30} {:<13} redirected {} passed {} fail-open {}",
+                        c["cgroup"].as_str().unwrap_or("?"),
+                        c["mode"].as_str().unwrap_or("?"),
+                        c["redirected"],
+                        c["passed"],
+                        c["fail_open"]
+                    );
+                }
+                let errors = v["recent_errors"].as_array().cloned().unwrap_or_default();
+                if errors.is_empty() {
+                    println!("  recent errors: none");
+                } else {
+                    println!("  recent errors (last {}):", errors.len());
+                    for e in errors.iter().rev().take(5) {
+                        println!(
+                            "    {} {}",
+                            e["level"].as_str().unwrap_or("?"),
+                            e["message"].as_str().unwrap_or("?")
+                        );
+                    }
                 }
                 let p = &v["transparent_proxy"];
                 println!(
