@@ -128,7 +128,13 @@ fn connect_mode_intercepts_only_the_enabled_cgroup() {
     // A connection straight to the transparent listener has no original destination: it is
     // closed, and the warning shows up in the status' recent errors.
     let direct: std::net::SocketAddr = format!("127.0.0.1:{}", d.transparent_port).parse().unwrap();
-    let _ = ping(direct);
+    {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(direct).unwrap();
+        let mut buf = [0u8; 1];
+        // The agent closes it (EOF or reset, depending on timing).
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let st: serde_json::Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
