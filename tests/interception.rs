@@ -125,6 +125,18 @@ fn connect_mode_intercepts_only_the_enabled_cgroup() {
     };
     assert_eq!(acc(&before), acc(&after));
 
+    // disable restores the direct path.
+    let (ok, out, err) = d.cli(&["intercept", "disable", "--cgroup", &rel]);
+    assert!(ok, "{out}{err}");
+    let r = client(Some(cg.path()), echo.addr, 4096, "blocking");
+    assert_eq!(r["ok"], true);
+    assert_eq!(
+        acc(&d.cli(&["status", "--json"]).1),
+        acc(&after),
+        "disabled cgroup still intercepted"
+    );
+    assert!(d.intercept_status()["cgroups"].as_array().unwrap().is_empty());
+
     // A connection straight to the transparent listener has no original destination: it is
     // closed, and the warning shows up in the status' recent errors.
     let direct: std::net::SocketAddr = format!("127.0.0.1:{}", d.transparent_port).parse().unwrap();
@@ -150,18 +162,6 @@ fn connect_mode_intercepts_only_the_enabled_cgroup() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-
-    // disable restores the direct path.
-    let (ok, out, err) = d.cli(&["intercept", "disable", "--cgroup", &rel]);
-    assert!(ok, "{out}{err}");
-    let r = client(Some(cg.path()), echo.addr, 4096, "blocking");
-    assert_eq!(r["ok"], true);
-    assert_eq!(
-        acc(&d.cli(&["status", "--json"]).1),
-        acc(&after),
-        "disabled cgroup still intercepted"
-    );
-    assert!(d.intercept_status()["cgroups"].as_array().unwrap().is_empty());
 }
 
 #[test]
