@@ -13,7 +13,9 @@ pub mod intercept;
 pub mod protocol;
 pub mod proxy;
 pub mod recent;
+pub mod registry;
 pub mod sys;
+pub mod url;
 
 /// The BPF object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SOCKMESH_EBPF_OBJECT"));
