@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod cgroup;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod install;
 pub mod intercept;
