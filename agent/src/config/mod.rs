@@ -1,6 +1,8 @@
 //! Configuration: motan-go's YAML layout (`motan-agent`, `motan-refer`, ...) plus a `sockmesh`
 //! section for what motan-go does not have (interception). An embedded default runs with no
 //! file. Validation reports every problem at once, each naming file, section and key.
+pub mod motan;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -307,6 +309,7 @@ impl Config {
                 "{src}: section sockmesh.intercept, key pin_dir: must be an absolute path on a bpffs"
             ));
         }
+        e.extend(motan::validate(self));
         e
     }
 
