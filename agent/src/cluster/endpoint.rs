@@ -2,8 +2,8 @@
 //! error counter that disables an endpoint and asks for a keepalive probe, the in-flight
 //! counter leastActive reads, recent latencies (P90 for backupRequest) and the wrr weight.
 //! The connection pool that actually talks to the endpoint lives beside it in `proxy::pool`.
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::CallError;
@@ -167,13 +167,14 @@ impl Endpoint {
         })
     }
 
-    /// A keepalive heartbeat succeeded: the endpoint is usable again.
+    /// A keepalive heartbeat succeeded: the endpoint is usable again and the task ends.
     pub fn keepalive_succeeded(&self) {
         self.consecutive_errors.store(0, Ordering::Relaxed);
         self.set_available(true);
+        self.keepalive_finished();
     }
 
-    /// The keepalive task ended (success, or the endpoint was destroyed).
+    /// The keepalive task ended without success (the endpoint was destroyed or replaced).
     pub fn keepalive_finished(&self) {
         self.keepalive_running.store(false, Ordering::Release);
     }
@@ -316,6 +317,33 @@ impl LatencyStats {
     }
 }
 
+/// Latency per method (`M_m`) of one refer: backupRequest takes its delay from the method's
+/// percentile, as upstream reads the method's metrics.
+#[derive(Debug, Default)]
+pub struct MethodLatencies {
+    by_method: std::sync::RwLock<std::collections::HashMap<String, Arc<LatencyStats>>>,
+}
+
+impl MethodLatencies {
+    pub fn new() -> MethodLatencies {
+        MethodLatencies::default()
+    }
+
+    /// The stats of `method`, created on first use.
+    pub fn get(&self, method: &str) -> Arc<LatencyStats> {
+        if let Some(s) = self
+            .by_method
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(method)
+        {
+            return s.clone();
+        }
+        let mut map = self.by_method.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(method.to_string()).or_default().clone()
+    }
+}
+
 impl Default for LatencyStats {
     fn default() -> Self {
         Self::new()
@@ -363,8 +391,8 @@ mod tests {
         // Further errors while the probe runs do not ask for a second one.
         assert_eq!(e.record(Some(&svc)), None);
         e.keepalive_succeeded();
-        e.keepalive_finished();
         assert!(e.is_available());
+        assert!(!e.keepalive_running());
         assert_eq!(e.consecutive_errors(), 0);
     }
 
@@ -452,6 +480,15 @@ mod tests {
         assert_eq!(request_timeout(&bounded, "m", "", Some("1500")), ms(1000));
         let none = Url::new("motan2", "h", 1, "p", "g");
         assert_eq!(request_timeout(&none, "m", "", None), ms(1000));
+    }
+
+    #[test]
+    fn method_latencies_are_per_method() {
+        let m = MethodLatencies::new();
+        m.get("a").record(Duration::from_millis(5));
+        assert_eq!(m.get("a").len(), 1);
+        assert!(m.get("b").is_empty());
+        assert!(Arc::ptr_eq(&m.get("a"), &m.get("a")));
     }
 
     #[test]

@@ -114,6 +114,17 @@ impl MotanConfig {
         for (id, u) in &registries {
             check_registry(id, u, &mut p);
         }
+        // The registry the agent registers itself in.
+        for r in split_list(agent_params.get(keys::REGISTRY).map(String::as_str).unwrap_or("")) {
+            if !registries.contains_key(r) {
+                p.error(
+                    "motan-agent",
+                    None,
+                    Some(keys::REGISTRY),
+                    unknown_registry(r, &registries),
+                );
+            }
+        }
         let ctx = Checks {
             registries: &registries,
             sections,
@@ -577,6 +588,14 @@ fn expand_service_groups(services: &mut BTreeMap<String, Url>, env: &MotanEnv) {
     }
 }
 
+fn unknown_registry(id: &str, registries: &BTreeMap<String, Url>) -> String {
+    let known: Vec<&str> = registries.keys().map(String::as_str).collect();
+    format!(
+        "unknown registry {id:?} (not in {REGISTRY_SECTION}: {})",
+        list_or_none(&known)
+    )
+}
+
 fn list_or_none(v: &[&str]) -> String {
     if v.is_empty() {
         "none defined".into()
@@ -746,15 +765,11 @@ impl Checks<'_> {
         if let Some(list) = u.param(keys::REGISTRY) {
             for r in split_list(list) {
                 if !self.registries.contains_key(r) {
-                    let known: Vec<&str> = self.registries.keys().map(String::as_str).collect();
                     p.error(
                         section,
                         Some(id),
                         Some(keys::REGISTRY),
-                        format!(
-                            "unknown registry {r:?} (not in {REGISTRY_SECTION}: {})",
-                            list_or_none(&known)
-                        ),
+                        unknown_registry(r, self.registries),
                     );
                 }
             }
@@ -1162,6 +1177,17 @@ motan-refer:
             assert!(errs.iter().any(|x| x.starts_with(e)), "missing {e:?} in:\n{all}");
         }
         assert_eq!(errs.len(), expect.len(), "{all}");
+    }
+
+    #[test]
+    fn agent_registry_must_exist() {
+        let errs = errors("motan-agent:\n  registry: zk\n");
+        assert_eq!(
+            errs,
+            [
+                "app.yaml: section motan-agent, key registry: unknown registry \"zk\" (not in motan-registry: none defined)"
+            ]
+        );
     }
 
     #[test]
