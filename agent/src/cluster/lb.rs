@@ -305,7 +305,7 @@ impl Policy {
             Policy::RoundRobin { eps, next } => round_robin(eps, next).map(|i| eps[i].clone()),
             Policy::Wrr(w) => w.select(),
             Policy::Hash(h) => h.select(req),
-            Policy::LeastActive(eps) => least_active_order(eps).first().cloned(),
+            Policy::LeastActive(eps) => least_active(eps),
         }
     }
 
@@ -368,6 +368,30 @@ fn select_array_from(eps: &[Arc<Endpoint>], from: usize) -> Vec<Arc<Endpoint>> {
         .take(MAX_SELECT_ARRAY_SIZE)
         .cloned()
         .collect()
+}
+
+/// The available endpoint with the fewest requests in flight; ties broken uniformly at random
+/// (reservoir sampling over the tied ones).
+fn least_active(eps: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
+    let mut best: Option<(usize, &Arc<Endpoint>)> = None;
+    let mut ties = 0u32;
+    for e in eps.iter().filter(|e| e.is_available()) {
+        let a = e.active();
+        match best {
+            Some((b, _)) if a > b => {}
+            Some((b, _)) if a == b => {
+                ties += 1;
+                if fastrand::u32(..ties) == 0 {
+                    best = Some((a, e));
+                }
+            }
+            _ => {
+                best = Some((a, e));
+                ties = 1;
+            }
+        }
+    }
+    best.map(|(_, e)| e.clone())
 }
 
 /// Available endpoints by ascending in-flight count; equal counts in random order (the scan
@@ -1021,10 +1045,12 @@ mod tests {
         let a = b.select_array(&LbRequest::default());
         let hosts: Vec<_> = a.iter().map(|e| e.url().host.as_str()).collect();
         assert_eq!(hosts, ["127.0.0.3", "127.0.0.2", "127.0.0.1"]);
-        let idle = eps(2);
+        let idle = eps(3);
         let b = lb(LbKind::LeastActive, idle);
-        let c = count(&b, 10_000, None);
-        assert!(within(c["127.0.0.1"], 5_000.0, 0.08), "{c:?}");
+        let c = count(&b, 15_000, None);
+        for host in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
+            assert!(within(c[host], 5_000.0, 0.08), "{c:?}");
+        }
     }
 
     #[test]
