@@ -1,0 +1,156 @@
+//! Typed errors for malformed input, and the `M_e` exception convention (spec 1.10).
+use serde_json::Value as Json;
+
+/// Why bytes on a connection are not a valid Motan2 frame. Every decode error closes the
+/// connection (peers expect that, spec 1.13); the variant says why, for the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("wrong magic 0x{0:04x} (expected 0xf1f1)")]
+    WrongMagic(u16),
+    #[error("motan v1 frame (legacy protocol)")]
+    MotanV1,
+    #[error("unsupported protocol version {0} (only motan2 = 1)")]
+    UnsupportedVersion(u8),
+    #[error("meta block of {len} bytes exceeds the limit of {max}")]
+    MetaTooLarge { len: usize, max: usize },
+    #[error("body of {len} bytes exceeds the limit of {max}")]
+    BodyTooLarge { len: usize, max: usize },
+    #[error("meta block has more than {0} entries")]
+    TooManyMetaEntries(usize),
+    #[error("bad meta block: {0}")]
+    BadMeta(&'static str),
+    #[error("gzip body: {0}")]
+    Gzip(String),
+}
+
+/// A decoding failure of the simple serialization (spec 2.5).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimpleError {
+    #[error("truncated value: {0} more byte(s) needed")]
+    Truncated(usize),
+    #[error("unknown type tag {0}")]
+    UnknownTag(u8),
+    #[error("varint longer than 10 bytes")]
+    Overflow,
+    #[error("container items overrun its declared size")]
+    WrongSize,
+    #[error("values nested deeper than {0}")]
+    TooDeep(usize),
+    #[error("string is not valid UTF-8")]
+    InvalidUtf8,
+}
+
+/// Who failed, which decides retries and endpoint health (spec 1.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ErrorType {
+    /// Framework/codec failure: retried by failover, counts as an endpoint error.
+    Framework = 0,
+    /// Service/transport failure (no endpoint, timeout, ...): retried, counts as endpoint error.
+    Service = 1,
+    /// Thrown by business code: returned at once, never retried, resets the error counter.
+    Business = 2,
+}
+
+impl ErrorType {
+    /// Unknown values are framework errors, as in Java motan.
+    pub fn from_i64(v: i64) -> ErrorType {
+        match v {
+            1 => ErrorType::Service,
+            2 => ErrorType::Business,
+            _ => ErrorType::Framework,
+        }
+    }
+    pub fn is_retryable(self) -> bool {
+        self != ErrorType::Business
+    }
+}
+
+/// The exception carried in meta `M_e` of a status-1 response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exception {
+    pub errcode: i64,
+    pub errmsg: String,
+    pub errtype: ErrorType,
+}
+
+impl Exception {
+    pub fn new(errcode: i64, errmsg: impl Into<String>, errtype: ErrorType) -> Exception {
+        Exception {
+            errcode,
+            errmsg: errmsg.into(),
+            errtype,
+        }
+    }
+
+    pub fn service(errcode: i64, errmsg: impl Into<String>) -> Exception {
+        Exception::new(errcode, errmsg, ErrorType::Service)
+    }
+
+    /// Status 1 without `M_e`: what Java builds in that case.
+    pub fn default_remote() -> Exception {
+        Exception::service(500, "default remote exception")
+    }
+
+    /// JSON exactly as motan-go writes it: field order errcode, errmsg, errtype, and Go's HTML
+    /// escaping of `<`, `>` and `&` inside the message.
+    pub fn to_json(&self) -> String {
+        let msg = serde_json::to_string(&self.errmsg).expect("string serialises");
+        let msg = msg
+            .replace('<', "\\u003c")
+            .replace('>', "\\u003e")
+            .replace('&', "\\u0026");
+        format!(
+            "{{\"errcode\":{},\"errmsg\":{},\"errtype\":{}}}",
+            self.errcode, msg, self.errtype as i64
+        )
+    }
+
+    /// Parse `M_e`: any field order, extra fields ignored, missing fields defaulted.
+    pub fn parse(json: &[u8]) -> Option<Exception> {
+        let v: Json = serde_json::from_slice(json).ok()?;
+        let o = v.as_object()?;
+        Some(Exception {
+            errcode: o.get("errcode").and_then(Json::as_i64).unwrap_or(0),
+            errmsg: o.get("errmsg").and_then(Json::as_str).unwrap_or("").to_string(),
+            errtype: ErrorType::from_i64(o.get("errtype").and_then(Json::as_i64).unwrap_or(0)),
+        })
+    }
+}
+
+impl std::fmt::Display for Exception {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (errcode {}, {:?})",
+            self.errmsg, self.errcode, self.errtype
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exception_json_matches_go() {
+        let e = Exception::service(400, "cluster not found. <b> & more");
+        assert_eq!(
+            e.to_json(),
+            r#"{"errcode":400,"errmsg":"cluster not found. \u003cb\u003e \u0026 more","errtype":1}"#
+        );
+        assert_eq!(Exception::parse(e.to_json().as_bytes()).unwrap(), e);
+    }
+
+    #[test]
+    fn exception_parse_any_order_and_extras() {
+        let e = Exception::parse(br#"{"errtype":2,"x":[1],"errmsg":"biz","errcode":503}"#).unwrap();
+        assert_eq!(e, Exception::new(503, "biz", ErrorType::Business));
+        assert!(!e.errtype.is_retryable());
+        assert_eq!(
+            Exception::parse(br#"{"errtype":9}"#).unwrap().errtype,
+            ErrorType::Framework
+        );
+        assert!(Exception::parse(b"not json").is_none());
+        assert!(ErrorType::Service.is_retryable());
+    }
+}

@@ -1,0 +1,460 @@
+//! The "simple" serialization (number 6, spec section 2): a `Value` tree, both directions,
+//! zigzag varints, several arguments concatenated in one body. Decoding checks every declared
+//! length against the bytes present and limits nesting, so it never panics or over-allocates.
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::error::SimpleError;
+
+pub const TAG_NULL: u8 = 0;
+pub const TAG_STRING: u8 = 1;
+pub const TAG_STRING_MAP: u8 = 2;
+pub const TAG_BYTES: u8 = 3;
+pub const TAG_STRING_ARRAY: u8 = 4;
+pub const TAG_BOOL: u8 = 5;
+pub const TAG_BYTE: u8 = 6;
+pub const TAG_I16: u8 = 7;
+pub const TAG_I32: u8 = 8;
+pub const TAG_I64: u8 = 9;
+pub const TAG_F32: u8 = 10;
+pub const TAG_F64: u8 = 11;
+pub const TAG_MAP: u8 = 20;
+pub const TAG_ARRAY: u8 = 21;
+
+/// How deep containers may nest when decoding.
+pub const MAX_DEPTH: usize = 64;
+
+/// A simple-serialized value. Strings are kept as bytes: Go and PHP send byte strings that need
+/// not be UTF-8; use [`Value::as_str`] where text is needed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    String(Bytes),
+    StringMap(Vec<(Bytes, Bytes)>),
+    Bytes(Bytes),
+    StringArray(Vec<Bytes>),
+    Bool(bool),
+    Byte(u8),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Map(Vec<(Value, Value)>),
+    Array(Vec<Value>),
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Value {
+        Value::String(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Value::String(Bytes::from(s))
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Value {
+        Value::I64(v)
+    }
+}
+impl From<i32> for Value {
+    fn from(v: i32) -> Value {
+        Value::I32(v)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Value {
+        Value::Bool(v)
+    }
+}
+impl From<f64> for Value {
+    fn from(v: f64) -> Value {
+        Value::F64(v)
+    }
+}
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Value {
+        Value::Bytes(Bytes::from(v))
+    }
+}
+
+impl Value {
+    /// Integers of any width: PHP sends every integer as int64, Go/Java use the declared width.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Value::Byte(b) => Some(b as i64),
+            Value::I16(v) => Some(v as i64),
+            Value::I32(v) => Some(v as i64),
+            Value::I64(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v as f64),
+            Value::F64(v) => Some(v),
+            _ => self.as_i64().map(|v| v as f64),
+        }
+    }
+    /// Text of a string (or byte array, which HTTP providers return), if it is UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(b) | Value::Bytes(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+    /// Like [`Value::as_str`] but says why not.
+    pub fn to_utf8(&self) -> Result<&str, SimpleError> {
+        match self {
+            Value::String(b) | Value::Bytes(b) => {
+                std::str::from_utf8(b).map_err(|_| SimpleError::InvalidUtf8)
+            }
+            _ => Err(SimpleError::InvalidUtf8),
+        }
+    }
+
+    pub fn encode(&self, dst: &mut BytesMut) {
+        match self {
+            Value::Null => dst.put_u8(TAG_NULL),
+            Value::String(s) => put_blob(dst, TAG_STRING, s),
+            Value::Bytes(b) => put_blob(dst, TAG_BYTES, b),
+            Value::StringMap(entries) => container(dst, TAG_STRING_MAP, |d| {
+                for (k, v) in entries {
+                    put_len_bytes(d, k);
+                    put_len_bytes(d, v);
+                }
+            }),
+            Value::StringArray(items) => container(dst, TAG_STRING_ARRAY, |d| {
+                for s in items {
+                    put_len_bytes(d, s);
+                }
+            }),
+            Value::Bool(b) => {
+                dst.put_u8(TAG_BOOL);
+                dst.put_u8(*b as u8);
+            }
+            Value::Byte(b) => {
+                dst.put_u8(TAG_BYTE);
+                dst.put_u8(*b);
+            }
+            Value::I16(v) => {
+                dst.put_u8(TAG_I16);
+                dst.put_i16(*v);
+            }
+            Value::I32(v) => {
+                dst.put_u8(TAG_I32);
+                put_varint(dst, zigzag32(*v) as u64);
+            }
+            Value::I64(v) => {
+                dst.put_u8(TAG_I64);
+                put_varint(dst, zigzag64(*v));
+            }
+            Value::F32(v) => {
+                dst.put_u8(TAG_F32);
+                dst.put_f32(*v);
+            }
+            Value::F64(v) => {
+                dst.put_u8(TAG_F64);
+                dst.put_f64(*v);
+            }
+            Value::Map(entries) => container(dst, TAG_MAP, |d| {
+                for (k, v) in entries {
+                    k.encode(d);
+                    v.encode(d);
+                }
+            }),
+            Value::Array(items) => container(dst, TAG_ARRAY, |d| {
+                for v in items {
+                    v.encode(d);
+                }
+            }),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        self.encode(&mut b);
+        b.freeze()
+    }
+
+    /// Decode one value from the start of `src`; returns it and the bytes it used.
+    pub fn decode(src: &Bytes) -> Result<(Value, usize), SimpleError> {
+        let mut r = Reader { buf: src, pos: 0 };
+        let v = r.value(0)?;
+        Ok((v, r.pos))
+    }
+}
+
+/// Encode call arguments: the plain concatenation of each value (spec 2.3).
+pub fn encode_args(args: &[Value]) -> Bytes {
+    let mut b = BytesMut::new();
+    for a in args {
+        a.encode(&mut b);
+    }
+    b.freeze()
+}
+
+/// Decode every value in a body (untyped multi-decode: values until the bytes run out).
+pub fn decode_all(body: &Bytes) -> Result<Vec<Value>, SimpleError> {
+    let mut r = Reader { buf: body, pos: 0 };
+    let mut out = Vec::new();
+    while r.pos < body.len() {
+        out.push(r.value(0)?);
+    }
+    Ok(out)
+}
+
+pub fn zigzag32(n: i32) -> u32 {
+    ((n << 1) ^ (n >> 31)) as u32
+}
+pub fn zigzag64(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+fn unzigzag64(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
+fn put_varint(dst: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        dst.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    dst.put_u8(v as u8);
+}
+
+fn put_len_bytes(dst: &mut BytesMut, b: &[u8]) {
+    dst.put_u32(b.len() as u32);
+    dst.put_slice(b);
+}
+
+fn put_blob(dst: &mut BytesMut, tag: u8, b: &[u8]) {
+    dst.put_u8(tag);
+    put_len_bytes(dst, b);
+}
+
+/// Tag, a u32 byte length back-patched after the items are written.
+fn container(dst: &mut BytesMut, tag: u8, items: impl FnOnce(&mut BytesMut)) {
+    dst.put_u8(tag);
+    let at = dst.len();
+    dst.put_u32(0);
+    items(dst);
+    let len = (dst.len() - at - 4) as u32;
+    dst[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+struct Reader<'a> {
+    buf: &'a Bytes,
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn need(&self, n: usize) -> Result<(), SimpleError> {
+        let left = self.buf.len() - self.pos;
+        if left < n {
+            Err(SimpleError::Truncated(n - left))
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> Result<u8, SimpleError> {
+        self.need(1)?;
+        self.pos += 1;
+        Ok(self.buf[self.pos - 1])
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], SimpleError> {
+        self.need(N)?;
+        let a = self.buf[self.pos..self.pos + N].try_into().unwrap();
+        self.pos += N;
+        Ok(a)
+    }
+    fn u32(&mut self) -> Result<usize, SimpleError> {
+        Ok(u32::from_be_bytes(self.array()?) as usize)
+    }
+    fn slice(&mut self, n: usize) -> Result<Bytes, SimpleError> {
+        self.need(n)?;
+        let s = self.buf.slice(self.pos..self.pos + n);
+        self.pos += n;
+        Ok(s)
+    }
+    fn len_bytes(&mut self) -> Result<Bytes, SimpleError> {
+        let n = self.u32()?;
+        self.slice(n)
+    }
+    fn varint(&mut self) -> Result<u64, SimpleError> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.u8()?;
+            v |= ((b & 0x7f) as u64) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(SimpleError::Overflow)
+    }
+    /// The end offset of a container whose byte length comes next.
+    fn container_end(&mut self) -> Result<usize, SimpleError> {
+        let n = self.u32()?;
+        self.need(n)?;
+        Ok(self.pos + n)
+    }
+    fn value(&mut self, depth: usize) -> Result<Value, SimpleError> {
+        let tag = self.u8()?;
+        Ok(match tag {
+            TAG_NULL => Value::Null,
+            TAG_STRING => Value::String(self.len_bytes()?),
+            TAG_BYTES => Value::Bytes(self.len_bytes()?),
+            TAG_BOOL => Value::Bool(self.u8()? == 1),
+            TAG_BYTE => Value::Byte(self.u8()?),
+            TAG_I16 => Value::I16(i16::from_be_bytes(self.array()?)),
+            // int32 truncates the varint to 32 bits before unzigzagging, as Go does.
+            TAG_I32 => {
+                let z = self.varint()? as u32;
+                Value::I32(((z >> 1) as i32) ^ -((z & 1) as i32))
+            }
+            TAG_I64 => Value::I64(unzigzag64(self.varint()?)),
+            TAG_F32 => Value::F32(f32::from_be_bytes(self.array()?)),
+            TAG_F64 => Value::F64(f64::from_be_bytes(self.array()?)),
+            TAG_STRING_MAP => {
+                let end = self.container_end()?;
+                let mut entries = Vec::new();
+                while self.pos < end {
+                    let k = self.len_bytes()?;
+                    let v = self.len_bytes()?;
+                    entries.push((k, v));
+                }
+                self.check_end(end)?;
+                Value::StringMap(entries)
+            }
+            TAG_STRING_ARRAY => {
+                let end = self.container_end()?;
+                let mut items = Vec::new();
+                while self.pos < end {
+                    items.push(self.len_bytes()?);
+                }
+                self.check_end(end)?;
+                Value::StringArray(items)
+            }
+            TAG_MAP | TAG_ARRAY => {
+                if depth >= MAX_DEPTH {
+                    return Err(SimpleError::TooDeep(MAX_DEPTH));
+                }
+                let end = self.container_end()?;
+                if tag == TAG_MAP {
+                    let mut entries = Vec::new();
+                    while self.pos < end {
+                        let k = self.value(depth + 1)?;
+                        let v = self.value(depth + 1)?;
+                        entries.push((k, v));
+                    }
+                    self.check_end(end)?;
+                    Value::Map(entries)
+                } else {
+                    let mut items = Vec::new();
+                    while self.pos < end {
+                        items.push(self.value(depth + 1)?);
+                    }
+                    self.check_end(end)?;
+                    Value::Array(items)
+                }
+            }
+            other => return Err(SimpleError::UnknownTag(other)),
+        })
+    }
+    fn check_end(&self, end: usize) -> Result<(), SimpleError> {
+        if self.pos != end {
+            Err(SimpleError::WrongSize)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt(v: &Value) -> Value {
+        let b = v.to_bytes();
+        let (d, used) = Value::decode(&b).unwrap();
+        assert_eq!(used, b.len());
+        d
+    }
+
+    #[test]
+    fn zigzag_examples_from_the_spec() {
+        for (n, hex) in [
+            (0i64, "00"),
+            (-1, "01"),
+            (1, "02"),
+            (-2, "03"),
+            (63, "7e"),
+            (-64, "7f"),
+            (64, "8001"),
+            (-129, "8102"),
+        ] {
+            let b = Value::I64(n).to_bytes();
+            let got: String = b[1..].iter().map(|x| format!("{x:02x}")).collect();
+            assert_eq!(got, hex, "{n}");
+        }
+        assert_eq!(&Value::I32(300).to_bytes()[1..], &[0xd8, 0x04]);
+        assert_eq!(
+            &Value::I64(i64::MIN).to_bytes()[1..],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+        );
+        assert_eq!(rt(&Value::I64(i64::MIN)), Value::I64(i64::MIN));
+        assert_eq!(rt(&Value::I32(i32::MIN)), Value::I32(i32::MIN));
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        let b = |v: &[u8]| Bytes::copy_from_slice(v);
+        assert_eq!(
+            Value::decode(&b(&[1, 0, 0, 0, 9, b'a'])).unwrap_err(),
+            SimpleError::Truncated(8)
+        );
+        assert_eq!(Value::decode(&b(&[13])).unwrap_err(), SimpleError::UnknownTag(13));
+        assert_eq!(
+            Value::decode(&b(&[
+                9, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 1
+            ]))
+            .unwrap_err(),
+            SimpleError::Overflow
+        );
+        // An array claiming 2 bytes whose item needs 5: overruns its declared size.
+        assert_eq!(
+            Value::decode(&b(&[21, 0, 0, 0, 2, 1, 0, 0, 0, 0])).unwrap_err(),
+            SimpleError::WrongSize
+        );
+        // A huge declared length is refused without allocating.
+        assert!(matches!(
+            Value::decode(&b(&[3, 0xff, 0xff, 0xff, 0xff])).unwrap_err(),
+            SimpleError::Truncated(_)
+        ));
+        let mut nested = Value::Null;
+        for _ in 0..(MAX_DEPTH + 1) {
+            nested = Value::Array(vec![nested]);
+        }
+        assert_eq!(
+            Value::decode(&nested.to_bytes()).unwrap_err(),
+            SimpleError::TooDeep(MAX_DEPTH)
+        );
+        assert_eq!(
+            Value::Bytes(Bytes::from_static(b"\xff")).to_utf8().unwrap_err(),
+            SimpleError::InvalidUtf8
+        );
+    }
+
+    #[test]
+    fn php_and_go_integers_read_alike() {
+        assert_eq!(Value::I64(42).as_i64(), Value::I32(42).as_i64());
+        assert_eq!(Value::Byte(7).as_i64(), Some(7));
+        assert_eq!(Value::from("x").as_str(), Some("x"));
+        let args = encode_args(&[Value::from("world"), Value::I64(42)]);
+        assert_eq!(
+            decode_all(&args).unwrap(),
+            vec![Value::from("world"), Value::I64(42)]
+        );
+        assert!(decode_all(&Bytes::new()).unwrap().is_empty());
+    }
+}
