@@ -137,19 +137,12 @@ fn bars(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0f64..n as f64, 0.0f64..max_y * 1.15)
+        .build_cartesian_2d(0.0f64..n as f64, 0.0f64..max_y * 1.2)
         .map_err(e)?;
-    let names: Vec<&str> = vals.iter().map(|v| v.0.name()).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| {
-            names
-                .get(x.floor() as usize)
-                .map(|s| s.to_string())
-                .unwrap_or_default()
-        })
+        .disable_x_axis()
         .draw()
         .map_err(e)?;
     chart
