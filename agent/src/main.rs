@@ -211,7 +211,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             let log_reload = init_logging(log_level.as_deref().unwrap_or(&cfg.sockmesh.log_level), log_json)?;
             tracing::info!(config = %cfg.source, version = env!("CARGO_PKG_VERSION"), "sockmesh starting");
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if cfg.sockmesh.worker_threads > 0 {
+                rt.worker_threads(cfg.sockmesh.worker_threads);
+            }
+            let rt = rt.enable_all().build()?;
             let opts = sockmesh::app::RunOptions {
                 config_path: config.clone(),
                 log_reload: Some(log_reload),

@@ -58,6 +58,8 @@ pub struct SockmeshSection {
     /// admin API can switch interception and has no authentication.
     pub admin_bind: Ipv4Addr,
     pub log_level: String,
+    /// Runtime worker threads; 0 = one per CPU.
+    pub worker_threads: usize,
     pub intercept: InterceptSection,
 }
 
@@ -66,6 +68,7 @@ impl Default for SockmeshSection {
         SockmeshSection {
             admin_bind: Ipv4Addr::LOCALHOST,
             log_level: "info".into(),
+            worker_threads: 0,
             intercept: InterceptSection::default(),
         }
     }
