@@ -515,6 +515,35 @@ pub fn run(opts: Options) -> Result<()> {
     if errors > 0 {
         bail!("{errors} request(s) failed during the benchmark (see report)");
     }
+    // Every runnable mode completed every case, and the report files exist.
+    for m in &runnable {
+        for c in &cases {
+            let ok = runs
+                .iter()
+                .any(|r| r.mode == *m && r.case == c.name && r.get(&["ok"]) > 0.0);
+            if !ok {
+                bail!(
+                    "mode {} produced no successful request in case {}",
+                    m.name(),
+                    c.name
+                );
+            }
+        }
+    }
+    let mut files = vec![
+        "results.json".to_string(),
+        "report.md".into(),
+        "throughput-closed-loop.svg".into(),
+        "proxy-cpu.svg".into(),
+    ];
+    files.extend(cases.iter().map(|c| format!("latency-cdf-{}.svg", c.name)));
+    for f in files {
+        let p = dir.join(&f);
+        if std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) == 0 {
+            bail!("report file {} is missing or empty", p.display());
+        }
+    }
+    println!("xtask: bench: every mode completed with 0 errors; report files present");
     Ok(())
 }
 
