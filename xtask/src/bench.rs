@@ -92,6 +92,8 @@ pub fn cases() -> Vec<Case> {
 
 pub struct Options {
     pub quick: bool,
+    /// The agent's runtime worker threads (0 = one per CPU).
+    pub agent_workers: usize,
     pub rounds: u32,
     pub duration: Duration,
     pub warmup: Duration,
@@ -209,7 +211,7 @@ fn wait_ready(child: &mut Child, what: &str) -> Result<String> {
         .with_context(|| format!("{what} said {line:?}"))
 }
 
-fn start_env(dir: &Path) -> Result<Env> {
+fn start_env(dir: &Path, agent_workers: usize) -> Result<Env> {
     let root = project_root();
     let bin = root.join("target/release/sockmesh");
     let loadgen = root.join("target/release/sockmesh-loadgen");
@@ -232,7 +234,7 @@ fn start_env(dir: &Path) -> Result<Env> {
         &cfg,
         format!(
             "motan-agent:\n  port: {}\n  eport: {}\n  mport: {}\n  application: bench\n\
-             sockmesh:\n  log_level: warn\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {chain}\n    bpf_log_level: warn\n",
+             sockmesh:\n  log_level: warn\n  worker_threads: {agent_workers}\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {chain}\n    bpf_log_level: warn\n",
             ports[1],
             ports[2],
             ports[3],
@@ -455,7 +457,7 @@ pub fn run(opts: Options) -> Result<()> {
     let dir = project_root().join("bench/results").join(&stamp);
     let raw = dir.join("raw");
     std::fs::create_dir_all(&raw)?;
-    let env = start_env(&raw)?;
+    let env = start_env(&raw, opts.agent_workers)?;
 
     let cases = cases();
     let modes: Vec<Mode> = Mode::ALL.to_vec();
@@ -583,6 +585,11 @@ impl Report {
         } else {
             format!("cargo xtask bench --rounds {}", opts.rounds)
         };
+        let cmd = if opts.agent_workers > 0 {
+            format!("{cmd} --agent-workers {}", opts.agent_workers)
+        } else {
+            cmd
+        };
         let mut md = String::new();
         let _ = writeln!(md, "# sockmesh interception benchmark\n");
         let _ = writeln!(
@@ -660,7 +667,7 @@ impl Report {
                     p999.0,
                     tput,
                     errors,
-                    if cpu_m.is_finite() {
+                    if cpu_m.is_finite() && *m != Mode::Direct {
                         format!("{cpu_m:.1}")
                     } else {
                         "-".into()

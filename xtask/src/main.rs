@@ -50,6 +50,9 @@ enum Cmd {
         /// Seconds per run (default 5).
         #[arg(long)]
         seconds: Option<u64>,
+        /// The agent's runtime worker threads (default: one per CPU).
+        #[arg(long, default_value_t = 0)]
+        agent_workers: usize,
     },
     /// Run every fuzz target for N seconds each (installs cargo-fuzz when missing).
     Fuzz {
@@ -70,8 +73,10 @@ fn main() -> Result<()> {
             quick,
             rounds,
             seconds,
+            agent_workers,
         } => bench::run(bench::Options {
             quick,
+            agent_workers,
             rounds: rounds.unwrap_or(if quick { 1 } else { 5 }),
             duration: std::time::Duration::from_secs(seconds.unwrap_or(if quick { 1 } else { 5 })),
             warmup: std::time::Duration::from_millis(if quick { 200 } else { 1000 }),
