@@ -81,8 +81,7 @@ fn connect_mode_intercepts_only_the_enabled_cgroup() {
     let _g = serial();
     let echo = EchoServer::start("127.0.0.2:0", None);
     let d = Daemon::start("connect");
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-connect-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let (cg, rel) = test_cgroup("smt-connect");
     d.enable(&rel, "ebpf-connect");
 
     let r = client(Some(cg.path()), echo.addr, MIB, "blocking");
@@ -172,8 +171,7 @@ fn sockmap_mode_serves_tokio_fionread_and_blocking_readers() {
     let _g = serial();
     let echo = EchoServer::start("127.0.0.3:0", None);
     let d = Daemon::start("sockmap");
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-sockmap-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let (cg, rel) = test_cgroup("smt-sockmap");
     d.enable(&rel, "ebpf-sockmap");
     for reader in ["tokio", "fionread", "blocking"] {
         let r = client(Some(cg.path()), echo.addr, MIB, reader);
@@ -240,8 +238,7 @@ fn auto_mode_follows_the_self_test() {
     // Default (auto_sockmap: false): auto is ebpf-connect whatever the self-test says.
     let want = "ebpf-connect";
     assert_eq!(v["intercept"]["auto_mode"], want, "{v}");
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-auto-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let (_cg, rel) = test_cgroup("smt-auto");
     d.enable(&rel, "auto");
     assert_eq!(d.intercept_status()["cgroups"][0]["mode"], want);
     let log = d.log();
@@ -270,8 +267,7 @@ fn destination_inside_a_test_network_namespace() {
     let ns = NetNs::create("dst", 1);
     let echo = EchoServer::start(&format!("{}:0", ns.ns_ip), Some(&ns));
     let d = Daemon::start("netnsdst");
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-netns-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let (cg, rel) = test_cgroup("smt-netns");
     for mode in ["ebpf-connect", "ebpf-sockmap"] {
         d.enable(&rel, mode);
         let r = client(Some(cg.path()), echo.addr, MIB, "blocking");
@@ -292,8 +288,7 @@ fn app_inside_another_network_namespace() {
     // The destination is the namespace's own loopback: only reachable from inside it.
     let echo = EchoServer::start("127.0.0.2:0", Some(&ns));
     let d = Daemon::start("netnsapp");
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-nsapp-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let (cg, rel) = test_cgroup("smt-nsapp");
     d.enable(&rel, "ebpf-connect");
     let _resident = Resident::start(Some(&ns), cg.path());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -335,8 +330,7 @@ fn fail_open_when_killed_and_interception_back_after_restart() {
     let _g = serial();
     let echo = EchoServer::start("127.0.0.4:0", None);
     let mut d = Daemon::start("failopen");
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-failopen-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let (cg, rel) = test_cgroup("smt-failopen");
     d.enable(&rel, "auto");
     assert_eq!(client(Some(cg.path()), echo.addr, 65536, "blocking")["ok"], true);
 
@@ -387,8 +381,7 @@ fn uninstall_leaves_no_bpf_objects() {
     }
     let _g = serial();
     let mut d = Daemon::start("uninstall");
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-uninst-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let (_cg, rel) = test_cgroup("smt-uninst");
     d.enable(&rel, "ebpf-sockmap");
     assert!(
         bpftool_names("prog").iter().any(|n| n.starts_with("sm_")),
@@ -462,8 +455,7 @@ fn iptables_mode_redirects_and_uninstall_removes_every_rule() {
     let _g = serial();
     let echo = EchoServer::start("127.0.0.6:0", None);
     let mut d = Daemon::start("iptables");
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-ipt-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let (cg, rel) = test_cgroup("smt-ipt");
     d.enable(&rel, "iptables");
     let saved = iptables_save();
     assert!(
@@ -583,8 +575,7 @@ fn install_status_uninstall_leaves_nothing() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert_eq!(status["intercept"]["available"], true, "{status}");
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-inst-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let (_cg, rel) = test_cgroup("smt-inst");
     d.enable(&rel, "ebpf-sockmap");
     let (ok, _, err) = d.cli(&[
         "intercept",
@@ -663,8 +654,7 @@ fn reload_applies_policy_keeps_connections_and_refuses_bad_config() {
     let _g = serial();
     let echo = EchoServer::start("127.0.0.7:0", None);
     let d = Daemon::start("reload");
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-reload-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let (cg, rel) = test_cgroup("smt-reload");
     d.enable(&rel, "ebpf-connect");
     // An established intercepted connection that must survive the reloads.
     let long = PingPong::start(cg.path(), echo.addr, 30, 50);
@@ -724,8 +714,7 @@ fn sigterm_drains_fails_open_and_restart_intercepts_again() {
     let _g = serial();
     let echo = EchoServer::start("127.0.0.8:0", None);
     let mut d = Daemon::start("drain");
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("smt-drain-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let (cg, rel) = test_cgroup("smt-drain");
     d.enable(&rel, "ebpf-connect");
     // In flight when SIGTERM arrives: 40 round trips over 2 s on one intercepted connection.
     let long = PingPong::start(cg.path(), echo.addr, 40, 50);

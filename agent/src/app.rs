@@ -77,6 +77,14 @@ impl AppState {
         }
     }
 
+    /// Whether cgroup `rel` is intercepted by the eBPF programs.
+    fn in_ebpf_mode(&self, rel: &str) -> bool {
+        self.with_interceptor(|i| i.status())
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.cgroup == rel)
+    }
+
     fn with_interceptor<T>(&self, f: impl FnOnce(&mut EbpfInterceptor) -> Result<T>) -> Result<T> {
         let mut g = self.interceptor.lock().unwrap();
         match g.as_mut() {
@@ -98,11 +106,7 @@ impl AppState {
         let rel = crate::cgroup::display_rel(&mount, &path);
         match self.resolve(mode) {
             None => {
-                let in_ebpf = self
-                    .with_interceptor(|i| i.status())
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.cgroup == rel);
+                let in_ebpf = self.in_ebpf_mode(&rel);
                 if in_ebpf {
                     self.with_interceptor(|i| i.disable(&rel))?;
                 }
@@ -137,11 +141,7 @@ impl AppState {
         let mount = crate::cgroup::cgroup2_mount()?;
         let rel = crate::cgroup::display_rel(&mount, &crate::cgroup::resolve(&mount, cgroup)?);
         let was_iptables = self.iptables.lock().unwrap().disable(&rel)?;
-        let in_ebpf = self
-            .with_interceptor(|i| i.status())
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.cgroup == rel);
+        let in_ebpf = self.in_ebpf_mode(&rel);
         if in_ebpf {
             self.with_interceptor(|i| i.disable(&rel))?;
         } else if !was_iptables {

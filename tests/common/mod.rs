@@ -58,6 +58,13 @@ pub fn cgroup_mount() -> PathBuf {
     sockmesh::cgroup::cgroup2_mount().expect("cgroup v2 mount")
 }
 
+/// A child cgroup for one test (removed on drop) and its path as the CLI takes it ("/name").
+pub fn test_cgroup(tag: &str) -> (ChildCgroup, String) {
+    let cg = ChildCgroup::create(&cgroup_mount(), &format!("{tag}-{}", std::process::id())).unwrap();
+    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    (cg, rel)
+}
+
 pub struct Daemon {
     child: Option<Child>,
     pub admin: SocketAddr,
