@@ -24,7 +24,11 @@ pub const TAG_ARRAY: u8 = 21;
 pub const MAX_DEPTH: usize = 64;
 
 /// A simple-serialized value. Strings are kept as bytes: Go and PHP send byte strings that need
-/// not be UTF-8; use [`Value::as_str`] where text is needed.
+/// not be UTF-8; use [`Value::as_str`] or [`Value::into_string`] where text is needed. Strings,
+/// byte arrays and map entries decoded from a body are slices of it (no copies).
+///
+/// Empty containers decode as empty collections (Go decodes them as nil); the encoding is the
+/// same either way.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Null,
@@ -39,6 +43,7 @@ pub enum Value {
     I64(i64),
     F32(f32),
     F64(f64),
+    /// Generic map; entries in wire order.
     Map(Vec<(Value, Value)>),
     Array(Vec<Value>),
 }
@@ -53,14 +58,16 @@ impl From<String> for Value {
         Value::String(Bytes::from(s))
     }
 }
-impl From<i64> for Value {
-    fn from(v: i64) -> Value {
-        Value::I64(v)
+impl From<&[u8]> for Value {
+    /// A byte array (tag 3).
+    fn from(v: &[u8]) -> Value {
+        Value::Bytes(Bytes::copy_from_slice(v))
     }
 }
-impl From<i32> for Value {
-    fn from(v: i32) -> Value {
-        Value::I32(v)
+impl From<Vec<u8>> for Value {
+    /// A byte array (tag 3).
+    fn from(v: Vec<u8>) -> Value {
+        Value::Bytes(Bytes::from(v))
     }
 }
 impl From<bool> for Value {
@@ -68,18 +75,74 @@ impl From<bool> for Value {
         Value::Bool(v)
     }
 }
+impl From<u8> for Value {
+    fn from(v: u8) -> Value {
+        Value::Byte(v)
+    }
+}
+impl From<i16> for Value {
+    fn from(v: i16) -> Value {
+        Value::I16(v)
+    }
+}
+impl From<i32> for Value {
+    fn from(v: i32) -> Value {
+        Value::I32(v)
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Value {
+        Value::I64(v)
+    }
+}
+impl From<f32> for Value {
+    fn from(v: f32) -> Value {
+        Value::F32(v)
+    }
+}
 impl From<f64> for Value {
     fn from(v: f64) -> Value {
         Value::F64(v)
     }
 }
-impl From<Vec<u8>> for Value {
-    fn from(v: Vec<u8>) -> Value {
-        Value::Bytes(Bytes::from(v))
+impl From<Vec<String>> for Value {
+    /// A string array (tag 4).
+    fn from(v: Vec<String>) -> Value {
+        Value::StringArray(v.into_iter().map(Bytes::from).collect())
+    }
+}
+impl From<Vec<(String, String)>> for Value {
+    /// A string map (tag 2), entries in this order.
+    fn from(v: Vec<(String, String)>) -> Value {
+        Value::StringMap(
+            v.into_iter()
+                .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+                .collect(),
+        )
+    }
+}
+impl From<Vec<Value>> for Value {
+    /// A generic array (tag 21).
+    fn from(v: Vec<Value>) -> Value {
+        Value::Array(v)
+    }
+}
+impl From<Vec<(Value, Value)>> for Value {
+    /// A generic map (tag 20).
+    fn from(v: Vec<(Value, Value)>) -> Value {
+        Value::Map(v)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
     }
 }
 
 impl Value {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
     /// Integers of any width: PHP sends every integer as int64, Go/Java use the declared width.
     pub fn as_i64(&self) -> Option<i64> {
         match *self {
@@ -90,6 +153,7 @@ impl Value {
             _ => None,
         }
     }
+    /// Floats of either width, or any integer.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             Value::F32(v) => Some(v as f64),
@@ -97,23 +161,95 @@ impl Value {
             _ => self.as_i64().map(|v| v as f64),
         }
     }
-    /// Text of a string (or byte array, which HTTP providers return), if it is UTF-8.
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Value::String(b) | Value::Bytes(b) => std::str::from_utf8(b).ok(),
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Value::Bool(b) => Some(b),
             _ => None,
         }
     }
+    /// The bytes of a string or byte array (HTTP providers return text as either, spec 4.12).
+    pub fn as_bytes(&self) -> Option<&Bytes> {
+        match self {
+            Value::String(b) | Value::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+    /// Text of a string or byte array, if it is UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        self.to_utf8().ok()
+    }
     /// Like [`Value::as_str`] but says why not.
     pub fn to_utf8(&self) -> Result<&str, SimpleError> {
+        let b = self.as_bytes().ok_or(SimpleError::InvalidUtf8)?;
+        std::str::from_utf8(b).map_err(|_| SimpleError::InvalidUtf8)
+    }
+    /// A string or byte array as an owned `String`, only if it is UTF-8 (nothing is replaced).
+    pub fn into_string(self) -> Result<String, SimpleError> {
         match self {
             Value::String(b) | Value::Bytes(b) => {
-                std::str::from_utf8(b).map_err(|_| SimpleError::InvalidUtf8)
+                String::from_utf8(Vec::from(b)).map_err(|_| SimpleError::InvalidUtf8)
             }
             _ => Err(SimpleError::InvalidUtf8),
         }
     }
+    /// Items of a generic array.
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(v) => Some(v),
+            _ => None,
+        }
+    }
+    /// Entries of a generic map.
+    pub fn as_map(&self) -> Option<&[(Value, Value)]> {
+        match self {
+            Value::Map(v) => Some(v),
+            _ => None,
+        }
+    }
+    /// Value of `key` in a string map or a generic map with string keys (last entry wins).
+    pub fn get(&self, key: &str) -> Option<Value> {
+        match self {
+            Value::StringMap(e) => e
+                .iter()
+                .rev()
+                .find(|(k, _)| k.as_ref() == key.as_bytes())
+                .map(|(_, v)| Value::String(v.clone())),
+            Value::Map(e) => e
+                .iter()
+                .rev()
+                .find(|(k, _)| matches!(k, Value::String(s) if s.as_ref() == key.as_bytes()))
+                .map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    }
 
+    /// Bytes [`Value::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Value::Null => 1,
+            Value::Bool(_) | Value::Byte(_) => 2,
+            Value::I16(_) => 3,
+            Value::F32(_) => 5,
+            Value::F64(_) => 9,
+            Value::I32(v) => 1 + varint_len(zigzag32(*v) as u64),
+            Value::I64(v) => 1 + varint_len(zigzag64(*v)),
+            Value::String(b) | Value::Bytes(b) => 5 + b.len(),
+            Value::StringMap(e) => 5 + e.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>(),
+            Value::StringArray(items) => 5 + items.iter().map(|s| 4 + s.len()).sum::<usize>(),
+            Value::Map(e) => {
+                5 + e
+                    .iter()
+                    .map(|(k, v)| k.encoded_len() + v.encoded_len())
+                    .sum::<usize>()
+            }
+            Value::Array(items) => 5 + items.iter().map(Value::encoded_len).sum::<usize>(),
+        }
+    }
+
+    /// Append the encoding to `dst`.
+    ///
+    /// # Panics
+    /// If a string or container is 4 GiB or more (lengths are u32 on the wire).
     pub fn encode(&self, dst: &mut BytesMut) {
         match self {
             Value::Null => dst.put_u8(TAG_NULL),
@@ -172,8 +308,9 @@ impl Value {
         }
     }
 
+    /// The encoding in one exactly sized buffer.
     pub fn to_bytes(&self) -> Bytes {
-        let mut b = BytesMut::new();
+        let mut b = BytesMut::with_capacity(self.encoded_len());
         self.encode(&mut b);
         b.freeze()
     }
@@ -188,14 +325,15 @@ impl Value {
 
 /// Encode call arguments: the plain concatenation of each value (spec 2.3).
 pub fn encode_args(args: &[Value]) -> Bytes {
-    let mut b = BytesMut::new();
+    let mut b = BytesMut::with_capacity(args.iter().map(Value::encoded_len).sum());
     for a in args {
         a.encode(&mut b);
     }
     b.freeze()
 }
 
-/// Decode every value in a body (untyped multi-decode: values until the bytes run out).
+/// Decode every value in a body (Go's untyped multi-decode: values until the bytes run out). An
+/// empty body is no arguments.
 pub fn decode_all(body: &Bytes) -> Result<Vec<Value>, SimpleError> {
     let mut r = Reader { buf: body, pos: 0 };
     let mut out = Vec::new();
@@ -215,6 +353,11 @@ fn unzigzag64(z: u64) -> i64 {
     ((z >> 1) as i64) ^ -((z & 1) as i64)
 }
 
+fn varint_len(v: u64) -> usize {
+    // 7 bits per byte; zero takes one byte.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 fn put_varint(dst: &mut BytesMut, mut v: u64) {
     while v >= 0x80 {
         dst.put_u8((v as u8) | 0x80);
@@ -223,8 +366,12 @@ fn put_varint(dst: &mut BytesMut, mut v: u64) {
     dst.put_u8(v as u8);
 }
 
+fn wire_len(n: usize) -> u32 {
+    u32::try_from(n).expect("simple values are under 4 GiB")
+}
+
 fn put_len_bytes(dst: &mut BytesMut, b: &[u8]) {
-    dst.put_u32(b.len() as u32);
+    dst.put_u32(wire_len(b.len()));
     dst.put_slice(b);
 }
 
@@ -239,7 +386,7 @@ fn container(dst: &mut BytesMut, tag: u8, items: impl FnOnce(&mut BytesMut)) {
     let at = dst.len();
     dst.put_u32(0);
     items(dst);
-    let len = (dst.len() - at - 4) as u32;
+    let len = wire_len(dst.len() - at - 4);
     dst[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
@@ -443,6 +590,70 @@ mod tests {
             Value::Bytes(Bytes::from_static(b"\xff")).to_utf8().unwrap_err(),
             SimpleError::InvalidUtf8
         );
+    }
+
+    #[test]
+    fn lengths_and_edge_encodings() {
+        for v in [0u64, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX] {
+            let mut b = BytesMut::new();
+            put_varint(&mut b, v);
+            assert_eq!(varint_len(v), b.len(), "{v}");
+        }
+        // Only exactly 01 is true.
+        let b = Bytes::from_static(&[5, 2]);
+        assert_eq!(Value::decode(&b).unwrap().0, Value::Bool(false));
+        // An int32 varint is cut to 32 bits before unzigzagging (Go): 2^32 + 2 reads as 1.
+        let b = Bytes::from_static(&[8, 0x82, 0x80, 0x80, 0x80, 0x10]);
+        assert_eq!(Value::decode(&b).unwrap().0, Value::I32(1));
+        // Empty containers are empty collections, encoded as tag + 00000000.
+        for (v, tag) in [
+            (Value::StringMap(vec![]), TAG_STRING_MAP),
+            (Value::StringArray(vec![]), TAG_STRING_ARRAY),
+            (Value::Map(vec![]), TAG_MAP),
+            (Value::Array(vec![]), TAG_ARRAY),
+        ] {
+            assert_eq!(&v.to_bytes()[..], &[tag, 0, 0, 0, 0]);
+            assert_eq!(rt(&v), v);
+        }
+    }
+
+    #[test]
+    fn conversions_and_accessors() {
+        assert_eq!(Value::from(Some(3i16)), Value::I16(3));
+        assert_eq!(Value::from(None::<i64>), Value::Null);
+        assert!(Value::from(None::<bool>).is_null());
+        assert_eq!(Value::from(2u8).as_i64(), Some(2));
+        assert_eq!(Value::from(1.5f32).as_f64(), Some(1.5));
+        assert_eq!(Value::from(true).as_bool(), Some(true));
+        assert_eq!(Value::from(&b"ab"[..]).as_str(), Some("ab"));
+        assert_eq!(Value::from(vec![b'x']).into_string().unwrap(), "x");
+        assert_eq!(Value::I64(1).into_string(), Err(SimpleError::InvalidUtf8));
+        assert_eq!(
+            Value::Bytes(Bytes::from_static(b"\xc3")).into_string(),
+            Err(SimpleError::InvalidUtf8)
+        );
+        let sm = Value::from(vec![("k".to_string(), "1".to_string()), ("k".into(), "2".into())]);
+        assert_eq!(sm.get("k"), Some(Value::from("2")));
+        let m = Value::from(vec![
+            (Value::from("a"), Value::I64(1)),
+            (Value::I64(2), Value::Null),
+        ]);
+        assert_eq!((m.get("a"), m.get("b")), (Some(Value::I64(1)), None));
+        assert_eq!(m.as_map().unwrap().len(), 2);
+        let a = Value::from(vec![Value::Null, Value::from(vec!["s".to_string()])]);
+        assert_eq!(
+            a.as_array().unwrap()[1],
+            Value::StringArray(vec![Bytes::from_static(b"s")])
+        );
+        assert_eq!(rt(&a), a);
+    }
+
+    #[test]
+    fn decoded_strings_share_the_body() {
+        let body = encode_args(&[Value::from("hello"), Value::from(vec![1u8, 2])]);
+        let vals = decode_all(&body).unwrap();
+        let inside = |b: &Bytes| body.as_ptr_range().contains(&b.as_ptr());
+        assert!(inside(vals[0].as_bytes().unwrap()) && inside(vals[1].as_bytes().unwrap()));
     }
 
     #[test]
