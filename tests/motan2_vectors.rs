@@ -1,11 +1,15 @@
 //! The shared Motan2 vectors (copied into tests/data/motan2): every frame and value decodes to
 //! the documented value (the `# decoded:` line, a Python literal) and re-encodes byte-exact;
 //! plus property tests of random frames and value trees.
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use sockmesh::protocol::motan2::frame::motan1_heartbeat_response;
+use sockmesh::protocol::motan2::frame::serialization;
 use sockmesh::protocol::motan2::simple::{self, Value};
-use sockmesh::protocol::motan2::{CodecError, Frame, FrameError, Header, Meta, Motan2Codec};
+use sockmesh::protocol::motan2::{
+    CodecError, Exception, Frame, FrameError, Header, Meta, Motan2Codec, codec, v1,
+};
 use tokio_util::codec::Decoder;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/motan2");
@@ -270,7 +274,7 @@ fn every_motan2_frame_vector_decodes_and_reencodes_exactly() {
         assert_eq!(f.header.version().to_string(), field(d, "version"), "{}", v.name);
         assert_eq!(f.header.status().to_string(), field(d, "status"), "{}", v.name);
         assert_eq!(
-            f.header.serialization.to_string(),
+            f.header.serialization().to_string(),
             field(d, "serialization"),
             "{}",
             v.name
@@ -294,7 +298,7 @@ fn every_motan2_frame_vector_decodes_and_reencodes_exactly() {
             );
         }
         // Re-encoding the decoded frame gives the same bytes (meta order kept, body untouched).
-        assert_eq!(f.to_bytes(), v.bytes, "{}: re-encoding differs", v.name);
+        assert_eq!(f.encode_to_bytes(), v.bytes, "{}: re-encoding differs", v.name);
         // The body holds the documented values (after gunzip for the gzip vector).
         f.gunzip(1 << 20).unwrap();
         let Py::List(want) = py(&d[d.find("body_values=").unwrap() + 12..]) else {
@@ -308,7 +312,7 @@ fn every_motan2_frame_vector_decodes_and_reencodes_exactly() {
             v.name
         );
         if f.is_exception() {
-            let e = f.exception().unwrap();
+            let e = f.as_response().unwrap().exception().unwrap();
             assert!(
                 f.meta
                     .get("M_e")
@@ -328,18 +332,96 @@ fn every_motan2_frame_vector_decodes_and_reencodes_exactly() {
     assert_eq!(n, 13);
 }
 
+fn vector(prefix: &str) -> Bytes {
+    vectors(prefix).remove(0).bytes
+}
+
 #[test]
 fn motan_v1_vectors_are_recognised_and_heartbeat_answered() {
-    let vs = vectors("frame_1");
-    let req = vs.iter().find(|v| v.name.starts_with("frame_14")).unwrap();
-    let resp = vs.iter().find(|v| v.name.starts_with("frame_15")).unwrap();
-    let mut buf = BytesMut::from(&req.bytes[..]);
-    assert!(matches!(
-        Motan2Codec::default().decode(&mut buf),
-        Err(CodecError::Frame(FrameError::MotanV1))
-    ));
-    assert_eq!(motan1_heartbeat_response(&req.bytes).unwrap(), resp.bytes);
-    assert!(motan1_heartbeat_response(&resp.bytes[..10]).is_none());
+    let req = vector("frame_14");
+    let resp = vector("frame_15");
+    for v in [&req, &resp] {
+        let mut buf = BytesMut::from(&v[..]);
+        assert!(matches!(
+            Motan2Codec::default().decode(&mut buf),
+            Err(CodecError::Frame(FrameError::MotanV1))
+        ));
+        assert_eq!(buf.len(), v.len(), "the v1 bytes stay for the caller");
+        assert_eq!(codec::sniff(v), Ok(Some(codec::WireVersion::Motan1)));
+        assert_eq!(v1::frame_len(v, 1 << 20), Ok(Some(v.len())));
+        assert_eq!(v1::decode_header(v).unwrap().request_id, 1);
+    }
+    assert!(v1::is_heartbeat_request(&req) && !v1::is_heartbeat_request(&resp));
+    assert_eq!(v1::answer_heartbeat(&req).unwrap(), resp);
+    assert_eq!(v1::heartbeat_request(1), req);
+    assert!(v1::answer_heartbeat(&resp).is_none());
+}
+
+/// The builders produce the vectors' bytes exactly.
+#[test]
+fn builders_reproduce_the_vectors() {
+    assert_eq!(Frame::heartbeat_request(1).encode_to_bytes(), vector("frame_01"));
+    assert_eq!(Frame::heartbeat_response(1).encode_to_bytes(), vector("frame_02"));
+
+    let mut hello = Frame::request(
+        1,
+        "com.weibo.HelloService",
+        "hello",
+        simple::encode_args(&["world".into()]),
+    );
+    hello.meta.insert("M_g", "g");
+    hello.meta.insert("M_pp", "motan2");
+    assert_eq!(hello.encode_to_bytes(), vector("frame_05"));
+
+    let mut fwd = hello.clone();
+    fwd.header
+        .set_flag(sockmesh::protocol::motan2::frame::FLAG_PROXY, true);
+    fwd.header.request_id = 0x0000_0001_0000_0001;
+    for (k, v) in [("M_rid", "1"), ("host", "127.0.0.1"), ("M_s", "client-app")] {
+        fwd.meta.insert(k, v);
+    }
+    assert_eq!(fwd.encode_to_bytes(), vector("frame_07"));
+
+    let mut ok = Frame::response_to(&hello, Value::from("hello world").to_bytes());
+    ok.set_process_time_if_absent(Duration::from_millis(2));
+    assert_eq!(ok.encode_to_bytes(), vector("frame_08"));
+
+    let msg = "cluster not found. cluster: cluster not found. service: com.weibo.HelloService";
+    let mut e = Frame::agent_exception(1, &Exception::service(400, msg));
+    e.set_process_time_if_absent(Duration::ZERO);
+    assert_eq!(e.encode_to_bytes(), vector("frame_10"));
+
+    let msg = "provider not exist serviceKey=g_com.weibo.HelloService";
+    let mut e = Frame::agent_exception(1, &Exception::service(404, msg));
+    e.set_process_time_if_absent(Duration::from_millis(1));
+    assert_eq!(e.encode_to_bytes(), vector("frame_11"));
+
+    let biz = Exception::business(500, "name must not be empty");
+    let mut e = Frame::exception_response(1, &biz, serialization::SIMPLE, false);
+    e.set_process_time_if_absent(Duration::from_millis(3));
+    assert_eq!(e.encode_to_bytes(), vector("frame_12"));
+    assert!(
+        !e.as_response()
+            .unwrap()
+            .exception()
+            .unwrap()
+            .errtype
+            .is_retryable()
+    );
+
+    // Gzip: our compressed bytes differ from the vector's, the content does not.
+    let mut z = hello.clone();
+    assert!(z.gzip_if_larger(1));
+    assert_eq!(z.header.flags, 0x08);
+    let mut vz = Motan2Codec::default()
+        .decode(&mut BytesMut::from(&vector("frame_13")[..]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(vz.header, z.header);
+    vz.gunzip(1 << 20).unwrap();
+    z.gunzip(1 << 20).unwrap();
+    assert_eq!(vz, hello);
+    assert_eq!(z, hello);
 }
 
 fn arb_bytes(max: usize) -> impl Strategy<Value = Bytes> {
@@ -373,50 +455,95 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
     let key = "[A-Za-z_][A-Za-z0-9_]{0,11}";
     let val = "[ -~]{1,24}";
     (
-        any::<u8>(),
-        0u8..8,
-        0u8..32,
+        any::<[u8; 4]>(),
         any::<u64>(),
         proptest::collection::btree_map(key, val, 0..8),
         arb_bytes(512),
     )
-        .prop_map(|(flags, status, ser, id, meta, body)| {
-            let mut m = Meta::new();
-            for (k, v) in meta {
-                m.insert(Bytes::from(k), Bytes::from(v));
-            }
-            let mut header = Header::request(id, ser);
+        .prop_map(|([flags, status, ser, vs], id, meta, body)| {
+            let mut header = Header::request(id, 0);
             header.flags = flags;
+            header.serialization_byte = ser;
+            // Any version bits but motan2's would not decode as motan2.
+            header.version_status = (1 << 3) | (vs & 0x07);
             header.set_status(status);
             Frame {
                 header,
-                meta: m,
+                meta: meta.into_iter().collect(),
                 body,
             }
         })
+}
+
+/// Meta as anyone could put it together: empty keys and values, newlines, duplicates.
+fn arb_messy_meta() -> impl Strategy<Value = Vec<(Bytes, Bytes)>> {
+    let part = prop_oneof!["", "[a-c]{1,2}", "[a-c\n]{1,3}"].prop_map(Bytes::from);
+    proptest::collection::vec((part.clone(), part), 0..12)
 }
 
 proptest! {
     #[test]
     fn random_values_round_trip(v in arb_value()) {
         let b = v.to_bytes();
+        prop_assert_eq!(b.len(), v.encoded_len());
         let (d, used) = Value::decode(&b).unwrap();
         prop_assert_eq!(used, b.len());
         prop_assert_eq!(d, v);
     }
 
     #[test]
-    fn random_frames_round_trip_in_any_chunking(f in arb_frame(), chunk in 1usize..64) {
-        let bytes = f.to_bytes();
+    fn random_argument_lists_round_trip(args in proptest::collection::vec(arb_value(), 0..5)) {
+        let body = simple::encode_args(&args);
+        prop_assert_eq!(simple::decode_all(&body).unwrap(), args);
+    }
+
+    #[test]
+    fn random_frames_round_trip_in_any_chunking(
+        frames in proptest::collection::vec(arb_frame(), 1..4),
+        chunks in proptest::collection::vec(1usize..80, 1..16),
+    ) {
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut wire);
+        }
         let mut codec = Motan2Codec::default();
         let mut buf = BytesMut::new();
-        let mut got = None;
-        for c in bytes.chunks(chunk) {
-            prop_assert!(got.is_none());
-            buf.extend_from_slice(c);
-            got = codec.decode(&mut buf).unwrap();
+        let mut got = Vec::new();
+        let mut rest = &wire[..];
+        // Chunk sizes cycle through the drawn list: the read sizes of a real socket.
+        for n in chunks.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (now, later) = rest.split_at((*n).min(rest.len()));
+            buf.extend_from_slice(now);
+            rest = later;
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                got.push(f);
+            }
         }
-        prop_assert_eq!(got.unwrap(), f);
+        prop_assert!(buf.is_empty());
+        prop_assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn messy_meta_is_sent_like_go_and_read_back(entries in arb_messy_meta()) {
+        let mut f = Frame::request(1, "s", "m", Bytes::new());
+        f.meta = Meta::new();
+        for (k, v) in &entries {
+            f.meta.insert(k.clone(), v.clone());
+        }
+        let back = Motan2Codec::default()
+            .decode(&mut BytesMut::from(&f.encode_to_bytes()[..]))
+            .unwrap()
+            .unwrap();
+        let sendable: Meta = f
+            .meta
+            .iter()
+            .filter(|(k, v)| Meta::is_encodable(k, v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        prop_assert_eq!(back.meta, sendable);
     }
 
     #[test]
@@ -424,5 +551,19 @@ proptest! {
         let mut buf = BytesMut::from(&data[..]);
         let _ = Motan2Codec::default().decode(&mut buf);
         let _ = simple::decode_all(&Bytes::from(data));
+    }
+
+    /// A valid frame with corrupted bytes: an error or a frame, never a panic.
+    #[test]
+    fn corrupted_frames_never_panic(f in arb_frame(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4)) {
+        let mut wire = f.encode_to_bytes().to_vec();
+        for (at, x) in flips {
+            let n = wire.len();
+            wire[at % n] ^= x;
+        }
+        let mut buf = BytesMut::from(&wire[..]);
+        if let Ok(Some(g)) = Motan2Codec::default().decode(&mut buf) {
+            let _ = simple::decode_all(&g.body);
+        }
     }
 }

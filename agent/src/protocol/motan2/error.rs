@@ -21,6 +21,10 @@ pub enum FrameError {
     BadMeta(&'static str),
     #[error("gzip body: {0}")]
     Gzip(String),
+    #[error("{what} of {len} bytes does not fit a u32 length field")]
+    TooLargeToEncode { what: &'static str, len: usize },
+    #[error("bad motan v1 frame: {0}")]
+    V1Frame(&'static str),
 }
 
 /// A decoding failure of the simple serialization (spec 2.5).
@@ -82,8 +86,16 @@ impl Exception {
         }
     }
 
+    pub fn framework(errcode: i64, errmsg: impl Into<String>) -> Exception {
+        Exception::new(errcode, errmsg, ErrorType::Framework)
+    }
+
     pub fn service(errcode: i64, errmsg: impl Into<String>) -> Exception {
         Exception::new(errcode, errmsg, ErrorType::Service)
+    }
+
+    pub fn business(errcode: i64, errmsg: impl Into<String>) -> Exception {
+        Exception::new(errcode, errmsg, ErrorType::Business)
     }
 
     /// Status 1 without `M_e`: what Java builds in that case.
@@ -91,28 +103,44 @@ impl Exception {
         Exception::service(500, "default remote exception")
     }
 
-    /// JSON exactly as motan-go writes it: field order errcode, errmsg, errtype, and Go's HTML
-    /// escaping of `<`, `>` and `&` inside the message.
+    /// JSON exactly as motan-go's `json.Marshal` writes it: field order errcode, errmsg, errtype;
+    /// `<`, `>`, `&`, U+2028 and U+2029 escaped as `\u003c` etc. (Go's HTML-safe escaping; the
+    /// other escapes serde_json and Go write alike).
     pub fn to_json(&self) -> String {
-        let msg = serde_json::to_string(&self.errmsg).expect("string serialises");
-        let msg = msg
-            .replace('<', "\\u003c")
-            .replace('>', "\\u003e")
-            .replace('&', "\\u0026");
-        format!(
-            "{{\"errcode\":{},\"errmsg\":{},\"errtype\":{}}}",
-            self.errcode, msg, self.errtype as i64
-        )
+        let msg = serde_json::to_string(&self.errmsg).expect("a string always serialises");
+        let mut out = String::with_capacity(msg.len() + 48);
+        out.push_str("{\"errcode\":");
+        out.push_str(&self.errcode.to_string());
+        out.push_str(",\"errmsg\":");
+        for c in msg.chars() {
+            match c {
+                '<' => out.push_str("\\u003c"),
+                '>' => out.push_str("\\u003e"),
+                '&' => out.push_str("\\u0026"),
+                '\u{2028}' => out.push_str("\\u2028"),
+                '\u{2029}' => out.push_str("\\u2029"),
+                c => out.push(c),
+            }
+        }
+        out.push_str(",\"errtype\":");
+        out.push_str(&(self.errtype as i64).to_string());
+        out.push('}');
+        out
     }
 
     /// Parse `M_e`: any field order, extra fields ignored, missing fields defaulted.
     pub fn parse(json: &[u8]) -> Option<Exception> {
         let v: Json = serde_json::from_slice(json).ok()?;
         let o = v.as_object()?;
+        // Java's JSON writers may print numbers as floats.
+        let int = |k: &str| {
+            let v = o.get(k)?;
+            v.as_i64().or_else(|| v.as_f64().map(|f| f as i64))
+        };
         Some(Exception {
-            errcode: o.get("errcode").and_then(Json::as_i64).unwrap_or(0),
+            errcode: int("errcode").unwrap_or(0),
             errmsg: o.get("errmsg").and_then(Json::as_str).unwrap_or("").to_string(),
-            errtype: ErrorType::from_i64(o.get("errtype").and_then(Json::as_i64).unwrap_or(0)),
+            errtype: ErrorType::from_i64(int("errtype").unwrap_or(0)),
         })
     }
 }
@@ -139,6 +167,12 @@ mod tests {
             r#"{"errcode":400,"errmsg":"cluster not found. \u003cb\u003e \u0026 more","errtype":1}"#
         );
         assert_eq!(Exception::parse(e.to_json().as_bytes()).unwrap(), e);
+        let e = Exception::new(1, "a\"b\\c\n\u{1}\u{2028}é", ErrorType::Framework);
+        assert_eq!(
+            e.to_json(),
+            r#"{"errcode":1,"errmsg":"a\"b\\c\n\u0001\u2028é","errtype":0}"#
+        );
+        assert_eq!(Exception::parse(e.to_json().as_bytes()).unwrap(), e);
     }
 
     #[test]
@@ -151,6 +185,11 @@ mod tests {
             ErrorType::Framework
         );
         assert!(Exception::parse(b"not json").is_none());
+        assert!(Exception::parse(b"[1]").is_none());
+        assert_eq!(
+            Exception::parse(br#"{"errcode":404.0,"errmsg":null,"errtype":1.0}"#).unwrap(),
+            Exception::service(404, "")
+        );
         assert!(ErrorType::Service.is_retryable());
     }
 }

@@ -1,10 +1,12 @@
-//! Motan2 frames (spec section 1): header, meta block, body; a streaming tokio codec that checks
-//! declared sizes against limits before allocating and hands out the body as a `Bytes` slice of
-//! the read buffer (no copy).
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
+//! One Motan2 message (spec section 1): the 13-byte header, meta, body; builders for the frames
+//! an agent makes itself (heartbeats, exceptions), read-only request/response views of the
+//! well-known meta keys, encoding into one contiguous buffer, and the gzip rules (spec 1.6).
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::{Exception, FrameError};
+use super::meta::{Meta, keys};
 
 pub const MAGIC: u16 = 0xF1F1;
 pub const HEADER_LEN: usize = 13;
@@ -21,67 +23,48 @@ pub const VERSION_MOTAN2: u8 = 1;
 pub const STATUS_NORMAL: u8 = 0;
 pub const STATUS_EXCEPTION: u8 = 1;
 
-/// Serialization numbers (spec 1.2).
-pub const SERIALIZATION_HESSIAN2: u8 = 0;
-pub const SERIALIZATION_SIMPLE: u8 = 6;
-
-/// Well-known meta keys (spec 1.11).
-pub mod keys {
-    pub const SERVICE: &str = "M_p";
-    pub const METHOD: &str = "M_m";
-    pub const METHOD_DESC: &str = "M_md";
-    pub const GROUP: &str = "M_g";
-    pub const VERSION: &str = "M_v";
-    pub const MODULE: &str = "M_mdu";
-    pub const SOURCE: &str = "M_s";
-    pub const PROXY_PROTOCOL: &str = "M_pp";
-    pub const REQUEST_ID: &str = "M_rid";
-    pub const TIMEOUT: &str = "M_tmo";
-    pub const FRAMEWORK_SERVICE: &str = "M_fws";
-    pub const EXCEPTION: &str = "M_e";
-    pub const PROCESS_TIME: &str = "M_pt";
-    pub const HOST: &str = "host";
+/// Serialization numbers (spec 1.2); the wire byte is the number shifted left by 3.
+pub mod serialization {
+    pub const HESSIAN2: u8 = 0;
+    pub const GRPC_PB: u8 = 1;
+    pub const JSON: u8 = 2;
+    pub const MSGPACK: u8 = 3;
+    pub const HPROSE: u8 = 4;
+    pub const PROTOBUF: u8 = 5;
+    pub const SIMPLE: u8 = 6;
+    pub const GRPC_PB_JSON: u8 = 7;
+    pub const BREEZE: u8 = 8;
 }
 
-/// Limits checked before anything is allocated for a frame.
-#[derive(Clone, Copy, Debug)]
-pub struct DecodeLimits {
-    pub max_meta: usize,
-    pub max_body: usize,
-    pub max_meta_entries: usize,
-}
-
-impl Default for DecodeLimits {
-    /// motan-go's `maxContentLength` default (10 MiB) for meta and body; 4096 meta entries.
-    fn default() -> Self {
-        DecodeLimits {
-            max_meta: 10 << 20,
-            max_body: 10 << 20,
-            max_meta_entries: 4096,
-        }
-    }
-}
-
-/// The 13-byte header.
+/// The 13-byte header, kept as on the wire (a relaying agent passes bits it does not know
+/// through unchanged, as motan-go does).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Message type bits (`FLAG_*`); bits 7..5 are unused but preserved.
     pub flags: u8,
-    /// Version (bits 7..3) and status (bits 2..0) as on the wire.
+    /// Version in bits 7..3, status in bits 2..0.
     pub version_status: u8,
-    /// The serialization number (the wire byte shifted right by 3).
-    pub serialization: u8,
+    /// Serialization number in bits 7..3 (see [`Header::serialization`]).
+    pub serialization_byte: u8,
     pub request_id: u64,
 }
 
 impl Header {
-    pub fn request(request_id: u64, serialization: u8) -> Header {
+    /// A motan2 header with the given flags, status 0.
+    pub fn new(flags: u8, serialization: u8, request_id: u64) -> Header {
         Header {
-            flags: 0,
+            flags,
             version_status: VERSION_MOTAN2 << 3,
-            serialization,
+            serialization_byte: serialization << 3,
             request_id,
         }
     }
+
+    /// A plain request header (no flags).
+    pub fn request(request_id: u64, serialization: u8) -> Header {
+        Header::new(0, serialization, request_id)
+    }
+
     pub fn version(&self) -> u8 {
         self.version_status >> 3
     }
@@ -91,6 +74,18 @@ impl Header {
     pub fn set_status(&mut self, status: u8) {
         self.version_status = (self.version_status & !0x07) | (status & 0x07);
     }
+    pub fn is_exception(&self) -> bool {
+        self.status() == STATUS_EXCEPTION
+    }
+
+    /// The serialization number (`serialization::*`).
+    pub fn serialization(&self) -> u8 {
+        self.serialization_byte >> 3
+    }
+    pub fn set_serialization(&mut self, number: u8) {
+        self.serialization_byte = number << 3;
+    }
+
     fn flag(&self, f: u8) -> bool {
         self.flags & f != 0
     }
@@ -115,134 +110,7 @@ impl Header {
     }
 }
 
-/// The meta map: string keys and values, last one wins, insertion order kept for encoding.
-/// Keys and values are `Bytes` slices of the frame (no copies); nothing validates UTF-8 here.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Meta {
-    entries: Vec<(Bytes, Bytes)>,
-}
-
-impl Meta {
-    pub fn new() -> Meta {
-        Meta::default()
-    }
-
-    pub fn get_bytes(&self, key: &str) -> Option<&Bytes> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(k, _)| k.as_ref() == key.as_bytes())
-            .map(|(_, v)| v)
-    }
-
-    /// The value as UTF-8 text (None when absent or not UTF-8).
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.get_bytes(key).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    pub fn contains(&self, key: &str) -> bool {
-        self.get_bytes(key).is_some()
-    }
-
-    /// Set a key (replacing every earlier value of it).
-    pub fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) {
-        let key = key.into();
-        self.entries.retain(|(k, _)| *k != key);
-        self.entries.push((key, value.into()));
-    }
-
-    pub fn remove(&mut self, key: &str) -> Option<Bytes> {
-        let v = self.get_bytes(key).cloned();
-        self.entries.retain(|(k, _)| k.as_ref() != key.as_bytes());
-        v
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
-        self.entries.iter().map(|(k, v)| (k, v))
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// Go's encoder drops entries with an empty key or value, or with a newline in either
-    /// (spec 1.3); we encode the same way so every peer can read what we send.
-    fn encodable(k: &[u8], v: &[u8]) -> bool {
-        !k.is_empty() && !v.is_empty() && !k.contains(&b'\n') && !v.contains(&b'\n')
-    }
-
-    pub fn encoded_len(&self) -> usize {
-        let mut n = 0;
-        let mut first = true;
-        for (k, v) in &self.entries {
-            if Meta::encodable(k, v) {
-                n += k.len() + v.len() + 1 + if first { 0 } else { 1 };
-                first = false;
-            }
-        }
-        n
-    }
-
-    fn encode_into(&self, dst: &mut BytesMut) {
-        let mut first = true;
-        for (k, v) in &self.entries {
-            if Meta::encodable(k, v) {
-                if !first {
-                    dst.put_u8(b'\n');
-                }
-                dst.put_slice(k);
-                dst.put_u8(b'\n');
-                dst.put_slice(v);
-                first = false;
-            }
-        }
-    }
-
-    /// Decode like motan-go: split on `\n`, segments alternate key and value; an empty segment
-    /// where a key is expected is skipped (Go shifts pairs the same way); an odd number of
-    /// segments is an error; duplicates: last wins.
-    pub fn decode(block: Bytes, max_entries: usize) -> Result<Meta, FrameError> {
-        if block.is_empty() {
-            return Ok(Meta::default());
-        }
-        let bytes = block.as_ref();
-        let segments = bytes.iter().filter(|b| **b == b'\n').count() + 1;
-        let mut entries: Vec<(Bytes, Bytes)> = Vec::with_capacity((segments / 2).min(max_entries));
-        let mut key: Option<Bytes> = None;
-        let mut start = 0;
-        for i in 0..=bytes.len() {
-            if i < bytes.len() && bytes[i] != b'\n' {
-                continue;
-            }
-            let seg = block.slice(start..i);
-            start = i + 1;
-            match key.take() {
-                None if seg.is_empty() => {}
-                None => key = Some(seg),
-                Some(k) => {
-                    if entries.len() >= max_entries {
-                        return Err(FrameError::TooManyMetaEntries(max_entries));
-                    }
-                    // Duplicates stay in the list (linear decode even for hostile input);
-                    // lookups take the last one, as every upstream decoder does.
-                    entries.push((k, seg));
-                }
-            }
-        }
-        if key.is_some() {
-            return Err(FrameError::BadMeta(
-                "a key without a value (odd number of segments)",
-            ));
-        }
-        Ok(Meta { entries })
-    }
-}
-
-/// One Motan2 message.
+/// One Motan2 message. A decoded frame's meta and body are slices of the read buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub header: Header,
@@ -251,50 +119,44 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A request with `M_p` and `M_m`, simple serialization.
     pub fn request(request_id: u64, service: &str, method: &str, body: Bytes) -> Frame {
-        let mut meta = Meta::new();
+        let mut meta = Meta::with_capacity(8);
         meta.insert(keys::SERVICE, Bytes::copy_from_slice(service.as_bytes()));
         meta.insert(keys::METHOD, Bytes::copy_from_slice(method.as_bytes()));
         Frame {
-            header: Header::request(request_id, SERIALIZATION_SIMPLE),
+            header: Header::request(request_id, serialization::SIMPLE),
             meta,
             body,
         }
     }
 
-    /// A heartbeat request exactly as motan-go sends it (flags 0x12, 0x08, 0x30).
+    /// A heartbeat request exactly as motan-go sends it: `F1F1 12 08 30 <id> 0 0` (spec 1.7).
     pub fn heartbeat_request(request_id: u64) -> Frame {
         Frame {
-            header: Header {
-                flags: FLAG_HEARTBEAT | FLAG_PROXY,
-                version_status: VERSION_MOTAN2 << 3,
-                serialization: SERIALIZATION_SIMPLE,
-                request_id,
-            },
+            header: Header::new(FLAG_HEARTBEAT | FLAG_PROXY, serialization::SIMPLE, request_id),
             meta: Meta::new(),
             body: Bytes::new(),
         }
     }
 
-    /// The heartbeat response motan-go builds, whatever the request looked like (spec 1.7).
+    /// The heartbeat response motan-go builds whatever the request looked like: flags 0x13.
     pub fn heartbeat_response(request_id: u64) -> Frame {
         let mut f = Frame::heartbeat_request(request_id);
         f.header.flags |= FLAG_RESPONSE;
         f
     }
 
-    /// An exception response (status 1, empty body, `M_e`, `M_pt`). Agent-built ones use
-    /// serialization 0 and the proxy bit (spec 1.10).
+    /// An exception response: status 1, empty body, `M_e` in Go's format. Plain servers use the
+    /// request's serialization and no proxy bit; see also [`Frame::agent_exception`].
     pub fn exception_response(request_id: u64, e: &Exception, serialization: u8, proxy: bool) -> Frame {
-        let mut meta = Meta::new();
+        let mut meta = Meta::with_capacity(2);
         meta.insert(keys::EXCEPTION, Bytes::from(e.to_json()));
-        meta.insert(keys::PROCESS_TIME, Bytes::from_static(b"0"));
-        let mut header = Header {
-            flags: FLAG_RESPONSE | if proxy { FLAG_PROXY } else { 0 },
-            version_status: (VERSION_MOTAN2 << 3) | STATUS_EXCEPTION,
+        let mut header = Header::new(
+            FLAG_RESPONSE | if proxy { FLAG_PROXY } else { 0 },
             serialization,
             request_id,
-        };
+        );
         header.set_status(STATUS_EXCEPTION);
         Frame {
             header,
@@ -303,13 +165,19 @@ impl Frame {
         }
     }
 
-    /// A normal response to `req` with `body` (same id and serialization).
+    /// An exception the agent itself answers with (no cluster, no provider, ...): flags 0x03,
+    /// serialization 0, as motan-go agents build them (spec 1.10).
+    pub fn agent_exception(request_id: u64, e: &Exception) -> Frame {
+        Frame::exception_response(request_id, e, serialization::HESSIAN2, true)
+    }
+
+    /// A success response to `req`: same id and serialization, flags 0x01, no meta.
     pub fn response_to(req: &Frame, body: Bytes) -> Frame {
         Frame {
             header: Header {
                 flags: FLAG_RESPONSE,
                 version_status: VERSION_MOTAN2 << 3,
-                serialization: req.header.serialization,
+                serialization_byte: req.header.serialization_byte,
                 request_id: req.header.request_id,
             },
             meta: Meta::new(),
@@ -317,400 +185,398 @@ impl Frame {
         }
     }
 
+    /// Record `M_pt` (decimal milliseconds) unless a provider already set it (spec 1.10).
+    pub fn set_process_time_if_absent(&mut self, took: Duration) {
+        if !self.meta.contains(keys::PROCESS_TIME) {
+            let ms = took.as_millis().to_string();
+            self.meta.insert(keys::PROCESS_TIME, Bytes::from(ms));
+        }
+    }
+
     pub fn is_request(&self) -> bool {
         !self.header.is_response()
     }
 
-    pub fn service(&self) -> Option<&str> {
-        self.meta.get(keys::SERVICE)
-    }
-    pub fn method(&self) -> Option<&str> {
-        self.meta.get(keys::METHOD)
-    }
-    pub fn method_desc(&self) -> Option<&str> {
-        self.meta.get(keys::METHOD_DESC)
-    }
-    pub fn group(&self) -> Option<&str> {
-        self.meta.get(keys::GROUP)
-    }
-    pub fn version(&self) -> Option<&str> {
-        self.meta.get(keys::VERSION)
-    }
-    pub fn source(&self) -> Option<&str> {
-        self.meta.get(keys::SOURCE)
-    }
-    pub fn proxy_protocol(&self) -> Option<&str> {
-        self.meta.get(keys::PROXY_PROTOCOL)
-    }
-    /// `M_rid`: the caller's original request id (signed decimal); unparsable counts as 0.
-    pub fn meta_request_id(&self) -> Option<i64> {
-        self.meta
-            .get(keys::REQUEST_ID)
-            .map(|v| v.trim().parse().unwrap_or(0))
-    }
-    /// `M_tmo` in milliseconds.
-    pub fn timeout_ms(&self) -> Option<u64> {
-        self.meta.get(keys::TIMEOUT).and_then(|v| v.trim().parse().ok())
-    }
-    /// `M_pt` in milliseconds.
-    pub fn process_time_ms(&self) -> Option<u64> {
-        self.meta
-            .get(keys::PROCESS_TIME)
-            .and_then(|v| v.trim().parse().ok())
-    }
     pub fn is_exception(&self) -> bool {
-        self.header.status() == STATUS_EXCEPTION
+        self.header.is_exception()
     }
-    /// The exception of a status-1 response (a generic one when `M_e` is missing or broken).
-    pub fn exception(&self) -> Option<Exception> {
-        if !self.is_exception() {
-            return None;
-        }
-        Some(
-            self.meta
-                .get_bytes(keys::EXCEPTION)
-                .and_then(|j| Exception::parse(j))
-                .unwrap_or_else(Exception::default_remote),
-        )
+
+    /// The well-known request keys, if this is a request.
+    pub fn as_request(&self) -> Option<Request<'_>> {
+        self.is_request().then_some(Request { frame: self })
+    }
+
+    /// The response status and keys, if this is a response.
+    pub fn as_response(&self) -> Option<Response<'_>> {
+        self.header.is_response().then_some(Response { frame: self })
     }
 
     pub fn encoded_len(&self) -> usize {
         MIN_FRAME + self.meta.encoded_len() + self.body.len()
     }
 
-    /// Append the frame to `dst` as one contiguous run of bytes.
+    /// Append the frame to `dst` as one contiguous run of bytes, reserving once.
+    ///
+    /// # Panics
+    /// If meta or body is 4 GiB or more (the length fields are u32); the codec's `Encoder`
+    /// returns an error instead.
     pub fn encode(&self, dst: &mut BytesMut) {
         let meta_len = self.meta.encoded_len();
+        let meta_len32 = u32::try_from(meta_len).expect("meta block under 4 GiB");
+        let body_len32 = u32::try_from(self.body.len()).expect("body under 4 GiB");
         dst.reserve(MIN_FRAME + meta_len + self.body.len());
         dst.put_u16(MAGIC);
         dst.put_u8(self.header.flags);
         dst.put_u8(self.header.version_status);
-        dst.put_u8(self.header.serialization << 3);
+        dst.put_u8(self.header.serialization_byte);
         dst.put_u64(self.header.request_id);
-        dst.put_u32(meta_len as u32);
+        dst.put_u32(meta_len32);
         self.meta.encode_into(dst);
-        dst.put_u32(self.body.len() as u32);
+        dst.put_u32(body_len32);
         dst.put_slice(&self.body);
     }
 
-    /// The frame as one buffer (write it with a single write: some clients break on fragments).
-    pub fn to_bytes(&self) -> Bytes {
+    /// The frame as one buffer, so it goes out in a single write (some clients break on
+    /// fragmented frames).
+    pub fn encode_to_bytes(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(self.encoded_len());
         self.encode(&mut b);
         b.freeze()
     }
 
-    /// Gunzip a gzip-flagged body (bounded by `max`) and clear the flag (spec 1.6).
+    /// Same as [`Frame::encode_to_bytes`] (the name [`super::Value::to_bytes`] uses).
+    pub fn to_bytes(&self) -> Bytes {
+        self.encode_to_bytes()
+    }
+
+    /// Gunzip a gzip-flagged body and clear the flag (spec 1.6). The output may not exceed
+    /// `max` bytes (use the body limit). On error the frame is left as it was; motan-go then
+    /// clears the flag and goes on with the compressed bytes, which the caller may copy.
     pub fn gunzip(&mut self, max: usize) -> Result<(), FrameError> {
         if !self.header.is_gzip() {
             return Ok(());
         }
-        use std::io::Read;
-        let mut out = Vec::new();
-        let mut dec = flate2::read::GzDecoder::new(self.body.as_ref()).take(max as u64 + 1);
-        dec.read_to_end(&mut out)
-            .map_err(|e| FrameError::Gzip(e.to_string()))?;
-        if out.len() > max {
-            return Err(FrameError::BodyTooLarge { len: out.len(), max });
+        // Go leaves an empty body as it is.
+        if !self.body.is_empty() {
+            self.body = gunzip(&self.body, max)?;
         }
-        self.body = Bytes::from(out);
         self.header.set_flag(FLAG_GZIP, false);
         Ok(())
     }
 
-    /// Gzip the body (level 1) when `min_size > 0`, the body is longer and not gzipped yet.
-    pub fn gzip_if_larger(&mut self, min_size: usize) {
+    /// Gzip the body (level 1, as motan-go) when `min_size > 0`, the body is longer than
+    /// `min_size` and not yet compressed (the `mingzSize` rule). True when it compressed.
+    pub fn gzip_if_larger(&mut self, min_size: usize) -> bool {
         if min_size == 0 || self.body.len() <= min_size || self.header.is_gzip() {
-            return;
+            return false;
         }
         use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        if enc.write_all(&self.body).is_ok()
-            && let Ok(z) = enc.finish()
-        {
-            self.body = Bytes::from(z);
-            self.header.set_flag(FLAG_GZIP, true);
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(self.body.len() / 2 + 64),
+            flate2::Compression::fast(),
+        );
+        // Writing into a Vec cannot fail.
+        if enc.write_all(&self.body).is_err() {
+            return false;
         }
+        let Ok(z) = enc.finish() else { return false };
+        self.body = Bytes::from(z);
+        self.header.set_flag(FLAG_GZIP, true);
+        true
     }
 }
 
-/// tokio codec for Motan2 frames.
-#[derive(Clone, Debug, Default)]
-pub struct Motan2Codec {
-    pub limits: DecodeLimits,
+/// Decompress a gzip stream (all members, like Go's reader) into at most `max` bytes.
+fn gunzip(z: &[u8], max: usize) -> Result<Bytes, FrameError> {
+    use std::io::Read;
+    // The trailer's ISIZE is the usual output size; trust it only as far as deflate's maximum
+    // ratio (about 1032:1) allows, so a forged trailer cannot make us reserve more than the
+    // stream could really produce.
+    let hint = match z.len() {
+        n if n >= 18 => u32::from_le_bytes(z[n - 4..].try_into().unwrap_or_default()) as usize,
+        _ => 0,
+    };
+    let reserve = hint.min(max).min(z.len().saturating_mul(1032)).saturating_add(1);
+    let mut out = Vec::with_capacity(reserve);
+    let mut dec = flate2::read::MultiGzDecoder::new(z).take(max as u64 + 1);
+    dec.read_to_end(&mut out)
+        .map_err(|e| FrameError::Gzip(e.to_string()))?;
+    if out.len() > max {
+        return Err(FrameError::BodyTooLarge { len: out.len(), max });
+    }
+    Ok(Bytes::from(out))
 }
 
-impl Motan2Codec {
-    pub fn new(limits: DecodeLimits) -> Motan2Codec {
-        Motan2Codec { limits }
+fn parse_decimal<T: std::str::FromStr>(v: &str) -> Option<T> {
+    v.trim().parse().ok()
+}
+
+/// Read-only view of a request's well-known meta keys (spec 1.11).
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    frame: &'a Frame,
+}
+
+impl<'a> Request<'a> {
+    pub fn frame(&self) -> &'a Frame {
+        self.frame
+    }
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.frame.meta.get(key)
+    }
+    /// `M_p`, the routing key.
+    pub fn service(&self) -> Option<&'a str> {
+        self.get(keys::SERVICE)
+    }
+    /// `M_m`.
+    pub fn method(&self) -> Option<&'a str> {
+        self.get(keys::METHOD)
+    }
+    /// `M_md`.
+    pub fn method_desc(&self) -> Option<&'a str> {
+        self.get(keys::METHOD_DESC)
+    }
+    /// `M_g`.
+    pub fn group(&self) -> Option<&'a str> {
+        self.get(keys::GROUP)
+    }
+    /// `M_v`.
+    pub fn version(&self) -> Option<&'a str> {
+        self.get(keys::VERSION)
+    }
+    /// `M_mdu`.
+    pub fn module(&self) -> Option<&'a str> {
+        self.get(keys::MODULE)
+    }
+    /// `M_s`, the caller's application.
+    pub fn source(&self) -> Option<&'a str> {
+        self.get(keys::SOURCE)
+    }
+    /// `M_pp`, the protocol the caller wants.
+    pub fn proxy_protocol(&self) -> Option<&'a str> {
+        self.get(keys::PROXY_PROTOCOL)
+    }
+    /// `host`, the caller IP the previous hop saw.
+    pub fn host(&self) -> Option<&'a str> {
+        self.get(keys::HOST)
+    }
+    /// `M_rid` as motan-go reads it: signed decimal, unparsable counts as 0.
+    pub fn meta_request_id(&self) -> Option<i64> {
+        self.frame
+            .meta
+            .get_bytes(keys::REQUEST_ID)
+            .map(|v| std::str::from_utf8(v).ok().and_then(parse_decimal).unwrap_or(0))
+    }
+    /// The logical request id for logs: `M_rid` if present, else the header id as a signed
+    /// number (spec 1.9).
+    pub fn logical_request_id(&self) -> i64 {
+        self.meta_request_id()
+            .unwrap_or(self.frame.header.request_id as i64)
+    }
+    /// `M_tmo`, the caller's per-request timeout.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.get(keys::TIMEOUT)
+            .and_then(parse_decimal)
+            .map(Duration::from_millis)
+    }
+    /// `M_fws` non-empty: a framework-internal call (meta service).
+    pub fn is_framework_service(&self) -> bool {
+        self.frame
+            .meta
+            .get_bytes(keys::FRAMEWORK_SERVICE)
+            .is_some_and(|v| !v.is_empty())
     }
 }
 
-/// Decoder errors: a malformed frame or an I/O error of the stream.
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
+/// Read-only view of a response's status and well-known meta keys.
+#[derive(Clone, Copy, Debug)]
+pub struct Response<'a> {
+    frame: &'a Frame,
 }
 
-/// Check what the buffered prefix says; returns the full frame length once the length fields
-/// are in, None while more bytes are needed. Never allocates.
-pub fn frame_len(src: &[u8], limits: &DecodeLimits) -> Result<Option<usize>, FrameError> {
-    if src.len() >= 2 {
-        let magic = u16::from_be_bytes([src[0], src[1]]);
-        if magic != MAGIC {
-            return Err(FrameError::WrongMagic(magic));
+impl<'a> Response<'a> {
+    pub fn frame(&self) -> &'a Frame {
+        self.frame
+    }
+    pub fn is_exception(&self) -> bool {
+        self.frame.is_exception()
+    }
+    /// `M_pt`, the server's process time.
+    pub fn process_time(&self) -> Option<Duration> {
+        self.frame
+            .meta
+            .get(keys::PROCESS_TIME)
+            .and_then(parse_decimal)
+            .map(Duration::from_millis)
+    }
+    /// The exception of a status-1 response; a missing, empty or unreadable `M_e` gives the
+    /// generic service exception Java builds.
+    pub fn exception(&self) -> Option<Exception> {
+        if !self.is_exception() {
+            return None;
         }
+        Some(
+            self.frame
+                .meta
+                .get_bytes(keys::EXCEPTION)
+                .and_then(|j| Exception::parse(j))
+                .unwrap_or_else(Exception::default_remote),
+        )
     }
-    if src.len() >= 4 {
-        match src[3] >> 3 {
-            VERSION_MOTAN2 => {}
-            0 => return Err(FrameError::MotanV1),
-            v => return Err(FrameError::UnsupportedVersion(v)),
-        }
-    }
-    if src.len() < HEADER_LEN + 4 {
-        return Ok(None);
-    }
-    let meta_len = u32::from_be_bytes(src[13..17].try_into().unwrap()) as usize;
-    if meta_len > limits.max_meta {
-        return Err(FrameError::MetaTooLarge {
-            len: meta_len,
-            max: limits.max_meta,
-        });
-    }
-    let body_len_at = HEADER_LEN + 4 + meta_len;
-    if src.len() < body_len_at + 4 {
-        return Ok(None);
-    }
-    let body_len = u32::from_be_bytes(src[body_len_at..body_len_at + 4].try_into().unwrap()) as usize;
-    if body_len > limits.max_body {
-        return Err(FrameError::BodyTooLarge {
-            len: body_len,
-            max: limits.max_body,
-        });
-    }
-    Ok(Some(body_len_at + 4 + body_len))
-}
-
-impl Decoder for Motan2Codec {
-    type Item = Frame;
-    type Error = CodecError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        let Some(total) = frame_len(src, &self.limits)? else {
-            return Ok(None);
-        };
-        if src.len() < total {
-            // Sizes were checked against the limits, so this reservation is bounded.
-            src.reserve(total - src.len());
-            return Ok(None);
-        }
-        let mut frame = src.split_to(total).freeze();
-        let header = Header {
-            flags: frame[2],
-            version_status: frame[3],
-            serialization: frame[4] >> 3,
-            request_id: u64::from_be_bytes(frame[5..13].try_into().unwrap()),
-        };
-        frame.advance(HEADER_LEN);
-        let meta_len = frame.get_u32() as usize;
-        let meta = Meta::decode(frame.split_to(meta_len), self.limits.max_meta_entries)?;
-        let body_len = frame.get_u32() as usize;
-        let body = frame.split_to(body_len);
-        Ok(Some(Frame { header, meta, body }))
-    }
-}
-
-impl Encoder<&Frame> for Motan2Codec {
-    type Error = CodecError;
-    fn encode(&mut self, item: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        item.encode(dst);
-        Ok(())
-    }
-}
-
-impl Encoder<Frame> for Motan2Codec {
-    type Error = CodecError;
-    fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        item.encode(dst);
-        Ok(())
-    }
-}
-
-/// The motan v1 heartbeat response template (vector frame_15) for a v1 heartbeat request's id,
-/// so old Java clients' keepalive works (spec 1.12). Returns None unless `req` is a v1 heartbeat
-/// request (service `com.weibo.api.motan.rpc.heartbeat`).
-pub fn motan1_heartbeat_response(req: &[u8]) -> Option<Bytes> {
-    const RESPONSE_TEMPLATE: &str =
-        include_str!("../../../../tests/data/motan2/frame_15_motan1_heartbeat_response.hex");
-    if req.len() < 32 || req[0..2] != [0xF1, 0xF1] || req[3] >> 3 != 0 || req[16..18] != [0xF0, 0xF0] {
-        return None;
-    }
-    let needle = b"com.weibo.api.motan.rpc.heartbeat";
-    if !req.windows(needle.len()).any(|w| w == needle) {
-        return None;
-    }
-    let hex: String = RESPONSE_TEMPLATE
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .collect::<String>();
-    let mut out: Vec<u8> = (0..hex.trim().len() / 2)
-        .filter_map(|i| u8::from_str_radix(hex.trim().get(2 * i..2 * i + 2)?, 16).ok())
-        .collect();
-    if out.len() < 32 {
-        return None;
-    }
-    // The request id sits in the outer (4..12) and inner (20..28) headers.
-    out[4..12].copy_from_slice(&req[4..12]);
-    out[20..28].copy_from_slice(&req[20..28]);
-    Some(Bytes::from(out))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hello() -> Frame {
-        let mut f = Frame::request(
-            7,
-            "com.weibo.HelloService",
-            "hello",
-            Bytes::from_static(b"\x01\x00\x00\x00\x05world"),
-        );
-        f.meta.insert("M_g", "g");
-        f
-    }
+    use crate::protocol::motan2::error::ErrorType;
 
     #[test]
-    fn round_trip_and_streaming() {
-        let f = hello();
-        let bytes = f.to_bytes();
-        assert_eq!(bytes.len(), f.encoded_len());
-        let mut codec = Motan2Codec::default();
-        // Every split point: partial frames wait for more bytes.
-        for cut in 0..bytes.len() {
-            let mut buf = BytesMut::from(&bytes[..cut]);
-            assert!(codec.decode(&mut buf).unwrap().is_none(), "cut {cut}");
-            buf.extend_from_slice(&bytes[cut..]);
-            assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), f);
-            assert!(buf.is_empty());
-        }
-    }
-
-    #[test]
-    fn body_is_a_slice_of_the_read_buffer() {
-        let bytes = hello().to_bytes();
-        let mut buf = BytesMut::from(&bytes[..]);
-        let base = buf.as_ptr() as usize;
-        let f = Motan2Codec::default().decode(&mut buf).unwrap().unwrap();
-        let at = f.body.as_ptr() as usize;
-        assert!(at >= base && at < base + bytes.len(), "body was copied");
-    }
-
-    #[test]
-    fn typed_errors() {
-        let limits = DecodeLimits {
-            max_meta: 64,
-            max_body: 64,
-            max_meta_entries: 2,
-        };
-        let mut c = Motan2Codec::new(limits);
-        let mut b = BytesMut::from(&b"\xf0\xf0\x00\x08"[..]);
-        assert!(matches!(
-            c.decode(&mut b),
-            Err(CodecError::Frame(FrameError::WrongMagic(0xf0f0)))
-        ));
-        let mut b = BytesMut::from(&b"\xf1\xf1\x00\x01"[..]);
-        assert!(matches!(
-            c.decode(&mut b),
-            Err(CodecError::Frame(FrameError::MotanV1))
-        ));
-        let mut b = BytesMut::from(&b"\xf1\xf1\x00\x10"[..]);
-        assert!(matches!(
-            c.decode(&mut b),
-            Err(CodecError::Frame(FrameError::UnsupportedVersion(2)))
-        ));
-        // Oversized meta declared: refused from the 17-byte prefix, nothing reserved.
-        let mut b = BytesMut::from(&b"\xf1\xf1\x00\x08\x30\0\0\0\0\0\0\0\x01\xff\xff\xff\xff"[..]);
-        let cap = b.capacity();
-        assert!(matches!(
-            c.decode(&mut b),
-            Err(CodecError::Frame(FrameError::MetaTooLarge { .. }))
-        ));
-        assert_eq!(b.capacity(), cap);
-        let mut f = hello();
-        f.body = Bytes::from(vec![0u8; 65]);
-        let mut b = BytesMut::from(&f.to_bytes()[..]);
-        assert!(matches!(
-            c.decode(&mut b),
-            Err(CodecError::Frame(FrameError::BodyTooLarge { len: 65, max: 64 }))
-        ));
-        f.body = Bytes::new();
-        let mut b = BytesMut::from(&f.to_bytes()[..]);
-        assert!(matches!(
-            c.decode(&mut b),
-            Err(CodecError::Frame(FrameError::TooManyMetaEntries(2)))
-        ));
-    }
-
-    #[test]
-    fn meta_decoding_follows_motan_go() {
-        let m = Meta::decode(Bytes::from_static(b"a\n\nb\nc"), 10).unwrap();
-        assert_eq!((m.get("a"), m.get("b")), (Some(""), Some("c")));
-        let m = Meta::decode(Bytes::from_static(b"a\nx\nb\n"), 10).unwrap();
-        assert_eq!((m.get("a"), m.get("b")), (Some("x"), Some("")));
-        let m = Meta::decode(Bytes::from_static(b"k\n1\nk\n2"), 10).unwrap();
-        assert_eq!(m.get("k"), Some("2"));
-        assert!(matches!(
-            Meta::decode(Bytes::from_static(b"a\nb\nc"), 10),
-            Err(FrameError::BadMeta(_))
-        ));
-        // Encoding drops what Go cannot send.
-        let mut m = Meta::new();
-        m.insert("ok", "1");
-        m.insert("empty", "");
-        m.insert("nl", "a\nb");
-        let mut b = BytesMut::new();
-        m.encode_into(&mut b);
-        assert_eq!(&b[..], b"ok\n1");
-        assert_eq!(m.encoded_len(), 4);
-    }
-
-    #[test]
-    fn heartbeats_and_exceptions() {
-        let hb = Frame::heartbeat_request(1).to_bytes();
+    fn heartbeats_are_the_go_bytes() {
+        let hb = Frame::heartbeat_request(1).encode_to_bytes();
         assert_eq!(&hb[..], b"\xf1\xf1\x12\x08\x30\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\0");
-        let r = Frame::heartbeat_response(1);
-        assert!(r.header.is_heartbeat() && r.header.is_response());
-        let e = Exception::service(400, "nope");
-        let f = Frame::exception_response(9, &e, 0, true);
+        let r = Frame::heartbeat_response(1).encode_to_bytes();
+        assert_eq!(&r[..], b"\xf1\xf1\x13\x08\x30\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\0");
+    }
+
+    #[test]
+    fn header_fields() {
+        let mut h = Header::request(5, serialization::BREEZE);
         assert_eq!(
-            (f.header.flags, f.header.version_status, f.header.serialization),
+            (h.serialization_byte, h.serialization(), h.version()),
+            (0x40, 8, 1)
+        );
+        h.set_flag(FLAG_ONEWAY, true);
+        h.set_flag(FLAG_GZIP, true);
+        h.set_flag(FLAG_GZIP, false);
+        assert!(h.is_oneway() && !h.is_gzip() && !h.is_proxy() && !h.is_response());
+        h.set_status(STATUS_EXCEPTION);
+        assert_eq!((h.version_status, h.is_exception()), (0x09, true));
+        h.set_serialization(serialization::SIMPLE);
+        assert_eq!(h.serialization_byte, 0x30);
+    }
+
+    #[test]
+    fn views_read_the_well_known_keys() {
+        let mut f = Frame::request(u64::MAX, "com.weibo.Hello", "hi", Bytes::new());
+        assert!(f.as_response().is_none());
+        assert_eq!(f.as_request().unwrap().logical_request_id(), -1);
+        for (k, v) in [
+            ("M_md", "java.lang.String"),
+            ("M_g", "g"),
+            ("M_v", "1.0"),
+            ("M_mdu", "m"),
+            ("M_s", "app"),
+            ("M_pp", "motan2"),
+            ("host", "10.0.0.1"),
+            ("M_rid", "-7"),
+            ("M_tmo", "250"),
+            ("M_fws", "y"),
+        ] {
+            f.meta.insert(k, v);
+        }
+        let r = f.as_request().unwrap();
+        assert_eq!(
+            (r.service(), r.method(), r.method_desc(), r.group(), r.version()),
+            (
+                Some("com.weibo.Hello"),
+                Some("hi"),
+                Some("java.lang.String"),
+                Some("g"),
+                Some("1.0")
+            )
+        );
+        assert_eq!(
+            (r.module(), r.source(), r.proxy_protocol(), r.host()),
+            (Some("m"), Some("app"), Some("motan2"), Some("10.0.0.1"))
+        );
+        assert_eq!((r.meta_request_id(), r.logical_request_id()), (Some(-7), -7));
+        assert_eq!(r.timeout(), Some(Duration::from_millis(250)));
+        assert!(r.is_framework_service());
+        f.meta.insert("M_rid", "junk");
+        f.meta.insert("M_fws", "");
+        let r = f.as_request().unwrap();
+        assert_eq!(r.meta_request_id(), Some(0));
+        assert!(!r.is_framework_service());
+    }
+
+    #[test]
+    fn exceptions_and_process_time() {
+        let e = Exception::service(400, "nope");
+        let mut f = Frame::agent_exception(9, &e);
+        assert_eq!(
+            (
+                f.header.flags,
+                f.header.version_status,
+                f.header.serialization_byte
+            ),
             (0x03, 0x09, 0)
         );
-        let back = Motan2Codec::default()
-            .decode(&mut BytesMut::from(&f.to_bytes()[..]))
-            .unwrap()
-            .unwrap();
-        assert_eq!(back.exception().unwrap(), e);
-        let mut no_me = back.clone();
-        no_me.meta.remove("M_e");
-        assert_eq!(no_me.exception().unwrap(), Exception::default_remote());
+        f.set_process_time_if_absent(Duration::from_millis(12));
+        f.set_process_time_if_absent(Duration::from_millis(99));
+        let r = f.as_response().unwrap();
+        assert_eq!(r.exception().unwrap(), e);
+        assert_eq!(r.process_time(), Some(Duration::from_millis(12)));
+        let plain = Frame::exception_response(9, &e, serialization::SIMPLE, false);
+        assert_eq!(
+            (plain.header.flags, plain.header.serialization_byte),
+            (0x01, 0x30)
+        );
+        // Status 1 without (or with an empty) M_e: Java's generic exception.
+        f.meta.insert("M_e", "");
+        assert_eq!(
+            f.as_response().unwrap().exception().unwrap(),
+            Exception::default_remote()
+        );
+        f.meta.remove("M_e");
+        let generic = f.as_response().unwrap().exception().unwrap();
+        assert_eq!((generic.errcode, generic.errtype), (500, ErrorType::Service));
+        // A normal response has none.
+        let req = Frame::request(1, "s", "m", Bytes::new());
+        assert!(
+            Frame::response_to(&req, Bytes::new())
+                .as_response()
+                .unwrap()
+                .exception()
+                .is_none()
+        );
     }
 
     #[test]
-    fn gzip_round_trip_and_bound() {
-        let mut f = hello();
-        f.body = Bytes::from(vec![b'x'; 5000]);
-        f.gzip_if_larger(100);
+    fn gzip_round_trip_bound_and_errors() {
+        let mut f = Frame::request(1, "s", "m", Bytes::from(vec![b'x'; 5000]));
+        assert!(!f.gzip_if_larger(0) && !f.gzip_if_larger(5000));
+        assert!(f.gzip_if_larger(100));
         assert!(f.header.is_gzip() && f.body.len() < 5000);
+        assert!(!f.gzip_if_larger(100), "already compressed");
         let mut small = f.clone();
-        assert!(matches!(small.gunzip(1000), Err(FrameError::BodyTooLarge { .. })));
-        f.gunzip(10_000).unwrap();
+        assert!(matches!(
+            small.gunzip(1000),
+            Err(FrameError::BodyTooLarge { len: 1001, max: 1000 })
+        ));
+        assert_eq!(small, f, "left as it was");
+        f.gunzip(5000).unwrap();
         assert!(!f.header.is_gzip());
         assert_eq!(f.body, Bytes::from(vec![b'x'; 5000]));
+        // Not gzip at all.
+        let mut bad = f.clone();
+        bad.header.set_flag(FLAG_GZIP, true);
+        assert!(matches!(bad.gunzip(1 << 20), Err(FrameError::Gzip(_))));
+        // Empty gzip-flagged body: Go keeps it and the flag is cleared.
+        bad.body = Bytes::new();
+        bad.gunzip(10).unwrap();
+        assert!(!bad.header.is_gzip());
+    }
+
+    #[test]
+    fn gunzip_reads_every_member() {
+        let z = |data: &[u8]| {
+            let mut f = Frame::request(1, "s", "m", Bytes::copy_from_slice(data));
+            assert!(f.gzip_if_larger(1));
+            f.body
+        };
+        let mut f = Frame::request(1, "s", "m", [z(b"hello "), z(b"world")].concat().into());
+        f.header.set_flag(FLAG_GZIP, true);
+        f.gunzip(100).unwrap();
+        assert_eq!(&f.body[..], b"hello world");
     }
 }

@@ -1,10 +1,19 @@
-//! Motan2 wire protocol: frames and meta (`frame`), the `M_e` exception convention and typed
-//! decode errors (`error`), and the simple serialization (`simple`). Spec: shared motan2.md,
-//! vectors in tests/data/motan2/.
+//! Motan2 wire protocol (spec: shared motan2.md sections 1-3, vectors in tests/data/motan2/):
+//! - `frame`: header, [`Frame`], heartbeat and exception builders, request/response views, gzip;
+//! - `meta`: the meta block and the well-known keys;
+//! - `codec`: the streaming tokio codec with size limits;
+//! - `error`: typed decode errors and the `M_e` exception convention;
+//! - `simple`: the simple serialization ([`Value`]);
+//! - `v1`: legacy motan v1 framing, enough to answer v1 heartbeats.
+pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod meta;
 pub mod simple;
+pub mod v1;
 
+pub use codec::{CodecError, DecodeLimits, Motan2Codec, WireVersion};
 pub use error::{ErrorType, Exception, FrameError, SimpleError};
-pub use frame::{CodecError, DecodeLimits, Frame, Header, Meta, Motan2Codec, keys};
+pub use frame::{Frame, Header, Request, Response};
+pub use meta::{Meta, keys};
 pub use simple::Value;

@@ -1,0 +1,294 @@
+//! The meta block of a frame (spec 1.3): `k\nv\nk\nv`, decoded and encoded by motan-go's rules.
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::error::FrameError;
+
+/// Well-known meta keys (spec 1.11).
+pub mod keys {
+    /// Service path (interface name): the routing key.
+    pub const SERVICE: &str = "M_p";
+    pub const METHOD: &str = "M_m";
+    /// Method descriptor (parameter type list).
+    pub const METHOD_DESC: &str = "M_md";
+    pub const GROUP: &str = "M_g";
+    pub const VERSION: &str = "M_v";
+    pub const MODULE: &str = "M_mdu";
+    /// Caller's application name.
+    pub const SOURCE: &str = "M_s";
+    /// Protocol the caller wants (`motan2`, `motan`, `cedrus`).
+    pub const PROXY_PROTOCOL: &str = "M_pp";
+    /// Caller's original request id, signed decimal (added by the first agent, spec 1.9).
+    pub const REQUEST_ID: &str = "M_rid";
+    /// Per-request timeout, decimal milliseconds.
+    pub const TIMEOUT: &str = "M_tmo";
+    /// Any non-empty value marks a framework-internal call.
+    pub const FRAMEWORK_SERVICE: &str = "M_fws";
+    pub const AUTH: &str = "M_a";
+    /// Exception JSON of a status-1 response.
+    pub const EXCEPTION: &str = "M_e";
+    /// Process time of a response, decimal milliseconds.
+    pub const PROCESS_TIME: &str = "M_pt";
+    /// Caller IP as seen by the receiving server, overwritten at each hop.
+    pub const HOST: &str = "host";
+}
+
+/// Up to this many entries, duplicate keys are found by a linear scan; above it, by a hash set,
+/// so a hostile block of thousands of keys still decodes in linear time.
+const LINEAR_DEDUP_MAX: usize = 32;
+
+/// The meta map: byte-string keys and values (nothing validates UTF-8 on the wire), one entry per
+/// key (last one wins, as in every upstream decoder), in the order first seen. A small vector:
+/// frames carry about ten keys, where a linear scan beats hashing. Decoded keys and values are
+/// `Bytes` slices of the frame, not copies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    entries: Vec<(Bytes, Bytes)>,
+}
+
+impl Meta {
+    pub fn new() -> Meta {
+        Meta::default()
+    }
+
+    pub fn with_capacity(n: usize) -> Meta {
+        Meta {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    fn position(&self, key: &[u8]) -> Option<usize> {
+        self.entries.iter().position(|(k, _)| k.as_ref() == key)
+    }
+
+    pub fn get_bytes(&self, key: &str) -> Option<&Bytes> {
+        self.position(key.as_bytes()).map(|i| &self.entries[i].1)
+    }
+
+    /// The value as UTF-8 text (None when absent or not UTF-8).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.get_bytes(key).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The value when present and not empty (Go's `LoadOrEmpty(k) != ""`).
+    pub fn get_non_empty(&self, key: &str) -> Option<&str> {
+        self.get(key).filter(|v| !v.is_empty())
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.position(key.as_bytes()).is_some()
+    }
+
+    /// Set a key; an existing entry keeps its place and gets the new value.
+    pub fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) {
+        let key = key.into();
+        let value = value.into();
+        match self.position(&key) {
+            Some(i) => self.entries[i].1 = value,
+            None => self.entries.push((key, value)),
+        }
+    }
+
+    /// Set a key only when it is absent (Go's `LoadOrStore`); true when it was inserted.
+    pub fn insert_if_absent(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> bool {
+        let key = key.into();
+        if self.position(&key).is_some() {
+            return false;
+        }
+        self.entries.push((key, value.into()));
+        true
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Bytes> {
+        let i = self.position(key.as_bytes())?;
+        Some(self.entries.remove(i).1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Go's encoder drops entries with an empty key or value, or with a newline in either
+    /// (spec 1.3); we encode the same way so every peer reads what we send.
+    pub fn is_encodable(key: &[u8], value: &[u8]) -> bool {
+        !key.is_empty() && !value.is_empty() && !key.contains(&b'\n') && !value.contains(&b'\n')
+    }
+
+    fn encodable(&self) -> impl Iterator<Item = &(Bytes, Bytes)> {
+        self.entries.iter().filter(|(k, v)| Meta::is_encodable(k, v))
+    }
+
+    /// Bytes of the encoded block (entries Go cannot send are not counted).
+    pub fn encoded_len(&self) -> usize {
+        let (n, count) = self.encodable().fold((0usize, 0usize), |(n, c), (k, v)| {
+            (n + k.len() + v.len() + 1, c + 1)
+        });
+        // Entries are joined by a newline: one fewer than the entries.
+        n + count.saturating_sub(1)
+    }
+
+    /// Append the block (without its length field).
+    pub fn encode_into(&self, dst: &mut BytesMut) {
+        for (i, (k, v)) in self.encodable().enumerate() {
+            if i > 0 {
+                dst.put_u8(b'\n');
+            }
+            dst.put_slice(k);
+            dst.put_u8(b'\n');
+            dst.put_slice(v);
+        }
+    }
+
+    /// Decode like motan-go: split on `\n` (the end of the block ends the last segment), segments
+    /// alternate key and value. An empty segment where a key is expected is skipped, so later
+    /// pairs shift as they do in Go; a key without a value is an error; empty values are kept;
+    /// duplicates: last wins. At most `max_entries` entries (counting duplicates).
+    pub fn decode(block: Bytes, max_entries: usize) -> Result<Meta, FrameError> {
+        if block.is_empty() {
+            return Ok(Meta::default());
+        }
+        let newlines = block.iter().filter(|b| **b == b'\n').count();
+        let mut entries = Vec::with_capacity((newlines / 2 + 1).min(max_entries));
+        let mut key: Option<Bytes> = None;
+        let mut start = 0;
+        for end in block
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| i)
+            .chain(std::iter::once(block.len()))
+        {
+            let seg = block.slice(start..end);
+            start = end + 1;
+            match key.take() {
+                None if seg.is_empty() => {}
+                None => key = Some(seg),
+                Some(k) => {
+                    if entries.len() >= max_entries {
+                        return Err(FrameError::TooManyMetaEntries(max_entries));
+                    }
+                    entries.push((k, seg));
+                }
+            }
+        }
+        if key.is_some() {
+            return Err(FrameError::BadMeta(
+                "a key without a value (odd number of segments)",
+            ));
+        }
+        dedup_last_wins(&mut entries);
+        Ok(Meta { entries })
+    }
+}
+
+/// Keep one entry per key: the first position, the last value.
+fn dedup_last_wins(entries: &mut Vec<(Bytes, Bytes)>) {
+    if entries.len() <= LINEAR_DEDUP_MAX {
+        let mut i = 1;
+        while i < entries.len() {
+            match entries[..i].iter().position(|(k, _)| *k == entries[i].0) {
+                Some(first) => {
+                    let (_, v) = entries.remove(i);
+                    entries[first].1 = v;
+                }
+                None => i += 1,
+            }
+        }
+        return;
+    }
+    let mut first_at: std::collections::HashMap<Bytes, usize> =
+        std::collections::HashMap::with_capacity(entries.len());
+    let mut out: Vec<(Bytes, Bytes)> = Vec::with_capacity(entries.len());
+    for (k, v) in entries.drain(..) {
+        match first_at.get(&k) {
+            Some(&i) => out[i].1 = v,
+            None => {
+                first_at.insert(k.clone(), out.len());
+                out.push((k, v));
+            }
+        }
+    }
+    *entries = out;
+}
+
+impl<K: Into<Bytes>, V: Into<Bytes>> FromIterator<(K, V)> for Meta {
+    /// Later duplicates overwrite earlier values, as on the wire.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Meta {
+        let mut m = Meta::new();
+        for (k, v) in iter {
+            m.insert(k, v);
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &'static [u8]) -> Result<Meta, FrameError> {
+        Meta::decode(Bytes::from_static(s), 100)
+    }
+
+    #[test]
+    fn decoding_follows_the_motan_go_table() {
+        let m = decode(b"a\n\nb\nc").unwrap();
+        assert_eq!((m.get("a"), m.get("b")), (Some(""), Some("c")));
+        let m = decode(b"a\nx\nb\n").unwrap();
+        assert_eq!((m.get("a"), m.get("b")), (Some("x"), Some("")));
+        // An empty segment where a key belongs is skipped: the pairs shift.
+        let m = decode(b"\nv\nk").unwrap();
+        assert_eq!((m.get("v"), m.len()), (Some("k"), 1));
+        assert!(matches!(decode(b"a\nw\nk\nv\n\nx"), Err(FrameError::BadMeta(_))));
+        assert!(matches!(decode(b"a\nb\nc"), Err(FrameError::BadMeta(_))));
+        assert!(matches!(decode(b"lonely"), Err(FrameError::BadMeta(_))));
+        assert!(decode(b"\n").unwrap().is_empty());
+        assert!(decode(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn duplicates_last_wins_one_entry_each() {
+        let m = decode(b"k\n1\nx\ny\nk\n2").unwrap();
+        assert_eq!((m.get("k"), m.len()), (Some("2"), 2));
+        assert_eq!(m.iter().next().unwrap().0.as_ref(), b"k");
+        // Above the linear-scan size the hash path gives the same answer.
+        let mut block = Vec::new();
+        for i in 0..100 {
+            block.extend_from_slice(format!("k{}\n{i}\n", i % 40).as_bytes());
+        }
+        block.pop();
+        let m = Meta::decode(Bytes::from(block), 1000).unwrap();
+        assert_eq!((m.len(), m.get("k0"), m.get("k39")), (40, Some("80"), Some("79")));
+    }
+
+    #[test]
+    fn entry_limit_counts_before_dedup() {
+        assert_eq!(
+            Meta::decode(Bytes::from_static(b"a\n1\na\n2\na\n3"), 2),
+            Err(FrameError::TooManyMetaEntries(2))
+        );
+    }
+
+    #[test]
+    fn encoding_drops_what_go_cannot_send() {
+        let mut m: Meta = [("ok", "1"), ("empty", ""), ("nl", "a\nb"), ("", "v"), ("z", "2")]
+            .into_iter()
+            .collect();
+        m.insert("ok", "3");
+        let mut b = BytesMut::new();
+        m.encode_into(&mut b);
+        assert_eq!(&b[..], b"ok\n3\nz\n2");
+        assert_eq!(m.encoded_len(), b.len());
+        assert_eq!(Meta::new().encoded_len(), 0);
+        assert!(m.insert_if_absent("new", "x") && !m.insert_if_absent("new", "y"));
+        assert_eq!(m.remove("new").unwrap(), "x");
+        assert_eq!(m.get_non_empty("empty"), None);
+    }
+}
