@@ -221,17 +221,19 @@ impl Frame {
     /// If meta or body is 4 GiB or more (the length fields are u32); the codec's `Encoder`
     /// returns an error instead.
     pub fn encode(&self, dst: &mut BytesMut) {
-        let meta_len = self.meta.encoded_len();
-        let meta_len32 = u32::try_from(meta_len).expect("meta block under 4 GiB");
         let body_len32 = u32::try_from(self.body.len()).expect("body under 4 GiB");
-        dst.reserve(MIN_FRAME + meta_len + self.body.len());
+        dst.reserve(MIN_FRAME + self.meta.max_encoded_len() + self.body.len());
         dst.put_u16(MAGIC);
         dst.put_u8(self.header.flags);
         dst.put_u8(self.header.version_status);
         dst.put_u8(self.header.serialization_byte);
         dst.put_u64(self.header.request_id);
-        dst.put_u32(meta_len32);
+        // The meta length is back-patched: one pass over the entries instead of two.
+        let at = dst.len();
+        dst.put_u32(0);
         self.meta.encode_into(dst);
+        let meta_len = u32::try_from(dst.len() - at - 4).expect("meta block under 4 GiB");
+        dst[at..at + 4].copy_from_slice(&meta_len.to_be_bytes());
         dst.put_u32(body_len32);
         dst.put_slice(&self.body);
     }
@@ -239,7 +241,7 @@ impl Frame {
     /// The frame as one buffer, so it goes out in a single write (some clients break on
     /// fragmented frames).
     pub fn encode_to_bytes(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(self.encoded_len());
+        let mut b = BytesMut::with_capacity(MIN_FRAME + self.meta.max_encoded_len() + self.body.len());
         self.encode(&mut b);
         b.freeze()
     }

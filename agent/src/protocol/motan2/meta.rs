@@ -134,6 +134,13 @@ impl Meta {
         n + count.saturating_sub(1)
     }
 
+    /// An upper bound of [`Meta::encoded_len`] without looking inside keys and values; exact
+    /// when every entry can be sent (so an encoded frame fills its buffer exactly).
+    pub fn max_encoded_len(&self) -> usize {
+        let n: usize = self.entries.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        n.saturating_sub(1)
+    }
+
     /// Append the block (without its length field).
     pub fn encode_into(&self, dst: &mut BytesMut) {
         for (i, (k, v)) in self.encodable().enumerate() {
@@ -286,6 +293,9 @@ mod tests {
         m.encode_into(&mut b);
         assert_eq!(&b[..], b"ok\n3\nz\n2");
         assert_eq!(m.encoded_len(), b.len());
+        assert!(m.max_encoded_len() >= b.len());
+        let clean: Meta = [("a", "1"), ("bb", "22")].into_iter().collect();
+        assert_eq!(clean.max_encoded_len(), clean.encoded_len());
         assert_eq!(Meta::new().encoded_len(), 0);
         assert!(m.insert_if_absent("new", "x") && !m.insert_if_absent("new", "y"));
         assert_eq!(m.remove("new").unwrap(), "x");
