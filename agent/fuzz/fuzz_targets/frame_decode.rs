@@ -34,7 +34,12 @@ fn check(f: &Frame) {
     assert_eq!(again.body, f.body);
 
     if let Some(r) = f.as_request() {
-        let _ = (r.service(), r.logical_request_id(), r.timeout(), r.is_framework_service());
+        let _ = (
+            r.service(),
+            r.logical_request_id(),
+            r.timeout(),
+            r.is_framework_service(),
+        );
     }
     if let Some(r) = f.as_response() {
         let _ = (r.exception(), r.process_time());
