@@ -309,8 +309,9 @@ fn gunzip(z: &[u8], max: usize) -> Result<Bytes, FrameError> {
     Ok(Bytes::from(out))
 }
 
+/// Decimal as Go's `strconv.ParseInt` reads it (no surrounding spaces).
 fn parse_decimal<T: std::str::FromStr>(v: &str) -> Option<T> {
-    v.trim().parse().ok()
+    v.parse().ok()
 }
 
 /// Read-only view of a request's well-known meta keys (spec 1.11).
@@ -494,7 +495,7 @@ mod tests {
         assert_eq!((r.meta_request_id(), r.logical_request_id()), (Some(-7), -7));
         assert_eq!(r.timeout(), Some(Duration::from_millis(250)));
         assert!(r.is_framework_service());
-        f.meta.insert("M_rid", "junk");
+        f.meta.insert("M_rid", " 5");
         f.meta.insert("M_fws", "");
         let r = f.as_request().unwrap();
         assert_eq!(r.meta_request_id(), Some(0));

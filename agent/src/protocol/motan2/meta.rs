@@ -39,11 +39,24 @@ const LINEAR_DEDUP_MAX: usize = 32;
 /// The meta map: byte-string keys and values (nothing validates UTF-8 on the wire), one entry per
 /// key (last one wins, as in every upstream decoder), in the order first seen. A small vector:
 /// frames carry about ten keys, where a linear scan beats hashing. Decoded keys and values are
-/// `Bytes` slices of the frame, not copies.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// `Bytes` slices of the frame, not copies. Equality is map equality: order does not matter.
+#[derive(Clone, Debug, Default)]
 pub struct Meta {
+    /// Keys are unique: every way in (decode, insert, collect) keeps them so.
     entries: Vec<(Bytes, Bytes)>,
 }
+
+impl PartialEq for Meta {
+    fn eq(&self, other: &Meta) -> bool {
+        self.len() == other.len()
+            && self
+                .entries
+                .iter()
+                .all(|(k, v)| other.position(k).is_some_and(|i| other.entries[i].1 == v))
+    }
+}
+
+impl Eq for Meta {}
 
 impl Meta {
     pub fn new() -> Meta {
@@ -273,6 +286,16 @@ mod tests {
         block.pop();
         let m = Meta::decode(Bytes::from(block), 1000).unwrap();
         assert_eq!((m.len(), m.get("k0"), m.get("k39")), (40, Some("80"), Some("79")));
+    }
+
+    #[test]
+    fn equality_ignores_order() {
+        let a: Meta = [("x", "1"), ("y", "2")].into_iter().collect();
+        let b: Meta = [("y", "2"), ("x", "1")].into_iter().collect();
+        let c: Meta = [("y", "2"), ("x", "3")].into_iter().collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, Meta::new());
     }
 
     #[test]
