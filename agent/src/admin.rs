@@ -113,7 +113,7 @@ async fn intercept_disable(State(s): State<Arc<AppState>>, Query(q): Params) -> 
 }
 
 async fn reload(State(s): State<Arc<AppState>>) -> Response {
-    match s.reload() {
+    match s.reload().await {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => error(
             StatusCode::BAD_REQUEST,

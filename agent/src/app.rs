@@ -16,6 +16,9 @@ use crate::intercept::EbpfInterceptor;
 use crate::intercept::ebpf::mode_name;
 use crate::intercept::iptables::Iptables;
 use crate::intercept::selftest::{self, SelfTest};
+use crate::mesh::channel::Transport;
+use crate::mesh::serve::{ServeStats, accept_loop};
+use crate::mesh::{ClientHandler, Mesh, MeshHandle, ServerHandler};
 use crate::proxy::transparent::{Stats, TransparentProxy};
 
 /// Replaces the process's log filter (e.g. "debug"); errors name what is wrong with it.
@@ -54,6 +57,37 @@ pub struct AppState {
     /// Network namespaces (inode) where a transparent listener runs besides our own.
     pub netns_listeners: Mutex<Vec<u64>>,
     pub shutdown: CancellationToken,
+    /// The Motan2 mesh (client and server roles); a reload swaps it.
+    pub mesh: MeshHandle,
+    pub agent_stats: Arc<ServeStats>,
+    pub export_stats: Arc<ServeStats>,
+    /// Export ports listening (a reload that needs others reports a restart).
+    pub export_ports: Vec<u16>,
+}
+
+/// How the agent's own upstream connections are made.
+fn transport(cfg: &Config) -> Transport {
+    Transport {
+        mark: cfg.sockmesh.intercept.mark,
+        ..Transport::default()
+    }
+}
+
+/// Build the mesh from a configuration (errors name section, entry and key).
+fn build_mesh(cfg: &Config, previous: Option<&Mesh>) -> Result<Mesh> {
+    let mc = crate::config::motan::MotanConfig::from_config(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &mc.warnings {
+        tracing::warn!("{}: {w}", cfg.source);
+    }
+    Mesh::build(&mc, transport(cfg), previous).map_err(|es| {
+        anyhow::anyhow!(
+            "{}",
+            es.iter()
+                .map(|e| format!("{}: {e}", cfg.source))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
 }
 
 impl AppState {
@@ -187,7 +221,7 @@ impl AppState {
     /// the log level. Listener addresses, the mark, the pin directory and the iptables chain
     /// name take effect after a restart and are reported as such. A configuration with errors
     /// is refused and the running one stays.
-    pub fn reload(&self) -> Result<Value> {
+    pub async fn reload(&self) -> Result<Value> {
         let new = match &self.config_path {
             Some(p) => Config::load(p),
             None => Config::embedded(),
@@ -273,8 +307,23 @@ impl AppState {
                 None => restart.push("sockmesh.log_level (pinned by --log-level)"),
             }
         }
-        if old.motan != new.motan {
-            restart.push("motan sections (clusters and services reload with the agent core)");
+        if old.motan != new.motan || old.agent.application != new.agent.application {
+            let current = self.mesh.load_full();
+            let mesh = match build_mesh(&new, Some(&current)) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!("reload refused, the running configuration stays:\n{e:#}");
+                    return Err(e);
+                }
+            };
+            let ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
+            if ports.iter().any(|p| !self.export_ports.contains(p)) {
+                restart.push("motan-service export ports (new ports listen after a restart)");
+            }
+            mesh.wait_ready().await;
+            self.mesh.store(Arc::new(mesh));
+            current.stop();
+            applied.push("motan sections (registries, refers, services)");
         }
         *self.config.write().unwrap() = effective;
         tracing::info!(applied = ?applied, needs_restart = ?restart, source = %new.source, "configuration reloaded");
@@ -295,6 +344,9 @@ impl AppState {
             "intercept": intercept,
             "selftest": self.selftest,
             "transparent_proxy": self.proxy_stats.snapshot(),
+            "agent_port": self.agent_stats.snapshot(),
+            "export_ports": self.export_stats.snapshot(),
+            "mesh": self.mesh.load().status_json(),
             "recent_errors": crate::recent::snapshot(),
         })
     }
@@ -382,6 +434,43 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         tasks.spawn(forward_bpf_logs(logger, shutdown.clone()));
     }
 
+    let mesh = build_mesh(&config, None)?;
+    mesh.wait_ready().await;
+    let export_ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
+    let mesh: MeshHandle = Arc::new(arc_swap::ArcSwap::from_pointee(mesh));
+    let agent_stats = Arc::new(ServeStats::default());
+    let export_stats = Arc::new(ServeStats::default());
+    let limits = crate::protocol::motan2::DecodeLimits::default();
+    let agent = bind("agent", config.agent_addr()).await?;
+    listeners.push(("agent".to_string(), config.agent_addr().to_string()));
+    tasks.spawn(accept_loop(
+        "agent",
+        agent,
+        Arc::new(ClientHandler(mesh.clone())),
+        limits,
+        agent_stats.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    for port in &export_ports {
+        let addr = config.export_addr(*port);
+        let l = bind("export", addr).await?;
+        listeners.push((format!("export:{port}"), addr.to_string()));
+        let handler = Arc::new(ServerHandler {
+            mesh: mesh.clone(),
+            port: *port,
+        });
+        tasks.spawn(accept_loop(
+            "export",
+            l,
+            handler,
+            limits,
+            export_stats.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
+
     let stats = Arc::new(Stats::default());
     let transparent = bind("transparent", config.transparent_addr()).await?;
     listeners.push(("transparent".to_string(), config.transparent_addr().to_string()));
@@ -389,6 +478,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         mark: config.sockmesh.intercept.mark,
         connect_timeout: Duration::from_secs(5),
         stats: stats.clone(),
+        mesh: Some((mesh.clone(), agent_stats.clone())),
+        sniff_timeout: Duration::from_millis(config.sockmesh.sniff_timeout_ms),
+        shutdown: shutdown.clone(),
     });
     tasks.spawn(
         proxy
@@ -421,6 +513,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         listeners: listeners.clone(),
         netns_listeners: Mutex::new(Vec::new()),
         shutdown: shutdown.clone(),
+        mesh,
+        agent_stats,
+        export_stats,
+        export_ports,
     });
     if state.intercept_error.is_none() {
         tasks.spawn(watch_namespaces(state.clone(), proxy, tasks.clone()));
@@ -547,7 +643,7 @@ async fn wait_for_signal(state: &AppState) {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the configuration");
                 // Errors are logged by reload itself; the running configuration stays.
-                let _ = state.reload();
+                let _ = state.reload().await;
             }
         }
     }

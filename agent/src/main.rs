@@ -57,6 +57,11 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Re-read the daemon's configuration (like SIGHUP); a bad one is refused with its errors.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Install binary, configuration and systemd unit; start it when systemd runs.
     Install {
         /// Configuration to install (default: keep an installed one, else the embedded default).
@@ -310,6 +315,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Reload { admin } => {
+            let v = admin_call(&admin, "POST", "/reload")?;
+            println!("reloaded {}", v["source"].as_str().unwrap_or("?"));
+            for k in v["applied"].as_array().into_iter().flatten() {
+                println!("  applied: {}", k.as_str().unwrap_or("?"));
+            }
+            for k in v["needs_restart"].as_array().into_iter().flatten() {
+                println!("  needs a restart: {}", k.as_str().unwrap_or("?"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status { json, admin } => {
             let v = admin_call(&admin, "GET", "/status")?;
             if json {
@@ -351,6 +367,58 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         c["fail_open"]
                     );
                 }
+                let mesh = &v["mesh"];
+                for c in mesh["clusters"].as_array().into_iter().flatten() {
+                    println!(
+                        "  cluster {:<20} {} group {} ({}, {}): {}/{} endpoints available{}",
+                        c["name"].as_str().unwrap_or("?"),
+                        c["service"].as_str().unwrap_or("?"),
+                        c["group"].as_str().unwrap_or("?"),
+                        c["ha"].as_str().unwrap_or("?"),
+                        c["loadbalance"].as_str().unwrap_or("?"),
+                        c["available_endpoints"],
+                        c["endpoints"].as_array().map_or(0, |a| a.len()),
+                        if c["degraded"].as_bool() == Some(true) {
+                            ", DEGRADED"
+                        } else {
+                            ""
+                        }
+                    );
+                    for e in c["endpoints"].as_array().into_iter().flatten() {
+                        println!(
+                            "    {:<24} {:<11} errors {} active {} channels {}",
+                            e["address"].as_str().unwrap_or("?"),
+                            if e["available"].as_bool() == Some(true) {
+                                "available"
+                            } else {
+                                "UNAVAILABLE"
+                            },
+                            e["consecutive_errors"],
+                            e["active"],
+                            e["channels"]
+                        );
+                    }
+                }
+                for e in mesh["exports"].as_array().into_iter().flatten() {
+                    println!(
+                        "  export  {:<20} {} group {} on port {} -> {} {}",
+                        e["name"].as_str().unwrap_or("?"),
+                        e["service"].as_str().unwrap_or("?"),
+                        e["group"].as_str().unwrap_or("?"),
+                        e["port"],
+                        e["provider"]["type"].as_str().unwrap_or("?"),
+                        e["provider"]["address"].as_str().unwrap_or("")
+                    );
+                }
+                let a = &v["agent_port"];
+                println!(
+                    "  agent port: {} connections ({} open), {} requests, {} heartbeats, {} bad frames",
+                    a["connections"],
+                    a["active_connections"],
+                    a["requests"],
+                    a["heartbeats"],
+                    a["bad_frames"]
+                );
                 let errors = v["recent_errors"].as_array().cloned().unwrap_or_default();
                 if errors.is_empty() {
                     println!("  recent errors: none");

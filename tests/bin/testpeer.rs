@@ -176,6 +176,8 @@ fn main() {
         Some("echo-server") => echo_server(&args[1]),
         Some("client") => client(&args[1..]),
         Some("pingpong") => pingpong(&args[1..]),
+        Some("motan2-provider") => motan2_provider(&args[1..]),
+        Some("motan2-call") => motan2_call(&args[1..]),
         Some("hold") => {
             // Join a cgroup and stay there (a resident app process) until killed.
             std::fs::write(
@@ -189,9 +191,155 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: sockmesh-testpeer echo-server ADDR | hold CGROUP-DIR | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio]"
+                "usage: sockmesh-testpeer echo-server ADDR | motan2-provider --listen ADDR --name NAME [--delay-ms N [--slow-every N]] | motan2-call [--cgroup DIR] --connect ADDR --service S [--method M] [--arg TEXT] | hold CGROUP-DIR | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio]"
             );
             std::process::exit(2);
         }
     }
+}
+
+fn flag(args: &[String], k: &str) -> Option<String> {
+    args.iter().position(|a| a == k).map(|i| args[i + 1].clone())
+}
+
+/// A Motan2 provider for the mesh tests. It echoes the request body and reports in the
+/// response meta who answered (`provider`) and what it saw (`seen-rid`, `seen-host`,
+/// `seen-group`, `seen-proxy`). Request meta `delay-ms` delays the answer, `fail` = `biz` or
+/// `service` answers with that exception; method `count` returns the number of requests served.
+fn motan2_provider(args: &[String]) {
+    use bytes::Bytes;
+    use futures_util::{SinkExt, StreamExt};
+    use sockmesh::protocol::motan2::{Exception, Frame, Motan2Codec, Value};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let listen = flag(args, "--listen").expect("--listen");
+    let name = flag(args, "--name").expect("--name");
+    let delay: u64 = flag(args, "--delay-ms").map(|d| d.parse().unwrap()).unwrap_or(0);
+    // The delay applies to every n-th request only (1 = all).
+    let every: u64 = flag(args, "--slow-every")
+        .map(|d| d.parse().unwrap())
+        .unwrap_or(1)
+        .max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(&listen)
+            .await
+            .expect("bind provider");
+        println!("ready {}", l.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        let name: Arc<str> = name.into();
+        while let Ok((s, _)) = l.accept().await {
+            let (count, name) = (count.clone(), name.clone());
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let (mut sink, mut stream) =
+                    tokio_util::codec::Framed::new(s, Motan2Codec::default()).split();
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Frame>();
+                tokio::spawn(async move {
+                    while let Some(f) = rx.recv().await {
+                        if sink.send(f).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(Ok(req)) = stream.next().await {
+                    if req.header.is_heartbeat() {
+                        let _ = tx.send(Frame::heartbeat_response(req.header.request_id));
+                        continue;
+                    }
+                    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                    let (tx, name) = (tx.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let m = &req.meta;
+                        let extra: u64 = m.get("delay-ms").and_then(|d| d.parse().ok()).unwrap_or(0);
+                        let own = if n % every == 0 { delay } else { 0 };
+                        if own + extra > 0 {
+                            tokio::time::sleep(Duration::from_millis(own + extra)).await;
+                        }
+                        let id = req.header.request_id;
+                        let mut resp = match m.get("fail") {
+                            Some("biz") => Frame::exception_response(
+                                id,
+                                &Exception::business(503, format!("biz failure at {name}")),
+                                6,
+                                false,
+                            ),
+                            Some("service") => Frame::exception_response(
+                                id,
+                                &Exception::service(503, format!("service failure at {name}")),
+                                6,
+                                false,
+                            ),
+                            _ if m.get("M_m") == Some("count") => {
+                                Frame::response_to(&req, Value::from(n.to_string()).to_bytes())
+                            }
+                            _ => Frame::response_to(&req, req.body.clone()),
+                        };
+                        resp.meta
+                            .insert("provider", Bytes::copy_from_slice(name.as_bytes()));
+                        for (k, out) in [
+                            ("M_rid", "seen-rid"),
+                            ("host", "seen-host"),
+                            ("M_g", "seen-group"),
+                            ("M_s", "seen-source"),
+                        ] {
+                            if let Some(v) = m.get(k) {
+                                resp.meta.insert(out, Bytes::copy_from_slice(v.as_bytes()));
+                            }
+                        }
+                        resp.meta
+                            .insert("seen-proxy", if req.header.is_proxy() { "1" } else { "0" });
+                        let _ = tx.send(resp);
+                    });
+                }
+            });
+        }
+    });
+}
+
+/// One Motan2 call (optionally from inside a cgroup, for interception tests); prints the
+/// response as JSON: exception, provider meta and the body decoded as a simple string.
+fn motan2_call(args: &[String]) {
+    use sockmesh::protocol::motan2::{Frame, Motan2Codec, Value};
+    use tokio_util::codec::Decoder;
+    if let Some(cg) = flag(args, "--cgroup") {
+        std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string()).expect("join cgroup");
+    }
+    let addr: SocketAddr = flag(args, "--connect").expect("--connect").parse().unwrap();
+    let service = flag(args, "--service").expect("--service");
+    let method = flag(args, "--method").unwrap_or_else(|| "echo".into());
+    let arg = flag(args, "--arg").unwrap_or_else(|| "hello".into());
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = Frame::request(77, &service, &method, Value::from(arg).to_bytes());
+    s.write_all(&req.encode_to_bytes()).expect("write");
+    let mut buf = bytes::BytesMut::new();
+    let mut codec = Motan2Codec::default();
+    let resp = loop {
+        if let Some(f) = codec.decode(&mut buf).expect("decode") {
+            break f;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).expect("read");
+        assert!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let body = Value::decode(&resp.body)
+        .ok()
+        .and_then(|(v, _)| v.as_str().map(str::to_string));
+    println!(
+        "{}",
+        serde_json::json!({
+            "id": resp.header.request_id,
+            "exception": resp.meta.get("M_e"),
+            "provider": resp.meta.get("provider"),
+            "body": body,
+        })
+    );
 }

@@ -65,8 +65,31 @@ pub fn test_cgroup(tag: &str) -> (ChildCgroup, String) {
     (cg, rel)
 }
 
+/// The ports a daemon will use, chosen before its configuration is written (so another
+/// daemon's configuration can name them).
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub port: u16,
+    pub eport: u16,
+    pub mport: u16,
+    pub tport: u16,
+}
+
+impl Ports {
+    pub fn pick() -> Ports {
+        let p = free_ports(4);
+        Ports {
+            port: p[0],
+            eport: p[1],
+            mport: p[2],
+            tport: p[3],
+        }
+    }
+}
+
 pub struct Daemon {
     child: Option<Child>,
+    pub ports: Ports,
     pub admin: SocketAddr,
     pub transparent_port: u16,
     pub pin_dir: PathBuf,
@@ -83,10 +106,24 @@ impl Daemon {
 
     /// Start with extra keys for the `sockmesh.intercept` section (YAML lines, 4-space indent).
     pub fn start_with(name: &str, extra_intercept: &str) -> Daemon {
+        Daemon::launch(name, Ports::pick(), "", extra_intercept)
+    }
+
+    /// A mesh daemon without interception: `motan` holds the motan sections (YAML).
+    pub fn mesh(name: &str, ports: Ports, motan: &str) -> Daemon {
+        Daemon::launch(name, ports, motan, "    enabled: false\n")
+    }
+
+    /// Start with `motan` sections and extra `sockmesh.intercept` keys (4-space indent).
+    pub fn launch(name: &str, ports: Ports, motan: &str, extra_intercept: &str) -> Daemon {
         let dir = std::env::temp_dir().join(format!("sockmesh-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let p = free_ports(4);
-        let (port, eport, mport, tport) = (p[0], p[1], p[2], p[3]);
+        let Ports {
+            port,
+            eport,
+            mport,
+            tport,
+        } = ports;
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-test-{name}-{}", std::process::id()));
         let iptables_chain = format!("SMT{}", std::process::id());
         let config = dir.join("sockmesh.yaml");
@@ -94,13 +131,14 @@ impl Daemon {
             &config,
             format!(
                 "motan-agent:\n  port: {port}\n  eport: {eport}\n  mport: {mport}\n  application: test-{name}\n\
-                 sockmesh:\n  log_level: debug\n  intercept:\n    transparent_port: {tport}\n    pin_dir: {}\n    iptables_chain: {iptables_chain}\n    bpf_log_level: debug\n{extra_intercept}",
+                 sockmesh:\n  log_level: debug\n  intercept:\n    transparent_port: {tport}\n    pin_dir: {}\n    iptables_chain: {iptables_chain}\n    bpf_log_level: debug\n{extra_intercept}\n# motan\n{motan}",
                 pin_dir.display()
             ),
         )
         .unwrap();
         let mut d = Daemon {
             child: None,
+            ports,
             admin: format!("127.0.0.1:{mport}").parse().unwrap(),
             transparent_port: tport,
             pin_dir,
@@ -195,6 +233,20 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// GET an admin path and parse the JSON answer.
+    pub fn admin_json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = sockmesh::admin::request(self.admin, "GET", path).unwrap();
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// Replace the motan sections of the configuration file (for reload tests).
+    pub fn rewrite_motan(&self, motan: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let keep = text.split("\n# motan\n").next().unwrap().to_string();
+        std::fs::write(&self.config, format!("{keep}\n# motan\n{motan}")).unwrap();
     }
 
     pub fn log(&self) -> String {
@@ -499,4 +551,117 @@ pub fn ping(addr: SocketAddr) -> Vec<u8> {
     let mut v = Vec::new();
     s.read_to_end(&mut v).unwrap();
     v
+}
+
+/// A Motan2 test provider (`sockmesh-testpeer motan2-provider`), killed on drop.
+pub struct Provider {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub name: String,
+}
+
+impl Provider {
+    pub fn start(name: &str, delay_ms: u64) -> Provider {
+        Provider::start_on("127.0.0.1:0", name, delay_ms, 1)
+    }
+
+    /// `delay_ms` applies to every `slow_every`-th request.
+    pub fn start_on(listen: &str, name: &str, delay_ms: u64, slow_every: u64) -> Provider {
+        let mut child = Command::new(peer_bin())
+            .args([
+                "motan2-provider",
+                "--listen",
+                listen,
+                "--name",
+                name,
+                "--delay-ms",
+            ])
+            .arg(delay_ms.to_string())
+            .arg("--slow-every")
+            .arg(slow_every.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn motan2 provider");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("ready ")
+            .unwrap_or_else(|| panic!("provider said {line:?}"))
+            .parse()
+            .unwrap();
+        Provider {
+            child: Some(child),
+            addr,
+            name: name.to_string(),
+        }
+    }
+
+    /// SIGKILL it (we started it; stopped by its PID).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub mod motan {
+    //! An app's side of Motan2 in the tests: the agent's own multiplexed channel (it remaps
+    //! request ids per connection, so every response must come back under the id we sent).
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    pub use sockmesh::mesh::channel::{Channel, Transport};
+    pub use sockmesh::protocol::motan2::{Frame, Value, simple};
+
+    pub fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    pub async fn connect(addr: SocketAddr) -> Channel {
+        Channel::connect(&addr.to_string(), &Transport::default())
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+    }
+
+    pub fn request(service: &str, method: &str, meta: &[(&str, &str)], args: &[Value]) -> Frame {
+        let mut f = Frame::request(0, service, method, simple::encode_args(args));
+        for (k, v) in meta {
+            f.meta.insert(
+                Bytes::copy_from_slice(k.as_bytes()),
+                Bytes::copy_from_slice(v.as_bytes()),
+            );
+        }
+        f
+    }
+
+    pub async fn call(ch: &Channel, req: Frame) -> Frame {
+        ch.call(req, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("call: {e}"))
+    }
+
+    /// errcode and errmsg of an exception response.
+    pub fn exception(f: &Frame) -> Option<(i64, String, i64)> {
+        let e = f.as_response()?.exception()?;
+        Some((e.errcode, e.errmsg, e.errtype as i64))
+    }
+
+    pub fn meta<'a>(f: &'a Frame, k: &str) -> &'a str {
+        f.meta.get(k).unwrap_or("")
+    }
 }

@@ -57,6 +57,14 @@ pub struct SockmeshSection {
     /// Address the admin API binds to (port = motan-agent.mport). Loopback by default: the
     /// admin API can switch interception and has no authentication.
     pub admin_bind: Ipv4Addr,
+    /// Address of the agent port (client role). Loopback: only local apps call it.
+    pub agent_bind: Ipv4Addr,
+    /// Address of the export ports (server role): other hosts' agents call them.
+    pub export_bind: Ipv4Addr,
+    /// How long an intercepted connection may stay silent before it is treated as not Motan2
+    /// and passed through (only when clusters are configured; server-first protocols wait
+    /// this long once per connection).
+    pub sniff_timeout_ms: u64,
     pub log_level: String,
     /// Runtime worker threads; 0 = one per CPU.
     pub worker_threads: usize,
@@ -67,6 +75,9 @@ impl Default for SockmeshSection {
     fn default() -> Self {
         SockmeshSection {
             admin_bind: Ipv4Addr::LOCALHOST,
+            agent_bind: Ipv4Addr::LOCALHOST,
+            export_bind: Ipv4Addr::UNSPECIFIED,
+            sniff_timeout_ms: 200,
             log_level: "info".into(),
             worker_threads: 0,
             intercept: InterceptSection::default(),
@@ -314,6 +325,14 @@ impl Config {
         }
         e.extend(motan::validate(self));
         e
+    }
+
+    pub fn agent_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.sockmesh.agent_bind, self.agent.port)
+    }
+
+    pub fn export_addr(&self, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(self.sockmesh.export_bind, port)
     }
 
     pub fn admin_addr(&self) -> SocketAddrV4 {

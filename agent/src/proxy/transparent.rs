@@ -1,21 +1,29 @@
 //! The transparent listener: intercepted connections (eBPF connect rewrite or iptables
 //! REDIRECT) arrive here. The original destination comes from `SO_ORIGINAL_DST` in both modes.
 //!
-//! Protocol detection is a hand-off point: `classify` looks at the first bytes; Motan2 (magic
-//! 0xF1F1) connections go to the Motan2 router once the agent core provides one, everything
-//! else is forwarded as plain TCP to the original destination.
+//! Protocol detection: when clusters are configured, the first bytes are read (up to the sniff
+//! timeout). A Motan2 connection (magic 0xF1F1) whose first request names a service some
+//! cluster serves is handed to the mesh router; everything else is forwarded as plain TCP to
+//! the original destination, starting with the bytes already read. Without clusters nothing
+//! is read ahead, so plain forwarding costs nothing extra.
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::passthrough;
 use crate::intercept::netns::NetnsSockets;
+use crate::mesh::serve::{ServeStats, serve_connection};
+use crate::mesh::{ClientHandler, MeshHandle};
+use crate::protocol::motan2::codec::frame_len;
+use crate::protocol::motan2::{DecodeLimits, Motan2Codec};
 use crate::sys;
 
 #[derive(Default, Debug)]
@@ -23,6 +31,8 @@ pub struct Stats {
     pub accepted: AtomicU64,
     pub active: AtomicU64,
     pub forwarded: AtomicU64,
+    /// Motan2 connections handed to the mesh router.
+    pub routed: AtomicU64,
     pub no_original_dst: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub bytes_to_upstream: AtomicU64,
@@ -34,6 +44,7 @@ pub struct StatsSnapshot {
     pub accepted: u64,
     pub active: u64,
     pub forwarded: u64,
+    pub routed: u64,
     pub no_original_dst: u64,
     pub upstream_errors: u64,
     pub bytes_to_upstream: u64,
@@ -47,6 +58,7 @@ impl Stats {
             accepted: g(&self.accepted),
             active: g(&self.active),
             forwarded: g(&self.forwarded),
+            routed: g(&self.routed),
             no_original_dst: g(&self.no_original_dst),
             upstream_errors: g(&self.upstream_errors),
             bytes_to_upstream: g(&self.bytes_to_upstream),
@@ -59,6 +71,16 @@ pub struct TransparentProxy {
     pub mark: u32,
     pub connect_timeout: Duration,
     pub stats: Arc<Stats>,
+    /// The mesh (and the agent port's stats, which routed connections count in).
+    pub mesh: Option<(MeshHandle, Arc<ServeStats>)>,
+    pub sniff_timeout: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// Whether the first bytes are a Motan2 request some cluster routes.
+enum Sniffed {
+    Route,
+    Forward,
 }
 
 impl TransparentProxy {
@@ -114,13 +136,74 @@ impl TransparentProxy {
         }
         tracing::debug!(%peer, original_dst = %orig, other_netns = netns.is_some(), "intercepted connection");
         self.stats.active.fetch_add(1, Ordering::Relaxed);
-        self.passthrough(conn, orig, peer, netns).await;
+        let mut conn = conn;
+        let mut prefix = BytesMut::new();
+        if let Some((mesh, agent_stats)) = &self.mesh
+            && !mesh.load().router.clusters().is_empty()
+        {
+            let limits = mesh.load().limits;
+            if let Sniffed::Route = self.sniff(&mut conn, &mut prefix, mesh, limits).await {
+                self.stats.routed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, original_dst = %orig, "intercepted Motan2 connection routed by the mesh");
+                let handler = Arc::new(ClientHandler(mesh.clone()));
+                serve_connection(
+                    conn,
+                    peer,
+                    prefix,
+                    handler,
+                    limits,
+                    agent_stats.clone(),
+                    self.shutdown.clone(),
+                )
+                .await;
+                self.stats.active.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        self.passthrough(conn, prefix, orig, peer, netns).await;
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Read until the first frame is complete, the bytes are not Motan2, the peer goes quiet
+    /// for the sniff timeout, or closes.
+    async fn sniff(
+        &self,
+        conn: &mut TcpStream,
+        buf: &mut BytesMut,
+        mesh: &MeshHandle,
+        limits: DecodeLimits,
+    ) -> Sniffed {
+        use tokio_util::codec::Decoder;
+        let deadline = tokio::time::Instant::now() + self.sniff_timeout;
+        buf.reserve(4096);
+        loop {
+            if buf.len() >= 2 && buf[..2] != [0xF1, 0xF1] {
+                return Sniffed::Forward;
+            }
+            match frame_len(buf, &limits) {
+                Err(_) => return Sniffed::Forward,
+                Ok(Some(n)) if buf.len() >= n => {
+                    let mut copy = BytesMut::from(&buf[..n]);
+                    return match Motan2Codec::new(limits).decode(&mut copy) {
+                        Ok(Some(f)) if !f.header.is_heartbeat() && mesh.load().router.routes(&f) => {
+                            Sniffed::Route
+                        }
+                        _ => Sniffed::Forward,
+                    };
+                }
+                Ok(_) => {}
+            }
+            match tokio::time::timeout_at(deadline, conn.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Sniffed::Forward,
+            }
+        }
     }
 
     async fn passthrough(
         &self,
         conn: TcpStream,
+        prefix: BytesMut,
         orig: SocketAddrV4,
         peer: SocketAddr,
         netns: Option<NetnsSockets>,
@@ -139,6 +222,17 @@ impl TransparentProxy {
         };
         let upstream = match passthrough::connect_marked(orig, self.mark, self.connect_timeout, socket).await
         {
+            Ok(mut u) if !prefix.is_empty() => {
+                if let Err(e) = u.write_all(&prefix).await {
+                    self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, original_dst = %orig, "upstream write failed: {e}");
+                    return;
+                }
+                self.stats
+                    .bytes_to_upstream
+                    .fetch_add(prefix.len() as u64, Ordering::Relaxed);
+                u
+            }
             Ok(u) => u,
             Err(e) => {
                 self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,486 @@
+//! A running cluster: one refer's endpoints as the registries report them, a balancer over
+//! them, a connection pool per endpoint, and the HA strategy that drives a call (4.4–4.8).
+//! The pure decisions live in `crate::cluster`; this file only connects them to sockets.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::channel::{Pool, Transport};
+use crate::cluster::endpoint::{KeepaliveKind, KeepaliveRequest, MethodLatencies, request_timeout};
+use crate::cluster::ha::{
+    self, BackupRequestBudget, BackupRequestConfig, Failover, HaKind, call_with_backup, call_with_failover,
+};
+use crate::cluster::lb::{Balancer, LbConfig, LbRequest};
+use crate::cluster::{CallError, E_NO_CHANNEL, Endpoint, EndpointSet, ErrorKind, degraded_error};
+use crate::protocol::motan2::frame::FLAG_PROXY;
+use crate::protocol::motan2::{Frame, keys, simple};
+use crate::registry::Registry;
+use crate::url::Url;
+
+/// Removed endpoints keep their pool this long, so calls already routed to them finish (4.4).
+const REMOVE_DELAY: Duration = Duration::from_secs(2);
+const DEFAULT_CLIENT_CONNECTIONS: i64 = 3;
+const DEFAULT_CONNECT_RETRY: Duration = Duration::from_millis(60_000);
+/// Where the consistent-hash key comes from (sockmesh extension): `meta:<key>` or `arg:<n>`
+/// (the n-th argument of a simple-serialized body, 0-based). Default: meta `consistentHashKey`.
+pub const HASH_KEY_SOURCE: &str = "consistentHashKey.source";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HashKeySource {
+    Meta(String),
+    Arg(usize),
+}
+
+impl HashKeySource {
+    fn from_url(refer: &Url) -> Result<HashKeySource, String> {
+        let raw = refer.get_str(HASH_KEY_SOURCE, "meta:consistentHashKey");
+        if let Some(k) = raw.strip_prefix("meta:").filter(|k| !k.is_empty()) {
+            return Ok(HashKeySource::Meta(k.to_string()));
+        }
+        if let Some(n) = raw.strip_prefix("arg:").and_then(|n| n.parse().ok()) {
+            return Ok(HashKeySource::Arg(n));
+        }
+        Err(format!(
+            "key {HASH_KEY_SOURCE}: {raw:?} is not meta:<key> or arg:<index>"
+        ))
+    }
+
+    fn key(&self, req: &Frame) -> Option<String> {
+        match self {
+            HashKeySource::Meta(k) => req.meta.get_non_empty(k).map(str::to_string),
+            HashKeySource::Arg(n) => {
+                let args = simple::decode_all(&req.body).ok()?;
+                let v = args.get(*n)?;
+                match v.as_str() {
+                    Some(s) => Some(s.to_string()),
+                    None => v.as_i64().map(|i| i.to_string()),
+                }
+            }
+        }
+    }
+}
+
+pub struct Cluster {
+    pub conf_id: String,
+    pub refer: Arc<Url>,
+    ha: HaKind,
+    hash_key: HashKeySource,
+    balancer: ArcSwap<Balancer>,
+    endpoints: Mutex<EndpointSet>,
+    pools: RwLock<HashMap<String, Arc<Pool>>>,
+    budget: BackupRequestBudget,
+    latencies: MethodLatencies,
+    transport: Transport,
+    client_connections: usize,
+    connect_retry: Duration,
+    mingz_size: usize,
+    degraded: AtomicBool,
+    stop: CancellationToken,
+    /// Pools of the cluster this one replaces (reload): endpoints it knew keep their
+    /// connections and are available at once.
+    adopt: HashMap<String, Arc<Pool>>,
+    /// Registries that delivered their first list, and first connects still running: the
+    /// cluster is ready when all registries answered and no first connect is pending.
+    registries_seen: std::sync::atomic::AtomicUsize,
+    registries_total: std::sync::atomic::AtomicUsize,
+    connects_pending: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("conf_id", &self.conf_id).finish()
+    }
+}
+
+/// The error an upstream response or a failed call means for HA and endpoint health.
+pub fn error_of(r: &Result<Frame, CallError>) -> Option<CallError> {
+    match r {
+        Err(e) => Some(e.clone()),
+        Ok(f) => f.as_response().and_then(|v| v.exception()).map(|e| {
+            CallError::new(
+                e.errcode as i32,
+                e.errmsg,
+                ErrorKind::from_errtype(e.errtype as i64),
+            )
+        }),
+    }
+}
+
+impl Cluster {
+    /// Checks the refer's HA and balancer settings (errors name the key).
+    pub fn new(
+        conf_id: &str,
+        refer: Url,
+        transport: Transport,
+        previous: Option<&Cluster>,
+    ) -> Result<Arc<Cluster>, String> {
+        let ha = HaKind::from_url(&refer).map_err(|e| format!("key haStrategy: {e}"))?;
+        let lb = LbConfig::from_url(&refer).map_err(|e| format!("key loadbalance: {e}"))?;
+        let hash_key = HashKeySource::from_url(&refer)?;
+        Ok(Arc::new(Cluster {
+            conf_id: conf_id.to_string(),
+            ha,
+            hash_key,
+            // A replaced cluster's balancer lends its state (the consistent-hash partition
+            // count), so keys stay where they were across a reload.
+            balancer: ArcSwap::from_pointee(match previous {
+                Some(p) if p.balancer.load().config().kind == lb.kind => {
+                    p.balancer.load().rebuild(Vec::new(), None)
+                }
+                _ => Balancer::new(lb, Vec::new(), None),
+            }),
+            endpoints: Mutex::new(EndpointSet::new()),
+            pools: RwLock::default(),
+            budget: BackupRequestBudget::new(),
+            latencies: MethodLatencies::new(),
+            transport,
+            client_connections: refer.get_positive_int("clientConnection", DEFAULT_CLIENT_CONNECTIONS)
+                as usize,
+            connect_retry: refer.get_duration_ms("connectRetryInterval", DEFAULT_CONNECT_RETRY),
+            mingz_size: refer.get_int("mingzSize", 0).max(0) as usize,
+            degraded: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            adopt: previous
+                .map(|p| p.pools.read().unwrap().clone())
+                .unwrap_or_default(),
+            registries_seen: Default::default(),
+            registries_total: Default::default(),
+            connects_pending: Default::default(),
+            refer: Arc::new(refer),
+        }))
+    }
+
+    /// Subscribe to every registry of the refer and follow their server lists until `stop`.
+    pub fn start(self: &Arc<Self>, registries: &BTreeMap<String, Arc<dyn Registry>>) -> Result<(), String> {
+        let ids: Vec<String> = self
+            .refer
+            .get_list(crate::url::keys::REGISTRY)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        if ids.is_empty() {
+            return Err("key registry: the refer names no registry".into());
+        }
+        let count = ids.len();
+        self.registries_total.store(count, Ordering::Relaxed);
+        for id in ids {
+            let Some(reg) = registries.get(&id).cloned() else {
+                return Err(format!("key registry: no motan-registry entry {id:?}"));
+            };
+            let me = self.clone();
+            tokio::spawn(async move { me.follow(id, reg, count).await });
+        }
+        Ok(())
+    }
+
+    async fn follow(self: Arc<Self>, id: String, reg: Arc<dyn Registry>, count: usize) {
+        let mut rx = match reg.subscribe(&self.refer).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::error!(cluster = %self.conf_id, registry = %id, "subscribe failed: {e}");
+                return;
+            }
+        };
+        let mut first = true;
+        loop {
+            let list = rx.borrow_and_update().clone();
+            self.apply(&id, count, &list);
+            if std::mem::take(&mut first) {
+                self.registries_seen.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                r = rx.changed() => if r.is_err() {
+                    // The registry will not change this list again: keep the last one.
+                    self.stop.cancelled().await;
+                    return;
+                },
+            }
+        }
+    }
+
+    /// Apply one registry's server list: new endpoints get a pool (connected in the
+    /// background; the endpoint becomes available once connected), removed ones are dropped
+    /// after `REMOVE_DELAY`, and the balancer is rebuilt.
+    pub fn apply(self: &Arc<Self>, registry_id: &str, registry_count: usize, servers: &[Url]) {
+        let (outcome, all) = {
+            let mut set = self.endpoints.lock().unwrap();
+            let outcome = set.notify(registry_id, &self.refer, registry_count, servers);
+            (outcome, set.shuffled())
+        };
+        if !outcome.changed {
+            return;
+        }
+        for ep in &outcome.added {
+            let id = ep.url().identity();
+            if let Some(pool) = self.adopt.get(&id).filter(|p| p.usage().0 > 0) {
+                self.pools.write().unwrap().insert(id, pool.clone());
+                ep.set_available(true);
+                continue;
+            }
+            let pool = Arc::new(Pool::new(
+                ep.address().to_string(),
+                self.client_connections,
+                self.transport.clone(),
+            ));
+            self.pools.write().unwrap().insert(id, pool.clone());
+            let (me, ep) = (self.clone(), ep.clone());
+            self.connects_pending.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move { me.connect_endpoint(ep, pool).await });
+        }
+        let balancer = self.balancer.load().rebuild(all, None);
+        self.balancer.store(Arc::new(balancer));
+        tracing::info!(
+            cluster = %self.conf_id, registry = registry_id,
+            added = outcome.added.len(), removed = outcome.removed.len(),
+            "endpoints changed"
+        );
+        if !outcome.removed.is_empty() {
+            let me = self.clone();
+            let gone: Vec<String> = outcome.removed.iter().map(|e| e.url().identity()).collect();
+            tokio::spawn(async move {
+                tokio::time::sleep(REMOVE_DELAY).await;
+                let mut pools = me.pools.write().unwrap();
+                for id in gone {
+                    pools.remove(&id);
+                }
+            });
+        }
+    }
+
+    /// Create the endpoint's pool; retry every `connectRetryInterval` until it works, the
+    /// endpoint is removed, or the cluster stops.
+    async fn connect_endpoint(self: Arc<Self>, ep: Arc<Endpoint>, pool: Arc<Pool>) {
+        let mut first = true;
+        loop {
+            let r = pool.warm_up().await;
+            if std::mem::take(&mut first) {
+                self.connects_pending.fetch_sub(1, Ordering::Relaxed);
+            }
+            match r {
+                Ok(()) => {
+                    ep.set_available(true);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), "cannot connect: {e}; retrying in {:?}", self.connect_retry);
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(self.connect_retry) => {}
+            }
+            if !self.has_pool(&ep, &pool) {
+                return;
+            }
+        }
+    }
+
+    fn has_pool(&self, ep: &Endpoint, pool: &Arc<Pool>) -> bool {
+        self.pools
+            .read()
+            .unwrap()
+            .get(&ep.url().identity())
+            .is_some_and(|p| Arc::ptr_eq(p, pool))
+    }
+
+    /// Every registry delivered its first list and every first connect finished.
+    pub fn is_ready(&self) -> bool {
+        self.registries_seen.load(Ordering::Relaxed) >= self.registries_total.load(Ordering::Relaxed)
+            && self.connects_pending.load(Ordering::Relaxed) == 0
+    }
+
+    /// Wait until ready or `deadline` (motan-go waits `initClusterTimeout` for refers at start).
+    pub async fn wait_ready(&self, deadline: tokio::time::Instant) -> bool {
+        while !self.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    pub fn set_degraded(&self, on: bool) {
+        self.degraded.store(on, Ordering::Relaxed);
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Call the cluster with `req` (already carrying the caller's meta): HA over the balancer.
+    /// Ok is the upstream response (its request id is the channel's; the caller restores its
+    /// own); Err is an error the agent answers with.
+    pub async fn call(self: &Arc<Self>, req: Frame) -> Result<Frame, CallError> {
+        if self.degraded.load(Ordering::Relaxed) {
+            return Err(degraded_error());
+        }
+        let balancer = self.balancer.load_full();
+        let method = req.meta.get(keys::METHOD).unwrap_or("").to_string();
+        let desc = req.meta.get(keys::METHOD_DESC).unwrap_or("").to_string();
+        let timeout = request_timeout(&self.refer, &method, &desc, req.meta.get(keys::TIMEOUT));
+        let key = self.hash_key.key(&req);
+        let lb_req = LbRequest {
+            hash_key: key.as_deref(),
+        };
+        let r = match self.ha {
+            HaKind::Failover | HaKind::Failfast => {
+                let policy = Failover::for_request(&self.refer, self.ha, &method, &desc);
+                call_with_failover(
+                    policy,
+                    &balancer,
+                    &lb_req,
+                    |ep| self.call_endpoint(ep, req.clone(), timeout, &method),
+                    error_of,
+                    || {
+                        ha::failover_no_endpoint_error(
+                            req.header.request_id,
+                            req.meta.iter().filter_map(|(k, v)| {
+                                Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
+                            }),
+                        )
+                    },
+                )
+                .await
+            }
+            HaKind::BackupRequest => {
+                let cfg = BackupRequestConfig::for_request(&self.refer, &method, &desc);
+                let observed = self.latencies.get(&method).percentile(f64::from(cfg.delay_ratio));
+                let delay = cfg.delay(observed);
+                call_with_backup(
+                    &cfg,
+                    delay,
+                    &self.budget,
+                    &balancer,
+                    &lb_req,
+                    |ep| Box::pin(self.call_endpoint(ep, req.clone(), timeout, &method)),
+                    error_of,
+                )
+                .await
+            }
+        };
+        r.and_then(|inner| inner)
+    }
+
+    async fn call_endpoint(
+        self: &Arc<Self>,
+        ep: Arc<Endpoint>,
+        mut req: Frame,
+        timeout: Duration,
+        method: &str,
+    ) -> Result<Frame, CallError> {
+        let pool = self.pools.read().unwrap().get(&ep.url().identity()).cloned();
+        let Some(pool) = pool else {
+            return Err(CallError::service(
+                E_NO_CHANNEL,
+                format!("endpoint {} has no connection pool", ep.address()),
+            ));
+        };
+        // The endpoint's group wins (traffic control may route to other groups, 4.3 step 4).
+        let group = &ep.url().group;
+        if !group.is_empty() && req.meta.get(keys::GROUP) != Some(group.as_str()) {
+            req.meta
+                .insert(keys::GROUP, Bytes::copy_from_slice(group.as_bytes()));
+        }
+        req.header.set_flag(FLAG_PROXY, true);
+        if self.mingz_size > 0 {
+            req.gzip_if_larger(self.mingz_size);
+        }
+        let started = Instant::now();
+        let guard = ep.begin();
+        let mut r = pool.call(req, timeout).await;
+        if let Ok(resp) = &mut r {
+            if resp.header.is_gzip()
+                && let Err(e) = resp.gunzip(self.transport.limits.max_body)
+            {
+                tracing::warn!(endpoint = ep.address(), "cannot decompress a response: {e}");
+            }
+            resp.meta
+                .insert("x-forwarded-for", Bytes::copy_from_slice(ep.address().as_bytes()));
+        }
+        let error = error_of(&r);
+        if let Some(k) = guard.finish(error.as_ref()) {
+            tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), "endpoint disabled after consecutive errors (last: {})", error.as_ref().map(|e| e.to_string()).unwrap_or_default());
+            let me = self.clone();
+            tokio::spawn(async move { me.keepalive(ep, pool, k).await });
+        }
+        if error.is_none() {
+            self.latencies.get(method).record(started.elapsed());
+        }
+        r
+    }
+
+    /// Probe a disabled endpoint until it answers a heartbeat (then it is available again), it
+    /// is removed, or the cluster stops (4.8).
+    async fn keepalive(self: Arc<Self>, ep: Arc<Endpoint>, pool: Arc<Pool>, k: KeepaliveRequest) {
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = tokio::time::sleep(k.interval) => {}
+            }
+            if !self.has_pool(&ep, &pool) {
+                break;
+            }
+            if k.kind == KeepaliveKind::Heartbeat
+                && pool
+                    .heartbeat(k.interval.max(Duration::from_millis(500)))
+                    .await
+                    .is_ok()
+            {
+                tracing::info!(cluster = %self.conf_id, endpoint = ep.address(), "endpoint answers heartbeats again: enabled");
+                ep.keepalive_succeeded();
+                return;
+            }
+        }
+        ep.keepalive_finished();
+    }
+
+    pub fn status_json(&self) -> Value {
+        let balancer = self.balancer.load();
+        let pools = self.pools.read().unwrap();
+        let endpoints: Vec<Value> = balancer
+            .endpoints()
+            .iter()
+            .map(|ep| {
+                let (channels, in_flight) = pools
+                    .get(&ep.url().identity())
+                    .map(|p| p.usage())
+                    .unwrap_or((0, 0));
+                json!({
+                    "address": ep.address(),
+                    "group": ep.url().group,
+                    "available": ep.is_available(),
+                    "consecutive_errors": ep.consecutive_errors(),
+                    "active": ep.active(),
+                    "weight": ep.weight(),
+                    "channels": channels,
+                    "in_flight": in_flight,
+                })
+            })
+            .collect();
+        let available = balancer.endpoints().iter().filter(|e| e.is_available()).count();
+        json!({
+            "name": self.conf_id,
+            "service": self.refer.path,
+            "group": self.refer.group,
+            "ha": self.refer.get_str(crate::url::keys::HA_STRATEGY, "failover"),
+            "loadbalance": balancer.config().kind.name(),
+            "degraded": self.degraded.load(Ordering::Relaxed),
+            "available_endpoints": available,
+            "endpoints": endpoints,
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

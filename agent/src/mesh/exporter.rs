@@ -1,0 +1,158 @@
+//! The server role (4.11): export listeners hand requests to local providers, keyed by
+//! `group_path`. A `motan2` provider is a reverse proxy to a local Motan2 server (the original
+//! frame is forwarded, proxy bit set); an `http` provider maps the call to HTTP (4.12).
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::channel::{Pool, Transport};
+use super::router::error_frame;
+use crate::cluster::CallError;
+use crate::cluster::endpoint::request_timeout;
+use crate::config::motan::parse_protocol_port;
+use crate::protocol::motan2::frame::FLAG_PROXY;
+use crate::protocol::motan2::{Frame, keys};
+use crate::url::{Url, keys as url_keys};
+
+/// Connections from the server agent to one local backend.
+const BACKEND_CONNECTIONS: usize = 3;
+
+pub enum Provider {
+    Motan2 { pool: Arc<Pool> },
+}
+
+pub struct Export {
+    pub conf_id: String,
+    pub service: Url,
+    pub port: u16,
+    pub provider: Provider,
+}
+
+#[derive(Default)]
+pub struct Exporter {
+    /// (export port, `group_path`) → export.
+    by_key: HashMap<(u16, String), Arc<Export>>,
+    ports: BTreeSet<u16>,
+}
+
+fn service_key(group: &str, path: &str) -> String {
+    format!("{group}_{path}")
+}
+
+impl Exporter {
+    /// One export per service entry; errors name the entry and key.
+    pub fn new(
+        services: &std::collections::BTreeMap<String, Url>,
+        transport: &Transport,
+    ) -> Result<Exporter, Vec<String>> {
+        let mut e = Exporter::default();
+        let mut errors = Vec::new();
+        for (id, url) in services {
+            match Self::export(id, url, transport) {
+                Ok(x) => {
+                    e.ports.insert(x.port);
+                    let key = (x.port, service_key(&url.group, &url.path));
+                    if e.by_key.insert(key, Arc::new(x)).is_some() {
+                        errors.push(format!(
+                            "section motan-service, entry {id}: another service already exports group {:?} path {:?} on this port",
+                            url.group, url.path
+                        ));
+                    }
+                }
+                Err(m) => errors.push(format!("section motan-service, entry {id}: {m}")),
+            }
+        }
+        if errors.is_empty() { Ok(e) } else { Err(errors) }
+    }
+
+    fn export(id: &str, url: &Url, transport: &Transport) -> Result<Export, String> {
+        let (_, port) = parse_protocol_port(url.get_str(url_keys::EXPORT, "motan2:9982"))
+            .map_err(|m| format!("key export: {m}"))?;
+        let proxy = url.param(url_keys::PROXY);
+        let provider_name = match url.param(url_keys::PROVIDER).filter(|p| !p.is_empty()) {
+            Some(p) => p.to_string(),
+            None => match proxy {
+                Some(p) => parse_protocol_port(p).map_err(|m| format!("key proxy: {m}"))?.0,
+                None => return Err("key provider: no provider and no proxy given".into()),
+            },
+        };
+        let provider = match provider_name.as_str() {
+            "motan2" | "motan" => {
+                let p = proxy.ok_or("key proxy: a motan2 provider needs proxy: \"motan2:<port>\"")?;
+                let (_, backend_port) = parse_protocol_port(p).map_err(|m| format!("key proxy: {m}"))?;
+                let host = url.get_str("proxy.host", "127.0.0.1");
+                let addr = format!("{host}:{backend_port}");
+                addr.parse::<std::net::SocketAddr>()
+                    .map_err(|_| format!("key proxy.host: {host:?} is not an IP address"))?;
+                Provider::Motan2 {
+                    pool: Arc::new(Pool::new(addr, BACKEND_CONNECTIONS, transport.clone())),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "key provider: {other:?} is not supported (motan2, motan, http)"
+                ));
+            }
+        };
+        Ok(Export {
+            conf_id: id.to_string(),
+            service: url.clone(),
+            port,
+            provider,
+        })
+    }
+
+    pub fn ports(&self) -> &BTreeSet<u16> {
+        &self.ports
+    }
+
+    pub fn exports(&self) -> impl Iterator<Item = &Arc<Export>> {
+        self.by_key.values()
+    }
+
+    /// Dispatch one request that arrived on export `port` (heartbeats never get here).
+    pub async fn handle(&self, port: u16, mut req: Frame, peer_ip: &str, received: Instant) -> Frame {
+        let id = req.header.request_id;
+        if req.meta.get_non_empty(keys::FRAMEWORK_SERVICE).is_some() {
+            // 501 so that callers do not trip circuit breakers (4.11).
+            return error_frame(id, &CallError::service(501, "service not support"));
+        }
+        let group = req
+            .meta
+            .get_non_empty(keys::GROUP)
+            .or_else(|| req.meta.get_non_empty("group"))
+            .unwrap_or("");
+        let key = service_key(group, req.meta.get(keys::SERVICE).unwrap_or(""));
+        let Some(export) = self.by_key.get(&(port, key.clone())).cloned() else {
+            let e = CallError::service(404, format!("provider not exist serviceKey={key}"));
+            return error_frame(id, &e);
+        };
+        req.header.set_flag(FLAG_PROXY, true);
+        if !req.meta.contains(keys::REQUEST_ID) {
+            req.meta
+                .insert(keys::REQUEST_ID, Bytes::from((id as i64).to_string()));
+        }
+        req.meta
+            .insert(keys::HOST, Bytes::copy_from_slice(peer_ip.as_bytes()));
+        let mut resp = match &export.provider {
+            Provider::Motan2 { pool } => {
+                if !req.meta.contains("x-forwarded-for") && !req.meta.contains("X-Forwarded-For") {
+                    req.meta
+                        .insert("x-forwarded-for", Bytes::copy_from_slice(peer_ip.as_bytes()));
+                }
+                let m = req.meta.get(keys::METHOD).unwrap_or("").to_string();
+                let d = req.meta.get(keys::METHOD_DESC).unwrap_or("").to_string();
+                let timeout = request_timeout(&export.service, &m, &d, req.meta.get(keys::TIMEOUT));
+                match pool.call(req, timeout.max(Duration::from_millis(1))).await {
+                    Ok(r) => r,
+                    Err(e) => error_frame(id, &e),
+                }
+            }
+        };
+        resp.header.set_flag(FLAG_PROXY, true);
+        resp.set_process_time_if_absent(received.elapsed());
+        resp
+    }
+}

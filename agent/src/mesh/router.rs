@@ -1,0 +1,103 @@
+//! The client role (4.3): a request from an app (agent port or intercepted connection) is
+//! routed by service/group/version to a cluster, sent through HA and the balancer, and the
+//! upstream response is relayed back with the caller's request id.
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::cluster::Cluster;
+use crate::cluster::CallError;
+use crate::cluster::route::{RouteRequest, RouteTable, RouteTarget, request_defaults};
+use crate::protocol::motan2::frame::FLAG_PROXY;
+use crate::protocol::motan2::{ErrorType, Exception, Frame, keys};
+
+pub struct Router {
+    table: RouteTable,
+    clusters: Vec<Arc<Cluster>>,
+}
+
+/// The exception frame the agent answers a failed call with.
+pub fn error_frame(request_id: u64, e: &CallError) -> Frame {
+    let ex = Exception::new(
+        i64::from(e.code),
+        e.message.clone(),
+        ErrorType::from_i64(i64::from(e.kind.errtype())),
+    );
+    Frame::agent_exception(request_id, &ex)
+}
+
+impl Router {
+    /// `clusters` in the order of the refers the table is built from.
+    pub fn new(clusters: Vec<Arc<Cluster>>) -> Router {
+        let refers = clusters.iter().map(|c| (*c.refer).clone()).collect();
+        Router {
+            table: RouteTable::new(refers, &[]),
+            clusters,
+        }
+    }
+
+    pub fn clusters(&self) -> &[Arc<Cluster>] {
+        &self.clusters
+    }
+
+    fn route(&self, req: &Frame) -> Result<&Arc<Cluster>, CallError> {
+        let m = &req.meta;
+        let r = RouteRequest {
+            service: m.get(keys::SERVICE).unwrap_or(""),
+            group: m.get(keys::GROUP).unwrap_or(""),
+            version: m.get(keys::VERSION).unwrap_or(""),
+            proxy_protocol: m.get(keys::PROXY_PROTOCOL).unwrap_or(""),
+        };
+        match self.table.route(&r) {
+            Ok(RouteTarget::Refer(i)) => Ok(&self.clusters[i]),
+            Ok(RouteTarget::HttpCluster(_)) => Err(CallError::service(
+                400,
+                "http-client clusters are not supported by sockmesh",
+            )),
+            Err(e) => Err(e.to_call_error()),
+        }
+    }
+
+    /// Whether some cluster would take this request (intercepted connections whose first
+    /// request names no known service are passed through to their original destination).
+    pub fn routes(&self, req: &Frame) -> bool {
+        self.route(req).is_ok()
+    }
+
+    /// Handle one request from `peer_ip`; always answers (an exception frame on failure).
+    pub async fn handle(&self, mut req: Frame, peer_ip: &str) -> Frame {
+        let caller_id = req.header.request_id;
+        // 1.9 rules 1-2: the agent treats every request as proxied and keeps the caller's id.
+        req.header.set_flag(FLAG_PROXY, true);
+        if !req.meta.contains(keys::REQUEST_ID) {
+            req.meta
+                .insert(keys::REQUEST_ID, Bytes::from((caller_id as i64).to_string()));
+        }
+        req.meta
+            .insert(keys::HOST, Bytes::copy_from_slice(peer_ip.as_bytes()));
+        let cluster = match self.route(&req) {
+            Ok(c) => c.clone(),
+            Err(e) => return error_frame(caller_id, &e),
+        };
+        let d = request_defaults(
+            &cluster.refer,
+            req.meta.get(keys::SOURCE),
+            req.meta.get("application"),
+            req.meta.get(keys::GROUP),
+        );
+        if let Some(s) = d.source {
+            req.meta.insert(keys::SOURCE, Bytes::from(s));
+        }
+        if let Some(g) = d.group {
+            req.meta.insert(keys::GROUP, Bytes::from(g));
+        }
+        match cluster.call(req).await {
+            Ok(mut resp) => {
+                resp.header.request_id = caller_id;
+                resp.header.set_flag(FLAG_PROXY, true);
+                resp
+            }
+            Err(e) => error_frame(caller_id, &e),
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The inbound side of a Motan2 connection (apps on the agent port, client agents on an
+//! export port, intercepted connections): decode frames, answer heartbeats, hand each request
+//! to a [`Handler`] on its own task (full multiplexing) and write responses as they complete.
+//!
+//! Bad input affects only its own connection: an oversized frame is answered with an exception
+//! frame carrying its request id and the connection is closed (the rest of the stream cannot be
+//! trusted); any other malformed frame closes the connection (spec 1.13).
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::channel::{WRITE_QUEUE, write_frames};
+use crate::protocol::motan2::{CodecError, DecodeLimits, Exception, Frame, FrameError, Motan2Codec, v1};
+
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
+
+/// What a listener does with each request. `None` = write nothing (oneway requests).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Frame, ctx: RequestContext) -> HandlerFuture;
+}
+
+/// Per-request facts the handler may need.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestContext {
+    pub peer: SocketAddr,
+    /// When the request frame was complete (for `M_pt`).
+    pub received: Instant,
+}
+
+#[derive(Default, Debug)]
+pub struct ServeStats {
+    pub connections: AtomicU64,
+    pub active_connections: AtomicU64,
+    pub requests: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub bad_frames: AtomicU64,
+}
+
+#[derive(Serialize)]
+pub struct ServeStatsSnapshot {
+    pub connections: u64,
+    pub active_connections: u64,
+    pub requests: u64,
+    pub heartbeats: u64,
+    pub bad_frames: u64,
+}
+
+impl ServeStats {
+    pub fn snapshot(&self) -> ServeStatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServeStatsSnapshot {
+            connections: g(&self.connections),
+            active_connections: g(&self.active_connections),
+            requests: g(&self.requests),
+            heartbeats: g(&self.heartbeats),
+            bad_frames: g(&self.bad_frames),
+        }
+    }
+}
+
+/// Accept on `listener` until `shutdown`, serving each connection on a task tracked by `tasks`.
+pub async fn accept_loop(
+    name: &'static str,
+    listener: tokio::net::TcpListener,
+    handler: Arc<dyn Handler>,
+    limits: DecodeLimits,
+    stats: Arc<ServeStats>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (conn, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(listener = name, "accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let h = handler.clone();
+        let (l, s, sd) = (limits, stats.clone(), shutdown.clone());
+        tasks.spawn(async move { serve_connection(conn, peer, BytesMut::new(), h, l, s, sd).await });
+    }
+}
+
+/// Serve one connection until the peer closes, a bad frame arrives, or `shutdown`; requests
+/// already read are answered before the connection closes. `buf` holds bytes already read
+/// from the connection (protocol sniffing).
+pub async fn serve_connection(
+    conn: TcpStream,
+    peer: SocketAddr,
+    mut buf: BytesMut,
+    handler: Arc<dyn Handler>,
+    limits: DecodeLimits,
+    stats: Arc<ServeStats>,
+    shutdown: CancellationToken,
+) {
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    stats.active_connections.fetch_add(1, Ordering::Relaxed);
+    let _ = conn.set_nodelay(true);
+    let (mut rd, mut wr) = conn.into_split();
+    let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let writer = tokio::spawn(async move { write_frames(&mut wr, rx).await });
+    let requests = TaskTracker::new();
+    let mut codec = Motan2Codec::new(limits);
+    buf.reserve(8192);
+    let why: String = 'conn: loop {
+        // Decode everything buffered before reading more.
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    if !dispatch(frame, peer, &handler, &tx, &requests, &stats, &limits).await {
+                        break 'conn "writer closed".into();
+                    }
+                }
+                Ok(None) => break,
+                Err(CodecError::Frame(FrameError::MotanV1)) => match v1_frame(&mut buf, &limits) {
+                    Ok(None) => break,
+                    Ok(Some(reply)) => {
+                        stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                        if tx.send(reply).await.is_err() {
+                            break 'conn "writer closed".into();
+                        }
+                    }
+                    Err(e) => {
+                        stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        break 'conn e;
+                    }
+                },
+                Err(e) => {
+                    stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    if let Some(reply) = oversize_reply(&buf, &e) {
+                        let _ = tx.send(reply).await;
+                    }
+                    break 'conn format!("bad frame: {e}");
+                }
+            }
+        }
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => break 'conn "agent shutting down".into(),
+            r = rd.read_buf(&mut buf) => r,
+        };
+        match n {
+            Ok(0) => break 'conn "closed by peer".into(),
+            Ok(_) => {}
+            Err(e) => break 'conn format!("read error: {e}"),
+        }
+    };
+    // Answer what was accepted, then close.
+    requests.close();
+    requests.wait().await;
+    drop(tx);
+    let _ = writer.await;
+    stats.active_connections.fetch_sub(1, Ordering::Relaxed);
+    if why.starts_with("bad frame") || why.starts_with("motan v1") {
+        // WARN lines also land in `sockmesh status` (recent errors).
+        tracing::warn!(%peer, "closing connection: {why}");
+    } else {
+        tracing::debug!(%peer, "connection ended: {why}");
+    }
+}
+
+/// Handle one decoded frame; false when the writer is gone.
+async fn dispatch(
+    mut frame: Frame,
+    peer: SocketAddr,
+    handler: &Arc<dyn Handler>,
+    tx: &mpsc::Sender<Bytes>,
+    requests: &TaskTracker,
+    stats: &ServeStats,
+    limits: &DecodeLimits,
+) -> bool {
+    if frame.header.is_response() {
+        // Apps do not send responses to an agent; ignore rather than fail the connection.
+        return true;
+    }
+    if frame.header.is_heartbeat() {
+        stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+        let id = frame.header.request_id;
+        return tx
+            .send(Frame::heartbeat_response(id).encode_to_bytes())
+            .await
+            .is_ok();
+    }
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let ctx = RequestContext {
+        peer,
+        received: Instant::now(),
+    };
+    let id = frame.header.request_id;
+    if frame.header.is_gzip()
+        && let Err(e) = frame.gunzip(limits.max_body)
+    {
+        let ex = Exception::service(500, format!("cannot decompress the request body: {e}"));
+        return tx
+            .send(Frame::agent_exception(id, &ex).encode_to_bytes())
+            .await
+            .is_ok();
+    }
+    let oneway = frame.header.is_oneway();
+    let fut = handler.handle(frame, ctx);
+    let tx = tx.clone();
+    requests.spawn(async move {
+        if let Some(mut resp) = fut.await
+            && !oneway
+        {
+            resp.header.request_id = id;
+            let _ = tx.send(resp.encode_to_bytes()).await;
+        }
+    });
+    true
+}
+
+/// A motan v1 frame: heartbeats are answered (old Java clients probe with them); anything else
+/// is refused by closing, as this agent speaks Motan2 only.
+fn v1_frame(buf: &mut BytesMut, limits: &DecodeLimits) -> Result<Option<Bytes>, String> {
+    let max = limits.max_body;
+    match v1::frame_len(buf, max) {
+        Ok(None) => Ok(None),
+        Ok(Some(n)) if buf.len() < n => Ok(None),
+        Ok(Some(n)) => {
+            let frame = buf.split_to(n);
+            match v1::answer_heartbeat(&frame) {
+                Some(reply) => Ok(Some(reply)),
+                None => Err("motan v1 request: only motan2 is supported (v1 heartbeats are answered)".into()),
+            }
+        }
+        Err(e) => Err(format!("bad frame: {e}")),
+    }
+}
+
+/// An over-limit meta or body: answer with an exception carrying the frame's request id.
+fn oversize_reply(buf: &[u8], e: &CodecError) -> Option<Bytes> {
+    let CodecError::Frame(fe @ (FrameError::BodyTooLarge { .. } | FrameError::MetaTooLarge { .. })) = e
+    else {
+        return None;
+    };
+    let id = u64::from_be_bytes(buf.get(5..13)?.try_into().ok()?);
+    let ex = Exception::service(500, format!("request refused by the agent: {fe}"));
+    Some(Frame::agent_exception(id, &ex).encode_to_bytes())
+}

@@ -1,0 +1,502 @@
+//! The Motan2 mesh end to end with real processes on loopback: app → client agent → server
+//! agent → provider, routing errors, load balancing, HA, multiplexing and bad input.
+//! Interception is off in these daemons (tests/interception.rs covers it).
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::motan::{self, Value};
+use common::{Daemon, Ports, Provider};
+
+const SVC: &str = "com.example.Echo";
+
+fn direct_registry(id: &str, addrs: &[SocketAddr]) -> String {
+    let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    format!(
+        "  {id}:\n    protocol: direct\n    address: \"{}\"\n",
+        list.join(",")
+    )
+}
+
+/// A server agent exporting SVC (group g1) on its eport, backed by `provider`.
+fn server_agent(name: &str, provider: SocketAddr) -> Daemon {
+    let ports = Ports::pick();
+    let motan = format!(
+        "motan-service:\n  echo:\n    path: {SVC}\n    group: g1\n    export: \"motan2:{}\"\n    provider: motan2\n    proxy: \"motan2:{}\"\n",
+        ports.eport,
+        provider.port()
+    );
+    Daemon::mesh(name, ports, &motan)
+}
+
+/// A client agent with one refer for SVC over a direct registry of `servers`.
+fn client_agent(name: &str, servers: &[SocketAddr], refer_extra: &str) -> Daemon {
+    Daemon::mesh(name, Ports::pick(), &client_motan(servers, refer_extra))
+}
+
+fn client_motan(servers: &[SocketAddr], refer_extra: &str) -> String {
+    format!(
+        "motan-registry:\n{}motan-refer:\n  echo:\n    path: {SVC}\n    group: g1\n    protocol: motan2\n    registry: servers\n    requestTimeout: 3000\n{refer_extra}",
+        direct_registry("servers", servers)
+    )
+}
+
+fn agent_addr(d: &Daemon) -> SocketAddr {
+    format!("127.0.0.1:{}", d.ports.port).parse().unwrap()
+}
+
+fn export_addr(d: &Daemon) -> SocketAddr {
+    format!("127.0.0.1:{}", d.ports.eport).parse().unwrap()
+}
+
+#[test]
+fn app_to_client_agent_to_server_agent_to_motan2_provider() {
+    let provider = Provider::start("p1", 0);
+    let server = server_agent("e2e-server", provider.addr);
+    let client = client_agent("e2e-client", &[export_addr(&server)], "");
+    let rt = motan::rt();
+    rt.block_on(async {
+        let ch = motan::connect(agent_addr(&client)).await;
+        // Several argument types round-trip byte for byte through both agents.
+        let args = vec![
+            Value::from("hello, 世界"),
+            Value::from(42i64),
+            Value::from(-7i32),
+            Value::from(true),
+            Value::from(2.5f64),
+            Value::Bytes(bytes::Bytes::from_static(&[0, 1, 2, 255])),
+            Value::Map(vec![(Value::from("k"), Value::from("v"))]),
+            Value::Array(vec![Value::from(1i64), Value::from("two")]),
+        ];
+        let req = motan::request(SVC, "echo", &[("M_s", "test-app")], &args);
+        let resp = motan::call(&ch, req).await;
+        assert_eq!(motan::exception(&resp), None, "{resp:?}");
+        assert_eq!(motan::simple::decode_all(&resp.body).unwrap(), args);
+        assert_eq!(motan::meta(&resp, "provider"), "p1");
+        assert_eq!(motan::meta(&resp, "seen-group"), "g1");
+        assert_eq!(motan::meta(&resp, "seen-proxy"), "1");
+        assert_eq!(motan::meta(&resp, "seen-source"), "test-app");
+        assert!(
+            !motan::meta(&resp, "seen-rid").is_empty(),
+            "M_rid travels with the request"
+        );
+        assert!(resp.header.is_proxy(), "relayed responses carry the proxy bit");
+
+        // Unknown service: a clear exception, and the connection stays usable.
+        let resp = motan::call(&ch, motan::request("com.example.Nope", "x", &[], &[])).await;
+        let (code, msg, errtype) = motan::exception(&resp).expect("exception");
+        assert_eq!((code, errtype), (400, 1));
+        assert!(
+            msg.contains("cluster not found") && msg.contains("com.example.Nope"),
+            "{msg}"
+        );
+        let resp = motan::call(&ch, motan::request(SVC, "echo", &[], &[Value::from("again")])).await;
+        assert_eq!(
+            motan::simple::decode_all(&resp.body).unwrap(),
+            vec![Value::from("again")]
+        );
+
+        // The agent answers heartbeats itself.
+        ch.heartbeat(Duration::from_secs(2)).await.unwrap();
+
+        // A service the server agent does not export: 404 "provider not exist" from the server role.
+        let direct = motan::connect(export_addr(&server)).await;
+        let resp = motan::call(
+            &direct,
+            motan::request("com.example.Other", "x", &[("M_g", "g1")], &[]),
+        )
+        .await;
+        let (code, msg, _) = motan::exception(&resp).expect("exception");
+        assert_eq!(code, 404);
+        assert_eq!(msg, "provider not exist serviceKey=g1_com.example.Other");
+    });
+    // Status shows the cluster with a healthy endpoint and the export.
+    let st = client.admin_json("/status");
+    let c = &st["mesh"]["clusters"][0];
+    assert_eq!(c["service"], SVC);
+    assert_eq!(c["available_endpoints"], 1, "{st}");
+    assert_eq!(c["endpoints"][0]["available"], true);
+    let st = server.admin_json("/status");
+    assert_eq!(st["mesh"]["exports"][0]["service"], SVC, "{st}");
+}
+
+/// Three providers behind one client agent (endpoints are the providers themselves).
+struct Three {
+    providers: Vec<Provider>,
+    agent: Daemon,
+}
+
+fn three(name: &str, refer_extra: &str, delays: [u64; 3]) -> Three {
+    three_slow(name, refer_extra, delays, 1)
+}
+
+/// Like `three`, the delays applying to every `slow_every`-th request of a provider.
+fn three_slow(name: &str, refer_extra: &str, delays: [u64; 3], slow_every: u64) -> Three {
+    let providers: Vec<Provider> = (0..3)
+        .map(|i| Provider::start_on("127.0.0.1:0", &format!("p{i}"), delays[i], slow_every))
+        .collect();
+    let addrs: Vec<SocketAddr> = providers.iter().map(|p| p.addr).collect();
+    let agent = client_agent(name, &addrs, refer_extra);
+    Three { providers, agent }
+}
+
+/// Send `n` requests (sequentially) with per-request meta from `meta(i)`; count answers by provider.
+async fn spread(
+    ch: &motan::Channel,
+    n: usize,
+    meta: impl Fn(usize) -> Vec<(String, String)>,
+) -> HashMap<String, usize> {
+    let mut by = HashMap::new();
+    for i in 0..n {
+        let m = meta(i);
+        let m: Vec<(&str, &str)> = m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let resp = motan::call(ch, motan::request(SVC, "echo", &m, &[Value::from(i as i64)])).await;
+        assert_eq!(motan::exception(&resp), None);
+        *by.entry(motan::meta(&resp, "provider").to_string()).or_default() += 1;
+    }
+    by
+}
+
+#[test]
+fn load_balancers_spread_requests_as_configured() {
+    let rt = motan::rt();
+    // random: every provider gets a fair share.
+    let t = three("lb-random", "    loadbalance: random\n", [0; 3]);
+    let by = rt.block_on(async {
+        let ch = motan::connect(agent_addr(&t.agent)).await;
+        spread(&ch, 600, |_| vec![]).await
+    });
+    assert_eq!(by.len(), 3, "{by:?}");
+    assert!(by.values().all(|&n| n > 120), "random: {by:?}");
+    drop(t);
+
+    // roundrobin and wrr (equal weights): exactly even.
+    for lb in ["roundrobin", "wrr"] {
+        let t = three(&format!("lb-{lb}"), &format!("    loadbalance: {lb}\n"), [0; 3]);
+        let by = rt.block_on(async {
+            let ch = motan::connect(agent_addr(&t.agent)).await;
+            spread(&ch, 300, |_| vec![]).await
+        });
+        assert_eq!(by.len(), 3, "{lb}: {by:?}");
+        assert!(by.values().all(|&n| (99..=101).contains(&n)), "{lb}: {by:?}");
+    }
+
+    // leastActive: a slow provider (100 ms) gets few of many concurrent requests.
+    let t = three("lb-least", "    loadbalance: leastActive\n", [100, 0, 0]);
+    let by = rt.block_on(async {
+        let ch = Arc::new(motan::connect(agent_addr(&t.agent)).await);
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let ch = ch.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i)).await;
+                let r = motan::call(&ch, motan::request(SVC, "echo", &[], &[])).await;
+                motan::meta(&r, "provider").to_string()
+            }));
+        }
+        let mut by: HashMap<String, usize> = HashMap::new();
+        for t in tasks {
+            *by.entry(t.await.unwrap()).or_default() += 1;
+        }
+        by
+    });
+    let slow = by.get("p0").copied().unwrap_or(0);
+    assert!(
+        slow < 40,
+        "leastActive sent {slow} of 300 to the slow provider: {by:?}"
+    );
+}
+
+/// Which provider answers each of `keys` hash keys.
+async fn owners(ch: &motan::Channel, keys: usize) -> Vec<String> {
+    let mut own = Vec::new();
+    for k in 0..keys {
+        let key = format!("user-{k}");
+        let r = motan::call(
+            ch,
+            motan::request(SVC, "echo", &[("consistentHashKey", &key)], &[]),
+        )
+        .await;
+        own.push(motan::meta(&r, "provider").to_string());
+    }
+    own
+}
+
+#[test]
+fn consistent_hash_keeps_keys_and_moves_few_on_removal() {
+    let rt = motan::rt();
+    let extra = "    loadbalance: consistentHashKey\n";
+    let t = three("lb-hash", extra, [0; 3]);
+    let keys = 300;
+    let (first, again) = rt.block_on(async {
+        let ch = motan::connect(agent_addr(&t.agent)).await;
+        (owners(&ch, keys).await, owners(&ch, keys).await)
+    });
+    assert_eq!(first, again, "the same key always lands on the same provider");
+    let used: std::collections::HashSet<&String> = first.iter().collect();
+    assert_eq!(used.len(), 3, "keys spread over all providers");
+
+    // Remove p2 from the registry (reload): only its keys move.
+    let addrs: Vec<SocketAddr> = t.providers[..2].iter().map(|p| p.addr).collect();
+    t.agent.rewrite_motan(&client_motan(&addrs, extra));
+    let (ok, out, err) = t.agent.cli(&["reload"]);
+    assert!(out.contains("applied: motan sections"), "{out}");
+    assert!(ok, "reload: {out}{err}");
+    let after = rt.block_on(async {
+        let ch = motan::connect(agent_addr(&t.agent)).await;
+        owners(&ch, keys).await
+    });
+    let mut moved_from_kept = 0;
+    for (b, a) in first.iter().zip(&after) {
+        assert_ne!(a, "p2", "removed provider still used");
+        if b != "p2" && a != b {
+            moved_from_kept += 1;
+        }
+    }
+    let on_p2 = first.iter().filter(|p| *p == "p2").count();
+    assert!(on_p2 > 0);
+    assert!(
+        moved_from_kept <= keys / 20,
+        "{moved_from_kept} keys of surviving providers moved (only p2's {on_p2} should)"
+    );
+}
+
+#[test]
+fn failover_loses_no_request_when_a_provider_dies() {
+    let mut t = three(
+        "failover",
+        "    haStrategy: failover\n    retries: 2\n    loadbalance: roundrobin\n",
+        [0; 3],
+    );
+    let rt = motan::rt();
+    let (ok, failed) = rt.block_on(async {
+        let ch = Arc::new(motan::connect(agent_addr(&t.agent)).await);
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let ch = ch.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                for i in 0..150 {
+                    let r =
+                        motan::call(&ch, motan::request(SVC, "echo", &[], &[Value::from(i as i64)])).await;
+                    match motan::exception(&r) {
+                        None if motan::simple::decode_all(&r.body).unwrap()
+                            == vec![Value::from(i as i64)] =>
+                        {
+                            ok += 1
+                        }
+                        other => failed.push(format!("worker {w} request {i}: {other:?}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                (ok, failed)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        t.providers[1].kill();
+        let mut ok = 0;
+        let mut failed = Vec::new();
+        for task in tasks {
+            let (o, f) = task.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        (ok, failed)
+    });
+    assert!(failed.is_empty(), "lost requests: {failed:?}");
+    assert_eq!(ok, 8 * 150);
+    // The dead endpoint is marked unavailable after its consecutive errors.
+    let st = t.agent.admin_json("/status");
+    let eps = st["mesh"]["clusters"][0]["endpoints"].as_array().unwrap().clone();
+    let dead = eps
+        .iter()
+        .find(|e| e["address"] == t.providers[1].addr.to_string())
+        .expect("endpoint listed");
+    assert_eq!(dead["available"], false, "{st}");
+}
+
+/// p99 of `n` sequential calls; also returns how many requests the providers served.
+async fn p99(ch: &motan::Channel, n: usize) -> Duration {
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t0 = Instant::now();
+        let r = motan::call(ch, motan::request(SVC, "echo", &[], &[Value::from(i as i64)])).await;
+        assert_eq!(motan::exception(&r), None);
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    lat[n * 99 / 100]
+}
+
+async fn served(p: &Provider) -> usize {
+    let ch = motan::connect(p.addr).await;
+    let r = motan::call(&ch, motan::request(SVC, "count", &[], &[])).await;
+    let (v, _) = Value::decode(&r.body).unwrap();
+    v.as_str().unwrap().parse::<usize>().unwrap() - 1 // minus this call
+}
+
+#[test]
+fn backup_request_cuts_the_tail_within_its_budget() {
+    let rt = motan::rt();
+    let n = 400;
+    // One of three providers is slow (80 ms) on every 3rd request: ~11% of all requests, within
+    // the backup budget of 15 per 100 requests.
+    let ff = three_slow(
+        "ha-failfast",
+        "    haStrategy: failfast\n    loadbalance: roundrobin\n",
+        [80, 0, 0],
+        3,
+    );
+    let br = three_slow(
+        "ha-backup",
+        "    haStrategy: backupRequest\n    retries: 1\n    loadbalance: roundrobin\n    backupRequestDelayTime: 10\n",
+        [80, 0, 0],
+        3,
+    );
+    let (p99_ff, p99_br, extra) = rt.block_on(async {
+        let a = motan::connect(agent_addr(&ff.agent)).await;
+        let b = motan::connect(agent_addr(&br.agent)).await;
+        let p99_ff = p99(&a, n).await;
+        let p99_br = p99(&b, n).await;
+        let mut total = 0;
+        for p in &br.providers {
+            total += served(p).await;
+        }
+        (p99_ff, p99_br, total - n)
+    });
+    assert!(p99_ff >= Duration::from_millis(80), "failfast p99 {p99_ff:?}");
+    assert!(
+        p99_br < p99_ff / 2,
+        "backupRequest p99 {p99_br:?} should be well below failfast p99 {p99_ff:?}"
+    );
+    // Budget: backupRequestMaxRetryRatio 15 per round of 100 requests.
+    assert!(extra > 0, "no backup request was sent");
+    assert!(
+        extra <= n * 15 / 100 + 15,
+        "{extra} backup requests for {n} calls exceeds the 15% budget"
+    );
+}
+
+#[test]
+fn a_thousand_concurrent_requests_over_64_connections_get_their_own_answers() {
+    let provider = Provider::start("p1", 0);
+    let server = server_agent("conc-server", provider.addr);
+    let client = client_agent("conc-client", &[export_addr(&server)], "");
+    let rt = motan::rt();
+    let mismatches = rt.block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..64 {
+            conns.push(Arc::new(motan::connect(agent_addr(&client)).await));
+        }
+        let mut tasks = Vec::new();
+        for i in 0..1000usize {
+            let ch = conns[i % 64].clone();
+            tasks.push(tokio::spawn(async move {
+                let payload = format!("request-{i}-{}", "x".repeat(i % 97));
+                let r = motan::call(
+                    &ch,
+                    motan::request(SVC, "echo", &[], &[Value::from(payload.clone())]),
+                )
+                .await;
+                (motan::simple::decode_all(&r.body).ok() != Some(vec![Value::from(payload)])) as usize
+            }));
+        }
+        let mut bad = 0;
+        for t in tasks {
+            bad += t.await.unwrap();
+        }
+        bad
+    });
+    assert_eq!(mismatches, 0, "responses crossed between requests");
+}
+
+#[test]
+fn a_malformed_or_oversized_frame_only_hurts_its_own_connection() {
+    let provider = Provider::start("p1", 0);
+    let client = client_agent("bad-input", &[provider.addr], "");
+    let addr = agent_addr(&client);
+    let rt = motan::rt();
+    rt.block_on(async {
+        let good = motan::connect(addr).await;
+        let r = motan::call(&good, motan::request(SVC, "echo", &[], &[Value::from("before")])).await;
+        assert_eq!(motan::exception(&r), None);
+
+        // Oversized body (declared 64 MiB > 10 MiB limit): an exception frame with its id, then close.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut hdr = vec![0xF1, 0xF1, 0x00, 0x08, 0x06];
+        hdr.extend_from_slice(&4242u64.to_be_bytes());
+        hdr.extend_from_slice(&0u32.to_be_bytes());
+        hdr.extend_from_slice(&(64u32 << 20).to_be_bytes());
+        s.write_all(&hdr).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let mut buf = bytes::BytesMut::from(&got[..]);
+        let f = tokio_util::codec::Decoder::decode(
+            &mut sockmesh::protocol::motan2::Motan2Codec::default(),
+            &mut buf,
+        )
+        .unwrap()
+        .expect("an exception frame before the close");
+        assert_eq!(f.header.request_id, 4242);
+        let (code, msg, _) = motan::exception(&f).unwrap();
+        assert_eq!(code, 500);
+        assert!(msg.contains("exceeds the limit"), "{msg}");
+
+        // Garbage: the connection is closed.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(
+            s.read_to_end(&mut rest).unwrap(),
+            0,
+            "garbage gets no answer, just a close"
+        );
+
+        // The other app was never disturbed.
+        let r = motan::call(&good, motan::request(SVC, "echo", &[], &[Value::from("after")])).await;
+        assert_eq!(
+            motan::simple::decode_all(&r.body).unwrap(),
+            vec![Value::from("after")]
+        );
+    });
+    let st = client.admin_json("/status");
+    assert!(st["agent_port"]["bad_frames"].as_u64().unwrap() >= 2, "{st}");
+}
+
+#[test]
+fn motan_go_style_config_is_validated_with_every_problem_named() {
+    let dir = std::env::temp_dir().join(format!("sockmesh-test-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "motan-registry:\n  r:\n    protocol: direct\n    address: \"127.0.0.1:notaport\"\n\
+         motan-refer:\n  a:\n    path: x.A\n    registry: nope\n    loadbalance: fancy\n    haStrategy: maybe\n\
+         motan-service:\n  s:\n    path: x.S\n    export: \"motan2:99999\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["config", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    for needle in [
+        "address",
+        "registry",
+        "loadbalance",
+        "haStrategy",
+        "export",
+        "bad.yaml",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
