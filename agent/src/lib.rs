@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod install;
 pub mod intercept;
+pub mod mesh;
 pub mod protocol;
 pub mod proxy;
 pub mod recent;
