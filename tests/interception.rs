@@ -740,3 +740,59 @@ fn sigterm_drains_fails_open_and_restart_intercepts_again() {
         "the direct connect during the drain was counted as fail-open"
     );
 }
+
+/// `sockmesh-testpeer motan2-call` from inside `cgroup`; the printed JSON.
+fn motan2_call(cgroup: &std::path::Path, connect: std::net::SocketAddr, service: &str) -> serde_json::Value {
+    let out = std::process::Command::new(peer_bin())
+        .args(["motan2-call", "--cgroup"])
+        .arg(cgroup)
+        .args([
+            "--connect",
+            &connect.to_string(),
+            "--service",
+            service,
+            "--arg",
+            "ping",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "motan2-call failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn intercepted_motan2_requests_are_routed_by_service() {
+    if !privileged("intercepted_motan2_requests_are_routed_by_service") {
+        return;
+    }
+    let _g = serial();
+    let provider = Provider::start("routed-provider", 0);
+    let motan = format!(
+        "motan-registry:\n  servers:\n    protocol: direct\n    address: \"{}\"\nmotan-refer:\n  echo:\n    path: com.example.Echo\n    group: g1\n    registry: servers\n",
+        provider.addr
+    );
+    let d = Daemon::launch("motan2-routed", Ports::pick(), &motan, "");
+    let (cg, rel) = test_cgroup("smt-motan2");
+    d.enable(&rel, "ebpf-connect");
+    // The app dials a loopback port where nothing listens: only the mesh can answer.
+    let nowhere: std::net::SocketAddr = format!("127.0.0.3:{}", free_ports(1)[0]).parse().unwrap();
+    let r = motan2_call(cg.path(), nowhere, "com.example.Echo");
+    assert_eq!(r["exception"], serde_json::Value::Null, "{r}");
+    assert_eq!(r["provider"], "routed-provider", "{r}");
+    assert_eq!(r["body"], "ping");
+    assert_eq!(r["id"], 77, "the app's own request id comes back");
+    let st = d.admin_json("/status");
+    assert_eq!(st["transparent_proxy"]["routed"], 1, "{st}");
+
+    // A Motan2 request for a service no cluster knows goes to its original destination.
+    let echo = EchoServer::start("127.0.0.2:0", None);
+    let r = motan2_call(cg.path(), echo.addr, "com.example.Unknown");
+    // The echo server returns the request itself: a request frame, so no provider meta.
+    assert_eq!(r["provider"], serde_json::Value::Null, "{r}");
+    assert_eq!(d.admin_json("/status")["transparent_proxy"]["routed"], 1);
+    assert!(d.counters(&rel).0 >= 2);
+}

@@ -500,3 +500,85 @@ fn motan_go_style_config_is_validated_with_every_problem_named() {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+/// An HTTP application on loopback: GET /hello?name=X → "hi X"; POST /echo → the body; any
+/// other path → 404 "nope". Every response carries header `x-app: demo`.
+fn http_app(rt: &tokio::runtime::Runtime) -> SocketAddr {
+    use axum::Router;
+    use axum::extract::Query;
+    use axum::routing::{get, post};
+    let app = Router::new()
+        .route(
+            "/hello",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                (
+                    [("x-app", "demo")],
+                    format!("hi {}", q.get("name").cloned().unwrap_or_default()),
+                )
+            }),
+        )
+        .route(
+            "/echo",
+            post(|body: String| async move { ([("x-app", "demo")], body) }),
+        )
+        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, [("x-app", "demo")], "nope") });
+    let l = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
+#[test]
+fn app_to_client_agent_to_server_agent_to_http_provider() {
+    let rt = motan::rt();
+    let http = http_app(&rt);
+    let ports = Ports::pick();
+    let motan = format!(
+        "motan-service:\n  hello-http:\n    path: api.hello.com\n    group: web\n    export: \"motan2:{}\"\n    provider: http\n    proxyAddress: \"{http}\"\n    domain: api.hello.com\n    enableRewrite: false\n",
+        ports.eport
+    );
+    let server = Daemon::mesh("http-server", ports, &motan);
+    let client = Daemon::mesh(
+        "http-client",
+        Ports::pick(),
+        &format!(
+            "motan-registry:\n{}motan-refer:\n  hello:\n    path: api.hello.com\n    group: web\n    registry: servers\n",
+            direct_registry("servers", &[export_addr(&server)])
+        ),
+    );
+    rt.block_on(async {
+        let ch = motan::connect(agent_addr(&client)).await;
+        let text = |f: &motan::Frame| {
+            let (v, _) = Value::decode(&f.body).unwrap();
+            String::from_utf8(v.as_bytes().unwrap().to_vec()).unwrap()
+        };
+        // A map argument becomes the query of a GET.
+        let arg = Value::StringMap(vec![("name".into(), "bob".into())]);
+        let r = motan::call(&ch, motan::request("api.hello.com", "/hello", &[], &[arg])).await;
+        assert_eq!(motan::exception(&r), None, "{r:?}");
+        assert_eq!(text(&r), "hi bob");
+        assert_eq!(motan::meta(&r, "upstreamCode"), "200");
+        assert_eq!(
+            motan::meta(&r, "X-App"),
+            "demo",
+            "response headers come back as meta: {r:?}"
+        );
+        // HTTP_Method and a string argument: a POST with that body.
+        let r = motan::call(
+            &ch,
+            motan::request(
+                "api.hello.com",
+                "/echo",
+                &[("HTTP_Method", "POST")],
+                &[Value::from("payload")],
+            ),
+        )
+        .await;
+        assert_eq!(text(&r), "payload");
+        // An HTTP 404 is still a response (enableHttpException is off), with its status.
+        let r = motan::call(&ch, motan::request("api.hello.com", "/missing", &[], &[])).await;
+        assert_eq!(motan::exception(&r), None);
+        assert_eq!(motan::meta(&r, "upstreamCode"), "404");
+        assert_eq!(text(&r), "nope");
+    });
+}

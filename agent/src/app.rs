@@ -77,7 +77,7 @@ fn transport(cfg: &Config) -> Transport {
 fn build_mesh(cfg: &Config, previous: Option<&Mesh>) -> Result<Mesh> {
     let mc = crate::config::motan::MotanConfig::from_config(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &mc.warnings {
-        tracing::warn!("{}: {w}", cfg.source);
+        tracing::warn!("{w}");
     }
     Mesh::build(&mc, transport(cfg), previous).map_err(|es| {
         anyhow::anyhow!(

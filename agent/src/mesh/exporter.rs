@@ -21,6 +21,7 @@ const BACKEND_CONNECTIONS: usize = 3;
 
 pub enum Provider {
     Motan2 { pool: Arc<Pool> },
+    Http(Arc<super::http_provider::HttpProvider>),
 }
 
 pub struct Export {
@@ -90,6 +91,7 @@ impl Exporter {
                     pool: Arc::new(Pool::new(addr, BACKEND_CONNECTIONS, transport.clone())),
                 }
             }
+            "http" => Provider::Http(Arc::new(super::http_provider::HttpProvider::new(url)?)),
             other => {
                 return Err(format!(
                     "key provider: {other:?} is not supported (motan2, motan, http)"
@@ -137,6 +139,7 @@ impl Exporter {
         req.meta
             .insert(keys::HOST, Bytes::copy_from_slice(peer_ip.as_bytes()));
         let mut resp = match &export.provider {
+            Provider::Http(h) => h.call(&req, received).await,
             Provider::Motan2 { pool } => {
                 if !req.meta.contains("x-forwarded-for") && !req.meta.contains("X-Forwarded-For") {
                     req.meta

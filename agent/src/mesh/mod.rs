@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod cluster;
 pub mod exporter;
+pub mod http_provider;
 pub mod router;
 pub mod serve;
 
@@ -120,6 +121,7 @@ impl Mesh {
                 "port": e.port,
                 "provider": match &e.provider {
                     exporter::Provider::Motan2 { pool } => json!({"type": "motan2", "address": pool.address(), "channels": pool.usage().0}),
+                    exporter::Provider::Http(_) => json!({"type": "http", "address": e.service.param("proxyAddress").unwrap_or("")}),
                 },
             })).collect::<Vec<_>>(),
             "registries": self.registries.iter().map(|(id, r)| json!({"name": id, "protocol": r.url().protocol})).collect::<Vec<_>>(),
