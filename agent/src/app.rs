@@ -435,7 +435,6 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     }
 
     let mesh = build_mesh(&config, None)?;
-    mesh.wait_ready().await;
     let export_ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
     let mesh: MeshHandle = Arc::new(arc_swap::ArcSwap::from_pointee(mesh));
     let agent_stats = Arc::new(ServeStats::default());
@@ -470,6 +469,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             tasks.clone(),
         ));
     }
+
+    // Listeners are bound first: a refer may point at this agent's own export port.
+    mesh.load().wait_ready().await;
 
     let stats = Arc::new(Stats::default());
     let transparent = bind("transparent", config.transparent_addr()).await?;

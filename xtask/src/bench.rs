@@ -174,6 +174,8 @@ struct Env {
     loadgen: PathBuf,
     provider_addr: String,
     agent_admin: String,
+    /// The agent port (client role), for agent-explicit.
+    agent_port_addr: String,
     agent_pid: u32,
     haproxy_addr: String,
     haproxy_pid: u32,
@@ -211,6 +213,19 @@ fn wait_ready(child: &mut Child, what: &str) -> Result<String> {
         .with_context(|| format!("{what} said {line:?}"))
 }
 
+/// The bench service through both roles of the agent: a refer (client role) whose direct
+/// registry is the agent's own export port, and that export (server role) in front of the
+/// provider. Agent-explicit and the intercepted modes all take this path; interception
+/// overhead = mode - agent-explicit.
+fn mesh_sections(eport: u16, provider: &str) -> Result<String> {
+    let (host, port) = provider.rsplit_once(':').context("provider address")?;
+    Ok(format!(
+        "motan-registry:\n  self:\n    protocol: direct\n    address: \"127.0.0.1:{eport}\"\n\
+         motan-refer:\n  bench:\n    path: com.weibo.bench.EchoService\n    group: bench\n    registry: self\n    requestTimeout: 5000\n\
+         motan-service:\n  bench:\n    path: com.weibo.bench.EchoService\n    group: bench\n    export: \"motan2:{eport}\"\n    provider: motan2\n    proxy: \"motan2:{port}\"\n    proxy.host: {host}\n    requestTimeout: 5000\n"
+    ))
+}
+
 fn start_env(dir: &Path, agent_workers: usize) -> Result<Env> {
     let root = project_root();
     let bin = root.join("target/release/sockmesh");
@@ -234,12 +249,13 @@ fn start_env(dir: &Path, agent_workers: usize) -> Result<Env> {
         &cfg,
         format!(
             "motan-agent:\n  port: {}\n  eport: {}\n  mport: {}\n  application: bench\n\
-             sockmesh:\n  log_level: warn\n  worker_threads: {agent_workers}\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {chain}\n    bpf_log_level: warn\n",
+             sockmesh:\n  log_level: warn\n  worker_threads: {agent_workers}\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {chain}\n    bpf_log_level: warn\n{}",
             ports[1],
             ports[2],
             ports[3],
             ports[4],
-            pin_dir.display()
+            pin_dir.display(),
+            mesh_sections(ports[2], &provider_addr)?
         ),
     )?;
     let agent_log = std::fs::File::create(dir.join("agent.log"))?;
@@ -296,6 +312,7 @@ fn start_env(dir: &Path, agent_workers: usize) -> Result<Env> {
         loadgen,
         provider_addr,
         agent_admin,
+        agent_port_addr: format!("127.0.0.1:{}", ports[1]),
         agent_pid,
         haproxy_addr,
         haproxy_pid,
@@ -360,8 +377,7 @@ impl Env {
     fn target(&self, mode: Mode) -> Option<String> {
         match mode {
             Mode::Haproxy => Some(self.haproxy_addr.clone()),
-            // Needs the agent core's client and server roles (ports 9981/9982).
-            Mode::AgentExplicit => None,
+            Mode::AgentExplicit => Some(self.agent_port_addr.clone()),
             _ => Some(self.provider_addr.clone()),
         }
     }
@@ -612,7 +628,7 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "- proxy CPU = utime+stime of the agent (haproxy in haproxy mode) per 1,000 requests; interception modes forward as plain TCP (the agent core's Motan2 routing is not in this path yet)"
+            "- proxy CPU = utime+stime of the agent (haproxy in haproxy mode) per 1,000 requests. agent-explicit and the intercepted modes take the full mesh path: the agent's client role routes the Motan2 request to its own export port (server role), which forwards it to the provider (two Motan2 hops in one process); haproxy is one L4 hop"
         );
         for (m, why) in unavailable {
             let _ = writeln!(md, "- mode `{}` not run: {why}", m.name());
@@ -707,29 +723,40 @@ impl Report {
             );
             let mut diffs = BTreeMap::new();
             for (a, b, label) in [
-                (Mode::Haproxy, Mode::Direct, "haproxy hop (haproxy - direct)"),
-                (Mode::EbpfConnect, Mode::Direct, "ebpf-connect - direct"),
-                (Mode::EbpfSockmap, Mode::Direct, "ebpf-sockmap - direct"),
-                (Mode::Iptables, Mode::Direct, "iptables - direct"),
+                (
+                    Mode::AgentExplicit,
+                    Mode::Direct,
+                    "proxy overhead: agent-explicit - direct (client role + server role, two Motan2 hops)",
+                ),
+                (
+                    Mode::Haproxy,
+                    Mode::Direct,
+                    "haproxy hop: haproxy - direct (one L4 hop)",
+                ),
+                (
+                    Mode::Iptables,
+                    Mode::AgentExplicit,
+                    "interception overhead: iptables - agent-explicit",
+                ),
+                (
+                    Mode::EbpfConnect,
+                    Mode::AgentExplicit,
+                    "interception overhead: ebpf-connect - agent-explicit",
+                ),
+                (
+                    Mode::EbpfSockmap,
+                    Mode::AgentExplicit,
+                    "interception overhead: ebpf-sockmap - agent-explicit",
+                ),
                 (
                     Mode::Iptables,
                     Mode::EbpfConnect,
-                    "iptables - ebpf-connect (rule cost)",
+                    "iptables - ebpf-connect (netfilter rule cost)",
                 ),
                 (
                     Mode::EbpfSockmap,
                     Mode::EbpfConnect,
                     "ebpf-sockmap - ebpf-connect (loopback bypass)",
-                ),
-                (
-                    Mode::EbpfConnect,
-                    Mode::Haproxy,
-                    "ebpf-connect - haproxy (our hop vs haproxy's)",
-                ),
-                (
-                    Mode::AgentExplicit,
-                    Mode::Direct,
-                    "proxy overhead (agent-explicit - direct)",
                 ),
             ] {
                 if let Some((m, lo, hi)) = paired(a, b) {
@@ -737,6 +764,29 @@ impl Report {
                     diffs.insert(label, serde_json::json!({"median": m, "min": lo, "max": hi}));
                 }
             }
+            // Ratios of the median paired differences.
+            let mut ratios = BTreeMap::new();
+            for (num, den, label) in [
+                (
+                    (Mode::AgentExplicit, Mode::Direct),
+                    (Mode::Haproxy, Mode::Direct),
+                    "proxy overhead ratio: (agent-explicit - direct) / (haproxy - direct)",
+                ),
+                (
+                    (Mode::Iptables, Mode::AgentExplicit),
+                    (Mode::EbpfConnect, Mode::AgentExplicit),
+                    "interception overhead ratio: (iptables - agent-explicit) / (ebpf-connect - agent-explicit)",
+                ),
+            ] {
+                if let (Some(n), Some(d)) = (paired(num.0, num.1), paired(den.0, den.1))
+                    && d.0.abs() > f64::EPSILON
+                {
+                    let r = n.0 / d.0;
+                    let _ = writeln!(md, "- {label}: {r:.2}");
+                    ratios.insert(label, r);
+                }
+            }
+            diffs.insert("ratios", serde_json::json!(ratios));
             cases_json.insert(case.name, serde_json::json!({
                 "rate": case.rate, "conns": case.conns, "payload": case.payload, "conn_per_request": case.conn_per_request,
                 "modes": modes_json, "paired_p50_diff_us": diffs,

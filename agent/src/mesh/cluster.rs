@@ -258,6 +258,7 @@ impl Cluster {
     /// endpoint is removed, or the cluster stops.
     async fn connect_endpoint(self: Arc<Self>, ep: Arc<Endpoint>, pool: Arc<Pool>) {
         let mut first = true;
+        let mut attempt = 0u32;
         loop {
             let r = pool.warm_up().await;
             if std::mem::take(&mut first) {
@@ -269,12 +270,18 @@ impl Cluster {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), "cannot connect: {e}; retrying in {:?}", self.connect_retry);
+                    tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), "cannot connect: {e}; retrying");
                 }
             }
+            // Quick retries first (a provider starting at the same time), then every
+            // connectRetryInterval.
+            let wait = self
+                .connect_retry
+                .min(Duration::from_millis(100) * (1 << attempt.min(10)));
+            attempt += 1;
             tokio::select! {
                 _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(self.connect_retry) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             if !self.has_pool(&ep, &pool) {
                 return;
