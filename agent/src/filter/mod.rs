@@ -12,10 +12,13 @@
 //! State that outlives a chain (switches, metrics, rate-limit buckets, circuits, the access-log
 //! toggle) lives in one [`FilterShared`] per agent, which the admin routes ([`admin::routes`])
 //! read and change at run time.
+pub mod access_log;
 pub mod circuit_breaker;
+pub mod metrics;
 pub mod mock;
 pub mod rate_limit;
 pub mod switcher;
+pub mod trace;
 
 use std::fmt;
 use std::future::Future;
@@ -30,6 +33,7 @@ use crate::protocol::motan2::{Exception, Frame};
 use crate::url::{Url, keys};
 
 pub use circuit_breaker::Breakers;
+pub use metrics::Metrics;
 pub use rate_limit::RateLimits;
 pub use switcher::Switchers;
 
@@ -153,6 +157,9 @@ type Constructor = fn(&Url, &Arc<FilterShared>) -> Arc<dyn Filter>;
 
 /// Every filter this agent has, by configuration name.
 const FILTERS: &[(&str, Constructor)] = &[
+    (access_log::NAME, access_log::build),
+    (metrics::NAME, metrics::build),
+    (trace::NAME, trace::build),
     (rate_limit::NAME, rate_limit::build),
     (switcher::DEGRADE_NAME, switcher::build_degrade),
     (circuit_breaker::NAME, circuit_breaker::build),
@@ -161,7 +168,11 @@ const FILTERS: &[(&str, Constructor)] = &[
 
 /// motan-go's cluster-level variants: the same filter here (where a chain wraps the call is the
 /// request path's choice); listing both names gives one filter.
-const ALIASES: &[(&str, &str)] = &[("clusterCircuitBreaker", circuit_breaker::NAME)];
+const ALIASES: &[(&str, &str)] = &[
+    ("clusterAccessLog", access_log::NAME),
+    ("clusterMetrics", metrics::NAME),
+    ("clusterCircuitBreaker", circuit_breaker::NAME),
+];
 
 /// Names motan-go accepts that are not filters here, and why (accepted with a warning so a
 /// motan-go configuration still loads).
@@ -272,6 +283,8 @@ pub fn known_names() -> Vec<&'static str> {
 pub struct FilterShared {
     /// Named on/off switches (`switcher` config section, `/switcher/*`).
     pub switchers: Switchers,
+    /// Request metrics and the agent's Prometheus registry.
+    pub metrics: Arc<Metrics>,
     /// Rate-limit buckets per service (`/ratelimit/*`).
     pub rate_limits: RateLimits,
     /// Circuits per URL identity.
@@ -283,6 +296,7 @@ impl Default for FilterShared {
     fn default() -> FilterShared {
         FilterShared {
             switchers: Switchers::default(),
+            metrics: Arc::new(Metrics::new()),
             rate_limits: RateLimits::default(),
             breakers: Breakers::default(),
             access_log: AtomicBool::new(true),
@@ -408,6 +422,50 @@ pub(crate) mod test_support {
         }
     }
 
+    /// Log lines written while the guard lives (this thread only), as JSON objects.
+    #[derive(Clone, Default)]
+    pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        pub fn lines(&self, target: &str) -> Vec<serde_json::Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+                .filter(|v| v["target"] == target)
+                .collect()
+        }
+        pub fn access_lines(&self) -> Vec<serde_json::Value> {
+            self.lines(crate::filter::access_log::TARGET)
+        }
+    }
+
+    pub fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let c = Captured::default();
+        let sub = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(c.clone())
+            .finish();
+        (c, tracing::subscriber::set_default(sub))
+    }
+
     /// Run one request through `chain` with `upstream` as the terminal.
     pub async fn call(chain: &FilterChain, info: &CallInfo, up: &Arc<Upstream>, req: Frame) -> Frame {
         let up = up.clone();
@@ -491,17 +549,25 @@ mod tests {
         let shared = FilterShared::new();
         let url = refer(&[(
             "filter",
-            "mock, circuitBreaker,clusterCircuitBreaker,rateLimit,degrade,failfast",
+            "mock, circuitBreaker,accessLog,clusterAccessLog,metrics,trace,rateLimit,degrade,failfast",
         )]);
         let chain = FilterChain::build(&url, &shared).unwrap();
         assert_eq!(
             chain.names(),
-            vec!["degrade", "rateLimit", "circuitBreaker", "mock"]
+            vec![
+                "accessLog",
+                "metrics",
+                "trace",
+                "degrade",
+                "rateLimit",
+                "circuitBreaker",
+                "mock"
+            ]
         );
         assert!(FilterChain::build(&refer(&[]), &shared).unwrap().is_empty());
-        let err = FilterChain::build(&refer(&[("filter", "mock,bogus")]), &shared).unwrap_err();
+        let err = FilterChain::build(&refer(&[("filter", "accessLog,bogus")]), &shared).unwrap_err();
         assert!(err.contains("\"bogus\""), "{err}");
-        assert!(err.contains("known filters: rateLimit, degrade"), "{err}");
+        assert!(err.contains("known filters: accessLog, metrics"), "{err}");
         assert!(err.contains("clusterCircuitBreaker"), "{err}");
     }
 
