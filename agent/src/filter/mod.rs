@@ -13,6 +13,7 @@
 //! toggle) lives in one [`FilterShared`] per agent, which the admin routes ([`admin::routes`])
 //! read and change at run time.
 pub mod access_log;
+pub mod admin;
 pub mod circuit_breaker;
 pub mod metrics;
 pub mod mock;
