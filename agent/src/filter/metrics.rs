@@ -1,0 +1,857 @@
+//! `metrics` (motan-go filter/metrics.go, spec 4.7) and the agent's Prometheus registry.
+//!
+//! Per role, group, service and method: a request counter, an error counter by type (`biz` for
+//! business exceptions, `other` for the rest, as upstream's `biz_error_count` /
+//! `other_error_count`) and a latency histogram. [`Metrics::encode`] writes every metric of the
+//! agent in the Prometheus text format (0.0.4); other modules add theirs with
+//! [`Metrics::register`] / [`Metrics::register_collector`].
+//!
+//! Optionally the same counts are pushed to a Graphite/statsd collector every period in
+//! motan-go's layout (metrics/graphite.go): UDP datagrams of at most 5 KiB holding lines
+//! `<role>.<application>.<group>.byhost.<local ip>.<service>.<method><suffix>:<value>|<type>`
+//! (every part but the suffix escaped to `[A-Za-z0-9-]`, others becoming `_`; the local IP
+//! with `_` for `.`), with per-period counters `total_count`, `biz_error_count`,
+//! `other_error_count`, `slow_count` (> 200 ms) and `Less50ms` … `More500ms` (`|c`), latency
+//! percentiles `p50` … `p9999` (`|kv`) and `avg_time` (`|ms`), in milliseconds. See
+//! [`Metrics::run_graphite`].
+//!
+//! Per request: one hash of the label strings and a read-locked map lookup finds the series
+//! (created once, with its label strings, on first use); then atomic adds. The series count is
+//! capped ([`MAX_SERIES`]); methods beyond it are counted under method `_overflow`.
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::Hasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Metric, Registry};
+use tokio_util::sync::CancellationToken;
+
+use super::{CallInfo, Filter, FilterFuture, FilterShared, Next, Role, exception_of};
+use crate::protocol::motan2::{ErrorType, Frame};
+use crate::url::{Url, keys};
+
+pub const NAME: &str = "metrics";
+pub const INDEX: i32 = 2;
+/// Name prefix of every metric in the registry.
+pub const PREFIX: &str = "sockmesh";
+/// Default cap of (role, group, service, method) series; later ones share `_overflow`.
+pub const MAX_SERIES: usize = 10_000;
+pub const OVERFLOW_METHOD: &str = "_overflow";
+/// Upstream's `slow_count` threshold.
+const SLOW_MS: u64 = 200;
+/// Upstream's datagram limit.
+const GRAPHITE_MESSAGE_MAX: usize = 5 * 1024;
+/// Upstream's percentiles, in the order written.
+const SLA: [(&str, f64); 6] = [
+    ("p50", 50.0),
+    ("p75", 75.0),
+    ("p95", 95.0),
+    ("p99", 99.0),
+    ("p999", 99.9),
+    ("p9999", 99.99),
+];
+/// Upstream's latency classes: upper bound (ms, exclusive) and suffix.
+const ELAPSE: [(u64, &str); 5] = [
+    (50, ".Less50ms"),
+    (100, ".Less100ms"),
+    (200, ".Less200ms"),
+    (500, ".Less500ms"),
+    (u64::MAX, ".More500ms"),
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    role: String,
+    group: String,
+    service: String,
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    role: String,
+    group: String,
+    service: String,
+    method: String,
+    r#type: &'static str,
+}
+
+type HistogramFamily = Family<CallLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Counts of one series since the last Graphite push (only kept while pushing).
+#[derive(Debug)]
+struct Period {
+    total: AtomicU64,
+    biz: AtomicU64,
+    other: AtomicU64,
+    slow: AtomicU64,
+    sum_ms: AtomicU64,
+    elapse: [AtomicU64; 5],
+    latency_ms: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for Period {
+    fn default() -> Period {
+        Period {
+            total: AtomicU64::new(0),
+            biz: AtomicU64::new(0),
+            other: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
+            sum_ms: AtomicU64::new(0),
+            elapse: Default::default(),
+            latency_ms: Mutex::new(hdrhistogram::Histogram::new(2).expect("2 significant figures is valid")),
+        }
+    }
+}
+
+/// One (role, group, service, method) series.
+#[derive(Debug)]
+struct Series {
+    role: Role,
+    group: String,
+    service: String,
+    method: String,
+    /// The URL's `application` (Graphite key).
+    application: String,
+    requests: Counter,
+    biz_errors: Counter,
+    other_errors: Counter,
+    latency: Histogram,
+    period: Period,
+}
+
+impl Series {
+    fn is(&self, role: Role, group: &str, service: &str, method: &str) -> bool {
+        self.role == role && self.method == method && self.service == service && self.group == group
+    }
+}
+
+/// One series' counts of a Graphite period.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeriodSnapshot {
+    pub role: Role,
+    pub application: String,
+    pub group: String,
+    pub service: String,
+    pub method: String,
+    pub total: u64,
+    pub biz_errors: u64,
+    pub other_errors: u64,
+    pub slow: u64,
+    pub elapse: [u64; 5],
+    /// (name, value ms) for each of upstream's percentiles.
+    pub percentiles: Vec<(&'static str, f64)>,
+    pub mean_ms: f64,
+}
+
+/// Where and how often to push to Graphite.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GraphiteConfig {
+    /// `host:port` of the collector (UDP).
+    pub addr: String,
+    /// Push period (motan-go's default is 5 s).
+    pub period: Duration,
+}
+
+/// Request metrics and the agent's registry.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<CallLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    latency: HistogramFamily,
+    series: RwLock<HashMap<u64, Vec<Arc<Series>>>>,
+    series_count: AtomicU64,
+    max_series: u64,
+    /// Whether a Graphite push runs (per-period counts are kept only then).
+    pushing: AtomicBool,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("series", &self.series_count.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::with_series_limit(MAX_SERIES)
+    }
+
+    /// At most `max_series` request series (methods past it count as `_overflow`).
+    pub fn with_series_limit(max_series: usize) -> Metrics {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let requests = Family::<CallLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let latency = HistogramFamily::new_with_constructor(latency_histogram);
+        registry.register(
+            "requests",
+            "Requests through a metrics filter, by role, group, service and method",
+            requests.clone(),
+        );
+        registry.register(
+            "request_errors",
+            "Requests answered with an exception; type biz = business exception, other = the rest",
+            errors.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from entering the metrics filter to its response",
+            latency.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            errors,
+            latency,
+            series: RwLock::new(HashMap::new()),
+            series_count: AtomicU64::new(0),
+            max_series: max_series as u64,
+            pushing: AtomicBool::new(false),
+        }
+    }
+
+    /// Add a metric (name without the `sockmesh_` prefix; a counter's name without `_total`).
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry
+            .lock()
+            .expect("registry lock")
+            .register(name, help, metric);
+    }
+
+    /// Add a collector, asked for its metrics at every scrape (pool and endpoint health,
+    /// interception counters kept elsewhere).
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        self.registry
+            .lock()
+            .expect("registry lock")
+            .register_collector(collector);
+    }
+
+    /// Direct access to the registry, for sub-registries and units.
+    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        f(&mut self.registry.lock().expect("registry lock"))
+    }
+
+    /// Every metric in the Prometheus text format 0.0.4 (`text/plain; version=0.0.4`).
+    pub fn encode(&self) -> String {
+        openmetrics_to_prometheus(&self.encode_openmetrics())
+    }
+
+    /// Every metric in the OpenMetrics text format (`application/openmetrics-text`).
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("registry lock");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn series(&self, info: &CallInfo) -> Arc<Series> {
+        let key = series_key(info.role, &info.group, &info.service, &info.method);
+        if let Some(s) = self.find(key, info.role, &info.group, &info.service, &info.method) {
+            return s;
+        }
+        let method = if self.series_count.load(Ordering::Relaxed) >= self.max_series {
+            OVERFLOW_METHOD
+        } else {
+            info.method.as_str()
+        };
+        let key = series_key(info.role, &info.group, &info.service, method);
+        let mut map = self.series.write().expect("series lock");
+        let bucket = map.entry(key).or_default();
+        if let Some(s) = bucket
+            .iter()
+            .find(|s| s.is(info.role, &info.group, &info.service, method))
+        {
+            return s.clone();
+        }
+        let labels = CallLabels {
+            role: info.role.as_str().to_string(),
+            group: info.group.clone(),
+            service: info.service.clone(),
+            method: method.to_string(),
+        };
+        let error = |t| ErrorLabels {
+            role: labels.role.clone(),
+            group: labels.group.clone(),
+            service: labels.service.clone(),
+            method: labels.method.clone(),
+            r#type: t,
+        };
+        let s = Arc::new(Series {
+            role: info.role,
+            group: info.group.clone(),
+            service: info.service.clone(),
+            method: method.to_string(),
+            application: info.url.get_str(keys::APPLICATION, "").to_string(),
+            requests: self.requests.get_or_create_owned(&labels),
+            biz_errors: self.errors.get_or_create_owned(&error("biz")),
+            other_errors: self.errors.get_or_create_owned(&error("other")),
+            latency: self.latency.get_or_create_owned(&labels),
+            period: Period::default(),
+        });
+        bucket.push(s.clone());
+        self.series_count.fetch_add(1, Ordering::Relaxed);
+        s
+    }
+
+    fn find(&self, key: u64, role: Role, group: &str, service: &str, method: &str) -> Option<Arc<Series>> {
+        let map = self.series.read().expect("series lock");
+        map.get(&key)?
+            .iter()
+            .find(|s| s.is(role, group, service, method))
+            .cloned()
+    }
+
+    /// Count one finished call.
+    pub fn record(&self, info: &CallInfo, elapsed: Duration, resp: &Frame) {
+        let s = self.series(info);
+        let biz = exception_of(resp).map(|e| e.errtype == ErrorType::Business);
+        s.requests.inc();
+        match biz {
+            Some(true) => s.biz_errors.inc(),
+            Some(false) => s.other_errors.inc(),
+            None => 0,
+        };
+        s.latency.observe(elapsed.as_secs_f64());
+        if self.pushing.load(Ordering::Relaxed) {
+            let p = &s.period;
+            let ms = elapsed.as_millis() as u64;
+            p.total.fetch_add(1, Ordering::Relaxed);
+            p.sum_ms.fetch_add(ms, Ordering::Relaxed);
+            match biz {
+                Some(true) => p.biz.fetch_add(1, Ordering::Relaxed),
+                Some(false) => p.other.fetch_add(1, Ordering::Relaxed),
+                None => 0,
+            };
+            if ms > SLOW_MS {
+                p.slow.fetch_add(1, Ordering::Relaxed);
+            }
+            let class = ELAPSE
+                .iter()
+                .position(|(max, _)| ms < *max)
+                .unwrap_or(ELAPSE.len() - 1);
+            p.elapse[class].fetch_add(1, Ordering::Relaxed);
+            let _ = p.latency_ms.lock().expect("latency lock").record(ms);
+        }
+    }
+
+    /// Take (and reset) the per-period counts of every series that had requests.
+    pub fn take_period(&self) -> Vec<PeriodSnapshot> {
+        let all: Vec<Arc<Series>> = self
+            .series
+            .read()
+            .expect("series lock")
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for s in all {
+            let p = &s.period;
+            let total = p.total.swap(0, Ordering::Relaxed);
+            let sum_ms = p.sum_ms.swap(0, Ordering::Relaxed);
+            let percentiles = {
+                let mut h = p.latency_ms.lock().expect("latency lock");
+                let v = SLA
+                    .iter()
+                    .map(|(n, q)| (*n, h.value_at_percentile(*q) as f64))
+                    .collect();
+                h.reset();
+                v
+            };
+            let mean_ms = if total > 0 {
+                sum_ms as f64 / total as f64
+            } else {
+                0.0
+            };
+            let snap = PeriodSnapshot {
+                role: s.role,
+                application: s.application.clone(),
+                group: s.group.clone(),
+                service: s.service.clone(),
+                method: s.method.clone(),
+                total,
+                biz_errors: p.biz.swap(0, Ordering::Relaxed),
+                other_errors: p.other.swap(0, Ordering::Relaxed),
+                slow: p.slow.swap(0, Ordering::Relaxed),
+                elapse: std::array::from_fn(|i| p.elapse[i].swap(0, Ordering::Relaxed)),
+                percentiles,
+                mean_ms,
+            };
+            if total > 0 {
+                out.push(snap);
+            }
+        }
+        out
+    }
+
+    /// Push the per-period counts to Graphite every `cfg.period` until `shutdown`. Errors (the
+    /// address does not resolve, a send fails) are logged and retried next period, as upstream.
+    pub async fn run_graphite(self: Arc<Self>, cfg: GraphiteConfig, shutdown: CancellationToken) {
+        self.pushing.store(true, Ordering::Relaxed);
+        let mut tick = tokio::time::interval(cfg.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let snaps = self.take_period();
+            if let Err(e) = push_graphite(&cfg.addr, &snaps).await {
+                tracing::warn!("graphite push to {} failed: {e}", cfg.addr);
+            }
+        }
+        self.pushing.store(false, Ordering::Relaxed);
+    }
+}
+
+async fn push_graphite(addr: &str, snaps: &[PeriodSnapshot]) -> std::io::Result<()> {
+    if snaps.is_empty() {
+        return Ok(());
+    }
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to nothing")))?;
+    let bind = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let sock = tokio::net::UdpSocket::bind(bind).await?;
+    sock.connect(target).await?;
+    let local_ip = sock.local_addr()?.ip().to_string().replace(['.', ':'], "_");
+    for message in graphite_messages(&local_ip, snaps) {
+        sock.send(message.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+/// motan-go's Graphite key escaping: `[A-Za-z0-9-]` kept, anything else `_`.
+pub fn escape(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The datagrams for one period (each at most 5 KiB unless a single series' lines are longer).
+pub fn graphite_messages(local_ip: &str, snaps: &[PeriodSnapshot]) -> Vec<String> {
+    let mut messages = Vec::new();
+    let mut buf = String::with_capacity(GRAPHITE_MESSAGE_MAX);
+    for s in snaps {
+        let app = if s.application.is_empty() {
+            "unknown".to_string()
+        } else {
+            escape(&s.application)
+        };
+        let prefix = format!(
+            "{}.{}.{}.byhost.{}.{}.{}",
+            s.role.metrics_key(),
+            app,
+            escape(&s.group),
+            local_ip,
+            escape(&s.service),
+            escape(&s.method)
+        );
+        let mut segment = String::new();
+        let mut counter = |suffix: &str, v: u64| {
+            if v > 0 {
+                let _ = writeln!(segment, "{prefix}{suffix}:{v}|c");
+            }
+        };
+        counter(".total_count", s.total);
+        counter(".biz_error_count", s.biz_errors);
+        counter(".other_error_count", s.other_errors);
+        counter(".slow_count", s.slow);
+        for (i, (_, suffix)) in ELAPSE.iter().enumerate() {
+            counter(suffix, s.elapse[i]);
+        }
+        for (name, v) in &s.percentiles {
+            let _ = writeln!(segment, "{prefix}.{name}:{v:.2}|kv");
+        }
+        let _ = writeln!(segment, "{prefix}.avg_time:{:.2}|ms", s.mean_ms);
+        if !buf.is_empty() && buf.len() + segment.len() > GRAPHITE_MESSAGE_MAX {
+            messages.push(std::mem::take(&mut buf));
+        }
+        buf.push_str(&segment);
+    }
+    if !buf.is_empty() {
+        messages.push(buf);
+    }
+    messages
+}
+
+fn series_key(role: Role, group: &str, service: &str, method: &str) -> u64 {
+    let mut h = xxhash_rust::xxh64::Xxh64::new(role as u64);
+    for part in [group, service, method] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    h.finish()
+}
+
+/// Rewrite the OpenMetrics text prometheus-client writes as Prometheus 0.0.4 text: counter
+/// families are named with their `_total` samples' name, `unknown` becomes `untyped`, `# UNIT`
+/// and `# EOF` are dropped (0.0.4 parsers would take them as comments anyway).
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut help: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some(h) = help.replace(rest) {
+                out.push_str("# HELP ");
+                out.push_str(h);
+                out.push('\n');
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "unknown" => (name.to_string(), "untyped"),
+                k => (name.to_string(), k),
+            };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                let _ = writeln!(out, "# HELP {name} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            continue;
+        }
+        if let Some(h) = help.take() {
+            let _ = writeln!(out, "# HELP {h}");
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+struct MetricsFilter {
+    metrics: Arc<Metrics>,
+}
+
+pub fn build(_url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
+    Arc::new(MetricsFilter {
+        metrics: shared.metrics.clone(),
+    })
+}
+
+impl Filter for MetricsFilter {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn index(&self) -> i32 {
+        INDEX
+    }
+    fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let resp = next.run(req, info).await;
+            self.metrics.record(info, start.elapsed(), &resp);
+            resp
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::gauge::Gauge;
+
+    use super::*;
+    use crate::filter::FilterChain;
+    use crate::filter::test_support::*;
+
+    fn samples(text: &str) -> Vec<prometheus_parse::Sample> {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        prometheus_parse::Scrape::parse(lines)
+            .expect("valid 0.0.4 text")
+            .samples
+    }
+
+    fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Histogram(ref h) => h.last().map_or(0.0, |b| b.count),
+                prometheus_parse::Value::Summary(_) => f64::NAN,
+            })
+    }
+
+    #[tokio::test]
+    async fn counters_equal_the_requests_sent() {
+        let shared = FilterShared::new();
+        let url = refer(&[("filter", "metrics")]);
+        let chain = FilterChain::build(&url, &shared).unwrap();
+        let up = Upstream::new(Answer::Ok(b"ok"));
+        let hello = info(url.clone(), "hello");
+        let bye = info(url, "bye");
+        for id in 0..5 {
+            call(&chain, &hello, &up, request(id, "hello")).await;
+        }
+        up.set(Answer::Fail(ErrorType::Business, 503));
+        for id in 0..2 {
+            call(&chain, &hello, &up, request(id, "hello")).await;
+        }
+        up.set(Answer::Fail(ErrorType::Service, 400));
+        for id in 0..3 {
+            call(&chain, &bye, &up, request(id, "bye")).await;
+        }
+        let text = shared.metrics.encode();
+        assert!(
+            text.contains("# TYPE sockmesh_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
+        let s = samples(&text);
+        let l = |m| {
+            [
+                ("role", "client-agent"),
+                ("group", "g1"),
+                ("service", "com.example.Hello"),
+                ("method", m),
+            ]
+        };
+        assert_eq!(value(&s, "sockmesh_requests_total", &l("hello")), Some(7.0));
+        assert_eq!(value(&s, "sockmesh_requests_total", &l("bye")), Some(3.0));
+        let errors = |m, t| {
+            let mut ls = l(m).to_vec();
+            ls.push(("type", t));
+            value(&s, "sockmesh_request_errors_total", &ls)
+        };
+        assert_eq!(
+            [
+                errors("hello", "biz"),
+                errors("hello", "other"),
+                errors("bye", "biz"),
+                errors("bye", "other")
+            ],
+            [Some(2.0), Some(0.0), Some(0.0), Some(3.0)]
+        );
+        let counter = s
+            .iter()
+            .find(|x| x.metric == "sockmesh_requests_total" && x.labels.get("method") == Some("bye"))
+            .unwrap();
+        assert_eq!(
+            counter.value,
+            prometheus_parse::Value::Counter(3.0),
+            "typed as a counter"
+        );
+        assert_eq!(
+            value(&s, "sockmesh_request_duration_seconds", &l("hello")),
+            Some(7.0)
+        );
+        let count = s
+            .iter()
+            .find(|x| {
+                x.metric == "sockmesh_request_duration_seconds_count" && x.labels.get("method") == Some("bye")
+            })
+            .unwrap();
+        assert_eq!(count.value, prometheus_parse::Value::Untyped(3.0));
+    }
+
+    #[test]
+    fn extra_metrics_and_collectors_are_encoded() {
+        let m = Metrics::new();
+        let g: Gauge = Gauge::default();
+        g.set(4);
+        m.register("endpoints_available", "Endpoints currently available", g.clone());
+
+        #[derive(Debug)]
+        struct Intercepted;
+        impl Collector for Intercepted {
+            fn encode(
+                &self,
+                mut encoder: prometheus_client::encoding::DescriptorEncoder,
+            ) -> Result<(), std::fmt::Error> {
+                use prometheus_client::encoding::EncodeMetric;
+                let c = prometheus_client::metrics::counter::ConstCounter::new(17u64);
+                let me = encoder.encode_descriptor(
+                    "intercepted_connections",
+                    "Connections redirected",
+                    None,
+                    c.metric_type(),
+                )?;
+                c.encode(me)
+            }
+        }
+        m.register_collector(Box::new(Intercepted));
+        let text = m.encode();
+        let s = samples(&text);
+        assert_eq!(value(&s, "sockmesh_endpoints_available", &[]), Some(4.0));
+        assert_eq!(
+            value(&s, "sockmesh_intercepted_connections_total", &[]),
+            Some(17.0)
+        );
+        assert!(
+            text.contains("# TYPE sockmesh_intercepted_connections_total counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn openmetrics_conversion() {
+        let om = "# HELP a_b Some help.\n# TYPE a_b counter\na_b_total{x=\"1\"} 3\n\
+                  # HELP u Unknown.\n# TYPE u unknown\nu 1\n# HELP g G.\n# TYPE g gauge\n# UNIT g seconds\ng 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            "# HELP a_b_total Some help.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 3\n\
+             # HELP u Unknown.\n# TYPE u untyped\nu 1\n# HELP g G.\n# TYPE g gauge\ng 2\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn series_are_capped() {
+        let m = Arc::new(Metrics::with_series_limit(10));
+        let req = request(1, "x");
+        let resp = Frame::response_to(&req, bytes::Bytes::new());
+        for i in 0..15 {
+            let inf = info(refer(&[]), &format!("m{i}"));
+            m.record(&inf, Duration::from_millis(1), &resp);
+        }
+        assert_eq!(m.series_count.load(Ordering::Relaxed), 11);
+        let s = samples(&m.encode());
+        assert_eq!(
+            value(&s, "sockmesh_requests_total", &[("method", OVERFLOW_METHOD)]),
+            Some(5.0)
+        );
+    }
+
+    #[test]
+    fn graphite_lines_in_motan_layout() {
+        let m = Metrics::new();
+        m.pushing.store(true, Ordering::Relaxed);
+        let url = refer(&[("application", "my.app")]);
+        let i = info(url, "say.hi");
+        let req = request(1, "say.hi");
+        let ok = Frame::response_to(&req, bytes::Bytes::new());
+        let biz = crate::filter::reject(&req, &crate::protocol::motan2::Exception::business(503, "x"));
+        m.record(&i, Duration::from_millis(10), &ok);
+        m.record(&i, Duration::from_millis(30), &ok);
+        m.record(&i, Duration::from_millis(300), &biz);
+        let snaps = m.take_period();
+        assert_eq!(snaps.len(), 1);
+        let msgs = graphite_messages("10_0_0_1", &snaps);
+        assert_eq!(msgs.len(), 1);
+        let p = "motan-client-agent.my_app.g1.byhost.10_0_0_1.com_example_Hello.say_hi";
+        let lines: Vec<&str> = msgs[0].lines().collect();
+        assert_eq!(
+            lines[..5],
+            [
+                format!("{p}.total_count:3|c"),
+                format!("{p}.biz_error_count:1|c"),
+                format!("{p}.slow_count:1|c"),
+                format!("{p}.Less50ms:2|c"),
+                format!("{p}.Less500ms:1|c"),
+            ]
+        );
+        assert_eq!(lines[5], format!("{p}.p50:30.00|kv"));
+        // hdrhistogram with 2 significant figures: 300 lies in a bucket of width 2.
+        let p9999: f64 = lines[10]
+            .strip_prefix(&format!("{p}.p9999:"))
+            .and_then(|v| v.strip_suffix("|kv"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((300.0..302.0).contains(&p9999), "{}", lines[10]);
+        assert_eq!(lines[11], format!("{p}.avg_time:113.33|ms"));
+        assert_eq!(lines.len(), 12);
+        // The period was reset.
+        assert!(m.take_period().is_empty());
+    }
+
+    #[test]
+    fn graphite_messages_split_at_5_kib() {
+        let snap = |i: usize| PeriodSnapshot {
+            role: Role::ServerAgent,
+            application: String::new(),
+            group: "g".into(),
+            service: format!("svc{i}"),
+            method: "m".into(),
+            total: 1,
+            biz_errors: 0,
+            other_errors: 0,
+            slow: 0,
+            elapse: [1, 0, 0, 0, 0],
+            percentiles: SLA.iter().map(|(n, _)| (*n, 1.0)).collect(),
+            mean_ms: 1.0,
+        };
+        let snaps: Vec<_> = (0..100).map(snap).collect();
+        let msgs = graphite_messages("127_0_0_1", &snaps);
+        assert!(msgs.len() > 1);
+        assert!(msgs.iter().all(|m| m.len() <= GRAPHITE_MESSAGE_MAX));
+        assert_eq!(msgs.iter().map(|m| m.lines().count()).sum::<usize>(), 100 * 9);
+        assert!(
+            msgs[0].starts_with("motan-server-agent.unknown.g.byhost.127_0_0_1.svc0.m.total_count:1|c\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn graphite_push_over_udp() {
+        let collector = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let cfg = GraphiteConfig {
+            addr: collector.local_addr().unwrap().to_string(),
+            period: Duration::from_millis(50),
+        };
+        let m = Arc::new(Metrics::new());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(m.clone().run_graphite(cfg, stop.clone()));
+        while !m.pushing.load(Ordering::Relaxed) {
+            tokio::task::yield_now().await;
+        }
+        let i = info(refer(&[("application", "app")]), "hello");
+        let req = request(1, "hello");
+        m.record(
+            &i,
+            Duration::from_millis(1),
+            &Frame::response_to(&req, bytes::Bytes::new()),
+        );
+        let mut buf = vec![0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(5), collector.recv(&mut buf))
+            .await
+            .expect("a datagram within 5 s")
+            .unwrap();
+        let text = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(
+            text.starts_with(
+                "motan-client-agent.app.g1.byhost.127_0_0_1.com_example_Hello.hello.total_count:1|c\n"
+            ),
+            "{text}"
+        );
+        stop.cancel();
+        task.await.unwrap();
+        assert!(!m.pushing.load(Ordering::Relaxed));
+    }
+}

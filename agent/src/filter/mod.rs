@@ -1,0 +1,612 @@
+//! The filter stage (spec 4.7): a chain of filters wraps one call, the way tower layers wrap a
+//! service. Which filters run is configuration (the URL's `filter` list); their nesting is
+//! fixed by each filter's index, lower = outer (runs first on the request, last on the
+//! response). Order in the list does not matter.
+//!
+//! A filter sees the request frame and the [`CallInfo`] of the call, and either answers itself
+//! (an exception frame, a mock or degrade response) or hands the request to [`Next`] and looks at
+//! the response that comes back. The innermost step, the *terminal*, is whatever the request
+//! path does after the filters (the cluster call on the client side, the provider on the server
+//! side); it always returns a frame (a success or an exception), never an error.
+//!
+//! State that outlives a chain (switches, metrics, rate-limit buckets, circuits, the access-log
+//! toggle) lives in one [`FilterShared`] per agent, which the admin routes ([`admin::routes`])
+//! read and change at run time.
+pub mod access_log;
+pub mod admin;
+pub mod circuit_breaker;
+pub mod metrics;
+pub mod mock;
+pub mod rate_limit;
+pub mod switcher;
+pub mod trace;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+
+use crate::protocol::motan2::frame::{FLAG_PROXY, serialization};
+use crate::protocol::motan2::{Exception, Frame};
+use crate::url::{Url, keys};
+
+pub use circuit_breaker::Breakers;
+pub use metrics::Metrics;
+pub use rate_limit::RateLimits;
+pub use switcher::Switchers;
+
+/// Which side of the mesh a call is on. Names as upstream logs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Outbound: a local application's request on its way to a remote service.
+    ClientAgent,
+    /// Inbound: a remote caller's request on its way to the local provider.
+    ServerAgent,
+}
+
+impl Role {
+    /// `client-agent` / `server-agent`, as upstream's access log writes them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ClientAgent => "client-agent",
+            Role::ServerAgent => "server-agent",
+        }
+    }
+
+    /// `motan-client-agent` / `motan-server-agent`, the first part of upstream's metrics keys.
+    pub fn metrics_key(self) -> &'static str {
+        match self {
+            Role::ClientAgent => "motan-client-agent",
+            Role::ServerAgent => "motan-server-agent",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a filter knows about the call besides the frame. Built once per request by the request
+/// path (from the request's meta and the refer/service it was routed to).
+#[derive(Clone, Debug)]
+pub struct CallInfo {
+    pub role: Role,
+    /// The refer's or service's `conf-id` (switch names are derived from it).
+    pub conf_id: String,
+    /// `M_p`.
+    pub service: String,
+    /// `M_m`.
+    pub method: String,
+    /// `M_md`.
+    pub method_desc: String,
+    pub group: String,
+    /// Client side: the endpoint `host:port`; server side: the caller's address.
+    pub peer: String,
+    /// The refer (client side) or service (server side) URL the chain was built from.
+    pub url: Arc<Url>,
+}
+
+impl CallInfo {
+    /// A call's info from a request frame's well-known keys and the URL it was routed to
+    /// (`conf_id` from the URL's `conf-id`; group from `M_g`, else the URL's group).
+    pub fn from_request(role: Role, req: &Frame, url: Arc<Url>, peer: impl Into<String>) -> CallInfo {
+        let meta = |k| req.meta.get(k).unwrap_or("").to_string();
+        use crate::protocol::motan2::keys as mk;
+        let group = match req.meta.get_non_empty(mk::GROUP) {
+            Some(g) => g.to_string(),
+            None => url.group.clone(),
+        };
+        CallInfo {
+            role,
+            conf_id: url.get_str(keys::CONF_ID, "").to_string(),
+            service: meta(mk::SERVICE),
+            method: meta(mk::METHOD),
+            method_desc: meta(mk::METHOD_DESC),
+            group,
+            peer: peer.into(),
+            url,
+        }
+    }
+}
+
+/// The future a filter (or the terminal) returns: the response frame.
+pub type FilterFuture<'a> = Pin<Box<dyn Future<Output = Frame> + Send + 'a>>;
+
+type Terminal<'a> = Box<dyn FnOnce(Frame) -> FilterFuture<'a> + Send + 'a>;
+
+/// One filter. Implementations keep per-request work small: no string formatting or map
+/// building unless they log or answer themselves.
+pub trait Filter: Send + Sync {
+    /// The configuration name (`accessLog`, `rateLimit`, ...).
+    fn name(&self) -> &'static str;
+    /// Nesting position: lower = outer (spec 4.7).
+    fn index(&self) -> i32;
+    /// Handle one request: answer it, or pass it on with `next.run(req, info)`.
+    fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a>;
+}
+
+/// The rest of the chain after the current filter, ending in the terminal.
+pub struct Next<'a> {
+    rest: &'a [Arc<dyn Filter>],
+    terminal: Terminal<'a>,
+}
+
+impl<'a> Next<'a> {
+    /// Pass the request to the next filter (or the terminal) and get its response.
+    pub fn run(self, req: Frame, info: &'a CallInfo) -> FilterFuture<'a> {
+        match self.rest.split_first() {
+            Some((first, rest)) => first.call(
+                req,
+                info,
+                Next {
+                    rest,
+                    terminal: self.terminal,
+                },
+            ),
+            None => (self.terminal)(req),
+        }
+    }
+}
+
+/// Builds one filter for a URL.
+type Constructor = fn(&Url, &Arc<FilterShared>) -> Arc<dyn Filter>;
+
+/// Every filter this agent has, by configuration name.
+const FILTERS: &[(&str, Constructor)] = &[
+    (access_log::NAME, access_log::build),
+    (metrics::NAME, metrics::build),
+    (trace::NAME, trace::build),
+    (rate_limit::NAME, rate_limit::build),
+    (switcher::DEGRADE_NAME, switcher::build_degrade),
+    (circuit_breaker::NAME, circuit_breaker::build),
+    (mock::NAME, mock::build),
+];
+
+/// motan-go's cluster-level variants: the same filter here (where a chain wraps the call is the
+/// request path's choice); listing both names gives one filter.
+const ALIASES: &[(&str, &str)] = &[
+    ("clusterAccessLog", access_log::NAME),
+    ("clusterMetrics", metrics::NAME),
+    ("clusterCircuitBreaker", circuit_breaker::NAME),
+];
+
+/// Names motan-go accepts that are not filters here, and why (accepted with a warning so a
+/// motan-go configuration still loads).
+const HANDLED_ELSEWHERE: &[(&str, &str)] = &[(
+    "failfast",
+    "endpoint health is tracked by the cluster (errorCountThreshold, keepalive)",
+)];
+
+/// The filters of one refer or service, sorted by index (ties by name).
+#[derive(Clone, Default)]
+pub struct FilterChain {
+    filters: Vec<Arc<dyn Filter>>,
+}
+
+impl fmt::Debug for FilterChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl FilterChain {
+    /// No filters: [`FilterChain::call`] is the terminal alone.
+    pub fn empty() -> FilterChain {
+        FilterChain::default()
+    }
+
+    /// The chain for a refer or service URL from its `filter` list (comma separated names;
+    /// motan-go's `cluster*` names are aliases, duplicates count once). An unknown name is an
+    /// error naming it and the known ones.
+    pub fn build(url: &Url, shared: &Arc<FilterShared>) -> Result<FilterChain, String> {
+        let mut wanted: Vec<&'static str> = Vec::new();
+        for name in url.get_list(keys::FILTER) {
+            let canonical = ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == name)
+                .map(|(_, to)| *to)
+                .or_else(|| FILTERS.iter().find(|(n, _)| *n == name).map(|(n, _)| *n));
+            match canonical {
+                Some(n) if !wanted.contains(&n) => wanted.push(n),
+                Some(_) => {}
+                None => match HANDLED_ELSEWHERE.iter().find(|(n, _)| *n == name) {
+                    Some((n, why)) => {
+                        tracing::warn!("filter {n} of {} is not a filter here: {why}", url.path)
+                    }
+                    None => {
+                        return Err(format!(
+                            "unknown filter {name:?} in {}; known filters: {}",
+                            url.path,
+                            known_names().join(", ")
+                        ));
+                    }
+                },
+            }
+        }
+        let filters = wanted
+            .iter()
+            .map(|n| {
+                let ctor = FILTERS.iter().find(|(f, _)| f == n).map(|(_, c)| *c);
+                ctor.expect("canonical names come from FILTERS")(url, shared)
+            })
+            .collect();
+        Ok(FilterChain::from_filters(filters))
+    }
+
+    /// A chain of the given filters, sorted by index (ties by name).
+    pub fn from_filters(mut filters: Vec<Arc<dyn Filter>>) -> FilterChain {
+        filters.sort_by(|a, b| a.index().cmp(&b.index()).then(a.name().cmp(b.name())));
+        FilterChain { filters }
+    }
+
+    /// Filter names, outermost first.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.filters.iter().map(|f| f.name()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    /// Run `req` through the filters and then `terminal` (unless a filter answers first).
+    pub async fn call<'a, T>(&'a self, req: Frame, info: &'a CallInfo, terminal: T) -> Frame
+    where
+        T: FnOnce(Frame) -> FilterFuture<'a> + Send + 'a,
+    {
+        if self.filters.is_empty() {
+            return terminal(req).await;
+        }
+        Next {
+            rest: &self.filters,
+            terminal: Box::new(terminal),
+        }
+        .run(req, info)
+        .await
+    }
+}
+
+/// Every configuration name [`FilterChain::build`] accepts.
+pub fn known_names() -> Vec<&'static str> {
+    FILTERS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(ALIASES.iter().map(|(a, _)| *a))
+        .chain(HANDLED_ELSEWHERE.iter().map(|(n, _)| *n))
+        .collect()
+}
+
+/// Filter state shared by every chain of one agent and changed through the admin routes.
+pub struct FilterShared {
+    /// Named on/off switches (`switcher` config section, `/switcher/*`).
+    pub switchers: Switchers,
+    /// Request metrics and the agent's Prometheus registry.
+    pub metrics: Arc<Metrics>,
+    /// Rate-limit buckets per service (`/ratelimit/*`).
+    pub rate_limits: RateLimits,
+    /// Circuits per URL identity.
+    pub breakers: Breakers,
+    access_log: AtomicBool,
+}
+
+impl Default for FilterShared {
+    fn default() -> FilterShared {
+        FilterShared {
+            switchers: Switchers::default(),
+            metrics: Arc::new(Metrics::new()),
+            rate_limits: RateLimits::default(),
+            breakers: Breakers::default(),
+            access_log: AtomicBool::new(true),
+        }
+    }
+}
+
+impl FilterShared {
+    pub fn new() -> Arc<FilterShared> {
+        Arc::new(FilterShared::default())
+    }
+
+    /// Whether `accessLog` filters write their lines (`/logConfig/set?access=`; on by default).
+    pub fn access_log_enabled(&self) -> bool {
+        self.access_log.load(Ordering::Relaxed)
+    }
+
+    pub fn set_access_log(&self, on: bool) {
+        self.access_log.store(on, Ordering::Relaxed);
+    }
+}
+
+/// The exception of a response frame (`M_e`; a status-1 frame without one gives the generic
+/// remote exception), or None for a success.
+pub fn exception_of(resp: &Frame) -> Option<Exception> {
+    resp.as_response().and_then(|r| r.exception())
+}
+
+/// An exception answered by a filter itself, as motan-go builds it (flags 0x03, serialization 0).
+pub fn reject(req: &Frame, e: &Exception) -> Frame {
+    Frame::agent_exception(req.header.request_id, e)
+}
+
+/// A success answered by a filter itself with an already simple-encoded body (mock, degrade):
+/// the request's id, simple serialization, proxy bit like every agent-built response.
+pub fn simple_response(req: &Frame, body: Bytes) -> Frame {
+    let mut resp = Frame::response_to(req, body);
+    resp.header.set_serialization(serialization::SIMPLE);
+    resp.header.set_flag(FLAG_PROXY, true);
+    resp
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! A terminal that counts calls and answers from a script, and helpers to build calls.
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::protocol::motan2::ErrorType;
+
+    pub fn refer(params: &[(&str, &str)]) -> Url {
+        let mut u = Url::new("motan2", "", 0, "com.example.Hello", "g1").with_param(keys::CONF_ID, "hello");
+        for (k, v) in params {
+            u = u.with_param(k, v);
+        }
+        u
+    }
+
+    pub fn info(url: Url, method: &str) -> CallInfo {
+        let req = request(7, method);
+        CallInfo::from_request(Role::ClientAgent, &req, Arc::new(url), "127.0.0.1:9982")
+    }
+
+    pub fn request(id: u64, method: &str) -> Frame {
+        Frame::request(
+            id,
+            "com.example.Hello",
+            method,
+            Bytes::from_static(b"\x01\x00\x00\x00\x02hi"),
+        )
+    }
+
+    /// How the terminal answers.
+    #[derive(Clone, Debug)]
+    pub enum Answer {
+        Ok(&'static [u8]),
+        Fail(ErrorType, i64),
+    }
+
+    /// A terminal that records how often it ran and answers with `answer`.
+    #[derive(Default)]
+    pub struct Upstream {
+        pub calls: AtomicUsize,
+        pub answer: Mutex<Option<Answer>>,
+        pub delay: Mutex<Option<std::time::Duration>>,
+        pub last_request: Mutex<Option<Frame>>,
+    }
+
+    impl Upstream {
+        pub fn new(answer: Answer) -> Arc<Upstream> {
+            let u = Upstream::default();
+            *u.answer.lock().unwrap() = Some(answer);
+            Arc::new(u)
+        }
+        pub fn set(&self, answer: Answer) {
+            *self.answer.lock().unwrap() = Some(answer);
+        }
+        pub fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+        pub async fn answer(&self, req: Frame) -> Frame {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let delay = *self.delay.lock().unwrap();
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            let answer = self.answer.lock().unwrap().clone().expect("an answer");
+            *self.last_request.lock().unwrap() = Some(req.clone());
+            match answer {
+                Answer::Ok(body) => {
+                    let mut r = Frame::response_to(&req, Bytes::from_static(body));
+                    r.meta.insert("M_pt", "1");
+                    r
+                }
+                Answer::Fail(t, code) => Frame::exception_response(
+                    req.header.request_id,
+                    &Exception::new(code, "upstream failed", t),
+                    serialization::SIMPLE,
+                    true,
+                ),
+            }
+        }
+    }
+
+    /// Log lines written while the guard lives (this thread only), as JSON objects.
+    #[derive(Clone, Default)]
+    pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        pub fn lines(&self, target: &str) -> Vec<serde_json::Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+                .filter(|v| v["target"] == target)
+                .collect()
+        }
+        pub fn access_lines(&self) -> Vec<serde_json::Value> {
+            self.lines(crate::filter::access_log::TARGET)
+        }
+    }
+
+    pub fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let c = Captured::default();
+        let sub = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(c.clone())
+            .finish();
+        (c, tracing::subscriber::set_default(sub))
+    }
+
+    /// Run one request through `chain` with `upstream` as the terminal.
+    pub async fn call(chain: &FilterChain, info: &CallInfo, up: &Arc<Upstream>, req: Frame) -> Frame {
+        let up = up.clone();
+        chain
+            .call(req, info, move |r| Box::pin(async move { up.answer(r).await }))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::test_support::*;
+    use super::*;
+    use crate::protocol::motan2::ErrorType;
+
+    /// Records the order it is entered and left in.
+    struct Probe {
+        name: &'static str,
+        index: i32,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Filter for Probe {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn index(&self) -> i32 {
+            self.index
+        }
+        fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a> {
+            Box::pin(async move {
+                self.log.lock().unwrap().push(format!("in {}", self.name));
+                let resp = next.run(req, info).await;
+                self.log.lock().unwrap().push(format!("out {}", self.name));
+                resp
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn lower_index_is_outer() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let probe = |name, index| -> Arc<dyn Filter> {
+            Arc::new(Probe {
+                name,
+                index,
+                log: log.clone(),
+            })
+        };
+        let chain = FilterChain::from_filters(vec![probe("c", 20), probe("a", 1), probe("b", 2)]);
+        assert_eq!(chain.names(), vec!["a", "b", "c"]);
+        let up = Upstream::new(Answer::Ok(b"\x01\x00\x00\x00\x02ok"));
+        let info = info(refer(&[]), "hello");
+        let resp = call(&chain, &info, &up, request(5, "hello")).await;
+        assert_eq!(
+            (resp.header.request_id, &resp.body[..]),
+            (5, &b"\x01\x00\x00\x00\x02ok"[..])
+        );
+        assert_eq!(up.calls(), 1);
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec!["in a", "in b", "in c", "out c", "out b", "out a"]
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_chain_is_the_terminal() {
+        let chain = FilterChain::empty();
+        assert!(chain.is_empty() && chain.names().is_empty());
+        let up = Upstream::new(Answer::Fail(ErrorType::Business, 503));
+        let info = info(refer(&[]), "hello");
+        let resp = call(&chain, &info, &up, request(9, "hello")).await;
+        assert_eq!(exception_of(&resp).unwrap().errcode, 503);
+        assert_eq!(up.calls(), 1);
+    }
+
+    #[test]
+    fn build_sorts_dedups_aliases_and_rejects_unknown_names() {
+        let shared = FilterShared::new();
+        let url = refer(&[(
+            "filter",
+            "mock, circuitBreaker,accessLog,clusterAccessLog,metrics,trace,rateLimit,degrade,failfast",
+        )]);
+        let chain = FilterChain::build(&url, &shared).unwrap();
+        assert_eq!(
+            chain.names(),
+            vec![
+                "accessLog",
+                "metrics",
+                "trace",
+                "degrade",
+                "rateLimit",
+                "circuitBreaker",
+                "mock"
+            ]
+        );
+        assert!(FilterChain::build(&refer(&[]), &shared).unwrap().is_empty());
+        let err = FilterChain::build(&refer(&[("filter", "accessLog,bogus")]), &shared).unwrap_err();
+        assert!(err.contains("\"bogus\""), "{err}");
+        assert!(err.contains("known filters: accessLog, metrics"), "{err}");
+        assert!(err.contains("clusterCircuitBreaker"), "{err}");
+    }
+
+    #[test]
+    fn call_info_from_request() {
+        let url = Arc::new(refer(&[]));
+        let mut req = request(3, "hello");
+        req.meta.insert("M_md", "java.lang.String");
+        let i = CallInfo::from_request(Role::ServerAgent, &req, url.clone(), "10.0.0.1");
+        assert_eq!(
+            (
+                i.conf_id.as_str(),
+                i.service.as_str(),
+                i.method.as_str(),
+                i.method_desc.as_str(),
+                i.group.as_str()
+            ),
+            ("hello", "com.example.Hello", "hello", "java.lang.String", "g1")
+        );
+        req.meta.insert("M_g", "g2");
+        let i = CallInfo::from_request(Role::ServerAgent, &req, url, "10.0.0.1");
+        assert_eq!((i.group.as_str(), i.role.as_str()), ("g2", "server-agent"));
+        assert_eq!(Role::ClientAgent.metrics_key(), "motan-client-agent");
+    }
+
+    #[test]
+    fn agent_built_responses() {
+        let req = request(11, "hello");
+        let r = reject(&req, &Exception::service(400, "no"));
+        assert_eq!((r.header.flags, r.header.request_id), (0x03, 11));
+        assert_eq!(exception_of(&r).unwrap(), Exception::service(400, "no"));
+        let mut hessian = req.clone();
+        hessian.header.set_serialization(serialization::HESSIAN2);
+        let ok = simple_response(&hessian, Bytes::from_static(b"\x01\x00\x00\x00\x01x"));
+        assert_eq!(
+            (ok.header.flags, ok.header.serialization(), ok.header.request_id),
+            (0x03, serialization::SIMPLE, 11)
+        );
+        assert!(exception_of(&ok).is_none());
+    }
+}
