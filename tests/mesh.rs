@@ -10,17 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::motan::{self, Value};
-use common::{Daemon, Ports, Provider};
-
-const SVC: &str = "com.example.Echo";
-
-fn direct_registry(id: &str, addrs: &[SocketAddr]) -> String {
-    let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    format!(
-        "  {id}:\n    protocol: direct\n    address: \"{}\"\n",
-        list.join(",")
-    )
-}
+use common::{
+    Daemon, Ports, Provider, SVC, agent_addr, client_agent, client_motan, direct_registry, export_addr,
+};
 
 /// A server agent exporting SVC (group g1) on its eport, backed by `provider`.
 fn server_agent(name: &str, provider: SocketAddr) -> Daemon {
@@ -31,26 +23,6 @@ fn server_agent(name: &str, provider: SocketAddr) -> Daemon {
         provider.port()
     );
     Daemon::mesh(name, ports, &motan)
-}
-
-/// A client agent with one refer for SVC over a direct registry of `servers`.
-fn client_agent(name: &str, servers: &[SocketAddr], refer_extra: &str) -> Daemon {
-    Daemon::mesh(name, Ports::pick(), &client_motan(servers, refer_extra))
-}
-
-fn client_motan(servers: &[SocketAddr], refer_extra: &str) -> String {
-    format!(
-        "motan-registry:\n{}motan-refer:\n  echo:\n    path: {SVC}\n    group: g1\n    protocol: motan2\n    registry: servers\n    requestTimeout: 3000\n{refer_extra}",
-        direct_registry("servers", servers)
-    )
-}
-
-fn agent_addr(d: &Daemon) -> SocketAddr {
-    format!("127.0.0.1:{}", d.ports.port).parse().unwrap()
-}
-
-fn export_addr(d: &Daemon) -> SocketAddr {
-    format!("127.0.0.1:{}", d.ports.eport).parse().unwrap()
 }
 
 #[test]

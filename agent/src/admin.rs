@@ -36,7 +36,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/shutdown", post(shutdown))
         .route("/reload", post(reload))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint; see /status") })
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::filter::admin::routes(state.filters.clone()))
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RequestedMode};
+use crate::filter::FilterShared;
 use crate::intercept::EbpfInterceptor;
 use crate::intercept::ebpf::mode_name;
 use crate::intercept::iptables::Iptables;
@@ -59,6 +60,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The Motan2 mesh (client and server roles); a reload swaps it.
     pub mesh: MeshHandle,
+    /// Filter state (switches, metrics, rate limits, circuits) shared by every chain; kept
+    /// across reloads.
+    pub filters: Arc<FilterShared>,
     pub agent_stats: Arc<ServeStats>,
     pub export_stats: Arc<ServeStats>,
     /// Export ports listening (a reload that needs others reports a restart).
@@ -73,13 +77,33 @@ fn transport(cfg: &Config) -> Transport {
     }
 }
 
+/// Initial switch values from the `switcher` / `switchers` sections (name: bool).
+fn register_switchers(cfg: &Config, filters: &FilterShared) {
+    for section in ["switcher", "switchers"] {
+        let Some(serde_yaml_ng::Value::Mapping(m)) = cfg.motan.get(section) else {
+            continue;
+        };
+        for (k, v) in m {
+            match (k.as_str(), v.as_bool()) {
+                (Some(name), Some(on)) => {
+                    filters.switchers.register(name, on);
+                }
+                _ => tracing::warn!(
+                    "{}: section {section}: {k:?}: {v:?} is not name: true|false",
+                    cfg.source
+                ),
+            }
+        }
+    }
+}
+
 /// Build the mesh from a configuration (errors name section, entry and key).
-fn build_mesh(cfg: &Config, previous: Option<&Mesh>) -> Result<Mesh> {
+fn build_mesh(cfg: &Config, previous: Option<&Mesh>, filters: &Arc<FilterShared>) -> Result<Mesh> {
     let mc = crate::config::motan::MotanConfig::from_config(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &mc.warnings {
         tracing::warn!("{w}");
     }
-    Mesh::build(&mc, transport(cfg), previous).map_err(|es| {
+    Mesh::build(&mc, transport(cfg), previous, filters).map_err(|es| {
         anyhow::anyhow!(
             "{}",
             es.iter()
@@ -309,7 +333,7 @@ impl AppState {
         }
         if old.motan != new.motan || old.agent.application != new.agent.application {
             let current = self.mesh.load_full();
-            let mesh = match build_mesh(&new, Some(&current)) {
+            let mesh = match build_mesh(&new, Some(&current), &self.filters) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!("reload refused, the running configuration stays:\n{e:#}");
@@ -434,7 +458,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         tasks.spawn(forward_bpf_logs(logger, shutdown.clone()));
     }
 
-    let mesh = build_mesh(&config, None)?;
+    let filters = FilterShared::new();
+    register_switchers(&config, &filters);
+    let mesh = build_mesh(&config, None, &filters)?;
     let export_ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
     let mesh: MeshHandle = Arc::new(arc_swap::ArcSwap::from_pointee(mesh));
     let agent_stats = Arc::new(ServeStats::default());
@@ -516,6 +542,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         netns_listeners: Mutex::new(Vec::new()),
         shutdown: shutdown.clone(),
         mesh,
+        filters,
         agent_stats,
         export_stats,
         export_ports,

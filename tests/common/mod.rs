@@ -665,3 +665,39 @@ pub mod motan {
         f.meta.get(k).unwrap_or("")
     }
 }
+
+/// The service the mesh tests call.
+pub const SVC: &str = "com.example.Echo";
+
+/// A `motan-registry` entry of protocol direct.
+pub fn direct_registry(id: &str, addrs: &[SocketAddr]) -> String {
+    let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    format!(
+        "  {id}:\n    protocol: direct\n    address: \"{}\"\n",
+        list.join(",")
+    )
+}
+
+/// Motan sections of a client agent: one refer `echo` for SVC (group g1) over a direct registry
+/// of `servers`; `refer_extra` adds keys to the refer (4-space indent).
+pub fn client_motan(servers: &[SocketAddr], refer_extra: &str) -> String {
+    format!(
+        "motan-registry:\n{}motan-refer:\n  echo:\n    path: {SVC}\n    group: g1\n    protocol: motan2\n    registry: servers\n    requestTimeout: 3000\n{refer_extra}",
+        direct_registry("servers", servers)
+    )
+}
+
+/// A client agent with one refer for SVC over a direct registry of `servers`.
+pub fn client_agent(name: &str, servers: &[SocketAddr], refer_extra: &str) -> Daemon {
+    Daemon::mesh(name, Ports::pick(), &client_motan(servers, refer_extra))
+}
+
+/// The agent port of a daemon (client role).
+pub fn agent_addr(d: &Daemon) -> SocketAddr {
+    format!("127.0.0.1:{}", d.ports.port).parse().unwrap()
+}
+
+/// The export port of a daemon (server role).
+pub fn export_addr(d: &Daemon) -> SocketAddr {
+    format!("127.0.0.1:{}", d.ports.eport).parse().unwrap()
+}

@@ -18,6 +18,7 @@ use crate::cluster::ha::{
 };
 use crate::cluster::lb::{Balancer, LbConfig, LbRequest};
 use crate::cluster::{CallError, E_NO_CHANNEL, Endpoint, EndpointSet, ErrorKind, degraded_error};
+use crate::filter::{FilterChain, FilterShared};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys, simple};
 use crate::registry::Registry;
@@ -69,6 +70,9 @@ impl HashKeySource {
 pub struct Cluster {
     pub conf_id: String,
     pub refer: Arc<Url>,
+    /// The refer's filters, around the whole HA call (so circuits are per refer, like
+    /// motan-go's cluster filters).
+    pub chain: FilterChain,
     ha: HaKind,
     hash_key: HashKeySource,
     balancer: ArcSwap<Balancer>,
@@ -119,12 +123,15 @@ impl Cluster {
         refer: Url,
         transport: Transport,
         previous: Option<&Cluster>,
+        filters: &Arc<FilterShared>,
     ) -> Result<Arc<Cluster>, String> {
+        let chain = FilterChain::build(&refer, filters).map_err(|e| format!("key filter: {e}"))?;
         let ha = HaKind::from_url(&refer).map_err(|e| format!("key haStrategy: {e}"))?;
         let lb = LbConfig::from_url(&refer).map_err(|e| format!("key loadbalance: {e}"))?;
         let hash_key = HashKeySource::from_url(&refer)?;
         Ok(Arc::new(Cluster {
             conf_id: conf_id.to_string(),
+            chain,
             ha,
             hash_key,
             // A replaced cluster's balancer lends its state (the consistent-hash partition
@@ -479,6 +486,7 @@ impl Cluster {
             "group": self.refer.group,
             "ha": self.refer.get_str(crate::url::keys::HA_STRATEGY, "failover"),
             "loadbalance": balancer.config().kind.name(),
+            "filters": self.chain.names(),
             "degraded": self.degraded.load(Ordering::Relaxed),
             "available_endpoints": available,
             "endpoints": endpoints,

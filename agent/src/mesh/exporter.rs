@@ -12,6 +12,7 @@ use super::router::error_frame;
 use crate::cluster::CallError;
 use crate::cluster::endpoint::request_timeout;
 use crate::config::motan::parse_protocol_port;
+use crate::filter::{CallInfo, FilterChain, FilterFuture, FilterShared, Role};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
 use crate::url::{Url, keys as url_keys};
@@ -26,7 +27,9 @@ pub enum Provider {
 
 pub struct Export {
     pub conf_id: String,
-    pub service: Url,
+    /// The service's filters, around the provider call.
+    pub chain: FilterChain,
+    pub service: Arc<Url>,
     pub port: u16,
     pub provider: Provider,
 }
@@ -47,11 +50,12 @@ impl Exporter {
     pub fn new(
         services: &std::collections::BTreeMap<String, Url>,
         transport: &Transport,
+        filters: &Arc<FilterShared>,
     ) -> Result<Exporter, Vec<String>> {
         let mut e = Exporter::default();
         let mut errors = Vec::new();
         for (id, url) in services {
-            match Self::export(id, url, transport) {
+            match Self::export(id, url, transport, filters) {
                 Ok(x) => {
                     e.ports.insert(x.port);
                     let key = (x.port, service_key(&url.group, &url.path));
@@ -68,7 +72,13 @@ impl Exporter {
         if errors.is_empty() { Ok(e) } else { Err(errors) }
     }
 
-    fn export(id: &str, url: &Url, transport: &Transport) -> Result<Export, String> {
+    fn export(
+        id: &str,
+        url: &Url,
+        transport: &Transport,
+        filters: &Arc<FilterShared>,
+    ) -> Result<Export, String> {
+        let chain = FilterChain::build(url, filters).map_err(|e| format!("key filter: {e}"))?;
         let (_, port) = parse_protocol_port(url.get_str(url_keys::EXPORT, "motan2:9982"))
             .map_err(|m| format!("key export: {m}"))?;
         let proxy = url.param(url_keys::PROXY);
@@ -100,7 +110,8 @@ impl Exporter {
         };
         Ok(Export {
             conf_id: id.to_string(),
-            service: url.clone(),
+            chain,
+            service: Arc::new(url.clone()),
             port,
             provider,
         })
@@ -138,7 +149,23 @@ impl Exporter {
         }
         req.meta
             .insert(keys::HOST, Bytes::copy_from_slice(peer_ip.as_bytes()));
-        let mut resp = match &export.provider {
+        let mut resp = if export.chain.is_empty() {
+            Self::provide(&export, req, peer_ip, received).await
+        } else {
+            let info = CallInfo::from_request(Role::ServerAgent, &req, export.service.clone(), peer_ip);
+            let terminal =
+                |r: Frame| -> FilterFuture<'_> { Box::pin(Self::provide(&export, r, peer_ip, received)) };
+            export.chain.call(req, &info, terminal).await
+        };
+        resp.header.set_flag(FLAG_PROXY, true);
+        resp.set_process_time_if_absent(received.elapsed());
+        resp
+    }
+
+    /// The provider call itself (inside the filters).
+    async fn provide(export: &Export, mut req: Frame, peer_ip: &str, received: Instant) -> Frame {
+        let id = req.header.request_id;
+        match &export.provider {
             Provider::Http(h) => h.call(&req, received).await,
             Provider::Motan2 { pool } => {
                 if !req.meta.contains("x-forwarded-for") && !req.meta.contains("X-Forwarded-For") {
@@ -153,9 +180,6 @@ impl Exporter {
                     Err(e) => error_frame(id, &e),
                 }
             }
-        };
-        resp.header.set_flag(FLAG_PROXY, true);
-        resp.set_process_time_if_absent(received.elapsed());
-        resp
+        }
     }
 }

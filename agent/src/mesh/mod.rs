@@ -22,6 +22,7 @@ use self::exporter::Exporter;
 use self::router::Router;
 use self::serve::{Handler, HandlerFuture, RequestContext};
 use crate::config::motan::MotanConfig;
+use crate::filter::FilterShared;
 use crate::protocol::motan2::{DecodeLimits, Frame};
 use crate::registry::{self, Registry};
 
@@ -46,6 +47,7 @@ impl Mesh {
         mc: &MotanConfig,
         transport: Transport,
         previous: Option<&Mesh>,
+        filters: &Arc<FilterShared>,
     ) -> Result<Mesh, Vec<String>> {
         let mut errors = Vec::new();
         let mut registries: BTreeMap<String, Arc<dyn Registry>> = BTreeMap::new();
@@ -60,12 +62,18 @@ impl Mesh {
         let mut clusters = Vec::new();
         for (id, refer) in &mc.refers {
             let old = previous.and_then(|p| p.router.clusters().iter().find(|c| &c.conf_id == id));
-            match Cluster::new(id, refer.clone(), transport.clone(), old.map(|c| c.as_ref())) {
+            match Cluster::new(
+                id,
+                refer.clone(),
+                transport.clone(),
+                old.map(|c| c.as_ref()),
+                filters,
+            ) {
                 Ok(c) => clusters.push(c),
                 Err(m) => errors.push(format!("section motan-refer, entry {id}: {m}")),
             }
         }
-        let exporter = match Exporter::new(&mc.services, &transport) {
+        let exporter = match Exporter::new(&mc.services, &transport, filters) {
             Ok(e) => Some(e),
             Err(es) => {
                 errors.extend(es);
@@ -119,6 +127,7 @@ impl Mesh {
                 "service": e.service.path,
                 "group": e.service.group,
                 "port": e.port,
+                "filters": e.chain.names(),
                 "provider": match &e.provider {
                     exporter::Provider::Motan2 { pool } => json!({"type": "motan2", "address": pool.address(), "channels": pool.usage().0}),
                     exporter::Provider::Http(_) => json!({"type": "http", "address": e.service.param("proxyAddress").unwrap_or("")}),

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::cluster::Cluster;
 use crate::cluster::CallError;
 use crate::cluster::route::{RouteRequest, RouteTable, RouteTarget, request_defaults};
+use crate::filter::{CallInfo, FilterFuture, Role};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{ErrorType, Exception, Frame, keys};
 
@@ -91,13 +92,26 @@ impl Router {
         if let Some(g) = d.group {
             req.meta.insert(keys::GROUP, Bytes::from(g));
         }
-        match cluster.call(req).await {
-            Ok(mut resp) => {
-                resp.header.request_id = caller_id;
-                resp.header.set_flag(FLAG_PROXY, true);
-                resp
+        let mut resp = if cluster.chain.is_empty() {
+            match cluster.call(req).await {
+                Ok(resp) => resp,
+                Err(e) => error_frame(caller_id, &e),
             }
-            Err(e) => error_frame(caller_id, &e),
-        }
+        } else {
+            let info = CallInfo::from_request(Role::ClientAgent, &req, cluster.refer.clone(), peer_ip);
+            let c = cluster.clone();
+            let terminal = move |r: Frame| -> FilterFuture<'_> {
+                Box::pin(async move {
+                    match c.call(r).await {
+                        Ok(resp) => resp,
+                        Err(e) => error_frame(caller_id, &e),
+                    }
+                })
+            };
+            cluster.chain.call(req, &info, terminal).await
+        };
+        resp.header.request_id = caller_id;
+        resp.header.set_flag(FLAG_PROXY, true);
+        resp
     }
 }
