@@ -423,8 +423,8 @@ impl ZkRegistry {
             if let Some(c) = live.commands.get(&path) {
                 return c.tx.subscribe();
             }
-            let (initial, source) = match (&live.session, live.snapshot.commands.get(&path)) {
-                (None, Some(text)) => (Some(text.clone()), Source::Snapshot(SystemTime::now())),
+            let (initial, source) = match live.snapshot.commands.get(&path) {
+                Some(text) if !live.connected => (Some(text.clone()), Source::Snapshot(SystemTime::now())),
                 _ => (None, Source::Nothing),
             };
             let tx = Arc::new(watch::channel(initial).0);
@@ -436,10 +436,10 @@ impl ZkRegistry {
                     source,
                 },
             );
-            let first = live.session.clone().map(|s| {
+            let first = live.session.clone().and_then(|s| {
                 let (done, first) = oneshot::channel();
                 tokio::spawn(watch_command(shared.clone(), s, path.clone(), tx, Some(done)));
-                first
+                live.connected.then_some(first)
             });
             (rx, first)
         };
@@ -1114,8 +1114,8 @@ impl Registry for ZkRegistry {
                 if let Some(sub) = live.subscriptions.get(&path) {
                     return Ok(sub.tx.subscribe());
                 }
-                let (initial, source) = match (&live.session, live.snapshot.servers.get(&path)) {
-                    (None, Some(list)) => {
+                let (initial, source) = match live.snapshot.servers.get(&path) {
+                    Some(list) if !live.connected => {
                         tracing::info!(registry = %shared.name, path, servers = list.len(), "zookeeper unreachable: serving the snapshot");
                         (list.clone(), Source::Snapshot(SystemTime::now()))
                     }
@@ -1131,7 +1131,9 @@ impl Registry for ZkRegistry {
                         source,
                     },
                 );
-                let first = live.session.clone().map(|s| {
+                // The first read is awaited only while connected: a disconnected session
+                // would hold the caller for the whole request timeout.
+                let first = live.session.clone().and_then(|s| {
                     let (done, first) = oneshot::channel();
                     tokio::spawn(watch_servers(
                         shared.clone(),
@@ -1141,7 +1143,7 @@ impl Registry for ZkRegistry {
                         tx,
                         Some(done),
                     ));
-                    first
+                    live.connected.then_some(first)
                 });
                 (rx, first)
             };
