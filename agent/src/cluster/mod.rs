@@ -1,7 +1,9 @@
 //! The cluster stage (4.4–4.8): route a request to a refer (`route`), keep the refer's
 //! endpoints from registry notifications (`EndpointSet`), pick one (`lb`), retry or hedge
-//! (`ha`), and track endpoint health (`endpoint`). Everything here is pure decision code and
-//! state; the request path owns the I/O and calls into it.
+//! (`ha`), track endpoint health (`endpoint`), and read registry commands (`command`).
+//! Everything here is pure decision code and state; the request path owns the I/O and calls
+//! into it.
+pub mod command;
 pub mod endpoint;
 pub mod ha;
 pub mod lb;

@@ -16,6 +16,7 @@ use super::{AgentSection, Config, ConfigErrors};
 use crate::cluster::ha::HaKind;
 use crate::cluster::lb::LbKind;
 use crate::registry::direct::{DirectRegistry, parse_address};
+use crate::registry::zookeeper;
 use crate::url::{Url, keys, parse_go_bool, split_list};
 
 pub const REGISTRY_SECTION: &str = "motan-registry";
@@ -703,17 +704,22 @@ fn check_registry(id: &str, u: &Url, p: &mut Problems) {
             }
         }
         "zookeeper" => {
-            if u.host.is_empty() || u.port == 0 {
-                match u.param(keys::ADDRESS) {
-                    None => p.error(s, Some(id), Some("host"), "needs host and port, or address"),
-                    Some(list) => {
-                        for entry in split_list(list) {
-                            if let Err(e) = parse_address(entry) {
-                                p.error(s, Some(id), Some("address"), e);
-                            }
-                        }
-                    }
-                }
+            if let Err(e) = zookeeper::connect_string(u) {
+                let by_address = (u.host.is_empty() || u.port == 0) && u.param(keys::ADDRESS).is_some();
+                p.error(s, Some(id), Some(if by_address { "address" } else { "host" }), e);
+            }
+            let timeout = zookeeper::session_timeout(u).as_secs();
+            if let Some(v) = u
+                .param(zookeeper::SESSION_TIMEOUT)
+                .and_then(|v| v.parse::<u64>().ok())
+                && v != timeout
+            {
+                p.warn(
+                    s,
+                    Some(id),
+                    Some(zookeeper::SESSION_TIMEOUT),
+                    format!("{v} is read as seconds (as motan-go does) and clamped: {timeout} s is used"),
+                );
             }
         }
         other => p.error(
@@ -1448,7 +1454,7 @@ motan-refer:
     #[test]
     fn registry_checks() {
         let errs = errors(
-            "motan-registry:\n  a: {host: 127.0.0.1}\n  b: {protocol: zookeeper}\n  c: {protocol: zookeeper, address: \"127.0.0.1:2181,127.0.0.2\"}\n  e: {protocol: direct}\n  f: {protocol: zookeeper, host: 127.0.0.1, port: 2181, registrySessionTimeout: x}\n",
+            "motan-registry:\n  a: {host: 127.0.0.1}\n  b: {protocol: zookeeper}\n  c: {protocol: zookeeper, address: \"127.0.0.1:2181,127.0.0.2\"}\n  e: {protocol: direct}\n  f: {protocol: zookeeper, host: 127.0.0.1, port: 2181, registrySessionTimeout: x}\n  g: {protocol: zookeeper, address: \"unix:///x\"}\n",
         );
         let all = errs.join("\n");
         for e in [
@@ -1457,10 +1463,24 @@ motan-refer:
             "entry c, key address: address entry \"127.0.0.2\" is not host:port or unix://path",
             "entry e, key address: needs host and port",
             "entry f, key registrySessionTimeout: \"x\" is not an integer",
+            "entry g, key address: address entry \"unix:///x\" is not host:port",
         ] {
             assert!(all.contains(e), "missing {e:?} in:\n{all}");
         }
-        assert_eq!(errs.len(), 5, "{all}");
+        assert_eq!(errs.len(), 6, "{all}");
+        // Accepted, with a word on motan-go's unit.
+        let (mc, errs) = build(
+            "motan-registry:\n  zk: {protocol: zookeeper, address: \"127.0.0.1:2181, 127.0.0.2:2181\", registrySessionTimeout: 10000}\n",
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(mc.warnings.len(), 1, "{:?}", mc.warnings);
+        assert!(
+            mc.warnings[0].contains(
+                "key registrySessionTimeout: 10000 is read as seconds (as motan-go does) and clamped: 60 s is used"
+            ),
+            "{:?}",
+            mc.warnings
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Service discovery and registration (4.9). A `Registry` streams the server list of a refer
-//! and, for the server role, registers exported services. `direct` is a static list;
-//! ZooKeeper will implement the same trait.
+//! and the registry's command texts (4.10), and, for the server role, registers exported
+//! services. `direct` is a static list; `zookeeper` is motan's ZooKeeper layout.
 pub mod direct;
+pub mod zookeeper;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::url::Url;
 pub use direct::DirectRegistry;
+pub use zookeeper::{ZkOptions, ZkRegistry};
 
 /// The full server list of one refer from one registry; every change replaces it whole.
 pub type ServerList = Arc<Vec<Url>>;
@@ -22,10 +24,21 @@ pub type RegistryFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RegistryE
 pub enum RegistryError {
     #[error("registry {registry}: {message}")]
     Config { registry: String, message: String },
-    #[error("registry protocol {0:?} is not supported (supported: direct)")]
+    #[error("registry protocol {0:?} is not supported (supported: direct, zookeeper)")]
     Unsupported(String),
+    /// The registry's servers could not be reached. A registration request that fails this
+    /// way is remembered and applied in the background once they can.
     #[error("registry {registry}: {message}")]
     Unavailable { registry: String, message: String },
+}
+
+/// Which command node to watch (4.9, 4.10).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CommandScope {
+    /// The service command of a group: `/motan/<group>/command`.
+    Group(String),
+    /// The agent command of an application: `/motan/agent/<application>/command`.
+    Agent(String),
 }
 
 pub trait Registry: Send + Sync + std::fmt::Debug {
@@ -43,12 +56,35 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     /// Move every registered service to available (`/200`) or back (`/503`); `None` = all.
     fn available<'a>(&'a self, service: Option<&'a Url>) -> RegistryFuture<'a, ()>;
     fn unavailable<'a>(&'a self, service: Option<&'a Url>) -> RegistryFuture<'a, ()>;
+
+    /// Register the agent itself (`/motan/agent/<application>/node/...` in ZooKeeper), so
+    /// that agent commands can address it. A no-op where the registry has no such record.
+    fn register_agent<'a>(&'a self, _agent: &'a Url) -> RegistryFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Watch a command node's text (`None`: no command). Like `subscribe`: the receiver holds
+    /// the current value; a closed sender means it will not change again, which is what a
+    /// registry without commands answers.
+    fn subscribe_commands<'a>(
+        &'a self,
+        _scope: &'a CommandScope,
+    ) -> RegistryFuture<'a, watch::Receiver<Option<String>>> {
+        let (_tx, rx) = watch::channel(None);
+        Box::pin(async move { Ok(rx) })
+    }
+
+    /// State for the admin API (`/registry/status`-like): at least the protocol and identity.
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({"protocol": self.url().protocol, "registry": self.url().identity()})
+    }
 }
 
 /// The registry for a `motan-registry` entry, by its protocol.
 pub fn from_url(url: &Url) -> Result<Arc<dyn Registry>, RegistryError> {
     match url.protocol.as_str() {
         "direct" => Ok(Arc::new(DirectRegistry::new(url.clone())?)),
+        "zookeeper" => Ok(Arc::new(ZkRegistry::new(url.clone(), ZkOptions::from_url(url))?)),
         other => Err(RegistryError::Unsupported(other.to_string())),
     }
 }
@@ -57,15 +93,32 @@ pub fn from_url(url: &Url) -> Result<Arc<dyn Registry>, RegistryError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn factory_by_protocol() {
+    #[tokio::test]
+    async fn factory_by_protocol() {
         let d = Url::new("direct", "", 0, "", "").with_param("address", "127.0.0.1:9982");
         let r = from_url(&d).unwrap();
         assert_eq!(r.url().protocol, "direct");
-        let zk = Url::new("zookeeper", "127.0.0.1", 2181, "", "");
+        assert_eq!(r.status()["protocol"], "direct");
+        // The default command watch: nothing, and it never changes.
+        let mut cmd = r
+            .subscribe_commands(&CommandScope::Group("g".into()))
+            .await
+            .unwrap();
+        assert_eq!(*cmd.borrow_and_update(), None);
+        assert!(cmd.changed().await.is_err());
+        // A closed port: created all the same, connecting in the background.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let zk = Url::new("zookeeper", "127.0.0.1", port, "", "");
+        let r = from_url(&zk).unwrap();
+        assert_eq!(r.status()["protocol"], "zookeeper");
+        let consul = Url::new("consul", "127.0.0.1", 8500, "", "");
         assert_eq!(
-            from_url(&zk).unwrap_err().to_string(),
-            "registry protocol \"zookeeper\" is not supported (supported: direct)"
+            from_url(&consul).unwrap_err().to_string(),
+            "registry protocol \"consul\" is not supported (supported: direct, zookeeper)"
         );
     }
 }
