@@ -30,6 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/503", any(set_offline))
         .route("/version", get(|| async { env!("CARGO_PKG_VERSION") }))
         .route("/status", get(status))
+        .route("/registry/list", get(registry_list))
         .route("/intercept/status", get(intercept_status))
         .route("/intercept/enable", post(intercept_enable))
         .route("/intercept/disable", post(intercept_disable))
@@ -50,6 +51,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
     }
 }
 
+async fn registry_list(State(s): State<Arc<AppState>>) -> Response {
+    axum::Json(s.mesh.load().registry_json()).into_response()
+}
+
 async fn health(State(s): State<Arc<AppState>>) -> Response {
     if s.online.load(Ordering::Relaxed) {
         (StatusCode::OK, "OK").into_response()
@@ -60,12 +65,14 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
 
 async fn set_online(State(s): State<Arc<AppState>>) -> &'static str {
     s.online.store(true, Ordering::Relaxed);
+    s.mesh.load().set_online(true).await;
     tracing::info!("status set to 200 (online)");
     "ok."
 }
 
 async fn set_offline(State(s): State<Arc<AppState>>) -> &'static str {
     s.online.store(false, Ordering::Relaxed);
+    s.mesh.load().set_online(false).await;
     tracing::info!("status set to 503 (offline)");
     "ok."
 }

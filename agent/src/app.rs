@@ -19,7 +19,7 @@ use crate::intercept::iptables::Iptables;
 use crate::intercept::selftest::{self, SelfTest};
 use crate::mesh::channel::Transport;
 use crate::mesh::serve::{ServeStats, accept_loop};
-use crate::mesh::{ClientHandler, Mesh, MeshHandle, ServerHandler};
+use crate::mesh::{ClientHandler, Mesh, MeshHandle, MeshOptions, ServerHandler};
 use crate::proxy::transparent::{Stats, TransparentProxy};
 
 /// Replaces the process's log filter (e.g. "debug"); errors name what is wrong with it.
@@ -63,6 +63,7 @@ pub struct AppState {
     /// Filter state (switches, metrics, rate limits, circuits) shared by every chain; kept
     /// across reloads.
     pub filters: Arc<FilterShared>,
+    pub mesh_shared: MeshShared,
     pub agent_stats: Arc<ServeStats>,
     pub export_stats: Arc<ServeStats>,
     /// Export ports listening (a reload that needs others reports a restart).
@@ -97,13 +98,59 @@ fn register_switchers(cfg: &Config, filters: &FilterShared) {
     }
 }
 
+/// Where registry snapshots go unless `motan-agent.snapshot_dir` says otherwise.
+pub const DEFAULT_SNAPSHOT_DIR: &str = "/var/lib/sockmesh/snapshot";
+
+/// State the mesh keeps across reloads.
+pub struct MeshShared {
+    pub filters: Arc<FilterShared>,
+    pub overrides: Arc<Mutex<crate::cluster::command::SwitcherOverrides>>,
+}
+
+/// The local address that reaches the first ZooKeeper registry (a UDP connect sends nothing),
+/// else 127.0.0.1: what exports are registered with when `motan-agent.localIP` is not set.
+fn local_ip_towards(mc: &crate::config::motan::MotanConfig) -> String {
+    let target = mc
+        .registries
+        .values()
+        .find(|r| r.protocol == "zookeeper")
+        .and_then(|r| {
+            let first = r
+                .param("address")
+                .and_then(|a| a.split(',').next().map(str::to_string));
+            first.or_else(|| (!r.host.is_empty()).then(|| format!("{}:{}", r.host, r.port)))
+        });
+    target
+        .and_then(|t| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+            s.connect(t.trim()).ok()?;
+            Some(s.local_addr().ok()?.ip().to_string())
+        })
+        .unwrap_or_else(|| "127.0.0.1".to_string())
+}
+
 /// Build the mesh from a configuration (errors name section, entry and key).
-fn build_mesh(cfg: &Config, previous: Option<&Mesh>, filters: &Arc<FilterShared>) -> Result<Mesh> {
+fn build_mesh(cfg: &Config, previous: Option<&Mesh>, shared: &MeshShared) -> Result<Mesh> {
     let mc = crate::config::motan::MotanConfig::from_config(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &mc.warnings {
         tracing::warn!("{w}");
     }
-    Mesh::build(&mc, transport(cfg), previous, filters).map_err(|es| {
+    let agent_str = |k: &str| match cfg.agent.other.get(k) {
+        Some(serde_yaml_ng::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let local_ip = agent_str("localIP").unwrap_or_else(|| local_ip_towards(&mc));
+    let opts = MeshOptions {
+        transport: transport(cfg),
+        local_ip,
+        application: cfg.agent.application.clone(),
+        snapshot_dir: agent_str("snapshot_dir")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SNAPSHOT_DIR)),
+        filters: shared.filters.clone(),
+        overrides: shared.overrides.clone(),
+    };
+    Mesh::build(&mc, &opts, previous).map_err(|es| {
         anyhow::anyhow!(
             "{}",
             es.iter()
@@ -333,7 +380,7 @@ impl AppState {
         }
         if old.motan != new.motan || old.agent.application != new.agent.application {
             let current = self.mesh.load_full();
-            let mesh = match build_mesh(&new, Some(&current), &self.filters) {
+            let mesh = match build_mesh(&new, Some(&current), &self.mesh_shared) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!("reload refused, the running configuration stays:\n{e:#}");
@@ -345,6 +392,9 @@ impl AppState {
                 restart.push("motan-service export ports (new ports listen after a restart)");
             }
             mesh.wait_ready().await;
+            let online = self.online.load(std::sync::atomic::Ordering::Relaxed);
+            mesh.register(online).await;
+            current.unregister(Some(&mesh)).await;
             self.mesh.store(Arc::new(mesh));
             current.stop();
             applied.push("motan sections (registries, refers, services)");
@@ -458,9 +508,12 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         tasks.spawn(forward_bpf_logs(logger, shutdown.clone()));
     }
 
-    let filters = FilterShared::new();
-    register_switchers(&config, &filters);
-    let mesh = build_mesh(&config, None, &filters)?;
+    let mesh_shared = MeshShared {
+        filters: FilterShared::new(),
+        overrides: Arc::default(),
+    };
+    register_switchers(&config, &mesh_shared.filters);
+    let mesh = build_mesh(&config, None, &mesh_shared)?;
     let export_ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
     let mesh: MeshHandle = Arc::new(arc_swap::ArcSwap::from_pointee(mesh));
     let agent_stats = Arc::new(ServeStats::default());
@@ -498,6 +551,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
 
     // Listeners are bound first: a refer may point at this agent's own export port.
     mesh.load().wait_ready().await;
+    // Server role: exports are registered unavailable until /200 (4.15).
+    mesh.load().register(false).await;
 
     let stats = Arc::new(Stats::default());
     let transparent = bind("transparent", config.transparent_addr()).await?;
@@ -542,7 +597,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         netns_listeners: Mutex::new(Vec::new()),
         shutdown: shutdown.clone(),
         mesh,
-        filters,
+        filters: mesh_shared.filters.clone(),
+        mesh_shared,
         agent_stats,
         export_stats,
         export_ports,
@@ -568,6 +624,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     }
 
     wait_for_signal(&state).await;
+    // Callers stop choosing this agent's exports first (ephemeral nodes would go with the
+    // session anyway).
+    state.mesh.load().unregister(None).await;
     tracing::info!("shutting down: no new connections; in-flight ones get {DRAIN_DEADLINE:?}");
     shutdown.cancel();
     tasks.close();

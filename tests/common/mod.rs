@@ -114,8 +114,17 @@ impl Daemon {
         Daemon::launch(name, ports, motan, "    enabled: false\n")
     }
 
+    /// A mesh daemon without interception with extra `motan-agent` keys (2-space indent).
+    pub fn mesh_with_agent(name: &str, ports: Ports, agent: &str, motan: &str) -> Daemon {
+        Daemon::launch_full(name, ports, agent, motan, "    enabled: false\n")
+    }
+
     /// Start with `motan` sections and extra `sockmesh.intercept` keys (4-space indent).
     pub fn launch(name: &str, ports: Ports, motan: &str, extra_intercept: &str) -> Daemon {
+        Daemon::launch_full(name, ports, "", motan, extra_intercept)
+    }
+
+    pub fn launch_full(name: &str, ports: Ports, agent: &str, motan: &str, extra_intercept: &str) -> Daemon {
         let dir = std::env::temp_dir().join(format!("sockmesh-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let Ports {
@@ -130,7 +139,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "motan-agent:\n  port: {port}\n  eport: {eport}\n  mport: {mport}\n  application: test-{name}\n\
+                "motan-agent:\n  port: {port}\n  eport: {eport}\n  mport: {mport}\n  application: test-{name}\n{agent}\
                  sockmesh:\n  log_level: debug\n  intercept:\n    transparent_port: {tport}\n    pin_dir: {}\n    iptables_chain: {iptables_chain}\n    bpf_log_level: debug\n{extra_intercept}\n# motan\n{motan}",
                 pin_dir.display()
             ),

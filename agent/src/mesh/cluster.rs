@@ -85,6 +85,8 @@ pub struct Cluster {
     connect_retry: Duration,
     mingz_size: usize,
     degraded: AtomicBool,
+    /// Traffic-control group weights in force.
+    group_weights: Mutex<Option<String>>,
     stop: CancellationToken,
     /// Pools of the cluster this one replaces (reload): endpoints it knew keep their
     /// connections and are available at once.
@@ -152,6 +154,7 @@ impl Cluster {
             connect_retry: refer.get_duration_ms("connectRetryInterval", DEFAULT_CONNECT_RETRY),
             mingz_size: refer.get_int("mingzSize", 0).max(0) as usize,
             degraded: AtomicBool::new(false),
+            group_weights: Mutex::new(None),
             stop: CancellationToken::new(),
             adopt: previous
                 .map(|p| p.pools.read().unwrap().clone())
@@ -163,8 +166,13 @@ impl Cluster {
         }))
     }
 
-    /// Subscribe to every registry of the refer and follow their server lists until `stop`.
-    pub fn start(self: &Arc<Self>, registries: &BTreeMap<String, Arc<dyn Registry>>) -> Result<(), String> {
+    /// Subscribe to every registry of the refer (and to its commands) and follow them until
+    /// `stop` (see `mesh::discovery`).
+    pub fn start(
+        self: &Arc<Self>,
+        registries: &BTreeMap<String, Arc<dyn Registry>>,
+        ctx: &super::discovery::DiscoveryContext,
+    ) -> Result<(), String> {
         let ids: Vec<String> = self
             .refer
             .get_list(crate::url::keys::REGISTRY)
@@ -174,54 +182,50 @@ impl Cluster {
         if ids.is_empty() {
             return Err("key registry: the refer names no registry".into());
         }
-        let count = ids.len();
-        self.registries_total.store(count, Ordering::Relaxed);
+        let mut regs = Vec::new();
         for id in ids {
             let Some(reg) = registries.get(&id).cloned() else {
                 return Err(format!("key registry: no motan-registry entry {id:?}"));
             };
-            let me = self.clone();
-            tokio::spawn(async move { me.follow(id, reg, count).await });
+            regs.push((id, reg));
         }
+        self.registries_total.store(regs.len(), Ordering::Relaxed);
+        tokio::spawn(super::discovery::run(self.clone(), regs, ctx.clone()));
         Ok(())
     }
 
-    async fn follow(self: Arc<Self>, id: String, reg: Arc<dyn Registry>, count: usize) {
-        let mut rx = match reg.subscribe(&self.refer).await {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::error!(cluster = %self.conf_id, registry = %id, "subscribe failed: {e}");
-                return;
-            }
-        };
-        let mut first = true;
-        loop {
-            let list = rx.borrow_and_update().clone();
-            self.apply(&id, count, &list);
-            if std::mem::take(&mut first) {
-                self.registries_seen.fetch_add(1, Ordering::Relaxed);
-            }
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                r = rx.changed() => if r.is_err() {
-                    // The registry will not change this list again: keep the last one.
-                    self.stop.cancelled().await;
-                    return;
-                },
-            }
-        }
+    pub(super) fn stopped(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// A registry delivered the first list of the refer's own group.
+    pub(super) fn registry_seen(&self) {
+        self.registries_seen.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Apply one registry's server list: new endpoints get a pool (connected in the
     /// background; the endpoint becomes available once connected), removed ones are dropped
     /// after `REMOVE_DELAY`, and the balancer is rebuilt.
-    pub fn apply(self: &Arc<Self>, registry_id: &str, registry_count: usize, servers: &[Url]) {
+    /// `group_weights` are the traffic-control weights (`g1:3,g2:1`) or `None`.
+    pub fn apply(
+        self: &Arc<Self>,
+        registry_id: &str,
+        registry_count: usize,
+        servers: &[Url],
+        group_weights: Option<&str>,
+    ) {
         let (outcome, all) = {
             let mut set = self.endpoints.lock().unwrap();
             let outcome = set.notify(registry_id, &self.refer, registry_count, servers);
             (outcome, set.shuffled())
         };
-        if !outcome.changed {
+        let weights_changed = {
+            let mut w = self.group_weights.lock().unwrap();
+            let changed = w.as_deref() != group_weights;
+            *w = group_weights.map(str::to_string);
+            changed
+        };
+        if !outcome.changed && !weights_changed {
             return;
         }
         for ep in &outcome.added {
@@ -241,7 +245,7 @@ impl Cluster {
             self.connects_pending.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move { me.connect_endpoint(ep, pool).await });
         }
-        let balancer = self.balancer.load().rebuild(all, None);
+        let balancer = self.balancer.load().rebuild(all, group_weights);
         self.balancer.store(Arc::new(balancer));
         tracing::info!(
             cluster = %self.conf_id, registry = registry_id,
@@ -302,6 +306,10 @@ impl Cluster {
             .unwrap()
             .get(&ep.url().identity())
             .is_some_and(|p| Arc::ptr_eq(p, pool))
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.lock().unwrap().len()
     }
 
     /// Every registry delivered its first list and every first connect finished.
@@ -488,6 +496,7 @@ impl Cluster {
             "loadbalance": balancer.config().kind.name(),
             "filters": self.chain.names(),
             "degraded": self.degraded.load(Ordering::Relaxed),
+            "group_weights": self.group_weights.lock().unwrap().clone(),
             "available_endpoints": available,
             "endpoints": endpoints,
         })

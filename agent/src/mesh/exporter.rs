@@ -34,6 +34,18 @@ pub struct Export {
     pub provider: Provider,
 }
 
+impl Export {
+    /// The URL registered for this export: this agent's IP and export port (4.11 step 1).
+    pub fn registration_url(&self, local_ip: &str) -> Url {
+        let mut u = (*self.service).clone();
+        u.protocol = "motan2".into();
+        u.host = local_ip.to_string();
+        u.port = self.port;
+        u.params.insert("nodeType".into(), "service".into());
+        u
+    }
+}
+
 #[derive(Default)]
 pub struct Exporter {
     /// (export port, `group_path`) → export.

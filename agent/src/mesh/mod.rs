@@ -4,6 +4,7 @@
 //! flight finish on the one they started with.
 pub mod channel;
 pub mod cluster;
+pub mod discovery;
 pub mod exporter;
 pub mod http_provider;
 pub mod router;
@@ -31,10 +32,26 @@ use crate::registry::{self, Registry};
 /// reload with an unreachable endpoint from stalling).
 pub const INIT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Agent-wide settings the mesh needs besides the motan sections.
+#[derive(Clone)]
+pub struct MeshOptions {
+    pub transport: Transport,
+    /// The IP this agent registers its exports with and route rules match (`motan-agent`
+    /// `localIP`, else the address that reaches the first ZooKeeper, else 127.0.0.1).
+    pub local_ip: String,
+    pub application: String,
+    /// Registry snapshots (`motan-agent` `snapshot_dir`).
+    pub snapshot_dir: std::path::PathBuf,
+    pub filters: Arc<FilterShared>,
+    pub overrides: Arc<std::sync::Mutex<crate::cluster::command::SwitcherOverrides>>,
+}
+
 pub struct Mesh {
     pub router: Router,
     pub exporter: Exporter,
     pub registries: BTreeMap<String, Arc<dyn Registry>>,
+    /// Server role: (registry, URL registered there) of every export.
+    pub registrations: Vec<(Arc<dyn Registry>, crate::url::Url)>,
     pub limits: DecodeLimits,
 }
 
@@ -43,16 +60,30 @@ pub type MeshHandle = Arc<ArcSwap<Mesh>>;
 impl Mesh {
     /// Build from the typed motan configuration and start following the registries. Errors
     /// name the section, entry and key. `previous` lends its live connections (reload).
-    pub fn build(
-        mc: &MotanConfig,
-        transport: Transport,
-        previous: Option<&Mesh>,
-        filters: &Arc<FilterShared>,
-    ) -> Result<Mesh, Vec<String>> {
+    pub fn build(mc: &MotanConfig, opts: &MeshOptions, previous: Option<&Mesh>) -> Result<Mesh, Vec<String>> {
+        let (transport, filters) = (opts.transport.clone(), &opts.filters);
         let mut errors = Vec::new();
         let mut registries: BTreeMap<String, Arc<dyn Registry>> = BTreeMap::new();
         for (id, url) in &mc.registries {
-            match registry::from_url(url) {
+            // A registry whose URL did not change is kept (a ZooKeeper session and its
+            // ephemeral nodes survive the reload).
+            if let Some(old) = previous
+                .and_then(|p| p.registries.get(id))
+                .filter(|r| r.url() == url)
+            {
+                registries.insert(id.clone(), old.clone());
+                continue;
+            }
+            let made = match url.protocol.as_str() {
+                "zookeeper" => {
+                    let mut o = registry::ZkOptions::from_url(url);
+                    o.snapshot_dir.get_or_insert_with(|| opts.snapshot_dir.clone());
+                    o.local_ip = Some(opts.local_ip.clone());
+                    registry::ZkRegistry::new(url.clone(), o).map(|r| Arc::new(r) as Arc<dyn Registry>)
+                }
+                _ => registry::from_url(url),
+            };
+            match made {
                 Ok(r) => {
                     registries.insert(id.clone(), r);
                 }
@@ -83,9 +114,35 @@ impl Mesh {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let ctx = discovery::DiscoveryContext {
+            local_ip: opts.local_ip.clone(),
+            application: opts.application.clone(),
+            filters: filters.clone(),
+            overrides: opts.overrides.clone(),
+        };
         for c in &clusters {
-            if let Err(m) = c.start(&registries) {
+            if let Err(m) = c.start(&registries, &ctx) {
                 errors.push(format!("section motan-refer, entry {}: {m}", c.conf_id));
+            }
+        }
+        if !errors.is_empty() {
+            for c in &clusters {
+                c.stop();
+            }
+            return Err(errors);
+        }
+        let exporter = exporter.unwrap_or_default();
+        let mut registrations = Vec::new();
+        for e in exporter.exports() {
+            let ids = e.service.get_list(crate::url::keys::REGISTRY);
+            for id in ids {
+                match registries.get(id) {
+                    Some(r) => registrations.push((r.clone(), e.registration_url(&opts.local_ip))),
+                    None => errors.push(format!(
+                        "section motan-service, entry {}, key registry: no motan-registry entry {id:?}",
+                        e.conf_id
+                    )),
+                }
             }
         }
         if !errors.is_empty() {
@@ -96,9 +153,72 @@ impl Mesh {
         }
         Ok(Mesh {
             router: Router::new(clusters),
-            exporter: exporter.unwrap_or_default(),
+            exporter,
             registries,
+            registrations,
             limits: transport.limits,
+        })
+    }
+
+    /// Server role: register every export in its registries (as unavailable), then make them
+    /// available when the agent is online (4.9, 4.15). Failures are logged; a ZooKeeper
+    /// registry retries by itself.
+    pub async fn register(&self, online: bool) {
+        for (r, url) in &self.registrations {
+            if let Err(e) = r.register(url).await {
+                tracing::warn!(service = %url.path, "register failed: {e}");
+            }
+            if online && let Err(e) = r.available(Some(url)).await {
+                tracing::warn!(service = %url.path, "available failed: {e}");
+            }
+        }
+    }
+
+    /// `/200` and `/503`: every registered export becomes available or unavailable.
+    pub async fn set_online(&self, online: bool) {
+        for (r, url) in &self.registrations {
+            let res = if online {
+                r.available(Some(url)).await
+            } else {
+                r.unavailable(Some(url)).await
+            };
+            if let Err(e) = res {
+                tracing::warn!(service = %url.path, online, "registry update failed: {e}");
+            }
+        }
+    }
+
+    /// Remove registrations this mesh has and `next` does not (reload), or all (`None`, shutdown).
+    pub async fn unregister(&self, next: Option<&Mesh>) {
+        for (r, url) in &self.registrations {
+            let kept = next.is_some_and(|n| {
+                n.registrations
+                    .iter()
+                    .any(|(r2, u2)| Arc::ptr_eq(r, r2) && u2.identity() == url.identity())
+            });
+            if !kept && let Err(e) = r.unregister(url).await {
+                tracing::warn!(service = %url.path, "unregister failed: {e}");
+            }
+        }
+    }
+
+    pub fn registry_json(&self) -> Value {
+        json!({
+            "registries": self.registries.iter().map(|(id, r)| {
+                let mut s = r.status();
+                if let Some(o) = s.as_object_mut() {
+                    o.insert("name".into(), json!(id));
+                }
+                s
+            }).collect::<Vec<_>>(),
+            "registrations": self.registrations.iter().map(|(r, u)| json!({
+                "registry": r.url().identity(), "service": u.path, "group": u.group, "address": u.address(),
+            })).collect::<Vec<_>>(),
+            "subscriptions": self.router.clusters().iter().map(|c| json!({
+                "cluster": c.conf_id, "service": c.refer.path, "group": c.refer.group,
+                "registries": c.refer.get_list(crate::url::keys::REGISTRY),
+                "endpoints": c.endpoint_count(),
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -133,7 +253,13 @@ impl Mesh {
                     exporter::Provider::Http(_) => json!({"type": "http", "address": e.service.param("proxyAddress").unwrap_or("")}),
                 },
             })).collect::<Vec<_>>(),
-            "registries": self.registries.iter().map(|(id, r)| json!({"name": id, "protocol": r.url().protocol})).collect::<Vec<_>>(),
+            "registries": self.registries.iter().map(|(id, r)| {
+                let mut s = r.status();
+                if let Some(o) = s.as_object_mut() {
+                    o.insert("name".into(), json!(id));
+                }
+                s
+            }).collect::<Vec<_>>(),
         })
     }
 }

@@ -1116,7 +1116,7 @@ impl Registry for ZkRegistry {
                 }
                 let (initial, source) = match live.snapshot.servers.get(&path) {
                     Some(list) if !live.connected => {
-                        tracing::info!(registry = %shared.name, path, servers = list.len(), "zookeeper unreachable: serving the snapshot");
+                        tracing::warn!(registry = %shared.name, path, servers = list.len(), "zookeeper unreachable: serving the snapshot");
                         (list.clone(), Source::Snapshot(SystemTime::now()))
                     }
                     _ => (Vec::new(), Source::Nothing),
