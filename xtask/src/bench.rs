@@ -23,12 +23,15 @@ pub enum Mode {
     EbpfConnect,
     EbpfSockmap,
     Haproxy,
+    /// agent-explicit to a service whose refer and export run the default filter chain.
+    AgentFilters,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Direct,
         Mode::AgentExplicit,
+        Mode::AgentFilters,
         Mode::Iptables,
         Mode::EbpfConnect,
         Mode::EbpfSockmap,
@@ -42,6 +45,7 @@ impl Mode {
             Mode::EbpfConnect => "ebpf-connect",
             Mode::EbpfSockmap => "ebpf-sockmap",
             Mode::Haproxy => "haproxy",
+            Mode::AgentFilters => "agent-filters",
         }
     }
 }
@@ -217,12 +221,36 @@ fn wait_ready(child: &mut Child, what: &str) -> Result<String> {
 /// registry is the agent's own export port, and that export (server role) in front of the
 /// provider. Agent-explicit and the intercepted modes all take this path; interception
 /// overhead = mode - agent-explicit.
+const SERVICE: &str = "com.weibo.bench.EchoService";
+/// The same echo service behind the default filter chain (agent-filters mode).
+const FILTERED_SERVICE: &str = "com.weibo.bench.FilteredEchoService";
+/// What sockmesh calls its default filter chain: an access-log line and metrics per call, on
+/// both roles.
+pub const DEFAULT_FILTERS: &str = "accessLog,metrics";
+
 fn mesh_sections(eport: u16, provider: &str) -> Result<String> {
     let (host, port) = provider.rsplit_once(':').context("provider address")?;
+    let mut refers = String::new();
+    let mut services = String::new();
+    for (id, path, filters) in [
+        ("bench", SERVICE, ""),
+        ("filtered", FILTERED_SERVICE, DEFAULT_FILTERS),
+    ] {
+        let filter = if filters.is_empty() {
+            String::new()
+        } else {
+            format!("    filter: \"{filters}\"\n")
+        };
+        refers += &format!(
+            "  {id}:\n    path: {path}\n    group: bench\n    registry: self\n    requestTimeout: 5000\n{filter}"
+        );
+        services += &format!(
+            "  {id}:\n    path: {path}\n    group: bench\n    export: \"motan2:{eport}\"\n    provider: motan2\n    proxy: \"motan2:{port}\"\n    proxy.host: {host}\n    requestTimeout: 5000\n{filter}"
+        );
+    }
     Ok(format!(
         "motan-registry:\n  self:\n    protocol: direct\n    address: \"127.0.0.1:{eport}\"\n\
-         motan-refer:\n  bench:\n    path: com.weibo.bench.EchoService\n    group: bench\n    registry: self\n    requestTimeout: 5000\n\
-         motan-service:\n  bench:\n    path: com.weibo.bench.EchoService\n    group: bench\n    export: \"motan2:{eport}\"\n    provider: motan2\n    proxy: \"motan2:{port}\"\n    proxy.host: {host}\n    requestTimeout: 5000\n"
+         motan-refer:\n{refers}motan-service:\n{services}"
     ))
 }
 
@@ -249,7 +277,7 @@ fn start_env(dir: &Path, agent_workers: usize) -> Result<Env> {
         &cfg,
         format!(
             "motan-agent:\n  port: {}\n  eport: {}\n  mport: {}\n  application: bench\n\
-             sockmesh:\n  log_level: warn\n  worker_threads: {agent_workers}\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {chain}\n    bpf_log_level: warn\n{}",
+             sockmesh:\n  log_level: \"warn,sockmesh::access=info\"\n  worker_threads: {agent_workers}\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {chain}\n    bpf_log_level: warn\n{}",
             ports[1],
             ports[2],
             ports[3],
@@ -377,7 +405,7 @@ impl Env {
     fn target(&self, mode: Mode) -> Option<String> {
         match mode {
             Mode::Haproxy => Some(self.haproxy_addr.clone()),
-            Mode::AgentExplicit => Some(self.agent_port_addr.clone()),
+            Mode::AgentExplicit | Mode::AgentFilters => Some(self.agent_port_addr.clone()),
             _ => Some(self.provider_addr.clone()),
         }
     }
@@ -397,6 +425,14 @@ impl Env {
         let before = pid.map(proc_cpu_rss).unwrap_or_default();
         let mut cmd = Command::new(&self.loadgen);
         cmd.args(["run", "--target", &target, "--conns", &case.conns.to_string()])
+            .args([
+                "--service",
+                if mode == Mode::AgentFilters {
+                    FILTERED_SERVICE
+                } else {
+                    SERVICE
+                },
+            ])
             .args(["--payload", &case.payload.to_string()])
             .args(["--duration-ms", &opts.duration.as_millis().to_string()])
             .args(["--warmup-ms", &opts.warmup.as_millis().to_string()])
@@ -732,6 +768,11 @@ impl Report {
                     Mode::Haproxy,
                     Mode::Direct,
                     "haproxy hop: haproxy - direct (one L4 hop)",
+                ),
+                (
+                    Mode::AgentFilters,
+                    Mode::AgentExplicit,
+                    "default filter chain (accessLog, metrics): agent-filters - agent-explicit",
                 ),
                 (
                     Mode::Iptables,

@@ -64,6 +64,9 @@ enum Cmd {
         /// Give up on a request after this long (counted as an error).
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+        /// Service (M_p) of the requests.
+        #[arg(long, default_value = "com.weibo.bench.EchoService")]
+        service: String,
     },
 }
 
@@ -86,7 +89,9 @@ fn main() -> Result<()> {
             conn_per_request,
             cgroup,
             timeout_ms,
+            service,
         } => {
+            let _ = SERVICE.set(service);
             if let Some(cg) = cgroup {
                 std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
                     .with_context(|| format!("joining cgroup {}", cg.display()))?;
@@ -182,8 +187,15 @@ impl Stats {
     }
 }
 
+/// The service every request names (set once from `--service`).
+static SERVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn request(id: u64, body: &Bytes) -> Bytes {
-    let mut f = Frame::request(id, "com.weibo.bench.EchoService", "echo", body.clone());
+    let service = SERVICE
+        .get()
+        .map(String::as_str)
+        .unwrap_or("com.weibo.bench.EchoService");
+    let mut f = Frame::request(id, service, "echo", body.clone());
     f.meta.insert("M_g", "bench");
     f.meta.insert("M_pp", "motan2");
     f.to_bytes()
