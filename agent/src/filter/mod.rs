@@ -85,7 +85,8 @@ pub struct CallInfo {
     /// `M_md`.
     pub method_desc: String,
     pub group: String,
-    /// Client side: the endpoint `host:port`; server side: the caller's address.
+    /// The caller's IP: the app (client side, where the chain wraps the whole cluster call, so
+    /// no endpoint is chosen yet) or the calling agent (server side).
     pub peer: String,
     /// The refer (client side) or service (server side) URL the chain was built from.
     pub url: Arc<Url>,
