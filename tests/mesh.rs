@@ -554,3 +554,94 @@ fn app_to_client_agent_to_server_agent_to_http_provider() {
         assert_eq!(text(&r), "nope");
     });
 }
+
+#[test]
+fn reload_under_load_moves_endpoints_without_losing_a_request() {
+    let (p1, p2) = (Provider::start("p1", 0), Provider::start("p2", 0));
+    let client = client_agent("reload-load", &[p1.addr], "    retries: 1\n");
+    let rt = motan::rt();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let addr = agent_addr(&client);
+        rt.spawn(async move {
+            let ch = Arc::new(motan::connect(addr).await);
+            let mut by: HashMap<String, usize> = HashMap::new();
+            let mut failed = Vec::new();
+            let mut i = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = ch
+                    .call(
+                        motan::request(SVC, "echo", &[], &[Value::from(i)]),
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                match r {
+                    Ok(f) if motan::exception(&f).is_none() => {
+                        *by.entry(motan::meta(&f, "provider").to_string()).or_default() += 1
+                    }
+                    other => failed.push(format!("{i}: {other:?}")),
+                }
+                i += 1;
+            }
+            (by, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    client.rewrite_motan(&client_motan(&[p2.addr], "    retries: 1\n"));
+    let (ok, out, err) = client.cli(&["reload"]);
+    assert!(ok, "{out}{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (by, failed) = rt.block_on(load).unwrap();
+    assert!(failed.is_empty(), "requests lost across the reload: {failed:?}");
+    assert!(
+        by.get("p1").copied().unwrap_or(0) > 0 && by.get("p2").copied().unwrap_or(0) > 0,
+        "{by:?}"
+    );
+    // A broken configuration is refused and the running one keeps serving.
+    client.rewrite_motan("motan-refer:\n  echo:\n    path: x\n    registry: nowhere\n");
+    let (ok, _, err) = client.cli(&["reload"]);
+    assert!(!ok && err.contains("nowhere"), "{err}");
+    let r = rt.block_on(async {
+        let ch = motan::connect(agent_addr(&client)).await;
+        motan::call(&ch, motan::request(SVC, "echo", &[], &[])).await
+    });
+    assert_eq!(motan::meta(&r, "provider"), "p2");
+}
+
+#[test]
+fn sigterm_answers_every_accepted_request() {
+    let provider = Provider::start("slow", 0);
+    let mut client = client_agent("sigterm-mesh", &[provider.addr], "");
+    let rt = motan::rt();
+    let answered = rt.block_on(async {
+        let ch = Arc::new(motan::connect(agent_addr(&client)).await);
+        let mut calls = Vec::new();
+        for i in 0..20 {
+            let ch = ch.clone();
+            calls.push(tokio::spawn(async move {
+                let req = motan::request(SVC, "echo", &[("delay-ms", "400")], &[Value::from(i as i64)]);
+                ch.call(req, Duration::from_secs(5)).await
+            }));
+        }
+        // The requests are in flight at the provider when the agent is told to stop.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        client.sigterm();
+        let mut ok = 0;
+        for (i, c) in calls.into_iter().enumerate() {
+            let f = c
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("request {i} lost: {e}"));
+            assert_eq!(
+                motan::simple::decode_all(&f.body).unwrap(),
+                vec![Value::from(i as i64)]
+            );
+            ok += 1;
+        }
+        ok
+    });
+    assert_eq!(answered, 20);
+    assert!(client.wait_exit(), "the agent exits cleanly after draining");
+}

@@ -514,7 +514,12 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     };
     register_switchers(&config, &mesh_shared.filters);
     let mesh = build_mesh(&config, None, &mesh_shared)?;
-    let export_ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
+    // The default export port listens even with nothing exported yet (server role ready; a
+    // reload can add services on it).
+    let mut export_ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
+    if !export_ports.contains(&config.agent.eport) {
+        export_ports.insert(0, config.agent.eport);
+    }
     let mesh: MeshHandle = Arc::new(arc_swap::ArcSwap::from_pointee(mesh));
     let agent_stats = Arc::new(ServeStats::default());
     let export_stats = Arc::new(ServeStats::default());

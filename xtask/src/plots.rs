@@ -7,8 +7,9 @@ use plotters::prelude::*;
 
 use crate::bench::{Case, Mode, Run};
 
-const COLORS: [RGBColor; 6] = [
+const COLORS: [RGBColor; 7] = [
     RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0x17, 0xbe, 0xcf),
     RGBColor(0xff, 0x7f, 0x0e),
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0xd6, 0x27, 0x28),
@@ -17,7 +18,7 @@ const COLORS: [RGBColor; 6] = [
 ];
 
 fn color(m: Mode) -> RGBColor {
-    COLORS[Mode::ALL.iter().position(|x| *x == m).unwrap_or(0)]
+    COLORS[Mode::ALL.iter().position(|x| *x == m).unwrap_or(0) % COLORS.len()]
 }
 
 fn e<E: std::fmt::Debug>(err: E) -> anyhow::Error {
