@@ -140,16 +140,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Set up tracing; returns a function that swaps the log filter of the running process.
-fn init_logging(filter: &str, json: bool) -> Result<sockmesh::app::LogReload> {
+/// Set up tracing; returns a function that swaps the log filter of the running process, and the
+/// guard that flushes the log writer when dropped (keep it until the daemon ends).
+fn init_logging(
+    filter: &str,
+    json: bool,
+) -> Result<(
+    sockmesh::app::LogReload,
+    tracing_appender::non_blocking::WorkerGuard,
+)> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("bad log level {filter:?}"))?;
     // Logs go to stderr; colours only on a terminal, so log files and journald stay greppable.
+    // A writer thread does the writes, so a request path that logs (accessLog) never waits
+    // for a write(2); lines are never dropped (the queue blocks when full).
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let base = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     let parse =
         |f: &str| tracing_subscriber::EnvFilter::try_new(f).with_context(|| format!("bad log level {f:?}"));
@@ -175,7 +187,7 @@ fn init_logging(filter: &str, json: bool) -> Result<sockmesh::app::LogReload> {
         })
     };
     let _ = tracing_log::LogTracer::init();
-    Ok(reload)
+    Ok((reload, guard))
 }
 
 fn query(s: &str) -> String {
@@ -214,7 +226,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 None => Config::embedded(),
             }
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let log_reload = init_logging(log_level.as_deref().unwrap_or(&cfg.sockmesh.log_level), log_json)?;
+            let (log_reload, _log_flush) =
+                init_logging(log_level.as_deref().unwrap_or(&cfg.sockmesh.log_level), log_json)?;
             tracing::info!(config = %cfg.source, version = env!("CARGO_PKG_VERSION"), "sockmesh starting");
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             if cfg.sockmesh.worker_threads > 0 {
