@@ -94,6 +94,20 @@ fn app_to_client_agent_to_server_agent_to_motan2_provider() {
     assert_eq!(c["endpoints"][0]["available"], true);
     let st = server.admin_json("/status");
     assert_eq!(st["mesh"]["exports"][0]["service"], SVC, "{st}");
+    // Endpoint health and listener counters are on /metrics too.
+    let (code, text) = sockmesh::admin::request(client.admin, "GET", "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let endpoint = format!("endpoint=\"{}\"", export_addr(&server));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("sockmesh_endpoint_available{") && l.contains(&endpoint))
+        .unwrap_or_else(|| panic!("no endpoint_available line for {endpoint}:\n{text}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sockmesh_listener_requests_total{listener=\"agent\"}")),
+        "{text}"
+    );
 }
 
 /// Three providers behind one client agent (endpoints are the providers themselves).

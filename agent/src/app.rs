@@ -611,6 +611,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     if state.intercept_error.is_none() {
         tasks.spawn(watch_namespaces(state.clone(), proxy, tasks.clone()));
     }
+    crate::metrics::register(&state);
     tasks.spawn(crate::admin::serve(admin, state.clone(), shutdown.clone()));
 
     for (name, addr) in &listeners {

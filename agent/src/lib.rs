@@ -13,6 +13,7 @@ pub mod filter;
 pub mod install;
 pub mod intercept;
 pub mod mesh;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod recent;
