@@ -37,7 +37,7 @@ fn family(
     if rows.is_empty() {
         return Ok(());
     }
-    let mut m = enc.encode_descriptor(name, help, None, kind.clone())?;
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
     for (labels, v) in rows {
         let fam = m.encode_family(labels)?;
         match kind {
