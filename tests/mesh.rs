@@ -303,6 +303,26 @@ fn failover_loses_no_request_when_a_provider_dies() {
         .find(|e| e["address"] == t.providers[1].addr.to_string())
         .expect("endpoint listed");
     assert_eq!(dead["available"], false, "{st}");
+
+    // The provider comes back on the same address: heartbeats find it and it is used again.
+    let addr = t.providers[1].addr;
+    t.providers[1] = Provider::start_on(&addr.to_string(), "p1-again", 0, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = t.agent.admin_json("/status");
+        let back = st["mesh"]["clusters"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["address"] == addr.to_string() && e["available"] == true);
+        if back {
+            break;
+        }
+        assert!(Instant::now() < deadline, "endpoint not probed back in: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let by = rt.block_on(async { spread(&motan::connect(agent_addr(&t.agent)).await, 30, |_| vec![]).await });
+    assert!(by.get("p1-again").copied().unwrap_or(0) >= 5, "{by:?}");
 }
 
 /// p99 of `n` sequential calls; also returns how many requests the providers served.
