@@ -37,7 +37,10 @@ fn server_agent(name: &str, zk: &ZkServer, group: &str, provider: SocketAddr) ->
 
 fn agent_keys(name: &str) -> String {
     let dir = std::env::temp_dir().join(format!("sockmesh-test-snap-{name}-{}", std::process::id()));
-    format!("  snapshot_dir: {}\n  localIP: 127.0.0.1\n", dir.display())
+    format!(
+        "  snapshot_dir: {}\n  localIP: 127.0.0.1\n  registry: zk\n",
+        dir.display()
+    )
 }
 
 /// A client agent referring SVC in `group` through ZooKeeper.
@@ -142,6 +145,9 @@ fn registration_discovery_and_503_moves_traffic_without_failures() {
             ("motan2", SVC, "zkg")
         );
         assert_eq!(url.address(), export_of(&a));
+        // The agent's own node (motan-agent registry: zk).
+        let agent_nodes = children(&c, "/motan/agent/test-zk503-a/node").await;
+        assert_eq!(agent_nodes, vec![format!("127.0.0.1:{}", a.ports.port)]);
     });
     online(&a);
     online(&b);

@@ -148,6 +148,10 @@ fn build_mesh(cfg: &Config, previous: Option<&Mesh>, shared: &MeshShared) -> Res
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SNAPSHOT_DIR)),
         filters: shared.filters.clone(),
+        agent_registries: agent_str(crate::url::keys::REGISTRY)
+            .map(|r| crate::url::split_list(&r).into_iter().map(String::from).collect())
+            .unwrap_or_default(),
+        agent_port: cfg.agent.port,
         overrides: shared.overrides.clone(),
     };
     Mesh::build(&mc, &opts, previous).map_err(|es| {

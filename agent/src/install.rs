@@ -33,6 +33,10 @@ impl Layout {
     pub fn config(&self) -> PathBuf {
         self.at("/etc/sockmesh/sockmesh.yaml")
     }
+    /// Agent state (registry snapshots, `crate::app::DEFAULT_SNAPSHOT_DIR`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.at("/var/lib/sockmesh")
+    }
     pub fn unit(&self) -> PathBuf {
         self.at(&format!("/etc/systemd/system/{UNIT_NAME}"))
     }
@@ -188,6 +192,14 @@ pub fn remove_files(layout: &Layout) -> Result<Vec<String>> {
                 layout.config_dir().display()
             )),
         }
+    }
+    if layout.state_dir().exists() {
+        std::fs::remove_dir_all(layout.state_dir())
+            .with_context(|| format!("removing {}", layout.state_dir().display()))?;
+        report.push(format!(
+            "removed {} (registry snapshots)",
+            layout.state_dir().display()
+        ));
     }
     if layout.is_real_root() && systemd_running() {
         let _ = systemctl(&["daemon-reload"]);

@@ -43,6 +43,10 @@ pub struct MeshOptions {
     /// Registry snapshots (`motan-agent` `snapshot_dir`).
     pub snapshot_dir: std::path::PathBuf,
     pub filters: Arc<FilterShared>,
+    /// The agent's own node (`/motan/agent/<application>/node/<ip:port>`) goes into these
+    /// registries (`motan-agent` `registry`), with the agent port.
+    pub agent_registries: Vec<String>,
+    pub agent_port: u16,
     pub overrides: Arc<std::sync::Mutex<crate::cluster::command::SwitcherOverrides>>,
 }
 
@@ -52,6 +56,8 @@ pub struct Mesh {
     pub registries: BTreeMap<String, Arc<dyn Registry>>,
     /// Server role: (registry, URL registered there) of every export.
     pub registrations: Vec<(Arc<dyn Registry>, crate::url::Url)>,
+    /// The agent's own node per registry (`motan-agent` `registry`).
+    pub agent_nodes: Vec<(Arc<dyn Registry>, crate::url::Url)>,
     pub limits: DecodeLimits,
 }
 
@@ -145,6 +151,20 @@ impl Mesh {
                 }
             }
         }
+        let mut agent_nodes = Vec::new();
+        for id in &opts.agent_registries {
+            match registries.get(id) {
+                Some(r) => {
+                    let url = crate::url::Url::new("motan2", &opts.local_ip, opts.agent_port, "", "")
+                        .with_param(crate::url::keys::APPLICATION, &opts.application)
+                        .with_param("nodeType", "agent");
+                    agent_nodes.push((r.clone(), url));
+                }
+                None => errors.push(format!(
+                    "section motan-agent, key registry: no motan-registry entry {id:?}"
+                )),
+            }
+        }
         if !errors.is_empty() {
             for c in &clusters {
                 c.stop();
@@ -152,6 +172,7 @@ impl Mesh {
             return Err(errors);
         }
         Ok(Mesh {
+            agent_nodes,
             router: Router::new(clusters),
             exporter,
             registries,
@@ -164,6 +185,11 @@ impl Mesh {
     /// available when the agent is online (4.9, 4.15). Failures are logged; a ZooKeeper
     /// registry retries by itself.
     pub async fn register(&self, online: bool) {
+        for (r, url) in &self.agent_nodes {
+            if let Err(e) = r.register_agent(url).await {
+                tracing::warn!("agent node registration failed: {e}");
+            }
+        }
         for (r, url) in &self.registrations {
             if let Err(e) = r.register(url).await {
                 tracing::warn!(service = %url.path, "register failed: {e}");
