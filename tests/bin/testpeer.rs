@@ -304,7 +304,8 @@ fn motan2_provider(args: &[String]) {
 }
 
 /// One Motan2 call (optionally from inside a cgroup, for interception tests); prints the
-/// response as JSON: exception, provider meta and the body decoded as a simple string.
+/// response as JSON: exception, provider meta (who answered, whether through an agent) and the
+/// body decoded as a simple string.
 fn motan2_call(args: &[String]) {
     use sockmesh::protocol::motan2::{Frame, Motan2Codec, Value};
     use tokio_util::codec::Decoder;
@@ -339,6 +340,8 @@ fn motan2_call(args: &[String]) {
             "id": resp.header.request_id,
             "exception": resp.meta.get("M_e"),
             "provider": resp.meta.get("provider"),
+            // "1" when the request reached the provider through an agent (proxy flag).
+            "seen_proxy": resp.meta.get("seen-proxy"),
             "body": body,
         })
     );

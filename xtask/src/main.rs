@@ -39,6 +39,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The multi-host demo: two hosts as network namespaces, an intercepted app and a client
+    /// agent on one, a server agent and a Motan2 provider on the other; prints a summary and
+    /// removes everything it created (also on failure or Ctrl-C).
+    Demo {
+        /// Arguments passed to `sockmesh-demo` (e.g. `--json`, `--rate 1000`, `--duration-ms 5000`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The interception benchmark (BENCH.md): every mode side by side, report under bench/results/.
     Bench {
         /// Every mode and case briefly (one round, 1 s per run): for CI and smoke tests.
@@ -68,6 +76,7 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Test { args } => test(&args),
         Cmd::Run { args } => run(&args),
+        Cmd::Demo { args } => demo(&args),
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Bench {
             quick,
@@ -149,7 +158,9 @@ fn test(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn run(args: &[String]) -> Result<()> {
+/// Setup, the BPF object, then the release binaries of the sockmesh package (the agent, the
+/// load generator, the test peer and the demo).
+fn build_release() -> Result<PathBuf> {
     setup::run()?;
     build_ebpf()?;
     let step = Step::start("build: cargo build --release --package sockmesh");
@@ -159,8 +170,13 @@ fn run(args: &[String]) -> Result<()> {
     if !st.success() {
         bail!("building the agent failed");
     }
-    step.done("target/release/sockmesh");
-    let bin = project_root().join("target/release/sockmesh");
+    let dir = project_root().join("target/release");
+    step.done(&format!("{}", dir.display()));
+    Ok(dir)
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let bin = build_release()?.join("sockmesh");
     println!(
         "xtask: starting `{} run {}` (Ctrl-C stops it)",
         bin.display(),
@@ -169,6 +185,19 @@ fn run(args: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let err = std::process::Command::new(&bin).arg("run").args(args).exec();
     Err(err).context("exec sockmesh")
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask demo needs root (network namespaces, cgroups, BPF)");
+    }
+    let bin = build_release()?.join("sockmesh-demo");
+    println!("xtask: starting `{} {}`", bin.display(), args.join(" "));
+    // exec, so that Ctrl-C reaches the demo itself and its teardown finishes in the foreground.
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(&bin).args(args).exec();
+    Err(err).context("exec sockmesh-demo")
 }
 
 fn fuzz(seconds: u64) -> Result<()> {

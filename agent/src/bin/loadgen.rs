@@ -67,6 +67,9 @@ enum Cmd {
         /// Service (M_p) of the requests.
         #[arg(long, default_value = "com.weibo.bench.EchoService")]
         service: String,
+        /// Group (M_g) of the requests.
+        #[arg(long, default_value = "bench")]
+        group: String,
     },
 }
 
@@ -90,8 +93,10 @@ fn main() -> Result<()> {
             cgroup,
             timeout_ms,
             service,
+            group,
         } => {
             let _ = SERVICE.set(service);
+            let _ = GROUP.set(group);
             if let Some(cg) = cgroup {
                 std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
                     .with_context(|| format!("joining cgroup {}", cg.display()))?;
@@ -189,6 +194,8 @@ impl Stats {
 
 /// The service every request names (set once from `--service`).
 static SERVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The group every request names (set once from `--group`).
+static GROUP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn request(id: u64, body: &Bytes) -> Bytes {
     let service = SERVICE
@@ -196,7 +203,8 @@ fn request(id: u64, body: &Bytes) -> Bytes {
         .map(String::as_str)
         .unwrap_or("com.weibo.bench.EchoService");
     let mut f = Frame::request(id, service, "echo", body.clone());
-    f.meta.insert("M_g", "bench");
+    let group = GROUP.get().map(String::as_str).unwrap_or("bench");
+    f.meta.insert("M_g", Bytes::copy_from_slice(group.as_bytes()));
     f.meta.insert("M_pp", "motan2");
     f.to_bytes()
 }
