@@ -192,8 +192,28 @@ fn demo(args: &[String]) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("cargo xtask demo needs root (network namespaces, cgroups, BPF)");
     }
-    let bin = build_release()?.join("sockmesh-demo");
-    println!("xtask: starting `{} {}`", bin.display(), args.join(" "));
+    // With --json, stdout carries only the demo's summary: the set-up and build lines go to
+    // stderr (fd 1 points there until the exec; println! flushes every line, nothing lingers).
+    let json = args.iter().any(|a| a == "--json");
+    // SAFETY: dup/dup2/close on the standard descriptors of this single-threaded process.
+    let saved_stdout = json.then(|| unsafe {
+        let fd = libc::dup(1);
+        libc::dup2(2, 1);
+        fd
+    });
+    let built = build_release();
+    let bin = built.map(|dir| dir.join("sockmesh-demo"));
+    if let Ok(bin) = &bin {
+        println!("xtask: starting `{} {}`", bin.display(), args.join(" "));
+    }
+    if let Some(fd) = saved_stdout {
+        // SAFETY: as above; `fd` is the duplicate made there.
+        unsafe {
+            libc::dup2(fd, 1);
+            libc::close(fd);
+        }
+    }
+    let bin = bin?;
     // exec, so that Ctrl-C reaches the demo itself and its teardown finishes in the foreground.
     use std::os::unix::process::CommandExt;
     let err = std::process::Command::new(&bin).args(args).exec();
