@@ -69,7 +69,12 @@ fn events(log: &str, msg: &str, first: &str) -> Vec<HashMap<String, String>> {
 }
 
 fn event_count(d: &Daemon, msg: &str, first: &str) -> usize {
-    events(&d.log(), msg, first).len()
+    events(&flushed_log(d), msg, first).len()
+}
+
+/// The daemon's log once what it buffered has been written (`Daemon::log` waits for that).
+fn flushed_log(d: &Daemon) -> String {
+    d.log()
 }
 
 /// `k=v k="quoted \" value" k=` into a map (quoted values unescaped).
@@ -138,7 +143,7 @@ fn access_log_writes_one_line_per_request_until_switched_off() {
         out
     });
     // The line is written before the response leaves the agent.
-    let lines = events(&agent.log(), "access", "role");
+    let lines = events(&flushed_log(&agent), "access", "role");
     assert_eq!(lines.len(), plan.len(), "{lines:?}");
     for (rid, meta) in &plan {
         let l = lines
@@ -193,7 +198,7 @@ fn access_log_writes_one_line_per_request_until_switched_off() {
         let ch = motan::connect(agent_addr(&agent)).await;
         motan::call(&ch, echo("echo", &[("M_rid", "2001")], "loud")).await;
     });
-    let lines = events(&agent.log(), "access", "role");
+    let lines = events(&flushed_log(&agent), "access", "role");
     assert_eq!(lines.len(), plan.len() + 1);
     assert_eq!(field(lines.last().unwrap(), "request_id"), "2001");
 }
@@ -616,7 +621,7 @@ fn trace_context_crosses_both_agents_and_each_logs_a_span() {
         motan::meta(&resp, "seen-traceparent").to_string()
     });
     let span = |d: &Daemon| {
-        let spans = events(&d.log(), "span", "trace_id");
+        let spans = events(&flushed_log(d), "span", "trace_id");
         assert_eq!(spans.len(), 1, "{spans:?}");
         spans.into_iter().next().unwrap()
     };

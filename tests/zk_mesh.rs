@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::motan::{self, Value};
 use common::{Daemon, Ports, Provider, SVC, agent_addr};
-use zk_server::{ZkServer, zookeeper};
+use zk_server::{ZkServer, children, raw_client as raw, zookeeper};
 use zookeeper_client as zk;
 
 fn zk_registry(zk: &ZkServer) -> String {
@@ -87,23 +87,6 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Dura
 
 fn export_of(d: &Daemon) -> String {
     format!("127.0.0.1:{}", d.ports.eport)
-}
-
-async fn raw(zk: &ZkServer) -> zk::Client {
-    zk::Client::connect(&zk.addr())
-        .await
-        .expect("raw client connects")
-}
-
-async fn children(c: &zk::Client, path: &str) -> Vec<String> {
-    match c.list_children(path).await {
-        Ok(mut v) => {
-            v.sort();
-            v
-        }
-        Err(zk::Error::NoNode) => Vec::new(),
-        Err(e) => panic!("listing {path}: {e}"),
-    }
 }
 
 /// Count answers by provider over `n` sequential calls.

@@ -13,7 +13,7 @@ use sockmesh::cluster::command::CommandList;
 use sockmesh::registry::{CommandScope, Registry, ServerList, ZkOptions, ZkRegistry};
 use sockmesh::url::Url;
 use tokio::sync::watch;
-use zk_server::{ZkServer, zookeeper};
+use zk_server::{ZkServer, children, raw_client, zookeeper};
 use zookeeper_client as zk;
 
 const GROUP: &str = "zk-test-group";
@@ -57,12 +57,6 @@ fn registry(zk: &ZkServer, session_secs: u32, snapshot_dir: Option<PathBuf>) -> 
     .unwrap()
 }
 
-async fn raw_client(zk: &ZkServer) -> zk::Client {
-    zk::Client::connect(&zk.addr())
-        .await
-        .expect("raw client connects")
-}
-
 fn server_path(kind: &str) -> String {
     format!("/motan/{GROUP}/{SERVICE}/{kind}")
 }
@@ -73,17 +67,6 @@ async fn node_url(c: &zk::Client, path: &str) -> Option<Url> {
         Ok((data, _)) => Some(Url::parse_node(&Url::node_data_text(&data)).expect("node data parses")),
         Err(zk::Error::NoNode) => None,
         Err(e) => panic!("reading {path}: {e}"),
-    }
-}
-
-async fn children(c: &zk::Client, path: &str) -> Vec<String> {
-    match c.list_children(path).await {
-        Ok(mut v) => {
-            v.sort();
-            v
-        }
-        Err(zk::Error::NoNode) => Vec::new(),
-        Err(e) => panic!("listing {path}: {e}"),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod filter;
 pub mod install;
 pub mod intercept;
+pub mod log_writer;
 pub mod mesh;
 pub mod metrics;
 pub mod protocol;

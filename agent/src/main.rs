@@ -145,19 +145,13 @@ fn main() -> ExitCode {
 fn init_logging(
     filter: &str,
     json: bool,
-) -> Result<(
-    sockmesh::app::LogReload,
-    tracing_appender::non_blocking::WorkerGuard,
-)> {
+) -> Result<(sockmesh::app::LogReload, sockmesh::log_writer::FlushGuard)> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("bad log level {filter:?}"))?;
     // Logs go to stderr; colours only on a terminal, so log files and journald stay greppable.
-    // A writer thread does the writes, so a request path that logs (accessLog) never waits
-    // for a write(2); lines are never dropped (the queue blocks when full).
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
+    // Lines are buffered and written in batches (see log_writer.rs); warnings at once.
+    let (writer, guard) = sockmesh::log_writer::LogWriter::stderr();
     let base = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

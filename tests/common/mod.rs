@@ -258,7 +258,10 @@ impl Daemon {
         std::fs::write(&self.config, format!("{keep}\n# motan\n{motan}")).unwrap();
     }
 
+    /// The daemon's log so far. The daemon writes info and debug lines in batches at least
+    /// every 100 ms (agent/src/log_writer.rs), so this waits a little for them first.
     pub fn log(&self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

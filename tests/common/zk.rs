@@ -153,3 +153,22 @@ impl Drop for ZkServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A plain ZooKeeper client of the test, to read and write nodes as another program would.
+pub async fn raw_client(zk: &ZkServer) -> zookeeper_client::Client {
+    zookeeper_client::Client::connect(&zk.addr())
+        .await
+        .expect("raw client connects")
+}
+
+/// Children of `path`, sorted; none when the node does not exist.
+pub async fn children(c: &zookeeper_client::Client, path: &str) -> Vec<String> {
+    match c.list_children(path).await {
+        Ok(mut v) => {
+            v.sort();
+            v
+        }
+        Err(zookeeper_client::Error::NoNode) => Vec::new(),
+        Err(e) => panic!("listing {path}: {e}"),
+    }
+}
