@@ -535,7 +535,12 @@ pub fn run(opts: Options) -> Result<()> {
     let mut done = 0usize;
     for round in 1..=opts.rounds {
         for case in &cases {
-            for mode in &runnable {
+            // Each round starts at another mode, so no mode always runs first (or right after
+            // the same neighbour) and order effects spread over all modes.
+            let mut order = runnable.clone();
+            let n = order.len().max(1);
+            order.rotate_left((round as usize - 1) % n);
+            for mode in &order {
                 let eta = per_run * (total - done) as u32;
                 print!(
                     "\rxtask: bench: round {round}/{} case {:<28} mode {:<15} run {}/{} ETA {:>4} s   ",
