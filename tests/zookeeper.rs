@@ -142,8 +142,11 @@ async fn server_lifecycle_and_subscription() {
     assert!(list[0].can_serve(&refer()));
 
     // The subscriber's client node: the refer as a referer, at the configured local IP.
-    let clients = children(&raw, &server_path("client")).await;
-    assert_eq!(clients, ["127.0.0.9:0"]);
+    // Created by the subscription in the background.
+    eventually("client node created", NOTICE, || async {
+        children(&raw, &server_path("client")).await == ["127.0.0.9:0"]
+    })
+    .await;
     let client = node_url(&raw, &format!("{}/127.0.0.9:0", server_path("client")))
         .await
         .unwrap();
