@@ -27,6 +27,8 @@ fn server_agent(name: &str, provider: SocketAddr) -> Daemon {
 
 #[test]
 fn app_to_client_agent_to_server_agent_to_motan2_provider() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let provider = Provider::start("p1", 0);
     let server = server_agent("e2e-server", provider.addr);
     let client = client_agent("e2e-client", &[export_addr(&server)], "");
@@ -149,6 +151,8 @@ async fn spread(
 
 #[test]
 fn load_balancers_spread_requests_as_configured() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let rt = motan::rt();
     // random: every provider gets a fair share.
     let t = three("lb-random", "    loadbalance: random\n", [0; 3]);
@@ -214,6 +218,8 @@ async fn owners(ch: &motan::Channel, keys: usize) -> Vec<String> {
 
 #[test]
 fn consistent_hash_keeps_keys_and_moves_few_on_removal() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let rt = motan::rt();
     let extra = "    loadbalance: consistentHashKey\n";
     let t = three("lb-hash", extra, [0; 3]);
@@ -258,6 +264,8 @@ fn consistent_hash_keeps_keys_and_moves_few_on_removal() {
 
 #[test]
 fn failover_loses_no_request_when_a_provider_dies() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let mut t = three(
         "failover",
         "    haStrategy: failover\n    retries: 2\n    loadbalance: roundrobin\n",
@@ -352,6 +360,8 @@ async fn served(p: &Provider) -> usize {
 
 #[test]
 fn backup_request_cuts_the_tail_within_its_budget() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let rt = motan::rt();
     let n = 400;
     // One of three providers is slow (80 ms) on every 3rd request: ~11% of all requests, within
@@ -394,6 +404,8 @@ fn backup_request_cuts_the_tail_within_its_budget() {
 
 #[test]
 fn a_thousand_concurrent_requests_over_64_connections_get_their_own_answers() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let provider = Provider::start("p1", 0);
     let server = server_agent("conc-server", provider.addr);
     let client = client_agent("conc-client", &[export_addr(&server)], "");
@@ -427,6 +439,8 @@ fn a_thousand_concurrent_requests_over_64_connections_get_their_own_answers() {
 
 #[test]
 fn a_malformed_or_oversized_frame_only_hurts_its_own_connection() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let provider = Provider::start("p1", 0);
     let client = client_agent("bad-input", &[provider.addr], "");
     let addr = agent_addr(&client);
@@ -482,6 +496,8 @@ fn a_malformed_or_oversized_frame_only_hurts_its_own_connection() {
 
 #[test]
 fn motan_go_style_config_is_validated_with_every_problem_named() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let dir = std::env::temp_dir().join(format!("sockmesh-test-validate-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.yaml");
@@ -541,6 +557,8 @@ fn http_app(rt: &tokio::runtime::Runtime) -> SocketAddr {
 
 #[test]
 fn app_to_client_agent_to_server_agent_to_http_provider() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let rt = motan::rt();
     let http = http_app(&rt);
     let ports = Ports::pick();
@@ -596,6 +614,8 @@ fn app_to_client_agent_to_server_agent_to_http_provider() {
 
 #[test]
 fn reload_under_load_moves_endpoints_without_losing_a_request() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let (p1, p2) = (Provider::start("p1", 0), Provider::start("p2", 0));
     let client = client_agent("reload-load", &[p1.addr], "    retries: 1\n");
     let rt = motan::rt();
@@ -651,6 +671,8 @@ fn reload_under_load_moves_endpoints_without_losing_a_request() {
 
 #[test]
 fn sigterm_answers_every_accepted_request() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let provider = Provider::start("slow", 0);
     let mut client = client_agent("sigterm-mesh", &[provider.addr], "");
     let rt = motan::rt();

@@ -102,6 +102,8 @@ async fn spread(ch: &motan::Channel, n: usize) -> HashMap<String, usize> {
 
 #[test]
 fn registration_discovery_and_503_moves_traffic_without_failures() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let Some(zk) = zookeeper("zk-mesh-503") else {
         return;
     };
@@ -205,6 +207,8 @@ async fn set_command(c: &zk::Client, group: &str, text: Option<&str>) {
 
 #[test]
 fn commands_shift_traffic_degrade_and_flip_switchers() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let Some(zk) = zookeeper("zk-mesh-commands") else {
         return;
     };
@@ -277,6 +281,8 @@ fn commands_shift_traffic_degrade_and_flip_switchers() {
 
 #[test]
 fn zookeeper_outage_keeps_traffic_and_snapshot_serves_a_restarted_agent() {
+    // One at a time: several tests compare latencies or count requests per provider.
+    let _serial = common::serial();
     let Some(mut zk) = zookeeper("zk-mesh-outage") else {
         return;
     };

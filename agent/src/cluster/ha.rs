@@ -130,20 +130,52 @@ where
     Fut: Future<Output = R>,
 {
     let mut attempt = 1;
+    let mut failed: Vec<Arc<Endpoint>> = Vec::new();
     loop {
-        let Some(ep) = balancer.select(req) else {
+        let Some(ep) = select_untried(balancer, req, &failed) else {
             return Err(no_endpoint());
         };
-        let response = call(ep).await;
+        let response = call(ep.clone()).await;
         let error = error_of(&response);
         if let Some(e) = &error {
-            tracing::warn!(attempt, error = %e, "failover: call failed");
+            tracing::warn!(attempt, endpoint = ep.address(), error = %e, "failover: call failed");
         }
         match policy.after_attempt(attempt, error.as_ref()) {
             FailoverStep::Return => return Ok(response),
-            FailoverStep::Retry => attempt += 1,
+            FailoverStep::Retry => {
+                attempt += 1;
+                failed.push(ep);
+            }
         }
     }
+}
+
+/// The balancer's choice, avoiding endpoints that already failed this request while another
+/// available one exists (upstream may pick the same endpoint again; a retry that lands on the
+/// endpoint that just failed is wasted, and right after a provider dies, before it is marked
+/// unavailable, all of a request's attempts could land there).
+fn select_untried(
+    balancer: &Balancer,
+    req: &LbRequest<'_>,
+    failed: &[Arc<Endpoint>],
+) -> Option<Arc<Endpoint>> {
+    let first = balancer.select(req)?;
+    let tried = |e: &Arc<Endpoint>| failed.iter().any(|f| Arc::ptr_eq(f, e));
+    if !tried(&first) {
+        return Some(first);
+    }
+    for _ in 0..3 {
+        match balancer.select(req) {
+            Some(e) if !tried(&e) => return Some(e),
+            _ => {}
+        }
+    }
+    balancer
+        .endpoints()
+        .iter()
+        .find(|e| e.is_available() && !tried(e))
+        .cloned()
+        .or(Some(first))
 }
 
 // ---- backup request ------------------------------------------------------------------------
