@@ -28,6 +28,23 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Mode names as the report writes them; an unknown one is an error listing the known ones.
+    pub fn parse_list(names: &[String]) -> Result<Vec<Mode>> {
+        names
+            .iter()
+            .map(|n| {
+                Mode::ALL
+                    .iter()
+                    .copied()
+                    .find(|m| m.name() == n)
+                    .with_context(|| {
+                        let known: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+                        format!("unknown bench mode {n:?} (known: {})", known.join(", "))
+                    })
+            })
+            .collect()
+    }
+
     pub const ALL: [Mode; 7] = [
         Mode::Direct,
         Mode::AgentExplicit,
@@ -96,6 +113,8 @@ pub fn cases() -> Vec<Case> {
 
 pub struct Options {
     pub quick: bool,
+    /// Modes to run (all when empty).
+    pub modes: Vec<Mode>,
     /// The agent's runtime worker threads (0 = one per CPU).
     pub agent_workers: usize,
     pub rounds: u32,
@@ -512,7 +531,11 @@ pub fn run(opts: Options) -> Result<()> {
     let env = start_env(&raw, opts.agent_workers)?;
 
     let cases = cases();
-    let modes: Vec<Mode> = Mode::ALL.to_vec();
+    let modes: Vec<Mode> = if opts.modes.is_empty() {
+        Mode::ALL.to_vec()
+    } else {
+        opts.modes.clone()
+    };
     let unavailable: Vec<(Mode, &str)> = modes
         .iter()
         .filter(|m| env.target(**m).is_none())
@@ -646,6 +669,12 @@ impl Report {
             format!("{cmd} --agent-workers {}", opts.agent_workers)
         } else {
             cmd
+        };
+        let cmd = if opts.modes.is_empty() {
+            cmd
+        } else {
+            let names: Vec<&str> = opts.modes.iter().map(|m| m.name()).collect();
+            format!("{cmd} --modes {}", names.join(","))
         };
         let mut md = String::new();
         let _ = writeln!(md, "# sockmesh interception benchmark\n");

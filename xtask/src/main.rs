@@ -61,6 +61,9 @@ enum Cmd {
         /// The agent's runtime worker threads (default: one per CPU).
         #[arg(long, default_value_t = 0)]
         agent_workers: usize,
+        /// Only these modes, comma separated (e.g. `agent-explicit,agent-filters`); default all.
+        #[arg(long, value_delimiter = ',')]
+        modes: Vec<String>,
     },
     /// Run every fuzz target for N seconds each (installs cargo-fuzz when missing).
     Fuzz {
@@ -83,9 +86,11 @@ fn main() -> Result<()> {
             rounds,
             seconds,
             agent_workers,
+            modes,
         } => bench::run(bench::Options {
             quick,
             agent_workers,
+            modes: bench::Mode::parse_list(&modes)?,
             rounds: rounds.unwrap_or(if quick { 1 } else { 5 }),
             duration: std::time::Duration::from_secs(seconds.unwrap_or(if quick { 1 } else { 5 })),
             warmup: std::time::Duration::from_millis(if quick { 200 } else { 1000 }),
