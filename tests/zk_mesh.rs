@@ -320,6 +320,11 @@ fn zookeeper_outage_keeps_traffic_and_snapshot_serves_a_restarted_agent() {
         reg["registries"][0]["serving_from_snapshot_since"].is_u64(),
         "status should say since when it serves from the snapshot: {reg}"
     );
+    let (ok, text, err) = client.cli(&["status"]);
+    assert!(
+        ok && text.contains("DISCONNECTED, serving from the snapshot since"),
+        "{text}{err}"
+    );
 
     // ZooKeeper back: the server's registration returns.
     zk.spawn();

@@ -406,6 +406,22 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         );
                     }
                 }
+                for r in mesh["registries"].as_array().into_iter().flatten() {
+                    let state = match (r["protocol"].as_str(), r["connected"].as_bool()) {
+                        (Some("zookeeper"), Some(true)) => "connected".to_string(),
+                        (Some("zookeeper"), _) => match r["serving_from_snapshot_since"].as_u64() {
+                            Some(t) => format!("DISCONNECTED, serving from the snapshot since {t} (unix s)"),
+                            None => "DISCONNECTED".to_string(),
+                        },
+                        _ => "static".to_string(),
+                    };
+                    println!(
+                        "  registry {:<19} {} {}",
+                        r["name"].as_str().unwrap_or("?"),
+                        r["protocol"].as_str().unwrap_or("?"),
+                        state
+                    );
+                }
                 for e in mesh["exports"].as_array().into_iter().flatten() {
                     println!(
                         "  export  {:<20} {} group {} on port {} -> {} {}",
