@@ -43,6 +43,8 @@ pub struct KeepaliveRequest {
 pub struct Endpoint {
     url: Url,
     address: String,
+    /// `url.identity()`, computed once: endpoints and their pools are keyed by it.
+    identity: String,
     available: AtomicBool,
     consecutive_errors: AtomicU32,
     error_threshold: i64,
@@ -60,7 +62,9 @@ impl Endpoint {
     /// connection pool exists. Call `set_available(true)` then.
     pub fn new(url: Url) -> Endpoint {
         let address = url.address();
+        let identity = url.identity();
         Endpoint {
+            identity,
             error_threshold: url.get_int(keys::ERROR_COUNT_THRESHOLD, DEFAULT_ERROR_COUNT_THRESHOLD),
             keepalive_interval: url.get_duration_ms(keys::KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_INTERVAL),
             static_weight: parse_weight(url.params.get(WEIGHT_META_KEY).map(String::as_str)),
@@ -77,6 +81,11 @@ impl Endpoint {
 
     pub fn url(&self) -> &Url {
         &self.url
+    }
+
+    /// `protocol://host:port/path?group=G`: what endpoints are reused and keyed by (4.4).
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// `host:port` (or the unix socket path): the member key of the consistent-hash ring.

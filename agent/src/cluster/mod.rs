@@ -146,13 +146,13 @@ impl EndpointSet {
             .get(registry_id)
             .into_iter()
             .flatten()
-            .map(|e| (e.url().identity(), e.clone()))
+            .map(|e| (e.identity().to_string(), e.clone()))
             .collect();
         let mut out = NotifyOutcome::default();
         let mut fresh: Vec<Arc<Endpoint>> = Vec::with_capacity(servers.len());
         for server in servers.iter().filter(|s| s.can_serve(refer)) {
             let id = server.identity();
-            if fresh.iter().any(|e| e.url().identity() == id) {
+            if fresh.iter().any(|e| e.identity() == id) {
                 continue;
             }
             let ep = match old.remove(&id) {

@@ -301,7 +301,7 @@ impl Pool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use tokio::net::TcpListener;
     use tokio_util::codec::Framed;
@@ -310,7 +310,7 @@ mod tests {
 
     /// An upstream that answers every request with its body reversed, after `delay_ms` taken
     /// from the body's first byte, so responses come back out of order.
-    async fn upstream() -> SocketAddr {
+    pub(in crate::mesh) async fn upstream() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {

@@ -229,7 +229,7 @@ impl Cluster {
             return;
         }
         for ep in &outcome.added {
-            let id = ep.url().identity();
+            let id = ep.identity().to_string();
             if let Some(pool) = self.adopt.get(&id).filter(|p| p.usage().0 > 0) {
                 self.pools.write().unwrap().insert(id, pool.clone());
                 ep.set_available(true);
@@ -254,12 +254,23 @@ impl Cluster {
         );
         if !outcome.removed.is_empty() {
             let me = self.clone();
-            let gone: Vec<String> = outcome.removed.iter().map(|e| e.url().identity()).collect();
+            // The pools as they are now: an endpoint added back within REMOVE_DELAY gets a new
+            // pool under the same identity, which must survive this removal.
+            let gone: Vec<(String, Arc<Pool>)> = {
+                let pools = self.pools.read().unwrap();
+                outcome
+                    .removed
+                    .iter()
+                    .filter_map(|e| Some((e.identity().to_string(), pools.get(e.identity())?.clone())))
+                    .collect()
+            };
             tokio::spawn(async move {
                 tokio::time::sleep(REMOVE_DELAY).await;
                 let mut pools = me.pools.write().unwrap();
-                for id in gone {
-                    pools.remove(&id);
+                for (id, pool) in gone {
+                    if pools.get(&id).is_some_and(|p| Arc::ptr_eq(p, &pool)) {
+                        pools.remove(&id);
+                    }
                 }
             });
         }
@@ -304,7 +315,7 @@ impl Cluster {
         self.pools
             .read()
             .unwrap()
-            .get(&ep.url().identity())
+            .get(ep.identity())
             .is_some_and(|p| Arc::ptr_eq(p, pool))
     }
 
@@ -398,7 +409,7 @@ impl Cluster {
         timeout: Duration,
         method: &str,
     ) -> Result<Frame, CallError> {
-        let pool = self.pools.read().unwrap().get(&ep.url().identity()).cloned();
+        let pool = self.pools.read().unwrap().get(ep.identity()).cloned();
         let Some(pool) = pool else {
             return Err(CallError::service(
                 E_NO_CHANNEL,
@@ -433,7 +444,9 @@ impl Cluster {
             let me = self.clone();
             tokio::spawn(async move { me.keepalive(ep, pool, k).await });
         }
-        if error.is_none() {
+        // Only backupRequest reads per-method latencies (its delay); other strategies skip
+        // the bookkeeping on every call.
+        if error.is_none() && self.ha == HaKind::BackupRequest {
             self.latencies.get(method).record(started.elapsed());
         }
         r
@@ -471,10 +484,7 @@ impl Cluster {
             .endpoints()
             .iter()
             .map(|ep| {
-                let (channels, in_flight) = pools
-                    .get(&ep.url().identity())
-                    .map(|p| p.usage())
-                    .unwrap_or((0, 0));
+                let (channels, in_flight) = pools.get(ep.identity()).map(|p| p.usage()).unwrap_or((0, 0));
                 json!({
                     "address": ep.address(),
                     "group": ep.url().group,
@@ -506,5 +516,38 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(addr: std::net::SocketAddr) -> Url {
+        Url::new("motan2", "127.0.0.1", addr.port(), "s", "g")
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_added_back_within_the_remove_delay_keeps_its_new_pool() {
+        let addr = super::super::channel::tests::upstream().await;
+        let refer = Url::new("motan2", "", 0, "s", "g");
+        let c = Cluster::new("c", refer, Transport::default(), None, &FilterShared::new()).unwrap();
+        // Two registries, so an empty list really removes this registry's endpoints.
+        c.apply("r1", 2, &[server(addr)], None);
+        let call = |c: Arc<Cluster>| async move {
+            let req = Frame::request(1, "s", "m", Bytes::from_static(b"\x00ab"));
+            c.call(req).await
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert!(c.wait_ready(deadline).await);
+        assert!(call(c.clone()).await.is_ok());
+        c.apply("r1", 2, &[], None);
+        c.apply("r1", 2, &[server(addr)], None);
+        assert!(c.wait_ready(deadline).await);
+        // Past the removed endpoint's delay: the re-added one still has its pool.
+        tokio::time::sleep(REMOVE_DELAY + Duration::from_millis(200)).await;
+        let r = call(c.clone()).await;
+        assert!(r.is_ok(), "{:?}", r.err());
+        c.stop();
     }
 }
