@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::channel::{Pool, Transport};
-use super::router::error_frame;
+use super::router::{error_frame, mark_proxied};
 use crate::cluster::CallError;
 use crate::cluster::endpoint::request_timeout;
 use crate::config::motan::parse_protocol_port;
@@ -149,18 +149,15 @@ impl Exporter {
             .get_non_empty(keys::GROUP)
             .or_else(|| req.meta.get_non_empty("group"))
             .unwrap_or("");
-        let key = service_key(group, req.meta.get(keys::SERVICE).unwrap_or(""));
-        let Some(export) = self.by_key.get(&(port, key.clone())).cloned() else {
-            let e = CallError::service(404, format!("provider not exist serviceKey={key}"));
+        let key = (
+            port,
+            service_key(group, req.meta.get(keys::SERVICE).unwrap_or("")),
+        );
+        let Some(export) = self.by_key.get(&key).cloned() else {
+            let e = CallError::service(404, format!("provider not exist serviceKey={}", key.1));
             return error_frame(id, &e);
         };
-        req.header.set_flag(FLAG_PROXY, true);
-        if !req.meta.contains(keys::REQUEST_ID) {
-            req.meta
-                .insert(keys::REQUEST_ID, Bytes::from((id as i64).to_string()));
-        }
-        req.meta
-            .insert(keys::HOST, Bytes::copy_from_slice(peer_ip.as_bytes()));
+        mark_proxied(&mut req, peer_ip);
         let mut resp = if export.chain.is_empty() {
             Self::provide(&export, req, peer_ip, received).await
         } else {

@@ -27,6 +27,27 @@ pub fn error_frame(request_id: u64, e: &CallError) -> Frame {
     Frame::agent_exception(request_id, &ex)
 }
 
+/// The cluster's answer, or the exception frame for its error.
+async fn call_cluster(cluster: &Arc<Cluster>, req: Frame, caller_id: u64) -> Frame {
+    match cluster.call(req).await {
+        Ok(resp) => resp,
+        Err(e) => error_frame(caller_id, &e),
+    }
+}
+
+/// Spec 1.9 rules 1-2, as every motan-go server of an agent applies them: the request is
+/// treated as proxied, keeps the caller's id in `M_rid` (the header id is replaced on the next
+/// hop), and `host` is the IP it came from.
+pub fn mark_proxied(req: &mut Frame, peer_ip: &str) {
+    req.header.set_flag(FLAG_PROXY, true);
+    if !req.meta.contains(keys::REQUEST_ID) {
+        let id = req.header.request_id as i64;
+        req.meta.insert(keys::REQUEST_ID, Bytes::from(id.to_string()));
+    }
+    req.meta
+        .insert(keys::HOST, Bytes::copy_from_slice(peer_ip.as_bytes()));
+}
+
 impl Router {
     /// `clusters` in the order of the refers the table is built from.
     pub fn new(clusters: Vec<Arc<Cluster>>) -> Router {
@@ -68,14 +89,7 @@ impl Router {
     /// Handle one request from `peer_ip`; always answers (an exception frame on failure).
     pub async fn handle(&self, mut req: Frame, peer_ip: &str) -> Frame {
         let caller_id = req.header.request_id;
-        // 1.9 rules 1-2: the agent treats every request as proxied and keeps the caller's id.
-        req.header.set_flag(FLAG_PROXY, true);
-        if !req.meta.contains(keys::REQUEST_ID) {
-            req.meta
-                .insert(keys::REQUEST_ID, Bytes::from((caller_id as i64).to_string()));
-        }
-        req.meta
-            .insert(keys::HOST, Bytes::copy_from_slice(peer_ip.as_bytes()));
+        mark_proxied(&mut req, peer_ip);
         let cluster = match self.route(&req) {
             Ok(c) => c.clone(),
             Err(e) => return error_frame(caller_id, &e),
@@ -92,22 +106,12 @@ impl Router {
         if let Some(g) = d.group {
             req.meta.insert(keys::GROUP, Bytes::from(g));
         }
+        // Without filters no CallInfo is built (it copies the request's well-known meta).
         let mut resp = if cluster.chain.is_empty() {
-            match cluster.call(req).await {
-                Ok(resp) => resp,
-                Err(e) => error_frame(caller_id, &e),
-            }
+            call_cluster(&cluster, req, caller_id).await
         } else {
             let info = CallInfo::from_request(Role::ClientAgent, &req, cluster.refer.clone(), peer_ip);
-            let c = cluster.clone();
-            let terminal = move |r: Frame| -> FilterFuture<'_> {
-                Box::pin(async move {
-                    match c.call(r).await {
-                        Ok(resp) => resp,
-                        Err(e) => error_frame(caller_id, &e),
-                    }
-                })
-            };
+            let terminal = |r: Frame| -> FilterFuture<'_> { Box::pin(call_cluster(&cluster, r, caller_id)) };
             cluster.chain.call(req, &info, terminal).await
         };
         resp.header.request_id = caller_id;
