@@ -117,7 +117,6 @@ pub async fn run(cluster: Arc<Cluster>, registries: Vec<(String, Arc<dyn Registr
             }
         }
     }
-    drop(tx.clone());
     let mut lists: BTreeMap<(String, String), ServerList> = BTreeMap::new();
     let mut commands = ReferCommands::new(&cluster.refer);
     let mut applied_tc = commands.traffic_control();

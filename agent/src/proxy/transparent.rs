@@ -136,7 +136,18 @@ impl TransparentProxy {
         }
         tracing::debug!(%peer, original_dst = %orig, other_netns = netns.is_some(), "intercepted connection");
         self.stats.active.fetch_add(1, Ordering::Relaxed);
-        let mut conn = conn;
+        self.route_or_forward(conn, orig, peer, netns).await;
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Hand a Motan2 connection for a routed service to the mesh; forward anything else.
+    async fn route_or_forward(
+        &self,
+        mut conn: TcpStream,
+        orig: SocketAddrV4,
+        peer: SocketAddr,
+        netns: Option<NetnsSockets>,
+    ) {
         let mut prefix = BytesMut::new();
         if let Some((mesh, agent_stats)) = &self.mesh
             && !mesh.load().router.clusters().is_empty()
@@ -146,22 +157,12 @@ impl TransparentProxy {
                 self.stats.routed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, original_dst = %orig, "intercepted Motan2 connection routed by the mesh");
                 let handler = Arc::new(ClientHandler(mesh.clone()));
-                serve_connection(
-                    conn,
-                    peer,
-                    prefix,
-                    handler,
-                    limits,
-                    agent_stats.clone(),
-                    self.shutdown.clone(),
-                )
-                .await;
-                self.stats.active.fetch_sub(1, Ordering::Relaxed);
+                let stats = agent_stats.clone();
+                serve_connection(conn, peer, prefix, handler, limits, stats, self.shutdown.clone()).await;
                 return;
             }
         }
         self.passthrough(conn, prefix, orig, peer, netns).await;
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Read until the first frame is complete, the bytes are not Motan2, the peer goes quiet
@@ -177,9 +178,8 @@ impl TransparentProxy {
         let deadline = tokio::time::Instant::now() + self.sniff_timeout;
         buf.reserve(4096);
         loop {
-            if buf.len() >= 2 && buf[..2] != [0xF1, 0xF1] {
-                return Sniffed::Forward;
-            }
+            // Wrong magic (checked as soon as two bytes are in), a v1 frame or an over-limit
+            // size: not ours to route.
             match frame_len(buf, &limits) {
                 Err(_) => return Sniffed::Forward,
                 Ok(Some(n)) if buf.len() >= n => {
