@@ -38,7 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/reload", post(reload))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint; see /status") })
         .with_state(state.clone())
-        .merge(crate::filter::admin::routes(state.filters.clone()))
+        .merge(crate::filter::admin::routes(state.mesh_shared.filters.clone()))
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {

@@ -60,9 +60,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The Motan2 mesh (client and server roles); a reload swaps it.
     pub mesh: MeshHandle,
-    /// Filter state (switches, metrics, rate limits, circuits) shared by every chain; kept
-    /// across reloads.
-    pub filters: Arc<FilterShared>,
+    /// Filter state and command overrides, kept across reloads.
     pub mesh_shared: MeshShared,
     pub agent_stats: Arc<ServeStats>,
     pub export_stats: Arc<ServeStats>,
@@ -103,6 +101,7 @@ pub const DEFAULT_SNAPSHOT_DIR: &str = "/var/lib/sockmesh/snapshot";
 
 /// State the mesh keeps across reloads.
 pub struct MeshShared {
+    /// Switches, metrics, rate limits and circuits shared by every filter chain.
     pub filters: Arc<FilterShared>,
     pub overrides: Arc<Mutex<crate::cluster::command::SwitcherOverrides>>,
 }
@@ -114,12 +113,8 @@ fn local_ip_towards(mc: &crate::config::motan::MotanConfig) -> String {
         .registries
         .values()
         .find(|r| r.protocol == "zookeeper")
-        .and_then(|r| {
-            let first = r
-                .param("address")
-                .and_then(|a| a.split(',').next().map(str::to_string));
-            first.or_else(|| (!r.host.is_empty()).then(|| format!("{}:{}", r.host, r.port)))
-        });
+        .and_then(|r| crate::registry::zookeeper::connect_string(r).ok())
+        .and_then(|servers| servers.split(',').next().map(str::to_string));
     target
         .and_then(|t| {
             let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
@@ -606,7 +601,6 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         netns_listeners: Mutex::new(Vec::new()),
         shutdown: shutdown.clone(),
         mesh,
-        filters: mesh_shared.filters.clone(),
         mesh_shared,
         agent_stats,
         export_stats,

@@ -188,6 +188,7 @@ impl Collector for AgentCollector {
 /// Register the agent collector with the filter metrics registry.
 pub fn register(state: &Arc<AppState>) {
     state
+        .mesh_shared
         .filters
         .metrics
         .register_collector(Box::new(AgentCollector(Arc::downgrade(state))));

@@ -228,15 +228,23 @@ impl Mesh {
         }
     }
 
-    pub fn registry_json(&self) -> Value {
-        json!({
-            "registries": self.registries.iter().map(|(id, r)| {
+    /// Each registry's own status, with the id it has in `motan-registry`.
+    fn registries_json(&self) -> Vec<Value> {
+        self.registries
+            .iter()
+            .map(|(id, r)| {
                 let mut s = r.status();
                 if let Some(o) = s.as_object_mut() {
                     o.insert("name".into(), json!(id));
                 }
                 s
-            }).collect::<Vec<_>>(),
+            })
+            .collect()
+    }
+
+    pub fn registry_json(&self) -> Value {
+        json!({
+            "registries": self.registries_json(),
             "registrations": self.registrations.iter().map(|(r, u)| json!({
                 "registry": r.url().identity(), "service": u.path, "group": u.group, "address": u.address(),
             })).collect::<Vec<_>>(),
@@ -279,13 +287,7 @@ impl Mesh {
                     exporter::Provider::Http(_) => json!({"type": "http", "address": e.service.param("proxyAddress").unwrap_or("")}),
                 },
             })).collect::<Vec<_>>(),
-            "registries": self.registries.iter().map(|(id, r)| {
-                let mut s = r.status();
-                if let Some(o) = s.as_object_mut() {
-                    o.insert("name".into(), json!(id));
-                }
-                s
-            }).collect::<Vec<_>>(),
+            "registries": self.registries_json(),
         })
     }
 }
