@@ -117,26 +117,6 @@ impl Mesh {
                 None
             }
         };
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let ctx = discovery::DiscoveryContext {
-            local_ip: opts.local_ip.clone(),
-            application: opts.application.clone(),
-            filters: filters.clone(),
-            overrides: opts.overrides.clone(),
-        };
-        for c in &clusters {
-            if let Err(m) = c.start(&registries, &ctx) {
-                errors.push(format!("section motan-refer, entry {}: {m}", c.conf_id));
-            }
-        }
-        if !errors.is_empty() {
-            for c in &clusters {
-                c.stop();
-            }
-            return Err(errors);
-        }
         let exporter = exporter.unwrap_or_default();
         let mut registrations = Vec::new();
         for e in exporter.exports() {
@@ -163,6 +143,21 @@ impl Mesh {
                 None => errors.push(format!(
                     "section motan-agent, key registry: no motan-registry entry {id:?}"
                 )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // Everything checked: only now do clusters start following their registries.
+        let ctx = discovery::DiscoveryContext {
+            local_ip: opts.local_ip.clone(),
+            application: opts.application.clone(),
+            filters: filters.clone(),
+            overrides: opts.overrides.clone(),
+        };
+        for c in &clusters {
+            if let Err(m) = c.start(&registries, &ctx) {
+                errors.push(format!("section motan-refer, entry {}: {m}", c.conf_id));
             }
         }
         if !errors.is_empty() {
