@@ -356,21 +356,21 @@ impl Cluster {
             return Err(degraded_error());
         }
         let balancer = self.balancer.load_full();
-        let method = req.meta.get(keys::METHOD).unwrap_or("").to_string();
-        let desc = req.meta.get(keys::METHOD_DESC).unwrap_or("").to_string();
-        let timeout = request_timeout(&self.refer, &method, &desc, req.meta.get(keys::TIMEOUT));
+        let method = req.meta.get(keys::METHOD).unwrap_or("");
+        let desc = req.meta.get(keys::METHOD_DESC).unwrap_or("");
+        let timeout = request_timeout(&self.refer, method, desc, req.meta.get(keys::TIMEOUT));
         let key = self.hash_key.key(&req);
         let lb_req = LbRequest {
             hash_key: key.as_deref(),
         };
         let r = match self.ha {
             HaKind::Failover | HaKind::Failfast => {
-                let policy = Failover::for_request(&self.refer, self.ha, &method, &desc);
+                let policy = Failover::for_request(&self.refer, self.ha, method, desc);
                 call_with_failover(
                     policy,
                     &balancer,
                     &lb_req,
-                    |ep| self.call_endpoint(ep, req.clone(), timeout, &method),
+                    |ep| self.call_endpoint(ep, req.clone(), timeout, method),
                     error_of,
                     || {
                         ha::failover_no_endpoint_error(
@@ -384,8 +384,8 @@ impl Cluster {
                 .await
             }
             HaKind::BackupRequest => {
-                let cfg = BackupRequestConfig::for_request(&self.refer, &method, &desc);
-                let observed = self.latencies.get(&method).percentile(f64::from(cfg.delay_ratio));
+                let cfg = BackupRequestConfig::for_request(&self.refer, method, desc);
+                let observed = self.latencies.get(method).percentile(f64::from(cfg.delay_ratio));
                 let delay = cfg.delay(observed);
                 call_with_backup(
                     &cfg,
@@ -393,7 +393,7 @@ impl Cluster {
                     &self.budget,
                     &balancer,
                     &lb_req,
-                    |ep| Box::pin(self.call_endpoint(ep, req.clone(), timeout, &method)),
+                    |ep| Box::pin(self.call_endpoint(ep, req.clone(), timeout, method)),
                     error_of,
                 )
                 .await
