@@ -181,9 +181,13 @@ impl Exporter {
                     req.meta
                         .insert("x-forwarded-for", Bytes::copy_from_slice(peer_ip.as_bytes()));
                 }
-                let m = req.meta.get(keys::METHOD).unwrap_or("").to_string();
-                let d = req.meta.get(keys::METHOD_DESC).unwrap_or("").to_string();
-                let timeout = request_timeout(&export.service, &m, &d, req.meta.get(keys::TIMEOUT));
+                let m = &req.meta;
+                let timeout = request_timeout(
+                    &export.service,
+                    m.get(keys::METHOD).unwrap_or(""),
+                    m.get(keys::METHOD_DESC).unwrap_or(""),
+                    m.get(keys::TIMEOUT),
+                );
                 match pool.call(req, timeout.max(Duration::from_millis(1))).await {
                     Ok(r) => r,
                     Err(e) => error_frame(id, &e),
