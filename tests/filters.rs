@@ -116,7 +116,7 @@ fn field<'a>(f: &'a HashMap<String, String>, k: &str) -> &'a str {
 fn access_log_writes_one_line_per_request_until_switched_off() {
     let _serial = serial();
     let provider = Provider::start("p1", 0);
-    let agent = client_agent("access", &[provider.addr], "    filter: accessLog\n");
+    let mut agent = client_agent("access", &[provider.addr], "    filter: accessLog\n");
     let rt = motan::rt();
     // Request id (M_rid, logged as the request id) → (meta, the app's round trip).
     let plan: Vec<(i64, Vec<(&str, &str)>)> = vec![
@@ -142,7 +142,7 @@ fn access_log_writes_one_line_per_request_until_switched_off() {
         }
         out
     });
-    // The line is written before the response leaves the agent.
+    // Lines are queued and written by the agent's access-log thread in batches.
     let lines = events(&flushed_log(&agent), "access", "role");
     assert_eq!(lines.len(), plan.len(), "{lines:?}");
     for (rid, meta) in &plan {
@@ -201,6 +201,24 @@ fn access_log_writes_one_line_per_request_until_switched_off() {
     let lines = events(&flushed_log(&agent), "access", "role");
     assert_eq!(lines.len(), plan.len() + 1);
     assert_eq!(field(lines.last().unwrap(), "request_id"), "2001");
+
+    // Lines still queued when the agent stops are written before it exits.
+    rt.block_on(async {
+        let ch = motan::connect(agent_addr(&agent)).await;
+        for rid in 3000..3100 {
+            motan::call(&ch, echo("echo", &[("M_rid", &rid.to_string())], "last")).await;
+        }
+    });
+    agent.sigterm();
+    assert!(agent.wait_exit(), "the agent stops cleanly");
+    let lines = events(&agent.log(), "access", "role");
+    let last: Vec<&str> = lines
+        .iter()
+        .map(|l| field(l, "request_id"))
+        .filter(|r| r.starts_with('3'))
+        .collect();
+    let want: Vec<String> = (3000..3100).map(|r| r.to_string()).collect();
+    assert_eq!(last, want, "every answered request has its line, in order");
 }
 
 /// The value of the sample `name` whose labels include `labels`.

@@ -637,6 +637,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     if tokio::time::timeout(DRAIN_DEADLINE, tasks.wait()).await.is_err() {
         tracing::warn!("drain deadline passed with connections still open; closing them");
     }
+    // Access lines of the last answered requests, before the log writer's final flush.
+    state.mesh_shared.filters.access_log.flush();
     // Pinned interception stays attached; while no listener exists, apps connect directly.
     tracing::info!("stopped; interception stays pinned and fails open until the agent is back");
     Ok(())

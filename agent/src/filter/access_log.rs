@@ -4,12 +4,24 @@
 //! exception's errcode, else the response's `upstreamCode`, else 200), success, request and
 //! response body sizes, process time reported by upstream (`M_pt`, ms), total latency (µs), and
 //! the exception JSON. `/logConfig/set?access=false` silences every accessLog filter at once.
-use std::sync::Arc;
-use std::time::Instant;
+//!
+//! Like motan-go's asynchronous access logger, the request path only queues a record; a
+//! background thread (`sockmesh-access`) formats the lines every [`WRITE_EVERY`], so formatting
+//! (a few microseconds per line) is not added to the response's latency. A line's timestamp is
+//! thus when it was written, at most about [`WRITE_EVERY`] after the response; `latency_us` is
+//! exact. If the writer falls [`MAX_QUEUED`] records behind, further records are dropped and
+//! counted (`sockmesh_access_log_dropped`, and a warning per batch) instead of growing memory.
+//! [`AccessLogWriter::flush`] writes what is queued at once (shutdown does).
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
-use super::{CallInfo, Filter, FilterFuture, FilterShared, Next};
+use prometheus_client::metrics::counter::Counter;
+use tracing::Dispatch;
+
+use super::{CallInfo, Filter, FilterFuture, FilterShared, Next, Observer, Role, Sent, observe_around};
 use crate::protocol::motan2::{Frame, keys as meta_keys};
-use crate::url::Url;
+use crate::url::{Url, keys};
 
 pub const NAME: &str = "accessLog";
 pub const INDEX: i32 = 1;
@@ -17,6 +29,10 @@ pub const INDEX: i32 = 1;
 pub const UPSTREAM_CODE: &str = "upstreamCode";
 /// Tracing target of the lines.
 pub const TARGET: &str = "sockmesh::access";
+/// How often the background thread writes the queued lines.
+pub const WRITE_EVERY: Duration = Duration::from_millis(20);
+/// Records the queue holds before new ones are dropped (about 200 bytes each).
+pub const MAX_QUEUED: usize = 64 * 1024;
 
 struct AccessLog {
     shared: Arc<FilterShared>,
@@ -39,6 +55,179 @@ pub fn response_code(resp: &Frame) -> i64 {
         .unwrap_or(200)
 }
 
+/// One finished call, waiting to be written. Its text is copied into one buffer: a record must
+/// not keep the request's or response's frame buffers alive while it waits.
+struct Record {
+    role: Role,
+    /// The refer's or service's URL (for `conf-id`).
+    url: Arc<Url>,
+    /// Service, method, method descriptor, peer, exception JSON: one after another.
+    text: String,
+    /// Where each of them ends in `text`.
+    ends: [usize; 5],
+    sent: Sent,
+    code: i64,
+    success: bool,
+    res_size: usize,
+    biz_time_ms: u64,
+    latency_us: u64,
+}
+
+impl Record {
+    fn new(info: &CallInfo, exception: &str) -> Record {
+        let parts = [
+            &*info.service,
+            &*info.method,
+            &*info.method_desc,
+            &*info.peer,
+            exception,
+        ];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let ends = parts.map(|p| {
+            text.push_str(p);
+            text.len()
+        });
+        Record {
+            role: info.role,
+            url: info.url.clone(),
+            text,
+            ends,
+            sent: Sent {
+                request_id: 0,
+                body_len: 0,
+            },
+            code: 0,
+            success: true,
+            res_size: 0,
+            biz_time_ms: 0,
+            latency_us: 0,
+        }
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+
+    fn write(&self) {
+        tracing::info!(
+            target: TARGET,
+            role = self.role.as_str(),
+            conf_id = %self.url.get_str(keys::CONF_ID, ""),
+            service = %self.part(0),
+            method = %self.part(1),
+            desc = %self.part(2),
+            peer = %self.part(3),
+            request_id = self.sent.request_id,
+            code = self.code,
+            success = self.success,
+            req_size = self.sent.body_len,
+            res_size = self.res_size,
+            biz_time_ms = self.biz_time_ms,
+            latency_us = self.latency_us,
+            exception = self.part(4),
+            "access"
+        );
+    }
+}
+
+/// The queue between the accessLog filters and the thread that writes their lines; one per
+/// agent (in [`FilterShared`]), kept across reloads.
+pub struct AccessLogWriter {
+    enabled: AtomicBool,
+    queue: Mutex<Vec<Record>>,
+    /// Held while a batch is written (the queue's lock is not: calls keep queueing meanwhile).
+    writing: Mutex<()>,
+    max_queued: usize,
+    dropped: Counter,
+    /// The subscriber the lines go to: the one in effect where the writer was made (a test's
+    /// capturing subscriber, else the global one).
+    dispatch: Dispatch,
+    started: OnceLock<()>,
+}
+
+impl AccessLogWriter {
+    /// A writer whose lines go to the subscriber in effect here; the thread starts with the
+    /// first line. `dropped` counts the records dropped while the queue was full.
+    pub fn new(dropped: Counter) -> Arc<AccessLogWriter> {
+        Arc::new(AccessLogWriter::unstarted(dropped, MAX_QUEUED))
+    }
+
+    fn unstarted(dropped: Counter, max_queued: usize) -> AccessLogWriter {
+        AccessLogWriter {
+            enabled: AtomicBool::new(true),
+            queue: Mutex::new(Vec::new()),
+            writing: Mutex::new(()),
+            max_queued,
+            dropped,
+            dispatch: tracing::dispatcher::get_default(|d| d.clone()),
+            started: OnceLock::new(),
+        }
+    }
+
+    /// Whether `accessLog` filters write their lines (`/logConfig/set?access=`; on by default).
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    fn push(self: &Arc<Self>, r: Record) {
+        self.started.get_or_init(|| self.start());
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= self.max_queued {
+            drop(q);
+            self.dropped.inc();
+            return;
+        }
+        q.push(r);
+    }
+
+    /// The writing thread; it holds the writer weakly and ends once the writer is gone.
+    fn start(self: &Arc<Self>) {
+        let weak: Weak<AccessLogWriter> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("sockmesh-access".into())
+            .spawn(move || {
+                let mut reported = 0;
+                loop {
+                    std::thread::sleep(WRITE_EVERY);
+                    let Some(w) = weak.upgrade() else { return };
+                    w.flush();
+                    let dropped = w.dropped.get();
+                    if dropped > reported {
+                        tracing::dispatcher::with_default(&w.dispatch, || {
+                            tracing::warn!(
+                                "access log: {} line(s) dropped because the writer fell {} behind (sockmesh_access_log_dropped_total)",
+                                dropped - reported,
+                                w.max_queued
+                            )
+                        });
+                        reported = dropped;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Lines still get written by flush() (at shutdown); the queue bound keeps memory.
+            tracing::error!("access log: cannot start the writer thread: {e}");
+        }
+    }
+
+    /// Write every queued line now, in the order the calls finished. Returns once they are
+    /// written, also those a concurrent flush (the thread's) had taken: at shutdown nothing
+    /// taken is still being written when the process exits.
+    pub fn flush(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        tracing::dispatcher::with_default(&self.dispatch, || batch.iter().for_each(Record::write));
+    }
+}
+
 impl Filter for AccessLog {
     fn name(&self) -> &'static str {
         NAME
@@ -47,39 +236,38 @@ impl Filter for AccessLog {
         INDEX
     }
     fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a> {
-        if !self.shared.access_log_enabled() {
-            return next.run(req, info);
+        observe_around(self, req, info, next)
+    }
+    fn observer(&self) -> Option<&dyn Observer> {
+        Some(self)
+    }
+}
+
+impl Observer for AccessLog {
+    /// Queues the line; the writer thread formats it.
+    fn observe(&self, info: &CallInfo, sent: Sent, resp: &Frame, elapsed: Duration) {
+        let writer = &self.shared.access_log;
+        if !writer.enabled() {
+            return;
         }
-        Box::pin(async move {
-            let start = Instant::now();
-            let request_id = req.as_request().map_or(0, |r| r.logical_request_id());
-            let req_size = req.body.len();
-            let resp = next.run(req, info).await;
-            let latency_us = start.elapsed().as_micros() as u64;
-            let exception = resp
-                .meta
-                .get(meta_keys::EXCEPTION)
-                .filter(|_| resp.is_exception());
-            tracing::info!(
-                target: TARGET,
-                role = info.role.as_str(),
-                conf_id = %info.conf_id,
-                service = %info.service,
-                method = %info.method,
-                desc = %info.method_desc,
-                peer = %info.peer,
-                request_id,
-                code = response_code(&resp),
-                success = !resp.is_exception(),
-                req_size,
-                res_size = resp.body.len(),
-                biz_time_ms = resp.as_response().and_then(|r| r.process_time()).map_or(0, |d| d.as_millis() as u64),
-                latency_us,
-                exception = exception.unwrap_or(""),
-                "access"
-            );
-            resp
-        })
+        let success = !resp.is_exception();
+        let exception = if success {
+            ""
+        } else {
+            resp.meta.get(meta_keys::EXCEPTION).unwrap_or("")
+        };
+        writer.push(Record {
+            sent,
+            code: response_code(resp),
+            success,
+            res_size: resp.body.len(),
+            biz_time_ms: resp
+                .as_response()
+                .and_then(|r| r.process_time())
+                .map_or(0, |d| d.as_millis() as u64),
+            latency_us: elapsed.as_micros() as u64,
+            ..Record::new(info, exception)
+        });
     }
 }
 
@@ -89,6 +277,7 @@ mod tests {
     use crate::filter::FilterChain;
     use crate::filter::test_support::*;
     use crate::protocol::motan2::ErrorType;
+    use std::time::Instant;
 
     #[tokio::test]
     async fn one_line_per_request_with_the_call_fields() {
@@ -104,6 +293,11 @@ mod tests {
         up.set(Answer::Fail(ErrorType::Business, 503));
         call(&chain, &i, &up, request(43, "hello")).await;
 
+        // Written by the background thread, to the subscriber in effect where it was made.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lines.access_lines().len() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(WRITE_EVERY).await;
+        }
         let logged = lines.access_lines();
         assert_eq!(logged.len(), 2, "{logged:?}");
         let f = &logged[0]["fields"];
@@ -143,10 +337,47 @@ mod tests {
         let i = info(url, "hello");
         shared.set_access_log(false);
         call(&chain, &i, &up, request(1, "hello")).await;
+        shared.access_log.flush();
         assert_eq!((lines.access_lines().len(), up.calls()), (0, 1));
         shared.set_access_log(true);
         call(&chain, &i, &up, request(2, "hello")).await;
+        shared.access_log.flush();
         assert_eq!(lines.access_lines().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_growing() {
+        let (lines, _guard) = capture_logs();
+        let dropped = Counter::default();
+        let writer = AccessLogWriter::unstarted(dropped.clone(), 2);
+        writer.started.set(()).unwrap(); // no thread: only flush() writes
+        let shared = Arc::new(FilterShared {
+            access_log: Arc::new(writer),
+            ..FilterShared::default()
+        });
+        let url = refer(&[("filter", "accessLog")]);
+        let chain = FilterChain::build(&url, &shared).unwrap();
+        let up = Upstream::new(Answer::Ok(b"ok"));
+        let i = info(url, "hello");
+        for id in 1..=5 {
+            call(&chain, &i, &up, request(id, "hello")).await;
+        }
+        assert_eq!(
+            (up.calls(), dropped.get()),
+            (5, 3),
+            "every call answered, 3 lines dropped"
+        );
+        shared.access_log.flush();
+        let ids: Vec<_> = lines
+            .access_lines()
+            .iter()
+            .map(|l| l["fields"]["request_id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, [1, 2], "the first lines kept, in order");
+        // Room again after the flush.
+        call(&chain, &i, &up, request(6, "hello")).await;
+        shared.access_log.flush();
+        assert_eq!(lines.access_lines().len(), 3);
     }
 
     #[test]

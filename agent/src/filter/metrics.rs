@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -33,7 +33,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 use tokio_util::sync::CancellationToken;
 
-use super::{CallInfo, Filter, FilterFuture, FilterShared, Next, Role, exception_of};
+use super::{
+    CallInfo, Filter, FilterFuture, FilterShared, Next, Observer, Role, Sent, exception_of, observe_around,
+};
 use crate::protocol::motan2::{ErrorType, Frame};
 use crate::url::{Url, keys};
 
@@ -274,7 +276,7 @@ impl Metrics {
         let method = if self.series_count.load(Ordering::Relaxed) >= self.max_series {
             OVERFLOW_METHOD
         } else {
-            info.method.as_str()
+            &info.method
         };
         let key = series_key(info.role, &info.group, &info.service, method);
         let mut map = self.series.write().expect("series lock");
@@ -287,8 +289,8 @@ impl Metrics {
         }
         let labels = CallLabels {
             role: info.role.as_str().to_string(),
-            group: info.group.clone(),
-            service: info.service.clone(),
+            group: info.group.to_string(),
+            service: info.service.to_string(),
             method: method.to_string(),
         };
         let error = |t| ErrorLabels {
@@ -300,8 +302,8 @@ impl Metrics {
         };
         let s = Arc::new(Series {
             role: info.role,
-            group: info.group.clone(),
-            service: info.service.clone(),
+            group: info.group.to_string(),
+            service: info.service.to_string(),
             method: method.to_string(),
             application: info.url.get_str(keys::APPLICATION, "").to_string(),
             requests: self.requests.get_or_create_owned(&labels),
@@ -573,12 +575,16 @@ impl Filter for MetricsFilter {
         INDEX
     }
     fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a> {
-        Box::pin(async move {
-            let start = Instant::now();
-            let resp = next.run(req, info).await;
-            self.metrics.record(info, start.elapsed(), &resp);
-            resp
-        })
+        observe_around(self, req, info, next)
+    }
+    fn observer(&self) -> Option<&dyn Observer> {
+        Some(self)
+    }
+}
+
+impl Observer for MetricsFilter {
+    fn observe(&self, info: &CallInfo, _sent: Sent, resp: &Frame, elapsed: Duration) {
+        self.metrics.record(info, elapsed, resp);
     }
 }
 

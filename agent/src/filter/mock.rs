@@ -42,7 +42,7 @@ impl Filter for Mock {
         INDEX
     }
     fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a> {
-        match self.answers.get(info.method.as_str()) {
+        match self.answers.get(&*info.method) {
             Some(body) => Box::pin(std::future::ready(simple_response(&req, body.clone()))),
             None => next.run(req, info),
         }

@@ -25,9 +25,10 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use crate::protocol::motan2::frame::{FLAG_PROXY, serialization};
 use crate::protocol::motan2::{Exception, Frame};
@@ -72,46 +73,49 @@ impl fmt::Display for Role {
 }
 
 /// What a filter knows about the call besides the frame. Built once per request by the request
-/// path (from the request's meta and the refer/service it was routed to).
+/// path (from the request's meta and the refer/service it was routed to); its text fields share
+/// the request frame's buffer, so building and cloning it copies no strings.
 #[derive(Clone, Debug)]
 pub struct CallInfo {
     pub role: Role,
-    /// The refer's or service's `conf-id` (switch names are derived from it).
-    pub conf_id: String,
     /// `M_p`.
-    pub service: String,
+    pub service: ByteString,
     /// `M_m`.
-    pub method: String,
+    pub method: ByteString,
     /// `M_md`.
-    pub method_desc: String,
-    pub group: String,
+    pub method_desc: ByteString,
+    pub group: ByteString,
     /// The caller's IP: the app (client side, where the chain wraps the whole cluster call, so
     /// no endpoint is chosen yet) or the calling agent (server side).
-    pub peer: String,
+    pub peer: ByteString,
     /// The refer (client side) or service (server side) URL the chain was built from.
     pub url: Arc<Url>,
 }
 
 impl CallInfo {
-    /// A call's info from a request frame's well-known keys and the URL it was routed to
-    /// (`conf_id` from the URL's `conf-id`; group from `M_g`, else the URL's group).
-    pub fn from_request(role: Role, req: &Frame, url: Arc<Url>, peer: impl Into<String>) -> CallInfo {
-        let meta = |k| req.meta.get(k).unwrap_or("").to_string();
+    /// A call's info from a request frame's well-known keys and the URL it was routed to (group
+    /// from `M_g`, else the URL's group).
+    pub fn from_request(role: Role, req: &Frame, url: Arc<Url>, peer: ByteString) -> CallInfo {
         use crate::protocol::motan2::keys as mk;
-        let group = match req.meta.get_non_empty(mk::GROUP) {
-            Some(g) => g.to_string(),
-            None => url.group.clone(),
+        let meta = |k| req.meta.get_shared(k).unwrap_or_default();
+        let group = match req.meta.get_shared(mk::GROUP).filter(|g| !g.is_empty()) {
+            Some(g) => g,
+            None => ByteString::from(url.group.as_str()),
         };
         CallInfo {
             role,
-            conf_id: url.get_str(keys::CONF_ID, "").to_string(),
             service: meta(mk::SERVICE),
             method: meta(mk::METHOD),
             method_desc: meta(mk::METHOD_DESC),
             group,
-            peer: peer.into(),
+            peer,
             url,
         }
+    }
+
+    /// The refer's or service's `conf-id` (switch names are derived from it).
+    pub fn conf_id(&self) -> &str {
+        self.url.get_str(keys::CONF_ID, "")
     }
 }
 
@@ -127,8 +131,57 @@ pub trait Filter: Send + Sync {
     fn name(&self) -> &'static str;
     /// Nesting position: lower = outer (spec 4.7).
     fn index(&self) -> i32;
-    /// Handle one request: answer it, or pass it on with `next.run(req, info)`.
+    /// Handle one request: answer it, or pass it on with `next.run(req, info)`. Observers
+    /// implement it with [`observe_around`].
     fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a>;
+    /// A filter that only looks at finished calls (never answers, never changes the request)
+    /// returns itself here. The outermost run of such filters is then called after the call
+    /// instead of wrapping it in futures of their own: the default chain (accessLog, metrics)
+    /// adds no allocation or future to the request path.
+    fn observer(&self) -> Option<&dyn Observer> {
+        None
+    }
+}
+
+/// What an observing filter learns of the request before it is passed on.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    /// `M_rid` when present, else the header id (the caller's logical request id).
+    pub request_id: i64,
+    /// Request body length.
+    pub body_len: usize,
+}
+
+impl Sent {
+    pub fn of(req: &Frame) -> Sent {
+        Sent {
+            request_id: req.as_request().map_or(0, |r| r.logical_request_id()),
+            body_len: req.body.len(),
+        }
+    }
+}
+
+/// A filter that looks at each finished call (see [`Filter::observer`]).
+pub trait Observer: Send + Sync {
+    /// One call finished with `resp` after `elapsed` (measured from entering this filter).
+    fn observe(&self, info: &CallInfo, sent: Sent, resp: &Frame, elapsed: Duration);
+}
+
+/// [`Filter::call`] of an observer where it cannot be run after the call (inside a filter that
+/// wraps): time the rest of the chain, then observe.
+pub fn observe_around<'a>(
+    o: &'a dyn Observer,
+    req: Frame,
+    info: &'a CallInfo,
+    next: Next<'a>,
+) -> FilterFuture<'a> {
+    Box::pin(async move {
+        let start = Instant::now();
+        let sent = Sent::of(&req);
+        let resp = next.run(req, info).await;
+        o.observe(info, sent, &resp, start.elapsed());
+        resp
+    })
 }
 
 /// The rest of the chain after the current filter, ending in the terminal.
@@ -187,6 +240,8 @@ const HANDLED_ELSEWHERE: &[(&str, &str)] = &[(
 #[derive(Clone, Default)]
 pub struct FilterChain {
     filters: Vec<Arc<dyn Filter>>,
+    /// How many filters from the outside in are observers (run after the call, unwrapped).
+    outer_observers: usize,
 }
 
 impl fmt::Debug for FilterChain {
@@ -242,7 +297,11 @@ impl FilterChain {
     /// A chain of the given filters, sorted by index (ties by name).
     pub fn from_filters(mut filters: Vec<Arc<dyn Filter>>) -> FilterChain {
         filters.sort_by(|a, b| a.index().cmp(&b.index()).then(a.name().cmp(b.name())));
-        FilterChain { filters }
+        let outer_observers = filters.iter().take_while(|f| f.observer().is_some()).count();
+        FilterChain {
+            filters,
+            outer_observers,
+        }
     }
 
     /// Filter names, outermost first.
@@ -254,20 +313,36 @@ impl FilterChain {
         self.filters.is_empty()
     }
 
-    /// Run `req` through the filters and then `terminal` (unless a filter answers first).
-    pub async fn call<'a, T>(&'a self, req: Frame, info: &'a CallInfo, terminal: T) -> Frame
+    /// Run `req` through the filters and then `terminal` (unless a filter answers first). The
+    /// outer observers are called with the response once it is there; only filters that wrap
+    /// the call (and the terminal, when there are such) are boxed futures.
+    pub async fn call<'a, T, F>(&'a self, req: Frame, info: &'a CallInfo, terminal: T) -> Frame
     where
-        T: FnOnce(Frame) -> FilterFuture<'a> + Send + 'a,
+        T: FnOnce(Frame) -> F + Send + 'a,
+        F: Future<Output = Frame> + Send + 'a,
     {
-        if self.filters.is_empty() {
-            return terminal(req).await;
+        let (observers, wrapping) = self.filters.split_at(self.outer_observers);
+        let observed = (!observers.is_empty()).then(|| (Instant::now(), Sent::of(&req)));
+        let resp = if wrapping.is_empty() {
+            terminal(req).await
+        } else {
+            Next {
+                rest: wrapping,
+                terminal: Box::new(move |r| Box::pin(terminal(r))),
+            }
+            .run(req, info)
+            .await
+        };
+        if let Some((start, sent)) = observed {
+            let elapsed = start.elapsed();
+            // Inner first, as the response travels out.
+            for f in observers.iter().rev() {
+                if let Some(o) = f.observer() {
+                    o.observe(info, sent, &resp, elapsed);
+                }
+            }
         }
-        Next {
-            rest: &self.filters,
-            terminal: Box::new(terminal),
-        }
-        .run(req, info)
-        .await
+        resp
     }
 }
 
@@ -291,17 +366,25 @@ pub struct FilterShared {
     pub rate_limits: RateLimits,
     /// Circuits per URL identity.
     pub breakers: Breakers,
-    access_log: AtomicBool,
+    /// The accessLog filters' line queue and its on/off toggle.
+    pub access_log: Arc<access_log::AccessLogWriter>,
 }
 
 impl Default for FilterShared {
     fn default() -> FilterShared {
+        let metrics = Arc::new(Metrics::new());
+        let dropped = prometheus_client::metrics::counter::Counter::default();
+        metrics.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            dropped.clone(),
+        );
         FilterShared {
             switchers: Switchers::default(),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             rate_limits: RateLimits::default(),
             breakers: Breakers::default(),
-            access_log: AtomicBool::new(true),
+            access_log: access_log::AccessLogWriter::new(dropped),
         }
     }
 }
@@ -313,11 +396,11 @@ impl FilterShared {
 
     /// Whether `accessLog` filters write their lines (`/logConfig/set?access=`; on by default).
     pub fn access_log_enabled(&self) -> bool {
-        self.access_log.load(Ordering::Relaxed)
+        self.access_log.enabled()
     }
 
     pub fn set_access_log(&self, on: bool) {
-        self.access_log.store(on, Ordering::Relaxed);
+        self.access_log.set_enabled(on);
     }
 }
 
@@ -345,7 +428,7 @@ pub fn simple_response(req: &Frame, body: Bytes) -> Frame {
 pub(crate) mod test_support {
     //! A terminal that counts calls and answers from a script, and helpers to build calls.
     use std::sync::Mutex;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
     use crate::protocol::motan2::ErrorType;
@@ -360,7 +443,7 @@ pub(crate) mod test_support {
 
     pub fn info(url: Url, method: &str) -> CallInfo {
         let req = request(7, method);
-        CallInfo::from_request(Role::ClientAgent, &req, Arc::new(url), "127.0.0.1:9982")
+        CallInfo::from_request(Role::ClientAgent, &req, Arc::new(url), "127.0.0.1:9982".into())
     }
 
     pub fn request(id: u64, method: &str) -> Frame {
@@ -535,6 +618,81 @@ mod tests {
         );
     }
 
+    /// An observer that logs what it saw.
+    struct Watch {
+        name: &'static str,
+        index: i32,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Filter for Watch {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn index(&self) -> i32 {
+            self.index
+        }
+        fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a> {
+            observe_around(self, req, info, next)
+        }
+        fn observer(&self) -> Option<&dyn Observer> {
+            Some(self)
+        }
+    }
+
+    impl Observer for Watch {
+        fn observe(&self, _info: &CallInfo, sent: Sent, resp: &Frame, _elapsed: Duration) {
+            let code = exception_of(resp).map_or(200, |e| e.errcode);
+            self.log.lock().unwrap().push(format!(
+                "{} saw {} {} -> {code}",
+                self.name, sent.request_id, sent.body_len
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn observers_see_calls_inside_and_outside_wrapping_filters() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let watch = |name, index| -> Arc<dyn Filter> {
+            Arc::new(Watch {
+                name,
+                index,
+                log: log.clone(),
+            })
+        };
+        let wrap: Arc<dyn Filter> = Arc::new(Probe {
+            name: "wrap",
+            index: 5,
+            log: log.clone(),
+        });
+        let chain = FilterChain::from_filters(vec![watch("inner", 10), wrap, watch("o2", 2), watch("o1", 1)]);
+        assert_eq!(
+            (chain.names(), chain.outer_observers),
+            (vec!["o1", "o2", "wrap", "inner"], 2)
+        );
+        let up = Upstream::new(Answer::Fail(ErrorType::Business, 503));
+        let info = info(refer(&[]), "hello");
+        call(&chain, &info, &up, request(8, "hello")).await;
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![
+                "in wrap",
+                "inner saw 8 7 -> 503",
+                "out wrap",
+                "o2 saw 8 7 -> 503",
+                "o1 saw 8 7 -> 503"
+            ],
+            "outer observers after the call, inner first; an observer inside a wrapping filter still observes"
+        );
+        let only = FilterChain::from_filters(vec![watch("x", 1)]);
+        log.lock().unwrap().clear();
+        call(&only, &info, &up, request(9, "hello")).await;
+        assert_eq!(
+            (log.lock().unwrap().clone(), up.calls()),
+            (vec!["x saw 9 7 -> 503".to_string()], 2)
+        );
+    }
+
     #[tokio::test]
     async fn empty_chain_is_the_terminal() {
         let chain = FilterChain::empty();
@@ -578,20 +736,14 @@ mod tests {
         let url = Arc::new(refer(&[]));
         let mut req = request(3, "hello");
         req.meta.insert("M_md", "java.lang.String");
-        let i = CallInfo::from_request(Role::ServerAgent, &req, url.clone(), "10.0.0.1");
+        let i = CallInfo::from_request(Role::ServerAgent, &req, url.clone(), "10.0.0.1".into());
         assert_eq!(
-            (
-                i.conf_id.as_str(),
-                i.service.as_str(),
-                i.method.as_str(),
-                i.method_desc.as_str(),
-                i.group.as_str()
-            ),
+            (i.conf_id(), &*i.service, &*i.method, &*i.method_desc, &*i.group),
             ("hello", "com.example.Hello", "hello", "java.lang.String", "g1")
         );
         req.meta.insert("M_g", "g2");
-        let i = CallInfo::from_request(Role::ServerAgent, &req, url, "10.0.0.1");
-        assert_eq!((i.group.as_str(), i.role.as_str()), ("g2", "server-agent"));
+        let i = CallInfo::from_request(Role::ServerAgent, &req, url, "10.0.0.1".into());
+        assert_eq!((&*i.group, i.role.as_str()), ("g2", "server-agent"));
         assert_eq!(Role::ClientAgent.metrics_key(), "motan-client-agent");
     }
 

@@ -187,13 +187,13 @@ impl Degrade {
             return true;
         }
         let switchers = &self.shared.switchers;
-        switchers.any_degrade_on() && switchers.is_on(&degrade_switch_name(&info.conf_id, &info.method))
+        switchers.any_degrade_on() && switchers.is_on(&degrade_switch_name(info.conf_id(), &info.method))
     }
 
     fn answer(&self, req: &Frame, info: &CallInfo) -> Frame {
         match self
             .method_values
-            .get(info.method.as_str())
+            .get(&*info.method)
             .or(self.service_value.as_ref())
         {
             Some(body) => simple_response(req, body.clone()),

@@ -12,7 +12,7 @@ use super::router::{error_frame, mark_proxied};
 use crate::cluster::CallError;
 use crate::cluster::endpoint::request_timeout;
 use crate::config::motan::parse_protocol_port;
-use crate::filter::{CallInfo, FilterChain, FilterFuture, FilterShared, Role};
+use crate::filter::{CallInfo, FilterChain, FilterShared, Role};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
 use crate::url::{Url, keys as url_keys};
@@ -161,9 +161,13 @@ impl Exporter {
         let mut resp = if export.chain.is_empty() {
             Self::provide(&export, req, peer_ip, received).await
         } else {
-            let info = CallInfo::from_request(Role::ServerAgent, &req, export.service.clone(), peer_ip);
-            let terminal =
-                |r: Frame| -> FilterFuture<'_> { Box::pin(Self::provide(&export, r, peer_ip, received)) };
+            let info = CallInfo::from_request(
+                Role::ServerAgent,
+                &req,
+                export.service.clone(),
+                super::router::host(&req),
+            );
+            let terminal = |r: Frame| Self::provide(&export, r, peer_ip, received);
             export.chain.call(req, &info, terminal).await
         };
         resp.header.set_flag(FLAG_PROXY, true);

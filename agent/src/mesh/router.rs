@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::cluster::Cluster;
 use crate::cluster::CallError;
 use crate::cluster::route::{RouteRequest, RouteTable, RouteTarget, request_defaults};
-use crate::filter::{CallInfo, FilterFuture, Role};
+use crate::filter::{CallInfo, Role};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{ErrorType, Exception, Frame, keys};
 
@@ -46,6 +46,11 @@ pub fn mark_proxied(req: &mut Frame, peer_ip: &str) {
     }
     req.meta
         .insert(keys::HOST, Bytes::copy_from_slice(peer_ip.as_bytes()));
+}
+
+/// The caller IP [`mark_proxied`] recorded, sharing the request's buffer.
+pub fn host(req: &Frame) -> bytestring::ByteString {
+    req.meta.get_shared(keys::HOST).unwrap_or_default()
 }
 
 impl Router {
@@ -110,8 +115,8 @@ impl Router {
         let mut resp = if cluster.chain.is_empty() {
             call_cluster(&cluster, req, caller_id).await
         } else {
-            let info = CallInfo::from_request(Role::ClientAgent, &req, cluster.refer.clone(), peer_ip);
-            let terminal = |r: Frame| -> FilterFuture<'_> { Box::pin(call_cluster(&cluster, r, caller_id)) };
+            let info = CallInfo::from_request(Role::ClientAgent, &req, cluster.refer.clone(), host(&req));
+            let terminal = |r: Frame| call_cluster(&cluster, r, caller_id);
             cluster.chain.call(req, &info, terminal).await
         };
         resp.header.request_id = caller_id;

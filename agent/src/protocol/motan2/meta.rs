@@ -82,6 +82,13 @@ impl Meta {
         self.get_bytes(key).and_then(|v| std::str::from_utf8(v).ok())
     }
 
+    /// The value as UTF-8 text sharing the frame's buffer (a reference count, no copy); None
+    /// when absent or not UTF-8.
+    pub fn get_shared(&self, key: &str) -> Option<bytestring::ByteString> {
+        self.get_bytes(key)
+            .and_then(|v| bytestring::ByteString::try_from(v.clone()).ok())
+    }
+
     /// The value when present and not empty (Go's `LoadOrEmpty(k) != ""`).
     pub fn get_non_empty(&self, key: &str) -> Option<&str> {
         self.get(key).filter(|v| !v.is_empty())
