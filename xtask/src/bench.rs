@@ -885,6 +885,25 @@ impl Report {
                     ratios.insert(label, r);
                 }
             }
+            // The filter chain's cost relative to the same path without filters, per round.
+            let rel: Vec<f64> = per(Mode::AgentFilters)
+                .iter()
+                .filter_map(|x| {
+                    let y = per(Mode::AgentExplicit)
+                        .into_iter()
+                        .find(|y| y.round == x.round)?;
+                    let base = y.get(&["latency_us", "p50"]);
+                    (base > 0.0).then(|| 100.0 * (x.get(&["latency_us", "p50"]) / base - 1.0))
+                })
+                .collect();
+            if !rel.is_empty() {
+                let (lo, hi) = spread(&rel);
+                let m = median(rel);
+                let label =
+                    "default filter chain p50 cost: agent-filters / agent-explicit - 1, per round (%)";
+                let _ = writeln!(md, "- {label}: {m:+.1}% [{lo:+.1}..{hi:+.1}]");
+                diffs.insert(label, serde_json::json!({"median": m, "min": lo, "max": hi}));
+            }
             diffs.insert("ratios", serde_json::json!(ratios));
             cases_json.insert(case.name, serde_json::json!({
                 "rate": case.rate, "conns": case.conns, "payload": case.payload, "conn_per_request": case.conn_per_request,
