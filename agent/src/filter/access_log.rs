@@ -345,6 +345,17 @@ mod tests {
         assert_eq!(lines.access_lines().len(), 1);
     }
 
+    #[test]
+    fn dropped_lines_are_a_metric() {
+        let shared = FilterShared::new();
+        shared.access_log.dropped.inc();
+        let text = shared.metrics.encode();
+        assert!(
+            text.lines().any(|l| l == "sockmesh_access_log_dropped_total 1"),
+            "{text}"
+        );
+    }
+
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_instead_of_growing() {
         let (lines, _guard) = capture_logs();
