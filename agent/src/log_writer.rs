@@ -46,6 +46,15 @@ impl LogWriter {
         (w.clone(), FlushGuard(w))
     }
 
+    /// Append already formatted lines (written out with the next batch, or now when full).
+    pub fn append(&self, data: &[u8]) {
+        let _ = EventWriter {
+            w: self,
+            urgent: false,
+        }
+        .write_all(data);
+    }
+
     fn flush_now(&self) {
         let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         if !b.is_empty() {

@@ -152,11 +152,17 @@ fn init_logging(
     // Logs go to stderr; colours only on a terminal, so log files and journald stay greppable.
     // Lines are buffered and written in batches (see log_writer.rs); warnings at once.
     let (writer, guard) = sockmesh::log_writer::LogWriter::stderr();
+    let ansi = std::io::stderr().is_terminal();
+    if !ansi {
+        // Access lines (one per request and role) are formatted by the filter's writer thread in
+        // this subscriber's format, without tracing's per-field machinery.
+        sockmesh::filter::access_log::write_directly(writer.clone(), json);
+    }
     let base = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(ansi);
     let parse =
         |f: &str| tracing_subscriber::EnvFilter::try_new(f).with_context(|| format!("bad log level {f:?}"));
     // aya-log (kernel program logs) speaks `log`; it is routed into tracing below.

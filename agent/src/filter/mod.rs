@@ -536,6 +536,9 @@ pub(crate) mod test_support {
                 .filter(|v| v["target"] == target)
                 .collect()
         }
+        pub fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
         pub fn access_lines(&self) -> Vec<serde_json::Value> {
             self.lines(crate::filter::access_log::TARGET)
         }
