@@ -21,7 +21,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tracing::Dispatch;
 
-use super::{CallInfo, Filter, FilterFuture, FilterShared, Next, Observer, Role, Sent, observe_around};
+use super::{CallInfo, Filter, FilterShared, Observer, Observing, Role, Sent};
 use crate::log_writer::LogWriter;
 use crate::protocol::motan2::{Frame, keys as meta_keys};
 use crate::url::{Url, keys};
@@ -38,13 +38,13 @@ pub const WRITE_EVERY: Duration = Duration::from_millis(20);
 pub const MAX_QUEUED: usize = 64 * 1024;
 
 struct AccessLog {
-    shared: Arc<FilterShared>,
+    writer: Arc<AccessLogWriter>,
 }
 
 pub fn build(_url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
-    Arc::new(AccessLog {
-        shared: shared.clone(),
-    })
+    Arc::new(Observing(AccessLog {
+        writer: shared.access_log.clone(),
+    }))
 }
 
 /// The response code upstream's access log shows: errcode, else `upstreamCode`, else 200.
@@ -322,25 +322,16 @@ fn timestamp() -> String {
     ts
 }
 
-impl Filter for AccessLog {
+impl Observer for AccessLog {
     fn name(&self) -> &'static str {
         NAME
     }
     fn index(&self) -> i32 {
         INDEX
     }
-    fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a> {
-        observe_around(self, req, info, next)
-    }
-    fn observer(&self) -> Option<&dyn Observer> {
-        Some(self)
-    }
-}
-
-impl Observer for AccessLog {
     /// Queues the line; the writer thread formats it.
     fn observe(&self, info: &CallInfo, sent: Sent, resp: &Frame, elapsed: Duration) {
-        let writer = &self.shared.access_log;
+        let writer = &self.writer;
         if !writer.enabled() {
             return;
         }
@@ -429,11 +420,11 @@ mod tests {
         let chain = FilterChain::build(&url, &shared).unwrap();
         let up = Upstream::new(Answer::Ok(b"ok"));
         let i = info(url, "hello");
-        shared.set_access_log(false);
+        shared.access_log.set_enabled(false);
         call(&chain, &i, &up, request(1, "hello")).await;
         shared.access_log.flush();
         assert_eq!((lines.access_lines().len(), up.calls()), (0, 1));
-        shared.set_access_log(true);
+        shared.access_log.set_enabled(true);
         call(&chain, &i, &up, request(2, "hello")).await;
         shared.access_log.flush();
         assert_eq!(lines.access_lines().len(), 1);

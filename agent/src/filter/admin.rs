@@ -119,7 +119,7 @@ async fn breaker_list(State(s): Shared) -> Response {
 
 async fn log_config_set(State(s): Shared, Query(q): Params) -> Handled {
     let on = bool_param(&q, "access")?;
-    s.set_access_log(on);
+    s.access_log.set_enabled(on);
     tracing::info!("access log set to {on}");
     let body = format!("set accessLog status:{on}");
     Ok(axum::Json(json!({ "code": 200, "body": body })).into_response())
@@ -253,14 +253,14 @@ mod tests {
     #[tokio::test]
     async fn log_config_toggles_the_access_log() {
         let shared = FilterShared::new();
-        assert!(shared.access_log_enabled());
+        assert!(shared.access_log.enabled());
         let (st, _, body) = get(&shared, "/logConfig/set?access=false").await;
         assert_eq!(st, StatusCode::OK);
         assert_eq!(
             json(&body),
             json!({"code": 200, "body": "set accessLog status:false"})
         );
-        assert!(!shared.access_log_enabled());
+        assert!(!shared.access_log.enabled());
         let (st, _, body) = get(&shared, "/logConfig/set?access=maybe").await;
         assert_eq!(st, StatusCode::BAD_REQUEST);
         assert!(body.contains("parameter access"), "{body}");
@@ -270,7 +270,7 @@ mod tests {
             (StatusCode::BAD_REQUEST, "missing parameter access")
         );
         get(&shared, "/logConfig/set?access=1").await;
-        assert!(shared.access_log_enabled());
+        assert!(shared.access_log.enabled());
     }
 
     #[tokio::test]

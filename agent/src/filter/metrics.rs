@@ -33,9 +33,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    CallInfo, Filter, FilterFuture, FilterShared, Next, Observer, Role, Sent, exception_of, observe_around,
-};
+use super::{CallInfo, Filter, FilterShared, Observer, Observing, Role, Sent, exception_of};
 use crate::protocol::motan2::{ErrorType, Frame};
 use crate::url::{Url, keys};
 
@@ -562,27 +560,18 @@ struct MetricsFilter {
 }
 
 pub fn build(_url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
-    Arc::new(MetricsFilter {
+    Arc::new(Observing(MetricsFilter {
         metrics: shared.metrics.clone(),
-    })
+    }))
 }
 
-impl Filter for MetricsFilter {
+impl Observer for MetricsFilter {
     fn name(&self) -> &'static str {
         NAME
     }
     fn index(&self) -> i32 {
         INDEX
     }
-    fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a> {
-        observe_around(self, req, info, next)
-    }
-    fn observer(&self) -> Option<&dyn Observer> {
-        Some(self)
-    }
-}
-
-impl Observer for MetricsFilter {
     fn observe(&self, info: &CallInfo, _sent: Sent, resp: &Frame, elapsed: Duration) {
         self.metrics.record(info, elapsed, resp);
     }

@@ -131,13 +131,12 @@ pub trait Filter: Send + Sync {
     fn name(&self) -> &'static str;
     /// Nesting position: lower = outer (spec 4.7).
     fn index(&self) -> i32;
-    /// Handle one request: answer it, or pass it on with `next.run(req, info)`. Observers
-    /// implement it with [`observe_around`].
+    /// Handle one request: answer it, or pass it on with `next.run(req, info)`.
     fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a>;
-    /// A filter that only looks at finished calls (never answers, never changes the request)
-    /// returns itself here. The outermost run of such filters is then called after the call
-    /// instead of wrapping it in futures of their own: the default chain (accessLog, metrics)
-    /// adds no allocation or future to the request path.
+    /// A filter that only looks at finished calls ([`Observing`]) returns its observer here.
+    /// The outermost run of such filters is then called after the call instead of wrapping it
+    /// in futures of their own: the default chain (accessLog, metrics) adds no allocation or
+    /// future to the request path.
     fn observer(&self) -> Option<&dyn Observer> {
         None
     }
@@ -161,27 +160,40 @@ impl Sent {
     }
 }
 
-/// A filter that looks at each finished call (see [`Filter::observer`]).
+/// A filter that looks at each finished call and never answers or changes the request; it
+/// goes into a chain as [`Observing`].
 pub trait Observer: Send + Sync {
+    /// The configuration name, as [`Filter::name`].
+    fn name(&self) -> &'static str;
+    /// Nesting position, as [`Filter::index`].
+    fn index(&self) -> i32;
     /// One call finished with `resp` after `elapsed` (measured from entering this filter).
     fn observe(&self, info: &CallInfo, sent: Sent, resp: &Frame, elapsed: Duration);
 }
 
-/// [`Filter::call`] of an observer where it cannot be run after the call (inside a filter that
-/// wraps): time the rest of the chain, then observe.
-pub fn observe_around<'a>(
-    o: &'a dyn Observer,
-    req: Frame,
-    info: &'a CallInfo,
-    next: Next<'a>,
-) -> FilterFuture<'a> {
-    Box::pin(async move {
-        let start = Instant::now();
-        let sent = Sent::of(&req);
-        let resp = next.run(req, info).await;
-        o.observe(info, sent, &resp, start.elapsed());
-        resp
-    })
+/// An [`Observer`] as a [`Filter`]. Where the chain cannot call it after the call (inside a
+/// filter that wraps), it times the rest of the chain and then observes.
+pub struct Observing<O>(pub O);
+
+impl<O: Observer> Filter for Observing<O> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn index(&self) -> i32 {
+        self.0.index()
+    }
+    fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let sent = Sent::of(&req);
+            let resp = next.run(req, info).await;
+            self.0.observe(info, sent, &resp, start.elapsed());
+            resp
+        })
+    }
+    fn observer(&self) -> Option<&dyn Observer> {
+        Some(&self.0)
+    }
 }
 
 /// The rest of the chain after the current filter, ending in the terminal.
@@ -392,15 +404,6 @@ impl Default for FilterShared {
 impl FilterShared {
     pub fn new() -> Arc<FilterShared> {
         Arc::new(FilterShared::default())
-    }
-
-    /// Whether `accessLog` filters write their lines (`/logConfig/set?access=`; on by default).
-    pub fn access_log_enabled(&self) -> bool {
-        self.access_log.enabled()
-    }
-
-    pub fn set_access_log(&self, on: bool) {
-        self.access_log.set_enabled(on);
     }
 }
 
@@ -628,22 +631,13 @@ mod tests {
         log: Arc<Mutex<Vec<String>>>,
     }
 
-    impl Filter for Watch {
+    impl Observer for Watch {
         fn name(&self) -> &'static str {
             self.name
         }
         fn index(&self) -> i32 {
             self.index
         }
-        fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a> {
-            observe_around(self, req, info, next)
-        }
-        fn observer(&self) -> Option<&dyn Observer> {
-            Some(self)
-        }
-    }
-
-    impl Observer for Watch {
         fn observe(&self, _info: &CallInfo, sent: Sent, resp: &Frame, _elapsed: Duration) {
             let code = exception_of(resp).map_or(200, |e| e.errcode);
             self.log.lock().unwrap().push(format!(
@@ -657,11 +651,11 @@ mod tests {
     async fn observers_see_calls_inside_and_outside_wrapping_filters() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let watch = |name, index| -> Arc<dyn Filter> {
-            Arc::new(Watch {
+            Arc::new(Observing(Watch {
                 name,
                 index,
                 log: log.clone(),
-            })
+            }))
         };
         let wrap: Arc<dyn Filter> = Arc::new(Probe {
             name: "wrap",
