@@ -58,16 +58,37 @@ pub fn response_code(resp: &Frame) -> i64 {
         .unwrap_or(200)
 }
 
-/// One finished call, waiting to be written. Its text is copied into one buffer: a record must
-/// not keep the request's or response's frame buffers alive while it waits.
+/// The text of a record, copied into one buffer: a record must not keep the request's or
+/// response's frame buffers alive while it waits.
+struct Texts {
+    text: String,
+    /// Where each part ends in `text`.
+    ends: [usize; 5],
+}
+
+impl Texts {
+    fn new(parts: [&str; 5]) -> Texts {
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let ends = parts.map(|p| {
+            text.push_str(p);
+            text.len()
+        });
+        Texts { text, ends }
+    }
+
+    fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+}
+
+/// One finished call, waiting to be written.
 struct Record {
     role: Role,
     /// The refer's or service's URL (for `conf-id`).
     url: Arc<Url>,
-    /// Service, method, method descriptor, peer, exception JSON: one after another.
-    text: String,
-    /// Where each of them ends in `text`.
-    ends: [usize; 5],
+    /// Service, method, method descriptor, peer, exception JSON (empty on success).
+    texts: Texts,
     sent: Sent,
     code: i64,
     success: bool,
@@ -77,39 +98,37 @@ struct Record {
 }
 
 impl Record {
-    fn new(info: &CallInfo, exception: &str) -> Record {
-        let parts = [
-            &*info.service,
-            &*info.method,
-            &*info.method_desc,
-            &*info.peer,
-            exception,
-        ];
-        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let ends = parts.map(|p| {
-            text.push_str(p);
-            text.len()
-        });
+    fn new(info: &CallInfo, sent: Sent, resp: &Frame, elapsed: Duration) -> Record {
+        let success = !resp.is_exception();
+        let exception = if success {
+            ""
+        } else {
+            resp.meta.get(meta_keys::EXCEPTION).unwrap_or("")
+        };
         Record {
             role: info.role,
             url: info.url.clone(),
-            text,
-            ends,
-            sent: Sent {
-                request_id: 0,
-                body_len: 0,
-            },
-            code: 0,
-            success: true,
-            res_size: 0,
-            biz_time_ms: 0,
-            latency_us: 0,
+            texts: Texts::new([
+                &info.service,
+                &info.method,
+                &info.method_desc,
+                &info.peer,
+                exception,
+            ]),
+            sent,
+            code: response_code(resp),
+            success,
+            res_size: resp.body.len(),
+            biz_time_ms: resp
+                .as_response()
+                .and_then(|r| r.process_time())
+                .map_or(0, |d| d.as_millis() as u64),
+            latency_us: elapsed.as_micros() as u64,
         }
     }
 
     fn part(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.text[start..self.ends[i]]
+        self.texts.get(i)
     }
 
     /// Append the line as the daemon's fmt subscriber would write it (text without ANSI, or
@@ -331,28 +350,9 @@ impl Observer for AccessLog {
     }
     /// Queues the line; the writer thread formats it.
     fn observe(&self, info: &CallInfo, sent: Sent, resp: &Frame, elapsed: Duration) {
-        let writer = &self.writer;
-        if !writer.enabled() {
-            return;
+        if self.writer.enabled() {
+            self.writer.push(Record::new(info, sent, resp, elapsed));
         }
-        let success = !resp.is_exception();
-        let exception = if success {
-            ""
-        } else {
-            resp.meta.get(meta_keys::EXCEPTION).unwrap_or("")
-        };
-        writer.push(Record {
-            sent,
-            code: response_code(resp),
-            success,
-            res_size: resp.body.len(),
-            biz_time_ms: resp
-                .as_response()
-                .and_then(|r| r.process_time())
-                .map_or(0, |d| d.as_millis() as u64),
-            latency_us: elapsed.as_micros() as u64,
-            ..Record::new(info, exception)
-        });
     }
 }
 
@@ -435,6 +435,15 @@ mod tests {
         let mut i = info(refer(&[("filter", "accessLog")]), "hel\"lo");
         i.method_desc = "java.lang.String,int".into();
         let r = Record {
+            role: i.role,
+            url: i.url.clone(),
+            texts: Texts::new([
+                &i.service,
+                &i.method,
+                &i.method_desc,
+                &i.peer,
+                r#"{"errcode":503,"errmsg":"a \"quoted\" é\n","errtype":2}"#,
+            ]),
             sent: Sent {
                 request_id: -42,
                 body_len: 7,
@@ -444,7 +453,6 @@ mod tests {
             res_size: 0,
             biz_time_ms: 3,
             latency_us: 1234,
-            ..Record::new(&i, r#"{"errcode":503,"errmsg":"a \"quoted\" é\n","errtype":2}"#)
         };
         for json in [false, true] {
             let c = Captured::default();
