@@ -17,10 +17,10 @@ use crate::intercept::EbpfInterceptor;
 use crate::intercept::ebpf::mode_name;
 use crate::intercept::iptables::Iptables;
 use crate::intercept::selftest::{self, SelfTest};
-use crate::mesh::channel::Transport;
-use crate::mesh::serve::{ServeStats, accept_loop};
-use crate::mesh::{ClientHandler, Mesh, MeshHandle, MeshOptions, ServerHandler};
+use crate::proxy::mesh::{ClientHandler, Mesh, MeshHandle, MeshOptions, ServerHandler};
+use crate::proxy::serve::{ServeStats, accept_loop};
 use crate::proxy::transparent::{Stats, TransparentProxy};
+use crate::upstream::channel::Transport;
 
 /// Replaces the process's log filter (e.g. "debug"); errors name what is wrong with it.
 pub type LogReload = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
@@ -103,7 +103,7 @@ pub const DEFAULT_SNAPSHOT_DIR: &str = "/var/lib/sockmesh/snapshot";
 pub struct MeshShared {
     /// Switches, metrics, rate limits and circuits shared by every filter chain.
     pub filters: Arc<FilterShared>,
-    pub overrides: Arc<Mutex<crate::cluster::command::SwitcherOverrides>>,
+    pub overrides: Arc<Mutex<crate::registry::command::SwitcherOverrides>>,
 }
 
 /// The local address that reaches the first ZooKeeper registry (a UDP connect sends nothing),

@@ -13,13 +13,15 @@ pub mod filter;
 pub mod install;
 pub mod intercept;
 pub mod log_writer;
-pub mod mesh;
 pub mod metrics;
 pub mod protocol;
+pub mod provider;
 pub mod proxy;
 pub mod recent;
 pub mod registry;
+pub mod switcher;
 pub mod sys;
+pub mod upstream;
 pub mod url;
 
 /// The BPF object built by `cargo xtask build-ebpf`, embedded at compile time.

@@ -100,7 +100,7 @@ impl Collector for AgentCollector {
             &channels,
         )?;
 
-        let listeners: [(&str, &crate::mesh::serve::ServeStats); 2] =
+        let listeners: [(&str, &crate::proxy::serve::ServeStats); 2] =
             [("agent", &state.agent_stats), ("export", &state.export_stats)];
         let mut conns = Vec::new();
         let mut reqs = Vec::new();

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::CallError;
+use crate::protocol::motan2::call::CallError;
 use crate::url::{Url, keys};
 
 pub const DEFAULT_ERROR_COUNT_THRESHOLD: i64 = 10;
@@ -362,7 +362,7 @@ impl Default for LatencyStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ErrorKind;
+    use crate::protocol::motan2::call::ErrorKind;
 
     fn ep(params: &[(&str, &str)]) -> Endpoint {
         let mut u = Url::new("motan2", "127.0.0.1", 9982, "p", "g");

@@ -9,8 +9,9 @@ use std::sync::Mutex;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use super::endpoint::Endpoint;
 use super::lb::{Balancer, LbRequest};
-use super::{CallError, E_NO_ENDPOINTS, Endpoint};
+use crate::protocol::motan2::call::{CallError, E_NO_ENDPOINTS};
 use crate::url::{Url, keys};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -411,8 +412,8 @@ enum Event<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ErrorKind;
     use crate::cluster::lb::{LbConfig, LbKind};
+    use crate::protocol::motan2::call::ErrorKind;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn refer() -> Url {

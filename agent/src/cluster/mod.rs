@@ -1,201 +1,492 @@
-//! The cluster stage (4.4–4.8): route a request to a refer (`route`), keep the refer's
-//! endpoints from registry notifications (`EndpointSet`), pick one (`lb`), retry or hedge
-//! (`ha`), track endpoint health (`endpoint`), and read registry commands (`command`).
-//! Everything here is pure decision code and state; the request path owns the I/O and calls
-//! into it.
-pub mod command;
+//! A running cluster: one refer's endpoints as the registries report them, a balancer over
+//! them, a connection pool per endpoint, and the HA strategy that drives a call (4.4–4.8).
+//! The pure decisions live in `crate::cluster`; this file only connects them to sockets.
+pub mod discovery;
 pub mod endpoint;
+pub mod endpoints;
 pub mod ha;
 pub mod lb;
 pub mod route;
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use self::endpoint::Endpoint;
+use self::endpoint::{KeepaliveKind, KeepaliveRequest, MethodLatencies, request_timeout};
+use self::endpoints::EndpointSet;
+use self::ha::{
+    BackupRequestBudget, BackupRequestConfig, Failover, HaKind, call_with_backup, call_with_failover,
+};
+use self::lb::{Balancer, LbConfig, LbRequest};
+use crate::filter::{FilterChain, FilterShared};
+use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL, degraded_error, error_of};
+use crate::protocol::motan2::frame::FLAG_PROXY;
+use crate::protocol::motan2::{Frame, keys, simple};
+use crate::upstream::channel::{Pool, Transport};
 use crate::url::Url;
-pub use endpoint::Endpoint;
 
-/// errcode of "no endpoint available in the cluster" (`ENoEndpoints`).
-pub const E_NO_ENDPOINTS: i32 = 1001;
-/// errcode of "endpoint could not get a connection" (`ENoChannel`).
-pub const E_NO_CHANNEL: i32 = 1002;
+/// Removed endpoints keep their pool this long, so calls already routed to them finish (4.4).
+const REMOVE_DELAY: Duration = Duration::from_secs(2);
+const DEFAULT_CLIENT_CONNECTIONS: i64 = 3;
+const DEFAULT_CONNECT_RETRY: Duration = Duration::from_millis(60_000);
+/// Where the consistent-hash key comes from (sockmesh extension): `meta:<key>` or `arg:<n>`
+/// (the n-th argument of a simple-serialized body, 0-based). Default: meta `consistentHashKey`.
+pub const HASH_KEY_SOURCE: &str = "consistentHashKey.source";
 
-/// Exception class of a motan2 error (`M_e` errtype). This is the one place the codec's
-/// exception type maps onto: `ErrorKind::from_errtype(e.errtype)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// errtype 0: framework/codec failure; retried; counts against the endpoint.
-    Framework,
-    /// errtype 1: service/transport failure (timeout, no endpoint, connection); retried;
-    /// counts against the endpoint.
-    Service,
-    /// errtype 2: thrown by the business code; returned at once, never retried, resets the
-    /// endpoint's error counter.
-    Business,
-}
-
-impl ErrorKind {
-    /// Unknown values are framework errors, as Java does.
-    pub fn from_errtype(errtype: i64) -> ErrorKind {
-        match errtype {
-            1 => ErrorKind::Service,
-            2 => ErrorKind::Business,
-            _ => ErrorKind::Framework,
-        }
-    }
-
-    pub fn errtype(self) -> i32 {
-        match self {
-            ErrorKind::Framework => 0,
-            ErrorKind::Service => 1,
-            ErrorKind::Business => 2,
-        }
-    }
-}
-
-/// A failed call as the cluster sees it: an upstream exception response, or an error the
-/// agent itself produced (timeout, no endpoint...), which becomes an exception response.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CallError {
-    pub code: i32,
-    pub message: String,
-    pub kind: ErrorKind,
+enum HashKeySource {
+    Meta(String),
+    Arg(usize),
 }
 
-impl CallError {
-    pub fn new(code: i32, message: impl Into<String>, kind: ErrorKind) -> CallError {
-        CallError {
-            code,
-            message: message.into(),
-            kind,
+impl HashKeySource {
+    fn from_url(refer: &Url) -> Result<HashKeySource, String> {
+        let raw = refer.get_str(HASH_KEY_SOURCE, "meta:consistentHashKey");
+        if let Some(k) = raw.strip_prefix("meta:").filter(|k| !k.is_empty()) {
+            return Ok(HashKeySource::Meta(k.to_string()));
+        }
+        if let Some(n) = raw.strip_prefix("arg:").and_then(|n| n.parse().ok()) {
+            return Ok(HashKeySource::Arg(n));
+        }
+        Err(format!(
+            "key {HASH_KEY_SOURCE}: {raw:?} is not meta:<key> or arg:<index>"
+        ))
+    }
+
+    fn key(&self, req: &Frame) -> Option<String> {
+        match self {
+            HashKeySource::Meta(k) => req.meta.get_non_empty(k).map(str::to_string),
+            HashKeySource::Arg(n) => {
+                let args = simple::decode_all(&req.body).ok()?;
+                let v = args.get(*n)?;
+                match v.as_str() {
+                    Some(s) => Some(s.to_string()),
+                    None => v.as_i64().map(|i| i.to_string()),
+                }
+            }
         }
     }
+}
 
-    /// An agent-built service error (errtype 1), the kind every cluster-level failure has.
-    pub fn service(code: i32, message: impl Into<String>) -> CallError {
-        CallError::new(code, message, ErrorKind::Service)
-    }
+pub struct Cluster {
+    pub conf_id: String,
+    pub refer: Arc<Url>,
+    /// The refer's filters, around the whole HA call (so circuits are per refer, like
+    /// motan-go's cluster filters).
+    pub chain: FilterChain,
+    ha: HaKind,
+    hash_key: HashKeySource,
+    balancer: ArcSwap<Balancer>,
+    endpoints: Mutex<EndpointSet>,
+    pools: RwLock<HashMap<String, Arc<Pool>>>,
+    budget: BackupRequestBudget,
+    latencies: MethodLatencies,
+    transport: Transport,
+    client_connections: usize,
+    connect_retry: Duration,
+    mingz_size: usize,
+    degraded: AtomicBool,
+    /// Traffic-control group weights in force.
+    group_weights: Mutex<Option<String>>,
+    stop: CancellationToken,
+    /// Pools of the cluster this one replaces (reload): endpoints it knew keep their
+    /// connections and are available at once.
+    adopt: HashMap<String, Arc<Pool>>,
+    /// Registries that delivered their first list, and first connects still running: the
+    /// cluster is ready when all registries answered and no first connect is pending.
+    registries_seen: std::sync::atomic::AtomicUsize,
+    registries_total: std::sync::atomic::AtomicUsize,
+    connects_pending: std::sync::atomic::AtomicUsize,
+}
 
-    /// Whether HA may try another attempt after this error (not for business errors).
-    pub fn is_retryable(&self) -> bool {
-        self.kind != ErrorKind::Business
-    }
-
-    /// Whether it counts toward the endpoint's consecutive error threshold.
-    pub fn counts_against_endpoint(&self) -> bool {
-        self.kind != ErrorKind::Business
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("conf_id", &self.conf_id).finish()
     }
 }
 
-impl fmt::Display for CallError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "errcode {} errtype {}: {}",
-            self.code,
-            self.kind.errtype(),
-            self.message
-        )
+impl Cluster {
+    /// Checks the refer's HA and balancer settings (errors name the key).
+    pub fn new(
+        conf_id: &str,
+        refer: Url,
+        transport: Transport,
+        previous: Option<&Cluster>,
+        filters: &Arc<FilterShared>,
+    ) -> Result<Arc<Cluster>, String> {
+        let chain = FilterChain::build(&refer, filters).map_err(|e| format!("key filter: {e}"))?;
+        let ha = HaKind::from_url(&refer).map_err(|e| format!("key haStrategy: {e}"))?;
+        let lb = LbConfig::from_url(&refer).map_err(|e| format!("key loadbalance: {e}"))?;
+        let hash_key = HashKeySource::from_url(&refer)?;
+        Ok(Arc::new(Cluster {
+            conf_id: conf_id.to_string(),
+            chain,
+            ha,
+            hash_key,
+            // A replaced cluster's balancer lends its state (the consistent-hash partition
+            // count), so keys stay where they were across a reload.
+            balancer: ArcSwap::from_pointee(match previous {
+                Some(p) if p.balancer.load().config().kind == lb.kind => {
+                    p.balancer.load().rebuild(Vec::new(), None)
+                }
+                _ => Balancer::new(lb, Vec::new(), None),
+            }),
+            endpoints: Mutex::new(EndpointSet::new()),
+            pools: RwLock::default(),
+            budget: BackupRequestBudget::new(),
+            latencies: MethodLatencies::new(),
+            transport,
+            client_connections: refer.get_positive_int("clientConnection", DEFAULT_CLIENT_CONNECTIONS)
+                as usize,
+            connect_retry: refer.get_duration_ms("connectRetryInterval", DEFAULT_CONNECT_RETRY),
+            mingz_size: refer.get_int("mingzSize", 0).max(0) as usize,
+            degraded: AtomicBool::new(false),
+            group_weights: Mutex::new(None),
+            stop: CancellationToken::new(),
+            adopt: previous
+                .map(|p| p.pools.read().unwrap().clone())
+                .unwrap_or_default(),
+            registries_seen: Default::default(),
+            registries_total: Default::default(),
+            connects_pending: Default::default(),
+            refer: Arc::new(refer),
+        }))
     }
-}
 
-impl std::error::Error for CallError {}
-
-/// The error a degraded cluster answers with (4.4, 4.10).
-pub fn degraded_error() -> CallError {
-    CallError::service(500, "cluster not available, maybe caused by degrade")
-}
-
-/// A refer's endpoints, per registry, as registry notifications arrive (4.4).
-#[derive(Debug, Default)]
-pub struct EndpointSet {
-    by_registry: BTreeMap<String, Vec<Arc<Endpoint>>>,
-}
-
-/// What a notification changed.
-#[derive(Debug, Default)]
-pub struct NotifyOutcome {
-    /// False when the notification was ignored (empty list with a single registry).
-    pub changed: bool,
-    /// Endpoints no longer used; upstream destroys them 2 s later so in-flight calls finish.
-    pub removed: Vec<Arc<Endpoint>>,
-    /// Newly created endpoints: the caller starts their connection pools.
-    pub added: Vec<Arc<Endpoint>>,
-}
-
-impl EndpointSet {
-    pub fn new() -> EndpointSet {
-        EndpointSet::default()
+    /// Registries the cluster follows (set by discovery when it starts).
+    pub(super) fn set_registry_count(&self, n: usize) {
+        self.registries_total.store(n, Ordering::Relaxed);
     }
 
-    /// Apply one registry's full server list for `refer`. Servers that cannot serve the refer
-    /// are skipped; endpoints are reused by URL identity; a new endpoint's URL is the server
-    /// URL with the refer's parameters merged over it (the refer wins, as upstream). An empty
-    /// usable list is ignored when the refer has a single registry (the old endpoints stay,
-    /// sharp edge 7), and drops that registry's endpoints otherwise.
-    pub fn notify(
-        &mut self,
+    pub(super) fn stopped(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// A registry delivered the first list of the refer's own group.
+    pub(super) fn registry_seen(&self) {
+        self.registries_seen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Apply one registry's server list: new endpoints get a pool (connected in the
+    /// background; the endpoint becomes available once connected), removed ones are dropped
+    /// after `REMOVE_DELAY`, and the balancer is rebuilt.
+    /// `group_weights` are the traffic-control weights (`g1:3,g2:1`) or `None`.
+    pub fn apply(
+        self: &Arc<Self>,
         registry_id: &str,
-        refer: &Url,
         registry_count: usize,
         servers: &[Url],
-    ) -> NotifyOutcome {
-        let mut old: HashMap<String, Arc<Endpoint>> = self
-            .by_registry
-            .get(registry_id)
-            .into_iter()
-            .flatten()
-            .map(|e| (e.identity().to_string(), e.clone()))
-            .collect();
-        let mut out = NotifyOutcome::default();
-        let mut fresh: Vec<Arc<Endpoint>> = Vec::with_capacity(servers.len());
-        for server in servers.iter().filter(|s| s.can_serve(refer)) {
-            let id = server.identity();
-            if fresh.iter().any(|e| e.identity() == id) {
+        group_weights: Option<&str>,
+    ) {
+        let (outcome, all) = {
+            let mut set = self.endpoints.lock().unwrap();
+            let outcome = set.notify(registry_id, &self.refer, registry_count, servers);
+            (outcome, set.shuffled())
+        };
+        let weights_changed = {
+            let mut w = self.group_weights.lock().unwrap();
+            let changed = w.as_deref() != group_weights;
+            *w = group_weights.map(str::to_string);
+            changed
+        };
+        if !outcome.changed && !weights_changed {
+            return;
+        }
+        for ep in &outcome.added {
+            let id = ep.identity().to_string();
+            if let Some(pool) = self.adopt.get(&id).filter(|p| p.usage().0 > 0) {
+                self.pools.write().unwrap().insert(id, pool.clone());
+                ep.set_available(true);
                 continue;
             }
-            let ep = match old.remove(&id) {
-                Some(ep) => ep,
-                None => {
-                    let mut url = server.clone();
-                    url.merge_params(&refer.params);
-                    let ep = Arc::new(Endpoint::new(url));
-                    out.added.push(ep.clone());
-                    ep
-                }
+            let pool = Arc::new(Pool::new(
+                ep.address().to_string(),
+                self.client_connections,
+                self.transport.clone(),
+            ));
+            self.pools.write().unwrap().insert(id, pool.clone());
+            let (me, ep) = (self.clone(), ep.clone());
+            self.connects_pending.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move { me.connect_endpoint(ep, pool).await });
+        }
+        let balancer = self.balancer.load().rebuild(all, group_weights);
+        self.balancer.store(Arc::new(balancer));
+        tracing::info!(
+            cluster = %self.conf_id, registry = registry_id,
+            added = outcome.added.len(), removed = outcome.removed.len(),
+            "endpoints changed"
+        );
+        if !outcome.removed.is_empty() {
+            let me = self.clone();
+            // The pools as they are now: an endpoint added back within REMOVE_DELAY gets a new
+            // pool under the same identity, which must survive this removal.
+            let gone: Vec<(String, Arc<Pool>)> = {
+                let pools = self.pools.read().unwrap();
+                outcome
+                    .removed
+                    .iter()
+                    .filter_map(|e| Some((e.identity().to_string(), pools.get(e.identity())?.clone())))
+                    .collect()
             };
-            fresh.push(ep);
+            tokio::spawn(async move {
+                tokio::time::sleep(REMOVE_DELAY).await;
+                let mut pools = me.pools.write().unwrap();
+                for (id, pool) in gone {
+                    if pools.get(&id).is_some_and(|p| Arc::ptr_eq(p, &pool)) {
+                        pools.remove(&id);
+                    }
+                }
+            });
         }
-        if fresh.is_empty() {
-            if registry_count > 1
-                && let Some(gone) = self.by_registry.remove(registry_id)
-            {
-                out.removed = gone;
-                out.changed = true;
+    }
+
+    /// Create the endpoint's pool; retry every `connectRetryInterval` until it works, the
+    /// endpoint is removed, or the cluster stops.
+    async fn connect_endpoint(self: Arc<Self>, ep: Arc<Endpoint>, pool: Arc<Pool>) {
+        let mut first = true;
+        let mut attempt = 0u32;
+        loop {
+            let r = pool.warm_up().await;
+            if std::mem::take(&mut first) {
+                self.connects_pending.fetch_sub(1, Ordering::Relaxed);
             }
-            return out;
+            match r {
+                Ok(()) => {
+                    ep.set_available(true);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), "cannot connect: {e}; retrying");
+                }
+            }
+            // Quick retries first (a provider starting at the same time), then every
+            // connectRetryInterval.
+            let wait = self
+                .connect_retry
+                .min(Duration::from_millis(100) * (1 << attempt.min(10)));
+            attempt += 1;
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if !self.has_pool(&ep, &pool) {
+                return;
+            }
         }
-        out.removed = old.into_values().collect();
-        self.by_registry.insert(registry_id.to_string(), fresh);
-        out.changed = true;
-        out
     }
 
-    /// All endpoints of all registries, shuffled so that clients with the same list do not
-    /// all start on the same server (upstream shuffles before handing them to the balancer).
-    pub fn shuffled(&self) -> Vec<Arc<Endpoint>> {
-        let mut all: Vec<Arc<Endpoint>> = self.by_registry.values().flatten().cloned().collect();
-        fastrand::shuffle(&mut all);
-        all
+    fn has_pool(&self, ep: &Endpoint, pool: &Arc<Pool>) -> bool {
+        self.pools
+            .read()
+            .unwrap()
+            .get(ep.identity())
+            .is_some_and(|p| Arc::ptr_eq(p, pool))
     }
 
-    pub fn len(&self) -> usize {
-        self.by_registry.values().map(Vec::len).sum()
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.lock().unwrap().len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Every registry delivered its first list and every first connect finished.
+    pub fn is_ready(&self) -> bool {
+        self.registries_seen.load(Ordering::Relaxed) >= self.registries_total.load(Ordering::Relaxed)
+            && self.connects_pending.load(Ordering::Relaxed) == 0
+    }
+
+    /// Wait until ready or `deadline` (motan-go waits `initClusterTimeout` for refers at start).
+    pub async fn wait_ready(&self, deadline: tokio::time::Instant) -> bool {
+        while !self.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    pub fn set_degraded(&self, on: bool) {
+        self.degraded.store(on, Ordering::Relaxed);
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Call the cluster with `req` (already carrying the caller's meta): HA over the balancer.
+    /// Ok is the upstream response (its request id is the channel's; the caller restores its
+    /// own); Err is an error the agent answers with.
+    pub async fn call(self: &Arc<Self>, req: Frame) -> Result<Frame, CallError> {
+        if self.degraded.load(Ordering::Relaxed) {
+            return Err(degraded_error());
+        }
+        let balancer = self.balancer.load_full();
+        let method = req.meta.get(keys::METHOD).unwrap_or("");
+        let desc = req.meta.get(keys::METHOD_DESC).unwrap_or("");
+        let timeout = request_timeout(&self.refer, method, desc, req.meta.get(keys::TIMEOUT));
+        let key = self.hash_key.key(&req);
+        let lb_req = LbRequest {
+            hash_key: key.as_deref(),
+        };
+        let r = match self.ha {
+            HaKind::Failover | HaKind::Failfast => {
+                let policy = Failover::for_request(&self.refer, self.ha, method, desc);
+                call_with_failover(
+                    policy,
+                    &balancer,
+                    &lb_req,
+                    |ep| self.call_endpoint(ep, req.clone(), timeout, method),
+                    error_of,
+                    || {
+                        ha::failover_no_endpoint_error(
+                            req.header.request_id,
+                            req.meta.iter().filter_map(|(k, v)| {
+                                Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
+                            }),
+                        )
+                    },
+                )
+                .await
+            }
+            HaKind::BackupRequest => {
+                let cfg = BackupRequestConfig::for_request(&self.refer, method, desc);
+                let observed = self.latencies.get(method).percentile(f64::from(cfg.delay_ratio));
+                let delay = cfg.delay(observed);
+                call_with_backup(
+                    &cfg,
+                    delay,
+                    &self.budget,
+                    &balancer,
+                    &lb_req,
+                    |ep| Box::pin(self.call_endpoint(ep, req.clone(), timeout, method)),
+                    error_of,
+                )
+                .await
+            }
+        };
+        r.and_then(|inner| inner)
+    }
+
+    async fn call_endpoint(
+        self: &Arc<Self>,
+        ep: Arc<Endpoint>,
+        mut req: Frame,
+        timeout: Duration,
+        method: &str,
+    ) -> Result<Frame, CallError> {
+        let pool = self.pools.read().unwrap().get(ep.identity()).cloned();
+        let Some(pool) = pool else {
+            return Err(CallError::service(
+                E_NO_CHANNEL,
+                format!("endpoint {} has no connection pool", ep.address()),
+            ));
+        };
+        // The endpoint's group wins (traffic control may route to other groups, 4.3 step 4).
+        let group = &ep.url().group;
+        if !group.is_empty() && req.meta.get(keys::GROUP) != Some(group.as_str()) {
+            req.meta
+                .insert(keys::GROUP, Bytes::copy_from_slice(group.as_bytes()));
+        }
+        req.header.set_flag(FLAG_PROXY, true);
+        if self.mingz_size > 0 {
+            req.gzip_if_larger(self.mingz_size);
+        }
+        let started = Instant::now();
+        let guard = ep.begin();
+        let mut r = pool.call(req, timeout).await;
+        if let Ok(resp) = &mut r {
+            if resp.header.is_gzip()
+                && let Err(e) = resp.gunzip(self.transport.limits.max_body)
+            {
+                tracing::warn!(endpoint = ep.address(), "cannot decompress a response: {e}");
+            }
+            resp.meta
+                .insert("x-forwarded-for", Bytes::copy_from_slice(ep.address().as_bytes()));
+        }
+        let error = error_of(&r);
+        if let Some(k) = guard.finish(error.as_ref()) {
+            tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), "endpoint disabled after consecutive errors (last: {})", error.as_ref().map(|e| e.to_string()).unwrap_or_default());
+            let me = self.clone();
+            tokio::spawn(async move { me.keepalive(ep, pool, k).await });
+        }
+        // Only backupRequest reads per-method latencies (its delay); other strategies skip
+        // the bookkeeping on every call.
+        if error.is_none() && self.ha == HaKind::BackupRequest {
+            self.latencies.get(method).record(started.elapsed());
+        }
+        r
+    }
+
+    /// Probe a disabled endpoint until it answers a heartbeat (then it is available again), it
+    /// is removed, or the cluster stops (4.8).
+    async fn keepalive(self: Arc<Self>, ep: Arc<Endpoint>, pool: Arc<Pool>, k: KeepaliveRequest) {
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = tokio::time::sleep(k.interval) => {}
+            }
+            if !self.has_pool(&ep, &pool) {
+                break;
+            }
+            if k.kind == KeepaliveKind::Heartbeat
+                && pool
+                    .heartbeat(k.interval.max(Duration::from_millis(500)))
+                    .await
+                    .is_ok()
+            {
+                tracing::info!(cluster = %self.conf_id, endpoint = ep.address(), "endpoint answers heartbeats again: enabled");
+                ep.keepalive_succeeded();
+                return;
+            }
+        }
+        ep.keepalive_finished();
+    }
+
+    pub fn status_json(&self) -> Value {
+        let balancer = self.balancer.load();
+        let pools = self.pools.read().unwrap();
+        let endpoints: Vec<Value> = balancer
+            .endpoints()
+            .iter()
+            .map(|ep| {
+                let (channels, in_flight) = pools.get(ep.identity()).map(|p| p.usage()).unwrap_or((0, 0));
+                json!({
+                    "address": ep.address(),
+                    "group": ep.url().group,
+                    "available": ep.is_available(),
+                    "consecutive_errors": ep.consecutive_errors(),
+                    "active": ep.active(),
+                    "weight": ep.weight(),
+                    "channels": channels,
+                    "in_flight": in_flight,
+                })
+            })
+            .collect();
+        let available = balancer.endpoints().iter().filter(|e| e.is_available()).count();
+        json!({
+            "name": self.conf_id,
+            "service": self.refer.path,
+            "group": self.refer.group,
+            "ha": self.refer.get_str(crate::url::keys::HA_STRATEGY, "failover"),
+            "loadbalance": balancer.config().kind.name(),
+            "filters": self.chain.names(),
+            "degraded": self.degraded.load(Ordering::Relaxed),
+            "group_weights": self.group_weights.lock().unwrap().clone(),
+            "available_endpoints": available,
+            "endpoints": endpoints,
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -203,81 +494,31 @@ impl EndpointSet {
 mod tests {
     use super::*;
 
-    fn refer() -> Url {
-        Url::new("motan2", "", 0, "p", "g").with_param("requestTimeout", "300")
+    fn server(addr: std::net::SocketAddr) -> Url {
+        Url::new("motan2", "127.0.0.1", addr.port(), "s", "g")
     }
 
-    fn server(host: &str) -> Url {
-        Url::new("motan2", host, 9982, "p", "g").with_param("requestTimeout", "999")
-    }
-
-    #[test]
-    fn errtype_mapping() {
-        assert_eq!(ErrorKind::from_errtype(0), ErrorKind::Framework);
-        assert_eq!(ErrorKind::from_errtype(1), ErrorKind::Service);
-        assert_eq!(ErrorKind::from_errtype(2), ErrorKind::Business);
-        assert_eq!(ErrorKind::from_errtype(7), ErrorKind::Framework);
-        assert_eq!(ErrorKind::Business.errtype(), 2);
-        assert!(!CallError::new(503, "x", ErrorKind::Business).is_retryable());
-        assert!(CallError::service(400, "x").is_retryable());
-        assert_eq!(degraded_error().code, 500);
-    }
-
-    #[test]
-    fn notify_reuses_by_identity_and_merges_refer_params() {
-        let mut set = EndpointSet::new();
-        let out = set.notify("zk", &refer(), 1, &[server("10.0.0.1"), server("10.0.0.2")]);
-        assert!(out.changed);
-        assert_eq!(out.added.len(), 2);
-        assert_eq!(out.added[0].url().params["requestTimeout"], "300");
-        let first = set
-            .shuffled()
-            .into_iter()
-            .find(|e| e.url().host == "10.0.0.1")
-            .unwrap();
-        let out = set.notify("zk", &refer(), 1, &[server("10.0.0.1"), server("10.0.0.3")]);
-        assert_eq!(out.added.len(), 1);
-        assert_eq!(out.removed.len(), 1);
-        assert_eq!(out.removed[0].url().host, "10.0.0.2");
-        let again = set
-            .shuffled()
-            .into_iter()
-            .find(|e| e.url().host == "10.0.0.1")
-            .unwrap();
-        assert!(Arc::ptr_eq(&first, &again), "endpoint reused, not rebuilt");
-        assert_eq!(set.len(), 2);
-    }
-
-    #[test]
-    fn notify_skips_servers_that_cannot_serve() {
-        let mut set = EndpointSet::new();
-        let mut wrong = server("10.0.0.9");
-        wrong.path = "other".into();
-        let out = set.notify(
-            "zk",
-            &refer(),
-            1,
-            &[wrong, server("10.0.0.1"), server("10.0.0.1")],
-        );
-        assert_eq!(out.added.len(), 1);
-        assert_eq!(set.len(), 1);
-    }
-
-    #[test]
-    fn empty_notification_single_vs_multi_registry() {
-        let mut set = EndpointSet::new();
-        set.notify("zk", &refer(), 1, &[server("10.0.0.1")]);
-        let out = set.notify("zk", &refer(), 1, &[]);
-        assert!(!out.changed);
-        assert_eq!(set.len(), 1, "single registry: stale list kept");
-
-        let mut set = EndpointSet::new();
-        set.notify("zk", &refer(), 2, &[server("10.0.0.1")]);
-        set.notify("direct", &refer(), 2, &[server("10.0.0.2")]);
-        assert_eq!(set.len(), 2);
-        let out = set.notify("zk", &refer(), 2, &[]);
-        assert!(out.changed);
-        assert_eq!(out.removed.len(), 1);
-        assert_eq!(set.len(), 1);
+    #[tokio::test]
+    async fn an_endpoint_added_back_within_the_remove_delay_keeps_its_new_pool() {
+        let addr = crate::upstream::channel::tests::upstream().await;
+        let refer = Url::new("motan2", "", 0, "s", "g");
+        let c = Cluster::new("c", refer, Transport::default(), None, &FilterShared::new()).unwrap();
+        // Two registries, so an empty list really removes this registry's endpoints.
+        c.apply("r1", 2, &[server(addr)], None);
+        let call = |c: Arc<Cluster>| async move {
+            let req = Frame::request(1, "s", "m", Bytes::from_static(b"\x00ab"));
+            c.call(req).await
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert!(c.wait_ready(deadline).await);
+        assert!(call(c.clone()).await.is_ok());
+        c.apply("r1", 2, &[], None);
+        c.apply("r1", 2, &[server(addr)], None);
+        assert!(c.wait_ready(deadline).await);
+        // Past the removed endpoint's delay: the re-added one still has its pool.
+        tokio::time::sleep(REMOVE_DELAY + Duration::from_millis(200)).await;
+        let r = call(c.clone()).await;
+        assert!(r.is_ok(), "{:?}", r.err());
+        c.stop();
     }
 }

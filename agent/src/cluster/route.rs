@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use super::CallError;
+use crate::protocol::motan2::call::CallError;
 use crate::url::{Url, keys};
 
 /// What routing looks at: the request's `M_p`, `M_g`, `M_v`, `M_pp` (empty when absent).

@@ -10,15 +10,14 @@
 //! side); it always returns a frame (a success or an exception), never an error.
 //!
 //! State that outlives a chain (switches, metrics, rate-limit buckets, circuits, the access-log
-//! toggle) lives in one [`FilterShared`] per agent, which the admin routes ([`admin::routes`])
+//! toggle) lives in one [`FilterShared`] per agent, which the admin routes ([`crate::admin::filters::routes`])
 //! read and change at run time.
 pub mod access_log;
-pub mod admin;
 pub mod circuit_breaker;
+pub mod degrade;
 pub mod metrics;
 pub mod mock;
 pub mod rate_limit;
-pub mod switcher;
 pub mod trace;
 
 use std::fmt;
@@ -34,10 +33,10 @@ use crate::protocol::motan2::frame::{FLAG_PROXY, serialization};
 use crate::protocol::motan2::{Exception, Frame};
 use crate::url::{Url, keys};
 
+pub use crate::switcher::Switchers;
 pub use circuit_breaker::Breakers;
 pub use metrics::Metrics;
 pub use rate_limit::RateLimits;
-pub use switcher::Switchers;
 
 /// Which side of the mesh a call is on. Names as upstream logs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -228,7 +227,7 @@ const FILTERS: &[(&str, Constructor)] = &[
     (metrics::NAME, metrics::build),
     (trace::NAME, trace::build),
     (rate_limit::NAME, rate_limit::build),
-    (switcher::DEGRADE_NAME, switcher::build_degrade),
+    (degrade::DEGRADE_NAME, degrade::build_degrade),
     (circuit_breaker::NAME, circuit_breaker::build),
     (mock::NAME, mock::build),
 ];

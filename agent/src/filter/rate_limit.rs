@@ -20,9 +20,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::switcher::Switch;
 use super::{CallInfo, Filter, FilterFuture, FilterShared, Next, reject};
 use crate::protocol::motan2::{Exception, Frame, keys as meta_keys};
+use crate::switcher::Switch;
 use crate::url::{Url, keys};
 
 pub const NAME: &str = "rateLimit";

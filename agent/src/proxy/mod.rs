@@ -1,3 +1,7 @@
 //! Connection handling: accept, recover the original destination, detect the protocol, forward.
+pub mod inbound;
+pub mod mesh;
+pub mod outbound;
 pub mod passthrough;
+pub mod serve;
 pub mod transparent;

@@ -20,10 +20,10 @@ use tokio_util::task::TaskTracker;
 
 use super::passthrough;
 use crate::intercept::netns::NetnsSockets;
-use crate::mesh::serve::{ServeStats, serve_connection};
-use crate::mesh::{ClientHandler, MeshHandle};
 use crate::protocol::motan2::codec::frame_len;
 use crate::protocol::motan2::{DecodeLimits, Motan2Codec};
+use crate::proxy::mesh::{ClientHandler, MeshHandle};
+use crate::proxy::serve::{ServeStats, serve_connection};
 use crate::sys;
 
 #[derive(Default, Debug)]

@@ -1,6 +1,7 @@
 //! Service discovery and registration (4.9). A `Registry` streams the server list of a refer
 //! and the registry's command texts (4.10), and, for the server role, registers exported
 //! services. `direct` is a static list; `zookeeper` is motan's ZooKeeper layout.
+pub mod command;
 pub mod direct;
 pub mod zookeeper;
 

@@ -5,6 +5,7 @@
 //! - `error`: typed decode errors and the `M_e` exception convention;
 //! - `simple`: the simple serialization ([`Value`]);
 //! - `v1`: legacy motan v1 framing, enough to answer v1 heartbeats.
+pub mod call;
 pub mod codec;
 pub mod error;
 pub mod frame;
@@ -12,6 +13,7 @@ pub mod meta;
 pub mod simple;
 pub mod v1;
 
+pub use call::{CallError, ErrorKind};
 pub use codec::{CodecError, DecodeLimits, Motan2Codec, WireVersion};
 pub use error::{ErrorType, Exception, FrameError, SimpleError};
 pub use frame::{Frame, Header, Request, Response};

@@ -14,6 +14,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod filters;
+
 use crate::app::AppState;
 use crate::config::RequestedMode;
 
@@ -38,7 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/reload", post(reload))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint; see /status") })
         .with_state(state.clone())
-        .merge(crate::filter::admin::routes(state.mesh_shared.filters.clone()))
+        .merge(crate::admin::filters::routes(state.mesh_shared.filters.clone()))
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
-use crate::cluster::{CallError, E_NO_CHANNEL};
+use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL};
 use crate::protocol::motan2::{DecodeLimits, Frame, Motan2Codec};
 
 /// Frames queued per channel before callers wait (back-pressure instead of unbounded memory).
@@ -301,7 +301,7 @@ impl Pool {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::net::TcpListener;
     use tokio_util::codec::Framed;
@@ -310,7 +310,7 @@ pub(super) mod tests {
 
     /// An upstream that answers every request with its body reversed, after `delay_ms` taken
     /// from the body's first byte, so responses come back out of order.
-    pub(in crate::mesh) async fn upstream() -> SocketAddr {
+    pub(crate) async fn upstream() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {

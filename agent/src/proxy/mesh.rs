@@ -2,13 +2,6 @@
 //! listeners → local providers), built from the motan sections of the configuration. A reload
 //! builds a new `Mesh` (adopting the old one's live connections) and swaps it in; requests in
 //! flight finish on the one they started with.
-pub mod channel;
-pub mod cluster;
-pub mod discovery;
-pub mod exporter;
-pub mod http_provider;
-pub mod router;
-pub mod serve;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,15 +10,15 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
-use self::channel::Transport;
-use self::cluster::Cluster;
-use self::exporter::Exporter;
-use self::router::Router;
-use self::serve::{Handler, HandlerFuture, RequestContext};
+use super::inbound::{self, Exporter};
+use super::outbound::Router;
+use super::serve::{Handler, HandlerFuture, RequestContext};
+use crate::cluster::{Cluster, discovery};
 use crate::config::motan::MotanConfig;
 use crate::filter::FilterShared;
 use crate::protocol::motan2::{DecodeLimits, Frame};
 use crate::registry::{self, Registry};
+use crate::upstream::channel::Transport;
 
 /// How long start-up and reload wait for clusters to connect (motan-go `initClusterTimeout`
 /// defaults to 10 s; loopback and LAN connects take milliseconds, so a shorter cap keeps a
@@ -47,7 +40,7 @@ pub struct MeshOptions {
     /// registries (`motan-agent` `registry`), with the agent port.
     pub agent_registries: Vec<String>,
     pub agent_port: u16,
-    pub overrides: Arc<std::sync::Mutex<crate::cluster::command::SwitcherOverrides>>,
+    pub overrides: Arc<std::sync::Mutex<crate::registry::command::SwitcherOverrides>>,
 }
 
 pub struct Mesh {
@@ -156,7 +149,7 @@ impl Mesh {
             overrides: opts.overrides.clone(),
         };
         for c in &clusters {
-            if let Err(m) = c.start(&registries, &ctx) {
+            if let Err(m) = discovery::start(c, &registries, &ctx) {
                 errors.push(format!("section motan-refer, entry {}: {m}", c.conf_id));
             }
         }
@@ -278,8 +271,8 @@ impl Mesh {
                 "port": e.port,
                 "filters": e.chain.names(),
                 "provider": match &e.provider {
-                    exporter::Provider::Motan2 { pool } => json!({"type": "motan2", "address": pool.address(), "channels": pool.usage().0}),
-                    exporter::Provider::Http(_) => json!({"type": "http", "address": e.service.param("proxyAddress").unwrap_or("")}),
+                    inbound::Provider::Motan2 { pool } => json!({"type": "motan2", "address": pool.address(), "channels": pool.usage().0}),
+                    inbound::Provider::Http(_) => json!({"type": "http", "address": e.service.param("proxyAddress").unwrap_or("")}),
                 },
             })).collect::<Vec<_>>(),
             "registries": self.registries_json(),

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use xxhash_rust::xxh64::xxh64;
 
-use super::Endpoint;
+use super::endpoint::Endpoint;
 use crate::url::{Url, keys};
 
 /// Most endpoints `select_array` returns.

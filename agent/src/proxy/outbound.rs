@@ -5,26 +5,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::cluster::Cluster;
-use crate::cluster::CallError;
+use crate::cluster::Cluster;
 use crate::cluster::route::{RouteRequest, RouteTable, RouteTarget, request_defaults};
 use crate::filter::{CallInfo, Role};
+use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
 use crate::protocol::motan2::frame::FLAG_PROXY;
-use crate::protocol::motan2::{ErrorType, Exception, Frame, keys};
+use crate::protocol::motan2::{Frame, keys};
 
 pub struct Router {
     table: RouteTable,
     clusters: Vec<Arc<Cluster>>,
-}
-
-/// The exception frame the agent answers a failed call with.
-pub fn error_frame(request_id: u64, e: &CallError) -> Frame {
-    let ex = Exception::new(
-        i64::from(e.code),
-        e.message.clone(),
-        ErrorType::from_i64(i64::from(e.kind.errtype())),
-    );
-    Frame::agent_exception(request_id, &ex)
 }
 
 /// The cluster's answer, or the exception frame for its error.
@@ -33,24 +23,6 @@ async fn call_cluster(cluster: &Arc<Cluster>, req: Frame, caller_id: u64) -> Fra
         Ok(resp) => resp,
         Err(e) => error_frame(caller_id, &e),
     }
-}
-
-/// Spec 1.9 rules 1-2, as every motan-go server of an agent applies them: the request is
-/// treated as proxied, keeps the caller's id in `M_rid` (the header id is replaced on the next
-/// hop), and `host` is the IP it came from.
-pub fn mark_proxied(req: &mut Frame, peer_ip: &str) {
-    req.header.set_flag(FLAG_PROXY, true);
-    if !req.meta.contains(keys::REQUEST_ID) {
-        let id = req.header.request_id as i64;
-        req.meta.insert(keys::REQUEST_ID, Bytes::from(id.to_string()));
-    }
-    req.meta
-        .insert(keys::HOST, Bytes::copy_from_slice(peer_ip.as_bytes()));
-}
-
-/// The caller IP [`mark_proxied`] recorded, sharing the request's buffer.
-pub fn host(req: &Frame) -> bytestring::ByteString {
-    req.meta.get_shared(keys::HOST).unwrap_or_default()
 }
 
 impl Router {

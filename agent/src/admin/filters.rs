@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use serde_json::json;
 
-use super::FilterShared;
+use crate::filter::FilterShared;
 use crate::url::parse_go_bool;
 
 type Params = Query<HashMap<String, String>>;

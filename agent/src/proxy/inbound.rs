@@ -7,14 +7,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::channel::{Pool, Transport};
-use super::router::{error_frame, mark_proxied};
-use crate::cluster::CallError;
 use crate::cluster::endpoint::request_timeout;
 use crate::config::motan::parse_protocol_port;
 use crate::filter::{CallInfo, FilterChain, FilterShared, Role};
+use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
+use crate::upstream::channel::{Pool, Transport};
 use crate::url::{Url, keys as url_keys};
 
 /// Connections from the server agent to one local backend.
@@ -22,7 +21,7 @@ const BACKEND_CONNECTIONS: usize = 3;
 
 pub enum Provider {
     Motan2 { pool: Arc<Pool> },
-    Http(Arc<super::http_provider::HttpProvider>),
+    Http(Arc<crate::provider::http::HttpProvider>),
 }
 
 pub struct Export {
@@ -113,7 +112,7 @@ impl Exporter {
                     pool: Arc::new(Pool::new(addr, BACKEND_CONNECTIONS, transport.clone())),
                 }
             }
-            "http" => Provider::Http(Arc::new(super::http_provider::HttpProvider::new(url)?)),
+            "http" => Provider::Http(Arc::new(crate::provider::http::HttpProvider::new(url)?)),
             other => {
                 return Err(format!(
                     "key provider: {other:?} is not supported (motan2, motan, http)"
@@ -161,12 +160,7 @@ impl Exporter {
         let mut resp = if export.chain.is_empty() {
             Self::provide(&export, req, peer_ip, received).await
         } else {
-            let info = CallInfo::from_request(
-                Role::ServerAgent,
-                &req,
-                export.service.clone(),
-                super::router::host(&req),
-            );
+            let info = CallInfo::from_request(Role::ServerAgent, &req, export.service.clone(), host(&req));
             let terminal = |r: Frame| Self::provide(&export, r, peer_ip, received);
             export.chain.call(req, &info, terminal).await
         };

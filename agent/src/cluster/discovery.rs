@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::cluster::Cluster;
-use crate::cluster::command::{CommandSource, ReferCommands, SwitcherOverrides};
+use super::Cluster;
 use crate::filter::FilterShared;
+use crate::registry::command::{CommandSource, ReferCommands, SwitcherOverrides};
 use crate::registry::{CommandScope, Registry, ServerList};
 use crate::url::Url;
 
@@ -91,7 +91,35 @@ fn subscribe(
     })
 }
 
-pub async fn run(cluster: Arc<Cluster>, registries: Vec<(String, Arc<dyn Registry>)>, ctx: DiscoveryContext) {
+/// Subscribe to every registry of the refer (and to its commands) and follow them until
+/// `stop` .
+pub fn start(
+    cluster: &Arc<Cluster>,
+    registries: &BTreeMap<String, Arc<dyn Registry>>,
+    ctx: &DiscoveryContext,
+) -> Result<(), String> {
+    let ids: Vec<String> = cluster
+        .refer
+        .get_list(crate::url::keys::REGISTRY)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if ids.is_empty() {
+        return Err("key registry: the refer names no registry".into());
+    }
+    let mut regs = Vec::new();
+    for id in ids {
+        let Some(reg) = registries.get(&id).cloned() else {
+            return Err(format!("key registry: no motan-registry entry {id:?}"));
+        };
+        regs.push((id, reg));
+    }
+    cluster.set_registry_count(regs.len());
+    tokio::spawn(run(cluster.clone(), regs, ctx.clone()));
+    Ok(())
+}
+
+async fn run(cluster: Arc<Cluster>, registries: Vec<(String, Arc<dyn Registry>)>, ctx: DiscoveryContext) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let own = cluster.refer.group.clone();
     let mut subs: HashMap<(String, String), JoinHandle<()>> = HashMap::new();
@@ -191,7 +219,7 @@ pub async fn run(cluster: Arc<Cluster>, registries: Vec<(String, Arc<dyn Registr
 fn ensure_groups(
     cluster: &Arc<Cluster>,
     registries: &[(String, Arc<dyn Registry>)],
-    tc: &Option<crate::cluster::command::TrafficControl>,
+    tc: &Option<crate::registry::command::TrafficControl>,
     own: &str,
     subs: &mut HashMap<(String, String), JoinHandle<()>>,
     tx: &mpsc::UnboundedSender<Event>,

@@ -21,8 +21,8 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::channel::{WRITE_QUEUE, write_frames};
 use crate::protocol::motan2::{CodecError, DecodeLimits, Exception, Frame, FrameError, Motan2Codec, v1};
+use crate::upstream::channel::{WRITE_QUEUE, write_frames};
 
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
 

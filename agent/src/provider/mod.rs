@@ -1,0 +1,2 @@
+//! Providers the server role calls besides Motan2 backends.
+pub mod http;
