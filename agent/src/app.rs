@@ -17,6 +17,7 @@ use crate::intercept::EbpfInterceptor;
 use crate::intercept::ebpf::mode_name;
 use crate::intercept::iptables::Iptables;
 use crate::intercept::selftest::{self, SelfTest};
+use crate::net::SocketFactory;
 use crate::proxy::mesh::{ClientHandler, Mesh, MeshHandle, MeshOptions, ServerHandler};
 use crate::proxy::serve::{ServeStats, accept_loop};
 use crate::proxy::transparent::{Stats, TransparentProxy};
@@ -71,9 +72,14 @@ pub struct AppState {
 /// How the agent's own upstream connections are made.
 fn transport(cfg: &Config) -> Transport {
     Transport {
-        mark: cfg.sockmesh.intercept.mark,
+        sockets: sockets(cfg),
         ..Transport::default()
     }
+}
+
+/// The socket factory of every upstream connection (marked, so interception skips them).
+fn sockets(cfg: &Config) -> SocketFactory {
+    SocketFactory::new(cfg.sockmesh.intercept.mark, crate::net::DEFAULT_CONNECT_TIMEOUT)
 }
 
 /// Initial switch values from the `switcher` / `switchers` sections (name: bool).
@@ -562,8 +568,6 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let transparent = bind("transparent", config.transparent_addr()).await?;
     listeners.push(("transparent".to_string(), config.transparent_addr().to_string()));
     let proxy = Arc::new(TransparentProxy {
-        mark: config.sockmesh.intercept.mark,
-        connect_timeout: Duration::from_secs(5),
         stats: stats.clone(),
         mesh: Some((mesh.clone(), agent_stats.clone())),
         sniff_timeout: Duration::from_millis(config.sockmesh.sniff_timeout_ms),
@@ -572,7 +576,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     tasks.spawn(
         proxy
             .clone()
-            .run(transparent, shutdown.clone(), tasks.clone(), None),
+            .run(transparent, shutdown.clone(), tasks.clone(), sockets(&config)),
     );
 
     let admin = bind("admin", config.admin_addr()).await?;
@@ -651,7 +655,10 @@ async fn watch_namespaces(state: Arc<AppState>, proxy: Arc<TransparentProxy>, ta
     let Some(own) = netns::netns_ino(std::process::id()) else {
         return;
     };
-    let listen = state.config.read().unwrap().transparent_addr();
+    let (listen, upstream) = {
+        let cfg = state.config.read().unwrap();
+        (cfg.transparent_addr(), sockets(&cfg))
+    };
     let mut active: std::collections::HashMap<u64, CancellationToken> = Default::default();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -678,7 +685,7 @@ async fn watch_namespaces(state: Arc<AppState>, proxy: Arc<TransparentProxy>, ta
                 continue;
             }
             let p = path.clone();
-            match tokio::task::spawn_blocking(move || netns::NetnsSockets::start(&p, listen)).await {
+            match tokio::task::spawn_blocking(move || crate::net::NetnsSockets::start(&p, listen)).await {
                 Ok(Ok((sockets, std_listener))) => {
                     let listener = match std_listener
                         .set_nonblocking(true)
@@ -694,11 +701,12 @@ async fn watch_namespaces(state: Arc<AppState>, proxy: Arc<TransparentProxy>, ta
                         }
                     };
                     let token = state.shutdown.child_token();
-                    tasks.spawn(
-                        proxy
-                            .clone()
-                            .run(listener, token.clone(), tasks.clone(), Some(sockets)),
-                    );
+                    tasks.spawn(proxy.clone().run(
+                        listener,
+                        token.clone(),
+                        tasks.clone(),
+                        upstream.in_namespace(sockets),
+                    ));
                     tracing::info!(netns = ino, via = %path.display(), %listen, "transparent listener opened in network namespace");
                     active.insert(*ino, token);
                 }

@@ -14,6 +14,7 @@ pub mod install;
 pub mod intercept;
 pub mod log_writer;
 pub mod metrics;
+pub mod net;
 pub mod protocol;
 pub mod provider;
 pub mod proxy;

@@ -10,9 +10,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Cluster;
-use crate::filter::FilterShared;
 use crate::registry::command::{CommandSource, ReferCommands, SwitcherOverrides};
 use crate::registry::{CommandScope, Registry, ServerList};
+use crate::switcher::Switchers;
 use crate::url::Url;
 
 /// What discovery needs from the agent.
@@ -22,7 +22,7 @@ pub struct DiscoveryContext {
     pub local_ip: String,
     /// The agent's application (its command node is `/motan/agent/<application>/command`).
     pub application: String,
-    pub filters: Arc<FilterShared>,
+    pub switchers: Arc<Switchers>,
     /// Switcher values set by commands (process-wide, like switchers), to restore them.
     pub overrides: Arc<std::sync::Mutex<SwitcherOverrides>>,
 }
@@ -180,7 +180,7 @@ async fn run(cluster: Arc<Cluster>, registries: Vec<(String, Arc<dyn Registry>)>
                     switcher = eff.switcher.is_some(), "commands changed"
                 );
                 cluster.set_degraded(eff.is_degraded());
-                let switchers = &ctx.filters.switchers;
+                let switchers = &ctx.switchers;
                 let set = ctx
                     .overrides
                     .lock()

@@ -25,7 +25,6 @@ use self::ha::{
     BackupRequestBudget, BackupRequestConfig, Failover, HaKind, call_with_backup, call_with_failover,
 };
 use self::lb::{Balancer, LbConfig, LbRequest};
-use crate::filter::{FilterChain, FilterShared};
 use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL, degraded_error, error_of};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys, simple};
@@ -78,9 +77,6 @@ impl HashKeySource {
 pub struct Cluster {
     pub conf_id: String,
     pub refer: Arc<Url>,
-    /// The refer's filters, around the whole HA call (so circuits are per refer, like
-    /// motan-go's cluster filters).
-    pub chain: FilterChain,
     ha: HaKind,
     hash_key: HashKeySource,
     balancer: ArcSwap<Balancer>,
@@ -119,15 +115,12 @@ impl Cluster {
         refer: Url,
         transport: Transport,
         previous: Option<&Cluster>,
-        filters: &Arc<FilterShared>,
     ) -> Result<Arc<Cluster>, String> {
-        let chain = FilterChain::build(&refer, filters).map_err(|e| format!("key filter: {e}"))?;
         let ha = HaKind::from_url(&refer).map_err(|e| format!("key haStrategy: {e}"))?;
         let lb = LbConfig::from_url(&refer).map_err(|e| format!("key loadbalance: {e}"))?;
         let hash_key = HashKeySource::from_url(&refer)?;
         Ok(Arc::new(Cluster {
             conf_id: conf_id.to_string(),
-            chain,
             ha,
             hash_key,
             // A replaced cluster's balancer lends its state (the consistent-hash partition
@@ -475,7 +468,6 @@ impl Cluster {
             "group": self.refer.group,
             "ha": self.refer.get_str(crate::url::keys::HA_STRATEGY, "failover"),
             "loadbalance": balancer.config().kind.name(),
-            "filters": self.chain.names(),
             "degraded": self.degraded.load(Ordering::Relaxed),
             "group_weights": self.group_weights.lock().unwrap().clone(),
             "available_endpoints": available,
@@ -502,7 +494,7 @@ mod tests {
     async fn an_endpoint_added_back_within_the_remove_delay_keeps_its_new_pool() {
         let addr = crate::upstream::channel::tests::upstream().await;
         let refer = Url::new("motan2", "", 0, "s", "g");
-        let c = Cluster::new("c", refer, Transport::default(), None, &FilterShared::new()).unwrap();
+        let c = Cluster::new("c", refer, Transport::default(), None).unwrap();
         // Two registries, so an empty list really removes this registry's endpoints.
         c.apply("r1", 2, &[server(addr)], None);
         let call = |c: Arc<Cluster>| async move {

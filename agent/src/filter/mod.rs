@@ -370,7 +370,7 @@ pub fn known_names() -> Vec<&'static str> {
 /// Filter state shared by every chain of one agent and changed through the admin routes.
 pub struct FilterShared {
     /// Named on/off switches (`switcher` config section, `/switcher/*`).
-    pub switchers: Switchers,
+    pub switchers: Arc<Switchers>,
     /// Request metrics and the agent's Prometheus registry.
     pub metrics: Arc<Metrics>,
     /// Rate-limit buckets per service (`/ratelimit/*`).
@@ -391,7 +391,7 @@ impl Default for FilterShared {
             dropped.clone(),
         );
         FilterShared {
-            switchers: Switchers::default(),
+            switchers: Arc::default(),
             metrics,
             rate_limits: RateLimits::default(),
             breakers: Breakers::default(),

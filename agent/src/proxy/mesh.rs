@@ -11,11 +11,11 @@ use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
 use super::inbound::{self, Exporter};
-use super::outbound::Router;
+use super::outbound::{Refer, Router};
 use super::serve::{Handler, HandlerFuture, RequestContext};
 use crate::cluster::{Cluster, discovery};
 use crate::config::motan::MotanConfig;
-use crate::filter::FilterShared;
+use crate::filter::{FilterChain, FilterShared};
 use crate::protocol::motan2::{DecodeLimits, Frame};
 use crate::registry::{self, Registry};
 use crate::upstream::channel::Transport;
@@ -89,17 +89,18 @@ impl Mesh {
                 Err(e) => errors.push(format!("section motan-registry, entry {id}: {e}")),
             }
         }
-        let mut clusters = Vec::new();
+        let mut refers = Vec::new();
         for (id, refer) in &mc.refers {
-            let old = previous.and_then(|p| p.router.clusters().iter().find(|c| &c.conf_id == id));
-            match Cluster::new(
-                id,
-                refer.clone(),
-                transport.clone(),
-                old.map(|c| c.as_ref()),
-                filters,
-            ) {
-                Ok(c) => clusters.push(c),
+            let old = previous.and_then(|p| p.router.clusters().find(|c| &c.conf_id == id));
+            let chain = FilterChain::build(refer, filters).map_err(|e| format!("key filter: {e}"));
+            let cluster = Cluster::new(id, refer.clone(), transport.clone(), old.map(|c| c.as_ref()));
+            match chain.and_then(|chain| {
+                Ok(Refer {
+                    cluster: cluster?,
+                    chain,
+                })
+            }) {
+                Ok(r) => refers.push(r),
                 Err(m) => errors.push(format!("section motan-refer, entry {id}: {m}")),
             }
         }
@@ -145,23 +146,23 @@ impl Mesh {
         let ctx = discovery::DiscoveryContext {
             local_ip: opts.local_ip.clone(),
             application: opts.application.clone(),
-            filters: filters.clone(),
+            switchers: filters.switchers.clone(),
             overrides: opts.overrides.clone(),
         };
-        for c in &clusters {
+        for c in refers.iter().map(|r| &r.cluster) {
             if let Err(m) = discovery::start(c, &registries, &ctx) {
                 errors.push(format!("section motan-refer, entry {}: {m}", c.conf_id));
             }
         }
         if !errors.is_empty() {
-            for c in &clusters {
-                c.stop();
+            for r in &refers {
+                r.cluster.stop();
             }
             return Err(errors);
         }
         Ok(Mesh {
             agent_nodes,
-            router: Router::new(clusters),
+            router: Router::new(refers),
             exporter,
             registries,
             registrations,
@@ -236,7 +237,7 @@ impl Mesh {
             "registrations": self.registrations.iter().map(|(r, u)| json!({
                 "registry": r.url().identity(), "service": u.path, "group": u.group, "address": u.address(),
             })).collect::<Vec<_>>(),
-            "subscriptions": self.router.clusters().iter().map(|c| json!({
+            "subscriptions": self.router.clusters().map(|c| json!({
                 "cluster": c.conf_id, "service": c.refer.path, "group": c.refer.group,
                 "registries": c.refer.get_list(crate::url::keys::REGISTRY),
                 "endpoints": c.endpoint_count(),
@@ -263,7 +264,11 @@ impl Mesh {
 
     pub fn status_json(&self) -> Value {
         json!({
-            "clusters": self.router.clusters().iter().map(|c| c.status_json()).collect::<Vec<_>>(),
+            "clusters": self.router.refers().iter().map(|r| {
+                let mut s = r.cluster.status_json();
+                s["filters"] = json!(r.chain.names());
+                s
+            }).collect::<Vec<_>>(),
             "exports": self.exporter.exports().map(|e| json!({
                 "name": e.conf_id,
                 "service": e.service.path,

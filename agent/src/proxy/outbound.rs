@@ -7,14 +7,21 @@ use bytes::Bytes;
 
 use crate::cluster::Cluster;
 use crate::cluster::route::{RouteRequest, RouteTable, RouteTarget, request_defaults};
-use crate::filter::{CallInfo, Role};
+use crate::filter::{CallInfo, FilterChain, Role};
 use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
 
+/// One refer as the client role serves it: its filter chain around the cluster's HA call (so
+/// circuits are per refer, like motan-go's cluster filters).
+pub struct Refer {
+    pub cluster: Arc<Cluster>,
+    pub chain: FilterChain,
+}
+
 pub struct Router {
     table: RouteTable,
-    clusters: Vec<Arc<Cluster>>,
+    refers: Vec<Refer>,
 }
 
 /// The cluster's answer, or the exception frame for its error.
@@ -26,20 +33,24 @@ async fn call_cluster(cluster: &Arc<Cluster>, req: Frame, caller_id: u64) -> Fra
 }
 
 impl Router {
-    /// `clusters` in the order of the refers the table is built from.
-    pub fn new(clusters: Vec<Arc<Cluster>>) -> Router {
-        let refers = clusters.iter().map(|c| (*c.refer).clone()).collect();
+    /// `refers` in the order the route table is built from.
+    pub fn new(refers: Vec<Refer>) -> Router {
+        let urls = refers.iter().map(|r| (*r.cluster.refer).clone()).collect();
         Router {
-            table: RouteTable::new(refers, &[]),
-            clusters,
+            table: RouteTable::new(urls, &[]),
+            refers,
         }
     }
 
-    pub fn clusters(&self) -> &[Arc<Cluster>] {
-        &self.clusters
+    pub fn refers(&self) -> &[Refer] {
+        &self.refers
     }
 
-    fn route(&self, req: &Frame) -> Result<&Arc<Cluster>, CallError> {
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.refers.iter().map(|r| &r.cluster)
+    }
+
+    fn route(&self, req: &Frame) -> Result<&Refer, CallError> {
         let m = &req.meta;
         let r = RouteRequest {
             service: m.get(keys::SERVICE).unwrap_or(""),
@@ -48,7 +59,7 @@ impl Router {
             proxy_protocol: m.get(keys::PROXY_PROTOCOL).unwrap_or(""),
         };
         match self.table.route(&r) {
-            Ok(RouteTarget::Refer(i)) => Ok(&self.clusters[i]),
+            Ok(RouteTarget::Refer(i)) => Ok(&self.refers[i]),
             Ok(RouteTarget::HttpCluster(_)) => Err(CallError::service(
                 400,
                 "http-client clusters are not supported by sockmesh",
@@ -67,8 +78,8 @@ impl Router {
     pub async fn handle(&self, mut req: Frame, peer_ip: &str) -> Frame {
         let caller_id = req.header.request_id;
         mark_proxied(&mut req, peer_ip);
-        let cluster = match self.route(&req) {
-            Ok(c) => c.clone(),
+        let (cluster, chain) = match self.route(&req) {
+            Ok(r) => (&r.cluster, &r.chain),
             Err(e) => return error_frame(caller_id, &e),
         };
         let d = request_defaults(
@@ -84,12 +95,12 @@ impl Router {
             req.meta.insert(keys::GROUP, Bytes::from(g));
         }
         // Without filters no CallInfo is built (it copies the request's well-known meta).
-        let mut resp = if cluster.chain.is_empty() {
-            call_cluster(&cluster, req, caller_id).await
+        let mut resp = if chain.is_empty() {
+            call_cluster(cluster, req, caller_id).await
         } else {
             let info = CallInfo::from_request(Role::ClientAgent, &req, cluster.refer.clone(), host(&req));
-            let terminal = |r: Frame| call_cluster(&cluster, r, caller_id);
-            cluster.chain.call(req, &info, terminal).await
+            let terminal = |r: Frame| call_cluster(cluster, r, caller_id);
+            chain.call(req, &info, terminal).await
         };
         resp.header.request_id = caller_id;
         resp.header.set_flag(FLAG_PROXY, true);

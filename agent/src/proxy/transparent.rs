@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::passthrough;
-use crate::intercept::netns::NetnsSockets;
+use crate::net::SocketFactory;
 use crate::protocol::motan2::codec::frame_len;
 use crate::protocol::motan2::{DecodeLimits, Motan2Codec};
 use crate::proxy::mesh::{ClientHandler, MeshHandle};
@@ -68,8 +68,6 @@ impl Stats {
 }
 
 pub struct TransparentProxy {
-    pub mark: u32,
-    pub connect_timeout: Duration,
     pub stats: Arc<Stats>,
     /// The mesh (and the agent port's stats, which routed connections count in).
     pub mesh: Option<(MeshHandle, Arc<ServeStats>)>,
@@ -85,14 +83,14 @@ enum Sniffed {
 
 impl TransparentProxy {
     /// Accept until `shutdown`; connections in flight are tracked by `tasks` for draining.
-    /// `netns` is set for a listener inside another network namespace: upstream sockets are then
-    /// made there too.
+    /// `sockets` makes the upstream sockets: for a listener inside another network namespace,
+    /// a factory that makes them there too.
     pub async fn run(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: CancellationToken,
         tasks: TaskTracker,
-        netns: Option<NetnsSockets>,
+        sockets: SocketFactory,
     ) {
         let local = listener.local_addr().ok();
         loop {
@@ -108,8 +106,8 @@ impl TransparentProxy {
                 },
             };
             let me = self.clone();
-            let ns = netns.clone();
-            tasks.spawn(async move { me.handle(conn, peer, local, ns).await });
+            let sockets = sockets.clone();
+            tasks.spawn(async move { me.handle(conn, peer, local, sockets).await });
         }
     }
 
@@ -118,7 +116,7 @@ impl TransparentProxy {
         conn: TcpStream,
         peer: SocketAddr,
         local: Option<SocketAddr>,
-        netns: Option<NetnsSockets>,
+        sockets: SocketFactory,
     ) {
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let orig = match sys::original_dst(&conn) {
@@ -134,9 +132,9 @@ impl TransparentProxy {
             tracing::warn!(%peer, "original destination is the transparent listener itself; closing to avoid a loop");
             return;
         }
-        tracing::debug!(%peer, original_dst = %orig, other_netns = netns.is_some(), "intercepted connection");
+        tracing::debug!(%peer, original_dst = %orig, "intercepted connection");
         self.stats.active.fetch_add(1, Ordering::Relaxed);
-        self.route_or_forward(conn, orig, peer, netns).await;
+        self.route_or_forward(conn, orig, peer, sockets).await;
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -146,11 +144,11 @@ impl TransparentProxy {
         mut conn: TcpStream,
         orig: SocketAddrV4,
         peer: SocketAddr,
-        netns: Option<NetnsSockets>,
+        sockets: SocketFactory,
     ) {
         let mut prefix = BytesMut::new();
         if let Some((mesh, agent_stats)) = &self.mesh
-            && !mesh.load().router.clusters().is_empty()
+            && !mesh.load().router.refers().is_empty()
         {
             let limits = mesh.load().limits;
             if let Sniffed::Route = self.sniff(&mut conn, &mut prefix, mesh, limits).await {
@@ -162,7 +160,7 @@ impl TransparentProxy {
                 return;
             }
         }
-        self.passthrough(conn, prefix, orig, peer, netns).await;
+        self.passthrough(conn, prefix, orig, peer, sockets).await;
     }
 
     /// Read until the first frame is complete, the bytes are not Motan2, the peer goes quiet
@@ -206,22 +204,10 @@ impl TransparentProxy {
         prefix: BytesMut,
         orig: SocketAddrV4,
         peer: SocketAddr,
-        netns: Option<NetnsSockets>,
+        sockets: SocketFactory,
     ) {
         let _ = conn.set_nodelay(true);
-        let socket = match &netns {
-            Some(ns) => match ns.socket().await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, "cannot make a socket in the app's network namespace: {e:#}");
-                    return;
-                }
-            },
-            None => None,
-        };
-        let upstream = match passthrough::connect_marked(orig, self.mark, self.connect_timeout, socket).await
-        {
+        let upstream = match sockets.connect(orig.into()).await {
             Ok(mut u) if !prefix.is_empty() => {
                 if let Err(e) = u.write_all(&prefix).await {
                     self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
+use crate::net::SocketFactory;
 use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL};
 use crate::protocol::motan2::{DecodeLimits, Frame, Motan2Codec};
 
@@ -27,11 +28,11 @@ pub const WRITE_QUEUE: usize = 4096;
 /// Upper bound of one batched write.
 const MAX_BATCH: usize = 256 * 1024;
 
-/// How channels are made: the agent's socket mark (so interception never catches the agent's
-/// own connections), the connect timeout and the frame limits for responses.
+/// How channels are made: the socket factory (the agent's mark, namespace), the connect
+/// timeout and the frame limits for responses.
 #[derive(Clone, Debug)]
 pub struct Transport {
-    pub mark: u32,
+    pub sockets: SocketFactory,
     pub connect_timeout: Duration,
     pub limits: DecodeLimits,
 }
@@ -39,7 +40,7 @@ pub struct Transport {
 impl Default for Transport {
     fn default() -> Self {
         Transport {
-            mark: 0,
+            sockets: SocketFactory::default(),
             connect_timeout: Duration::from_millis(1000),
             limits: DecodeLimits::default(),
         }
@@ -211,16 +212,7 @@ pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 async fn connect_tcp(sa: SocketAddr, t: &Transport) -> anyhow::Result<TcpStream> {
-    match sa {
-        SocketAddr::V4(v4) => {
-            crate::proxy::passthrough::connect_marked(v4, t.mark, t.connect_timeout, None).await
-        }
-        SocketAddr::V6(_) => {
-            let s = tokio::time::timeout(t.connect_timeout, TcpStream::connect(sa)).await??;
-            s.set_nodelay(true)?;
-            Ok(s)
-        }
-    }
+    t.sockets.connect_within(sa, t.connect_timeout).await
 }
 
 /// `size` channels to one address, made on demand and replaced when they die. Callers are
