@@ -33,7 +33,7 @@ impl Layout {
     pub fn config(&self) -> PathBuf {
         self.at("/etc/sockmesh/sockmesh.yaml")
     }
-    /// Agent state (registry snapshots, `crate::app::DEFAULT_SNAPSHOT_DIR`).
+    /// Agent state (registry snapshots, `crate::control::DEFAULT_SNAPSHOT_DIR`).
     pub fn state_dir(&self) -> PathBuf {
         self.at("/var/lib/sockmesh")
     }

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod filter;
 pub mod install;
 pub mod intercept;

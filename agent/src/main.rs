@@ -145,7 +145,7 @@ fn main() -> ExitCode {
 fn init_logging(
     filter: &str,
     json: bool,
-) -> Result<(sockmesh::app::LogReload, sockmesh::log_writer::FlushGuard)> {
+) -> Result<(sockmesh::control::LogReload, sockmesh::log_writer::FlushGuard)> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("bad log level {filter:?}"))?;
@@ -169,7 +169,7 @@ fn init_logging(
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let recent = sockmesh::recent::RecentErrors;
-    let reload: sockmesh::app::LogReload = if json {
+    let reload: sockmesh::control::LogReload = if json {
         let b = base.json().with_filter_reloading();
         let h = b.reload_handle();
         b.finish().with(recent).init();

@@ -1,195 +1,172 @@
-//! Agent state on `/metrics` besides the per-request families of the metrics filter: endpoint
-//! and pool health of every cluster, the agent port's connection counters, and the
-//! interception counters read from the BPF maps (or the iptables chain) at scrape time.
-use std::sync::{Arc, Weak};
+//! The agent's Prometheus registry: every metric of the agent under the `sockmesh_` prefix.
+//! Filters register their request families, the admin API its state collector; `/metrics`
+//! encodes it in the Prometheus text format (0.0.4).
+use std::fmt::Write as _;
+use std::sync::Mutex;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use serde_json::Value;
+use prometheus_client::registry::{Metric, Registry};
 
-use crate::app::AppState;
+/// Name prefix of every metric in the registry.
+pub const PREFIX: &str = "sockmesh";
 
-type Labels = Vec<(&'static str, String)>;
+pub struct MetricsRegistry {
+    registry: Mutex<Registry>,
+}
 
-/// Registered once the agent state exists; holds it weakly so the registry does not keep it.
-pub struct AgentCollector(pub Weak<AppState>);
-
-impl std::fmt::Debug for AgentCollector {
+impl std::fmt::Debug for MetricsRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AgentCollector")
+        f.write_str("MetricsRegistry")
     }
 }
 
-fn num(v: &Value) -> u64 {
-    v.as_u64().or_else(|| v.as_bool().map(u64::from)).unwrap_or(0)
+impl Default for MetricsRegistry {
+    fn default() -> MetricsRegistry {
+        MetricsRegistry::new()
+    }
 }
 
-fn family(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    rows: &[(Labels, u64)],
-) -> Result<(), std::fmt::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut m = enc.encode_descriptor(name, help, None, kind)?;
-    for (labels, v) in rows {
-        let fam = m.encode_family(labels)?;
-        match kind {
-            MetricType::Counter => ConstCounter::new(*v).encode(fam)?,
-            _ => ConstGauge::new(*v as i64).encode(fam)?,
+impl MetricsRegistry {
+    pub fn new() -> MetricsRegistry {
+        MetricsRegistry {
+            registry: Mutex::new(Registry::with_prefix(PREFIX)),
         }
     }
-    Ok(())
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A panic while registering leaves the registry usable: recover the guard.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add a metric (name without the `sockmesh_` prefix; a counter's name without `_total`).
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.lock().register(name, help, metric);
+    }
+
+    /// Add a collector, asked for its metrics at every scrape (pool and endpoint health,
+    /// interception counters kept elsewhere).
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        self.lock().register_collector(collector);
+    }
+
+    /// Every metric in the Prometheus text format 0.0.4 (`text/plain; version=0.0.4`).
+    pub fn encode(&self) -> String {
+        openmetrics_to_prometheus(&self.encode_openmetrics())
+    }
+
+    /// Every metric in the OpenMetrics text format (`application/openmetrics-text`).
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.lock())
+            .expect("writing to a String cannot fail");
+        out
+    }
 }
 
-impl Collector for AgentCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(state) = self.0.upgrade() else {
-            return Ok(());
-        };
-        let mesh = state.mesh.load().status_json();
-        let mut available = Vec::new();
-        let mut active = Vec::new();
-        let mut errors = Vec::new();
-        let mut channels = Vec::new();
-        for c in mesh["clusters"].as_array().into_iter().flatten() {
-            for e in c["endpoints"].as_array().into_iter().flatten() {
-                let l: Labels = vec![
-                    ("cluster", c["name"].as_str().unwrap_or("").to_string()),
-                    ("service", c["service"].as_str().unwrap_or("").to_string()),
-                    ("endpoint", e["address"].as_str().unwrap_or("").to_string()),
-                ];
-                available.push((l.clone(), num(&e["available"])));
-                active.push((l.clone(), num(&e["active"])));
-                errors.push((l.clone(), num(&e["consecutive_errors"])));
-                channels.push((l, num(&e["channels"])));
+/// Rewrite the OpenMetrics text prometheus-client writes as Prometheus 0.0.4 text: counter
+/// families are named with their `_total` samples' name, `unknown` becomes `untyped`, `# UNIT`
+/// and `# EOF` are dropped (0.0.4 parsers would take them as comments anyway).
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut help: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some(h) = help.replace(rest) {
+                out.push_str("# HELP ");
+                out.push_str(h);
+                out.push('\n');
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "unknown" => (name.to_string(), "untyped"),
+                k => (name.to_string(), k),
+            };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                let _ = writeln!(out, "# HELP {name} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            continue;
+        }
+        if let Some(h) = help.take() {
+            let _ = writeln!(out, "# HELP {h}");
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    fn samples(text: &str) -> Vec<prometheus_parse::Sample> {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        prometheus_parse::Scrape::parse(lines).unwrap().samples
+    }
+
+    fn value(s: &[prometheus_parse::Sample], name: &str) -> Option<f64> {
+        s.iter().find(|x| x.metric == name).map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+    }
+
+    #[test]
+    fn extra_metrics_and_collectors_are_encoded() {
+        let m = MetricsRegistry::new();
+        let g: Gauge = Gauge::default();
+        g.set(4);
+        m.register("endpoints_available", "Endpoints currently available", g.clone());
+
+        #[derive(Debug)]
+        struct Intercepted;
+        impl Collector for Intercepted {
+            fn encode(
+                &self,
+                mut encoder: prometheus_client::encoding::DescriptorEncoder,
+            ) -> Result<(), std::fmt::Error> {
+                use prometheus_client::encoding::EncodeMetric;
+                let c = prometheus_client::metrics::counter::ConstCounter::new(17u64);
+                let me = encoder.encode_descriptor(
+                    "intercepted_connections",
+                    "Connections redirected",
+                    None,
+                    c.metric_type(),
+                )?;
+                c.encode(me)
             }
         }
-        family(
-            &mut enc,
-            "endpoint_available",
-            "1 when the endpoint takes requests",
-            MetricType::Gauge,
-            &available,
-        )?;
-        family(
-            &mut enc,
-            "endpoint_active_requests",
-            "Requests in flight per endpoint",
-            MetricType::Gauge,
-            &active,
-        )?;
-        family(
-            &mut enc,
-            "endpoint_consecutive_errors",
-            "Consecutive failed calls per endpoint",
-            MetricType::Gauge,
-            &errors,
-        )?;
-        family(
-            &mut enc,
-            "pool_channels",
-            "Live upstream connections per endpoint",
-            MetricType::Gauge,
-            &channels,
-        )?;
-
-        let listeners: [(&str, &crate::proxy::serve::ServeStats); 2] =
-            [("agent", &state.agent_stats), ("export", &state.export_stats)];
-        let mut conns = Vec::new();
-        let mut reqs = Vec::new();
-        let mut bad = Vec::new();
-        for (name, st) in listeners {
-            let s = st.snapshot();
-            let l: Labels = vec![("listener", name.to_string())];
-            conns.push((l.clone(), s.active_connections));
-            reqs.push((l.clone(), s.requests));
-            bad.push((l, s.bad_frames));
-        }
-        family(
-            &mut enc,
-            "listener_open_connections",
-            "Open inbound Motan2 connections",
-            MetricType::Gauge,
-            &conns,
-        )?;
-        family(
-            &mut enc,
-            "listener_requests",
-            "Motan2 requests received",
-            MetricType::Counter,
-            &reqs,
-        )?;
-        family(
-            &mut enc,
-            "listener_bad_frames",
-            "Connections closed for a malformed or oversized frame",
-            MetricType::Counter,
-            &bad,
-        )?;
-
-        if let Ok(i) = state.intercept_json() {
-            let mut by = [
-                (
-                    "intercept_redirected",
-                    "Connects steered to the agent, per cgroup",
-                    Vec::new(),
-                ),
-                (
-                    "intercept_passed",
-                    "Connects left alone by policy, per cgroup",
-                    Vec::new(),
-                ),
-                (
-                    "intercept_fail_open",
-                    "Connects sent directly because the agent was not listening, per cgroup",
-                    Vec::new(),
-                ),
-            ];
-            for c in i["cgroups"].as_array().into_iter().flatten() {
-                let l: Labels = vec![
-                    ("cgroup", c["cgroup"].as_str().unwrap_or("").to_string()),
-                    ("mode", c["mode"].as_str().unwrap_or("").to_string()),
-                ];
-                by[0].2.push((l.clone(), num(&c["redirected"])));
-                by[1].2.push((l.clone(), num(&c["passed"])));
-                by[2].2.push((l, num(&c["fail_open"])));
-            }
-            for (name, help, rows) in &by {
-                family(&mut enc, name, help, MetricType::Counter, rows)?;
-            }
-        }
-        let p = state.proxy_stats.snapshot();
-        let l: Labels = Vec::new();
-        family(
-            &mut enc,
-            "transparent_routed_connections",
-            "Intercepted connections handed to the mesh",
-            MetricType::Counter,
-            &[(l.clone(), p.routed)],
-        )?;
-        family(
-            &mut enc,
-            "transparent_forwarded_connections",
-            "Intercepted connections forwarded as plain TCP",
-            MetricType::Counter,
-            &[(l, p.forwarded)],
-        )?;
-        Ok(())
+        m.register_collector(Box::new(Intercepted));
+        let text = m.encode();
+        let s = samples(&text);
+        assert_eq!(value(&s, "sockmesh_endpoints_available"), Some(4.0));
+        assert_eq!(value(&s, "sockmesh_intercepted_connections_total"), Some(17.0));
+        assert!(
+            text.contains("# TYPE sockmesh_intercepted_connections_total counter"),
+            "{text}"
+        );
     }
-}
 
-/// Register the agent collector with the filter metrics registry.
-pub fn register(state: &Arc<AppState>) {
-    state
-        .mesh_shared
-        .filters
-        .metrics
-        .register_collector(Box::new(AgentCollector(Arc::downgrade(state))));
+    #[test]
+    fn openmetrics_conversion() {
+        let om = "# HELP a_b Some help.\n# TYPE a_b counter\na_b_total{x=\"1\"} 3\n\
+                  # HELP u Unknown.\n# TYPE u unknown\nu 1\n# HELP g G.\n# TYPE g gauge\n# UNIT g seconds\ng 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            "# HELP a_b_total Some help.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 3\n\
+             # HELP u Unknown.\n# TYPE u untyped\nu 1\n# HELP g G.\n# TYPE g gauge\ng 2\n"
+        );
+    }
 }

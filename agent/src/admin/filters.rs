@@ -126,7 +126,11 @@ async fn log_config_set(State(s): Shared, Query(q): Params) -> Handled {
 }
 
 async fn metrics(State(s): Shared) -> Response {
-    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], s.metrics.encode()).into_response()
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        s.registry.encode(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -15,9 +15,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod filters;
+pub mod state_metrics;
 
-use crate::app::AppState;
 use crate::config::RequestedMode;
+use crate::control::AppState;
 
 type Params = Query<HashMap<String, String>>;
 

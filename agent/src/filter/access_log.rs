@@ -488,7 +488,7 @@ mod tests {
     fn dropped_lines_are_a_metric() {
         let shared = FilterShared::new();
         shared.access_log.dropped.inc();
-        let text = shared.metrics.encode();
+        let text = shared.registry.encode();
         assert!(
             text.lines().any(|l| l == "sockmesh_access_log_dropped_total 1"),
             "{text}"

@@ -1,10 +1,9 @@
-//! `metrics` (motan-go filter/metrics.go, spec 4.7) and the agent's Prometheus registry.
+//! `metrics` (motan-go filter/metrics.go, spec 4.7): request families in the agent's
+//! Prometheus registry (`crate::metrics`).
 //!
 //! Per role, group, service and method: a request counter, an error counter by type (`biz` for
 //! business exceptions, `other` for the rest, as upstream's `biz_error_count` /
-//! `other_error_count`) and a latency histogram. [`Metrics::encode`] writes every metric of the
-//! agent in the Prometheus text format (0.0.4); other modules add theirs with
-//! [`Metrics::register`] / [`Metrics::register_collector`].
+//! `other_error_count`) and a latency histogram.
 //!
 //! Optionally the same counts are pushed to a Graphite/statsd collector every period in
 //! motan-go's layout (metrics/graphite.go): UDP datagrams of at most 5 KiB holding lines
@@ -25,22 +24,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Metric, Registry};
 use tokio_util::sync::CancellationToken;
 
 use super::{CallInfo, Filter, FilterShared, Observer, Observing, Role, Sent, exception_of};
+use crate::metrics::MetricsRegistry;
 use crate::protocol::motan2::{ErrorType, Frame};
 use crate::url::{Url, keys};
 
 pub const NAME: &str = "metrics";
 pub const INDEX: i32 = 2;
-/// Name prefix of every metric in the registry.
-pub const PREFIX: &str = "sockmesh";
 /// Default cap of (role, group, service, method) series; later ones share `_overflow`.
 pub const MAX_SERIES: usize = 10_000;
 pub const OVERFLOW_METHOD: &str = "_overflow";
@@ -165,9 +161,8 @@ pub struct GraphiteConfig {
     pub period: Duration,
 }
 
-/// Request metrics and the agent's registry.
+/// Request metrics (registered in the agent's [`MetricsRegistry`]).
 pub struct Metrics {
-    registry: Mutex<Registry>,
     requests: Family<CallLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     latency: HistogramFamily,
@@ -186,20 +181,13 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Metrics {
-        Metrics::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Metrics {
-        Metrics::with_series_limit(MAX_SERIES)
+    pub fn new(registry: &MetricsRegistry) -> Metrics {
+        Metrics::with_series_limit(registry, MAX_SERIES)
     }
 
     /// At most `max_series` request series (methods past it count as `_overflow`).
-    pub fn with_series_limit(max_series: usize) -> Metrics {
-        let mut registry = Registry::with_prefix(PREFIX);
+    pub fn with_series_limit(registry: &MetricsRegistry, max_series: usize) -> Metrics {
         let requests = Family::<CallLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let latency = HistogramFamily::new_with_constructor(latency_histogram);
@@ -219,7 +207,6 @@ impl Metrics {
             latency.clone(),
         );
         Metrics {
-            registry: Mutex::new(registry),
             requests,
             errors,
             latency,
@@ -228,42 +215,6 @@ impl Metrics {
             max_series: max_series as u64,
             pushing: AtomicBool::new(false),
         }
-    }
-
-    /// Add a metric (name without the `sockmesh_` prefix; a counter's name without `_total`).
-    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
-        self.registry
-            .lock()
-            .expect("registry lock")
-            .register(name, help, metric);
-    }
-
-    /// Add a collector, asked for its metrics at every scrape (pool and endpoint health,
-    /// interception counters kept elsewhere).
-    pub fn register_collector(&self, collector: Box<dyn Collector>) {
-        self.registry
-            .lock()
-            .expect("registry lock")
-            .register_collector(collector);
-    }
-
-    /// Direct access to the registry, for sub-registries and units.
-    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
-        f(&mut self.registry.lock().expect("registry lock"))
-    }
-
-    /// Every metric in the Prometheus text format 0.0.4 (`text/plain; version=0.0.4`).
-    pub fn encode(&self) -> String {
-        openmetrics_to_prometheus(&self.encode_openmetrics())
-    }
-
-    /// Every metric in the OpenMetrics text format (`application/openmetrics-text`).
-    pub fn encode_openmetrics(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().expect("registry lock");
-        prometheus_client::encoding::text::encode(&mut out, &registry)
-            .expect("writing to a String cannot fail");
-        out
     }
 
     fn series(&self, info: &CallInfo) -> Arc<Series> {
@@ -514,47 +465,6 @@ fn series_key(role: Role, group: &str, service: &str, method: &str) -> u64 {
     h.finish()
 }
 
-/// Rewrite the OpenMetrics text prometheus-client writes as Prometheus 0.0.4 text: counter
-/// families are named with their `_total` samples' name, `unknown` becomes `untyped`, `# UNIT`
-/// and `# EOF` are dropped (0.0.4 parsers would take them as comments anyway).
-pub fn openmetrics_to_prometheus(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut help: Option<&str> = None;
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            if let Some(h) = help.replace(rest) {
-                out.push_str("# HELP ");
-                out.push_str(h);
-                out.push('\n');
-            }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let (name, kind) = match kind {
-                "counter" => (format!("{name}_total"), "counter"),
-                "unknown" => (name.to_string(), "untyped"),
-                k => (name.to_string(), k),
-            };
-            if let Some(h) = help.take() {
-                let text = h.split_once(' ').map_or("", |(_, t)| t);
-                let _ = writeln!(out, "# HELP {name} {text}");
-            }
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            continue;
-        }
-        if let Some(h) = help.take() {
-            let _ = writeln!(out, "# HELP {h}");
-        }
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
 struct MetricsFilter {
     metrics: Arc<Metrics>,
 }
@@ -579,7 +489,6 @@ impl Observer for MetricsFilter {
 
 #[cfg(test)]
 mod tests {
-    use prometheus_client::metrics::gauge::Gauge;
 
     use super::*;
     use crate::filter::FilterChain;
@@ -624,7 +533,7 @@ mod tests {
         for id in 0..3 {
             call(&chain, &bye, &up, request(id, "bye")).await;
         }
-        let text = shared.metrics.encode();
+        let text = shared.registry.encode();
         assert!(
             text.contains("# TYPE sockmesh_requests_total counter\n"),
             "{text}"
@@ -677,59 +586,10 @@ mod tests {
         assert_eq!(count.value, prometheus_parse::Value::Untyped(3.0));
     }
 
-    #[test]
-    fn extra_metrics_and_collectors_are_encoded() {
-        let m = Metrics::new();
-        let g: Gauge = Gauge::default();
-        g.set(4);
-        m.register("endpoints_available", "Endpoints currently available", g.clone());
-
-        #[derive(Debug)]
-        struct Intercepted;
-        impl Collector for Intercepted {
-            fn encode(
-                &self,
-                mut encoder: prometheus_client::encoding::DescriptorEncoder,
-            ) -> Result<(), std::fmt::Error> {
-                use prometheus_client::encoding::EncodeMetric;
-                let c = prometheus_client::metrics::counter::ConstCounter::new(17u64);
-                let me = encoder.encode_descriptor(
-                    "intercepted_connections",
-                    "Connections redirected",
-                    None,
-                    c.metric_type(),
-                )?;
-                c.encode(me)
-            }
-        }
-        m.register_collector(Box::new(Intercepted));
-        let text = m.encode();
-        let s = samples(&text);
-        assert_eq!(value(&s, "sockmesh_endpoints_available", &[]), Some(4.0));
-        assert_eq!(
-            value(&s, "sockmesh_intercepted_connections_total", &[]),
-            Some(17.0)
-        );
-        assert!(
-            text.contains("# TYPE sockmesh_intercepted_connections_total counter"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn openmetrics_conversion() {
-        let om = "# HELP a_b Some help.\n# TYPE a_b counter\na_b_total{x=\"1\"} 3\n\
-                  # HELP u Unknown.\n# TYPE u unknown\nu 1\n# HELP g G.\n# TYPE g gauge\n# UNIT g seconds\ng 2\n# EOF\n";
-        assert_eq!(
-            openmetrics_to_prometheus(om),
-            "# HELP a_b_total Some help.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 3\n\
-             # HELP u Unknown.\n# TYPE u untyped\nu 1\n# HELP g G.\n# TYPE g gauge\ng 2\n"
-        );
-    }
-
     #[tokio::test]
     async fn series_are_capped() {
-        let m = Arc::new(Metrics::with_series_limit(10));
+        let r = MetricsRegistry::new();
+        let m = Arc::new(Metrics::with_series_limit(&r, 10));
         let req = request(1, "x");
         let resp = Frame::response_to(&req, bytes::Bytes::new());
         for i in 0..15 {
@@ -737,7 +597,7 @@ mod tests {
             m.record(&inf, Duration::from_millis(1), &resp);
         }
         assert_eq!(m.series_count.load(Ordering::Relaxed), 11);
-        let s = samples(&m.encode());
+        let s = samples(&r.encode());
         assert_eq!(
             value(&s, "sockmesh_requests_total", &[("method", OVERFLOW_METHOD)]),
             Some(5.0)
@@ -746,7 +606,7 @@ mod tests {
 
     #[test]
     fn graphite_lines_in_motan_layout() {
-        let m = Metrics::new();
+        let m = Metrics::new(&MetricsRegistry::new());
         m.pushing.store(true, Ordering::Relaxed);
         let url = refer(&[("application", "my.app")]);
         let i = info(url, "say.hi");
@@ -820,7 +680,7 @@ mod tests {
             addr: collector.local_addr().unwrap().to_string(),
             period: Duration::from_millis(50),
         };
-        let m = Arc::new(Metrics::new());
+        let m = Arc::new(Metrics::new(&MetricsRegistry::new()));
         let stop = CancellationToken::new();
         let task = tokio::spawn(m.clone().run_graphite(cfg, stop.clone()));
         while !m.pushing.load(Ordering::Relaxed) {

@@ -33,6 +33,7 @@ use crate::protocol::motan2::frame::{FLAG_PROXY, serialization};
 use crate::protocol::motan2::{Exception, Frame};
 use crate::url::{Url, keys};
 
+use crate::metrics::MetricsRegistry;
 pub use crate::switcher::Switchers;
 pub use circuit_breaker::Breakers;
 pub use metrics::Metrics;
@@ -371,7 +372,9 @@ pub fn known_names() -> Vec<&'static str> {
 pub struct FilterShared {
     /// Named on/off switches (`switcher` config section, `/switcher/*`).
     pub switchers: Arc<Switchers>,
-    /// Request metrics and the agent's Prometheus registry.
+    /// The agent's Prometheus registry.
+    pub registry: Arc<MetricsRegistry>,
+    /// Request metrics (the metrics filter's families).
     pub metrics: Arc<Metrics>,
     /// Rate-limit buckets per service (`/ratelimit/*`).
     pub rate_limits: RateLimits,
@@ -383,15 +386,23 @@ pub struct FilterShared {
 
 impl Default for FilterShared {
     fn default() -> FilterShared {
-        let metrics = Arc::new(Metrics::new());
+        FilterShared::with_registry(Arc::default())
+    }
+}
+
+impl FilterShared {
+    /// Filter state whose metrics go into `registry` (the agent's).
+    pub fn with_registry(registry: Arc<MetricsRegistry>) -> FilterShared {
+        let metrics = Arc::new(Metrics::new(&registry));
         let dropped = prometheus_client::metrics::counter::Counter::default();
-        metrics.register(
+        registry.register(
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
             dropped.clone(),
         );
         FilterShared {
             switchers: Arc::default(),
+            registry,
             metrics,
             rate_limits: RateLimits::default(),
             breakers: Breakers::default(),

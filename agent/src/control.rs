@@ -1,0 +1,429 @@
+//! The agent's control state: what the admin API, `/metrics` and the signal handlers read and
+//! change — the running configuration and its reload, interception control per cgroup, the
+//! mesh handle, listener statistics and the typed status. The daemon's wiring (`app`) creates
+//! it once.
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use sockmesh_common::Mode;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, RequestedMode};
+use crate::filter::FilterShared;
+use crate::intercept::EbpfInterceptor;
+use crate::intercept::ebpf::mode_name;
+use crate::intercept::iptables::Iptables;
+use crate::intercept::selftest::SelfTest;
+use crate::net::SocketFactory;
+use crate::proxy::mesh::{Mesh, MeshHandle, MeshOptions};
+use crate::proxy::serve::ServeStats;
+use crate::proxy::transparent::Stats;
+use crate::upstream::channel::Transport;
+
+/// Replaces the process's log filter (e.g. "debug"); errors name what is wrong with it.
+pub type LogReload = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
+
+pub struct AppState {
+    pub started: Instant,
+    pub online: AtomicBool,
+    /// The running configuration; replaced by a successful reload.
+    pub config: RwLock<Config>,
+    /// The file the configuration came from (None: the embedded default).
+    pub config_path: Option<PathBuf>,
+    /// Changes the log filter of the running process (set up by the binary).
+    pub log_reload: Option<LogReload>,
+    pub interceptor: Mutex<Option<EbpfInterceptor>>,
+    pub iptables: Mutex<Iptables>,
+    /// Why interception is unavailable, when it is.
+    pub intercept_error: Option<String>,
+    pub selftest: Option<SelfTest>,
+    /// What `auto` resolves to on this kernel with the current configuration.
+    pub auto_mode: RwLock<Mode>,
+    pub proxy_stats: Arc<Stats>,
+    pub listeners: Vec<(String, String)>,
+    /// Network namespaces (inode) where a transparent listener runs besides our own.
+    pub netns_listeners: Mutex<Vec<u64>>,
+    pub shutdown: CancellationToken,
+    /// The Motan2 mesh (client and server roles); a reload swaps it.
+    pub mesh: MeshHandle,
+    /// Filter state and command overrides, kept across reloads.
+    pub mesh_shared: MeshShared,
+    pub agent_stats: Arc<ServeStats>,
+    pub export_stats: Arc<ServeStats>,
+    /// Export ports listening (a reload that needs others reports a restart).
+    pub export_ports: Vec<u16>,
+}
+
+/// How the agent's own upstream connections are made.
+pub(crate) fn transport(cfg: &Config) -> Transport {
+    Transport {
+        sockets: sockets(cfg),
+        ..Transport::default()
+    }
+}
+
+/// The socket factory of every upstream connection (marked, so interception skips them).
+pub(crate) fn sockets(cfg: &Config) -> SocketFactory {
+    SocketFactory::new(cfg.sockmesh.intercept.mark, crate::net::DEFAULT_CONNECT_TIMEOUT)
+}
+
+/// Initial switch values from the `switcher` / `switchers` sections (name: bool).
+pub(crate) fn register_switchers(cfg: &Config, filters: &FilterShared) {
+    for section in ["switcher", "switchers"] {
+        let Some(serde_yaml_ng::Value::Mapping(m)) = cfg.motan.get(section) else {
+            continue;
+        };
+        for (k, v) in m {
+            match (k.as_str(), v.as_bool()) {
+                (Some(name), Some(on)) => {
+                    filters.switchers.register(name, on);
+                }
+                _ => tracing::warn!(
+                    "{}: section {section}: {k:?}: {v:?} is not name: true|false",
+                    cfg.source
+                ),
+            }
+        }
+    }
+}
+
+/// Where registry snapshots go unless `motan-agent.snapshot_dir` says otherwise.
+pub const DEFAULT_SNAPSHOT_DIR: &str = "/var/lib/sockmesh/snapshot";
+
+/// State the mesh keeps across reloads.
+pub struct MeshShared {
+    /// Switches, metrics, rate limits and circuits shared by every filter chain.
+    pub filters: Arc<FilterShared>,
+    pub overrides: Arc<Mutex<crate::registry::command::SwitcherOverrides>>,
+}
+
+/// The local address that reaches the first ZooKeeper registry (a UDP connect sends nothing),
+/// else 127.0.0.1: what exports are registered with when `motan-agent.localIP` is not set.
+fn local_ip_towards(mc: &crate::config::motan::MotanConfig) -> String {
+    let target = mc
+        .registries
+        .values()
+        .find(|r| r.protocol == "zookeeper")
+        .and_then(|r| crate::registry::zookeeper::connect_string(r).ok())
+        .and_then(|servers| servers.split(',').next().map(str::to_string));
+    target
+        .and_then(|t| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+            s.connect(t.trim()).ok()?;
+            Some(s.local_addr().ok()?.ip().to_string())
+        })
+        .unwrap_or_else(|| "127.0.0.1".to_string())
+}
+
+/// Build the mesh from a configuration (errors name section, entry and key).
+pub(crate) fn build_mesh(cfg: &Config, previous: Option<&Mesh>, shared: &MeshShared) -> Result<Mesh> {
+    let mc = crate::config::motan::MotanConfig::from_config(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &mc.warnings {
+        tracing::warn!("{w}");
+    }
+    let agent_str = |k: &str| match cfg.agent.other.get(k) {
+        Some(serde_yaml_ng::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let local_ip = agent_str("localIP").unwrap_or_else(|| local_ip_towards(&mc));
+    let opts = MeshOptions {
+        transport: transport(cfg),
+        local_ip,
+        application: cfg.agent.application.clone(),
+        snapshot_dir: agent_str("snapshot_dir")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SNAPSHOT_DIR)),
+        filters: shared.filters.clone(),
+        agent_registries: agent_str(crate::url::keys::REGISTRY)
+            .map(|r| crate::url::split_list(&r).into_iter().map(String::from).collect())
+            .unwrap_or_default(),
+        agent_port: cfg.agent.port,
+        overrides: shared.overrides.clone(),
+    };
+    Mesh::build(&mc, &opts, previous).map_err(|es| {
+        anyhow::anyhow!(
+            "{}",
+            es.iter()
+                .map(|e| format!("{}: {e}", cfg.source))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
+}
+
+impl AppState {
+    /// The eBPF mode a request means, or None for iptables.
+    fn resolve(&self, m: Option<RequestedMode>) -> Option<Mode> {
+        let default = || {
+            self.config
+                .read()
+                .unwrap()
+                .sockmesh
+                .intercept
+                .default_mode
+                .parse()
+                .unwrap_or(RequestedMode::Auto)
+        };
+        match m.unwrap_or_else(default) {
+            RequestedMode::Auto => Some(*self.auto_mode.read().unwrap()),
+            RequestedMode::Connect => Some(Mode::Connect),
+            RequestedMode::Sockmap => Some(Mode::Sockmap),
+            RequestedMode::Iptables => None,
+        }
+    }
+
+    /// Whether cgroup `rel` is intercepted by the eBPF programs.
+    fn in_ebpf_mode(&self, rel: &str) -> bool {
+        self.with_interceptor(|i| i.status())
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.cgroup == rel)
+    }
+
+    fn with_interceptor<T>(&self, f: impl FnOnce(&mut EbpfInterceptor) -> Result<T>) -> Result<T> {
+        let mut g = self.interceptor.lock().unwrap();
+        match g.as_mut() {
+            Some(i) => f(i),
+            None => anyhow::bail!(
+                "eBPF interception is unavailable: {}",
+                self.intercept_error
+                    .as_deref()
+                    .unwrap_or("disabled in the configuration")
+            ),
+        }
+    }
+
+    /// Intercept `cgroup` in the requested mode; a cgroup is in one mode at a time, so switching
+    /// between iptables and eBPF removes the other mode's attachment.
+    pub fn enable(&self, cgroup: &str, mode: Option<RequestedMode>) -> Result<Value> {
+        let mount = crate::cgroup::cgroup2_mount()?;
+        let path = crate::cgroup::resolve(&mount, cgroup)?;
+        let rel = crate::cgroup::display_rel(&mount, &path);
+        match self.resolve(mode) {
+            None => {
+                let in_ebpf = self.in_ebpf_mode(&rel);
+                if in_ebpf {
+                    self.with_interceptor(|i| i.disable(&rel))?;
+                }
+                self.iptables.lock().unwrap().enable(&rel)?;
+                let st = self
+                    .iptables
+                    .lock()
+                    .unwrap()
+                    .cgroups()?
+                    .into_iter()
+                    .find(|c| c.cgroup == rel);
+                Ok(json!({ "cgroup": rel, "mode": "iptables", "redirected": st.map_or(0, |c| c.redirected) }))
+            }
+            Some(m) => {
+                if m == Mode::Sockmap
+                    && let Some(t) = self.selftest.as_ref().filter(|t| !t.sockmap_safe())
+                {
+                    tracing::warn!(
+                        cgroup,
+                        "ebpf-sockmap requested although the kernel self-test failed: {}",
+                        t.summary()
+                    );
+                }
+                let st = self.with_interceptor(|i| i.enable(&rel, m))?;
+                self.iptables.lock().unwrap().disable(&rel)?;
+                Ok(serde_json::to_value(st)?)
+            }
+        }
+    }
+
+    pub fn disable(&self, cgroup: &str) -> Result<()> {
+        let mount = crate::cgroup::cgroup2_mount()?;
+        let rel = crate::cgroup::display_rel(&mount, &crate::cgroup::resolve(&mount, cgroup)?);
+        let was_iptables = self.iptables.lock().unwrap().disable(&rel)?;
+        let in_ebpf = self.in_ebpf_mode(&rel);
+        if in_ebpf {
+            self.with_interceptor(|i| i.disable(&rel))?;
+        } else if !was_iptables {
+            anyhow::bail!("cgroup {rel:?} is not intercepted");
+        }
+        Ok(())
+    }
+
+    pub fn disable_all(&self) -> Result<usize> {
+        let mut n = 0;
+        for c in self.iptables.lock().unwrap().cgroups()? {
+            self.iptables.lock().unwrap().disable(&c.cgroup)?;
+            n += 1;
+        }
+        if self.interceptor.lock().unwrap().is_some() {
+            n += self.with_interceptor(|i| i.disable_all())?;
+        }
+        Ok(n)
+    }
+
+    pub fn intercept_json(&self) -> Result<Value> {
+        let (ebpf, error) = match self.with_interceptor(|i| i.status()) {
+            Ok(c) => (serde_json::to_value(c)?, None),
+            Err(e) => (json!([]), Some(format!("{e:#}"))),
+        };
+        let mut cgroups = ebpf.as_array().cloned().unwrap_or_default();
+        for c in self.iptables.lock().unwrap().cgroups()? {
+            cgroups.push(json!({ "cgroup": c.cgroup, "mode": c.mode, "redirected": c.redirected, "passed": 0, "fail_open": 0 }));
+        }
+        Ok(json!({
+            "available": error.is_none(),
+            "error": error,
+            "auto_mode": mode_name(*self.auto_mode.read().unwrap()),
+            "transparent_listener": self.config.read().unwrap().transparent_addr().to_string(),
+            "iptables_chain": self.iptables.lock().unwrap().chain(),
+            "netns_listeners": *self.netns_listeners.lock().unwrap(),
+            "cgroups": cgroups,
+        }))
+    }
+
+    /// Re-read and validate the configuration, then apply what can change in place: the
+    /// interception policy (ports/prefixes excluded or included), the default and auto modes,
+    /// the log level. Listener addresses, the mark, the pin directory and the iptables chain
+    /// name take effect after a restart and are reported as such. A configuration with errors
+    /// is refused and the running one stays.
+    pub async fn reload(&self) -> Result<Value> {
+        let new = match &self.config_path {
+            Some(p) => Config::load(p),
+            None => Config::embedded(),
+        };
+        let new = match new {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration stays:\n{e}");
+                anyhow::bail!("{e}");
+            }
+        };
+        let old = self.config.read().unwrap().clone();
+        let (o, n) = (&old.sockmesh.intercept, &new.sockmesh.intercept);
+        let mut applied = Vec::new();
+        let mut restart = Vec::new();
+        for (key, changed) in [
+            ("motan-agent.port", old.agent.port != new.agent.port),
+            ("motan-agent.eport", old.agent.eport != new.agent.eport),
+            ("motan-agent.mport", old.agent.mport != new.agent.mport),
+            (
+                "sockmesh.admin_bind",
+                old.sockmesh.admin_bind != new.sockmesh.admin_bind,
+            ),
+            ("sockmesh.intercept.enabled", o.enabled != n.enabled),
+            (
+                "sockmesh.intercept.transparent_port",
+                o.transparent_port != n.transparent_port,
+            ),
+            ("sockmesh.intercept.mark", o.mark != n.mark),
+            ("sockmesh.intercept.pin_dir", o.pin_dir != n.pin_dir),
+            (
+                "sockmesh.intercept.iptables_chain",
+                o.iptables_chain != n.iptables_chain,
+            ),
+            (
+                "sockmesh.intercept.bpf_log_level",
+                o.bpf_log_level != n.bpf_log_level,
+            ),
+        ] {
+            if changed {
+                restart.push(key);
+            }
+        }
+        let policy_changed = o.exclude_ports != n.exclude_ports
+            || o.include_cidrs != n.include_cidrs
+            || o.exclude_cidrs != n.exclude_cidrs;
+        // Keys that need a restart keep their running values.
+        let mut effective = new.clone();
+        effective.agent.port = old.agent.port;
+        effective.agent.eport = old.agent.eport;
+        effective.agent.mport = old.agent.mport;
+        effective.sockmesh.admin_bind = old.sockmesh.admin_bind;
+        {
+            let (ei, oi) = (&mut effective.sockmesh.intercept, &old.sockmesh.intercept);
+            ei.enabled = oi.enabled;
+            ei.transparent_port = oi.transparent_port;
+            ei.mark = oi.mark;
+            ei.pin_dir = oi.pin_dir.clone();
+            ei.iptables_chain = oi.iptables_chain.clone();
+            ei.bpf_log_level = oi.bpf_log_level.clone();
+        }
+        if policy_changed {
+            let settings = effective.intercept_settings();
+            if let Some(i) = self.interceptor.lock().unwrap().as_mut() {
+                i.update_policy(settings.clone())?;
+            }
+            self.iptables.lock().unwrap().update_policy(settings)?;
+            applied.push("sockmesh.intercept policy (exclude_ports, include_cidrs, exclude_cidrs)");
+        }
+        if o.default_mode != n.default_mode {
+            applied.push("sockmesh.intercept.default_mode");
+        }
+        if o.auto_sockmap != n.auto_sockmap {
+            *self.auto_mode.write().unwrap() = auto_mode_for(self.selftest.as_ref(), n.auto_sockmap);
+            applied.push("sockmesh.intercept.auto_sockmap");
+        }
+        if old.sockmesh.log_level != new.sockmesh.log_level {
+            match &self.log_reload {
+                Some(f) => {
+                    f(&new.sockmesh.log_level)?;
+                    applied.push("sockmesh.log_level");
+                }
+                None => restart.push("sockmesh.log_level (pinned by --log-level)"),
+            }
+        }
+        if old.motan != new.motan || old.agent.application != new.agent.application {
+            let current = self.mesh.load_full();
+            let mesh = match build_mesh(&new, Some(&current), &self.mesh_shared) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!("reload refused, the running configuration stays:\n{e:#}");
+                    return Err(e);
+                }
+            };
+            let ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
+            if ports.iter().any(|p| !self.export_ports.contains(p)) {
+                restart.push("motan-service export ports (new ports listen after a restart)");
+            }
+            mesh.wait_ready().await;
+            let online = self.online.load(std::sync::atomic::Ordering::Relaxed);
+            mesh.register(online).await;
+            current.unregister(Some(&mesh)).await;
+            self.mesh.store(Arc::new(mesh));
+            current.stop();
+            applied.push("motan sections (registries, refers, services)");
+        }
+        *self.config.write().unwrap() = effective;
+        tracing::info!(applied = ?applied, needs_restart = ?restart, source = %new.source, "configuration reloaded");
+        Ok(json!({ "source": new.source, "applied": applied, "needs_restart": restart }))
+    }
+
+    pub fn status_json(&self) -> Value {
+        let intercept = match self.intercept_json() {
+            Ok(v) => v,
+            Err(e) => json!({ "available": false, "error": format!("{e:#}"), "cgroups": [] }),
+        };
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "status": if self.online.load(std::sync::atomic::Ordering::Relaxed) { 200 } else { 503 },
+            "config": self.config.read().unwrap().source.clone(),
+            "listeners": self.listeners.iter().map(|(k, v)| json!({"name": k, "address": v})).collect::<Vec<_>>(),
+            "intercept": intercept,
+            "selftest": self.selftest,
+            "transparent_proxy": self.proxy_stats.snapshot(),
+            "agent_port": self.agent_stats.snapshot(),
+            "export_ports": self.export_stats.snapshot(),
+            "mesh": self.mesh.load().status_json(),
+            "recent_errors": crate::recent::snapshot(),
+        })
+    }
+}
+
+/// What `auto` means given the self-test and `sockmesh.intercept.auto_sockmap`.
+pub(crate) fn auto_mode_for(test: Option<&SelfTest>, allow_sockmap: bool) -> Mode {
+    match test {
+        Some(t) if allow_sockmap && t.sockmap_safe() => Mode::Sockmap,
+        _ => Mode::Connect,
+    }
+}
