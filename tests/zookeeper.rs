@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sockmesh::cluster::command::CommandList;
+use sockmesh::registry::command::CommandList;
 use sockmesh::registry::{CommandScope, Registry, ServerList, ZkOptions, ZkRegistry};
 use sockmesh::url::Url;
 use tokio::sync::watch;

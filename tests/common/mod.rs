@@ -633,8 +633,8 @@ pub mod motan {
     use std::time::Duration;
 
     use bytes::Bytes;
-    pub use sockmesh::mesh::channel::{Channel, Transport};
     pub use sockmesh::protocol::motan2::{Frame, Value, simple};
+    pub use sockmesh::upstream::channel::{Channel, Transport};
 
     pub fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()

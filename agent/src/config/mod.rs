@@ -1,6 +1,7 @@
 //! Configuration: motan-go's YAML layout (`motan-agent`, `motan-refer`, ...) plus a `sockmesh`
 //! section for what motan-go does not have (interception). An embedded default runs with no
 //! file. Validation reports every problem at once, each naming file, section and key.
+pub mod intercept;
 pub mod motan;
 
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::intercept::{Cidr, InterceptSettings};
+use self::intercept::{Cidr, InterceptSettings, check_chain_name};
 
 /// The configuration `sockmesh run` uses when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
@@ -311,9 +312,7 @@ impl Config {
                 self.sockmesh.log_level
             ));
         }
-        if let Err(m) =
-            crate::intercept::iptables::Iptables::new(&i.iptables_chain, self.intercept_settings())
-        {
+        if let Err(m) = check_chain_name(&i.iptables_chain) {
             e.push(format!(
                 "{src}: section sockmesh.intercept, key iptables_chain: {m}"
             ));

@@ -10,7 +10,7 @@
 //! side); it always returns a frame (a success or an exception), never an error.
 //!
 //! State that outlives a chain (switches, metrics, rate-limit buckets, circuits, the access-log
-//! toggle) lives in one [`FilterShared`] per agent, which the admin routes ([`crate::admin::filters::routes`])
+//! toggle) lives in one [`FilterShared`] per agent, which the admin API's filter routes
 //! read and change at run time.
 pub mod access_log;
 pub mod circuit_breaker;

@@ -5,7 +5,6 @@
 //! agent process (fail-open covers the time it is down, see `connect.rs` in the BPF crate). A
 //! restarted agent swaps its freshly loaded programs into the existing links with
 //! `BPF_LINK_UPDATE`: no detach gap, and aya-log output goes to the new process.
-use std::net::SocketAddrV4;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
@@ -18,55 +17,8 @@ use serde::Serialize;
 use sockmesh_common::{CgroupPolicy, GlobalConfig, MAX_AGENT_PORTS, Mode};
 
 use crate::cgroup;
+pub use crate::config::intercept::{Cidr, InterceptSettings};
 use crate::sys::{self, AttachType};
-
-/// What the interception policy and the agent's identity look like to the kernel programs.
-#[derive(Clone, Debug)]
-pub struct InterceptSettings {
-    /// bpffs directory for our pins (default /sys/fs/bpf/sockmesh).
-    pub pin_dir: PathBuf,
-    /// Transparent listener the connect hook rewrites to.
-    pub listen: SocketAddrV4,
-    /// Socket mark on the agent's own sockets (self-exclusion).
-    pub mark: u32,
-    /// Loopback ports the agent serves itself; never intercepted.
-    pub agent_ports: Vec<u16>,
-    pub exclude_ports: Vec<u16>,
-    pub include_cidrs: Vec<Cidr>,
-    pub exclude_cidrs: Vec<Cidr>,
-    /// aya-log level compiled into the programs (0 off .. 5 trace).
-    pub bpf_log_level: u8,
-}
-
-/// An IPv4 prefix such as `10.0.0.0/8`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Cidr {
-    pub addr: std::net::Ipv4Addr,
-    pub len: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-        let addr = a
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 CIDR (like 10.0.0.0/8)"))?;
-        let len: u8 = l
-            .parse()
-            .map_err(|_| format!("{s:?}: prefix length must be 0..32"))?;
-        if len > 32 {
-            return Err(format!("{s:?}: prefix length must be 0..32"));
-        }
-        Ok(Cidr { addr, len })
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
 
 /// Programs attached per enabled cgroup: (program name, kind, attach type, pin file name).
 const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[

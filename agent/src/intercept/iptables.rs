@@ -55,14 +55,7 @@ fn ok(args: &[&str]) -> bool {
 
 impl Iptables {
     pub fn new(chain: &str, settings: InterceptSettings) -> Result<Iptables> {
-        if chain.is_empty()
-            || chain.len() > 28
-            || !chain
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            bail!("iptables chain name {chain:?} must be 1-28 characters of [A-Za-z0-9_-]");
-        }
+        crate::config::intercept::check_chain_name(chain).map_err(anyhow::Error::msg)?;
         Ok(Iptables {
             chain: chain.to_string(),
             settings,
