@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything a contributor or CI needs, from a fresh clone, as root.
 mod bench;
+mod lint;
 mod plots;
 mod setup;
 mod util;
@@ -27,12 +28,14 @@ enum Cmd {
     Setup,
     /// Compile the BPF programs for bpfel-unknown-none (needs nightly + bpf-linker: run setup).
     BuildEbpf,
-    /// Setup, fmt check, clippy, build-ebpf, then every test (privileged ones included).
+    /// Setup, fmt check, lint, clippy, build-ebpf, then every test (privileged ones included).
     Test {
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The module layers and import cycles of agent/src (the layer table is in xtask/src/lint.rs).
+    Lint,
     /// Setup, build, and run the daemon in the foreground with the embedded default config.
     Run {
         /// Arguments passed to `sockmesh run` (e.g. `--config FILE`).
@@ -77,6 +80,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::BuildEbpf => build_ebpf(),
+        Cmd::Lint => lint(),
         Cmd::Test { args } => test(&args),
         Cmd::Run { args } => run(&args),
         Cmd::Demo { args } => demo(&args),
@@ -128,6 +132,12 @@ pub(crate) fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
+fn lint() -> Result<()> {
+    let step = Step::start("lint: module layers and import cycles of agent/src");
+    step.done(&lint::run()?);
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
     setup::run()?;
     let step = Step::start("fmt: cargo fmt --all --check");
@@ -136,6 +146,7 @@ fn test(extra: &[String]) -> Result<()> {
         bail!("cargo fmt --check found unformatted code: run `cargo fmt --all`");
     }
     step.done("clean");
+    lint()?;
     build_ebpf()?;
     let step = Step::start("clippy: cargo clippy --all-targets -- -D warnings");
     let st = cargo(None)
