@@ -21,7 +21,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tracing::Dispatch;
 
-use super::{CallInfo, Filter, FilterShared, Observer, Observing, Role, Sent};
+use super::call::{CallInfo, Filter, Observer, Observing, Role, Sent};
 use crate::log_writer::LogWriter;
 use crate::protocol::motan2::{Frame, keys as meta_keys};
 use crate::url::{Url, keys};
@@ -41,15 +41,15 @@ struct AccessLog {
     writer: Arc<AccessLogWriter>,
 }
 
-pub fn build(_url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
+pub fn build(_url: &Url, writer: &Arc<AccessLogWriter>) -> Arc<dyn Filter> {
     Arc::new(Observing(AccessLog {
-        writer: shared.access_log.clone(),
+        writer: writer.clone(),
     }))
 }
 
 /// The response code upstream's access log shows: errcode, else `upstreamCode`, else 200.
 pub fn response_code(resp: &Frame) -> i64 {
-    if let Some(e) = super::exception_of(resp) {
+    if let Some(e) = super::call::exception_of(resp) {
         return e.errcode;
     }
     resp.meta
@@ -360,6 +360,7 @@ impl Observer for AccessLog {
 mod tests {
     use super::*;
     use crate::filter::FilterChain;
+    use crate::filter::FilterShared;
     use crate::filter::test_support::*;
     use crate::protocol::motan2::ErrorType;
     use std::time::Instant;

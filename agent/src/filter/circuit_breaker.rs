@@ -31,7 +31,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{CallInfo, Filter, FilterFuture, FilterShared, Next, exception_of, reject};
+use super::call::{CallInfo, Filter, FilterFuture, Next, exception_of, reject};
 use crate::protocol::motan2::{ErrorType, Exception, Frame, keys as meta_keys};
 use crate::url::{Url, keys};
 
@@ -350,7 +350,7 @@ struct CircuitBreaker {
     biz_exception: bool,
 }
 
-pub fn build(url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
+pub fn build(url: &Url, breakers: &Breakers) -> Arc<dyn Filter> {
     let settings = Settings::from_url(url);
     let biz_exception = url.get_bool(BIZ_EXCEPTION_KEY, true);
     let name = url.identity();
@@ -363,7 +363,7 @@ pub fn build(url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
         settings.max_concurrent
     );
     Arc::new(CircuitBreaker {
-        circuit: shared.breakers.circuit(&name, settings),
+        circuit: breakers.circuit(&name, settings),
         timeout: CallTimeout::from_url(url),
         biz_exception,
     })
@@ -418,6 +418,7 @@ impl Filter for CircuitBreaker {
 mod tests {
     use super::*;
     use crate::filter::FilterChain;
+    use crate::filter::FilterShared;
     use crate::filter::test_support::*;
 
     fn breaker(params: &[(&str, &str)]) -> (Arc<FilterShared>, FilterChain, CallInfo) {

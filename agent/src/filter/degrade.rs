@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{CallInfo, Filter, FilterFuture, FilterShared, Next, reject, simple_response};
+use super::call::{CallInfo, Filter, FilterFuture, Next, reject, simple_response};
 use crate::protocol::motan2::call::degraded_error;
 use crate::protocol::motan2::{Exception, Frame, Value};
-use crate::switcher::{DEGRADE_SUFFIX, Switch};
+use crate::switcher::{DEGRADE_SUFFIX, Switch, Switchers};
 use crate::url::Url;
 
 pub const DEGRADE_NAME: &str = "degrade";
@@ -33,7 +33,7 @@ pub fn degrade_switch_name(conf_id: &str, method: &str) -> String {
 }
 
 struct Degrade {
-    shared: Arc<FilterShared>,
+    switchers: Arc<Switchers>,
     /// The URL's `degrade.switcher`: degrades every method while on.
     service_switch: Option<Arc<Switch>>,
     /// `degrade.<method>.value`, simple-encoded.
@@ -42,7 +42,7 @@ struct Degrade {
     service_value: Option<Bytes>,
 }
 
-pub fn build_degrade(url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
+pub fn build_degrade(url: &Url, switchers: &Arc<Switchers>) -> Arc<dyn Filter> {
     let encode = |v: &str| Value::from(v).to_bytes();
     let mut method_values = HashMap::new();
     let mut service_value = None;
@@ -59,9 +59,9 @@ pub fn build_degrade(url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
     }
     let service_switch = url
         .param("degrade.switcher")
-        .and_then(|name| shared.switchers.register(name, false));
+        .and_then(|name| switchers.register(name, false));
     Arc::new(Degrade {
-        shared: shared.clone(),
+        switchers: switchers.clone(),
         service_switch,
         method_values,
         service_value,
@@ -73,7 +73,7 @@ impl Degrade {
         if self.service_switch.as_ref().is_some_and(|s| s.is_on()) {
             return true;
         }
-        let switchers = &self.shared.switchers;
+        let switchers = &self.switchers;
         switchers.any_degrade_on() && switchers.is_on(&degrade_switch_name(info.conf_id(), &info.method))
     }
 
@@ -111,6 +111,7 @@ impl Filter for Degrade {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::FilterShared;
     use crate::filter::test_support::*;
     use crate::filter::{FilterChain, exception_of};
 

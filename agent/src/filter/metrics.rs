@@ -30,7 +30,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio_util::sync::CancellationToken;
 
-use super::{CallInfo, Filter, FilterShared, Observer, Observing, Role, Sent, exception_of};
+use super::call::{CallInfo, Filter, Observer, Observing, Role, Sent, exception_of};
 use crate::metrics::MetricsRegistry;
 use crate::protocol::motan2::{ErrorType, Frame};
 use crate::url::{Url, keys};
@@ -469,9 +469,9 @@ struct MetricsFilter {
     metrics: Arc<Metrics>,
 }
 
-pub fn build(_url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
+pub fn build(_url: &Url, metrics: &Arc<Metrics>) -> Arc<dyn Filter> {
     Arc::new(Observing(MetricsFilter {
-        metrics: shared.metrics.clone(),
+        metrics: metrics.clone(),
     }))
 }
 
@@ -491,8 +491,8 @@ impl Observer for MetricsFilter {
 mod tests {
 
     use super::*;
-    use crate::filter::FilterChain;
     use crate::filter::test_support::*;
+    use crate::filter::{FilterChain, FilterShared};
 
     fn samples(text: &str) -> Vec<prometheus_parse::Sample> {
         let lines = text.lines().map(|l| Ok(l.to_string()));

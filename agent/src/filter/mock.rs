@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{CallInfo, Filter, FilterFuture, FilterShared, Next, simple_response};
+use super::call::{CallInfo, Filter, FilterFuture, Next, simple_response};
 use crate::protocol::motan2::{Frame, Value};
 use crate::url::Url;
 
@@ -19,7 +19,7 @@ struct Mock {
     answers: HashMap<String, Bytes>,
 }
 
-pub fn build(url: &Url, _shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
+pub fn build(url: &Url) -> Arc<dyn Filter> {
     let answers = url
         .params
         .iter()
@@ -53,6 +53,7 @@ impl Filter for Mock {
 mod tests {
     use super::*;
     use crate::filter::FilterChain;
+    use crate::filter::FilterShared;
     use crate::filter::test_support::*;
 
     #[tokio::test]

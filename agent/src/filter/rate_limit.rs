@@ -20,9 +20,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{CallInfo, Filter, FilterFuture, FilterShared, Next, reject};
+use super::call::{CallInfo, Filter, FilterFuture, Next, reject};
 use crate::protocol::motan2::{Exception, Frame, keys as meta_keys};
-use crate::switcher::Switch;
+use crate::switcher::{Switch, Switchers};
 use crate::url::{Url, keys};
 
 pub const NAME: &str = "rateLimit";
@@ -268,7 +268,7 @@ struct RateLimit {
     service_timeout_text: String,
 }
 
-pub fn build(url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
+pub fn build(url: &Url, rate_limits: &RateLimits, switchers: &Switchers) -> Arc<dyn Filter> {
     let service = url
         .param(NAME)
         .and_then(|v| parse_rate(url, NAME, v))
@@ -292,7 +292,7 @@ pub fn build(url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
             url.path
         );
     }
-    let limits = shared.rate_limits.service(&url.path);
+    let limits = rate_limits.service(&url.path);
     limits.configure(service, methods);
     let switch_name = format!("{}_rateLimit", url.get_str(keys::CONF_ID, ""));
     let service_timeout = url.get_duration_ms(
@@ -301,7 +301,7 @@ pub fn build(url: &Url, shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
     );
     Arc::new(RateLimit {
         limits,
-        switch: shared.switchers.register(&switch_name, true),
+        switch: switchers.register(&switch_name, true),
         service_timeout,
         service_timeout_text: go_duration(service_timeout),
     })
@@ -401,6 +401,7 @@ pub fn go_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::FilterShared;
     use crate::filter::test_support::*;
     use crate::filter::{FilterChain, exception_of};
     use crate::protocol::motan2::ErrorType;

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{CallInfo, Filter, FilterFuture, FilterShared, Next, exception_of};
+use super::call::{CallInfo, Filter, FilterFuture, Next, exception_of};
 use crate::protocol::motan2::{Frame, keys as meta_keys};
 use crate::url::Url;
 
@@ -26,7 +26,7 @@ pub const TRACEPARENT: &str = "traceparent";
 
 struct Trace;
 
-pub fn build(_url: &Url, _shared: &Arc<FilterShared>) -> Arc<dyn Filter> {
+pub fn build(_url: &Url) -> Arc<dyn Filter> {
     Arc::new(Trace)
 }
 
@@ -144,6 +144,7 @@ impl Filter for Trace {
 mod tests {
     use super::*;
     use crate::filter::FilterChain;
+    use crate::filter::FilterShared;
     use crate::filter::test_support::*;
 
     #[test]
