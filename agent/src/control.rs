@@ -121,7 +121,7 @@ fn local_ip_towards(mc: &crate::config::motan::MotanConfig) -> String {
 
 /// Build the mesh from a configuration (errors name section, entry and key).
 pub(crate) fn build_mesh(cfg: &Config, previous: Option<&Mesh>, shared: &MeshShared) -> Result<Mesh> {
-    let mc = crate::config::motan::MotanConfig::from_config(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mc = &cfg.mesh;
     for w in &mc.warnings {
         tracing::warn!("{w}");
     }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde_yaml_ng::{Mapping, Value};
 
-use super::{AgentSection, Config, ConfigErrors};
+use super::sections::AgentSection;
 use crate::cluster::ha::HaKind;
 use crate::cluster::lb::LbKind;
 use crate::registry::direct::{DirectRegistry, parse_address};
@@ -75,16 +75,6 @@ pub struct MotanConfig {
 }
 
 impl MotanConfig {
-    /// From a parsed configuration, with the process environment.
-    pub fn from_config(cfg: &Config) -> Result<MotanConfig, ConfigErrors> {
-        let (mc, errors) = Self::build(&cfg.source, &cfg.agent, &cfg.motan, &MotanEnv::from_process());
-        if errors.is_empty() {
-            Ok(mc)
-        } else {
-            Err(ConfigErrors(errors))
-        }
-    }
-
     /// Build and check; returns the model (best effort) and every error found.
     pub fn build(
         source: &str,
@@ -199,11 +189,6 @@ impl MotanConfig {
         };
         (mc, p.errors)
     }
-}
-
-/// `Config::validate` calls this: the motan sections' errors.
-pub fn validate(cfg: &Config) -> Vec<String> {
-    MotanConfig::build(&cfg.source, &cfg.agent, &cfg.motan, &MotanEnv::from_process()).1
 }
 
 struct Problems<'a> {
@@ -1125,8 +1110,8 @@ motan-service:
     #[test]
     fn examples_pass_config_parse_too() {
         for text in [CLIENT_EXAMPLE, SERVER_EXAMPLE] {
-            let cfg = Config::parse(text, "app.yaml").unwrap_or_else(|e| panic!("{e}"));
-            let mc = MotanConfig::from_config(&cfg).unwrap();
+            let cfg = crate::config::Config::parse(text, "app.yaml").unwrap_or_else(|e| panic!("{e}"));
+            let mc = &cfg.mesh;
             assert!(!mc.registries.is_empty());
         }
     }
