@@ -1,9 +1,11 @@
 //! Configuration: motan-go's YAML layout (`motan-agent`, `motan-refer`, ...) plus a `sockmesh`
 //! section for what motan-go does not have (interception). An embedded default runs with no
 //! file. Validation reports every problem at once, each naming file, section and key.
+pub mod http;
 pub mod intercept;
 pub mod motan;
 pub mod sections;
+pub mod service;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -15,6 +17,23 @@ use self::intercept::{Cidr, InterceptSettings, check_chain_name};
 use self::motan::{MotanConfig, MotanEnv};
 use self::sections::bpf_log_level;
 pub use self::sections::{AgentSection, ConfigErrors, InterceptSection, RequestedMode, SockmeshSection};
+
+/// One setting that cannot be used: its key and why. Callers add the section and entry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("key {key}: {reason}")]
+pub struct SettingError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl SettingError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> SettingError {
+        SettingError {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
 
 /// The configuration `sockmesh run` uses when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");

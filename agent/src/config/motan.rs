@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use serde_yaml_ng::{Mapping, Value};
 
 use super::sections::AgentSection;
+use super::service::{EXPORT_PROTOCOLS, ServiceSpec, parse_protocol_port};
 use crate::cluster::ha::HaKind;
 use crate::cluster::lb::LbKind;
-use crate::registry::direct::{DirectRegistry, parse_address};
+use crate::registry::direct::DirectRegistry;
 use crate::registry::zookeeper;
 use crate::url::{Url, keys, parse_go_bool, split_list};
 
@@ -27,7 +28,6 @@ pub const SERVICE_SECTION: &str = "motan-service";
 pub const HTTP_CLIENT_SECTION: &str = "http-client";
 pub const DYNAMIC_PARAM_SECTION: &str = "dynamic-param";
 const HTTP_LOCATIONS_SECTION: &str = "http-locations";
-const HTTP_SERVICE_SECTION: &str = "http-service";
 
 const BASIC_REFER_KEY: &str = "basicRefer";
 const BASIC_SERVICE_KEY: &str = "basicService";
@@ -69,6 +69,8 @@ pub struct MotanConfig {
     pub registries: BTreeMap<String, Url>,
     pub refers: BTreeMap<String, Url>,
     pub services: BTreeMap<String, Url>,
+    /// Every service (after group expansion) as the exporter serves it.
+    pub exports: BTreeMap<String, ServiceSpec>,
     pub http_clients: BTreeMap<String, Url>,
     /// Things that work but are probably not meant (log them at start).
     pub warnings: Vec<String>,
@@ -179,11 +181,31 @@ impl MotanConfig {
             services.insert(id, u);
         }
         expand_service_groups(&mut services, env);
+        let mut exports: BTreeMap<String, ServiceSpec> = BTreeMap::new();
+        for (id, u) in &services {
+            let Some(spec) = ctx.service_spec(id, u, &mut p) else {
+                continue;
+            };
+            if let Some((other, _)) = exports.iter().find(|(_, s)| s.export_key() == spec.export_key()) {
+                p.error(
+                    SERVICE_SECTION,
+                    Some(id),
+                    Some(keys::EXPORT),
+                    format!(
+                        "entry {other} already exports group {:?} path {:?} on port {}",
+                        u.group, u.path, spec.export_port
+                    ),
+                );
+                continue;
+            }
+            exports.insert(id.clone(), spec);
+        }
 
         let mc = MotanConfig {
             registries,
             refers,
             services,
+            exports,
             http_clients,
             warnings: p.warnings,
         };
@@ -198,9 +220,12 @@ struct Problems<'a> {
 }
 
 impl Problems<'_> {
+    /// Record an error once (an entry's own value and the spec built from it may both see it).
     fn error(&mut self, section: &str, entry: Option<&str>, key: Option<&str>, msg: impl std::fmt::Display) {
         let line = self.line(section, entry, key, msg);
-        self.errors.push(line);
+        if !self.errors.contains(&line) {
+            self.errors.push(line);
+        }
     }
 
     fn warn(&mut self, section: &str, entry: Option<&str>, key: Option<&str>, msg: impl std::fmt::Display) {
@@ -656,25 +681,8 @@ fn check_rule(rule: Rule, v: &str) -> Result<(), String> {
     }
 }
 
-/// `[protocol:]port` (export, proxy): protocol defaults to motan2.
-pub fn parse_protocol_port(v: &str) -> Result<(String, u16), String> {
-    let (proto, port) = match v.rsplit_once(':') {
-        Some((proto, port)) => (proto.trim(), port.trim()),
-        None => ("motan2", v.trim()),
-    };
-    if proto.is_empty() {
-        return Err(format!("{v:?} is not [protocol:]port (empty protocol)"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok((proto.to_string(), p)),
-        _ => Err(format!("{v:?} is not [protocol:]port (port must be 1..65535)")),
-    }
-}
-
 const REGISTRY_PROTOCOLS: [&str; 2] = ["direct", "zookeeper"];
 const REFER_PROTOCOLS: [&str; 3] = ["motan2", "motan", "cedrus"];
-const EXPORT_PROTOCOLS: [&str; 2] = ["motan2", "motan"];
-const PROVIDERS: [&str; 3] = ["motan2", "motan", "http"];
 
 fn check_registry(id: &str, u: &Url, p: &mut Problems) {
     let s = REGISTRY_SECTION;
@@ -855,63 +863,18 @@ impl Checks<'_> {
                 "no registry: callers can only reach it directly",
             );
         }
-        // Provider: `provider`, else the protocol part of `proxy`, else upstream's in-process
-        // `default` (which sockmesh cannot have).
-        let proxy = u.param(keys::PROXY).map(parse_protocol_port);
-        let (provider, key) = match (u.param(keys::PROVIDER), &proxy) {
-            (Some(pv), _) => (pv.to_string(), keys::PROVIDER),
-            (None, Some(Ok((proto, _)))) => (proto.clone(), keys::PROXY),
-            (None, Some(Err(_))) => return, // already reported
-            (None, None) => ("default".to_string(), keys::PROVIDER),
-        };
-        if !PROVIDERS.contains(&provider.as_str()) {
-            p.error(
-                s,
-                Some(id),
-                Some(key),
-                format!(
-                    "unsupported provider {provider:?} (expected {}; set provider or proxy)",
-                    PROVIDERS.join(", ")
-                ),
-            );
-            return;
-        }
-        if provider == "http" {
-            let has_http_service = section_has(self.sections, HTTP_SERVICE_SECTION, id);
-            match u.param("proxyAddress") {
-                Some(addr) => {
-                    if let Err(m) = parse_address(addr) {
-                        p.error(s, Some(id), Some("proxyAddress"), m);
-                    }
-                }
-                None if u.param("URL_FORMAT").is_some() || has_http_service => {}
-                None => p.error(
-                    s,
-                    Some(id),
-                    Some("proxyAddress"),
-                    "an http provider needs proxyAddress (host:port or unix://path) or URL_FORMAT",
-                ),
+    }
+
+    /// The export of a service entry (after group expansion), checked as the exporter uses it.
+    fn service_spec(&self, id: &str, u: &Url, p: &mut Problems) -> Option<ServiceSpec> {
+        let domain = u.get_str(keys::DOMAIN, "");
+        let has_locations = !domain.is_empty() && section_has(self.sections, HTTP_LOCATIONS_SECTION, domain);
+        match ServiceSpec::from_url(u, has_locations) {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                p.error(SERVICE_SECTION, Some(id), Some(&e.key), &e.reason);
+                None
             }
-            if u.get_bool("enableRewrite", true) {
-                let domain = u.get_str(keys::DOMAIN, "");
-                if domain.is_empty() || !section_has(self.sections, HTTP_LOCATIONS_SECTION, domain) {
-                    p.error(
-                        s,
-                        Some(id),
-                        Some("enableRewrite"),
-                        format!(
-                            "rewriting (the default) needs {HTTP_LOCATIONS_SECTION} rules for domain {domain:?}; add them or set enableRewrite: false"
-                        ),
-                    );
-                }
-            }
-        } else if proxy.is_none() {
-            p.error(
-                s,
-                Some(id),
-                Some(keys::PROXY),
-                format!("provider {provider} needs proxy: \"[protocol:]port\" of the local backend"),
-            );
         }
     }
 }
@@ -1210,6 +1173,8 @@ motan-service:
   http-nothing: {path: f, registry: d, provider: http, enableRewrite: false}
   http-rewrite: {path: g, registry: d, provider: http, proxyAddress: "127.0.0.1:8080", domain: api.x.com}
   http-ok: {path: h, registry: d, provider: http, proxyAddress: "unix:///run/app.sock", domain: api.ok.com}
+  http-rules: {path: l, registry: d, provider: http, proxyAddress: "127.0.0.1:8080", domain: api.ok.com}
+  http-plain: {path: m, registry: d, provider: http, proxyAddress: "127.0.0.1:8080", domain: api.ok.com, enableRewrite: false}
   http-format: {path: i, registry: d, provider: http, URL_FORMAT: "http://127.0.0.1:8080%s", enableRewrite: "false"}
   fmt-http: {path: j, registry: d, provider: http, enableRewrite: "false"}
   by-proxy: {path: k, registry: d, proxy: "motan:8100"}
@@ -1223,9 +1188,13 @@ motan-service:
             "entry grpc-export, key export: unsupported export protocol \"grpc\" (expected motan2, motan)",
             "entry cgi, key provider: unsupported provider \"cgi\" (expected motan2, motan, http; set provider or proxy)",
             "entry in-process, key provider: unsupported provider \"default\"",
-            "entry http-nothing, key proxyAddress: an http provider needs proxyAddress (host:port or unix://path) or URL_FORMAT",
-            "entry http-rewrite, key enableRewrite: rewriting (the default) needs http-locations rules for domain \"api.x.com\"",
+            "entry http-nothing, key proxyAddress: an http provider needs proxyAddress (host:port)",
+            // What the provider cannot serve yet is refused here, not at run time.
+            "entry http-ok, key proxyAddress: \"unix:///run/app.sock\": unix sockets are not supported by sockmesh yet",
+            "entry http-format, key URL_FORMAT: URL_FORMAT providers are not supported by sockmesh yet",
+            "entry fmt-http, key proxyAddress: an http provider needs proxyAddress",
             "entry no-path, key path: missing",
+            "entry http-rules, key enableRewrite: http-locations rewriting is not supported by sockmesh yet",
         ];
         for e in expect {
             assert!(

@@ -32,25 +32,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 use tokio::sync::Semaphore;
 
+use crate::config::http::{DEFAULT_MAX_CONTENT_LENGTH, HttpProviderSpec};
 use crate::protocol::motan2::frame::{FLAG_PROXY, FLAG_RESPONSE, serialization};
 use crate::protocol::motan2::simple::{Value, decode_all, encode_args};
 use crate::protocol::motan2::{Exception, Frame, Header, Meta, keys};
-use crate::url::{UNIX_SOCK_PREFIX, Url, parse_go_bool};
-
-/// Service URL keys read by the provider (spec 4.12).
-pub mod config {
-    pub const PROXY_ADDRESS: &str = "proxyAddress";
-    pub const PROXY_SCHEMA: &str = "proxySchema";
-    pub const DOMAIN: &str = "domain";
-    pub const REQUEST_TIMEOUT: &str = "requestTimeout";
-    pub const KEEPALIVE_TIMEOUT: &str = "keepaliveTimeout";
-    pub const IDLE_CONNECTION_TIMEOUT: &str = "idleConnectionTimeout";
-    pub const MAX_CONNECTIONS: &str = "maxConnections";
-    pub const MAX_CONTENT_LENGTH: &str = "maxContentLength";
-    pub const ENABLE_REWRITE: &str = "enableRewrite";
-    pub const ENABLE_HTTP_EXCEPTION: &str = "enableHttpException";
-    pub const HTTP_REQUEST_METHOD: &str = "HTTP_REQUEST_METHOD";
-}
+use crate::url::parse_go_bool;
 
 /// Request meta keys with a meaning for HTTP providers (spec 1.11).
 pub mod meta_keys {
@@ -65,11 +51,6 @@ pub mod meta_keys {
     /// Response: the upstream HTTP status code.
     pub const UPSTREAM_CODE: &str = "upstreamCode";
 }
-
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
-pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_millis(5000);
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-pub const DEFAULT_MAX_CONTENT_LENGTH: usize = 10 << 20;
 
 /// Meta keys that are instructions to the provider, never headers (compared ignoring case, as
 /// motan-go does). `host` is the caller's IP, not a Host header.
@@ -121,8 +102,8 @@ const QUERY_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<
 /// connections.
 pub struct HttpProvider {
     client: Client<HttpConnector, Full<Bytes>>,
-    /// `proxyAddress`; `None` is motan-go's "URL format" mode, which is not supported.
-    upstream: Option<Authority>,
+    /// `proxyAddress`.
+    upstream: Authority,
     /// `domain`: the Host header when the request sets none.
     domain: Option<HeaderValue>,
     default_method: Method,
@@ -135,80 +116,33 @@ pub struct HttpProvider {
 }
 
 impl HttpProvider {
-    /// Read the provider's settings from its service URL. Errors name the key, e.g.
-    /// "key proxyAddress: ..." (the config validator shows them).
-    pub fn new(service: &Url) -> Result<HttpProvider, String> {
-        let upstream = service
-            .param(config::PROXY_ADDRESS)
-            .map(parse_proxy_address)
-            .transpose()
-            .map_err(|e| format!("key {}: {e}", config::PROXY_ADDRESS))?;
-        match service.param(config::PROXY_SCHEMA) {
-            None | Some("http") => {}
-            Some(other) => {
-                return Err(format!(
-                    "key {}: {other:?} is not supported by sockmesh (only \"http\")",
-                    config::PROXY_SCHEMA
-                ));
-            }
-        }
-        let domain = service
-            .param(config::DOMAIN)
-            .map(|d| {
-                HeaderValue::from_str(d)
-                    .map_err(|_| format!("key {}: {d:?} is not a valid Host header value", config::DOMAIN))
-            })
-            .transpose()?;
-        let default_method = match service.param(config::HTTP_REQUEST_METHOD) {
-            None => Method::GET,
-            Some(m) => Method::from_bytes(m.as_bytes())
-                .map_err(|_| format!("key {}: {m:?} is not an HTTP method", config::HTTP_REQUEST_METHOD))?,
-        };
-        let request_timeout = positive_ms(service, config::REQUEST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT)?;
-        let idle_timeout = positive_ms(
-            service,
-            config::IDLE_CONNECTION_TIMEOUT,
-            DEFAULT_IDLE_CONNECTION_TIMEOUT,
-        )?;
-        let max_connections = positive_int(service, config::MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS)?
-            .min(Semaphore::MAX_PERMITS);
-        let max_content_length =
-            positive_int(service, config::MAX_CONTENT_LENGTH, DEFAULT_MAX_CONTENT_LENGTH)?;
-        let enable_http_exception = bool_param(service, config::ENABLE_HTTP_EXCEPTION, false)?;
-        if bool_param(service, config::ENABLE_REWRITE, false)? {
+    /// The provider of `service` (its path, for messages) with checked settings.
+    pub fn new(service: &str, spec: &HttpProviderSpec) -> HttpProvider {
+        if spec.keepalive_timeout_ignored {
             tracing::warn!(
-                service = %service.path,
-                "enableRewrite (http-locations) is not supported by sockmesh; M_m is used as the HTTP path unchanged"
+                service,
+                "keepaliveTimeout (maximum connection age) is not supported by sockmesh; connections close when idle"
             );
         }
-        if service.param(config::KEEPALIVE_TIMEOUT).is_some() {
-            let age = u64_param(service, config::KEEPALIVE_TIMEOUT)?;
-            if age > 0 {
-                tracing::warn!(
-                    service = %service.path,
-                    "keepaliveTimeout (maximum connection age) is not supported by sockmesh; connections close when idle"
-                );
-            }
-        }
-
+        let max_connections = spec.max_connections.min(Semaphore::MAX_PERMITS);
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(request_timeout));
+        connector.set_connect_timeout(Some(spec.request_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(idle_timeout)
+            .pool_idle_timeout(spec.idle_timeout)
             .pool_max_idle_per_host(max_connections)
             .build(connector);
-        Ok(HttpProvider {
+        HttpProvider {
             client,
-            upstream,
-            domain,
-            default_method,
-            request_timeout,
-            max_content_length,
-            enable_http_exception,
+            upstream: spec.upstream.clone(),
+            domain: spec.domain.clone(),
+            default_method: spec.default_method.clone(),
+            request_timeout: spec.request_timeout,
+            max_content_length: spec.max_content_length,
+            enable_http_exception: spec.enable_http_exception,
             connections: Semaphore::new(max_connections),
-        })
+        }
     }
 
     /// Answer one Motan2 request. Never panics, never returns an error: every failure is an
@@ -246,12 +180,7 @@ impl HttpProvider {
                 "HTTP provider: transparent HTTP proxy mode (HTTP_PROXY=true) is not supported by sockmesh",
             ));
         }
-        let Some(upstream) = &self.upstream else {
-            return Err(Exception::service(
-                501,
-                "HTTP provider: URL format mode (no proxyAddress) is not supported by sockmesh",
-            ));
-        };
+        let upstream = &self.upstream;
         let http_req = self.build_request(req, upstream)?;
         let (status, headers, body) =
             match tokio::time::timeout(self.request_timeout, self.send(upstream, http_req)).await {
@@ -415,59 +344,6 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// `host:port` with a non-zero port; a unix socket or a URL is refused.
-fn parse_proxy_address(addr: &str) -> Result<Authority, String> {
-    if addr.starts_with(UNIX_SOCK_PREFIX) {
-        return Err(format!(
-            "{addr:?}: unix sockets are not supported by sockmesh (use host:port)"
-        ));
-    }
-    let bad = || format!("{addr:?} is not host:port");
-    if addr.contains(['/', '@', '?', '#']) || addr.contains(char::is_whitespace) {
-        return Err(bad());
-    }
-    let authority: Authority = addr.parse().map_err(|_| bad())?;
-    match authority.port_u16() {
-        Some(port) if port != 0 && !authority.host().is_empty() => Ok(authority),
-        _ => Err(bad()),
-    }
-}
-
-fn u64_param(service: &Url, key: &str) -> Result<u64, String> {
-    let v = service.param(key).unwrap_or_default();
-    v.parse()
-        .map_err(|_| format!("key {key}: {v:?} is not a non-negative integer"))
-}
-
-/// A positive integer parameter, `default` when absent.
-fn positive_int(service: &Url, key: &str, default: usize) -> Result<usize, String> {
-    if service.param(key).is_none() {
-        return Ok(default);
-    }
-    match u64_param(service, key)? {
-        0 => Err(format!("key {key}: must be greater than 0")),
-        n => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
-    }
-}
-
-/// A positive milliseconds parameter, `default` when absent.
-fn positive_ms(service: &Url, key: &str, default: Duration) -> Result<Duration, String> {
-    if service.param(key).is_none() {
-        return Ok(default);
-    }
-    match u64_param(service, key)? {
-        0 => Err(format!("key {key}: must be greater than 0 (milliseconds)")),
-        ms => Ok(Duration::from_millis(ms)),
-    }
-}
-
-fn bool_param(service: &Url, key: &str, default: bool) -> Result<bool, String> {
-    match service.param(key) {
-        None => Ok(default),
-        Some(v) => parse_go_bool(v).ok_or_else(|| format!("key {key}: {v:?} is not a boolean")),
-    }
-}
-
 /// The request's one argument (`None` for an empty body); more than one is an error.
 fn single_argument(req: &Frame) -> Result<Option<Value>, String> {
     let body = if req.header.is_gzip() {
@@ -601,6 +477,14 @@ mod tests {
 
     use super::*;
     use crate::protocol::motan2::ErrorType;
+    use crate::url::Url;
+
+    fn provider(service: &Url) -> HttpProvider {
+        HttpProvider::new(
+            &service.path,
+            &HttpProviderSpec::from_url(service, false).unwrap(),
+        )
+    }
     use crate::protocol::motan2::frame::FLAG_GZIP;
 
     /// Echo of what the upstream received: method, path, query, headers (name → values), body.
@@ -691,10 +575,7 @@ mod tests {
     }
 
     async fn call(service: &Url, req: &Frame) -> Frame {
-        HttpProvider::new(service)
-            .unwrap()
-            .call(req, Instant::now())
-            .await
+        provider(service).call(req, Instant::now()).await
     }
 
     /// A success: checks the header and `M_pt`, returns the body bytes.
@@ -926,13 +807,13 @@ mod tests {
     async fn connections_are_pooled_and_capped_at_max_connections() {
         let addr = upstream().await;
         // One after the other: the idle connection is reused.
-        let pooled = HttpProvider::new(&service(addr)).unwrap();
+        let pooled = provider(&service(addr));
         let first = peer_port(&pooled).await;
         assert_eq!(peer_port(&pooled).await, first);
         // At the same time: two connections, unless maxConnections is 1.
         let (a, b) = tokio::join!(peer_port(&pooled), peer_port(&pooled));
         assert_ne!(a, b);
-        let capped = HttpProvider::new(&service(addr).with_param("maxConnections", "1")).unwrap();
+        let capped = provider(&service(addr).with_param("maxConnections", "1"));
         let started = Instant::now();
         let (a, b) = tokio::join!(peer_port(&capped), peer_port(&capped));
         assert_eq!(a, b);
@@ -960,7 +841,7 @@ mod tests {
         let svc = service(addr).with_param("requestTimeout", "200");
         let req = request("/slow", &[], &[]);
         let started = Instant::now();
-        let resp = HttpProvider::new(&svc).unwrap().call(&req, started).await;
+        let resp = provider(&svc).call(&req, started).await;
         let took = started.elapsed();
         let e = exception(&req, &resp);
         assert_eq!((e.errcode, e.errtype), (503, ErrorType::Business));
@@ -1051,74 +932,13 @@ mod tests {
         let e = exception(&req, &call(&service(addr), &req).await);
         assert_eq!((e.errcode, e.errtype), (501, ErrorType::Service));
         assert!(e.errmsg.contains("not supported by sockmesh"), "{}", e.errmsg);
-
-        let url_format =
-            Url::new("motan2", "", 0, "api.hello.com", "g").with_param("URL_FORMAT", "http://127.0.0.1:1/%s");
-        let req = request("/v1/users", &[], &[]);
-        let e = exception(&req, &call(&url_format, &req).await);
-        assert_eq!((e.errcode, e.errtype), (501, ErrorType::Service));
-        assert!(e.errmsg.contains("URL format"), "{}", e.errmsg);
-    }
-
-    #[test]
-    fn new_rejects_bad_keys_naming_them() {
-        let base =
-            Url::new("motan2", "", 0, "api.hello.com", "g").with_param("proxyAddress", "127.0.0.1:8080");
-        assert!(HttpProvider::new(&base).is_ok());
-        let err = |key: &str, value: &str| {
-            HttpProvider::new(&base.clone().with_param(key, value))
-                .err()
-                .unwrap_or_else(|| panic!("{key}={value} accepted"))
-        };
-        let e = err("proxyAddress", "unix:///run/app.sock");
-        assert!(
-            e.starts_with("key proxyAddress: ") && e.contains("not supported"),
-            "{e}"
-        );
-        for bad in [
-            "127.0.0.1",
-            "127.0.0.1:0",
-            "http://127.0.0.1:80",
-            "127.0.0.1:80/x",
-            ":80",
-            "a b:80",
-        ] {
-            assert!(
-                err("proxyAddress", bad).starts_with("key proxyAddress: "),
-                "{bad}"
-            );
-        }
-        assert!(err("proxySchema", "https").starts_with("key proxySchema: "));
-        assert!(err("requestTimeout", "2s").starts_with("key requestTimeout: "));
-        assert!(err("requestTimeout", "0").starts_with("key requestTimeout: "));
-        assert!(err("idleConnectionTimeout", "-1").starts_with("key idleConnectionTimeout: "));
-        assert!(err("maxConnections", "0").starts_with("key maxConnections: "));
-        assert!(err("maxContentLength", "big").starts_with("key maxContentLength: "));
-        assert!(err("enableHttpException", "yes").starts_with("key enableHttpException: "));
-        assert!(err("enableRewrite", "maybe").starts_with("key enableRewrite: "));
-        assert!(err("keepaliveTimeout", "x").starts_with("key keepaliveTimeout: "));
-        assert!(err("HTTP_REQUEST_METHOD", "G T").starts_with("key HTTP_REQUEST_METHOD: "));
-        assert!(err("domain", "a\nb").starts_with("key domain: "));
-        // Accepted: IPv6 literal, named host, explicit http schema, rewrite flag (warned).
-        for (k, v) in [
-            ("proxyAddress", "[::1]:8080"),
-            ("proxyAddress", "localhost:8080"),
-            ("proxySchema", "http"),
-            ("enableRewrite", "true"),
-            ("keepaliveTimeout", "0"),
-        ] {
-            assert!(
-                HttpProvider::new(&base.clone().with_param(k, v)).is_ok(),
-                "{k}={v}"
-            );
-        }
     }
 
     #[test]
     fn provider_is_shareable_and_call_is_spawnable() {
         fn send_sync<T: Send + Sync>(_: &T) {}
         fn send<T: Send>(_: &T) {}
-        let provider = HttpProvider::new(&service("127.0.0.1:1".parse().unwrap())).unwrap();
+        let provider = provider(&service("127.0.0.1:1".parse().unwrap()));
         send_sync(&provider);
         let req = request("/", &[], &[]);
         send(&provider.call(&req, Instant::now()));

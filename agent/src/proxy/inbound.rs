@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::cluster::endpoint::request_timeout;
-use crate::config::motan::parse_protocol_port;
+use crate::config::service::{ProviderSpec, ServiceSpec};
 use crate::filter::{CallInfo, FilterChain, FilterShared, Role};
 use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
 use crate::upstream::channel::{Pool, Transport};
-use crate::url::{Url, keys as url_keys};
+use crate::url::Url;
 
 /// Connections from the server agent to one local backend.
 const BACKEND_CONNECTIONS: usize = 3;
@@ -57,25 +57,21 @@ fn service_key(group: &str, path: &str) -> String {
 }
 
 impl Exporter {
-    /// One export per service entry; errors name the entry and key.
+    /// One export per service spec (checked by the configuration: unique per port, group and
+    /// path); errors name the entry and key.
     pub fn new(
-        services: &std::collections::BTreeMap<String, Url>,
+        services: &std::collections::BTreeMap<String, ServiceSpec>,
         transport: &Transport,
         filters: &Arc<FilterShared>,
     ) -> Result<Exporter, Vec<String>> {
         let mut e = Exporter::default();
         let mut errors = Vec::new();
-        for (id, url) in services {
-            match Self::export(id, url, transport, filters) {
+        for (id, spec) in services {
+            match Self::export(id, spec, transport, filters) {
                 Ok(x) => {
                     e.ports.insert(x.port);
-                    let key = (x.port, service_key(&url.group, &url.path));
-                    if e.by_key.insert(key, Arc::new(x)).is_some() {
-                        errors.push(format!(
-                            "section motan-service, entry {id}: another service already exports group {:?} path {:?} on this port",
-                            url.group, url.path
-                        ));
-                    }
+                    let key = (x.port, service_key(&spec.url.group, &spec.url.path));
+                    e.by_key.insert(key, Arc::new(x));
                 }
                 Err(m) => errors.push(format!("section motan-service, entry {id}: {m}")),
             }
@@ -85,45 +81,29 @@ impl Exporter {
 
     fn export(
         id: &str,
-        url: &Url,
+        spec: &ServiceSpec,
         transport: &Transport,
         filters: &Arc<FilterShared>,
     ) -> Result<Export, String> {
-        let chain = FilterChain::build(url, filters).map_err(|e| format!("key filter: {e}"))?;
-        let (_, port) = parse_protocol_port(url.get_str(url_keys::EXPORT, "motan2:9982"))
-            .map_err(|m| format!("key export: {m}"))?;
-        let proxy = url.param(url_keys::PROXY);
-        let provider_name = match url.param(url_keys::PROVIDER).filter(|p| !p.is_empty()) {
-            Some(p) => p.to_string(),
-            None => match proxy {
-                Some(p) => parse_protocol_port(p).map_err(|m| format!("key proxy: {m}"))?.0,
-                None => return Err("key provider: no provider and no proxy given".into()),
+        let chain = FilterChain::build(&spec.url, filters).map_err(|e| format!("key filter: {e}"))?;
+        let provider = match &spec.provider {
+            ProviderSpec::Motan2 { backend } => Provider::Motan2 {
+                pool: Arc::new(Pool::new(
+                    backend.to_string(),
+                    BACKEND_CONNECTIONS,
+                    transport.clone(),
+                )),
             },
-        };
-        let provider = match provider_name.as_str() {
-            "motan2" | "motan" => {
-                let p = proxy.ok_or("key proxy: a motan2 provider needs proxy: \"motan2:<port>\"")?;
-                let (_, backend_port) = parse_protocol_port(p).map_err(|m| format!("key proxy: {m}"))?;
-                let host = url.get_str("proxy.host", "127.0.0.1");
-                let addr = format!("{host}:{backend_port}");
-                addr.parse::<std::net::SocketAddr>()
-                    .map_err(|_| format!("key proxy.host: {host:?} is not an IP address"))?;
-                Provider::Motan2 {
-                    pool: Arc::new(Pool::new(addr, BACKEND_CONNECTIONS, transport.clone())),
-                }
-            }
-            "http" => Provider::Http(Arc::new(crate::provider::http::HttpProvider::new(url)?)),
-            other => {
-                return Err(format!(
-                    "key provider: {other:?} is not supported (motan2, motan, http)"
-                ));
-            }
+            ProviderSpec::Http(http) => Provider::Http(Arc::new(crate::provider::http::HttpProvider::new(
+                &spec.url.path,
+                http,
+            ))),
         };
         Ok(Export {
             conf_id: id.to_string(),
             chain,
-            service: Arc::new(url.clone()),
-            port,
+            service: Arc::new(spec.url.clone()),
+            port: spec.export_port,
             provider,
         })
     }

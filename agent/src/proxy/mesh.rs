@@ -104,7 +104,7 @@ impl Mesh {
                 Err(m) => errors.push(format!("section motan-refer, entry {id}: {m}")),
             }
         }
-        let exporter = match Exporter::new(&mc.services, &transport, filters) {
+        let exporter = match Exporter::new(&mc.exports, &transport, filters) {
             Ok(e) => Some(e),
             Err(es) => {
                 errors.extend(es);
