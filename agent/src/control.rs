@@ -129,7 +129,7 @@ pub(crate) fn build_mesh(cfg: &Config, previous: Option<&Mesh>, shared: &MeshSha
         Some(serde_yaml_ng::Value::String(s)) if !s.is_empty() => Some(s.clone()),
         _ => None,
     };
-    let local_ip = agent_str("localIP").unwrap_or_else(|| local_ip_towards(&mc));
+    let local_ip = agent_str("localIP").unwrap_or_else(|| local_ip_towards(mc));
     let opts = MeshOptions {
         transport: transport(cfg),
         local_ip,
@@ -144,7 +144,7 @@ pub(crate) fn build_mesh(cfg: &Config, previous: Option<&Mesh>, shared: &MeshSha
         agent_port: cfg.agent.port,
         overrides: shared.overrides.clone(),
     };
-    Mesh::build(&mc, &opts, previous).map_err(|es| {
+    Mesh::build(mc, &opts, previous).map_err(|es| {
         anyhow::anyhow!(
             "{}",
             es.iter()

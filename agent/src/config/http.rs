@@ -186,9 +186,12 @@ mod tests {
         u
     }
 
+    /// (service parameters, http-locations exist, the key the refusal names)
+    type Case<'a> = (&'a [(&'a str, &'a str)], bool, &'a str);
+
     #[test]
     fn every_refusal_names_its_key() {
-        let cases: &[(&[(&str, &str)], bool, &str)] = &[
+        let cases: &[Case] = &[
             (&[], false, keys::PROXY_ADDRESS),
             (&[("URL_FORMAT", "http://x/{path}")], false, keys::URL_FORMAT),
             (
