@@ -1,6 +1,7 @@
 //! Configuration: motan-go's YAML layout (`motan-agent`, `motan-refer`, ...) plus a `sockmesh`
 //! section for what motan-go does not have (interception). An embedded default runs with no
 //! file. Validation reports every problem at once, each naming file, section and key.
+pub mod filters;
 pub mod http;
 pub mod intercept;
 pub mod motan;

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde_yaml_ng::{Mapping, Value};
 
+use super::filters::filter_names;
 use super::sections::AgentSection;
 use super::service::{EXPORT_PROTOCOLS, ServiceSpec, parse_protocol_port};
 use crate::cluster::ha::HaKind;
@@ -146,6 +147,7 @@ impl MotanConfig {
             let mut u = inherit(REFER_SECTION, &id, raw, BASIC_REFER_KEY, &basic_refers, &mut p);
             finish_refer(&mut u, application, &agent_params, env);
             ctx.check_refer(REFER_SECTION, &id, &u, &mut p);
+            check_filters(REFER_SECTION, &id, &u, &mut p);
             refers.insert(id, u);
         }
         add_sub_group_refers(&mut refers, &env.sub_group_suffix);
@@ -178,6 +180,7 @@ impl MotanConfig {
                 u.params.insert(keys::APPLICATION.into(), application.into());
             }
             ctx.check_service(&id, &u, &mut p);
+            check_filters(SERVICE_SECTION, &id, &u, &mut p);
             services.insert(id, u);
         }
         expand_service_groups(&mut services, env);
@@ -876,6 +879,23 @@ impl Checks<'_> {
                 None
             }
         }
+    }
+}
+
+/// The final filter list of a refer or service names only filters the agent has.
+fn check_filters(section: &str, id: &str, u: &Url, p: &mut Problems) {
+    match filter_names(u) {
+        Ok(f) => {
+            for (n, why) in f.skipped {
+                p.warn(
+                    section,
+                    Some(id),
+                    Some(keys::FILTER),
+                    format!("{n} is not a filter here: {why}"),
+                );
+            }
+        }
+        Err(e) => p.error(section, Some(id), Some(&e.key), e.reason),
     }
 }
 

@@ -27,8 +27,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::protocol::motan2::Frame;
-use crate::url::{Url, keys};
+use crate::url::Url;
 
+use crate::config::filters::filter_names;
+pub use crate::config::filters::known_names;
 use crate::metrics::MetricsRegistry;
 pub use crate::switcher::Switchers;
 pub use call::{
@@ -39,18 +41,7 @@ pub use circuit_breaker::Breakers;
 pub use metrics::Metrics;
 pub use rate_limit::RateLimits;
 
-/// Every filter this agent has, by configuration name.
-const FILTERS: &[&str] = &[
-    access_log::NAME,
-    metrics::NAME,
-    trace::NAME,
-    rate_limit::NAME,
-    degrade::DEGRADE_NAME,
-    circuit_breaker::NAME,
-    mock::NAME,
-];
-
-/// Build the filter `name` (one of [`FILTERS`]) for `url`; each filter gets the shared state it
+/// Build the filter `name` (one of `config::filters::FILTERS`) for `url`; each filter gets the shared state it
 /// keeps, not all of it.
 fn construct(name: &str, url: &Url, shared: &FilterShared) -> Option<Arc<dyn Filter>> {
     Some(match name {
@@ -64,21 +55,6 @@ fn construct(name: &str, url: &Url, shared: &FilterShared) -> Option<Arc<dyn Fil
         _ => return None,
     })
 }
-
-/// motan-go's cluster-level variants: the same filter here (where a chain wraps the call is the
-/// request path's choice); listing both names gives one filter.
-const ALIASES: &[(&str, &str)] = &[
-    ("clusterAccessLog", access_log::NAME),
-    ("clusterMetrics", metrics::NAME),
-    ("clusterCircuitBreaker", circuit_breaker::NAME),
-];
-
-/// Names motan-go accepts that are not filters here, and why (accepted with a warning so a
-/// motan-go configuration still loads).
-const HANDLED_ELSEWHERE: &[(&str, &str)] = &[(
-    "failfast",
-    "endpoint health is tracked by the cluster (errorCountThreshold, keepalive)",
-)];
 
 /// The filters of one refer or service, sorted by index (ties by name).
 #[derive(Clone, Default)]
@@ -104,33 +80,16 @@ impl FilterChain {
     /// motan-go's `cluster*` names are aliases, duplicates count once). An unknown name is an
     /// error naming it and the known ones.
     pub fn build(url: &Url, shared: &Arc<FilterShared>) -> Result<FilterChain, String> {
-        let mut wanted: Vec<&'static str> = Vec::new();
-        for name in url.get_list(keys::FILTER) {
-            let canonical = ALIASES
-                .iter()
-                .find(|(alias, _)| *alias == name)
-                .map(|(_, to)| *to)
-                .or_else(|| FILTERS.iter().find(|n| **n == name).copied());
-            match canonical {
-                Some(n) if !wanted.contains(&n) => wanted.push(n),
-                Some(_) => {}
-                None => match HANDLED_ELSEWHERE.iter().find(|(n, _)| *n == name) {
-                    Some((n, why)) => {
-                        tracing::warn!("filter {n} of {} is not a filter here: {why}", url.path)
-                    }
-                    None => {
-                        return Err(format!(
-                            "unknown filter {name:?} in {}; known filters: {}",
-                            url.path,
-                            known_names().join(", ")
-                        ));
-                    }
-                },
-            }
+        let wanted = filter_names(url).map_err(|e| format!("{} in {}", e.reason, url.path))?;
+        for (n, why) in &wanted.skipped {
+            tracing::warn!("filter {n} of {} is not a filter here: {why}", url.path);
         }
         let filters = wanted
+            .names
             .iter()
-            .map(|n| construct(n, url, shared).expect("canonical names come from FILTERS"))
+            .map(|n| {
+                construct(n, url, shared).expect("every name in config::filters::FILTERS has a constructor")
+            })
             .collect();
         Ok(FilterChain::from_filters(filters))
     }
@@ -185,16 +144,6 @@ impl FilterChain {
         }
         resp
     }
-}
-
-/// Every configuration name [`FilterChain::build`] accepts.
-pub fn known_names() -> Vec<&'static str> {
-    FILTERS
-        .iter()
-        .copied()
-        .chain(ALIASES.iter().map(|(a, _)| *a))
-        .chain(HANDLED_ELSEWHERE.iter().map(|(n, _)| *n))
-        .collect()
 }
 
 /// Filter state shared by every chain of one agent and changed through the admin routes.
@@ -259,7 +208,8 @@ pub(crate) mod test_support {
     use crate::protocol::motan2::{ErrorType, Exception};
 
     pub fn refer(params: &[(&str, &str)]) -> Url {
-        let mut u = Url::new("motan2", "", 0, "com.example.Hello", "g1").with_param(keys::CONF_ID, "hello");
+        let mut u = Url::new("motan2", "", 0, "com.example.Hello", "g1")
+            .with_param(crate::url::keys::CONF_ID, "hello");
         for (k, v) in params {
             u = u.with_param(k, v);
         }
@@ -527,6 +477,16 @@ mod tests {
         let resp = call(&chain, &info, &up, request(9, "hello")).await;
         assert_eq!(exception_of(&resp).unwrap().errcode, 503);
         assert_eq!(up.calls(), 1);
+    }
+
+    #[test]
+    fn every_configured_filter_name_has_a_constructor() {
+        let shared = FilterShared::new();
+        let url = Url::new("motan2", "", 0, "p", "g");
+        for name in crate::config::filters::FILTERS {
+            let f = construct(name, &url, &shared).unwrap_or_else(|| panic!("{name} has no constructor"));
+            assert_eq!(f.name(), *name);
+        }
     }
 
     #[test]
