@@ -25,9 +25,10 @@ use self::ha::{
     BackupRequestBudget, BackupRequestConfig, Failover, HaKind, call_with_backup, call_with_failover,
 };
 use self::lb::{Balancer, LbConfig, LbRequest};
+use crate::config::refer::HashKeySource;
 use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL, degraded_error, error_of};
 use crate::protocol::motan2::frame::FLAG_PROXY;
-use crate::protocol::motan2::{Frame, keys, simple};
+use crate::protocol::motan2::{Frame, keys};
 use crate::upstream::channel::{Pool, Transport};
 use crate::url::Url;
 
@@ -35,45 +36,6 @@ use crate::url::Url;
 const REMOVE_DELAY: Duration = Duration::from_secs(2);
 const DEFAULT_CLIENT_CONNECTIONS: i64 = 3;
 const DEFAULT_CONNECT_RETRY: Duration = Duration::from_millis(60_000);
-/// Where the consistent-hash key comes from (sockmesh extension): `meta:<key>` or `arg:<n>`
-/// (the n-th argument of a simple-serialized body, 0-based). Default: meta `consistentHashKey`.
-pub const HASH_KEY_SOURCE: &str = "consistentHashKey.source";
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum HashKeySource {
-    Meta(String),
-    Arg(usize),
-}
-
-impl HashKeySource {
-    fn from_url(refer: &Url) -> Result<HashKeySource, String> {
-        let raw = refer.get_str(HASH_KEY_SOURCE, "meta:consistentHashKey");
-        if let Some(k) = raw.strip_prefix("meta:").filter(|k| !k.is_empty()) {
-            return Ok(HashKeySource::Meta(k.to_string()));
-        }
-        if let Some(n) = raw.strip_prefix("arg:").and_then(|n| n.parse().ok()) {
-            return Ok(HashKeySource::Arg(n));
-        }
-        Err(format!(
-            "key {HASH_KEY_SOURCE}: {raw:?} is not meta:<key> or arg:<index>"
-        ))
-    }
-
-    fn key(&self, req: &Frame) -> Option<String> {
-        match self {
-            HashKeySource::Meta(k) => req.meta.get_non_empty(k).map(str::to_string),
-            HashKeySource::Arg(n) => {
-                let args = simple::decode_all(&req.body).ok()?;
-                let v = args.get(*n)?;
-                match v.as_str() {
-                    Some(s) => Some(s.to_string()),
-                    None => v.as_i64().map(|i| i.to_string()),
-                }
-            }
-        }
-    }
-}
-
 pub struct Cluster {
     pub conf_id: String,
     pub refer: Arc<Url>,
@@ -118,7 +80,7 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, String> {
         let ha = HaKind::from_url(&refer).map_err(|e| format!("key haStrategy: {e}"))?;
         let lb = LbConfig::from_url(&refer).map_err(|e| format!("key loadbalance: {e}"))?;
-        let hash_key = HashKeySource::from_url(&refer)?;
+        let hash_key = HashKeySource::from_url(&refer).map_err(|e| e.to_string())?;
         Ok(Arc::new(Cluster {
             conf_id: conf_id.to_string(),
             ha,

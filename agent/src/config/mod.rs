@@ -5,6 +5,7 @@ pub mod filters;
 pub mod http;
 pub mod intercept;
 pub mod motan;
+pub mod refer;
 pub mod sections;
 pub mod service;
 

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde_yaml_ng::{Mapping, Value};
 
 use super::filters::filter_names;
+use super::refer::HashKeySource;
 use super::sections::AgentSection;
 use super::service::{EXPORT_PROTOCOLS, ServiceSpec, parse_protocol_port};
 use crate::cluster::ha::HaKind;
@@ -148,6 +149,9 @@ impl MotanConfig {
             finish_refer(&mut u, application, &agent_params, env);
             ctx.check_refer(REFER_SECTION, &id, &u, &mut p);
             check_filters(REFER_SECTION, &id, &u, &mut p);
+            if let Err(e) = HashKeySource::from_url(&u) {
+                p.error(REFER_SECTION, Some(&id), Some(&e.key), e.reason);
+            }
             refers.insert(id, u);
         }
         add_sub_group_refers(&mut refers, &env.sub_group_suffix);

@@ -1,0 +1,45 @@
+//! Settings of a refer that the configuration types once and the cluster uses as they are.
+use super::SettingError;
+use crate::protocol::motan2::{Frame, simple};
+use crate::url::Url;
+
+/// Where the consistent-hash key comes from (sockmesh extension): `meta:<key>` or `arg:<n>`
+/// (the n-th argument of a simple-serialized body, 0-based). Default: meta `consistentHashKey`.
+pub const HASH_KEY_SOURCE: &str = "consistentHashKey.source";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKeySource {
+    Meta(String),
+    Arg(usize),
+}
+
+impl HashKeySource {
+    pub fn from_url(refer: &Url) -> Result<HashKeySource, SettingError> {
+        let raw = refer.get_str(HASH_KEY_SOURCE, "meta:consistentHashKey");
+        if let Some(k) = raw.strip_prefix("meta:").filter(|k| !k.is_empty()) {
+            return Ok(HashKeySource::Meta(k.to_string()));
+        }
+        if let Some(n) = raw.strip_prefix("arg:").and_then(|n| n.parse().ok()) {
+            return Ok(HashKeySource::Arg(n));
+        }
+        Err(SettingError::new(
+            HASH_KEY_SOURCE,
+            format!("{raw:?} is not meta:<key> or arg:<index>"),
+        ))
+    }
+
+    /// The request's hash key, if it has one.
+    pub fn key(&self, req: &Frame) -> Option<String> {
+        match self {
+            HashKeySource::Meta(k) => req.meta.get_non_empty(k).map(str::to_string),
+            HashKeySource::Arg(n) => {
+                let args = simple::decode_all(&req.body).ok()?;
+                let v = args.get(*n)?;
+                match v.as_str() {
+                    Some(s) => Some(s.to_string()),
+                    None => v.as_i64().map(|i| i.to_string()),
+                }
+            }
+        }
+    }
+}
