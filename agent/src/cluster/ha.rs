@@ -14,36 +14,7 @@ use super::lb::{Balancer, LbRequest};
 use crate::protocol::motan2::call::{CallError, E_NO_ENDPOINTS};
 use crate::url::{Url, keys};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HaKind {
-    Failover,
-    /// Not in motan-go (sharp edge 17): accepted as failover with 0 retries, as Java means it.
-    Failfast,
-    BackupRequest,
-}
-
-impl HaKind {
-    pub const NAMES: [&'static str; 3] = ["failover", "failfast", "backupRequest"];
-
-    pub fn from_name(name: &str) -> Result<HaKind, String> {
-        Ok(match name {
-            "failover" => HaKind::Failover,
-            "failfast" => HaKind::Failfast,
-            "backupRequest" => HaKind::BackupRequest,
-            other => {
-                return Err(format!(
-                    "unknown HA strategy {other:?} (expected {})",
-                    Self::NAMES.join(", ")
-                ));
-            }
-        })
-    }
-
-    /// The refer's `haStrategy`, default failover.
-    pub fn from_url(refer: &Url) -> Result<HaKind, String> {
-        Self::from_name(refer.get_str(keys::HA_STRATEGY, "failover"))
-    }
-}
+pub use crate::config::refer::HaKind;
 
 /// Whether a call ends the HA loop: success, or a business error (never retried).
 pub fn is_final(error: Option<&CallError>) -> bool {

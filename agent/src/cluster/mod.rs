@@ -78,7 +78,7 @@ impl Cluster {
         transport: Transport,
         previous: Option<&Cluster>,
     ) -> Result<Arc<Cluster>, String> {
-        let ha = HaKind::from_url(&refer).map_err(|e| format!("key haStrategy: {e}"))?;
+        let ha = HaKind::from_url(&refer).map_err(|e| e.to_string())?;
         let lb = LbConfig::from_url(&refer).map_err(|e| format!("key loadbalance: {e}"))?;
         let hash_key = HashKeySource::from_url(&refer).map_err(|e| e.to_string())?;
         Ok(Arc::new(Cluster {

@@ -13,10 +13,9 @@ use std::collections::BTreeMap;
 use serde_yaml_ng::{Mapping, Value};
 
 use super::filters::filter_names;
-use super::refer::HashKeySource;
+use super::refer::{HaKind, HashKeySource};
 use super::sections::AgentSection;
 use super::service::{EXPORT_PROTOCOLS, ServiceSpec, parse_protocol_port};
-use crate::cluster::ha::HaKind;
 use crate::cluster::lb::LbKind;
 use crate::registry::direct::DirectRegistry;
 use crate::registry::zookeeper;

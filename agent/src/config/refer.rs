@@ -1,7 +1,7 @@
 //! Settings of a refer that the configuration types once and the cluster uses as they are.
 use super::SettingError;
 use crate::protocol::motan2::{Frame, simple};
-use crate::url::Url;
+use crate::url::{Url, keys};
 
 /// Where the consistent-hash key comes from (sockmesh extension): `meta:<key>` or `arg:<n>`
 /// (the n-th argument of a simple-serialized body, 0-based). Default: meta `consistentHashKey`.
@@ -41,5 +41,38 @@ impl HashKeySource {
                 }
             }
         }
+    }
+}
+
+/// The refer's HA strategy (`haStrategy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaKind {
+    Failover,
+    /// Not in motan-go (sharp edge 17): accepted as failover with 0 retries, as Java means it.
+    Failfast,
+    BackupRequest,
+}
+
+impl HaKind {
+    pub const NAMES: [&'static str; 3] = ["failover", "failfast", "backupRequest"];
+
+    pub fn from_name(name: &str) -> Result<HaKind, String> {
+        Ok(match name {
+            "failover" => HaKind::Failover,
+            "failfast" => HaKind::Failfast,
+            "backupRequest" => HaKind::BackupRequest,
+            other => {
+                return Err(format!(
+                    "unknown HA strategy {other:?} (expected {})",
+                    Self::NAMES.join(", ")
+                ));
+            }
+        })
+    }
+
+    /// The refer's `haStrategy`, default failover.
+    pub fn from_url(refer: &Url) -> Result<HaKind, SettingError> {
+        Self::from_name(refer.get_str(keys::HA_STRATEGY, "failover"))
+            .map_err(|m| SettingError::new(keys::HA_STRATEGY, m))
     }
 }
