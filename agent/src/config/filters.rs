@@ -1,7 +1,7 @@
 //! The filter vocabulary of the `filter` key (spec 4.7): which names exist, motan-go's aliases
 //! and the names accepted without a filter. The configuration resolves a URL's list once with
 //! [`filter_names`]; the filter stage builds exactly those (`filter::FilterChain::build`).
-use super::SettingError;
+use super::sections::SettingError;
 use crate::url::{Url, keys};
 
 /// Every filter the agent has, by configuration name (each has a constructor in `filter/`).

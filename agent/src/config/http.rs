@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{HeaderValue, Method};
 
-use super::SettingError;
+use super::sections::SettingError;
 use crate::url::{UNIX_SOCK_PREFIX, Url, parse_go_bool};
 
 /// Service URL keys read by the provider.

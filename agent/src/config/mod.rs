@@ -18,24 +18,9 @@ use serde_yaml_ng::Value;
 use self::intercept::{Cidr, InterceptSettings, check_chain_name};
 use self::motan::{MotanConfig, MotanEnv};
 use self::sections::bpf_log_level;
-pub use self::sections::{AgentSection, ConfigErrors, InterceptSection, RequestedMode, SockmeshSection};
-
-/// One setting that cannot be used: its key and why. Callers add the section and entry.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("key {key}: {reason}")]
-pub struct SettingError {
-    pub key: String,
-    pub reason: String,
-}
-
-impl SettingError {
-    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> SettingError {
-        SettingError {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-}
+pub use self::sections::{
+    AgentSection, ConfigErrors, InterceptSection, RequestedMode, SettingError, SockmeshSection,
+};
 
 /// The configuration `sockmesh run` uses when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");

@@ -1,5 +1,5 @@
 //! Settings of a refer that the configuration types once and the cluster uses as they are.
-use super::SettingError;
+use super::sections::SettingError;
 use crate::protocol::motan2::{Frame, simple};
 use crate::url::{Url, keys};
 

@@ -172,3 +172,20 @@ pub fn bpf_log_level(s: &str) -> Option<u8> {
         _ => return None,
     })
 }
+
+/// One setting that cannot be used: its key and why. Callers add the section and entry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("key {key}: {reason}")]
+pub struct SettingError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl SettingError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> SettingError {
+        SettingError {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}

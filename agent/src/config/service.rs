@@ -3,8 +3,8 @@
 //! the running exporter both use [`ServiceSpec::from_url`].
 use std::net::SocketAddr;
 
-use super::SettingError;
 use super::http::HttpProviderSpec;
+use super::sections::SettingError;
 use crate::url::{Url, keys};
 
 /// Export protocols the server role speaks.
