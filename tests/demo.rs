@@ -3,18 +3,69 @@
 //! client agent on host-a, and its JSON summary must show the requests crossing both agents with
 //! their latency and counters. Afterwards nothing it created may be left; an interrupted demo
 //! must clean up as well.
+//!
+//! The demo binary belongs to the sockmesh-testkit package (so that test code is never a
+//! dependency of the agent), and Cargo sets `CARGO_BIN_EXE_*` only for the package under test.
+//! So the test finds it this way: `SOCKMESH_DEMO_BIN` names one to use; otherwise the test builds
+//! it with the cargo running it, same profile and target directory (a no-op when up to date), so
+//! it is always the demo of this tree. The demo runs this package's `sockmesh`,
+//! `sockmesh-testpeer` and `sockmesh-loadgen` (`--bin-dir`).
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{privileged, serial};
 use serde_json::Value;
 
-fn demo_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sockmesh-demo")
+/// The demo binary (see the top of this file).
+fn demo_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("SOCKMESH_DEMO_BIN") {
+            return PathBuf::from(bin);
+        }
+        // This test runs as <target-dir>/<profile-dir>/deps/demo-HASH.
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+        let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
+            "debug" => "dev",
+            other => other,
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "sockmesh-testkit",
+                "--bin",
+                "sockmesh-demo",
+            ])
+            .args(["--profile", profile, "--target-dir"])
+            .arg(profile_dir.parent().unwrap())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("running cargo build for sockmesh-demo");
+        assert!(
+            out.status.success(),
+            "building sockmesh-demo failed (or set SOCKMESH_DEMO_BIN):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        profile_dir.join("sockmesh-demo")
+    })
+}
+
+/// `sockmesh-demo ARGS` with this package's binaries.
+fn demo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(demo_bin());
+    cmd.args(args)
+        .arg("--bin-dir")
+        .arg(Path::new(env!("CARGO_BIN_EXE_sockmesh")).parent().unwrap());
+    cmd
 }
 
 /// What a demo run with PID `pid` creates, by name.
@@ -32,7 +83,7 @@ impl Created {
                 .iter()
                 .map(|h| format!("sockmesh-demo-{pid}-{h}"))
                 .collect(),
-            cgroup_dir: sockmesh::cgroup::cgroup2_mount()
+            cgroup_dir: sockmesh_testkit::cgroup2_mount()
                 .unwrap()
                 .join(format!("sockmesh-demo-{pid}")),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/sockmesh-demo-{pid}")),
@@ -70,8 +121,7 @@ fn demo_shows_requests_crossing_two_hosts_and_cleans_up() {
         return;
     }
     let _g = serial();
-    let child = Command::new(demo_bin())
-        .args(["--json", "--rate", "200", "--duration-ms", "1000"])
+    let child = demo(&["--json", "--rate", "200", "--duration-ms", "1000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -167,8 +217,7 @@ fn interrupted_demo_removes_everything_it_created() {
         return;
     }
     let _g = serial();
-    let mut child = Command::new(demo_bin())
-        .args(["--json", "--rate", "200", "--duration-ms", "5000"])
+    let mut child = demo(&["--json", "--rate", "200", "--duration-ms", "5000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -264,7 +264,7 @@ fn destination_inside_a_test_network_namespace() {
         return;
     }
     let _g = serial();
-    let ns = NetNs::create("dst", 1);
+    let ns = VethNetNs::create("dst", 1);
     let echo = EchoServer::start(&format!("{}:0", ns.ns_ip), Some(&ns));
     let d = Daemon::start("netnsdst");
     let (cg, rel) = test_cgroup("smt-netns");
@@ -284,7 +284,7 @@ fn app_inside_another_network_namespace() {
         return;
     }
     let _g = serial();
-    let ns = NetNs::create("app", 2);
+    let ns = VethNetNs::create("app", 2);
     // The destination is the namespace's own loopback: only reachable from inside it.
     let echo = EchoServer::start("127.0.0.2:0", Some(&ns));
     let d = Daemon::start("netnsapp");

@@ -1,17 +1,20 @@
 //! Shared harness for the privileged integration tests: a daemon per test with its own ports
-//! and pin directory, child cgroups and network namespaces behind drop guards, an echo server,
-//! and the cgroup-joining test client. Everything a test creates is removed on drop, also when
-//! the test fails.
-#![allow(dead_code)]
+//! and pin directory, child cgroups and network namespaces, an echo server, and the
+//! cgroup-joining test client. The guards come from the test kit (tests/kit), so everything a
+//! test creates is removed on drop, also when the test fails; what is here is only what the tests
+//! alone use.
+// Each test binary compiles this module and uses a part of it.
+#![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub use sockmesh::cgroup::ChildCgroup;
+pub use sockmesh_testkit::{ChildCgroup, ChildProcess, NatChain, PinDir, free_ports, privileged};
+use sockmesh_testkit::{agent, http, netns};
 
 /// Privileged tests share the kernel (cgroup root attachments, bpftool listings): run them one
 /// at a time so their assertions about "nothing of ours is left" are exact.
@@ -19,23 +22,6 @@ pub static SERIAL: Mutex<()> = Mutex::new(());
 
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// True when the test may run. Without root it fails with the reason, unless
-/// SOCKMESH_SKIP_PRIVILEGED=1 asks to skip (and then it says why).
-pub fn privileged(test: &str) -> bool {
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("SOCKMESH_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!(
-            "SKIPPED {test}: needs root (cgroups, BPF, network namespaces); SOCKMESH_SKIP_PRIVILEGED=1 is set"
-        );
-        return false;
-    }
-    panic!(
-        "{test} needs root to load BPF programs and create cgroups/netns; run as root or set SOCKMESH_SKIP_PRIVILEGED=1 to skip it explicitly"
-    );
 }
 
 pub fn bin() -> &'static str {
@@ -46,22 +32,14 @@ pub fn peer_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sockmesh-testpeer")
 }
 
-/// `n` distinct free loopback ports (all held until chosen, so they differ).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
 pub fn cgroup_mount() -> PathBuf {
-    sockmesh::cgroup::cgroup2_mount().expect("cgroup v2 mount")
+    sockmesh_testkit::cgroup2_mount().expect("cgroup v2 mount")
 }
 
 /// A child cgroup for one test (removed on drop) and its path as the CLI takes it ("/name").
 pub fn test_cgroup(tag: &str) -> (ChildCgroup, String) {
-    let cg = ChildCgroup::create(&cgroup_mount(), &format!("{tag}-{}", std::process::id())).unwrap();
-    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    let cg = ChildCgroup::create(&format!("{tag}-{}", std::process::id())).unwrap();
+    let rel = cg.rel().to_string();
     (cg, rel)
 }
 
@@ -88,7 +66,7 @@ impl Ports {
 }
 
 pub struct Daemon {
-    child: Option<Child>,
+    child: Option<ChildProcess>,
     pub ports: Ports,
     pub admin: SocketAddr,
     pub transparent_port: u16,
@@ -97,6 +75,9 @@ pub struct Daemon {
     pub dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    /// The daemon's pins and iptables chain, removed after it is stopped.
+    pins: PinDir,
+    chain: NatChain,
 }
 
 impl Daemon {
@@ -150,6 +131,8 @@ impl Daemon {
             ports,
             admin: format!("127.0.0.1:{mport}").parse().unwrap(),
             transparent_port: tport,
+            pins: PinDir::new(bin(), &pin_dir),
+            chain: NatChain::new(&iptables_chain),
             pin_dir,
             iptables_chain,
             log: dir.join("agent.log"),
@@ -161,46 +144,22 @@ impl Daemon {
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn sockmesh run");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _)) = sockmesh::admin::request(self.admin, "GET", "/status") {
-                return;
-            }
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("daemon exited during start-up ({st}); log:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not answer on {} within 30 s; log:\n{}",
-                self.admin,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        let child = self
+            .child
+            .insert(agent::spawn("sockmesh run", Command::new(bin()), &self.config, &self.log).unwrap());
+        if let Err(e) = child.wait_until(agent::START_TIMEOUT, || Ok(agent::answers(self.admin))) {
+            panic!("daemon on {}: {e:#}; log:\n{}", self.admin, self.log());
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("daemon running").id()
+        self.child.as_ref().expect("daemon running").pid()
     }
 
     /// SIGKILL the daemon (we started it; we stop it by its PID).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
-            let _ = c.wait();
         }
     }
 
@@ -210,25 +169,25 @@ impl Daemon {
 
     /// Send SIGTERM to the daemon (we started it).
     pub fn sigterm(&self) {
-        // SAFETY: kill(2) on the PID of our own child.
-        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) }, 0);
+        self.child
+            .as_ref()
+            .expect("daemon running")
+            .signal(libc::SIGTERM)
+            .unwrap();
     }
 
     /// Wait for the daemon to exit; returns whether it exited successfully.
     pub fn wait_exit(&mut self) -> bool {
-        let ok = self
-            .child
-            .as_mut()
-            .map(|c| c.wait().unwrap().success())
-            .unwrap_or(false);
-        self.child = None;
-        ok
+        self.child.take().is_some_and(|mut c| c.wait().unwrap().success())
     }
 
     /// Send SIGHUP to the daemon (we started it).
     pub fn sighup(&self) {
-        // SAFETY: kill(2) on the PID of our own child.
-        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGHUP) }, 0);
+        self.child
+            .as_ref()
+            .expect("daemon running")
+            .signal(libc::SIGHUP)
+            .unwrap();
     }
 
     /// Wait until the log contains `needle` at least `n` times.
@@ -246,7 +205,7 @@ impl Daemon {
 
     /// GET an admin path and parse the JSON answer.
     pub fn admin_json(&self, path: &str) -> serde_json::Value {
-        let (code, body) = sockmesh::admin::request(self.admin, "GET", path).unwrap();
+        let (code, body) = http::get(self.admin, path).unwrap();
         assert_eq!(code, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
@@ -333,8 +292,12 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-        let _ = sockmesh::intercept::ebpf::uninstall(&self.pin_dir);
-        let _ = sockmesh::intercept::iptables::Iptables::uninstall(&self.iptables_chain);
+        if let Err(e) = self.pins.remove() {
+            eprintln!("{e:#}");
+        }
+        if let Err(e) = self.chain.remove() {
+            eprintln!("iptables chain {}: {e:#}", self.iptables_chain);
+        }
         if std::thread::panicking() {
             eprintln!("--- agent log ({}) ---\n{}", self.log.display(), self.log());
         }
@@ -344,92 +307,63 @@ impl Drop for Daemon {
 
 /// A network namespace with a veth pair to the root namespace: root side `host_ip/30`, namespace
 /// side `ns_ip/30`. Deleted on drop (which also removes the veth pair).
-pub struct NetNs {
-    pub name: String,
+pub struct VethNetNs {
+    pub ns: netns::NetNs,
     pub host_ip: String,
     pub ns_ip: String,
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl NetNs {
+impl VethNetNs {
     /// `subnet` picks 10.213.<subnet>.0/30, a range only this test uses, inside its own netns.
-    pub fn create(tag: &str, subnet: u8) -> NetNs {
-        let name = format!("smt-{tag}-{}", std::process::id());
+    pub fn create(tag: &str, subnet: u8) -> VethNetNs {
+        let pid = std::process::id();
+        let ns = netns::NetNs::add(format!("smt-{tag}-{pid}")).unwrap();
         let (veth_h, veth_n) = (
-            format!("smh{subnet}-{}", std::process::id() % 10000),
-            format!("smn{subnet}-{}", std::process::id() % 10000),
+            format!("smh{subnet}-{}", pid % 10000),
+            format!("smn{subnet}-{}", pid % 10000),
         );
-        let ns = NetNs {
-            name: name.clone(),
-            host_ip: format!("10.213.{subnet}.1"),
-            ns_ip: format!("10.213.{subnet}.2"),
-        };
-        ip(&["netns", "add", &name]);
-        ip(&["link", "add", &veth_h, "type", "veth", "peer", "name", &veth_n]);
-        ip(&["link", "set", &veth_n, "netns", &name]);
-        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &veth_h]);
-        ip(&["link", "set", &veth_h, "up"]);
-        ip(&[
-            "-n",
-            &name,
-            "addr",
-            "add",
-            &format!("{}/30", ns.ns_ip),
-            "dev",
-            &veth_n,
-        ]);
-        ip(&["-n", &name, "link", "set", &veth_n, "up"]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let (host_ip, ns_ip) = (format!("10.213.{subnet}.1"), format!("10.213.{subnet}.2"));
+        let host_cidr = format!("{host_ip}/30");
+        let ns_cidr = format!("{ns_ip}/30");
+        for args in [
+            &["link", "add", &veth_h, "type", "veth", "peer", "name", &veth_n][..],
+            &["link", "set", &veth_n, "netns", ns.name()],
+            &["addr", "add", &host_cidr, "dev", &veth_h],
+            &["link", "set", &veth_h, "up"],
+        ] {
+            netns::ip(args).unwrap();
+        }
+        for args in [
+            &["addr", "add", &ns_cidr, "dev", &veth_n][..],
+            &["link", "set", &veth_n, "up"],
+            &["link", "set", "lo", "up"],
+        ] {
+            ns.ip(args).unwrap();
+        }
+        VethNetNs { ns, host_ip, ns_ip }
     }
 }
 
 /// An echo server process (the test peer), optionally inside a network namespace.
 pub struct EchoServer {
-    child: Child,
+    _process: ChildProcess,
     pub addr: SocketAddr,
 }
 
 impl EchoServer {
-    pub fn start(listen: &str, netns: Option<&NetNs>) -> EchoServer {
-        let mut child = peer_cmd(netns)
-            .args(["echo-server", listen])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn echo server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("ready ")
-            .unwrap_or_else(|| panic!("echo server said {line:?}"))
-            .parse()
-            .unwrap();
-        EchoServer { child, addr }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn start(listen: &str, netns: Option<&VethNetNs>) -> EchoServer {
+        let mut process = ChildProcess::spawn(
+            "echo server",
+            peer_cmd(netns)
+                .args(["echo-server", listen])
+                .stdout(Stdio::piped()),
+        )
+        .unwrap();
+        let addr = process.ready().unwrap().parse().unwrap();
+        EchoServer {
+            _process: process,
+            addr,
+        }
     }
 }
 
@@ -438,93 +372,64 @@ pub fn client(cgroup: Option<&Path>, connect: SocketAddr, bytes: usize, reader: 
     client_in(None, cgroup, connect, bytes, reader)
 }
 
-/// `peer_bin()`, run inside `netns` when given. nsenter switches only the network namespace;
-/// `ip netns exec` would also remount /sys and hide the cgroup mount the peer has to join.
-fn peer_cmd(netns: Option<&NetNs>) -> Command {
+/// `peer_bin()`, run inside `netns` when given.
+fn peer_cmd(netns: Option<&VethNetNs>) -> Command {
     match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/var/run/netns/{}", ns.name))
-                .arg("--")
-                .arg(peer_bin());
-            c
-        }
+        Some(n) => n.ns.command(peer_bin()),
         None => Command::new(peer_bin()),
     }
 }
 
 /// A client with one long-lived connection doing periodic round trips (see testpeer pingpong).
-pub struct PingPong(Child);
+pub struct PingPong(ChildProcess);
 
 impl PingPong {
     pub fn start(cgroup: &Path, connect: SocketAddr, count: u32, interval_ms: u32) -> PingPong {
-        let mut child = Command::new(peer_bin())
-            .arg("pingpong")
-            .arg("--cgroup")
-            .arg(cgroup)
-            .args(["--connect", &connect.to_string(), "--count", &count.to_string()])
-            .args(["--interval-ms", &interval_ms.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "connected");
-        PingPong(child)
+        let mut process = ChildProcess::spawn(
+            "pingpong client",
+            Command::new(peer_bin())
+                .arg("pingpong")
+                .arg("--cgroup")
+                .arg(cgroup)
+                .args(["--connect", &connect.to_string(), "--count", &count.to_string()])
+                .args(["--interval-ms", &interval_ms.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .unwrap();
+        assert_eq!(process.read_line().unwrap(), "connected");
+        PingPong(process)
     }
 
     /// Wait for the end; returns its report ("ok N") or panics with its error.
     pub fn finish(mut self) -> String {
         let st = self.0.wait().unwrap();
-        let mut out = String::new();
+        let out = self.0.read_rest().unwrap();
         let mut err = String::new();
-        self.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        self.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        self.0.take_stderr().unwrap().read_to_string(&mut err).unwrap();
         assert!(st.success(), "long-lived connection broke: {err}");
         out.trim().to_string()
     }
 }
 
-impl Drop for PingPong {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A process that sits in a cgroup (inside `netns` when given) until dropped.
-pub struct Resident(Child);
+pub struct Resident(ChildProcess);
 
 impl Resident {
-    pub fn start(netns: Option<&NetNs>, cgroup: &Path) -> Resident {
-        let mut child = peer_cmd(netns)
-            .arg("hold")
-            .arg(cgroup)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "held");
-        Resident(child)
-    }
-}
-
-impl Drop for Resident {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    pub fn start(netns: Option<&VethNetNs>, cgroup: &Path) -> Resident {
+        let mut process = ChildProcess::spawn(
+            "resident",
+            peer_cmd(netns).arg("hold").arg(cgroup).stdout(Stdio::piped()),
+        )
+        .unwrap();
+        assert_eq!(process.read_line().unwrap(), "held");
+        Resident(process)
     }
 }
 
 /// The test client, inside `netns` when given.
 pub fn client_in(
-    netns: Option<&NetNs>,
+    netns: Option<&VethNetNs>,
     cgroup: Option<&Path>,
     connect: SocketAddr,
     bytes: usize,
@@ -565,9 +470,9 @@ pub fn ping(addr: SocketAddr) -> Vec<u8> {
     v
 }
 
-/// A Motan2 test provider (`sockmesh-testpeer motan2-provider`), killed on drop.
+/// A Motan2 test provider (`sockmesh-testpeer motan2-provider`), stopped on drop.
 pub struct Provider {
-    child: Option<Child>,
+    process: Option<ChildProcess>,
     pub addr: SocketAddr,
     pub name: String,
 }
@@ -579,33 +484,18 @@ impl Provider {
 
     /// `delay_ms` applies to every `slow_every`-th request.
     pub fn start_on(listen: &str, name: &str, delay_ms: u64, slow_every: u64) -> Provider {
-        let mut child = Command::new(peer_bin())
-            .args([
-                "motan2-provider",
-                "--listen",
-                listen,
-                "--name",
-                name,
-                "--delay-ms",
-            ])
-            .arg(delay_ms.to_string())
-            .arg("--slow-every")
-            .arg(slow_every.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn motan2 provider");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("ready ")
-            .unwrap_or_else(|| panic!("provider said {line:?}"))
-            .parse()
-            .unwrap();
+        let mut process = ChildProcess::spawn(
+            "motan2 provider",
+            Command::new(peer_bin())
+                .args(["motan2-provider", "--listen", listen, "--name", name])
+                .args(["--delay-ms", &delay_ms.to_string()])
+                .args(["--slow-every", &slow_every.to_string()])
+                .stdout(Stdio::piped()),
+        )
+        .unwrap();
+        let addr = process.ready().unwrap().parse().unwrap();
         Provider {
-            child: Some(child),
+            process: Some(process),
             addr,
             name: name.to_string(),
         }
@@ -613,16 +503,9 @@ impl Provider {
 
     /// SIGKILL it (we started it; stopped by its PID).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill();
         }
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

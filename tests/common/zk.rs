@@ -5,10 +5,13 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sockmesh_testkit::ChildProcess;
+use sockmesh_testkit::proc::log_tail;
 
 const JAR: &str = "/usr/share/java/zookeeper.jar";
 /// Without a binding slf4j prints a warning per start; the server log goes to a file anyway.
@@ -19,7 +22,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(40);
 pub struct ZkServer {
     port: u16,
     dir: PathBuf,
-    child: Option<Child>,
+    child: Option<ChildProcess>,
 }
 
 /// A running server, or a panic with the reason it could not start. `None` only when
@@ -43,11 +46,7 @@ pub fn zookeeper(test: &str) -> Option<ZkServer> {
 
 impl ZkServer {
     fn start(test: &str) -> ZkServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = sockmesh_testkit::free_port();
         let dir = std::env::temp_dir().join(format!("sockmesh-zk-{test}-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -74,57 +73,30 @@ impl ZkServer {
             .append(true)
             .open(self.dir.join("server.log"))
             .unwrap();
-        let child = Command::new(JAVA)
-            .args(["-Xmx256m", "-cp"])
-            .arg(format!("{JAR}:{SLF4J_NOP}"))
-            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
-            .arg(self.dir.join("zoo.cfg"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {JAVA}: {e}"));
-        self.child = Some(child);
-        let start = Instant::now();
-        while !self.serving() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!(
-                    "ZooKeeper exited ({status}) before it was ready:\n{}",
-                    self.log_tail()
-                );
-            }
-            if start.elapsed() > READY_TIMEOUT {
-                self.stop();
-                panic!(
-                    "ZooKeeper not ready on 127.0.0.1:{} within {READY_TIMEOUT:?}:\n{}",
-                    self.port,
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let mut child = ChildProcess::spawn(
+            format!("ZooKeeper on {}", self.addr()),
+            Command::new(JAVA)
+                .args(["-Xmx256m", "-cp"])
+                .arg(format!("{JAR}:{SLF4J_NOP}"))
+                .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+                .arg(self.dir.join("zoo.cfg"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        )
+        .unwrap();
+        let addr = self.addr().parse().unwrap();
+        if let Err(e) = child.wait_until(READY_TIMEOUT, || Ok(serving(addr))) {
+            drop(child);
+            panic!("{e:#}:\n{}", self.log_tail());
         }
-    }
-
-    /// The four-letter word `srvr` answered with the server's stats: it serves sessions (`ruok`
-    /// says `imok` before that, and the first sessions are then refused).
-    fn serving(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&self.addr().parse().unwrap(), Duration::from_millis(500))
-        else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut answer = String::new();
-        s.write_all(b"srvr").is_ok()
-            && s.read_to_string(&mut answer).is_ok()
-            && answer.starts_with("Zookeeper version")
+        self.child = Some(child);
     }
 
     /// Kill the server (SIGKILL by the PID we started) and wait for it; the data dir stays.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            let _ = child.wait();
         }
     }
 
@@ -141,10 +113,21 @@ impl ZkServer {
     }
 
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail(&self.dir.join("server.log"), 30)
     }
+}
+
+/// The four-letter word `srvr` answered with the server's stats: it serves sessions (`ruok` says
+/// `imok` before that, and the first sessions are then refused).
+fn serving(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut answer = String::new();
+    s.write_all(b"srvr").is_ok()
+        && s.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("Zookeeper version")
 }
 
 impl Drop for ZkServer {

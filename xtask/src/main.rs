@@ -175,13 +175,20 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 /// Setup, the BPF object, then the release binaries of the sockmesh package (the agent, the
-/// load generator, the test peer and the demo).
+/// load generator, the test peer) and of the test kit (the demo), all in target/release.
 fn build_release() -> Result<PathBuf> {
     setup::run()?;
     build_ebpf()?;
-    let step = Step::start("build: cargo build --release --package sockmesh");
+    let step = Step::start("build: cargo build --release --package sockmesh --package sockmesh-testkit");
     let st = cargo(None)
-        .args(["build", "--release", "--package", "sockmesh"])
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "sockmesh",
+            "--package",
+            "sockmesh-testkit",
+        ])
         .status()?;
     if !st.success() {
         bail!("building the agent failed");
@@ -204,8 +211,7 @@ fn run(args: &[String]) -> Result<()> {
 }
 
 fn demo(args: &[String]) -> Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !sockmesh_testkit::is_root() {
         bail!("cargo xtask demo needs root (network namespaces, cgroups, BPF)");
     }
     // With --json, stdout carries only the demo's summary: the set-up and build lines go to

@@ -1,0 +1,276 @@
+//! The bench's set-up: a Motan2 provider, the agent (both roles, with interception) and haproxy,
+//! each a guarded process, the agent's pins and iptables chain, and the client cgroup; and one
+//! load-generator run in a mode.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sockmesh_testkit::{ChildCgroup, ChildProcess, NatChain, PinDir, agent, free_ports};
+
+use super::{Case, Mode, Options, Run};
+use crate::util::project_root;
+
+/// How long the agent may drain after SIGTERM before it is killed (as `sockmesh uninstall`
+/// would wait for it).
+const AGENT_GRACE: Duration = Duration::from_secs(15);
+
+/// utime+stime of a process in seconds, and its current RSS in KiB.
+fn proc_cpu_rss(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks / hz, rss)
+}
+
+/// The provider, the agent and haproxy, and the cgroup the load generator runs in. Dropping it
+/// removes everything (fields drop in declaration order): the processes first, so the agent lets
+/// go of its BPF maps, then the agent's pins and iptables chain, then the cgroup.
+pub struct Env {
+    bin: PathBuf,
+    loadgen: PathBuf,
+    provider_addr: String,
+    agent_admin: String,
+    /// The agent port (client role), for agent-explicit.
+    agent_port_addr: String,
+    agent_pid: u32,
+    haproxy_addr: String,
+    haproxy_pid: u32,
+    _procs: Vec<ChildProcess>,
+    _pins: PinDir,
+    _chain: NatChain,
+    cgroup: ChildCgroup,
+}
+
+/// The bench service through both roles of the agent: a refer (client role) whose direct
+/// registry is the agent's own export port, and that export (server role) in front of the
+/// provider. Agent-explicit and the intercepted modes all take this path; interception
+/// overhead = mode - agent-explicit.
+const SERVICE: &str = "com.weibo.bench.EchoService";
+/// The same echo service behind the default filter chain (agent-filters mode).
+const FILTERED_SERVICE: &str = "com.weibo.bench.FilteredEchoService";
+/// What sockmesh calls its default filter chain: an access-log line and metrics per call, on
+/// both roles.
+const DEFAULT_FILTERS: &str = "accessLog,metrics";
+
+fn mesh_sections(eport: u16, provider: &str) -> Result<String> {
+    let (host, port) = provider.rsplit_once(':').context("provider address")?;
+    let mut refers = String::new();
+    let mut services = String::new();
+    for (id, path, filters) in [
+        ("bench", SERVICE, ""),
+        ("filtered", FILTERED_SERVICE, DEFAULT_FILTERS),
+    ] {
+        let filter = if filters.is_empty() {
+            String::new()
+        } else {
+            format!("    filter: \"{filters}\"\n")
+        };
+        refers += &format!(
+            "  {id}:\n    path: {path}\n    group: bench\n    registry: self\n    requestTimeout: 5000\n{filter}"
+        );
+        services += &format!(
+            "  {id}:\n    path: {path}\n    group: bench\n    export: \"motan2:{eport}\"\n    provider: motan2\n    proxy: \"motan2:{port}\"\n    proxy.host: {host}\n    requestTimeout: 5000\n{filter}"
+        );
+    }
+    Ok(format!(
+        "motan-registry:\n  self:\n    protocol: direct\n    address: \"127.0.0.1:{eport}\"\n\
+         motan-refer:\n{refers}motan-service:\n{services}"
+    ))
+}
+
+/// Start the provider, the agent and haproxy with their configs and logs in `dir`.
+pub fn start_env(dir: &Path, agent_workers: usize) -> Result<Env> {
+    let root = project_root();
+    let bin = root.join("target/release/sockmesh");
+    let loadgen = root.join("target/release/sockmesh-loadgen");
+    let ports = free_ports(7);
+    // Declared before the processes, so that on an early return they go after them.
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-bench-{}", std::process::id()));
+    let pins = PinDir::new(&bin, &pin_dir);
+    let chain = NatChain::new(format!("SMBENCH{}", std::process::id()));
+    let mut procs = Vec::new();
+
+    // The provider listens on its own loopback address; that is what clients dial.
+    let mut provider = ChildProcess::spawn(
+        "the Motan2 provider (sockmesh-loadgen serve)",
+        Command::new(&loadgen)
+            .args(["serve", "--listen", &format!("127.0.0.10:{}", ports[0])])
+            .stdout(Stdio::piped()),
+    )?;
+    let provider_addr = provider.ready()?;
+    procs.push(provider);
+
+    let cfg = dir.join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "motan-agent:\n  port: {}\n  eport: {}\n  mport: {}\n  application: bench\n\
+             sockmesh:\n  log_level: \"warn,sockmesh::access=info\"\n  worker_threads: {agent_workers}\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {}\n    bpf_log_level: warn\n{}",
+            ports[1],
+            ports[2],
+            ports[3],
+            ports[4],
+            pin_dir.display(),
+            chain.name(),
+            mesh_sections(ports[2], &provider_addr)?
+        ),
+    )?;
+    let agent_log = dir.join("agent.log");
+    // SIGTERM drains the agent; idle, it stops at once.
+    let mut agent = agent::spawn("the agent", Command::new(&bin), &cfg, &agent_log)?.with_grace(AGENT_GRACE);
+    let agent_pid = agent.pid();
+    let agent_admin: SocketAddr = ([127, 0, 0, 1], ports[3]).into();
+    let started = agent::await_admin(&mut agent, agent_admin, &agent_log);
+    procs.push(agent);
+    started?;
+
+    let haproxy_addr: SocketAddr = ([127, 0, 0, 1], ports[5]).into();
+    let hcfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &hcfg,
+        format!(
+            "global\n    nbthread 1\n    maxconn 8000\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
+             listen bench\n    bind {haproxy_addr}\n    server provider {provider_addr}\n"
+        ),
+    )?;
+    let mut haproxy = ChildProcess::spawn(
+        "haproxy (installed by cargo xtask setup)",
+        Command::new("haproxy")
+            .arg("-f")
+            .arg(&hcfg)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("haproxy.log"))?),
+    )?;
+    let haproxy_pid = haproxy.pid();
+    haproxy
+        .await_port(haproxy_addr, agent::START_TIMEOUT)
+        .with_context(|| format!("haproxy did not start; see {}", dir.join("haproxy.log").display()))?;
+    procs.push(haproxy);
+
+    let cgroup = ChildCgroup::create(&format!("sockmesh-bench-{}", std::process::id()))?;
+    Ok(Env {
+        bin,
+        loadgen,
+        provider_addr,
+        agent_admin: agent_admin.to_string(),
+        agent_port_addr: format!("127.0.0.1:{}", ports[1]),
+        agent_pid,
+        haproxy_addr: haproxy_addr.to_string(),
+        haproxy_pid,
+        _procs: procs,
+        _pins: pins,
+        _chain: chain,
+        cgroup,
+    })
+}
+
+impl Env {
+    fn cli(&self, args: &[&str]) -> Result<()> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .args(["--admin", &self.agent_admin])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "sockmesh {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Put the client cgroup into the mode's interception state.
+    fn prepare(&self, mode: Mode) -> Result<()> {
+        match mode {
+            Mode::Iptables | Mode::EbpfConnect | Mode::EbpfSockmap => self.cli(&[
+                "intercept",
+                "enable",
+                "--cgroup",
+                self.cgroup.rel(),
+                "--mode",
+                mode.name(),
+            ]),
+            _ => {
+                let _ = self.cli(&["intercept", "disable", "--all"]);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn target(&self, mode: Mode) -> Option<String> {
+        match mode {
+            Mode::Haproxy => Some(self.haproxy_addr.clone()),
+            Mode::AgentExplicit | Mode::AgentFilters => Some(self.agent_port_addr.clone()),
+            _ => Some(self.provider_addr.clone()),
+        }
+    }
+
+    fn proxy_pid(&self, mode: Mode) -> Option<u32> {
+        match mode {
+            Mode::Direct => None,
+            Mode::Haproxy => Some(self.haproxy_pid),
+            _ => Some(self.agent_pid),
+        }
+    }
+
+    pub fn run(&self, mode: Mode, case: &Case, round: u32, opts: &Options) -> Result<Run> {
+        let target = self.target(mode).context("mode unavailable")?;
+        self.prepare(mode)?;
+        let pid = self.proxy_pid(mode);
+        let before = pid.map(proc_cpu_rss).unwrap_or_default();
+        let mut cmd = Command::new(&self.loadgen);
+        cmd.args(["run", "--target", &target, "--conns", &case.conns.to_string()])
+            .args([
+                "--service",
+                if mode == Mode::AgentFilters {
+                    FILTERED_SERVICE
+                } else {
+                    SERVICE
+                },
+            ])
+            .args(["--payload", &case.payload.to_string()])
+            .args(["--duration-ms", &opts.duration.as_millis().to_string()])
+            .args(["--warmup-ms", &opts.warmup.as_millis().to_string()])
+            .arg("--cgroup")
+            .arg(self.cgroup.path());
+        match case.rate {
+            Some(r) => cmd.args(["--rate", &r.to_string()]),
+            None => cmd.arg("--closed"),
+        };
+        if case.conn_per_request {
+            cmd.arg("--conn-per-request");
+        }
+        let out = cmd.output().context("running sockmesh-loadgen")?;
+        if !out.status.success() {
+            bail!(
+                "loadgen failed in mode {}: {}",
+                mode.name(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let after = pid.map(proc_cpu_rss).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("loadgen output")?;
+        Ok(Run {
+            mode,
+            case: case.name.to_string(),
+            round,
+            json,
+            proxy_cpu_s: after.0 - before.0,
+            proxy_rss_kib: after.1,
+        })
+    }
+}

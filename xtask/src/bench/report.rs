@@ -1,0 +1,296 @@
+//! The bench report: per case and mode the medians over rounds, paired per-round differences
+//! and ratios, as results.json and a Markdown table.
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Case, Mode, Options, Run};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    (
+        f.iter().copied().fold(f64::INFINITY, f64::min),
+        f.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    )
+}
+
+pub struct Report {
+    pub json: serde_json::Value,
+    pub markdown: String,
+}
+
+impl Report {
+    pub fn build(
+        runs: &[Run],
+        cases: &[Case],
+        modes: &[Mode],
+        unavailable: &[(Mode, &str)],
+        opts: &Options,
+        took: Duration,
+    ) -> Report {
+        use std::fmt::Write as _;
+        let kernel = Command::new("uname")
+            .arg("-r")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let haproxy = Command::new("haproxy")
+            .arg("-v")
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let cmd = if opts.quick {
+            "cargo xtask bench --quick".to_string()
+        } else {
+            format!("cargo xtask bench --rounds {}", opts.rounds)
+        };
+        let cmd = if opts.agent_workers > 0 {
+            format!("{cmd} --agent-workers {}", opts.agent_workers)
+        } else {
+            cmd
+        };
+        let cmd = if opts.modes.is_empty() {
+            cmd
+        } else {
+            let names: Vec<&str> = opts.modes.iter().map(|m| m.name()).collect();
+            format!("{cmd} --modes {}", names.join(","))
+        };
+        let mut md = String::new();
+        let _ = writeln!(md, "# sockmesh interception benchmark\n");
+        let _ = writeln!(
+            md,
+            "- command: `{cmd}` ({} round(s), {} ms per run after {} ms warm-up; took {} s)",
+            opts.rounds,
+            opts.duration.as_millis(),
+            opts.warmup.as_millis(),
+            took.as_secs()
+        );
+        let _ = writeln!(
+            md,
+            "- kernel {kernel}, {} cores; sockmesh {}; {haproxy}",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            md,
+            "- latency is the full request round trip measured from the intended send time (no coordinated omission); medians over rounds, [min..max] of the per-round values"
+        );
+        let _ = writeln!(
+            md,
+            "- proxy CPU = utime+stime of the agent (haproxy in haproxy mode) per 1,000 requests. agent-explicit and the intercepted modes take the full mesh path: the agent's client role routes the Motan2 request to its own export port (server role), which forwards it to the provider (two Motan2 hops in one process); haproxy is one L4 hop"
+        );
+        for (m, why) in unavailable {
+            let _ = writeln!(md, "- mode `{}` not run: {why}", m.name());
+        }
+        let mut cases_json = BTreeMap::new();
+        for case in cases {
+            let _ = writeln!(md, "\n## {}\n", case.name);
+            let _ = writeln!(
+                md,
+                "| mode | p50 µs | p90 µs | p99 µs | p99.9 µs | req/s | errors | proxy CPU ms / 1k req | RSS MiB |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+            let mut modes_json = BTreeMap::new();
+            let per = |m: Mode| -> Vec<&Run> {
+                runs.iter()
+                    .filter(|r| r.mode == m && r.case == case.name)
+                    .collect()
+            };
+            for m in modes {
+                let rs = per(*m);
+                let col = |path: &[&str]| rs.iter().map(|r| r.get(path)).collect::<Vec<f64>>();
+                let cpu: Vec<f64> = rs
+                    .iter()
+                    .map(|r| {
+                        let n = r.get(&["requests"]);
+                        if n > 0.0 {
+                            r.proxy_cpu_s * 1e6 / n
+                        } else {
+                            f64::NAN
+                        }
+                    })
+                    .collect();
+                let p = |k: &str| {
+                    let v = col(&["latency_us", k]);
+                    let (lo, hi) = spread(&v);
+                    (median(v), lo, hi)
+                };
+                let (p50, p90, p99, p999) = (p("p50"), p("p90"), p("p99"), p("p999"));
+                let tput = median(col(&["throughput"]));
+                let errors: u64 = rs.iter().map(|r| r.errors()).sum();
+                let rss = rs.iter().map(|r| r.proxy_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+                let cpu_m = median(cpu.clone());
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} [{:.0}..{:.0}] | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+                    m.name(),
+                    p50.0,
+                    p50.1,
+                    p50.2,
+                    p90.0,
+                    p99.0,
+                    p999.0,
+                    tput,
+                    errors,
+                    if cpu_m.is_finite() && *m != Mode::Direct {
+                        format!("{cpu_m:.1}")
+                    } else {
+                        "-".into()
+                    },
+                    if *m == Mode::Direct {
+                        "-".to_string()
+                    } else {
+                        format!("{rss:.1}")
+                    }
+                );
+                modes_json.insert(m.name(), serde_json::json!({
+                    "p50_us": p50.0, "p50_min": p50.1, "p50_max": p50.2, "p90_us": p90.0, "p99_us": p99.0, "p999_us": p999.0,
+                    "throughput": tput, "errors": errors, "proxy_cpu_ms_per_1k": cpu_m, "proxy_rss_mib": rss,
+                    "rounds": rs.iter().map(|r| serde_json::json!({"round": r.round, "result": r.json, "proxy_cpu_s": r.proxy_cpu_s, "proxy_rss_kib": r.proxy_rss_kib})).collect::<Vec<_>>(),
+                }));
+            }
+            // Paired per-round differences against direct and haproxy at p50.
+            let paired = |a: Mode, b: Mode| -> Option<(f64, f64, f64)> {
+                let (ra, rb) = (per(a), per(b));
+                if ra.is_empty() || rb.is_empty() {
+                    return None;
+                }
+                let d: Vec<f64> = ra
+                    .iter()
+                    .filter_map(|x| {
+                        rb.iter()
+                            .find(|y| y.round == x.round)
+                            .map(|y| x.get(&["latency_us", "p50"]) - y.get(&["latency_us", "p50"]))
+                    })
+                    .collect();
+                let (lo, hi) = spread(&d);
+                Some((median(d), lo, hi))
+            };
+            let _ = writeln!(
+                md,
+                "\nPaired per-round p50 differences (median [min..max], µs):\n"
+            );
+            let mut diffs = BTreeMap::new();
+            for (a, b, label) in [
+                (
+                    Mode::AgentExplicit,
+                    Mode::Direct,
+                    "proxy overhead: agent-explicit - direct (client role + server role, two Motan2 hops)",
+                ),
+                (
+                    Mode::Haproxy,
+                    Mode::Direct,
+                    "haproxy hop: haproxy - direct (one L4 hop)",
+                ),
+                (
+                    Mode::AgentFilters,
+                    Mode::AgentExplicit,
+                    "default filter chain (accessLog, metrics): agent-filters - agent-explicit",
+                ),
+                (
+                    Mode::Iptables,
+                    Mode::AgentExplicit,
+                    "interception overhead: iptables - agent-explicit",
+                ),
+                (
+                    Mode::EbpfConnect,
+                    Mode::AgentExplicit,
+                    "interception overhead: ebpf-connect - agent-explicit",
+                ),
+                (
+                    Mode::EbpfSockmap,
+                    Mode::AgentExplicit,
+                    "interception overhead: ebpf-sockmap - agent-explicit",
+                ),
+                (
+                    Mode::Iptables,
+                    Mode::EbpfConnect,
+                    "iptables - ebpf-connect (netfilter rule cost)",
+                ),
+                (
+                    Mode::EbpfSockmap,
+                    Mode::EbpfConnect,
+                    "ebpf-sockmap - ebpf-connect (loopback bypass)",
+                ),
+            ] {
+                if let Some((m, lo, hi)) = paired(a, b) {
+                    let _ = writeln!(md, "- {label}: {m:+.1} [{lo:+.1}..{hi:+.1}]");
+                    diffs.insert(label, serde_json::json!({"median": m, "min": lo, "max": hi}));
+                }
+            }
+            // Ratios of the median paired differences.
+            let mut ratios = BTreeMap::new();
+            for (num, den, label) in [
+                (
+                    (Mode::AgentExplicit, Mode::Direct),
+                    (Mode::Haproxy, Mode::Direct),
+                    "proxy overhead ratio: (agent-explicit - direct) / (haproxy - direct)",
+                ),
+                (
+                    (Mode::Iptables, Mode::AgentExplicit),
+                    (Mode::EbpfConnect, Mode::AgentExplicit),
+                    "interception overhead ratio: (iptables - agent-explicit) / (ebpf-connect - agent-explicit)",
+                ),
+            ] {
+                if let (Some(n), Some(d)) = (paired(num.0, num.1), paired(den.0, den.1))
+                    && d.0.abs() > f64::EPSILON
+                {
+                    let r = n.0 / d.0;
+                    let _ = writeln!(md, "- {label}: {r:.2}");
+                    ratios.insert(label, r);
+                }
+            }
+            // The filter chain's cost relative to the same path without filters, per round.
+            let rel: Vec<f64> = per(Mode::AgentFilters)
+                .iter()
+                .filter_map(|x| {
+                    let y = per(Mode::AgentExplicit)
+                        .into_iter()
+                        .find(|y| y.round == x.round)?;
+                    let base = y.get(&["latency_us", "p50"]);
+                    (base > 0.0).then(|| 100.0 * (x.get(&["latency_us", "p50"]) / base - 1.0))
+                })
+                .collect();
+            if !rel.is_empty() {
+                let (lo, hi) = spread(&rel);
+                let m = median(rel);
+                let label =
+                    "default filter chain p50 cost: agent-filters / agent-explicit - 1, per round (%)";
+                let _ = writeln!(md, "- {label}: {m:+.1}% [{lo:+.1}..{hi:+.1}]");
+                diffs.insert(label, serde_json::json!({"median": m, "min": lo, "max": hi}));
+            }
+            diffs.insert("ratios", serde_json::json!(ratios));
+            cases_json.insert(case.name, serde_json::json!({
+                "rate": case.rate, "conns": case.conns, "payload": case.payload, "conn_per_request": case.conn_per_request,
+                "modes": modes_json, "paired_p50_diff_us": diffs,
+            }));
+        }
+        let json = serde_json::json!({
+            "command": cmd, "kernel": kernel, "haproxy": haproxy, "sockmesh": env!("CARGO_PKG_VERSION"),
+            "rounds": opts.rounds, "duration_ms": opts.duration.as_millis() as u64, "warmup_ms": opts.warmup.as_millis() as u64,
+            "unavailable_modes": unavailable.iter().map(|(m, w)| serde_json::json!({"mode": m.name(), "why": w})).collect::<Vec<_>>(),
+            "cases": cases_json,
+        });
+        Report { json, markdown: md }
+    }
+}
