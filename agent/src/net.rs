@@ -56,6 +56,11 @@ impl SocketFactory {
         self.mark
     }
 
+    /// Whether the sockets are made in another network namespace than the agent's.
+    pub fn in_other_namespace(&self) -> bool {
+        self.netns.is_some()
+    }
+
     /// Connect to `dst` within the factory's connect timeout.
     pub async fn connect(&self, dst: SocketAddr) -> Result<TcpStream> {
         self.connect_within(dst, self.connect_timeout).await
