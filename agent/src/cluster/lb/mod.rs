@@ -1,7 +1,8 @@
 //! Load balancers (4.5). A `Balancer` is built from a refer's endpoint list (and, with traffic
 //! control, group weights) and then only read: `select` picks one endpoint, `select_array` up to
-//! three for HA. Rebuild it when the endpoint list or the wrr weights change; the request path
-//! keeps the current one behind an `Arc` it swaps.
+//! three for HA. The cluster rebuilds it when the endpoint list changes; the request path keeps
+//! the current one behind an `Arc` it swaps. (Rebuilding when wrr weights change waits for the
+//! weight refresher, issue #20: see `Balancer::weights_changed`.)
 //!
 //! Every policy skips unavailable endpoints the way upstream does: when the chosen endpoint is
 //! unavailable, scan forward from a *second* random index (so a dead node's traffic spreads
@@ -232,8 +233,9 @@ impl Balancer {
         }
     }
 
-    /// For wrr: whether any endpoint's weight differs from the one this balancer was built with
-    /// (the caller checks every `weightRefreshPeriodSecond` and rebuilds).
+    /// For wrr: whether any endpoint's weight differs from the one this balancer was built with.
+    /// Not called yet: it is for the planned weight refresher (motan-go's
+    /// `weightRefreshPeriodSecond`, issue #20), which would check it every period and rebuild.
     pub fn weights_changed(&self) -> bool {
         let changed = |p: &Policy| match p {
             Policy::Wrr(w) => w.weights_changed(),
