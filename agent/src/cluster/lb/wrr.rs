@@ -189,8 +189,10 @@ mod tests {
         let c = count(&b, 6_000, None);
         assert!(!c.contains_key("127.0.0.3"));
         assert_eq!(c.values().sum::<usize>(), 6_000);
-        // Picks of .3's ring slots go elsewhere; the 10:20 ratio holds for the rest.
-        assert!(c["127.0.0.2"] > c["127.0.0.1"], "{c:?}");
+        // A ring of 1 + 2 + 3 slots (weights 10:20:30), each slot picked 1000 times: .1 and .2
+        // keep their own slots' picks, and .3's go to whichever follows a random start. (Which
+        // one gets more of those depends on the shuffle, so .2 > .1 is not guaranteed.)
+        assert!(c["127.0.0.1"] >= 1_000 && c["127.0.0.2"] >= 2_000, "{c:?}");
     }
 
     #[test]
