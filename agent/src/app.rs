@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::control::{AppState, LogReload, MeshShared, build_mesh, register_switchers, sockets};
+use crate::drain::{DRAIN_DEADLINE, Drain};
 use crate::filter::FilterShared;
 use crate::intercept::EbpfInterceptor;
 use crate::intercept::ebpf::mode_name;
@@ -29,9 +30,6 @@ pub struct RunOptions {
     /// A --log-level given on the command line wins over the configuration, also on reload.
     pub log_level_pinned: bool,
 }
-
-/// How long in-flight connections get to finish on shutdown.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Probe sk_msg redirect and pick what `auto` means on this kernel.
 fn kernel_selftest(allow_sockmap: bool) -> (Option<SelfTest>, Mode) {
@@ -80,8 +78,8 @@ async fn bind(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpListener> {
 
 /// Run the daemon until SIGINT/SIGTERM or an admin shutdown.
 pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
+    let drain = Drain::new();
+    let (shutdown, tasks) = (drain.token(), drain.tracker());
     let mut listeners = Vec::new();
 
     // Interception first: the self-test decides what `auto` means.
@@ -230,9 +228,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     // session anyway).
     state.mesh.load().unregister(None).await;
     tracing::info!("shutting down: no new connections; in-flight ones get {DRAIN_DEADLINE:?}");
-    shutdown.cancel();
-    tasks.close();
-    if tokio::time::timeout(DRAIN_DEADLINE, tasks.wait()).await.is_err() {
+    drain.signal();
+    if !drain.drained(DRAIN_DEADLINE).await {
         tracing::warn!("drain deadline passed with connections still open; closing them");
     }
     // Access lines of the last answered requests, before the log writer's final flush.
