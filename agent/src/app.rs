@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use sockmesh_common::Mode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::control::{AppState, LogReload, MeshShared, build_mesh, register_switchers, sockets};
@@ -17,6 +16,7 @@ use crate::filter::FilterShared;
 use crate::intercept::EbpfInterceptor;
 use crate::intercept::ebpf::mode_name;
 use crate::intercept::iptables::Iptables;
+use crate::intercept::netns::{self, NamespaceWatcher};
 use crate::intercept::selftest::{self, SelfTest};
 use crate::proxy::mesh::{ClientHandler, MeshHandle, ServerHandler};
 use crate::proxy::serve::{ServeStats, accept_loop};
@@ -203,7 +203,15 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         export_ports,
     });
     if state.intercept_error.is_none() {
-        tasks.spawn(watch_namespaces(state.clone(), proxy, tasks.clone()));
+        let (s, r) = (state.clone(), state.clone());
+        let watcher = NamespaceWatcher {
+            cgroups: Box::new(move || s.interceptor.lock().unwrap().as_ref().map(netns::enabled_cgroups)),
+            listen: config.transparent_addr(),
+            sockets: sockets(&config),
+            proxy,
+            report: Box::new(move |netns| *r.netns_listeners.lock().unwrap() = netns),
+        };
+        tasks.spawn(watcher.run(shutdown.clone(), tasks.clone()));
     }
     crate::admin::state_metrics::register(&state);
     tasks.spawn(crate::admin::serve(admin, state.clone(), shutdown.clone()));
@@ -237,90 +245,6 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     // Pinned interception stays attached; while no listener exists, apps connect directly.
     tracing::info!("stopped; interception stays pinned and fails open until the agent is back");
     Ok(())
-}
-
-/// Keep a transparent listener in every foreign network namespace that has processes in an
-/// intercepted cgroup (see intercept/netns.rs).
-async fn watch_namespaces(state: Arc<AppState>, proxy: Arc<TransparentProxy>, tasks: TaskTracker) {
-    use crate::intercept::netns;
-    let Some(own) = netns::netns_ino(std::process::id()) else {
-        return;
-    };
-    let (listen, upstream) = {
-        let cfg = state.config.read().unwrap();
-        (cfg.transparent_addr(), sockets(&cfg))
-    };
-    let mut active: std::collections::HashMap<u64, CancellationToken> = Default::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let cgroups: Vec<std::path::PathBuf> = {
-            let g = state.interceptor.lock().unwrap();
-            let Some(i) = g.as_ref() else { return };
-            let mount = i.cgroup_mount().to_path_buf();
-            i.status()
-                .unwrap_or_default()
-                .iter()
-                .filter(|c| c.mode != "off" && c.cgroup.starts_with('/'))
-                .map(|c| mount.join(c.cgroup.trim_start_matches('/')))
-                .collect()
-        };
-        let found = tokio::task::spawn_blocking(move || netns::foreign_namespaces(&cgroups, own))
-            .await
-            .unwrap_or_default();
-        for (ino, path) in &found {
-            if active.contains_key(ino) {
-                continue;
-            }
-            let p = path.clone();
-            match tokio::task::spawn_blocking(move || crate::net::NetnsSockets::start(&p, listen)).await {
-                Ok(Ok((sockets, std_listener))) => {
-                    let listener = match std_listener
-                        .set_nonblocking(true)
-                        .and_then(|_| TcpListener::from_std(std_listener))
-                    {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::warn!(
-                                netns = ino,
-                                "cannot use the listener made in network namespace: {e}"
-                            );
-                            continue;
-                        }
-                    };
-                    let token = state.shutdown.child_token();
-                    tasks.spawn(proxy.clone().run(
-                        listener,
-                        token.clone(),
-                        tasks.clone(),
-                        upstream.in_namespace(sockets),
-                    ));
-                    tracing::info!(netns = ino, via = %path.display(), %listen, "transparent listener opened in network namespace");
-                    active.insert(*ino, token);
-                }
-                Ok(Err(e)) => tracing::warn!(
-                    netns = ino,
-                    "no transparent listener in network namespace (connections there go direct): {e:#}"
-                ),
-                Err(e) => tracing::warn!("namespace watcher: {e}"),
-            }
-        }
-        active.retain(|ino, token| {
-            let keep = found.contains_key(ino);
-            if !keep {
-                token.cancel();
-                tracing::info!(
-                    netns = ino,
-                    "no intercepted processes left in network namespace; listener closed"
-                );
-            }
-            keep
-        });
-        *state.netns_listeners.lock().unwrap() = active.keys().copied().collect();
-    }
 }
 
 async fn wait_for_signal(state: &AppState) {
