@@ -56,6 +56,11 @@ impl SocketFactory {
         self.mark
     }
 
+    /// Whether the sockets are made inside another network namespace (`in_namespace`).
+    pub fn in_other_namespace(&self) -> bool {
+        self.netns.is_some()
+    }
+
     /// Connect to `dst` within the factory's connect timeout.
     pub async fn connect(&self, dst: SocketAddr) -> Result<TcpStream> {
         self.connect_within(dst, self.connect_timeout).await

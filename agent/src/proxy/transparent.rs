@@ -132,7 +132,7 @@ impl TransparentProxy {
             tracing::warn!(%peer, "original destination is the transparent listener itself; closing to avoid a loop");
             return;
         }
-        tracing::debug!(%peer, original_dst = %orig, "intercepted connection");
+        tracing::debug!(%peer, original_dst = %orig, other_netns = sockets.in_other_namespace(), "intercepted connection");
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.route_or_forward(conn, orig, peer, sockets).await;
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
