@@ -8,14 +8,15 @@ use anyhow::{Context, Result};
 use sockmesh_common::Mode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::control::{AppState, LogReload, MeshShared, build_mesh, register_switchers, sockets};
+use crate::drain::{DRAIN_DEADLINE, Drain};
 use crate::filter::FilterShared;
 use crate::intercept::EbpfInterceptor;
 use crate::intercept::ebpf::mode_name;
 use crate::intercept::iptables::Iptables;
+use crate::intercept::netns::{self, NamespaceWatcher};
 use crate::intercept::selftest::{self, SelfTest};
 use crate::proxy::mesh::{ClientHandler, MeshHandle, ServerHandler};
 use crate::proxy::serve::{ServeStats, accept_loop};
@@ -29,9 +30,6 @@ pub struct RunOptions {
     /// A --log-level given on the command line wins over the configuration, also on reload.
     pub log_level_pinned: bool,
 }
-
-/// How long in-flight connections get to finish on shutdown.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Probe sk_msg redirect and pick what `auto` means on this kernel.
 fn kernel_selftest(allow_sockmap: bool) -> (Option<SelfTest>, Mode) {
@@ -80,8 +78,8 @@ async fn bind(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpListener> {
 
 /// Run the daemon until SIGINT/SIGTERM or an admin shutdown.
 pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
+    let drain = Drain::new();
+    let (shutdown, tasks) = (drain.token(), drain.tracker());
     let mut listeners = Vec::new();
 
     // Interception first: the self-test decides what `auto` means.
@@ -205,7 +203,15 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         export_ports,
     });
     if state.intercept_error.is_none() {
-        tasks.spawn(watch_namespaces(state.clone(), proxy, tasks.clone()));
+        let (s, r) = (state.clone(), state.clone());
+        let watcher = NamespaceWatcher {
+            cgroups: Box::new(move || s.interceptor.lock().unwrap().as_ref().map(netns::enabled_cgroups)),
+            listen: config.transparent_addr(),
+            sockets: sockets(&config),
+            proxy,
+            report: Box::new(move |netns| *r.netns_listeners.lock().unwrap() = netns),
+        };
+        tasks.spawn(watcher.run(shutdown.clone(), tasks.clone()));
     }
     crate::admin::state_metrics::register(&state);
     tasks.spawn(crate::admin::serve(admin, state.clone(), shutdown.clone()));
@@ -230,9 +236,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     // session anyway).
     state.mesh.load().unregister(None).await;
     tracing::info!("shutting down: no new connections; in-flight ones get {DRAIN_DEADLINE:?}");
-    shutdown.cancel();
-    tasks.close();
-    if tokio::time::timeout(DRAIN_DEADLINE, tasks.wait()).await.is_err() {
+    drain.signal();
+    if !drain.drained(DRAIN_DEADLINE).await {
         tracing::warn!("drain deadline passed with connections still open; closing them");
     }
     // Access lines of the last answered requests, before the log writer's final flush.
@@ -240,90 +245,6 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     // Pinned interception stays attached; while no listener exists, apps connect directly.
     tracing::info!("stopped; interception stays pinned and fails open until the agent is back");
     Ok(())
-}
-
-/// Keep a transparent listener in every foreign network namespace that has processes in an
-/// intercepted cgroup (see intercept/netns.rs).
-async fn watch_namespaces(state: Arc<AppState>, proxy: Arc<TransparentProxy>, tasks: TaskTracker) {
-    use crate::intercept::netns;
-    let Some(own) = netns::netns_ino(std::process::id()) else {
-        return;
-    };
-    let (listen, upstream) = {
-        let cfg = state.config.read().unwrap();
-        (cfg.transparent_addr(), sockets(&cfg))
-    };
-    let mut active: std::collections::HashMap<u64, CancellationToken> = Default::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let cgroups: Vec<std::path::PathBuf> = {
-            let g = state.interceptor.lock().unwrap();
-            let Some(i) = g.as_ref() else { return };
-            let mount = i.cgroup_mount().to_path_buf();
-            i.status()
-                .unwrap_or_default()
-                .iter()
-                .filter(|c| c.mode != "off" && c.cgroup.starts_with('/'))
-                .map(|c| mount.join(c.cgroup.trim_start_matches('/')))
-                .collect()
-        };
-        let found = tokio::task::spawn_blocking(move || netns::foreign_namespaces(&cgroups, own))
-            .await
-            .unwrap_or_default();
-        for (ino, path) in &found {
-            if active.contains_key(ino) {
-                continue;
-            }
-            let p = path.clone();
-            match tokio::task::spawn_blocking(move || crate::net::NetnsSockets::start(&p, listen)).await {
-                Ok(Ok((sockets, std_listener))) => {
-                    let listener = match std_listener
-                        .set_nonblocking(true)
-                        .and_then(|_| TcpListener::from_std(std_listener))
-                    {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::warn!(
-                                netns = ino,
-                                "cannot use the listener made in network namespace: {e}"
-                            );
-                            continue;
-                        }
-                    };
-                    let token = state.shutdown.child_token();
-                    tasks.spawn(proxy.clone().run(
-                        listener,
-                        token.clone(),
-                        tasks.clone(),
-                        upstream.in_namespace(sockets),
-                    ));
-                    tracing::info!(netns = ino, via = %path.display(), %listen, "transparent listener opened in network namespace");
-                    active.insert(*ino, token);
-                }
-                Ok(Err(e)) => tracing::warn!(
-                    netns = ino,
-                    "no transparent listener in network namespace (connections there go direct): {e:#}"
-                ),
-                Err(e) => tracing::warn!("namespace watcher: {e}"),
-            }
-        }
-        active.retain(|ino, token| {
-            let keep = found.contains_key(ino);
-            if !keep {
-                token.cancel();
-                tracing::info!(
-                    netns = ino,
-                    "no intercepted processes left in network namespace; listener closed"
-                );
-            }
-            keep
-        });
-        *state.netns_listeners.lock().unwrap() = active.keys().copied().collect();
-    }
 }
 
 async fn wait_for_signal(state: &AppState) {

@@ -74,21 +74,6 @@ pub fn display_rel(mount: &Path, full: &Path) -> String {
     }
 }
 
-/// The cgroup (v2) of a process, as an absolute directory under `mount`.
-pub fn of_pid(mount: &Path, pid: u32) -> Result<PathBuf> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let rel = s
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .context("process has no cgroup v2 entry")?;
-    Ok(mount.join(rel.trim_start_matches('/')))
-}
-
-/// Move a process into a cgroup.
-pub fn add_pid(cg: &Path, pid: u32) -> io::Result<()> {
-    std::fs::write(cg.join("cgroup.procs"), pid.to_string())
-}
-
 /// A child cgroup that is removed on drop (processes still inside are moved to the parent
 /// first), so probes and tests never leave one behind.
 pub struct ChildCgroup {

@@ -10,6 +10,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod drain;
 pub mod filter;
 pub mod install;
 pub mod intercept;

@@ -56,7 +56,7 @@ impl SocketFactory {
         self.mark
     }
 
-    /// Whether the sockets are made in another network namespace than the agent's.
+    /// Whether the sockets are made inside another network namespace (`in_namespace`).
     pub fn in_other_namespace(&self) -> bool {
         self.netns.is_some()
     }

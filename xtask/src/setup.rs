@@ -8,7 +8,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::{Step, project_root};
 
-/// bpf-linker release verified on these machines (see docs/platform.md).
+/// bpf-linker release verified on these machines, built against the nightly's LLVM 22 (its default
+/// feature is `llvm-23`, so `ensure_bpf_linker` picks the feature from the nightly's LLVM major).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests and benchmarks use, each with a file that proves it is installed.

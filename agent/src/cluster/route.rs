@@ -15,15 +15,6 @@ pub struct RouteRequest<'a> {
     pub proxy_protocol: &'a str,
 }
 
-/// Where a request goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RouteTarget {
-    /// Index into the refers the table was built from.
-    Refer(usize),
-    /// Index into the `http-client` clusters: `M_p` named no refer but equals their `domain`.
-    HttpCluster(usize),
-}
-
 /// Why no cluster was found. `Display` is upstream's inner text; the client receives
 /// `to_call_error()`: errcode 400, errtype 1, "cluster not found. cluster: <text>".
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,28 +69,17 @@ impl RouteError {
 pub struct RouteTable {
     refers: Vec<Url>,
     by_path: HashMap<String, Vec<usize>>,
-    http_by_domain: HashMap<String, usize>,
 }
 
 impl RouteTable {
     /// `refers` in the order routing should prefer them when several match (upstream's order is
-    /// undefined; we keep the given one). `http_clients` are matched by their `domain`.
-    pub fn new(refers: Vec<Url>, http_clients: &[Url]) -> RouteTable {
+    /// undefined; we keep the given one).
+    pub fn new(refers: Vec<Url>) -> RouteTable {
         let mut by_path: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, r) in refers.iter().enumerate() {
             by_path.entry(r.path.clone()).or_default().push(i);
         }
-        let mut http_by_domain = HashMap::new();
-        for (i, h) in http_clients.iter().enumerate() {
-            if let Some(d) = h.param(keys::DOMAIN) {
-                http_by_domain.entry(d.to_string()).or_insert(i);
-            }
-        }
-        RouteTable {
-            refers,
-            by_path,
-            http_by_domain,
-        }
+        RouteTable { refers, by_path }
     }
 
     pub fn refers(&self) -> &[Url] {
@@ -108,18 +88,9 @@ impl RouteTable {
 
     /// 4.3 step 2: one refer with the path → it, whatever `M_g` says; several → `M_g` is
     /// required and the first refer matching group, protocol (`M_pp`) and version (`M_v`) wins.
-    /// When that fails, an `http-client` cluster whose domain equals `M_p` serves the request.
-    pub fn route(&self, req: &RouteRequest<'_>) -> Result<RouteTarget, RouteError> {
-        match self.route_refer(req) {
-            Ok(i) => Ok(RouteTarget::Refer(i)),
-            Err(e) => match self.http_by_domain.get(req.service) {
-                Some(&i) => Ok(RouteTarget::HttpCluster(i)),
-                None => Err(e),
-            },
-        }
-    }
-
-    fn route_refer(&self, req: &RouteRequest<'_>) -> Result<usize, RouteError> {
+    /// The answer is an index into the refers the table was built from. (`http-client`
+    /// clusters, which upstream tries next by `domain`, do not exist in sockmesh.)
+    pub fn route(&self, req: &RouteRequest<'_>) -> Result<usize, RouteError> {
         if req.service.is_empty() {
             return Err(RouteError::EmptyService);
         }
@@ -196,25 +167,19 @@ mod tests {
     }
 
     fn table() -> RouteTable {
-        RouteTable::new(
-            vec![
-                refer("com.a.Hello", "g1", "motan2"),
-                refer("com.a.Multi", "g1", "motan2").with_param("version", "1.0"),
-                refer("com.a.Multi", "g2", "motan2"),
-                refer("com.a.Multi", "g3", "grpc"),
-            ],
-            &[Url::new("http", "", 0, "", "").with_param("domain", "api.a.com")],
-        )
+        RouteTable::new(vec![
+            refer("com.a.Hello", "g1", "motan2"),
+            refer("com.a.Multi", "g1", "motan2").with_param("version", "1.0"),
+            refer("com.a.Multi", "g2", "motan2"),
+            refer("com.a.Multi", "g3", "grpc"),
+        ])
     }
 
     #[test]
     fn single_refer_ignores_group() {
         let t = table();
-        assert_eq!(t.route(&req("com.a.Hello", "")), Ok(RouteTarget::Refer(0)));
-        assert_eq!(
-            t.route(&req("com.a.Hello", "whatever")),
-            Ok(RouteTarget::Refer(0))
-        );
+        assert_eq!(t.route(&req("com.a.Hello", "")), Ok(0));
+        assert_eq!(t.route(&req("com.a.Hello", "whatever")), Ok(0));
     }
 
     #[test]
@@ -225,7 +190,7 @@ mod tests {
             e.to_call_error().message,
             "cluster not found. cluster: multiple clusters are matched with service: com.a.Multi, but the group is empty"
         );
-        assert_eq!(t.route(&req("com.a.Multi", "g2")), Ok(RouteTarget::Refer(2)));
+        assert_eq!(t.route(&req("com.a.Multi", "g2")), Ok(2));
         let e = t.route(&req("com.a.Multi", "g9")).unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -242,16 +207,12 @@ mod tests {
             version,
             proxy_protocol,
         };
-        assert_eq!(t.route(&r("g1", "motan", "")), Ok(RouteTarget::Refer(1)));
-        assert_eq!(t.route(&r("g1", "motan2", "1.0")), Ok(RouteTarget::Refer(1)));
+        assert_eq!(t.route(&r("g1", "motan", "")), Ok(1));
+        assert_eq!(t.route(&r("g1", "motan2", "1.0")), Ok(1));
         assert!(t.route(&r("g1", "motan2", "2.0")).is_err());
         assert!(t.route(&r("g1", "grpc", "")).is_err());
-        assert_eq!(
-            t.route(&r("g2", "motan2", "7.7")),
-            Ok(RouteTarget::Refer(2)),
-            "refer has no version"
-        );
-        assert_eq!(t.route(&r("g3", "grpc", "")), Ok(RouteTarget::Refer(3)));
+        assert_eq!(t.route(&r("g2", "motan2", "7.7")), Ok(2), "refer has no version");
+        assert_eq!(t.route(&r("g3", "grpc", "")), Ok(3));
         assert_eq!(
             t.route(&r("g3", "motan2", "")).unwrap_err().to_string(),
             "no cluster matches the request; info: {service: com.a.Multi, group: g3, protocol: motan2, version: }"
@@ -273,12 +234,6 @@ mod tests {
             ce.message,
             "cluster not found. cluster: cluster not found. service: com.a.Nope"
         );
-    }
-
-    #[test]
-    fn http_cluster_by_domain() {
-        let t = table();
-        assert_eq!(t.route(&req("api.a.com", "")), Ok(RouteTarget::HttpCluster(0)));
     }
 
     #[test]

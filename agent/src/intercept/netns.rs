@@ -7,10 +7,25 @@
 //! A namespace gets its listener within one watcher period of its first process appearing in an
 //! enabled cgroup; until then the connect hook finds no listener there and lets connections go
 //! direct (fail-open), so nothing breaks in between. The namespace thread that binds the
-//! listener and makes the sockets is `crate::net::NetnsSockets`.
+//! listener and makes the sockets is `crate::net::NetnsSockets`; `NamespaceWatcher` keeps the
+//! listeners.
 use std::collections::HashMap;
+use std::net::SocketAddrV4;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::EbpfInterceptor;
+use crate::net::{NetnsSockets, SocketFactory};
+use crate::proxy::transparent::TransparentProxy;
+
+/// How often the watcher looks for namespaces that got or lost intercepted processes.
+const WATCH_PERIOD: Duration = Duration::from_millis(500);
 
 /// The network namespace inode of a process (`/proc/PID/ns/net`).
 pub fn netns_ino(pid: u32) -> Option<u64> {
@@ -54,4 +69,104 @@ pub fn foreign_namespaces(cgroups: &[PathBuf], own: u64) -> HashMap<u64, PathBuf
         }
     }
     found
+}
+
+/// The cgroups interception is enabled for (mode not `off`), as directories under the cgroup2
+/// mount.
+pub fn enabled_cgroups(interceptor: &EbpfInterceptor) -> Vec<PathBuf> {
+    let mount = interceptor.cgroup_mount().to_path_buf();
+    interceptor
+        .status()
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c.mode != "off" && c.cgroup.starts_with('/'))
+        .map(|c| mount.join(c.cgroup.trim_start_matches('/')))
+        .collect()
+}
+
+/// Keeps a transparent listener in every foreign network namespace that has processes in an
+/// intercepted cgroup, and closes it when the last one is gone.
+pub struct NamespaceWatcher {
+    /// The cgroups to look in (see `enabled_cgroups`); `None` once interception is gone, which
+    /// ends the watcher.
+    pub cgroups: Box<dyn Fn() -> Option<Vec<PathBuf>> + Send + Sync>,
+    /// The transparent listener's address, bound inside each namespace.
+    pub listen: SocketAddrV4,
+    /// The agent's socket factory; each namespace's listener gets a copy that makes its
+    /// upstream sockets inside that namespace.
+    pub sockets: SocketFactory,
+    pub proxy: Arc<TransparentProxy>,
+    /// Told the namespaces (inodes) that have a listener, after every pass (for status).
+    pub report: Box<dyn Fn(Vec<u64>) + Send + Sync>,
+}
+
+impl NamespaceWatcher {
+    /// Watch until `shutdown`; the listeners and their connections are tracked by `tasks`.
+    pub async fn run(self, shutdown: CancellationToken, tasks: TaskTracker) {
+        let Some(own) = netns_ino(std::process::id()) else {
+            return;
+        };
+        let listen = self.listen;
+        let mut active: HashMap<u64, CancellationToken> = Default::default();
+        let mut tick = tokio::time::interval(WATCH_PERIOD);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(cgroups) = (self.cgroups)() else { return };
+            let found = tokio::task::spawn_blocking(move || foreign_namespaces(&cgroups, own))
+                .await
+                .unwrap_or_default();
+            for (ino, path) in &found {
+                if active.contains_key(ino) {
+                    continue;
+                }
+                let p = path.clone();
+                match tokio::task::spawn_blocking(move || NetnsSockets::start(&p, listen)).await {
+                    Ok(Ok((sockets, std_listener))) => {
+                        let listener = match std_listener
+                            .set_nonblocking(true)
+                            .and_then(|_| TcpListener::from_std(std_listener))
+                        {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::warn!(
+                                    netns = ino,
+                                    "cannot use the listener made in network namespace: {e}"
+                                );
+                                continue;
+                            }
+                        };
+                        let token = shutdown.child_token();
+                        tasks.spawn(self.proxy.clone().run(
+                            listener,
+                            token.clone(),
+                            tasks.clone(),
+                            self.sockets.in_namespace(sockets),
+                        ));
+                        tracing::info!(netns = ino, via = %path.display(), %listen, "transparent listener opened in network namespace");
+                        active.insert(*ino, token);
+                    }
+                    Ok(Err(e)) => tracing::warn!(
+                        netns = ino,
+                        "no transparent listener in network namespace (connections there go direct): {e:#}"
+                    ),
+                    Err(e) => tracing::warn!("namespace watcher: {e}"),
+                }
+            }
+            active.retain(|ino, token| {
+                let keep = found.contains_key(ino);
+                if !keep {
+                    token.cancel();
+                    tracing::info!(
+                        netns = ino,
+                        "no intercepted processes left in network namespace; listener closed"
+                    );
+                }
+                keep
+            });
+            (self.report)(active.keys().copied().collect());
+        }
+    }
 }

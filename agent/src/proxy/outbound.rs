@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::cluster::Cluster;
-use crate::cluster::route::{RouteRequest, RouteTable, RouteTarget, request_defaults};
+use crate::cluster::route::{RouteRequest, RouteTable, request_defaults};
 use crate::filter::{CallInfo, FilterChain, Role};
 use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
 use crate::protocol::motan2::frame::FLAG_PROXY;
@@ -37,7 +37,7 @@ impl Router {
     pub fn new(refers: Vec<Refer>) -> Router {
         let urls = refers.iter().map(|r| (*r.cluster.refer).clone()).collect();
         Router {
-            table: RouteTable::new(urls, &[]),
+            table: RouteTable::new(urls),
             refers,
         }
     }
@@ -59,11 +59,7 @@ impl Router {
             proxy_protocol: m.get(keys::PROXY_PROTOCOL).unwrap_or(""),
         };
         match self.table.route(&r) {
-            Ok(RouteTarget::Refer(i)) => Ok(&self.refers[i]),
-            Ok(RouteTarget::HttpCluster(_)) => Err(CallError::service(
-                400,
-                "http-client clusters are not supported by sockmesh",
-            )),
+            Ok(i) => Ok(&self.refers[i]),
             Err(e) => Err(e.to_call_error()),
         }
     }

@@ -1,20 +1,30 @@
 //! Load balancers (4.5). A `Balancer` is built from a refer's endpoint list (and, with traffic
 //! control, group weights) and then only read: `select` picks one endpoint, `select_array` up to
-//! three for HA. Rebuild it when the endpoint list or the wrr weights change; the request path
-//! keeps the current one behind an `Arc` it swaps.
+//! three for HA. The cluster rebuilds it when the endpoint list changes; the request path keeps
+//! the current one behind an `Arc` it swaps. (Rebuilding when wrr weights change waits for the
+//! weight refresher, issue #20: see `Balancer::weights_changed`.)
 //!
 //! Every policy skips unavailable endpoints the way upstream does: when the chosen endpoint is
 //! unavailable, scan forward from a *second* random index (so a dead node's traffic spreads
 //! over all others instead of landing on its neighbour). No available endpoint → `None`, which
 //! HA turns into errcode 1001.
+mod consistent_hash;
+mod least_active;
+mod random;
+mod roundrobin;
+mod wrr;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-
-use xxhash_rust::xxh64::xxh64;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::endpoint::Endpoint;
 use crate::url::{Url, keys};
+use consistent_hash::{HashBalancer, HashCarry};
+use least_active::LeastActive;
+use random::Random;
+use roundrobin::RoundRobin;
+use wrr::Wrr;
 
 /// Most endpoints `select_array` returns.
 pub const MAX_SELECT_ARRAY_SIZE: usize = 3;
@@ -232,8 +242,9 @@ impl Balancer {
         }
     }
 
-    /// For wrr: whether any endpoint's weight differs from the one this balancer was built with
-    /// (the caller checks every `weightRefreshPeriodSecond` and rebuilds).
+    /// For wrr: whether any endpoint's weight differs from the one this balancer was built with.
+    /// Not called yet: it is for the planned weight refresher (motan-go's
+    /// `weightRefreshPeriodSecond`, issue #20), which would check it every period and rebuild.
     pub fn weights_changed(&self) -> bool {
         let changed = |p: &Policy| match p {
             Policy::Wrr(w) => w.weights_changed(),
@@ -273,89 +284,50 @@ fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// One balancing policy over a fixed endpoint list; whatever state it keeps (a counter, a
+/// ring) is its own. It never returns an unavailable endpoint.
+trait Select {
+    fn select(&self, req: &LbRequest<'_>) -> Option<Arc<Endpoint>>;
+    /// Up to `MAX_SELECT_ARRAY_SIZE` distinct available endpoints, for HA.
+    fn select_array(&self, req: &LbRequest<'_>) -> Vec<Arc<Endpoint>>;
+}
+
 #[derive(Debug)]
 enum Policy {
-    Random(Vec<Arc<Endpoint>>),
-    RoundRobin {
-        eps: Vec<Arc<Endpoint>>,
-        next: AtomicUsize,
-    },
+    Random(Random),
+    RoundRobin(RoundRobin),
     Wrr(Wrr),
     Hash(Box<HashBalancer>),
-    LeastActive(Vec<Arc<Endpoint>>),
+    LeastActive(LeastActive),
 }
 
 impl Policy {
     fn build(config: &LbConfig, eps: Vec<Arc<Endpoint>>, previous: Option<HashCarry>) -> Policy {
         match config.kind {
-            LbKind::Random => Policy::Random(eps),
-            LbKind::RoundRobin => Policy::RoundRobin {
-                eps,
-                next: AtomicUsize::new(0),
-            },
+            LbKind::Random => Policy::Random(Random::new(eps)),
+            LbKind::RoundRobin => Policy::RoundRobin(RoundRobin::new(eps)),
             LbKind::WeightedRoundRobin => Policy::Wrr(Wrr::new(eps)),
             LbKind::ConsistentHashKey => Policy::Hash(Box::new(HashBalancer::new(config, eps, previous))),
-            LbKind::LeastActive => Policy::LeastActive(eps),
+            LbKind::LeastActive => Policy::LeastActive(LeastActive::new(eps)),
+        }
+    }
+
+    fn get(&self) -> &dyn Select {
+        match self {
+            Policy::Random(p) => p,
+            Policy::RoundRobin(p) => p,
+            Policy::Wrr(p) => p,
+            Policy::Hash(p) => p.as_ref(),
+            Policy::LeastActive(p) => p,
         }
     }
 
     fn select(&self, req: &LbRequest<'_>) -> Option<Arc<Endpoint>> {
-        match self {
-            Policy::Random(eps) => select_one_at_random(eps).map(|i| eps[i].clone()),
-            Policy::RoundRobin { eps, next } => round_robin(eps, next).map(|i| eps[i].clone()),
-            Policy::Wrr(w) => w.select(),
-            Policy::Hash(h) => h.select(req),
-            Policy::LeastActive(eps) => least_active(eps),
-        }
+        self.get().select(req)
     }
 
     fn select_array(&self, req: &LbRequest<'_>) -> Vec<Arc<Endpoint>> {
-        match self {
-            Policy::Random(eps) => select_one_at_random(eps)
-                .map(|i| select_array_from(eps, i))
-                .unwrap_or_default(),
-            Policy::RoundRobin { eps, next } => round_robin(eps, next)
-                .map(|i| select_array_from(eps, i))
-                .unwrap_or_default(),
-            // Upstream's wrr has no array selection; HA only uses `select` anyway.
-            Policy::Wrr(_) => Vec::new(),
-            Policy::Hash(h) => h.select_array(req),
-            Policy::LeastActive(eps) => {
-                let mut v = least_active_order(eps);
-                v.truncate(MAX_SELECT_ARRAY_SIZE);
-                v
-            }
-        }
-    }
-}
-
-/// Random index; if unavailable, scan forward from a second random index.
-fn select_one_at_random(eps: &[Arc<Endpoint>]) -> Option<usize> {
-    if eps.is_empty() {
-        return None;
-    }
-    let n = eps.len();
-    let i = fastrand::usize(..n);
-    if eps[i].is_available() {
-        return Some(i);
-    }
-    scan_available(eps, fastrand::usize(..n))
-}
-
-fn scan_available(eps: &[Arc<Endpoint>], from: usize) -> Option<usize> {
-    let n = eps.len();
-    (0..n).map(|k| (from + k) % n).find(|&j| eps[j].is_available())
-}
-
-fn round_robin(eps: &[Arc<Endpoint>], next: &AtomicUsize) -> Option<usize> {
-    if eps.is_empty() {
-        return None;
-    }
-    let i = next.fetch_add(1, Ordering::Relaxed) % eps.len();
-    if eps[i].is_available() {
-        Some(i)
-    } else {
-        select_one_at_random(eps)
+        self.get().select_array(req)
     }
 }
 
@@ -370,379 +342,11 @@ fn select_array_from(eps: &[Arc<Endpoint>], from: usize) -> Vec<Arc<Endpoint>> {
         .collect()
 }
 
-/// The available endpoint with the fewest requests in flight; ties broken uniformly at random
-/// (reservoir sampling over the tied ones).
-fn least_active(eps: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
-    let mut best: Option<(usize, &Arc<Endpoint>)> = None;
-    let mut ties = 0u32;
-    for e in eps.iter().filter(|e| e.is_available()) {
-        let a = e.active();
-        match best {
-            Some((b, _)) if a > b => {}
-            Some((b, _)) if a == b => {
-                ties += 1;
-                if fastrand::u32(..ties) == 0 {
-                    best = Some((a, e));
-                }
-            }
-            _ => {
-                best = Some((a, e));
-                ties = 1;
-            }
-        }
-    }
-    best.map(|(_, e)| e.clone())
-}
-
-/// Available endpoints by ascending in-flight count; equal counts in random order (the scan
-/// starts at a random offset and the sort is stable).
-fn least_active_order(eps: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
-    if eps.is_empty() {
-        return Vec::new();
-    }
-    let n = eps.len();
-    let start = fastrand::usize(..n);
-    let mut v: Vec<(usize, Arc<Endpoint>)> = (0..n)
-        .map(|k| &eps[(start + k) % n])
-        .filter(|e| e.is_available())
-        .map(|e| (e.active(), e.clone()))
-        .collect();
-    v.sort_by_key(|(a, _)| *a);
-    v.into_iter().map(|(_, e)| e).collect()
-}
-
-// ---- weighted round robin ------------------------------------------------------------------
-
-/// Precomputed ring is used up to this many endpoints and this total (divided) weight.
-const WRR_RING_MAX_ENDPOINTS: usize = 256;
-const WRR_RING_MAX_TOTAL: u32 = 256 * 20;
-const SWRR_WINDOW: usize = 50;
-
-#[derive(Debug)]
-struct Wrr {
-    eps: Vec<Arc<Endpoint>>,
-    /// Weights as read at build time (before GCD division), to detect changes.
-    built_weights: Vec<u32>,
-    selector: WrrSelector,
-}
-
-#[derive(Debug)]
-enum WrrSelector {
-    /// All weights equal: plain round robin.
-    RoundRobin(AtomicUsize),
-    /// Shuffled ring of endpoint indexes, each repeated weight/gcd times.
-    Ring { ring: Vec<u8>, next: AtomicUsize },
-    /// Many endpoints or large weights: nginx's smooth weighted round robin over a window that
-    /// slides by `window` per pick (upstream's SlidingWindowWeightedRoundRobinSelector).
-    SlidingWindow {
-        weights: Vec<i64>,
-        current: Vec<AtomicI64>,
-        window: usize,
-        next: AtomicUsize,
-    },
-}
-
-impl Wrr {
-    fn new(eps: Vec<Arc<Endpoint>>) -> Wrr {
-        let built_weights: Vec<u32> = eps.iter().map(|e| e.weight()).collect();
-        let selector = Self::selector(&built_weights);
-        Wrr {
-            eps,
-            built_weights,
-            selector,
-        }
-    }
-
-    fn selector(raw: &[u32]) -> WrrSelector {
-        if raw.windows(2).all(|w| w[0] == w[1]) {
-            return WrrSelector::RoundRobin(AtomicUsize::new(0));
-        }
-        let g = raw.iter().copied().fold(0, gcd).max(1);
-        let weights: Vec<u32> = raw.iter().map(|w| w / g).collect();
-        let total: u32 = weights.iter().sum();
-        if weights.len() <= WRR_RING_MAX_ENDPOINTS && total <= WRR_RING_MAX_TOTAL {
-            let mut ring = Vec::with_capacity(total as usize);
-            for (i, w) in weights.iter().enumerate() {
-                ring.extend(std::iter::repeat_n(i as u8, *w as usize));
-            }
-            fastrand::shuffle(&mut ring);
-            return WrrSelector::Ring {
-                ring,
-                next: AtomicUsize::new(0),
-            };
-        }
-        let n = weights.len();
-        let mut window = n.min(SWRR_WINDOW);
-        if n > SWRR_WINDOW {
-            // A window that does not divide n makes its start drift over all endpoints.
-            while n.is_multiple_of(window) {
-                window -= 1;
-            }
-        }
-        WrrSelector::SlidingWindow {
-            weights: weights.iter().map(|&w| i64::from(w)).collect(),
-            current: (0..n).map(|_| AtomicI64::new(0)).collect(),
-            window,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    fn weights_changed(&self) -> bool {
-        self.eps
-            .iter()
-            .zip(&self.built_weights)
-            .any(|(e, w)| e.weight() != *w)
-    }
-
-    fn select(&self) -> Option<Arc<Endpoint>> {
-        let eps = &self.eps;
-        if eps.is_empty() {
-            return None;
-        }
-        match &self.selector {
-            WrrSelector::RoundRobin(next) => {
-                let i = next.fetch_add(1, Ordering::Relaxed) % eps.len();
-                if eps[i].is_available() {
-                    return Some(eps[i].clone());
-                }
-                scan_available(eps, fastrand::usize(..eps.len())).map(|i| eps[i].clone())
-            }
-            WrrSelector::Ring { ring, next } => {
-                let ep = &eps[ring[next.fetch_add(1, Ordering::Relaxed) % ring.len()] as usize];
-                if ep.is_available() {
-                    return Some(ep.clone());
-                }
-                let start = fastrand::usize(..ring.len());
-                (0..ring.len())
-                    .map(|k| &eps[ring[(start + k) % ring.len()] as usize])
-                    .find(|e| e.is_available())
-                    .cloned()
-            }
-            WrrSelector::SlidingWindow {
-                weights,
-                current,
-                window,
-                next,
-            } => {
-                let n = eps.len();
-                let start = next.fetch_add(*window, Ordering::Relaxed);
-                let mut total = 0;
-                let mut best: Option<(i64, usize)> = None;
-                for k in 0..*window {
-                    let i = (start + k) % n;
-                    if !eps[i].is_available() {
-                        continue;
-                    }
-                    let cur = current[i].fetch_add(weights[i], Ordering::Relaxed) + weights[i];
-                    total += weights[i];
-                    if best.is_none_or(|(b, _)| cur > b) {
-                        best = Some((cur, i));
-                    }
-                }
-                if let Some((_, i)) = best {
-                    current[i].fetch_sub(total, Ordering::Relaxed);
-                    if eps[i].is_available() {
-                        return Some(eps[i].clone());
-                    }
-                }
-                let from = start + fastrand::usize(..*window);
-                (1..n)
-                    .map(|k| &eps[(from + k) % n])
-                    .find(|e| e.is_available())
-                    .cloned()
-            }
-        }
-    }
-}
-
-// ---- consistent hash -----------------------------------------------------------------------
-
-const HASH_PART_ADDEND: usize = 271;
-const HASH_REPLICA_SMALL: usize = 20;
-const HASH_REPLICA_LARGE: usize = 10;
-const HASH_BUILD_TRIES: usize = 20;
-
-/// What a rebuild keeps from the previous consistent-hash balancer.
-#[derive(Clone, Copy, Debug)]
-struct HashCarry {
-    part_size: usize,
-    load: f64,
-    replica: usize,
-}
-
-/// Consistent hashing with bounded loads over a fixed number of partitions, the algorithm of
-/// buraksezer/consistent v0.10.0 that motan-go uses, with xxhash64: members (`host:port`) get
-/// `replica` points `xxh64("<member><i>")` on a ring; partition p (hash of its id as 8 bytes
-/// little-endian) goes to the first member clockwise whose load is below
-/// ceil((partitions / members) × load); a key lives in partition `xxh64(key) % partitions`.
-/// Same inputs give the same placement as upstream, so keys land where motan-go puts them.
-#[derive(Debug)]
-struct HashBalancer {
-    eps: Vec<Arc<Endpoint>>,
-    ring: Option<HashRing>,
-    carry: HashCarry,
-}
-
-#[derive(Debug)]
-struct HashRing {
-    /// Owner (index into `members`) of each partition.
-    owners: Vec<usize>,
-    /// Distinct members: endpoint index per member.
-    members: Vec<usize>,
-    /// Members sorted by `xxh64(name)` with their position, for "closest N" (replicas).
-    by_name_hash: Vec<(u64, usize)>,
-}
-
-impl HashBalancer {
-    fn new(config: &LbConfig, eps: Vec<Arc<Endpoint>>, previous: Option<HashCarry>) -> HashBalancer {
-        let n = eps.len();
-        let part_size = previous.map(|p| p.part_size).unwrap_or(config.hash_part_size);
-        let part_size = if part_size < n * 2 {
-            n * 5 + HASH_PART_ADDEND
-        } else {
-            part_size
-        };
-        let load = previous.map(|p| p.load).unwrap_or(config.hash_load);
-        let replica = match previous.map(|p| p.replica).unwrap_or(config.hash_replica) {
-            0 if n < 100 => HASH_REPLICA_SMALL,
-            0 => HASH_REPLICA_LARGE,
-            r => r,
-        };
-        let mut carry = HashCarry {
-            part_size,
-            load,
-            replica,
-        };
-        let ring = if n <= 1 {
-            None
-        } else {
-            // Raise the load until every partition finds room (upstream: 20 tries, +0.1 each).
-            (0..=HASH_BUILD_TRIES).find_map(|k| {
-                let l = load + 0.1 * k as f64;
-                HashRing::build(&eps, part_size, replica, l).inspect(|_| carry.load = l)
-            })
-        };
-        if n > 1 && ring.is_none() {
-            tracing::error!(
-                endpoints = n,
-                part_size,
-                "consistent hash ring could not be built; selecting at random"
-            );
-        }
-        HashBalancer { eps, ring, carry }
-    }
-
-    fn carry(&self) -> HashCarry {
-        self.carry
-    }
-
-    fn owner(&self, key: &str) -> Option<&Arc<Endpoint>> {
-        let ring = self.ring.as_ref()?;
-        let part = (xxh64(key.as_bytes(), 0) % ring.owners.len() as u64) as usize;
-        Some(&self.eps[ring.members[ring.owners[part]]])
-    }
-
-    fn select(&self, req: &LbRequest<'_>) -> Option<Arc<Endpoint>> {
-        if self.eps.len() == 1 {
-            // Upstream returns the only endpoint even when it is unavailable; we do not.
-            return self.eps.first().filter(|e| e.is_available()).cloned();
-        }
-        if let Some(ep) = req.hash_key.filter(|k| !k.is_empty()).and_then(|k| self.owner(k))
-            && ep.is_available()
-        {
-            return Some(ep.clone());
-        }
-        select_one_at_random(&self.eps).map(|i| self.eps[i].clone())
-    }
-
-    fn select_array(&self, req: &LbRequest<'_>) -> Vec<Arc<Endpoint>> {
-        if self.eps.is_empty() {
-            return Vec::new();
-        }
-        if self.eps.len() > MAX_SELECT_ARRAY_SIZE
-            && let (Some(key), Some(ring)) = (req.hash_key.filter(|k| !k.is_empty()), &self.ring)
-            && ring.members.len() >= MAX_SELECT_ARRAY_SIZE
-        {
-            let part = (xxh64(key.as_bytes(), 0) % ring.owners.len() as u64) as usize;
-            let owner = ring.owners[part];
-            let at = ring
-                .by_name_hash
-                .iter()
-                .position(|(_, m)| *m == owner)
-                .unwrap_or(0);
-            let len = ring.by_name_hash.len();
-            return (0..MAX_SELECT_ARRAY_SIZE)
-                .map(|k| &self.eps[ring.members[ring.by_name_hash[(at + k) % len].1]])
-                .filter(|e| e.is_available())
-                .cloned()
-                .collect();
-        }
-        select_array_from(&self.eps, fastrand::usize(..self.eps.len()))
-    }
-}
-
-impl HashRing {
-    fn build(eps: &[Arc<Endpoint>], part_count: usize, replica: usize, load: f64) -> Option<HashRing> {
-        // Members are distinct addresses; a duplicate address keeps its first endpoint.
-        let mut members: Vec<usize> = Vec::new();
-        let mut seen: HashMap<&str, ()> = HashMap::new();
-        for (i, e) in eps.iter().enumerate() {
-            if seen.insert(e.address(), ()).is_none() {
-                members.push(i);
-            }
-        }
-        let mut points: Vec<(u64, usize)> = Vec::with_capacity(members.len() * replica);
-        for (m, &i) in members.iter().enumerate() {
-            for r in 0..replica {
-                let key = format!("{}{}", eps[i].address(), r);
-                points.push((xxh64(key.as_bytes(), 0), m));
-            }
-        }
-        points.sort_by_key(|p| p.0);
-        // Upstream divides as integers before applying the load factor.
-        let avg_load = ((part_count / members.len()) as f64 * load).ceil();
-        let mut loads = vec![0f64; members.len()];
-        let mut owners = Vec::with_capacity(part_count);
-        for part in 0..part_count as u64 {
-            let h = xxh64(&part.to_le_bytes(), 0);
-            let mut idx = points.partition_point(|p| p.0 < h);
-            if idx >= points.len() {
-                idx = 0;
-            }
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                if tries >= points.len() {
-                    return None;
-                }
-                let m = points[idx].1;
-                if loads[m] + 1.0 <= avg_load {
-                    loads[m] += 1.0;
-                    owners.push(m);
-                    break;
-                }
-                idx = (idx + 1) % points.len();
-            }
-        }
-        let mut by_name_hash: Vec<(u64, usize)> = members
-            .iter()
-            .enumerate()
-            .map(|(m, &i)| (xxh64(eps[i].address().as_bytes(), 0), m))
-            .collect();
-        by_name_hash.sort_by_key(|p| p.0);
-        Some(HashRing {
-            owners,
-            members,
-            by_name_hash,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ep(host: &str, group: &str, weight: Option<u32>) -> Arc<Endpoint> {
+    pub(super) fn ep(host: &str, group: &str, weight: Option<u32>) -> Arc<Endpoint> {
         let mut u = Url::new("motan2", host, 9982, "p", group);
         if let Some(w) = weight {
             u.params.insert("META_WEIGHT".into(), w.to_string());
@@ -752,13 +356,13 @@ mod tests {
         Arc::new(e)
     }
 
-    fn eps(n: usize) -> Vec<Arc<Endpoint>> {
+    pub(super) fn eps(n: usize) -> Vec<Arc<Endpoint>> {
         (0..n)
             .map(|i| ep(&format!("127.0.0.{}", i + 1), "g", None))
             .collect()
     }
 
-    fn count(b: &Balancer, picks: usize, key: Option<&str>) -> HashMap<String, usize> {
+    pub(super) fn count(b: &Balancer, picks: usize, key: Option<&str>) -> HashMap<String, usize> {
         let mut m = HashMap::new();
         for _ in 0..picks {
             let e = b.select(&LbRequest { hash_key: key }).expect("an endpoint");
@@ -767,11 +371,11 @@ mod tests {
         m
     }
 
-    fn within(actual: usize, expected: f64, tolerance: f64) -> bool {
+    pub(super) fn within(actual: usize, expected: f64, tolerance: f64) -> bool {
         (actual as f64 - expected).abs() <= expected * tolerance
     }
 
-    fn lb(kind: LbKind, eps: Vec<Arc<Endpoint>>) -> Balancer {
+    pub(super) fn lb(kind: LbKind, eps: Vec<Arc<Endpoint>>) -> Balancer {
         Balancer::new(LbConfig::new(kind), eps, None)
     }
 
@@ -821,22 +425,6 @@ mod tests {
     }
 
     #[test]
-    fn random_is_uniform_and_skips_unavailable() {
-        let b = lb(LbKind::Random, eps(3));
-        let c = count(&b, 30_000, None);
-        for host in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
-            assert!(within(c[host], 10_000.0, 0.06), "{c:?}");
-        }
-        let list = eps(3);
-        list[1].set_available(false);
-        let b = lb(LbKind::Random, list);
-        let c = count(&b, 20_000, None);
-        assert!(!c.contains_key("127.0.0.2"));
-        assert!(within(c["127.0.0.1"], 10_000.0, 0.15), "{c:?}");
-        assert!(within(c["127.0.0.3"], 10_000.0, 0.15), "{c:?}");
-    }
-
-    #[test]
     fn select_array_gives_up_to_three_distinct_available() {
         let list = eps(5);
         list[2].set_available(false);
@@ -871,186 +459,6 @@ mod tests {
                 .select_array(&LbRequest::default())
                 .is_empty()
         );
-    }
-
-    #[test]
-    fn roundrobin_is_exact_and_falls_back_when_unavailable() {
-        let b = lb(LbKind::RoundRobin, eps(3));
-        let c = count(&b, 9_000, None);
-        assert!(c.values().all(|&v| v == 3_000), "{c:?}");
-        let list = eps(3);
-        list[0].set_available(false);
-        let b = lb(LbKind::RoundRobin, list);
-        let c = count(&b, 9_000, None);
-        assert!(!c.contains_key("127.0.0.1"));
-        assert_eq!(c.values().sum::<usize>(), 9_000);
-    }
-
-    #[test]
-    fn wrr_three_to_one() {
-        let list = vec![ep("127.0.0.1", "g", Some(30)), ep("127.0.0.2", "g", Some(10))];
-        let b = lb(LbKind::WeightedRoundRobin, list);
-        // Ring of 4 after GCD division: exact over multiples of the ring.
-        let c = count(&b, 10_000, None);
-        assert_eq!((c["127.0.0.1"], c["127.0.0.2"]), (7_500, 2_500));
-        assert!(!b.weights_changed());
-        b.endpoints()[1].set_dynamic_weight(Some("30"));
-        assert!(b.weights_changed());
-        let b = b.rebuild(b.endpoints().to_vec(), None);
-        let c = count(&b, 10_000, None);
-        assert_eq!(c["127.0.0.1"], 5_000, "equal weights: round robin");
-    }
-
-    #[test]
-    fn wrr_default_weight_and_unavailable() {
-        let list = vec![
-            ep("127.0.0.1", "g", None),
-            ep("127.0.0.2", "g", Some(20)),
-            ep("127.0.0.3", "g", Some(30)),
-        ];
-        list[2].set_available(false);
-        let b = lb(LbKind::WeightedRoundRobin, list);
-        let c = count(&b, 6_000, None);
-        assert!(!c.contains_key("127.0.0.3"));
-        assert_eq!(c.values().sum::<usize>(), 6_000);
-        // Picks of .3's ring slots go elsewhere; the 10:20 ratio holds for the rest.
-        assert!(c["127.0.0.2"] > c["127.0.0.1"], "{c:?}");
-    }
-
-    #[test]
-    fn wrr_sliding_window_for_many_endpoints() {
-        // 300 endpoints > 256: the sliding-window selector; odd ones weigh 3, even ones 1.
-        let list: Vec<_> = (0..300)
-            .map(|i| {
-                ep(
-                    &format!("10.1.{}.{}", i / 250, i % 250),
-                    "g",
-                    Some(if i % 2 == 1 { 3 } else { 1 }),
-                )
-            })
-            .collect();
-        let heavy: Vec<String> = list
-            .iter()
-            .filter(|e| e.weight() == 3)
-            .map(|e| e.url().host.clone())
-            .collect();
-        let b = lb(LbKind::WeightedRoundRobin, list);
-        let c = count(&b, 40_000, None);
-        let on_heavy: usize = heavy.iter().filter_map(|h| c.get(h)).sum();
-        assert!(within(on_heavy, 30_000.0, 0.05), "heavy share {on_heavy}/40000");
-        assert!(c.len() > 250, "spread over the endpoints: {}", c.len());
-    }
-
-    #[test]
-    fn consistent_hash_sticks_and_moves_about_one_nth() {
-        let n = 10;
-        let list = eps(n);
-        let b = lb(LbKind::ConsistentHashKey, list.clone());
-        let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
-        let before: Vec<String> = keys
-            .iter()
-            .map(|k| {
-                b.select(&LbRequest { hash_key: Some(k) })
-                    .unwrap()
-                    .address()
-                    .to_string()
-            })
-            .collect();
-        // Sticky.
-        for (k, owner) in keys.iter().zip(&before).take(100) {
-            assert_eq!(
-                b.select(&LbRequest { hash_key: Some(k) }).unwrap().address(),
-                owner
-            );
-        }
-        // Balanced within the bounded load (1.1 × average).
-        let mut per: HashMap<&str, usize> = HashMap::new();
-        before.iter().for_each(|a| *per.entry(a).or_default() += 1);
-        assert_eq!(per.len(), n);
-        assert!(per.values().all(|&v| v < 1_500), "{per:?}");
-        // Remove one endpoint: only about 1/n of the keys move.
-        let removed = list[3].address().to_string();
-        let rest: Vec<_> = list.iter().filter(|e| e.address() != removed).cloned().collect();
-        let b2 = b.rebuild(rest, None);
-        let moved = keys
-            .iter()
-            .zip(&before)
-            .filter(|(k, old)| b2.select(&LbRequest { hash_key: Some(k) }).unwrap().address() != *old)
-            .count();
-        let had_removed = before.iter().filter(|a| **a == removed).count();
-        assert!(moved >= had_removed);
-        let frac = moved as f64 / keys.len() as f64;
-        assert!(
-            frac < 2.0 / n as f64,
-            "moved {frac:.3} of keys (1/n = {:.3})",
-            1.0 / n as f64
-        );
-    }
-
-    #[test]
-    fn consistent_hash_fallbacks() {
-        let list = eps(4);
-        let b = lb(LbKind::ConsistentHashKey, list);
-        let owner = b.select(&LbRequest { hash_key: Some("k1") }).unwrap();
-        owner.set_available(false);
-        for _ in 0..50 {
-            let e = b.select(&LbRequest { hash_key: Some("k1") }).unwrap();
-            assert!(!Arc::ptr_eq(&e, &owner));
-        }
-        owner.set_available(true);
-        // Empty key: random over all.
-        let c = count(&b, 4_000, Some(""));
-        assert_eq!(c.len(), 4);
-        // Array: the owner first, then its ring neighbours, stable for the key.
-        let a1 = b.select_array(&LbRequest { hash_key: Some("k1") });
-        let a2 = b.select_array(&LbRequest { hash_key: Some("k1") });
-        assert_eq!(a1.len(), 3);
-        assert!(Arc::ptr_eq(&a1[0], &owner));
-        assert!(a1.iter().zip(&a2).all(|(x, y)| Arc::ptr_eq(x, y)));
-        // A single endpoint is always it while available.
-        let one = eps(1);
-        let b = lb(LbKind::ConsistentHashKey, one.clone());
-        assert!(b.select(&LbRequest { hash_key: Some("x") }).is_some());
-        one[0].set_available(false);
-        assert!(b.select(&LbRequest { hash_key: Some("x") }).is_none());
-    }
-
-    #[test]
-    fn consistent_hash_keeps_partition_count_on_rebuild() {
-        let cfg = LbConfig {
-            hash_part_size: 101,
-            ..LbConfig::new(LbKind::ConsistentHashKey)
-        };
-        let b = Balancer::new(cfg, eps(5), None);
-        let b2 = b.rebuild(eps(8), None);
-        let part = |b: &Balancer| match &b.groups {
-            Groups::Single(Policy::Hash(h)) => h.carry.part_size,
-            _ => unreachable!(),
-        };
-        assert_eq!(part(&b), 101);
-        assert_eq!(part(&b2), 101);
-        // Too few partitions for the members: 5n + 271.
-        let b3 = b.rebuild(eps(60), None);
-        assert_eq!(part(&b3), 571);
-    }
-
-    #[test]
-    fn least_active_prefers_idle_and_breaks_ties_randomly() {
-        let list = eps(3);
-        let _busy = [list[0].begin(), list[0].begin(), list[1].begin()];
-        let b = lb(LbKind::LeastActive, list.clone());
-        for _ in 0..100 {
-            assert_eq!(b.select(&LbRequest::default()).unwrap().url().host, "127.0.0.3");
-        }
-        let a = b.select_array(&LbRequest::default());
-        let hosts: Vec<_> = a.iter().map(|e| e.url().host.as_str()).collect();
-        assert_eq!(hosts, ["127.0.0.3", "127.0.0.2", "127.0.0.1"]);
-        let idle = eps(3);
-        let b = lb(LbKind::LeastActive, idle);
-        let c = count(&b, 15_000, None);
-        for host in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
-            assert!(within(c[host], 5_000.0, 0.08), "{c:?}");
-        }
     }
 
     #[test]

@@ -1,0 +1,544 @@
+//! The `zookeeper` registry (4.9), with motan's node layout (weibocom/motan-go
+//! registry/zkRegistry.go, the same as Java motan):
+//!
+//! ```text
+//! /motan/<group>/<path>/server/<ip:port>             ephemeral  available provider (data: URL string)
+//! /motan/<group>/<path>/unavailableServer/<ip:port>  ephemeral  registered, offline provider
+//! /motan/<group>/<path>/client/<ip:port>             ephemeral  subscriber record
+//! /motan/<group>/command                             persistent service command JSON (4.10)
+//! /motan/agent/<application>/node/<ip:port>          ephemeral  this agent
+//! /motan/agent/<application>/command                 persistent agent command JSON
+//! ```
+//!
+//! Client crate: `zookeeper-client` (kezhuw/zookeeper-client-rust). It is async and runs on
+//! tokio (feature `tokio`), is actively maintained, speaks the 3.5+ protocol, re-arms watches
+//! itself after a reconnection within the session, and reports session states through a
+//! `StateWatcher`, which is all this registry needs. The `zookeeper` crate is synchronous
+//! (a thread and callbacks per connection) and `zookeeper-async` is a little-maintained fork.
+//!
+//! Behaviour, and where it deliberately differs from upstream:
+//! - The registry remembers what it was asked (registered services and whether each is
+//!   available, the agent node, subscriptions, command watches). A new session (first start,
+//!   or after the old one expired) re-creates every node with that state and re-subscribes; a
+//!   failed registry write is retried every few seconds. Upstream drops requests made while
+//!   disconnected.
+//! - Lost connection: lists and commands keep their last value; `status()` says since when.
+//! - Subscribing to a service whose `server` node does not exist yet waits for it to appear
+//!   (upstream never watches it, sharp edge 7). A change to zero children is not notified
+//!   (4.9): the previous list stays.
+//! - A command node that is absent or empty is delivered as `None` (upstream ignores empty
+//!   data, so a removed command would never be noticed); the registry never creates command
+//!   nodes (upstream creates an empty one).
+//! - Snapshot: with `snapshot_dir`, every discovered server list and command text is written
+//!   to `<snapshot_dir>/zookeeper_<address>.json` (atomically: temp file, fsync, rename).
+//!   Subscriptions made while ZooKeeper cannot be reached start from it.
+//! - `registrySessionTimeout` is in seconds as in motan-go, but clamped to 2..=60 s (absent:
+//!   30 s). Upstream's default of 1000 s only works because servers cap it (40 s by default);
+//!   demo configs that write `10000` meaning milliseconds get 60 s.
+//!
+//! Files: `layout` (node paths, server nodes as URLs), `session` (connecting, the session
+//! loop, requests), `register` (the server role's nodes), `subscriptions` (server-list and
+//! command watches), `snapshot` (the snapshot file).
+mod layout;
+mod register;
+mod session;
+mod snapshot;
+mod subscriptions;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::direct::parse_address;
+use super::{CommandScope, Registry, RegistryError, RegistryFuture, ServerList};
+use crate::url::{Url, keys};
+pub use layout::{agent_node_path, command_path, node_path, node_type_path, server_from_node};
+use register::{
+    Registered, Registrations, apply_services, check_service, delete_service_nodes, set_available,
+};
+use session::{Session, ensure_node, run_sessions};
+use snapshot::{SnapshotData, SnapshotStore};
+use subscriptions::{CommandWatch, Source, Subscription};
+
+/// Registry URL parameter: directory of the registry snapshot.
+pub const SNAPSHOT_DIR: &str = "snapshot_dir";
+/// Registry URL parameter: ZooKeeper session timeout in seconds (motan-go's unit).
+pub const SESSION_TIMEOUT: &str = "registrySessionTimeout";
+
+const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+const MIN_SESSION_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Options that do not come from the registry URL (or override it).
+#[derive(Clone, Debug, Default)]
+pub struct ZkOptions {
+    /// Where snapshots are kept; `None` = the URL's `snapshot_dir`, and no snapshot without it.
+    pub snapshot_dir: Option<PathBuf>,
+    /// The IP written into client nodes of refers without a host (motan-go's `-localIP`).
+    /// `None`: the local address of a connection to the registry.
+    pub local_ip: Option<String>,
+}
+
+impl ZkOptions {
+    pub fn from_url(url: &Url) -> ZkOptions {
+        ZkOptions {
+            snapshot_dir: url.param(SNAPSHOT_DIR).map(PathBuf::from),
+            local_ip: None,
+        }
+    }
+}
+
+/// The ZooKeeper session timeout of a registry URL (seconds, clamped; see the module doc).
+pub fn session_timeout(url: &Url) -> Duration {
+    match url.param(SESSION_TIMEOUT).and_then(|v| v.parse::<u64>().ok()) {
+        Some(s) => Duration::from_secs(s).clamp(MIN_SESSION_TIMEOUT, MAX_SESSION_TIMEOUT),
+        None => DEFAULT_SESSION_TIMEOUT,
+    }
+}
+
+/// The servers of a registry URL as a connect string `host:port,host:port`: `host` and
+/// `port` when both are set, else the `address` list (upstream's rule).
+pub fn connect_string(url: &Url) -> Result<String, String> {
+    if !url.host.is_empty() && url.port > 0 {
+        return Ok(format!("{}:{}", url.host, url.port));
+    }
+    let list = url.get_list(keys::ADDRESS);
+    if list.is_empty() {
+        return Err("needs host and port, or address (\"host:port,host:port\")".into());
+    }
+    for entry in &list {
+        if parse_address(entry)?.1 == 0 {
+            return Err(format!("address entry {entry:?} is not host:port"));
+        }
+    }
+    Ok(list.join(","))
+}
+
+#[derive(Debug)]
+pub struct ZkRegistry {
+    url: Url,
+    shared: Arc<Shared>,
+}
+
+/// What the registry handle, the session loop and the watch tasks share.
+#[derive(Debug)]
+struct Shared {
+    /// `conf-id`, else the URL identity: how logs name this registry.
+    name: String,
+    /// `host:port,host:port`.
+    servers: String,
+    session_timeout: Duration,
+    local_ip: Option<String>,
+    shutdown: CancellationToken,
+    /// Serialises registry writes (as upstream's register lock), held across their awaits.
+    writes: tokio::sync::Mutex<()>,
+    regs: Mutex<Registrations>,
+    live: Mutex<Live>,
+    first_attempt: watch::Sender<bool>,
+    snapshot: Option<SnapshotStore>,
+}
+
+#[derive(Debug)]
+struct Live {
+    session: Option<Session>,
+    connected: bool,
+    /// When `connected` last changed (or the registry started).
+    since: SystemTime,
+    local_ip: String,
+    /// By `.../server` path.
+    subscriptions: BTreeMap<String, Subscription>,
+    /// By command node path.
+    commands: BTreeMap<String, CommandWatch>,
+    snapshot: SnapshotData,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn registry_error(shared: &Shared, e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Unavailable {
+        registry: shared.name.clone(),
+        message: e.to_string(),
+    }
+}
+
+impl ZkRegistry {
+    /// Starts connecting in the background (needs a tokio runtime); never fails because
+    /// ZooKeeper is unreachable, only for a bad URL. The first calls wait for a first session
+    /// (up to a few seconds; about one second when ZooKeeper refuses connections).
+    pub fn new(url: Url, options: ZkOptions) -> Result<ZkRegistry, RegistryError> {
+        let name = url.get_str(keys::CONF_ID, &url.identity()).to_string();
+        let config = |message: String| RegistryError::Config {
+            registry: name.clone(),
+            message,
+        };
+        let servers = connect_string(&url).map_err(config)?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| config("the zookeeper registry must be created inside a tokio runtime".into()))?;
+        let snapshot = options
+            .snapshot_dir
+            .or_else(|| url.param(SNAPSHOT_DIR).map(PathBuf::from))
+            .map(|dir| SnapshotStore::new(&dir, &servers));
+        let mut snapshot_data = snapshot.as_ref().map(SnapshotStore::load).unwrap_or_default();
+        snapshot_data.registry = servers.clone();
+        let shared = Arc::new(Shared {
+            name,
+            session_timeout: session_timeout(&url),
+            servers,
+            local_ip: options.local_ip,
+            shutdown: CancellationToken::new(),
+            writes: tokio::sync::Mutex::new(()),
+            regs: Mutex::new(Registrations::default()),
+            live: Mutex::new(Live {
+                session: None,
+                connected: false,
+                since: SystemTime::now(),
+                local_ip: String::new(),
+                subscriptions: BTreeMap::new(),
+                commands: BTreeMap::new(),
+                snapshot: snapshot_data,
+            }),
+            first_attempt: watch::channel(false).0,
+            snapshot,
+        });
+        runtime.spawn(run_sessions(shared.clone()));
+        Ok(ZkRegistry { url, shared })
+    }
+
+    /// Register this agent: `/motan/agent/<application>/node/<host:port>` (also re-created on
+    /// every new session).
+    pub async fn register_agent_node(&self, agent: &Url) -> Result<(), RegistryError> {
+        if agent.get_str(keys::APPLICATION, "").is_empty() || agent.host.is_empty() {
+            return Err(RegistryError::Config {
+                registry: self.shared.name.clone(),
+                message: format!("agent URL {} needs application and host", agent.identity()),
+            });
+        }
+        self.shared.wait_first_attempt().await;
+        let _w = self.shared.writes.lock().await;
+        self.shared.regs.lock().unwrap().agent = Some(agent.clone());
+        let result = match self.shared.session() {
+            Some(s) => Some(ensure_node(&s, &agent_node_path(agent), agent).await),
+            None => None,
+        };
+        self.shared.settle(result)
+    }
+
+    /// Watch a command node (`None`: absent or empty). While ZooKeeper is unreachable the
+    /// snapshot's text (if any) is the starting value.
+    pub async fn watch_command(&self, scope: &CommandScope) -> watch::Receiver<Option<String>> {
+        self.shared.subscribe_command(scope).await
+    }
+
+    /// Registry status for the admin API: connection, snapshot use, subscriptions,
+    /// registrations.
+    pub fn status_json(&self) -> Value {
+        let s = &self.shared;
+        let live = s.live.lock().unwrap();
+        let regs = s.regs.lock().unwrap();
+        let mut snapshot_since: Option<SystemTime> = None;
+        let mut note = |src: Source| {
+            if let Source::Snapshot(t) = src {
+                snapshot_since = Some(snapshot_since.map_or(t, |s| s.min(t)));
+            }
+        };
+        let subscriptions: Vec<Value> = live
+            .subscriptions
+            .iter()
+            .map(|(path, sub)| {
+                note(sub.source);
+                json!({
+                    "path": path,
+                    "service": sub.refer.path,
+                    "group": sub.refer.group,
+                    "endpoints": sub.tx.borrow().len(),
+                    "source": sub.source.name(),
+                })
+            })
+            .collect();
+        let commands: Vec<Value> = live
+            .commands
+            .iter()
+            .map(|(path, c)| {
+                note(c.source);
+                json!({"path": path, "present": c.tx.borrow().is_some(), "source": c.source.name()})
+            })
+            .collect();
+        let registered: Vec<Value> = regs
+            .services
+            .values()
+            .map(|r| json!({"service": r.url.identity(), "available": r.available}))
+            .collect();
+        let since_key = if live.connected {
+            "connected_since"
+        } else {
+            "disconnected_since"
+        };
+        let mut out = json!({
+            "protocol": "zookeeper",
+            "registry": s.name,
+            "address": s.servers,
+            "connected": live.connected,
+            "session": live.session.as_ref().map(|x| format!("{:#x}", x.id)),
+            "session_timeout_ms": s.session_timeout.as_millis() as u64,
+            "serving_from_snapshot_since": snapshot_since.map(unix_secs),
+            "snapshot_file": s.snapshot.as_ref().map(|f| f.file.display().to_string()),
+            "subscriptions": subscriptions,
+            "commands": commands,
+            "registered": registered,
+            "agent": regs.agent.as_ref().map(agent_node_path),
+            "pending_writes": regs.dirty || !regs.removed.is_empty(),
+        });
+        out[since_key] = json!(unix_secs(live.since));
+        out
+    }
+
+    /// Whether a ZooKeeper session is connected now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.live.lock().unwrap().connected
+    }
+
+    /// Stop: watches end, the session is closed (its ephemeral nodes go away). Also on drop.
+    pub fn close(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Change the remembered registrations and apply the services `change` returns.
+    async fn change_services(
+        &self,
+        change: impl FnOnce(&mut Registrations) -> Vec<Registered>,
+    ) -> Result<(), RegistryError> {
+        self.shared.wait_first_attempt().await;
+        let _w = self.shared.writes.lock().await;
+        let targets = change(&mut self.shared.regs.lock().unwrap());
+        let result = match self.shared.session() {
+            Some(s) => Some(apply_services(&s, &targets).await),
+            None => None,
+        };
+        self.shared.settle(result)
+    }
+}
+
+impl Drop for ZkRegistry {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+impl Registry for ZkRegistry {
+    fn url(&self) -> &Url {
+        &self.url
+    }
+
+    fn subscribe<'a>(&'a self, refer: &'a Url) -> RegistryFuture<'a, watch::Receiver<ServerList>> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            if refer.group.is_empty() || refer.path.is_empty() {
+                return Err(RegistryError::Config {
+                    registry: shared.name.clone(),
+                    message: format!("refer {} needs group and path", refer.identity()),
+                });
+            }
+            Ok(shared.subscribe_servers(refer).await)
+        })
+    }
+
+    fn register<'a>(&'a self, service: &'a Url) -> RegistryFuture<'a, ()> {
+        Box::pin(async move {
+            check_service(&self.shared.name, service)?;
+            let id = service.identity();
+            self.change_services(|regs| {
+                regs.removed.retain(|u| u.identity() != id);
+                let available = regs.services.get(&id).is_some_and(|r| r.available);
+                let r = Registered {
+                    url: service.clone(),
+                    available,
+                };
+                regs.services.insert(id.clone(), r.clone());
+                vec![r]
+            })
+            .await
+        })
+    }
+
+    fn unregister<'a>(&'a self, service: &'a Url) -> RegistryFuture<'a, ()> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            shared.wait_first_attempt().await;
+            let _w = shared.writes.lock().await;
+            {
+                let mut regs = shared.regs.lock().unwrap();
+                regs.services.remove(&service.identity());
+                regs.removed.push(service.clone());
+            }
+            let result = match shared.session() {
+                Some(s) => Some(delete_service_nodes(&s, service).await),
+                None => None,
+            };
+            if let Some(Ok(())) = result {
+                let id = service.identity();
+                shared.regs.lock().unwrap().removed.retain(|u| u.identity() != id);
+            }
+            shared.settle(result)
+        })
+    }
+
+    fn available<'a>(&'a self, service: Option<&'a Url>) -> RegistryFuture<'a, ()> {
+        Box::pin(async move {
+            self.change_services(|regs| set_available(regs, service, true))
+                .await
+        })
+    }
+
+    fn unavailable<'a>(&'a self, service: Option<&'a Url>) -> RegistryFuture<'a, ()> {
+        Box::pin(async move {
+            self.change_services(|regs| set_available(regs, service, false))
+                .await
+        })
+    }
+
+    fn register_agent<'a>(&'a self, agent: &'a Url) -> RegistryFuture<'a, ()> {
+        Box::pin(self.register_agent_node(agent))
+    }
+
+    fn subscribe_commands<'a>(
+        &'a self,
+        scope: &'a CommandScope,
+    ) -> RegistryFuture<'a, watch::Receiver<Option<String>>> {
+        Box::pin(async move { Ok(self.watch_command(scope).await) })
+    }
+
+    fn status(&self) -> Value {
+        self.status_json()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout::NODE_SERVER;
+    use super::snapshot::{SnapshotData, snapshot_file_name, write_atomically};
+    use super::*;
+
+    pub(super) fn service() -> Url {
+        Url::new("motan2", "10.0.0.1", 9982, "com.weibo.Hello", "g1").with_param("nodeType", "service")
+    }
+
+    pub(super) fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sockmesh-zk-unit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// A port nothing listens on (bound, then released).
+    pub(super) fn dead_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn session_timeout_is_seconds_clamped() {
+        let zk = |v: &str| Url::new("zookeeper", "127.0.0.1", 2181, "", "").with_param(SESSION_TIMEOUT, v);
+        assert_eq!(session_timeout(&zk("10")), Duration::from_secs(10));
+        assert_eq!(session_timeout(&zk("1000")), MAX_SESSION_TIMEOUT);
+        assert_eq!(session_timeout(&zk("10000")), MAX_SESSION_TIMEOUT);
+        assert_eq!(session_timeout(&zk("1")), MIN_SESSION_TIMEOUT);
+        assert_eq!(session_timeout(&zk("x")), DEFAULT_SESSION_TIMEOUT);
+        assert_eq!(
+            session_timeout(&Url::new("zookeeper", "h", 1, "", "")),
+            DEFAULT_SESSION_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let err = |u: Url| ZkRegistry::new(u, ZkOptions::default()).unwrap_err().to_string();
+        assert!(err(Url::new("zookeeper", "", 0, "", "")).contains("needs host and port"));
+        assert!(
+            err(Url::new("zookeeper", "", 0, "", "").with_param("address", "127.0.0.1:x"))
+                .contains("port must be")
+        );
+        assert!(
+            err(Url::new("zookeeper", "", 0, "", "").with_param("address", "unix:///a"))
+                .contains("is not host:port")
+        );
+        drop(_g);
+        // Outside a runtime.
+        let e = ZkRegistry::new(
+            Url::new("zookeeper", "127.0.0.1", 1, "", ""),
+            ZkOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("inside a tokio runtime"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_zookeeper_serves_the_snapshot() {
+        let dir = temp_dir("snap");
+        let port = dead_port();
+        let servers = format!("127.0.0.1:{port}");
+        let refer = Url::new("motan2", "", 0, "com.weibo.Hello", "g1");
+        let data = SnapshotData {
+            registry: servers.clone(),
+            servers: BTreeMap::from([(node_type_path(&refer, NODE_SERVER), vec![service()])]),
+            commands: BTreeMap::from([(
+                "/motan/g1/command".to_string(),
+                "{\"clientCommandList\":[]}".to_string(),
+            )]),
+        };
+        write_atomically(
+            &dir.join(snapshot_file_name(&servers)),
+            &serde_json::to_vec(&data).unwrap(),
+        )
+        .unwrap();
+        let url =
+            Url::new("zookeeper", "127.0.0.1", port, "", "").with_param(SNAPSHOT_DIR, dir.to_str().unwrap());
+        let reg = ZkRegistry::new(url, ZkOptions::default()).unwrap();
+        let rx = reg.subscribe(&refer).await.unwrap();
+        assert_eq!(*rx.borrow().clone(), vec![service()]);
+        let other = reg
+            .subscribe(&Url::new("motan2", "", 0, "com.weibo.Other", "g1"))
+            .await
+            .unwrap();
+        assert!(other.borrow().is_empty());
+        let cmd = reg
+            .subscribe_commands(&CommandScope::Group("g1".into()))
+            .await
+            .unwrap();
+        assert_eq!(cmd.borrow().as_deref(), Some("{\"clientCommandList\":[]}"));
+        let st = reg.status();
+        assert_eq!(st["connected"], false);
+        assert!(st["serving_from_snapshot_since"].as_u64().unwrap() > 0);
+        assert!(st["disconnected_since"].as_u64().is_some());
+        let subs = st["subscriptions"].as_array().unwrap();
+        assert_eq!(subs.len(), 2);
+        assert_eq!(subs[0]["endpoints"], 1);
+        assert_eq!(subs[0]["source"], "snapshot");
+        assert_eq!(subs[1]["source"], "none");
+        // Registrations are kept while unreachable, and say so.
+        let e = reg.register(&service()).await.unwrap_err();
+        assert!(
+            e.to_string().contains("retried when ZooKeeper is reachable"),
+            "{e}"
+        );
+        assert_eq!(reg.status()["registered"][0]["available"], false);
+        reg.available(None).await.unwrap_err();
+        assert_eq!(reg.status()["registered"][0]["available"], true);
+        assert!(reg.register(&Url::new("motan2", "", 1, "p", "g")).await.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,132 @@
+//! The registry snapshot: every discovered server list and command text, kept in
+//! `<snapshot_dir>/zookeeper_<address>.json` (written atomically) so that subscriptions made
+//! while ZooKeeper cannot be reached start from the last known state.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::url::Url;
+
+/// The snapshot file's content.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct SnapshotData {
+    pub(super) registry: String,
+    /// `.../server` path → discovered servers.
+    pub(super) servers: BTreeMap<String, Vec<Url>>,
+    /// Command node path → text.
+    pub(super) commands: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+pub(super) struct SnapshotStore {
+    pub(super) file: PathBuf,
+    /// Serialises writers; each writes the newest data, taken under this lock.
+    write: tokio::sync::Mutex<()>,
+}
+
+impl SnapshotStore {
+    /// The store of the registry at `servers` (its connect string) in `dir`.
+    pub(super) fn new(dir: &Path, servers: &str) -> SnapshotStore {
+        SnapshotStore {
+            file: dir.join(snapshot_file_name(servers)),
+            write: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(super) fn load(&self) -> SnapshotData {
+        match std::fs::read(&self.file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %self.file.display(), "registry snapshot unreadable, ignored: {e}");
+                SnapshotData::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SnapshotData::default(),
+            Err(e) => {
+                tracing::warn!(file = %self.file.display(), "registry snapshot unreadable, ignored: {e}");
+                SnapshotData::default()
+            }
+        }
+    }
+
+    /// Write the newest data, which `newest` reads once this writer holds the lock: writers
+    /// are serialised, so an older state never overwrites a newer one.
+    pub(super) async fn save(&self, newest: impl FnOnce() -> SnapshotData) {
+        let _w = self.write.lock().await;
+        let data = newest();
+        let file = self.file.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec_pretty(&data).map_err(std::io::Error::other)?;
+            write_atomically(&file, &bytes)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(file = %self.file.display(), "registry snapshot not written: {e}"),
+            Err(e) => tracing::warn!("registry snapshot writer failed: {e}"),
+        }
+    }
+}
+
+/// Write `bytes` to `file` so that a reader sees the old or the new content, never a mix.
+pub(super) fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = file.with_extension(format!("json.tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)
+}
+
+/// `zookeeper_<address>.json` with anything but `[A-Za-z0-9._-]` replaced by `_`.
+pub(super) fn snapshot_file_name(servers: &str) -> String {
+    let safe: String = servers
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("zookeeper_{safe}.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::zookeeper::tests::{service, temp_dir};
+
+    #[test]
+    fn snapshot_file_names_are_safe() {
+        assert_eq!(
+            snapshot_file_name("10.0.0.1:2181,zk-2.example:2181"),
+            "zookeeper_10.0.0.1_2181_zk-2.example_2181.json"
+        );
+        assert_eq!(snapshot_file_name("../x:1"), "zookeeper_.._x_1.json");
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_bad_files() {
+        let dir = temp_dir("rt");
+        let store = SnapshotStore {
+            file: dir.join("z.json"),
+            write: tokio::sync::Mutex::new(()),
+        };
+        assert_eq!(store.load(), SnapshotData::default());
+        let data = SnapshotData {
+            registry: "a".into(),
+            servers: BTreeMap::from([("/motan/g/p/server".to_string(), vec![service()])]),
+            commands: BTreeMap::new(),
+        };
+        write_atomically(&store.file, &serde_json::to_vec(&data).unwrap()).unwrap();
+        assert_eq!(store.load(), data);
+        std::fs::write(&store.file, b"{not json").unwrap();
+        assert_eq!(store.load(), SnapshotData::default());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
