@@ -79,7 +79,7 @@ impl Cluster {
         previous: Option<&Cluster>,
     ) -> Result<Arc<Cluster>, String> {
         let ha = HaKind::from_url(&refer).map_err(|e| e.to_string())?;
-        let lb = LbConfig::from_url(&refer).map_err(|e| format!("key loadbalance: {e}"))?;
+        let lb = LbConfig::from_url(&refer).map_err(|e| e.to_string())?;
         let hash_key = HashKeySource::from_url(&refer).map_err(|e| e.to_string())?;
         Ok(Arc::new(Cluster {
             conf_id: conf_id.to_string(),

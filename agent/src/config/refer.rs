@@ -76,3 +76,86 @@ impl HaKind {
             .map_err(|m| SettingError::new(keys::HA_STRATEGY, m))
     }
 }
+
+/// The refer's load balancer (`loadbalance`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbKind {
+    Random,
+    RoundRobin,
+    WeightedRoundRobin,
+    ConsistentHashKey,
+    /// Not in motan-go (Java's "activeWeight" idea): fewest in-flight requests, ties random.
+    LeastActive,
+}
+
+impl LbKind {
+    pub const NAMES: [&'static str; 5] = ["random", "roundrobin", "wrr", "consistentHashKey", "leastActive"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LbKind::Random => "random",
+            LbKind::RoundRobin => "roundrobin",
+            LbKind::WeightedRoundRobin => "wrr",
+            LbKind::ConsistentHashKey => "consistentHashKey",
+            LbKind::LeastActive => "leastActive",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<LbKind, String> {
+        Ok(match name {
+            "random" => LbKind::Random,
+            "roundrobin" => LbKind::RoundRobin,
+            "wrr" => LbKind::WeightedRoundRobin,
+            "consistentHashKey" => LbKind::ConsistentHashKey,
+            "leastActive" => LbKind::LeastActive,
+            other => {
+                return Err(format!(
+                    "unknown load balancer {other:?} (expected {})",
+                    Self::NAMES.join(", ")
+                ));
+            }
+        })
+    }
+}
+
+/// The balancer settings of a refer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LbConfig {
+    pub kind: LbKind,
+    /// `consistentHashKey.partSize`: partition count if ≥ 2n, else 5n + 271 is used.
+    pub hash_part_size: usize,
+    /// `consistentHashKey.load`: bounded-load factor, at least 1.1.
+    pub hash_load: f64,
+    /// `consistentHashKey.replica`: virtual nodes per member; 0 → 20 (< 100 endpoints) or 10.
+    pub hash_replica: usize,
+}
+
+impl LbConfig {
+    pub const MIN_HASH_LOAD: f64 = 1.1;
+
+    pub fn new(kind: LbKind) -> LbConfig {
+        LbConfig {
+            kind,
+            hash_part_size: 0,
+            hash_load: Self::MIN_HASH_LOAD,
+            hash_replica: 0,
+        }
+    }
+
+    /// From the refer's `loadbalance` (default `random`) and `consistentHashKey.*` parameters.
+    pub fn from_url(refer: &Url) -> Result<LbConfig, SettingError> {
+        let kind = LbKind::from_name(refer.get_str(keys::LOADBALANCE, "random"))
+            .map_err(|m| SettingError::new(keys::LOADBALANCE, m))?;
+        let load = refer
+            .param("consistentHashKey.load")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|l| *l >= Self::MIN_HASH_LOAD)
+            .unwrap_or(Self::MIN_HASH_LOAD);
+        Ok(LbConfig {
+            kind,
+            hash_part_size: refer.get_int("consistentHashKey.partSize", 0).max(0) as usize,
+            hash_load: load,
+            hash_replica: refer.get_int("consistentHashKey.replica", 0).max(0) as usize,
+        })
+    }
+}

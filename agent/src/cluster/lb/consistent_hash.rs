@@ -6,8 +6,9 @@ use std::sync::Arc;
 use xxhash_rust::xxh64::xxh64;
 
 use super::random::select_one_at_random;
-use super::{LbConfig, LbRequest, MAX_SELECT_ARRAY_SIZE, Select, select_array_from};
+use super::select::{LbRequest, MAX_SELECT_ARRAY_SIZE, Select, select_array_from};
 use crate::cluster::endpoint::Endpoint;
+use crate::config::refer::LbConfig;
 
 const HASH_PART_ADDEND: usize = 271;
 const HASH_REPLICA_SMALL: usize = 20;

@@ -2,7 +2,7 @@
 //! ties broken at random.
 use std::sync::Arc;
 
-use super::{LbRequest, MAX_SELECT_ARRAY_SIZE, Select};
+use super::select::{LbRequest, MAX_SELECT_ARRAY_SIZE, Select};
 use crate::cluster::endpoint::Endpoint;
 
 #[derive(Debug)]

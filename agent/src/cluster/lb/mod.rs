@@ -12,6 +12,7 @@ mod consistent_hash;
 mod least_active;
 mod random;
 mod roundrobin;
+mod select;
 mod wrr;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,108 +20,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::endpoint::Endpoint;
-use crate::url::{Url, keys};
+pub use crate::config::refer::{LbConfig, LbKind};
 use consistent_hash::{HashBalancer, HashCarry};
 use least_active::LeastActive;
 use random::Random;
 use roundrobin::RoundRobin;
+pub use select::{LbRequest, MAX_SELECT_ARRAY_SIZE};
+use select::{Select, gcd};
 use wrr::Wrr;
 
-/// Most endpoints `select_array` returns.
-pub const MAX_SELECT_ARRAY_SIZE: usize = 3;
 /// Request meta key holding the consistent-hash key.
 pub const CONSISTENT_HASH_META_KEY: &str = "consistentHashKey";
 /// Group weights of the group-weight wrapper are clamped to this range.
 const MIN_GROUP_WEIGHT: u32 = 1;
 const MAX_GROUP_WEIGHT: u32 = 100;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LbKind {
-    Random,
-    RoundRobin,
-    WeightedRoundRobin,
-    ConsistentHashKey,
-    /// Not in motan-go (Java's "activeWeight" idea): fewest in-flight requests, ties random.
-    LeastActive,
-}
-
-impl LbKind {
-    pub const NAMES: [&'static str; 5] = ["random", "roundrobin", "wrr", "consistentHashKey", "leastActive"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            LbKind::Random => "random",
-            LbKind::RoundRobin => "roundrobin",
-            LbKind::WeightedRoundRobin => "wrr",
-            LbKind::ConsistentHashKey => "consistentHashKey",
-            LbKind::LeastActive => "leastActive",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Result<LbKind, String> {
-        Ok(match name {
-            "random" => LbKind::Random,
-            "roundrobin" => LbKind::RoundRobin,
-            "wrr" => LbKind::WeightedRoundRobin,
-            "consistentHashKey" => LbKind::ConsistentHashKey,
-            "leastActive" => LbKind::LeastActive,
-            other => {
-                return Err(format!(
-                    "unknown load balancer {other:?} (expected {})",
-                    Self::NAMES.join(", ")
-                ));
-            }
-        })
-    }
-}
-
-/// The balancer settings of a refer.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LbConfig {
-    pub kind: LbKind,
-    /// `consistentHashKey.partSize`: partition count if ≥ 2n, else 5n + 271 is used.
-    pub hash_part_size: usize,
-    /// `consistentHashKey.load`: bounded-load factor, at least 1.1.
-    pub hash_load: f64,
-    /// `consistentHashKey.replica`: virtual nodes per member; 0 → 20 (< 100 endpoints) or 10.
-    pub hash_replica: usize,
-}
-
-impl LbConfig {
-    pub const MIN_HASH_LOAD: f64 = 1.1;
-
-    pub fn new(kind: LbKind) -> LbConfig {
-        LbConfig {
-            kind,
-            hash_part_size: 0,
-            hash_load: Self::MIN_HASH_LOAD,
-            hash_replica: 0,
-        }
-    }
-
-    /// From the refer's `loadbalance` (default `random`) and `consistentHashKey.*` parameters.
-    pub fn from_url(refer: &Url) -> Result<LbConfig, String> {
-        let kind = LbKind::from_name(refer.get_str(keys::LOADBALANCE, "random"))?;
-        let load = refer
-            .param("consistentHashKey.load")
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|l| *l >= Self::MIN_HASH_LOAD)
-            .unwrap_or(Self::MIN_HASH_LOAD);
-        Ok(LbConfig {
-            kind,
-            hash_part_size: refer.get_int("consistentHashKey.partSize", 0).max(0) as usize,
-            hash_load: load,
-            hash_replica: refer.get_int("consistentHashKey.replica", 0).max(0) as usize,
-        })
-    }
-}
-
-/// What a balancer looks at in a request.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LbRequest<'a> {
-    /// Meta `consistentHashKey` (or whatever the request path chose as the key).
-    pub hash_key: Option<&'a str>,
-}
 
 #[derive(Debug)]
 pub struct Balancer {
@@ -280,18 +193,6 @@ fn parse_group_weights(s: &str) -> Option<HashMap<String, u32>> {
     (!mix).then_some(out)
 }
 
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 { a } else { gcd(b, a % b) }
-}
-
-/// One balancing policy over a fixed endpoint list; whatever state it keeps (a counter, a
-/// ring) is its own. It never returns an unavailable endpoint.
-trait Select {
-    fn select(&self, req: &LbRequest<'_>) -> Option<Arc<Endpoint>>;
-    /// Up to `MAX_SELECT_ARRAY_SIZE` distinct available endpoints, for HA.
-    fn select_array(&self, req: &LbRequest<'_>) -> Vec<Arc<Endpoint>>;
-}
-
 #[derive(Debug)]
 enum Policy {
     Random(Random),
@@ -331,20 +232,10 @@ impl Policy {
     }
 }
 
-/// Up to three available endpoints, starting at `from` and going forward.
-fn select_array_from(eps: &[Arc<Endpoint>], from: usize) -> Vec<Arc<Endpoint>> {
-    let n = eps.len();
-    (0..n)
-        .map(|k| &eps[(from + k) % n])
-        .filter(|e| e.is_available())
-        .take(MAX_SELECT_ARRAY_SIZE)
-        .cloned()
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::url::Url;
 
     pub(super) fn ep(host: &str, group: &str, weight: Option<u32>) -> Arc<Endpoint> {
         let mut u = Url::new("motan2", host, 9982, "p", group);

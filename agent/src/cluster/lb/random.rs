@@ -2,7 +2,7 @@
 //! is what every other policy does when its pick is unavailable.
 use std::sync::Arc;
 
-use super::{LbRequest, Select, select_array_from};
+use super::select::{LbRequest, Select, select_array_from};
 use crate::cluster::endpoint::Endpoint;
 
 #[derive(Debug)]

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::random::select_one_at_random;
-use super::{LbRequest, Select, select_array_from};
+use super::select::{LbRequest, Select, select_array_from};
 use crate::cluster::endpoint::Endpoint;
 
 #[derive(Debug)]

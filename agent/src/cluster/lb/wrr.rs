@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use super::random::scan_available;
-use super::{LbRequest, Select, gcd};
+use super::select::{LbRequest, Select, gcd};
 use crate::cluster::endpoint::Endpoint;
 
 /// Precomputed ring is used up to this many endpoints and this total (divided) weight.

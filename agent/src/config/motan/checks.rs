@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 use serde_yaml_ng::Value;
 
 use super::super::filters::filter_names;
-use super::super::refer::HaKind;
+use super::super::refer::{HaKind, LbKind};
 use super::super::service::{EXPORT_PROTOCOLS, ServiceSpec, parse_protocol_port};
 use super::entries::unknown_registry;
 use super::names::*;
 use super::problems::Problems;
-use crate::cluster::lb::LbKind;
 use crate::registry::direct::DirectRegistry;
 use crate::registry::zookeeper;
 use crate::url::{Url, keys, parse_go_bool, split_list};
