@@ -75,9 +75,11 @@ pub fn display_rel(mount: &Path, full: &Path) -> String {
 }
 
 /// A child cgroup that is removed on drop (processes still inside are moved to the parent
-/// first), so probes and tests never leave one behind.
+/// first), so probes and tests never leave one behind. The test kit compiles this file too
+/// (tests/kit/src/cgroup.rs), so its guards are this one.
 pub struct ChildCgroup {
     path: PathBuf,
+    removed: bool,
 }
 
 impl ChildCgroup {
@@ -88,18 +90,21 @@ impl ChildCgroup {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("creating cgroup {}", path.display())),
         }
-        Ok(ChildCgroup { path })
+        Ok(ChildCgroup { path, removed: false })
     }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
+
     pub fn id(&self) -> io::Result<u64> {
         id(&self.path)
     }
-}
 
-impl Drop for ChildCgroup {
-    fn drop(&mut self) {
+    /// Move the processes still inside to the parent and remove the directory (retrying for a
+    /// second while the kernel lets go of exiting processes).
+    pub fn remove(&mut self) -> Result<()> {
+        self.removed = true;
         if let (Ok(procs), Some(parent)) = (
             std::fs::read_to_string(self.path.join("cgroup.procs")),
             self.path.parent(),
@@ -110,11 +115,21 @@ impl Drop for ChildCgroup {
         }
         for _ in 0..50 {
             if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        eprintln!("sockmesh: could not remove cgroup {}", self.path.display());
+        bail!("could not remove cgroup {}", self.path.display())
+    }
+}
+
+impl Drop for ChildCgroup {
+    fn drop(&mut self) {
+        if !self.removed
+            && let Err(e) = self.remove()
+        {
+            eprintln!("sockmesh: {e:#}");
+        }
     }
 }
 
