@@ -34,7 +34,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The module layers and import cycles of agent/src (the layer table is in xtask/src/lint.rs).
+    /// The module layers and import cycles of agent/src (the layer table is in xtask/src/lint/mod.rs).
     Lint,
     /// Setup, build, and run the daemon in the foreground with the embedded default config.
     Run {
