@@ -37,19 +37,23 @@
 //!   demo configs that write `10000` meaning milliseconds get 60 s. `config::registry` reads
 //!   it, the servers and `snapshot_dir` from the URL (`ZookeeperSpec`).
 //!
-//! Files: `layout` (node paths, server nodes as URLs), `session` (connecting, the session
-//! loop, requests), `register` (the server role's nodes), `subscriptions` (server-list and
-//! command watches), `snapshot` (the snapshot file).
+//! Files, each using only those before it: `layout` (node paths, server nodes as URLs),
+//! `snapshot` (the snapshot file), `session` (the connection and the requests made in it),
+//! `state` (what the handle, the session loop and the watches share), `register` (the server
+//! role's nodes), `subscriptions` (server-list and command watches), `run` (the session loop);
+//! this file is the handle.
 mod layout;
 mod register;
+mod run;
 mod session;
 mod snapshot;
+mod state;
 mod subscriptions;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -59,12 +63,11 @@ use super::{CommandScope, Registry, RegistryError, RegistryFuture, ServerList};
 use crate::config::registry::ZookeeperSpec;
 use crate::url::{Url, keys};
 pub use layout::{agent_node_path, command_path, node_path, node_type_path, server_from_node};
-use register::{
-    Registered, Registrations, apply_services, check_service, delete_service_nodes, set_available,
-};
-use session::{Session, ensure_node, run_sessions};
-use snapshot::{SnapshotData, SnapshotStore};
-use subscriptions::{CommandWatch, Source, Subscription};
+use register::{apply_services, check_service, delete_service_nodes, set_available};
+use run::run_sessions;
+use session::ensure_node;
+use snapshot::SnapshotStore;
+use state::{Live, Registered, Registrations, Shared, Source};
 
 /// Options that do not come from the registry URL (or override it).
 #[derive(Clone, Debug, Default)]
@@ -83,47 +86,8 @@ pub struct ZkRegistry {
     shared: Arc<Shared>,
 }
 
-/// What the registry handle, the session loop and the watch tasks share.
-#[derive(Debug)]
-struct Shared {
-    /// `conf-id`, else the URL identity: how logs name this registry.
-    name: String,
-    /// `host:port,host:port`.
-    servers: String,
-    session_timeout: Duration,
-    local_ip: Option<String>,
-    shutdown: CancellationToken,
-    /// Serialises registry writes (as upstream's register lock), held across their awaits.
-    writes: tokio::sync::Mutex<()>,
-    regs: Mutex<Registrations>,
-    live: Mutex<Live>,
-    first_attempt: watch::Sender<bool>,
-    snapshot: Option<SnapshotStore>,
-}
-
-#[derive(Debug)]
-struct Live {
-    session: Option<Session>,
-    connected: bool,
-    /// When `connected` last changed (or the registry started).
-    since: SystemTime,
-    local_ip: String,
-    /// By `.../server` path.
-    subscriptions: BTreeMap<String, Subscription>,
-    /// By command node path.
-    commands: BTreeMap<String, CommandWatch>,
-    snapshot: SnapshotData,
-}
-
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn registry_error(shared: &Shared, e: impl std::fmt::Display) -> RegistryError {
-    RegistryError::Unavailable {
-        registry: shared.name.clone(),
-        message: e.to_string(),
-    }
 }
 
 impl ZkRegistry {
