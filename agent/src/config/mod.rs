@@ -6,6 +6,7 @@ pub mod http;
 pub mod intercept;
 pub mod motan;
 pub mod refer;
+pub mod registry;
 pub mod sections;
 pub mod service;
 

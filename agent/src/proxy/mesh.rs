@@ -15,6 +15,7 @@ use super::outbound::{Refer, Router};
 use super::serve::{Handler, HandlerFuture, RequestContext};
 use crate::cluster::{Cluster, discovery};
 use crate::config::motan::MotanConfig;
+use crate::config::registry::RegistrySpec;
 use crate::filter::{FilterChain, FilterShared};
 use crate::protocol::motan2::{DecodeLimits, Frame};
 use crate::registry::{self, Registry};
@@ -73,15 +74,20 @@ impl Mesh {
                 registries.insert(id.clone(), old.clone());
                 continue;
             }
-            let made = match url.protocol.as_str() {
-                "zookeeper" => {
-                    let mut o = registry::ZkOptions::from_url(url);
-                    o.snapshot_dir.get_or_insert_with(|| opts.snapshot_dir.clone());
-                    o.local_ip = Some(opts.local_ip.clone());
-                    registry::ZkRegistry::new(url.clone(), o).map(|r| Arc::new(r) as Arc<dyn Registry>)
-                }
-                _ => registry::from_url(url),
-            };
+            // Built from the spec `config validate` checked. A ZooKeeper registry keeps its
+            // snapshot in the agent's directory unless the entry names its own.
+            let made = RegistrySpec::from_url(url)
+                .map_err(|e| e.to_string())
+                .and_then(|mut spec| {
+                    if let RegistrySpec::Zookeeper(z) = &mut spec {
+                        z.snapshot_dir.get_or_insert_with(|| opts.snapshot_dir.clone());
+                    }
+                    let zk = registry::ZkOptions {
+                        snapshot_dir: None,
+                        local_ip: Some(opts.local_ip.clone()),
+                    };
+                    registry::build(url, spec, zk).map_err(|e| e.to_string())
+                });
             match made {
                 Ok(r) => {
                     registries.insert(id.clone(), r);
