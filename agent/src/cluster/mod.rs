@@ -28,7 +28,8 @@ use self::lb::{Balancer, LbConfig, LbRequest};
 use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL, degraded_error, error_of};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys, simple};
-use crate::upstream::channel::{Pool, Transport};
+use crate::upstream::channel::Transport;
+use crate::upstream::pool::Pool;
 use crate::url::Url;
 
 /// Removed endpoints keep their pool this long, so calls already routed to them finish (4.4).

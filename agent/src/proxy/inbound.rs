@@ -13,7 +13,8 @@ use crate::filter::{CallInfo, FilterChain, FilterShared, Role};
 use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
-use crate::upstream::channel::{Pool, Transport};
+use crate::upstream::channel::Transport;
+use crate::upstream::pool::Pool;
 use crate::url::{Url, keys as url_keys};
 
 /// Connections from the server agent to one local backend.

@@ -1,2 +1,4 @@
-//! Upstream connections: multiplexed Motan2 channels and the pools that hold them.
+//! Upstream connections: multiplexed Motan2 channels (`channel`) and the pools that hold them
+//! (`pool`).
 pub mod channel;
+pub mod pool;
