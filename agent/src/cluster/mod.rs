@@ -335,7 +335,7 @@ impl Cluster {
                     policy,
                     &balancer,
                     &lb_req,
-                    |ep| self.call_endpoint(ep, req.clone(), timeout, method),
+                    |ep| self.call_endpoint(ep, &req, timeout, method),
                     error_of,
                     || {
                         ha::failover_no_endpoint_error(
@@ -358,7 +358,7 @@ impl Cluster {
                     &self.budget,
                     &balancer,
                     &lb_req,
-                    |ep| Box::pin(self.call_endpoint(ep, req.clone(), timeout, method)),
+                    |ep| Box::pin(self.call_endpoint(ep, &req, timeout, method)),
                     error_of,
                 )
                 .await
@@ -370,7 +370,7 @@ impl Cluster {
     async fn call_endpoint(
         self: &Arc<Self>,
         ep: Arc<Endpoint>,
-        mut req: Frame,
+        req: &Frame,
         timeout: Duration,
         method: &str,
     ) -> Result<Frame, CallError> {
@@ -382,15 +382,23 @@ impl Cluster {
             ));
         };
         // The endpoint's group wins (traffic control may route to other groups, 4.3 step 4).
+        // The request is copied only when this attempt has to change it.
         let group = &ep.url().group;
-        if !group.is_empty() && req.meta.get(keys::GROUP) != Some(group.as_str()) {
-            req.meta
-                .insert(keys::GROUP, Bytes::copy_from_slice(group.as_bytes()));
-        }
-        req.header.set_flag(FLAG_PROXY, true);
-        if self.mingz_size > 0 {
-            req.gzip_if_larger(self.mingz_size);
-        }
+        let regroup = !group.is_empty() && req.meta.get(keys::GROUP) != Some(group.as_str());
+        let changed;
+        let req = if regroup || !req.header.is_proxy() || req.wants_gzip(self.mingz_size) {
+            let mut r = req.clone();
+            if regroup {
+                r.meta
+                    .insert(keys::GROUP, Bytes::copy_from_slice(group.as_bytes()));
+            }
+            r.header.set_flag(FLAG_PROXY, true);
+            r.gzip_if_larger(self.mingz_size);
+            changed = r;
+            &changed
+        } else {
+            req
+        };
         let started = Instant::now();
         let guard = ep.begin();
         let mut r = pool.call(req, timeout).await;
@@ -400,8 +408,7 @@ impl Cluster {
             {
                 tracing::warn!(endpoint = ep.address(), "cannot decompress a response: {e}");
             }
-            resp.meta
-                .insert("x-forwarded-for", Bytes::copy_from_slice(ep.address().as_bytes()));
+            resp.meta.insert("x-forwarded-for", ep.address_bytes());
         }
         let error = error_of(&r);
         if let Some(k) = guard.finish(error.as_ref()) {

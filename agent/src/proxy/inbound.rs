@@ -138,7 +138,7 @@ impl Exporter {
     }
 
     /// Dispatch one request that arrived on export `port` (heartbeats never get here).
-    pub async fn handle(&self, port: u16, mut req: Frame, peer_ip: &str, received: Instant) -> Frame {
+    pub async fn handle(&self, port: u16, mut req: Frame, peer_ip: &Bytes, received: Instant) -> Frame {
         let id = req.header.request_id;
         if req.meta.get_non_empty(keys::FRAMEWORK_SERVICE).is_some() {
             // 501 so that callers do not trip circuit breakers (4.11).
@@ -171,14 +171,13 @@ impl Exporter {
     }
 
     /// The provider call itself (inside the filters).
-    async fn provide(export: &Export, mut req: Frame, peer_ip: &str, received: Instant) -> Frame {
+    async fn provide(export: &Export, mut req: Frame, peer_ip: &Bytes, received: Instant) -> Frame {
         let id = req.header.request_id;
         match &export.provider {
             Provider::Http(h) => h.call(&req, received).await,
             Provider::Motan2 { pool } => {
                 if !req.meta.contains("x-forwarded-for") && !req.meta.contains("X-Forwarded-For") {
-                    req.meta
-                        .insert("x-forwarded-for", Bytes::copy_from_slice(peer_ip.as_bytes()));
+                    req.meta.insert("x-forwarded-for", peer_ip.clone());
                 }
                 let m = &req.meta;
                 let timeout = request_timeout(
@@ -187,7 +186,7 @@ impl Exporter {
                     m.get(keys::METHOD_DESC).unwrap_or(""),
                     m.get(keys::TIMEOUT),
                 );
-                match pool.call(req, timeout.max(Duration::from_millis(1))).await {
+                match pool.call(&req, timeout.max(Duration::from_millis(1))).await {
                     Ok(r) => r,
                     Err(e) => error_frame(id, &e),
                 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::inbound::{self, Exporter};
 use super::outbound::{Refer, Router};
-use super::serve::{Handler, HandlerFuture, RequestContext};
+use super::serve::{Handler, RequestContext};
 use crate::cluster::{Cluster, discovery};
 use crate::config::motan::MotanConfig;
 use crate::filter::{FilterChain, FilterShared};
@@ -285,17 +285,17 @@ impl Mesh {
     }
 }
 
-fn peer_ip(ctx: &RequestContext) -> String {
-    ctx.peer.ip().to_string()
-}
-
 /// The agent port (and intercepted Motan2 connections): client role.
 pub struct ClientHandler(pub MeshHandle);
 
 impl Handler for ClientHandler {
-    fn handle(&self, req: Frame, ctx: RequestContext) -> HandlerFuture {
+    fn handle(
+        &self,
+        req: Frame,
+        ctx: RequestContext,
+    ) -> impl Future<Output = Option<Frame>> + Send + 'static {
         let mesh = self.0.load_full();
-        Box::pin(async move { Some(mesh.router.handle(req, &peer_ip(&ctx)).await) })
+        async move { Some(mesh.router.handle(req, &ctx.peer_ip).await) }
     }
 }
 
@@ -306,15 +306,13 @@ pub struct ServerHandler {
 }
 
 impl Handler for ServerHandler {
-    fn handle(&self, req: Frame, ctx: RequestContext) -> HandlerFuture {
+    fn handle(
+        &self,
+        req: Frame,
+        ctx: RequestContext,
+    ) -> impl Future<Output = Option<Frame>> + Send + 'static {
         let mesh = self.mesh.load_full();
         let port = self.port;
-        Box::pin(async move {
-            Some(
-                mesh.exporter
-                    .handle(port, req, &peer_ip(&ctx), ctx.received)
-                    .await,
-            )
-        })
+        async move { Some(mesh.exporter.handle(port, req, &ctx.peer_ip, ctx.received).await) }
     }
 }

@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use crate::net::SocketFactory;
@@ -46,7 +47,98 @@ impl Default for Transport {
     }
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Frame>>>;
+/// Calls waiting for their response, by channel request id. A waiter is an entry of this map
+/// rather than a channel of its own: the reader fills the entry in and wakes the caller's task,
+/// so once the map has grown to the channel's usual concurrency a call allocates nothing here.
+#[derive(Debug, Default)]
+struct Pending {
+    waiters: Mutex<HashMap<u64, Waiter>>,
+}
+
+#[derive(Debug)]
+enum Waiter {
+    /// The caller's task, once it has polled.
+    Waiting(Option<Waker>),
+    Answered(Frame),
+}
+
+impl Pending {
+    fn insert(&self, id: u64) {
+        self.waiters.lock().unwrap().insert(id, Waiter::Waiting(None));
+    }
+
+    fn remove(&self, id: u64) {
+        self.waiters.lock().unwrap().remove(&id);
+    }
+
+    fn len(&self) -> usize {
+        self.waiters.lock().unwrap().len()
+    }
+
+    /// Hand `resp` to the call waiting for its id; a response nobody waits for (the call timed
+    /// out or was cancelled, or it answers a oneway request) is dropped.
+    fn answer(&self, resp: Frame) {
+        let waker = {
+            let mut waiters = self.waiters.lock().unwrap();
+            match waiters.get_mut(&resp.header.request_id) {
+                Some(w @ Waiter::Waiting(_)) => match std::mem::replace(w, Waiter::Answered(resp)) {
+                    Waiter::Waiting(waker) => waker,
+                    Waiter::Answered(_) => None,
+                },
+                _ => None,
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The response of call `id` once answered; `None` when the entry is gone (the connection
+    /// closed with the call in flight).
+    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        let mut waiters = self.waiters.lock().unwrap();
+        match waiters.get_mut(&id) {
+            None => Poll::Ready(None),
+            Some(Waiter::Waiting(waker)) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Some(Waiter::Answered(_)) => match waiters.remove(&id) {
+                Some(Waiter::Answered(resp)) => Poll::Ready(Some(resp)),
+                _ => Poll::Ready(None),
+            },
+        }
+    }
+
+    /// The connection is gone: every call still waiting fails (answered ones keep their answer).
+    fn fail_waiting(&self) {
+        let mut woken = Vec::new();
+        self.waiters.lock().unwrap().retain(|_, w| match w {
+            Waiter::Waiting(waker) => {
+                woken.extend(waker.take());
+                false
+            }
+            Waiter::Answered(_) => true,
+        });
+        for w in woken {
+            w.wake();
+        }
+    }
+}
+
+/// A call's entry in `Pending`, removed however the call ends (timeout, error, cancellation).
+struct PendingEntry<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        self.pending.remove(self.id);
+    }
+}
 
 /// One multiplexed connection. Dropping the last handle closes it.
 #[derive(Debug)]
@@ -68,7 +160,9 @@ impl Channel {
         let sa: SocketAddr = addr
             .parse()
             .map_err(|_| CallError::service(E_NO_CHANNEL, format!("bad endpoint address {addr:?}")))?;
-        let stream = connect_tcp(sa, t)
+        let stream = t
+            .sockets
+            .connect_within(sa, t.connect_timeout)
             .await
             .map_err(|e| CallError::service(E_NO_CHANNEL, format!("connect to {addr} failed: {e:#}")))?;
         Ok(Channel::start(stream, addr.to_string(), t.limits))
@@ -95,21 +189,16 @@ impl Channel {
             let mut frames = FramedRead::new(rd, Motan2Codec::new(limits));
             let why = loop {
                 match frames.next().await {
-                    Some(Ok(f)) if f.header.is_response() => {
-                        let waiter = pending_r.lock().unwrap().remove(&f.header.request_id);
-                        if let Some(w) = waiter {
-                            let _ = w.send(f);
-                        }
-                    }
+                    Some(Ok(f)) if f.header.is_response() => pending_r.answer(f),
                     Some(Ok(_)) => {} // a request from upstream: nothing asks for that; ignore
                     Some(Err(e)) => break format!("{e}"),
                     None => break "connection closed by peer".to_string(),
                 };
             };
             tracing::debug!(peer = %peer_r, "upstream channel closed: {why}");
+            // Closed first: a call that registers after the sweep sees it and gives up.
             closed_r.store(true, Ordering::Release);
-            // Dropping the senders wakes every waiter with an error.
-            pending_r.lock().unwrap().clear();
+            pending_r.fail_waiting();
         });
         Channel {
             peer,
@@ -124,43 +213,51 @@ impl Channel {
         self.closed.load(Ordering::Acquire) || self.tx.is_closed()
     }
 
+    /// Calls waiting for their response.
     pub fn in_flight(&self) -> usize {
-        self.pending.lock().unwrap().len()
+        self.pending.len()
     }
 
     /// Send `req` with a channel-local request id and wait for its response up to `timeout`.
     /// The response keeps the channel id; the caller restores its own.
-    pub async fn call(&self, mut req: Frame, timeout: Duration) -> Result<Frame, CallError> {
+    pub async fn call(&self, req: Frame, timeout: Duration) -> Result<Frame, CallError> {
+        self.call_ref(&req, timeout).await
+    }
+
+    /// [`Channel::call`] without taking the frame: on the wire it carries a channel-local
+    /// request id, the frame itself is neither changed nor copied.
+    pub async fn call_ref(&self, req: &Frame, timeout: Duration) -> Result<Frame, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        req.header.request_id = id;
-        let bytes = req.encode_to_bytes();
-        drop(req);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id, tx);
+        let bytes = req.encode_to_bytes_with_id(id);
+        self.pending.insert(id);
+        let entry = PendingEntry {
+            pending: &self.pending,
+            id,
+        };
         // The reader may have closed between the check and the insert: re-check after.
         if self.is_closed() {
-            self.pending.lock().unwrap().remove(&id);
             return Err(channel_error(format!("connection to {} is closed", self.peer)));
         }
         let sent = tokio::time::timeout(timeout, self.tx.send(bytes)).await;
         if !matches!(sent, Ok(Ok(()))) {
-            self.pending.lock().unwrap().remove(&id);
             return Err(channel_error(format!("cannot write to {}", self.peer)));
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) => Err(channel_error(format!(
+        let answer = std::future::poll_fn(|cx| self.pending.poll_answer(id, cx));
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Some(resp)) => {
+                // Already removed with its answer.
+                std::mem::forget(entry);
+                Ok(resp)
+            }
+            Ok(None) => Err(channel_error(format!(
                 "connection to {} closed with the request in flight",
                 self.peer
             ))),
-            Err(_) => {
-                self.pending.lock().unwrap().remove(&id);
-                Err(channel_error(format!(
-                    "request timed out after {} ms waiting for {}",
-                    timeout.as_millis(),
-                    self.peer
-                )))
-            }
+            Err(_) => Err(channel_error(format!(
+                "request timed out after {} ms waiting for {}",
+                timeout.as_millis(),
+                self.peer
+            ))),
         }
     }
 
@@ -210,10 +307,6 @@ pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
     wr.flush().await
 }
 
-async fn connect_tcp(sa: SocketAddr, t: &Transport) -> anyhow::Result<TcpStream> {
-    t.sockets.connect_within(sa, t.connect_timeout).await
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -257,5 +350,51 @@ pub(crate) mod tests {
             }
         });
         addr
+    }
+
+    /// A provider that reads requests and never answers; requests arrive on the receiver.
+    pub(crate) async fn silent_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Frame>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut frames = FramedRead::new(s, Motan2Codec::default());
+                    while let Some(Ok(f)) = frames.next().await {
+                        let _ = tx.send(f);
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn the_caller_keeps_its_frame_and_the_wire_carries_the_channel_id() {
+        let addr = upstream().await;
+        let ch = Channel::connect(&addr.to_string(), &Transport::default())
+            .await
+            .unwrap();
+        let req = Frame::request(77, "s", "m", Bytes::from_static(b"\x00ab"));
+        let resp = ch.call_ref(&req, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(resp.body.as_ref(), b"ba\x00");
+        assert_eq!(resp.header.request_id, 1, "the channel's own id");
+        assert_eq!(req.header.request_id, 77, "the request is not changed");
+        assert_eq!(ch.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_call_leaves_no_waiter_behind() {
+        let (addr, _requests) = silent_upstream().await;
+        let ch = Channel::connect(&addr.to_string(), &Transport::default())
+            .await
+            .unwrap();
+        let req = Frame::request(1, "s", "m", Bytes::new());
+        let call = ch.call_ref(&req, Duration::from_secs(60));
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), call).await;
+        assert!(cancelled.is_err(), "still waiting when dropped");
+        assert_eq!(ch.in_flight(), 0);
     }
 }

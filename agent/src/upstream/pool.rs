@@ -59,8 +59,8 @@ impl Pool {
         }
     }
 
-    pub async fn call(&self, req: Frame, timeout: Duration) -> Result<Frame, CallError> {
-        self.get().await?.call(req, timeout).await
+    pub async fn call(&self, req: &Frame, timeout: Duration) -> Result<Frame, CallError> {
+        self.get().await?.call_ref(req, timeout).await
     }
 
     pub async fn heartbeat(&self, timeout: Duration) -> Result<(), CallError> {
@@ -106,7 +106,7 @@ mod tests {
             calls.push(tokio::spawn(async move {
                 let body = Bytes::from(vec![(i % 7) as u8, (i >> 8) as u8, i as u8]);
                 let req = Frame::request(u64::from(i) + 1_000_000, "s", "m", body.clone());
-                let resp = pool.call(req, Duration::from_secs(5)).await.unwrap();
+                let resp = pool.call(&req, Duration::from_secs(5)).await.unwrap();
                 let mut want = body.to_vec();
                 want.reverse();
                 assert_eq!(resp.body.as_ref(), want.as_slice());
@@ -124,7 +124,7 @@ mod tests {
         let addr = upstream().await;
         let pool = Pool::new(addr.to_string(), 1, Transport::default());
         let req = Frame::request(1, "s", "m", Bytes::from_static(&[200]));
-        let e = pool.call(req, Duration::from_millis(50)).await.unwrap_err();
+        let e = pool.call(&req, Duration::from_millis(50)).await.unwrap_err();
         assert_eq!(e.code, 400);
         assert!(e.message.contains("timed out"), "{e}");
         assert_eq!(pool.usage().1, 0, "a timed-out request is forgotten");
@@ -134,7 +134,7 @@ mod tests {
         drop(l);
         let pool = Pool::new(dead.to_string(), 1, Transport::default());
         let e = pool
-            .call(Frame::request(1, "s", "m", Bytes::new()), Duration::from_secs(1))
+            .call(&Frame::request(1, "s", "m", Bytes::new()), Duration::from_secs(1))
             .await;
         let e = e.unwrap_err();
         assert_eq!(e.code, E_NO_CHANNEL);
@@ -152,7 +152,7 @@ mod tests {
         });
         let pool = Pool::new(addr.to_string(), 1, Transport::default());
         let e = pool
-            .call(Frame::request(1, "s", "m", Bytes::new()), Duration::from_secs(5))
+            .call(&Frame::request(1, "s", "m", Bytes::new()), Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(e.message.contains("closed"), "{e}");
