@@ -28,6 +28,7 @@ use self::lb::{Balancer, LbConfig, LbRequest};
 use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL, degraded_error, error_of};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys, simple};
+use crate::upstream::Deadline;
 use crate::upstream::channel::Transport;
 use crate::upstream::pool::Pool;
 use crate::url::Url;
@@ -315,7 +316,8 @@ impl Cluster {
 
     /// Call the cluster with `req` (already carrying the caller's meta): HA over the balancer.
     /// Ok is the upstream response (its request id is the channel's; the caller restores its
-    /// own); Err is an error the agent answers with.
+    /// own); Err is an error the agent answers with. The request's timeout bounds the whole
+    /// call, every attempt and connect included.
     pub async fn call(self: &Arc<Self>, req: Frame) -> Result<Frame, CallError> {
         if self.degraded.load(Ordering::Relaxed) {
             return Err(degraded_error());
@@ -324,6 +326,7 @@ impl Cluster {
         let method = req.meta.get(keys::METHOD).unwrap_or("");
         let desc = req.meta.get(keys::METHOD_DESC).unwrap_or("");
         let timeout = request_timeout(&self.refer, method, desc, req.meta.get(keys::TIMEOUT));
+        let deadline = Deadline::after(timeout);
         let key = self.hash_key.key(&req);
         let lb_req = LbRequest {
             hash_key: key.as_deref(),
@@ -333,9 +336,10 @@ impl Cluster {
                 let policy = Failover::for_request(&self.refer, self.ha, method, desc);
                 call_with_failover(
                     policy,
+                    deadline,
                     &balancer,
                     &lb_req,
-                    |ep| self.call_endpoint(ep, &req, timeout, method),
+                    |ep| self.call_endpoint(ep, &req, deadline, method),
                     error_of,
                     || {
                         ha::failover_no_endpoint_error(
@@ -349,7 +353,9 @@ impl Cluster {
                 .await
             }
             HaKind::BackupRequest => {
-                let cfg = BackupRequestConfig::for_request(&self.refer, method, desc);
+                let mut cfg = BackupRequestConfig::for_request(&self.refer, method, desc);
+                // The request's own deadline (its `M_tmo`) may come first.
+                cfg.request_timeout = cfg.request_timeout.min(deadline.remaining());
                 let observed = self.latencies.get(method).percentile(f64::from(cfg.delay_ratio));
                 let delay = cfg.delay(observed);
                 call_with_backup(
@@ -358,7 +364,7 @@ impl Cluster {
                     &self.budget,
                     &balancer,
                     &lb_req,
-                    |ep| Box::pin(self.call_endpoint(ep, &req, timeout, method)),
+                    |ep| Box::pin(self.call_endpoint(ep, &req, deadline, method)),
                     error_of,
                 )
                 .await
@@ -371,9 +377,20 @@ impl Cluster {
         self: &Arc<Self>,
         ep: Arc<Endpoint>,
         req: &Frame,
-        timeout: Duration,
+        deadline: Deadline,
         method: &str,
     ) -> Result<Frame, CallError> {
+        if deadline.expired() {
+            // Not an attempt on this endpoint: its health is not at stake.
+            return Err(CallError::service(
+                400,
+                format!(
+                    "request timed out after {} ms before {} was tried",
+                    deadline.timeout().as_millis(),
+                    ep.address()
+                ),
+            ));
+        }
         let pool = self.pools.read().unwrap().get(ep.identity()).cloned();
         let Some(pool) = pool else {
             return Err(CallError::service(
@@ -401,7 +418,7 @@ impl Cluster {
         };
         let started = Instant::now();
         let guard = ep.begin();
-        let mut r = pool.call(req, timeout).await;
+        let mut r = pool.call(req, deadline).await;
         if let Ok(resp) = &mut r {
             if resp.header.is_gzip()
                 && let Err(e) = resp.gunzip(self.transport.limits.max_body)
@@ -519,6 +536,66 @@ mod tests {
         tokio::time::sleep(REMOVE_DELAY + Duration::from_millis(200)).await;
         let r = call(c.clone()).await;
         assert!(r.is_ok(), "{:?}", r.err());
+        c.stop();
+    }
+
+    /// Poll until `n` endpoints of `c` are available.
+    async fn available(c: &Cluster, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while c
+            .balancer
+            .load()
+            .endpoints()
+            .iter()
+            .filter(|e| e.is_available())
+            .count()
+            < n
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} endpoints never became available"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_at_most_its_timeout_over_failover_and_a_dead_endpoint() {
+        use crate::upstream::channel::tests::{blackhole, silent_upstream};
+        let (silent, _requests) = silent_upstream().await;
+        let (dead, _hole) = blackhole().await;
+        let refer = Url::new("motan2", "", 0, "s", "g")
+            .with_param("requestTimeout", "300")
+            .with_param("retries", "3");
+        // Connects would hang for 1 s: longer than the request timeout.
+        let c = Cluster::new("c", refer, Transport::default(), None).unwrap();
+        c.apply("r1", 1, &[server(silent), server(dead)], None);
+        available(&c, 1).await;
+        // The dead endpoint as one that stopped accepting after it was enabled: its slots
+        // are connecting when requests arrive.
+        for ep in c.balancer.load().endpoints() {
+            ep.set_available(true);
+        }
+        let calls: Vec<_> = (0..4)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
+                    let r = c.call(Frame::request(i, "s", "m", Bytes::new())).await;
+                    (r, started.elapsed())
+                })
+            })
+            .collect();
+        for call in calls {
+            let (r, took) = call.await.unwrap();
+            let e = r.unwrap_err();
+            assert!(e.message.contains("300 ms"), "{e}");
+            let timeout = Duration::from_millis(300);
+            assert!(
+                took >= timeout && took < timeout + Duration::from_millis(150),
+                "{took:?}: {e}"
+            );
+        }
         c.stop();
     }
 }

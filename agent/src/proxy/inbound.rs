@@ -13,6 +13,7 @@ use crate::filter::{CallInfo, FilterChain, FilterShared, Role};
 use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
+use crate::upstream::Deadline;
 use crate::upstream::channel::Transport;
 use crate::upstream::pool::Pool;
 use crate::url::{Url, keys as url_keys};
@@ -186,7 +187,8 @@ impl Exporter {
                     m.get(keys::METHOD_DESC).unwrap_or(""),
                     m.get(keys::TIMEOUT),
                 );
-                match pool.call(&req, timeout.max(Duration::from_millis(1))).await {
+                let deadline = Deadline::after(timeout.max(Duration::from_millis(1)));
+                match pool.call(&req, deadline).await {
                     Ok(r) => r,
                     Err(e) => error_frame(id, &e),
                 }

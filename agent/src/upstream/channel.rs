@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
+use super::Deadline;
 use crate::net::SocketFactory;
 use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL};
 use crate::protocol::motan2::{DecodeLimits, Frame, Motan2Codec};
@@ -221,12 +222,13 @@ impl Channel {
     /// Send `req` with a channel-local request id and wait for its response up to `timeout`.
     /// The response keeps the channel id; the caller restores its own.
     pub async fn call(&self, req: Frame, timeout: Duration) -> Result<Frame, CallError> {
-        self.call_ref(&req, timeout).await
+        self.call_until(&req, Deadline::after(timeout)).await
     }
 
-    /// [`Channel::call`] without taking the frame: on the wire it carries a channel-local
-    /// request id, the frame itself is neither changed nor copied.
-    pub async fn call_ref(&self, req: &Frame, timeout: Duration) -> Result<Frame, CallError> {
+    /// Send `req` (on the wire with a channel-local request id; the frame itself is neither
+    /// changed nor copied) and wait for its response until `deadline`, which a full write
+    /// queue and the response share. The response keeps the channel id.
+    pub async fn call_until(&self, req: &Frame, deadline: Deadline) -> Result<Frame, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = req.encode_to_bytes_with_id(id);
         self.pending.insert(id);
@@ -238,12 +240,9 @@ impl Channel {
         if self.is_closed() {
             return Err(channel_error(format!("connection to {} is closed", self.peer)));
         }
-        let sent = tokio::time::timeout(timeout, self.tx.send(bytes)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return Err(channel_error(format!("cannot write to {}", self.peer)));
-        }
+        self.enqueue(bytes, deadline).await?;
         let answer = std::future::poll_fn(|cx| self.pending.poll_answer(id, cx));
-        match tokio::time::timeout(timeout, answer).await {
+        match tokio::time::timeout_at(deadline.at(), answer).await {
             Ok(Some(resp)) => {
                 // Already removed with its answer.
                 std::mem::forget(entry);
@@ -255,7 +254,7 @@ impl Channel {
             ))),
             Err(_) => Err(channel_error(format!(
                 "request timed out after {} ms waiting for {}",
-                timeout.as_millis(),
+                deadline.timeout().as_millis(),
                 self.peer
             ))),
         }
@@ -268,6 +267,19 @@ impl Channel {
             .send(req.encode_to_bytes())
             .await
             .map_err(|_| channel_error(format!("cannot write to {}", self.peer)))
+    }
+
+    /// Queue one encoded frame for the writer, waiting for room at most until `deadline`.
+    async fn enqueue(&self, frame: Bytes, deadline: Deadline) -> Result<(), CallError> {
+        match tokio::time::timeout_at(deadline.at(), self.tx.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(channel_error(format!("cannot write to {}", self.peer))),
+            Err(_) => Err(channel_error(format!(
+                "request timed out after {} ms: the write queue to {} stayed full",
+                deadline.timeout().as_millis(),
+                self.peer
+            ))),
+        }
     }
 
     pub async fn heartbeat(&self, timeout: Duration) -> Result<(), CallError> {
@@ -322,34 +334,68 @@ pub(crate) mod tests {
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let (mut sink, mut stream) = Framed::new(s, Motan2Codec::default()).split();
-                    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-                    tokio::spawn(async move {
-                        while let Some(f) = rx.recv().await {
-                            if sink.send(f).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                    while let Some(Ok(f)) = stream.next().await {
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            if f.header.is_heartbeat() {
-                                let _ = tx.send(Frame::heartbeat_response(f.header.request_id));
-                                return;
-                            }
-                            let delay = f.body.first().copied().unwrap_or(0);
-                            tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
-                            let mut body = f.body.to_vec();
-                            body.reverse();
-                            let _ = tx.send(Frame::response_to(&f, Bytes::from(body)));
-                        });
-                    }
-                });
+                tokio::spawn(serve_reversed(s));
             }
         });
         addr
+    }
+
+    /// Serve one connection the way [`upstream`] does.
+    pub(crate) async fn serve_reversed(s: TcpStream) {
+        let (mut sink, mut stream) = Framed::new(s, Motan2Codec::default()).split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        tokio::spawn(async move {
+            while let Some(f) = rx.recv().await {
+                if sink.send(f).await.is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(Ok(f)) = stream.next().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if f.header.is_heartbeat() {
+                    let _ = tx.send(Frame::heartbeat_response(f.header.request_id));
+                    return;
+                }
+                let delay = f.body.first().copied().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+                let mut body = f.body.to_vec();
+                body.reverse();
+                let _ = tx.send(Frame::response_to(&f, Bytes::from(body)));
+            });
+        }
+    }
+
+    /// A listening socket with a backlog of one, not yet accepting.
+    pub(crate) fn backlog_of_one() -> (SocketAddr, std::net::TcpListener) {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        s.listen(1).unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        let l = std::net::TcpListener::from(s);
+        l.set_nonblocking(true).unwrap();
+        (addr, l)
+    }
+
+    /// Connect to `addr` until a connect hangs: the listener's accept queue is then full and
+    /// the kernel drops further SYNs. Keep the returned connections open.
+    pub(crate) async fn fill_backlog(addr: SocketAddr) -> Vec<TcpStream> {
+        let mut held = Vec::new();
+        while let Ok(c) = tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await {
+            held.push(c.unwrap());
+            assert!(held.len() < 16, "the backlog of {addr} never filled");
+        }
+        held
+    }
+
+    /// An endpoint that never accepts (a connect to it hangs until its timeout), as long as the
+    /// returned listener and connections live.
+    pub(crate) async fn blackhole() -> (SocketAddr, (std::net::TcpListener, Vec<TcpStream>)) {
+        let (addr, l) = backlog_of_one();
+        let held = fill_backlog(addr).await;
+        (addr, (l, held))
     }
 
     /// A provider that reads requests and never answers; requests arrive on the receiver.
@@ -378,7 +424,10 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let req = Frame::request(77, "s", "m", Bytes::from_static(b"\x00ab"));
-        let resp = ch.call_ref(&req, Duration::from_secs(5)).await.unwrap();
+        let resp = ch
+            .call_until(&req, Deadline::after(Duration::from_secs(5)))
+            .await
+            .unwrap();
         assert_eq!(resp.body.as_ref(), b"ba\x00");
         assert_eq!(resp.header.request_id, 1, "the channel's own id");
         assert_eq!(req.header.request_id, 77, "the request is not changed");
@@ -392,7 +441,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let req = Frame::request(1, "s", "m", Bytes::new());
-        let call = ch.call_ref(&req, Duration::from_secs(60));
+        let call = ch.call_until(&req, Deadline::after(Duration::from_secs(60)));
         let cancelled = tokio::time::timeout(Duration::from_millis(50), call).await;
         assert!(cancelled.is_err(), "still waiting when dropped");
         assert_eq!(ch.in_flight(), 0);

@@ -1,19 +1,38 @@
 //! `clientConnection` channels to one endpoint, made on demand and replaced when they die.
-use std::sync::Arc;
+//!
+//! No lock is held across a connect: a slot is `Empty`, `Connecting` (a task makes the
+//! connection and publishes the outcome) or `Connected`, and its mutex is held only to read or
+//! replace that state. A caller whose slot is connecting takes another live channel of the pool
+//! if there is one, and otherwise waits for that one connect, bounded by its own deadline, so a
+//! dead endpoint costs each caller at most what is left of its timeout.
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
+use super::Deadline;
 use super::channel::{Channel, Transport};
 use crate::protocol::motan2::Frame;
-use crate::protocol::motan2::call::CallError;
+use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL};
 
-/// `size` channels to one address, made on demand and replaced when they die. Callers are
-/// spread over the live channels by a rotating index.
+/// The outcome of a slot's connect, `None` while it runs.
+type Connect = watch::Receiver<Option<Result<Arc<Channel>, CallError>>>;
+
+#[derive(Debug)]
+enum Slot {
+    Empty,
+    Connecting(Connect),
+    Connected(Arc<Channel>),
+}
+
+/// `size` channels to one address. Callers are spread over the slots by a rotating index.
 #[derive(Debug)]
 pub struct Pool {
     addr: String,
     transport: Transport,
-    slots: Vec<tokio::sync::Mutex<Option<Arc<Channel>>>>,
+    /// Shared with the connect tasks, which store what they made.
+    slots: Arc<[Mutex<Slot>]>,
     next: AtomicUsize,
 }
 
@@ -22,7 +41,7 @@ impl Pool {
         Pool {
             addr,
             transport,
-            slots: (0..size.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            slots: (0..size.max(1)).map(|_| Mutex::new(Slot::Empty)).collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -31,25 +50,101 @@ impl Pool {
         &self.addr
     }
 
-    /// A live channel, connecting the chosen slot if it has none (errcode 1002 on failure).
-    pub async fn get(&self) -> Result<Arc<Channel>, CallError> {
+    /// A live channel: the next slot's, another live one while that slot connects, or the
+    /// slot's new connection if it is made before `deadline` (errcode 1002 otherwise).
+    pub async fn get(&self, deadline: Deadline) -> Result<Arc<Channel>, CallError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[i].lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
+        let connect = match self.live_or_connect(i) {
+            Ok(c) => return Ok(c),
+            Err(connect) => connect,
+        };
+        if let Some(c) = self.any_live(i) {
+            return Ok(c);
         }
-        let c = Arc::new(Channel::connect(&self.addr, &self.transport).await?);
-        *slot = Some(c.clone());
-        Ok(c)
+        self.wait(connect, Some(deadline)).await
     }
 
-    /// Connect every slot (the pool's initial creation); fails if none could be made.
+    /// Slot `i`'s live channel, or its connect (started here when the slot has none).
+    fn live_or_connect(&self, i: usize) -> Result<Arc<Channel>, Connect> {
+        let mut slot = self.slots[i].lock().unwrap();
+        match &*slot {
+            Slot::Connected(c) if !c.is_closed() => return Ok(c.clone()),
+            Slot::Connecting(connect) => return Err(connect.clone()),
+            Slot::Connected(_) | Slot::Empty => {}
+        }
+        let (tx, connect) = watch::channel(None);
+        *slot = Slot::Connecting(connect.clone());
+        drop(slot);
+        // A task of its own: the connect finishes (within the connect timeout) for whoever
+        // waits next, even when the caller that started it gives up.
+        let (slots, addr, transport) = (self.slots.clone(), self.addr.clone(), self.transport.clone());
+        tokio::spawn(async move {
+            let made = Channel::connect(&addr, &transport).await.map(Arc::new);
+            *slots[i].lock().unwrap() = match &made {
+                Ok(c) => Slot::Connected(c.clone()),
+                Err(_) => Slot::Empty,
+            };
+            let _ = tx.send(Some(made));
+        });
+        Err(connect)
+    }
+
+    /// A live channel of any slot but `busy`, looking from the one after it.
+    fn any_live(&self, busy: usize) -> Option<Arc<Channel>> {
+        let n = self.slots.len();
+        (1..n).find_map(|k| match &*self.slots[(busy + k) % n].lock().unwrap() {
+            Slot::Connected(c) if !c.is_closed() => Some(c.clone()),
+            _ => None,
+        })
+    }
+
+    /// The outcome of `connect`, waiting at most until `deadline` (`None`: as long as the
+    /// connect takes, itself bounded by the connect timeout).
+    async fn wait(
+        &self,
+        mut connect: Connect,
+        deadline: Option<Deadline>,
+    ) -> Result<Arc<Channel>, CallError> {
+        let done = async {
+            match connect.wait_for(Option::is_some).await {
+                Ok(made) => made.clone(),
+                Err(_) => None,
+            }
+        };
+        let made = match deadline {
+            Some(d) => tokio::time::timeout_at(d.at(), done).await.map_err(|_| {
+                CallError::service(
+                    E_NO_CHANNEL,
+                    format!(
+                        "no connection to {} within the request timeout of {} ms",
+                        self.addr,
+                        d.timeout().as_millis()
+                    ),
+                )
+            })?,
+            None => done.await,
+        };
+        made.unwrap_or_else(|| {
+            Err(CallError::service(
+                E_NO_CHANNEL,
+                format!("connect to {} was abandoned", self.addr),
+            ))
+        })
+    }
+
+    /// Connect every slot that has no live channel, all at once (the pool's initial creation);
+    /// fails if none could be made.
     pub async fn warm_up(&self) -> Result<(), CallError> {
+        let connects: Vec<_> = (0..self.slots.len()).map(|i| self.live_or_connect(i)).collect();
         let mut last = None;
         let mut any = false;
-        for _ in 0..self.slots.len() {
-            match self.get().await {
-                Ok(_) => any = true,
+        for c in connects {
+            let made = match c {
+                Ok(_) => Ok(()),
+                Err(connect) => self.wait(connect, None).await.map(drop),
+            };
+            match made {
+                Ok(()) => any = true,
                 Err(e) => last = Some(e),
             }
         }
@@ -59,21 +154,21 @@ impl Pool {
         }
     }
 
-    pub async fn call(&self, req: &Frame, timeout: Duration) -> Result<Frame, CallError> {
-        self.get().await?.call_ref(req, timeout).await
+    /// Call over a live channel; connect, write queue and response share `deadline`.
+    pub async fn call(&self, req: &Frame, deadline: Deadline) -> Result<Frame, CallError> {
+        self.get(deadline).await?.call_until(req, deadline).await
     }
 
     pub async fn heartbeat(&self, timeout: Duration) -> Result<(), CallError> {
-        self.get().await?.heartbeat(timeout).await
+        self.get(Deadline::after(timeout)).await?.heartbeat(timeout).await
     }
 
     /// Live channels and requests in flight over them (for status).
     pub fn usage(&self) -> (usize, usize) {
         let mut live = 0;
         let mut in_flight = 0;
-        for s in &self.slots {
-            if let Ok(g) = s.try_lock()
-                && let Some(c) = g.as_ref()
+        for s in self.slots.iter() {
+            if let Slot::Connected(c) = &*s.lock().unwrap()
                 && !c.is_closed()
             {
                 live += 1;
@@ -87,13 +182,19 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::motan2::Motan2Codec;
-    use crate::protocol::motan2::call::E_NO_CHANNEL;
-    use crate::upstream::channel::tests::upstream;
+    use crate::upstream::channel::tests::{
+        backlog_of_one, blackhole, fill_backlog, serve_reversed, upstream,
+    };
     use bytes::Bytes;
     use futures_util::StreamExt;
     use tokio::net::TcpListener;
     use tokio_util::codec::FramedRead;
+
+    use crate::protocol::motan2::Motan2Codec;
+
+    fn within(ms: u64) -> Deadline {
+        Deadline::after(Duration::from_millis(ms))
+    }
 
     #[tokio::test]
     async fn multiplexed_calls_get_their_own_answers() {
@@ -106,7 +207,7 @@ mod tests {
             calls.push(tokio::spawn(async move {
                 let body = Bytes::from(vec![(i % 7) as u8, (i >> 8) as u8, i as u8]);
                 let req = Frame::request(u64::from(i) + 1_000_000, "s", "m", body.clone());
-                let resp = pool.call(&req, Duration::from_secs(5)).await.unwrap();
+                let resp = pool.call(&req, within(5000)).await.unwrap();
                 let mut want = body.to_vec();
                 want.reverse();
                 assert_eq!(resp.body.as_ref(), want.as_slice());
@@ -115,7 +216,7 @@ mod tests {
         for c in calls {
             c.await.unwrap();
         }
-        assert_eq!(pool.usage().0, 2);
+        assert_eq!(pool.usage(), (2, 0));
         pool.heartbeat(Duration::from_secs(1)).await.unwrap();
     }
 
@@ -124,9 +225,9 @@ mod tests {
         let addr = upstream().await;
         let pool = Pool::new(addr.to_string(), 1, Transport::default());
         let req = Frame::request(1, "s", "m", Bytes::from_static(&[200]));
-        let e = pool.call(&req, Duration::from_millis(50)).await.unwrap_err();
+        let e = pool.call(&req, within(50)).await.unwrap_err();
         assert_eq!(e.code, 400);
-        assert!(e.message.contains("timed out"), "{e}");
+        assert!(e.message.contains("timed out after 50 ms"), "{e}");
         assert_eq!(pool.usage().1, 0, "a timed-out request is forgotten");
 
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -134,7 +235,7 @@ mod tests {
         drop(l);
         let pool = Pool::new(dead.to_string(), 1, Transport::default());
         let e = pool
-            .call(&Frame::request(1, "s", "m", Bytes::new()), Duration::from_secs(1))
+            .call(&Frame::request(1, "s", "m", Bytes::new()), within(1000))
             .await;
         let e = e.unwrap_err();
         assert_eq!(e.code, E_NO_CHANNEL);
@@ -152,9 +253,81 @@ mod tests {
         });
         let pool = Pool::new(addr.to_string(), 1, Transport::default());
         let e = pool
-            .call(&Frame::request(1, "s", "m", Bytes::new()), Duration::from_secs(5))
+            .call(&Frame::request(1, "s", "m", Bytes::new()), within(5000))
             .await
             .unwrap_err();
         assert!(e.message.contains("closed"), "{e}");
+    }
+
+    /// Connects that hang for long (the kernel's SYN retries), unlike the tests' deadlines.
+    fn slow_connects() -> Transport {
+        Transport {
+            connect_timeout: Duration::from_secs(10),
+            ..Transport::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_of_a_dead_endpoint_wait_their_own_deadline_not_a_connect() {
+        let (addr, _hole) = blackhole().await;
+        let pool = Arc::new(Pool::new(addr.to_string(), 1, slow_connects()));
+        let call = |ms: u64| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let e = pool
+                    .call(&Frame::request(1, "s", "m", Bytes::new()), within(ms))
+                    .await
+                    .unwrap_err();
+                (e, started.elapsed())
+            })
+        };
+        // Both wait on the one connect of the one slot, each until its own deadline.
+        let (short, long) = (call(100), call(300));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(pool.usage(), (0, 0), "status reads the slots while they connect");
+        for (task, ms) in [(short, 100), (long, 300)] {
+            let (e, took) = task.await.unwrap();
+            assert_eq!(e.code, E_NO_CHANNEL, "{e}");
+            assert!(
+                e.message
+                    .contains(&format!("within the request timeout of {ms} ms")),
+                "{e}"
+            );
+            let ms = Duration::from_millis(ms);
+            assert!(took >= ms && took < ms + Duration::from_millis(150), "{took:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connecting_slot_sends_its_callers_to_a_live_channel() {
+        // Accepts (and serves) one connection, then never again.
+        let (addr, l) = backlog_of_one();
+        let l = TcpListener::from_std(l).unwrap();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            serve_reversed(s).await;
+        });
+        let pool = Pool::new(addr.to_string(), 2, slow_connects());
+        let req = Frame::request(1, "s", "m", Bytes::from_static(b"\x00ab"));
+        pool.call(&req, within(2000)).await.unwrap();
+        let _held = fill_backlog(addr).await;
+        // The next call's slot starts a connect that hangs; it and the ones after it are
+        // served by the first slot's channel meanwhile.
+        let started = tokio::time::Instant::now();
+        for _ in 0..4 {
+            let resp = pool.call(&req, within(2000)).await.unwrap();
+            assert_eq!(resp.body.as_ref(), b"ba\x00");
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            pool.usage(),
+            (1, 0),
+            "one live channel, the other slot still connecting"
+        );
     }
 }
