@@ -317,7 +317,8 @@ impl Cluster {
     /// Call the cluster with `req` (already carrying the caller's meta): HA over the balancer.
     /// Ok is the upstream response (its request id is the channel's; the caller restores its
     /// own); Err is an error the agent answers with. The request's timeout bounds the whole
-    /// call, every attempt and connect included.
+    /// call, every attempt and connect included. A oneway request is answered as soon as it is
+    /// written (see [`oneway_answer`]); written requests are never retried.
     pub async fn call(self: &Arc<Self>, req: Frame) -> Result<Frame, CallError> {
         if self.degraded.load(Ordering::Relaxed) {
             return Err(degraded_error());
@@ -331,8 +332,11 @@ impl Cluster {
         let lb_req = LbRequest {
             hash_key: key.as_deref(),
         };
-        let r = match self.ha {
-            HaKind::Failover | HaKind::Failfast => {
+        // A oneway request is written once (failover only over endpoints it could not be
+        // written to): backups would deliver it twice.
+        let failover = self.ha != HaKind::BackupRequest || req.header.is_oneway();
+        let r = match failover {
+            true => {
                 let policy = Failover::for_request(&self.refer, self.ha, method, desc);
                 call_with_failover(
                     policy,
@@ -352,7 +356,7 @@ impl Cluster {
                 )
                 .await
             }
-            HaKind::BackupRequest => {
+            false => {
                 let mut cfg = BackupRequestConfig::for_request(&self.refer, method, desc);
                 // The request's own deadline (its `M_tmo`) may come first.
                 cfg.request_timeout = cfg.request_timeout.min(deadline.remaining());
@@ -416,10 +420,15 @@ impl Cluster {
         } else {
             req
         };
+        let oneway = req.header.is_oneway();
         let started = Instant::now();
         let guard = ep.begin();
-        let mut r = pool.call(req, deadline).await;
-        if let Ok(resp) = &mut r {
+        let mut r = if oneway {
+            pool.send_oneway(req, deadline).await.map(|()| oneway_answer(req))
+        } else {
+            pool.call(req, deadline).await
+        };
+        if let (Ok(resp), false) = (&mut r, oneway) {
             if resp.header.is_gzip()
                 && let Err(e) = resp.gunzip(self.transport.limits.max_body)
             {
@@ -428,14 +437,21 @@ impl Cluster {
             resp.meta.insert("x-forwarded-for", ep.address_bytes());
         }
         let error = error_of(&r);
-        if let Some(k) = guard.finish(error.as_ref()) {
+        // A oneway request's "latency" is the time to queue it: not recorded.
+        let keepalive = if oneway {
+            drop(guard);
+            ep.record(error.as_ref())
+        } else {
+            guard.finish(error.as_ref())
+        };
+        if let Some(k) = keepalive {
             tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), "endpoint disabled after consecutive errors (last: {})", error.as_ref().map(|e| e.to_string()).unwrap_or_default());
             let me = self.clone();
             tokio::spawn(async move { me.keepalive(ep, pool, k).await });
         }
         // Only backupRequest reads per-method latencies (its delay); other strategies skip
         // the bookkeeping on every call.
-        if error.is_none() && self.ha == HaKind::BackupRequest {
+        if error.is_none() && !oneway && self.ha == HaKind::BackupRequest {
             self.latencies.get(method).record(started.elapsed());
         }
         r
@@ -499,6 +515,16 @@ impl Cluster {
             "endpoints": endpoints,
         })
     }
+}
+
+/// What a caller gets for a oneway request once it is written: an empty success response.
+/// motan-go has no oneway path: its servers answer every request (server/motanserver.go,
+/// `processV2`, never reads the flag) and its clients wait for that answer even for oneway
+/// requests (endpoint/motanCommonEndpoint.go, `Channel.Call` → `stream.Recv`). So callers
+/// expect an answer; the agent gives it at once instead of holding the request until a
+/// provider's answer that need not come (spec 1.8: replies to oneway requests are harmless).
+pub fn oneway_answer(req: &Frame) -> Frame {
+    Frame::response_to(req, Bytes::new())
 }
 
 impl Drop for Cluster {
@@ -596,6 +622,42 @@ mod tests {
                 "{took:?}: {e}"
             );
         }
+        c.stop();
+    }
+
+    #[tokio::test]
+    async fn oneway_requests_are_answered_once_written_and_leave_nothing_pending() {
+        use crate::protocol::motan2::frame::FLAG_ONEWAY;
+        use crate::upstream::channel::tests::silent_upstream;
+        let (silent, mut requests) = silent_upstream().await;
+        let refer = Url::new("motan2", "", 0, "s", "g").with_param("requestTimeout", "100");
+        let c = Cluster::new("c", refer, Transport::default(), None).unwrap();
+        c.apply("r1", 1, &[server(silent)], None);
+        assert!(
+            c.wait_ready(tokio::time::Instant::now() + Duration::from_secs(5))
+                .await
+        );
+        for i in 0..3 {
+            let mut req = Frame::request(40 + i, "s", "m", Bytes::from_static(b"fire"));
+            req.header.set_flag(FLAG_ONEWAY, true);
+            let started = tokio::time::Instant::now();
+            let resp = c.call(req).await.unwrap();
+            assert!(
+                started.elapsed() < Duration::from_millis(50),
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(resp.header.is_response() && !resp.is_exception(), "{resp:?}");
+            assert!(resp.body.is_empty());
+            let got = requests.recv().await.unwrap();
+            assert!(got.header.is_oneway() && got.header.is_proxy());
+            assert_eq!(got.body.as_ref(), b"fire");
+        }
+        // Past the request timeout: no timeout counted, nothing waiting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let st = c.status_json();
+        assert_eq!(st["endpoints"][0]["in_flight"], 0, "{st}");
+        assert_eq!(st["endpoints"][0]["consecutive_errors"], 0, "{st}");
         c.stop();
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::cluster::endpoint::request_timeout;
+use crate::cluster::oneway_answer;
 use crate::config::motan::parse_protocol_port;
 use crate::filter::{CallInfo, FilterChain, FilterShared, Role};
 use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
@@ -188,10 +189,14 @@ impl Exporter {
                     m.get(keys::TIMEOUT),
                 );
                 let deadline = Deadline::after(timeout.max(Duration::from_millis(1)));
-                match pool.call(&req, deadline).await {
-                    Ok(r) => r,
-                    Err(e) => error_frame(id, &e),
-                }
+                let r = if req.header.is_oneway() {
+                    pool.send_oneway(&req, deadline)
+                        .await
+                        .map(|()| oneway_answer(&req))
+                } else {
+                    pool.call(&req, deadline).await
+                };
+                r.unwrap_or_else(|e| error_frame(id, &e))
             }
         }
     }

@@ -276,7 +276,10 @@ impl Mesh {
                 "port": e.port,
                 "filters": e.chain.names(),
                 "provider": match &e.provider {
-                    inbound::Provider::Motan2 { pool } => json!({"type": "motan2", "address": pool.address(), "channels": pool.usage().0}),
+                    inbound::Provider::Motan2 { pool } => {
+                        let (channels, in_flight) = pool.usage();
+                        json!({"type": "motan2", "address": pool.address(), "channels": channels, "in_flight": in_flight})
+                    },
                     inbound::Provider::Http(_) => json!({"type": "http", "address": e.service.param("proxyAddress").unwrap_or("")}),
                 },
             })).collect::<Vec<_>>(),
@@ -289,13 +292,9 @@ impl Mesh {
 pub struct ClientHandler(pub MeshHandle);
 
 impl Handler for ClientHandler {
-    fn handle(
-        &self,
-        req: Frame,
-        ctx: RequestContext,
-    ) -> impl Future<Output = Option<Frame>> + Send + 'static {
+    fn handle(&self, req: Frame, ctx: RequestContext) -> impl Future<Output = Frame> + Send + 'static {
         let mesh = self.0.load_full();
-        async move { Some(mesh.router.handle(req, &ctx.peer_ip).await) }
+        async move { mesh.router.handle(req, &ctx.peer_ip).await }
     }
 }
 
@@ -306,13 +305,9 @@ pub struct ServerHandler {
 }
 
 impl Handler for ServerHandler {
-    fn handle(
-        &self,
-        req: Frame,
-        ctx: RequestContext,
-    ) -> impl Future<Output = Option<Frame>> + Send + 'static {
+    fn handle(&self, req: Frame, ctx: RequestContext) -> impl Future<Output = Frame> + Send + 'static {
         let mesh = self.mesh.load_full();
         let port = self.port;
-        async move { Some(mesh.exporter.handle(port, req, &ctx.peer_ip, ctx.received).await) }
+        async move { mesh.exporter.handle(port, req, &ctx.peer_ip, ctx.received).await }
     }
 }

@@ -23,12 +23,11 @@ use tokio_util::task::TaskTracker;
 use crate::protocol::motan2::{CodecError, DecodeLimits, Exception, Frame, FrameError, Motan2Codec, v1};
 use crate::upstream::channel::{WRITE_QUEUE, write_frames};
 
-/// What a listener does with each request. `None` = write nothing (oneway requests). The
-/// future runs as the request's task; being a concrete type (not boxed) it costs no
-/// allocation of its own.
+/// What a listener does with each request: its answer (oneway requests are answered too, see
+/// `cluster::oneway_answer`). The future runs as the request's task; being a concrete type
+/// (not boxed) it costs no allocation of its own.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Frame, ctx: RequestContext)
-    -> impl Future<Output = Option<Frame>> + Send + 'static;
+    fn handle(&self, req: Frame, ctx: RequestContext) -> impl Future<Output = Frame> + Send + 'static;
 }
 
 /// Per-request facts the handler may need.
@@ -237,17 +236,13 @@ async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
             .await
             .is_ok();
     }
-    let oneway = frame.header.is_oneway();
     let (handler, tx) = (handler.clone(), tx.clone());
     // The handler's future is made inside the task: a future made outside and moved in would
     // be stored twice in the task (once captured, once awaited).
     requests.spawn(async move {
-        if let Some(mut resp) = handler.handle(frame, ctx).await
-            && !oneway
-        {
-            resp.header.request_id = id;
-            let _ = tx.send(resp.encode_to_bytes()).await;
-        }
+        let mut resp = handler.handle(frame, ctx).await;
+        resp.header.request_id = id;
+        let _ = tx.send(resp.encode_to_bytes()).await;
     });
     true
 }

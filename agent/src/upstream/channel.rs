@@ -260,13 +260,15 @@ impl Channel {
         }
     }
 
-    /// A oneway request: written, never answered.
-    pub async fn send_oneway(&self, mut req: Frame) -> Result<(), CallError> {
-        req.header.request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.tx
-            .send(req.encode_to_bytes())
-            .await
-            .map_err(|_| channel_error(format!("cannot write to {}", self.peer)))
+    /// A oneway request: written with a channel-local id, nothing waits for an answer. A
+    /// server that answers anyway (motan-go's does, spec 1.8) finds no waiter; the reader
+    /// drops that answer.
+    pub async fn send_oneway(&self, req: &Frame, deadline: Deadline) -> Result<(), CallError> {
+        if self.is_closed() {
+            return Err(channel_error(format!("connection to {} is closed", self.peer)));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.enqueue(req.encode_to_bytes_with_id(id), deadline).await
     }
 
     /// Queue one encoded frame for the writer, waiting for room at most until `deadline`.
@@ -444,6 +446,24 @@ pub(crate) mod tests {
         let call = ch.call_until(&req, Deadline::after(Duration::from_secs(60)));
         let cancelled = tokio::time::timeout(Duration::from_millis(50), call).await;
         assert!(cancelled.is_err(), "still waiting when dropped");
+        assert_eq!(ch.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn oneway_requests_are_written_and_nothing_waits() {
+        let (addr, mut requests) = silent_upstream().await;
+        let ch = Channel::connect(&addr.to_string(), &Transport::default())
+            .await
+            .unwrap();
+        let mut req = Frame::request(5, "s", "m", Bytes::from_static(b"fire"));
+        req.header
+            .set_flag(crate::protocol::motan2::frame::FLAG_ONEWAY, true);
+        ch.send_oneway(&req, Deadline::after(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        let got = requests.recv().await.unwrap();
+        assert!(got.header.is_oneway());
+        assert_eq!(got.body.as_ref(), b"fire");
         assert_eq!(ch.in_flight(), 0);
     }
 }

@@ -159,6 +159,11 @@ impl Pool {
         self.get(deadline).await?.call_until(req, deadline).await
     }
 
+    /// Write a oneway request over a live channel (nothing waits for an answer).
+    pub async fn send_oneway(&self, req: &Frame, deadline: Deadline) -> Result<(), CallError> {
+        self.get(deadline).await?.send_oneway(req, deadline).await
+    }
+
     pub async fn heartbeat(&self, timeout: Duration) -> Result<(), CallError> {
         self.get(Deadline::after(timeout)).await?.heartbeat(timeout).await
     }
