@@ -206,6 +206,8 @@ fn flag(args: &[String], k: &str) -> Option<String> {
 /// response meta who answered (`provider`) and what it saw (`seen-rid`, `seen-host`,
 /// `seen-group`, `seen-proxy`). Request meta `delay-ms` delays the answer, `fail` = `biz` or
 /// `service` answers with that exception; method `count` returns the number of requests served.
+/// Oneway requests (flag 0x04) are counted and never answered, as a provider that honours the
+/// flag does.
 fn motan2_provider(args: &[String]) {
     use bytes::Bytes;
     use futures_util::{SinkExt, StreamExt};
@@ -254,6 +256,9 @@ fn motan2_provider(args: &[String]) {
                         continue;
                     }
                     let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                    if req.header.is_oneway() {
+                        continue;
+                    }
                     let (tx, name) = (tx.clone(), name.clone());
                     tokio::spawn(async move {
                         let m = &req.meta;

@@ -1,10 +1,12 @@
 //! Bookkeeping for one remote endpoint (4.8), without any I/O: availability, the consecutive
 //! error counter that disables an endpoint and asks for a keepalive probe, the in-flight
 //! counter leastActive reads, recent latencies (P90 for backupRequest) and the wrr weight.
-//! The connection pool that actually talks to the endpoint lives beside it in `proxy::pool`.
+//! The connection pool that actually talks to the endpoint is `upstream::pool::Pool`.
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use crate::protocol::motan2::call::CallError;
 use crate::url::{Url, keys};
@@ -43,6 +45,8 @@ pub struct KeepaliveRequest {
 pub struct Endpoint {
     url: Url,
     address: String,
+    /// `address` as meta value (`x-forwarded-for` of every response): shared, not copied.
+    address_bytes: Bytes,
     /// `url.identity()`, computed once: endpoints and their pools are keyed by it.
     identity: String,
     available: AtomicBool,
@@ -69,6 +73,7 @@ impl Endpoint {
             keepalive_interval: url.get_duration_ms(keys::KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_INTERVAL),
             static_weight: parse_weight(url.params.get(WEIGHT_META_KEY).map(String::as_str)),
             url,
+            address_bytes: Bytes::from(address.clone()),
             address,
             available: AtomicBool::new(false),
             consecutive_errors: AtomicU32::new(0),
@@ -91,6 +96,11 @@ impl Endpoint {
     /// `host:port` (or the unix socket path): the member key of the consistent-hash ring.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// [`Endpoint::address`] sharing one buffer (a reference count per use, no copy).
+    pub fn address_bytes(&self) -> Bytes {
+        self.address_bytes.clone()
     }
 
     pub fn is_available(&self) -> bool {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::endpoint::Endpoint;
 use super::lb::{Balancer, LbRequest};
 use crate::protocol::motan2::call::{CallError, E_NO_ENDPOINTS};
+use crate::upstream::Deadline;
 use crate::url::{Url, keys};
 
 pub use crate::config::refer::HaKind;
@@ -87,10 +88,12 @@ pub fn failover_no_endpoint_error<'a>(
     )
 }
 
-/// Run failover: select, call, and retry retryable failures. `Err` only when no endpoint is
-/// available (errcode 1001 from `no_endpoint`); otherwise the response to relay.
+/// Run failover: select, call, and retry retryable failures while the request's `deadline`
+/// has time left (each attempt waits only for what is left of it). `Err` only when no
+/// endpoint is available (errcode 1001 from `no_endpoint`); otherwise the response to relay.
 pub async fn call_with_failover<R, F, Fut>(
     policy: Failover,
+    deadline: Deadline,
     balancer: &Balancer,
     req: &LbRequest<'_>,
     mut call: F,
@@ -114,6 +117,10 @@ where
         }
         match policy.after_attempt(attempt, error.as_ref()) {
             FailoverStep::Return => return Ok(response),
+            FailoverStep::Retry if deadline.expired() => {
+                tracing::warn!(attempt, "failover: no time left for another attempt");
+                return Ok(response);
+            }
             FailoverStep::Retry => {
                 attempt += 1;
                 failed.push(ep);
@@ -402,6 +409,11 @@ mod tests {
         Balancer::new(LbConfig::new(LbKind::RoundRobin), eps, None)
     }
 
+    /// A deadline no test reaches.
+    fn far() -> Deadline {
+        Deadline::after(Duration::from_secs(3600))
+    }
+
     fn svc() -> CallError {
         CallError::service(400, "channel call error: timeout")
     }
@@ -475,6 +487,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r = call_with_failover(
             Failover::with_retries(2),
+            far(),
             &b,
             &LbRequest::default(),
             |_ep| {
@@ -496,6 +509,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r = call_with_failover(
             Failover::with_retries(5),
+            far(),
             &b,
             &LbRequest::default(),
             |_ep| {
@@ -519,6 +533,7 @@ mod tests {
         let none = Balancer::new(LbConfig::new(LbKind::Random), vec![], None);
         let err = call_with_failover(
             Failover::with_retries(1),
+            far(),
             &none,
             &LbRequest::default(),
             |_ep| async { Ok::<&str, CallError>("x") },
@@ -528,6 +543,33 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.code, 1001);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failover_retries_only_while_the_deadline_has_time_left() {
+        let b = balancer(3);
+        let calls = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let r = call_with_failover(
+            Failover::with_retries(5),
+            Deadline::after(Duration::from_millis(250)),
+            &b,
+            &LbRequest::default(),
+            |_ep| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err::<&str, _>(svc())
+                }
+            },
+            error_of,
+            || unreachable!(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.unwrap_err(), svc(), "the last error is relayed");
+        assert_eq!(calls.load(Ordering::Relaxed), 3, "no attempt starts after 250 ms");
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
     }
 
     #[test]
