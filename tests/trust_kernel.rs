@@ -94,22 +94,6 @@ fn pinned_counters(d: &Daemon, cgroup: &Path) -> (u64, u64, u64) {
     (p.redirected, p.passed, p.fail_open)
 }
 
-fn wait_for_netns_listener(d: &Daemon) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while d.intercept_status()["netns_listeners"]
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no listener opened in the app's namespace:\n{}",
-            d.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn untrusted_listener_on_the_transparent_address_gets_no_connection() {
     if !privileged("untrusted_listener_on_the_transparent_address_gets_no_connection") {
@@ -124,7 +108,7 @@ fn untrusted_listener_on_the_transparent_address_gets_no_connection() {
     let (cg, rel) = test_cgroup("smt-untrusted");
     d.enable(&rel, "ebpf-connect");
     let _resident = Resident::start(Some(&ns), cg.path());
-    wait_for_netns_listener(&d);
+    d.wait_netns_listener();
     let tport = d.transparent_port;
     let transparent = [format!("127.0.0.1:{tport}"), format!("[::1]:{tport}")];
 
@@ -162,7 +146,7 @@ fn untrusted_listener_on_the_transparent_address_gets_no_connection() {
 
     // Back with the agent: intercepted again.
     d.spawn();
-    wait_for_netns_listener(&d);
+    d.wait_netns_listener();
     assert_eq!(client(Some(cg.path()), echo.addr, 4096, "blocking")["ok"], true);
     assert_eq!(d.counters(&rel), (2, 0, 3));
 }
@@ -429,7 +413,7 @@ fn native_ipv6_is_intercepted_in_both_modes() {
     let (cg, rel) = test_cgroup("smt-ipv6");
     d.enable(&rel, "ebpf-connect");
     let _resident = Resident::start(Some(&ns), cg.path());
-    wait_for_netns_listener(&d);
+    d.wait_netns_listener();
     let mut n = 0;
     for mode in ["ebpf-connect", "ebpf-sockmap"] {
         d.enable(&rel, mode);

@@ -250,6 +250,24 @@ impl Daemon {
         serde_json::from_str(&out).unwrap()
     }
 
+    /// Wait until the daemon serves a network namespace other than its own (the namespace
+    /// watcher opened listeners there).
+    pub fn wait_netns_listener(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.intercept_status()["netns_listeners"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no listener opened in the app's namespace:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Counters of one intercepted cgroup: (redirected, passed, fail_open).
     pub fn counters(&self, cgroup_rel: &str) -> (u64, u64, u64) {
         let v = self.intercept_status();

@@ -12,14 +12,12 @@ use aya_ebpf::{
     EbpfContext, bindings::bpf_sockopt, helpers::bpf_get_netns_cookie, macros::cgroup_sockopt,
     programs::SockoptContext,
 };
-use sockmesh_common::{
-    EndpointKey, IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, is_v4_mapped, v4_mapped,
-};
+use sockmesh_common::{EndpointKey, IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, is_v4_mapped};
 
-use crate::maps::{SM_PEER_ORIG, config, is_agent_socket, read_ip6};
+use crate::maps::{SM_PEER_ORIG, config, is_agent_socket, sock_ip};
 
 const AF_INET: u16 = 2;
-const AF_INET6: u32 = 10;
+const AF_INET6: u16 = 10;
 /// The program sees at most one page of optval. x86_64 and most arm64 kernels use 4 KiB pages;
 /// on a kernel with larger pages, treating 4 KiB as the limit only means that some calls take
 /// the (equally correct) kernel-buffer path below.
@@ -56,13 +54,7 @@ fn try_getsockopt(ctx: &SockoptContext) -> Option<()> {
     if !is_agent_socket(sk, cfg) {
         return None;
     }
-    let peer = unsafe {
-        if (*sk).family == AF_INET6 {
-            read_ip6(&raw const (*sk).dst_ip6)
-        } else {
-            v4_mapped((*sk).dst_ip4)
-        }
-    };
+    let peer = unsafe { sock_ip((*sk).family, (*sk).dst_ip4, &raw const (*sk).dst_ip6) };
     let key = EndpointKey {
         addr: peer,
         port: u16::from_be(unsafe { (*sk).dst_port }) as u32,
@@ -84,7 +76,7 @@ fn try_getsockopt(ctx: &SockoptContext) -> Option<()> {
     unsafe {
         if v6 {
             // struct sockaddr_in6 { u16 family; be16 port; be32 flowinfo; u8 addr[16]; u32 scope_id; }
-            core::ptr::write_unaligned(optval as *mut u16, AF_INET6 as u16);
+            core::ptr::write_unaligned(optval as *mut u16, AF_INET6);
             core::ptr::write_unaligned(optval.add(2) as *mut u16, port);
             core::ptr::write_unaligned(optval.add(4) as *mut u32, 0);
             let mut i = 0;

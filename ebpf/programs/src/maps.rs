@@ -71,11 +71,22 @@ pub fn is_agent_socket(sk: *const bpf_sock, cfg: &GlobalConfig) -> bool {
     !sk.is_null() && cfg.agent_mark != 0 && unsafe { (*sk).mark } == cfg.agent_mark
 }
 
+/// A socket's address as the maps keep it: IPv4 (`family` AF_INET) mapped, IPv6 as it is.
+#[inline(always)]
+pub fn sock_ip(family: u32, ip4: u32, ip6: *const [u32; 4]) -> Ip6 {
+    const AF_INET: u32 = 2;
+    if family == AF_INET {
+        sockmesh_common::v4_mapped(ip4)
+    } else {
+        read_ip6(ip6)
+    }
+}
+
 /// Read a 4-word address out of a context or socket with four 32-bit loads: the verifier only
 /// allows 4-byte reads of `bpf_sock_ops`/`sk_msg_md`/`bpf_sock` IPv6 fields, and LLVM would
 /// otherwise merge them into 8-byte loads.
 #[inline(always)]
-pub fn read_ip6(p: *const [u32; 4]) -> Ip6 {
+fn read_ip6(p: *const [u32; 4]) -> Ip6 {
     let p = p as *const u32;
     unsafe {
         [

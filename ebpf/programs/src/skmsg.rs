@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::sk_msg,
     programs::SkMsgContext,
 };
-use sockmesh_common::{SockKey, v4_mapped};
+use sockmesh_common::SockKey;
 
-use crate::maps::{SM_SOCKS, read_ip6};
+use crate::maps::{SM_SOCKS, sock_ip};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -17,15 +17,12 @@ const AF_INET6: u32 = 10;
 #[sk_msg]
 pub fn sm_skmsg(ctx: SkMsgContext) -> u32 {
     let md = unsafe { &*ctx.msg };
+    if md.family != AF_INET && md.family != AF_INET6 {
+        return SK_PASS;
+    }
     // Addresses in their IPv6 form (IPv4 mapped), as `sockops` stored them.
-    let (local, remote) = match md.family {
-        AF_INET => (v4_mapped(md.local_ip4), v4_mapped(md.remote_ip4)),
-        AF_INET6 => (
-            read_ip6(&raw const md.local_ip6),
-            read_ip6(&raw const md.remote_ip6),
-        ),
-        _ => return SK_PASS,
-    };
+    let local = sock_ip(md.family, md.local_ip4, &raw const md.local_ip6);
+    let remote = sock_ip(md.family, md.remote_ip4, &raw const md.remote_ip6);
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // The peer socket stored its own view: our remote is its local.
     let peer = SockKey {

@@ -23,7 +23,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use sockmesh_common::{EndpointKey, GlobalConfig, Ip6, Mode, SockKey, v4_mapped};
 
-use crate::maps::{SM_ORIG_DST, SM_PEER_ORIG, SM_SOCKS, config, is_agent_socket, read_ip6};
+use crate::maps::{SM_ORIG_DST, SM_PEER_ORIG, SM_SOCKS, config, is_agent_socket, sock_ip};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -54,21 +54,17 @@ pub fn sm_sockops(ctx: SockOpsContext) -> u32 {
 /// This socket's own address (IPv4 mapped).
 #[inline(always)]
 fn local_ip(ctx: &SockOpsContext) -> Ip6 {
-    if ctx.family() == AF_INET {
-        v4_mapped(ctx.local_ip4())
-    } else {
-        read_ip6(unsafe { &raw const (*ctx.ops).local_ip6 })
-    }
+    sock_ip(ctx.family(), ctx.local_ip4(), unsafe {
+        &raw const (*ctx.ops).local_ip6
+    })
 }
 
 /// The peer's address (IPv4 mapped).
 #[inline(always)]
 fn remote_ip(ctx: &SockOpsContext) -> Ip6 {
-    if ctx.family() == AF_INET {
-        v4_mapped(ctx.remote_ip4())
-    } else {
-        read_ip6(unsafe { &raw const (*ctx.ops).remote_ip6 })
-    }
+    sock_ip(ctx.family(), ctx.remote_ip4(), unsafe {
+        &raw const (*ctx.ops).remote_ip6
+    })
 }
 
 #[inline(always)]
