@@ -214,8 +214,9 @@ fn only_the_agents_sockets_read_original_destinations() {
         let got = nobody.next_accepted();
         assert_eq!(got["peer"], app.to_string(), "{got}");
         let answer = got["original_dst"].as_str().unwrap();
+        // The kernel's own answer: no conntrack entry, ENOENT.
         assert!(
-            answer.starts_with("error"),
+            answer.starts_with("error") && answer.contains("os error 2"),
             "an unprivileged process read an original destination: {got}"
         );
 
