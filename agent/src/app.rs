@@ -82,7 +82,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let (shutdown, tasks) = (drain.token(), drain.tracker());
     let mut listeners = Vec::new();
 
-    // Interception first: the self-test decides what `auto` means.
+    // The transparent listeners' addresses are the agent's before any BPF state is touched; the
+    // kernel programs redirect to them only once they carry the agent's mark (`ready` below).
+    let transparent = sockets(&config)
+        .bind_listeners(&config.intercept_settings().listeners())
+        .await?;
+
+    // Interception next: the self-test decides what `auto` means.
     let (mut interceptor, intercept_error, test, auto_mode) = if config.sockmesh.intercept.enabled {
         let allow = config.sockmesh.intercept.auto_sockmap;
         let (test, auto_mode) = tokio::task::spawn_blocking(move || kernel_selftest(allow)).await?;
@@ -157,19 +163,20 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     mesh.load().register(false).await;
 
     let stats = Arc::new(Stats::default());
-    let transparent = bind("transparent", config.transparent_addr()).await?;
-    listeners.push(("transparent".to_string(), config.transparent_addr().to_string()));
     let proxy = Arc::new(TransparentProxy {
         stats: stats.clone(),
         mesh: Some((mesh.clone(), agent_stats.clone())),
         sniff_timeout: Duration::from_millis(config.sockmesh.sniff_timeout_ms),
         shutdown: shutdown.clone(),
     });
-    tasks.spawn(
-        proxy
-            .clone()
-            .run(transparent, shutdown.clone(), tasks.clone(), sockets(&config)),
-    );
+    for l in transparent {
+        listeners.push(("transparent".to_string(), l.addr().to_string()));
+        tasks.spawn(
+            proxy
+                .clone()
+                .run(l.ready()?, shutdown.clone(), tasks.clone(), sockets(&config)),
+        );
+    }
 
     let admin = bind("admin", config.admin_addr()).await?;
     listeners.push(("admin".to_string(), config.admin_addr().to_string()));
@@ -206,7 +213,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         let (s, r) = (state.clone(), state.clone());
         let watcher = NamespaceWatcher {
             cgroups: Box::new(move || s.interceptor.lock().unwrap().as_ref().map(netns::enabled_cgroups)),
-            listen: config.transparent_addr(),
+            listen: config.intercept_settings().listeners().to_vec(),
             sockets: sockets(&config),
             proxy,
             report: Box::new(move |netns| *r.netns_listeners.lock().unwrap() = netns),

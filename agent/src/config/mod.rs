@@ -135,6 +135,11 @@ impl Config {
                 "{src}: section sockmesh.intercept, key transparent_port: port 0 is not allowed"
             ));
         }
+        if i.mark == 0 {
+            e.push(format!(
+                "{src}: section sockmesh.intercept, key mark: 0 is not allowed: the mark is how the kernel programs tell the agent's sockets (its listeners, its upstream connections) from every other process's"
+            ));
+        }
         if let Err(m) = i.default_mode.parse::<RequestedMode>() {
             e.push(format!(
                 "{src}: section sockmesh.intercept, key default_mode: {m}"
@@ -151,7 +156,7 @@ impl Config {
             }
         }
         if i.include_cidrs.is_empty() {
-            e.push(format!("{src}: section sockmesh.intercept, key include_cidrs: empty list would intercept nothing (use [\"0.0.0.0/0\"] for everything)"));
+            e.push(format!("{src}: section sockmesh.intercept, key include_cidrs: empty list would intercept nothing (use [\"0.0.0.0/0\", \"::/0\"] for everything)"));
         }
         if bpf_log_level(&i.bpf_log_level).is_none() {
             e.push(format!("{src}: section sockmesh.intercept, key bpf_log_level: {:?} is not one of off, error, warn, info, debug, trace", i.bpf_log_level));
@@ -231,6 +236,30 @@ mod tests {
         );
         assert!(all.contains("key default_mode"), "{all}");
         assert!(all.contains("key include_cidrs"), "{all}");
+    }
+
+    #[test]
+    fn mark_zero_and_ipv6_prefixes() {
+        let err = Config::parse("sockmesh:\n  intercept:\n    mark: 0\n", "m.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key mark: 0 is not allowed"), "{err}");
+        let c = Config::parse(
+            "sockmesh:\n  intercept:\n    include_cidrs: [\"10.0.0.0/8\", \"fd00::/8\"]\n    exclude_cidrs: [\"fd00:1::/32\"]\n",
+            "v6.yaml",
+        )
+        .unwrap();
+        let s = c.intercept_settings();
+        assert_eq!(s.include_cidrs.iter().filter(|c| !c.is_v4()).count(), 1);
+        assert_eq!(s.listen6().to_string(), format!("[::1]:{}", s.listen.port()));
+        assert!(
+            Config::embedded()
+                .unwrap()
+                .sockmesh
+                .intercept
+                .include_cidrs
+                .contains(&"::/0".to_string())
+        );
     }
 
     #[test]

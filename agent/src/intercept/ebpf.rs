@@ -14,7 +14,7 @@ use aya::maps::{Array, HashMap, MapData};
 use aya::programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use serde::Serialize;
-use sockmesh_common::{CgroupPolicy, GlobalConfig, MAX_AGENT_PORTS, Mode};
+use sockmesh_common::{CgroupPolicy, GlobalConfig, Ip6, MAX_AGENT_PORTS, Mode, ip6_of};
 
 use crate::cgroup;
 pub use crate::config::intercept::{Cidr, InterceptSettings};
@@ -186,6 +186,7 @@ impl EbpfInterceptor {
             agent_mark: s.mark,
             enabled: 1,
             agent_ports,
+            listen_ip6: ip6_of((*s.listen6().ip()).into()),
         };
         let mut ports: HashMap<&mut MapData, u32, u8> =
             HashMap::try_from(self.bpf.map_mut("SM_EXCLUDE_PORTS").context("SM_EXCLUDE_PORTS")?)?;
@@ -196,23 +197,40 @@ impl EbpfInterceptor {
         for p in &s.exclude_ports {
             ports.insert(*p as u32, 1, 0)?;
         }
-        for (map, list) in [
-            ("SM_INCLUDE_V4", &s.include_cidrs),
-            ("SM_EXCLUDE_V4", &s.exclude_cidrs),
+        let (include, exclude) = (s.include_cidrs.clone(), s.exclude_cidrs.clone());
+        for (map, list, v4) in [
+            ("SM_INCLUDE_V4", &include, true),
+            ("SM_EXCLUDE_V4", &exclude, true),
+            ("SM_INCLUDE_V6", &include, false),
+            ("SM_EXCLUDE_V6", &exclude, false),
         ] {
-            let mut trie: LpmTrie<&mut MapData, u32, u8> =
-                LpmTrie::try_from(self.bpf.map_mut(map).context(map)?)?;
-            let old: Vec<Key<u32>> = trie.keys().filter_map(|k| k.ok()).collect();
-            for k in old {
-                let _ = trie.remove(&k);
-            }
-            for c in list {
-                trie.insert(&Key::new(c.len as u32, u32::from_ne_bytes(c.addr.octets())), 1, 0)?;
+            let mine = list.iter().filter(|c| c.is_v4() == v4);
+            if v4 {
+                // The IPv4 address is the last word of its mapped form.
+                let keys = mine.map(|c| Key::new(c.len as u32, ip6_of(c.addr)[3])).collect();
+                self.replace_trie::<u32>(map, keys)?;
+            } else {
+                let keys = mine.map(|c| Key::new(c.len as u32, ip6_of(c.addr))).collect();
+                self.replace_trie::<Ip6>(map, keys)?;
             }
         }
         let mut arr: Array<&mut MapData, GlobalConfig> =
             Array::try_from(self.bpf.map_mut("SM_CONFIG").context("SM_CONFIG")?)?;
         arr.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// Make the LPM trie `map` hold exactly `keys`.
+    fn replace_trie<K: aya::Pod>(&mut self, map: &str, keys: Vec<Key<K>>) -> Result<()> {
+        let mut trie: LpmTrie<&mut MapData, K, u8> =
+            LpmTrie::try_from(self.bpf.map_mut(map).context(map.to_string())?)?;
+        let old: Vec<Key<K>> = trie.keys().filter_map(|k| k.ok()).collect();
+        for k in old {
+            let _ = trie.remove(&k);
+        }
+        for k in keys {
+            trie.insert(&k, 1, 0)?;
+        }
         Ok(())
     }
 
@@ -432,5 +450,11 @@ mod tests {
         assert_eq!("1.2.3.4".parse::<Cidr>().unwrap().len, 32);
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("banana/8".parse::<Cidr>().unwrap_err().contains("banana"));
+        let v6 = "fd00:213::/32".parse::<Cidr>().unwrap();
+        assert!(!v6.is_v4());
+        assert_eq!(v6.to_string(), "fd00:213::/32");
+        assert_eq!("::1".parse::<Cidr>().unwrap().len, 128);
+        assert!("::/129".parse::<Cidr>().unwrap_err().contains("0..128"));
+        assert!("10.0.0.0/x".parse::<Cidr>().unwrap_err().contains("0..32"));
     }
 }
