@@ -13,7 +13,6 @@ use crate::url::{Url, keys};
 
 pub const DEFAULT_ERROR_COUNT_THRESHOLD: i64 = 10;
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(1000);
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 /// wrr weight of an endpoint without `META_WEIGHT` (4.16), and its bounds.
 pub const DEFAULT_WEIGHT: u32 = 10;
 pub const MIN_WEIGHT: u32 = 1;
@@ -230,28 +229,6 @@ fn parse_weight(raw: Option<&str>) -> u32 {
         None | Some(Err(_)) => DEFAULT_WEIGHT,
         Some(Ok(w)) => w.clamp(i64::from(MIN_WEIGHT), i64::from(MAX_WEIGHT)) as u32,
     }
-}
-
-/// Per-call timeout (4.8): `requestTimeout` (method override allowed, default 1000 ms); a
-/// request's `M_tmo` is used instead only when it lies within [`minRequestTimeout`,
-/// `maxRequestTimeout`] (defaults timeout/2 and timeout×2), otherwise it is ignored.
-pub fn request_timeout(url: &Url, method: &str, desc: &str, m_tmo: Option<&str>) -> Duration {
-    let default_ms = DEFAULT_REQUEST_TIMEOUT.as_millis() as i64;
-    let timeout = url.get_method_positive_int(method, desc, keys::REQUEST_TIMEOUT, default_ms);
-    let min = match url.get_int(keys::MIN_REQUEST_TIMEOUT, 0) {
-        0 => timeout / 2,
-        v => v,
-    };
-    let max = match url.get_int(keys::MAX_REQUEST_TIMEOUT, 0) {
-        0 => timeout.saturating_mul(2),
-        v => v,
-    };
-    let asked = m_tmo.and_then(|t| t.parse::<i64>().ok());
-    let ms = match asked {
-        Some(t) if t >= min && t <= max => t,
-        _ => timeout,
-    };
-    Duration::from_millis(ms.max(0) as u64)
 }
 
 /// Latencies of the most recent calls (a ring of `CAPACITY` samples) and percentiles over
@@ -481,26 +458,6 @@ mod tests {
         assert_eq!(e.weight(), 7);
         e.set_dynamic_weight(None);
         assert_eq!(e.weight(), 30);
-    }
-
-    #[test]
-    fn timeout_honours_m_tmo_only_within_bounds() {
-        let u = Url::new("motan2", "h", 1, "p", "g")
-            .with_param("requestTimeout", "1000")
-            .with_param("slow().requestTimeout", "4000");
-        let ms = Duration::from_millis;
-        assert_eq!(request_timeout(&u, "m", "", None), ms(1000));
-        assert_eq!(request_timeout(&u, "m", "", Some("500")), ms(500));
-        assert_eq!(request_timeout(&u, "m", "", Some("2000")), ms(2000));
-        assert_eq!(request_timeout(&u, "m", "", Some("499")), ms(1000));
-        assert_eq!(request_timeout(&u, "m", "", Some("2001")), ms(1000));
-        assert_eq!(request_timeout(&u, "m", "", Some("abc")), ms(1000));
-        assert_eq!(request_timeout(&u, "slow", "", None), ms(4000));
-        assert_eq!(request_timeout(&u, "slow", "", Some("8000")), ms(8000));
-        let bounded = u.clone().with_param("maxRequestTimeout", "1200");
-        assert_eq!(request_timeout(&bounded, "m", "", Some("1500")), ms(1000));
-        let none = Url::new("motan2", "h", 1, "p", "g");
-        assert_eq!(request_timeout(&none, "m", "", None), ms(1000));
     }
 
     #[test]

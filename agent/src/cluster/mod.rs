@@ -19,13 +19,11 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use self::endpoint::Endpoint;
-use self::endpoint::{KeepaliveKind, KeepaliveRequest, MethodLatencies, request_timeout};
+use self::endpoint::{KeepaliveKind, KeepaliveRequest, MethodLatencies};
 use self::endpoints::EndpointSet;
-use self::ha::{
-    BackupRequestBudget, BackupRequestConfig, Failover, HaKind, call_with_backup, call_with_failover,
-};
+use self::ha::{BackupRequestBudget, Failover, HaKind, call_with_backup, call_with_failover};
 use self::lb::{Balancer, LbConfig, LbRequest};
-use crate::config::refer::HashKeySource;
+use crate::config::refer::{CallSettings, HashKeySource};
 use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL, degraded_error, error_of};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
@@ -43,6 +41,8 @@ pub struct Cluster {
     pub refer: Arc<Url>,
     ha: HaKind,
     hash_key: HashKeySource,
+    /// Per-method timeouts, retries and backupRequest settings, resolved once.
+    calls: CallSettings,
     balancer: ArcSwap<Balancer>,
     endpoints: Mutex<EndpointSet>,
     pools: RwLock<HashMap<String, Arc<Pool>>>,
@@ -87,6 +87,7 @@ impl Cluster {
             conf_id: conf_id.to_string(),
             ha,
             hash_key,
+            calls: CallSettings::from_url(&refer, ha),
             // A replaced cluster's balancer lends its state (the consistent-hash partition
             // count), so keys stay where they were across a reload.
             balancer: ArcSwap::from_pointee(match previous {
@@ -288,7 +289,11 @@ impl Cluster {
         let balancer = self.balancer.load_full();
         let method = req.meta.get(keys::METHOD).unwrap_or("");
         let desc = req.meta.get(keys::METHOD_DESC).unwrap_or("");
-        let timeout = request_timeout(&self.refer, method, desc, req.meta.get(keys::TIMEOUT));
+        let timeout = self
+            .calls
+            .timeouts
+            .get(method, desc)
+            .for_request(req.meta.get(keys::TIMEOUT));
         let deadline = Deadline::after(timeout);
         let key = self.hash_key.key(&req);
         let lb_req = LbRequest {
@@ -299,7 +304,7 @@ impl Cluster {
         let failover = self.ha != HaKind::BackupRequest || req.header.is_oneway();
         let r = match failover {
             true => {
-                let policy = Failover::for_request(&self.refer, self.ha, method, desc);
+                let policy = Failover::with_retries(*self.calls.retries.get(method, desc));
                 call_with_failover(
                     policy,
                     deadline,
@@ -319,7 +324,7 @@ impl Cluster {
                 .await
             }
             false => {
-                let mut cfg = BackupRequestConfig::for_request(&self.refer, method, desc);
+                let mut cfg = self.calls.backup.get(method, desc).clone();
                 // The request's own deadline (its `M_tmo`) may come first.
                 cfg.request_timeout = cfg.request_timeout.min(deadline.remaining());
                 let observed = self.latencies.get(method).percentile(f64::from(cfg.delay_ratio));

@@ -235,6 +235,11 @@ pub struct TimeoutSettings {
 }
 
 impl TimeoutSettings {
+    /// The URL's timeouts with their method overrides.
+    pub fn per_method(url: &Url) -> PerMethod<TimeoutSettings> {
+        PerMethod::resolve(url, |m, d| TimeoutSettings::resolve(url, m, d))
+    }
+
     fn resolve(url: &Url, method: &str, desc: &str) -> TimeoutSettings {
         let default_ms = DEFAULT_REQUEST_TIMEOUT.as_millis() as i64;
         let timeout_ms = url.get_method_positive_int(method, desc, keys::REQUEST_TIMEOUT, default_ms);
@@ -304,8 +309,7 @@ pub struct CallSettings {
     pub timeouts: PerMethod<TimeoutSettings>,
     /// Failover retries (`retries`, values < 1 mean 0; failfast always 0).
     pub retries: PerMethod<u32>,
-    /// Only for `haStrategy: backupRequest`.
-    pub backup: Option<PerMethod<BackupRequestConfig>>,
+    pub backup: PerMethod<BackupRequestConfig>,
 }
 
 impl CallSettings {
@@ -317,10 +321,9 @@ impl CallSettings {
             }),
         };
         CallSettings {
-            timeouts: PerMethod::resolve(refer, |m, d| TimeoutSettings::resolve(refer, m, d)),
+            timeouts: TimeoutSettings::per_method(refer),
             retries,
-            backup: (ha == HaKind::BackupRequest)
-                .then(|| PerMethod::resolve(refer, |m, d| BackupRequestConfig::for_method(refer, m, d))),
+            backup: PerMethod::resolve(refer, |m, d| BackupRequestConfig::for_method(refer, m, d)),
         }
     }
 }
@@ -350,7 +353,6 @@ mod tests {
         assert_eq!(*c.retries.get("bye", ""), 2);
         assert_eq!(*c.retries.get("hello", "java.lang.String"), 1);
         assert_eq!(*c.retries.get("x", ""), 1);
-        assert!(c.backup.is_none());
         let ff = CallSettings::from_url(&u, HaKind::Failfast);
         assert_eq!(*ff.retries.get("bye", ""), 0);
         // The M_tmo window: [timeout/2, timeout*2] unless set.
@@ -363,9 +365,32 @@ mod tests {
                 .with_param("hello(java.lang.String).backupRequestDelayTime", "20"),
             HaKind::BackupRequest,
         );
-        let backup = b.backup.unwrap();
+        let backup = b.backup;
         assert_eq!(backup.get("hello", "java.lang.String").fixed_delay, Some(ms(20)));
         assert_eq!(backup.get("hello", "").fixed_delay, None);
         assert_eq!(backup.get("hello", "java.lang.String").request_timeout, ms(700));
+    }
+
+    #[test]
+    fn timeout_honours_m_tmo_only_within_bounds() {
+        let u = Url::new("motan2", "h", 1, "p", "g")
+            .with_param("requestTimeout", "1000")
+            .with_param("slow().requestTimeout", "4000");
+        let ms = Duration::from_millis;
+        let rt = |u: &Url, m: &str, d: &str, t: Option<&str>| {
+            TimeoutSettings::per_method(u).get(m, d).for_request(t)
+        };
+        assert_eq!(rt(&u, "m", "", None), ms(1000));
+        assert_eq!(rt(&u, "m", "", Some("500")), ms(500));
+        assert_eq!(rt(&u, "m", "", Some("2000")), ms(2000));
+        assert_eq!(rt(&u, "m", "", Some("499")), ms(1000));
+        assert_eq!(rt(&u, "m", "", Some("2001")), ms(1000));
+        assert_eq!(rt(&u, "m", "", Some("abc")), ms(1000));
+        assert_eq!(rt(&u, "slow", "", None), ms(4000));
+        assert_eq!(rt(&u, "slow", "", Some("8000")), ms(8000));
+        let bounded = u.clone().with_param("maxRequestTimeout", "1200");
+        assert_eq!(rt(&bounded, "m", "", Some("1500")), ms(1000));
+        let none = Url::new("motan2", "h", 1, "p", "g");
+        assert_eq!(rt(&none, "m", "", None), ms(1000));
     }
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::cluster::endpoint::request_timeout;
 use crate::cluster::oneway_answer;
+use crate::config::refer::{PerMethod, TimeoutSettings};
 use crate::config::service::{ProviderSpec, ServiceSpec};
 use crate::filter::{CallInfo, FilterChain, FilterShared, Role};
 use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
@@ -34,6 +34,8 @@ pub struct Export {
     pub service: Arc<Url>,
     pub port: u16,
     pub provider: Provider,
+    /// Call timeouts per method, resolved once.
+    timeouts: PerMethod<TimeoutSettings>,
 }
 
 impl Export {
@@ -108,6 +110,7 @@ impl Exporter {
             service: Arc::new(spec.url.clone()),
             port: spec.export_port,
             provider,
+            timeouts: spec.timeouts.clone(),
         })
     }
 
@@ -162,12 +165,13 @@ impl Exporter {
                     req.meta.insert("x-forwarded-for", peer_ip.clone());
                 }
                 let m = &req.meta;
-                let timeout = request_timeout(
-                    &export.service,
-                    m.get(keys::METHOD).unwrap_or(""),
-                    m.get(keys::METHOD_DESC).unwrap_or(""),
-                    m.get(keys::TIMEOUT),
-                );
+                let timeout = export
+                    .timeouts
+                    .get(
+                        m.get(keys::METHOD).unwrap_or(""),
+                        m.get(keys::METHOD_DESC).unwrap_or(""),
+                    )
+                    .for_request(m.get(keys::TIMEOUT));
                 let deadline = Deadline::after(timeout.max(Duration::from_millis(1)));
                 let r = if req.header.is_oneway() {
                     pool.send_oneway(&req, deadline)
