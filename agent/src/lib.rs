@@ -14,6 +14,7 @@ pub mod drain;
 pub mod filter;
 pub mod install;
 pub mod intercept;
+pub mod locks;
 pub mod log_writer;
 pub mod metrics;
 pub mod net;

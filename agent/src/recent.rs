@@ -1,5 +1,6 @@
 //! The last warnings and errors the daemon logged, for `sockmesh status`: operators see what went
 //! wrong recently without digging through the journal.
+use crate::locks::Locked;
 use std::collections::VecDeque;
 use std::sync::{Mutex, OnceLock};
 
@@ -25,7 +26,7 @@ fn ring() -> &'static Mutex<VecDeque<Recent>> {
 
 /// The most recent warnings and errors, oldest first.
 pub fn snapshot() -> Vec<Recent> {
-    ring().lock().unwrap().iter().cloned().collect()
+    ring().locked().iter().cloned().collect()
 }
 
 /// A tracing layer recording WARN and ERROR events.
@@ -62,7 +63,7 @@ impl<S: Subscriber> Layer<S> for RecentErrors {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let mut r = ring().lock().unwrap();
+        let mut r = ring().locked();
         if r.len() == KEEP {
             r.pop_front();
         }

@@ -2,6 +2,7 @@
 //! `switcher` config section, by filters (a rateLimit filter registers `<conf-id>_rateLimit`,
 //! on) and by registry commands; read by filters (degrade, rateLimit) and `/switcher/*`.
 //! Registering an existing name keeps its value (upstream ignores re-registration).
+use crate::locks::Unpoisoned;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -45,7 +46,7 @@ impl Switchers {
         if let Some(s) = self.switch(name) {
             return Some(s);
         }
-        let mut map = self.map.write().expect("switchers lock");
+        let mut map = self.map.write_unpoisoned();
         let s = map.entry(name.to_string()).or_insert_with(|| {
             tracing::info!("switcher {name} registered, value {value}");
             if value && name.ends_with(DEGRADE_SUFFIX) {
@@ -61,16 +62,12 @@ impl Switchers {
 
     /// The registered switch of that name.
     pub fn switch(&self, name: &str) -> Option<Arc<Switch>> {
-        self.map.read().expect("switchers lock").get(name).cloned()
+        self.map.read_unpoisoned().get(name).cloned()
     }
 
     /// Its value, None when not registered.
     pub fn get(&self, name: &str) -> Option<bool> {
-        self.map
-            .read()
-            .expect("switchers lock")
-            .get(name)
-            .map(|s| s.is_on())
+        self.map.read_unpoisoned().get(name).map(|s| s.is_on())
     }
 
     /// Registered and on.
@@ -108,8 +105,7 @@ impl Switchers {
     /// Every switch and its value, by name.
     pub fn all(&self) -> BTreeMap<String, bool> {
         self.map
-            .read()
-            .expect("switchers lock")
+            .read_unpoisoned()
             .iter()
             .map(|(k, s)| (k.clone(), s.is_on()))
             .collect()

@@ -6,7 +6,7 @@
 //! | `/switcher/get?name=` | `Switcher value for <name> is <bool>!` |
 //! | `/switcher/set?name=&value=` | set a registered switch (or any `*.degrade` switch) |
 //! | `/ratelimit/list` | every rate-limited service's buckets, JSON |
-//! | `/ratelimit/set?service=&rate=[&method=]` | change a rate; ≤ 0 removes the limit |
+//! | `/ratelimit/set?service=&rate=[&method=]` | change a rate (0.001..=1e9 per second, else 400); `rate=off` removes the limit |
 //! | `/circuitBreaker/list` | every circuit's state and window counts, JSON |
 //! | `/logConfig/set?access=<bool>` | access log on/off: `{"code":200,"body":"set accessLog status:<v>"}` |
 //! | `/metrics` | Prometheus text (`text/plain; version=0.0.4`) |
@@ -24,6 +24,7 @@ use axum::routing::any;
 use serde_json::json;
 
 use crate::filter::FilterShared;
+use crate::filter::rate_limit::check_rate;
 use crate::url::parse_go_bool;
 
 type Params = Query<HashMap<String, String>>;
@@ -100,11 +101,14 @@ async fn ratelimit_list(State(s): Shared) -> Response {
 async fn ratelimit_set(State(s): Shared, Query(q): Params) -> Handled {
     let service = required(&q, "service")?;
     let text = required(&q, "rate")?;
-    let rate = text
-        .parse::<f64>()
-        .ok()
-        .filter(|r| r.is_finite())
-        .ok_or_else(|| BadRequest(format!("parameter rate: {text:?} is not a number")))?;
+    let rate = match text {
+        "off" => None,
+        t => Some(
+            t.parse::<f64>()
+                .map_err(|_| BadRequest(format!("parameter rate: {text:?} is not a number")))
+                .and_then(|r| check_rate(r).map_err(|e| BadRequest(format!("parameter rate: {e}"))))?,
+        ),
+    };
     let method = q.get("method").map(String::as_str).filter(|m| !m.is_empty());
     s.rate_limits
         .set(service, method, rate)

@@ -8,6 +8,7 @@ pub mod ha;
 pub mod lb;
 pub mod route;
 
+use crate::locks::{Locked, Unpoisoned};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -109,7 +110,7 @@ impl Cluster {
             group_weights: Mutex::new(None),
             stop: CancellationToken::new(),
             adopt: previous
-                .map(|p| p.pools.read().unwrap().clone())
+                .map(|p| p.pools.read_unpoisoned().clone())
                 .unwrap_or_default(),
             registries_seen: Default::default(),
             registries_total: Default::default(),
@@ -144,12 +145,12 @@ impl Cluster {
         group_weights: Option<&str>,
     ) {
         let (outcome, all) = {
-            let mut set = self.endpoints.lock().unwrap();
+            let mut set = self.endpoints.locked();
             let outcome = set.notify(registry_id, &self.refer, registry_count, servers);
             (outcome, set.shuffled())
         };
         let weights_changed = {
-            let mut w = self.group_weights.lock().unwrap();
+            let mut w = self.group_weights.locked();
             let changed = w.as_deref() != group_weights;
             *w = group_weights.map(str::to_string);
             changed
@@ -160,7 +161,7 @@ impl Cluster {
         for ep in &outcome.added {
             let id = ep.identity().to_string();
             if let Some(pool) = self.adopt.get(&id).filter(|p| p.usage().0 > 0) {
-                self.pools.write().unwrap().insert(id, pool.clone());
+                self.pools.write_unpoisoned().insert(id, pool.clone());
                 ep.set_available(true);
                 continue;
             }
@@ -169,7 +170,7 @@ impl Cluster {
                 self.client_connections,
                 self.transport.clone(),
             ));
-            self.pools.write().unwrap().insert(id, pool.clone());
+            self.pools.write_unpoisoned().insert(id, pool.clone());
             let (me, ep) = (self.clone(), ep.clone());
             self.connects_pending.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move { me.connect_endpoint(ep, pool).await });
@@ -186,7 +187,7 @@ impl Cluster {
             // The pools as they are now: an endpoint added back within REMOVE_DELAY gets a new
             // pool under the same identity, which must survive this removal.
             let gone: Vec<(String, Arc<Pool>)> = {
-                let pools = self.pools.read().unwrap();
+                let pools = self.pools.read_unpoisoned();
                 outcome
                     .removed
                     .iter()
@@ -195,7 +196,7 @@ impl Cluster {
             };
             tokio::spawn(async move {
                 tokio::time::sleep(REMOVE_DELAY).await;
-                let mut pools = me.pools.write().unwrap();
+                let mut pools = me.pools.write_unpoisoned();
                 for (id, pool) in gone {
                     if pools.get(&id).is_some_and(|p| Arc::ptr_eq(p, &pool)) {
                         pools.remove(&id);
@@ -242,14 +243,13 @@ impl Cluster {
 
     fn has_pool(&self, ep: &Endpoint, pool: &Arc<Pool>) -> bool {
         self.pools
-            .read()
-            .unwrap()
+            .read_unpoisoned()
             .get(ep.identity())
             .is_some_and(|p| Arc::ptr_eq(p, pool))
     }
 
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.lock().unwrap().len()
+        self.endpoints.locked().len()
     }
 
     /// Every registry delivered its first list and every first connect finished.
@@ -362,7 +362,7 @@ impl Cluster {
                 ),
             ));
         }
-        let pool = self.pools.read().unwrap().get(ep.identity()).cloned();
+        let pool = self.pools.read_unpoisoned().get(ep.identity()).cloned();
         let Some(pool) = pool else {
             return Err(CallError::service(
                 E_NO_CHANNEL,
@@ -451,7 +451,7 @@ impl Cluster {
 
     pub fn status_json(&self) -> Value {
         let balancer = self.balancer.load();
-        let pools = self.pools.read().unwrap();
+        let pools = self.pools.read_unpoisoned();
         let endpoints: Vec<Value> = balancer
             .endpoints()
             .iter()
@@ -477,7 +477,7 @@ impl Cluster {
             "ha": self.refer.get_str(crate::url::keys::HA_STRATEGY, "failover"),
             "loadbalance": balancer.config().kind.name(),
             "degraded": self.degraded.load(Ordering::Relaxed),
-            "group_weights": self.group_weights.lock().unwrap().clone(),
+            "group_weights": self.group_weights.locked().clone(),
             "available_endpoints": available,
             "endpoints": endpoints,
         })

@@ -23,6 +23,7 @@
 //! errcode 400 errtype 1 exception with the same text, which turns business errors into
 //! retryable service errors. Here an upstream exception is relayed unchanged (spec 1.9: relayed
 //! exceptions keep their `M_e`); it is only counted.
+use crate::locks::{Locked, Unpoisoned};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -247,7 +248,7 @@ impl Circuit {
     /// as a short circuit.
     fn allow(&self) -> bool {
         let now = Instant::now();
-        let mut s = self.state.lock().expect("circuit lock");
+        let mut s = self.state.locked();
         if !s.open {
             let (requests, errors) = s.window.sum(now);
             if requests >= s.settings.request_threshold
@@ -278,7 +279,7 @@ impl Circuit {
 
     fn report(&self, outcome: Outcome) {
         let now = Instant::now();
-        let mut s = self.state.lock().expect("circuit lock");
+        let mut s = self.state.locked();
         if outcome == Outcome::Success && s.open {
             tracing::info!("[circuitBreaker] closing circuit {}", self.name);
             s.open = false;
@@ -288,11 +289,11 @@ impl Circuit {
     }
 
     pub fn is_open(&self) -> bool {
-        self.state.lock().expect("circuit lock").open
+        self.state.locked().open
     }
 
     pub fn view(&self) -> CircuitView {
-        let s = self.state.lock().expect("circuit lock");
+        let s = self.state.locked();
         let (requests, errors) = s.window.sum(Instant::now());
         CircuitView {
             open: s.open,
@@ -322,22 +323,21 @@ impl Breakers {
     /// The circuit of that name with these settings (a later configuration replaces the
     /// settings of an existing circuit, as hystrix's `ConfigureCommand` does).
     pub fn circuit(&self, name: &str, settings: Settings) -> Arc<Circuit> {
-        let mut map = self.map.write().expect("breakers lock");
+        let mut map = self.map.write_unpoisoned();
         let c = map
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(Circuit::new(name.to_string(), settings)));
-        c.state.lock().expect("circuit lock").settings = settings;
+        c.state.locked().settings = settings;
         c.clone()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Circuit>> {
-        self.map.read().expect("breakers lock").get(name).cloned()
+        self.map.read_unpoisoned().get(name).cloned()
     }
 
     pub fn list(&self) -> BTreeMap<String, CircuitView> {
         self.map
-            .read()
-            .expect("breakers lock")
+            .read_unpoisoned()
             .iter()
             .map(|(k, c)| (k.clone(), c.view()))
             .collect()
@@ -391,7 +391,7 @@ impl Filter for CircuitBreaker {
             if !c.allow() {
                 return reject(&req, &Exception::service(400, ERR_OPEN));
             }
-            let max = c.state.lock().expect("circuit lock").settings.max_concurrent;
+            let max = c.state.locked().settings.max_concurrent;
             let active = Active(&c.active);
             if c.active.fetch_add(1, Ordering::Relaxed) >= max {
                 drop(active);
@@ -488,7 +488,7 @@ mod tests {
         assert_eq!(errcode(&chain, &i, &up).await.1, ERR_OPEN);
         // After it, one probe goes through; while it runs, others are refused.
         tokio::time::advance(Duration::from_millis(1)).await;
-        *up.delay.lock().unwrap() = Some(Duration::from_millis(50));
+        *up.delay.locked() = Some(Duration::from_millis(50));
         let probe = call(&chain, &i, &up, request(1, "hello"));
         let other = async {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -501,7 +501,7 @@ mod tests {
         // The probe's success closed the circuit and cleared the window.
         let view = shared.breakers.list()[&name].clone();
         assert_eq!((view.open, view.requests, view.errors), (false, 1, 0));
-        *up.delay.lock().unwrap() = None;
+        *up.delay.locked() = None;
         for _ in 0..5 {
             assert_eq!(errcode(&chain, &i, &up).await.0, 200);
         }
@@ -563,7 +563,7 @@ mod tests {
     async fn timeout_and_max_concurrency() {
         let (_s, chain, i) = breaker(&[("requestTimeout", "100"), (MAX_CONCURRENT_KEY, "1")]);
         let up = Upstream::new(Answer::Ok(b"ok"));
-        *up.delay.lock().unwrap() = Some(Duration::from_millis(150));
+        *up.delay.locked() = Some(Duration::from_millis(150));
         let t0 = Instant::now();
         let r = call(&chain, &i, &up, request(3, "hello")).await;
         assert_eq!(exception_of(&r).unwrap(), Exception::service(400, ERR_TIMEOUT));

@@ -17,6 +17,7 @@
 //! Per request: one hash of the label strings and a read-locked map lookup finds the series
 //! (created once, with its label strings, on first use); then atomic adds. The series count is
 //! capped ([`MAX_SERIES`]); methods beyond it are counted under method `_overflow`.
+use crate::locks::{Locked, Unpoisoned};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hash::Hasher;
@@ -228,7 +229,7 @@ impl Metrics {
             &info.method
         };
         let key = series_key(info.role, &info.group, &info.service, method);
-        let mut map = self.series.write().expect("series lock");
+        let mut map = self.series.write_unpoisoned();
         let bucket = map.entry(key).or_default();
         if let Some(s) = bucket
             .iter()
@@ -267,7 +268,7 @@ impl Metrics {
     }
 
     fn find(&self, key: u64, role: Role, group: &str, service: &str, method: &str) -> Option<Arc<Series>> {
-        let map = self.series.read().expect("series lock");
+        let map = self.series.read_unpoisoned();
         map.get(&key)?
             .iter()
             .find(|s| s.is(role, group, service, method))
@@ -303,7 +304,7 @@ impl Metrics {
                 .position(|(max, _)| ms < *max)
                 .unwrap_or(ELAPSE.len() - 1);
             p.elapse[class].fetch_add(1, Ordering::Relaxed);
-            let _ = p.latency_ms.lock().expect("latency lock").record(ms);
+            let _ = p.latency_ms.locked().record(ms);
         }
     }
 
@@ -311,8 +312,7 @@ impl Metrics {
     pub fn take_period(&self) -> Vec<PeriodSnapshot> {
         let all: Vec<Arc<Series>> = self
             .series
-            .read()
-            .expect("series lock")
+            .read_unpoisoned()
             .values()
             .flatten()
             .cloned()
@@ -323,7 +323,7 @@ impl Metrics {
             let total = p.total.swap(0, Ordering::Relaxed);
             let sum_ms = p.sum_ms.swap(0, Ordering::Relaxed);
             let percentiles = {
-                let mut h = p.latency_ms.lock().expect("latency lock");
+                let mut h = p.latency_ms.locked();
                 let v = SLA
                     .iter()
                     .map(|(n, q)| (*n, h.value_at_percentile(*q) as f64))

@@ -13,6 +13,7 @@
 //!
 //! Buckets belong to the service path in [`RateLimits`], shared by every chain of that path, so
 //! `/ratelimit/set` changes them at run time. Building a chain applies its URL's rates again.
+use crate::locks::{Locked, Unpoisoned};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -33,6 +34,23 @@ const METHOD_PREFIX: &str = "rateLimit.";
 const DEFAULT_TIMEOUT_MS: i64 = 1000;
 const MIN_CAPACITY: f64 = 1000.0;
 const MAX_CAPACITY: f64 = 5000.0;
+/// Rates a bucket accepts, tokens per second. Below the floor a token's wait overflows a
+/// `Duration` (1e-30/s is 1e30 s); above the ceiling the limit means nothing.
+pub const MIN_RATE: f64 = 1e-3;
+pub const MAX_RATE: f64 = 1e9;
+
+/// A rate a bucket can run with, or why not (the message `/ratelimit/set` answers with).
+pub fn check_rate(rate: f64) -> Result<f64, String> {
+    if !rate.is_finite() {
+        return Err(format!("rate {rate} is not a finite number"));
+    }
+    if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+        return Err(format!(
+            "rate {rate} is outside {MIN_RATE}..={MAX_RATE} requests per second (rate=off removes the limit)"
+        ));
+    }
+    Ok(rate)
+}
 
 /// Upstream's default capacity: twice the rate, at least 1000 and at most 5000.
 pub fn default_capacity(rate: f64) -> u64 {
@@ -77,7 +95,7 @@ impl Bucket {
         let capacity = capacity.max(1) as f64;
         Bucket {
             state: Mutex::new(BucketState {
-                rate,
+                rate: clamp_rate(rate),
                 capacity,
                 tokens: capacity,
                 last: Instant::now(),
@@ -88,13 +106,14 @@ impl Bucket {
     /// Take one token: the time to wait for it, or None (nothing taken) when that is longer
     /// than `max_wait`.
     pub fn take(&self, max_wait: Duration) -> Option<Duration> {
-        let mut s = self.state.lock().expect("bucket lock");
+        let mut s = self.state.locked();
         s.refill(Instant::now());
         if s.tokens >= 1.0 {
             s.tokens -= 1.0;
             return Some(Duration::ZERO);
         }
-        let wait = Duration::from_secs_f64((1.0 - s.tokens) / s.rate);
+        // No panic here, whatever the rate: an unrepresentable wait is "too long".
+        let wait = Duration::try_from_secs_f64((1.0 - s.tokens) / s.rate).ok()?;
         if wait > max_wait {
             return None;
         }
@@ -104,19 +123,29 @@ impl Bucket {
 
     /// Change rate and capacity; tokens above the new capacity are dropped.
     pub fn reconfigure(&self, rate: f64, capacity: u64) {
-        let mut s = self.state.lock().expect("bucket lock");
+        let mut s = self.state.locked();
         s.refill(Instant::now());
-        s.rate = rate;
+        s.rate = clamp_rate(rate);
         s.capacity = capacity.max(1) as f64;
         s.tokens = s.tokens.min(s.capacity);
     }
 
     pub fn config(&self) -> BucketConfig {
-        let s = self.state.lock().expect("bucket lock");
+        let s = self.state.locked();
         BucketConfig {
             rate: s.rate,
             capacity: s.capacity as u64,
         }
+    }
+}
+
+/// Callers check rates with [`check_rate`]; a bucket still never runs outside the range (NaN
+/// becomes the floor), so no rate can make `take` misbehave.
+fn clamp_rate(rate: f64) -> f64 {
+    if rate.is_nan() {
+        MIN_RATE
+    } else {
+        rate.clamp(MIN_RATE, MAX_RATE)
     }
 }
 
@@ -129,25 +158,23 @@ pub struct ServiceLimit {
 
 impl ServiceLimit {
     fn service_bucket(&self) -> Option<Arc<Bucket>> {
-        self.service.read().expect("rate limit lock").clone()
+        self.service.read_unpoisoned().clone()
     }
 
     fn method_bucket(&self, method: &str) -> Option<Arc<Bucket>> {
-        let methods = self.methods.read().expect("rate limit lock");
+        let methods = self.methods.read_unpoisoned();
         if methods.is_empty() {
             return None;
         }
         methods.get(method).cloned()
     }
 
-    /// Set the service (method None) or a method bucket; a rate ≤ 0 removes the limit. An
+    /// Set the service (method None) or a method bucket; rate None removes the limit. An
     /// existing bucket keeps its tokens (up to the new capacity).
-    fn set(&self, method: Option<&str>, rate: f64, capacity: Option<u64>) {
-        let capacity = capacity.unwrap_or_else(|| default_capacity(rate));
+    fn set(&self, method: Option<&str>, rate: Option<f64>, capacity: Option<u64>) {
         let update = |slot: Option<&Arc<Bucket>>| -> Option<Arc<Bucket>> {
-            if rate <= 0.0 {
-                return None;
-            }
+            let rate = rate?;
+            let capacity = capacity.unwrap_or_else(|| default_capacity(rate));
             Some(match slot {
                 Some(b) => {
                     b.reconfigure(rate, capacity);
@@ -158,11 +185,11 @@ impl ServiceLimit {
         };
         match method {
             None => {
-                let mut s = self.service.write().expect("rate limit lock");
+                let mut s = self.service.write_unpoisoned();
                 *s = update(s.as_ref());
             }
             Some(m) => {
-                let mut methods = self.methods.write().expect("rate limit lock");
+                let mut methods = self.methods.write_unpoisoned();
                 match update(methods.get(m)) {
                     Some(b) => methods.insert(m.to_string(), b),
                     None => methods.remove(m),
@@ -173,8 +200,8 @@ impl ServiceLimit {
 
     /// Replace every bucket with a URL's configuration (fresh, full buckets).
     fn configure(&self, service: Option<Arc<Bucket>>, methods: HashMap<String, Arc<Bucket>>) {
-        *self.service.write().expect("rate limit lock") = service;
-        *self.methods.write().expect("rate limit lock") = methods;
+        *self.service.write_unpoisoned() = service;
+        *self.methods.write_unpoisoned() = methods;
     }
 }
 
@@ -193,35 +220,34 @@ pub struct RateLimits {
 
 impl RateLimits {
     fn service(&self, path: &str) -> Arc<ServiceLimit> {
-        if let Some(s) = self.map.read().expect("rate limits lock").get(path) {
+        if let Some(s) = self.map.read_unpoisoned().get(path) {
             return s.clone();
         }
         self.map
-            .write()
-            .expect("rate limits lock")
+            .write_unpoisoned()
             .entry(path.to_string())
             .or_default()
             .clone()
     }
 
     /// Change a rate at run time: the service's (method None) or one method's, capacity the
-    /// default for the rate; rate ≤ 0 removes that limit. Only services that have a rateLimit
-    /// filter can be changed.
-    pub fn set(&self, service: &str, method: Option<&str>, rate: f64) -> Result<(), String> {
-        if !rate.is_finite() {
-            return Err(format!("rate {rate} is not a number"));
+    /// default for the rate; rate None removes that limit. Only services that have a rateLimit
+    /// filter can be changed, only to a rate [`check_rate`] accepts.
+    pub fn set(&self, service: &str, method: Option<&str>, rate: Option<f64>) -> Result<(), String> {
+        if let Some(r) = rate {
+            check_rate(r)?;
         }
         let limit = self
             .map
-            .read()
-            .expect("rate limits lock")
+            .read_unpoisoned()
             .get(service)
             .cloned()
             .ok_or_else(|| format!("service {service} has no rateLimit filter"))?;
         limit.set(method.filter(|m| !m.is_empty()), rate, None);
         tracing::info!(
-            "[rateLimit] {service} {} rate set to {rate}",
-            method.unwrap_or("(service)")
+            "[rateLimit] {service} {} rate set to {}",
+            method.unwrap_or("(service)"),
+            rate.map_or("off".to_string(), |r| r.to_string())
         );
         Ok(())
     }
@@ -229,14 +255,12 @@ impl RateLimits {
     /// Every service with a rateLimit filter and its buckets.
     pub fn list(&self) -> BTreeMap<String, ServiceLimitView> {
         self.map
-            .read()
-            .expect("rate limits lock")
+            .read_unpoisoned()
             .iter()
             .map(|(k, l)| {
                 let methods = l
                     .methods
-                    .read()
-                    .expect("rate limit lock")
+                    .read_unpoisoned()
                     .iter()
                     .map(|(m, b)| (m.clone(), b.config()))
                     .collect();
@@ -253,7 +277,7 @@ impl RateLimits {
 /// A positive rate from a parameter value, else None (logged).
 fn parse_rate(url: &Url, key: &str, value: &str) -> Option<f64> {
     match value.parse::<f64>() {
-        Ok(r) if r > 0.0 && r.is_finite() => Some(r),
+        Ok(r) if check_rate(r).is_ok() => Some(r),
         _ => {
             tracing::warn!("[rateLimit] {}: {key}={value:?} is not a positive rate", url.path);
             None
@@ -547,7 +571,10 @@ mod tests {
         assert_eq!(count_ok(3).await, 0, "the bucket is empty");
 
         // Raise the rate: capacity becomes the default for it (1000), tokens refill from now.
-        shared.rate_limits.set("com.example.Hello", None, 500.0).unwrap();
+        shared
+            .rate_limits
+            .set("com.example.Hello", None, Some(500.0))
+            .unwrap();
         let view = &shared.rate_limits.list()["com.example.Hello"];
         assert_eq!(
             view.service,
@@ -561,9 +588,9 @@ mod tests {
         // A method limit added at run time, then the service limit removed.
         shared
             .rate_limits
-            .set("com.example.Hello", Some("hello"), 2.0)
+            .set("com.example.Hello", Some("hello"), Some(2.0))
             .unwrap();
-        shared.rate_limits.set("com.example.Hello", None, 0.0).unwrap();
+        shared.rate_limits.set("com.example.Hello", None, None).unwrap();
         let view = &shared.rate_limits.list()["com.example.Hello"];
         assert_eq!(view.service, None);
         assert_eq!(
@@ -573,13 +600,28 @@ mod tests {
                 capacity: 1000
             }
         );
-        assert!(shared.rate_limits.set("no.such.Service", None, 1.0).is_err());
         assert!(
             shared
                 .rate_limits
-                .set("com.example.Hello", None, f64::NAN)
+                .set("no.such.Service", None, Some(1.0))
                 .is_err()
         );
+        for bad in [f64::NAN, f64::INFINITY, 0.0, -1.0, 1e-30, 1e300] {
+            let r = shared.rate_limits.set("com.example.Hello", None, Some(bad));
+            assert!(r.is_err(), "rate {bad} accepted");
+        }
+    }
+
+    #[test]
+    fn no_rate_makes_a_bucket_panic() {
+        for rate in [1e-30, f64::MIN_POSITIVE, 0.0, -5.0, f64::NAN, f64::INFINITY] {
+            let b = Bucket::new(rate, 1);
+            assert_eq!(b.take(Duration::from_secs(1)), Some(Duration::ZERO));
+            // The next token is far away (or, at the ceiling, near): never a panic.
+            let _ = b.take(Duration::from_secs(1));
+            b.reconfigure(rate, 1);
+            let _ = b.take(Duration::MAX);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! replace that state. A caller whose slot is connecting takes another live channel of the pool
 //! if there is one, and otherwise waits for that one connect, bounded by its own deadline, so a
 //! dead endpoint costs each caller at most what is left of its timeout.
+use crate::locks::Locked;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,7 +67,7 @@ impl Pool {
 
     /// Slot `i`'s live channel, or its connect (started here when the slot has none).
     fn live_or_connect(&self, i: usize) -> Result<Arc<Channel>, Connect> {
-        let mut slot = self.slots[i].lock().unwrap();
+        let mut slot = self.slots[i].locked();
         match &*slot {
             Slot::Connected(c) if !c.is_closed() => return Ok(c.clone()),
             Slot::Connecting(connect) => return Err(connect.clone()),
@@ -80,7 +81,7 @@ impl Pool {
         let (slots, addr, transport) = (self.slots.clone(), self.addr.clone(), self.transport.clone());
         tokio::spawn(async move {
             let made = Channel::connect(&addr, &transport).await.map(Arc::new);
-            *slots[i].lock().unwrap() = match &made {
+            *slots[i].locked() = match &made {
                 Ok(c) => Slot::Connected(c.clone()),
                 Err(_) => Slot::Empty,
             };
@@ -92,7 +93,7 @@ impl Pool {
     /// A live channel of any slot but `busy`, looking from the one after it.
     fn any_live(&self, busy: usize) -> Option<Arc<Channel>> {
         let n = self.slots.len();
-        (1..n).find_map(|k| match &*self.slots[(busy + k) % n].lock().unwrap() {
+        (1..n).find_map(|k| match &*self.slots[(busy + k) % n].locked() {
             Slot::Connected(c) if !c.is_closed() => Some(c.clone()),
             _ => None,
         })
@@ -173,7 +174,7 @@ impl Pool {
         let mut live = 0;
         let mut in_flight = 0;
         for s in self.slots.iter() {
-            if let Slot::Connected(c) = &*s.lock().unwrap()
+            if let Slot::Connected(c) = &*s.locked()
                 && !c.is_closed()
             {
                 live += 1;

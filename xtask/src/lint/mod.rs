@@ -65,7 +65,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("registry",  &["registry"]),  // direct, command, zookeeper
     ("runtime",   &["net", "drain", "metrics", "switcher"]),
     ("config",    &["config"]),
-    ("base",      &["protocol", "url", "sys", "cgroup", "recent", "log_writer"]),
+    ("base",      &["protocol", "url", "sys", "cgroup", "recent", "log_writer", "locks"]),
 ];
 
 /// Check `agent/src`: prints the violations and fails, or returns a one-line summary.
