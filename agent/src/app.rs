@@ -18,8 +18,9 @@ use crate::intercept::ebpf::mode_name;
 use crate::intercept::iptables::Iptables;
 use crate::intercept::netns::{self, NamespaceWatcher};
 use crate::intercept::selftest::{self, SelfTest};
+use crate::proxy::budget::Budget;
 use crate::proxy::mesh::{ClientHandler, MeshHandle, ServerHandler};
-use crate::proxy::serve::{ServeStats, accept_loop};
+use crate::proxy::serve::{ConnectionLimits, ServeStats, accept_loop};
 use crate::proxy::transparent::{Stats, TransparentProxy};
 
 /// How the binary started the daemon.
@@ -126,14 +127,23 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let mesh: MeshHandle = Arc::new(arc_swap::ArcSwap::from_pointee(mesh));
     let agent_stats = Arc::new(ServeStats::default());
     let export_stats = Arc::new(ServeStats::default());
-    let limits = crate::protocol::motan2::DecodeLimits::default();
+    let budget = Budget::new(config.sockmesh.limits);
+    mesh_shared.filters.registry.register(
+        "overload_rejected",
+        "Requests refused with a 503 exception because the agent was over its sockmesh.limits budget",
+        budget.rejected.clone(),
+    );
+    let limits = ConnectionLimits {
+        decode: crate::protocol::motan2::DecodeLimits::default(),
+        budget: budget.clone(),
+    };
     let agent = bind("agent", config.agent_addr()).await?;
     listeners.push(("agent".to_string(), config.agent_addr().to_string()));
     tasks.spawn(accept_loop(
         "agent",
         agent,
         Arc::new(ClientHandler(mesh.clone())),
-        limits,
+        limits.clone(),
         agent_stats.clone(),
         shutdown.clone(),
         tasks.clone(),
@@ -150,7 +160,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             "export",
             l,
             handler,
-            limits,
+            limits.clone(),
             export_stats.clone(),
             shutdown.clone(),
             tasks.clone(),
@@ -167,6 +177,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         stats: stats.clone(),
         mesh: Some((mesh.clone(), agent_stats.clone())),
         sniff_timeout: Duration::from_millis(config.sockmesh.sniff_timeout_ms),
+        budget: budget.clone(),
         shutdown: shutdown.clone(),
     });
     for l in transparent {

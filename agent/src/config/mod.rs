@@ -114,6 +114,9 @@ impl Config {
                 ));
             }
         }
+        for err in self.sockmesh.limits.check() {
+            e.push(format!("{src}: section sockmesh.limits, {err}"));
+        }
         let i = &self.sockmesh.intercept;
         let ports = [
             ("motan-agent.port", a.port),

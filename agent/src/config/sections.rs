@@ -51,6 +51,7 @@ pub struct SockmeshSection {
     /// Runtime worker threads; 0 = one per CPU.
     pub worker_threads: usize,
     pub intercept: InterceptSection,
+    pub limits: LimitsSection,
 }
 
 impl Default for SockmeshSection {
@@ -63,6 +64,7 @@ impl Default for SockmeshSection {
             log_level: "info".into(),
             worker_threads: 0,
             intercept: InterceptSection::default(),
+            limits: LimitsSection::default(),
         }
     }
 }
@@ -107,6 +109,97 @@ impl Default for InterceptSection {
             iptables_chain: "SOCKMESH".into(),
             bpf_log_level: "info".into(),
         }
+    }
+}
+
+/// `sockmesh.limits`: what one peer, and all peers together, can make the agent hold.
+///
+/// Request bytes are a request's meta and body as decoded, plus its body once inflated; response
+/// bytes count until they are written to the peer. A connection over its share is not read
+/// from (TCP back-pressure); a request beyond the agent's budget is answered with a 503
+/// exception frame at once.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Requests in flight on one connection.
+    pub connection_requests: u32,
+    /// Request and response bytes held for one connection.
+    pub connection_bytes: u32,
+    /// Requests in flight in the whole agent.
+    pub requests: u64,
+    /// Request and response bytes held in the whole agent.
+    pub bytes: u64,
+    /// Open connections per listener (agent port, each export port, each transparent
+    /// listener); beyond it the listener stops accepting and new connections wait in the
+    /// kernel's backlog.
+    pub listener_connections: u32,
+    /// A client connection with nothing in flight that sends nothing for this long is closed
+    /// (0: never).
+    pub client_idle_timeout_ms: u64,
+    /// A passed-through connection with no data either way for this long is closed (0: never).
+    pub passthrough_idle_timeout_ms: u64,
+    /// Largest decoded value (a hash key argument, an HTTP provider argument), bytes.
+    pub decoded_value_bytes: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            connection_requests: 1024,
+            connection_bytes: 32 << 20,
+            requests: 65536,
+            bytes: 512 << 20,
+            listener_connections: 16384,
+            client_idle_timeout_ms: 30 * 60 * 1000,
+            passthrough_idle_timeout_ms: 60 * 60 * 1000,
+            decoded_value_bytes: 1 << 20,
+        }
+    }
+}
+
+impl LimitsSection {
+    /// Every unusable key, named as it is written.
+    pub fn check(&self) -> Vec<SettingError> {
+        let mut e = Vec::new();
+        let positive = [
+            ("connection_requests", u64::from(self.connection_requests)),
+            ("connection_bytes", u64::from(self.connection_bytes)),
+            ("requests", self.requests),
+            ("bytes", self.bytes),
+            ("listener_connections", u64::from(self.listener_connections)),
+            ("decoded_value_bytes", u64::from(self.decoded_value_bytes)),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                e.push(SettingError::new(
+                    key,
+                    "0 is not allowed (no request could ever be served)",
+                ));
+            }
+        }
+        if u64::from(self.connection_bytes) > self.bytes {
+            e.push(SettingError::new(
+                "connection_bytes",
+                format!(
+                    "{} is more than bytes ({}), the whole agent's budget",
+                    self.connection_bytes, self.bytes
+                ),
+            ));
+        }
+        if u64::from(self.connection_requests) > self.requests {
+            e.push(SettingError::new(
+                "connection_requests",
+                format!(
+                    "{} is more than requests ({})",
+                    self.connection_requests, self.requests
+                ),
+            ));
+        }
+        // A budget below one largest frame (meta + body, 10 MiB each) would refuse it forever.
+        if self.connection_bytes < 64 << 10 {
+            e.push(SettingError::new("connection_bytes", "below 65536 bytes"));
+        }
+        e
     }
 }
 

@@ -1,4 +1,5 @@
 //! Connection handling: accept, recover the original destination, detect the protocol, forward.
+pub mod budget;
 pub mod inbound;
 pub mod mesh;
 pub mod outbound;

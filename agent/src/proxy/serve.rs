@@ -9,19 +9,108 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::locks::Locked;
 use crate::protocol::motan2::{CodecError, DecodeLimits, Exception, Frame, FrameError, Motan2Codec, v1};
+use crate::proxy::budget::{Budget, ConnectionShare, Lease, SharePermit};
 use crate::upstream::channel::{WRITE_QUEUE, write_frames};
+
+/// What bounds a connection: frame limits, the agent's budget (with each connection's share)
+/// and how long an idle client is kept.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    pub decode: DecodeLimits,
+    pub budget: Arc<Budget>,
+}
+
+impl ConnectionLimits {
+    fn idle_timeout(&self) -> Option<Duration> {
+        let ms = self.budget.limits.client_idle_timeout_ms;
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+}
+
+/// A frame on its way to the peer with what it holds of the budgets, given back once the
+/// writer has taken it (a peer that does not read keeps its share full: its connection is no
+/// longer read from).
+struct Queued {
+    frame: Bytes,
+    _held: Option<(SharePermit, Lease)>,
+}
+
+impl AsRef<[u8]> for Queued {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
+impl From<Bytes> for Queued {
+    fn from(frame: Bytes) -> Queued {
+        Queued { frame, _held: None }
+    }
+}
+
+/// Accept errors (EMFILE, ENFILE, ENOBUFS...) back off instead of spinning, and are logged at
+/// most once per interval with how many there were.
+#[derive(Default)]
+pub struct AcceptBackoff {
+    last_log: Option<Instant>,
+    since_log: u64,
+}
+
+impl AcceptBackoff {
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    pub async fn failed(&mut self, listener: &str, e: &std::io::Error) {
+        self.since_log += 1;
+        if self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+            tracing::warn!(
+                listener,
+                "accept failed ({} time(s) since the last report): {e}",
+                self.since_log
+            );
+            self.last_log = Some(Instant::now());
+            self.since_log = 0;
+        }
+        // Out of descriptors: wait for connections to close rather than retrying at once.
+        let pause = match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => 200,
+            _ => 20,
+        };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+/// Per-connection warnings are rate limited across all connections: one hostile peer opening
+/// thousands of connections with bad frames must not make the agent a log writer.
+pub fn warn_connection(peer: SocketAddr, why: &str) {
+    static LAST: std::sync::Mutex<(Option<Instant>, u64)> = std::sync::Mutex::new((None, 0));
+    let suppressed = {
+        let mut last = LAST.locked();
+        if last.0.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            last.1 += 1;
+            return;
+        }
+        last.0 = Some(Instant::now());
+        std::mem::take(&mut last.1)
+    };
+    // WARN lines also land in `sockmesh status` (recent errors).
+    if suppressed > 0 {
+        tracing::warn!(%peer, "closing connection: {why} ({suppressed} similar warning(s) suppressed)");
+    } else {
+        tracing::warn!(%peer, "closing connection: {why}");
+    }
+}
 
 /// What a listener does with each request: its answer (oneway requests are answered too, see
 /// `cluster::oneway_answer`). The future runs as the request's task; being a concrete type
@@ -76,26 +165,35 @@ pub async fn accept_loop<H: Handler>(
     name: &'static str,
     listener: tokio::net::TcpListener,
     handler: Arc<H>,
-    limits: DecodeLimits,
+    limits: ConnectionLimits,
     stats: Arc<ServeStats>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let slots = Arc::new(Semaphore::new(limits.budget.limits.listener_connections as usize));
+    let mut backoff = AcceptBackoff::default();
     loop {
+        // At the connection cap the listener stops accepting: the kernel's backlog holds the rest.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = slots.clone().acquire_owned() => s,
+        };
         let (conn, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(listener = name, "accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    backoff.failed(name, &e).await;
                     continue;
                 }
             },
         };
         let h = handler.clone();
-        let (l, s, sd) = (limits, stats.clone(), shutdown.clone());
-        tasks.spawn(async move { serve_connection(conn, peer, BytesMut::new(), h, l, s, sd).await });
+        let (l, s, sd) = (limits.clone(), stats.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let _slot = slot;
+            serve_connection(conn, peer, BytesMut::new(), h, l, s, sd).await
+        });
     }
 }
 
@@ -107,7 +205,7 @@ pub async fn serve_connection<H: Handler>(
     peer: SocketAddr,
     mut buf: BytesMut,
     handler: Arc<H>,
-    limits: DecodeLimits,
+    limits: ConnectionLimits,
     stats: Arc<ServeStats>,
     shutdown: CancellationToken,
 ) {
@@ -115,11 +213,13 @@ pub async fn serve_connection<H: Handler>(
     stats.active_connections.fetch_add(1, Ordering::Relaxed);
     let _ = conn.set_nodelay(true);
     let (mut rd, mut wr) = conn.into_split();
-    let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
     let writer = tokio::spawn(async move { write_frames(&mut wr, rx).await });
     let requests = TaskTracker::new();
     let peer_ip = Bytes::from(peer.ip().to_string());
-    let mut codec = Motan2Codec::new(limits);
+    let mut codec = Motan2Codec::new(limits.decode);
+    let share = Arc::new(ConnectionShare::new(&limits.budget.limits));
+    let idle = limits.idle_timeout();
     let conn = Conn {
         peer,
         peer_ip: &peer_ip,
@@ -128,8 +228,8 @@ pub async fn serve_connection<H: Handler>(
         requests: &requests,
         stats: &stats,
         limits: &limits,
+        share: &share,
     };
-    buf.reserve(8192);
     let why: String = 'conn: loop {
         // Decode everything buffered before reading more.
         loop {
@@ -140,11 +240,11 @@ pub async fn serve_connection<H: Handler>(
                     }
                 }
                 Ok(None) => break,
-                Err(CodecError::Frame(FrameError::MotanV1)) => match v1_frame(&mut buf, &limits) {
+                Err(CodecError::Frame(FrameError::MotanV1)) => match v1_frame(&mut buf, &limits.decode) {
                     Ok(None) => break,
                     Ok(Some(reply)) => {
                         stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-                        if tx.send(reply).await.is_err() {
+                        if tx.send(reply.into()).await.is_err() {
                             break 'conn "writer closed".into();
                         }
                     }
@@ -156,14 +256,19 @@ pub async fn serve_connection<H: Handler>(
                 Err(e) => {
                     stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                     if let Some(reply) = oversize_reply(&buf, &e) {
-                        let _ = tx.send(reply).await;
+                        let _ = tx.send(reply.into()).await;
                     }
                     break 'conn format!("bad frame: {e}");
                 }
             }
         }
+        // Read in small steps: an idle connection holds no large buffer.
+        buf.reserve(4096);
+        // Only a connection with nothing in flight is idle.
+        let idle = idle.filter(|_| requests.is_empty());
         let n = tokio::select! {
             _ = shutdown.cancelled() => break 'conn "agent shutting down".into(),
+            _ = sleep_or_never(idle) => break 'conn "idle timeout".into(),
             r = rd.read_buf(&mut buf) => r,
         };
         match n {
@@ -179,10 +284,16 @@ pub async fn serve_connection<H: Handler>(
     let _ = writer.await;
     stats.active_connections.fetch_sub(1, Ordering::Relaxed);
     if why.starts_with("bad frame") || why.starts_with("motan v1") {
-        // WARN lines also land in `sockmesh status` (recent errors).
-        tracing::warn!(%peer, "closing connection: {why}");
+        warn_connection(peer, &why);
     } else {
         tracing::debug!(%peer, "connection ended: {why}");
+    }
+}
+
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -191,10 +302,11 @@ struct Conn<'a, H> {
     peer: SocketAddr,
     peer_ip: &'a Bytes,
     handler: &'a Arc<H>,
-    tx: &'a mpsc::Sender<Bytes>,
+    tx: &'a mpsc::Sender<Queued>,
     requests: &'a TaskTracker,
     stats: &'a ServeStats,
-    limits: &'a DecodeLimits,
+    limits: &'a ConnectionLimits,
+    share: &'a Arc<ConnectionShare>,
 }
 
 /// Handle one decoded frame; false when the writer is gone.
@@ -207,6 +319,7 @@ async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
         requests,
         stats,
         limits,
+        share,
     } = *conn;
     if frame.header.is_response() {
         // Apps do not send responses to an agent; ignore rather than fail the connection.
@@ -216,7 +329,7 @@ async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
         stats.heartbeats.fetch_add(1, Ordering::Relaxed);
         let id = frame.header.request_id;
         return tx
-            .send(Frame::heartbeat_response(id).encode_to_bytes())
+            .send(Frame::heartbeat_response(id).encode_to_bytes().into())
             .await
             .is_ok();
     }
@@ -227,24 +340,68 @@ async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
         received: Instant::now(),
     };
     let id = frame.header.request_id;
-    if frame.header.is_gzip()
-        && let Err(e) = frame.gunzip(limits.max_body)
-    {
-        let ex = Exception::service(500, format!("cannot decompress the request body: {e}"));
-        return tx
-            .send(Frame::agent_exception(id, &ex).encode_to_bytes())
-            .await
-            .is_ok();
+    let refuse = |code, msg: String| {
+        let ex = Exception::service(code, msg);
+        tx.send(Frame::agent_exception(id, &ex).encode_to_bytes().into())
+    };
+    // This connection's share first: waiting here stops reading from it.
+    let wire = frame.encoded_len() as u64;
+    let mut permit = share.request(wire).await;
+    let budget = &limits.budget;
+    let Some(mut lease) = budget.admit(wire) else {
+        return refuse(503, over_budget(budget)).await.is_ok();
+    };
+    if frame.header.is_gzip() {
+        // Inflate no further than the budgets have room for (a gzip bomb stops there).
+        let room = budget.bytes_left().min(u64::from(budget.limits.connection_bytes));
+        let cap = (limits.decode.max_body as u64).min(room) as usize;
+        if let Err(e) = frame.gunzip(cap) {
+            let (code, msg) = match e {
+                FrameError::BodyTooLarge { .. } if cap < limits.decode.max_body => {
+                    budget.rejected.inc();
+                    (503, over_budget(budget))
+                }
+                e => (500, format!("cannot decompress the request body: {e}")),
+            };
+            return refuse(code, msg).await.is_ok();
+        }
+        let inflated = frame.body.len() as u64;
+        permit = share.request_more(permit, inflated).await;
+        if !budget.grow(&mut lease, inflated) {
+            budget.rejected.inc();
+            return refuse(503, over_budget(budget)).await.is_ok();
+        }
     }
-    let (handler, tx) = (handler.clone(), tx.clone());
+    let (handler, tx, share, budget) = (handler.clone(), tx.clone(), share.clone(), budget.clone());
     // The handler's future is made inside the task: a future made outside and moved in would
     // be stored twice in the task (once captured, once awaited).
     requests.spawn(async move {
         let mut resp = handler.handle(frame, ctx).await;
+        // The request's bytes are given back before its response waits for room, so a full
+        // share always drains.
+        let slot = permit.into_slot();
+        drop(lease);
         resp.header.request_id = id;
-        let _ = tx.send(resp.encode_to_bytes()).await;
+        let bytes = resp.encode_to_bytes();
+        let held = share.response(bytes.len() as u64).await;
+        let lease = budget.hold(bytes.len() as u64);
+        drop(slot);
+        let _ = tx
+            .send(Queued {
+                frame: bytes,
+                _held: Some((held, lease)),
+            })
+            .await;
     });
     true
+}
+
+fn over_budget(budget: &Budget) -> String {
+    let (requests, bytes) = budget.in_use();
+    format!(
+        "agent overloaded: {requests} request(s) and {bytes} byte(s) in flight (limits sockmesh.limits.requests = {}, sockmesh.limits.bytes = {}); retry later",
+        budget.limits.requests, budget.limits.bytes
+    )
 }
 
 /// A motan v1 frame: heartbeats are answered (old Java clients probe with them); anything else

@@ -17,6 +17,7 @@ use bytes::BytesMut;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,8 +25,9 @@ use super::passthrough;
 use crate::net::SocketFactory;
 use crate::protocol::motan2::codec::frame_len;
 use crate::protocol::motan2::{DecodeLimits, Motan2Codec};
+use crate::proxy::budget::Budget;
 use crate::proxy::mesh::{ClientHandler, MeshHandle};
-use crate::proxy::serve::{ServeStats, serve_connection};
+use crate::proxy::serve::{AcceptBackoff, ConnectionLimits, ServeStats, serve_connection};
 use crate::sys;
 
 #[derive(Default, Debug)]
@@ -74,6 +76,9 @@ pub struct TransparentProxy {
     /// The mesh (and the agent port's stats, which routed connections count in).
     pub mesh: Option<(MeshHandle, Arc<ServeStats>)>,
     pub sniff_timeout: Duration,
+    /// The agent's budget (`sockmesh.limits`): routed connections draw on it as the agent
+    /// port's do; the connection cap applies per transparent listener.
+    pub budget: Arc<Budget>,
     pub shutdown: CancellationToken,
 }
 
@@ -95,21 +100,29 @@ impl TransparentProxy {
         sockets: SocketFactory,
     ) {
         let local = listener.local_addr().ok();
+        let slots = Arc::new(Semaphore::new(self.budget.limits.listener_connections as usize));
+        let mut backoff = AcceptBackoff::default();
         loop {
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                s = slots.clone().acquire_owned() => s,
+            };
             let (conn, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!("transparent listener accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        backoff.failed("transparent", &e).await;
                         continue;
                     }
                 },
             };
             let me = self.clone();
             let sockets = sockets.clone();
-            tasks.spawn(async move { me.handle(conn, peer, local, sockets).await });
+            tasks.spawn(async move {
+                let _slot = slot;
+                me.handle(conn, peer, local, sockets).await
+            });
         }
     }
 
@@ -158,6 +171,10 @@ impl TransparentProxy {
                 tracing::debug!(%peer, original_dst = %orig, "intercepted Motan2 connection routed by the mesh");
                 let handler = Arc::new(ClientHandler(mesh.clone()));
                 let stats = agent_stats.clone();
+                let limits = ConnectionLimits {
+                    decode: limits,
+                    budget: self.budget.clone(),
+                };
                 serve_connection(conn, peer, prefix, handler, limits, stats, self.shutdown.clone()).await;
                 return;
             }
@@ -229,7 +246,8 @@ impl TransparentProxy {
             }
         };
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        match passthrough::forward(conn, upstream).await {
+        let idle = Duration::from_millis(self.budget.limits.passthrough_idle_timeout_ms);
+        match passthrough::forward(conn, upstream, (!idle.is_zero()).then_some(idle)).await {
             Ok((up, down)) => {
                 self.stats.bytes_to_upstream.fetch_add(up, Ordering::Relaxed);
                 self.stats.bytes_to_app.fetch_add(down, Ordering::Relaxed);

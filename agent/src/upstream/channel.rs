@@ -5,6 +5,7 @@
 //! restored on the response. Every frame is encoded into one contiguous buffer before it is
 //! queued, so a reader never sees a frame in fragments made by us; the writer task batches
 //! whole frames into one write when several are queued.
+use crate::locks::Locked;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,22 +66,22 @@ enum Waiter {
 
 impl Pending {
     fn insert(&self, id: u64) {
-        self.waiters.lock().unwrap().insert(id, Waiter::Waiting(None));
+        self.waiters.locked().insert(id, Waiter::Waiting(None));
     }
 
     fn remove(&self, id: u64) {
-        self.waiters.lock().unwrap().remove(&id);
+        self.waiters.locked().remove(&id);
     }
 
     fn len(&self) -> usize {
-        self.waiters.lock().unwrap().len()
+        self.waiters.locked().len()
     }
 
     /// Hand `resp` to the call waiting for its id; a response nobody waits for (the call timed
     /// out or was cancelled, or it answers a oneway request) is dropped.
     fn answer(&self, resp: Frame) {
         let waker = {
-            let mut waiters = self.waiters.lock().unwrap();
+            let mut waiters = self.waiters.locked();
             match waiters.get_mut(&resp.header.request_id) {
                 Some(w @ Waiter::Waiting(_)) => match std::mem::replace(w, Waiter::Answered(resp)) {
                     Waiter::Waiting(waker) => waker,
@@ -97,7 +98,7 @@ impl Pending {
     /// The response of call `id` once answered; `None` when the entry is gone (the connection
     /// closed with the call in flight).
     fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
-        let mut waiters = self.waiters.lock().unwrap();
+        let mut waiters = self.waiters.locked();
         match waiters.get_mut(&id) {
             None => Poll::Ready(None),
             Some(Waiter::Waiting(waker)) => {
@@ -116,7 +117,7 @@ impl Pending {
     /// The connection is gone: every call still waiting fails (answered ones keep their answer).
     fn fail_waiting(&self) {
         let mut woken = Vec::new();
-        self.waiters.lock().unwrap().retain(|_, w| match w {
+        self.waiters.locked().retain(|_, w| match w {
             Waiter::Waiting(waker) => {
                 woken.extend(waker.take());
                 false
@@ -295,22 +296,24 @@ impl Channel {
 }
 
 /// Write queued frames (each already one contiguous buffer) until every sender is gone,
-/// batching whole frames into one write while more are queued.
-pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
+/// batching whole frames into one write while more are queued. A queued item is dropped once
+/// its bytes are written or copied into the batch (what it holds of a budget is given back).
+pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin, T: AsRef<[u8]>>(
     wr: &mut W,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<T>,
 ) -> std::io::Result<()> {
     let mut batch = BytesMut::new();
     while let Some(first) = rx.recv().await {
         match rx.try_recv() {
-            Err(_) => wr.write_all(&first).await?,
+            Err(_) => wr.write_all(first.as_ref()).await?,
             Ok(second) => {
                 batch.clear();
-                batch.extend_from_slice(&first);
-                batch.extend_from_slice(&second);
+                batch.extend_from_slice(first.as_ref());
+                batch.extend_from_slice(second.as_ref());
+                drop((first, second));
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(b) => batch.extend_from_slice(&b),
+                        Ok(b) => batch.extend_from_slice(b.as_ref()),
                         Err(_) => break,
                     }
                 }

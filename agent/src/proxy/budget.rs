@@ -1,0 +1,220 @@
+//! What requests may hold: per connection (waited for: the connection is not read from while it
+//! is over its share, TCP back-pressure does the rest) and for the whole agent (never waited
+//! for: a request beyond it is refused at once with a 503 exception frame).
+//!
+//! Bytes are counted from the decoded frame (meta + body), again for an inflated body, and for
+//! a response until the writer has taken it off the queue.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::sections::LimitsSection;
+
+/// The agent-wide budget, shared by every listener.
+#[derive(Debug)]
+pub struct Budget {
+    pub limits: LimitsSection,
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    /// Requests refused because the agent was over its budget (`sockmesh_overload_rejected_total`).
+    pub rejected: Counter,
+}
+
+impl Budget {
+    pub fn new(limits: LimitsSection) -> Arc<Budget> {
+        Arc::new(Budget {
+            limits,
+            requests: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            rejected: Counter::default(),
+        })
+    }
+
+    /// Requests and bytes held now.
+    pub fn in_use(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes still free in the agent's budget.
+    pub fn bytes_left(&self) -> u64 {
+        self.limits
+            .bytes
+            .saturating_sub(self.bytes.load(Ordering::Relaxed))
+    }
+
+    /// One request of `bytes`, or None (counted as rejected) when it does not fit.
+    pub fn admit(self: &Arc<Self>, bytes: u64) -> Option<Lease> {
+        let r = self.requests.fetch_add(1, Ordering::Relaxed);
+        let b = self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let lease = Lease {
+            budget: self.clone(),
+            requests: 1,
+            bytes,
+        };
+        if r >= self.limits.requests || b.saturating_add(bytes) > self.limits.bytes {
+            self.rejected.inc();
+            return None; // the lease drops: both counts are given back
+        }
+        Some(lease)
+    }
+
+    /// `bytes` more on a lease, if they fit (an inflated body).
+    pub fn grow(&self, lease: &mut Lease, bytes: u64) -> bool {
+        let b = self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        lease.bytes += bytes;
+        b.saturating_add(bytes) <= self.limits.bytes
+    }
+
+    /// Bytes that are already in memory (a response): counted, never refused, so new requests
+    /// see the agent as full while they wait to be written.
+    pub fn hold(self: &Arc<Self>, bytes: u64) -> Lease {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Lease {
+            budget: self.clone(),
+            requests: 0,
+            bytes,
+        }
+    }
+}
+
+/// Requests and bytes taken from the [`Budget`], given back on drop.
+#[derive(Debug)]
+pub struct Lease {
+    budget: Arc<Budget>,
+    requests: u64,
+    bytes: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.budget.requests.fetch_sub(self.requests, Ordering::Relaxed);
+        self.budget.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// One connection's share: requests in flight and bytes held, waited for.
+#[derive(Debug)]
+pub struct ConnectionShare {
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
+}
+
+/// What one request or response holds of its connection's share.
+#[derive(Debug)]
+pub struct SharePermit {
+    request: Option<OwnedSemaphorePermit>,
+    bytes: OwnedSemaphorePermit,
+}
+
+impl SharePermit {
+    /// Give the bytes back and keep the request's slot: a request whose response waits for
+    /// room still counts as in flight, so a peer that does not read cannot start more.
+    pub fn into_slot(self) -> Option<OwnedSemaphorePermit> {
+        self.request
+    }
+}
+
+impl ConnectionShare {
+    pub fn new(limits: &LimitsSection) -> ConnectionShare {
+        ConnectionShare {
+            requests: Arc::new(Semaphore::new(limits.connection_requests as usize)),
+            bytes: Arc::new(Semaphore::new(limits.connection_bytes as usize)),
+            max_bytes: limits.connection_bytes,
+        }
+    }
+
+    /// Wait for room for one request of `bytes` (a frame larger than the whole share waits for
+    /// all of it).
+    pub async fn request(&self, bytes: u64) -> SharePermit {
+        let request = self.requests.clone().acquire_owned().await.ok();
+        let bytes = self.bytes(bytes).await;
+        SharePermit { request, bytes }
+    }
+
+    /// Wait for `more` bytes on a request's permit (its inflated body), never beyond the whole
+    /// share for one request.
+    pub async fn request_more(&self, mut permit: SharePermit, more: u64) -> SharePermit {
+        let held = permit.bytes.num_permits() as u64;
+        let more = more.min(u64::from(self.max_bytes).saturating_sub(held));
+        if more > 0 {
+            permit.bytes.merge(self.bytes(more).await);
+        }
+        permit
+    }
+
+    /// Wait for room for `bytes` of a response.
+    pub async fn response(&self, bytes: u64) -> SharePermit {
+        SharePermit {
+            request: None,
+            bytes: self.bytes(bytes).await,
+        }
+    }
+
+    async fn bytes(&self, n: u64) -> OwnedSemaphorePermit {
+        let n = n.clamp(1, u64::from(self.max_bytes)) as u32;
+        // The semaphores are never closed.
+        self.bytes
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .unwrap_or_else(|_| unreachable!("connection share semaphores are never closed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(requests: u64, bytes: u64) -> LimitsSection {
+        LimitsSection {
+            requests,
+            bytes,
+            connection_requests: 2,
+            connection_bytes: 100,
+            ..LimitsSection::default()
+        }
+    }
+
+    #[test]
+    fn the_agent_budget_refuses_and_gives_back() {
+        let b = Budget::new(limits(2, 1000));
+        let l1 = b.admit(600).unwrap();
+        assert!(b.admit(500).is_none(), "bytes over budget");
+        let mut l2 = b.admit(100).unwrap();
+        assert!(b.admit(1).is_none(), "requests over budget");
+        assert!(!b.grow(&mut l2, 400), "inflated body over budget");
+        assert_eq!(b.rejected.get(), 2);
+        drop((l1, l2));
+        assert_eq!(b.in_use(), (0, 0));
+        let r = b.hold(5000);
+        assert!(b.admit(1).is_none(), "responses waiting fill the budget");
+        drop(r);
+        assert!(b.admit(1).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_its_share_waits() {
+        async fn waits<F: std::future::Future>(f: F) -> bool {
+            tokio::time::timeout(std::time::Duration::from_millis(20), f)
+                .await
+                .is_err()
+        }
+        let s = ConnectionShare::new(&limits(10, 1000));
+        let p1 = s.request(60).await;
+        // A frame larger than the share needs all of it.
+        assert!(waits(s.request(1_000_000)).await);
+        drop(p1);
+        let p2 = s.request(1_000_000).await;
+        assert!(waits(s.response(1)).await, "no bytes left");
+        drop(p2);
+        let (_a, _b) = (s.request(1).await, s.request(1).await);
+        assert!(waits(s.request(1)).await, "two requests in flight at most");
+        let _r = s.response(1).await; // responses need bytes only
+    }
+}
