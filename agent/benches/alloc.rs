@@ -20,9 +20,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use sockmesh::config::Config;
 use sockmesh::filter::FilterShared;
-use sockmesh::protocol::motan2::{DecodeLimits, Frame, Motan2Codec};
+use sockmesh::protocol::motan2::{Frame, Motan2Codec};
 use sockmesh::proxy::mesh::{ClientHandler, Mesh, MeshHandle, MeshOptions, ServerHandler};
-use sockmesh::proxy::serve::{ServeStats, accept_loop};
+use sockmesh::proxy::serve::{ConnectionLimits, ServeStats, accept_loop};
 use sockmesh::upstream::channel::Transport;
 use tokio_util::codec::{Decoder, Framed};
 use tokio_util::sync::CancellationToken;
@@ -149,7 +149,7 @@ fn start_agent(rt: &tokio::runtime::Runtime, provider: SocketAddr) -> (SocketAdd
             "agent",
             listen(agent_l),
             Arc::new(ClientHandler(mesh.clone())),
-            DecodeLimits::default(),
+            ConnectionLimits::default(),
             Arc::new(ServeStats::default()),
             shutdown.clone(),
             tasks.clone(),
@@ -161,7 +161,7 @@ fn start_agent(rt: &tokio::runtime::Runtime, provider: SocketAddr) -> (SocketAdd
                 mesh: mesh.clone(),
                 port: export.port(),
             }),
-            DecodeLimits::default(),
+            ConnectionLimits::default(),
             Arc::new(ServeStats::default()),
             shutdown,
             tasks,

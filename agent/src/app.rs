@@ -79,6 +79,11 @@ async fn bind(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpListener> {
 
 /// Run the daemon until SIGINT/SIGTERM or an admin shutdown.
 pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
+    match crate::sys::raise_nofile_limit() {
+        Ok((old, new)) if old != new => tracing::info!("open file limit raised from {old} to {new}"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+    }
     let drain = Drain::new();
     let (shutdown, tasks) = (drain.token(), drain.tracker());
     let mut listeners = Vec::new();

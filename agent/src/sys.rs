@@ -199,6 +199,27 @@ pub fn netns_cookie(fd: impl AsFd) -> io::Result<u64> {
     Ok(u64::from_ne_bytes(buf))
 }
 
+/// Raise the soft RLIMIT_NOFILE to the hard limit (systemd's unit does it with LimitNOFILE; a
+/// hand-started agent gets 1024 otherwise). Returns (old soft, new soft).
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read only the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let old = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((old, lim.rlim_cur))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,9 +146,9 @@ impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
             connection_requests: 1024,
-            connection_bytes: 32 << 20,
+            connection_bytes: 8 << 20,
             requests: 65536,
-            bytes: 512 << 20,
+            bytes: 256 << 20,
             listener_connections: 16384,
             client_idle_timeout_ms: 30 * 60 * 1000,
             passthrough_idle_timeout_ms: 60 * 60 * 1000,

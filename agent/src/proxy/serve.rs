@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::Decoder;
@@ -31,6 +30,16 @@ use crate::upstream::channel::{WRITE_QUEUE, write_frames};
 pub struct ConnectionLimits {
     pub decode: DecodeLimits,
     pub budget: Arc<Budget>,
+}
+
+impl Default for ConnectionLimits {
+    /// Default frame limits and a budget of its own with the default `sockmesh.limits`.
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            decode: DecodeLimits::default(),
+            budget: Budget::new(Default::default()),
+        }
+    }
 }
 
 impl ConnectionLimits {
@@ -212,7 +221,7 @@ pub async fn serve_connection<H: Handler>(
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.active_connections.fetch_add(1, Ordering::Relaxed);
     let _ = conn.set_nodelay(true);
-    let (mut rd, mut wr) = conn.into_split();
+    let (rd, mut wr) = conn.into_split();
     let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
     let writer = tokio::spawn(async move { write_frames(&mut wr, rx).await });
     let requests = TaskTracker::new();
@@ -262,18 +271,22 @@ pub async fn serve_connection<H: Handler>(
                 }
             }
         }
-        // Read in small steps: an idle connection holds no large buffer.
-        buf.reserve(4096);
         // Only a connection with nothing in flight is idle.
         let idle = idle.filter(|_| requests.is_empty());
-        let n = tokio::select! {
+        let ready = tokio::select! {
             _ = shutdown.cancelled() => break 'conn "agent shutting down".into(),
             _ = sleep_or_never(idle) => break 'conn "idle timeout".into(),
-            r = rd.read_buf(&mut buf) => r,
+            r = rd.readable() => r,
         };
-        match n {
+        if let Err(e) = ready {
+            break 'conn format!("read error: {e}");
+        }
+        // The buffer grows only once data is there: thousands of idle connections hold none.
+        buf.reserve(4096);
+        match rd.try_read_buf(&mut buf) {
             Ok(0) => break 'conn "closed by peer".into(),
             Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => break 'conn format!("read error: {e}"),
         }
     };
