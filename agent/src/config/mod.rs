@@ -242,6 +242,30 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_checked_by_key() {
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.sockmesh.limits, sections::LimitsSection::default());
+        let err = Config::parse(
+            "sockmesh:\n  limits:\n    requests: 0\n    connection_bytes: 1000\n",
+            "l.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("section sockmesh.limits, key requests: 0 is not allowed"),
+            "{err}"
+        );
+        assert!(
+            err.contains("section sockmesh.limits, key connection_bytes: below 65536"),
+            "{err}"
+        );
+        let err = Config::parse("sockmesh:\n  limits:\n    max_things: 3\n", "l.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_things"), "{err}");
+    }
+
+    #[test]
     fn mark_zero_and_ipv6_prefixes() {
         let err = Config::parse("sockmesh:\n  intercept:\n    mark: 0\n", "m.yaml")
             .unwrap_err()
