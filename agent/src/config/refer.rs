@@ -10,6 +10,9 @@ use crate::url::{Url, keys};
 /// (the n-th argument of a simple-serialized body, 0-based). Default: meta `consistentHashKey`.
 pub const HASH_KEY_SOURCE: &str = "consistentHashKey.source";
 
+/// Longest hash key taken from an argument, bytes.
+pub const MAX_HASH_KEY: usize = 64 << 10;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HashKeySource {
     Meta(String),
@@ -36,10 +39,12 @@ impl HashKeySource {
         match self {
             HashKeySource::Meta(k) => req.meta.get_non_empty(k).map(str::to_string),
             HashKeySource::Arg(n) => {
-                let args = simple::decode_all(&req.body).ok()?;
-                let v = args.get(*n)?;
+                // Only the arguments up to the key are decoded; a key longer than
+                // MAX_HASH_KEY is no key (the request is balanced as one without).
+                let v = simple::decode_nth(&req.body, *n).ok()??;
                 match v.as_str() {
-                    Some(s) => Some(s.to_string()),
+                    Some(s) if s.len() <= MAX_HASH_KEY => Some(s.to_string()),
+                    Some(_) => None,
                     None => v.as_i64().map(|i| i.to_string()),
                 }
             }

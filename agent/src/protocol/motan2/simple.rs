@@ -343,6 +343,22 @@ pub fn decode_all(body: &Bytes) -> Result<Vec<Value>, SimpleError> {
     Ok(out)
 }
 
+/// Decode the body's values only up to the `n`th (0-based) and return it; None when the body has
+/// fewer. The values after it are never looked at.
+pub fn decode_nth(body: &Bytes, n: usize) -> Result<Option<Value>, SimpleError> {
+    let mut r = Reader { buf: body, pos: 0 };
+    for i in 0..=n {
+        if r.pos >= body.len() {
+            return Ok(None);
+        }
+        let v = r.value(0)?;
+        if i == n {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
 pub fn zigzag32(n: i32) -> u32 {
     ((n << 1) ^ (n >> 31)) as u32
 }
@@ -667,5 +683,16 @@ mod tests {
             vec![Value::from("world"), Value::I64(42)]
         );
         assert!(decode_all(&Bytes::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn decode_nth_reads_no_further_than_the_wanted_value() {
+        let mut body = BytesMut::new();
+        body.extend_from_slice(&encode_args(&[Value::from("a"), Value::from("key")]));
+        body.extend_from_slice(&[0xFF, 0xFF, 0xFF]); // not a value: never read
+        let body = body.freeze();
+        assert!(decode_all(&body).is_err());
+        assert_eq!(decode_nth(&body, 1).unwrap().unwrap().as_str(), Some("key"));
+        assert_eq!(decode_nth(&encode_args(&[Value::from("a")]), 3).unwrap(), None);
     }
 }
