@@ -27,6 +27,23 @@ use crate::protocol::motan2::{DecodeLimits, Frame, Motan2Codec};
 
 /// Frames queued per channel before callers wait (back-pressure instead of unbounded memory).
 pub const WRITE_QUEUE: usize = 4096;
+/// Most bytes queued for one upstream connection's writer: a slow upstream makes callers wait
+/// (up to their deadline) instead of the agent holding 4096 frames of up to 10 MiB.
+pub const WRITE_QUEUE_BYTES: usize = 16 << 20;
+
+/// A frame queued for an upstream writer with its room in the byte-bounded queue, given back
+/// once the writer has taken it.
+#[derive(Debug)]
+struct QueuedFrame {
+    frame: Bytes,
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for QueuedFrame {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
 /// Upper bound of one batched write.
 const MAX_BATCH: usize = 256 * 1024;
 
@@ -146,7 +163,8 @@ impl Drop for PendingEntry<'_> {
 #[derive(Debug)]
 pub struct Channel {
     peer: String,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<QueuedFrame>,
+    room: Arc<tokio::sync::Semaphore>,
     pending: Arc<Pending>,
     next_id: AtomicU64,
     closed: Arc<AtomicBool>,
@@ -172,7 +190,7 @@ impl Channel {
 
     fn start(stream: TcpStream, peer: String, limits: DecodeLimits) -> Channel {
         let (rd, mut wr) = stream.into_split();
-        let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let (tx, rx) = mpsc::channel::<QueuedFrame>(WRITE_QUEUE);
         let pending: Arc<Pending> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let closed_w = closed.clone();
@@ -205,6 +223,7 @@ impl Channel {
         Channel {
             peer,
             tx,
+            room: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_BYTES)),
             pending,
             next_id: AtomicU64::new(1),
             closed,
@@ -274,7 +293,15 @@ impl Channel {
 
     /// Queue one encoded frame for the writer, waiting for room at most until `deadline`.
     async fn enqueue(&self, frame: Bytes, deadline: Deadline) -> Result<(), CallError> {
-        match tokio::time::timeout_at(deadline.at(), self.tx.send(frame)).await {
+        let n = frame.len().clamp(1, WRITE_QUEUE_BYTES) as u32;
+        let queue = async {
+            let room = self.room.clone().acquire_many_owned(n).await.map_err(|_| ())?;
+            self.tx
+                .send(QueuedFrame { frame, _room: room })
+                .await
+                .map_err(|_| ())
+        };
+        match tokio::time::timeout_at(deadline.at(), queue).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(channel_error(format!("cannot write to {}", self.peer))),
             Err(_) => Err(channel_error(format!(
