@@ -85,6 +85,7 @@ impl Mesh {
                     let zk = registry::ZkOptions {
                         snapshot_dir: None,
                         local_ip: Some(opts.local_ip.clone()),
+                        ..Default::default()
                     };
                     registry::build(url, spec, zk).map_err(|e| e.to_string())
                 });

@@ -1,10 +1,14 @@
 //! The registry snapshot: every discovered server list and command text, kept in
 //! `<snapshot_dir>/zookeeper_<address>.json` (written atomically) so that subscriptions made
-//! while ZooKeeper cannot be reached start from the last known state.
+//! while ZooKeeper cannot be reached start from the last known state. Written by a background
+//! task, coalesced: a list update never waits for the disk.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::url::Url;
 
@@ -19,11 +23,14 @@ pub(super) struct SnapshotData {
     pub(super) commands: BTreeMap<String, String>,
 }
 
+/// At most one snapshot write per this interval (the latest state wins).
+const WRITE_INTERVAL: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub(super) struct SnapshotStore {
     pub(super) file: PathBuf,
-    /// Serialises writers; each writes the newest data, taken under this lock.
-    write: tokio::sync::Mutex<()>,
+    /// Set by `mark_dirty`, taken by the writer (`run_writer`).
+    dirty: Notify,
 }
 
 impl SnapshotStore {
@@ -31,7 +38,7 @@ impl SnapshotStore {
     pub(super) fn new(dir: &Path, servers: &str) -> SnapshotStore {
         SnapshotStore {
             file: dir.join(snapshot_file_name(servers)),
-            write: tokio::sync::Mutex::new(()),
+            dirty: Notify::new(),
         }
     }
 
@@ -49,14 +56,38 @@ impl SnapshotStore {
         }
     }
 
-    /// Write the newest data, which `newest` reads once this writer holds the lock: writers
-    /// are serialised, so an older state never overwrites a newer one.
-    pub(super) async fn save(&self, newest: impl FnOnce() -> SnapshotData) {
-        let _w = self.write.lock().await;
-        let data = newest();
+    /// Ask for the newest data to be written (soon, in the background): never waits.
+    pub(super) fn mark_dirty(&self) {
+        self.dirty.notify_one();
+    }
+
+    /// The writer: after each `mark_dirty`, write the newest data (which `newest` reads when
+    /// the write starts), at most once per `WRITE_INTERVAL`, so a burst of changes costs one
+    /// write of the latest state; a last write on `shutdown` if something is pending.
+    pub(super) async fn run_writer(&self, shutdown: CancellationToken, newest: impl Fn() -> SnapshotData) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.dirty.notified() => {}
+            }
+            self.write(newest()).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    // Changes made during the interval are not lost at shutdown.
+                    if tokio::time::timeout(Duration::ZERO, self.dirty.notified()).await.is_ok() {
+                        self.write(newest()).await;
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep(WRITE_INTERVAL) => {}
+            }
+        }
+    }
+
+    async fn write(&self, data: SnapshotData) {
         let file = self.file.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let bytes = serde_json::to_vec_pretty(&data).map_err(std::io::Error::other)?;
+            let bytes = serde_json::to_vec(&data).map_err(std::io::Error::other)?;
             write_atomically(&file, &bytes)
         })
         .await;
@@ -115,7 +146,7 @@ mod tests {
         let dir = temp_dir("rt");
         let store = SnapshotStore {
             file: dir.join("z.json"),
-            write: tokio::sync::Mutex::new(()),
+            dirty: Notify::new(),
         };
         assert_eq!(store.load(), SnapshotData::default());
         let data = SnapshotData {
