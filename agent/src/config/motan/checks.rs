@@ -34,6 +34,8 @@ pub(super) fn rule(key: &str) -> Option<Rule> {
         | "maxRequestTimeout"
         | "connectTimeout"
         | "connectRetryInterval"
+        | "warmEndpoints"
+        | "poolIdleTimeout"
         | "keepaliveInterval"
         | "mingzSize"
         | "maxContentLength"
