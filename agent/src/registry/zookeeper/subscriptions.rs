@@ -293,7 +293,7 @@ pub(super) async fn watch_servers(
                 match woke {
                     Woke::Period => {
                         reconciles += 1;
-                        full_read = reconciles % FULL_READ_EVERY == 0;
+                        full_read = reconciles.is_multiple_of(FULL_READ_EVERY);
                     }
                     Woke::Resync => full_read = true,
                     Woke::Other => {}
