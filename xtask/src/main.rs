@@ -2,6 +2,7 @@
 mod bench;
 mod lint;
 mod plots;
+mod scale;
 mod setup;
 mod util;
 
@@ -73,6 +74,13 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Discovery at fleet scale through a real ZooKeeper (issue #21): report under
+    /// bench/results/scale-<date>/.
+    Scale {
+        /// Services x providers per service, comma-separated.
+        #[arg(long, default_value = "100x10,500x50,1000x100")]
+        sizes: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -85,6 +93,7 @@ fn main() -> Result<()> {
         Cmd::Run { args } => run(&args),
         Cmd::Demo { args } => demo(&args),
         Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Scale { sizes } => scale::run(&sizes),
         Cmd::Bench {
             quick,
             rounds,
