@@ -256,7 +256,9 @@ impl LatencyStats {
     pub fn new() -> LatencyStats {
         LatencyStats {
             ring: Mutex::new(Ring {
-                samples: Vec::with_capacity(Self::CAPACITY),
+                // Grown by use: an endpoint that never carries a call (most of a large
+                // fleet, with pools on demand) costs no sample buffer.
+                samples: Vec::new(),
                 next: 0,
                 new_since_cache: 0,
                 cache: None,

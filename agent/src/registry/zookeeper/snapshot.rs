@@ -160,4 +160,43 @@ mod tests {
         assert_eq!(store.load(), SnapshotData::default());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[tokio::test]
+    async fn snapshot_writes_are_coalesced_and_the_latest_state_wins() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = temp_dir("coalesce");
+        let store = Arc::new(SnapshotStore::new(&dir, "127.0.0.1:2181"));
+        let version = Arc::new(AtomicUsize::new(0));
+        let writes = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let writer = {
+            let (store, version, writes, stop) = (store.clone(), version.clone(), writes.clone(), stop.clone());
+            tokio::spawn(async move {
+                let newest = || {
+                    writes.fetch_add(1, Ordering::Relaxed);
+                    SnapshotData {
+                        registry: version.load(Ordering::Relaxed).to_string(),
+                        ..SnapshotData::default()
+                    }
+                };
+                store.run_writer(stop, newest).await;
+            })
+        };
+        for v in 1..=100 {
+            version.store(v, Ordering::Relaxed);
+            store.mark_dirty();
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // One write for the burst, within the interval (marking never waited for it).
+        assert_eq!(writes.load(Ordering::Relaxed), 1);
+        version.store(101, Ordering::Relaxed);
+        store.mark_dirty();
+        stop.cancel();
+        writer.await.unwrap();
+        assert_eq!(writes.load(Ordering::Relaxed), 2);
+        assert_eq!(store.load().registry, "101", "the last state is written at shutdown");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
