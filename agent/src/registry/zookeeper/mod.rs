@@ -433,7 +433,7 @@ mod tests {
         let refer = Url::new("motan2", "", 0, "com.weibo.Hello", "g1");
         let data = SnapshotData {
             registry: servers.clone(),
-            servers: BTreeMap::from([(node_type_path(&refer, NODE_SERVER), vec![service()])]),
+            servers: BTreeMap::from([(node_type_path(&refer, NODE_SERVER), Arc::new(vec![service()]))]),
             commands: BTreeMap::from([(
                 "/motan/g1/command".to_string(),
                 "{\"clientCommandList\":[]}".to_string(),

@@ -10,21 +10,52 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::url::Url;
+use crate::registry::ServerList;
 
 /// The snapshot file's content.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub(super) struct SnapshotData {
     pub(super) registry: String,
-    /// `.../server` path → discovered servers.
-    pub(super) servers: BTreeMap<String, Vec<Url>>,
+    /// `.../server` path → discovered servers (the published lists themselves, shared).
+    #[serde(with = "shared_lists")]
+    pub(super) servers: BTreeMap<String, ServerList>,
     /// Command node path → text.
     pub(super) commands: BTreeMap<String, String>,
 }
 
 /// At most one snapshot write per this interval (the latest state wins).
 const WRITE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// `ServerList`s (de)serialised as plain lists (serde's `rc` feature is not enabled).
+mod shared_lists {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::registry::ServerList;
+    use crate::url::Url;
+
+    pub(super) fn serialize<S: Serializer>(
+        m: &BTreeMap<String, ServerList>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            map.serialize_entry(k, &**v)?;
+        }
+        map.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, ServerList>, D::Error> {
+        let m = BTreeMap::<String, Vec<Url>>::deserialize(d)?;
+        Ok(m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct SnapshotStore {
@@ -151,7 +182,10 @@ mod tests {
         assert_eq!(store.load(), SnapshotData::default());
         let data = SnapshotData {
             registry: "a".into(),
-            servers: BTreeMap::from([("/motan/g/p/server".to_string(), vec![service()])]),
+            servers: BTreeMap::from([(
+                "/motan/g/p/server".to_string(),
+                std::sync::Arc::new(vec![service()]),
+            )]),
             commands: BTreeMap::new(),
         };
         write_atomically(&store.file, &serde_json::to_vec(&data).unwrap()).unwrap();
@@ -171,7 +205,8 @@ mod tests {
         let writes = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let writer = {
-            let (store, version, writes, stop) = (store.clone(), version.clone(), writes.clone(), stop.clone());
+            let (store, version, writes, stop) =
+                (store.clone(), version.clone(), writes.clone(), stop.clone());
             tokio::spawn(async move {
                 let newest = || {
                     writes.fetch_add(1, Ordering::Relaxed);
@@ -196,7 +231,11 @@ mod tests {
         stop.cancel();
         writer.await.unwrap();
         assert_eq!(writes.load(Ordering::Relaxed), 2);
-        assert_eq!(store.load().registry, "101", "the last state is written at shutdown");
+        assert_eq!(
+            store.load().registry,
+            "101",
+            "the last state is written at shutdown"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

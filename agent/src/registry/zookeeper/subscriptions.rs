@@ -2,7 +2,7 @@
 //! subscriber record `.../client/<ip:port>`) and each command node, followed for as long as
 //! anyone receives them and restarted on every new session. Every value is published to its
 //! receivers and into the snapshot.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -31,9 +31,9 @@ impl Shared {
                     tracing::warn!(registry = %self.name, path, servers = list.len(), "zookeeper unreachable: serving the snapshot");
                     (list.clone(), Source::Snapshot(SystemTime::now()))
                 }
-                _ => (Vec::new(), Source::Nothing),
+                _ => (Arc::new(Vec::new()), Source::Nothing),
             };
-            let tx = Arc::new(watch::channel(Arc::new(initial)).0);
+            let tx = Arc::new(watch::channel(initial).0);
             let rx = tx.subscribe();
             live.subscriptions.insert(
                 path.clone(),
@@ -105,7 +105,7 @@ impl Shared {
     }
 
     /// Publish a server list (never an empty one, 4.9) and have it snapshotted.
-    fn publish_servers(&self, path: &str, tx: &Arc<watch::Sender<ServerList>>, list: Vec<Url>) {
+    fn publish_servers(&self, path: &str, tx: &Arc<watch::Sender<ServerList>>, mut list: Vec<Url>) {
         {
             let mut live = self.live.lock().unwrap();
             let Some(sub) = live
@@ -116,21 +116,29 @@ impl Shared {
                 return;
             };
             sub.source = Source::Zookeeper;
+            let servers = list.len();
             let changed = tx.send_if_modified(|cur| {
                 if **cur == list {
                     false
                 } else {
-                    *cur = Arc::new(list.clone());
+                    *cur = Arc::new(std::mem::take(&mut list));
                     true
                 }
             });
             if changed {
-                tracing::info!(registry = %self.name, path, servers = list.len(), "server list changed");
+                tracing::info!(registry = %self.name, path, servers, "server list changed");
             }
-            if live.snapshot.servers.get(path) == Some(&list) {
+            // The snapshot shares the published list.
+            let current = tx.borrow().clone();
+            if live
+                .snapshot
+                .servers
+                .get(path)
+                .is_some_and(|s| Arc::ptr_eq(s, &current) || *s == current)
+            {
                 return;
             }
-            live.snapshot.servers.insert(path.to_string(), list);
+            live.snapshot.servers.insert(path.to_string(), current);
         }
         self.save_snapshot();
     }
@@ -224,7 +232,10 @@ pub(super) async fn watch_servers(
     mut first: Option<oneshot::Sender<()>>,
 ) {
     let mut client_node: Option<String> = None;
-    let mut known: BTreeMap<String, Option<Url>> = BTreeMap::new();
+    // Child → the address of the server it describes (`None`: not a usable server). The
+    // servers themselves live only in the published list: at a fleet's size a second copy
+    // of every URL is most of the registry's memory.
+    let mut known: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut watcher: Option<Event> = None;
     let mut resync = shared.resync.subscribe();
@@ -255,12 +266,18 @@ pub(super) async fn watch_servers(
                     .cloned()
                     .collect();
                 full_read = false;
+                let mut fresh: HashMap<String, Url> = HashMap::new();
                 if !wanted.is_empty() {
                     let reads = shared.reader.read(&session, &path, &refer, wanted).await;
-                    for c in reads.servers.keys() {
-                        failed.remove(c);
+                    for (child, server) in reads.servers {
+                        failed.remove(&child);
+                        let address = server.map(|u| {
+                            let a = u.address();
+                            fresh.insert(a.clone(), u);
+                            a
+                        });
+                        known.insert(child, address);
                     }
-                    known.extend(reads.servers);
                     failed.extend(reads.failed);
                 }
                 if !failed.is_empty() {
@@ -270,7 +287,7 @@ pub(super) async fn watch_servers(
                         "server nodes could not be read; retrying"
                     );
                 }
-                let list: Vec<Url> = known.values().flatten().cloned().collect();
+                let list = current_list(&tx, &mut known, &fresh, &mut failed);
                 if !list.is_empty() {
                     shared.publish_servers(&path, &tx, list);
                 }
@@ -337,6 +354,33 @@ pub(super) async fn watch_servers(
 
 /// A set watch's event, to come.
 type Event = std::pin::Pin<Box<dyn std::future::Future<Output = zk::WatchedEvent> + Send>>;
+
+/// The list of the `known` children: servers just read (`fresh`) or, for the others, as
+/// published before. A known child whose server is in neither (the last list was not
+/// published: it was empty) is read again.
+fn current_list(
+    tx: &watch::Sender<ServerList>,
+    known: &mut BTreeMap<String, Option<String>>,
+    fresh: &HashMap<String, Url>,
+    failed: &mut BTreeSet<String>,
+) -> Vec<Url> {
+    let published = tx.borrow().clone();
+    let before: HashMap<String, &Url> = published.iter().map(|u| (u.address(), u)).collect();
+    let mut list = Vec::with_capacity(known.len());
+    let mut lost = Vec::new();
+    for (child, address) in known.iter() {
+        let Some(address) = address else { continue };
+        match fresh.get(address).or_else(|| before.get(address).copied()) {
+            Some(u) => list.push(u.clone()),
+            None => lost.push(child.clone()),
+        }
+    }
+    for child in lost {
+        known.remove(&child);
+        failed.insert(child);
+    }
+    list
+}
 
 /// What ended a wait of the list loop.
 enum Woke {
