@@ -9,7 +9,7 @@ mod zk_server;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Ports};
+use common::{Daemon, Ports, Provider, SVC, agent_addr, motan};
 use serde_json::{Value, json};
 use sockmesh::url::Url;
 use zk_server::{ZkServer, raw_client, zookeeper};
@@ -121,7 +121,60 @@ fn ms(d: Option<Duration>) -> Value {
     })
 }
 
-fn run_size(zk: &ZkServer, services: usize, per: usize) -> Value {
+/// Open-loop load at `rate` req/s for `secs` to the healthy service; `during` runs on this
+/// thread meanwhile (e.g. a ZooKeeper restart). Latencies in ms of the answered calls, and
+/// the count of failed ones.
+fn load(d: &Daemon, rate: u64, secs: u64, during: impl FnOnce()) -> (Vec<f64>, usize) {
+    let rt = motan::rt();
+    let addr = agent_addr(d);
+    let handle = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let ch = std::sync::Arc::new(motan::connect(addr).await);
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            let mut gather = |r: Result<Result<f64, ()>, tokio::task::JoinError>| match r.unwrap() {
+                Ok(ms) => lat.push(ms),
+                Err(()) => errors += 1,
+            };
+            let every = Duration::from_micros(1_000_000 / rate);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for i in 0..rate * secs {
+                tick.tick().await;
+                let ch = ch.clone();
+                tasks.spawn(async move {
+                    let t = Instant::now();
+                    let req = motan::request(SVC, "echo", &[], &[motan::Value::from(i as i64)]);
+                    match ch.call(req, Duration::from_secs(2)).await {
+                        Ok(r) if motan::exception(&r).is_none() => Ok(t.elapsed().as_secs_f64() * 1000.0),
+                        _ => Err(()),
+                    }
+                });
+                while let Some(r) = tasks.try_join_next() {
+                    gather(r);
+                }
+            }
+            while let Some(r) = tasks.join_next().await {
+                gather(r);
+            }
+            (lat, errors)
+        })
+    });
+    during();
+    handle.join().unwrap()
+}
+
+fn percentile(v: &mut [f64], p: f64) -> Value {
+    if v.is_empty() {
+        return Value::Null;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+    json!((v[i] * 1000.0).round() / 1000.0)
+}
+
+fn run_size(zk: &mut ZkServer, services: usize, per: usize) -> Value {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -142,10 +195,18 @@ fn run_size(zk: &ZkServer, services: usize, per: usize) -> Value {
         t.elapsed()
     );
 
+    // The healthy service: one real provider.
+    let healthy = Provider::start(&format!("healthy{services}"), 0);
+    let healthy_url =
+        Url::new("motan2", "127.0.0.1", healthy.addr.port(), SVC, group).with_param("nodeType", "service");
+    rt.block_on(write_all(&c, vec![healthy_url], true));
     let mut motan = format!(
         "motan-registry:\n  zk:\n    protocol: zookeeper\n    host: 127.0.0.1\n    port: {}\n    registrySessionTimeout: 10\nmotan-refer:\n",
         zk.port()
     );
+    motan.push_str(&format!(
+        "  healthy:\n    path: {SVC}\n    group: {group}\n    registry: zk\n    requestTimeout: 1000\n"
+    ));
     for i in 0..services {
         motan.push_str(&format!(
             "  s{i}:\n    path: {}\n    group: {group}\n    registry: zk\n    requestTimeout: 1000\n",
@@ -221,8 +282,38 @@ fn run_size(zk: &ZkServer, services: usize, per: usize) -> Value {
     eprintln!(
         "{name}: bulk delete {del:?} (writes {written_del:?}), bulk add {add:?} (writes {written_add:?})"
     );
+
+    // 1,000 req/s to the healthy service, then again while ZooKeeper is killed and restarted.
+    let (mut lat, errors) = load(&d, 1000, 10, || {});
+    let (lp50, lp99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+    eprintln!("{name}: 1000 req/s p50 {lp50} ms p99 {lp99} ms, {errors} errors");
+    drop(c);
+    let mut restart_converge = None;
+    let (mut rlat, rerrors) = load(&d, 1000, 20, || {
+        std::thread::sleep(Duration::from_secs(2));
+        zk.stop();
+        std::thread::sleep(Duration::from_secs(5));
+        zk.spawn();
+        let t = Instant::now();
+        restart_converge = wait_until(Duration::from_secs(30), || {
+            counts(&d, services).iter().sum::<usize>() == total
+        })
+        .map(|_| t.elapsed());
+    });
+    let (rp50, rp99) = (percentile(&mut rlat, 0.5), percentile(&mut rlat, 0.99));
+    eprintln!(
+        "{name}: during a ZooKeeper restart p50 {rp50} ms p99 {rp99} ms, {rerrors} errors; lists equal after restart {restart_converge:?}"
+    );
     let _ = std::fs::remove_dir_all(&snap);
     json!({
+        "load_p50_ms": lp50,
+        "load_p99_ms": lp99,
+        "load_errors": errors,
+        "zk_restart_p50_ms": rp50,
+        "zk_restart_p99_ms": rp99,
+        "zk_restart_errors": rerrors,
+        "zk_restart_requests": rlat.len() + rerrors,
+        "after_restart_equal_ms": ms(restart_converge),
         "size": format!("{services}x{per}"),
         "providers": total,
         "converge_ms": ms(converged),
@@ -241,16 +332,16 @@ fn run_size(zk: &ZkServer, services: usize, per: usize) -> Value {
 #[ignore = "minutes long; run by cargo xtask scale"]
 fn discovery_at_scale() {
     let sizes = std::env::var("SOCKMESH_SCALE_SIZES").unwrap_or_else(|_| "100x10".into());
-    let Some(zk) = zookeeper("scale") else {
+    let Some(mut zk) = zookeeper("scale") else {
         return;
     };
     let mut results = Vec::new();
     for size in sizes.split(',') {
         let (s, p) = size.split_once('x').expect("sizes are SxP");
-        results.push(run_size(&zk, s.parse().unwrap(), p.parse().unwrap()));
+        results.push(run_size(&mut zk, s.parse().unwrap(), p.parse().unwrap()));
     }
     let mut md = String::from(
-        "# Discovery at scale (issue #21)\n\nOne agent referring every service; providers are persistent nodes in motan's layout, not listening. Single change: p99 over 20 (10 adds, 10 deletes); bulk: 10% of every service's providers deleted, then added back, timed from the first write.\n\n| size | converge | RSS | CPU 30–40 s after | single add/delete p99 | 10% bulk delete | 10% bulk add |\n|---|---|---|---|---|---|---|\n",
+        "# Discovery at scale (issue #21)\n\nOne agent referring every service; providers are persistent nodes in motan's layout, not listening. Single change: p99 over 20 (10 adds, 10 deletes); bulk: 10% of every service's providers deleted, then added back, timed from the first write.\n\n| size | converge | RSS | CPU 30–40 s after | single add/delete p99 | 10% bulk delete | 10% bulk add | 1,000 req/s p50 / p99, errors | during ZooKeeper kill+restart p50 / p99, errors | lists equal after restart |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &results {
         md.push_str(&format!(
