@@ -344,15 +344,27 @@ fn discovery_at_scale() {
         "# Discovery at scale (issue #21)\n\nOne agent referring every service; providers are persistent nodes in motan's layout, not listening. Single change: p99 over 20 (10 adds, 10 deletes); bulk: 10% of every service's providers deleted, then added back, timed from the first write.\n\n| size | converge | RSS | CPU 30–40 s after | single add/delete p99 | 10% bulk delete | 10% bulk add | 1,000 req/s p50 / p99, errors | during ZooKeeper kill+restart p50 / p99, errors | lists equal after restart |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &results {
+        let f = |k: &str| match &r[k] {
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
         md.push_str(&format!(
-            "| {} | {} ms | {} MB | {}% | {} ms | {} ms | {} ms |\n",
-            r["size"],
-            r["converge_ms"],
-            r["rss_mb"],
-            r["cpu_percent_30_40s"],
-            r["single_change_p99_ms"],
-            r["bulk_delete_10pct_ms"],
-            r["bulk_add_10pct_ms"]
+            "| {} | {} ms | {} MB | {}% | {} ms | {} ms | {} ms | {} / {} ms, {} | {} / {} ms, {} of {} | {} ms |\n",
+            f("size"),
+            f("converge_ms"),
+            f("rss_mb"),
+            f("cpu_percent_30_40s"),
+            f("single_change_p99_ms"),
+            f("bulk_delete_10pct_ms"),
+            f("bulk_add_10pct_ms"),
+            f("load_p50_ms"),
+            f("load_p99_ms"),
+            f("load_errors"),
+            f("zk_restart_p50_ms"),
+            f("zk_restart_p99_ms"),
+            f("zk_restart_errors"),
+            f("zk_restart_requests"),
+            f("after_restart_equal_ms"),
         ));
     }
     eprintln!("{md}");
