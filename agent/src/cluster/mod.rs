@@ -298,7 +298,15 @@ impl Cluster {
         let mut logged: Option<tokio::time::Instant> = None;
         let mut unlogged = 0u64;
         loop {
-            let r = pool.warm_up().await;
+            // Every slot the first time; afterwards one probe connect, and the other slots
+            // only once it works (a dead endpoint costs one connect per retry).
+            let r = match attempt {
+                0 => pool.warm_up().await,
+                _ => match pool.get(Deadline::after(self.transport.connect_timeout)).await {
+                    Ok(_) => pool.warm_up().await,
+                    Err(e) => Err(e),
+                },
+            };
             if std::mem::take(&mut first) {
                 self.connects_pending.fetch_sub(1, Ordering::Relaxed);
             }

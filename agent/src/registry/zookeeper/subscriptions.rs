@@ -242,30 +242,49 @@ pub(super) async fn watch_servers(
     let mut retry = FIRST_RETRY;
     let mut reconciles = 0u32;
     let mut full_read = false;
+    // A periodic check first asks for the node's stat: unchanged children version, nothing
+    // to retry, and a watch set → nothing to do (one small answer per list per period).
+    let mut check_only = false;
+    let mut cversion: Option<i32> = None;
     loop {
+        if std::mem::take(&mut check_only) && watcher.is_some() && failed.is_empty() && client_node.is_some()
+        {
+            let same = matches!(op(session.client.check_stat(&path)).await, Ok(Some(st)) if Some(st.cversion) == cversion);
+            if same {
+                let (next, woke) = wait_list_event(&session, &tx, &mut watcher, &mut resync, None).await;
+                if let Next::Stop = next {
+                    break;
+                }
+                (check_only, full_read) = after_wake(woke, &mut reconciles);
+                continue;
+            }
+        }
         let listed = match watcher {
             // A watch is set: list without another one (periodic check, retry, reconnect).
             Some(_) => op(session.client.get_children(&path))
                 .await
-                .map(|(c, _)| (c, None)),
+                .map(|(c, st)| (c, st, None)),
             None => op(session.client.get_and_watch_children(&path))
                 .await
-                .map(|(c, _, w)| (c, Some(w))),
+                .map(|(c, st, w)| (c, st, Some(w))),
         };
         let next = match listed {
-            Ok((children, w)) => {
+            Ok((children, stat, w)) => {
+                cversion = Some(stat.cversion);
                 if let Some(w) = w {
                     watcher = Some(Box::pin(w.changed()));
                 }
                 let children: BTreeSet<String> = children.into_iter().collect();
+                let known_before = known.len();
                 known.retain(|c, _| children.contains(c));
+                let dropped = known.len() != known_before;
                 failed.retain(|c| children.contains(c));
                 let wanted: Vec<String> = children
                     .iter()
                     .filter(|c| full_read || !known.contains_key(*c) || failed.contains(*c))
                     .cloned()
                     .collect();
-                full_read = false;
+                let read_nothing = wanted.is_empty();
                 let mut fresh: HashMap<String, Url> = HashMap::new();
                 if !wanted.is_empty() {
                     let reads = shared.reader.read(&session, &path, &refer, wanted).await;
@@ -287,9 +306,12 @@ pub(super) async fn watch_servers(
                         "server nodes could not be read; retrying"
                     );
                 }
-                let list = current_list(&tx, &mut known, &fresh, &mut failed);
-                if !list.is_empty() {
-                    shared.publish_servers(&path, &tx, list);
+                // Nothing read and nothing gone: the published list stands.
+                if dropped || !fresh.is_empty() || !read_nothing {
+                    let list = current_list(&tx, &mut known, &fresh, &mut failed);
+                    if !list.is_empty() {
+                        shared.publish_servers(&path, &tx, list);
+                    }
                 }
                 if client_node.is_none() {
                     client_node = create_client_node(&shared, &session, &refer).await;
@@ -307,14 +329,7 @@ pub(super) async fn watch_servers(
                     }
                 };
                 let (next, woke) = wait_list_event(&session, &tx, &mut watcher, &mut resync, again).await;
-                match woke {
-                    Woke::Period => {
-                        reconciles += 1;
-                        full_read = reconciles.is_multiple_of(FULL_READ_EVERY);
-                    }
-                    Woke::Resync => full_read = true,
-                    Woke::Other => {}
-                }
+                (check_only, full_read) = after_wake(woke, &mut reconciles);
                 next
             }
             Err(zk::Error::NoNode) => {
@@ -380,6 +395,19 @@ fn current_list(
         failed.insert(child);
     }
     list
+}
+
+/// After a wait: (check the stat only, read every node again).
+fn after_wake(woke: Woke, reconciles: &mut u32) -> (bool, bool) {
+    match woke {
+        Woke::Period => {
+            *reconciles += 1;
+            let full = reconciles.is_multiple_of(FULL_READ_EVERY);
+            (!full, full)
+        }
+        Woke::Resync => (false, true),
+        Woke::Other => (false, false),
+    }
 }
 
 /// What ended a wait of the list loop.
