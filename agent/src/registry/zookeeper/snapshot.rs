@@ -118,8 +118,9 @@ impl SnapshotStore {
     async fn write(&self, data: SnapshotData) {
         let file = self.file.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let bytes = serde_json::to_vec(&data).map_err(std::io::Error::other)?;
-            write_atomically(&file, &bytes)
+            write_atomically_with(&file, |w| {
+                serde_json::to_writer(w, &data).map_err(std::io::Error::other)
+            })
         })
         .await;
         match written {
@@ -133,13 +134,24 @@ impl SnapshotStore {
 /// Write `bytes` to `file` so that a reader sees the old or the new content, never a mix.
 pub(super) fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    write_atomically_with(file, |w| w.write_all(bytes))
+}
+
+/// As [`write_atomically`], the content written by `write` (streamed: a fleet's snapshot is
+/// tens of MB, which a buffer of its own would add to the agent's peak memory).
+fn write_atomically_with(
+    file: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use std::io::Write;
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = file.with_extension(format!("json.tmp.{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    write(&mut w)?;
+    w.flush()?;
+    w.get_ref().sync_all()?;
     std::fs::rename(&tmp, file)
 }
 
