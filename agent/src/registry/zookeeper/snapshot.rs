@@ -132,13 +132,15 @@ impl SnapshotStore {
 }
 
 /// Write `bytes` to `file` so that a reader sees the old or the new content, never a mix.
+#[cfg(test)]
 pub(super) fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     write_atomically_with(file, |w| w.write_all(bytes))
 }
 
-/// As [`write_atomically`], the content written by `write` (streamed: a fleet's snapshot is
-/// tens of MB, which a buffer of its own would add to the agent's peak memory).
+/// Write to `file` so that a reader sees the old or the new content, never a mix: the content
+/// is written by `write`, streamed (a fleet's snapshot is tens of MB, which a buffer of its
+/// own would add to the agent's peak memory).
 fn write_atomically_with(
     file: &Path,
     write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
