@@ -68,3 +68,14 @@ pub fn check_chain_name(chain: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Upper bound of `sockmesh.intercept.max_netns_listeners` (a thread and a socket each).
+pub const MAX_NETNS_LISTENERS: usize = 4096;
+
+/// A list going into a kernel map must fit it: `len` entries in a map of `capacity`.
+pub fn check_capacity(len: usize, capacity: u32) -> Result<(), String> {
+    if len > capacity as usize {
+        return Err(format!("{len} entries, the kernel map holds at most {capacity}"));
+    }
+    Ok(())
+}

@@ -15,7 +15,9 @@ use std::path::Path;
 
 use serde_yaml_ng::Value;
 
-use self::intercept::{Cidr, InterceptSettings, check_chain_name};
+use sockmesh_common::{MAX_AGENT_PORTS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS};
+
+use self::intercept::{Cidr, InterceptSettings, MAX_NETNS_LISTENERS, check_capacity, check_chain_name};
 use self::motan::{MotanConfig, MotanEnv};
 use self::sections::bpf_log_level;
 pub use self::sections::{
@@ -171,6 +173,29 @@ impl Config {
                 "{src}: section sockmesh.intercept, key pin_dir: must be an absolute path on a bpffs"
             ));
         }
+        for (key, len, capacity) in [
+            ("include_cidrs", i.include_cidrs.len(), MAX_INCLUDE_CIDRS),
+            ("exclude_cidrs", i.exclude_cidrs.len(), MAX_EXCLUDE_CIDRS),
+            ("exclude_ports", i.exclude_ports.len(), MAX_EXCLUDE_PORTS),
+        ] {
+            if let Err(m) = check_capacity(len, capacity) {
+                e.push(format!("{src}: section sockmesh.intercept, key {key}: {m}"));
+            }
+        }
+        if let Err(m) = check_capacity(
+            self.intercept_settings().agent_ports.len(),
+            MAX_AGENT_PORTS as u32,
+        ) {
+            e.push(format!(
+                "{src}: section motan-agent, keys port, eport, mport (the agent ports the programs never intercept): {m}"
+            ));
+        }
+        if !(1..=MAX_NETNS_LISTENERS).contains(&i.max_netns_listeners) {
+            e.push(format!(
+                "{src}: section sockmesh.intercept, key max_netns_listeners: {} is not in 1..={MAX_NETNS_LISTENERS} (each is a thread and a socket)",
+                i.max_netns_listeners
+            ));
+        }
         e
     }
 
@@ -230,6 +255,30 @@ mod tests {
         );
         assert!(all.contains("key default_mode"), "{all}");
         assert!(all.contains("key include_cidrs"), "{all}");
+    }
+
+    #[test]
+    fn lists_longer_than_their_maps_are_refused_with_key_and_capacity() {
+        let ports: Vec<String> = (1..=300).map(|p| p.to_string()).collect();
+        let cidrs: Vec<String> = (0..=256)
+            .map(|n| format!("\"10.{}.{}.0/24\"", n / 256, n % 256))
+            .collect();
+        let text = format!(
+            "sockmesh:\n  intercept:\n    exclude_ports: [{}]\n    exclude_cidrs: [{}]\n    max_netns_listeners: 0\n",
+            ports.join(", "),
+            cidrs.join(", ")
+        );
+        let all = Config::parse(&text, "big.yaml").unwrap_err().to_string();
+        assert!(
+            all.contains("key exclude_ports: 300 entries, the kernel map holds at most 256"),
+            "{all}"
+        );
+        assert!(
+            all.contains("key exclude_cidrs: 257 entries, the kernel map holds at most 256"),
+            "{all}"
+        );
+        assert!(all.contains("key max_netns_listeners"), "{all}");
+        assert!(!all.contains("include_cidrs"), "{all}");
     }
 
     #[test]

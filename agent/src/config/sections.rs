@@ -90,6 +90,9 @@ pub struct InterceptSection {
     pub iptables_chain: String,
     /// Level of the kernel programs' own log records: off, error, warn, info, debug, trace.
     pub bpf_log_level: String,
+    /// At most this many network namespaces (containers) get a transparent listener (a thread
+    /// and a socket each); intercepted apps in further namespaces connect directly.
+    pub max_netns_listeners: usize,
 }
 
 impl Default for InterceptSection {
@@ -106,6 +109,7 @@ impl Default for InterceptSection {
             pin_dir: PathBuf::from(sockmesh_common::PIN_ROOT),
             iptables_chain: "SOCKMESH".into(),
             bpf_log_level: "info".into(),
+            max_netns_listeners: 256,
         }
     }
 }

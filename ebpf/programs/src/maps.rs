@@ -1,10 +1,14 @@
-//! Every map the programs share, pinned by name under `/sys/fs/bpf/sockmesh/maps` so that
-//! interception survives an agent restart. Who writes and who reads is stated per map.
+//! Every map the programs share, pinned by name under `/sys/fs/bpf/sockmesh/maps-v<N>` (N =
+//! `MAP_LAYOUT_VERSION`: bump it when a map here changes) so that interception survives an agent
+//! restart. Who writes and who reads is stated per map.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, SockHash},
 };
-use sockmesh_common::{CgroupPolicy, EndpointKey, GlobalConfig, OrigDst, SockKey};
+use sockmesh_common::{
+    CgroupPolicy, EndpointKey, GlobalConfig, MAX_CGROUPS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_PORTS,
+    MAX_INCLUDE_CIDRS, OrigDst, SockKey,
+};
 
 /// Global settings (listener, agent mark, agent ports). Written by the agent; read by all programs.
 #[map(name = "SM_CONFIG")]
@@ -13,19 +17,21 @@ pub static SM_CONFIG: Array<GlobalConfig> = Array::pinned(1, 0);
 /// Enabled cgroups by cgroup id: mode plus counters. Mode written by the agent, counters bumped by
 /// `connect4`, read by the agent (`intercept status`).
 #[map(name = "SM_CGROUPS")]
-pub static SM_CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::pinned(1024, 0);
+pub static SM_CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::pinned(MAX_CGROUPS, 0);
 
 /// Destination prefixes to intercept (empty = everything). Written by the agent; read by `connect4`.
 #[map(name = "SM_INCLUDE_V4")]
-pub static SM_INCLUDE_V4: LpmTrie<u32, u8> = LpmTrie::pinned(256, 1 /* BPF_F_NO_PREALLOC */);
+pub static SM_INCLUDE_V4: LpmTrie<u32, u8> =
+    LpmTrie::pinned(MAX_INCLUDE_CIDRS, 1 /* BPF_F_NO_PREALLOC */);
 
 /// Destination prefixes never to intercept. Written by the agent; read by `connect4`.
 #[map(name = "SM_EXCLUDE_V4")]
-pub static SM_EXCLUDE_V4: LpmTrie<u32, u8> = LpmTrie::pinned(256, 1 /* BPF_F_NO_PREALLOC */);
+pub static SM_EXCLUDE_V4: LpmTrie<u32, u8> =
+    LpmTrie::pinned(MAX_EXCLUDE_CIDRS, 1 /* BPF_F_NO_PREALLOC */);
 
 /// Destination ports never to intercept (e.g. 22). Written by the agent; read by `connect4`.
 #[map(name = "SM_EXCLUDE_PORTS")]
-pub static SM_EXCLUDE_PORTS: HashMap<u32, u8> = HashMap::pinned(256, 0);
+pub static SM_EXCLUDE_PORTS: HashMap<u32, u8> = HashMap::pinned(MAX_EXCLUDE_PORTS, 0);
 
 /// Original destination by app socket cookie. Written by `connect4`, read by `getpeername4` and
 /// `sockops`, deleted by `sock_release`. LRU so that it cannot grow without bound even if a
