@@ -6,18 +6,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use sockmesh_common::Mode;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::control::{AppState, LogReload, MeshShared, build_mesh, register_switchers, sockets};
 use crate::drain::{DRAIN_DEADLINE, Drain};
 use crate::filter::FilterShared;
-use crate::intercept::EbpfInterceptor;
-use crate::intercept::ebpf::mode_name;
+use crate::intercept::ebpf::{mode_name, mount_bpffs};
 use crate::intercept::iptables::Iptables;
 use crate::intercept::netns::{self, NamespaceWatcher};
+use crate::intercept::pins::PinDirLock;
 use crate::intercept::selftest::{self, SelfTest};
+use crate::intercept::{EbpfInterceptor, StartError};
 use crate::proxy::mesh::{ClientHandler, MeshHandle, ServerHandler};
 use crate::proxy::serve::{ServeStats, accept_loop};
 use crate::proxy::transparent::{Stats, TransparentProxy};
@@ -76,19 +77,69 @@ async fn bind(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpListener> {
         .with_context(|| format!("binding the {name} listener on {addr}"))
 }
 
+/// Bind without listening yet: the address is ours (a daemon on the same port fails here), but
+/// the connect hook's liveness probe still finds no listener, so intercepted apps keep failing
+/// open until `listen` is called.
+fn bind_only(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpSocket> {
+    let s = TcpSocket::new_v4()?;
+    s.set_reuseaddr(true)?;
+    s.bind(addr.into())
+        .with_context(|| format!("binding the {name} listener on {addr}"))?;
+    Ok(s)
+}
+
 /// Run the daemon until SIGINT/SIGTERM or an admin shutdown.
+///
+/// Start-up order: the pin directory's lock, then every listener bound, and only then any BPF
+/// state touched (self-test, programs, pins, maps). A second daemon with the same pin directory
+/// stops at the lock, one with another pin directory but the same ports at its first bind;
+/// neither swaps programs or rewrites maps of the running one.
 pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let drain = Drain::new();
     let (shutdown, tasks) = (drain.token(), drain.tracker());
     let mut listeners = Vec::new();
 
-    // Interception first: the self-test decides what `auto` means.
+    let pin_dir = config.sockmesh.intercept.pin_dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || PinDirLock::acquire(&pin_dir)).await??;
+
+    let mesh_shared = MeshShared {
+        filters: FilterShared::new(),
+        overrides: Arc::default(),
+    };
+    register_switchers(&config, &mesh_shared.filters);
+    let mesh = build_mesh(&config, None, &mesh_shared)?;
+    // The default export port listens even with nothing exported yet (server role ready; a
+    // reload can add services on it).
+    let mut export_ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
+    if !export_ports.contains(&config.agent.eport) {
+        export_ports.insert(0, config.agent.eport);
+    }
+    let agent = bind("agent", config.agent_addr()).await?;
+    let mut exports = Vec::new();
+    for port in &export_ports {
+        exports.push((*port, bind("export", config.export_addr(*port)).await?));
+    }
+    let transparent = bind_only("transparent", config.transparent_addr())?;
+    let admin = bind("admin", config.admin_addr()).await?;
+
+    // Interception: the self-test decides what `auto` means.
     let (mut interceptor, intercept_error, test, auto_mode) = if config.sockmesh.intercept.enabled {
         let allow = config.sockmesh.intercept.auto_sockmap;
-        let (test, auto_mode) = tokio::task::spawn_blocking(move || kernel_selftest(allow)).await?;
+        let settings = config.intercept_settings();
+        let (test, auto_mode) = tokio::task::spawn_blocking(move || {
+            // The self-test pins under /sys/fs/bpf too.
+            if let Err(e) = mount_bpffs(&settings.pin_dir) {
+                tracing::warn!("{e:#}");
+            }
+            kernel_selftest(allow)
+        })
+        .await?;
         match EbpfInterceptor::start(config.intercept_settings()) {
             Ok(i) => (Some(i), None, test, auto_mode),
-            Err(e) => {
+            Err(StartError::Refused(e)) => {
+                return Err(e.context("refusing to use the pinned interception state"));
+            }
+            Err(StartError::Unavailable(e)) => {
                 tracing::error!("eBPF interception unavailable: {e:#}");
                 (None, Some(format!("{e:#}")), test, auto_mode)
             }
@@ -105,23 +156,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         tasks.spawn(forward_bpf_logs(logger, shutdown.clone()));
     }
 
-    let mesh_shared = MeshShared {
-        filters: FilterShared::new(),
-        overrides: Arc::default(),
-    };
-    register_switchers(&config, &mesh_shared.filters);
-    let mesh = build_mesh(&config, None, &mesh_shared)?;
-    // The default export port listens even with nothing exported yet (server role ready; a
-    // reload can add services on it).
-    let mut export_ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
-    if !export_ports.contains(&config.agent.eport) {
-        export_ports.insert(0, config.agent.eport);
-    }
     let mesh: MeshHandle = Arc::new(arc_swap::ArcSwap::from_pointee(mesh));
     let agent_stats = Arc::new(ServeStats::default());
     let export_stats = Arc::new(ServeStats::default());
     let limits = crate::protocol::motan2::DecodeLimits::default();
-    let agent = bind("agent", config.agent_addr()).await?;
     listeners.push(("agent".to_string(), config.agent_addr().to_string()));
     tasks.spawn(accept_loop(
         "agent",
@@ -132,13 +170,11 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         shutdown.clone(),
         tasks.clone(),
     ));
-    for port in &export_ports {
-        let addr = config.export_addr(*port);
-        let l = bind("export", addr).await?;
-        listeners.push((format!("export:{port}"), addr.to_string()));
+    for (port, l) in exports {
+        listeners.push((format!("export:{port}"), config.export_addr(port).to_string()));
         let handler = Arc::new(ServerHandler {
             mesh: mesh.clone(),
-            port: *port,
+            port,
         });
         tasks.spawn(accept_loop(
             "export",
@@ -157,7 +193,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     mesh.load().register(false).await;
 
     let stats = Arc::new(Stats::default());
-    let transparent = bind("transparent", config.transparent_addr()).await?;
+    let transparent = transparent
+        .listen(1024)
+        .with_context(|| format!("listening on {}", config.transparent_addr()))?;
     listeners.push(("transparent".to_string(), config.transparent_addr().to_string()));
     let proxy = Arc::new(TransparentProxy {
         stats: stats.clone(),
@@ -171,7 +209,6 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             .run(transparent, shutdown.clone(), tasks.clone(), sockets(&config)),
     );
 
-    let admin = bind("admin", config.admin_addr()).await?;
     listeners.push(("admin".to_string(), config.admin_addr().to_string()));
 
     let state = Arc::new(AppState {
@@ -210,8 +247,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             sockets: sockets(&config),
             proxy,
             report: Box::new(move |netns| *r.netns_listeners.lock().unwrap() = netns),
+            max_listeners: config.sockmesh.intercept.max_netns_listeners,
         };
         tasks.spawn(watcher.run(shutdown.clone(), tasks.clone()));
+        tasks.spawn(forget_removed_cgroups(state.clone(), shutdown.clone()));
     }
     crate::admin::state_metrics::register(&state);
     tasks.spawn(crate::admin::serve(admin, state.clone(), shutdown.clone()));
@@ -262,6 +301,35 @@ async fn wait_for_signal(state: &AppState) {
                 // Errors are logged by reload itself; the running configuration stays.
                 let _ = state.reload().await;
             }
+        }
+    }
+}
+
+/// How often deleted cgroups are looked for.
+const CGROUP_SWEEP_PERIOD: Duration = Duration::from_secs(1);
+
+/// Drop the interception state of cgroups that were deleted (their policy entry and links), so
+/// cgroup churn leaves nothing behind.
+async fn forget_removed_cgroups(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(CGROUP_SWEEP_PERIOD);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = state.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            s.interceptor
+                .lock()
+                .unwrap()
+                .as_mut()
+                .map(|i| i.forget_removed_cgroups())
+        })
+        .await;
+        match swept {
+            Ok(None) => return,
+            Ok(Some(Err(e))) => tracing::debug!("looking for deleted cgroups: {e:#}"),
+            _ => {}
         }
     }
 }

@@ -7,7 +7,6 @@
 use std::fs::File;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -96,9 +95,10 @@ pub struct NetnsSockets {
 }
 
 impl NetnsSockets {
-    /// Start the namespace thread; returns the factory and a listener bound in the namespace.
-    pub fn start(ns: &Path, listen: SocketAddrV4) -> Result<(NetnsSockets, std::net::TcpListener)> {
-        let ns_file = File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+    /// Start the namespace thread in the namespace `ns_file` refers to (opened by the caller, who
+    /// checked it is the one it meant); returns the factory and a listener bound in the
+    /// namespace. The thread ends when the last copy of the factory is dropped.
+    pub fn start(ns_file: File, listen: SocketAddrV4) -> Result<(NetnsSockets, std::net::TcpListener)> {
         let (tx, rx) = mpsc::channel::<(Domain, oneshot::Sender<std::io::Result<Socket>>)>();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -118,7 +118,7 @@ impl NetnsSockets {
         let listener = ready_rx
             .recv()
             .context("netns thread died")?
-            .with_context(|| format!("binding {listen} inside {}", ns.display()))?;
+            .with_context(|| format!("binding {listen} inside the namespace"))?;
         Ok((NetnsSockets { tx }, listener))
     }
 

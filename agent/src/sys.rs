@@ -9,6 +9,7 @@ use std::path::Path;
 
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -103,6 +104,75 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     bpf(BPF_OBJ_GET, &mut a).map(owned)
 }
 
+/// The first fields of `struct bpf_map_info`: what decides whether a pinned map fits a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapShape {
+    pub map_type: u32,
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+}
+
+/// The ids behind a bpf_link (`struct bpf_link_info`): its program and, for a cgroup link, the
+/// cgroup (0 once the cgroup is gone and the kernel detached the link).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkIds {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    pub cgroup_id: u64,
+}
+
+/// `BPF_LINK_TYPE_CGROUP`.
+pub const LINK_TYPE_CGROUP: u32 = 3;
+
+/// `BPF_OBJ_GET_INFO_BY_FD` into a zeroed buffer; the kernel fills as much as it knows.
+fn obj_info(fd: BorrowedFd<'_>) -> io::Result<[u8; 128]> {
+    let mut info = [0u8; 128];
+    let mut a = BpfAttr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u32(4, info.len() as u32);
+    a.put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(info)
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+/// Type, sizes and flags of a map (a map fd, e.g. from `obj_get` on a map pin).
+pub fn map_shape(fd: BorrowedFd<'_>) -> io::Result<MapShape> {
+    let b = obj_info(fd)?;
+    Ok(MapShape {
+        map_type: u32_at(&b, 0),
+        id: u32_at(&b, 4),
+        key_size: u32_at(&b, 8),
+        value_size: u32_at(&b, 12),
+        max_entries: u32_at(&b, 16),
+        map_flags: u32_at(&b, 20),
+    })
+}
+
+/// Program and target of a link (a link fd, e.g. from `obj_get` on a link pin).
+pub fn link_ids(fd: BorrowedFd<'_>) -> io::Result<LinkIds> {
+    let b = obj_info(fd)?;
+    let link_type = u32_at(&b, 0);
+    Ok(LinkIds {
+        link_type,
+        id: u32_at(&b, 4),
+        prog_id: u32_at(&b, 8),
+        // The union after the three u32s is 8-aligned: `cgroup.cgroup_id` sits at 16.
+        cgroup_id: if link_type == LINK_TYPE_CGROUP {
+            u64::from_ne_bytes(b[16..24].try_into().unwrap())
+        } else {
+            0
+        },
+    })
+}
+
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Whether `path` is on a bpffs.
@@ -115,7 +185,9 @@ pub fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-/// Mount bpffs at `path` unless one is already there. Returns true when it mounted one.
+/// Mount bpffs at `path` unless one is already there. Returns true when it mounted one. Ours is
+/// mounted with mode 0700: only root may create directories and pins in it (a default bpffs
+/// root is 1777).
 pub fn ensure_bpffs(path: &Path) -> io::Result<bool> {
     if is_bpffs(path) {
         return Ok(false);
@@ -123,8 +195,17 @@ pub fn ensure_bpffs(path: &Path) -> io::Result<bool> {
     std::fs::create_dir_all(path)?;
     let target = cpath(path)?;
     let src = CString::new("bpf").unwrap();
+    let data = CString::new("mode=0700").unwrap();
     // SAFETY: plain mount(2) with valid C strings.
-    let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }

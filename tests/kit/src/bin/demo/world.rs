@@ -322,12 +322,15 @@ impl Demo {
     }
 }
 
+/// The server agent pins nothing (no interception), but a daemon locks its pin directory: its
+/// own one, so that it never competes with an agent of the host for the default.
 pub fn server_agent_config() -> String {
     format!(
         "motan-agent:\n  port: {AGENT_PORT}\n  mport: {ADMIN_PORT}\n  application: demo-provider\n\
-         sockmesh:\n  log_level: info\n  intercept:\n    enabled: false\n\
+         sockmesh:\n  log_level: info\n  intercept:\n    enabled: false\n    pin_dir: /sys/fs/bpf/sockmesh-demo-server-{}\n\
          motan-service:\n  echo:\n    path: {SERVICE}\n    group: {GROUP}\n    export: \"motan2:{EXPORT_PORT}\"\n\
-         \x20   provider: motan2\n    proxy: \"motan2:{PROVIDER_PORT}\"\n    filter: metrics\n"
+         \x20   provider: motan2\n    proxy: \"motan2:{PROVIDER_PORT}\"\n    filter: metrics\n",
+        std::process::id()
     )
 }
 
