@@ -595,12 +595,7 @@ fn install_status_uninstall_leaves_nothing() {
         .arg(&root)
         .arg("--pin-dir")
         .arg(&d.pin_dir)
-        .args([
-            "--iptables-chain",
-            &d.iptables_chain,
-            "--admin",
-            &d.admin.to_string(),
-        ])
+        .args(["--iptables-chain", &d.iptables_chain])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -633,12 +628,7 @@ fn install_status_uninstall_leaves_nothing() {
         .arg(&root)
         .arg("--pin-dir")
         .arg(&d.pin_dir)
-        .args([
-            "--iptables-chain",
-            &d.iptables_chain,
-            "--admin",
-            &d.admin.to_string(),
-        ])
+        .args(["--iptables-chain", &d.iptables_chain])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -72,17 +72,19 @@ enum Cmd {
         root: Option<PathBuf>,
     },
     /// Stop the daemon, remove every pinned program link and map, the iptables chain, the unit
-    /// and the installed files.
+    /// and the installed files. Only what the arguments name: none (or --root) means the
+    /// installation, with the daemon, pins and chain its installed configuration names;
+    /// --pin-dir or --iptables-chain alone remove just that.
     Uninstall {
-        /// The directory given to `install --root`.
+        /// The installation under this directory (the one given to `install --root`).
         #[arg(long)]
         root: Option<PathBuf>,
-        #[arg(long, default_value = sockmesh_common::PIN_ROOT)]
-        pin_dir: PathBuf,
-        #[arg(long, default_value = "SOCKMESH")]
-        iptables_chain: String,
-        #[command(flatten)]
-        admin: AdminArgs,
+        /// Only the pins under this bpffs directory (refused while a daemon uses it).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        /// Only this iptables nat chain.
+        #[arg(long)]
+        iptables_chain: Option<String>,
     },
 }
 
@@ -480,44 +482,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             root,
             pin_dir,
             iptables_chain,
-            admin,
         } => {
-            let layout = sockmesh::install::Layout::new(root);
-            // Under systemd, stop the unit first so it is not restarted behind our back.
-            if let Some(line) = sockmesh::install::stop_unit(&layout)? {
-                println!("{line}");
-            }
-            match sockmesh::admin::request(admin.admin, "POST", "/shutdown") {
-                Ok(_) => {
-                    println!("asked the running daemon at {} to stop", admin.admin);
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-                    while std::net::TcpStream::connect_timeout(
-                        &admin.admin,
-                        std::time::Duration::from_millis(200),
-                    )
-                    .is_ok()
-                    {
-                        if std::time::Instant::now() > deadline {
-                            bail!("the daemon did not stop within 15 s; stop it, then run uninstall again");
-                        }
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                    }
-                }
-                Err(_) => println!("no daemon answering at {}", admin.admin),
-            }
-            let n = sockmesh::intercept::ebpf::uninstall(&pin_dir)?;
-            println!(
-                "removed {n} pinned BPF object(s) under {} (programs detach with their links)",
-                pin_dir.display()
-            );
-            match sockmesh::intercept::iptables::Iptables::uninstall(&iptables_chain) {
-                Ok(true) => println!("removed iptables nat chain {iptables_chain} and its jump from OUTPUT"),
-                Ok(false) => println!("no iptables chain {iptables_chain}"),
-                Err(e) => println!("iptables chain {iptables_chain} not removed: {e:#}"),
-            }
-            for line in sockmesh::install::remove_files(&layout)? {
-                println!("{line}");
-            }
+            let whole = root.is_some() || (pin_dir.is_none() && iptables_chain.is_none());
+            let scope = sockmesh::install::UninstallScope {
+                install: whole.then(|| sockmesh::install::Layout::new(root)),
+                pin_dirs: pin_dir.into_iter().collect(),
+                chains: iptables_chain.into_iter().collect(),
+            };
+            sockmesh::install::uninstall(&scope, &mut |line| println!("{line}"))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -267,19 +267,19 @@ impl Daemon {
         )
     }
 
-    /// Remove this daemon's pins (what `sockmesh uninstall` does), returning the CLI output.
+    /// Stop this daemon (SIGTERM, it drains), then remove its pins and iptables chain with
+    /// `sockmesh uninstall --pin-dir --iptables-chain`; returns the CLI output.
     pub fn uninstall(&mut self) -> String {
+        if self.child.is_some() {
+            self.sigterm();
+            assert!(self.wait_exit(), "daemon did not exit cleanly on SIGTERM");
+        }
         let out = Command::new(bin())
             .args(["uninstall", "--pin-dir"])
             .arg(&self.pin_dir)
             .args(["--iptables-chain", &self.iptables_chain])
-            .arg("--admin")
-            .arg(self.admin.to_string())
             .output()
             .unwrap();
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
         assert!(
             out.status.success(),
             "uninstall failed: {}",
