@@ -356,24 +356,6 @@ fn fail_open_when_killed_and_interception_back_after_restart() {
     );
 }
 
-fn bpftool_names(what: &str) -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["-j", what, "show"])
-        .output()
-        .expect("bpftool (installed by cargo xtask setup)");
-    assert!(
-        out.status.success(),
-        "bpftool {what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["name"].as_str().map(String::from))
-        .collect()
-}
-
 #[test]
 fn uninstall_leaves_no_bpf_objects() {
     if !privileged("uninstall_leaves_no_bpf_objects") {
@@ -381,27 +363,13 @@ fn uninstall_leaves_no_bpf_objects() {
     }
     let _g = serial();
     let mut d = Daemon::start("uninstall");
-    let (_cg, rel) = test_cgroup("smt-uninst");
+    let (cg, rel) = test_cgroup("smt-uninst");
     d.enable(&rel, "ebpf-sockmap");
-    assert!(
-        bpftool_names("prog").iter().any(|n| n.starts_with("sm_")),
-        "programs should be loaded before uninstall"
-    );
+    let ours = BpfObjects::pinned_under(&d.pin_dir);
     let out = d.uninstall();
     assert!(out.contains("removed"), "{out}");
-    let progs: Vec<_> = bpftool_names("prog")
-        .into_iter()
-        .filter(|n| n.starts_with("sm_"))
-        .collect();
-    let maps: Vec<_> = bpftool_names("map")
-        .into_iter()
-        .filter(|n| n.starts_with("SM_") || n == "AYA_LOGS")
-        .collect();
-    assert!(progs.is_empty(), "programs left after uninstall: {progs:?}");
-    assert!(maps.is_empty(), "maps left after uninstall: {maps:?}");
-    let tree = Command::new("bpftool").args(["cgroup", "tree"]).output().unwrap();
-    let tree = String::from_utf8_lossy(&tree.stdout);
-    assert!(!tree.contains("sm_"), "cgroup attachments left:\n{tree}");
+    ours.assert_gone();
+    assert_nothing_attached(cg.path());
     assert!(!d.pin_dir.exists(), "pin directory left: {}", d.pin_dir.display());
 }
 
@@ -575,8 +543,9 @@ fn install_status_uninstall_leaves_nothing() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert_eq!(status["intercept"]["available"], true, "{status}");
-    let (_cg, rel) = test_cgroup("smt-inst");
+    let (cg, rel) = test_cgroup("smt-inst");
     d.enable(&rel, "ebpf-sockmap");
+    let ours = BpfObjects::pinned_under(&d.pin_dir);
     let (ok, _, err) = d.cli(&[
         "intercept",
         "enable",
@@ -610,14 +579,8 @@ fn install_status_uninstall_leaves_nothing() {
         assert!(!p.exists(), "{} left after uninstall: {text}", p.display());
     }
     assert!(!d.pin_dir.exists(), "pins left");
-    assert!(
-        !bpftool_names("prog").iter().any(|n| n.starts_with("sm_")),
-        "programs left"
-    );
-    assert!(
-        !bpftool_names("map").iter().any(|n| n.starts_with("SM_")),
-        "maps left"
-    );
+    ours.assert_gone();
+    assert_nothing_attached(cg.path());
     assert!(
         !iptables_save().contains(&d.iptables_chain),
         "iptables rules left"

@@ -305,6 +305,126 @@ impl Drop for Daemon {
     }
 }
 
+/// `bpftool -j ARGS`, parsed; None when bpftool fails (e.g. no such object).
+pub fn bpftool(args: &[&str]) -> Option<serde_json::Value> {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Every pinned file below `dir`, sorted.
+pub fn pins_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The program behind each link pinned under `pin_dir`: (pin, program id).
+pub fn link_programs(pin_dir: &Path) -> Vec<(PathBuf, u64)> {
+    pins_below(&pin_dir.join("links"))
+        .into_iter()
+        .map(|p| {
+            let v = bpftool(&["link", "show", "pinned", p.to_str().unwrap()])
+                .unwrap_or_else(|| panic!("bpftool link show pinned {}", p.display()));
+            (p, v["prog_id"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// The ids of the maps pinned under `pin_dir`.
+pub fn pinned_map_ids(pin_dir: &Path) -> Vec<u64> {
+    pins_below(pin_dir)
+        .into_iter()
+        .filter(|p| !p.starts_with(pin_dir.join("links")))
+        .map(|p| {
+            bpftool(&["map", "show", "pinned", p.to_str().unwrap()]).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The kernel objects of one daemon's interception, by id: the programs behind its pinned links
+/// and every map they use (pinned or not, e.g. the aya-log ring buffer). Other agents may run on
+/// the same kernel at the same time (other test binaries), so "nothing of ours is left" is
+/// checked by these ids, not by names.
+#[derive(Debug)]
+pub struct BpfObjects {
+    pub programs: Vec<u64>,
+    pub maps: Vec<u64>,
+}
+
+impl BpfObjects {
+    pub fn pinned_under(pin_dir: &Path) -> BpfObjects {
+        let mut programs: Vec<u64> = link_programs(pin_dir).into_iter().map(|(_, id)| id).collect();
+        programs.sort_unstable();
+        programs.dedup();
+        let mut maps = pinned_map_ids(pin_dir);
+        for id in &programs {
+            let p = bpftool(&["prog", "show", "id", &id.to_string()]).unwrap();
+            maps.extend(
+                p["map_ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.as_u64()),
+            );
+        }
+        maps.sort_unstable();
+        maps.dedup();
+        assert!(
+            !programs.is_empty() && !maps.is_empty(),
+            "nothing pinned under {}",
+            pin_dir.display()
+        );
+        BpfObjects { programs, maps }
+    }
+
+    /// Every program and map is gone (the kernel frees maps asynchronously: up to 10 s).
+    pub fn assert_gone(&self) {
+        for id in &self.programs {
+            let p = bpftool(&["prog", "show", "id", &id.to_string()]);
+            assert!(p.is_none(), "program {id} still loaded: {p:?}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for id in &self.maps {
+            while let Some(m) = bpftool(&["map", "show", "id", &id.to_string()]) {
+                assert!(Instant::now() < deadline, "map {id} still exists: {m}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// No BPF program is attached to the cgroup at `path`.
+pub fn assert_nothing_attached(path: &Path) {
+    let attached = bpftool(&["cgroup", "show", path.to_str().unwrap()]);
+    assert!(
+        attached
+            .as_ref()
+            .and_then(|v| v.as_array())
+            .is_none_or(|a| a.is_empty()),
+        "{}: {attached:?}",
+        path.display()
+    );
+}
+
 /// A network namespace with a veth pair to the root namespace: root side `host_ip/30`, namespace
 /// side `ns_ip/30`. Deleted on drop (which also removes the veth pair).
 pub struct VethNetNs {
