@@ -16,10 +16,7 @@ fn maps_dir(pin_dir: &Path) -> PathBuf {
 }
 
 fn lock_file(pin_dir: &Path) -> PathBuf {
-    PathBuf::from("/run/sockmesh").join(format!(
-        "{}.lock",
-        pin_dir.to_str().unwrap().trim_matches('/').replace('/', "-")
-    ))
+    sockmesh::intercept::pins::lock_path(pin_dir)
 }
 
 /// `sockmesh run --config CONFIG` that is expected to refuse: it must exit (non-zero) within
