@@ -436,3 +436,51 @@ fn namespace_listeners_are_capped() {
     }
     wait_for("all closed", Duration::from_secs(10), || netns_listeners(&d) == 0);
 }
+
+#[test]
+fn pin_directories_others_may_write_to_are_refused_and_our_bpffs_is_private() {
+    if !privileged("pin_directories_others_may_write_to_are_refused_and_our_bpffs_is_private") {
+        return;
+    }
+    let _g = serial();
+    let mut d = Daemon::start("perm");
+    d.sigterm();
+    assert!(d.wait_exit());
+
+    // A pin directory someone else could write to is refused before anything is pinned in it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&d.pin_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = run_refused(d.config_path());
+    assert!(
+        err.contains(&format!("refusing {}", d.pin_dir.display()))
+            && err.contains("not be writable by group or others")
+            && err.contains("mode 777"),
+        "{err}"
+    );
+    std::fs::set_permissions(&d.pin_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // Where sockmesh mounts bpffs itself (here: in a mount namespace of its own whose
+    // /sys/fs/bpf was unmounted), the mount is root's only.
+    let log = d.dir.join("private-bpffs.log");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("umount -l /sys/fs/bpf && exec \"$0\" \"$@\"")
+        .arg(bin());
+    let mut daemon =
+        sockmesh_testkit::agent::spawn("daemon with its own bpffs", cmd, d.config_path(), &log).unwrap();
+    sockmesh_testkit::agent::await_admin(&mut daemon, d.admin, &log).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("mounted bpffs at /sys/fs/bpf (mode 0700)"),
+        "{text}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let bpffs = std::fs::metadata(format!("/proc/{}/root/sys/fs/bpf", daemon.pid())).unwrap();
+    assert_eq!(bpffs.mode() & 0o7777, 0o1700, "mode {:o}", bpffs.mode() & 0o7777);
+    let private_pins = PathBuf::from(format!("/proc/{}/root{}", daemon.pid(), d.pin_dir.display()));
+    assert_eq!(std::fs::metadata(&private_pins).unwrap().mode() & 0o7777, 0o700);
+    // Its pins, and with them its programs and maps, go with its mount namespace when it ends.
+    let ours = BpfObjects::pinned_under(&private_pins);
+    daemon.stop().unwrap();
+    ours.assert_gone();
+}

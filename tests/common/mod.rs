@@ -396,16 +396,13 @@ impl BpfObjects {
         BpfObjects { programs, maps }
     }
 
-    /// Every program and map is gone (the kernel frees maps asynchronously: up to 10 s).
+    /// Every program and map is gone (the kernel frees them asynchronously: up to 10 s).
     pub fn assert_gone(&self) {
-        for id in &self.programs {
-            let p = bpftool(&["prog", "show", "id", &id.to_string()]);
-            assert!(p.is_none(), "program {id} still loaded: {p:?}");
-        }
         let deadline = Instant::now() + Duration::from_secs(10);
-        for id in &self.maps {
-            while let Some(m) = bpftool(&["map", "show", "id", &id.to_string()]) {
-                assert!(Instant::now() < deadline, "map {id} still exists: {m}");
+        let objects = self.programs.iter().map(|id| ("prog", id));
+        for (kind, id) in objects.chain(self.maps.iter().map(|id| ("map", id))) {
+            while let Some(o) = bpftool(&[kind, "show", "id", &id.to_string()]) {
+                assert!(Instant::now() < deadline, "{kind} {id} still exists: {o}");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
