@@ -484,3 +484,41 @@ fn pin_directories_others_may_write_to_are_refused_and_our_bpffs_is_private() {
     daemon.stop().unwrap();
     ours.assert_gone();
 }
+
+#[test]
+fn uninstall_refuses_pins_whose_programs_a_live_process_holds() {
+    if !privileged("uninstall_refuses_pins_whose_programs_a_live_process_holds") {
+        return;
+    }
+    let _g = serial();
+    let mut d = Daemon::start("holder");
+    let (_cg, rel) = test_cgroup("smt-holder");
+    d.enable(&rel, "ebpf-connect");
+    d.sigterm();
+    assert!(d.wait_exit());
+    // A process that holds the programs without the lock (as a daemon of a build without one
+    // would): this test process.
+    let (_, prog) = link_programs(&d.pin_dir)[0].clone();
+    let held = aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| u64::from(p.id()) == prog)
+        .expect("the link's program is loaded")
+        .fd()
+        .unwrap();
+    let pin_dir = d.pin_dir.to_str().unwrap().to_string();
+    let (ok, _, err) = sockmesh(&["uninstall", "--pin-dir", &pin_dir]);
+    assert!(!ok, "unpinning programs a live process holds must be refused");
+    assert!(
+        err.contains(&format!("process {} holds program {prog}", std::process::id())),
+        "{err}"
+    );
+    assert!(maps_dir(&d.pin_dir).exists());
+    assert!(
+        !lock_file(&d.pin_dir).exists(),
+        "a refused uninstall leaves no lock file"
+    );
+    drop(held);
+    let (ok, out, err) = sockmesh(&["uninstall", "--pin-dir", &pin_dir]);
+    assert!(ok, "{out}{err}");
+    assert!(!d.pin_dir.exists());
+}
