@@ -187,45 +187,45 @@ pub fn check_pinned_maps(maps_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Make a policy map hold exactly `want`: entries in both stay, new ones go in before stale
-/// ones come out, so the programs never see less than the old and the new policy together
-/// (port 22 is never un-excluded for a moment, the include list never empty). Only when both
-/// do not fit in the map together are the stale ones removed first.
-fn sync_entries<T: PartialEq + Clone + std::fmt::Debug>(
+/// One step of a policy map update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Change<T> {
+    Insert(T),
+    Remove(T),
+}
+
+/// The steps that make a policy map holding `current` hold exactly `want`: entries in both stay,
+/// new ones go in before stale ones come out, so the programs never see less than the old and
+/// the new policy together (port 22 is never un-excluded for a moment, the include list never
+/// empty). Only when both do not fit in the map together do the stale ones go first.
+fn policy_changes<T: PartialEq + Clone>(
     map: &str,
     capacity: u32,
-    current: Vec<T>,
+    current: &[T],
     want: &[T],
-    mut insert: impl FnMut(&T) -> Result<()>,
-    mut remove: impl FnMut(&T) -> Result<()>,
-) -> Result<()> {
+) -> Vec<Change<T>> {
     let mut fresh: Vec<T> = Vec::new();
     for w in want {
         if !current.contains(w) && !fresh.contains(w) {
             fresh.push(w.clone());
         }
     }
-    let stale: Vec<T> = current.iter().filter(|c| !want.contains(c)).cloned().collect();
-    let fits = current.len() + fresh.len() <= capacity as usize;
-    if !fits {
+    let stale = current
+        .iter()
+        .filter(|c| !want.contains(c))
+        .cloned()
+        .map(Change::Remove);
+    let fresh = fresh.into_iter().map(Change::Insert);
+    if current.len() + fresh.len() <= capacity as usize {
+        fresh.chain(stale).collect()
+    } else {
         tracing::warn!(
             map,
             capacity,
             "old and new policy entries do not fit together; removing the stale ones first"
         );
-        for s in &stale {
-            remove(s).with_context(|| format!("{map}: removing {s:?}"))?;
-        }
+        stale.chain(fresh).collect()
     }
-    for f in &fresh {
-        insert(f).with_context(|| format!("{map}: inserting {f:?}"))?;
-    }
-    if fits {
-        for s in &stale {
-            remove(s).with_context(|| format!("{map}: removing {s:?}"))?;
-        }
-    }
-    Ok(())
 }
 
 pub struct EbpfInterceptor {
@@ -321,16 +321,12 @@ impl EbpfInterceptor {
         let mut ports: HashMap<&mut MapData, u32, u8> =
             HashMap::try_from(self.bpf.map_mut("SM_EXCLUDE_PORTS").context("SM_EXCLUDE_PORTS")?)?;
         let current: Vec<u32> = ports.keys().filter_map(|k| k.ok()).collect();
-        {
-            let ports = std::cell::RefCell::new(&mut ports);
-            sync_entries(
-                "SM_EXCLUDE_PORTS",
-                MAX_EXCLUDE_PORTS,
-                current,
-                &want_ports,
-                |p| Ok(ports.borrow_mut().insert(*p, 1, 0)?),
-                |p| Ok(ports.borrow_mut().remove(p)?),
-            )?;
+        for c in policy_changes("SM_EXCLUDE_PORTS", MAX_EXCLUDE_PORTS, &current, &want_ports) {
+            match &c {
+                Change::Insert(p) => ports.insert(*p, 1, 0),
+                Change::Remove(p) => ports.remove(p),
+            }
+            .with_context(|| format!("SM_EXCLUDE_PORTS: {c:?}"))?;
         }
         for (map, capacity, list) in lists {
             let mut trie: LpmTrie<&mut MapData, u32, u8> =
@@ -348,15 +344,13 @@ impl EbpfInterceptor {
                     (c.len as u32, (u32::from(c.addr) & mask).to_be())
                 })
                 .collect();
-            let trie = std::cell::RefCell::new(&mut trie);
-            sync_entries(
-                map,
-                capacity,
-                current,
-                &want,
-                |(len, addr)| Ok(trie.borrow_mut().insert(&Key::new(*len, *addr), 1, 0)?),
-                |(len, addr)| Ok(trie.borrow_mut().remove(&Key::new(*len, *addr))?),
-            )?;
+            for c in policy_changes(map, capacity, &current, &want) {
+                match &c {
+                    Change::Insert((len, addr)) => trie.insert(&Key::new(*len, *addr), 1, 0),
+                    Change::Remove((len, addr)) => trie.remove(&Key::new(*len, *addr)),
+                }
+                .with_context(|| format!("{map}: {c:?}"))?;
+            }
         }
         let mut arr: Array<&mut MapData, GlobalConfig> =
             Array::try_from(self.bpf.map_mut("SM_CONFIG").context("SM_CONFIG")?)?;
@@ -734,31 +728,18 @@ mod tests {
 
     #[test]
     fn policy_updates_insert_before_they_remove() {
-        let log = std::cell::RefCell::new(Vec::new());
-        let run = |capacity, current: Vec<u32>, want: &[u32]| {
-            log.borrow_mut().clear();
-            sync_entries(
-                "T",
-                capacity,
-                current,
-                want,
-                |k| {
-                    log.borrow_mut().push(format!("+{k}"));
-                    Ok(())
-                },
-                |k| {
-                    log.borrow_mut().push(format!("-{k}"));
-                    Ok(())
-                },
-            )
-            .unwrap();
-            log.borrow().join(" ")
-        };
+        use Change::{Insert, Remove};
         // 22 stays untouched; 80 goes in before 443 comes out.
-        assert_eq!(run(8, vec![22, 443], &[22, 80, 80]), "+80 -443");
-        assert_eq!(run(8, vec![22], &[22]), "");
+        assert_eq!(
+            policy_changes("T", 8, &[22, 443], &[22, 80, 80]),
+            vec![Insert(80), Remove(443)]
+        );
+        assert_eq!(policy_changes("T", 8, &[22], &[22]), vec![]);
         // Old and new do not fit together: the stale ones make room first.
-        assert_eq!(run(2, vec![1, 2], &[3, 4]), "-1 -2 +3 +4");
+        assert_eq!(
+            policy_changes("T", 2, &[1, 2], &[3, 4]),
+            vec![Remove(1), Remove(2), Insert(3), Insert(4)]
+        );
     }
 
     #[test]
