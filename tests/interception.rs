@@ -291,19 +291,7 @@ fn app_inside_another_network_namespace() {
     let (cg, rel) = test_cgroup("smt-nsapp");
     d.enable(&rel, "ebpf-connect");
     let _resident = Resident::start(Some(&ns), cg.path());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while d.intercept_status()["netns_listeners"]
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no listener opened in the app's namespace:\n{}",
-            d.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    d.wait_netns_listener();
     for mode in ["ebpf-connect", "ebpf-sockmap"] {
         d.enable(&rel, mode);
         let r = client_in(Some(&ns), Some(cg.path()), echo.addr, MIB, "blocking");

@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn maps_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join(format!("maps-v{}", sockmesh_common::MAP_LAYOUT_VERSION))
-}
-
 fn lock_file(pin_dir: &Path) -> PathBuf {
     sockmesh::intercept::pins::lock_path(pin_dir)
 }

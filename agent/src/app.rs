@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use sockmesh_common::Mode;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -77,17 +77,6 @@ async fn bind(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpListener> {
         .with_context(|| format!("binding the {name} listener on {addr}"))
 }
 
-/// Bind without listening yet: the address is ours (a daemon on the same port fails here), but
-/// the connect hook's liveness probe still finds no listener, so intercepted apps keep failing
-/// open until `listen` is called.
-fn bind_only(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpSocket> {
-    let s = TcpSocket::new_v4()?;
-    s.set_reuseaddr(true)?;
-    s.bind(addr.into())
-        .with_context(|| format!("binding the {name} listener on {addr}"))?;
-    Ok(s)
-}
-
 /// Run the daemon until SIGINT/SIGTERM or an admin shutdown.
 ///
 /// Start-up order: the pin directory's lock, then every listener bound, and only then any BPF
@@ -119,10 +108,15 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     for port in &export_ports {
         exports.push((*port, bind("export", config.export_addr(*port)).await?));
     }
-    let transparent = bind_only("transparent", config.transparent_addr())?;
+    // The transparent listeners (IPv4 and IPv6) listen from here on, so their addresses are the
+    // agent's; the kernel programs redirect to them only once they carry the agent's mark
+    // (`ready` below, when they are served): until then intercepted apps fail open.
+    let transparent = sockets(&config)
+        .bind_listeners(&config.intercept_settings().listeners())
+        .await?;
     let admin = bind("admin", config.admin_addr()).await?;
 
-    // Interception: the self-test decides what `auto` means.
+    // Interception next: the self-test decides what `auto` means.
     let (mut interceptor, intercept_error, test, auto_mode) = if config.sockmesh.intercept.enabled {
         let allow = config.sockmesh.intercept.auto_sockmap;
         let settings = config.intercept_settings();
@@ -193,21 +187,20 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     mesh.load().register(false).await;
 
     let stats = Arc::new(Stats::default());
-    let transparent = transparent
-        .listen(1024)
-        .with_context(|| format!("listening on {}", config.transparent_addr()))?;
-    listeners.push(("transparent".to_string(), config.transparent_addr().to_string()));
     let proxy = Arc::new(TransparentProxy {
         stats: stats.clone(),
         mesh: Some((mesh.clone(), agent_stats.clone())),
         sniff_timeout: Duration::from_millis(config.sockmesh.sniff_timeout_ms),
         shutdown: shutdown.clone(),
     });
-    tasks.spawn(
-        proxy
-            .clone()
-            .run(transparent, shutdown.clone(), tasks.clone(), sockets(&config)),
-    );
+    for l in transparent {
+        listeners.push(("transparent".to_string(), l.addr().to_string()));
+        tasks.spawn(
+            proxy
+                .clone()
+                .run(l.ready()?, shutdown.clone(), tasks.clone(), sockets(&config)),
+        );
+    }
 
     listeners.push(("admin".to_string(), config.admin_addr().to_string()));
 
@@ -243,7 +236,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         let (s, r) = (state.clone(), state.clone());
         let watcher = NamespaceWatcher {
             cgroups: Box::new(move || s.interceptor.lock().unwrap().as_ref().map(netns::enabled_cgroups)),
-            listen: config.transparent_addr(),
+            listen: config.intercept_settings().listeners().to_vec(),
             sockets: sockets(&config),
             proxy,
             report: Box::new(move |netns| *r.netns_listeners.lock().unwrap() = netns),

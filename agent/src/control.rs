@@ -108,8 +108,8 @@ fn local_ip_towards(mc: &crate::config::motan::MotanConfig) -> String {
         .registries
         .values()
         .find(|r| r.protocol == "zookeeper")
-        .and_then(|r| crate::registry::zookeeper::connect_string(r).ok())
-        .and_then(|servers| servers.split(',').next().map(str::to_string));
+        .and_then(|r| crate::config::registry::ZookeeperSpec::from_url(r).ok())
+        .and_then(|zk| zk.servers.split(',').next().map(str::to_string));
     target
         .and_then(|t| {
             let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;

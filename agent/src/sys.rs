@@ -3,7 +3,7 @@
 //! behind a link, and the socket options the agent needs.
 use std::ffi::CString;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
@@ -223,25 +223,53 @@ fn getsockopt_raw(fd: BorrowedFd<'_>, level: i32, name: i32, buf: &mut [u8]) -> 
     }
 }
 
-/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)`: answered by conntrack (iptables REDIRECT) or by our
-/// cgroup/getsockopt program (eBPF interception) alike.
-pub fn original_dst(fd: impl AsFd) -> io::Result<SocketAddrV4> {
-    let mut buf = [0u8; 16];
-    let n = getsockopt_raw(
-        fd.as_fd(),
-        libc::SOL_IP,
-        sockmesh_common::SO_ORIGINAL_DST,
-        &mut buf,
-    )?;
-    if n < 8 || u16::from_ne_bytes([buf[0], buf[1]]) != libc::AF_INET as u16 {
-        return Err(io::Error::new(
+/// The original destination of an intercepted connection: `getsockopt(SOL_IP, SO_ORIGINAL_DST)`
+/// on an IPv4 socket, `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)` on an IPv6 one. Answered by
+/// conntrack (iptables REDIRECT) or by our cgroup/getsockopt program (eBPF interception, to the
+/// agent's marked sockets only) alike.
+pub fn original_dst(fd: impl AsFd) -> io::Result<SocketAddr> {
+    let fd = fd.as_fd();
+    let mut domain = [0u8; 4];
+    getsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, &mut domain)?;
+    // sockaddr_in6 is 28 bytes; sockaddr_in 16.
+    let mut buf = [0u8; 28];
+    let (level, name) = if i32::from_ne_bytes(domain) == libc::AF_INET6 {
+        (sockmesh_common::SOL_IPV6, sockmesh_common::IP6T_SO_ORIGINAL_DST)
+    } else {
+        (libc::SOL_IP, sockmesh_common::SO_ORIGINAL_DST)
+    };
+    let n = getsockopt_raw(fd, level, name, &mut buf)?;
+    parse_sockaddr(&buf[..n.min(buf.len())])
+}
+
+/// A `sockaddr_in` or `sockaddr_in6` as the kernel writes it.
+fn parse_sockaddr(b: &[u8]) -> io::Result<SocketAddr> {
+    let bad = |what: &str| {
+        io::Error::new(
             io::ErrorKind::InvalidData,
-            "SO_ORIGINAL_DST: not an IPv4 address",
-        ));
+            format!("original destination: {what}"),
+        )
+    };
+    if b.len() < 8 {
+        return Err(bad("answer too short"));
     }
-    let port = u16::from_be_bytes([buf[2], buf[3]]);
-    let ip = Ipv4Addr::new(buf[4], buf[5], buf[6], buf[7]);
-    Ok(SocketAddrV4::new(ip, port))
+    let port = u16::from_be_bytes([b[2], b[3]]);
+    match i32::from(u16::from_ne_bytes([b[0], b[1]])) {
+        libc::AF_INET => Ok(SocketAddr::new(
+            Ipv4Addr::new(b[4], b[5], b[6], b[7]).into(),
+            port,
+        )),
+        libc::AF_INET6 if b.len() >= 24 => {
+            let ip: [u8; 16] = b[8..24].try_into().expect("16 bytes");
+            let scope = if b.len() >= 28 {
+                u32::from_ne_bytes(b[24..28].try_into().expect("4 bytes"))
+            } else {
+                0
+            };
+            Ok(SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, scope).into())
+        }
+        _ => Err(bad("neither an IPv4 nor an IPv6 address")),
+    }
 }
 
 /// `SO_NETNS_COOKIE` (Linux 5.14+): the same cookie the BPF programs key sockets by.
@@ -250,4 +278,26 @@ pub fn netns_cookie(fd: impl AsFd) -> io::Result<u64> {
     let mut buf = [0u8; 8];
     getsockopt_raw(fd.as_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, &mut buf)?;
     Ok(u64::from_ne_bytes(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_sockaddr_families() {
+        let mut v4 = [0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&8100u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(parse_sockaddr(&v4).unwrap().to_string(), "10.1.2.3:8100");
+        let mut v6 = [0u8; 28];
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[2..4].copy_from_slice(&443u16.to_be_bytes());
+        let ip: Ipv6Addr = "fd00:213:5::2".parse().unwrap();
+        v6[8..24].copy_from_slice(&ip.octets());
+        assert_eq!(parse_sockaddr(&v6).unwrap().to_string(), "[fd00:213:5::2]:443");
+        assert!(parse_sockaddr(&v6[..20]).is_err());
+        assert!(parse_sockaddr(&[0u8; 16]).is_err());
+    }
 }

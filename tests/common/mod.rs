@@ -250,6 +250,24 @@ impl Daemon {
         serde_json::from_str(&out).unwrap()
     }
 
+    /// Wait until the daemon serves a network namespace other than its own (the namespace
+    /// watcher opened listeners there).
+    pub fn wait_netns_listener(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.intercept_status()["netns_listeners"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no listener opened in the app's namespace:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Counters of one intercepted cgroup: (redirected, passed, fail_open).
     pub fn counters(&self, cgroup_rel: &str) -> (u64, u64, u64) {
         let v = self.intercept_status();
@@ -347,6 +365,11 @@ pub fn link_programs(pin_dir: &Path) -> Vec<(PathBuf, u64)> {
         .collect()
 }
 
+/// Where the maps of this build's layout are pinned under `pin_dir` (`maps-v<N>`).
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("maps-v{}", sockmesh_common::MAP_LAYOUT_VERSION))
+}
+
 /// The ids of the maps pinned under `pin_dir`.
 pub fn pinned_map_ids(pin_dir: &Path) -> Vec<u64> {
     pins_below(pin_dir)
@@ -428,6 +451,9 @@ pub struct VethNetNs {
     pub ns: netns::NetNs,
     pub host_ip: String,
     pub ns_ip: String,
+    veth_host: String,
+    veth_ns: String,
+    subnet: u8,
 }
 
 impl VethNetNs {
@@ -457,7 +483,46 @@ impl VethNetNs {
         ] {
             ns.ip(args).unwrap();
         }
-        VethNetNs { ns, host_ip, ns_ip }
+        VethNetNs {
+            ns,
+            host_ip,
+            ns_ip,
+            veth_host: veth_h,
+            veth_ns: veth_n,
+            subnet,
+        }
+    }
+
+    /// IPv6 on the veth pair too: root side `fd00:213:<subnet>::1/64`, namespace side `::2`
+    /// (a ULA range only this test uses; `nodad` so the addresses are usable at once). Returns
+    /// (host, namespace) addresses.
+    pub fn add_ipv6(&self) -> (String, String) {
+        let (h, n) = (
+            format!("fd00:213:{}::1", self.subnet),
+            format!("fd00:213:{}::2", self.subnet),
+        );
+        netns::ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{h}/64"),
+            "dev",
+            &self.veth_host,
+            "nodad",
+        ])
+        .unwrap();
+        self.ns
+            .ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{n}/64"),
+                "dev",
+                &self.veth_ns,
+                "nodad",
+            ])
+            .unwrap();
+        (h, n)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod http;
 pub mod intercept;
 pub mod motan;
 pub mod refer;
+pub mod registry;
 pub mod sections;
 pub mod service;
 
@@ -15,7 +16,10 @@ use std::path::Path;
 
 use serde_yaml_ng::Value;
 
-use sockmesh_common::{MAX_AGENT_PORTS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS};
+use sockmesh_common::{
+    MAX_AGENT_PORTS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_CIDRS_V6, MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS,
+    MAX_INCLUDE_CIDRS_V6,
+};
 
 use self::intercept::{Cidr, InterceptSettings, MAX_NETNS_LISTENERS, check_capacity, check_chain_name};
 use self::motan::{MotanConfig, MotanEnv};
@@ -136,6 +140,11 @@ impl Config {
                 "{src}: section sockmesh.intercept, key transparent_port: port 0 is not allowed"
             ));
         }
+        if i.mark == 0 {
+            e.push(format!(
+                "{src}: section sockmesh.intercept, key mark: 0 is not allowed: the mark is how the kernel programs tell the agent's sockets (its listeners, its upstream connections) from every other process's"
+            ));
+        }
         if let Err(m) = i.default_mode.parse::<RequestedMode>() {
             e.push(format!(
                 "{src}: section sockmesh.intercept, key default_mode: {m}"
@@ -152,7 +161,7 @@ impl Config {
             }
         }
         if i.include_cidrs.is_empty() {
-            e.push(format!("{src}: section sockmesh.intercept, key include_cidrs: empty list would intercept nothing (use [\"0.0.0.0/0\"] for everything)"));
+            e.push(format!("{src}: section sockmesh.intercept, key include_cidrs: empty list would intercept nothing (use [\"0.0.0.0/0\", \"::/0\"] for everything)"));
         }
         if bpf_log_level(&i.bpf_log_level).is_none() {
             e.push(format!("{src}: section sockmesh.intercept, key bpf_log_level: {:?} is not one of off, error, warn, info, debug, trace", i.bpf_log_level));
@@ -173,13 +182,36 @@ impl Config {
                 "{src}: section sockmesh.intercept, key pin_dir: must be an absolute path on a bpffs"
             ));
         }
-        for (key, len, capacity) in [
-            ("include_cidrs", i.include_cidrs.len(), MAX_INCLUDE_CIDRS),
-            ("exclude_cidrs", i.exclude_cidrs.len(), MAX_EXCLUDE_CIDRS),
-            ("exclude_ports", i.exclude_ports.len(), MAX_EXCLUDE_PORTS),
+        if let Err(m) = check_capacity(i.exclude_ports.len(), MAX_EXCLUDE_PORTS) {
+            e.push(format!(
+                "{src}: section sockmesh.intercept, key exclude_ports: {m}"
+            ));
+        }
+        // Each family of prefixes goes into its own map (SM_*_V4, SM_*_V6).
+        for (key, list, v4_capacity, v6_capacity) in [
+            (
+                "include_cidrs",
+                &i.include_cidrs,
+                MAX_INCLUDE_CIDRS,
+                MAX_INCLUDE_CIDRS_V6,
+            ),
+            (
+                "exclude_cidrs",
+                &i.exclude_cidrs,
+                MAX_EXCLUDE_CIDRS,
+                MAX_EXCLUDE_CIDRS_V6,
+            ),
         ] {
-            if let Err(m) = check_capacity(len, capacity) {
-                e.push(format!("{src}: section sockmesh.intercept, key {key}: {m}"));
+            let cidrs: Vec<Cidr> = list.iter().filter_map(|c| c.parse().ok()).collect();
+            let v4 = cidrs.iter().filter(|c| c.is_v4()).count();
+            for (family, len, capacity) in
+                [("IPv4", v4, v4_capacity), ("IPv6", cidrs.len() - v4, v6_capacity)]
+            {
+                if let Err(m) = check_capacity(len, capacity) {
+                    e.push(format!(
+                        "{src}: section sockmesh.intercept, key {key}: {family} prefixes: {m}"
+                    ));
+                }
             }
         }
         if let Err(m) = check_capacity(
@@ -263,10 +295,19 @@ mod tests {
         let cidrs: Vec<String> = (0..=256)
             .map(|n| format!("\"10.{}.{}.0/24\"", n / 256, n % 256))
             .collect();
+        let cidrs6: Vec<String> = (0..=256).map(|n| format!("\"fd00:{n:x}::/32\"")).collect();
+        // 256 IPv4 and 256 IPv6 prefixes fit: each family has its own map.
+        let include: Vec<String> = cidrs[..256].iter().chain(&cidrs6[..256]).cloned().collect();
         let text = format!(
-            "sockmesh:\n  intercept:\n    exclude_ports: [{}]\n    exclude_cidrs: [{}]\n    max_netns_listeners: 0\n",
+            "sockmesh:\n  intercept:\n    exclude_ports: [{}]\n    exclude_cidrs: [{}]\n    include_cidrs: [{}]\n    max_netns_listeners: 0\n",
             ports.join(", "),
-            cidrs.join(", ")
+            cidrs
+                .iter()
+                .chain(&cidrs6)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            include.join(", ")
         );
         let all = Config::parse(&text, "big.yaml").unwrap_err().to_string();
         assert!(
@@ -274,11 +315,39 @@ mod tests {
             "{all}"
         );
         assert!(
-            all.contains("key exclude_cidrs: 257 entries, the kernel map holds at most 256"),
+            all.contains("key exclude_cidrs: IPv4 prefixes: 257 entries, the kernel map holds at most 256"),
+            "{all}"
+        );
+        assert!(
+            all.contains("key exclude_cidrs: IPv6 prefixes: 257 entries, the kernel map holds at most 256"),
             "{all}"
         );
         assert!(all.contains("key max_netns_listeners"), "{all}");
         assert!(!all.contains("include_cidrs"), "{all}");
+    }
+
+    #[test]
+    fn mark_zero_and_ipv6_prefixes() {
+        let err = Config::parse("sockmesh:\n  intercept:\n    mark: 0\n", "m.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key mark: 0 is not allowed"), "{err}");
+        let c = Config::parse(
+            "sockmesh:\n  intercept:\n    include_cidrs: [\"10.0.0.0/8\", \"fd00::/8\"]\n    exclude_cidrs: [\"fd00:1::/32\"]\n",
+            "v6.yaml",
+        )
+        .unwrap();
+        let s = c.intercept_settings();
+        assert_eq!(s.include_cidrs.iter().filter(|c| !c.is_v4()).count(), 1);
+        assert_eq!(s.listen6().to_string(), format!("[::1]:{}", s.listen.port()));
+        assert!(
+            Config::embedded()
+                .unwrap()
+                .sockmesh
+                .intercept
+                .include_cidrs
+                .contains(&"::/0".to_string())
+        );
     }
 
     #[test]

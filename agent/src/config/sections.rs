@@ -104,7 +104,7 @@ impl Default for InterceptSection {
             default_mode: "auto".into(),
             auto_sockmap: false,
             exclude_ports: vec![22],
-            include_cidrs: vec!["0.0.0.0/0".into()],
+            include_cidrs: vec!["0.0.0.0/0".into(), "::/0".into()],
             exclude_cidrs: vec![],
             pin_dir: PathBuf::from(sockmesh_common::PIN_ROOT),
             iptables_chain: "SOCKMESH".into(),

@@ -19,8 +19,8 @@ use aya::programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use serde::Serialize;
 use sockmesh_common::{
-    CgroupPolicy, GlobalConfig, MAX_AGENT_PORTS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS,
-    Mode,
+    CgroupPolicy, GlobalConfig, Ip6, MAX_AGENT_PORTS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_CIDRS_V6,
+    MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, Mode, ip6_of,
 };
 
 use super::pins::PinLayout;
@@ -228,6 +228,31 @@ fn policy_changes<T: PartialEq + Clone>(
     }
 }
 
+/// Make the LPM trie `map` hold exactly `want` ((prefix length, address with host bits
+/// cleared)), through [`policy_changes`].
+fn update_trie<K: aya::Pod + PartialEq + std::fmt::Debug>(
+    bpf: &mut Ebpf,
+    map: &str,
+    capacity: u32,
+    want: &[(u32, K)],
+) -> Result<()> {
+    let mut trie: LpmTrie<&mut MapData, K, u8> =
+        LpmTrie::try_from(bpf.map_mut(map).with_context(|| map.to_string())?)?;
+    let current: Vec<(u32, K)> = trie
+        .keys()
+        .filter_map(|k| k.ok())
+        .map(|k| (k.prefix_len(), k.data()))
+        .collect();
+    for c in policy_changes(map, capacity, &current, want) {
+        match &c {
+            Change::Insert((len, addr)) => trie.insert(&Key::new(*len, *addr), 1, 0),
+            Change::Remove((len, addr)) => trie.remove(&Key::new(*len, *addr)),
+        }
+        .with_context(|| format!("{map}: {c:?}"))?;
+    }
+    Ok(())
+}
+
 pub struct EbpfInterceptor {
     settings: InterceptSettings,
     layout: PinLayout,
@@ -312,12 +337,9 @@ impl EbpfInterceptor {
             agent_mark: s.mark,
             enabled: 1,
             agent_ports,
+            listen_ip6: ip6_of((*s.listen6().ip()).into()),
         };
         let want_ports: Vec<u32> = s.exclude_ports.iter().map(|p| *p as u32).collect();
-        let lists = [
-            ("SM_INCLUDE_V4", MAX_INCLUDE_CIDRS, s.include_cidrs.clone()),
-            ("SM_EXCLUDE_V4", MAX_EXCLUDE_CIDRS, s.exclude_cidrs.clone()),
-        ];
         let mut ports: HashMap<&mut MapData, u32, u8> =
             HashMap::try_from(self.bpf.map_mut("SM_EXCLUDE_PORTS").context("SM_EXCLUDE_PORTS")?)?;
         let current: Vec<u32> = ports.keys().filter_map(|k| k.ok()).collect();
@@ -328,29 +350,30 @@ impl EbpfInterceptor {
             }
             .with_context(|| format!("SM_EXCLUDE_PORTS: {c:?}"))?;
         }
-        for (map, capacity, list) in lists {
-            let mut trie: LpmTrie<&mut MapData, u32, u8> =
-                LpmTrie::try_from(self.bpf.map_mut(map).context(map)?)?;
-            // (prefix length, address in network order, host bits cleared)
-            let current: Vec<(u32, u32)> = trie
-                .keys()
-                .filter_map(|k| k.ok())
-                .map(|k| (k.prefix_len(), k.data()))
-                .collect();
+        let (include, exclude) = (&s.include_cidrs, &s.exclude_cidrs);
+        for (map, capacity, list) in [
+            ("SM_INCLUDE_V4", MAX_INCLUDE_CIDRS, include),
+            ("SM_EXCLUDE_V4", MAX_EXCLUDE_CIDRS, exclude),
+        ] {
+            // (prefix length, address in network order, host bits cleared); the IPv4 address is
+            // the last word of its mapped form.
             let want: Vec<(u32, u32)> = list
                 .iter()
-                .map(|c| {
-                    let mask = if c.len == 0 { 0 } else { u32::MAX << (32 - c.len) };
-                    (c.len as u32, (u32::from(c.addr) & mask).to_be())
-                })
+                .filter(|c| c.is_v4())
+                .map(|c| (c.len as u32, ip6_of(c.network())[3]))
                 .collect();
-            for c in policy_changes(map, capacity, &current, &want) {
-                match &c {
-                    Change::Insert((len, addr)) => trie.insert(&Key::new(*len, *addr), 1, 0),
-                    Change::Remove((len, addr)) => trie.remove(&Key::new(*len, *addr)),
-                }
-                .with_context(|| format!("{map}: {c:?}"))?;
-            }
+            update_trie(&mut self.bpf, map, capacity, &want)?;
+        }
+        for (map, capacity, list) in [
+            ("SM_INCLUDE_V6", MAX_INCLUDE_CIDRS_V6, include),
+            ("SM_EXCLUDE_V6", MAX_EXCLUDE_CIDRS_V6, exclude),
+        ] {
+            let want: Vec<(u32, Ip6)> = list
+                .iter()
+                .filter(|c| !c.is_v4())
+                .map(|c| (c.len as u32, ip6_of(c.network())))
+                .collect();
+            update_trie(&mut self.bpf, map, capacity, &want)?;
         }
         let mut arr: Array<&mut MapData, GlobalConfig> =
             Array::try_from(self.bpf.map_mut("SM_CONFIG").context("SM_CONFIG")?)?;
@@ -708,15 +731,17 @@ mod tests {
     #[test]
     fn map_layout_is_versioned() {
         const LAYOUT: (u32, &str) = (
-            2,
+            3,
             "SM_CGROUPS 1 8 32 1024 0x0\n\
-             SM_CONFIG 2 4 48 1 0x0\n\
+             SM_CONFIG 2 4 64 1 0x0\n\
              SM_EXCLUDE_PORTS 1 4 1 256 0x0\n\
              SM_EXCLUDE_V4 11 8 1 256 0x1\n\
+             SM_EXCLUDE_V6 11 20 1 256 0x1\n\
              SM_INCLUDE_V4 11 8 1 256 0x1\n\
-             SM_ORIG_DST 9 8 24 65536 0x0\n\
-             SM_PEER_ORIG 9 16 24 65536 0x0\n\
-             SM_SOCKS 18 24 4 65536 0x0",
+             SM_INCLUDE_V6 11 20 1 256 0x1\n\
+             SM_ORIG_DST 9 8 32 65536 0x0\n\
+             SM_PEER_ORIG 9 32 32 65536 0x0\n\
+             SM_SOCKS 18 48 4 65536 0x0",
         );
         let now = pinned_map_layout().unwrap();
         assert_eq!(
@@ -748,5 +773,19 @@ mod tests {
         assert_eq!("1.2.3.4".parse::<Cidr>().unwrap().len, 32);
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("banana/8".parse::<Cidr>().unwrap_err().contains("banana"));
+        let v6 = "fd00:213::/32".parse::<Cidr>().unwrap();
+        assert!(!v6.is_v4());
+        assert_eq!(v6.to_string(), "fd00:213::/32");
+        assert_eq!("::1".parse::<Cidr>().unwrap().len, 128);
+        assert!("::/129".parse::<Cidr>().unwrap_err().contains("0..128"));
+        assert!("10.0.0.0/x".parse::<Cidr>().unwrap_err().contains("0..32"));
+        // Policy keys are the network address: one prefix is one key however it is written.
+        let net = |s: &str| s.parse::<Cidr>().unwrap().network().to_string();
+        assert_eq!(net("10.1.2.3/8"), "10.0.0.0");
+        assert_eq!(net("10.1.2.3/32"), "10.1.2.3");
+        assert_eq!(net("10.1.2.3/0"), "0.0.0.0");
+        assert_eq!(net("fd00:213::1/32"), "fd00:213::");
+        assert_eq!(net("fd00:213::1"), "fd00:213::1");
+        assert_eq!(net("fd00::1/0"), "::");
     }
 }

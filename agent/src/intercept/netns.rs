@@ -17,7 +17,7 @@
 //! thread ends with the last connection, so it lets go of the namespace.
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,8 +115,8 @@ pub struct NamespaceWatcher {
     /// The cgroups to look in (see `enabled_cgroups`); `None` once interception is gone, which
     /// ends the watcher.
     pub cgroups: Box<dyn Fn() -> Option<Vec<PathBuf>> + Send + Sync>,
-    /// The transparent listener's address, bound inside each namespace.
-    pub listen: SocketAddrV4,
+    /// The transparent listeners' addresses (IPv4, IPv6), bound inside each namespace.
+    pub listen: Vec<SocketAddr>,
     /// The agent's socket factory; each namespace's listener gets a copy that makes its
     /// upstream sockets inside that namespace.
     pub sockets: SocketFactory,
@@ -128,12 +128,28 @@ pub struct NamespaceWatcher {
 }
 
 impl NamespaceWatcher {
+    /// A socket factory inside namespace `ino` (opened through `path`, checked to still be
+    /// `ino`) and its transparent listeners, ready.
+    async fn open_in(
+        &self,
+        path: &Path,
+        ino: u64,
+    ) -> anyhow::Result<(SocketFactory, Vec<(SocketAddr, TcpListener)>)> {
+        let p = path.to_path_buf();
+        let ns = tokio::task::spawn_blocking(move || NetnsSockets::start(open_namespace(&p, ino)?)).await??;
+        let sockets = self.sockets.in_namespace(ns);
+        let mut listeners = Vec::new();
+        for l in sockets.bind_listeners(&self.listen).await? {
+            listeners.push((l.addr(), l.ready()?));
+        }
+        Ok((sockets, listeners))
+    }
+
     /// Watch until `shutdown`; the listeners and their connections are tracked by `tasks`.
     pub async fn run(self, shutdown: CancellationToken, tasks: TaskTracker) {
         let Some(own) = netns_ino(std::process::id()) else {
             return;
         };
-        let listen = self.listen;
         let mut active: HashMap<u64, CancellationToken> = Default::default();
         // Namespaces where opening a listener failed, and when.
         let mut failed: HashMap<u64, Instant> = Default::default();
@@ -170,45 +186,28 @@ impl NamespaceWatcher {
                     over_cap += 1;
                     continue;
                 }
-                let (p, ino_v) = (path.clone(), *ino);
-                let opened = tokio::task::spawn_blocking(move || {
-                    NetnsSockets::start(open_namespace(&p, ino_v)?, listen)
-                })
-                .await;
-                if !matches!(opened, Ok(Ok(_))) {
-                    failed.insert(*ino, Instant::now());
-                }
-                match opened {
-                    Ok(Ok((sockets, std_listener))) => {
-                        let listener = match std_listener
-                            .set_nonblocking(true)
-                            .and_then(|_| TcpListener::from_std(std_listener))
-                        {
-                            Ok(l) => l,
-                            Err(e) => {
-                                tracing::warn!(
-                                    netns = ino,
-                                    "cannot use the listener made in network namespace: {e}"
-                                );
-                                continue;
-                            }
-                        };
-                        let token = shutdown.child_token();
-                        tasks.spawn(self.proxy.clone().run(
-                            listener,
-                            token.clone(),
-                            tasks.clone(),
-                            self.sockets.in_namespace(sockets),
-                        ));
-                        tracing::info!(netns = ino, via = %path.display(), %listen, "transparent listener opened in network namespace");
-                        active.insert(*ino, token);
+                let (sockets, listeners) = match self.open_in(path, *ino).await {
+                    Ok(opened) => opened,
+                    Err(e) => {
+                        failed.insert(*ino, Instant::now());
+                        tracing::warn!(
+                            netns = ino,
+                            "no transparent listener in network namespace (connections there go direct): {e:#}"
+                        );
+                        continue;
                     }
-                    Ok(Err(e)) => tracing::warn!(
-                        netns = ino,
-                        "no transparent listener in network namespace (connections there go direct): {e:#}"
-                    ),
-                    Err(e) => tracing::warn!("namespace watcher: {e}"),
+                };
+                let token = shutdown.child_token();
+                for (addr, listener) in listeners {
+                    tasks.spawn(self.proxy.clone().run(
+                        listener,
+                        token.clone(),
+                        tasks.clone(),
+                        sockets.clone(),
+                    ));
+                    tracing::info!(netns = ino, via = %path.display(), listen = %addr, "transparent listener opened in network namespace");
                 }
+                active.insert(*ino, token);
             }
             if over_cap != over_cap_reported {
                 if over_cap > 0 {

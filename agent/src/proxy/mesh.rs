@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 
 use super::inbound::{self, Exporter};
 use super::outbound::{Refer, Router};
-use super::serve::{Handler, HandlerFuture, RequestContext};
+use super::serve::{Handler, RequestContext};
 use crate::cluster::{Cluster, discovery};
 use crate::config::motan::MotanConfig;
+use crate::config::registry::RegistrySpec;
 use crate::filter::{FilterChain, FilterShared};
 use crate::protocol::motan2::{DecodeLimits, Frame};
 use crate::registry::{self, Registry};
@@ -73,15 +74,20 @@ impl Mesh {
                 registries.insert(id.clone(), old.clone());
                 continue;
             }
-            let made = match url.protocol.as_str() {
-                "zookeeper" => {
-                    let mut o = registry::ZkOptions::from_url(url);
-                    o.snapshot_dir.get_or_insert_with(|| opts.snapshot_dir.clone());
-                    o.local_ip = Some(opts.local_ip.clone());
-                    registry::ZkRegistry::new(url.clone(), o).map(|r| Arc::new(r) as Arc<dyn Registry>)
-                }
-                _ => registry::from_url(url),
-            };
+            // Built from the spec `config validate` checked. A ZooKeeper registry keeps its
+            // snapshot in the agent's directory unless the entry names its own.
+            let made = RegistrySpec::from_url(url)
+                .map_err(|e| e.to_string())
+                .and_then(|mut spec| {
+                    if let RegistrySpec::Zookeeper(z) = &mut spec {
+                        z.snapshot_dir.get_or_insert_with(|| opts.snapshot_dir.clone());
+                    }
+                    let zk = registry::ZkOptions {
+                        snapshot_dir: None,
+                        local_ip: Some(opts.local_ip.clone()),
+                    };
+                    registry::build(url, spec, zk).map_err(|e| e.to_string())
+                });
             match made {
                 Ok(r) => {
                     registries.insert(id.clone(), r);
@@ -276,7 +282,10 @@ impl Mesh {
                 "port": e.port,
                 "filters": e.chain.names(),
                 "provider": match &e.provider {
-                    inbound::Provider::Motan2 { pool } => json!({"type": "motan2", "address": pool.address(), "channels": pool.usage().0}),
+                    inbound::Provider::Motan2 { pool } => {
+                        let (channels, in_flight) = pool.usage();
+                        json!({"type": "motan2", "address": pool.address(), "channels": channels, "in_flight": in_flight})
+                    },
                     inbound::Provider::Http(_) => json!({"type": "http", "address": e.service.param("proxyAddress").unwrap_or("")}),
                 },
             })).collect::<Vec<_>>(),
@@ -285,17 +294,13 @@ impl Mesh {
     }
 }
 
-fn peer_ip(ctx: &RequestContext) -> String {
-    ctx.peer.ip().to_string()
-}
-
 /// The agent port (and intercepted Motan2 connections): client role.
 pub struct ClientHandler(pub MeshHandle);
 
 impl Handler for ClientHandler {
-    fn handle(&self, req: Frame, ctx: RequestContext) -> HandlerFuture {
+    fn handle(&self, req: Frame, ctx: RequestContext) -> impl Future<Output = Frame> + Send + 'static {
         let mesh = self.0.load_full();
-        Box::pin(async move { Some(mesh.router.handle(req, &peer_ip(&ctx)).await) })
+        async move { mesh.router.handle(req, &ctx.peer_ip).await }
     }
 }
 
@@ -306,15 +311,9 @@ pub struct ServerHandler {
 }
 
 impl Handler for ServerHandler {
-    fn handle(&self, req: Frame, ctx: RequestContext) -> HandlerFuture {
+    fn handle(&self, req: Frame, ctx: RequestContext) -> impl Future<Output = Frame> + Send + 'static {
         let mesh = self.mesh.load_full();
         let port = self.port;
-        Box::pin(async move {
-            Some(
-                mesh.exporter
-                    .handle(port, req, &peer_ip(&ctx), ctx.received)
-                    .await,
-            )
-        })
+        async move { mesh.exporter.handle(port, req, &ctx.peer_ip, ctx.received).await }
     }
 }

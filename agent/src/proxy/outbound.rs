@@ -71,7 +71,7 @@ impl Router {
     }
 
     /// Handle one request from `peer_ip`; always answers (an exception frame on failure).
-    pub async fn handle(&self, mut req: Frame, peer_ip: &str) -> Frame {
+    pub async fn handle(&self, mut req: Frame, peer_ip: &Bytes) -> Frame {
         let caller_id = req.header.request_id;
         mark_proxied(&mut req, peer_ip);
         let (cluster, chain) = match self.route(&req) {

@@ -7,27 +7,27 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{Registry, RegistryError, RegistryFuture, ServerList};
-use crate::url::{UNIX_SOCK_PREFIX, Url, keys};
+use crate::config::registry::{DirectSpec, ServerAddr};
+use crate::url::Url;
 
 #[derive(Debug)]
 pub struct DirectRegistry {
     url: Url,
-    servers: Vec<Server>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Server {
-    host: String,
-    port: u16,
+    servers: Vec<ServerAddr>,
 }
 
 impl DirectRegistry {
+    /// The registry of a `direct` URL; fails as [`DirectSpec::from_url`] does.
     pub fn new(url: Url) -> Result<DirectRegistry, RegistryError> {
-        let servers = parse_servers(&url).map_err(|message| RegistryError::Config {
-            registry: url.get_str(keys::CONF_ID, &url.identity()).to_string(),
-            message,
-        })?;
-        Ok(DirectRegistry { url, servers })
+        let spec = DirectSpec::from_url(&url).map_err(|e| RegistryError::setting(&url, e))?;
+        Ok(DirectRegistry::with_spec(url, spec))
+    }
+
+    pub fn with_spec(url: Url, spec: DirectSpec) -> DirectRegistry {
+        DirectRegistry {
+            url,
+            servers: spec.servers,
+        }
     }
 
     /// The server URLs for `refer`.
@@ -44,41 +44,6 @@ impl DirectRegistry {
                 u
             })
             .collect()
-    }
-}
-
-/// `host`+`port` when both are set, else the `address` list. Every entry must parse (upstream
-/// skips bad ones silently; a typo in a static list is better reported).
-fn parse_servers(url: &Url) -> Result<Vec<Server>, String> {
-    if !url.host.is_empty() && url.port > 0 {
-        return Ok(vec![Server {
-            host: url.host.clone(),
-            port: url.port,
-        }]);
-    }
-    let list = url.get_list(keys::ADDRESS);
-    if list.is_empty() {
-        return Err("needs host and port, or address: \"host:port,host:port\"".into());
-    }
-    list.into_iter()
-        .map(|e| parse_address(e).map(|(host, port)| Server { host, port }))
-        .collect()
-}
-
-/// One `host:port` or `unix://path` entry of an address list, as (host, port); a unix socket
-/// has the whole entry as host and port 0.
-pub fn parse_address(entry: &str) -> Result<(String, u16), String> {
-    if entry.starts_with(UNIX_SOCK_PREFIX) {
-        return Ok((entry.to_string(), 0));
-    }
-    match entry.rsplit_once(':') {
-        Some((host, port)) if !host.trim().is_empty() => match port.trim().parse::<u16>() {
-            Ok(p) if p > 0 => Ok((host.trim().to_string(), p)),
-            _ => Err(format!(
-                "address entry {entry:?}: port must be a number in 1..65535"
-            )),
-        },
-        _ => Err(format!("address entry {entry:?} is not host:port or unix://path")),
     }
 }
 

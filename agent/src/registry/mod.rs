@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::url::Url;
+use crate::config::SettingError;
+use crate::config::registry::{PROTOCOLS, RegistrySpec};
+use crate::url::{Url, keys};
 pub use direct::DirectRegistry;
 pub use zookeeper::{ZkOptions, ZkRegistry};
 
@@ -31,6 +33,17 @@ pub enum RegistryError {
     /// way is remembered and applied in the background once they can.
     #[error("registry {registry}: {message}")]
     Unavailable { registry: String, message: String },
+}
+
+impl RegistryError {
+    /// A setting of the registry `url` that cannot be used (the reason only, as the caller
+    /// knows the registry's URL).
+    pub fn setting(url: &Url, e: SettingError) -> RegistryError {
+        RegistryError::Config {
+            registry: url.get_str(keys::CONF_ID, &url.identity()).to_string(),
+            message: e.reason,
+        }
+    }
 }
 
 /// Which command node to watch (4.9, 4.10).
@@ -83,11 +96,19 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
 
 /// The registry for a `motan-registry` entry, by its protocol.
 pub fn from_url(url: &Url) -> Result<Arc<dyn Registry>, RegistryError> {
-    match url.protocol.as_str() {
-        "direct" => Ok(Arc::new(DirectRegistry::new(url.clone())?)),
-        "zookeeper" => Ok(Arc::new(ZkRegistry::new(url.clone(), ZkOptions::from_url(url))?)),
-        other => Err(RegistryError::Unsupported(other.to_string())),
+    if !PROTOCOLS.contains(&url.protocol.as_str()) {
+        return Err(RegistryError::Unsupported(url.protocol.clone()));
     }
+    let spec = RegistrySpec::from_url(url).map_err(|e| RegistryError::setting(url, e))?;
+    build(url, spec, ZkOptions::default())
+}
+
+/// The registry of `url` from its spec; `zk`: what a ZooKeeper registry takes besides it.
+pub fn build(url: &Url, spec: RegistrySpec, zk: ZkOptions) -> Result<Arc<dyn Registry>, RegistryError> {
+    Ok(match spec {
+        RegistrySpec::Direct(d) => Arc::new(DirectRegistry::with_spec(url.clone(), d)),
+        RegistrySpec::Zookeeper(z) => Arc::new(ZkRegistry::with_spec(url.clone(), z, zk)?),
+    })
 }
 
 #[cfg(test)]

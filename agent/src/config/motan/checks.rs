@@ -6,12 +6,11 @@ use serde_yaml_ng::Value;
 
 use super::super::filters::filter_names;
 use super::super::refer::{HaKind, LbKind};
+use super::super::registry::{RegistrySpec, SESSION_TIMEOUT};
 use super::super::service::{EXPORT_PROTOCOLS, ServiceSpec, parse_protocol_port};
 use super::entries::unknown_registry;
 use super::names::*;
 use super::problems::Problems;
-use crate::registry::direct::DirectRegistry;
-use crate::registry::zookeeper;
 use crate::url::{Url, keys, parse_go_bool, split_list};
 
 // ---- checks --------------------------------------------------------------------------------
@@ -40,7 +39,6 @@ pub(super) fn rule(key: &str) -> Option<Rule> {
         | "maxContentLength"
         | "backupRequestDelayTime"
         | "backupRequestInitDelayTime"
-        | "registrySessionTimeout"
         | "consistentHashKey.partSize"
         | "consistentHashKey.replica"
         | "retries" => Rule::Int(0),
@@ -80,49 +78,28 @@ pub(super) fn check_rule(rule: Rule, v: &str) -> Result<(), String> {
     }
 }
 
-const REGISTRY_PROTOCOLS: [&str; 2] = ["direct", "zookeeper"];
 const REFER_PROTOCOLS: [&str; 3] = ["motan2", "motan", "cedrus"];
 
+/// The registry as the agent builds it ([`RegistrySpec`], which also owns the value rule of
+/// `registrySessionTimeout`), and the value rules of its other parameters.
 pub(super) fn check_registry(id: &str, u: &Url, p: &mut Problems) {
     let s = REGISTRY_SECTION;
-    match u.protocol.as_str() {
-        "" => p.error(s, Some(id), Some("protocol"), "missing (direct or zookeeper)"),
-        "direct" => {
-            if let Err(e) = DirectRegistry::new(u.clone()) {
-                let msg = e.to_string();
-                let msg = msg.split_once(": ").map(|(_, m)| m.to_string()).unwrap_or(msg);
-                let key = if u.host.is_empty() { "address" } else { "host" };
-                p.error(s, Some(id), Some(key), msg);
-            }
-        }
-        "zookeeper" => {
-            if let Err(e) = zookeeper::connect_string(u) {
-                let by_address = (u.host.is_empty() || u.port == 0) && u.param(keys::ADDRESS).is_some();
-                p.error(s, Some(id), Some(if by_address { "address" } else { "host" }), e);
-            }
-            let timeout = zookeeper::session_timeout(u).as_secs();
-            if let Some(v) = u
-                .param(zookeeper::SESSION_TIMEOUT)
-                .and_then(|v| v.parse::<u64>().ok())
+    match RegistrySpec::from_url(u) {
+        Err(e) => p.error(s, Some(id), Some(&e.key), e.reason),
+        Ok(RegistrySpec::Zookeeper(zk)) => {
+            let timeout = zk.session_timeout.as_secs();
+            if let Some(v) = u.param(SESSION_TIMEOUT).and_then(|v| v.parse::<u64>().ok())
                 && v != timeout
             {
                 p.warn(
                     s,
                     Some(id),
-                    Some(zookeeper::SESSION_TIMEOUT),
+                    Some(SESSION_TIMEOUT),
                     format!("{v} is read as seconds (as motan-go does) and clamped: {timeout} s is used"),
                 );
             }
         }
-        other => p.error(
-            s,
-            Some(id),
-            Some("protocol"),
-            format!(
-                "unsupported registry {other:?} (expected {})",
-                REGISTRY_PROTOCOLS.join(", ")
-            ),
-        ),
+        Ok(RegistrySpec::Direct(_)) => {}
     }
     check_params(s, id, u, p);
 }

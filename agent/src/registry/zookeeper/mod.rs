@@ -34,89 +34,50 @@
 //!   Subscriptions made while ZooKeeper cannot be reached start from it.
 //! - `registrySessionTimeout` is in seconds as in motan-go, but clamped to 2..=60 s (absent:
 //!   30 s). Upstream's default of 1000 s only works because servers cap it (40 s by default);
-//!   demo configs that write `10000` meaning milliseconds get 60 s.
+//!   demo configs that write `10000` meaning milliseconds get 60 s. `config::registry` reads
+//!   it, the servers and `snapshot_dir` from the URL (`ZookeeperSpec`).
 //!
-//! Files: `layout` (node paths, server nodes as URLs), `session` (connecting, the session
-//! loop, requests), `register` (the server role's nodes), `subscriptions` (server-list and
-//! command watches), `snapshot` (the snapshot file).
+//! Files, each using only those before it: `layout` (node paths, server nodes as URLs),
+//! `snapshot` (the snapshot file), `session` (the connection and the requests made in it),
+//! `state` (what the handle, the session loop and the watches share), `register` (the server
+//! role's nodes), `subscriptions` (server-list and command watches), `run` (the session loop);
+//! this file is the handle.
 mod layout;
 mod register;
+mod run;
 mod session;
 mod snapshot;
+mod state;
 mod subscriptions;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::direct::parse_address;
 use super::{CommandScope, Registry, RegistryError, RegistryFuture, ServerList};
+use crate::config::registry::ZookeeperSpec;
 use crate::url::{Url, keys};
 pub use layout::{agent_node_path, command_path, node_path, node_type_path, server_from_node};
-use register::{
-    Registered, Registrations, apply_services, check_service, delete_service_nodes, set_available,
-};
-use session::{Session, ensure_node, run_sessions};
-use snapshot::{SnapshotData, SnapshotStore};
-use subscriptions::{CommandWatch, Source, Subscription};
-
-/// Registry URL parameter: directory of the registry snapshot.
-pub const SNAPSHOT_DIR: &str = "snapshot_dir";
-/// Registry URL parameter: ZooKeeper session timeout in seconds (motan-go's unit).
-pub const SESSION_TIMEOUT: &str = "registrySessionTimeout";
-
-const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
-const MIN_SESSION_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+use register::{apply_services, check_service, delete_service_nodes, set_available};
+use run::run_sessions;
+use session::ensure_node;
+use snapshot::SnapshotStore;
+use state::{Live, Registered, Registrations, Shared, Source};
 
 /// Options that do not come from the registry URL (or override it).
 #[derive(Clone, Debug, Default)]
 pub struct ZkOptions {
-    /// Where snapshots are kept; `None` = the URL's `snapshot_dir`, and no snapshot without it.
+    /// Where snapshots are kept; `None` = the spec's (the URL's `snapshot_dir`), and no
+    /// snapshot without it.
     pub snapshot_dir: Option<PathBuf>,
     /// The IP written into client nodes of refers without a host (motan-go's `-localIP`).
     /// `None`: the local address of a connection to the registry.
     pub local_ip: Option<String>,
-}
-
-impl ZkOptions {
-    pub fn from_url(url: &Url) -> ZkOptions {
-        ZkOptions {
-            snapshot_dir: url.param(SNAPSHOT_DIR).map(PathBuf::from),
-            local_ip: None,
-        }
-    }
-}
-
-/// The ZooKeeper session timeout of a registry URL (seconds, clamped; see the module doc).
-pub fn session_timeout(url: &Url) -> Duration {
-    match url.param(SESSION_TIMEOUT).and_then(|v| v.parse::<u64>().ok()) {
-        Some(s) => Duration::from_secs(s).clamp(MIN_SESSION_TIMEOUT, MAX_SESSION_TIMEOUT),
-        None => DEFAULT_SESSION_TIMEOUT,
-    }
-}
-
-/// The servers of a registry URL as a connect string `host:port,host:port`: `host` and
-/// `port` when both are set, else the `address` list (upstream's rule).
-pub fn connect_string(url: &Url) -> Result<String, String> {
-    if !url.host.is_empty() && url.port > 0 {
-        return Ok(format!("{}:{}", url.host, url.port));
-    }
-    let list = url.get_list(keys::ADDRESS);
-    if list.is_empty() {
-        return Err("needs host and port, or address (\"host:port,host:port\")".into());
-    }
-    for entry in &list {
-        if parse_address(entry)?.1 == 0 {
-            return Err(format!("address entry {entry:?} is not host:port"));
-        }
-    }
-    Ok(list.join(","))
 }
 
 #[derive(Debug)]
@@ -125,71 +86,41 @@ pub struct ZkRegistry {
     shared: Arc<Shared>,
 }
 
-/// What the registry handle, the session loop and the watch tasks share.
-#[derive(Debug)]
-struct Shared {
-    /// `conf-id`, else the URL identity: how logs name this registry.
-    name: String,
-    /// `host:port,host:port`.
-    servers: String,
-    session_timeout: Duration,
-    local_ip: Option<String>,
-    shutdown: CancellationToken,
-    /// Serialises registry writes (as upstream's register lock), held across their awaits.
-    writes: tokio::sync::Mutex<()>,
-    regs: Mutex<Registrations>,
-    live: Mutex<Live>,
-    first_attempt: watch::Sender<bool>,
-    snapshot: Option<SnapshotStore>,
-}
-
-#[derive(Debug)]
-struct Live {
-    session: Option<Session>,
-    connected: bool,
-    /// When `connected` last changed (or the registry started).
-    since: SystemTime,
-    local_ip: String,
-    /// By `.../server` path.
-    subscriptions: BTreeMap<String, Subscription>,
-    /// By command node path.
-    commands: BTreeMap<String, CommandWatch>,
-    snapshot: SnapshotData,
-}
-
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn registry_error(shared: &Shared, e: impl std::fmt::Display) -> RegistryError {
-    RegistryError::Unavailable {
-        registry: shared.name.clone(),
-        message: e.to_string(),
-    }
-}
-
 impl ZkRegistry {
     /// Starts connecting in the background (needs a tokio runtime); never fails because
-    /// ZooKeeper is unreachable, only for a bad URL. The first calls wait for a first session
-    /// (up to a few seconds; about one second when ZooKeeper refuses connections).
+    /// ZooKeeper is unreachable, only for a bad URL (as [`ZookeeperSpec::from_url`] says). The
+    /// first calls wait for a first session (up to a few seconds; about one second when
+    /// ZooKeeper refuses connections).
     pub fn new(url: Url, options: ZkOptions) -> Result<ZkRegistry, RegistryError> {
+        let spec = ZookeeperSpec::from_url(&url).map_err(|e| RegistryError::setting(&url, e))?;
+        ZkRegistry::with_spec(url, spec, options)
+    }
+
+    /// As `new`, with the URL's settings already read.
+    pub fn with_spec(url: Url, spec: ZookeeperSpec, options: ZkOptions) -> Result<ZkRegistry, RegistryError> {
         let name = url.get_str(keys::CONF_ID, &url.identity()).to_string();
-        let config = |message: String| RegistryError::Config {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RegistryError::Config {
             registry: name.clone(),
-            message,
-        };
-        let servers = connect_string(&url).map_err(config)?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| config("the zookeeper registry must be created inside a tokio runtime".into()))?;
+            message: "the zookeeper registry must be created inside a tokio runtime".into(),
+        })?;
+        let ZookeeperSpec {
+            servers,
+            session_timeout,
+            snapshot_dir,
+        } = spec;
         let snapshot = options
             .snapshot_dir
-            .or_else(|| url.param(SNAPSHOT_DIR).map(PathBuf::from))
+            .or(snapshot_dir)
             .map(|dir| SnapshotStore::new(&dir, &servers));
         let mut snapshot_data = snapshot.as_ref().map(SnapshotStore::load).unwrap_or_default();
         snapshot_data.registry = servers.clone();
         let shared = Arc::new(Shared {
             name,
-            session_timeout: session_timeout(&url),
+            session_timeout,
             servers,
             local_ip: options.local_ip,
             shutdown: CancellationToken::new(),
@@ -424,6 +355,7 @@ mod tests {
     use super::layout::NODE_SERVER;
     use super::snapshot::{SnapshotData, snapshot_file_name, write_atomically};
     use super::*;
+    use crate::config::registry::SNAPSHOT_DIR;
 
     pub(super) fn service() -> Url {
         Url::new("motan2", "10.0.0.1", 9982, "com.weibo.Hello", "g1").with_param("nodeType", "service")
@@ -442,20 +374,6 @@ mod tests {
             .local_addr()
             .unwrap()
             .port()
-    }
-
-    #[test]
-    fn session_timeout_is_seconds_clamped() {
-        let zk = |v: &str| Url::new("zookeeper", "127.0.0.1", 2181, "", "").with_param(SESSION_TIMEOUT, v);
-        assert_eq!(session_timeout(&zk("10")), Duration::from_secs(10));
-        assert_eq!(session_timeout(&zk("1000")), MAX_SESSION_TIMEOUT);
-        assert_eq!(session_timeout(&zk("10000")), MAX_SESSION_TIMEOUT);
-        assert_eq!(session_timeout(&zk("1")), MIN_SESSION_TIMEOUT);
-        assert_eq!(session_timeout(&zk("x")), DEFAULT_SESSION_TIMEOUT);
-        assert_eq!(
-            session_timeout(&Url::new("zookeeper", "h", 1, "", "")),
-            DEFAULT_SESSION_TIMEOUT
-        );
     }
 
     #[test]

@@ -1,32 +1,13 @@
 //! The server role's records: what the registry was asked to register (services and whether
 //! each is available, the agent node), remembered, and written into the session: at once when
 //! connected, again on every new session, and periodically until a failed write succeeds.
-use std::collections::BTreeMap;
-
 use zookeeper_client as zk;
 
 use super::layout::{NODE_SERVER, NODE_UNAVAILABLE, agent_node_path, node_path};
 use super::session::{Session, delete_node, ensure_node};
-use super::{Shared, registry_error};
+use super::state::{Registered, Registrations, Shared};
 use crate::registry::RegistryError;
 use crate::url::Url;
-
-#[derive(Debug, Default)]
-pub(super) struct Registrations {
-    /// By URL identity.
-    pub(super) services: BTreeMap<String, Registered>,
-    pub(super) agent: Option<Url>,
-    /// Unregistered services whose nodes may still exist.
-    pub(super) removed: Vec<Url>,
-    /// Something failed to apply: retried periodically.
-    pub(super) dirty: bool,
-}
-
-#[derive(Debug, Clone)]
-pub(super) struct Registered {
-    pub(super) url: Url,
-    pub(super) available: bool,
-}
 
 impl Shared {
     /// Turn the outcome of a registry write into the caller's result; a failure is retried
@@ -38,10 +19,10 @@ impl Shared {
             None => "not connected to ZooKeeper".to_string(),
         };
         self.regs.lock().unwrap().dirty = true;
-        Err(registry_error(
-            self,
-            format!("{reason}; kept and retried when ZooKeeper is reachable"),
-        ))
+        Err(RegistryError::Unavailable {
+            registry: self.name.clone(),
+            message: format!("{reason}; kept and retried when ZooKeeper is reachable"),
+        })
     }
 }
 

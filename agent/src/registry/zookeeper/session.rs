@@ -1,27 +1,15 @@
-//! The ZooKeeper session: connect (with back-off), follow the session state, and on every new
-//! session restart the watches and re-apply the registrations; and the requests made in one.
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+//! The connection to ZooKeeper: establishing a session, and the requests made in one (each
+//! bounded by `OP_TIMEOUT`). What a session is used for lives in `register` (nodes of the
+//! server role), `subscriptions` (watches) and `run` (the session loop).
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
-use super::Shared;
-use super::register::reconcile;
-use super::subscriptions::{watch_command, watch_servers};
 use crate::url::Url;
 
 /// Bound of one ZooKeeper request: requests made while disconnected wait for a reconnection.
 pub(super) const OP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often failed registry writes are retried.
-const RETRY_PERIOD: Duration = Duration::from_secs(3);
-/// Reconnection back-off after a failed session establishment.
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(3);
-/// How long the first calls wait for a first session (or for the registry to give up on one
-/// for now: after failures during `FIRST_CONNECT_WINDOW`).
-const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(5);
-const FIRST_CONNECT_WINDOW: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub(super) struct Session {
@@ -31,24 +19,16 @@ pub(super) struct Session {
     pub(super) token: CancellationToken,
 }
 
-impl Shared {
-    pub(super) fn session(&self) -> Option<Session> {
-        let live = self.live.lock().unwrap();
-        live.session.clone().filter(|_| live.connected)
-    }
-
-    pub(super) async fn wait_first_attempt(&self) {
-        let mut rx = self.first_attempt.subscribe();
-        let _ = tokio::time::timeout(FIRST_CONNECT_WAIT, rx.wait_for(|done| *done)).await;
-    }
-
-    pub(super) fn set_connected(&self, connected: bool) {
-        let mut live = self.live.lock().unwrap();
-        if live.connected != connected {
-            live.connected = connected;
-            live.since = SystemTime::now();
-        }
-    }
+/// Establish a session with one of `servers` (a connect string), giving up after
+/// `session_timeout`.
+pub(super) async fn connect(servers: &str, session_timeout: Duration) -> Result<zk::Client, zk::Error> {
+    let connect = zk::Client::connector()
+        .with_session_timeout(session_timeout)
+        .with_fail_eagerly()
+        .connect(servers);
+    tokio::time::timeout(session_timeout, connect)
+        .await
+        .unwrap_or(Err(zk::Error::Timeout))
 }
 
 /// One ZooKeeper request, bounded by `OP_TIMEOUT`.
@@ -60,129 +40,8 @@ pub(super) async fn op<T>(
         .unwrap_or(Err(zk::Error::Timeout))
 }
 
-/// The session loop: connect, install watches and registrations, follow the session state,
-/// retry failed writes; after expiry start over with a new session.
-pub(super) async fn run_sessions(shared: Arc<Shared>) {
-    let mut backoff = MIN_BACKOFF;
-    let mut failures = 0u32;
-    let started = tokio::time::Instant::now();
-    while !shared.shutdown.is_cancelled() {
-        let connect = zk::Client::connector()
-            .with_session_timeout(shared.session_timeout)
-            .with_fail_eagerly()
-            .connect(&shared.servers);
-        let client = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            r = tokio::time::timeout(shared.session_timeout, connect) => r.unwrap_or(Err(zk::Error::Timeout)),
-        };
-        let client = match client {
-            Ok(c) => c,
-            Err(e) => {
-                if started.elapsed() >= FIRST_CONNECT_WINDOW {
-                    shared.first_attempt.send_replace(true);
-                }
-                if failures == 0 {
-                    tracing::warn!(registry = %shared.name, servers = %shared.servers, "zookeeper unreachable: {e}; retrying");
-                }
-                failures += 1;
-                tokio::select! {
-                    _ = shared.shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                if started.elapsed() < FIRST_CONNECT_WINDOW {
-                    backoff = MIN_BACKOFF;
-                }
-                continue;
-            }
-        };
-        backoff = MIN_BACKOFF;
-        failures = 0;
-        serve_session(&shared, client).await;
-    }
-    // Dropping the last clone of the client closes the session.
-    shared.live.lock().unwrap().session = None;
-}
-
-async fn serve_session(shared: &Arc<Shared>, client: zk::Client) {
-    let id = client.session_id().0;
-    tracing::info!(registry = %shared.name, session = %format!("{id:#x}"), "zookeeper session established");
-    let local_ip = match &shared.local_ip {
-        Some(ip) => ip.clone(),
-        None => local_ip_towards(&shared.servers).await,
-    };
-    let session = Session {
-        client: client.clone(),
-        id,
-        token: shared.shutdown.child_token(),
-    };
-    let mut state = client.state_watcher();
-    {
-        let mut live = shared.live.lock().unwrap();
-        live.session = Some(session.clone());
-        live.connected = true;
-        live.since = SystemTime::now();
-        live.local_ip = local_ip;
-        for (path, sub) in &live.subscriptions {
-            tokio::spawn(watch_servers(
-                shared.clone(),
-                session.clone(),
-                path.clone(),
-                sub.refer.clone(),
-                sub.tx.clone(),
-                None,
-            ));
-        }
-        for (path, c) in &live.commands {
-            tokio::spawn(watch_command(
-                shared.clone(),
-                session.clone(),
-                path.clone(),
-                c.tx.clone(),
-                None,
-            ));
-        }
-    }
-    shared.first_attempt.send_replace(true);
-    reconcile(shared, &session, true).await;
-    let mut retry = tokio::time::interval(RETRY_PERIOD);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            s = state.changed() => match s {
-                zk::SessionState::Disconnected => {
-                    tracing::warn!(registry = %shared.name, "zookeeper connection lost; serving the last lists");
-                    shared.set_connected(false);
-                }
-                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                    tracing::info!(registry = %shared.name, "zookeeper connection re-established (same session)");
-                    shared.set_connected(true);
-                    reconcile(shared, &session, false).await;
-                }
-                terminal => {
-                    tracing::warn!(registry = %shared.name, state = ?terminal, "zookeeper session ended; starting a new one");
-                    break;
-                }
-            },
-            _ = retry.tick() => {
-                if shared.live.lock().unwrap().connected {
-                    reconcile(shared, &session, false).await;
-                }
-            }
-        }
-    }
-    session.token.cancel();
-    let mut live = shared.live.lock().unwrap();
-    live.session = None;
-    if live.connected {
-        live.connected = false;
-        live.since = SystemTime::now();
-    }
-}
-
 /// The local address of a TCP connection to the first reachable server.
-async fn local_ip_towards(servers: &str) -> String {
+pub(super) async fn local_ip_towards(servers: &str) -> String {
     for server in servers.split(',') {
         let connect = tokio::net::TcpStream::connect(server.trim());
         if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(2), connect).await

@@ -9,44 +9,11 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{oneshot, watch};
 use zookeeper_client as zk;
 
-use super::Shared;
 use super::layout::{NODE_CLIENT, NODE_SERVER, command_path, node_path, node_type_path, server_from_node};
 use super::session::{OP_TIMEOUT, Session, delete_node, ensure_node, op};
+use super::state::{CommandWatch, Shared, Source, Subscription};
 use crate::registry::{CommandScope, ServerList};
 use crate::url::Url;
-
-#[derive(Debug)]
-pub(super) struct Subscription {
-    pub(super) refer: Url,
-    pub(super) tx: Arc<watch::Sender<ServerList>>,
-    pub(super) source: Source,
-}
-
-#[derive(Debug)]
-pub(super) struct CommandWatch {
-    pub(super) tx: Arc<watch::Sender<Option<String>>>,
-    pub(super) source: Source,
-}
-
-/// Where a list's current value comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Source {
-    /// Nothing known yet.
-    Nothing,
-    /// The snapshot, since then (ZooKeeper was unreachable when it was subscribed).
-    Snapshot(SystemTime),
-    Zookeeper,
-}
-
-impl Source {
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            Source::Nothing => "none",
-            Source::Snapshot(_) => "snapshot",
-            Source::Zookeeper => "zookeeper",
-        }
-    }
-}
 
 impl Shared {
     /// Watch the servers of `refer` (group and path checked by the caller). While ZooKeeper is
