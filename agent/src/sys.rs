@@ -170,3 +170,47 @@ pub fn netns_cookie(fd: impl AsFd) -> io::Result<u64> {
     getsockopt_raw(fd.as_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, &mut buf)?;
     Ok(u64::from_ne_bytes(buf))
 }
+
+/// `SO_PEERGROUPS` (Linux 4.13+): the supplementary groups of a Unix socket's peer as they were
+/// at connect(), taken with its SO_PEERCRED credentials. Unlike /proc/<pid>/status this cannot
+/// race with the peer exiting and its PID being reused.
+pub fn peer_groups(fd: impl AsFd) -> io::Result<Vec<u32>> {
+    const SO_PEERGROUPS: i32 = 59;
+    // Most processes have a handful of groups; on ERANGE ask again with room for NGROUPS_MAX.
+    for capacity in [64usize, 65536] {
+        let mut buf = vec![0u8; capacity * 4];
+        match getsockopt_raw(fd.as_fd(), libc::SOL_SOCKET, SO_PEERGROUPS, &mut buf) {
+            Ok(len) => {
+                return Ok(buf[..len]
+                    .chunks_exact(4)
+                    .map(|g| u32::from_ne_bytes([g[0], g[1], g[2], g[3]]))
+                    .collect());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ERANGE))
+}
+
+/// The gid of group `name` in the host's group database (getgrnam_r, so NSS sources count).
+pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+    let c =
+        CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in group name"))?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: getgrnam_r writes the entry into grp and its strings into buf (len given);
+        // result points at grp or is null.
+        let (r, found, gid) = unsafe {
+            let mut grp: libc::group = std::mem::zeroed();
+            let mut result: *mut libc::group = std::ptr::null_mut();
+            let r = libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result);
+            (r, !result.is_null(), grp.gr_gid)
+        };
+        match r {
+            0 => return Ok(found.then_some(gid)),
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
