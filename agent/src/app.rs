@@ -173,6 +173,19 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
 
     let admin = bind("admin", config.admin_addr()).await?;
     listeners.push(("admin".to_string(), config.admin_addr().to_string()));
+    let admin_cfg = &config.sockmesh.admin;
+    let control_group = match &admin_cfg.control_group {
+        Some(g) => Some(
+            crate::config::admin::resolve_group(g)
+                .map_err(|m| anyhow::anyhow!("sockmesh.admin.control_group: {m}"))?,
+        ),
+        None => None,
+    };
+    let control = crate::admin::control_socket::bind(&admin_cfg.control_socket, control_group)?;
+    listeners.push((
+        "control".to_string(),
+        admin_cfg.control_socket.display().to_string(),
+    ));
 
     let state = Arc::new(AppState {
         started: Instant::now(),
@@ -214,7 +227,12 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         tasks.spawn(watcher.run(shutdown.clone(), tasks.clone()));
     }
     crate::admin::state_metrics::register(&state);
-    tasks.spawn(crate::admin::serve(admin, state.clone(), shutdown.clone()));
+    let access = crate::admin::access::Access::new(
+        state.clone(),
+        control_group,
+        config.sockmesh.admin.control_socket.clone(),
+    );
+    tasks.spawn(crate::admin::serve(admin, control, access, shutdown.clone()));
 
     for (name, addr) in &listeners {
         tracing::info!(listener = %name, %addr, "listening");
