@@ -521,7 +521,7 @@ fn install_status_uninstall_leaves_nothing() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
-        if let Ok((200, body)) = sockmesh::admin::request(d.admin, "GET", "/status") {
+        if let Ok((200, body)) = sockmesh_testkit::http::get(d.admin, "/status") {
             break serde_json::from_str::<serde_json::Value>(&body).unwrap();
         }
         assert!(
@@ -623,7 +623,7 @@ fn reload_applies_policy_keeps_connections_and_refuses_bad_config() {
     std::fs::write(&cfg, format!("{good}    default_mode: warp-speed\n")).unwrap();
     d.sighup();
     d.wait_log("reload refused", 1);
-    let (code, body) = sockmesh::admin::request(d.admin, "POST", "/reload").unwrap();
+    let (code, body) = d.control_post("/reload");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("default_mode"), "{body}");
     assert_eq!(client(Some(cg.path()), echo.addr, 4096, "blocking")["ok"], true);
@@ -635,7 +635,7 @@ fn reload_applies_policy_keeps_connections_and_refuses_bad_config() {
 
     // Back to the original: intercepted again, via the admin call this time.
     std::fs::write(&cfg, &good).unwrap();
-    let (code, body) = sockmesh::admin::request(d.admin, "POST", "/reload").unwrap();
+    let (code, body) = d.control_post("/reload");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("policy"), "{body}");
     assert_eq!(client(Some(cg.path()), echo.addr, 4096, "blocking")["ok"], true);

@@ -115,6 +115,16 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         .bind_listeners(&config.intercept_settings().listeners())
         .await?;
     let admin = bind("admin", config.admin_addr()).await?;
+    // The control socket is a listener too: a second daemon with the same socket stops here.
+    let admin_cfg = &config.sockmesh.admin;
+    let control_group = match &admin_cfg.control_group {
+        Some(g) => Some(
+            crate::config::admin::resolve_group(g)
+                .map_err(|m| anyhow::anyhow!("sockmesh.admin.control_group: {m}"))?,
+        ),
+        None => None,
+    };
+    let control = crate::admin::control_socket::bind(&admin_cfg.control_socket, control_group)?;
 
     // Interception next: the self-test decides what `auto` means.
     let (mut interceptor, intercept_error, test, auto_mode) = if config.sockmesh.intercept.enabled {
@@ -203,6 +213,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     }
 
     listeners.push(("admin".to_string(), config.admin_addr().to_string()));
+    listeners.push((
+        "control".to_string(),
+        admin_cfg.control_socket.display().to_string(),
+    ));
 
     let state = Arc::new(AppState {
         started: Instant::now(),
@@ -246,7 +260,12 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         tasks.spawn(forget_removed_cgroups(state.clone(), shutdown.clone()));
     }
     crate::admin::state_metrics::register(&state);
-    tasks.spawn(crate::admin::serve(admin, state.clone(), shutdown.clone()));
+    let access = crate::admin::access::Access::new(
+        state.clone(),
+        control_group,
+        config.sockmesh.admin.control_socket.clone(),
+    );
+    tasks.spawn(crate::admin::serve(admin, control, access, shutdown.clone()));
 
     for (name, addr) in &listeners {
         tracing::info!(listener = %name, %addr, "listening");

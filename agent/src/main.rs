@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use sockmesh::admin::client::AdminTarget;
+use sockmesh::config::admin::DEFAULT_CONTROL_SOCKET;
 use sockmesh::config::{Config, RequestedMode};
 
 #[derive(Parser)]
@@ -20,9 +22,23 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct AdminArgs {
-    /// Admin API of the running daemon.
-    #[arg(long, global = true, default_value = "127.0.0.1:8002", env = "SOCKMESH_ADMIN")]
-    admin: SocketAddr,
+    /// Control socket of the running daemon (its whole admin API; root and
+    /// sockmesh.admin.control_group only).
+    #[arg(long, global = true, default_value = DEFAULT_CONTROL_SOCKET, env = "SOCKMESH_CONTROL")]
+    control: PathBuf,
+    /// Use the daemon's TCP admin port at ADDR instead of the control socket: reads only, plus
+    /// the mutations its sockmesh.admin.tcp_mutations enables.
+    #[arg(long, global = true, env = "SOCKMESH_ADMIN")]
+    admin: Option<SocketAddr>,
+}
+
+impl AdminArgs {
+    fn target(&self) -> AdminTarget {
+        match self.admin {
+            Some(a) => AdminTarget::Tcp(a),
+            None => AdminTarget::Socket(self.control.clone()),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -106,6 +122,9 @@ enum InterceptCmd {
         /// auto, ebpf-connect, ebpf-sockmap or iptables (default: sockmesh.intercept.default_mode).
         #[arg(long, value_parser = parse_mode)]
         mode: Option<RequestedMode>,
+        /// Allow the cgroup root `/`: every process on the host would be intercepted.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -203,7 +222,7 @@ fn query(s: &str) -> String {
 
 /// Call the admin API; non-2xx answers become errors carrying the daemon's message.
 fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> Result<serde_json::Value> {
-    let (code, body) = sockmesh::admin::request(admin.admin, method, path)?;
+    let (code, body) = admin.target().request(method, path)?;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
     if !(200..300).contains(&code) {
         let msg = v
@@ -260,10 +279,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Config(ConfigCmd::Validate { file }) => match Config::load(&file) {
             Ok(c) => {
                 println!(
-                    "{}: ok ({} motan section(s), admin {}, transparent listener {})",
+                    "{}: ok ({} motan section(s), admin {} and {}, transparent listener {})",
                     c.source,
                     c.motan.len(),
                     c.admin_addr(),
+                    c.sockmesh.admin.control_socket.display(),
                     c.transparent_addr()
                 );
                 Ok(ExitCode::SUCCESS)
@@ -277,10 +297,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             print!("{}", sockmesh::config::EMBEDDED_DEFAULT);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Intercept(InterceptCmd::Enable { cgroup, mode, admin }) => {
+        Cmd::Intercept(InterceptCmd::Enable {
+            cgroup,
+            mode,
+            force,
+            admin,
+        }) => {
             let mut path = format!("/intercept/enable?cgroup={}", query(&cgroup));
             if let Some(m) = mode {
                 path.push_str(&format!("&mode={}", m.name()));
+            }
+            if force {
+                path.push_str("&force=true");
             }
             let v = admin_call(&admin, "POST", &path)?;
             println!(

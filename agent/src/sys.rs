@@ -280,9 +280,157 @@ pub fn netns_cookie(fd: impl AsFd) -> io::Result<u64> {
     Ok(u64::from_ne_bytes(buf))
 }
 
+/// `SO_PEERGROUPS` (Linux 4.13+): the supplementary groups of a Unix socket's peer as they were
+/// at connect(), taken with its SO_PEERCRED credentials. Unlike /proc/<pid>/status this cannot
+/// race with the peer exiting and its PID being reused.
+pub fn peer_groups(fd: impl AsFd) -> io::Result<Vec<u32>> {
+    const SO_PEERGROUPS: i32 = 59;
+    // Most processes have a handful of groups; on ERANGE ask again with room for NGROUPS_MAX.
+    for capacity in [64usize, 65536] {
+        let mut buf = vec![0u8; capacity * 4];
+        match getsockopt_raw(fd.as_fd(), libc::SOL_SOCKET, SO_PEERGROUPS, &mut buf) {
+            Ok(len) => {
+                return Ok(buf[..len]
+                    .chunks_exact(4)
+                    .map(|g| u32::from_ne_bytes([g[0], g[1], g[2], g[3]]))
+                    .collect());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ERANGE))
+}
+
+/// The gid of group `name` in the host's group database (getgrnam_r, so NSS sources count).
+pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+    let c =
+        CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in group name"))?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: getgrnam_r writes the entry into grp and its strings into buf (len given);
+        // result points at grp or is null.
+        let (r, found, gid) = unsafe {
+            let mut grp: libc::group = std::mem::zeroed();
+            let mut result: *mut libc::group = std::ptr::null_mut();
+            let r = libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result);
+            (r, !result.is_null(), grp.gr_gid)
+        };
+        match r {
+            0 => return Ok(found.then_some(gid)),
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// The daemon's runtime directory: the pin directories' lock files (`intercept::pins`) and, by
+/// default, the control socket (`admin::control_socket`). Made by [`run_dir`].
+pub const RUN_DIR: &str = "/run/sockmesh";
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Make sure `dir` is a directory only we can change: a directory (a symbolic link is not
+/// followed) of our euid that neither group nor others may write to, so no one else can
+/// rename or replace what we keep in it. With `create`, a missing one is made with its parents,
+/// mode 0700, or 0750 and given to `group` when one is named (whose members may then reach into
+/// it, never write).
+pub fn private_dir(dir: &Path, create: bool, group: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let refuse = |why: String| io::Error::other(format!("refusing {}: {why}", dir.display()));
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+            let mode = if group.is_some() { 0o750 } else { 0o700 };
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)?;
+            if let Some(g) = group {
+                std::os::unix::fs::chown(dir, None, Some(g))?;
+            }
+            // The umask may have taken bits the group needs.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+            std::fs::symlink_metadata(dir)?
+        }
+        other => other?,
+    };
+    if !meta.is_dir() {
+        return Err(refuse("not a directory (a symbolic link is not followed)".into()));
+    }
+    if meta.uid() != euid() || meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "it must belong to uid {} and not be writable by group or others (it has uid {}, mode {:o}); remove it or fix its owner and mode",
+            euid(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// [`RUN_DIR`], checked with [`private_dir`] and made when missing: 0700, or 0750 of group
+/// `group` (`sockmesh.admin.control_group`, whose members reach the control socket in it). It is
+/// sockmesh's own, so an existing one is given to `group` too; without a group it stays as it is
+/// (lock files and the socket have modes of their own).
+pub fn run_dir(group: Option<u32>) -> io::Result<&'static Path> {
+    let dir = Path::new(RUN_DIR);
+    own_dir(dir, group)?;
+    Ok(dir)
+}
+
+/// [`run_dir`] for any directory.
+fn own_dir(dir: &Path, group: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    private_dir(dir, true, group)?;
+    if let Some(g) = group {
+        let meta = std::fs::symlink_metadata(dir)?;
+        if meta.gid() != g || meta.mode() & 0o7777 != 0o750 {
+            std::os::unix::fs::chown(dir, None, Some(g))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_directories_and_the_run_directory_shared_with_a_group() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let base = std::env::temp_dir().join(format!("sockmesh-sys-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        let dir = base.join("run");
+        assert!(private_dir(&dir, false, None).is_err(), "missing and not created");
+        // Made private first (the lock), then given to the control group (the control socket).
+        own_dir(&dir, None).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        // SAFETY: getegid has no preconditions and cannot fail.
+        let gid = unsafe { libc::getegid() };
+        own_dir(&dir, Some(gid)).unwrap();
+        assert_eq!((mode(&dir), std::fs::metadata(&dir).unwrap().gid()), (0o750, gid));
+        own_dir(&dir, None).unwrap();
+        assert_eq!(mode(&dir), 0o750, "left as it is without a group");
+        // Writable by others, or not a directory: refused, and not repaired.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = own_dir(&dir, Some(gid)).unwrap_err().to_string();
+        assert!(
+            err.contains("not be writable by group or others") && err.contains("mode 777"),
+            "{err}"
+        );
+        assert_eq!(mode(&dir), 0o777);
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = private_dir(&link, true, None).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn parses_both_sockaddr_families() {

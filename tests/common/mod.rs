@@ -8,6 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -68,7 +69,10 @@ impl Ports {
 pub struct Daemon {
     child: Option<ChildProcess>,
     pub ports: Ports,
+    /// The TCP admin port: reads (and the mutations `sockmesh.admin.tcp_mutations` enables).
     pub admin: SocketAddr,
+    /// The control socket: the whole admin API, for root.
+    pub control: PathBuf,
     pub transparent_port: u16,
     pub pin_dir: PathBuf,
     pub iptables_chain: String,
@@ -106,6 +110,18 @@ impl Daemon {
     }
 
     pub fn launch_full(name: &str, ports: Ports, agent: &str, motan: &str, extra_intercept: &str) -> Daemon {
+        Daemon::launch_admin(name, ports, agent, "", motan, extra_intercept)
+    }
+
+    /// Also with extra `sockmesh.admin` keys (4-space indent; the control socket is set here).
+    pub fn launch_admin(
+        name: &str,
+        ports: Ports,
+        agent: &str,
+        admin: &str,
+        motan: &str,
+        extra_intercept: &str,
+    ) -> Daemon {
         let dir = std::env::temp_dir().join(format!("sockmesh-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let Ports {
@@ -117,11 +133,20 @@ impl Daemon {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-test-{name}-{}", std::process::id()));
         let iptables_chain = format!("SMT{}", std::process::id());
         let config = dir.join("sockmesh.yaml");
+        // The agent refuses a directory others could write to; 0755 whatever the umask, so the
+        // socket's own mode (0600) is what keeps other users out.
+        let control = dir.join("control/control.sock");
+        let control_dir = control.parent().unwrap();
+        std::fs::create_dir_all(control_dir).unwrap();
+        std::fs::set_permissions(control_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // `intercept` comes last: tests append keys to it (4-space indent) and reload.
         std::fs::write(
             &config,
             format!(
                 "motan-agent:\n  port: {port}\n  eport: {eport}\n  mport: {mport}\n  application: test-{name}\n{agent}\
-                 sockmesh:\n  log_level: debug\n  intercept:\n    transparent_port: {tport}\n    pin_dir: {}\n    iptables_chain: {iptables_chain}\n    bpf_log_level: debug\n{extra_intercept}\n# motan\n{motan}",
+                 sockmesh:\n  log_level: debug\n  admin:\n    control_socket: {}\n{admin}\
+                 \x20 intercept:\n    transparent_port: {tport}\n    pin_dir: {}\n    iptables_chain: {iptables_chain}\n    bpf_log_level: debug\n{extra_intercept}\n# motan\n{motan}",
+                control.display(),
                 pin_dir.display()
             ),
         )
@@ -130,6 +155,7 @@ impl Daemon {
             child: None,
             ports,
             admin: format!("127.0.0.1:{mport}").parse().unwrap(),
+            control,
             transparent_port: tport,
             pins: PinDir::new(bin(), &pin_dir),
             chain: NatChain::new(&iptables_chain),
@@ -203,6 +229,16 @@ impl Daemon {
         }
     }
 
+    /// `method path` on the control socket (the whole admin API, as root); (status, body).
+    pub fn control_request(&self, method: &str, path: &str) -> (u16, String) {
+        http::unix_request(&self.control, method, path, "").unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// POST a mutation on the control socket; (status, body).
+    pub fn control_post(&self, path: &str) -> (u16, String) {
+        self.control_request("POST", path)
+    }
+
     /// GET an admin path and parse the JSON answer.
     pub fn admin_json(&self, path: &str) -> serde_json::Value {
         let (code, body) = http::get(self.admin, path).unwrap();
@@ -224,12 +260,12 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Run the CLI against this daemon; returns (success, stdout, stderr).
+    /// Run the CLI against this daemon (on its control socket); returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(bin())
             .args(args)
-            .arg("--admin")
-            .arg(self.admin.to_string())
+            .arg("--control")
+            .arg(&self.control)
             .output()
             .unwrap();
         (

@@ -1,6 +1,7 @@
 //! Configuration: motan-go's YAML layout (`motan-agent`, `motan-refer`, ...) plus a `sockmesh`
 //! section for what motan-go does not have (interception). An embedded default runs with no
 //! file. Validation reports every problem at once, each naming file, section and key.
+pub mod admin;
 pub mod filters;
 pub mod http;
 pub mod intercept;
@@ -25,7 +26,7 @@ use self::intercept::{Cidr, InterceptSettings, MAX_NETNS_LISTENERS, check_capaci
 use self::motan::{MotanConfig, MotanEnv};
 use self::sections::bpf_log_level;
 pub use self::sections::{
-    AgentSection, ConfigErrors, InterceptSection, RequestedMode, SettingError, SockmeshSection,
+    AdminSection, AgentSection, ConfigErrors, InterceptSection, RequestedMode, SettingError, SockmeshSection,
 };
 
 /// The configuration `sockmesh run` uses when no `--config` is given.
@@ -176,6 +177,9 @@ impl Config {
             e.push(format!(
                 "{src}: section sockmesh.intercept, key iptables_chain: {m}"
             ));
+        }
+        for m in self.sockmesh.admin.problems() {
+            e.push(format!("{src}: section sockmesh.admin, {m}"));
         }
         if !i.pin_dir.is_absolute() {
             e.push(format!(
@@ -367,6 +371,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not valid YAML"), "{err}");
+    }
+
+    #[test]
+    fn admin_keys_are_typed_and_checked() {
+        let c = Config::parse(
+            "sockmesh:\n  admin:\n    tcp_mutations: [\"/200\", \"/503\"]\n    token: abc\n",
+            "a.yaml",
+        )
+        .unwrap();
+        use self::admin::Mutation;
+        assert_eq!(
+            c.sockmesh.admin.tcp_mutations,
+            [Mutation::Online, Mutation::Offline]
+        );
+        let err = Config::parse(
+            "sockmesh:\n  admin:\n    tcp_mutations: [\"/shutdown\"]\n    control_socket: rel.sock\n",
+            "b.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("b.yaml: section sockmesh.admin, key tcp_mutations: /shutdown is served only on the control socket"),
+            "{err}"
+        );
+        assert!(
+            err.contains("key control_socket: must be an absolute path"),
+            "{err}"
+        );
+        let err = Config::parse("sockmesh:\n  admin:\n    tcp_mutations: [\"/nope\"]\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tcp_mutations") && err.contains("\"/nope\" is not an admin mutation"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!   bpffs root is 1777): otherwise someone else could rename or replace our pins.
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,9 +23,6 @@ use anyhow::{Context, Result, bail};
 use sockmesh_common::MAP_LAYOUT_VERSION;
 
 use crate::sys;
-
-/// Where the lock files live.
-pub const RUN_DIR: &str = "/run/sockmesh";
 
 /// The lock file of the daemon that uses `pin_dir`.
 pub fn lock_path(pin_dir: &Path) -> PathBuf {
@@ -39,12 +36,7 @@ pub fn lock_path(pin_dir: &Path) -> PathBuf {
             _ => '_',
         })
         .collect();
-    Path::new(RUN_DIR).join(format!("{name}.lock"))
-}
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    Path::new(sys::RUN_DIR).join(format!("{name}.lock"))
 }
 
 /// Why the lock of a pin directory could not be taken.
@@ -76,7 +68,7 @@ impl PinDirLock {
     /// Take the lock of `pin_dir` and write our PID into it, or say which process holds it.
     pub fn acquire(pin_dir: &Path) -> Result<PinDirLock, LockError> {
         let path = lock_path(pin_dir);
-        private_dir(Path::new(RUN_DIR), true)?;
+        sys::run_dir(None).with_context(|| format!("preparing {}", sys::RUN_DIR))?;
         loop {
             let file = std::fs::OpenOptions::new()
                 .read(true)
@@ -88,11 +80,11 @@ impl PinDirLock {
                 .open(&path)
                 .with_context(|| format!("opening the lock file {}", path.display()))?;
             let meta = file.metadata().context("lock file")?;
-            if !meta.is_file() || meta.uid() != euid() || meta.mode() & 0o077 != 0 {
+            if !meta.is_file() || meta.uid() != sys::euid() || meta.mode() & 0o077 != 0 {
                 return Err(anyhow::anyhow!(
                     "refusing the lock file {}: it must be a regular file of uid {} with mode 0600 (it has uid {}, mode {:o})",
                     path.display(),
-                    euid(),
+                    sys::euid(),
                     meta.uid(),
                     meta.mode() & 0o7777
                 )
@@ -140,7 +132,7 @@ impl PinDirLock {
     pub fn remove(self) {
         drop(self);
         // Another lock file or a control socket keeps it.
-        let _ = std::fs::remove_dir(RUN_DIR);
+        let _ = std::fs::remove_dir(sys::RUN_DIR);
     }
 }
 
@@ -187,30 +179,9 @@ pub fn holds(pid: u32, lock: &Path) -> bool {
         .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == lock))
 }
 
-/// Check that `dir` is ours: a directory (not a symlink) of our uid that neither group nor
-/// others may write to. With `create`, a missing one is made with mode 0700 (parents too).
+/// A pin directory or one below it: ours and private ([`sys::private_dir`]).
 fn private_dir(dir: &Path, create: bool) -> Result<()> {
-    if create && std::fs::symlink_metadata(dir).is_err() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let m = std::fs::symlink_metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
-    if !m.is_dir() {
-        bail!("refusing {}: not a directory", dir.display());
-    }
-    if m.uid() != euid() || m.mode() & 0o022 != 0 {
-        bail!(
-            "refusing {}: it must belong to uid {} and not be writable by group or others (it has uid {}, mode {:o}); remove it or fix its owner and mode",
-            dir.display(),
-            euid(),
-            m.uid(),
-            m.mode() & 0o7777
-        );
-    }
-    Ok(())
+    Ok(sys::private_dir(dir, create, None)?)
 }
 
 /// Check the bpffs directories above `dir`: root's, and not writable by group or others unless
