@@ -94,11 +94,13 @@ const CASES: &[(&str, &str, bool)] = &[
     ),
 ];
 
-fn config_text(motan: &str, ports: &[u16]) -> String {
+/// `control` is the case's own control socket, in a directory the daemon creates.
+fn config_text(motan: &str, ports: &[u16], control: &Path) -> String {
     let [port, eport, mport, tport] = [ports[0], ports[1], ports[2], ports[3]];
     format!(
         "motan-agent:\n  port: {port}\n  eport: {eport}\n  mport: {mport}\n  application: parity\n\
-         sockmesh:\n  intercept:\n    enabled: false\n    transparent_port: {tport}\n{}",
+         sockmesh:\n  admin:\n    control_socket: {}\n  intercept:\n    enabled: false\n    transparent_port: {tport}\n{}",
+        control.display(),
         motan.replace("EPORT", &eport.to_string())
     )
 }
@@ -158,7 +160,8 @@ fn validate_and_run_give_the_same_verdict() {
     for (n, (name, motan, expected)) in CASES.iter().enumerate() {
         let ports = free_ports(4);
         let file = dir.join(format!("case{n}.yaml"));
-        std::fs::write(&file, config_text(motan, &ports)).unwrap();
+        let control = dir.join(format!("case{n}/control.sock"));
+        std::fs::write(&file, config_text(motan, &ports, &control)).unwrap();
         let (v_ok, v_out) = validate(&file);
         let (r_ok, r_out) = run(&file, ports[2], &dir.join(format!("case{n}.log")));
         println!("{name}: validate {v_ok}, run {r_ok}, expected {expected}");

@@ -41,7 +41,8 @@ pub struct Env {
     bin: PathBuf,
     loadgen: PathBuf,
     provider_addr: String,
-    agent_admin: String,
+    /// The agent's control socket (interception is switched there).
+    agent_control: PathBuf,
     /// The agent port (client role), for agent-explicit.
     agent_port_addr: String,
     agent_pid: u32,
@@ -115,14 +116,18 @@ pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>) 
     procs.push(provider);
 
     let cfg = dir.join("agent.yaml");
+    // The agent removes it when it stops, so nothing is left among the results.
+    let agent_control = dir.join("agent.sock");
     std::fs::write(
         &cfg,
         format!(
             "motan-agent:\n  port: {}\n  eport: {}\n  mport: {}\n  application: bench\n\
-             sockmesh:\n  log_level: \"warn,sockmesh::access=info\"\n  worker_threads: {agent_workers}\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {}\n    bpf_log_level: warn\n{}",
+             sockmesh:\n  log_level: \"warn,sockmesh::access=info\"\n  worker_threads: {agent_workers}\n\
+             \x20 admin:\n    control_socket: {}\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {}\n    bpf_log_level: warn\n{}",
             ports[1],
             ports[2],
             ports[3],
+            agent_control.display(),
             ports[4],
             pin_dir.display(),
             chain.name(),
@@ -195,7 +200,7 @@ pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>) 
         bin,
         loadgen,
         provider_addr,
-        agent_admin: agent_admin.to_string(),
+        agent_control,
         agent_port_addr: format!("127.0.0.1:{}", ports[1]),
         agent_pid,
         baseline,
@@ -212,7 +217,8 @@ impl Env {
     fn cli(&self, args: &[&str]) -> Result<()> {
         let out = Command::new(&self.bin)
             .args(args)
-            .args(["--admin", &self.agent_admin])
+            .arg("--control")
+            .arg(&self.agent_control)
             .output()?;
         if !out.status.success() {
             bail!(
