@@ -86,9 +86,10 @@ pub fn unit_text(layout: &Layout) -> String {
          TimeoutStopSec=20\n\
          # CAP_BPF: load programs and maps. CAP_NET_ADMIN: attach cgroup socket programs, SO_MARK,\n\
          # iptables mode. CAP_SYS_ADMIN: mount bpffs, setns() into app network namespaces.\n\
-         # CAP_SYS_PTRACE: open /proc/PID/ns/net of apps run by other users.\n\
-         CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE\n\
-         AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE\n\
+         # CAP_SYS_PTRACE: open /proc/PID/ns/net of apps run by other users. CAP_CHOWN: give the\n\
+         # control socket to sockmesh.admin.control_group.\n\
+         CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_CHOWN\n\
+         AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_CHOWN\n\
          NoNewPrivileges=yes\n\
          LimitNOFILE=1048576\n\
          \n\
@@ -403,7 +404,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             caps,
-            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE"
+            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_CHOWN"
         );
     }
 
