@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
-use crate::intercept::ebpf;
 use crate::intercept::iptables::Iptables;
 use crate::intercept::pins::{self, LockError, PinDirLock};
 
@@ -323,7 +322,7 @@ pub fn uninstall(scope: &UninstallScope, report: &mut dyn FnMut(String)) -> Resu
     let mut locks = Vec::new();
     for p in &pin_dirs {
         let lock = take_pin_dir(p, stoppable.contains(p), report)?;
-        let users = ebpf::live_users(p);
+        let users = pins::live_users(p);
         if let Some((pid, prog)) = users.first() {
             lock.remove();
             bail!(
@@ -334,7 +333,7 @@ pub fn uninstall(scope: &UninstallScope, report: &mut dyn FnMut(String)) -> Resu
         locks.push(lock);
     }
     for (p, lock) in pin_dirs.iter().zip(locks) {
-        let n = ebpf::uninstall(p)?;
+        let n = pins::uninstall(p)?;
         report(format!(
             "removed {n} pinned BPF object(s) under {} (programs detach with their links)",
             p.display()

@@ -9,7 +9,6 @@
 //! from this object's definitions, are refused before anything is loaded.
 use std::collections::{HashMap as StdHashMap, HashSet};
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -23,7 +22,7 @@ use sockmesh_common::{
     MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, Mode, ip6_of,
 };
 
-use super::pins::PinLayout;
+use super::pins::{PinLayout, remove_pins};
 use crate::cgroup;
 pub use crate::config::intercept::{Cidr, InterceptSettings};
 use crate::sys::{self, AttachType};
@@ -572,129 +571,6 @@ impl EbpfInterceptor {
         out.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
         Ok(out)
     }
-}
-
-/// Remove every pin below `dir` and the directories themselves. Unpinning a link whose last fd
-/// is gone detaches it; unpinning a map frees it once no program uses it. Entries on another
-/// filesystem than `dir` (a mount inside it) are refused, so this never leaves bpffs.
-pub fn remove_pins(dir: &Path) -> Result<usize> {
-    let Ok(top) = std::fs::symlink_metadata(dir) else {
-        return Ok(0);
-    };
-    remove_pins_on(dir, top.dev())
-}
-
-fn remove_pins_on(dir: &Path, dev: u64) -> Result<usize> {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir)?.flatten() {
-        let p = e.path();
-        let m = std::fs::symlink_metadata(&p)?;
-        if m.dev() != dev {
-            bail!("{} is on another filesystem; not removing it", p.display());
-        }
-        if m.is_dir() {
-            n += remove_pins_on(&p, dev)?;
-        } else {
-            std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
-            n += 1;
-        }
-    }
-    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
-    Ok(n)
-}
-
-/// Processes other than this one that hold the programs behind the links pinned under
-/// `pin_dir` (a daemon using them, whether or not it holds the lock): PID and program id.
-pub fn live_users(pin_dir: &Path) -> Vec<(u32, u32)> {
-    let mut progs = HashSet::new();
-    let mut stack = vec![PinLayout::new(pin_dir).links()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else if let Ok(fd) = sys::obj_get(&e.path())
-                && let Ok(ids) = sys::link_ids(fd.as_fd())
-            {
-                progs.insert(ids.prog_id);
-            }
-        }
-    }
-    if progs.is_empty() {
-        return Vec::new();
-    }
-    let me = std::process::id();
-    let mut users = Vec::new();
-    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        for fd in std::fs::read_dir(p.path().join("fd"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if !std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf-prog") {
-                continue;
-            }
-            let info =
-                std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name())).unwrap_or_default();
-            if let Some(id) = info
-                .lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                && progs.contains(&id)
-            {
-                users.push((pid, id));
-                break;
-            }
-        }
-    }
-    users
-}
-
-/// Remove all of sockmesh's pinned links and maps under `pin_dir` (links first, so programs
-/// detach before their maps go), then wait until the kernel has freed those maps (it does so
-/// asynchronously), so that "afterwards nothing of ours is listed" holds when this returns.
-/// Maps of every layout version are removed. Returns how many pins were removed. The caller
-/// checks that `pin_dir` is on bpffs and that no daemon uses it.
-pub fn uninstall(pin_dir: &Path) -> Result<usize> {
-    let layout = PinLayout::new(pin_dir);
-    let mut map_ids = Vec::new();
-    for (_, dir) in layout.map_dirs() {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if let Ok(fd) = sys::obj_get(&e.path())
-                && let Ok(shape) = sys::map_shape(fd.as_fd())
-            {
-                map_ids.push(shape.id);
-            }
-        }
-    }
-    let mut n = remove_pins(&layout.links())?;
-    for (_, dir) in layout.map_dirs() {
-        n += remove_pins(&dir)?;
-    }
-    n += remove_pins(pin_dir)?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let alive: Vec<u32> = aya::maps::loaded_maps()
-            .filter_map(|m| m.ok())
-            .map(|m| m.id())
-            .filter(|id| map_ids.contains(id))
-            .collect();
-        if alive.is_empty() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "unpinned, but the kernel still holds map(s) {alive:?} after 10 s (a process still has them open?)"
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Ok(n)
 }
 
 /// The pinned maps' definitions in this object, one `NAME type key value entries flags` line
