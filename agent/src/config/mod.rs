@@ -3,6 +3,8 @@
 //! file. Validation reports every problem at once, each naming file, section and key.
 pub mod filters;
 pub mod http;
+pub mod http_client;
+pub mod http_locations;
 pub mod intercept;
 pub mod motan;
 pub mod refer;
@@ -115,12 +117,15 @@ impl Config {
             }
         }
         let i = &self.sockmesh.intercept;
-        let ports = [
+        let mut ports = vec![
             ("motan-agent.port", a.port),
             ("motan-agent.mport", a.mport),
             ("motan-agent.eport", a.eport),
             ("sockmesh.intercept.transparent_port", i.transparent_port),
         ];
+        if self.mesh.http_proxy.enabled {
+            ports.push(("motan-agent.hport", self.mesh.http_proxy.port));
+        }
         for (n, (k1, p1)) in ports.iter().enumerate() {
             for (k2, p2) in &ports[n + 1..] {
                 if p1 == p2 {
@@ -181,6 +186,11 @@ impl Config {
 
     pub fn export_addr(&self, port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(self.sockmesh.export_bind, port)
+    }
+
+    /// The hport forward proxy's address (on the agent port's address: local apps only).
+    pub fn http_proxy_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.sockmesh.agent_bind, self.mesh.http_proxy.port)
     }
 
     pub fn admin_addr(&self) -> SocketAddrV4 {

@@ -86,19 +86,19 @@ impl Exporter {
         filters: &Arc<FilterShared>,
     ) -> Result<Export, String> {
         let chain = FilterChain::build(&spec.url, filters).map_err(|e| format!("key filter: {e}"))?;
-        let provider = match &spec.provider {
-            ProviderSpec::Motan2 { backend } => Provider::Motan2 {
-                pool: Arc::new(Pool::new(
-                    backend.to_string(),
-                    BACKEND_CONNECTIONS,
-                    transport.clone(),
+        let provider =
+            match &spec.provider {
+                ProviderSpec::Motan2 { backend } => Provider::Motan2 {
+                    pool: Arc::new(Pool::new(
+                        backend.to_string(),
+                        BACKEND_CONNECTIONS,
+                        transport.clone(),
+                    )),
+                },
+                ProviderSpec::Http(http) => Provider::Http(Arc::new(
+                    crate::provider::http::HttpProvider::new(&spec.url.path, http, &transport.sockets),
                 )),
-            },
-            ProviderSpec::Http(http) => Provider::Http(Arc::new(crate::provider::http::HttpProvider::new(
-                &spec.url.path,
-                http,
-            ))),
-        };
+            };
         Ok(Export {
             conf_id: id.to_string(),
             chain,
