@@ -18,6 +18,7 @@ use crate::intercept::ebpf::mode_name;
 use crate::intercept::iptables::Iptables;
 use crate::intercept::netns::{self, NamespaceWatcher};
 use crate::intercept::selftest::{self, SelfTest};
+use crate::proxy::http_proxy::HttpProxyServer;
 use crate::proxy::mesh::{ClientHandler, MeshHandle, ServerHandler};
 use crate::proxy::serve::{ServeStats, accept_loop};
 use crate::proxy::transparent::{Stats, TransparentProxy};
@@ -170,6 +171,19 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             .clone()
             .run(transparent, shutdown.clone(), tasks.clone(), sockets(&config)),
     );
+
+    // The hport forward proxy (motan-go's httpProxyEnable; its settings are not reloaded).
+    if config.mesh.http_proxy.enabled {
+        let addr = config.http_proxy_addr();
+        let l = bind("hport", addr).await?;
+        listeners.push(("hport".to_string(), addr.to_string()));
+        let server = Arc::new(HttpProxyServer {
+            mesh: mesh.clone(),
+            sockets: sockets(&config),
+            port: addr.port(),
+        });
+        tasks.spawn(server.run(l, shutdown.clone(), tasks.clone()));
+    }
 
     let admin = bind("admin", config.admin_addr()).await?;
     listeners.push(("admin".to_string(), config.admin_addr().to_string()));

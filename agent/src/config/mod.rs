@@ -208,7 +208,13 @@ impl Config {
             pin_dir: i.pin_dir.clone(),
             listen: self.transparent_addr(),
             mark: i.mark,
-            agent_ports: vec![self.agent.port, self.agent.eport, self.agent.mport],
+            agent_ports: {
+                let mut ports = vec![self.agent.port, self.agent.eport, self.agent.mport];
+                if self.mesh.http_proxy.enabled {
+                    ports.push(self.mesh.http_proxy.port);
+                }
+                ports
+            },
             exclude_ports: i.exclude_ports.clone(),
             include_cidrs: i.include_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
             exclude_cidrs: i.exclude_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),

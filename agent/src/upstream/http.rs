@@ -97,7 +97,7 @@ pub struct SocketConnector {
 
 impl SocketConnector {
     async fn connect(self, uri: Uri) -> std::io::Result<HttpStream> {
-        let addr = match &*self.target {
+        let addrs: Vec<SocketAddr> = match &*self.target {
             HttpTarget::Unix(path) => {
                 let s = tokio::time::timeout(self.connect_timeout, UnixStream::connect(path))
                     .await
@@ -113,7 +113,7 @@ impl SocketConnector {
                     })?;
                 return Ok(HttpStream::Unix(s));
             }
-            HttpTarget::Addr(a) => *a,
+            HttpTarget::Addr(a) => vec![*a],
             HttpTarget::Authority => {
                 let host = uri
                     .host()
@@ -123,16 +123,18 @@ impl SocketConnector {
                 tokio::net::lookup_host((host, port))
                     .await
                     .map_err(|e| std::io::Error::new(e.kind(), format!("resolving {host}: {e}")))?
-                    .next()
-                    .ok_or_else(|| std::io::Error::other(format!("resolving {host}: no address")))?
+                    .collect()
             }
         };
-        let s = self
-            .sockets
-            .connect_within(addr, self.connect_timeout)
-            .await
-            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-        Ok(HttpStream::Tcp(s))
+        // Each address in turn (`localhost` may be ::1 first while the server has 127.0.0.1).
+        let mut last = std::io::Error::other(format!("{uri}: the name resolved to no address"));
+        for addr in addrs {
+            match self.sockets.connect_within(addr, self.connect_timeout).await {
+                Ok(s) => return Ok(HttpStream::Tcp(s)),
+                Err(e) => last = std::io::Error::other(format!("{e:#}")),
+            }
+        }
+        Err(last)
     }
 }
 

@@ -200,14 +200,14 @@ impl MotanConfig {
         }
         let mut services = BTreeMap::new();
         for (id, raw) in raw_services {
-            let mut u = inherit(
-                SERVICE_SECTION,
-                &id,
-                raw,
-                BASIC_SERVICE_KEY,
-                &basic_services,
-                &mut p,
-            );
+            // Early motan-go (the Weibo Mesh article's time) named a service's template with
+            // `basicRefer` too; it is read as `basicService` when that is absent.
+            let key = if raw.param(BASIC_SERVICE_KEY).is_none() && raw.param(BASIC_REFER_KEY).is_some() {
+                BASIC_REFER_KEY
+            } else {
+                BASIC_SERVICE_KEY
+            };
+            let mut u = inherit(SERVICE_SECTION, &id, raw, key, &basic_services, &mut p);
             compose_filters(&mut u, &agent_params, env);
             if u.param(keys::APPLICATION).is_none() && !application.is_empty() {
                 u.params.insert(keys::APPLICATION.into(), application.into());
@@ -605,6 +605,42 @@ motan-service:
             w.contains("entry http-rewrite, key enableRewrite: on (the default) but http-locations has no rules for domain \"api.x.com\""),
             "{w}"
         );
+    }
+
+    /// The Weibo Mesh article's server-agent entry, unchanged but for a direct registry: the
+    /// early keys (HTTP_URL, and basicRefer naming a basicService) are read as motan-go read
+    /// them then.
+    #[test]
+    fn weibo_mesh_article_server_entry() {
+        let (mc, errs) = build(
+            r#"
+motan-registry:
+  zk-registry: {protocol: direct, address: "127.0.0.1:1"}
+motan-basicService:
+  mesh-server-basicService: {group: hello-group, filter: "accessLog,metrics"}
+motan-service:
+  http-mesh-example-helloworld:
+    path: com.weibo.motan.HelloWorldService
+    export: "motan2:9990"
+    provider: http
+    registry: "zk-registry"
+    HTTP_URL: http://10.211.55.3:9900/http_server
+    basicRefer: mesh-server-basicService
+"#,
+        );
+        assert!(errs.is_empty(), "{errs:#?}");
+        let spec = &mc.exports["http-mesh-example-helloworld"];
+        assert_eq!(spec.export_port, 9990);
+        assert_eq!(spec.url.group, "hello-group", "the template named by basicRefer");
+        match &spec.provider {
+            crate::config::service::ProviderSpec::Http(h) => match &h.mode {
+                crate::config::http::HttpMode::UrlFormat { url: Some(u), .. } => {
+                    assert_eq!(u.url("/x"), "http://10.211.55.3:9900/http_server")
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

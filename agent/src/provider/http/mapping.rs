@@ -253,7 +253,7 @@ pub(super) fn response_meta(headers: &HeaderMap, into: &mut Meta) {
 
 /// Go's canonical header key (textproto.CanonicalMIMEHeaderKey) for a valid lower-case name:
 /// the first letter and every letter after `-` upper case.
-pub(super) fn canonical_header_key(name: &str) -> String {
+pub fn canonical_header_key(name: &str) -> String {
     let mut upper = true;
     name.chars()
         .map(|c| {
