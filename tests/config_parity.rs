@@ -174,6 +174,11 @@ const CASES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "an http-client whose domain is not a host name",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-client:\n  a: {domain: \"a b\", registry: d}\n",
+        false,
+    ),
+    (
         "hport on the agent port",
         "  hport: PORT\n  httpProxyEnable: true\n#agent\n",
         false,

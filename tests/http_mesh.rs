@@ -524,6 +524,20 @@ fn hport_sends_served_paths_over_motan2_and_the_rest_as_plain_http() {
     // ...and the proxy still serves.
     assert_eq!(via(&served, &[]).0, 200);
 
+    // An RPC on the agent port whose M_p is the http-client domain: M_m a served path goes
+    // to the service's cluster; another path is plain HTTP to the domain's port 80.
+    rt.block_on(async {
+        let ch = motan::connect(agent_addr(&client)).await;
+        let r = motan::call(&ch, motan::request("localhost", "/api/rpc", &[], &[])).await;
+        let e = json(&r);
+        assert_eq!(e["path"], "/api/rpc");
+        assert_eq!(e["headers"]["motan-p"][0], "localhost.api", "{e}");
+        let r = motan::call(&ch, motan::request("localhost", "/not/served", &[], &[])).await;
+        let (code, msg, errtype) = motan::exception(&r).expect("nothing listens on localhost:80");
+        assert_eq!((code, errtype), (503, 2), "{msg}");
+        assert!(msg.contains("localhost:80"), "{msg}");
+    });
+
     // The status lists the http-client and its service cluster.
     let st = client.admin_json("/status").to_string();
     assert!(

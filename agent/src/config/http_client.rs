@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
+use super::http::{HttpProviderSpec, HttpSections};
 use super::http_locations::{HttpLocations, LocationMatcher};
 use super::sections::SettingError;
 use crate::url::{Url, parse_go_bool, split_list};
@@ -140,16 +141,40 @@ pub struct HttpClientSpec {
     pub locations: Arc<LocationMatcher>,
     /// Services that get a cluster: every `upstream` of the domain's locations, then `preload`.
     pub services: Vec<String>,
+    /// RPCs for the domain that no service serves go as plain HTTP to `domain:80` through an
+    /// HTTP provider with these settings (proxy mode, the entry's `requestTimeout`).
+    pub plain: HttpProviderSpec,
 }
 
 impl HttpClientSpec {
     /// `refer` is the finished entry (template inherited, defaults filled); its `domain` is
     /// checked to exist by the refer checks.
-    pub fn new(conf_id: &str, refer: &Url, locations: &HttpLocations) -> HttpClientSpec {
+    pub fn new(
+        conf_id: &str,
+        refer: &Url,
+        locations: &HttpLocations,
+    ) -> Result<HttpClientSpec, SettingError> {
         let domain = refer
             .param(super::http::keys::DOMAIN)
             .unwrap_or_default()
             .to_string();
+        let mut plain = refer.clone();
+        plain
+            .params
+            .insert(super::http::keys::PROXY_ADDRESS.into(), format!("{domain}:80"));
+        plain
+            .params
+            .insert(super::http::keys::ENABLE_REWRITE.into(), "false".into());
+        let plain = HttpProviderSpec::from_url(&plain, &HttpSections::default()).map_err(|e| {
+            if e.key == super::http::keys::PROXY_ADDRESS {
+                SettingError::new(
+                    super::http::keys::DOMAIN,
+                    format!("{domain:?} is not a host name"),
+                )
+            } else {
+                e
+            }
+        })?;
         let locations = locations.0.get(&domain).cloned().unwrap_or_default();
         let mut services: Vec<String> = locations.upstreams().into_iter().map(String::from).collect();
         for s in split_list(refer.param(keys::PRELOAD).unwrap_or_default()) {
@@ -157,13 +182,14 @@ impl HttpClientSpec {
                 services.push(s.to_string());
             }
         }
-        HttpClientSpec {
+        Ok(HttpClientSpec {
             conf_id: conf_id.to_string(),
             domain,
             refer: refer.clone(),
             locations,
             services,
-        }
+            plain,
+        })
     }
 
     /// The refer of one service's cluster.
@@ -226,11 +252,18 @@ mod tests {
         let refer = Url::new("motan2", "", 0, "", "g")
             .with_param("domain", "api.x.com")
             .with_param("preload", "svc.b, svc.c");
-        let c = HttpClientSpec::new("web", &refer, &locs);
+        let c = HttpClientSpec::new("web", &refer, &locs).unwrap();
         assert_eq!(c.services, ["svc.a", "svc.b", "svc.c"]);
         assert_eq!(c.service_refer("svc.a").path, "svc.a");
         assert_eq!(c.service_refer("svc.a").group, "g");
         let other = Url::new("motan2", "", 0, "", "g").with_param("domain", "none.com");
-        assert!(HttpClientSpec::new("x", &other, &locs).services.is_empty());
+        assert!(
+            HttpClientSpec::new("x", &other, &locs)
+                .unwrap()
+                .services
+                .is_empty()
+        );
+        let bad = Url::new("motan2", "", 0, "", "g").with_param("domain", "a b");
+        assert_eq!(HttpClientSpec::new("x", &bad, &locs).unwrap_err().key, "domain");
     }
 }

@@ -4,14 +4,25 @@
 //! per service, the entry's settings with `path` = the service, made at start for every
 //! upstream of the domain and every `preload` service). A path no location matches, or whose
 //! cluster has no endpoints, is not served here: the caller sends it as plain HTTP.
+//!
+//! An RPC on the agent port whose `M_p` is such a domain (and no refer's path) is served the
+//! same way (motan-go's agent httpCall): `M_m` is the path; a served path goes to the service's
+//! cluster as the RPC it is, anything else is mapped to plain HTTP to the domain (port 80) by
+//! an HTTP provider of the domain (proxy mode, GET by default).
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
 
 use super::outbound::Refer;
 use crate::cluster::Cluster;
 use crate::config::http_client::{HttpClientSpec, HttpProxySpec};
 use crate::config::motan::MotanConfig;
 use crate::filter::{FilterChain, FilterShared};
+use crate::protocol::motan2::call::{E_NO_ENDPOINTS, mark_proxied};
+use crate::protocol::motan2::{Frame, keys};
+use crate::provider::http::HttpProvider;
 use crate::upstream::channel::Transport;
 
 /// One `http-client` entry, running.
@@ -19,6 +30,8 @@ pub struct HttpDomain {
     pub spec: HttpClientSpec,
     /// Service → its refer (filters around its cluster).
     services: HashMap<String, Refer>,
+    /// Plain HTTP to the domain for RPCs no service serves.
+    fallback: HttpProvider,
 }
 
 impl HttpDomain {
@@ -32,6 +45,28 @@ impl HttpDomain {
 
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.services.values().map(|r| &r.cluster)
+    }
+
+    /// An RPC from the agent port for this domain (`M_p`): the service's cluster when `M_m`
+    /// is a served path and it has endpoints, else plain HTTP to the domain.
+    pub async fn call(&self, mut req: Frame, peer_ip: &str) -> Frame {
+        let started = Instant::now();
+        mark_proxied(&mut req, peer_ip);
+        let path = req.meta.get(keys::METHOD).unwrap_or_default().to_string();
+        if let Some((service, refer)) = self.route(&path) {
+            let mut rpc = req.clone();
+            rpc.meta
+                .insert(keys::SERVICE, Bytes::copy_from_slice(service.as_bytes()));
+            let resp = refer.call(rpc).await;
+            let no_endpoints = resp
+                .as_response()
+                .and_then(|r| r.exception())
+                .is_some_and(|e| e.errcode == i64::from(E_NO_ENDPOINTS));
+            if !no_endpoints {
+                return resp;
+            }
+        }
+        self.fallback.call(&req, started).await
     }
 }
 
@@ -76,11 +111,13 @@ impl HttpRouter {
                     Err(m) => errors.push(format!("section http-client, entry {id}, service {service}: {m}")),
                 }
             }
+            let fallback = HttpProvider::new(&spec.domain, &spec.plain, &transport.sockets);
             domains.insert(
                 spec.domain.clone(),
                 HttpDomain {
                     spec: spec.clone(),
                     services,
+                    fallback,
                 },
             );
         }

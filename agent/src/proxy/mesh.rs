@@ -18,7 +18,7 @@ use crate::cluster::{Cluster, discovery};
 use crate::config::motan::MotanConfig;
 use crate::config::registry::RegistrySpec;
 use crate::filter::{FilterChain, FilterShared};
-use crate::protocol::motan2::{DecodeLimits, Frame};
+use crate::protocol::motan2::{DecodeLimits, Frame, keys};
 use crate::registry::{self, Registry};
 use crate::upstream::channel::Transport;
 
@@ -311,7 +311,16 @@ pub struct ClientHandler(pub MeshHandle);
 impl Handler for ClientHandler {
     fn handle(&self, req: Frame, ctx: RequestContext) -> HandlerFuture {
         let mesh = self.0.load_full();
-        Box::pin(async move { Some(mesh.router.handle(req, &peer_ip(&ctx)).await) })
+        Box::pin(async move {
+            // An `M_p` that no refer serves but an http-client domain is (4.13).
+            if !mesh.http.is_empty()
+                && let Some(domain) = req.meta.get(keys::SERVICE).and_then(|s| mesh.http.domain(s))
+                && !mesh.router.routes(&req)
+            {
+                return Some(domain.call(req, &peer_ip(&ctx)).await);
+            }
+            Some(mesh.router.handle(req, &peer_ip(&ctx)).await)
+        })
     }
 }
 

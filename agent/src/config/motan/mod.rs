@@ -172,10 +172,16 @@ impl MotanConfig {
         }
         let mut http_routes: BTreeMap<String, HttpClientSpec> = BTreeMap::new();
         for (id, u) in &http_clients {
-            let spec = HttpClientSpec::new(id, u, &http.locations);
-            if spec.domain.is_empty() {
+            if u.param(super::http::keys::DOMAIN).is_none_or(str::is_empty) {
                 continue;
             }
+            let spec = match HttpClientSpec::new(id, u, &http.locations) {
+                Ok(s) => s,
+                Err(e) => {
+                    p.error(HTTP_CLIENT_SECTION, Some(id), Some(&e.key), e.reason);
+                    continue;
+                }
+            };
             if let Some(other) = http_routes.values().find(|o| o.domain == spec.domain) {
                 p.error(
                     HTTP_CLIENT_SECTION,
