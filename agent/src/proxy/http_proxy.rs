@@ -39,6 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use super::http_route::HttpRouter;
 use super::mesh::MeshHandle;
+use super::serve::next_connection;
 use crate::config::http_client::{HttpProxySpec, MAX_RESPONSE_BODY};
 use crate::net::SocketFactory;
 use crate::protocol::http::{parse_response_head, write_request_head};
@@ -497,18 +498,7 @@ impl HttpProxyServer {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        loop {
-            let (conn, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!("hport accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some((conn, peer)) = next_connection("hport", &listener, &shutdown).await {
             let _ = conn.set_nodelay(true);
             let session = Arc::new(Session::new(
                 self.mesh.clone(),
