@@ -177,11 +177,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         let addr = config.http_proxy_addr();
         let l = bind("hport", addr).await?;
         listeners.push(("hport".to_string(), addr.to_string()));
-        let server = Arc::new(HttpProxyServer {
-            mesh: mesh.clone(),
-            sockets: sockets(&config),
-            port: addr.port(),
-        });
+        let server = Arc::new(HttpProxyServer::new(mesh.clone(), sockets(&config), addr.port()));
         tasks.spawn(server.run(l, shutdown.clone(), tasks.clone()));
     }
 

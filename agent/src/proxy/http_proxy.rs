@@ -49,6 +49,9 @@ use crate::protocol::motan2::{Frame, keys};
 use crate::provider::http::mapping::{canonical_header_key, meta_keys};
 use crate::upstream::http::{HttpClient, HttpClientSettings, HttpError, HttpTarget};
 
+/// Plain HTTP requests in flight at once through one client (hport's, or an intercepted
+/// connection's).
+const PLAIN_CONNECTIONS: usize = 1024;
 /// Largest request head (request line and headers) a client may send.
 pub const MAX_HEAD: usize = 64 << 10;
 const PROXY_TO_RPC: &str = "/proxy_to_rpc";
@@ -93,7 +96,7 @@ struct Session {
     spec: HttpProxySpec,
     peer_ip: String,
     /// Plain HTTP: by the request's host (hport) or to the original destination (intercepted).
-    plain: HttpClient,
+    plain: Arc<HttpClient>,
     sockets: SocketFactory,
     /// hport's own addresses (`host:port`), refused as plain destinations.
     deny: Vec<String>,
@@ -101,25 +104,30 @@ struct Session {
     forward_proxy: bool,
 }
 
+/// The plain HTTP client of hport (shared by its connections) or of one intercepted
+/// connection (`target` its original destination).
+fn plain_client(spec: &HttpProxySpec, sockets: &SocketFactory, target: HttpTarget) -> Arc<HttpClient> {
+    Arc::new(HttpClient::new(
+        sockets.clone(),
+        HttpClientSettings {
+            target,
+            timeout: spec.timeout,
+            idle_timeout: spec.keepalive_timeout,
+            max_connections: PLAIN_CONNECTIONS,
+            max_body: MAX_RESPONSE_BODY,
+        },
+    ))
+}
+
 impl Session {
     fn new(
         mesh: MeshHandle,
         peer: SocketAddr,
         sockets: SocketFactory,
-        target: HttpTarget,
+        plain: Arc<HttpClient>,
         hport: Option<u16>,
     ) -> Session {
         let spec = mesh.load().http.proxy.clone();
-        let plain = HttpClient::new(
-            sockets.clone(),
-            HttpClientSettings {
-                target,
-                timeout: spec.timeout,
-                idle_timeout: spec.keepalive_timeout,
-                max_connections: 1024,
-                max_body: MAX_RESPONSE_BODY,
-            },
-        );
         Session {
             mesh,
             peer_ip: peer.ip().to_string(),
@@ -483,14 +491,26 @@ where
     }
 }
 
-/// The hport listener.
+/// The hport listener. Its port and plain HTTP client are made at start; a reload changes the
+/// domains it routes and its timeouts for RPCs.
 pub struct HttpProxyServer {
-    pub mesh: MeshHandle,
-    pub sockets: SocketFactory,
-    pub port: u16,
+    mesh: MeshHandle,
+    sockets: SocketFactory,
+    port: u16,
+    plain: Arc<HttpClient>,
 }
 
 impl HttpProxyServer {
+    pub fn new(mesh: MeshHandle, sockets: SocketFactory, port: u16) -> HttpProxyServer {
+        let plain = plain_client(&mesh.load().http.proxy, &sockets, HttpTarget::Authority);
+        HttpProxyServer {
+            mesh,
+            sockets,
+            port,
+            plain,
+        }
+    }
+
     /// Accept until `shutdown`; connections are tracked by `tasks` for draining.
     pub async fn run(
         self: Arc<Self>,
@@ -504,7 +524,7 @@ impl HttpProxyServer {
                 self.mesh.clone(),
                 peer,
                 self.sockets.clone(),
-                HttpTarget::Authority,
+                self.plain.clone(),
                 Some(self.port),
             ));
             tasks.spawn(serve(conn, session, shutdown.clone()));
@@ -575,13 +595,8 @@ pub async fn serve_intercepted(
     shutdown: CancellationToken,
 ) {
     let _ = conn.set_nodelay(true);
-    let session = Arc::new(Session::new(
-        mesh,
-        peer,
-        sockets,
-        HttpTarget::Addr(orig.into()),
-        None,
-    ));
+    let plain = plain_client(&mesh.load().http.proxy, &sockets, HttpTarget::Addr(orig.into()));
+    let session = Arc::new(Session::new(mesh, peer, sockets, plain, None));
     serve(Prefixed { prefix, inner: conn }, session, shutdown).await;
 }
 
