@@ -1,8 +1,9 @@
 //! HTTP from apps (spec 4.13): the hport forward proxy and intercepted HTTP connections.
 //!
 //! Each request is served the way motan-go's HTTPProxyServer serves it:
-//! - `/proxy_to_rpc` (form fields `service`, `method`, `group`, `arg_type=string`, `arg`): a
-//!   Motan2 call through the client role; the answer's value is the body.
+//! - `/proxy_to_rpc` (hport only; form fields `service`, `method`, `group`,
+//!   `arg_type=string`, `arg`): a Motan2 call through the client role; the answer's value is
+//!   the body.
 //! - `CONNECT host:port` (hport only): a tunnel.
 //! - a Host that an `http-client` entry serves (hport: else `httpProxyDefaultDomain`), on a path
 //!   a location of the domain maps to a service whose cluster has endpoints: the whole request
@@ -177,7 +178,9 @@ impl Session {
                 );
             }
         };
-        if parts.uri.path() == PROXY_TO_RPC {
+        // Only the proxy's own endpoint: an intercepted app that asks a server for this path
+        // means that server.
+        if self.forward_proxy && parts.uri.path() == PROXY_TO_RPC {
             return self.proxy_to_rpc(&parts, &body).await;
         }
         if parts.uri.scheme().is_some_and(|s| s != &Scheme::HTTP) {
