@@ -23,6 +23,11 @@ const CASES: &[(&str, &str, bool)] = &[
         true,
     ),
     (
+        "http provider with proxyAddress and enableRewrite: false (tests/mesh.rs)",
+        "motan-service:\n  hello-http: {path: api.hello.com, group: web, export: \"motan2:EPORT\", provider: http, proxyAddress: \"127.0.0.1:1\", domain: api.hello.com, enableRewrite: false}\n",
+        true,
+    ),
+    (
         "a refer without registry (warned, never has endpoints)",
         "motan-refer:\n  r: {path: com.example.A, group: g}\n",
         true,
