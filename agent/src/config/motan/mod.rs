@@ -96,24 +96,21 @@ impl MotanConfig {
             }
         }
         let (locations, location_errors) = HttpLocations::from_section(sections.get(HTTP_LOCATIONS_SECTION));
-        for (domain, e) in location_errors {
-            let key = (!e.key.is_empty()).then_some(e.key.as_str());
-            p.error(
-                HTTP_LOCATIONS_SECTION,
-                Some(domain.as_str()).filter(|d| !d.is_empty()),
-                key,
-                e.reason,
-            );
-        }
         let (formats, format_errors) = HttpServiceFormats::from_section(sections.get(HTTP_SERVICE_SECTION));
-        for (id, e) in format_errors {
-            let key = (!e.key.is_empty()).then_some(e.key.as_str());
-            p.error(
-                HTTP_SERVICE_SECTION,
-                Some(id.as_str()).filter(|d| !d.is_empty()),
-                key,
-                e.reason,
-            );
+        for (section, errors) in [
+            (HTTP_LOCATIONS_SECTION, location_errors),
+            (HTTP_SERVICE_SECTION, format_errors),
+        ] {
+            // The entry is the domain or conf-id; empty entry or key: the section itself.
+            for (entry, e) in errors {
+                let key = (!e.key.is_empty()).then_some(e.key.as_str());
+                p.error(
+                    section,
+                    Some(entry.as_str()).filter(|d| !d.is_empty()),
+                    key,
+                    e.reason,
+                );
+            }
         }
         let http = HttpSections { locations, formats };
         let (http_proxy, proxy_errors) = HttpProxySpec::from_agent(&agent.other);
