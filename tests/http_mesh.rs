@@ -180,17 +180,18 @@ motan-service:
     rt.block_on(async {
         let ch = motan::connect(agent_addr(&client)).await;
         let svc = "com.weibo.motan.HelloWorldService";
+        let hello = |meta: &'static [(&'static str, &'static str)], name: &'static str| {
+            let ch = &ch;
+            async move {
+                motan::call(
+                    ch,
+                    motan::request(svc, "hello", meta, &[string_map(&[("name", name)])]),
+                )
+                .await
+            }
+        };
         // GET (motan-go's default): the map argument as the query, attachments as headers.
-        let r = motan::call(
-            &ch,
-            motan::request(
-                svc,
-                "hello",
-                &[("trace", "t-1")],
-                &[string_map(&[("name", "bob")])],
-            ),
-        )
-        .await;
+        let r = hello(&[("trace", "t-1")], "bob").await;
         let e = json(&r);
         assert_eq!(
             (e["method"].as_str(), e["path"].as_str()),
@@ -214,16 +215,7 @@ motan-service:
         assert_eq!(motan::meta(&r, "Content-Type"), "application/json");
         assert_eq!(motan::meta(&r, "upstreamCode"), "200");
         // POST: the argument as a form body.
-        let r = motan::call(
-            &ch,
-            motan::request(
-                svc,
-                "hello",
-                &[("HTTP_Method", "POST")],
-                &[string_map(&[("name", "amy")])],
-            ),
-        )
-        .await;
+        let r = hello(&[("HTTP_Method", "POST")], "amy").await;
         let e = json(&r);
         assert_eq!(e["method"], "POST");
         let body = e["body"].as_str().unwrap();
@@ -383,7 +375,22 @@ fn provider_modes_status_codes_and_a_hung_backend() {
 
 /// curl's answer: (status, body). `args` are curl's (a URL among them).
 fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
+    curl_from(None, args)
+}
+
+/// curl run inside `cgroup` when given (the shell joins it, then becomes curl).
+fn curl_from(cgroup: Option<&Path>, args: &[&str]) -> (u16, String) {
+    let mut cmd = match cgroup {
+        Some(cg) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", cg.display()))
+                .args(["sh", "curl"]);
+            c
+        }
+        None => Command::new("curl"),
+    };
+    let out = cmd
         .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
         .args(args)
         .output()
@@ -399,6 +406,22 @@ fn curl(args: &[&str]) -> (u16, String) {
         }),
         body.to_string(),
     )
+}
+
+/// The application's echo of `GET /api/hello?x=1` that travelled over Motan2: the HTTP
+/// provider (transparent mode) added the call's MOTAN-* headers.
+fn over_motan2((code, body): (u16, String)) -> serde_json::Value {
+    assert_eq!(code, 200, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (e["path"].as_str(), e["query"].as_str()),
+        (Some("/api/hello"), Some("x=1"))
+    );
+    assert_eq!(
+        e["headers"]["motan-p"][0], "localhost.api",
+        "not over Motan2: {e}"
+    );
+    e
 }
 
 /// A server agent exporting `localhost.api` (group web) as an HTTP provider in front of `app`.
@@ -452,17 +475,7 @@ fn hport_sends_served_paths_over_motan2_and_the_rest_as_plain_http() {
 
     // A served path: over Motan2 to the server agent's HTTP provider (transparent mode: the
     // provider adds the MOTAN-* headers of the call).
-    let (code, body) = via(&served, &[]);
-    assert_eq!(code, 200, "{body}");
-    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        (e["path"].as_str(), e["query"].as_str()),
-        (Some("/api/hello"), Some("x=1"))
-    );
-    assert_eq!(
-        e["headers"]["motan-p"][0], "localhost.api",
-        "not over Motan2: {e}"
-    );
+    let e = over_motan2(via(&served, &[]));
     assert_eq!(e["headers"]["host"][0], format!("localhost:{}", app.port()));
     // A PHP-style form POST.
     let form = format!("http://localhost:{}/api/form", app.port());
@@ -547,30 +560,6 @@ fn hport_sends_served_paths_over_motan2_and_the_rest_as_plain_http() {
     drop(server);
 }
 
-/// Run `curl args` inside `cgroup` (the shell joins it, then becomes curl).
-fn curl_in(cgroup: &Path, args: &[&str]) -> (u16, String) {
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec curl -sS --max-time 10 -w '\\n%{{http_code}}' {}",
-        cgroup.display(),
-        args.iter()
-            .map(|a| format!("'{a}'"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (
-        code.trim().parse().unwrap_or_else(|_| {
-            panic!(
-                "curl in cgroup: {text:?} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        }),
-        body.to_string(),
-    )
-}
-
 #[test]
 fn intercepted_http_takes_the_same_path_without_proxy_settings() {
     if !privileged("intercepted_http_takes_the_same_path_without_proxy_settings") {
@@ -590,25 +579,15 @@ fn intercepted_http_takes_the_same_path_without_proxy_settings() {
     let (cg, rel) = test_cgroup("smt-http");
     client.enable(&rel, "ebpf-connect");
     // No proxy setting: the app dials the HTTP application itself.
-    let (code, body) = curl_in(
-        cg.path(),
+    over_motan2(curl_from(
+        Some(cg.path()),
         &[
             "--ipv4",
             &format!("http://localhost:{}/api/hello?x=1", app.port()),
         ],
-    );
-    assert_eq!(code, 200, "{body}");
-    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        (e["path"].as_str(), e["query"].as_str()),
-        (Some("/api/hello"), Some("x=1"))
-    );
-    assert_eq!(
-        e["headers"]["motan-p"][0], "localhost.api",
-        "not over Motan2: {e}"
-    );
-    let (code, body) = curl_in(
-        cg.path(),
+    ));
+    let (code, body) = curl_from(
+        Some(cg.path()),
         &[
             "--ipv4",
             "-d",
@@ -622,8 +601,8 @@ fn intercepted_http_takes_the_same_path_without_proxy_settings() {
         "name=a+b&lang=php"
     );
     // A path no location serves: plain HTTP to the original destination.
-    let (code, body) = curl_in(
-        cg.path(),
+    let (code, body) = curl_from(
+        Some(cg.path()),
         &["--ipv4", &format!("http://localhost:{}/other", app.port())],
     );
     assert_eq!(code, 200, "{body}");
