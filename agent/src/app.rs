@@ -172,7 +172,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             .run(transparent, shutdown.clone(), tasks.clone(), sockets(&config)),
     );
 
-    // The hport forward proxy (motan-go's httpProxyEnable; its settings are not reloaded).
+    // The hport forward proxy (motan-go's httpProxyEnable; bound at start, a reload reports a
+    // changed port as needing a restart).
     if config.mesh.http_proxy.enabled {
         let addr = config.http_proxy_addr();
         let l = bind("hport", addr).await?;

@@ -13,6 +13,7 @@ use crate::filter::{CallInfo, FilterChain, FilterShared, Role};
 use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
+use crate::provider::http::HttpProvider;
 use crate::upstream::channel::{Pool, Transport};
 use crate::url::Url;
 
@@ -86,19 +87,20 @@ impl Exporter {
         filters: &Arc<FilterShared>,
     ) -> Result<Export, String> {
         let chain = FilterChain::build(&spec.url, filters).map_err(|e| format!("key filter: {e}"))?;
-        let provider =
-            match &spec.provider {
-                ProviderSpec::Motan2 { backend } => Provider::Motan2 {
-                    pool: Arc::new(Pool::new(
-                        backend.to_string(),
-                        BACKEND_CONNECTIONS,
-                        transport.clone(),
-                    )),
-                },
-                ProviderSpec::Http(http) => Provider::Http(Arc::new(
-                    crate::provider::http::HttpProvider::new(&spec.url.path, http, &transport.sockets),
+        let provider = match &spec.provider {
+            ProviderSpec::Motan2 { backend } => Provider::Motan2 {
+                pool: Arc::new(Pool::new(
+                    backend.to_string(),
+                    BACKEND_CONNECTIONS,
+                    transport.clone(),
                 )),
-            };
+            },
+            ProviderSpec::Http(http) => Provider::Http(Arc::new(HttpProvider::new(
+                &spec.url.path,
+                http,
+                &transport.sockets,
+            ))),
+        };
         Ok(Export {
             conf_id: id.to_string(),
             chain,
