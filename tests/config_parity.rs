@@ -201,17 +201,19 @@ const CASES: &[(&str, &str, bool)] = &[
 ];
 
 /// The configuration of one case: `motan` may start with extra `motan-agent` keys, ended by a
-/// `#agent` line; PORT, EPORT and HPORT name the case's ports.
-fn config_text(motan: &str, ports: &[u16]) -> String {
+/// `#agent` line; PORT, EPORT and HPORT name the case's ports. `control` is the case's own
+/// control socket, in a directory the daemon creates.
+fn config_text(motan: &str, ports: &[u16], control: &Path) -> String {
     let [port, eport, mport, tport, hport] = [ports[0], ports[1], ports[2], ports[3], ports[4]];
     let (agent, motan) = motan.split_once("#agent\n").unwrap_or(("", motan));
     format!(
         "motan-agent:\n  port: {port}\n  eport: {eport}\n  mport: {mport}\n  application: parity\n{agent}\
-         sockmesh:\n  intercept:\n    enabled: false\n    transparent_port: {tport}\n{motan}"
+         sockmesh:\n  admin:\n    control_socket: CONTROL\n  intercept:\n    enabled: false\n    transparent_port: {tport}\n{motan}"
     )
     .replace("EPORT", &eport.to_string())
     .replace("HPORT", &hport.to_string())
     .replace("PORT", &port.to_string())
+    .replace("CONTROL", &control.display().to_string())
 }
 
 fn validate(file: &Path) -> (bool, String) {
@@ -269,7 +271,8 @@ fn validate_and_run_give_the_same_verdict() {
     for (n, (name, motan, expected)) in CASES.iter().enumerate() {
         let ports = free_ports(5);
         let file = dir.join(format!("case{n}.yaml"));
-        std::fs::write(&file, config_text(motan, &ports)).unwrap();
+        let control = dir.join(format!("case{n}/control.sock"));
+        std::fs::write(&file, config_text(motan, &ports, &control)).unwrap();
         let (v_ok, v_out) = validate(&file);
         let (r_ok, r_out) = run(&file, ports[2], &dir.join(format!("case{n}.log")));
         println!("{name}: validate {v_ok}, run {r_ok}, expected {expected}");

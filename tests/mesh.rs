@@ -25,13 +25,20 @@ fn server_agent(name: &str, provider: SocketAddr) -> Daemon {
     Daemon::mesh(name, ports, &motan)
 }
 
+/// A provider named `name` behind a server agent, behind a client agent whose refer
+/// (requestTimeout 3000) has that server agent as its one endpoint.
+fn provider_behind_two_agents(name: &str) -> (Provider, Daemon, Daemon) {
+    let provider = Provider::start(name, 0);
+    let server = server_agent(&format!("{name}-server"), provider.addr);
+    let client = client_agent(&format!("{name}-client"), &[export_addr(&server)], "");
+    (provider, server, client)
+}
+
 #[test]
 fn app_to_client_agent_to_server_agent_to_motan2_provider() {
     // One at a time: several tests compare latencies or count requests per provider.
     let _serial = common::serial();
-    let provider = Provider::start("p1", 0);
-    let server = server_agent("e2e-server", provider.addr);
-    let client = client_agent("e2e-client", &[export_addr(&server)], "");
+    let (_provider, server, client) = provider_behind_two_agents("p1");
     let rt = motan::rt();
     rt.block_on(async {
         let ch = motan::connect(agent_addr(&client)).await;
@@ -97,7 +104,7 @@ fn app_to_client_agent_to_server_agent_to_motan2_provider() {
     let st = server.admin_json("/status");
     assert_eq!(st["mesh"]["exports"][0]["service"], SVC, "{st}");
     // Endpoint health and listener counters are on /metrics too.
-    let (code, text) = sockmesh::admin::request(client.admin, "GET", "/metrics").unwrap();
+    let (code, text) = sockmesh_testkit::http::get(client.admin, "/metrics").unwrap();
     assert_eq!(code, 200);
     let endpoint = format!("endpoint=\"{}\"", export_addr(&server));
     let line = text
@@ -110,6 +117,58 @@ fn app_to_client_agent_to_server_agent_to_motan2_provider() {
             .any(|l| l.starts_with("sockmesh_listener_requests_total{listener=\"agent\"}")),
         "{text}"
     );
+}
+
+#[test]
+fn oneway_requests_are_forwarded_and_answered_without_waiting_for_the_provider() {
+    let _serial = common::serial();
+    // The test provider never answers oneway requests; waiting for an answer would take the
+    // refer's requestTimeout (3 s) and fail.
+    let (provider, server, client) = provider_behind_two_agents("oneway");
+    let rt = motan::rt();
+    rt.block_on(async {
+        let ch = motan::connect(agent_addr(&client)).await;
+        for i in 0..20i64 {
+            let mut req = motan::request(SVC, "echo", &[], &[Value::from(i)]);
+            req.header
+                .set_flag(sockmesh::protocol::motan2::frame::FLAG_ONEWAY, true);
+            let started = Instant::now();
+            let resp = motan::call(&ch, req).await;
+            assert_eq!(motan::exception(&resp), None, "{resp:?}");
+            assert!(resp.body.is_empty(), "{resp:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "answered after {:?}",
+                started.elapsed()
+            );
+        }
+        // Every one of them reached the provider through both agents (each `count` call of
+        // an earlier poll is one more request served).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for polls in 0.. {
+            let oneway = served(&provider).await - polls;
+            if oneway == 20 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the provider got {oneway} of 20");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Ordinary requests on the same connection still wait for their answers.
+        let resp = motan::call(&ch, motan::request(SVC, "echo", &[], &[Value::from("after")])).await;
+        assert_eq!(
+            motan::simple::decode_all(&resp.body).unwrap(),
+            vec![Value::from("after")]
+        );
+    });
+    // Nothing is left waiting for an answer in either agent.
+    let st = client.admin_json("/status");
+    assert_eq!(st["mesh"]["clusters"][0]["endpoints"][0]["in_flight"], 0, "{st}");
+    assert_eq!(
+        st["mesh"]["clusters"][0]["endpoints"][0]["consecutive_errors"], 0,
+        "{st}"
+    );
+    let st = server.admin_json("/status");
+    assert_eq!(st["mesh"]["exports"][0]["provider"]["in_flight"], 0, "{st}");
 }
 
 /// Three providers behind one client agent (endpoints are the providers themselves).

@@ -4,10 +4,14 @@
 //! iptables chain never intercept the agent itself), are made in the right network namespace,
 //! have TCP_NODELAY and a bounded connect time. Nothing else in the agent calls `connect(2)`
 //! for upstreams.
+//!
+//! The transparent listeners come from here too ([`SocketFactory::bind_listener`]): they carry
+//! the same mark, which is how the kernel programs know them from any other process's
+//! listener on the same address (see ARCHITECTURE.md, "Threat model").
 use std::fs::File;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -61,6 +65,41 @@ impl SocketFactory {
         self.netns.is_some()
     }
 
+    /// A transparent listener at `addr`, made in the factory's namespace like its upstream
+    /// sockets; it gets the factory's mark when it is ready to serve.
+    pub async fn bind_listener(&self, addr: SocketAddr) -> Result<TransparentListener> {
+        let socket = match &self.netns {
+            Some(ns) => ns.socket(Domain::for_address(addr)).await?,
+            None => Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?,
+        };
+        let listener = listen_at(socket, addr).map_err(|e| {
+            anyhow::Error::new(e).context(format!("binding the transparent listener on {addr}"))
+        })?;
+        let addr = listener.local_addr()?;
+        Ok(TransparentListener {
+            listener,
+            addr,
+            mark: self.mark,
+        })
+    }
+
+    /// The transparent listeners at `addrs`: the first (IPv4) is required; without one of the
+    /// others (IPv6) the agent serves the rest, and connects of that family go direct.
+    pub async fn bind_listeners(&self, addrs: &[SocketAddr]) -> Result<Vec<TransparentListener>> {
+        let mut out = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            match self.bind_listener(*addr).await {
+                Ok(l) => out.push(l),
+                Err(e) if i == 0 => return Err(e),
+                Err(e) if ipv6_unavailable(&e) => {
+                    tracing::info!("no IPv6 here, so IPv6 connects are not intercepted: {e:#}")
+                }
+                Err(e) => tracing::warn!("{e:#}; connects to {addr}'s family are not intercepted"),
+            }
+        }
+        Ok(out)
+    }
+
     /// Connect to `dst` within the factory's connect timeout.
     pub async fn connect(&self, dst: SocketAddr) -> Result<TcpStream> {
         self.connect_within(dst, self.connect_timeout).await
@@ -88,6 +127,64 @@ impl SocketFactory {
     }
 }
 
+/// A transparent listener. It is bound and listening from the start, so the address is the
+/// agent's (no other process can listen there), but it carries the agent's mark only once
+/// [`TransparentListener::ready`] is called: the connect hook only redirects to a listening
+/// socket with the agent's mark, so until the agent serves, apps keep connecting directly
+/// (fail-open) instead of waiting in a backlog.
+#[derive(Debug)]
+pub struct TransparentListener {
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    mark: u32,
+}
+
+impl TransparentListener {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Put the agent's mark on it: from now on the connect hook redirects here (and the
+    /// sockets accepted from it inherit the mark, which is what lets them read original
+    /// destinations).
+    pub fn ready(self) -> Result<tokio::net::TcpListener> {
+        let socket = Socket::from(self.listener);
+        if self.mark != 0 {
+            socket
+                .set_mark(self.mark)
+                .with_context(|| format!("setting SO_MARK on the listener {}", self.addr))?;
+        }
+        socket.set_nonblocking(true)?;
+        Ok(tokio::net::TcpListener::from_std(socket.into())?)
+    }
+}
+
+/// Whether binding failed because this host (or namespace) has no IPv6 (no ::1, or no IPv6 at
+/// all): then there is no IPv6 listener, and native IPv6 connects are not intercepted there.
+pub fn ipv6_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>().is_some_and(|e| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::EADDRNOTAVAIL) | Some(libc::EAFNOSUPPORT)
+            )
+        })
+    })
+}
+
+/// SO_REUSEADDR (as every listener has: a restarted agent binds despite TIME_WAIT connections;
+/// it never lets two listening sockets share the address), IPV6_V6ONLY for IPv6 (IPv4-mapped
+/// connections belong to the IPv4 listener), bind, listen.
+fn listen_at(socket: Socket, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// Creates TCP sockets inside one network namespace, from a thread that lives there (a socket
 /// belongs to the namespace it was created in).
 #[derive(Clone, Debug)]
@@ -96,9 +193,10 @@ pub struct NetnsSockets {
 }
 
 impl NetnsSockets {
-    /// Start the namespace thread; returns the factory and a listener bound in the namespace.
-    pub fn start(ns: &Path, listen: SocketAddrV4) -> Result<(NetnsSockets, std::net::TcpListener)> {
-        let ns_file = File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+    /// Start the namespace thread in the namespace `ns_file` refers to (opened by the caller, who
+    /// checked it is the one it meant). The thread ends when the last copy of the factory is
+    /// dropped.
+    pub fn start(ns_file: File) -> Result<NetnsSockets> {
         let (tx, rx) = mpsc::channel::<(Domain, oneshot::Sender<std::io::Result<Socket>>)>();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -109,17 +207,16 @@ impl NetnsSockets {
                     let _ = ready_tx.send(Err(std::io::Error::last_os_error()));
                     return;
                 }
-                let l = std::net::TcpListener::bind(listen);
-                let _ = ready_tx.send(l);
+                let _ = ready_tx.send(Ok(()));
                 while let Ok((domain, reply)) = rx.recv() {
                     let _ = reply.send(Socket::new(domain, Type::STREAM, Some(Protocol::TCP)));
                 }
             })?;
-        let listener = ready_rx
+        ready_rx
             .recv()
             .context("netns thread died")?
-            .with_context(|| format!("binding {listen} inside {}", ns.display()))?;
-        Ok((NetnsSockets { tx }, listener))
+            .context("entering the network namespace")?;
+        Ok(NetnsSockets { tx })
     }
 
     /// A new, unconnected TCP socket in the namespace.
@@ -133,6 +230,24 @@ impl NetnsSockets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn transparent_listener_holds_its_address_from_the_start() {
+        let f = SocketFactory::default();
+        let l = f.bind_listener("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let at = l.addr();
+        assert_ne!(at.port(), 0);
+        // Listening already: nobody else can listen there, even with SO_REUSEADDR.
+        assert!(std::net::TcpListener::bind(at).is_err());
+        let early = tokio::net::TcpStream::connect(at).await.unwrap();
+        let l = l.ready().unwrap();
+        let (a, _) = l.accept().await.unwrap();
+        assert_eq!(a.peer_addr().unwrap(), early.local_addr().unwrap());
+        match f.bind_listener("[::1]:0".parse().unwrap()).await {
+            Ok(l6) => assert!(l6.addr().is_ipv6()),
+            Err(e) => assert!(ipv6_unavailable(&e), "{e:#}"),
+        }
+    }
 
     #[tokio::test]
     async fn connects_v4_and_v6_and_reports_refusals_with_the_address() {

@@ -217,11 +217,10 @@ impl Url {
 
     /// `<method>(<desc>).<key>` if set, else `<key>` (4.2.2 method-level overrides).
     pub fn method_param(&self, method: &str, desc: &str, key: &str) -> Option<&str> {
-        if !method.is_empty() {
-            let mk = format!("{method}({desc}).{key}");
-            if let Some(v) = self.param(&mk) {
-                return Some(v);
-            }
+        if !method.is_empty()
+            && let Some(v) = with_method_key(method, desc, key, |mk| self.param(mk))
+        {
+            return Some(v);
         }
         self.param(key)
     }
@@ -229,10 +228,10 @@ impl Url {
     /// Method-level integer: the override if it parses, else the plain key, else `default`
     /// (upstream `GetMethodIntValue`: an override that does not parse falls through).
     pub fn get_method_int(&self, method: &str, desc: &str, key: &str, default: i64) -> i64 {
-        let mk = format!("{method}({desc}).{key}");
-        self.param(&mk)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| self.get_int(key, default))
+        with_method_key(method, desc, key, |mk| {
+            self.param(mk).and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(|| self.get_int(key, default))
     }
 
     /// Method-level integer where a value < 1 yields `default`.
@@ -320,6 +319,25 @@ pub fn parse_go_bool(s: &str) -> Option<bool> {
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
         _ => None,
     }
+}
+
+/// `f` of the method-level key `method(desc).key`, composed on the stack: these look-ups run
+/// on every request, and method names and descriptors are short (a heap copy only beyond
+/// 256 bytes).
+fn with_method_key<T>(method: &str, desc: &str, key: &str, f: impl FnOnce(&str) -> T) -> T {
+    let parts = [method, "(", desc, ").", key];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut buf = [0u8; 256];
+    if len > buf.len() {
+        return f(&parts.concat());
+    }
+    let mut at = 0;
+    for p in parts {
+        buf[at..at + p.len()].copy_from_slice(p.as_bytes());
+        at += p.len();
+    }
+    // Whole strs joined: still UTF-8.
+    f(std::str::from_utf8(&buf[..len]).unwrap_or_default())
 }
 
 /// Split a comma list, trimming items and dropping empty ones.
@@ -472,6 +490,11 @@ mod tests {
         );
         assert_eq!(u.get_method_int("hello", "", "requestTimeout", 1), 1000);
         assert_eq!(u.get_method_int("broken", "", "requestTimeout", 1), 1000);
+        // Keys longer than the stack buffer are looked up all the same.
+        let long = "m".repeat(300);
+        let u = u.with_param(&format!("{long}(d).requestTimeout"), "7");
+        assert_eq!(u.get_method_int(&long, "d", "requestTimeout", 1), 7);
+        assert_eq!(u.method_param(&long, "d", "requestTimeout"), Some("7"));
         assert_eq!(
             u.method_param("hello", "java.lang.String", "requestTimeout"),
             Some("300")

@@ -178,6 +178,7 @@ fn main() {
         Some("pingpong") => pingpong(&args[1..]),
         Some("motan2-provider") => motan2_provider(&args[1..]),
         Some("motan2-call") => motan2_call(&args[1..]),
+        Some("untrusted-listener") => untrusted_listener(&args[1..]),
         Some("hold") => {
             // Join a cgroup and stay there (a resident app process) until killed.
             std::fs::write(
@@ -191,10 +192,57 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: sockmesh-testpeer echo-server ADDR | motan2-provider --listen ADDR --name NAME [--delay-ms N [--slow-every N]] | motan2-call [--cgroup DIR] --connect ADDR --service S [--method M] [--arg TEXT] | hold CGROUP-DIR | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio]"
+                "usage: sockmesh-testpeer echo-server ADDR | motan2-provider --listen ADDR --name NAME [--delay-ms N [--slow-every N]] | motan2-call [--cgroup DIR] --connect ADDR --service S [--method M] [--arg TEXT] | hold CGROUP-DIR | untrusted-listener ADDR... | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio]"
             );
             std::process::exit(2);
         }
+    }
+}
+
+/// A listener of some other (unprivileged) process on the addresses given, e.g. the agent's
+/// transparent address: prints `ready uid=UID ADDR...` (or `bind-failed ADDR: ERROR` and exits
+/// 1), then one JSON line per accepted connection with what `SO_ORIGINAL_DST` told it.
+fn untrusted_listener(addrs: &[String]) {
+    let mut listeners = Vec::new();
+    for a in addrs {
+        match TcpListener::bind(a) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                println!("bind-failed {a}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let bound: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    // SAFETY: geteuid has no preconditions.
+    println!("ready uid={} {}", unsafe { libc::geteuid() }, bound.join(" "));
+    std::io::stdout().flush().unwrap();
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            std::thread::spawn(move || {
+                for c in l.incoming().flatten() {
+                    let orig = match sockmesh::sys::original_dst(&c) {
+                        Ok(a) => a.to_string(),
+                        Err(e) => format!("error: {e}"),
+                    };
+                    let line = serde_json::json!({
+                        "local": c.local_addr().unwrap().to_string(),
+                        "peer": c.peer_addr().unwrap().to_string(),
+                        "original_dst": orig,
+                    });
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{line}").unwrap();
+                    out.flush().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
     }
 }
 
@@ -206,6 +254,8 @@ fn flag(args: &[String], k: &str) -> Option<String> {
 /// response meta who answered (`provider`) and what it saw (`seen-rid`, `seen-host`,
 /// `seen-group`, `seen-proxy`). Request meta `delay-ms` delays the answer, `fail` = `biz` or
 /// `service` answers with that exception; method `count` returns the number of requests served.
+/// Oneway requests (flag 0x04) are counted and never answered, as a provider that honours the
+/// flag does.
 fn motan2_provider(args: &[String]) {
     use bytes::Bytes;
     use futures_util::{SinkExt, StreamExt};
@@ -254,6 +304,9 @@ fn motan2_provider(args: &[String]) {
                         continue;
                     }
                     let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                    if req.header.is_oneway() {
+                        continue;
+                    }
                     let (tx, name) = (tx.clone(), name.clone());
                     tokio::spawn(async move {
                         let m = &req.meta;

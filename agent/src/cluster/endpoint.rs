@@ -1,17 +1,18 @@
 //! Bookkeeping for one remote endpoint (4.8), without any I/O: availability, the consecutive
 //! error counter that disables an endpoint and asks for a keepalive probe, the in-flight
 //! counter leastActive reads, recent latencies (P90 for backupRequest) and the wrr weight.
-//! The connection pool that actually talks to the endpoint lives beside it in `proxy::pool`.
+//! The connection pool that actually talks to the endpoint is `upstream::pool::Pool`.
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use crate::protocol::motan2::call::CallError;
 use crate::url::{Url, keys};
 
 pub const DEFAULT_ERROR_COUNT_THRESHOLD: i64 = 10;
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(1000);
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 /// wrr weight of an endpoint without `META_WEIGHT` (4.16), and its bounds.
 pub const DEFAULT_WEIGHT: u32 = 10;
 pub const MIN_WEIGHT: u32 = 1;
@@ -43,6 +44,8 @@ pub struct KeepaliveRequest {
 pub struct Endpoint {
     url: Url,
     address: String,
+    /// `address` as meta value (`x-forwarded-for` of every response): shared, not copied.
+    address_bytes: Bytes,
     /// `url.identity()`, computed once: endpoints and their pools are keyed by it.
     identity: String,
     available: AtomicBool,
@@ -69,6 +72,7 @@ impl Endpoint {
             keepalive_interval: url.get_duration_ms(keys::KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_INTERVAL),
             static_weight: parse_weight(url.params.get(WEIGHT_META_KEY).map(String::as_str)),
             url,
+            address_bytes: Bytes::from(address.clone()),
             address,
             available: AtomicBool::new(false),
             consecutive_errors: AtomicU32::new(0),
@@ -91,6 +95,11 @@ impl Endpoint {
     /// `host:port` (or the unix socket path): the member key of the consistent-hash ring.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// [`Endpoint::address`] sharing one buffer (a reference count per use, no copy).
+    pub fn address_bytes(&self) -> Bytes {
+        self.address_bytes.clone()
     }
 
     pub fn is_available(&self) -> bool {
@@ -220,28 +229,6 @@ fn parse_weight(raw: Option<&str>) -> u32 {
         None | Some(Err(_)) => DEFAULT_WEIGHT,
         Some(Ok(w)) => w.clamp(i64::from(MIN_WEIGHT), i64::from(MAX_WEIGHT)) as u32,
     }
-}
-
-/// Per-call timeout (4.8): `requestTimeout` (method override allowed, default 1000 ms); a
-/// request's `M_tmo` is used instead only when it lies within [`minRequestTimeout`,
-/// `maxRequestTimeout`] (defaults timeout/2 and timeout×2), otherwise it is ignored.
-pub fn request_timeout(url: &Url, method: &str, desc: &str, m_tmo: Option<&str>) -> Duration {
-    let default_ms = DEFAULT_REQUEST_TIMEOUT.as_millis() as i64;
-    let timeout = url.get_method_positive_int(method, desc, keys::REQUEST_TIMEOUT, default_ms);
-    let min = match url.get_int(keys::MIN_REQUEST_TIMEOUT, 0) {
-        0 => timeout / 2,
-        v => v,
-    };
-    let max = match url.get_int(keys::MAX_REQUEST_TIMEOUT, 0) {
-        0 => timeout.saturating_mul(2),
-        v => v,
-    };
-    let asked = m_tmo.and_then(|t| t.parse::<i64>().ok());
-    let ms = match asked {
-        Some(t) if t >= min && t <= max => t,
-        _ => timeout,
-    };
-    Duration::from_millis(ms.max(0) as u64)
 }
 
 /// Latencies of the most recent calls (a ring of `CAPACITY` samples) and percentiles over
@@ -471,26 +458,6 @@ mod tests {
         assert_eq!(e.weight(), 7);
         e.set_dynamic_weight(None);
         assert_eq!(e.weight(), 30);
-    }
-
-    #[test]
-    fn timeout_honours_m_tmo_only_within_bounds() {
-        let u = Url::new("motan2", "h", 1, "p", "g")
-            .with_param("requestTimeout", "1000")
-            .with_param("slow().requestTimeout", "4000");
-        let ms = Duration::from_millis;
-        assert_eq!(request_timeout(&u, "m", "", None), ms(1000));
-        assert_eq!(request_timeout(&u, "m", "", Some("500")), ms(500));
-        assert_eq!(request_timeout(&u, "m", "", Some("2000")), ms(2000));
-        assert_eq!(request_timeout(&u, "m", "", Some("499")), ms(1000));
-        assert_eq!(request_timeout(&u, "m", "", Some("2001")), ms(1000));
-        assert_eq!(request_timeout(&u, "m", "", Some("abc")), ms(1000));
-        assert_eq!(request_timeout(&u, "slow", "", None), ms(4000));
-        assert_eq!(request_timeout(&u, "slow", "", Some("8000")), ms(8000));
-        let bounded = u.clone().with_param("maxRequestTimeout", "1200");
-        assert_eq!(request_timeout(&bounded, "m", "", Some("1500")), ms(1000));
-        let none = Url::new("motan2", "h", 1, "p", "g");
-        assert_eq!(request_timeout(&none, "m", "", None), ms(1000));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::endpoint::Endpoint;
 use super::lb::{Balancer, LbRequest};
 use crate::protocol::motan2::call::{CallError, E_NO_ENDPOINTS};
-use crate::url::{Url, keys};
+use crate::upstream::Deadline;
 
 pub use crate::config::refer::HaKind;
 
@@ -38,15 +38,6 @@ pub enum FailoverStep {
 }
 
 impl Failover {
-    /// `retries` (method override allowed, default 0, values < 1 mean 0); `failfast` always 0.
-    pub fn for_request(refer: &Url, kind: HaKind, method: &str, desc: &str) -> Failover {
-        let retries = match kind {
-            HaKind::Failfast => 0,
-            _ => refer.get_method_positive_int(method, desc, keys::RETRIES, 0),
-        };
-        Failover::with_retries(u32::try_from(retries).unwrap_or(u32::MAX))
-    }
-
     pub fn with_retries(retries: u32) -> Failover {
         Failover {
             attempts: retries.saturating_add(1),
@@ -87,10 +78,12 @@ pub fn failover_no_endpoint_error<'a>(
     )
 }
 
-/// Run failover: select, call, and retry retryable failures. `Err` only when no endpoint is
-/// available (errcode 1001 from `no_endpoint`); otherwise the response to relay.
+/// Run failover: select, call, and retry retryable failures while the request's `deadline`
+/// has time left (each attempt waits only for what is left of it). `Err` only when no
+/// endpoint is available (errcode 1001 from `no_endpoint`); otherwise the response to relay.
 pub async fn call_with_failover<R, F, Fut>(
     policy: Failover,
+    deadline: Deadline,
     balancer: &Balancer,
     req: &LbRequest<'_>,
     mut call: F,
@@ -114,6 +107,10 @@ where
         }
         match policy.after_attempt(attempt, error.as_ref()) {
             FailoverStep::Return => return Ok(response),
+            FailoverStep::Retry if deadline.expired() => {
+                tracing::warn!(attempt, "failover: no time left for another attempt");
+                return Ok(response);
+            }
             FailoverStep::Retry => {
                 attempt += 1;
                 failed.push(ep);
@@ -154,45 +151,14 @@ fn select_untried(
 
 /// Smallest delay computed from latency (or the init delay).
 pub const MIN_BACKUP_DELAY: Duration = Duration::from_millis(10);
-const DEFAULT_DELAY_RATIO: i64 = 90;
-const DEFAULT_MAX_RETRY_RATIO: i64 = 15;
 /// A round of the retry budget is this many requests ...
 const BUDGET_ROUND_REQUESTS: u32 = 100;
 /// ... or at most this long, so a quiet service does not starve of backups.
 const BUDGET_ROUND_MAX_AGE: Duration = Duration::from_secs(20);
 
-/// backupRequest parameters of one request (method overrides allowed).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackupRequestConfig {
-    /// Backup requests after the first; 0 = a plain single call.
-    pub retries: u32,
-    /// `backupRequestDelayTime`: fixed delay; `None` (0 or less) = from observed latency.
-    pub fixed_delay: Option<Duration>,
-    /// `backupRequestDelayRatio`: the latency percentile used for the dynamic delay.
-    pub delay_ratio: u32,
-    /// `backupRequestInitDelayTime`: delay before latency is known; `None` = no backups then.
-    pub init_delay: Option<Duration>,
-    /// `backupRequestMaxRetryRatio`: backups allowed per round of 100 requests.
-    pub max_retry_ratio: u32,
-    /// `requestTimeout`: the overall deadline.
-    pub request_timeout: Duration,
-}
+pub use crate::config::refer::BackupRequestConfig;
 
 impl BackupRequestConfig {
-    pub fn for_request(refer: &Url, method: &str, desc: &str) -> BackupRequestConfig {
-        let int = |key: &str, default: i64| refer.get_method_int(method, desc, key, default);
-        let positive = |key: &str, default: i64| refer.get_method_positive_int(method, desc, key, default);
-        let ms = |v: i64| (v > 0).then(|| Duration::from_millis(v as u64));
-        BackupRequestConfig {
-            retries: u32::try_from(int(keys::RETRIES, 0).max(0)).unwrap_or(u32::MAX),
-            fixed_delay: ms(int("backupRequestDelayTime", 0)),
-            delay_ratio: positive("backupRequestDelayRatio", DEFAULT_DELAY_RATIO).min(100) as u32,
-            init_delay: ms(positive("backupRequestInitDelayTime", 0)),
-            max_retry_ratio: positive("backupRequestMaxRetryRatio", DEFAULT_MAX_RETRY_RATIO).min(100) as u32,
-            request_timeout: Duration::from_millis(positive(keys::REQUEST_TIMEOUT, 1000) as u64),
-        }
-    }
-
     /// The delay before a backup is sent, or `None` for a plain single call (no retries
     /// configured, or no latency observed yet and no init delay). `observed` is the latency at
     /// percentile `delay_ratio` of this method, `None` while there are no metrics. A computed
@@ -384,7 +350,9 @@ enum Event<R> {
 mod tests {
     use super::*;
     use crate::cluster::lb::{LbConfig, LbKind};
+    use crate::config::refer::CallSettings;
     use crate::protocol::motan2::call::ErrorKind;
+    use crate::url::Url;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn refer() -> Url {
@@ -400,6 +368,11 @@ mod tests {
             })
             .collect();
         Balancer::new(LbConfig::new(LbKind::RoundRobin), eps, None)
+    }
+
+    /// A deadline no test reaches.
+    fn far() -> Deadline {
+        Deadline::after(Duration::from_secs(3600))
     }
 
     fn svc() -> CallError {
@@ -419,28 +392,16 @@ mod tests {
 
     #[test]
     fn failover_attempts_and_steps() {
+        let attempts = |r: &Url, kind, m, d| {
+            Failover::with_retries(*CallSettings::from_url(r, kind).retries.get(m, d)).attempts()
+        };
         let r = refer().with_param("retries", "2").with_param("m(x).retries", "4");
-        assert_eq!(
-            Failover::for_request(&r, HaKind::Failover, "other", "").attempts(),
-            3
-        );
-        assert_eq!(
-            Failover::for_request(&r, HaKind::Failover, "m", "x").attempts(),
-            5
-        );
-        assert_eq!(
-            Failover::for_request(&r, HaKind::Failfast, "m", "x").attempts(),
-            1
-        );
-        assert_eq!(
-            Failover::for_request(&refer(), HaKind::Failover, "m", "").attempts(),
-            1
-        );
+        assert_eq!(attempts(&r, HaKind::Failover, "other", ""), 3);
+        assert_eq!(attempts(&r, HaKind::Failover, "m", "x"), 5);
+        assert_eq!(attempts(&r, HaKind::Failfast, "m", "x"), 1);
+        assert_eq!(attempts(&refer(), HaKind::Failover, "m", ""), 1);
         let neg = refer().with_param("retries", "-1");
-        assert_eq!(
-            Failover::for_request(&neg, HaKind::Failover, "m", "").attempts(),
-            1
-        );
+        assert_eq!(attempts(&neg, HaKind::Failover, "m", ""), 1);
 
         let f = Failover::with_retries(2);
         let biz = CallError::new(500, "boom", ErrorKind::Business);
@@ -475,6 +436,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r = call_with_failover(
             Failover::with_retries(2),
+            far(),
             &b,
             &LbRequest::default(),
             |_ep| {
@@ -496,6 +458,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r = call_with_failover(
             Failover::with_retries(5),
+            far(),
             &b,
             &LbRequest::default(),
             |_ep| {
@@ -519,6 +482,7 @@ mod tests {
         let none = Balancer::new(LbConfig::new(LbKind::Random), vec![], None);
         let err = call_with_failover(
             Failover::with_retries(1),
+            far(),
             &none,
             &LbRequest::default(),
             |_ep| async { Ok::<&str, CallError>("x") },
@@ -530,9 +494,36 @@ mod tests {
         assert_eq!(err.code, 1001);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn failover_retries_only_while_the_deadline_has_time_left() {
+        let b = balancer(3);
+        let calls = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let r = call_with_failover(
+            Failover::with_retries(5),
+            Deadline::after(Duration::from_millis(250)),
+            &b,
+            &LbRequest::default(),
+            |_ep| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err::<&str, _>(svc())
+                }
+            },
+            error_of,
+            || unreachable!(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.unwrap_err(), svc(), "the last error is relayed");
+        assert_eq!(calls.load(Ordering::Relaxed), 3, "no attempt starts after 250 ms");
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+    }
+
     #[test]
     fn backup_delay_rules() {
-        let mut cfg = BackupRequestConfig::for_request(&refer(), "m", "");
+        let mut cfg = BackupRequestConfig::for_method(&refer(), "m", "");
         assert_eq!(cfg.retries, 0);
         assert_eq!(cfg.delay_ratio, 90);
         assert_eq!(cfg.max_retry_ratio, 15);
@@ -561,7 +552,7 @@ mod tests {
             .with_param("backupRequestInitDelayTime", "20")
             .with_param("backupRequestMaxRetryRatio", "-3")
             .with_param("requestTimeout", "250");
-        let c = BackupRequestConfig::for_request(&r, "get", "");
+        let c = BackupRequestConfig::for_method(&r, "get", "");
         assert_eq!(
             c,
             BackupRequestConfig {

@@ -19,17 +19,17 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use self::endpoint::Endpoint;
-use self::endpoint::{KeepaliveKind, KeepaliveRequest, MethodLatencies, request_timeout};
+use self::endpoint::{KeepaliveKind, KeepaliveRequest, MethodLatencies};
 use self::endpoints::EndpointSet;
-use self::ha::{
-    BackupRequestBudget, BackupRequestConfig, Failover, HaKind, call_with_backup, call_with_failover,
-};
+use self::ha::{BackupRequestBudget, Failover, HaKind, call_with_backup, call_with_failover};
 use self::lb::{Balancer, LbConfig, LbRequest};
-use crate::config::refer::HashKeySource;
+use crate::config::refer::{CallSettings, HashKeySource};
 use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL, degraded_error, error_of};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
-use crate::upstream::channel::{Pool, Transport};
+use crate::upstream::Deadline;
+use crate::upstream::channel::Transport;
+use crate::upstream::pool::Pool;
 use crate::url::Url;
 
 /// Removed endpoints keep their pool this long, so calls already routed to them finish (4.4).
@@ -41,6 +41,8 @@ pub struct Cluster {
     pub refer: Arc<Url>,
     ha: HaKind,
     hash_key: HashKeySource,
+    /// Per-method timeouts, retries and backupRequest settings, resolved once.
+    calls: CallSettings,
     balancer: ArcSwap<Balancer>,
     endpoints: Mutex<EndpointSet>,
     pools: RwLock<HashMap<String, Arc<Pool>>>,
@@ -85,6 +87,7 @@ impl Cluster {
             conf_id: conf_id.to_string(),
             ha,
             hash_key,
+            calls: CallSettings::from_url(&refer, ha),
             // A replaced cluster's balancer lends its state (the consistent-hash partition
             // count), so keys stay where they were across a reload.
             balancer: ArcSwap::from_pointee(match previous {
@@ -276,7 +279,9 @@ impl Cluster {
 
     /// Call the cluster with `req` (already carrying the caller's meta): HA over the balancer.
     /// Ok is the upstream response (its request id is the channel's; the caller restores its
-    /// own); Err is an error the agent answers with.
+    /// own); Err is an error the agent answers with. The request's timeout bounds the whole
+    /// call, every attempt and connect included. A oneway request is answered as soon as it is
+    /// written (see [`oneway_answer`]); written requests are never retried.
     pub async fn call(self: &Arc<Self>, req: Frame) -> Result<Frame, CallError> {
         if self.degraded.load(Ordering::Relaxed) {
             return Err(degraded_error());
@@ -284,19 +289,28 @@ impl Cluster {
         let balancer = self.balancer.load_full();
         let method = req.meta.get(keys::METHOD).unwrap_or("");
         let desc = req.meta.get(keys::METHOD_DESC).unwrap_or("");
-        let timeout = request_timeout(&self.refer, method, desc, req.meta.get(keys::TIMEOUT));
+        let timeout = self
+            .calls
+            .timeouts
+            .get(method, desc)
+            .for_request(req.meta.get(keys::TIMEOUT));
+        let deadline = Deadline::after(timeout);
         let key = self.hash_key.key(&req);
         let lb_req = LbRequest {
             hash_key: key.as_deref(),
         };
-        let r = match self.ha {
-            HaKind::Failover | HaKind::Failfast => {
-                let policy = Failover::for_request(&self.refer, self.ha, method, desc);
+        // A oneway request is written once (failover only over endpoints it could not be
+        // written to): backups would deliver it twice.
+        let failover = self.ha != HaKind::BackupRequest || req.header.is_oneway();
+        let r = match failover {
+            true => {
+                let policy = Failover::with_retries(*self.calls.retries.get(method, desc));
                 call_with_failover(
                     policy,
+                    deadline,
                     &balancer,
                     &lb_req,
-                    |ep| self.call_endpoint(ep, req.clone(), timeout, method),
+                    |ep| self.call_endpoint(ep, &req, deadline, method),
                     error_of,
                     || {
                         ha::failover_no_endpoint_error(
@@ -309,8 +323,10 @@ impl Cluster {
                 )
                 .await
             }
-            HaKind::BackupRequest => {
-                let cfg = BackupRequestConfig::for_request(&self.refer, method, desc);
+            false => {
+                let mut cfg = self.calls.backup.get(method, desc).clone();
+                // The request's own deadline (its `M_tmo`) may come first.
+                cfg.request_timeout = cfg.request_timeout.min(deadline.remaining());
                 let observed = self.latencies.get(method).percentile(f64::from(cfg.delay_ratio));
                 let delay = cfg.delay(observed);
                 call_with_backup(
@@ -319,7 +335,7 @@ impl Cluster {
                     &self.budget,
                     &balancer,
                     &lb_req,
-                    |ep| Box::pin(self.call_endpoint(ep, req.clone(), timeout, method)),
+                    |ep| Box::pin(self.call_endpoint(ep, &req, deadline, method)),
                     error_of,
                 )
                 .await
@@ -331,10 +347,21 @@ impl Cluster {
     async fn call_endpoint(
         self: &Arc<Self>,
         ep: Arc<Endpoint>,
-        mut req: Frame,
-        timeout: Duration,
+        req: &Frame,
+        deadline: Deadline,
         method: &str,
     ) -> Result<Frame, CallError> {
+        if deadline.expired() {
+            // Not an attempt on this endpoint: its health is not at stake.
+            return Err(CallError::service(
+                400,
+                format!(
+                    "request timed out after {} ms before {} was tried",
+                    deadline.timeout().as_millis(),
+                    ep.address()
+                ),
+            ));
+        }
         let pool = self.pools.read().unwrap().get(ep.identity()).cloned();
         let Some(pool) = pool else {
             return Err(CallError::service(
@@ -343,36 +370,55 @@ impl Cluster {
             ));
         };
         // The endpoint's group wins (traffic control may route to other groups, 4.3 step 4).
+        // The request is copied only when this attempt has to change it.
         let group = &ep.url().group;
-        if !group.is_empty() && req.meta.get(keys::GROUP) != Some(group.as_str()) {
-            req.meta
-                .insert(keys::GROUP, Bytes::copy_from_slice(group.as_bytes()));
-        }
-        req.header.set_flag(FLAG_PROXY, true);
-        if self.mingz_size > 0 {
-            req.gzip_if_larger(self.mingz_size);
-        }
+        let regroup = !group.is_empty() && req.meta.get(keys::GROUP) != Some(group.as_str());
+        let changed;
+        let req = if regroup || !req.header.is_proxy() || req.wants_gzip(self.mingz_size) {
+            let mut r = req.clone();
+            if regroup {
+                r.meta
+                    .insert(keys::GROUP, Bytes::copy_from_slice(group.as_bytes()));
+            }
+            r.header.set_flag(FLAG_PROXY, true);
+            r.gzip_if_larger(self.mingz_size);
+            changed = r;
+            &changed
+        } else {
+            req
+        };
+        let oneway = req.header.is_oneway();
         let started = Instant::now();
         let guard = ep.begin();
-        let mut r = pool.call(req, timeout).await;
-        if let Ok(resp) = &mut r {
+        let mut r = if oneway {
+            pool.send_oneway(req, deadline).await.map(|()| oneway_answer(req))
+        } else {
+            pool.call(req, deadline).await
+        };
+        if let (Ok(resp), false) = (&mut r, oneway) {
             if resp.header.is_gzip()
                 && let Err(e) = resp.gunzip(self.transport.limits.max_body)
             {
                 tracing::warn!(endpoint = ep.address(), "cannot decompress a response: {e}");
             }
-            resp.meta
-                .insert("x-forwarded-for", Bytes::copy_from_slice(ep.address().as_bytes()));
+            resp.meta.insert("x-forwarded-for", ep.address_bytes());
         }
         let error = error_of(&r);
-        if let Some(k) = guard.finish(error.as_ref()) {
+        // A oneway request's "latency" is the time to queue it: not recorded.
+        let keepalive = if oneway {
+            drop(guard);
+            ep.record(error.as_ref())
+        } else {
+            guard.finish(error.as_ref())
+        };
+        if let Some(k) = keepalive {
             tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), "endpoint disabled after consecutive errors (last: {})", error.as_ref().map(|e| e.to_string()).unwrap_or_default());
             let me = self.clone();
             tokio::spawn(async move { me.keepalive(ep, pool, k).await });
         }
         // Only backupRequest reads per-method latencies (its delay); other strategies skip
         // the bookkeeping on every call.
-        if error.is_none() && self.ha == HaKind::BackupRequest {
+        if error.is_none() && !oneway && self.ha == HaKind::BackupRequest {
             self.latencies.get(method).record(started.elapsed());
         }
         r
@@ -438,6 +484,16 @@ impl Cluster {
     }
 }
 
+/// What a caller gets for a oneway request once it is written: an empty success response.
+/// motan-go has no oneway path: its servers answer every request (server/motanserver.go,
+/// `processV2`, never reads the flag) and its clients wait for that answer even for oneway
+/// requests (endpoint/motanCommonEndpoint.go, `Channel.Call` → `stream.Recv`). So callers
+/// expect an answer; the agent gives it at once instead of holding the request until a
+/// provider's answer that need not come (spec 1.8: replies to oneway requests are harmless).
+pub fn oneway_answer(req: &Frame) -> Frame {
+    Frame::response_to(req, Bytes::new())
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop.cancel();
@@ -473,6 +529,102 @@ mod tests {
         tokio::time::sleep(REMOVE_DELAY + Duration::from_millis(200)).await;
         let r = call(c.clone()).await;
         assert!(r.is_ok(), "{:?}", r.err());
+        c.stop();
+    }
+
+    /// Poll until `n` endpoints of `c` are available.
+    async fn available(c: &Cluster, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while c
+            .balancer
+            .load()
+            .endpoints()
+            .iter()
+            .filter(|e| e.is_available())
+            .count()
+            < n
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} endpoints never became available"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_at_most_its_timeout_over_failover_and_a_dead_endpoint() {
+        use crate::upstream::channel::tests::{blackhole, silent_upstream};
+        let (silent, _requests) = silent_upstream().await;
+        let (dead, _hole) = blackhole().await;
+        let refer = Url::new("motan2", "", 0, "s", "g")
+            .with_param("requestTimeout", "300")
+            .with_param("retries", "3");
+        // Connects would hang for 1 s: longer than the request timeout.
+        let c = Cluster::new("c", refer, Transport::default(), None).unwrap();
+        c.apply("r1", 1, &[server(silent), server(dead)], None);
+        available(&c, 1).await;
+        // The dead endpoint as one that stopped accepting after it was enabled: its slots
+        // are connecting when requests arrive.
+        for ep in c.balancer.load().endpoints() {
+            ep.set_available(true);
+        }
+        let calls: Vec<_> = (0..4)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
+                    let r = c.call(Frame::request(i, "s", "m", Bytes::new())).await;
+                    (r, started.elapsed())
+                })
+            })
+            .collect();
+        for call in calls {
+            let (r, took) = call.await.unwrap();
+            let e = r.unwrap_err();
+            assert!(e.message.contains("300 ms"), "{e}");
+            let timeout = Duration::from_millis(300);
+            assert!(
+                took >= timeout && took < timeout + Duration::from_millis(150),
+                "{took:?}: {e}"
+            );
+        }
+        c.stop();
+    }
+
+    #[tokio::test]
+    async fn oneway_requests_are_answered_once_written_and_leave_nothing_pending() {
+        use crate::protocol::motan2::frame::FLAG_ONEWAY;
+        use crate::upstream::channel::tests::silent_upstream;
+        let (silent, mut requests) = silent_upstream().await;
+        let refer = Url::new("motan2", "", 0, "s", "g").with_param("requestTimeout", "100");
+        let c = Cluster::new("c", refer, Transport::default(), None).unwrap();
+        c.apply("r1", 1, &[server(silent)], None);
+        assert!(
+            c.wait_ready(tokio::time::Instant::now() + Duration::from_secs(5))
+                .await
+        );
+        for i in 0..3 {
+            let mut req = Frame::request(40 + i, "s", "m", Bytes::from_static(b"fire"));
+            req.header.set_flag(FLAG_ONEWAY, true);
+            let started = tokio::time::Instant::now();
+            let resp = c.call(req).await.unwrap();
+            assert!(
+                started.elapsed() < Duration::from_millis(50),
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(resp.header.is_response() && !resp.is_exception(), "{resp:?}");
+            assert!(resp.body.is_empty());
+            let got = requests.recv().await.unwrap();
+            assert!(got.header.is_oneway() && got.header.is_proxy());
+            assert_eq!(got.body.as_ref(), b"fire");
+        }
+        // Past the request timeout: no timeout counted, nothing waiting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let st = c.status_json();
+        assert_eq!(st["endpoints"][0]["in_flight"], 0, "{st}");
+        assert_eq!(st["endpoints"][0]["consecutive_errors"], 0, "{st}");
         c.stop();
     }
 }

@@ -1,6 +1,6 @@
 //! The interception settings as the kernel programs and the iptables chain see them, typed
 //! once from the `sockmesh.intercept` section.
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -10,7 +10,8 @@ use serde::Serialize;
 pub struct InterceptSettings {
     /// bpffs directory for our pins (default /sys/fs/bpf/sockmesh).
     pub pin_dir: PathBuf,
-    /// Transparent listener the connect hook rewrites to.
+    /// Transparent listener the connect hook rewrites IPv4 connects to (native IPv6 connects go
+    /// to [`InterceptSettings::listen6`], the same port on ::1).
     pub listen: SocketAddrV4,
     /// Socket mark on the agent's own sockets (self-exclusion).
     pub mark: u32,
@@ -23,26 +24,62 @@ pub struct InterceptSettings {
     pub bpf_log_level: u8,
 }
 
-/// An IPv4 prefix such as `10.0.0.0/8`.
+impl InterceptSettings {
+    /// The transparent listener for native IPv6 connects: ::1, same port.
+    pub fn listen6(&self) -> SocketAddrV6 {
+        SocketAddrV6::new(Ipv6Addr::LOCALHOST, self.listen.port(), 0, 0)
+    }
+
+    /// Both transparent listener addresses, IPv4 first.
+    pub fn listeners(&self) -> [SocketAddr; 2] {
+        [self.listen.into(), self.listen6().into()]
+    }
+}
+
+/// An IPv4 or IPv6 prefix such as `10.0.0.0/8` or `fd00::/8` (a bare address is a host prefix).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Cidr {
-    pub addr: std::net::Ipv4Addr,
+    pub addr: IpAddr,
     pub len: u8,
+}
+
+impl Cidr {
+    pub fn is_v4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    /// The prefix's address with the host bits cleared (`10.1.2.3/8` -> `10.0.0.0`): the form
+    /// the policy maps hold, so that one prefix is one key however it was written.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - self.len as u32).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - self.len as u32).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
 }
 
 impl std::str::FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-        let addr = a
+        let (a, l) = s.split_once('/').map_or((s, None), |(a, l)| (a, Some(l)));
+        let addr: IpAddr = a
             .parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 CIDR (like 10.0.0.0/8)"))?;
-        let len: u8 = l
-            .parse()
-            .map_err(|_| format!("{s:?}: prefix length must be 0..32"))?;
-        if len > 32 {
-            return Err(format!("{s:?}: prefix length must be 0..32"));
-        }
+            .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 CIDR (like 10.0.0.0/8 or fd00::/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match l {
+            None => max,
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..{max}"))?,
+        };
         Ok(Cidr { addr, len })
     }
 }
@@ -65,6 +102,17 @@ pub fn check_chain_name(chain: &str) -> Result<(), String> {
         return Err(format!(
             "iptables chain name {chain:?} must be 1-28 characters of [A-Za-z0-9_-]"
         ));
+    }
+    Ok(())
+}
+
+/// Upper bound of `sockmesh.intercept.max_netns_listeners` (a thread and a socket each).
+pub const MAX_NETNS_LISTENERS: usize = 4096;
+
+/// A list going into a kernel map must fit it: `len` entries in a map of `capacity`.
+pub fn check_capacity(len: usize, capacity: u32) -> Result<(), String> {
+    if len > capacity as usize {
+        return Err(format!("{len} entries, the kernel map holds at most {capacity}"));
     }
     Ok(())
 }

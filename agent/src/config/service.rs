@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use super::http::{HttpProviderSpec, HttpSections};
+use super::refer::{PerMethod, TimeoutSettings};
 use super::sections::SettingError;
 use crate::url::{Url, keys};
 
@@ -29,6 +30,8 @@ pub struct ServiceSpec {
     pub url: Url,
     pub export_port: u16,
     pub provider: ProviderSpec,
+    /// Per-method call timeouts of the provider (`requestTimeout` and its method overrides).
+    pub timeouts: PerMethod<TimeoutSettings>,
 }
 
 impl ServiceSpec {
@@ -85,6 +88,7 @@ impl ServiceSpec {
             url: url.clone(),
             export_port,
             provider,
+            timeouts: TimeoutSettings::per_method(url),
         })
     }
 

@@ -7,6 +7,7 @@
 //!
 //! Unlike the eBPF mode this does not fail open: while the agent is down, REDIRECTed connects are
 //! refused. That is the behaviour of an iptables sidecar, kept as is for honest comparison.
+//! It covers IPv4 only (no ip6tables rules): IPv6 prefixes of the policy are for the eBPF modes.
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -110,7 +111,8 @@ impl Iptables {
                 "RETURN",
             ])?;
         }
-        for cidr in &self.settings.exclude_cidrs {
+        // iptables covers IPv4 only; IPv6 prefixes are for the eBPF modes.
+        for cidr in self.settings.exclude_cidrs.iter().filter(|c| c.is_v4()) {
             run(&["-t", "nat", "-A", c, "-d", &cidr.to_string(), "-j", "RETURN"])?;
         }
         run(&["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", c])?;
@@ -144,7 +146,7 @@ impl Iptables {
         let port = self.settings.listen.port().to_string();
         // `-m cgroup --path` takes the path relative to the cgroup2 root.
         let path = rel.trim_start_matches('/');
-        for cidr in &self.settings.include_cidrs {
+        for cidr in self.settings.include_cidrs.iter().filter(|c| c.is_v4()) {
             run(&[
                 "-t",
                 "nat",

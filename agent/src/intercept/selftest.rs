@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aya::maps::{MapData, SockHash};
 use serde::Serialize;
-use sockmesh_common::SockKey;
+use sockmesh_common::{SockKey, ip6_of};
 
 use super::ebpf::{attach_link, load_object, remove_pins};
 use crate::sys::{self, AttachType};
@@ -125,13 +125,9 @@ impl Drop for PinDirGuard {
 
 fn key_of(s: &TcpStream) -> Result<SockKey> {
     let (l, r) = (s.local_addr()?, s.peer_addr()?);
-    let ip = |a: std::net::SocketAddr| match a.ip() {
-        std::net::IpAddr::V4(v4) => u32::from_ne_bytes(v4.octets()),
-        _ => 0,
-    };
     Ok(SockKey {
-        local_ip4: ip(l),
-        remote_ip4: ip(r),
+        local_ip: ip6_of(l.ip()),
+        remote_ip: ip6_of(r.ip()),
         local_port: l.port() as u32,
         remote_port: r.port() as u32,
         netns: sys::netns_cookie(s)?,

@@ -18,7 +18,7 @@
 //! `httpProxyKeepaliveTimeout`; each failure is an HTTP error with a one-line body saying why.
 //! Upstream sockets come from the socket factory.
 use std::convert::Infallible;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,7 +95,7 @@ fn without_hop_headers(headers: &mut HeaderMap) {
 struct Session {
     mesh: MeshHandle,
     spec: HttpProxySpec,
-    peer_ip: String,
+    peer_ip: Bytes,
     /// Plain HTTP: by the request's host (hport) or to the original destination (intercepted).
     plain: Arc<HttpClient>,
     sockets: SocketFactory,
@@ -131,7 +131,7 @@ impl Session {
         let spec = mesh.load().http.proxy.clone();
         Session {
             mesh,
-            peer_ip: peer.ip().to_string(),
+            peer_ip: Bytes::from(peer.ip().to_string()),
             plain,
             sockets,
             deny: hport
@@ -591,14 +591,14 @@ fn starts_like_http(buf: &[u8]) -> bool {
 pub async fn serve_intercepted(
     conn: TcpStream,
     prefix: BytesMut,
-    orig: SocketAddrV4,
+    orig: SocketAddr,
     peer: SocketAddr,
     sockets: SocketFactory,
     mesh: MeshHandle,
     shutdown: CancellationToken,
 ) {
     let _ = conn.set_nodelay(true);
-    let plain = plain_client(&mesh.load().http.proxy, &sockets, HttpTarget::Addr(orig.into()));
+    let plain = plain_client(&mesh.load().http.proxy, &sockets, HttpTarget::Addr(orig));
     let session = Arc::new(Session::new(mesh, peer, sockets, plain, None));
     serve(Prefixed { prefix, inner: conn }, session, shutdown).await;
 }

@@ -49,7 +49,7 @@ impl HttpDomain {
 
     /// An RPC from the agent port for this domain (`M_p`): the service's cluster when `M_m`
     /// is a served path and it has endpoints, else plain HTTP to the domain.
-    pub async fn call(&self, mut req: Frame, peer_ip: &str) -> Frame {
+    pub async fn call(&self, mut req: Frame, peer_ip: &Bytes) -> Frame {
         let started = Instant::now();
         mark_proxied(&mut req, peer_ip);
         let path = req.meta.get(keys::METHOD).unwrap_or_default().to_string();

@@ -7,14 +7,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::cluster::endpoint::request_timeout;
+use crate::cluster::oneway_answer;
+use crate::config::refer::{PerMethod, TimeoutSettings};
 use crate::config::service::{ProviderSpec, ServiceSpec};
 use crate::filter::{CallInfo, FilterChain, FilterShared, Role};
 use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
 use crate::provider::http::HttpProvider;
-use crate::upstream::channel::{Pool, Transport};
+use crate::upstream::Deadline;
+use crate::upstream::channel::Transport;
+use crate::upstream::pool::Pool;
 use crate::url::Url;
 
 /// Connections from the server agent to one local backend.
@@ -32,6 +35,8 @@ pub struct Export {
     pub service: Arc<Url>,
     pub port: u16,
     pub provider: Provider,
+    /// Call timeouts per method, resolved once.
+    timeouts: PerMethod<TimeoutSettings>,
 }
 
 impl Export {
@@ -107,6 +112,7 @@ impl Exporter {
             service: Arc::new(spec.url.clone()),
             port: spec.export_port,
             provider,
+            timeouts: spec.timeouts.clone(),
         })
     }
 
@@ -119,7 +125,7 @@ impl Exporter {
     }
 
     /// Dispatch one request that arrived on export `port` (heartbeats never get here).
-    pub async fn handle(&self, port: u16, mut req: Frame, peer_ip: &str, received: Instant) -> Frame {
+    pub async fn handle(&self, port: u16, mut req: Frame, peer_ip: &Bytes, received: Instant) -> Frame {
         let id = req.header.request_id;
         if req.meta.get_non_empty(keys::FRAMEWORK_SERVICE).is_some() {
             // 501 so that callers do not trip circuit breakers (4.11).
@@ -152,26 +158,31 @@ impl Exporter {
     }
 
     /// The provider call itself (inside the filters).
-    async fn provide(export: &Export, mut req: Frame, peer_ip: &str, received: Instant) -> Frame {
+    async fn provide(export: &Export, mut req: Frame, peer_ip: &Bytes, received: Instant) -> Frame {
         let id = req.header.request_id;
         match &export.provider {
             Provider::Http(h) => h.call(&req, received).await,
             Provider::Motan2 { pool } => {
                 if !req.meta.contains("x-forwarded-for") && !req.meta.contains("X-Forwarded-For") {
-                    req.meta
-                        .insert("x-forwarded-for", Bytes::copy_from_slice(peer_ip.as_bytes()));
+                    req.meta.insert("x-forwarded-for", peer_ip.clone());
                 }
                 let m = &req.meta;
-                let timeout = request_timeout(
-                    &export.service,
-                    m.get(keys::METHOD).unwrap_or(""),
-                    m.get(keys::METHOD_DESC).unwrap_or(""),
-                    m.get(keys::TIMEOUT),
-                );
-                match pool.call(req, timeout.max(Duration::from_millis(1))).await {
-                    Ok(r) => r,
-                    Err(e) => error_frame(id, &e),
-                }
+                let timeout = export
+                    .timeouts
+                    .get(
+                        m.get(keys::METHOD).unwrap_or(""),
+                        m.get(keys::METHOD_DESC).unwrap_or(""),
+                    )
+                    .for_request(m.get(keys::TIMEOUT));
+                let deadline = Deadline::after(timeout.max(Duration::from_millis(1)));
+                let r = if req.header.is_oneway() {
+                    pool.send_oneway(&req, deadline)
+                        .await
+                        .map(|()| oneway_answer(&req))
+                } else {
+                    pool.call(&req, deadline).await
+                };
+                r.unwrap_or_else(|e| error_frame(id, &e))
             }
         }
     }

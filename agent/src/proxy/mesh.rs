@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::http_route::HttpRouter;
 use super::inbound::{self, Exporter};
 use super::outbound::{Refer, Router};
-use super::serve::{Handler, HandlerFuture, RequestContext};
+use super::serve::{Handler, RequestContext};
 use crate::cluster::{Cluster, discovery};
 use crate::config::motan::MotanConfig;
 use crate::config::registry::RegistrySpec;
@@ -291,7 +291,10 @@ impl Mesh {
                 "port": e.port,
                 "filters": e.chain.names(),
                 "provider": match &e.provider {
-                    inbound::Provider::Motan2 { pool } => json!({"type": "motan2", "address": pool.address(), "channels": pool.usage().0}),
+                    inbound::Provider::Motan2 { pool } => {
+                        let (channels, in_flight) = pool.usage();
+                        json!({"type": "motan2", "address": pool.address(), "channels": channels, "in_flight": in_flight})
+                    },
                     inbound::Provider::Http(_) => json!({"type": "http", "address": e.service.param("proxyAddress").or(e.service.param("URL_FORMAT")).or(e.service.param("HTTP_URL")).unwrap_or("")}),
                 },
             })).collect::<Vec<_>>(),
@@ -301,26 +304,22 @@ impl Mesh {
     }
 }
 
-fn peer_ip(ctx: &RequestContext) -> String {
-    ctx.peer.ip().to_string()
-}
-
 /// The agent port (and intercepted Motan2 connections): client role.
 pub struct ClientHandler(pub MeshHandle);
 
 impl Handler for ClientHandler {
-    fn handle(&self, req: Frame, ctx: RequestContext) -> HandlerFuture {
+    fn handle(&self, req: Frame, ctx: RequestContext) -> impl Future<Output = Frame> + Send + 'static {
         let mesh = self.0.load_full();
-        Box::pin(async move {
+        async move {
             // An `M_p` that no refer serves but an http-client domain is (4.13).
             if !mesh.http.is_empty()
                 && let Some(domain) = req.meta.get(keys::SERVICE).and_then(|s| mesh.http.domain(s))
                 && !mesh.router.routes(&req)
             {
-                return Some(domain.call(req, &peer_ip(&ctx)).await);
+                return domain.call(req, &ctx.peer_ip).await;
             }
-            Some(mesh.router.handle(req, &peer_ip(&ctx)).await)
-        })
+            mesh.router.handle(req, &ctx.peer_ip).await
+        }
     }
 }
 
@@ -331,15 +330,9 @@ pub struct ServerHandler {
 }
 
 impl Handler for ServerHandler {
-    fn handle(&self, req: Frame, ctx: RequestContext) -> HandlerFuture {
+    fn handle(&self, req: Frame, ctx: RequestContext) -> impl Future<Output = Frame> + Send + 'static {
         let mesh = self.mesh.load_full();
         let port = self.port;
-        Box::pin(async move {
-            Some(
-                mesh.exporter
-                    .handle(port, req, &peer_ip(&ctx), ctx.received)
-                    .await,
-            )
-        })
+        async move { mesh.exporter.handle(port, req, &ctx.peer_ip, ctx.received).await }
     }
 }

@@ -71,7 +71,7 @@ impl Router {
     }
 
     /// Handle one request from `peer_ip`; always answers (an exception frame on failure).
-    pub async fn handle(&self, mut req: Frame, peer_ip: &str) -> Frame {
+    pub async fn handle(&self, mut req: Frame, peer_ip: &Bytes) -> Frame {
         mark_proxied(&mut req, peer_ip);
         match self.route(&req) {
             Ok(r) => r.call(req).await,

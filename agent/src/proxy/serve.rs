@@ -7,7 +7,6 @@
 //! trusted); any other malformed frame closes the connection (spec 1.13).
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -24,17 +23,19 @@ use tokio_util::task::TaskTracker;
 use crate::protocol::motan2::{CodecError, DecodeLimits, Exception, Frame, FrameError, Motan2Codec, v1};
 use crate::upstream::channel::{WRITE_QUEUE, write_frames};
 
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
-
-/// What a listener does with each request. `None` = write nothing (oneway requests).
+/// What a listener does with each request: its answer (oneway requests are answered too, see
+/// `cluster::oneway_answer`). The future runs as the request's task; being a concrete type
+/// (not boxed) it costs no allocation of its own.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Frame, ctx: RequestContext) -> HandlerFuture;
+    fn handle(&self, req: Frame, ctx: RequestContext) -> impl Future<Output = Frame> + Send + 'static;
 }
 
 /// Per-request facts the handler may need.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RequestContext {
     pub peer: SocketAddr,
+    /// The peer's IP as text (the `host` meta value), made once per connection.
+    pub peer_ip: Bytes,
     /// When the request frame was complete (for `M_pt`).
     pub received: Instant,
 }
@@ -71,10 +72,10 @@ impl ServeStats {
 }
 
 /// Accept on `listener` until `shutdown`, serving each connection on a task tracked by `tasks`.
-pub async fn accept_loop(
+pub async fn accept_loop<H: Handler>(
     name: &'static str,
     listener: tokio::net::TcpListener,
-    handler: Arc<dyn Handler>,
+    handler: Arc<H>,
     limits: DecodeLimits,
     stats: Arc<ServeStats>,
     shutdown: CancellationToken,
@@ -111,11 +112,11 @@ pub async fn next_connection(
 /// Serve one connection until the peer closes, a bad frame arrives, or `shutdown`; requests
 /// already read are answered before the connection closes. `buf` holds bytes already read
 /// from the connection (protocol sniffing).
-pub async fn serve_connection(
+pub async fn serve_connection<H: Handler>(
     conn: TcpStream,
     peer: SocketAddr,
     mut buf: BytesMut,
-    handler: Arc<dyn Handler>,
+    handler: Arc<H>,
     limits: DecodeLimits,
     stats: Arc<ServeStats>,
     shutdown: CancellationToken,
@@ -127,14 +128,24 @@ pub async fn serve_connection(
     let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let writer = tokio::spawn(async move { write_frames(&mut wr, rx).await });
     let requests = TaskTracker::new();
+    let peer_ip = Bytes::from(peer.ip().to_string());
     let mut codec = Motan2Codec::new(limits);
+    let conn = Conn {
+        peer,
+        peer_ip: &peer_ip,
+        handler: &handler,
+        tx: &tx,
+        requests: &requests,
+        stats: &stats,
+        limits: &limits,
+    };
     buf.reserve(8192);
     let why: String = 'conn: loop {
         // Decode everything buffered before reading more.
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => {
-                    if !dispatch(frame, peer, &handler, &tx, &requests, &stats, &limits).await {
+                    if !dispatch(frame, &conn).await {
                         break 'conn "writer closed".into();
                     }
                 }
@@ -185,16 +196,28 @@ pub async fn serve_connection(
     }
 }
 
-/// Handle one decoded frame; false when the writer is gone.
-async fn dispatch(
-    mut frame: Frame,
+/// What `dispatch` needs of its connection.
+struct Conn<'a, H> {
     peer: SocketAddr,
-    handler: &Arc<dyn Handler>,
-    tx: &mpsc::Sender<Bytes>,
-    requests: &TaskTracker,
-    stats: &ServeStats,
-    limits: &DecodeLimits,
-) -> bool {
+    peer_ip: &'a Bytes,
+    handler: &'a Arc<H>,
+    tx: &'a mpsc::Sender<Bytes>,
+    requests: &'a TaskTracker,
+    stats: &'a ServeStats,
+    limits: &'a DecodeLimits,
+}
+
+/// Handle one decoded frame; false when the writer is gone.
+async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
+    let Conn {
+        peer,
+        peer_ip,
+        handler,
+        tx,
+        requests,
+        stats,
+        limits,
+    } = *conn;
     if frame.header.is_response() {
         // Apps do not send responses to an agent; ignore rather than fail the connection.
         return true;
@@ -210,6 +233,7 @@ async fn dispatch(
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let ctx = RequestContext {
         peer,
+        peer_ip: peer_ip.clone(),
         received: Instant::now(),
     };
     let id = frame.header.request_id;
@@ -222,16 +246,13 @@ async fn dispatch(
             .await
             .is_ok();
     }
-    let oneway = frame.header.is_oneway();
-    let fut = handler.handle(frame, ctx);
-    let tx = tx.clone();
+    let (handler, tx) = (handler.clone(), tx.clone());
+    // The handler's future is made inside the task: a future made outside and moved in would
+    // be stored twice in the task (once captured, once awaited).
     requests.spawn(async move {
-        if let Some(mut resp) = fut.await
-            && !oneway
-        {
-            resp.header.request_id = id;
-            let _ = tx.send(resp.encode_to_bytes()).await;
-        }
+        let mut resp = handler.handle(frame, ctx).await;
+        resp.header.request_id = id;
+        let _ = tx.send(resp.encode_to_bytes()).await;
     });
     true
 }

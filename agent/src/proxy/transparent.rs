@@ -1,5 +1,7 @@
-//! The transparent listener: intercepted connections (eBPF connect rewrite or iptables
-//! REDIRECT) arrive here. The original destination comes from `SO_ORIGINAL_DST` in both modes.
+//! The transparent listeners (127.0.0.1 and [::1]): intercepted connections (eBPF connect
+//! rewrite or iptables REDIRECT) arrive here. The original destination comes from
+//! `SO_ORIGINAL_DST` (IPv6: `IP6T_SO_ORIGINAL_DST`) in both modes; the kernel programs answer
+//! it only on sockets accepted from the agent's marked listeners.
 //!
 //! Protocol detection: when clusters are configured, the first bytes are read (up to the sniff
 //! timeout). A Motan2 connection (magic 0xF1F1) whose first request names a service some
@@ -8,7 +10,7 @@
 //! (`http_proxy.rs`); everything else is forwarded as plain TCP to the original destination,
 //! starting with the bytes already read. Without clusters nothing
 //! is read ahead, so plain forwarding costs nothing extra.
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -129,7 +131,7 @@ impl TransparentProxy {
                 return;
             }
         };
-        if Some(SocketAddr::V4(orig)) == local {
+        if Some(orig) == local {
             self.stats.no_original_dst.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, "original destination is the transparent listener itself; closing to avoid a loop");
             return;
@@ -144,7 +146,7 @@ impl TransparentProxy {
     async fn route_or_forward(
         &self,
         mut conn: TcpStream,
-        orig: SocketAddrV4,
+        orig: SocketAddr,
         peer: SocketAddr,
         sockets: SocketFactory,
     ) {
@@ -215,12 +217,12 @@ impl TransparentProxy {
         &self,
         conn: TcpStream,
         prefix: BytesMut,
-        orig: SocketAddrV4,
+        orig: SocketAddr,
         peer: SocketAddr,
         sockets: SocketFactory,
     ) {
         let _ = conn.set_nodelay(true);
-        let upstream = match sockets.connect(orig.into()).await {
+        let upstream = match sockets.connect(orig).await {
             Ok(mut u) if !prefix.is_empty() => {
                 if let Err(e) = u.write_all(&prefix).await {
                     self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,5 @@
-//! Upstream connections: one `Channel` is a multiplexed Motan2 connection to one endpoint
-//! (many requests in flight, responses matched by request id); a `Pool` keeps
-//! `clientConnection` channels per endpoint and replaces dead ones.
+//! One upstream connection: a `Channel` is a multiplexed Motan2 connection to one endpoint
+//! (many requests in flight, responses matched by request id). `upstream::pool` keeps them.
 //!
 //! Request ids are remapped per channel (spec 1.9): the caller's id is kept by the caller and
 //! restored on the response. Every frame is encoded into one contiguous buffer before it is
@@ -8,17 +7,19 @@
 //! whole frames into one write when several are queued.
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
+use super::Deadline;
 use crate::net::SocketFactory;
 use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL};
 use crate::protocol::motan2::{DecodeLimits, Frame, Motan2Codec};
@@ -47,7 +48,98 @@ impl Default for Transport {
     }
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Frame>>>;
+/// Calls waiting for their response, by channel request id. A waiter is an entry of this map
+/// rather than a channel of its own: the reader fills the entry in and wakes the caller's task,
+/// so once the map has grown to the channel's usual concurrency a call allocates nothing here.
+#[derive(Debug, Default)]
+struct Pending {
+    waiters: Mutex<HashMap<u64, Waiter>>,
+}
+
+#[derive(Debug)]
+enum Waiter {
+    /// The caller's task, once it has polled.
+    Waiting(Option<Waker>),
+    Answered(Frame),
+}
+
+impl Pending {
+    fn insert(&self, id: u64) {
+        self.waiters.lock().unwrap().insert(id, Waiter::Waiting(None));
+    }
+
+    fn remove(&self, id: u64) {
+        self.waiters.lock().unwrap().remove(&id);
+    }
+
+    fn len(&self) -> usize {
+        self.waiters.lock().unwrap().len()
+    }
+
+    /// Hand `resp` to the call waiting for its id; a response nobody waits for (the call timed
+    /// out or was cancelled, or it answers a oneway request) is dropped.
+    fn answer(&self, resp: Frame) {
+        let waker = {
+            let mut waiters = self.waiters.lock().unwrap();
+            match waiters.get_mut(&resp.header.request_id) {
+                Some(w @ Waiter::Waiting(_)) => match std::mem::replace(w, Waiter::Answered(resp)) {
+                    Waiter::Waiting(waker) => waker,
+                    Waiter::Answered(_) => None,
+                },
+                _ => None,
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The response of call `id` once answered; `None` when the entry is gone (the connection
+    /// closed with the call in flight).
+    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        let mut waiters = self.waiters.lock().unwrap();
+        match waiters.get_mut(&id) {
+            None => Poll::Ready(None),
+            Some(Waiter::Waiting(waker)) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Some(Waiter::Answered(_)) => match waiters.remove(&id) {
+                Some(Waiter::Answered(resp)) => Poll::Ready(Some(resp)),
+                _ => Poll::Ready(None),
+            },
+        }
+    }
+
+    /// The connection is gone: every call still waiting fails (answered ones keep their answer).
+    fn fail_waiting(&self) {
+        let mut woken = Vec::new();
+        self.waiters.lock().unwrap().retain(|_, w| match w {
+            Waiter::Waiting(waker) => {
+                woken.extend(waker.take());
+                false
+            }
+            Waiter::Answered(_) => true,
+        });
+        for w in woken {
+            w.wake();
+        }
+    }
+}
+
+/// A call's entry in `Pending`, removed however the call ends (timeout, error, cancellation).
+struct PendingEntry<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        self.pending.remove(self.id);
+    }
+}
 
 /// One multiplexed connection. Dropping the last handle closes it.
 #[derive(Debug)]
@@ -69,7 +161,9 @@ impl Channel {
         let sa: SocketAddr = addr
             .parse()
             .map_err(|_| CallError::service(E_NO_CHANNEL, format!("bad endpoint address {addr:?}")))?;
-        let stream = connect_tcp(sa, t)
+        let stream = t
+            .sockets
+            .connect_within(sa, t.connect_timeout)
             .await
             .map_err(|e| CallError::service(E_NO_CHANNEL, format!("connect to {addr} failed: {e:#}")))?;
         Ok(Channel::start(stream, addr.to_string(), t.limits))
@@ -96,21 +190,16 @@ impl Channel {
             let mut frames = FramedRead::new(rd, Motan2Codec::new(limits));
             let why = loop {
                 match frames.next().await {
-                    Some(Ok(f)) if f.header.is_response() => {
-                        let waiter = pending_r.lock().unwrap().remove(&f.header.request_id);
-                        if let Some(w) = waiter {
-                            let _ = w.send(f);
-                        }
-                    }
+                    Some(Ok(f)) if f.header.is_response() => pending_r.answer(f),
                     Some(Ok(_)) => {} // a request from upstream: nothing asks for that; ignore
                     Some(Err(e)) => break format!("{e}"),
                     None => break "connection closed by peer".to_string(),
                 };
             };
             tracing::debug!(peer = %peer_r, "upstream channel closed: {why}");
+            // Closed first: a call that registers after the sweep sees it and gives up.
             closed_r.store(true, Ordering::Release);
-            // Dropping the senders wakes every waiter with an error.
-            pending_r.lock().unwrap().clear();
+            pending_r.fail_waiting();
         });
         Channel {
             peer,
@@ -125,53 +214,74 @@ impl Channel {
         self.closed.load(Ordering::Acquire) || self.tx.is_closed()
     }
 
+    /// Calls waiting for their response.
     pub fn in_flight(&self) -> usize {
-        self.pending.lock().unwrap().len()
+        self.pending.len()
     }
 
     /// Send `req` with a channel-local request id and wait for its response up to `timeout`.
     /// The response keeps the channel id; the caller restores its own.
-    pub async fn call(&self, mut req: Frame, timeout: Duration) -> Result<Frame, CallError> {
+    pub async fn call(&self, req: Frame, timeout: Duration) -> Result<Frame, CallError> {
+        self.call_until(&req, Deadline::after(timeout)).await
+    }
+
+    /// Send `req` (on the wire with a channel-local request id; the frame itself is neither
+    /// changed nor copied) and wait for its response until `deadline`, which a full write
+    /// queue and the response share. The response keeps the channel id.
+    pub async fn call_until(&self, req: &Frame, deadline: Deadline) -> Result<Frame, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        req.header.request_id = id;
-        let bytes = req.encode_to_bytes();
-        drop(req);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id, tx);
+        let bytes = req.encode_to_bytes_with_id(id);
+        self.pending.insert(id);
+        let entry = PendingEntry {
+            pending: &self.pending,
+            id,
+        };
         // The reader may have closed between the check and the insert: re-check after.
         if self.is_closed() {
-            self.pending.lock().unwrap().remove(&id);
             return Err(channel_error(format!("connection to {} is closed", self.peer)));
         }
-        let sent = tokio::time::timeout(timeout, self.tx.send(bytes)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            self.pending.lock().unwrap().remove(&id);
-            return Err(channel_error(format!("cannot write to {}", self.peer)));
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) => Err(channel_error(format!(
+        self.enqueue(bytes, deadline).await?;
+        let answer = std::future::poll_fn(|cx| self.pending.poll_answer(id, cx));
+        match tokio::time::timeout_at(deadline.at(), answer).await {
+            Ok(Some(resp)) => {
+                // Already removed with its answer.
+                std::mem::forget(entry);
+                Ok(resp)
+            }
+            Ok(None) => Err(channel_error(format!(
                 "connection to {} closed with the request in flight",
                 self.peer
             ))),
-            Err(_) => {
-                self.pending.lock().unwrap().remove(&id);
-                Err(channel_error(format!(
-                    "request timed out after {} ms waiting for {}",
-                    timeout.as_millis(),
-                    self.peer
-                )))
-            }
+            Err(_) => Err(channel_error(format!(
+                "request timed out after {} ms waiting for {}",
+                deadline.timeout().as_millis(),
+                self.peer
+            ))),
         }
     }
 
-    /// A oneway request: written, never answered.
-    pub async fn send_oneway(&self, mut req: Frame) -> Result<(), CallError> {
-        req.header.request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.tx
-            .send(req.encode_to_bytes())
-            .await
-            .map_err(|_| channel_error(format!("cannot write to {}", self.peer)))
+    /// A oneway request: written with a channel-local id, nothing waits for an answer. A
+    /// server that answers anyway (motan-go's does, spec 1.8) finds no waiter; the reader
+    /// drops that answer.
+    pub async fn send_oneway(&self, req: &Frame, deadline: Deadline) -> Result<(), CallError> {
+        if self.is_closed() {
+            return Err(channel_error(format!("connection to {} is closed", self.peer)));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.enqueue(req.encode_to_bytes_with_id(id), deadline).await
+    }
+
+    /// Queue one encoded frame for the writer, waiting for room at most until `deadline`.
+    async fn enqueue(&self, frame: Bytes, deadline: Deadline) -> Result<(), CallError> {
+        match tokio::time::timeout_at(deadline.at(), self.tx.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(channel_error(format!("cannot write to {}", self.peer))),
+            Err(_) => Err(channel_error(format!(
+                "request timed out after {} ms: the write queue to {} stayed full",
+                deadline.timeout().as_millis(),
+                self.peer
+            ))),
+        }
     }
 
     pub async fn heartbeat(&self, timeout: Duration) -> Result<(), CallError> {
@@ -211,87 +321,6 @@ pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
     wr.flush().await
 }
 
-async fn connect_tcp(sa: SocketAddr, t: &Transport) -> anyhow::Result<TcpStream> {
-    t.sockets.connect_within(sa, t.connect_timeout).await
-}
-
-/// `size` channels to one address, made on demand and replaced when they die. Callers are
-/// spread over the live channels by a rotating index.
-#[derive(Debug)]
-pub struct Pool {
-    addr: String,
-    transport: Transport,
-    slots: Vec<tokio::sync::Mutex<Option<Arc<Channel>>>>,
-    next: AtomicUsize,
-}
-
-impl Pool {
-    pub fn new(addr: String, size: usize, transport: Transport) -> Pool {
-        Pool {
-            addr,
-            transport,
-            slots: (0..size.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn address(&self) -> &str {
-        &self.addr
-    }
-
-    /// A live channel, connecting the chosen slot if it has none (errcode 1002 on failure).
-    pub async fn get(&self) -> Result<Arc<Channel>, CallError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[i].lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        let c = Arc::new(Channel::connect(&self.addr, &self.transport).await?);
-        *slot = Some(c.clone());
-        Ok(c)
-    }
-
-    /// Connect every slot (the pool's initial creation); fails if none could be made.
-    pub async fn warm_up(&self) -> Result<(), CallError> {
-        let mut last = None;
-        let mut any = false;
-        for _ in 0..self.slots.len() {
-            match self.get().await {
-                Ok(_) => any = true,
-                Err(e) => last = Some(e),
-            }
-        }
-        match (any, last) {
-            (true, _) | (false, None) => Ok(()),
-            (false, Some(e)) => Err(e),
-        }
-    }
-
-    pub async fn call(&self, req: Frame, timeout: Duration) -> Result<Frame, CallError> {
-        self.get().await?.call(req, timeout).await
-    }
-
-    pub async fn heartbeat(&self, timeout: Duration) -> Result<(), CallError> {
-        self.get().await?.heartbeat(timeout).await
-    }
-
-    /// Live channels and requests in flight over them (for status).
-    pub fn usage(&self) -> (usize, usize) {
-        let mut live = 0;
-        let mut in_flight = 0;
-        for s in &self.slots {
-            if let Ok(g) = s.try_lock()
-                && let Some(c) = g.as_ref()
-                && !c.is_closed()
-            {
-                live += 1;
-                in_flight += c.in_flight();
-            }
-        }
-        (live, in_flight)
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -307,96 +336,134 @@ pub(crate) mod tests {
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let (mut sink, mut stream) = Framed::new(s, Motan2Codec::default()).split();
-                    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-                    tokio::spawn(async move {
-                        while let Some(f) = rx.recv().await {
-                            if sink.send(f).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                    while let Some(Ok(f)) = stream.next().await {
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            if f.header.is_heartbeat() {
-                                let _ = tx.send(Frame::heartbeat_response(f.header.request_id));
-                                return;
-                            }
-                            let delay = f.body.first().copied().unwrap_or(0);
-                            tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
-                            let mut body = f.body.to_vec();
-                            body.reverse();
-                            let _ = tx.send(Frame::response_to(&f, Bytes::from(body)));
-                        });
-                    }
-                });
+                tokio::spawn(serve_reversed(s));
             }
         });
         addr
     }
 
-    #[tokio::test]
-    async fn multiplexed_calls_get_their_own_answers() {
-        let addr = upstream().await;
-        let pool = Arc::new(Pool::new(addr.to_string(), 2, Transport::default()));
-        pool.warm_up().await.unwrap();
-        let mut calls = Vec::new();
-        for i in 0..200u32 {
-            let pool = pool.clone();
-            calls.push(tokio::spawn(async move {
-                let body = Bytes::from(vec![(i % 7) as u8, (i >> 8) as u8, i as u8]);
-                let req = Frame::request(u64::from(i) + 1_000_000, "s", "m", body.clone());
-                let resp = pool.call(req, Duration::from_secs(5)).await.unwrap();
-                let mut want = body.to_vec();
-                want.reverse();
-                assert_eq!(resp.body.as_ref(), want.as_slice());
-            }));
+    /// Serve one connection the way [`upstream`] does.
+    pub(crate) async fn serve_reversed(s: TcpStream) {
+        let (mut sink, mut stream) = Framed::new(s, Motan2Codec::default()).split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        tokio::spawn(async move {
+            while let Some(f) = rx.recv().await {
+                if sink.send(f).await.is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(Ok(f)) = stream.next().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if f.header.is_heartbeat() {
+                    let _ = tx.send(Frame::heartbeat_response(f.header.request_id));
+                    return;
+                }
+                let delay = f.body.first().copied().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+                let mut body = f.body.to_vec();
+                body.reverse();
+                let _ = tx.send(Frame::response_to(&f, Bytes::from(body)));
+            });
         }
-        for c in calls {
-            c.await.unwrap();
-        }
-        assert_eq!(pool.usage().0, 2);
-        pool.heartbeat(Duration::from_secs(1)).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn timeout_and_refused_are_channel_errors() {
-        let addr = upstream().await;
-        let pool = Pool::new(addr.to_string(), 1, Transport::default());
-        let req = Frame::request(1, "s", "m", Bytes::from_static(&[200]));
-        let e = pool.call(req, Duration::from_millis(50)).await.unwrap_err();
-        assert_eq!(e.code, 400);
-        assert!(e.message.contains("timed out"), "{e}");
-        assert_eq!(pool.usage().1, 0, "a timed-out request is forgotten");
-
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead = l.local_addr().unwrap();
-        drop(l);
-        let pool = Pool::new(dead.to_string(), 1, Transport::default());
-        let e = pool
-            .call(Frame::request(1, "s", "m", Bytes::new()), Duration::from_secs(1))
-            .await;
-        let e = e.unwrap_err();
-        assert_eq!(e.code, E_NO_CHANNEL);
-        assert!(e.is_retryable());
+    /// A listening socket with a backlog of one, not yet accepting.
+    pub(crate) fn backlog_of_one() -> (SocketAddr, std::net::TcpListener) {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        s.listen(1).unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        let l = std::net::TcpListener::from(s);
+        l.set_nonblocking(true).unwrap();
+        (addr, l)
     }
 
-    #[tokio::test]
-    async fn in_flight_requests_fail_when_the_peer_closes() {
+    /// Connect to `addr` until a connect hangs: the listener's accept queue is then full and
+    /// the kernel drops further SYNs. Keep the returned connections open.
+    pub(crate) async fn fill_backlog(addr: SocketAddr) -> Vec<TcpStream> {
+        let mut held = Vec::new();
+        while let Ok(c) = tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await {
+            held.push(c.unwrap());
+            assert!(held.len() < 16, "the backlog of {addr} never filled");
+        }
+        held
+    }
+
+    /// An endpoint that never accepts (a connect to it hangs until its timeout), as long as the
+    /// returned listener and connections live.
+    pub(crate) async fn blackhole() -> (SocketAddr, (std::net::TcpListener, Vec<TcpStream>)) {
+        let (addr, l) = backlog_of_one();
+        let held = fill_backlog(addr).await;
+        (addr, (l, held))
+    }
+
+    /// A provider that reads requests and never answers; requests arrive on the receiver.
+    pub(crate) async fn silent_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Frame>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let (s, _) = l.accept().await.unwrap();
-            let mut frames = FramedRead::new(s, Motan2Codec::default());
-            let _ = frames.next().await; // read one request, then close
+            while let Ok((s, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut frames = FramedRead::new(s, Motan2Codec::default());
+                    while let Some(Ok(f)) = frames.next().await {
+                        let _ = tx.send(f);
+                    }
+                });
+            }
         });
-        let pool = Pool::new(addr.to_string(), 1, Transport::default());
-        let e = pool
-            .call(Frame::request(1, "s", "m", Bytes::new()), Duration::from_secs(5))
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn the_caller_keeps_its_frame_and_the_wire_carries_the_channel_id() {
+        let addr = upstream().await;
+        let ch = Channel::connect(&addr.to_string(), &Transport::default())
             .await
-            .unwrap_err();
-        assert!(e.message.contains("closed"), "{e}");
+            .unwrap();
+        let req = Frame::request(77, "s", "m", Bytes::from_static(b"\x00ab"));
+        let resp = ch
+            .call_until(&req, Deadline::after(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(resp.body.as_ref(), b"ba\x00");
+        assert_eq!(resp.header.request_id, 1, "the channel's own id");
+        assert_eq!(req.header.request_id, 77, "the request is not changed");
+        assert_eq!(ch.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_call_leaves_no_waiter_behind() {
+        let (addr, _requests) = silent_upstream().await;
+        let ch = Channel::connect(&addr.to_string(), &Transport::default())
+            .await
+            .unwrap();
+        let req = Frame::request(1, "s", "m", Bytes::new());
+        let call = ch.call_until(&req, Deadline::after(Duration::from_secs(60)));
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), call).await;
+        assert!(cancelled.is_err(), "still waiting when dropped");
+        assert_eq!(ch.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn oneway_requests_are_written_and_nothing_waits() {
+        let (addr, mut requests) = silent_upstream().await;
+        let ch = Channel::connect(&addr.to_string(), &Transport::default())
+            .await
+            .unwrap();
+        let mut req = Frame::request(5, "s", "m", Bytes::from_static(b"fire"));
+        req.header
+            .set_flag(crate::protocol::motan2::frame::FLAG_ONEWAY, true);
+        ch.send_oneway(&req, Deadline::after(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        let got = requests.recv().await.unwrap();
+        assert!(got.header.is_oneway());
+        assert_eq!(got.body.as_ref(), b"fire");
+        assert_eq!(ch.in_flight(), 0);
     }
 }

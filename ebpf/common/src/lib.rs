@@ -1,9 +1,16 @@
 //! Types shared by the sockmesh BPF programs (kernel side) and the agent (user side).
 //!
 //! Every type here is `#[repr(C)]`, has no padding holes the verifier could trip over, and is
-//! `Copy`. Byte-order conventions are stated per field: IPv4 addresses are kept in network order
+//! `Copy`. Byte-order conventions are stated per field: addresses are kept in network order
 //! exactly as the kernel hands them over, ports are kept in host order.
+//!
+//! Addresses of connections ([`OrigDst`], [`EndpointKey`], [`SockKey`]) are IPv6-sized, 4 words
+//! in network order ([`Ip6`]); an IPv4 address is kept IPv4-mapped (`::ffff:a.b.c.d`, see
+//! [`v4_mapped`]). So one record serves an IPv4 socket, a dual-stack socket on an IPv4-mapped
+//! connection (both see the same mapped address) and a native IPv6 one.
 #![no_std]
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Where the maps, programs and links are pinned (bpffs).
 pub const PIN_ROOT: &str = "/sys/fs/bpf/sockmesh";
@@ -17,9 +24,73 @@ pub const DEFAULT_AGENT_MARK: u32 = 0x5e5e_0001;
 /// `SOL_IP` / `SO_ORIGINAL_DST` as netfilter defines them.
 pub const SOL_IP: i32 = 0;
 pub const SO_ORIGINAL_DST: i32 = 80;
+/// `SOL_IPV6` / `IP6T_SO_ORIGINAL_DST`: the IPv6 original destination, as ip6tables REDIRECT
+/// answers it (a `sockaddr_in6`).
+pub const SOL_IPV6: i32 = 41;
+pub const IP6T_SO_ORIGINAL_DST: i32 = 80;
+
+/// An address as the programs keep it: IPv6, or IPv4-mapped IPv6; 4 words, network order.
+pub type Ip6 = [u32; 4];
+
+/// `::ffff:a.b.c.d` for an IPv4 address in network order.
+#[inline(always)]
+pub const fn v4_mapped(ip4: u32) -> Ip6 {
+    [0, 0, 0x0000_ffff_u32.to_be(), ip4]
+}
+
+/// Whether `a` is an IPv4-mapped address (then `a[3]` is the IPv4 address, network order).
+#[inline(always)]
+pub const fn is_v4_mapped(a: &Ip6) -> bool {
+    a[0] == 0 && a[1] == 0 && a[2] == 0x0000_ffff_u32.to_be()
+}
+
+/// The programs' form of an address (IPv4 becomes IPv4-mapped).
+pub fn ip6_of(ip: IpAddr) -> Ip6 {
+    let o = match ip {
+        IpAddr::V4(v4) => return v4_mapped(u32::from_ne_bytes(v4.octets())),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+/// The address an [`Ip6`] stands for: IPv4 when it is IPv4-mapped.
+pub fn ip_of(a: &Ip6) -> IpAddr {
+    if is_v4_mapped(a) {
+        return IpAddr::V4(Ipv4Addr::from(a[3].to_ne_bytes()));
+    }
+    let mut o = [0u8; 16];
+    for (i, w) in a.iter().enumerate() {
+        o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    IpAddr::V6(Ipv6Addr::from(o))
+}
 
 /// How many agent-owned loopback ports the connect hook leaves alone.
 pub const MAX_AGENT_PORTS: usize = 8;
+
+/// Version of the pinned map layout: the maps live in `<pin dir>/maps-v<N>` (before versioning:
+/// `maps`, layout 1). Bump it whenever a pinned map changes its name, type, key, value (also the
+/// meaning of a field), size or flags: an agent refuses to run its programs on maps pinned by
+/// another layout. The agent's unit test `map_layout_is_versioned` fails until it is bumped.
+pub const MAP_LAYOUT_VERSION: u32 = 3;
+
+/// Capacity (max_entries) of `SM_CGROUPS`: how many cgroups can be intercepted at once.
+pub const MAX_CGROUPS: u32 = 1024;
+/// Capacity of `SM_INCLUDE_V4`; the IPv4 prefixes of `sockmesh.intercept.include_cidrs` are
+/// checked against it.
+pub const MAX_INCLUDE_CIDRS: u32 = 256;
+/// Capacity of `SM_EXCLUDE_V4`; the IPv4 prefixes of `sockmesh.intercept.exclude_cidrs` are
+/// checked against it.
+pub const MAX_EXCLUDE_CIDRS: u32 = 256;
+/// Capacity of `SM_INCLUDE_V6`; the IPv6 prefixes of `sockmesh.intercept.include_cidrs` are
+/// checked against it.
+pub const MAX_INCLUDE_CIDRS_V6: u32 = 256;
+/// Capacity of `SM_EXCLUDE_V6`; the IPv6 prefixes of `sockmesh.intercept.exclude_cidrs` are
+/// checked against it.
+pub const MAX_EXCLUDE_CIDRS_V6: u32 = 256;
+/// Capacity of `SM_EXCLUDE_PORTS`; `sockmesh.intercept.exclude_ports` is checked against it.
+pub const MAX_EXCLUDE_PORTS: u32 = 256;
 
 /// How deep the connect hook looks for an enabled ancestor cgroup.
 pub const MAX_CGROUP_DEPTH: u32 = 16;
@@ -61,6 +132,8 @@ pub struct GlobalConfig {
     pub enabled: u32,
     /// Loopback ports the agent itself serves (9981, 9982, 8002, ...), host order, 0 = unused.
     pub agent_ports: [u32; MAX_AGENT_PORTS],
+    /// Transparent listener for native IPv6 connects (::1), network order; same port.
+    pub listen_ip6: Ip6,
 }
 
 /// Per enabled cgroup, keyed by cgroup id in `SM_CGROUPS`. The agent writes `mode`; the
@@ -83,13 +156,12 @@ pub struct CgroupPolicy {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OrigDst {
-    /// Network order.
-    pub ip4: u32,
+    /// IPv6 or IPv4-mapped ([`Ip6`]).
+    pub addr: Ip6,
     /// Host order.
     pub port: u32,
     /// [`Mode`] of the cgroup that made the connection.
     pub mode: u32,
-    pub _pad: u32,
     /// Enabled cgroup that matched.
     pub cgroup_id: u64,
 }
@@ -98,10 +170,11 @@ pub struct OrigDst {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EndpointKey {
-    /// Network order.
-    pub ip4: u32,
+    /// IPv6 or IPv4-mapped ([`Ip6`]).
+    pub addr: Ip6,
     /// Host order.
     pub port: u32,
+    pub _pad: u32,
     /// Network-namespace cookie, so identical loopback tuples in two namespaces differ.
     pub netns: u64,
 }
@@ -110,10 +183,10 @@ pub struct EndpointKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockKey {
-    /// Network order.
-    pub local_ip4: u32,
-    /// Network order.
-    pub remote_ip4: u32,
+    /// IPv6 or IPv4-mapped ([`Ip6`]).
+    pub local_ip: Ip6,
+    /// IPv6 or IPv4-mapped ([`Ip6`]).
+    pub remote_ip: Ip6,
     /// Host order.
     pub local_port: u32,
     /// Host order.
@@ -125,22 +198,13 @@ impl SockKey {
     /// The key under which the other end of this connection is stored.
     pub fn peer(&self) -> SockKey {
         SockKey {
-            local_ip4: self.remote_ip4,
-            remote_ip4: self.local_ip4,
+            local_ip: self.remote_ip,
+            remote_ip: self.local_ip,
             local_port: self.remote_port,
             remote_port: self.local_port,
             netns: self.netns,
         }
     }
-}
-
-/// LPM trie key for IPv4 prefixes (`SM_INCLUDE_V4`, `SM_EXCLUDE_V4`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Ipv4Prefix {
-    pub prefix_len: u32,
-    /// Network order.
-    pub ip4: u32,
 }
 
 #[cfg(feature = "user")]
@@ -152,7 +216,6 @@ mod user {
     unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for SockKey {}
-    unsafe impl aya::Pod for Ipv4Prefix {}
 }
 
 #[cfg(test)]
@@ -161,27 +224,45 @@ mod tests {
 
     #[test]
     fn sizes_have_no_hidden_padding() {
-        assert_eq!(core::mem::size_of::<GlobalConfig>(), 16 + 4 * MAX_AGENT_PORTS);
+        assert_eq!(core::mem::size_of::<GlobalConfig>(), 32 + 4 * MAX_AGENT_PORTS);
         assert_eq!(core::mem::size_of::<CgroupPolicy>(), 32);
-        assert_eq!(core::mem::size_of::<OrigDst>(), 24);
-        assert_eq!(core::mem::size_of::<EndpointKey>(), 16);
-        assert_eq!(core::mem::size_of::<SockKey>(), 24);
-        assert_eq!(core::mem::size_of::<Ipv4Prefix>(), 8);
+        assert_eq!(core::mem::size_of::<OrigDst>(), 32);
+        assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
+        assert_eq!(core::mem::size_of::<SockKey>(), 48);
+    }
+
+    #[test]
+    fn addresses_round_trip_and_ipv4_is_mapped() {
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        let a = ip6_of(v4);
+        assert!(is_v4_mapped(&a));
+        assert_eq!(a, v4_mapped(u32::from_ne_bytes([10, 1, 2, 3])));
+        assert_eq!(ip_of(&a), v4);
+        let v6: IpAddr = "fd00:213:1::2".parse().unwrap();
+        let b = ip6_of(v6);
+        assert!(!is_v4_mapped(&b));
+        assert_eq!(ip_of(&b), v6);
+        // Network order: the first word holds the first two groups as they appear on the wire.
+        assert_eq!(b[0].to_ne_bytes(), [0xfd, 0x00, 0x02, 0x13]);
+        assert_eq!(
+            ip_of(&ip6_of(IpAddr::V6(Ipv6Addr::LOCALHOST))),
+            Ipv6Addr::LOCALHOST
+        );
     }
 
     #[test]
     fn peer_key_swaps_ends() {
         let k = SockKey {
-            local_ip4: 1,
-            remote_ip4: 2,
+            local_ip: [1; 4],
+            remote_ip: [2; 4],
             local_port: 3,
             remote_port: 4,
             netns: 9,
         };
         let p = k.peer();
         assert_eq!(
-            (p.local_ip4, p.remote_ip4, p.local_port, p.remote_port),
-            (2, 1, 4, 3)
+            (p.local_ip, p.remote_ip, p.local_port, p.remote_port),
+            ([2; 4], [1; 4], 4, 3)
         );
         assert_eq!(p.peer(), k);
         assert_eq!(Mode::from_u32(2), Mode::Sockmap);

@@ -1,6 +1,11 @@
 //! cgroup/connect4 and cgroup/connect6: rewrite an app's TCP connect to the agent's transparent
-//! listener. connect6 handles IPv4-mapped destinations (`::ffff:a.b.c.d`), which is how
-//! dual-stack sockets (Java's default, for instance) reach IPv4 services.
+//! listener. IPv4 destinations, also IPv4-mapped ones on dual-stack sockets (`::ffff:a.b.c.d`,
+//! how Java reaches IPv4 services by default), go to the IPv4 listener (127.0.0.1); native IPv6
+//! destinations go to the IPv6 listener (::1) on the same port.
+//!
+//! Only a listener of the agent counts: the listening socket found at the transparent address
+//! must carry the agent's socket mark. Any other listener there (a process that bound the
+//! address while the agent was down) gets nothing: the app connects directly (fail-open).
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
@@ -11,37 +16,53 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
-use sockmesh_common::{CgroupPolicy, GlobalConfig, MAX_AGENT_PORTS, MAX_CGROUP_DEPTH, Mode, OrigDst};
+use sockmesh_common::{
+    CgroupPolicy, GlobalConfig, Ip6, MAX_AGENT_PORTS, MAX_CGROUP_DEPTH, Mode, OrigDst, is_v4_mapped,
+    v4_mapped,
+};
 
-use crate::maps::{SM_CGROUPS, SM_EXCLUDE_PORTS, SM_EXCLUDE_V4, SM_INCLUDE_V4, SM_ORIG_DST, config};
+use crate::maps::{
+    SM_CGROUPS, SM_EXCLUDE_PORTS, SM_EXCLUDE_V4, SM_EXCLUDE_V6, SM_INCLUDE_V4, SM_INCLUDE_V6, SM_ORIG_DST,
+    config, is_agent_socket,
+};
 
 const IPPROTO_TCP: u32 = 6;
 const LOOPBACK_NET: u32 = 0x7f00_0000;
+const IP6_LOOPBACK: Ip6 = [0, 0, 0, 1u32.to_be()];
 
 /// Always allow the connect (return 1): interception must never make a connect fail.
 #[cgroup_sock_addr(connect4)]
 pub fn sm_connect4(ctx: SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
-    let dst_ip = sa.user_ip4;
-    if let Some(to) = try_connect(&ctx, dst_ip) {
-        sa.user_ip4 = to.0;
-        sa.user_port = to.1;
+    if let Some((to, port)) = try_connect(&ctx, v4_mapped(sa.user_ip4)) {
+        sa.user_ip4 = to[3];
+        sa.user_port = port;
     }
     1
 }
 
-const V4_MAPPED_PREFIX: [u32; 3] = [0, 0, 0x0000_ffff_u32.to_be()];
-
 #[cgroup_sock_addr(connect6)]
 pub fn sm_connect6(ctx: SockAddrContext) -> i32 {
-    let sa = unsafe { &mut *ctx.sock_addr };
-    let ip6 = sa.user_ip6;
-    if ip6[0] != V4_MAPPED_PREFIX[0] || ip6[1] != V4_MAPPED_PREFIX[1] || ip6[2] != V4_MAPPED_PREFIX[2] {
-        return 1; // native IPv6 destinations are not intercepted yet
-    }
-    if let Some(to) = try_connect(&ctx, ip6[3]) {
-        sa.user_ip6[3] = to.0;
-        sa.user_port = to.1;
+    let sa = ctx.sock_addr;
+    // Word by word: the verifier refuses context accesses through a derived pointer, which is
+    // what LLVM makes of an array copy.
+    let dst = unsafe {
+        [
+            core::ptr::read_volatile(&raw const (*sa).user_ip6[0]),
+            core::ptr::read_volatile(&raw const (*sa).user_ip6[1]),
+            core::ptr::read_volatile(&raw const (*sa).user_ip6[2]),
+            core::ptr::read_volatile(&raw const (*sa).user_ip6[3]),
+        ]
+    };
+    if let Some((to, port)) = try_connect(&ctx, dst) {
+        // An IPv4-mapped destination goes to the IPv4 listener, IPv4-mapped again.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*sa).user_ip6[0], to[0]);
+            core::ptr::write_volatile(&raw mut (*sa).user_ip6[1], to[1]);
+            core::ptr::write_volatile(&raw mut (*sa).user_ip6[2], to[2]);
+            core::ptr::write_volatile(&raw mut (*sa).user_ip6[3], to[3]);
+            (*sa).user_port = port;
+        }
     }
     1
 }
@@ -52,17 +73,16 @@ enum Verdict {
     FailOpen,
 }
 
-/// Decide for a TCP connect to `dst_ip` (network order); returns the address and port (both as
-/// the context stores them) to rewrite to, or None to leave the connect alone.
-fn try_connect(ctx: &SockAddrContext, dst_ip: u32) -> Option<(u32, u32)> {
+/// Decide for a TCP connect to `dst` (IPv6 or IPv4-mapped); returns the listener address (in
+/// the same form) and port (as the context stores it) to rewrite to, or None to leave it alone.
+fn try_connect(ctx: &SockAddrContext, dst: Ip6) -> Option<(Ip6, u32)> {
     let sa = unsafe { &*ctx.sock_addr };
     if sa.protocol != IPPROTO_TCP {
         return None;
     }
     let cfg = config()?;
     // Self-exclusion: the agent marks its own sockets.
-    let sk = unsafe { sa.__bindgen_anon_1.sk };
-    if !sk.is_null() && cfg.agent_mark != 0 && unsafe { (*sk).mark } == cfg.agent_mark {
+    if is_agent_socket(unsafe { sa.__bindgen_anon_1.sk }, cfg) {
         return None;
     }
     let (cgroup_id, policy) = enabled_ancestor()?;
@@ -71,19 +91,19 @@ fn try_connect(ctx: &SockAddrContext, dst_ip: u32) -> Option<(u32, u32)> {
         return None;
     }
     let dst_port = u16::from_be(sa.user_port as u16) as u32;
+    let v4 = is_v4_mapped(&dst);
 
     let mut rewrite = None;
-    let verdict = if !policy_allows(cfg, dst_ip, dst_port) {
+    let verdict = if !policy_allows(cfg, &dst, v4, dst_port) {
         Verdict::Passed
-    } else if !listener_alive(ctx, cfg) {
+    } else if !agent_listening(ctx, cfg, v4) {
         Verdict::FailOpen
     } else {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         let orig = OrigDst {
-            ip4: dst_ip,
+            addr: dst,
             port: dst_port,
             mode,
-            _pad: 0,
             cgroup_id,
         };
         if SM_ORIG_DST.insert(&cookie, &orig, 0).is_err() {
@@ -93,14 +113,13 @@ fn try_connect(ctx: &SockAddrContext, dst_ip: u32) -> Option<(u32, u32)> {
             );
             Verdict::FailOpen
         } else {
-            rewrite = Some((cfg.listen_ip4, ((cfg.listen_port as u16).to_be()) as u32));
-            debug!(
-                ctx,
-                "sockmesh: redirected connect to {:i}:{} (cgroup {})",
-                u32::from_be(dst_ip),
-                dst_port,
-                cgroup_id
-            );
+            let listen = if v4 {
+                v4_mapped(cfg.listen_ip4)
+            } else {
+                cfg.listen_ip6
+            };
+            rewrite = Some((listen, ((cfg.listen_port as u16).to_be()) as u32));
+            log_redirect(ctx, &dst, v4, dst_port, cgroup_id);
             Verdict::Redirected
         }
     };
@@ -114,6 +133,26 @@ fn try_connect(ctx: &SockAddrContext, dst_ip: u32) -> Option<(u32, u32)> {
     // A BPF atomic add (BPF_XADD): several CPUs may count for the same cgroup at once.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
     rewrite
+}
+
+#[inline(always)]
+fn log_redirect(ctx: &SockAddrContext, dst: &Ip6, v4: bool, port: u32, cgroup_id: u64) {
+    if v4 {
+        debug!(
+            ctx,
+            "sockmesh: redirected connect to {:i}:{} (cgroup {})",
+            u32::from_be(dst[3]),
+            port,
+            cgroup_id
+        );
+    } else {
+        // Network-order words are the address bytes in memory order.
+        let bytes: [u8; 16] = unsafe { core::mem::transmute(*dst) };
+        debug!(
+            ctx,
+            "sockmesh: redirected connect to [{:i}]:{} (cgroup {})", bytes, port, cgroup_id
+        );
+    }
 }
 
 /// The deepest enabled cgroup among the current task's ancestors (itself included).
@@ -134,12 +173,21 @@ fn enabled_ancestor() -> Option<(u64, *mut CgroupPolicy)> {
     found
 }
 
-/// Interception policy: agent's own loopback ports and the listener itself are never
-/// intercepted; then excluded ports, excluded prefixes, and the include list (empty = all).
+/// Interception policy: the agent's own loopback ports and the listener itself are never
+/// intercepted, nor IPv6 link-local destinations (their scope id is not visible here, so the
+/// agent could not dial them); then excluded ports, excluded prefixes, and the include list of
+/// the destination's family (empty = nothing).
 #[inline(always)]
-fn policy_allows(cfg: &GlobalConfig, dst_ip: u32, dst_port: u32) -> bool {
-    let host_ip = u32::from_be(dst_ip);
-    if host_ip & 0xff00_0000 == LOOPBACK_NET {
+fn policy_allows(cfg: &GlobalConfig, dst: &Ip6, v4: bool, dst_port: u32) -> bool {
+    let loopback = if v4 {
+        u32::from_be(dst[3]) & 0xff00_0000 == LOOPBACK_NET
+    } else {
+        dst[0] == IP6_LOOPBACK[0]
+            && dst[1] == IP6_LOOPBACK[1]
+            && dst[2] == IP6_LOOPBACK[2]
+            && dst[3] == IP6_LOOPBACK[3]
+    };
+    if loopback {
         if dst_port == cfg.listen_port {
             return false;
         }
@@ -154,26 +202,46 @@ fn policy_allows(cfg: &GlobalConfig, dst_ip: u32, dst_port: u32) -> bool {
     if SM_EXCLUDE_PORTS.get_ptr(&dst_port).is_some() {
         return false;
     }
-    let key = Key::new(32, dst_ip);
-    if SM_EXCLUDE_V4.get(&key).is_some() {
+    if v4 {
+        let key = Key::new(32, dst[3]);
+        if SM_EXCLUDE_V4.get(&key).is_some() {
+            return false;
+        }
+        // An include entry 0.0.0.0/0 means "every IPv4 destination".
+        return SM_INCLUDE_V4.get(&key).is_some();
+    }
+    if u32::from_be(dst[0]) & 0xffc0_0000 == 0xfe80_0000 {
         return false;
     }
-    // An include entry 0.0.0.0/0 means "everything"; the agent always writes at least one entry.
-    SM_INCLUDE_V4.get(&key).is_some()
+    let key = Key::new(128, *dst);
+    if SM_EXCLUDE_V6.get(&key).is_some() {
+        return false;
+    }
+    // An include entry ::/0 means "every IPv6 destination".
+    SM_INCLUDE_V6.get(&key).is_some()
 }
 
-/// Fail-open: only redirect when the agent's transparent listener exists in this socket's
-/// network namespace. A dead agent has no listening socket, so apps connect directly.
+/// Fail-open and trust: only redirect when the listening socket at the transparent address of
+/// this family, in this socket's network namespace, is the agent's (carries its mark). A dead
+/// agent has no listening socket, and any other process's listener there does not count.
 #[inline(always)]
-fn listener_alive(ctx: &SockAddrContext, cfg: &GlobalConfig) -> bool {
+fn agent_listening(ctx: &SockAddrContext, cfg: &GlobalConfig, v4: bool) -> bool {
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    tuple.__bindgen_anon_1.ipv4.daddr = cfg.listen_ip4;
-    tuple.__bindgen_anon_1.ipv4.dport = (cfg.listen_port as u16).to_be();
+    let port = (cfg.listen_port as u16).to_be();
+    let size = if v4 {
+        tuple.__bindgen_anon_1.ipv4.daddr = cfg.listen_ip4;
+        tuple.__bindgen_anon_1.ipv4.dport = port;
+        core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    } else {
+        tuple.__bindgen_anon_1.ipv6.daddr = cfg.listen_ip6;
+        tuple.__bindgen_anon_1.ipv6.dport = port;
+        core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+    };
     let sk = unsafe {
         bpf_sk_lookup_tcp(
             ctx.as_ptr(),
             &mut tuple,
-            core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32,
+            size as u32,
             BPF_F_CURRENT_NETNS as u64,
             0,
         )
@@ -181,6 +249,7 @@ fn listener_alive(ctx: &SockAddrContext, cfg: &GlobalConfig) -> bool {
     if sk.is_null() {
         return false;
     }
+    let ours = is_agent_socket(sk, cfg);
     let _ = unsafe { bpf_sk_release(sk as *mut _) };
-    true
+    ours
 }

@@ -1,10 +1,12 @@
 //! sockmesh kernel programs.
 //!
-//! App side (attached per enabled cgroup): `connect4` rewrites the destination to the agent and
-//! records the original one, `getpeername4` shows the app its original peer, `sock_release`
-//! forgets the records. Host side (attached once at the cgroup v2 root): `sockops` keeps the
-//! tuple record the agent reads and fills the sockhash, `getsockopt` answers `SO_ORIGINAL_DST`.
-//! `skmsg` (attached to the sockhash) short-circuits data between app and agent sockets.
+//! App side (attached per enabled cgroup): `connect4`/`connect6` rewrite the destination to the
+//! agent's listener (only a listener that carries the agent's mark) and record the original one,
+//! `getpeername4`/`getpeername6` show the app its original peer, `sock_release` forgets the
+//! records. Host side (attached once at the cgroup v2 root): `sockops` keeps the tuple record the
+//! agent reads and fills the sockhash, `getsockopt` answers `SO_ORIGINAL_DST` (IPv4) and
+//! `IP6T_SO_ORIGINAL_DST` (IPv6) to the agent's sockets only. `skmsg` (attached to the sockhash)
+//! short-circuits data between app and agent sockets.
 #![no_std]
 #![no_main]
 // atomic_xadd: core's AtomicU64::fetch_add is not available for the BPF target.

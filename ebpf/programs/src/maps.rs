@@ -1,41 +1,61 @@
-//! Every map the programs share, pinned by name under `/sys/fs/bpf/sockmesh/maps` so that
-//! interception survives an agent restart. Who writes and who reads is stated per map.
+//! Every map the programs share, pinned by name under `/sys/fs/bpf/sockmesh/maps-v<N>` (N =
+//! `MAP_LAYOUT_VERSION`: bump it when a map here changes) so that interception survives an agent
+//! restart. Who writes and who reads is stated per map.
 use aya_ebpf::{
+    bindings::bpf_sock,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, SockHash},
 };
-use sockmesh_common::{CgroupPolicy, EndpointKey, GlobalConfig, OrigDst, SockKey};
+use sockmesh_common::{
+    CgroupPolicy, EndpointKey, GlobalConfig, Ip6, MAX_CGROUPS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_CIDRS_V6,
+    MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, OrigDst, SockKey,
+};
 
-/// Global settings (listener, agent mark, agent ports). Written by the agent; read by all programs.
+/// Global settings (listeners, agent mark, agent ports). Written by the agent; read by all programs.
 #[map(name = "SM_CONFIG")]
 pub static SM_CONFIG: Array<GlobalConfig> = Array::pinned(1, 0);
 
 /// Enabled cgroups by cgroup id: mode plus counters. Mode written by the agent, counters bumped by
 /// `connect4`, read by the agent (`intercept status`).
 #[map(name = "SM_CGROUPS")]
-pub static SM_CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::pinned(1024, 0);
+pub static SM_CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::pinned(MAX_CGROUPS, 0);
 
-/// Destination prefixes to intercept (empty = everything). Written by the agent; read by `connect4`.
+/// IPv4 destination prefixes to intercept (nothing when empty). Written by the agent; read by
+/// `connect4` and by `connect6` for IPv4-mapped destinations.
 #[map(name = "SM_INCLUDE_V4")]
-pub static SM_INCLUDE_V4: LpmTrie<u32, u8> = LpmTrie::pinned(256, 1 /* BPF_F_NO_PREALLOC */);
+pub static SM_INCLUDE_V4: LpmTrie<u32, u8> =
+    LpmTrie::pinned(MAX_INCLUDE_CIDRS, 1 /* BPF_F_NO_PREALLOC */);
 
-/// Destination prefixes never to intercept. Written by the agent; read by `connect4`.
+/// IPv4 destination prefixes never to intercept. Written by the agent; read by `connect4`/`connect6`.
 #[map(name = "SM_EXCLUDE_V4")]
-pub static SM_EXCLUDE_V4: LpmTrie<u32, u8> = LpmTrie::pinned(256, 1 /* BPF_F_NO_PREALLOC */);
+pub static SM_EXCLUDE_V4: LpmTrie<u32, u8> =
+    LpmTrie::pinned(MAX_EXCLUDE_CIDRS, 1 /* BPF_F_NO_PREALLOC */);
+
+/// Native IPv6 destination prefixes to intercept (nothing when empty), network-order words.
+/// Written by the agent; read by `connect6`.
+#[map(name = "SM_INCLUDE_V6")]
+pub static SM_INCLUDE_V6: LpmTrie<Ip6, u8> =
+    LpmTrie::pinned(MAX_INCLUDE_CIDRS_V6, 1 /* BPF_F_NO_PREALLOC */);
+
+/// Native IPv6 destination prefixes never to intercept. Written by the agent; read by `connect6`.
+#[map(name = "SM_EXCLUDE_V6")]
+pub static SM_EXCLUDE_V6: LpmTrie<Ip6, u8> =
+    LpmTrie::pinned(MAX_EXCLUDE_CIDRS_V6, 1 /* BPF_F_NO_PREALLOC */);
 
 /// Destination ports never to intercept (e.g. 22). Written by the agent; read by `connect4`.
 #[map(name = "SM_EXCLUDE_PORTS")]
-pub static SM_EXCLUDE_PORTS: HashMap<u32, u8> = HashMap::pinned(256, 0);
+pub static SM_EXCLUDE_PORTS: HashMap<u32, u8> = HashMap::pinned(MAX_EXCLUDE_PORTS, 0);
 
-/// Original destination by app socket cookie. Written by `connect4`, read by `getpeername4` and
-/// `sockops`, deleted by `sock_release`. LRU so that it cannot grow without bound even if a
+/// Original destination by app socket cookie. Written by `connect4`/`connect6`, read by
+/// `getpeername4`/`getpeername6` and `sockops`, deleted by `sock_release`. LRU so that it cannot grow without bound even if a
 /// release is missed.
 #[map(name = "SM_ORIG_DST")]
 pub static SM_ORIG_DST: LruHashMap<u64, OrigDst> = LruHashMap::pinned(65536, 0);
 
 /// Original destination by the app socket's (ip, port, netns): the agent's accepted socket sees
 /// that endpoint as its peer. Written by `sockops` (app side, active established), read by
-/// `getsockopt`/`sockops` (agent side) and by the agent, deleted by `sock_release`.
+/// `getsockopt` (for the agent's sockets only) and `sockops` (agent side), deleted by `sockops`
+/// when the agent's socket closes.
 #[map(name = "SM_PEER_ORIG")]
 pub static SM_PEER_ORIG: LruHashMap<EndpointKey, OrigDst> = LruHashMap::pinned(65536, 0);
 
@@ -49,4 +69,39 @@ pub static SM_SOCKS: SockHash<SockKey> = SockHash::pinned(65536, 0);
 pub fn config() -> Option<&'static GlobalConfig> {
     let cfg = SM_CONFIG.get(0)?;
     if cfg.enabled == 0 { None } else { Some(cfg) }
+}
+
+/// Whether `sk` is one of the agent's sockets: its listeners carry the agent's mark, and sockets
+/// accepted from them inherit it (`inet_csk_clone_lock` copies the listener's `sk_mark`). Only
+/// CAP_NET_ADMIN/CAP_NET_RAW can set a mark, so an unprivileged process never passes this.
+#[inline(always)]
+pub fn is_agent_socket(sk: *const bpf_sock, cfg: &GlobalConfig) -> bool {
+    !sk.is_null() && cfg.agent_mark != 0 && unsafe { (*sk).mark } == cfg.agent_mark
+}
+
+/// A socket's address as the maps keep it: IPv4 (`family` AF_INET) mapped, IPv6 as it is.
+#[inline(always)]
+pub fn sock_ip(family: u32, ip4: u32, ip6: *const [u32; 4]) -> Ip6 {
+    const AF_INET: u32 = 2;
+    if family == AF_INET {
+        sockmesh_common::v4_mapped(ip4)
+    } else {
+        read_ip6(ip6)
+    }
+}
+
+/// Read a 4-word address out of a context or socket with four 32-bit loads: the verifier only
+/// allows 4-byte reads of `bpf_sock_ops`/`sk_msg_md`/`bpf_sock` IPv6 fields, and LLVM would
+/// otherwise merge them into 8-byte loads.
+#[inline(always)]
+fn read_ip6(p: *const [u32; 4]) -> Ip6 {
+    let p = p as *const u32;
+    unsafe {
+        [
+            core::ptr::read_volatile(p),
+            core::ptr::read_volatile(p.add(1)),
+            core::ptr::read_volatile(p.add(2)),
+            core::ptr::read_volatile(p.add(3)),
+        ]
+    }
 }

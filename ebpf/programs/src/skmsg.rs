@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use sockmesh_common::SockKey;
 
-use crate::maps::SM_SOCKS;
+use crate::maps::{SM_SOCKS, sock_ip};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -17,14 +17,17 @@ const AF_INET6: u32 = 10;
 #[sk_msg]
 pub fn sm_skmsg(ctx: SkMsgContext) -> u32 {
     let md = unsafe { &*ctx.msg };
-    if md.family != AF_INET && !(md.family == AF_INET6 && md.remote_ip4 != 0) {
+    if md.family != AF_INET && md.family != AF_INET6 {
         return SK_PASS;
     }
+    // Addresses in their IPv6 form (IPv4 mapped), as `sockops` stored them.
+    let local = sock_ip(md.family, md.local_ip4, &raw const md.local_ip6);
+    let remote = sock_ip(md.family, md.remote_ip4, &raw const md.remote_ip6);
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // The peer socket stored its own view: our remote is its local.
     let peer = SockKey {
-        local_ip4: md.remote_ip4,
-        remote_ip4: md.local_ip4,
+        local_ip: remote,
+        remote_ip: local,
         local_port: u32::from_be(md.remote_port),
         remote_port: md.local_port,
         netns,

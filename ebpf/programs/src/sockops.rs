@@ -1,10 +1,15 @@
 //! sock_ops (attached at the cgroup v2 root so it sees both the app's and the agent's sockets):
 //! - app side, active established: publish the original destination under the app's own
-//!   (ip, port, netns), which is what the agent's accepted socket sees as its peer, and in
+//!   (address, port, netns), which is what the agent's accepted socket sees as its peer, and in
 //!   sockmap mode put the socket into `SM_SOCKS`;
-//! - agent side, passive established on the transparent listener: in sockmap mode put the
-//!   accepted socket into `SM_SOCKS`, and ask for a state callback so the record is dropped
-//!   when the agent's socket closes.
+//! - agent side, passive established on a transparent listener (the agent's mark, inherited
+//!   from the listener, and the listener's address): in sockmap mode put the accepted socket
+//!   into `SM_SOCKS`, and ask for a state callback so the record is dropped when the agent's
+//!   socket closes.
+//!
+//! IPv4 sockets, dual-stack sockets on IPv4-mapped connections and native IPv6 sockets alike:
+//! addresses are compared in their IPv6 form (IPv4 mapped), so an app's dual-stack socket and
+//! the agent's IPv4 socket name the same endpoint the same way.
 use aya_ebpf::{
     EbpfContext,
     bindings::{
@@ -16,9 +21,9 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use aya_log_ebpf::warn;
-use sockmesh_common::{EndpointKey, GlobalConfig, Mode, SockKey};
+use sockmesh_common::{EndpointKey, GlobalConfig, Ip6, Mode, SockKey, v4_mapped};
 
-use crate::maps::{SM_ORIG_DST, SM_PEER_ORIG, SM_SOCKS, config};
+use crate::maps::{SM_ORIG_DST, SM_PEER_ORIG, SM_SOCKS, config, is_agent_socket, sock_ip};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -26,26 +31,47 @@ const TCP_CLOSE: u32 = 7;
 
 #[sock_ops]
 pub fn sm_sockops(ctx: SockOpsContext) -> u32 {
-    // IPv4, or a dual-stack socket on an IPv4-mapped connection (its v4 fields are filled).
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+        && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
+        && op != BPF_SOCK_OPS_STATE_CB
+    {
+        return 1;
+    }
     let family = ctx.family();
-    if family != AF_INET && !(family == AF_INET6 && ctx.remote_ip4() != 0) {
+    if family != AF_INET && family != AF_INET6 {
         return 1;
     }
     let Some(cfg) = config() else { return 1 };
-    match ctx.op() {
+    match op {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => app_established(&ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => agent_established(&ctx, cfg),
-        BPF_SOCK_OPS_STATE_CB => agent_state(&ctx, cfg),
-        _ => {}
+        _ => agent_state(&ctx, cfg),
     }
     1
+}
+
+/// This socket's own address (IPv4 mapped).
+#[inline(always)]
+fn local_ip(ctx: &SockOpsContext) -> Ip6 {
+    sock_ip(ctx.family(), ctx.local_ip4(), unsafe {
+        &raw const (*ctx.ops).local_ip6
+    })
+}
+
+/// The peer's address (IPv4 mapped).
+#[inline(always)]
+fn remote_ip(ctx: &SockOpsContext) -> Ip6 {
+    sock_ip(ctx.family(), ctx.remote_ip4(), unsafe {
+        &raw const (*ctx.ops).remote_ip6
+    })
 }
 
 #[inline(always)]
 fn sock_key(ctx: &SockOpsContext, netns: u64) -> SockKey {
     SockKey {
-        local_ip4: ctx.local_ip4(),
-        remote_ip4: ctx.remote_ip4(),
+        local_ip: local_ip(ctx),
+        remote_ip: remote_ip(ctx),
         local_port: ctx.local_port(),
         remote_port: u32::from_be(ctx.remote_port()),
         netns,
@@ -53,8 +79,31 @@ fn sock_key(ctx: &SockOpsContext, netns: u64) -> SockKey {
 }
 
 #[inline(always)]
-fn is_listener(ctx: &SockOpsContext, cfg: &GlobalConfig) -> bool {
-    ctx.local_port() == cfg.listen_port && ctx.local_ip4() == cfg.listen_ip4
+fn peer_key(ctx: &SockOpsContext, netns: u64) -> EndpointKey {
+    EndpointKey {
+        addr: remote_ip(ctx),
+        port: u32::from_be(ctx.remote_port()),
+        _pad: 0,
+        netns,
+    }
+}
+
+/// An agent socket accepted from a transparent listener: the agent's mark and a local end at
+/// one of the listener addresses.
+#[inline(always)]
+fn on_agent_listener(ctx: &SockOpsContext, cfg: &GlobalConfig) -> bool {
+    if ctx.local_port() != cfg.listen_port {
+        return false;
+    }
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if !is_agent_socket(sk, cfg) {
+        return false;
+    }
+    let me = local_ip(ctx);
+    let v4 = v4_mapped(cfg.listen_ip4);
+    let v6 = cfg.listen_ip6;
+    (me[0] == v4[0] && me[1] == v4[1] && me[2] == v4[2] && me[3] == v4[3])
+        || (me[0] == v6[0] && me[1] == v6[1] && me[2] == v6[2] && me[3] == v6[3])
 }
 
 fn app_established(ctx: &SockOpsContext) {
@@ -65,8 +114,9 @@ fn app_established(ctx: &SockOpsContext) {
     let orig = unsafe { *orig };
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let me = EndpointKey {
-        ip4: ctx.local_ip4(),
+        addr: local_ip(ctx),
         port: ctx.local_port(),
+        _pad: 0,
         netns,
     };
     if SM_PEER_ORIG.insert(&me, &orig, BPF_ANY as u64).is_err() {
@@ -91,16 +141,11 @@ fn app_established(ctx: &SockOpsContext) {
 }
 
 fn agent_established(ctx: &SockOpsContext, cfg: &GlobalConfig) {
-    if !is_listener(ctx, cfg) {
+    if !on_agent_listener(ctx, cfg) {
         return;
     }
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let peer = EndpointKey {
-        ip4: ctx.remote_ip4(),
-        port: u32::from_be(ctx.remote_port()),
-        netns,
-    };
-    let Some(orig) = SM_PEER_ORIG.get_ptr(&peer) else {
+    let Some(orig) = SM_PEER_ORIG.get_ptr(&peer_key(ctx, netns)) else {
         return;
     };
     // Drop the record when this (agent-side) socket closes.
@@ -120,14 +165,9 @@ fn agent_established(ctx: &SockOpsContext, cfg: &GlobalConfig) {
 }
 
 fn agent_state(ctx: &SockOpsContext, cfg: &GlobalConfig) {
-    if ctx.arg(1) != TCP_CLOSE || !is_listener(ctx, cfg) {
+    if ctx.arg(1) != TCP_CLOSE || !on_agent_listener(ctx, cfg) {
         return;
     }
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let peer = EndpointKey {
-        ip4: ctx.remote_ip4(),
-        port: u32::from_be(ctx.remote_port()),
-        netns,
-    };
-    let _ = SM_PEER_ORIG.remove(&peer);
+    let _ = SM_PEER_ORIG.remove(&peer_key(ctx, netns));
 }

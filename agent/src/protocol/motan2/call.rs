@@ -125,15 +125,26 @@ pub fn error_of(r: &Result<Frame, CallError>) -> Option<CallError> {
 
 /// Spec 1.9 rules 1-2, as every motan-go server of an agent applies them: the request is
 /// treated as proxied, keeps the caller's id in `M_rid` (the header id is replaced on the next
-/// hop), and `host` is the IP it came from.
-pub fn mark_proxied(req: &mut Frame, peer_ip: &str) {
+/// hop), and `host` is the IP it came from (`peer_ip`: the connection's, made once per
+/// connection and shared by its requests).
+pub fn mark_proxied(req: &mut Frame, peer_ip: &Bytes) {
     req.header.set_flag(FLAG_PROXY, true);
     if !req.meta.contains(keys::REQUEST_ID) {
         let id = req.header.request_id as i64;
-        req.meta.insert(keys::REQUEST_ID, Bytes::from(id.to_string()));
+        req.meta.insert(keys::REQUEST_ID, decimal(id));
     }
-    req.meta
-        .insert(keys::HOST, Bytes::copy_from_slice(peer_ip.as_bytes()));
+    req.meta.insert(keys::HOST, peer_ip.clone());
+}
+
+/// `n` in decimal, formatted on the stack: one exact-size allocation.
+fn decimal(n: i64) -> Bytes {
+    use std::io::Write;
+    let mut buf = [0u8; 20];
+    let mut rest: &mut [u8] = &mut buf;
+    // 20 bytes hold every i64 ("-9223372036854775808").
+    let _ = write!(rest, "{n}");
+    let len = 20 - rest.len();
+    Bytes::copy_from_slice(&buf[..len])
 }
 
 /// The caller IP [`mark_proxied`] recorded, sharing the request's buffer.
@@ -155,5 +166,21 @@ mod tests {
         assert!(!CallError::new(503, "x", ErrorKind::Business).is_retryable());
         assert!(CallError::service(400, "x").is_retryable());
         assert_eq!(degraded_error().code, 500);
+    }
+
+    #[test]
+    fn mark_proxied_keeps_the_callers_id_and_sets_host() {
+        let mut req = Frame::request(u64::MAX, "s", "m", Bytes::new());
+        mark_proxied(&mut req, &Bytes::from_static(b"10.0.0.7"));
+        assert!(req.header.is_proxy());
+        assert_eq!(req.meta.get(keys::REQUEST_ID), Some("-1"));
+        assert_eq!(req.meta.get(keys::HOST), Some("10.0.0.7"));
+        for n in [0, 42, i64::MIN, i64::MAX] {
+            assert_eq!(decimal(n), n.to_string().as_bytes());
+        }
+        // An M_rid set by an earlier hop stays.
+        mark_proxied(&mut req, &Bytes::from_static(b"10.0.0.8"));
+        assert_eq!(req.meta.get(keys::REQUEST_ID), Some("-1"));
+        assert_eq!(req.meta.get(keys::HOST), Some("10.0.0.8"));
     }
 }

@@ -221,13 +221,18 @@ impl Frame {
     /// If meta or body is 4 GiB or more (the length fields are u32); the codec's `Encoder`
     /// returns an error instead.
     pub fn encode(&self, dst: &mut BytesMut) {
+        self.encode_with_id(dst, self.header.request_id);
+    }
+
+    /// [`Frame::encode`] with `request_id` in the header instead of the frame's own.
+    fn encode_with_id(&self, dst: &mut BytesMut, request_id: u64) {
         let body_len32 = u32::try_from(self.body.len()).expect("body under 4 GiB");
         dst.reserve(MIN_FRAME + self.meta.max_encoded_len() + self.body.len());
         dst.put_u16(MAGIC);
         dst.put_u8(self.header.flags);
         dst.put_u8(self.header.version_status);
         dst.put_u8(self.header.serialization_byte);
-        dst.put_u64(self.header.request_id);
+        dst.put_u64(request_id);
         // The meta length is back-patched: one pass over the entries instead of two.
         let at = dst.len();
         dst.put_u32(0);
@@ -241,8 +246,14 @@ impl Frame {
     /// The frame as one buffer, so it goes out in a single write (some clients break on
     /// fragmented frames).
     pub fn encode_to_bytes(&self) -> Bytes {
+        self.encode_to_bytes_with_id(self.header.request_id)
+    }
+
+    /// [`Frame::encode_to_bytes`] with `request_id` in the header instead of the frame's own
+    /// (a channel's id on the next hop), so relaying a frame needs no copy of it.
+    pub fn encode_to_bytes_with_id(&self, request_id: u64) -> Bytes {
         let mut b = BytesMut::with_capacity(MIN_FRAME + self.meta.max_encoded_len() + self.body.len());
-        self.encode(&mut b);
+        self.encode_with_id(&mut b, request_id);
         b.freeze()
     }
 
@@ -266,10 +277,15 @@ impl Frame {
         Ok(())
     }
 
+    /// Whether [`Frame::gzip_if_larger`] would compress the body.
+    pub fn wants_gzip(&self, min_size: usize) -> bool {
+        min_size > 0 && self.body.len() > min_size && !self.header.is_gzip()
+    }
+
     /// Gzip the body (level 1, as motan-go) when `min_size > 0`, the body is longer than
     /// `min_size` and not yet compressed (the `mingzSize` rule). True when it compressed.
     pub fn gzip_if_larger(&mut self, min_size: usize) -> bool {
-        if min_size == 0 || self.body.len() <= min_size || self.header.is_gzip() {
+        if !self.wants_gzip(min_size) {
             return false;
         }
         use std::io::Write;

@@ -32,6 +32,10 @@ pub mod keys {
     pub const HOST: &str = "host";
 }
 
+/// Spare entries in a decoded meta: an agent adds a few keys to what it relays (`M_rid`,
+/// `host`, `x-forwarded-for`, `M_pt`); room for them saves a reallocation per hop.
+const RELAY_ROOM: usize = 4;
+
 /// Up to this many entries, duplicate keys are found by a linear scan; above it, by a hash set,
 /// so a hostile block of thousands of keys still decodes in linear time.
 const LINEAR_DEDUP_MAX: usize = 32;
@@ -182,7 +186,7 @@ impl Meta {
             return Ok(Meta::default());
         }
         let newlines = block.iter().filter(|b| **b == b'\n').count();
-        let mut entries = Vec::with_capacity((newlines / 2 + 1).min(max_entries));
+        let mut entries = Vec::with_capacity((newlines / 2 + 1).min(max_entries) + RELAY_ROOM);
         let mut key: Option<Bytes> = None;
         let mut start = 0;
         for end in block
