@@ -19,6 +19,7 @@ use crate::intercept::netns::{self, NamespaceWatcher};
 use crate::intercept::pins::PinDirLock;
 use crate::intercept::selftest::{self, SelfTest};
 use crate::intercept::{EbpfInterceptor, StartError};
+use crate::proxy::http_proxy::HttpProxyServer;
 use crate::proxy::mesh::{ClientHandler, MeshHandle, ServerHandler};
 use crate::proxy::serve::{ServeStats, accept_loop};
 use crate::proxy::transparent::{Stats, TransparentProxy};
@@ -114,6 +115,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let transparent = sockets(&config)
         .bind_listeners(&config.intercept_settings().listeners())
         .await?;
+    // The hport forward proxy's listener (served once the mesh handle exists, below).
+    let hport = if config.mesh.http_proxy.enabled {
+        let addr = config.http_proxy_addr();
+        Some((addr, bind("hport", addr).await?))
+    } else {
+        None
+    };
     let admin = bind("admin", config.admin_addr()).await?;
     // The control socket is a listener too: a second daemon with the same socket stops here.
     let admin_cfg = &config.sockmesh.admin;
@@ -210,6 +218,14 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
                 .clone()
                 .run(l.ready()?, shutdown.clone(), tasks.clone(), sockets(&config)),
         );
+    }
+
+    // The hport forward proxy (motan-go's httpProxyEnable; bound at start with the other
+    // listeners, a reload reports a changed port as needing a restart).
+    if let Some((addr, l)) = hport {
+        listeners.push(("hport".to_string(), addr.to_string()));
+        let server = Arc::new(HttpProxyServer::new(mesh.clone(), sockets(&config), addr.port()));
+        tasks.spawn(server.run(l, shutdown.clone(), tasks.clone()));
     }
 
     listeners.push(("admin".to_string(), config.admin_addr().to_string()));

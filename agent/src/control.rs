@@ -316,6 +316,11 @@ impl AppState {
             ("motan-agent.eport", old.agent.eport != new.agent.eport),
             ("motan-agent.mport", old.agent.mport != new.agent.mport),
             (
+                "motan-agent.hport / httpProxyEnable",
+                (old.mesh.http_proxy.enabled, old.mesh.http_proxy.port)
+                    != (new.mesh.http_proxy.enabled, new.mesh.http_proxy.port),
+            ),
+            (
                 "sockmesh.admin_bind",
                 old.sockmesh.admin_bind != new.sockmesh.admin_bind,
             ),

@@ -4,6 +4,8 @@
 pub mod admin;
 pub mod filters;
 pub mod http;
+pub mod http_client;
+pub mod http_locations;
 pub mod intercept;
 pub mod motan;
 pub mod refer;
@@ -121,12 +123,15 @@ impl Config {
             }
         }
         let i = &self.sockmesh.intercept;
-        let ports = [
+        let mut ports = vec![
             ("motan-agent.port", a.port),
             ("motan-agent.mport", a.mport),
             ("motan-agent.eport", a.eport),
             ("sockmesh.intercept.transparent_port", i.transparent_port),
         ];
+        if self.mesh.http_proxy.enabled {
+            ports.push(("motan-agent.hport", self.mesh.http_proxy.port));
+        }
         for (n, (k1, p1)) in ports.iter().enumerate() {
             for (k2, p2) in &ports[n + 1..] {
                 if p1 == p2 {
@@ -243,6 +248,11 @@ impl Config {
         SocketAddrV4::new(self.sockmesh.export_bind, port)
     }
 
+    /// The hport forward proxy's address (on the agent port's address: local apps only).
+    pub fn http_proxy_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.sockmesh.agent_bind, self.mesh.http_proxy.port)
+    }
+
     pub fn admin_addr(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.sockmesh.admin_bind, self.agent.mport)
     }
@@ -258,7 +268,13 @@ impl Config {
             pin_dir: i.pin_dir.clone(),
             listen: self.transparent_addr(),
             mark: i.mark,
-            agent_ports: vec![self.agent.port, self.agent.eport, self.agent.mport],
+            agent_ports: {
+                let mut ports = vec![self.agent.port, self.agent.eport, self.agent.mport];
+                if self.mesh.http_proxy.enabled {
+                    ports.push(self.mesh.http_proxy.port);
+                }
+                ports
+            },
             exclude_ports: i.exclude_ports.clone(),
             include_cidrs: i.include_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
             exclude_cidrs: i.exclude_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
