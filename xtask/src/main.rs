@@ -68,6 +68,10 @@ enum Cmd {
         /// Only these modes, comma separated (e.g. `agent-explicit,agent-filters`); default all.
         #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
+        /// Another build of `sockmesh` (e.g. the previous release) for the agent-baseline mode:
+        /// the same agent-explicit path through that binary, compared per round.
+        #[arg(long)]
+        baseline_bin: Option<PathBuf>,
     },
     /// Run every fuzz target for N seconds each (installs cargo-fuzz when missing).
     Fuzz {
@@ -100,7 +104,9 @@ fn main() -> Result<()> {
             seconds,
             agent_workers,
             modes,
+            baseline_bin,
         } => bench::run(bench::Options {
+            baseline_bin,
             quick,
             agent_workers,
             modes: bench::Mode::parse_list(&modes)?,

@@ -1,4 +1,6 @@
 //! Connection handling: accept, recover the original destination, detect the protocol, forward.
+pub mod http_proxy;
+pub mod http_route;
 pub mod inbound;
 pub mod mesh;
 pub mod outbound;

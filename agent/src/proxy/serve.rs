@@ -81,21 +81,31 @@ pub async fn accept_loop<H: Handler>(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let (conn, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(listener = name, "accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((conn, peer)) = next_connection(name, &listener, &shutdown).await {
         let h = handler.clone();
         let (l, s, sd) = (limits, stats.clone(), shutdown.clone());
         tasks.spawn(async move { serve_connection(conn, peer, BytesMut::new(), h, l, s, sd).await });
+    }
+}
+
+/// The next accepted connection, or `None` once `shutdown` is cancelled; a failed accept (out
+/// of descriptors, say) is logged and retried after a short pause.
+pub async fn next_connection(
+    name: &'static str,
+    listener: &tokio::net::TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::warn!(listener = name, "accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
     }
 }
 

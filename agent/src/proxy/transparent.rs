@@ -5,8 +5,10 @@
 //!
 //! Protocol detection: when clusters are configured, the first bytes are read (up to the sniff
 //! timeout). A Motan2 connection (magic 0xF1F1) whose first request names a service some
-//! cluster serves is handed to the mesh router; everything else is forwarded as plain TCP to
-//! the original destination, starting with the bytes already read. Without clusters nothing
+//! cluster serves is handed to the mesh router; an HTTP/1.x connection whose first request is
+//! for a host an `http-client` entry serves goes to the HTTP side of the mesh
+//! (`http_proxy.rs`); everything else is forwarded as plain TCP to the original destination,
+//! starting with the bytes already read. Without clusters nothing
 //! is read ahead, so plain forwarding costs nothing extra.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::passthrough;
+use super::{http_proxy, passthrough};
 use crate::net::SocketFactory;
 use crate::protocol::motan2::codec::frame_len;
 use crate::protocol::motan2::{DecodeLimits, Motan2Codec};
@@ -150,7 +152,7 @@ impl TransparentProxy {
     ) {
         let mut prefix = BytesMut::new();
         if let Some((mesh, agent_stats)) = &self.mesh
-            && !mesh.load().router.refers().is_empty()
+            && (!mesh.load().router.refers().is_empty() || !mesh.load().http.is_empty())
         {
             let limits = mesh.load().limits;
             if let Sniffed::Route = self.sniff(&mut conn, &mut prefix, mesh, limits).await {
@@ -159,6 +161,17 @@ impl TransparentProxy {
                 let handler = Arc::new(ClientHandler(mesh.clone()));
                 let stats = agent_stats.clone();
                 serve_connection(conn, peer, prefix, handler, limits, stats, self.shutdown.clone()).await;
+                return;
+            }
+            // HTTP/1.x to a host an http-client entry serves (spec 4.13).
+            let deadline = tokio::time::Instant::now() + self.sniff_timeout;
+            let current = mesh.load_full();
+            if http_proxy::sniff(&mut conn, &mut prefix, deadline, &current.http).await {
+                self.stats.routed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, original_dst = %orig, "intercepted HTTP connection routed by the mesh");
+                let shutdown = self.shutdown.clone();
+                http_proxy::serve_intercepted(conn, prefix, orig, peer, sockets, mesh.clone(), shutdown)
+                    .await;
                 return;
             }
         }
