@@ -23,6 +23,11 @@ const CASES: &[(&str, &str, bool)] = &[
         true,
     ),
     (
+        "http provider with proxyAddress and enableRewrite: false (tests/mesh.rs)",
+        "motan-service:\n  hello-http: {path: api.hello.com, group: web, export: \"motan2:EPORT\", provider: http, proxyAddress: \"127.0.0.1:1\", domain: api.hello.com, enableRewrite: false}\n",
+        true,
+    ),
+    (
         "a refer without registry (warned, never has endpoints)",
         "motan-refer:\n  r: {path: com.example.A, group: g}\n",
         true,
@@ -63,19 +68,19 @@ const CASES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
-        "http provider in URL_FORMAT mode (not served yet)",
+        "http provider in URL_FORMAT mode",
         "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, URL_FORMAT: \"http://127.0.0.1:1/%s\"}\n",
-        false,
+        true,
     ),
     (
-        "http provider on a unix socket (not served yet)",
+        "http provider on a unix socket",
         "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, proxyAddress: \"unix:///run/app.sock\"}\n",
-        false,
+        true,
     ),
     (
-        "http provider whose domain has http-locations rules (rewriting not served yet)",
+        "http provider whose domain has http-locations rules (rewriting)",
         "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-locations:\n  api.example.com:\n    - {match: /, type: start, upstream: api}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, proxyAddress: \"127.0.0.1:1\", domain: api.example.com}\n",
-        false,
+        true,
     ),
     (
         "motan2 provider without proxy",
@@ -92,15 +97,123 @@ const CASES: &[(&str, &str, bool)] = &[
         "motan-registry:\n  zk: {protocol: zookeeper}\n",
         false,
     ),
+    // The HTTP side (issue #18): every HTTP provider configuration of the test suite's shapes.
+    (
+        "the Weibo Mesh article's entry (HTTP_URL, basicRefer naming a basicService)",
+        "motan-registry:\n  zk-registry: {protocol: direct, address: \"127.0.0.1:1\"}\nmotan-basicService:\n  mesh-server-basicService: {group: hello-group}\nmotan-service:\n  http-mesh-example-helloworld: {path: com.weibo.motan.HelloWorldService, export: \"motan2:EPORT\", provider: http, registry: zk-registry, HTTP_URL: \"http://127.0.0.1:1/http_server\", basicRefer: mesh-server-basicService}\n",
+        true,
+    ),
+    (
+        "URL_FORMAT with per-method http-service entries",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-service:\n  h:\n    \"a,b\": {URL_FORMAT: \"http://127.0.0.1:1/ab/%s\", HTTP_REQUEST_METHOD: POST}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, URL_FORMAT: \"http://127.0.0.1:1/%s\"}\n",
+        true,
+    ),
+    (
+        "http provider with http-service entries only",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-service:\n  h:\n    http_default_motan_method: {URL_FORMAT: \"http://127.0.0.1:1/x\"}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, enableRewrite: false}\n",
+        true,
+    ),
+    (
+        "http provider with neither proxyAddress nor a URL",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, domain: api.example.com}\n",
+        false,
+    ),
+    (
+        "URL_FORMAT with two %s",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, URL_FORMAT: \"http://127.0.0.1:1/%s/%s\"}\n",
+        false,
+    ),
+    (
+        "https URL_FORMAT (no TLS client)",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, URL_FORMAT: \"https://127.0.0.1:1/%s\"}\n",
+        false,
+    ),
+    (
+        "HTTP_URL and URL_FORMAT that differ",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, URL_FORMAT: \"http://127.0.0.1:1/a\", HTTP_URL: \"http://127.0.0.1:1/b\"}\n",
+        false,
+    ),
+    (
+        "a bad URL_FORMAT in http-service",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-service:\n  h:\n    m: {URL_FORMAT: \"not a url\"}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, proxyAddress: \"127.0.0.1:1\"}\n",
+        false,
+    ),
+    (
+        "proxySchema https",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, proxyAddress: \"127.0.0.1:1\", proxySchema: https}\n",
+        false,
+    ),
+    (
+        "an http-locations regexp that does not compile",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-locations:\n  api.example.com:\n    - {match: \"(\", type: regexp, upstream: api}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, proxyAddress: \"127.0.0.1:1\", domain: api.example.com}\n",
+        false,
+    ),
+    (
+        "an http-locations rule of an unknown type",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-locations:\n  api.example.com:\n    - {match: /, type: prefix, upstream: api}\n",
+        false,
+    ),
+    (
+        "a rewrite rule with three fields",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-locations:\n  api.example.com:\n    - {match: /, upstream: api, rewriteRules: [\"regexp ^/ /x\"]}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, proxyAddress: \"127.0.0.1:1\", domain: api.example.com}\n",
+        false,
+    ),
+    (
+        "exact, regexp and regexpVar rules",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-locations:\n  api.example.com:\n    - {match: /a, type: exact, upstream: api}\n    - {match: \"^/b/.*\", type: iregexp, upstream: api, rewriteRules: [\"regexpVar ^/b ^/b/(.*) /c/{id}/$1\"]}\nmotan-service:\n  h: {path: api.example.com, group: g, registry: d, export: \"motan2:EPORT\", provider: http, proxyAddress: \"unix:///run/app.sock\", domain: api.example.com}\n",
+        true,
+    ),
+    (
+        "an http-client with the hport forward proxy on",
+        "  hport: HPORT\n  httpProxyEnable: true\n  httpProxyDefaultDomain: api.example.com\n#agent\nmotan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-locations:\n  api.example.com:\n    - {match: /, upstream: api}\nhttp-client:\n  web: {domain: api.example.com, group: g, registry: d}\n",
+        true,
+    ),
+    (
+        "two http-client entries for one domain",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-client:\n  a: {domain: api.example.com, registry: d}\n  b: {domain: api.example.com, registry: d}\n",
+        false,
+    ),
+    (
+        "an http-client without domain",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-client:\n  a: {registry: d}\n",
+        false,
+    ),
+    (
+        "an http-client whose domain is not a host name",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nhttp-client:\n  a: {domain: \"a b\", registry: d}\n",
+        false,
+    ),
+    (
+        "hport on the agent port",
+        "  hport: PORT\n  httpProxyEnable: true\n#agent\n",
+        false,
+    ),
+    (
+        "the forward proxy on a unix socket",
+        "  httpProxyUnixSock: /run/h.sock\n#agent\n",
+        false,
+    ),
+    (
+        "httpProxyDefaultDomain that no http-client serves",
+        "  httpProxyDefaultDomain: nowhere.example.com\n#agent\n",
+        false,
+    ),
 ];
 
-fn config_text(motan: &str, ports: &[u16]) -> String {
-    let [port, eport, mport, tport] = [ports[0], ports[1], ports[2], ports[3]];
+/// The configuration of one case: `motan` may start with extra `motan-agent` keys, ended by a
+/// `#agent` line; PORT, EPORT and HPORT name the case's ports. `control` is the case's own
+/// control socket, in a directory the daemon creates.
+fn config_text(motan: &str, ports: &[u16], control: &Path) -> String {
+    let [port, eport, mport, tport, hport] = [ports[0], ports[1], ports[2], ports[3], ports[4]];
+    let (agent, motan) = motan.split_once("#agent\n").unwrap_or(("", motan));
     format!(
-        "motan-agent:\n  port: {port}\n  eport: {eport}\n  mport: {mport}\n  application: parity\n\
-         sockmesh:\n  intercept:\n    enabled: false\n    transparent_port: {tport}\n{}",
-        motan.replace("EPORT", &eport.to_string())
+        "motan-agent:\n  port: {port}\n  eport: {eport}\n  mport: {mport}\n  application: parity\n{agent}\
+         sockmesh:\n  admin:\n    control_socket: CONTROL\n  intercept:\n    enabled: false\n    transparent_port: {tport}\n{motan}"
     )
+    .replace("EPORT", &eport.to_string())
+    .replace("HPORT", &hport.to_string())
+    .replace("PORT", &port.to_string())
+    .replace("CONTROL", &control.display().to_string())
 }
 
 fn validate(file: &Path) -> (bool, String) {
@@ -156,9 +269,10 @@ fn validate_and_run_give_the_same_verdict() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut mismatches = Vec::new();
     for (n, (name, motan, expected)) in CASES.iter().enumerate() {
-        let ports = free_ports(4);
+        let ports = free_ports(5);
         let file = dir.join(format!("case{n}.yaml"));
-        std::fs::write(&file, config_text(motan, &ports)).unwrap();
+        let control = dir.join(format!("case{n}/control.sock"));
+        std::fs::write(&file, config_text(motan, &ports, &control)).unwrap();
         let (v_ok, v_out) = validate(&file);
         let (r_ok, r_out) = run(&file, ports[2], &dir.join(format!("case{n}.log")));
         println!("{name}: validate {v_ok}, run {r_ok}, expected {expected}");

@@ -53,9 +53,9 @@ fn echo(method: &str, meta: &[(&str, &str)], arg: &str) -> Frame {
     motan::request(SVC, method, meta, &[Value::from(arg)])
 }
 
-/// GET an admin path; (status, body).
+/// GET an admin path on the TCP admin port; (status, body).
 fn admin(d: &Daemon, path: &str) -> (u16, String) {
-    sockmesh::admin::request(d.admin, "GET", path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    sockmesh_testkit::http::get(d.admin, path).unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
 }
 
 /// The fields of the daemon's log events with message `msg` whose first field is `first`.
@@ -181,7 +181,7 @@ fn access_log_writes_one_line_per_request_until_switched_off() {
     }
 
     // Switched off: calls still work, no line is written; on again: lines resume.
-    let (code, body) = admin(&agent, "/logConfig/set?access=false");
+    let (code, body) = agent.control_post("/logConfig/set?access=false");
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["body"], "set accessLog status:false");
@@ -193,7 +193,7 @@ fn access_log_writes_one_line_per_request_until_switched_off() {
         }
     });
     assert_eq!(event_count(&agent, "access", "role"), plan.len());
-    assert_eq!(admin(&agent, "/logConfig/set?access=true").0, 200);
+    assert_eq!(agent.control_post("/logConfig/set?access=true").0, 200);
     rt.block_on(async {
         let ch = motan::connect(agent_addr(&agent)).await;
         motan::call(&ch, echo("echo", &[("M_rid", "2001")], "loud")).await;
@@ -463,7 +463,7 @@ fn rate_limit_sheds_above_the_rate_and_changes_at_run_time() {
     // Lowered at run time (the capacity becomes the default for the rate, but the bucket keeps
     // at most the old capacity's tokens): over half a second at 2/s only those and about one
     // more pass, where the old rate would let at least ten through.
-    let (code, body) = admin(&agent, &format!("/ratelimit/set?service={SVC}&rate=2"));
+    let (code, body) = agent.control_post(&format!("/ratelimit/set?service={SVC}&rate=2"));
     assert_eq!(code, 200, "{body}");
     let list = agent.admin_json("/ratelimit/list");
     assert_eq!(
@@ -480,7 +480,7 @@ fn rate_limit_sheds_above_the_rate_and_changes_at_run_time() {
     );
 
     // Raised at run time: a burst of the first pace passes whole.
-    let (code, body) = admin(&agent, &format!("/ratelimit/set?service={SVC}&rate=400"));
+    let (code, body) = agent.control_post(&format!("/ratelimit/set?service={SVC}&rate=400"));
     assert_eq!(code, 200, "{body}");
     let list = agent.admin_json("/ratelimit/list");
     assert_eq!(list[SVC]["service"]["rate"], 400.0, "{list}");
@@ -509,7 +509,7 @@ fn degrade_switch_answers_the_configured_value_without_the_provider() {
         ("real".into(), "p1")
     );
 
-    let (code, body) = admin(&agent, "/switcher/set?name=echo.echo.degrade&value=true");
+    let (code, body) = agent.control_post("/switcher/set?name=echo.echo.degrade&value=true");
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         admin(&agent, "/switcher/get?name=echo.echo.degrade"),
@@ -534,7 +534,9 @@ fn degrade_switch_answers_the_configured_value_without_the_provider() {
     );
 
     assert_eq!(
-        admin(&agent, "/switcher/set?name=echo.echo.degrade&value=false").0,
+        agent
+            .control_post("/switcher/set?name=echo.echo.degrade&value=false")
+            .0,
         200
     );
     let resp = call("echo", "restored");

@@ -344,24 +344,6 @@ fn fail_open_when_killed_and_interception_back_after_restart() {
     );
 }
 
-fn bpftool_names(what: &str) -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["-j", what, "show"])
-        .output()
-        .expect("bpftool (installed by cargo xtask setup)");
-    assert!(
-        out.status.success(),
-        "bpftool {what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["name"].as_str().map(String::from))
-        .collect()
-}
-
 #[test]
 fn uninstall_leaves_no_bpf_objects() {
     if !privileged("uninstall_leaves_no_bpf_objects") {
@@ -369,27 +351,13 @@ fn uninstall_leaves_no_bpf_objects() {
     }
     let _g = serial();
     let mut d = Daemon::start("uninstall");
-    let (_cg, rel) = test_cgroup("smt-uninst");
+    let (cg, rel) = test_cgroup("smt-uninst");
     d.enable(&rel, "ebpf-sockmap");
-    assert!(
-        bpftool_names("prog").iter().any(|n| n.starts_with("sm_")),
-        "programs should be loaded before uninstall"
-    );
+    let ours = BpfObjects::pinned_under(&d.pin_dir);
     let out = d.uninstall();
     assert!(out.contains("removed"), "{out}");
-    let progs: Vec<_> = bpftool_names("prog")
-        .into_iter()
-        .filter(|n| n.starts_with("sm_"))
-        .collect();
-    let maps: Vec<_> = bpftool_names("map")
-        .into_iter()
-        .filter(|n| n.starts_with("SM_") || n == "AYA_LOGS")
-        .collect();
-    assert!(progs.is_empty(), "programs left after uninstall: {progs:?}");
-    assert!(maps.is_empty(), "maps left after uninstall: {maps:?}");
-    let tree = Command::new("bpftool").args(["cgroup", "tree"]).output().unwrap();
-    let tree = String::from_utf8_lossy(&tree.stdout);
-    assert!(!tree.contains("sm_"), "cgroup attachments left:\n{tree}");
+    ours.assert_gone();
+    assert_nothing_attached(cg.path());
     assert!(!d.pin_dir.exists(), "pin directory left: {}", d.pin_dir.display());
 }
 
@@ -553,7 +521,7 @@ fn install_status_uninstall_leaves_nothing() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
-        if let Ok((200, body)) = sockmesh::admin::request(d.admin, "GET", "/status") {
+        if let Ok((200, body)) = sockmesh_testkit::http::get(d.admin, "/status") {
             break serde_json::from_str::<serde_json::Value>(&body).unwrap();
         }
         assert!(
@@ -563,8 +531,9 @@ fn install_status_uninstall_leaves_nothing() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert_eq!(status["intercept"]["available"], true, "{status}");
-    let (_cg, rel) = test_cgroup("smt-inst");
+    let (cg, rel) = test_cgroup("smt-inst");
     d.enable(&rel, "ebpf-sockmap");
+    let ours = BpfObjects::pinned_under(&d.pin_dir);
     let (ok, _, err) = d.cli(&[
         "intercept",
         "enable",
@@ -583,12 +552,7 @@ fn install_status_uninstall_leaves_nothing() {
         .arg(&root)
         .arg("--pin-dir")
         .arg(&d.pin_dir)
-        .args([
-            "--iptables-chain",
-            &d.iptables_chain,
-            "--admin",
-            &d.admin.to_string(),
-        ])
+        .args(["--iptables-chain", &d.iptables_chain])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -603,14 +567,8 @@ fn install_status_uninstall_leaves_nothing() {
         assert!(!p.exists(), "{} left after uninstall: {text}", p.display());
     }
     assert!(!d.pin_dir.exists(), "pins left");
-    assert!(
-        !bpftool_names("prog").iter().any(|n| n.starts_with("sm_")),
-        "programs left"
-    );
-    assert!(
-        !bpftool_names("map").iter().any(|n| n.starts_with("SM_")),
-        "maps left"
-    );
+    ours.assert_gone();
+    assert_nothing_attached(cg.path());
     assert!(
         !iptables_save().contains(&d.iptables_chain),
         "iptables rules left"
@@ -621,12 +579,7 @@ fn install_status_uninstall_leaves_nothing() {
         .arg(&root)
         .arg("--pin-dir")
         .arg(&d.pin_dir)
-        .args([
-            "--iptables-chain",
-            &d.iptables_chain,
-            "--admin",
-            &d.admin.to_string(),
-        ])
+        .args(["--iptables-chain", &d.iptables_chain])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -670,7 +623,7 @@ fn reload_applies_policy_keeps_connections_and_refuses_bad_config() {
     std::fs::write(&cfg, format!("{good}    default_mode: warp-speed\n")).unwrap();
     d.sighup();
     d.wait_log("reload refused", 1);
-    let (code, body) = sockmesh::admin::request(d.admin, "POST", "/reload").unwrap();
+    let (code, body) = d.control_post("/reload");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("default_mode"), "{body}");
     assert_eq!(client(Some(cg.path()), echo.addr, 4096, "blocking")["ok"], true);
@@ -682,7 +635,7 @@ fn reload_applies_policy_keeps_connections_and_refuses_bad_config() {
 
     // Back to the original: intercepted again, via the admin call this time.
     std::fs::write(&cfg, &good).unwrap();
-    let (code, body) = sockmesh::admin::request(d.admin, "POST", "/reload").unwrap();
+    let (code, body) = d.control_post("/reload");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("policy"), "{body}");
     assert_eq!(client(Some(cg.path()), echo.addr, 4096, "blocking")["ok"], true);

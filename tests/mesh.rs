@@ -104,7 +104,7 @@ fn app_to_client_agent_to_server_agent_to_motan2_provider() {
     let st = server.admin_json("/status");
     assert_eq!(st["mesh"]["exports"][0]["service"], SVC, "{st}");
     // Endpoint health and listener counters are on /metrics too.
-    let (code, text) = sockmesh::admin::request(client.admin, "GET", "/metrics").unwrap();
+    let (code, text) = sockmesh_testkit::http::get(client.admin, "/metrics").unwrap();
     assert_eq!(code, 200);
     let endpoint = format!("endpoint=\"{}\"", export_addr(&server));
     let line = text

@@ -88,7 +88,7 @@ impl UntrustedListener {
 /// (works while the daemon is down).
 fn pinned_counters(d: &Daemon, cgroup: &Path) -> (u64, u64, u64) {
     let id = std::fs::metadata(cgroup).unwrap().ino();
-    let data = MapData::from_pin(d.pin_dir.join("maps/SM_CGROUPS")).unwrap();
+    let data = MapData::from_pin(maps_dir(&d.pin_dir).join("SM_CGROUPS")).unwrap();
     let map: HashMap<_, u64, CgroupPolicy> = HashMap::try_from(Map::HashMap(data)).unwrap();
     let p = map.get(&id, 0).unwrap();
     (p.redirected, p.passed, p.fail_open)
@@ -165,7 +165,7 @@ fn connect_from(bind: &str, to: SocketAddr) -> (SocketAddr, impl FnOnce() -> Tcp
 /// Record `orig` as the original destination of a connection whose app end is `app` (what
 /// `sockops` does for an intercepted connection), in the daemon's pinned map.
 fn record_original_dst(d: &Daemon, app: SocketAddr, netns: u64, orig: SocketAddr) {
-    let data = MapData::from_pin(d.pin_dir.join("maps/SM_PEER_ORIG")).unwrap();
+    let data = MapData::from_pin(maps_dir(&d.pin_dir).join("SM_PEER_ORIG")).unwrap();
     let mut map: HashMap<_, EndpointKey, OrigDst> = HashMap::try_from(Map::LruHashMap(data)).unwrap();
     let key = EndpointKey {
         addr: ip6_of(app.ip()),

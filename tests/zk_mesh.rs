@@ -52,13 +52,15 @@ fn client_agent(name: &str, zk: &ZkServer, group: &str, extra: &str) -> Daemon {
     Daemon::mesh_with_agent(name, Ports::pick(), &agent_keys(name), &motan)
 }
 
+// GET, as motan-go's deploy scripts call them; on the control socket, which needs no
+// sockmesh.admin.tcp_mutations.
 fn online(d: &Daemon) {
-    let (code, body) = sockmesh::admin::request(d.admin, "GET", "/200").unwrap();
+    let (code, body) = d.control_request("GET", "/200");
     assert_eq!(code, 200, "{body}");
 }
 
 fn offline(d: &Daemon) {
-    let (code, body) = sockmesh::admin::request(d.admin, "GET", "/503").unwrap();
+    let (code, body) = d.control_request("GET", "/503");
     assert_eq!(code, 200, "{body}");
 }
 
@@ -263,7 +265,7 @@ fn commands_shift_traffic_degrade_and_flip_switchers() {
 
     // Switcher: the command flips feature.x; its removal restores the configured value.
     let switch = |d: &Daemon| {
-        let (code, body) = sockmesh::admin::request(d.admin, "GET", "/switcher/get?name=feature.x").unwrap();
+        let (code, body) = sockmesh_testkit::http::get(d.admin, "/switcher/get?name=feature.x").unwrap();
         assert_eq!(code, 200, "{body}");
         body
     };

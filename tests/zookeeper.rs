@@ -52,6 +52,7 @@ fn registry(zk: &ZkServer, session_secs: u32, snapshot_dir: Option<PathBuf>) -> 
         ZkOptions {
             snapshot_dir,
             local_ip: Some("127.0.0.9".into()),
+            ..Default::default()
         },
     )
     .unwrap()
@@ -347,7 +348,8 @@ async fn snapshot_serves_while_zookeeper_is_down() {
         .unwrap();
     assert_eq!(cmd.borrow().as_deref(), Some(command));
     let file = dir.0.join(format!("zookeeper_127.0.0.1_{}.json", zk.port()));
-    eventually("snapshot written", NOTICE, || async {
+    // Snapshot writes are coalesced to one per 2 s: the command may come with the second.
+    eventually("snapshot written", NOTICE * 3, || async {
         std::fs::read_to_string(&file).is_ok_and(|t| t.contains("18021") && t.contains("clientCommandList"))
     })
     .await;
@@ -477,4 +479,71 @@ async fn command_nodes_stream() {
     assert_eq!(switchers, [("feature.x".to_string(), true)]);
     let status = reg.status();
     assert_eq!(status["commands"].as_array().unwrap().len(), 2, "{status:#}");
+}
+
+/// Create `/motan/<group>/<service>/server/<host:port>` as a persistent node (as a provider
+/// fleet would, without running the providers).
+async fn create_provider_node(c: &zk::Client, url: &Url) {
+    let path = format!("{}/{}", server_path("server"), url.address());
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let data = url.to_node_string();
+    match c.create(&path, data.as_bytes(), &persistent).await {
+        Ok(_) => {}
+        Err(zk::Error::NoNode) => {
+            c.mkdir(&server_path("server"), &persistent).await.unwrap();
+            c.create(&path, data.as_bytes(), &persistent).await.unwrap();
+        }
+        Err(e) => panic!("creating {path}: {e}"),
+    }
+}
+
+/// With 30% of node reads failing (the test-only fault hook), a list still converges to
+/// ZooKeeper's children: failed reads are retried, not dropped; adds and deletes follow; the
+/// client node is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_converge_despite_failed_reads() {
+    init_logs();
+    let Some(zk) = blocking(|| zookeeper("faults")) else {
+        return;
+    };
+    let raw = raw_client(&zk).await;
+    for i in 0..60u16 {
+        create_provider_node(&raw, &provider("127.0.0.1", 20000 + i)).await;
+    }
+    let reg = ZkRegistry::new(
+        registry_url(&zk, 10),
+        ZkOptions {
+            local_ip: Some("127.0.0.9".into()),
+            inject_read_failures: 300,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rx = reg.subscribe(&refer()).await.unwrap();
+    let wait = |n: usize| {
+        let mut rx = rx.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(15), rx.wait_for(|l| l.len() == n))
+                .await
+                .unwrap_or_else(|_| panic!("{n} servers not within 15 s"))
+                .unwrap();
+        }
+    };
+    wait(60).await;
+    for i in 60..70u16 {
+        create_provider_node(&raw, &provider("127.0.0.1", 20000 + i)).await;
+    }
+    for i in 0..5u16 {
+        let path = format!("{}/127.0.0.1:{}", server_path("server"), 20000 + i);
+        raw.delete(&path, None).await.unwrap();
+    }
+    wait(65).await;
+    let list = rx.borrow_and_update().clone();
+    let want: Vec<String> = (5..70u16).map(|i| format!("127.0.0.1:{}", 20000 + i)).collect();
+    assert_eq!(addresses(&list), want);
+    eventually("client node created", NOTICE * 5, || async {
+        children(&raw, &server_path("client")).await == ["127.0.0.9:0"]
+    })
+    .await;
+    reg.close();
 }

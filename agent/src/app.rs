@@ -13,12 +13,14 @@ use crate::config::Config;
 use crate::control::{AppState, LogReload, MeshShared, build_mesh, register_switchers, sockets};
 use crate::drain::{DRAIN_DEADLINE, Drain};
 use crate::filter::FilterShared;
-use crate::intercept::EbpfInterceptor;
-use crate::intercept::ebpf::mode_name;
+use crate::intercept::ebpf::{mode_name, mount_bpffs};
 use crate::intercept::iptables::Iptables;
 use crate::intercept::netns::{self, NamespaceWatcher};
+use crate::intercept::pins::PinDirLock;
 use crate::intercept::selftest::{self, SelfTest};
+use crate::intercept::{EbpfInterceptor, StartError};
 use crate::proxy::budget::Budget;
+use crate::proxy::http_proxy::HttpProxyServer;
 use crate::proxy::mesh::{ClientHandler, MeshHandle, ServerHandler};
 use crate::proxy::serve::{ConnectionLimits, ServeStats, accept_loop};
 use crate::proxy::transparent::{Stats, TransparentProxy};
@@ -78,6 +80,11 @@ async fn bind(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpListener> {
 }
 
 /// Run the daemon until SIGINT/SIGTERM or an admin shutdown.
+///
+/// Start-up order: the pin directory's lock, then every listener bound, and only then any BPF
+/// state touched (self-test, programs, pins, maps). A second daemon with the same pin directory
+/// stops at the lock, one with another pin directory but the same ports at its first bind;
+/// neither swaps programs or rewrites maps of the running one.
 pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     match crate::sys::raise_nofile_limit() {
         Ok((old, new)) if old != new => tracing::info!("open file limit raised from {old} to {new}"),
@@ -88,19 +95,69 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let (shutdown, tasks) = (drain.token(), drain.tracker());
     let mut listeners = Vec::new();
 
-    // The transparent listeners' addresses are the agent's before any BPF state is touched; the
-    // kernel programs redirect to them only once they carry the agent's mark (`ready` below).
+    let pin_dir = config.sockmesh.intercept.pin_dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || PinDirLock::acquire(&pin_dir)).await??;
+
+    let mesh_shared = MeshShared {
+        filters: FilterShared::new(),
+        overrides: Arc::default(),
+    };
+    register_switchers(&config, &mesh_shared.filters);
+    let mesh = build_mesh(&config, None, &mesh_shared)?;
+    // The default export port listens even with nothing exported yet (server role ready; a
+    // reload can add services on it).
+    let mut export_ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
+    if !export_ports.contains(&config.agent.eport) {
+        export_ports.insert(0, config.agent.eport);
+    }
+    let agent = bind("agent", config.agent_addr()).await?;
+    let mut exports = Vec::new();
+    for port in &export_ports {
+        exports.push((*port, bind("export", config.export_addr(*port)).await?));
+    }
+    // The transparent listeners (IPv4 and IPv6) listen from here on, so their addresses are the
+    // agent's; the kernel programs redirect to them only once they carry the agent's mark
+    // (`ready` below, when they are served): until then intercepted apps fail open.
     let transparent = sockets(&config)
         .bind_listeners(&config.intercept_settings().listeners())
         .await?;
+    // The hport forward proxy's listener (served once the mesh handle exists, below).
+    let hport = if config.mesh.http_proxy.enabled {
+        let addr = config.http_proxy_addr();
+        Some((addr, bind("hport", addr).await?))
+    } else {
+        None
+    };
+    let admin = bind("admin", config.admin_addr()).await?;
+    // The control socket is a listener too: a second daemon with the same socket stops here.
+    let admin_cfg = &config.sockmesh.admin;
+    let control_group = match &admin_cfg.control_group {
+        Some(g) => Some(
+            crate::config::admin::resolve_group(g)
+                .map_err(|m| anyhow::anyhow!("sockmesh.admin.control_group: {m}"))?,
+        ),
+        None => None,
+    };
+    let control = crate::admin::control_socket::bind(&admin_cfg.control_socket, control_group)?;
 
     // Interception next: the self-test decides what `auto` means.
     let (mut interceptor, intercept_error, test, auto_mode) = if config.sockmesh.intercept.enabled {
         let allow = config.sockmesh.intercept.auto_sockmap;
-        let (test, auto_mode) = tokio::task::spawn_blocking(move || kernel_selftest(allow)).await?;
+        let settings = config.intercept_settings();
+        let (test, auto_mode) = tokio::task::spawn_blocking(move || {
+            // The self-test pins under /sys/fs/bpf too.
+            if let Err(e) = mount_bpffs(&settings.pin_dir) {
+                tracing::warn!("{e:#}");
+            }
+            kernel_selftest(allow)
+        })
+        .await?;
         match EbpfInterceptor::start(config.intercept_settings()) {
             Ok(i) => (Some(i), None, test, auto_mode),
-            Err(e) => {
+            Err(StartError::Refused(e)) => {
+                return Err(e.context("refusing to use the pinned interception state"));
+            }
+            Err(StartError::Unavailable(e)) => {
                 tracing::error!("eBPF interception unavailable: {e:#}");
                 (None, Some(format!("{e:#}")), test, auto_mode)
             }
@@ -117,18 +174,6 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         tasks.spawn(forward_bpf_logs(logger, shutdown.clone()));
     }
 
-    let mesh_shared = MeshShared {
-        filters: FilterShared::new(),
-        overrides: Arc::default(),
-    };
-    register_switchers(&config, &mesh_shared.filters);
-    let mesh = build_mesh(&config, None, &mesh_shared)?;
-    // The default export port listens even with nothing exported yet (server role ready; a
-    // reload can add services on it).
-    let mut export_ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
-    if !export_ports.contains(&config.agent.eport) {
-        export_ports.insert(0, config.agent.eport);
-    }
     let mesh: MeshHandle = Arc::new(arc_swap::ArcSwap::from_pointee(mesh));
     let agent_stats = Arc::new(ServeStats::default());
     let export_stats = Arc::new(ServeStats::default());
@@ -142,7 +187,6 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         decode: crate::protocol::motan2::DecodeLimits::default(),
         budget: budget.clone(),
     };
-    let agent = bind("agent", config.agent_addr()).await?;
     listeners.push(("agent".to_string(), config.agent_addr().to_string()));
     tasks.spawn(accept_loop(
         "agent",
@@ -153,13 +197,11 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         shutdown.clone(),
         tasks.clone(),
     ));
-    for port in &export_ports {
-        let addr = config.export_addr(*port);
-        let l = bind("export", addr).await?;
-        listeners.push((format!("export:{port}"), addr.to_string()));
+    for (port, l) in exports {
+        listeners.push((format!("export:{port}"), config.export_addr(port).to_string()));
         let handler = Arc::new(ServerHandler {
             mesh: mesh.clone(),
-            port: *port,
+            port,
         });
         tasks.spawn(accept_loop(
             "export",
@@ -194,8 +236,24 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         );
     }
 
-    let admin = bind("admin", config.admin_addr()).await?;
+    // The hport forward proxy (motan-go's httpProxyEnable; bound at start with the other
+    // listeners, a reload reports a changed port as needing a restart).
+    if let Some((addr, l)) = hport {
+        listeners.push(("hport".to_string(), addr.to_string()));
+        let server = Arc::new(HttpProxyServer::new(
+            mesh.clone(),
+            sockets(&config),
+            addr.port(),
+            budget.clone(),
+        ));
+        tasks.spawn(server.run(l, shutdown.clone(), tasks.clone()));
+    }
+
     listeners.push(("admin".to_string(), config.admin_addr().to_string()));
+    listeners.push((
+        "control".to_string(),
+        admin_cfg.control_socket.display().to_string(),
+    ));
 
     let state = Arc::new(AppState {
         started: Instant::now(),
@@ -233,11 +291,18 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             sockets: sockets(&config),
             proxy,
             report: Box::new(move |netns| *r.netns_listeners.lock().unwrap() = netns),
+            max_listeners: config.sockmesh.intercept.max_netns_listeners,
         };
         tasks.spawn(watcher.run(shutdown.clone(), tasks.clone()));
+        tasks.spawn(forget_removed_cgroups(state.clone(), shutdown.clone()));
     }
     crate::admin::state_metrics::register(&state);
-    tasks.spawn(crate::admin::serve(admin, state.clone(), shutdown.clone()));
+    let access = crate::admin::access::Access::new(
+        state.clone(),
+        control_group,
+        config.sockmesh.admin.control_socket.clone(),
+    );
+    tasks.spawn(crate::admin::serve(admin, control, access, shutdown.clone()));
 
     for (name, addr) in &listeners {
         tracing::info!(listener = %name, %addr, "listening");
@@ -285,6 +350,35 @@ async fn wait_for_signal(state: &AppState) {
                 // Errors are logged by reload itself; the running configuration stays.
                 let _ = state.reload().await;
             }
+        }
+    }
+}
+
+/// How often deleted cgroups are looked for.
+const CGROUP_SWEEP_PERIOD: Duration = Duration::from_secs(1);
+
+/// Drop the interception state of cgroups that were deleted (their policy entry and links), so
+/// cgroup churn leaves nothing behind.
+async fn forget_removed_cgroups(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(CGROUP_SWEEP_PERIOD);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = state.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            s.interceptor
+                .lock()
+                .unwrap()
+                .as_mut()
+                .map(|i| i.forget_removed_cgroups())
+        })
+        .await;
+        match swept {
+            Ok(None) => return,
+            Ok(Some(Err(e))) => tracing::debug!("looking for deleted cgroups: {e:#}"),
+            _ => {}
         }
     }
 }

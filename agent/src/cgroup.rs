@@ -1,4 +1,5 @@
 //! cgroup v2: find the mount, resolve operator paths, cgroup ids, scratch child cgroups.
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
@@ -44,25 +45,33 @@ pub fn id(path: &Path) -> io::Result<u64> {
     Ok(std::fs::metadata(path)?.ino())
 }
 
-/// Find the cgroup directory with id `id` below `mount` (for status output).
-pub fn path_of(mount: &Path, id: u64) -> Option<PathBuf> {
-    fn walk(dir: &Path, id: u64, depth: u32) -> Option<PathBuf> {
-        if self::id(dir).ok()? == id {
-            return Some(dir.to_path_buf());
-        }
-        if depth > 32 {
-            return None;
-        }
-        for e in std::fs::read_dir(dir).ok()?.flatten() {
-            if e.file_type().ok()?.is_dir()
-                && let Some(p) = walk(&e.path(), id, depth + 1)
-            {
-                return Some(p);
+/// Every cgroup at or below `mount`, by id (for status output, and to notice deleted cgroups).
+/// A directory that cannot be read fails the whole walk (one removed meanwhile is skipped), so
+/// an unread subtree is never taken for deleted cgroups.
+pub fn ids_below(mount: &Path) -> io::Result<HashMap<u64, PathBuf>> {
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let mut out = HashMap::new();
+    let mut stack = vec![mount.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let meta = match std::fs::symlink_metadata(&dir) {
+            Ok(m) => m,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        out.insert(meta.ino(), dir);
+        for e in entries {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
             }
         }
-        None
     }
-    walk(mount, id, 0)
+    Ok(out)
 }
 
 /// The path of `full` relative to the mount, as the CLI shows it ("/" for the root).

@@ -5,7 +5,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::cgroup::{self, ChildCgroup};
-use crate::intercept::ebpf::{attach_link, load_object, remove_pins};
+use crate::intercept::ebpf::{attach_link, load_object};
+use crate::intercept::pins::remove_pins;
 use crate::intercept::selftest;
 use crate::sys::{self, AttachType};
 

@@ -198,11 +198,20 @@ impl AppState {
     }
 
     /// Intercept `cgroup` in the requested mode; a cgroup is in one mode at a time, so switching
-    /// between iptables and eBPF removes the other mode's attachment.
-    pub fn enable(&self, cgroup: &str, mode: Option<RequestedMode>) -> Result<Value> {
+    /// between iptables and eBPF removes the other mode's attachment. The cgroup root means
+    /// every process on the host and needs `force`.
+    pub fn enable(&self, cgroup: &str, mode: Option<RequestedMode>, force: bool) -> Result<Value> {
         let mount = crate::cgroup::cgroup2_mount()?;
         let path = crate::cgroup::resolve(&mount, cgroup)?;
         let rel = crate::cgroup::display_rel(&mount, &path);
+        // By identity, not by spelling: "/", "", "//" and "/." all name the root.
+        if !force && crate::cgroup::id(&path)? == crate::cgroup::id(&mount)? {
+            anyhow::bail!(
+                "cgroup {cgroup:?} is the cgroup root: intercepting it means every process on the host \
+                 (system services, sshd, the package manager) goes through sockmesh; give --force \
+                 (API: force=true) if that is really meant, or name the cgroup of the apps"
+            );
+        }
         match self.resolve(mode) {
             None => {
                 let in_ebpf = self.in_ebpf_mode(&rel);
@@ -307,8 +316,21 @@ impl AppState {
             ("motan-agent.eport", old.agent.eport != new.agent.eport),
             ("motan-agent.mport", old.agent.mport != new.agent.mport),
             (
+                "motan-agent.hport / httpProxyEnable",
+                (old.mesh.http_proxy.enabled, old.mesh.http_proxy.port)
+                    != (new.mesh.http_proxy.enabled, new.mesh.http_proxy.port),
+            ),
+            (
                 "sockmesh.admin_bind",
                 old.sockmesh.admin_bind != new.sockmesh.admin_bind,
+            ),
+            (
+                "sockmesh.admin.control_socket",
+                old.sockmesh.admin.control_socket != new.sockmesh.admin.control_socket,
+            ),
+            (
+                "sockmesh.admin.control_group",
+                old.sockmesh.admin.control_group != new.sockmesh.admin.control_group,
             ),
             ("sockmesh.intercept.enabled", o.enabled != n.enabled),
             (
@@ -339,6 +361,8 @@ impl AppState {
         effective.agent.eport = old.agent.eport;
         effective.agent.mport = old.agent.mport;
         effective.sockmesh.admin_bind = old.sockmesh.admin_bind;
+        effective.sockmesh.admin.control_socket = old.sockmesh.admin.control_socket.clone();
+        effective.sockmesh.admin.control_group = old.sockmesh.admin.control_group.clone();
         {
             let (ei, oi) = (&mut effective.sockmesh.intercept, &old.sockmesh.intercept);
             ei.enabled = oi.enabled;
@@ -362,6 +386,13 @@ impl AppState {
         if o.auto_sockmap != n.auto_sockmap {
             *self.auto_mode.write().unwrap() = auto_mode_for(self.selftest.as_ref(), n.auto_sockmap);
             applied.push("sockmesh.intercept.auto_sockmap");
+        }
+        // The admin guard reads these per request.
+        if old.sockmesh.admin.tcp_mutations != new.sockmesh.admin.tcp_mutations {
+            applied.push("sockmesh.admin.tcp_mutations");
+        }
+        if old.sockmesh.admin.token != new.sockmesh.admin.token {
+            applied.push("sockmesh.admin.token");
         }
         if old.sockmesh.log_level != new.sockmesh.log_level {
             match &self.log_reload {

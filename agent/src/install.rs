@@ -1,11 +1,24 @@
 //! `sockmesh install` / `sockmesh uninstall`: put the daemon on a host the conventional way and
 //! take it off without a trace. Both are idempotent and say what they did.
+//!
+//! Uninstall touches only what its arguments name: the installation (`--root`, or no argument
+//! at all: the one at /) with the daemon, pin directory and iptables chain its installed
+//! configuration names; or a pin directory (`--pin-dir`) or chain (`--iptables-chain`) alone.
+//! Nothing is unpinned while a daemon uses the pins: the installation's daemon is stopped first
+//! (its systemd unit, else SIGTERM to the PID in the pin directory's lock file, then waiting for
+//! the lock), and a pin directory named alone while a daemon uses it is refused.
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
+use crate::intercept::iptables::Iptables;
+use crate::intercept::pins::{self, LockError, PinDirLock};
+
+/// How long a daemon has to stop after SIGTERM (it drains for up to 10 s).
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub const UNIT_NAME: &str = "sockmesh.service";
 
@@ -72,9 +85,10 @@ pub fn unit_text(layout: &Layout) -> String {
          TimeoutStopSec=20\n\
          # CAP_BPF: load programs and maps. CAP_NET_ADMIN: attach cgroup socket programs, SO_MARK,\n\
          # iptables mode. CAP_SYS_ADMIN: mount bpffs, setns() into app network namespaces.\n\
-         # CAP_SYS_PTRACE: open /proc/PID/ns/net of apps run by other users.\n\
-         CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE\n\
-         AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE\n\
+         # CAP_SYS_PTRACE: open /proc/PID/ns/net of apps run by other users. CAP_CHOWN: give the\n\
+         # control socket to sockmesh.admin.control_group.\n\
+         CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_CHOWN\n\
+         AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_CHOWN\n\
          NoNewPrivileges=yes\n\
          LimitNOFILE=1048576\n\
          \n\
@@ -174,6 +188,173 @@ pub fn stop_unit(layout: &Layout) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// What `sockmesh uninstall` removes.
+#[derive(Clone, Debug, Default)]
+pub struct UninstallScope {
+    /// The installation under this root: its files and unit, and the daemon, pin directory and
+    /// chain its configuration names.
+    pub install: Option<Layout>,
+    /// Pin directories named on the command line.
+    pub pin_dirs: Vec<PathBuf>,
+    /// iptables chains named on the command line.
+    pub chains: Vec<String>,
+}
+
+/// The pin directory and iptables chain an installed configuration names (the defaults for keys
+/// it does not set). Read leniently: an installed file that no longer validates still says where
+/// its pins are.
+fn installed_targets(layout: &Layout) -> Result<Option<(PathBuf, String)>> {
+    let defaults = crate::config::InterceptSection::default();
+    let path = layout.config();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A daemon run without an installed file uses the defaults; an empty install root
+            // names nothing.
+            return Ok(layout
+                .is_real_root()
+                .then_some((defaults.pin_dir, defaults.iptables_chain)));
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let v: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))?;
+    let key = |k: &str| {
+        v.get("sockmesh")?
+            .get("intercept")?
+            .get(k)?
+            .as_str()
+            .map(str::to_string)
+    };
+    Ok(Some((
+        key("pin_dir").map(PathBuf::from).unwrap_or(defaults.pin_dir),
+        key("iptables_chain").unwrap_or(defaults.iptables_chain),
+    )))
+}
+
+/// Stop the daemon that holds `pin_dir`'s lock (SIGTERM to the PID in it, then wait for the
+/// lock); returns the lock, held. `stoppable` false: refuse instead of stopping it.
+fn take_pin_dir(pin_dir: &Path, stoppable: bool, report: &mut dyn FnMut(String)) -> Result<PinDirLock> {
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    let mut signalled = None;
+    loop {
+        match PinDirLock::acquire(pin_dir) {
+            Ok(lock) => {
+                if let Some(pid) = signalled {
+                    report(format!("the daemon (pid {pid}) stopped"));
+                }
+                return Ok(lock);
+            }
+            Err(LockError::Other(e)) => return Err(e),
+            Err(LockError::Held { pid, lock, .. }) => {
+                let Some(pid) = pid.filter(|p| pins::holds(*p, &lock)) else {
+                    bail!(
+                        "a process holds {} but its PID is unknown; stop the sockmesh daemon using {}, then run uninstall again",
+                        lock.display(),
+                        pin_dir.display()
+                    );
+                };
+                if !stoppable {
+                    bail!(
+                        "the sockmesh daemon with pid {pid} uses the pin directory {}: refusing to unpin under it (stop that daemon first, or run `sockmesh uninstall` without --pin-dir to remove the installation with its daemon)",
+                        pin_dir.display()
+                    );
+                }
+                if signalled != Some(pid) {
+                    // SAFETY: kill(2); the PID holds the lock file open right now (checked above).
+                    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
+                        return Err(std::io::Error::last_os_error())
+                            .with_context(|| format!("stopping the daemon (pid {pid})"));
+                    }
+                    report(format!(
+                        "stopping the daemon (pid {pid}) that uses {}",
+                        pin_dir.display()
+                    ));
+                    signalled = Some(pid);
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "the daemon (pid {pid}) did not stop within {STOP_TIMEOUT:?}; stop it, then run uninstall again"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// `sockmesh uninstall`: stop what uses the named things, then remove them. Reports each step
+/// through `report` as it happens.
+pub fn uninstall(scope: &UninstallScope, report: &mut dyn FnMut(String)) -> Result<()> {
+    let mut stoppable = Vec::new();
+    let mut chains = Vec::new();
+    if let Some(layout) = &scope.install
+        && let Some((pin_dir, chain)) = installed_targets(layout)?
+    {
+        stoppable.push(pin_dir);
+        chains.push(chain);
+    }
+    let mut pin_dirs = stoppable.clone();
+    for p in &scope.pin_dirs {
+        if !pin_dirs.contains(p) {
+            pin_dirs.push(p.clone());
+        }
+    }
+    for c in &scope.chains {
+        if !chains.contains(c) {
+            chains.push(c.clone());
+        }
+    }
+    // Refuse before anything changes.
+    for p in &pin_dirs {
+        if !p.is_absolute() || !pins::on_bpffs(p) {
+            bail!(
+                "{} is not on a bpffs: refusing to remove anything under it (a pin directory is a directory on a bpffs, e.g. /sys/fs/bpf/sockmesh)",
+                p.display()
+            );
+        }
+    }
+    if let Some(layout) = &scope.install
+        && let Some(line) = stop_unit(layout)?
+    {
+        report(line);
+    }
+    let mut locks = Vec::new();
+    for p in &pin_dirs {
+        let lock = take_pin_dir(p, stoppable.contains(p), report)?;
+        let users = pins::live_users(p);
+        if let Some((pid, prog)) = users.first() {
+            lock.remove();
+            bail!(
+                "process {pid} holds program {prog} attached through the links pinned under {}: a sockmesh daemon still uses them; stop it, then run uninstall again",
+                p.display()
+            );
+        }
+        locks.push(lock);
+    }
+    for (p, lock) in pin_dirs.iter().zip(locks) {
+        let n = pins::uninstall(p)?;
+        report(format!(
+            "removed {n} pinned BPF object(s) under {} (programs detach with their links)",
+            p.display()
+        ));
+        lock.remove();
+    }
+    for c in &chains {
+        match Iptables::uninstall(c) {
+            Ok(true) => report(format!("removed iptables nat chain {c} and its jump from OUTPUT")),
+            Ok(false) => report(format!("no iptables chain {c}")),
+            Err(e) => report(format!("iptables chain {c} not removed: {e:#}")),
+        }
+    }
+    if let Some(layout) = &scope.install {
+        for line in remove_files(layout)? {
+            report(line);
+        }
+    }
+    Ok(())
+}
+
 /// Remove unit, binary and configuration (call `stop_unit` first).
 pub fn remove_files(layout: &Layout) -> Result<Vec<String>> {
     let mut report = Vec::new();
@@ -222,7 +403,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             caps,
-            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE"
+            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_CHOWN"
         );
     }
 

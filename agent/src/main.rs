@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use sockmesh::admin::client::AdminTarget;
+use sockmesh::config::admin::DEFAULT_CONTROL_SOCKET;
 use sockmesh::config::{Config, RequestedMode};
 
 #[derive(Parser)]
@@ -20,9 +22,23 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct AdminArgs {
-    /// Admin API of the running daemon.
-    #[arg(long, global = true, default_value = "127.0.0.1:8002", env = "SOCKMESH_ADMIN")]
-    admin: SocketAddr,
+    /// Control socket of the running daemon (its whole admin API; root and
+    /// sockmesh.admin.control_group only).
+    #[arg(long, global = true, default_value = DEFAULT_CONTROL_SOCKET, env = "SOCKMESH_CONTROL")]
+    control: PathBuf,
+    /// Use the daemon's TCP admin port at ADDR instead of the control socket: reads only, plus
+    /// the mutations its sockmesh.admin.tcp_mutations enables.
+    #[arg(long, global = true, env = "SOCKMESH_ADMIN")]
+    admin: Option<SocketAddr>,
+}
+
+impl AdminArgs {
+    fn target(&self) -> AdminTarget {
+        match self.admin {
+            Some(a) => AdminTarget::Tcp(a),
+            None => AdminTarget::Socket(self.control.clone()),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -72,17 +88,19 @@ enum Cmd {
         root: Option<PathBuf>,
     },
     /// Stop the daemon, remove every pinned program link and map, the iptables chain, the unit
-    /// and the installed files.
+    /// and the installed files. Only what the arguments name: none (or --root) means the
+    /// installation, with the daemon, pins and chain its installed configuration names;
+    /// --pin-dir or --iptables-chain alone remove just that.
     Uninstall {
-        /// The directory given to `install --root`.
+        /// The installation under this directory (the one given to `install --root`).
         #[arg(long)]
         root: Option<PathBuf>,
-        #[arg(long, default_value = sockmesh_common::PIN_ROOT)]
-        pin_dir: PathBuf,
-        #[arg(long, default_value = "SOCKMESH")]
-        iptables_chain: String,
-        #[command(flatten)]
-        admin: AdminArgs,
+        /// Only the pins under this bpffs directory (refused while a daemon uses it).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        /// Only this iptables nat chain.
+        #[arg(long)]
+        iptables_chain: Option<String>,
     },
 }
 
@@ -104,6 +122,9 @@ enum InterceptCmd {
         /// auto, ebpf-connect, ebpf-sockmap or iptables (default: sockmesh.intercept.default_mode).
         #[arg(long, value_parser = parse_mode)]
         mode: Option<RequestedMode>,
+        /// Allow the cgroup root `/`: every process on the host would be intercepted.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -201,7 +222,7 @@ fn query(s: &str) -> String {
 
 /// Call the admin API; non-2xx answers become errors carrying the daemon's message.
 fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> Result<serde_json::Value> {
-    let (code, body) = sockmesh::admin::request(admin.admin, method, path)?;
+    let (code, body) = admin.target().request(method, path)?;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
     if !(200..300).contains(&code) {
         let msg = v
@@ -258,10 +279,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Config(ConfigCmd::Validate { file }) => match Config::load(&file) {
             Ok(c) => {
                 println!(
-                    "{}: ok ({} motan section(s), admin {}, transparent listener {})",
+                    "{}: ok ({} motan section(s), admin {} and {}, transparent listener {})",
                     c.source,
                     c.motan.len(),
                     c.admin_addr(),
+                    c.sockmesh.admin.control_socket.display(),
                     c.transparent_addr()
                 );
                 Ok(ExitCode::SUCCESS)
@@ -275,10 +297,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             print!("{}", sockmesh::config::EMBEDDED_DEFAULT);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Intercept(InterceptCmd::Enable { cgroup, mode, admin }) => {
+        Cmd::Intercept(InterceptCmd::Enable {
+            cgroup,
+            mode,
+            force,
+            admin,
+        }) => {
             let mut path = format!("/intercept/enable?cgroup={}", query(&cgroup));
             if let Some(m) = mode {
                 path.push_str(&format!("&mode={}", m.name()));
+            }
+            if force {
+                path.push_str("&force=true");
             }
             let v = admin_call(&admin, "POST", &path)?;
             println!(
@@ -480,44 +510,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             root,
             pin_dir,
             iptables_chain,
-            admin,
         } => {
-            let layout = sockmesh::install::Layout::new(root);
-            // Under systemd, stop the unit first so it is not restarted behind our back.
-            if let Some(line) = sockmesh::install::stop_unit(&layout)? {
-                println!("{line}");
-            }
-            match sockmesh::admin::request(admin.admin, "POST", "/shutdown") {
-                Ok(_) => {
-                    println!("asked the running daemon at {} to stop", admin.admin);
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-                    while std::net::TcpStream::connect_timeout(
-                        &admin.admin,
-                        std::time::Duration::from_millis(200),
-                    )
-                    .is_ok()
-                    {
-                        if std::time::Instant::now() > deadline {
-                            bail!("the daemon did not stop within 15 s; stop it, then run uninstall again");
-                        }
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                    }
-                }
-                Err(_) => println!("no daemon answering at {}", admin.admin),
-            }
-            let n = sockmesh::intercept::ebpf::uninstall(&pin_dir)?;
-            println!(
-                "removed {n} pinned BPF object(s) under {} (programs detach with their links)",
-                pin_dir.display()
-            );
-            match sockmesh::intercept::iptables::Iptables::uninstall(&iptables_chain) {
-                Ok(true) => println!("removed iptables nat chain {iptables_chain} and its jump from OUTPUT"),
-                Ok(false) => println!("no iptables chain {iptables_chain}"),
-                Err(e) => println!("iptables chain {iptables_chain} not removed: {e:#}"),
-            }
-            for line in sockmesh::install::remove_files(&layout)? {
-                println!("{line}");
-            }
+            let whole = root.is_some() || (pin_dir.is_none() && iptables_chain.is_none());
+            let scope = sockmesh::install::UninstallScope {
+                install: whole.then(|| sockmesh::install::Layout::new(root)),
+                pin_dirs: pin_dir.into_iter().collect(),
+                chains: iptables_chain.into_iter().collect(),
+            };
+            sockmesh::install::uninstall(&scope, &mut |line| println!("{line}"))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -3,12 +3,37 @@
 //! encodes it in the Prometheus text format (0.0.4).
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::registry::{Metric, Registry};
 
 /// Name prefix of every metric in the registry.
 pub const PREFIX: &str = "sockmesh";
+
+/// Failed connects to upstream endpoints, process-wide (the pools count them; every
+/// registry reports them as `sockmesh_upstream_connect_failures_total`).
+pub static UPSTREAM_CONNECT_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Reports the process-wide counters above at every scrape.
+#[derive(Debug)]
+struct ProcessCounters;
+
+impl Collector for ProcessCounters {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        let c = prometheus_client::metrics::counter::ConstCounter::new(
+            UPSTREAM_CONNECT_FAILURES.load(Ordering::Relaxed),
+        );
+        let me = encoder.encode_descriptor(
+            "upstream_connect_failures",
+            "Connects to upstream endpoints that failed",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(me)
+    }
+}
 
 pub struct MetricsRegistry {
     registry: Mutex<Registry>,
@@ -28,8 +53,10 @@ impl Default for MetricsRegistry {
 
 impl MetricsRegistry {
     pub fn new() -> MetricsRegistry {
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_collector(Box::new(ProcessCounters));
         MetricsRegistry {
-            registry: Mutex::new(Registry::with_prefix(PREFIX)),
+            registry: Mutex::new(registry),
         }
     }
 
@@ -153,6 +180,10 @@ mod tests {
         let s = samples(&text);
         assert_eq!(value(&s, "sockmesh_endpoints_available"), Some(4.0));
         assert_eq!(value(&s, "sockmesh_intercepted_connections_total"), Some(17.0));
+        assert!(
+            value(&s, "sockmesh_upstream_connect_failures_total").is_some(),
+            "{text}"
+        );
         assert!(
             text.contains("# TYPE sockmesh_intercepted_connections_total counter"),
             "{text}"

@@ -12,7 +12,6 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -204,9 +203,10 @@ pub struct NetnsSockets {
 }
 
 impl NetnsSockets {
-    /// Start the namespace thread.
-    pub fn start(ns: &Path) -> Result<NetnsSockets> {
-        let ns_file = File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+    /// Start the namespace thread in the namespace `ns_file` refers to (opened by the caller, who
+    /// checked it is the one it meant). The thread ends when the last copy of the factory is
+    /// dropped.
+    pub fn start(ns_file: File) -> Result<NetnsSockets> {
         let (tx, rx) = mpsc::channel::<(Domain, oneshot::Sender<std::io::Result<Socket>>)>();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -225,7 +225,7 @@ impl NetnsSockets {
         ready_rx
             .recv()
             .context("netns thread died")?
-            .with_context(|| format!("entering {}", ns.display()))?;
+            .context("entering the network namespace")?;
         Ok(NetnsSockets { tx })
     }
 

@@ -9,6 +9,7 @@ use std::path::Path;
 
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -103,6 +104,75 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     bpf(BPF_OBJ_GET, &mut a).map(owned)
 }
 
+/// The first fields of `struct bpf_map_info`: what decides whether a pinned map fits a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapShape {
+    pub map_type: u32,
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+}
+
+/// The ids behind a bpf_link (`struct bpf_link_info`): its program and, for a cgroup link, the
+/// cgroup (0 once the cgroup is gone and the kernel detached the link).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkIds {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    pub cgroup_id: u64,
+}
+
+/// `BPF_LINK_TYPE_CGROUP`.
+pub const LINK_TYPE_CGROUP: u32 = 3;
+
+/// `BPF_OBJ_GET_INFO_BY_FD` into a zeroed buffer; the kernel fills as much as it knows.
+fn obj_info(fd: BorrowedFd<'_>) -> io::Result<[u8; 128]> {
+    let mut info = [0u8; 128];
+    let mut a = BpfAttr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u32(4, info.len() as u32);
+    a.put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(info)
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+/// Type, sizes and flags of a map (a map fd, e.g. from `obj_get` on a map pin).
+pub fn map_shape(fd: BorrowedFd<'_>) -> io::Result<MapShape> {
+    let b = obj_info(fd)?;
+    Ok(MapShape {
+        map_type: u32_at(&b, 0),
+        id: u32_at(&b, 4),
+        key_size: u32_at(&b, 8),
+        value_size: u32_at(&b, 12),
+        max_entries: u32_at(&b, 16),
+        map_flags: u32_at(&b, 20),
+    })
+}
+
+/// Program and target of a link (a link fd, e.g. from `obj_get` on a link pin).
+pub fn link_ids(fd: BorrowedFd<'_>) -> io::Result<LinkIds> {
+    let b = obj_info(fd)?;
+    let link_type = u32_at(&b, 0);
+    Ok(LinkIds {
+        link_type,
+        id: u32_at(&b, 4),
+        prog_id: u32_at(&b, 8),
+        // The union after the three u32s is 8-aligned: `cgroup.cgroup_id` sits at 16.
+        cgroup_id: if link_type == LINK_TYPE_CGROUP {
+            u64::from_ne_bytes(b[16..24].try_into().unwrap())
+        } else {
+            0
+        },
+    })
+}
+
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Whether `path` is on a bpffs.
@@ -115,7 +185,9 @@ pub fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-/// Mount bpffs at `path` unless one is already there. Returns true when it mounted one.
+/// Mount bpffs at `path` unless one is already there. Returns true when it mounted one. Ours is
+/// mounted with mode 0700: only root may create directories and pins in it (a default bpffs
+/// root is 1777).
 pub fn ensure_bpffs(path: &Path) -> io::Result<bool> {
     if is_bpffs(path) {
         return Ok(false);
@@ -123,8 +195,17 @@ pub fn ensure_bpffs(path: &Path) -> io::Result<bool> {
     std::fs::create_dir_all(path)?;
     let target = cpath(path)?;
     let src = CString::new("bpf").unwrap();
+    let data = CString::new("mode=0700").unwrap();
     // SAFETY: plain mount(2) with valid C strings.
-    let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -220,9 +301,157 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((old, lim.rlim_cur))
 }
 
+/// `SO_PEERGROUPS` (Linux 4.13+): the supplementary groups of a Unix socket's peer as they were
+/// at connect(), taken with its SO_PEERCRED credentials. Unlike /proc/<pid>/status this cannot
+/// race with the peer exiting and its PID being reused.
+pub fn peer_groups(fd: impl AsFd) -> io::Result<Vec<u32>> {
+    const SO_PEERGROUPS: i32 = 59;
+    // Most processes have a handful of groups; on ERANGE ask again with room for NGROUPS_MAX.
+    for capacity in [64usize, 65536] {
+        let mut buf = vec![0u8; capacity * 4];
+        match getsockopt_raw(fd.as_fd(), libc::SOL_SOCKET, SO_PEERGROUPS, &mut buf) {
+            Ok(len) => {
+                return Ok(buf[..len]
+                    .chunks_exact(4)
+                    .map(|g| u32::from_ne_bytes([g[0], g[1], g[2], g[3]]))
+                    .collect());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ERANGE))
+}
+
+/// The gid of group `name` in the host's group database (getgrnam_r, so NSS sources count).
+pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+    let c =
+        CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in group name"))?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: getgrnam_r writes the entry into grp and its strings into buf (len given);
+        // result points at grp or is null.
+        let (r, found, gid) = unsafe {
+            let mut grp: libc::group = std::mem::zeroed();
+            let mut result: *mut libc::group = std::ptr::null_mut();
+            let r = libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result);
+            (r, !result.is_null(), grp.gr_gid)
+        };
+        match r {
+            0 => return Ok(found.then_some(gid)),
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// The daemon's runtime directory: the pin directories' lock files (`intercept::pins`) and, by
+/// default, the control socket (`admin::control_socket`). Made by [`run_dir`].
+pub const RUN_DIR: &str = "/run/sockmesh";
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Make sure `dir` is a directory only we can change: a directory (a symbolic link is not
+/// followed) of our euid that neither group nor others may write to, so no one else can
+/// rename or replace what we keep in it. With `create`, a missing one is made with its parents,
+/// mode 0700, or 0750 and given to `group` when one is named (whose members may then reach into
+/// it, never write).
+pub fn private_dir(dir: &Path, create: bool, group: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let refuse = |why: String| io::Error::other(format!("refusing {}: {why}", dir.display()));
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+            let mode = if group.is_some() { 0o750 } else { 0o700 };
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)?;
+            if let Some(g) = group {
+                std::os::unix::fs::chown(dir, None, Some(g))?;
+            }
+            // The umask may have taken bits the group needs.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+            std::fs::symlink_metadata(dir)?
+        }
+        other => other?,
+    };
+    if !meta.is_dir() {
+        return Err(refuse("not a directory (a symbolic link is not followed)".into()));
+    }
+    if meta.uid() != euid() || meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "it must belong to uid {} and not be writable by group or others (it has uid {}, mode {:o}); remove it or fix its owner and mode",
+            euid(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// [`RUN_DIR`], checked with [`private_dir`] and made when missing: 0700, or 0750 of group
+/// `group` (`sockmesh.admin.control_group`, whose members reach the control socket in it). It is
+/// sockmesh's own, so an existing one is given to `group` too; without a group it stays as it is
+/// (lock files and the socket have modes of their own).
+pub fn run_dir(group: Option<u32>) -> io::Result<&'static Path> {
+    let dir = Path::new(RUN_DIR);
+    own_dir(dir, group)?;
+    Ok(dir)
+}
+
+/// [`run_dir`] for any directory.
+fn own_dir(dir: &Path, group: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    private_dir(dir, true, group)?;
+    if let Some(g) = group {
+        let meta = std::fs::symlink_metadata(dir)?;
+        if meta.gid() != g || meta.mode() & 0o7777 != 0o750 {
+            std::os::unix::fs::chown(dir, None, Some(g))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_directories_and_the_run_directory_shared_with_a_group() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let base = std::env::temp_dir().join(format!("sockmesh-sys-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        let dir = base.join("run");
+        assert!(private_dir(&dir, false, None).is_err(), "missing and not created");
+        // Made private first (the lock), then given to the control group (the control socket).
+        own_dir(&dir, None).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        // SAFETY: getegid has no preconditions and cannot fail.
+        let gid = unsafe { libc::getegid() };
+        own_dir(&dir, Some(gid)).unwrap();
+        assert_eq!((mode(&dir), std::fs::metadata(&dir).unwrap().gid()), (0o750, gid));
+        own_dir(&dir, None).unwrap();
+        assert_eq!(mode(&dir), 0o750, "left as it is without a group");
+        // Writable by others, or not a directory: refused, and not repaired.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = own_dir(&dir, Some(gid)).unwrap_err().to_string();
+        assert!(
+            err.contains("not be writable by group or others") && err.contains("mode 777"),
+            "{err}"
+        );
+        assert_eq!(mode(&dir), 0o777);
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = private_dir(&link, true, None).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn parses_both_sockaddr_families() {

@@ -8,6 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -68,7 +69,10 @@ impl Ports {
 pub struct Daemon {
     child: Option<ChildProcess>,
     pub ports: Ports,
+    /// The TCP admin port: reads (and the mutations `sockmesh.admin.tcp_mutations` enables).
     pub admin: SocketAddr,
+    /// The control socket: the whole admin API, for root.
+    pub control: PathBuf,
     pub transparent_port: u16,
     pub pin_dir: PathBuf,
     pub iptables_chain: String,
@@ -106,6 +110,18 @@ impl Daemon {
     }
 
     pub fn launch_full(name: &str, ports: Ports, agent: &str, motan: &str, extra_intercept: &str) -> Daemon {
+        Daemon::launch_admin(name, ports, agent, "", motan, extra_intercept)
+    }
+
+    /// Also with extra `sockmesh.admin` keys (4-space indent; the control socket is set here).
+    pub fn launch_admin(
+        name: &str,
+        ports: Ports,
+        agent: &str,
+        admin: &str,
+        motan: &str,
+        extra_intercept: &str,
+    ) -> Daemon {
         let dir = std::env::temp_dir().join(format!("sockmesh-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let Ports {
@@ -117,11 +133,20 @@ impl Daemon {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-test-{name}-{}", std::process::id()));
         let iptables_chain = format!("SMT{}", std::process::id());
         let config = dir.join("sockmesh.yaml");
+        // The agent refuses a directory others could write to; 0755 whatever the umask, so the
+        // socket's own mode (0600) is what keeps other users out.
+        let control = dir.join("control/control.sock");
+        let control_dir = control.parent().unwrap();
+        std::fs::create_dir_all(control_dir).unwrap();
+        std::fs::set_permissions(control_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // `intercept` comes last: tests append keys to it (4-space indent) and reload.
         std::fs::write(
             &config,
             format!(
                 "motan-agent:\n  port: {port}\n  eport: {eport}\n  mport: {mport}\n  application: test-{name}\n{agent}\
-                 sockmesh:\n  log_level: debug\n  intercept:\n    transparent_port: {tport}\n    pin_dir: {}\n    iptables_chain: {iptables_chain}\n    bpf_log_level: debug\n{extra_intercept}\n# motan\n{motan}",
+                 sockmesh:\n  log_level: debug\n  admin:\n    control_socket: {}\n{admin}\
+                 \x20 intercept:\n    transparent_port: {tport}\n    pin_dir: {}\n    iptables_chain: {iptables_chain}\n    bpf_log_level: debug\n{extra_intercept}\n# motan\n{motan}",
+                control.display(),
                 pin_dir.display()
             ),
         )
@@ -130,6 +155,7 @@ impl Daemon {
             child: None,
             ports,
             admin: format!("127.0.0.1:{mport}").parse().unwrap(),
+            control,
             transparent_port: tport,
             pins: PinDir::new(bin(), &pin_dir),
             chain: NatChain::new(&iptables_chain),
@@ -203,6 +229,16 @@ impl Daemon {
         }
     }
 
+    /// `method path` on the control socket (the whole admin API, as root); (status, body).
+    pub fn control_request(&self, method: &str, path: &str) -> (u16, String) {
+        http::unix_request(&self.control, method, path, "").unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// POST a mutation on the control socket; (status, body).
+    pub fn control_post(&self, path: &str) -> (u16, String) {
+        self.control_request("POST", path)
+    }
+
     /// GET an admin path and parse the JSON answer.
     pub fn admin_json(&self, path: &str) -> serde_json::Value {
         let (code, body) = http::get(self.admin, path).unwrap();
@@ -224,12 +260,12 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Run the CLI against this daemon; returns (success, stdout, stderr).
+    /// Run the CLI against this daemon (on its control socket); returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(bin())
             .args(args)
-            .arg("--admin")
-            .arg(self.admin.to_string())
+            .arg("--control")
+            .arg(&self.control)
             .output()
             .unwrap();
         (
@@ -285,19 +321,19 @@ impl Daemon {
         )
     }
 
-    /// Remove this daemon's pins (what `sockmesh uninstall` does), returning the CLI output.
+    /// Stop this daemon (SIGTERM, it drains), then remove its pins and iptables chain with
+    /// `sockmesh uninstall --pin-dir --iptables-chain`; returns the CLI output.
     pub fn uninstall(&mut self) -> String {
+        if self.child.is_some() {
+            self.sigterm();
+            assert!(self.wait_exit(), "daemon did not exit cleanly on SIGTERM");
+        }
         let out = Command::new(bin())
             .args(["uninstall", "--pin-dir"])
             .arg(&self.pin_dir)
             .args(["--iptables-chain", &self.iptables_chain])
-            .arg("--admin")
-            .arg(self.admin.to_string())
             .output()
             .unwrap();
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
         assert!(
             out.status.success(),
             "uninstall failed: {}",
@@ -321,6 +357,128 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `bpftool -j ARGS`, parsed; None when bpftool fails (e.g. no such object).
+pub fn bpftool(args: &[&str]) -> Option<serde_json::Value> {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Every pinned file below `dir`, sorted.
+pub fn pins_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The program behind each link pinned under `pin_dir`: (pin, program id).
+pub fn link_programs(pin_dir: &Path) -> Vec<(PathBuf, u64)> {
+    pins_below(&pin_dir.join("links"))
+        .into_iter()
+        .map(|p| {
+            let v = bpftool(&["link", "show", "pinned", p.to_str().unwrap()])
+                .unwrap_or_else(|| panic!("bpftool link show pinned {}", p.display()));
+            (p, v["prog_id"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Where the maps of this build's layout are pinned under `pin_dir` (`maps-v<N>`).
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("maps-v{}", sockmesh_common::MAP_LAYOUT_VERSION))
+}
+
+/// The ids of the maps pinned under `pin_dir`.
+pub fn pinned_map_ids(pin_dir: &Path) -> Vec<u64> {
+    pins_below(pin_dir)
+        .into_iter()
+        .filter(|p| !p.starts_with(pin_dir.join("links")))
+        .map(|p| {
+            bpftool(&["map", "show", "pinned", p.to_str().unwrap()]).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The kernel objects of one daemon's interception, by id: the programs behind its pinned links
+/// and every map they use (pinned or not, e.g. the aya-log ring buffer). Other agents may run on
+/// the same kernel at the same time (other test binaries), so "nothing of ours is left" is
+/// checked by these ids, not by names.
+#[derive(Debug)]
+pub struct BpfObjects {
+    pub programs: Vec<u64>,
+    pub maps: Vec<u64>,
+}
+
+impl BpfObjects {
+    pub fn pinned_under(pin_dir: &Path) -> BpfObjects {
+        let mut programs: Vec<u64> = link_programs(pin_dir).into_iter().map(|(_, id)| id).collect();
+        programs.sort_unstable();
+        programs.dedup();
+        let mut maps = pinned_map_ids(pin_dir);
+        for id in &programs {
+            let p = bpftool(&["prog", "show", "id", &id.to_string()]).unwrap();
+            maps.extend(
+                p["map_ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.as_u64()),
+            );
+        }
+        maps.sort_unstable();
+        maps.dedup();
+        assert!(
+            !programs.is_empty() && !maps.is_empty(),
+            "nothing pinned under {}",
+            pin_dir.display()
+        );
+        BpfObjects { programs, maps }
+    }
+
+    /// Every program and map is gone (the kernel frees them asynchronously: up to 10 s).
+    pub fn assert_gone(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let objects = self.programs.iter().map(|id| ("prog", id));
+        for (kind, id) in objects.chain(self.maps.iter().map(|id| ("map", id))) {
+            while let Some(o) = bpftool(&[kind, "show", "id", &id.to_string()]) {
+                assert!(Instant::now() < deadline, "{kind} {id} still exists: {o}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// No BPF program is attached to the cgroup at `path`.
+pub fn assert_nothing_attached(path: &Path) {
+    let attached = bpftool(&["cgroup", "show", path.to_str().unwrap()]);
+    assert!(
+        attached
+            .as_ref()
+            .and_then(|v| v.as_array())
+            .is_none_or(|a| a.is_empty()),
+        "{}: {attached:?}",
+        path.display()
+    );
 }
 
 /// A network namespace with a veth pair to the root namespace: root side `host_ip/30`, namespace

@@ -2,6 +2,7 @@
 mod bench;
 mod lint;
 mod plots;
+mod scale;
 mod setup;
 mod util;
 
@@ -67,11 +68,22 @@ enum Cmd {
         /// Only these modes, comma separated (e.g. `agent-explicit,agent-filters`); default all.
         #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
+        /// Another build of `sockmesh` (e.g. the previous release) for the agent-baseline mode:
+        /// the same agent-explicit path through that binary, compared per round.
+        #[arg(long)]
+        baseline_bin: Option<PathBuf>,
     },
     /// Run every fuzz target for N seconds each (installs cargo-fuzz when missing).
     Fuzz {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+    },
+    /// Discovery at fleet scale through a real ZooKeeper (issue #21): report under
+    /// bench/results/scale-<date>/.
+    Scale {
+        /// Services x providers per service, comma-separated.
+        #[arg(long, default_value = "100x10,500x50,1000x100")]
+        sizes: String,
     },
 }
 
@@ -85,13 +97,16 @@ fn main() -> Result<()> {
         Cmd::Run { args } => run(&args),
         Cmd::Demo { args } => demo(&args),
         Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Scale { sizes } => scale::run(&sizes),
         Cmd::Bench {
             quick,
             rounds,
             seconds,
             agent_workers,
             modes,
+            baseline_bin,
         } => bench::run(bench::Options {
+            baseline_bin,
             quick,
             agent_workers,
             modes: bench::Mode::parse_list(&modes)?,

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 
 use crate::bench::{Case, Mode, Run};
 
-const COLORS: [RGBColor; 7] = [
+const COLORS: [RGBColor; 8] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0x17, 0xbe, 0xcf),
     RGBColor(0xff, 0x7f, 0x0e),
@@ -15,10 +15,15 @@ const COLORS: [RGBColor; 7] = [
     RGBColor(0xd6, 0x27, 0x28),
     RGBColor(0x94, 0x67, 0xbd),
     RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0x7f, 0x7f, 0x7f),
 ];
 
 fn color(m: Mode) -> RGBColor {
-    COLORS[Mode::ALL.iter().position(|x| *x == m).unwrap_or(0) % COLORS.len()]
+    let index = Mode::ALL
+        .iter()
+        .chain(&[Mode::AgentBaseline])
+        .position(|x| *x == m);
+    COLORS[index.unwrap_or(0) % COLORS.len()]
 }
 
 fn e<E: std::fmt::Debug>(err: E) -> anyhow::Error {

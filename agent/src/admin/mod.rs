@@ -1,6 +1,7 @@
-//! Admin API (JSON over HTTP on the management port, loopback by default): health and status,
-//! online/offline, and the interception control calls the CLI uses. Bad requests get a 4xx
-//! with a message.
+//! Admin API (JSON over HTTP): health and status, online/offline, filter state, and the
+//! interception control calls the CLI uses. One router behind two doors, the control socket
+//! and the loopback TCP port; `access.rs` decides who may call what on each. Bad requests get
+//! a 4xx with a message.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,8 +15,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod access;
+pub mod client;
+pub mod control_socket;
 pub mod filters;
 pub mod state_metrics;
+
+use self::access::{Access, Caller};
+use self::control_socket::ControlSocket;
 
 use crate::config::RequestedMode;
 use crate::control::AppState;
@@ -44,14 +51,38 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::admin::filters::routes(state.mesh_shared.filters.clone()))
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
-    let app = router(state);
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = r {
-        tracing::error!("admin server failed: {e}");
+/// The router with every request checked by `access.rs` first.
+pub fn guarded_router(access: Arc<Access>) -> Router {
+    router(access.state.clone()).layer(axum::middleware::from_fn_with_state(access, access::guard))
+}
+
+/// Serve the admin API on the TCP port and on the control socket until `shutdown`; the socket
+/// file is removed at the end.
+pub async fn serve(
+    tcp: TcpListener,
+    control: ControlSocket,
+    access: Arc<Access>,
+    shutdown: CancellationToken,
+) {
+    let app = guarded_router(access);
+    let ControlSocket { listener, file } = control;
+    let (stop_tcp, stop_socket) = (shutdown.clone(), shutdown);
+    let tcp = axum::serve(tcp, app.clone().into_make_service_with_connect_info::<Caller>())
+        .with_graceful_shutdown(async move { stop_tcp.cancelled().await });
+    let socket = axum::serve(listener, app.into_make_service_with_connect_info::<Caller>())
+        .with_graceful_shutdown(async move { stop_socket.cancelled().await });
+    let (t, s) = tokio::join!(tcp.into_future(), socket.into_future());
+    for (door, r) in [("TCP admin port", t), ("control socket", s)] {
+        if let Err(e) = r {
+            tracing::error!("admin server on the {door} failed: {e}");
+        }
     }
+    drop(file);
+}
+
+/// A boolean parameter such as `all=true` or `force=1`.
+fn flag(q: &HashMap<String, String>, name: &str) -> bool {
+    q.get(name).is_some_and(|v| v == "true" || v == "1")
 }
 
 async fn registry_list(State(s): State<Arc<AppState>>) -> Response {
@@ -103,14 +134,14 @@ async fn intercept_enable(State(s): State<Arc<AppState>>, Query(q): Params) -> R
         Some(Ok(m)) => Some(m),
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
-    match s.enable(cgroup, mode) {
+    match s.enable(cgroup, mode, flag(&q, "force")) {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
     }
 }
 
 async fn intercept_disable(State(s): State<Arc<AppState>>, Query(q): Params) -> Response {
-    let r = if q.get("all").is_some_and(|v| v == "true" || v == "1") {
+    let r = if flag(&q, "all") {
         s.disable_all().map(|n| json!({ "disabled": n }))
     } else if let Some(cg) = q.get("cgroup") {
         s.disable(cg).map(|_| json!({ "disabled": 1, "cgroup": cg }))
@@ -133,31 +164,10 @@ async fn reload(State(s): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Only root and the control group reach this (see access.rs); the daemon then drains and exits
+/// 0, as on SIGTERM, so systemd's Restart=on-failure leaves it stopped, as asked.
 async fn shutdown(State(s): State<Arc<AppState>>) -> &'static str {
-    tracing::info!("shutdown requested through the admin API");
+    tracing::info!("shutdown requested through the control socket");
     s.shutdown.cancel();
     "shutting down"
-}
-
-/// Minimal HTTP/1.0 client for the CLI (`sockmesh intercept ...`, `status`, `uninstall`).
-pub fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    use anyhow::Context;
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).with_context(
-        || format!("cannot reach the sockmesh daemon's admin API at {addr}; is `sockmesh run` running?"),
-    )?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("malformed HTTP response")?;
-    Ok((code, body.to_string()))
 }

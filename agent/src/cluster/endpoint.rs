@@ -63,15 +63,15 @@ pub struct Endpoint {
 impl Endpoint {
     /// A new endpoint starts **unavailable**: upstream only makes it available once its
     /// connection pool exists. Call `set_available(true)` then.
-    pub fn new(url: Url) -> Endpoint {
+    pub fn new(mut url: Url) -> Endpoint {
         let address = url.address();
         let identity = url.identity();
-        Endpoint {
+        let settings = Endpoint {
             identity,
             error_threshold: url.get_int(keys::ERROR_COUNT_THRESHOLD, DEFAULT_ERROR_COUNT_THRESHOLD),
             keepalive_interval: url.get_duration_ms(keys::KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_INTERVAL),
             static_weight: parse_weight(url.params.get(WEIGHT_META_KEY).map(String::as_str)),
-            url,
+            url: Url::default(),
             address_bytes: Bytes::from(address.clone()),
             address,
             available: AtomicBool::new(false),
@@ -80,9 +80,14 @@ impl Endpoint {
             active: AtomicUsize::new(0),
             latency: LatencyStats::new(),
             dynamic_weight: AtomicU32::new(0),
-        }
+        };
+        // The settings above are all the endpoint reads from its parameters: they are not
+        // kept (most of an idle endpoint's memory at a fleet's size).
+        url.params = Default::default();
+        Endpoint { url, ..settings }
     }
 
+    /// The server URL without its parameters (scheme, host, port, path, group).
     pub fn url(&self) -> &Url {
         &self.url
     }
@@ -256,7 +261,9 @@ impl LatencyStats {
     pub fn new() -> LatencyStats {
         LatencyStats {
             ring: Mutex::new(Ring {
-                samples: Vec::with_capacity(Self::CAPACITY),
+                // Grown by use: an endpoint that never carries a call (most of a large
+                // fleet, with pools on demand) costs no sample buffer.
+                samples: Vec::new(),
                 next: 0,
                 new_since_cache: 0,
                 cache: None,

@@ -103,11 +103,15 @@ mod tests {
     use super::*;
 
     fn refer() -> Url {
-        Url::new("motan2", "", 0, "p", "g").with_param("requestTimeout", "300")
+        Url::new("motan2", "", 0, "p", "g")
+            .with_param("requestTimeout", "300")
+            .with_param(super::super::endpoint::WEIGHT_META_KEY, "7")
     }
 
     fn server(host: &str) -> Url {
-        Url::new("motan2", host, 9982, "p", "g").with_param("requestTimeout", "999")
+        Url::new("motan2", host, 9982, "p", "g")
+            .with_param("requestTimeout", "999")
+            .with_param(super::super::endpoint::WEIGHT_META_KEY, "3")
     }
 
     #[test]
@@ -116,7 +120,8 @@ mod tests {
         let out = set.notify("zk", &refer(), 1, &[server("10.0.0.1"), server("10.0.0.2")]);
         assert!(out.changed);
         assert_eq!(out.added.len(), 2);
-        assert_eq!(out.added[0].url().params["requestTimeout"], "300");
+        // The refer's settings win (read when the endpoint is made).
+        assert_eq!(out.added[0].weight(), 7);
         let first = set
             .shuffled()
             .into_iter()

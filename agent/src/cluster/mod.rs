@@ -25,7 +25,7 @@ use self::endpoints::EndpointSet;
 use self::ha::{BackupRequestBudget, Failover, HaKind, call_with_backup, call_with_failover};
 use self::lb::{Balancer, LbConfig, LbRequest};
 use crate::config::refer::{CallSettings, HashKeySource};
-use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL, degraded_error, error_of};
+use crate::protocol::motan2::call::{CallError, degraded_error, error_of};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
 use crate::upstream::Deadline;
@@ -37,6 +37,17 @@ use crate::url::Url;
 const REMOVE_DELAY: Duration = Duration::from_secs(2);
 const DEFAULT_CLIENT_CONNECTIONS: i64 = 3;
 const DEFAULT_CONNECT_RETRY: Duration = Duration::from_millis(60_000);
+/// Refer parameter: how many endpoints per cluster are connected ahead of traffic (the rest
+/// get their pool from the first call that needs it, as motan-go's `lazyInit`, Envoy and
+/// ztunnel do). `lazyInit: true` means none.
+pub const WARM_ENDPOINTS: &str = "warmEndpoints";
+const DEFAULT_WARM_ENDPOINTS: i64 = 3;
+/// Refer parameter (ms): a pool without requests for this long is closed (made again on
+/// demand).
+pub const POOL_IDLE_TIMEOUT: &str = "poolIdleTimeout";
+const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A warm endpoint that keeps failing to connect is logged at most once per this interval.
+const CONNECT_LOG_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Cluster {
     pub conf_id: String,
     pub refer: Arc<Url>,
@@ -52,11 +63,18 @@ pub struct Cluster {
     transport: Transport,
     client_connections: usize,
     connect_retry: Duration,
+    /// Endpoints connected ahead of traffic (`warmEndpoints`, 0 with `lazyInit`), and how
+    /// many are now.
+    warm: usize,
+    warm_ids: Mutex<std::collections::HashSet<String>>,
+    pool_idle: Duration,
     mingz_size: usize,
     degraded: AtomicBool,
     /// Traffic-control group weights in force.
     group_weights: Mutex<Option<String>>,
     stop: CancellationToken,
+    /// The idle-pool sweeper is running.
+    sweeping: AtomicBool,
     /// Pools of the cluster this one replaces (reload): endpoints it knew keep their
     /// connections and are available at once.
     adopt: HashMap<String, Arc<Pool>>,
@@ -105,10 +123,17 @@ impl Cluster {
             client_connections: refer.get_positive_int("clientConnection", DEFAULT_CLIENT_CONNECTIONS)
                 as usize,
             connect_retry: refer.get_duration_ms("connectRetryInterval", DEFAULT_CONNECT_RETRY),
+            warm: match refer.get_bool("lazyInit", false) {
+                true => 0,
+                false => refer.get_int(WARM_ENDPOINTS, DEFAULT_WARM_ENDPOINTS).max(0) as usize,
+            },
+            warm_ids: Default::default(),
+            pool_idle: refer.get_duration_ms(POOL_IDLE_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT),
             mingz_size: refer.get_int("mingzSize", 0).max(0) as usize,
             degraded: AtomicBool::new(false),
             group_weights: Mutex::new(None),
             stop: CancellationToken::new(),
+            sweeping: AtomicBool::new(false),
             adopt: previous
                 .map(|p| p.pools.read_unpoisoned().clone())
                 .unwrap_or_default(),
@@ -165,15 +190,35 @@ impl Cluster {
                 ep.set_available(true);
                 continue;
             }
-            let pool = Arc::new(Pool::new(
-                ep.address().to_string(),
-                self.client_connections,
-                self.transport.clone(),
-            ));
+            let warm = {
+                let mut w = self.warm_ids.locked();
+                w.len() < self.warm && w.insert(id.clone())
+            };
+            if !warm {
+                // On demand: available now, its pool made by the first call that picks it.
+                ep.set_available(true);
+                continue;
+            }
+            let pool = self.new_pool(ep);
             self.pools.write_unpoisoned().insert(id, pool.clone());
             let (me, ep) = (self.clone(), ep.clone());
             self.connects_pending.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move { me.connect_endpoint(ep, pool).await });
+        }
+        if self.pool_idle > Duration::ZERO && !self.sweeping.swap(true, Ordering::Relaxed) {
+            let me = Arc::downgrade(self);
+            let stop = self.stop.clone();
+            let every = (self.pool_idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(30));
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    let Some(me) = me.upgrade() else { return };
+                    me.close_idle_pools();
+                }
+            });
         }
         let balancer = self.balancer.load().rebuild(all, group_weights);
         self.balancer.store(Arc::new(balancer));
@@ -183,6 +228,12 @@ impl Cluster {
             "endpoints changed"
         );
         if !outcome.removed.is_empty() {
+            {
+                let mut w = self.warm_ids.locked();
+                for e in &outcome.removed {
+                    w.remove(e.identity());
+                }
+            }
             let me = self.clone();
             // The pools as they are now: an endpoint added back within REMOVE_DELAY gets a new
             // pool under the same identity, which must survive this removal.
@@ -206,30 +257,84 @@ impl Cluster {
         }
     }
 
-    /// Create the endpoint's pool; retry every `connectRetryInterval` until it works, the
-    /// endpoint is removed, or the cluster stops.
+    fn new_pool(&self, ep: &Endpoint) -> Arc<Pool> {
+        Arc::new(Pool::new(
+            ep.address().to_string(),
+            self.client_connections,
+            self.transport.clone(),
+        ))
+    }
+
+    /// The endpoint's pool, made now if it has none (an on-demand endpoint's first call, or
+    /// after its idle pool was closed).
+    fn pool_for(&self, ep: &Endpoint) -> Arc<Pool> {
+        if let Some(p) = self.pools.read_unpoisoned().get(ep.identity()) {
+            return p.clone();
+        }
+        let mut pools = self.pools.write_unpoisoned();
+        pools
+            .entry(ep.identity().to_string())
+            .or_insert_with(|| self.new_pool(ep))
+            .clone()
+    }
+
+    /// Drop the pools of current endpoints that carried no request for `pool_idle` (their
+    /// connections close with them).
+    fn close_idle_pools(&self) {
+        let mut pools = self.pools.write_unpoisoned();
+        let before = pools.len();
+        pools.retain(|_, p| p.idle_for() < self.pool_idle || p.usage().1 > 0);
+        let closed = before - pools.len();
+        if closed > 0 {
+            tracing::debug!(cluster = %self.conf_id, closed, "idle pools closed");
+        }
+    }
+
+    /// Warm the endpoint's pool; retry with back-off (jittered, up to
+    /// `connectRetryInterval`) until it works, the endpoint is removed, or the cluster stops.
+    /// Failures are logged at most once per endpoint per `CONNECT_LOG_INTERVAL`.
     async fn connect_endpoint(self: Arc<Self>, ep: Arc<Endpoint>, pool: Arc<Pool>) {
         let mut first = true;
         let mut attempt = 0u32;
+        let mut logged: Option<tokio::time::Instant> = None;
+        let mut unlogged = 0u64;
         loop {
-            let r = pool.warm_up().await;
+            // Every slot the first time; afterwards one probe connect, and the other slots
+            // only once it works (a dead endpoint costs one connect per retry).
+            let r = match attempt {
+                0 => pool.warm_up().await,
+                _ => match pool.get(Deadline::after(self.transport.connect_timeout)).await {
+                    Ok(_) => pool.warm_up().await,
+                    Err(e) => Err(e),
+                },
+            };
             if std::mem::take(&mut first) {
                 self.connects_pending.fetch_sub(1, Ordering::Relaxed);
             }
             match r {
                 Ok(()) => {
                     ep.set_available(true);
+                    if logged.is_some() {
+                        tracing::info!(cluster = %self.conf_id, endpoint = ep.address(), "connected after {} failed attempts", attempt);
+                    }
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), "cannot connect: {e}; retrying");
+                    unlogged += 1;
+                    if logged.is_none_or(|t| t.elapsed() >= CONNECT_LOG_INTERVAL) {
+                        tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), failures = unlogged, "cannot connect: {e}; retrying with back-off");
+                        logged = Some(tokio::time::Instant::now());
+                        unlogged = 0;
+                    }
                 }
             }
-            // Quick retries first (a provider starting at the same time), then every
-            // connectRetryInterval.
-            let wait = self
+            // Quick retries first (a provider starting at the same time), then up to
+            // connectRetryInterval; jittered so that endpoints that failed together do not
+            // retry together.
+            let base = self
                 .connect_retry
                 .min(Duration::from_millis(100) * (1 << attempt.min(10)));
+            let wait = base.mul_f64(0.5 + fastrand::f64());
             attempt += 1;
             tokio::select! {
                 _ = self.stop.cancelled() => return,
@@ -252,10 +357,12 @@ impl Cluster {
         self.endpoints.locked().len()
     }
 
-    /// Every registry delivered its first list and every first connect finished.
+    /// Every registry delivered its first list, and every first connect finished or some
+    /// endpoint is available (start-up does not wait for endpoints that cannot connect).
     pub fn is_ready(&self) -> bool {
         self.registries_seen.load(Ordering::Relaxed) >= self.registries_total.load(Ordering::Relaxed)
-            && self.connects_pending.load(Ordering::Relaxed) == 0
+            && (self.connects_pending.load(Ordering::Relaxed) == 0
+                || self.balancer.load().endpoints().iter().any(|e| e.is_available()))
     }
 
     /// Wait until ready or `deadline` (motan-go waits `initClusterTimeout` for refers at start).
@@ -362,13 +469,7 @@ impl Cluster {
                 ),
             ));
         }
-        let pool = self.pools.read_unpoisoned().get(ep.identity()).cloned();
-        let Some(pool) = pool else {
-            return Err(CallError::service(
-                E_NO_CHANNEL,
-                format!("endpoint {} has no connection pool", ep.address()),
-            ));
-        };
+        let pool = self.pool_for(&ep);
         // The endpoint's group wins (traffic control may route to other groups, 4.3 step 4).
         // The request is copied only when this attempt has to change it.
         let group = &ep.url().group;
@@ -625,6 +726,73 @@ mod tests {
         let st = c.status_json();
         assert_eq!(st["endpoints"][0]["in_flight"], 0, "{st}");
         assert_eq!(st["endpoints"][0]["consecutive_errors"], 0, "{st}");
+        c.stop();
+    }
+
+    #[tokio::test]
+    async fn endpoints_beyond_the_warm_subset_connect_on_demand_and_idle_pools_close() {
+        let mut addrs = Vec::new();
+        for _ in 0..3 {
+            addrs.push(crate::upstream::channel::tests::upstream().await);
+        }
+        let refer = Url::new("motan2", "", 0, "s", "g")
+            .with_param(WARM_ENDPOINTS, "1")
+            .with_param(POOL_IDLE_TIMEOUT, "300");
+        let c = Cluster::new("c", refer, Transport::default(), None).unwrap();
+        let servers: Vec<Url> = addrs.iter().map(|a| server(*a)).collect();
+        c.apply("r1", 1, &servers, None);
+        assert!(
+            c.wait_ready(tokio::time::Instant::now() + Duration::from_secs(5))
+                .await
+        );
+        // One pool made ahead of traffic; every endpoint is available.
+        assert_eq!(c.pools.read().unwrap().len(), 1);
+        available(&c, 3).await;
+        for i in 0..30 {
+            let r = c
+                .call(Frame::request(i, "s", "m", Bytes::from_static(b"\x00ab")))
+                .await;
+            assert!(r.is_ok(), "{:?}", r.err());
+        }
+        assert_eq!(c.pools.read().unwrap().len(), 3, "pools made by traffic");
+        // Idle: closed (connections with them), made again by the next call.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(c.pools.read().unwrap().len(), 0, "idle pools closed");
+        let r = c
+            .call(Frame::request(99, "s", "m", Bytes::from_static(b"\x00ab")))
+            .await;
+        assert!(r.is_ok(), "{:?}", r.err());
+        c.stop();
+    }
+
+    #[tokio::test]
+    async fn start_up_does_not_wait_for_endpoints_that_cannot_connect() {
+        use crate::upstream::channel::tests::blackhole;
+        let good = crate::upstream::channel::tests::upstream().await;
+        let (dead, _hole) = blackhole().await;
+        let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let failures = crate::metrics::UPSTREAM_CONNECT_FAILURES.load(Ordering::Relaxed);
+        let c = Cluster::new(
+            "c",
+            Url::new("motan2", "", 0, "s", "g"),
+            Transport::default(),
+            None,
+        )
+        .unwrap();
+        c.apply("r1", 1, &[server(dead), server(dead_port), server(good)], None);
+        let started = tokio::time::Instant::now();
+        assert!(c.wait_ready(started + Duration::from_secs(5)).await);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "ready after {:?}",
+            started.elapsed()
+        );
+        // The refused endpoint's failed connects are counted for /metrics.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(crate::metrics::UPSTREAM_CONNECT_FAILURES.load(Ordering::Relaxed) > failures);
         c.stop();
     }
 }

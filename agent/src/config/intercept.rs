@@ -47,6 +47,21 @@ impl Cidr {
     pub fn is_v4(&self) -> bool {
         self.addr.is_ipv4()
     }
+
+    /// The prefix's address with the host bits cleared (`10.1.2.3/8` -> `10.0.0.0`): the form
+    /// the policy maps hold, so that one prefix is one key however it was written.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - self.len as u32).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - self.len as u32).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
 }
 
 impl std::str::FromStr for Cidr {
@@ -87,6 +102,17 @@ pub fn check_chain_name(chain: &str) -> Result<(), String> {
         return Err(format!(
             "iptables chain name {chain:?} must be 1-28 characters of [A-Za-z0-9_-]"
         ));
+    }
+    Ok(())
+}
+
+/// Upper bound of `sockmesh.intercept.max_netns_listeners` (a thread and a socket each).
+pub const MAX_NETNS_LISTENERS: usize = 4096;
+
+/// A list going into a kernel map must fit it: `len` entries in a map of `capacity`.
+pub fn check_capacity(len: usize, capacity: u32) -> Result<(), String> {
+    if len > capacity as usize {
+        return Err(format!("{len} entries, the kernel map holds at most {capacity}"));
     }
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! Configuration: motan-go's YAML layout (`motan-agent`, `motan-refer`, ...) plus a `sockmesh`
 //! section for what motan-go does not have (interception). An embedded default runs with no
 //! file. Validation reports every problem at once, each naming file, section and key.
+pub mod admin;
 pub mod filters;
 pub mod http;
+pub mod http_client;
+pub mod http_locations;
 pub mod intercept;
 pub mod motan;
 pub mod refer;
@@ -16,11 +19,16 @@ use std::path::Path;
 
 use serde_yaml_ng::Value;
 
-use self::intercept::{Cidr, InterceptSettings, check_chain_name};
+use sockmesh_common::{
+    MAX_AGENT_PORTS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_CIDRS_V6, MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS,
+    MAX_INCLUDE_CIDRS_V6,
+};
+
+use self::intercept::{Cidr, InterceptSettings, MAX_NETNS_LISTENERS, check_capacity, check_chain_name};
 use self::motan::{MotanConfig, MotanEnv};
 use self::sections::bpf_log_level;
 pub use self::sections::{
-    AgentSection, ConfigErrors, InterceptSection, RequestedMode, SettingError, SockmeshSection,
+    AdminSection, AgentSection, ConfigErrors, InterceptSection, RequestedMode, SettingError, SockmeshSection,
 };
 
 /// The configuration `sockmesh run` uses when no `--config` is given.
@@ -118,12 +126,15 @@ impl Config {
             e.push(format!("{src}: section sockmesh.limits, {err}"));
         }
         let i = &self.sockmesh.intercept;
-        let ports = [
+        let mut ports = vec![
             ("motan-agent.port", a.port),
             ("motan-agent.mport", a.mport),
             ("motan-agent.eport", a.eport),
             ("sockmesh.intercept.transparent_port", i.transparent_port),
         ];
+        if self.mesh.http_proxy.enabled {
+            ports.push(("motan-agent.hport", self.mesh.http_proxy.port));
+        }
         for (n, (k1, p1)) in ports.iter().enumerate() {
             for (k2, p2) in &ports[n + 1..] {
                 if p1 == p2 {
@@ -175,9 +186,58 @@ impl Config {
                 "{src}: section sockmesh.intercept, key iptables_chain: {m}"
             ));
         }
+        for m in self.sockmesh.admin.problems() {
+            e.push(format!("{src}: section sockmesh.admin, {m}"));
+        }
         if !i.pin_dir.is_absolute() {
             e.push(format!(
                 "{src}: section sockmesh.intercept, key pin_dir: must be an absolute path on a bpffs"
+            ));
+        }
+        if let Err(m) = check_capacity(i.exclude_ports.len(), MAX_EXCLUDE_PORTS) {
+            e.push(format!(
+                "{src}: section sockmesh.intercept, key exclude_ports: {m}"
+            ));
+        }
+        // Each family of prefixes goes into its own map (SM_*_V4, SM_*_V6).
+        for (key, list, v4_capacity, v6_capacity) in [
+            (
+                "include_cidrs",
+                &i.include_cidrs,
+                MAX_INCLUDE_CIDRS,
+                MAX_INCLUDE_CIDRS_V6,
+            ),
+            (
+                "exclude_cidrs",
+                &i.exclude_cidrs,
+                MAX_EXCLUDE_CIDRS,
+                MAX_EXCLUDE_CIDRS_V6,
+            ),
+        ] {
+            let cidrs: Vec<Cidr> = list.iter().filter_map(|c| c.parse().ok()).collect();
+            let v4 = cidrs.iter().filter(|c| c.is_v4()).count();
+            for (family, len, capacity) in
+                [("IPv4", v4, v4_capacity), ("IPv6", cidrs.len() - v4, v6_capacity)]
+            {
+                if let Err(m) = check_capacity(len, capacity) {
+                    e.push(format!(
+                        "{src}: section sockmesh.intercept, key {key}: {family} prefixes: {m}"
+                    ));
+                }
+            }
+        }
+        if let Err(m) = check_capacity(
+            self.intercept_settings().agent_ports.len(),
+            MAX_AGENT_PORTS as u32,
+        ) {
+            e.push(format!(
+                "{src}: section motan-agent, keys port, eport, mport (the agent ports the programs never intercept): {m}"
+            ));
+        }
+        if !(1..=MAX_NETNS_LISTENERS).contains(&i.max_netns_listeners) {
+            e.push(format!(
+                "{src}: section sockmesh.intercept, key max_netns_listeners: {} is not in 1..={MAX_NETNS_LISTENERS} (each is a thread and a socket)",
+                i.max_netns_listeners
             ));
         }
         e
@@ -189,6 +249,11 @@ impl Config {
 
     pub fn export_addr(&self, port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(self.sockmesh.export_bind, port)
+    }
+
+    /// The hport forward proxy's address (on the agent port's address: local apps only).
+    pub fn http_proxy_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.sockmesh.agent_bind, self.mesh.http_proxy.port)
     }
 
     pub fn admin_addr(&self) -> SocketAddrV4 {
@@ -206,7 +271,13 @@ impl Config {
             pin_dir: i.pin_dir.clone(),
             listen: self.transparent_addr(),
             mark: i.mark,
-            agent_ports: vec![self.agent.port, self.agent.eport, self.agent.mport],
+            agent_ports: {
+                let mut ports = vec![self.agent.port, self.agent.eport, self.agent.mport];
+                if self.mesh.http_proxy.enabled {
+                    ports.push(self.mesh.http_proxy.port);
+                }
+                ports
+            },
             exclude_ports: i.exclude_ports.clone(),
             include_cidrs: i.include_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
             exclude_cidrs: i.exclude_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
@@ -266,6 +337,43 @@ mod tests {
     }
 
     #[test]
+    fn lists_longer_than_their_maps_are_refused_with_key_and_capacity() {
+        let ports: Vec<String> = (1..=300).map(|p| p.to_string()).collect();
+        let cidrs: Vec<String> = (0..=256)
+            .map(|n| format!("\"10.{}.{}.0/24\"", n / 256, n % 256))
+            .collect();
+        let cidrs6: Vec<String> = (0..=256).map(|n| format!("\"fd00:{n:x}::/32\"")).collect();
+        // 256 IPv4 and 256 IPv6 prefixes fit: each family has its own map.
+        let include: Vec<String> = cidrs[..256].iter().chain(&cidrs6[..256]).cloned().collect();
+        let text = format!(
+            "sockmesh:\n  intercept:\n    exclude_ports: [{}]\n    exclude_cidrs: [{}]\n    include_cidrs: [{}]\n    max_netns_listeners: 0\n",
+            ports.join(", "),
+            cidrs
+                .iter()
+                .chain(&cidrs6)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            include.join(", ")
+        );
+        let all = Config::parse(&text, "big.yaml").unwrap_err().to_string();
+        assert!(
+            all.contains("key exclude_ports: 300 entries, the kernel map holds at most 256"),
+            "{all}"
+        );
+        assert!(
+            all.contains("key exclude_cidrs: IPv4 prefixes: 257 entries, the kernel map holds at most 256"),
+            "{all}"
+        );
+        assert!(
+            all.contains("key exclude_cidrs: IPv6 prefixes: 257 entries, the kernel map holds at most 256"),
+            "{all}"
+        );
+        assert!(all.contains("key max_netns_listeners"), "{all}");
+        assert!(!all.contains("include_cidrs"), "{all}");
+    }
+
+    #[test]
     fn mark_zero_and_ipv6_prefixes() {
         let err = Config::parse("sockmesh:\n  intercept:\n    mark: 0\n", "m.yaml")
             .unwrap_err()
@@ -306,6 +414,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not valid YAML"), "{err}");
+    }
+
+    #[test]
+    fn admin_keys_are_typed_and_checked() {
+        let c = Config::parse(
+            "sockmesh:\n  admin:\n    tcp_mutations: [\"/200\", \"/503\"]\n    token: abc\n",
+            "a.yaml",
+        )
+        .unwrap();
+        use self::admin::Mutation;
+        assert_eq!(
+            c.sockmesh.admin.tcp_mutations,
+            [Mutation::Online, Mutation::Offline]
+        );
+        let err = Config::parse(
+            "sockmesh:\n  admin:\n    tcp_mutations: [\"/shutdown\"]\n    control_socket: rel.sock\n",
+            "b.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("b.yaml: section sockmesh.admin, key tcp_mutations: /shutdown is served only on the control socket"),
+            "{err}"
+        );
+        assert!(
+            err.contains("key control_socket: must be an absolute path"),
+            "{err}"
+        );
+        let err = Config::parse("sockmesh:\n  admin:\n    tcp_mutations: [\"/nope\"]\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tcp_mutations") && err.contains("\"/nope\" is not an admin mutation"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! `sockmesh` (what motan-go does not have), and the error list every check reports into.
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
+
+use super::admin::{DEFAULT_CONTROL_SOCKET, MAX_SOCKET_PATH, Mutation, resolve_group};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -36,8 +38,8 @@ impl Default for AgentSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SockmeshSection {
-    /// Address the admin API binds to (port = motan-agent.mport). Loopback by default: the
-    /// admin API can switch interception and has no authentication.
+    /// Address the TCP admin port binds to (port = motan-agent.mport). Loopback by default; it
+    /// serves reads and only the mutations `admin.tcp_mutations` allows.
     pub admin_bind: Ipv4Addr,
     /// Address of the agent port (client role). Loopback: only local apps call it.
     pub agent_bind: Ipv4Addr,
@@ -52,6 +54,7 @@ pub struct SockmeshSection {
     pub worker_threads: usize,
     pub intercept: InterceptSection,
     pub limits: LimitsSection,
+    pub admin: AdminSection,
 }
 
 impl Default for SockmeshSection {
@@ -65,7 +68,91 @@ impl Default for SockmeshSection {
             worker_threads: 0,
             intercept: InterceptSection::default(),
             limits: LimitsSection::default(),
+            admin: AdminSection::default(),
         }
+    }
+}
+
+/// Who may change the daemon (checked in config/admin.rs).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSection {
+    /// Unix socket serving the whole admin API to root and `control_group`; the CLI's default.
+    pub control_socket: PathBuf,
+    /// A group (name or gid) whose members may use the control socket too (socket 0660,
+    /// directory 0750 when sockmesh creates it); root only when unset (0600, 0700).
+    pub control_group: Option<String>,
+    /// Mutations the loopback TCP port accepts, e.g. ["/200", "/503"] for motan-go's deploy
+    /// scripts; /200, /503, /switcher/set, /ratelimit/set and /logConfig/set may be listed.
+    #[serde(deserialize_with = "mutation_list")]
+    pub tcp_mutations: Vec<Mutation>,
+    /// When set, TCP mutations must carry it: `Authorization: Bearer <token>` or `token=`.
+    pub token: Option<String>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            control_group: None,
+            tcp_mutations: Vec::new(),
+            token: None,
+        }
+    }
+}
+
+/// serde stops at the first bad entry and would not say which key it was in.
+fn mutation_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Mutation>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|p| {
+            Mutation::try_from(p).map_err(|e| serde::de::Error::custom(format!("admin.tcp_mutations: {e}")))
+        })
+        .collect()
+}
+
+impl AdminSection {
+    /// Every problem of the `sockmesh.admin` keys.
+    pub fn problems(&self) -> Vec<SettingError> {
+        let mut e = Vec::new();
+        let socket = &self.control_socket;
+        if !socket.is_absolute() {
+            e.push(SettingError::new("control_socket", "must be an absolute path"));
+        } else if socket.parent().is_none_or(|d| d == Path::new("/")) || socket.file_name().is_none() {
+            e.push(SettingError::new(
+                "control_socket",
+                "must be a file in a directory of its own, such as /run/sockmesh/control.sock",
+            ));
+        }
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            e.push(SettingError::new(
+                "control_socket",
+                format!("longer than {MAX_SOCKET_PATH} bytes (a Unix socket path is at most 107)"),
+            ));
+        }
+        if let Some(g) = &self.control_group
+            && let Err(m) = resolve_group(g)
+        {
+            e.push(SettingError::new("control_group", m));
+        }
+        for m in self.tcp_mutations.iter().filter(|m| m.socket_only()) {
+            e.push(SettingError::new(
+                "tcp_mutations",
+                format!(
+                    "{} is served only on the control socket (root and sockmesh.admin.control_group)",
+                    m.path()
+                ),
+            ));
+        }
+        if let Some(t) = &self.token
+            && (t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            e.push(SettingError::new(
+                "token",
+                "must be non-empty printable ASCII without spaces (it travels in an HTTP header)",
+            ));
+        }
+        e
     }
 }
 
@@ -92,6 +179,9 @@ pub struct InterceptSection {
     pub iptables_chain: String,
     /// Level of the kernel programs' own log records: off, error, warn, info, debug, trace.
     pub bpf_log_level: String,
+    /// At most this many network namespaces (containers) get a transparent listener (a thread
+    /// and a socket each); intercepted apps in further namespaces connect directly.
+    pub max_netns_listeners: usize,
 }
 
 impl Default for InterceptSection {
@@ -108,6 +198,7 @@ impl Default for InterceptSection {
             pin_dir: PathBuf::from(sockmesh_common::PIN_ROOT),
             iptables_chain: "SOCKMESH".into(),
             bpf_log_level: "info".into(),
+            max_netns_listeners: 256,
         }
     }
 }
@@ -280,5 +371,34 @@ impl SettingError {
             key: key.into(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_problems_name_the_key() {
+        let a = AdminSection {
+            control_socket: "relative.sock".into(),
+            control_group: Some("no-such-group-sockmesh".into()),
+            tcp_mutations: vec![Mutation::Online, Mutation::Shutdown],
+            token: Some("two words".into()),
+        };
+        let keys: Vec<_> = a.problems().into_iter().map(|e| e.key).collect();
+        assert_eq!(
+            keys,
+            ["control_socket", "control_group", "tcp_mutations", "token"]
+        );
+        let a = AdminSection {
+            control_socket: "/control.sock".into(),
+            control_group: Some("0".into()),
+            ..AdminSection::default()
+        };
+        let e = a.problems();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].reason.contains("directory of its own"), "{e:?}");
+        assert!(AdminSection::default().problems().is_empty());
     }
 }

@@ -3,7 +3,7 @@
 //! the running exporter both use [`ServiceSpec::from_url`].
 use std::net::SocketAddr;
 
-use super::http::HttpProviderSpec;
+use super::http::{HttpProviderSpec, HttpSections};
 use super::refer::{PerMethod, TimeoutSettings};
 use super::sections::SettingError;
 use crate::url::{Url, keys};
@@ -35,8 +35,8 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
-    /// `has_locations`: `http-locations` rules exist for the service's domain.
-    pub fn from_url(url: &Url, has_locations: bool) -> Result<ServiceSpec, SettingError> {
+    /// `http`: the sections an HTTP provider reads (`http-locations`, `http-service`).
+    pub fn from_url(url: &Url, http: &HttpSections) -> Result<ServiceSpec, SettingError> {
         let (proto, export_port) = parse_protocol_port(url.get_str(keys::EXPORT, DEFAULT_EXPORT))
             .map_err(|m| SettingError::new(keys::EXPORT, m))?;
         if !EXPORT_PROTOCOLS.contains(&proto.as_str()) {
@@ -73,7 +73,7 @@ impl ServiceSpec {
                     .map_err(|_| SettingError::new("proxy.host", format!("{host:?} is not an IP address")))?;
                 ProviderSpec::Motan2 { backend }
             }
-            "http" => ProviderSpec::Http(HttpProviderSpec::from_url(url, has_locations)?),
+            "http" => ProviderSpec::Http(HttpProviderSpec::from_url(url, http)?),
             other => {
                 return Err(SettingError::new(
                     key,
@@ -129,14 +129,14 @@ mod tests {
     fn providers_and_their_keys() {
         let s = ServiceSpec::from_url(
             &url(&[("export", "motan2:8100"), ("proxy", "motan2:9100")]),
-            false,
+            &HttpSections::default(),
         )
         .unwrap();
         assert_eq!(s.export_port, 8100);
         assert!(matches!(s.provider, ProviderSpec::Motan2 { backend } if backend.port() == 9100));
         let s = ServiceSpec::from_url(
             &url(&[("provider", "http"), ("proxyAddress", "127.0.0.1:80")]),
-            false,
+            &HttpSections::default(),
         )
         .unwrap();
         assert_eq!(s.export_port, 9982);
@@ -152,7 +152,7 @@ mod tests {
             (&[("export", "http:80"), ("proxy", "9100")][..], keys::EXPORT),
             (&[("export", "motan2:0"), ("proxy", "9100")][..], keys::EXPORT),
         ] {
-            let e = ServiceSpec::from_url(&url(params), false).unwrap_err();
+            let e = ServiceSpec::from_url(&url(params), &HttpSections::default()).unwrap_err();
             assert_eq!(e.key, key, "{params:?}: {e}");
         }
     }

@@ -4,7 +4,10 @@
 //! Every attachment is a bpf_link pinned under `<pin>/links/`, so interception outlives the
 //! agent process (fail-open covers the time it is down, see `connect.rs` in the BPF crate). A
 //! restarted agent swaps its freshly loaded programs into the existing links with
-//! `BPF_LINK_UPDATE`: no detach gap, and aya-log output goes to the new process.
+//! `BPF_LINK_UPDATE`: no detach gap, and aya-log output goes to the new process. It only does so
+//! on maps of its own layout (`pins.rs`): maps pinned by another layout, or whose shape differs
+//! from this object's definitions, are refused before anything is loaded.
+use std::collections::{HashMap as StdHashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
@@ -14,8 +17,12 @@ use aya::maps::{Array, HashMap, MapData};
 use aya::programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use serde::Serialize;
-use sockmesh_common::{CgroupPolicy, GlobalConfig, Ip6, MAX_AGENT_PORTS, Mode, ip6_of};
+use sockmesh_common::{
+    CgroupPolicy, GlobalConfig, Ip6, MAX_AGENT_PORTS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_CIDRS_V6,
+    MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, Mode, ip6_of,
+};
 
+use super::pins::{PinLayout, remove_pins};
 use crate::cgroup;
 pub use crate::config::intercept::{Cidr, InterceptSettings};
 use crate::sys::{self, AttachType};
@@ -112,32 +119,169 @@ fn attach_pinned(bpf: &Ebpf, name: &str, target: impl AsFd, at: AttachType, pin:
     Ok(true)
 }
 
+/// Why interception could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The pin directory must not be used (not ours, writable by others, maps of another layout
+    /// or shape): the daemon stops, so that nothing runs on state it cannot trust.
+    #[error("{0:#}")]
+    Refused(anyhow::Error),
+    /// Something the kernel or host lacks: the daemon runs without interception.
+    #[error("{0:#}")]
+    Unavailable(anyhow::Error),
+}
+
+/// Mount bpffs at /sys/fs/bpf (mode 0700) when `pin_dir` is below it and none is mounted.
+pub fn mount_bpffs(pin_dir: &Path) -> Result<()> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(bpffs) && sys::ensure_bpffs(bpffs).context("mounting bpffs")? {
+        tracing::info!("mounted bpffs at /sys/fs/bpf (mode 0700)");
+    }
+    Ok(())
+}
+
+/// Check the maps pinned in `maps_dir` against this object's definitions (type, key and value
+/// size, capacity, flags): aya reuses a pinned map by name without comparing, so a map of
+/// another shape would be read and written by programs that expect this one.
+pub fn check_pinned_maps(maps_dir: &Path) -> Result<()> {
+    let obj = aya_obj::Object::parse(crate::EBPF_OBJECT).context("parsing the embedded BPF object")?;
+    for (name, def) in &obj.maps {
+        if def.pinning() != aya_obj::maps::PinningType::ByName {
+            continue;
+        }
+        let pin = maps_dir.join(name);
+        if std::fs::symlink_metadata(&pin).is_err() {
+            continue;
+        }
+        let fd = sys::obj_get(&pin).with_context(|| format!("opening {}", pin.display()))?;
+        let have = sys::map_shape(fd.as_fd()).with_context(|| format!("map info of {}", pin.display()))?;
+        let want = sys::MapShape {
+            map_type: def.map_type(),
+            id: have.id,
+            key_size: def.key_size(),
+            value_size: def.value_size(),
+            max_entries: def.max_entries(),
+            map_flags: def.map_flags(),
+        };
+        if have != want {
+            bail!(
+                "pinned map {} does not match this sockmesh's definition (pinned: type {}, key {} B, value {} B, {} entries, flags {:#x}; \
+                 expected: type {}, key {} B, value {} B, {} entries, flags {:#x}); the map layout changed without a new \
+                 MAP_LAYOUT_VERSION. Run `sockmesh uninstall --pin-dir {}`, then start sockmesh again",
+                pin.display(),
+                have.map_type,
+                have.key_size,
+                have.value_size,
+                have.max_entries,
+                have.map_flags,
+                want.map_type,
+                want.key_size,
+                want.value_size,
+                want.max_entries,
+                want.map_flags,
+                maps_dir.parent().unwrap_or(maps_dir).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One step of a policy map update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Change<T> {
+    Insert(T),
+    Remove(T),
+}
+
+/// The steps that make a policy map holding `current` hold exactly `want`: entries in both stay,
+/// new ones go in before stale ones come out, so the programs never see less than the old and
+/// the new policy together (port 22 is never un-excluded for a moment, the include list never
+/// empty). Only when both do not fit in the map together do the stale ones go first.
+fn policy_changes<T: PartialEq + Clone>(
+    map: &str,
+    capacity: u32,
+    current: &[T],
+    want: &[T],
+) -> Vec<Change<T>> {
+    let mut fresh: Vec<T> = Vec::new();
+    for w in want {
+        if !current.contains(w) && !fresh.contains(w) {
+            fresh.push(w.clone());
+        }
+    }
+    let stale = current
+        .iter()
+        .filter(|c| !want.contains(c))
+        .cloned()
+        .map(Change::Remove);
+    let fresh = fresh.into_iter().map(Change::Insert);
+    if current.len() + fresh.len() <= capacity as usize {
+        fresh.chain(stale).collect()
+    } else {
+        tracing::warn!(
+            map,
+            capacity,
+            "old and new policy entries do not fit together; removing the stale ones first"
+        );
+        stale.chain(fresh).collect()
+    }
+}
+
+/// Make the LPM trie `map` hold exactly `want` ((prefix length, address with host bits
+/// cleared)), through [`policy_changes`].
+fn update_trie<K: aya::Pod + PartialEq + std::fmt::Debug>(
+    bpf: &mut Ebpf,
+    map: &str,
+    capacity: u32,
+    want: &[(u32, K)],
+) -> Result<()> {
+    let mut trie: LpmTrie<&mut MapData, K, u8> =
+        LpmTrie::try_from(bpf.map_mut(map).with_context(|| map.to_string())?)?;
+    let current: Vec<(u32, K)> = trie
+        .keys()
+        .filter_map(|k| k.ok())
+        .map(|k| (k.prefix_len(), k.data()))
+        .collect();
+    for c in policy_changes(map, capacity, &current, want) {
+        match &c {
+            Change::Insert((len, addr)) => trie.insert(&Key::new(*len, *addr), 1, 0),
+            Change::Remove((len, addr)) => trie.remove(&Key::new(*len, *addr)),
+        }
+        .with_context(|| format!("{map}: {c:?}"))?;
+    }
+    Ok(())
+}
+
 pub struct EbpfInterceptor {
     settings: InterceptSettings,
+    layout: PinLayout,
     cgroup_mount: PathBuf,
     bpf: Ebpf,
 }
 
 impl EbpfInterceptor {
     /// Load, configure and attach the host programs; re-adopt interception pinned by an earlier
-    /// run. Mounts bpffs at /sys/fs/bpf when it is not mounted.
-    pub fn start(settings: InterceptSettings) -> Result<EbpfInterceptor> {
-        let bpffs = Path::new("/sys/fs/bpf");
-        if settings.pin_dir.starts_with(bpffs) && sys::ensure_bpffs(bpffs).context("mounting bpffs")? {
-            tracing::info!("mounted bpffs at /sys/fs/bpf");
-        }
-        let cgroup_mount = cgroup::cgroup2_mount()?;
-        let links = settings.pin_dir.join("links");
-        std::fs::create_dir_all(&links).with_context(|| format!("creating {}", links.display()))?;
-        let bpf = load_object(&settings.pin_dir.join("maps"), settings.bpf_log_level)?;
+    /// run. The pin directory is checked first (owner, mode, layout version, map shapes). The
+    /// caller holds the pin directory's lock (`pins::PinDirLock`).
+    pub fn start(settings: InterceptSettings) -> Result<EbpfInterceptor, StartError> {
+        mount_bpffs(&settings.pin_dir).map_err(StartError::Unavailable)?;
+        let layout = PinLayout::new(&settings.pin_dir);
+        layout.prepare().map_err(StartError::Refused)?;
+        check_pinned_maps(&layout.maps()).map_err(StartError::Refused)?;
+        let cgroup_mount = cgroup::cgroup2_mount().map_err(StartError::Unavailable)?;
+        let bpf = load_object(&layout.maps(), settings.bpf_log_level).map_err(StartError::Unavailable)?;
         let mut me = EbpfInterceptor {
             settings,
+            layout,
             cgroup_mount,
             bpf,
         };
-        me.write_policy()?;
-        me.attach_host()?;
-        let adopted = me.adopt_cgroups()?;
+        let attached = (|| {
+            me.write_policy()?;
+            me.attach_host()?;
+            me.adopt_cgroups()
+        })();
+        let adopted = attached.map_err(StartError::Unavailable)?;
         if adopted > 0 {
             tracing::info!(
                 cgroups = adopted,
@@ -176,6 +320,12 @@ impl EbpfInterceptor {
 
     fn write_policy(&mut self) -> Result<()> {
         let s = &self.settings;
+        if s.agent_ports.len() > MAX_AGENT_PORTS {
+            bail!(
+                "{} agent ports, the programs know at most {MAX_AGENT_PORTS}",
+                s.agent_ports.len()
+            );
+        }
         let mut agent_ports = [0u32; MAX_AGENT_PORTS];
         for (slot, p) in agent_ports.iter_mut().zip(&s.agent_ports) {
             *slot = *p as u32;
@@ -188,31 +338,41 @@ impl EbpfInterceptor {
             agent_ports,
             listen_ip6: ip6_of((*s.listen6().ip()).into()),
         };
+        let want_ports: Vec<u32> = s.exclude_ports.iter().map(|p| *p as u32).collect();
         let mut ports: HashMap<&mut MapData, u32, u8> =
             HashMap::try_from(self.bpf.map_mut("SM_EXCLUDE_PORTS").context("SM_EXCLUDE_PORTS")?)?;
-        let old: Vec<u32> = ports.keys().filter_map(|k| k.ok()).collect();
-        for k in old {
-            let _ = ports.remove(&k);
-        }
-        for p in &s.exclude_ports {
-            ports.insert(*p as u32, 1, 0)?;
-        }
-        let (include, exclude) = (s.include_cidrs.clone(), s.exclude_cidrs.clone());
-        for (map, list, v4) in [
-            ("SM_INCLUDE_V4", &include, true),
-            ("SM_EXCLUDE_V4", &exclude, true),
-            ("SM_INCLUDE_V6", &include, false),
-            ("SM_EXCLUDE_V6", &exclude, false),
-        ] {
-            let mine = list.iter().filter(|c| c.is_v4() == v4);
-            if v4 {
-                // The IPv4 address is the last word of its mapped form.
-                let keys = mine.map(|c| Key::new(c.len as u32, ip6_of(c.addr)[3])).collect();
-                self.replace_trie::<u32>(map, keys)?;
-            } else {
-                let keys = mine.map(|c| Key::new(c.len as u32, ip6_of(c.addr))).collect();
-                self.replace_trie::<Ip6>(map, keys)?;
+        let current: Vec<u32> = ports.keys().filter_map(|k| k.ok()).collect();
+        for c in policy_changes("SM_EXCLUDE_PORTS", MAX_EXCLUDE_PORTS, &current, &want_ports) {
+            match &c {
+                Change::Insert(p) => ports.insert(*p, 1, 0),
+                Change::Remove(p) => ports.remove(p),
             }
+            .with_context(|| format!("SM_EXCLUDE_PORTS: {c:?}"))?;
+        }
+        let (include, exclude) = (&s.include_cidrs, &s.exclude_cidrs);
+        for (map, capacity, list) in [
+            ("SM_INCLUDE_V4", MAX_INCLUDE_CIDRS, include),
+            ("SM_EXCLUDE_V4", MAX_EXCLUDE_CIDRS, exclude),
+        ] {
+            // (prefix length, address in network order, host bits cleared); the IPv4 address is
+            // the last word of its mapped form.
+            let want: Vec<(u32, u32)> = list
+                .iter()
+                .filter(|c| c.is_v4())
+                .map(|c| (c.len as u32, ip6_of(c.network())[3]))
+                .collect();
+            update_trie(&mut self.bpf, map, capacity, &want)?;
+        }
+        for (map, capacity, list) in [
+            ("SM_INCLUDE_V6", MAX_INCLUDE_CIDRS_V6, include),
+            ("SM_EXCLUDE_V6", MAX_EXCLUDE_CIDRS_V6, exclude),
+        ] {
+            let want: Vec<(u32, Ip6)> = list
+                .iter()
+                .filter(|c| !c.is_v4())
+                .map(|c| (c.len as u32, ip6_of(c.network())))
+                .collect();
+            update_trie(&mut self.bpf, map, capacity, &want)?;
         }
         let mut arr: Array<&mut MapData, GlobalConfig> =
             Array::try_from(self.bpf.map_mut("SM_CONFIG").context("SM_CONFIG")?)?;
@@ -220,24 +380,10 @@ impl EbpfInterceptor {
         Ok(())
     }
 
-    /// Make the LPM trie `map` hold exactly `keys`.
-    fn replace_trie<K: aya::Pod>(&mut self, map: &str, keys: Vec<Key<K>>) -> Result<()> {
-        let mut trie: LpmTrie<&mut MapData, K, u8> =
-            LpmTrie::try_from(self.bpf.map_mut(map).context(map.to_string())?)?;
-        let old: Vec<Key<K>> = trie.keys().filter_map(|k| k.ok()).collect();
-        for k in old {
-            let _ = trie.remove(&k);
-        }
-        for k in keys {
-            trie.insert(&k, 1, 0)?;
-        }
-        Ok(())
-    }
-
     /// sock_ops and getsockopt at the cgroup v2 root (they must see the agent's accepted sockets
     /// wherever the agent runs), sk_msg on the sockhash.
     fn attach_host(&mut self) -> Result<()> {
-        let links = self.settings.pin_dir.join("links");
+        let links = self.layout.links();
         let root = std::fs::File::open(&self.cgroup_mount)?;
         attach_pinned(
             &self.bpf,
@@ -268,16 +414,28 @@ impl EbpfInterceptor {
         Ok(())
     }
 
+    /// The cgroup ids with a links directory (`cg-<id>`).
+    fn linked_cgroups(&self) -> Vec<u64> {
+        std::fs::read_dir(self.layout.links())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("cg-")
+                    .and_then(|s| s.parse::<u64>().ok())
+            })
+            .collect()
+    }
+
     /// Swap our programs into the per-cgroup links an earlier run pinned.
     fn adopt_cgroups(&mut self) -> Result<usize> {
         let mut n = 0;
-        for e in std::fs::read_dir(self.settings.pin_dir.join("links"))?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.strip_prefix("cg-").and_then(|s| s.parse::<u64>().ok()) else {
-                continue;
-            };
+        for id in self.linked_cgroups() {
+            let dir = self.layout.cgroup_links(id, false)?;
             for (prog, _, file) in CGROUP_PROGRAMS {
-                let pin = e.path().join(file);
+                let pin = dir.join(file);
                 if pin.exists() {
                     let p = self.bpf.program(prog).context("program missing")?;
                     let link = sys::obj_get(&pin)?;
@@ -289,10 +447,6 @@ impl EbpfInterceptor {
             n += 1;
         }
         Ok(n)
-    }
-
-    fn cgroup_links_dir(&self, id: u64) -> PathBuf {
-        self.settings.pin_dir.join("links").join(format!("cg-{id}"))
     }
 
     /// Intercept connections made by processes in `rel` (relative to the cgroup2 mount) and
@@ -310,8 +464,7 @@ impl EbpfInterceptor {
         cgroups
             .insert(id, policy, 0)
             .context("recording the cgroup policy")?;
-        let dir = self.cgroup_links_dir(id);
-        std::fs::create_dir_all(&dir)?;
+        let dir = self.layout.cgroup_links(id, true)?;
         let cg = std::fs::File::open(&path)?;
         for (prog, at, file) in CGROUP_PROGRAMS {
             attach_pinned(&self.bpf, prog, &cg, *at, &dir.join(file))?;
@@ -324,7 +477,7 @@ impl EbpfInterceptor {
     pub fn disable(&mut self, rel: &str) -> Result<()> {
         let path = cgroup::resolve(&self.cgroup_mount, rel)?;
         let id = cgroup::id(&path)?;
-        if !self.cgroup_links_dir(id).exists() {
+        if !self.layout.cgroup_links(id, false)?.exists() {
             bail!("cgroup {rel:?} is not intercepted");
         }
         self.disable_id(id)?;
@@ -332,24 +485,55 @@ impl EbpfInterceptor {
         Ok(())
     }
 
-    fn disable_id(&mut self, id: u64) -> Result<()> {
-        let dir = self.cgroup_links_dir(id);
-        if dir.exists() {
-            remove_pins(&dir)?;
-        }
+    /// Unpin the links of cgroup `id` and drop its policy entry; returns how many links went.
+    fn disable_id(&mut self, id: u64) -> Result<usize> {
+        let dir = self.layout.cgroup_links(id, false)?;
+        let links = if dir.exists() { remove_pins(&dir)? } else { 0 };
         let mut cgroups: HashMap<&mut MapData, u64, CgroupPolicy> =
             HashMap::try_from(self.bpf.map_mut("SM_CGROUPS").context("SM_CGROUPS")?)?;
         let _ = cgroups.remove(&id);
-        Ok(())
+        Ok(links)
     }
 
     /// Disable every intercepted cgroup.
     pub fn disable_all(&mut self) -> Result<usize> {
-        let ids: Vec<u64> = self.status()?.iter().map(|s| s.cgroup_id).collect();
+        let mut ids: Vec<u64> = self.policy_ids()?;
+        ids.extend(self.linked_cgroups());
+        ids.sort_unstable();
+        ids.dedup();
         for id in &ids {
             self.disable_id(*id)?;
         }
         Ok(ids.len())
+    }
+
+    fn policy_ids(&self) -> Result<Vec<u64>> {
+        let cgroups: HashMap<&MapData, u64, CgroupPolicy> =
+            HashMap::try_from(self.bpf.map("SM_CGROUPS").context("SM_CGROUPS")?)?;
+        Ok(cgroups.keys().filter_map(|k| k.ok()).collect())
+    }
+
+    /// Forget cgroups that were deleted: a cgroup id (policy entry or links directory) that no
+    /// longer resolves to a directory of the hierarchy loses its entry and links. Returns the ids
+    /// removed. A hierarchy that could not be read completely removes nothing.
+    pub fn forget_removed_cgroups(&mut self) -> Result<Vec<u64>> {
+        let mut ids: HashSet<u64> = self.policy_ids()?.into_iter().collect();
+        ids.extend(self.linked_cgroups());
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let live = cgroup::ids_below(&self.cgroup_mount)?;
+        let mut gone: Vec<u64> = ids.into_iter().filter(|id| !live.contains_key(id)).collect();
+        gone.sort_unstable();
+        for id in &gone {
+            let links = self.disable_id(*id)?;
+            tracing::info!(
+                cgroup_id = id,
+                links,
+                "intercepted cgroup was deleted: its policy entry and links are removed"
+            );
+        }
+        Ok(gone)
     }
 
     fn status_of(&self, id: u64) -> Result<CgroupStatus> {
@@ -362,11 +546,18 @@ impl EbpfInterceptor {
     pub fn status(&self) -> Result<Vec<CgroupStatus>> {
         let cgroups: HashMap<&MapData, u64, CgroupPolicy> =
             HashMap::try_from(self.bpf.map("SM_CGROUPS").context("SM_CGROUPS")?)?;
+        let entries: Vec<(u64, CgroupPolicy)> = cgroups.iter().collect::<Result<_, _>>()?;
+        // One walk of the hierarchy names them all.
+        let paths: StdHashMap<u64, PathBuf> = if entries.is_empty() {
+            StdHashMap::new()
+        } else {
+            cgroup::ids_below(&self.cgroup_mount).unwrap_or_default()
+        };
         let mut out = Vec::new();
-        for item in cgroups.iter() {
-            let (id, p) = item?;
-            let cgroup = cgroup::path_of(&self.cgroup_mount, id)
-                .map(|p| cgroup::display_rel(&self.cgroup_mount, &p))
+        for (id, p) in entries {
+            let cgroup = paths
+                .get(&id)
+                .map(|p| cgroup::display_rel(&self.cgroup_mount, p))
                 .unwrap_or_else(|| format!("(removed cgroup {id})"));
             out.push(CgroupStatus {
                 cgroup,
@@ -382,67 +573,75 @@ impl EbpfInterceptor {
     }
 }
 
-/// Remove every pin below `dir` and the directories themselves. Unpinning a link whose last fd
-/// is gone detaches it; unpinning a map frees it once no program uses it.
-pub fn remove_pins(dir: &Path) -> Result<usize> {
-    let mut n = 0;
-    if !dir.exists() {
-        return Ok(0);
-    }
-    for e in std::fs::read_dir(dir)?.flatten() {
-        let p = e.path();
-        if e.file_type()?.is_dir() {
-            n += remove_pins(&p)?;
-        } else {
-            std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
-            n += 1;
-        }
-    }
-    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
-    Ok(n)
-}
-
-/// Remove all of sockmesh's pinned links and maps under `pin_dir` (links first, so programs
-/// detach before their maps go), then wait until the kernel has freed those maps (it does so
-/// asynchronously), so that "afterwards nothing of ours is listed" holds when this returns.
-/// Returns how many pins were removed.
-pub fn uninstall(pin_dir: &Path) -> Result<usize> {
-    let mut map_ids = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(pin_dir.join("maps")) {
-        for e in rd.flatten() {
-            if let Ok(info) = aya::maps::MapData::from_pin(e.path()).and_then(|m| m.info()) {
-                map_ids.push(info.id());
-            }
-        }
-    }
-    let mut n = remove_pins(&pin_dir.join("links"))?;
-    n += remove_pins(&pin_dir.join("maps"))?;
-    if pin_dir.exists() {
-        n += remove_pins(pin_dir)?;
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let alive: Vec<u32> = aya::maps::loaded_maps()
-            .filter_map(|m| m.ok())
-            .map(|m| m.id())
-            .filter(|id| map_ids.contains(id))
-            .collect();
-        if alive.is_empty() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "unpinned, but the kernel still holds map(s) {alive:?} after 10 s (a process still has them open?)"
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Ok(n)
+/// The pinned maps' definitions in this object, one `NAME type key value entries flags` line
+/// each, sorted: what `MAP_LAYOUT_VERSION` stands for.
+pub fn pinned_map_layout() -> Result<String> {
+    let obj = aya_obj::Object::parse(crate::EBPF_OBJECT).context("parsing the embedded BPF object")?;
+    let mut lines: Vec<String> = obj
+        .maps
+        .iter()
+        .filter(|(_, m)| m.pinning() == aya_obj::maps::PinningType::ByName)
+        .map(|(name, m)| {
+            format!(
+                "{name} {} {} {} {} {:#x}",
+                m.map_type(),
+                m.key_size(),
+                m.value_size(),
+                m.max_entries(),
+                m.map_flags()
+            )
+        })
+        .collect();
+    lines.sort();
+    Ok(lines.join("\n"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Changing a pinned map (its shape here, or the meaning of a field) needs a new
+    /// `sockmesh_common::MAP_LAYOUT_VERSION`, so that agents refuse maps of the old layout
+    /// instead of running new programs on them. When this fails: bump the version, then copy
+    /// the new layout below.
+    #[test]
+    fn map_layout_is_versioned() {
+        const LAYOUT: (u32, &str) = (
+            3,
+            "SM_CGROUPS 1 8 32 1024 0x0\n\
+             SM_CONFIG 2 4 64 1 0x0\n\
+             SM_EXCLUDE_PORTS 1 4 1 256 0x0\n\
+             SM_EXCLUDE_V4 11 8 1 256 0x1\n\
+             SM_EXCLUDE_V6 11 20 1 256 0x1\n\
+             SM_INCLUDE_V4 11 8 1 256 0x1\n\
+             SM_INCLUDE_V6 11 20 1 256 0x1\n\
+             SM_ORIG_DST 9 8 32 65536 0x0\n\
+             SM_PEER_ORIG 9 32 32 65536 0x0\n\
+             SM_SOCKS 18 48 4 65536 0x0",
+        );
+        let now = pinned_map_layout().unwrap();
+        assert_eq!(
+            (sockmesh_common::MAP_LAYOUT_VERSION, now.as_str()),
+            LAYOUT,
+            "the pinned maps changed: bump MAP_LAYOUT_VERSION in ebpf/common/src/lib.rs and put this layout into the test:\n{now}"
+        );
+    }
+
+    #[test]
+    fn policy_updates_insert_before_they_remove() {
+        use Change::{Insert, Remove};
+        // 22 stays untouched; 80 goes in before 443 comes out.
+        assert_eq!(
+            policy_changes("T", 8, &[22, 443], &[22, 80, 80]),
+            vec![Insert(80), Remove(443)]
+        );
+        assert_eq!(policy_changes("T", 8, &[22], &[22]), vec![]);
+        // Old and new do not fit together: the stale ones make room first.
+        assert_eq!(
+            policy_changes("T", 2, &[1, 2], &[3, 4]),
+            vec![Remove(1), Remove(2), Insert(3), Insert(4)]
+        );
+    }
 
     #[test]
     fn cidr_parses_and_rejects() {
@@ -456,5 +655,13 @@ mod tests {
         assert_eq!("::1".parse::<Cidr>().unwrap().len, 128);
         assert!("::/129".parse::<Cidr>().unwrap_err().contains("0..128"));
         assert!("10.0.0.0/x".parse::<Cidr>().unwrap_err().contains("0..32"));
+        // Policy keys are the network address: one prefix is one key however it is written.
+        let net = |s: &str| s.parse::<Cidr>().unwrap().network().to_string();
+        assert_eq!(net("10.1.2.3/8"), "10.0.0.0");
+        assert_eq!(net("10.1.2.3/32"), "10.1.2.3");
+        assert_eq!(net("10.1.2.3/0"), "0.0.0.0");
+        assert_eq!(net("fd00:213::1/32"), "fd00:213::");
+        assert_eq!(net("fd00:213::1"), "fd00:213::1");
+        assert_eq!(net("fd00::1/0"), "::");
     }
 }

@@ -2,6 +2,7 @@
 pub mod ebpf;
 pub mod iptables;
 pub mod netns;
+pub mod pins;
 pub mod selftest;
 
-pub use ebpf::{CgroupStatus, Cidr, EbpfInterceptor, InterceptSettings};
+pub use ebpf::{CgroupStatus, Cidr, EbpfInterceptor, InterceptSettings, StartError};

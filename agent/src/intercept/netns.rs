@@ -9,12 +9,19 @@
 //! direct (fail-open), so nothing breaks in between. The namespace thread that binds the
 //! listener and makes the sockets is `crate::net::NetnsSockets`; `NamespaceWatcher` keeps the
 //! listeners.
+//!
+//! Churn: namespaces are known by inode, and a `/proc/PID/ns/net` opened for one is checked to
+//! still be that inode (the PID may have exited and been reused in between); at most
+//! `sockmesh.intercept.max_netns_listeners` namespaces get a listener (the others fail open, with
+//! a warning); a namespace whose intercepted processes are all gone loses its listener, and its
+//! thread ends with the last connection, so it lets go of the namespace.
 use std::collections::HashMap;
+use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,11 +34,29 @@ use crate::proxy::transparent::TransparentProxy;
 /// How often the watcher looks for namespaces that got or lost intercepted processes.
 const WATCH_PERIOD: Duration = Duration::from_millis(500);
 
+/// How long a namespace where no listener could be opened waits before the next attempt.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// The network namespace inode of a process (`/proc/PID/ns/net`).
 pub fn netns_ino(pid: u32) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/net"))
         .ok()
         .map(|m| m.ino())
+}
+
+/// Open the network namespace at `path` (a `/proc/PID/ns/net`) if it is still namespace `ino`:
+/// between finding it and opening it the process may have exited and its PID been reused.
+pub fn open_namespace(path: &Path, ino: u64) -> anyhow::Result<File> {
+    use anyhow::Context;
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let now = f.metadata()?.ino();
+    if now != ino {
+        anyhow::bail!(
+            "{} is now network namespace {now}, not {ino} (its process exited and the PID was reused)",
+            path.display()
+        );
+    }
+    Ok(f)
 }
 
 /// Every pid in `cg` and its descendants.
@@ -98,13 +123,20 @@ pub struct NamespaceWatcher {
     pub proxy: Arc<TransparentProxy>,
     /// Told the namespaces (inodes) that have a listener, after every pass (for status).
     pub report: Box<dyn Fn(Vec<u64>) + Send + Sync>,
+    /// At most this many namespaces get a listener (`sockmesh.intercept.max_netns_listeners`).
+    pub max_listeners: usize,
 }
 
 impl NamespaceWatcher {
-    /// A socket factory inside the namespace at `path` and its transparent listeners, ready.
-    async fn open_in(&self, path: &Path) -> anyhow::Result<(SocketFactory, Vec<(SocketAddr, TcpListener)>)> {
+    /// A socket factory inside namespace `ino` (opened through `path`, checked to still be
+    /// `ino`) and its transparent listeners, ready.
+    async fn open_in(
+        &self,
+        path: &Path,
+        ino: u64,
+    ) -> anyhow::Result<(SocketFactory, Vec<(SocketAddr, TcpListener)>)> {
         let p = path.to_path_buf();
-        let ns = tokio::task::spawn_blocking(move || NetnsSockets::start(&p)).await??;
+        let ns = tokio::task::spawn_blocking(move || NetnsSockets::start(open_namespace(&p, ino)?)).await??;
         let sockets = self.sockets.in_namespace(ns);
         let mut listeners = Vec::new();
         for l in sockets.bind_listeners(&self.listen).await? {
@@ -119,6 +151,9 @@ impl NamespaceWatcher {
             return;
         };
         let mut active: HashMap<u64, CancellationToken> = Default::default();
+        // Namespaces where opening a listener failed, and when.
+        let mut failed: HashMap<u64, Instant> = Default::default();
+        let mut over_cap_reported = 0;
         let mut tick = tokio::time::interval(WATCH_PERIOD);
         loop {
             tokio::select! {
@@ -129,13 +164,32 @@ impl NamespaceWatcher {
             let found = tokio::task::spawn_blocking(move || foreign_namespaces(&cgroups, own))
                 .await
                 .unwrap_or_default();
+            // Gone first, so that their places count for new ones.
+            active.retain(|ino, token| {
+                let keep = found.contains_key(ino);
+                if !keep {
+                    token.cancel();
+                    tracing::info!(
+                        netns = ino,
+                        "no intercepted processes left in network namespace; listener closed"
+                    );
+                }
+                keep
+            });
+            failed.retain(|ino, at| found.contains_key(ino) && at.elapsed() < RETRY_AFTER);
+            let mut over_cap = 0;
             for (ino, path) in &found {
-                if active.contains_key(ino) {
+                if active.contains_key(ino) || failed.contains_key(ino) {
                     continue;
                 }
-                let (sockets, listeners) = match self.open_in(path).await {
+                if active.len() >= self.max_listeners {
+                    over_cap += 1;
+                    continue;
+                }
+                let (sockets, listeners) = match self.open_in(path, *ino).await {
                     Ok(opened) => opened,
                     Err(e) => {
+                        failed.insert(*ino, Instant::now());
                         tracing::warn!(
                             netns = ino,
                             "no transparent listener in network namespace (connections there go direct): {e:#}"
@@ -155,17 +209,16 @@ impl NamespaceWatcher {
                 }
                 active.insert(*ino, token);
             }
-            active.retain(|ino, token| {
-                let keep = found.contains_key(ino);
-                if !keep {
-                    token.cancel();
-                    tracing::info!(
-                        netns = ino,
-                        "no intercepted processes left in network namespace; listener closed"
+            if over_cap != over_cap_reported {
+                if over_cap > 0 {
+                    tracing::warn!(
+                        namespaces = over_cap,
+                        max = self.max_listeners,
+                        "network namespaces with intercepted processes but no transparent listener (sockmesh.intercept.max_netns_listeners reached): their connections go direct"
                     );
                 }
-                keep
-            });
+                over_cap_reported = over_cap;
+            }
             (self.report)(active.keys().copied().collect());
         }
     }

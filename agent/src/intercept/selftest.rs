@@ -17,7 +17,8 @@ use aya::maps::{MapData, SockHash};
 use serde::Serialize;
 use sockmesh_common::{SockKey, ip6_of};
 
-use super::ebpf::{attach_link, load_object, remove_pins};
+use super::ebpf::{attach_link, load_object};
+use super::pins::remove_pins;
 use crate::sys::{self, AttachType};
 
 #[derive(Clone, Debug, Serialize)]

@@ -1,2 +1,3 @@
 //! Wire protocols the agent speaks.
+pub mod http;
 pub mod motan2;

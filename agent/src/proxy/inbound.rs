@@ -14,6 +14,7 @@ use crate::filter::{CallInfo, FilterChain, FilterShared, Role};
 use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
 use crate::protocol::motan2::frame::FLAG_PROXY;
 use crate::protocol::motan2::{Frame, keys};
+use crate::provider::http::HttpProvider;
 use crate::upstream::Deadline;
 use crate::upstream::channel::Transport;
 use crate::upstream::pool::Pool;
@@ -99,9 +100,10 @@ impl Exporter {
                     transport.clone(),
                 )),
             },
-            ProviderSpec::Http(http) => Provider::Http(Arc::new(crate::provider::http::HttpProvider::new(
+            ProviderSpec::Http(http) => Provider::Http(Arc::new(HttpProvider::new(
                 &spec.url.path,
                 http,
+                &transport.sockets,
             ))),
         };
         Ok(Export {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
+use super::http_route::HttpRouter;
 use super::inbound::{self, Exporter};
 use super::outbound::{Refer, Router};
 use super::serve::{Handler, RequestContext};
@@ -17,7 +18,7 @@ use crate::cluster::{Cluster, discovery};
 use crate::config::motan::MotanConfig;
 use crate::config::registry::RegistrySpec;
 use crate::filter::{FilterChain, FilterShared};
-use crate::protocol::motan2::{DecodeLimits, Frame};
+use crate::protocol::motan2::{DecodeLimits, Frame, keys};
 use crate::registry::{self, Registry};
 use crate::upstream::channel::Transport;
 
@@ -46,6 +47,8 @@ pub struct MeshOptions {
 
 pub struct Mesh {
     pub router: Router,
+    /// `http-client` domains (HTTP over Motan2, hport and intercepted HTTP).
+    pub http: HttpRouter,
     pub exporter: Exporter,
     pub registries: BTreeMap<String, Arc<dyn Registry>>,
     /// Server role: (registry, URL registered there) of every export.
@@ -85,6 +88,7 @@ impl Mesh {
                     let zk = registry::ZkOptions {
                         snapshot_dir: None,
                         local_ip: Some(opts.local_ip.clone()),
+                        ..Default::default()
                     };
                     registry::build(url, spec, zk).map_err(|e| e.to_string())
                 });
@@ -110,6 +114,11 @@ impl Mesh {
                 Err(m) => errors.push(format!("section motan-refer, entry {id}: {m}")),
             }
         }
+        let http =
+            HttpRouter::build(mc, &transport, filters, previous.map(|p| &p.http)).unwrap_or_else(|es| {
+                errors.extend(es);
+                HttpRouter::default()
+            });
         let exporter = match Exporter::new(&mc.exports, &transport, filters) {
             Ok(e) => Some(e),
             Err(es) => {
@@ -155,20 +164,21 @@ impl Mesh {
             switchers: filters.switchers.clone(),
             overrides: opts.overrides.clone(),
         };
-        for c in refers.iter().map(|r| &r.cluster) {
+        for c in refers.iter().map(|r| &r.cluster).chain(http.clusters()) {
             if let Err(m) = discovery::start(c, &registries, &ctx) {
                 errors.push(format!("section motan-refer, entry {}: {m}", c.conf_id));
             }
         }
         if !errors.is_empty() {
-            for r in &refers {
-                r.cluster.stop();
+            for c in refers.iter().map(|r| &r.cluster).chain(http.clusters()) {
+                c.stop();
             }
             return Err(errors);
         }
         Ok(Mesh {
             agent_nodes,
             router: Router::new(refers),
+            http,
             exporter,
             registries,
             registrations,
@@ -254,7 +264,7 @@ impl Mesh {
     /// Wait (bounded) until every cluster has its first endpoints connected.
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + INIT_CLUSTER_TIMEOUT;
-        for c in self.router.clusters() {
+        for c in self.router.clusters().chain(self.http.clusters()) {
             if !c.wait_ready(deadline).await {
                 tracing::warn!(cluster = %c.conf_id, "cluster not fully connected after {INIT_CLUSTER_TIMEOUT:?}; serving with what is available");
             }
@@ -263,7 +273,7 @@ impl Mesh {
 
     /// Stop following registries (a replaced mesh); connections close with their last user.
     pub fn stop(&self) {
-        for c in self.router.clusters() {
+        for c in self.router.clusters().chain(self.http.clusters()) {
             c.stop();
         }
     }
@@ -286,10 +296,11 @@ impl Mesh {
                         let (channels, in_flight) = pool.usage();
                         json!({"type": "motan2", "address": pool.address(), "channels": channels, "in_flight": in_flight})
                     },
-                    inbound::Provider::Http(_) => json!({"type": "http", "address": e.service.param("proxyAddress").unwrap_or("")}),
+                    inbound::Provider::Http(_) => json!({"type": "http", "address": e.service.param("proxyAddress").or(e.service.param("URL_FORMAT")).or(e.service.param("HTTP_URL")).unwrap_or("")}),
                 },
             })).collect::<Vec<_>>(),
             "registries": self.registries_json(),
+            "http_clients": self.http.status_json(),
         })
     }
 }
@@ -300,7 +311,16 @@ pub struct ClientHandler(pub MeshHandle);
 impl Handler for ClientHandler {
     fn handle(&self, req: Frame, ctx: RequestContext) -> impl Future<Output = Frame> + Send + 'static {
         let mesh = self.0.load_full();
-        async move { mesh.router.handle(req, &ctx.peer_ip).await }
+        async move {
+            // An `M_p` that no refer serves but an http-client domain is (4.13).
+            if !mesh.http.is_empty()
+                && let Some(domain) = req.meta.get(keys::SERVICE).and_then(|s| mesh.http.domain(s))
+                && !mesh.router.routes(&req)
+            {
+                return domain.call(req, &ctx.peer_ip).await;
+            }
+            mesh.router.handle(req, &ctx.peer_ip).await
+        }
     }
 }
 

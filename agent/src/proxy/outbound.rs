@@ -72,12 +72,20 @@ impl Router {
 
     /// Handle one request from `peer_ip`; always answers (an exception frame on failure).
     pub async fn handle(&self, mut req: Frame, peer_ip: &Bytes) -> Frame {
-        let caller_id = req.header.request_id;
         mark_proxied(&mut req, peer_ip);
-        let (cluster, chain) = match self.route(&req) {
-            Ok(r) => (&r.cluster, &r.chain),
-            Err(e) => return error_frame(caller_id, &e),
-        };
+        match self.route(&req) {
+            Ok(r) => r.call(req).await,
+            Err(e) => error_frame(req.header.request_id, &e),
+        }
+    }
+}
+
+impl Refer {
+    /// Send one (proxied) request through the refer's filters and cluster, its defaults
+    /// filled (4.3 step 3); the answer carries the caller's request id.
+    pub async fn call(&self, mut req: Frame) -> Frame {
+        let caller_id = req.header.request_id;
+        let (cluster, chain) = (&self.cluster, &self.chain);
         let d = request_defaults(
             &cluster.refer,
             req.meta.get(keys::SOURCE),

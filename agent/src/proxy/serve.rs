@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -179,30 +179,56 @@ pub async fn accept_loop<H: Handler>(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.budget.limits.listener_connections as usize));
-    let mut backoff = AcceptBackoff::default();
-    loop {
-        // At the connection cap the listener stops accepting: the kernel's backlog holds the rest.
-        let slot = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            s = slots.clone().acquire_owned() => s,
-        };
-        let (conn, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    backoff.failed(name, &e).await;
-                    continue;
-                }
-            },
-        };
+    let mut gate = AcceptGate::new(&limits.budget);
+    while let Some((conn, peer, slot)) = next_connection(name, &listener, &mut gate, &shutdown).await {
         let h = handler.clone();
         let (l, s, sd) = (limits.clone(), stats.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _slot = slot;
             serve_connection(conn, peer, BytesMut::new(), h, l, s, sd).await
         });
+    }
+}
+
+/// What a listener may accept: at most `sockmesh.limits.listener_connections` open connections
+/// (at the cap the listener stops accepting and the kernel's backlog holds the rest), and failed
+/// accepts back off ([`AcceptBackoff`]).
+pub struct AcceptGate {
+    slots: Arc<Semaphore>,
+    backoff: AcceptBackoff,
+}
+
+impl AcceptGate {
+    pub fn new(budget: &Budget) -> AcceptGate {
+        AcceptGate {
+            slots: Arc::new(Semaphore::new(budget.limits.listener_connections as usize)),
+            backoff: AcceptBackoff::default(),
+        }
+    }
+}
+
+/// The next accepted connection with its slot of the listener's cap (keep it while the
+/// connection is open), or `None` once `shutdown` is cancelled; a failed accept (out of
+/// descriptors, say) is logged, rate limited, and retried after a pause.
+pub async fn next_connection(
+    name: &'static str,
+    listener: &tokio::net::TcpListener,
+    gate: &mut AcceptGate,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    // At the connection cap the listener stops accepting: the kernel's backlog holds the rest.
+    let slot = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        s = gate.slots.clone().acquire_owned() => s.ok()?,
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok((conn, peer)) => return Some((conn, peer, slot)),
+                Err(e) => gate.backoff.failed(name, &e).await,
+            },
+        }
     }
 }
 

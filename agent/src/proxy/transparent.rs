@@ -5,8 +5,10 @@
 //!
 //! Protocol detection: when clusters are configured, the first bytes are read (up to the sniff
 //! timeout). A Motan2 connection (magic 0xF1F1) whose first request names a service some
-//! cluster serves is handed to the mesh router; everything else is forwarded as plain TCP to
-//! the original destination, starting with the bytes already read. Without clusters nothing
+//! cluster serves is handed to the mesh router; an HTTP/1.x connection whose first request is
+//! for a host an `http-client` entry serves goes to the HTTP side of the mesh
+//! (`http_proxy.rs`); everything else is forwarded as plain TCP to the original destination,
+//! starting with the bytes already read. Without clusters nothing
 //! is read ahead, so plain forwarding costs nothing extra.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,17 +19,16 @@ use bytes::BytesMut;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::passthrough;
+use super::{http_proxy, passthrough};
 use crate::net::SocketFactory;
 use crate::protocol::motan2::codec::frame_len;
 use crate::protocol::motan2::{DecodeLimits, Motan2Codec};
 use crate::proxy::budget::Budget;
 use crate::proxy::mesh::{ClientHandler, MeshHandle};
-use crate::proxy::serve::{AcceptBackoff, ConnectionLimits, ServeStats, serve_connection};
+use crate::proxy::serve::{AcceptGate, ConnectionLimits, ServeStats, next_connection, serve_connection};
 use crate::sys;
 
 #[derive(Default, Debug)]
@@ -100,23 +101,10 @@ impl TransparentProxy {
         sockets: SocketFactory,
     ) {
         let local = listener.local_addr().ok();
-        let slots = Arc::new(Semaphore::new(self.budget.limits.listener_connections as usize));
-        let mut backoff = AcceptBackoff::default();
-        loop {
-            let slot = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                s = slots.clone().acquire_owned() => s,
-            };
-            let (conn, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        backoff.failed("transparent", &e).await;
-                        continue;
-                    }
-                },
-            };
+        let mut gate = AcceptGate::new(&self.budget);
+        while let Some((conn, peer, slot)) =
+            next_connection("transparent", &listener, &mut gate, &shutdown).await
+        {
             let me = self.clone();
             let sockets = sockets.clone();
             tasks.spawn(async move {
@@ -163,7 +151,7 @@ impl TransparentProxy {
     ) {
         let mut prefix = BytesMut::new();
         if let Some((mesh, agent_stats)) = &self.mesh
-            && !mesh.load().router.refers().is_empty()
+            && (!mesh.load().router.refers().is_empty() || !mesh.load().http.is_empty())
         {
             let limits = mesh.load().limits;
             if let Sniffed::Route = self.sniff(&mut conn, &mut prefix, mesh, limits).await {
@@ -176,6 +164,17 @@ impl TransparentProxy {
                     budget: self.budget.clone(),
                 };
                 serve_connection(conn, peer, prefix, handler, limits, stats, self.shutdown.clone()).await;
+                return;
+            }
+            // HTTP/1.x to a host an http-client entry serves (spec 4.13).
+            let deadline = tokio::time::Instant::now() + self.sniff_timeout;
+            let current = mesh.load_full();
+            if http_proxy::sniff(&mut conn, &mut prefix, deadline, &current.http).await {
+                self.stats.routed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, original_dst = %orig, "intercepted HTTP connection routed by the mesh");
+                let shutdown = self.shutdown.clone();
+                http_proxy::serve_intercepted(conn, prefix, orig, peer, sockets, mesh.clone(), shutdown)
+                    .await;
                 return;
             }
         }

@@ -1,6 +1,7 @@
 //! Upstream connections: multiplexed Motan2 channels (`channel`) and the pools that hold them
-//! (`pool`).
+//! (`pool`), and pooled HTTP/1.1 connections to HTTP upstreams (`http`).
 pub mod channel;
+pub mod http;
 pub mod pool;
 
 use std::time::Duration;

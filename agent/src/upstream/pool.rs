@@ -6,7 +6,7 @@
 //! if there is one, and otherwise waits for that one connect, bounded by its own deadline, so a
 //! dead endpoint costs each caller at most what is left of its timeout.
 use crate::locks::Locked;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,18 @@ pub struct Pool {
     /// Shared with the connect tasks, which store what they made.
     slots: Arc<[Mutex<Slot>]>,
     next: AtomicUsize,
+    /// When a caller last asked for a channel, in ms since `epoch()` (for idle close).
+    last_used: AtomicU64,
+}
+
+/// The process's reference instant for `last_used`.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
 }
 
 impl Pool {
@@ -44,7 +56,13 @@ impl Pool {
             transport,
             slots: (0..size.max(1)).map(|_| Mutex::new(Slot::Empty)).collect(),
             next: AtomicUsize::new(0),
+            last_used: AtomicU64::new(now_ms()),
         }
+    }
+
+    /// How long no caller asked for a channel.
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.last_used.load(Ordering::Relaxed)))
     }
 
     pub fn address(&self) -> &str {
@@ -54,6 +72,7 @@ impl Pool {
     /// A live channel: the next slot's, another live one while that slot connects, or the
     /// slot's new connection if it is made before `deadline` (errcode 1002 otherwise).
     pub async fn get(&self, deadline: Deadline) -> Result<Arc<Channel>, CallError> {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let connect = match self.live_or_connect(i) {
             Ok(c) => return Ok(c),
@@ -81,6 +100,9 @@ impl Pool {
         let (slots, addr, transport) = (self.slots.clone(), self.addr.clone(), self.transport.clone());
         tokio::spawn(async move {
             let made = Channel::connect(&addr, &transport).await.map(Arc::new);
+            if made.is_err() {
+                crate::metrics::UPSTREAM_CONNECT_FAILURES.fetch_add(1, Ordering::Relaxed);
+            }
             *slots[i].locked() = match &made {
                 Ok(c) => Slot::Connected(c.clone()),
                 Err(_) => Slot::Empty,

@@ -69,6 +69,29 @@ pub fn ip_of(a: &Ip6) -> IpAddr {
 /// How many agent-owned loopback ports the connect hook leaves alone.
 pub const MAX_AGENT_PORTS: usize = 8;
 
+/// Version of the pinned map layout: the maps live in `<pin dir>/maps-v<N>` (before versioning:
+/// `maps`, layout 1). Bump it whenever a pinned map changes its name, type, key, value (also the
+/// meaning of a field), size or flags: an agent refuses to run its programs on maps pinned by
+/// another layout. The agent's unit test `map_layout_is_versioned` fails until it is bumped.
+pub const MAP_LAYOUT_VERSION: u32 = 3;
+
+/// Capacity (max_entries) of `SM_CGROUPS`: how many cgroups can be intercepted at once.
+pub const MAX_CGROUPS: u32 = 1024;
+/// Capacity of `SM_INCLUDE_V4`; the IPv4 prefixes of `sockmesh.intercept.include_cidrs` are
+/// checked against it.
+pub const MAX_INCLUDE_CIDRS: u32 = 256;
+/// Capacity of `SM_EXCLUDE_V4`; the IPv4 prefixes of `sockmesh.intercept.exclude_cidrs` are
+/// checked against it.
+pub const MAX_EXCLUDE_CIDRS: u32 = 256;
+/// Capacity of `SM_INCLUDE_V6`; the IPv6 prefixes of `sockmesh.intercept.include_cidrs` are
+/// checked against it.
+pub const MAX_INCLUDE_CIDRS_V6: u32 = 256;
+/// Capacity of `SM_EXCLUDE_V6`; the IPv6 prefixes of `sockmesh.intercept.exclude_cidrs` are
+/// checked against it.
+pub const MAX_EXCLUDE_CIDRS_V6: u32 = 256;
+/// Capacity of `SM_EXCLUDE_PORTS`; `sockmesh.intercept.exclude_ports` is checked against it.
+pub const MAX_EXCLUDE_PORTS: u32 = 256;
+
 /// How deep the connect hook looks for an enabled ancestor cgroup.
 pub const MAX_CGROUP_DEPTH: u32 = 16;
 

@@ -1,11 +1,15 @@
-//! Every map the programs share, pinned by name under `/sys/fs/bpf/sockmesh/maps` so that
-//! interception survives an agent restart. Who writes and who reads is stated per map.
+//! Every map the programs share, pinned by name under `/sys/fs/bpf/sockmesh/maps-v<N>` (N =
+//! `MAP_LAYOUT_VERSION`: bump it when a map here changes) so that interception survives an agent
+//! restart. Who writes and who reads is stated per map.
 use aya_ebpf::{
     bindings::bpf_sock,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, SockHash},
 };
-use sockmesh_common::{CgroupPolicy, EndpointKey, GlobalConfig, Ip6, OrigDst, SockKey};
+use sockmesh_common::{
+    CgroupPolicy, EndpointKey, GlobalConfig, Ip6, MAX_CGROUPS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_CIDRS_V6,
+    MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, OrigDst, SockKey,
+};
 
 /// Global settings (listeners, agent mark, agent ports). Written by the agent; read by all programs.
 #[map(name = "SM_CONFIG")]
@@ -14,29 +18,33 @@ pub static SM_CONFIG: Array<GlobalConfig> = Array::pinned(1, 0);
 /// Enabled cgroups by cgroup id: mode plus counters. Mode written by the agent, counters bumped by
 /// `connect4`, read by the agent (`intercept status`).
 #[map(name = "SM_CGROUPS")]
-pub static SM_CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::pinned(1024, 0);
+pub static SM_CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::pinned(MAX_CGROUPS, 0);
 
 /// IPv4 destination prefixes to intercept (nothing when empty). Written by the agent; read by
 /// `connect4` and by `connect6` for IPv4-mapped destinations.
 #[map(name = "SM_INCLUDE_V4")]
-pub static SM_INCLUDE_V4: LpmTrie<u32, u8> = LpmTrie::pinned(256, 1 /* BPF_F_NO_PREALLOC */);
+pub static SM_INCLUDE_V4: LpmTrie<u32, u8> =
+    LpmTrie::pinned(MAX_INCLUDE_CIDRS, 1 /* BPF_F_NO_PREALLOC */);
 
 /// IPv4 destination prefixes never to intercept. Written by the agent; read by `connect4`/`connect6`.
 #[map(name = "SM_EXCLUDE_V4")]
-pub static SM_EXCLUDE_V4: LpmTrie<u32, u8> = LpmTrie::pinned(256, 1 /* BPF_F_NO_PREALLOC */);
+pub static SM_EXCLUDE_V4: LpmTrie<u32, u8> =
+    LpmTrie::pinned(MAX_EXCLUDE_CIDRS, 1 /* BPF_F_NO_PREALLOC */);
 
 /// Native IPv6 destination prefixes to intercept (nothing when empty), network-order words.
 /// Written by the agent; read by `connect6`.
 #[map(name = "SM_INCLUDE_V6")]
-pub static SM_INCLUDE_V6: LpmTrie<Ip6, u8> = LpmTrie::pinned(256, 1 /* BPF_F_NO_PREALLOC */);
+pub static SM_INCLUDE_V6: LpmTrie<Ip6, u8> =
+    LpmTrie::pinned(MAX_INCLUDE_CIDRS_V6, 1 /* BPF_F_NO_PREALLOC */);
 
 /// Native IPv6 destination prefixes never to intercept. Written by the agent; read by `connect6`.
 #[map(name = "SM_EXCLUDE_V6")]
-pub static SM_EXCLUDE_V6: LpmTrie<Ip6, u8> = LpmTrie::pinned(256, 1 /* BPF_F_NO_PREALLOC */);
+pub static SM_EXCLUDE_V6: LpmTrie<Ip6, u8> =
+    LpmTrie::pinned(MAX_EXCLUDE_CIDRS_V6, 1 /* BPF_F_NO_PREALLOC */);
 
 /// Destination ports never to intercept (e.g. 22). Written by the agent; read by `connect4`.
 #[map(name = "SM_EXCLUDE_PORTS")]
-pub static SM_EXCLUDE_PORTS: HashMap<u32, u8> = HashMap::pinned(256, 0);
+pub static SM_EXCLUDE_PORTS: HashMap<u32, u8> = HashMap::pinned(MAX_EXCLUDE_PORTS, 0);
 
 /// Original destination by app socket cookie. Written by `connect4`/`connect6`, read by
 /// `getpeername4`/`getpeername6` and `sockops`, deleted by `sock_release`. LRU so that it cannot grow without bound even if a

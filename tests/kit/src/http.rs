@@ -1,7 +1,11 @@
 //! A blocking HTTP/1.1 client for the agent's admin API, just enough for harnesses: one request
-//! per connection (`Connection: close`), the answer read to the end, a chunked body decoded.
+//! per connection (`Connection: close`), the answer read to the end, a chunked body decoded. The
+//! TCP admin port serves reads (and the mutations an agent's configuration enables); the whole
+//! API is on the agent's control socket, reached with [`unix_request`] and friends.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -12,18 +16,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `method path` with `body` to `addr`; returns the status code and the body.
 pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .with_context(|| format!("cannot reach the admin API at {addr}"))?;
     s.set_read_timeout(Some(READ_TIMEOUT))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer)
-        .with_context(|| format!("{method} {path} at {addr}"))?;
-    parse_response(&answer).with_context(|| format!("{method} {path} at {addr}"))
+    exchange(s, &addr.to_string(), method, path, body).with_context(|| format!("{method} {path} at {addr}"))
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
@@ -34,7 +30,43 @@ pub fn post(addr: SocketAddr, path: &str, body: &str) -> Result<(u16, String)> {
     request(addr, "POST", path, body)
 }
 
-fn parse_response(answer: &[u8]) -> Result<(u16, String)> {
+/// `method path` with `body` on the Unix socket `socket` (an agent's control socket).
+pub fn unix_request(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let s = UnixStream::connect(socket)
+        .with_context(|| format!("cannot reach the control socket {}", socket.display()))?;
+    s.set_read_timeout(Some(READ_TIMEOUT))?;
+    exchange(s, "localhost", method, path, body)
+        .with_context(|| format!("{method} {path} at {}", socket.display()))
+}
+
+pub fn unix_get(socket: &Path, path: &str) -> Result<(u16, String)> {
+    unix_request(socket, "GET", path, "")
+}
+
+pub fn unix_post(socket: &Path, path: &str, body: &str) -> Result<(u16, String)> {
+    unix_request(socket, "POST", path, body)
+}
+
+/// Send one request on a fresh connection and read the whole answer.
+fn exchange(
+    mut s: impl Read + Write,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String)> {
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)?;
+    parse_response(&answer)
+}
+
+/// The status code and the (de-chunked) body of a whole HTTP/1.1 answer.
+pub fn parse_response(answer: &[u8]) -> Result<(u16, String)> {
     let split = answer
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -92,6 +124,33 @@ mod tests {
         let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
         assert_eq!(parse_response(chunked).unwrap(), (503, "abcde".into()));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    #[test]
+    fn speaks_over_a_unix_socket() {
+        let dir = std::env::temp_dir().join(format!("sockmesh-testkit-http-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !String::from_utf8_lossy(&req).ends_with("\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                req.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .unwrap();
+            String::from_utf8(req).unwrap()
+        });
+        assert_eq!(unix_post(&path, "/reload", "").unwrap(), (200, "ok".into()));
+        let req = server.join().unwrap();
+        assert!(
+            req.starts_with("POST /reload HTTP/1.1\r\nHost: localhost\r\n"),
+            "{req}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! - [`netns`]: a network namespace ([`NetNs`]) deleted on drop; commands and threads inside it.
 //! - [`pins`]: an agent's BPF pin directory ([`PinDir`]), removed by `sockmesh uninstall`.
 //! - [`iptables`]: the nat chain an agent adds in iptables mode ([`NatChain`]), removed on drop.
-//! - [`http`]: a blocking HTTP/1.1 client for the agent's admin API.
+//! - [`http`]: a blocking HTTP/1.1 client for the agent's admin API (TCP port or control socket).
 //! - [`agent`]: start `sockmesh run --config FILE` and wait until its admin API answers.
 //! - [`privilege`]: root or an explicit skip (SOCKMESH_SKIP_PRIVILEGED=1).
 //!

@@ -41,10 +41,13 @@ pub struct Env {
     bin: PathBuf,
     loadgen: PathBuf,
     provider_addr: String,
-    agent_admin: String,
+    /// The agent's control socket (interception is switched there).
+    agent_control: PathBuf,
     /// The agent port (client role), for agent-explicit.
     agent_port_addr: String,
     agent_pid: u32,
+    /// The baseline build's agent port and PID (agent-baseline mode), when given.
+    baseline: Option<(String, u32)>,
     haproxy_addr: String,
     haproxy_pid: u32,
     _procs: Vec<ChildProcess>,
@@ -91,11 +94,11 @@ fn mesh_sections(eport: u16, provider: &str) -> Result<String> {
 }
 
 /// Start the provider, the agent and haproxy with their configs and logs in `dir`.
-pub fn start_env(dir: &Path, agent_workers: usize) -> Result<Env> {
+pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>) -> Result<Env> {
     let root = project_root();
     let bin = root.join("target/release/sockmesh");
     let loadgen = root.join("target/release/sockmesh-loadgen");
-    let ports = free_ports(7);
+    let ports = free_ports(11);
     // Declared before the processes, so that on an early return they go after them.
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-bench-{}", std::process::id()));
     let pins = PinDir::new(&bin, &pin_dir);
@@ -113,14 +116,18 @@ pub fn start_env(dir: &Path, agent_workers: usize) -> Result<Env> {
     procs.push(provider);
 
     let cfg = dir.join("agent.yaml");
+    // The agent removes it when it stops, so nothing is left among the results.
+    let agent_control = dir.join("agent.sock");
     std::fs::write(
         &cfg,
         format!(
             "motan-agent:\n  port: {}\n  eport: {}\n  mport: {}\n  application: bench\n\
-             sockmesh:\n  log_level: \"warn,sockmesh::access=info\"\n  worker_threads: {agent_workers}\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {}\n    bpf_log_level: warn\n{}",
+             sockmesh:\n  log_level: \"warn,sockmesh::access=info\"\n  worker_threads: {agent_workers}\n\
+             \x20 admin:\n    control_socket: {}\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {}\n    bpf_log_level: warn\n{}",
             ports[1],
             ports[2],
             ports[3],
+            agent_control.display(),
             ports[4],
             pin_dir.display(),
             chain.name(),
@@ -135,6 +142,34 @@ pub fn start_env(dir: &Path, agent_workers: usize) -> Result<Env> {
     let started = agent::await_admin(&mut agent, agent_admin, &agent_log);
     procs.push(agent);
     started?;
+
+    // The baseline build: the same mesh on its own ports, without interception.
+    let baseline = match baseline_bin {
+        None => None,
+        Some(bbin) => {
+            let bcfg = dir.join("baseline.yaml");
+            std::fs::write(
+                &bcfg,
+                format!(
+                    "motan-agent:\n  port: {}\n  eport: {}\n  mport: {}\n  application: bench-baseline\n\
+                     sockmesh:\n  log_level: \"warn,sockmesh::access=info\"\n  worker_threads: {agent_workers}\n  intercept:\n    enabled: false\n    transparent_port: {}\n{}",
+                    ports[7],
+                    ports[8],
+                    ports[9],
+                    ports[10],
+                    mesh_sections(ports[8], &provider_addr)?
+                ),
+            )?;
+            let blog = dir.join("baseline.log");
+            let mut b =
+                agent::spawn("the baseline agent", Command::new(bbin), &bcfg, &blog)?.with_grace(AGENT_GRACE);
+            let pid = b.pid();
+            let started = agent::await_admin(&mut b, ([127, 0, 0, 1], ports[9]).into(), &blog);
+            procs.push(b);
+            started?;
+            Some((format!("127.0.0.1:{}", ports[7]), pid))
+        }
+    };
 
     let haproxy_addr: SocketAddr = ([127, 0, 0, 1], ports[5]).into();
     let hcfg = dir.join("haproxy.cfg");
@@ -165,9 +200,10 @@ pub fn start_env(dir: &Path, agent_workers: usize) -> Result<Env> {
         bin,
         loadgen,
         provider_addr,
-        agent_admin: agent_admin.to_string(),
+        agent_control,
         agent_port_addr: format!("127.0.0.1:{}", ports[1]),
         agent_pid,
+        baseline,
         haproxy_addr: haproxy_addr.to_string(),
         haproxy_pid,
         _procs: procs,
@@ -181,7 +217,8 @@ impl Env {
     fn cli(&self, args: &[&str]) -> Result<()> {
         let out = Command::new(&self.bin)
             .args(args)
-            .args(["--admin", &self.agent_admin])
+            .arg("--control")
+            .arg(&self.agent_control)
             .output()?;
         if !out.status.success() {
             bail!(
@@ -215,6 +252,7 @@ impl Env {
         match mode {
             Mode::Haproxy => Some(self.haproxy_addr.clone()),
             Mode::AgentExplicit | Mode::AgentFilters => Some(self.agent_port_addr.clone()),
+            Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.0.clone()),
             _ => Some(self.provider_addr.clone()),
         }
     }
@@ -223,6 +261,7 @@ impl Env {
         match mode {
             Mode::Direct => None,
             Mode::Haproxy => Some(self.haproxy_pid),
+            Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.1),
             _ => Some(self.agent_pid),
         }
     }

@@ -32,6 +32,9 @@ pub enum Mode {
     Haproxy,
     /// agent-explicit to a service whose refer and export run the default filter chain.
     AgentFilters,
+    /// agent-explicit through another build of the agent (`--baseline-bin`), for comparing
+    /// two builds in one run.
+    AgentBaseline,
 }
 
 impl Mode {
@@ -42,10 +45,15 @@ impl Mode {
             .map(|n| {
                 Mode::ALL
                     .iter()
+                    .chain(&[Mode::AgentBaseline])
                     .copied()
                     .find(|m| m.name() == n)
                     .with_context(|| {
-                        let known: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+                        let known: Vec<&str> = Mode::ALL
+                            .iter()
+                            .chain(&[Mode::AgentBaseline])
+                            .map(|m| m.name())
+                            .collect();
                         format!("unknown bench mode {n:?} (known: {})", known.join(", "))
                     })
             })
@@ -70,6 +78,7 @@ impl Mode {
             Mode::EbpfSockmap => "ebpf-sockmap",
             Mode::Haproxy => "haproxy",
             Mode::AgentFilters => "agent-filters",
+            Mode::AgentBaseline => "agent-baseline",
         }
     }
 }
@@ -127,6 +136,8 @@ pub struct Options {
     pub rounds: u32,
     pub duration: Duration,
     pub warmup: Duration,
+    /// Another build of `sockmesh` for the agent-baseline mode.
+    pub baseline_bin: Option<std::path::PathBuf>,
 }
 
 /// What one load-generator run reported (its JSON line), plus the proxy's CPU and memory.
@@ -196,7 +207,7 @@ pub fn run(opts: Options) -> Result<()> {
     let dir = project_root().join("bench/results").join(&stamp);
     let raw = dir.join("raw");
     std::fs::create_dir_all(&raw)?;
-    let env = start_env(&raw, opts.agent_workers)?;
+    let env = start_env(&raw, opts.agent_workers, opts.baseline_bin.as_deref())?;
 
     let cases = cases();
     let modes: Vec<Mode> = if opts.modes.is_empty() {
@@ -210,7 +221,7 @@ pub fn run(opts: Options) -> Result<()> {
         .map(|m| {
             (
                 *m,
-                "needs the agent core's client/server roles (9981 -> 9982), not built yet",
+                "needs --baseline-bin (another build of sockmesh to compare with)",
             )
         })
         .collect();

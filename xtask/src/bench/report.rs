@@ -203,6 +203,11 @@ impl Report {
                     "haproxy hop: haproxy - direct (one L4 hop)",
                 ),
                 (
+                    Mode::AgentExplicit,
+                    Mode::AgentBaseline,
+                    "this build - baseline build (agent-explicit path, --baseline-bin)",
+                ),
+                (
                     Mode::AgentFilters,
                     Mode::AgentExplicit,
                     "default filter chain (accessLog, metrics): agent-filters - agent-explicit",

@@ -2,12 +2,11 @@
 //! registries named, and the service specs the exporter is built from.
 use std::collections::BTreeMap;
 
-use serde_yaml_ng::Value;
-
 use super::super::filters::filter_names;
+use super::super::http::{HttpMode, HttpSections};
 use super::super::refer::{HaKind, LbKind};
 use super::super::registry::{RegistrySpec, SESSION_TIMEOUT};
-use super::super::service::{EXPORT_PROTOCOLS, ServiceSpec, parse_protocol_port};
+use super::super::service::{EXPORT_PROTOCOLS, ProviderSpec, ServiceSpec, parse_protocol_port};
 use super::entries::unknown_registry;
 use super::names::*;
 use super::problems::Problems;
@@ -34,6 +33,8 @@ pub(super) fn rule(key: &str) -> Option<Rule> {
         | "maxRequestTimeout"
         | "connectTimeout"
         | "connectRetryInterval"
+        | "warmEndpoints"
+        | "poolIdleTimeout"
         | "keepaliveInterval"
         | "mingzSize"
         | "maxContentLength"
@@ -119,7 +120,7 @@ pub(super) fn check_params(section: &str, id: &str, u: &Url, p: &mut Problems) {
 
 pub(super) struct Checks<'a> {
     pub(super) registries: &'a BTreeMap<String, Url>,
-    pub(super) sections: &'a BTreeMap<String, Value>,
+    pub(super) http: &'a HttpSections,
 }
 
 impl Checks<'_> {
@@ -243,10 +244,24 @@ impl Checks<'_> {
 
     /// The export of a service entry (after group expansion), checked as the exporter uses it.
     pub(super) fn service_spec(&self, id: &str, u: &Url, p: &mut Problems) -> Option<ServiceSpec> {
-        let domain = u.get_str(keys::DOMAIN, "");
-        let has_locations = !domain.is_empty() && section_has(self.sections, HTTP_LOCATIONS_SECTION, domain);
-        match ServiceSpec::from_url(u, has_locations) {
-            Ok(spec) => Some(spec),
+        match ServiceSpec::from_url(u, self.http) {
+            Ok(spec) => {
+                if let ProviderSpec::Http(h) = &spec.provider
+                    && let HttpMode::Proxy { .. } = h.mode
+                    && h.rewrite_without_rules
+                {
+                    p.warn(
+                        SERVICE_SECTION,
+                        Some(id),
+                        Some("enableRewrite"),
+                        format!(
+                            "on (the default) but http-locations has no rules for domain {:?}: M_m is sent as the path (motan-go would answer every call 404; set enableRewrite: false to say so)",
+                            u.get_str(keys::DOMAIN, "")
+                        ),
+                    );
+                }
+                Some(spec)
+            }
             Err(e) => {
                 p.error(SERVICE_SECTION, Some(id), Some(&e.key), &e.reason);
                 None
@@ -270,11 +285,4 @@ pub(super) fn check_filters(section: &str, id: &str, u: &Url, p: &mut Problems) 
         }
         Err(e) => p.error(section, Some(id), Some(&e.key), e.reason),
     }
-}
-
-pub(super) fn section_has(sections: &BTreeMap<String, Value>, section: &str, key: &str) -> bool {
-    sections
-        .get(section)
-        .and_then(Value::as_mapping)
-        .is_some_and(|m| m.contains_key(key))
 }

@@ -243,10 +243,10 @@ pub(super) fn inherit(
     };
     let Some(t) = templates.get(&name) else {
         let known: Vec<&str> = templates.keys().map(String::as_str).collect();
-        let basic_section = if basic_key == BASIC_REFER_KEY {
-            BASIC_REFER_SECTION
-        } else {
+        let basic_section = if section == SERVICE_SECTION {
             BASIC_SERVICE_SECTION
+        } else {
+            BASIC_REFER_SECTION
         };
         p.error(
             section,

@@ -26,6 +26,9 @@ use self::entries::{
 };
 pub use self::names::*;
 use self::problems::Problems;
+use super::http::{HTTP_SERVICE_SECTION, HttpSections, HttpServiceFormats};
+use super::http_client::{HttpClientSpec, HttpProxySpec};
+use super::http_locations::HttpLocations;
 use super::refer::HashKeySource;
 use super::sections::AgentSection;
 use super::service::ServiceSpec;
@@ -40,6 +43,12 @@ pub struct MotanConfig {
     /// Every service (after group expansion) as the exporter serves it.
     pub exports: BTreeMap<String, ServiceSpec>,
     pub http_clients: BTreeMap<String, Url>,
+    /// The `http-client` entries as the HTTP side of the client role serves them.
+    pub http_routes: BTreeMap<String, HttpClientSpec>,
+    /// `http-locations` and `http-service`, typed.
+    pub http: HttpSections,
+    /// The hport forward proxy (`motan-agent` keys).
+    pub http_proxy: HttpProxySpec,
     /// Things that work but are probably not meant (log them at start).
     pub warnings: Vec<String>,
 }
@@ -86,9 +95,31 @@ impl MotanConfig {
                 );
             }
         }
+        let (locations, location_errors) = HttpLocations::from_section(sections.get(HTTP_LOCATIONS_SECTION));
+        let (formats, format_errors) = HttpServiceFormats::from_section(sections.get(HTTP_SERVICE_SECTION));
+        for (section, errors) in [
+            (HTTP_LOCATIONS_SECTION, location_errors),
+            (HTTP_SERVICE_SECTION, format_errors),
+        ] {
+            // The entry is the domain or conf-id; empty entry or key: the section itself.
+            for (entry, e) in errors {
+                let key = (!e.key.is_empty()).then_some(e.key.as_str());
+                p.error(
+                    section,
+                    Some(entry.as_str()).filter(|d| !d.is_empty()),
+                    key,
+                    e.reason,
+                );
+            }
+        }
+        let http = HttpSections { locations, formats };
+        let (http_proxy, proxy_errors) = HttpProxySpec::from_agent(&agent.other);
+        for e in proxy_errors {
+            p.error("motan-agent", None, Some(&e.key), e.reason);
+        }
         let ctx = Checks {
             registries: &registries,
-            sections,
+            http: &http,
         };
         for (sec, list) in [
             (BASIC_REFER_SECTION, &basic_refers),
@@ -133,18 +164,53 @@ impl MotanConfig {
             );
             finish_refer(&mut u, application, &agent_params, env);
             ctx.check_refer(HTTP_CLIENT_SECTION, &id, &u, &mut p);
+            check_filters(HTTP_CLIENT_SECTION, &id, &u, &mut p);
             http_clients.insert(id, u);
+        }
+        let mut http_routes: BTreeMap<String, HttpClientSpec> = BTreeMap::new();
+        for (id, u) in &http_clients {
+            if u.param(super::http::keys::DOMAIN).is_none_or(str::is_empty) {
+                continue;
+            }
+            let spec = match HttpClientSpec::new(id, u, &http.locations) {
+                Ok(s) => s,
+                Err(e) => {
+                    p.error(HTTP_CLIENT_SECTION, Some(id), Some(&e.key), e.reason);
+                    continue;
+                }
+            };
+            if let Some(other) = http_routes.values().find(|o| o.domain == spec.domain) {
+                p.error(
+                    HTTP_CLIENT_SECTION,
+                    Some(id),
+                    Some(super::http::keys::DOMAIN),
+                    format!("entry {} already serves domain {:?}", other.conf_id, spec.domain),
+                );
+                continue;
+            }
+            if spec.services.is_empty() {
+                p.warn(
+                    HTTP_CLIENT_SECTION,
+                    Some(id),
+                    Some(super::http::keys::DOMAIN),
+                    format!(
+                        "http-locations has no rules for {:?} and there is no preload: every request to it goes as plain HTTP",
+                        spec.domain
+                    ),
+                );
+            }
+            http_routes.insert(id.clone(), spec);
         }
         let mut services = BTreeMap::new();
         for (id, raw) in raw_services {
-            let mut u = inherit(
-                SERVICE_SECTION,
-                &id,
-                raw,
-                BASIC_SERVICE_KEY,
-                &basic_services,
-                &mut p,
-            );
+            // Early motan-go (the Weibo Mesh article's time) named a service's template with
+            // `basicRefer` too; it is read as `basicService` when that is absent.
+            let key = if raw.param(BASIC_SERVICE_KEY).is_none() && raw.param(BASIC_REFER_KEY).is_some() {
+                BASIC_REFER_KEY
+            } else {
+                BASIC_SERVICE_KEY
+            };
+            let mut u = inherit(SERVICE_SECTION, &id, raw, key, &basic_services, &mut p);
             compose_filters(&mut u, &agent_params, env);
             if u.param(keys::APPLICATION).is_none() && !application.is_empty() {
                 u.params.insert(keys::APPLICATION.into(), application.into());
@@ -173,6 +239,16 @@ impl MotanConfig {
             }
             exports.insert(id.clone(), spec);
         }
+        if let Some(d) = &http_proxy.default_domain
+            && !http_routes.values().any(|r| &r.domain == d)
+        {
+            p.error(
+                "motan-agent",
+                None,
+                Some(super::http_client::keys::DEFAULT_DOMAIN),
+                format!("no http-client entry has domain {d:?}"),
+            );
+        }
 
         let mc = MotanConfig {
             registries,
@@ -180,6 +256,9 @@ impl MotanConfig {
             services,
             exports,
             http_clients,
+            http_routes,
+            http,
+            http_proxy,
             warnings: p.warnings,
         };
         (mc, p.errors)
@@ -463,9 +542,14 @@ motan-refer:
 motan-registry:
   d: {protocol: direct, host: 127.0.0.1, port: 9982}
 http-locations:
-  api.ok.com: []
+  api.ok.com:
+    - {match: /, upstream: api}
+  api.bad.com:
+    - {match: "(", type: regexp, upstream: api}
 http-service:
   fmt-http: {}
+  fmt-bad:
+    m: {URL_FORMAT: "http://x/%s/%s"}
 motan-service:
   no-proxy: {path: a, registry: d, provider: motan2, export: "9982"}
   bad-export: {path: b, registry: d, export: "motan2:", proxy: "8100"}
@@ -474,38 +558,92 @@ motan-service:
   in-process: {path: e, registry: d}
   http-nothing: {path: f, registry: d, provider: http, enableRewrite: false}
   http-rewrite: {path: g, registry: d, provider: http, proxyAddress: "127.0.0.1:8080", domain: api.x.com}
-  http-ok: {path: h, registry: d, provider: http, proxyAddress: "unix:///run/app.sock", domain: api.ok.com}
+  http-unix: {path: h, registry: d, provider: http, proxyAddress: "unix:///run/app.sock", domain: api.ok.com}
   http-rules: {path: l, registry: d, provider: http, proxyAddress: "127.0.0.1:8080", domain: api.ok.com}
   http-plain: {path: m, registry: d, provider: http, proxyAddress: "127.0.0.1:8080", domain: api.ok.com, enableRewrite: false}
   http-format: {path: i, registry: d, provider: http, URL_FORMAT: "http://127.0.0.1:8080%s", enableRewrite: "false"}
+  http-early: {path: n, registry: d, provider: http, HTTP_URL: "http://127.0.0.1:9900/http_server", HTTP_REQUEST_METHOD: POST}
+  http-both: {path: o, registry: d, provider: http, HTTP_URL: "http://127.0.0.1:1/a", URL_FORMAT: "http://127.0.0.1:1/b"}
+  http-https: {path: q, registry: d, provider: http, URL_FORMAT: "https://127.0.0.1/%s"}
   fmt-http: {path: j, registry: d, provider: http, enableRewrite: "false"}
   by-proxy: {path: k, registry: d, proxy: "motan:8100"}
   no-path: {registry: d, proxy: "8100"}
 "#;
-        let errs = errors(text);
+        let (mc, errs) = build(text);
         let all = errs.join("\n");
         let expect = [
-            "entry no-proxy, key proxy: provider motan2 needs proxy",
-            "entry bad-export, key export: \"motan2:\" is not [protocol:]port (port must be 1..65535)",
-            "entry grpc-export, key export: unsupported export protocol \"grpc\" (expected motan2, motan)",
-            "entry cgi, key provider: unsupported provider \"cgi\" (expected motan2, motan, http; set provider or proxy)",
-            "entry in-process, key provider: unsupported provider \"default\"",
-            "entry http-nothing, key proxyAddress: an http provider needs proxyAddress (host:port)",
-            // What the provider cannot serve yet is refused here, not at run time.
-            "entry http-ok, key proxyAddress: \"unix:///run/app.sock\": unix sockets are not supported by sockmesh yet",
-            "entry http-format, key URL_FORMAT: URL_FORMAT providers are not supported by sockmesh yet",
-            "entry fmt-http, key proxyAddress: an http provider needs proxyAddress",
-            "entry no-path, key path: missing",
-            "entry http-rules, key enableRewrite: http-locations rewriting is not supported by sockmesh yet",
+            "section motan-service, entry no-proxy, key proxy: provider motan2 needs proxy",
+            "section motan-service, entry bad-export, key export: \"motan2:\" is not [protocol:]port (port must be 1..65535)",
+            "section motan-service, entry grpc-export, key export: unsupported export protocol \"grpc\" (expected motan2, motan)",
+            "section motan-service, entry cgi, key provider: unsupported provider \"cgi\" (expected motan2, motan, http; set provider or proxy)",
+            "section motan-service, entry in-process, key provider: unsupported provider \"default\"",
+            "section motan-service, entry http-nothing, key proxyAddress: an http provider needs proxyAddress (host:port or unix://path) or URL_FORMAT",
+            "section motan-service, entry http-both, key HTTP_URL: \"http://127.0.0.1:1/a\" differs from URL_FORMAT",
+            "section motan-service, entry http-https, key URL_FORMAT: \"https://127.0.0.1/%s\": https is not supported",
+            "section motan-service, entry fmt-http, key proxyAddress: an http provider needs proxyAddress",
+            "section motan-service, entry no-path, key path: missing",
+            "section http-locations, entry api.bad.com, key [0].match: regexp \"(\"",
+            "section http-service, entry fmt-bad, key m.URL_FORMAT: \"http://x/%s/%s\" has more than one %s",
         ];
         for e in expect {
             assert!(
-                errs.iter()
-                    .any(|x| x.starts_with(&format!("app.yaml: section motan-service, {e}"))),
+                errs.iter().any(|x| x.starts_with(&format!("app.yaml: {e}"))),
                 "missing {e:?} in:\n{all}"
             );
         }
         assert_eq!(errs.len(), expect.len(), "{all}");
+        // Served: unix sockets, rewriting, URL_FORMAT and the early HTTP_URL.
+        for id in [
+            "http-unix",
+            "http-rules",
+            "http-plain",
+            "http-format",
+            "http-early",
+            "http-rewrite",
+        ] {
+            assert!(mc.exports.contains_key(id), "{id} not exported");
+        }
+        let w = mc.warnings.join("\n");
+        assert!(
+            w.contains("entry http-rewrite, key enableRewrite: on (the default) but http-locations has no rules for domain \"api.x.com\""),
+            "{w}"
+        );
+    }
+
+    /// The Weibo Mesh article's server-agent entry, unchanged but for a direct registry: the
+    /// early keys (HTTP_URL, and basicRefer naming a basicService) are read as motan-go read
+    /// them then.
+    #[test]
+    fn weibo_mesh_article_server_entry() {
+        let (mc, errs) = build(
+            r#"
+motan-registry:
+  zk-registry: {protocol: direct, address: "127.0.0.1:1"}
+motan-basicService:
+  mesh-server-basicService: {group: hello-group, filter: "accessLog,metrics"}
+motan-service:
+  http-mesh-example-helloworld:
+    path: com.weibo.motan.HelloWorldService
+    export: "motan2:9990"
+    provider: http
+    registry: "zk-registry"
+    HTTP_URL: http://10.211.55.3:9900/http_server
+    basicRefer: mesh-server-basicService
+"#,
+        );
+        assert!(errs.is_empty(), "{errs:#?}");
+        let spec = &mc.exports["http-mesh-example-helloworld"];
+        assert_eq!(spec.export_port, 9990);
+        assert_eq!(spec.url.group, "hello-group", "the template named by basicRefer");
+        match &spec.provider {
+            crate::config::service::ProviderSpec::Http(h) => match &h.mode {
+                crate::config::http::HttpMode::UrlFormat { url: Some(u), .. } => {
+                    assert_eq!(u.url("/x"), "http://10.211.55.3:9900/http_server")
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

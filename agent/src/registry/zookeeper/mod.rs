@@ -30,7 +30,12 @@
 //!   data, so a removed command would never be noticed); the registry never creates command
 //!   nodes (upstream creates an empty one).
 //! - Snapshot: with `snapshot_dir`, every discovered server list and command text is written
-//!   to `<snapshot_dir>/zookeeper_<address>.json` (atomically: temp file, fsync, rename).
+//!   to `<snapshot_dir>/zookeeper_<address>.json` (atomically: temp file, fsync, rename), in
+//!   the background and at most once per interval, so no list update waits for it.
+//! - Exact lists: a server node is read once (bounded reads in flight, per-read timeouts,
+//!   failed reads retried with back-off, never dropped); the children are listed again
+//!   periodically and when the connection comes back, so a list always converges to
+//!   ZooKeeper's children. Upstream drops a child whose read failed until the next event.
 //!   Subscriptions made while ZooKeeper cannot be reached start from it.
 //! - `registrySessionTimeout` is in seconds as in motan-go, but clamped to 2..=60 s (absent:
 //!   30 s). Upstream's default of 1000 s only works because servers cap it (40 s by default);
@@ -39,10 +44,11 @@
 //!
 //! Files, each using only those before it: `layout` (node paths, server nodes as URLs),
 //! `snapshot` (the snapshot file), `session` (the connection and the requests made in it),
-//! `state` (what the handle, the session loop and the watches share), `register` (the server
+//! `reads` (server nodes read with bounded concurrency and retries), `state` (what the handle, the session loop and the watches share), `register` (the server
 //! role's nodes), `subscriptions` (server-list and command watches), `run` (the session loop);
 //! this file is the handle.
 mod layout;
+mod reads;
 mod register;
 mod run;
 mod session;
@@ -63,6 +69,7 @@ use super::{CommandScope, Registry, RegistryError, RegistryFuture, ServerList};
 use crate::config::registry::ZookeeperSpec;
 use crate::url::{Url, keys};
 pub use layout::{agent_node_path, command_path, node_path, node_type_path, server_from_node};
+use reads::NodeReader;
 use register::{apply_services, check_service, delete_service_nodes, set_available};
 use run::run_sessions;
 use session::ensure_node;
@@ -78,6 +85,9 @@ pub struct ZkOptions {
     /// The IP written into client nodes of refers without a host (motan-go's `-localIP`).
     /// `None`: the local address of a connection to the registry.
     pub local_ip: Option<String>,
+    /// Tests only: this many reads of server nodes per thousand fail (without being sent),
+    /// to show that lists still converge. 0 (the default) in production.
+    pub inject_read_failures: u32,
 }
 
 #[derive(Debug)]
@@ -137,7 +147,18 @@ impl ZkRegistry {
             }),
             first_attempt: watch::channel(false).0,
             snapshot,
+            reader: NodeReader::new(options.inject_read_failures),
+            resync: watch::channel(0).0,
         });
+        if shared.snapshot.is_some() {
+            let s = shared.clone();
+            runtime.spawn(async move {
+                if let Some(store) = &s.snapshot {
+                    let newest = || s.live.lock().unwrap().snapshot.clone();
+                    store.run_writer(s.shutdown.clone(), newest).await;
+                }
+            });
+        }
         runtime.spawn(run_sessions(shared.clone()));
         Ok(ZkRegistry { url, shared })
     }
@@ -412,7 +433,7 @@ mod tests {
         let refer = Url::new("motan2", "", 0, "com.weibo.Hello", "g1");
         let data = SnapshotData {
             registry: servers.clone(),
-            servers: BTreeMap::from([(node_type_path(&refer, NODE_SERVER), vec![service()])]),
+            servers: BTreeMap::from([(node_type_path(&refer, NODE_SERVER), Arc::new(vec![service()]))]),
             commands: BTreeMap::from([(
                 "/motan/g1/command".to_string(),
                 "{\"clientCommandList\":[]}".to_string(),

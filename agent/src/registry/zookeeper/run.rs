@@ -114,6 +114,7 @@ async fn serve_session(shared: &Arc<Shared>, client: zk::Client) {
                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
                     tracing::info!(registry = %shared.name, "zookeeper connection re-established (same session)");
                     shared.set_connected(true);
+                    shared.resync.send_modify(|n| *n += 1);
                     reconcile(shared, &session, false).await;
                 }
                 terminal => {

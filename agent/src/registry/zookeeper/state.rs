@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::reads::NodeReader;
 use super::session::Session;
 use super::snapshot::{SnapshotData, SnapshotStore};
 use crate::registry::ServerList;
@@ -33,6 +34,11 @@ pub(super) struct Shared {
     pub(super) live: Mutex<Live>,
     pub(super) first_attempt: watch::Sender<bool>,
     pub(super) snapshot: Option<SnapshotStore>,
+    /// How the server lists' nodes are read (bounded, retried).
+    pub(super) reader: NodeReader,
+    /// Bumped when the connection comes back within the session: every list is listed and
+    /// read again (events may have been missed while disconnected).
+    pub(super) resync: watch::Sender<u64>,
 }
 
 /// The session and what depends on it.

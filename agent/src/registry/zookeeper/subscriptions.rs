@@ -2,14 +2,14 @@
 //! subscriber record `.../client/<ip:port>`) and each command node, followed for as long as
 //! anyone receives them and restarted on every new session. Every value is published to its
 //! receivers and into the snapshot.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{oneshot, watch};
 use zookeeper_client as zk;
 
-use super::layout::{NODE_CLIENT, NODE_SERVER, command_path, node_path, node_type_path, server_from_node};
+use super::layout::{NODE_CLIENT, NODE_SERVER, command_path, node_path, node_type_path};
 use super::session::{OP_TIMEOUT, Session, delete_node, ensure_node, op};
 use super::state::{CommandWatch, Shared, Source, Subscription};
 use crate::registry::{CommandScope, ServerList};
@@ -31,9 +31,9 @@ impl Shared {
                     tracing::warn!(registry = %self.name, path, servers = list.len(), "zookeeper unreachable: serving the snapshot");
                     (list.clone(), Source::Snapshot(SystemTime::now()))
                 }
-                _ => (Vec::new(), Source::Nothing),
+                _ => (Arc::new(Vec::new()), Source::Nothing),
             };
-            let tx = Arc::new(watch::channel(Arc::new(initial)).0);
+            let tx = Arc::new(watch::channel(initial).0);
             let rx = tx.subscribe();
             live.subscriptions.insert(
                 path.clone(),
@@ -104,8 +104,8 @@ impl Shared {
         rx
     }
 
-    /// Publish a server list (never an empty one, 4.9) and snapshot it.
-    async fn publish_servers(&self, path: &str, tx: &Arc<watch::Sender<ServerList>>, list: Vec<Url>) {
+    /// Publish a server list (never an empty one, 4.9) and have it snapshotted.
+    fn publish_servers(&self, path: &str, tx: &Arc<watch::Sender<ServerList>>, mut list: Vec<Url>) {
         {
             let mut live = self.live.lock().unwrap();
             let Some(sub) = live
@@ -116,31 +116,34 @@ impl Shared {
                 return;
             };
             sub.source = Source::Zookeeper;
+            let servers = list.len();
             let changed = tx.send_if_modified(|cur| {
                 if **cur == list {
                     false
                 } else {
-                    *cur = Arc::new(list.clone());
+                    *cur = Arc::new(std::mem::take(&mut list));
                     true
                 }
             });
             if changed {
-                tracing::info!(registry = %self.name, path, servers = list.len(), "server list changed");
+                tracing::info!(registry = %self.name, path, servers, "server list changed");
             }
-            if live.snapshot.servers.get(path) == Some(&list) {
+            // The snapshot shares the published list.
+            let current = tx.borrow().clone();
+            if live
+                .snapshot
+                .servers
+                .get(path)
+                .is_some_and(|s| Arc::ptr_eq(s, &current) || *s == current)
+            {
                 return;
             }
-            live.snapshot.servers.insert(path.to_string(), list);
+            live.snapshot.servers.insert(path.to_string(), current);
         }
-        self.save_snapshot().await;
+        self.save_snapshot();
     }
 
-    async fn publish_command(
-        &self,
-        path: &str,
-        tx: &Arc<watch::Sender<Option<String>>>,
-        text: Option<String>,
-    ) {
+    fn publish_command(&self, path: &str, tx: &Arc<watch::Sender<Option<String>>>, text: Option<String>) {
         {
             let mut live = self.live.lock().unwrap();
             let Some(c) = live.commands.get_mut(path).filter(|c| Arc::ptr_eq(&c.tx, tx)) else {
@@ -165,12 +168,13 @@ impl Shared {
                 None => live.snapshot.commands.remove(path),
             };
         }
-        self.save_snapshot().await;
+        self.save_snapshot();
     }
 
-    async fn save_snapshot(&self) {
-        let Some(store) = &self.snapshot else { return };
-        store.save(|| self.live.lock().unwrap().snapshot.clone()).await;
+    fn save_snapshot(&self) {
+        if let Some(store) = &self.snapshot {
+            store.mark_dirty();
+        }
     }
 }
 
@@ -202,7 +206,23 @@ async fn pause(session: &Session) -> Next {
     }
 }
 
-/// Follow `.../server` of one subscription for one session.
+/// How often a followed list is compared with ZooKeeper's children although no event came
+/// (a missed event, a read that kept failing), with up to half of it added at random so the
+/// subscriptions do not all ask at once.
+const RECONCILE_PERIOD: Duration = Duration::from_secs(30);
+/// Every this many reconciliations every node is read again (a node whose data changed in
+/// place keeps its name, so listing the children does not show it).
+const FULL_READ_EVERY: u32 = 10;
+/// Retry of failed reads or a failed client node: first after this, doubling up to
+/// `MAX_RETRY`.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// Follow `.../server` of one subscription for one session: the children are listed with a
+/// watch; only children not read yet (or whose read failed) are read; the list is published
+/// from what is known. Failed reads and a failed client node are retried with back-off, and
+/// the children are listed again periodically and when the connection comes back, so the
+/// list always converges to ZooKeeper's children.
 pub(super) async fn watch_servers(
     shared: Arc<Shared>,
     session: Session,
@@ -212,44 +232,125 @@ pub(super) async fn watch_servers(
     mut first: Option<oneshot::Sender<()>>,
 ) {
     let mut client_node: Option<String> = None;
+    // Child → the address of the server it describes (`None`: not a usable server). The
+    // servers themselves live only in the published list: at a fleet's size a second copy
+    // of every URL is most of the registry's memory.
+    let mut known: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    let mut watcher: Option<Event> = None;
+    let mut resync = shared.resync.subscribe();
+    let mut retry = FIRST_RETRY;
+    let mut reconciles = 0u32;
+    let mut full_read = false;
+    // A periodic check first asks for the node's stat: unchanged children version, nothing
+    // to retry, and a watch set → nothing to do (one small answer per list per period).
+    let mut check_only = false;
+    let mut cversion: Option<i32> = None;
     loop {
-        let next = match op(session.client.get_and_watch_children(&path)).await {
-            Ok((mut children, _, watcher)) => {
-                children.sort();
-                // Requests go out when the futures are created, so these reads are pipelined.
-                let reads: Vec<_> = children
-                    .iter()
-                    .map(|c| op(session.client.get_data(&format!("{path}/{c}"))))
-                    .collect();
-                let mut list = Vec::with_capacity(children.len());
-                for (child, read) in children.iter().zip(reads) {
-                    match read.await {
-                        Ok((data, _)) => list.extend(server_from_node(&refer, child, &data)),
-                        Err(zk::Error::NoNode) => {}
-                        Err(e) => tracing::warn!(node = %child, "reading server node failed: {e}"),
-                    }
+        if std::mem::take(&mut check_only) && watcher.is_some() && failed.is_empty() && client_node.is_some()
+        {
+            let same = matches!(op(session.client.check_stat(&path)).await, Ok(Some(st)) if Some(st.cversion) == cversion);
+            if same {
+                let (next, woke) = wait_list_event(&session, &tx, &mut watcher, &mut resync, None).await;
+                if let Next::Stop = next {
+                    break;
                 }
-                if !list.is_empty() {
-                    shared.publish_servers(&path, &tx, list).await;
+                (check_only, full_read) = after_wake(woke, &mut reconciles);
+                continue;
+            }
+        }
+        let listed = match watcher {
+            // A watch is set: list without another one (periodic check, retry, reconnect).
+            Some(_) => op(session.client.get_children(&path))
+                .await
+                .map(|(c, st)| (c, st, None)),
+            None => op(session.client.get_and_watch_children(&path))
+                .await
+                .map(|(c, st, w)| (c, st, Some(w))),
+        };
+        let next = match listed {
+            Ok((children, stat, w)) => {
+                cversion = Some(stat.cversion);
+                if let Some(w) = w {
+                    watcher = Some(Box::pin(w.changed()));
+                }
+                let children: BTreeSet<String> = children.into_iter().collect();
+                let known_before = known.len();
+                known.retain(|c, _| children.contains(c));
+                let dropped = known.len() != known_before;
+                failed.retain(|c| children.contains(c));
+                let wanted: Vec<String> = children
+                    .iter()
+                    .filter(|c| full_read || !known.contains_key(*c) || failed.contains(*c))
+                    .cloned()
+                    .collect();
+                let read_nothing = wanted.is_empty();
+                let mut fresh: HashMap<String, Url> = HashMap::new();
+                if !wanted.is_empty() {
+                    let reads = shared.reader.read(&session, &path, &refer, wanted).await;
+                    for (child, server) in reads.servers {
+                        failed.remove(&child);
+                        let address = server.map(|u| {
+                            let a = u.address();
+                            fresh.insert(a.clone(), u);
+                            a
+                        });
+                        known.insert(child, address);
+                    }
+                    failed.extend(reads.failed);
+                }
+                if !failed.is_empty() {
+                    tracing::warn!(
+                        path,
+                        failed = failed.len(),
+                        "server nodes could not be read; retrying"
+                    );
+                }
+                // Nothing read and nothing gone: the published list stands.
+                if dropped || !fresh.is_empty() || !read_nothing {
+                    let list = current_list(&tx, &mut known, &fresh, &mut failed);
+                    if !list.is_empty() {
+                        shared.publish_servers(&path, &tx, list);
+                    }
                 }
                 if client_node.is_none() {
                     client_node = create_client_node(&shared, &session, &refer).await;
                 }
                 signal(&mut first);
-                wait_event(&session, &tx, watcher).await
+                let again = match failed.is_empty() && client_node.is_some() {
+                    true => {
+                        retry = FIRST_RETRY;
+                        None
+                    }
+                    false => {
+                        let wait = retry;
+                        retry = (retry * 2).min(MAX_RETRY);
+                        Some(wait)
+                    }
+                };
+                let (next, woke) = wait_list_event(&session, &tx, &mut watcher, &mut resync, again).await;
+                (check_only, full_read) = after_wake(woke, &mut reconciles);
+                next
             }
             Err(zk::Error::NoNode) => {
                 // Not there yet: wait for it to be created.
                 signal(&mut first);
+                watcher = None;
                 match op(session.client.check_and_watch_stat(&path)).await {
                     Ok((Some(_), _)) => Next::Again,
-                    Ok((None, watcher)) => wait_event(&session, &tx, watcher).await,
+                    Ok((None, w)) => {
+                        watcher = Some(Box::pin(w.changed()));
+                        wait_list_event(&session, &tx, &mut watcher, &mut resync, None)
+                            .await
+                            .0
+                    }
                     Err(_) => pause(&session).await,
                 }
             }
             Err(e) => {
                 signal(&mut first);
                 tracing::debug!(path, "watching servers failed: {e}");
+                watcher = None;
                 pause(&session).await
             }
         };
@@ -264,6 +365,94 @@ pub(super) async fn watch_servers(
     if gone && let Some(node) = client_node {
         let _ = delete_node(&session, &node).await;
     }
+}
+
+/// A set watch's event, to come.
+type Event = std::pin::Pin<Box<dyn std::future::Future<Output = zk::WatchedEvent> + Send>>;
+
+/// The list of the `known` children: servers just read (`fresh`) or, for the others, as
+/// published before. A known child whose server is in neither (the last list was not
+/// published: it was empty) is read again.
+fn current_list(
+    tx: &watch::Sender<ServerList>,
+    known: &mut BTreeMap<String, Option<String>>,
+    fresh: &HashMap<String, Url>,
+    failed: &mut BTreeSet<String>,
+) -> Vec<Url> {
+    let published = tx.borrow().clone();
+    let before: HashMap<String, &Url> = published.iter().map(|u| (u.address(), u)).collect();
+    let mut list = Vec::with_capacity(known.len());
+    let mut lost = Vec::new();
+    for (child, address) in known.iter() {
+        let Some(address) = address else { continue };
+        match fresh.get(address).or_else(|| before.get(address).copied()) {
+            Some(u) => list.push(u.clone()),
+            None => lost.push(child.clone()),
+        }
+    }
+    for child in lost {
+        known.remove(&child);
+        failed.insert(child);
+    }
+    list
+}
+
+/// After a wait: (check the stat only, read every node again).
+fn after_wake(woke: Woke, reconciles: &mut u32) -> (bool, bool) {
+    match woke {
+        Woke::Period => {
+            *reconciles += 1;
+            let full = reconciles.is_multiple_of(FULL_READ_EVERY);
+            (!full, full)
+        }
+        Woke::Resync => (false, true),
+        Woke::Other => (false, false),
+    }
+}
+
+/// What ended a wait of the list loop.
+enum Woke {
+    /// The reconciliation period passed.
+    Period,
+    /// The connection came back (`Shared::resync`).
+    Resync,
+    /// A node event, a retry, or the end.
+    Other,
+}
+
+/// Wait for the list's node event (`watcher`, consumed when it fires), a resync request, the
+/// retry delay `again`, else the reconciliation period; or the end of the session or of the
+/// subscribers.
+async fn wait_list_event(
+    session: &Session,
+    tx: &watch::Sender<ServerList>,
+    watcher: &mut Option<Event>,
+    resync: &mut watch::Receiver<u64>,
+    again: Option<Duration>,
+) -> (Next, Woke) {
+    let period = RECONCILE_PERIOD + RECONCILE_PERIOD.mul_f64(fastrand::f64() / 2.0);
+    let (wait, woke) = match again {
+        Some(d) => (d, Woke::Other),
+        None => (period, Woke::Period),
+    };
+    let event = async {
+        match watcher.as_mut() {
+            Some(w) => Some(w.await),
+            None => std::future::pending().await,
+        }
+    };
+    let r = tokio::select! {
+        _ = session.token.cancelled() => (Next::Stop, Woke::Other),
+        _ = tx.closed() => (Next::Stop, Woke::Other),
+        _ = resync.changed() => (Next::Again, Woke::Resync),
+        _ = tokio::time::sleep(wait) => (Next::Again, woke),
+        ev = event => {
+            let stop = ev.is_some_and(|ev| ev.event_type == zk::EventType::Session && ev.session_state.is_terminated());
+            *watcher = None;
+            (if stop { Next::Stop } else { Next::Again }, Woke::Other)
+        }
+    };
+    r
 }
 
 /// Tell a waiting subscriber that the first pass is done.
@@ -321,14 +510,14 @@ pub(super) async fn watch_command(
             Ok((data, _, watcher)) => {
                 let text = Url::node_data_text(&data);
                 let text = (!text.trim().is_empty()).then_some(text);
-                shared.publish_command(&path, &tx, text).await;
+                shared.publish_command(&path, &tx, text);
                 signal(&mut first);
                 wait_event(&session, &tx, watcher).await
             }
             Err(zk::Error::NoNode) => match op(session.client.check_and_watch_stat(&path)).await {
                 Ok((Some(_), _)) => Next::Again,
                 Ok((None, watcher)) => {
-                    shared.publish_command(&path, &tx, None).await;
+                    shared.publish_command(&path, &tx, None);
                     signal(&mut first);
                     wait_event(&session, &tx, watcher).await
                 }

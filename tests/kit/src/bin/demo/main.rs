@@ -222,7 +222,11 @@ fn run(opts: &Opts) -> Result<Value> {
     say!(
         "  provider      pid {provider_pid:<7} sockmesh-testpeer motan2-provider on 0.0.0.0:{PROVIDER_PORT} ({SERVICE})"
     );
-    let server_pid = d.start_agent("host-b", "server agent", &server_agent_config())?;
+    let server_pid = d.start_agent(
+        "host-b",
+        "server agent",
+        &server_agent_config(&d.control_socket("host-b")),
+    )?;
     say!(
         "  server agent  pid {server_pid:<7} export {b_ip}:{EXPORT_PORT} (group {GROUP}) -> provider 127.0.0.1:{PROVIDER_PORT}; no interception"
     );
@@ -230,7 +234,11 @@ fn run(opts: &Opts) -> Result<Value> {
     say!("\n[3/5] host-a: client agent, app cgroup, interception");
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-demo-{pid}"));
     d.pins = Some(Pins(PinDir::new(&d.bins.sockmesh, &pin_dir)));
-    let client_pid = d.start_agent("host-a", "client agent", &client_agent_config(b_ip, &pin_dir))?;
+    let client_pid = d.start_agent(
+        "host-a",
+        "client agent",
+        &client_agent_config(b_ip, &pin_dir, &d.control_socket("host-a")),
+    )?;
     say!(
         "  client agent  pid {client_pid:<7} refer echo -> direct registry {b_ip}:{EXPORT_PORT}; transparent listener 127.0.0.1:{TRANSPARENT_PORT}; BPF pins {}",
         pin_dir.display()
@@ -261,8 +269,9 @@ fn run(opts: &Opts) -> Result<Value> {
         "ebpf-connect",
     ];
     say!(
-        "  host-a$ sockmesh {} --admin 127.0.0.1:{ADMIN_PORT}",
-        enable.join(" ")
+        "  host-a$ sockmesh {} --control {}",
+        enable.join(" "),
+        d.control_socket("host-a").display()
     );
     let out = d.cli("host-a", &enable)?;
     say!("          {}", out.trim());

@@ -269,13 +269,20 @@ impl Demo {
         serde_json::from_str(&out).context("sockmesh status --json output")
     }
 
-    /// Run the sockmesh CLI on `host` against its agent; returns stdout.
+    /// The control socket of the agent on `host` (a directory the agents create, 0700, in the
+    /// run directory: the hosts share the file system).
+    pub fn control_socket(&self, host: &str) -> PathBuf {
+        self.run_dir.join("control").join(format!("{host}.sock"))
+    }
+
+    /// Run the sockmesh CLI on `host` against its agent (on its control socket); returns stdout.
     pub fn cli(&self, host: &str, args: &[&str]) -> Result<String> {
         let out = stdout_of(
             self.host(host)
                 .cmd(&self.bins.sockmesh)
                 .args(args)
-                .args(["--admin", &format!("127.0.0.1:{ADMIN_PORT}")]),
+                .arg("--control")
+                .arg(self.control_socket(host)),
             &format!("sockmesh {}", args.join(" ")),
         )?;
         Ok(String::from_utf8_lossy(&out).into_owned())
@@ -322,23 +329,29 @@ impl Demo {
     }
 }
 
-pub fn server_agent_config() -> String {
+/// The server agent pins nothing (no interception), but a daemon locks its pin directory: its
+/// own one, so that it never competes with an agent of the host for the default. Its control
+/// socket is its own too.
+pub fn server_agent_config(control: &Path) -> String {
     format!(
         "motan-agent:\n  port: {AGENT_PORT}\n  mport: {ADMIN_PORT}\n  application: demo-provider\n\
-         sockmesh:\n  log_level: info\n  intercept:\n    enabled: false\n\
+         sockmesh:\n  log_level: info\n  admin:\n    control_socket: {}\n  intercept:\n    enabled: false\n    pin_dir: /sys/fs/bpf/sockmesh-demo-server-{}\n\
          motan-service:\n  echo:\n    path: {SERVICE}\n    group: {GROUP}\n    export: \"motan2:{EXPORT_PORT}\"\n\
-         \x20   provider: motan2\n    proxy: \"motan2:{PROVIDER_PORT}\"\n    filter: metrics\n"
+         \x20   provider: motan2\n    proxy: \"motan2:{PROVIDER_PORT}\"\n    filter: metrics\n",
+        control.display(),
+        std::process::id()
     )
 }
 
-pub fn client_agent_config(server: &str, pin_dir: &Path) -> String {
+pub fn client_agent_config(server: &str, pin_dir: &Path, control: &Path) -> String {
     format!(
         "motan-agent:\n  port: {AGENT_PORT}\n  mport: {ADMIN_PORT}\n  application: demo-app\n\
-         sockmesh:\n  log_level: info\n  intercept:\n    transparent_port: {TRANSPARENT_PORT}\n\
+         sockmesh:\n  log_level: info\n  admin:\n    control_socket: {}\n  intercept:\n    transparent_port: {TRANSPARENT_PORT}\n\
          \x20   default_mode: ebpf-connect\n    pin_dir: {}\n    iptables_chain: SMDEMO{}\n    bpf_log_level: warn\n\
          motan-registry:\n  host-b:\n    protocol: direct\n    address: \"{server}:{EXPORT_PORT}\"\n\
          motan-refer:\n  echo:\n    path: {SERVICE}\n    group: {GROUP}\n    protocol: motan2\n    registry: host-b\n\
          \x20   requestTimeout: 3000\n    filter: metrics\n",
+        control.display(),
         pin_dir.display(),
         std::process::id()
     )

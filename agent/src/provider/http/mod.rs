@@ -1,147 +1,107 @@
 //! The HTTP provider (spec 4.12): a server agent answers a Motan2 request by making an HTTP/1.1
 //! request to a local application and turning its HTTP response into the Motan2 response.
+//! The modes are motan-go's: `proxyAddress` ([`proxy`]: RPC ↔ HTTP mapping, over TCP or a unix
+//! socket, paths rewritten by `http-locations`), transparent ([`transparent`]: a whole HTTP
+//! request carried by an hport proxy, meta `HTTP_PROXY=true`) and URL format ([`format`]:
+//! `URL_FORMAT` / `HTTP_URL`, `http-service`). Connections come from the agent's socket factory
+//! through [`HttpClient`], pooled and bounded.
 //!
-//! Only motan-go's `proxyAddress` mode ("DoProxy") is implemented. The "URL format" mode (no
-//! `proxyAddress`) and the transparent mode (meta `HTTP_PROXY=true`, requests from an hport
-//! proxy) answer with exception 501 errtype 1 saying so.
+//! Status codes: an HTTP status is returned as meta `upstreamCode` and the answer is a success
+//! unless `enableHttpException` is on, then a status ≥ 400 is exception errcode = status,
+//! errtype 2, errmsg = body. Unreachable or too slow (`requestTimeout`) is 503 errtype 2, bad
+//! arguments 400, no matching location 404, a body over `maxContentLength` 500, all errtype 2
+//! (motan-go's business type: not retried, not counted against the endpoint).
 //!
 //! Deliberate differences from motan-go, each for a reason given where it is done:
-//! - `enableRewrite` / `http-locations` are not supported: the HTTP path is always `M_m`
-//!   unchanged (motan-go defaults `enableRewrite` to true and would rewrite or answer 404 when no
-//!   location matches; a configured `enableRewrite: true` only logs a warning here).
+//! - `enableRewrite` on (the default) with no `http-locations` rules for the domain sends `M_m`
+//!   as the path; motan-go answers every call 404 then (a warning says so at start).
 //! - `keepaliveTimeout` (maximum connection age) is accepted but not enforced: the pooled client
 //!   has no such knob; idle connections still close after `idleConnectionTimeout`.
-//! - Form bodies escape keys as well as values (motan-go writes keys raw).
+//! - Form bodies in proxy mode escape keys as well as values (motan-go writes keys raw).
 //! - Response header names are in Go's canonical form (`Content-Type`), as fasthttp reports
 //!   them; hop-by-hop headers and names that look like protocol keys (`M_...`) are dropped.
-//! - A response body over `maxContentLength` (default 10 MiB) is an exception 500 errtype 2
-//!   (the same answer would come back on a retry, so it must not be retried).
-use std::borrow::Cow;
-use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+mod format;
+pub mod mapping;
+mod proxy;
+mod transparent;
+
+use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme, Uri};
-use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
-use tokio::sync::Semaphore;
+use http::uri::Authority;
 
-use crate::config::http::{DEFAULT_MAX_CONTENT_LENGTH, HttpProviderSpec};
-use crate::protocol::motan2::frame::{FLAG_PROXY, FLAG_RESPONSE, serialization};
-use crate::protocol::motan2::simple::{Value, decode_all, encode_args};
+use self::format::FormatTarget;
+use self::mapping::{check_serialization, exchange_error, meta_keys, response_meta};
+use self::proxy::ProxyTarget;
+use crate::config::http::{HttpMode, HttpProviderSpec, ProxyAddress};
+use crate::net::SocketFactory;
+use crate::protocol::motan2::frame::{FLAG_PROXY, FLAG_RESPONSE};
+use crate::protocol::motan2::simple::{Value, encode_args};
 use crate::protocol::motan2::{Exception, Frame, Header, Meta, keys};
+use crate::upstream::http::{HttpClient, HttpClientSettings, HttpTarget};
 use crate::url::parse_go_bool;
 
-/// Request meta keys with a meaning for HTTP providers (spec 1.11).
-pub mod meta_keys {
-    /// `true`: transparent mode (two byte-array arguments), sent by an hport proxy.
-    pub const HTTP_PROXY: &str = "HTTP_PROXY";
-    pub const HTTP_METHOD: &str = "HTTP_Method";
-    pub const HTTP_QUERY_STRING: &str = "HTTP_QueryString";
-    /// Prefix of meta keys forwarded as headers with the prefix removed.
-    pub const HEADER_PREFIX: &str = "http_";
-    /// Caller IP, preferred over `host` for X-Forwarded-For.
-    pub const REMOTE_IP: &str = "remoteIP";
-    /// Response: the upstream HTTP status code.
-    pub const UPSTREAM_CODE: &str = "upstreamCode";
+enum Mode {
+    Proxy(ProxyTarget),
+    Format(FormatTarget),
 }
 
-/// Meta keys that are instructions to the provider, never headers (compared ignoring case, as
-/// motan-go does). `host` is the caller's IP, not a Host header.
-const NOT_HEADERS: [&str; 4] = [
-    meta_keys::HTTP_PROXY,
-    meta_keys::HTTP_METHOD,
-    meta_keys::HTTP_QUERY_STRING,
-    keys::HOST,
-];
-
-/// Request headers never copied from meta: the Host is chosen separately, and the
-/// connection/framing headers belong to the hop the client manages (a stale `Content-Length`
-/// from meta would corrupt the request).
-const REQUEST_HEADERS_NOT_FORWARDED: [HeaderName; 8] = [
-    header::HOST,
-    header::CONNECTION,
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-];
-
-/// Hop-by-hop response headers: meaningless once the body is inside a Motan2 frame.
-const RESPONSE_HEADERS_NOT_RETURNED: [HeaderName; 3] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    HeaderName::from_static("keep-alive"),
-];
-
-/// Characters escaped in the path taken from `M_m` (the WHATWG path set: `?` and `#` would
-/// otherwise start a query or fragment). `%` is kept, so an already escaped path stays as is.
-const PATH_ESCAPES: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}');
-
-/// Characters escaped in the raw `HTTP_QueryString` (the WHATWG query set).
-const QUERY_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>');
-
-/// Forwards Motan2 requests to one local HTTP application through a pool of HTTP/1.1
-/// connections.
+/// Forwards Motan2 requests to one local HTTP application.
 pub struct HttpProvider {
-    client: Client<HttpConnector, Full<Bytes>>,
-    /// `proxyAddress`.
-    upstream: Authority,
-    /// `domain`: the Host header when the request sets none.
-    domain: Option<HeaderValue>,
-    default_method: Method,
-    request_timeout: Duration,
-    max_content_length: usize,
+    client: HttpClient,
+    mode: Mode,
+    /// Where requests go, for messages.
+    upstream: String,
     enable_http_exception: bool,
-    /// One permit per connection: with HTTP/1.1 each request in flight holds a connection, so
-    /// this caps the connections at `maxConnections` (the pool alone only caps idle ones).
-    connections: Semaphore,
 }
 
 impl HttpProvider {
-    /// The provider of `service` (its path, for messages) with checked settings.
-    pub fn new(service: &str, spec: &HttpProviderSpec) -> HttpProvider {
+    /// The provider of `service` (its path, for messages) with checked settings; its sockets
+    /// come from `sockets`.
+    pub fn new(service: &str, spec: &HttpProviderSpec, sockets: &SocketFactory) -> HttpProvider {
         if spec.keepalive_timeout_ignored {
             tracing::warn!(
                 service,
                 "keepaliveTimeout (maximum connection age) is not supported by sockmesh; connections close when idle"
             );
         }
-        let max_connections = spec.max_connections.min(Semaphore::MAX_PERMITS);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(spec.request_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(spec.idle_timeout)
-            .pool_max_idle_per_host(max_connections)
-            .build(connector);
+        let (target, mode, upstream) = match &spec.mode {
+            HttpMode::Proxy { address, rewrite } => {
+                let (target, authority) = match address {
+                    ProxyAddress::Tcp(a) => (HttpTarget::Authority, a.clone()),
+                    ProxyAddress::Unix(p) => {
+                        (HttpTarget::Unix(p.clone()), Authority::from_static("localhost"))
+                    }
+                };
+                let mode = Mode::Proxy(ProxyTarget {
+                    authority,
+                    domain: spec.domain.clone(),
+                    default_method: spec.default_method.clone(),
+                    rewrite: rewrite.clone(),
+                });
+                (target, mode, address.to_string())
+            }
+            HttpMode::UrlFormat { url, methods } => {
+                let mode = Mode::Format(FormatTarget {
+                    url: url.clone(),
+                    methods: methods.clone(),
+                    default_method: spec.default_method.clone(),
+                });
+                (HttpTarget::Authority, mode, "URL_FORMAT".to_string())
+            }
+        };
+        let settings = HttpClientSettings {
+            target,
+            timeout: spec.request_timeout,
+            idle_timeout: spec.idle_timeout,
+            max_connections: spec.max_connections,
+            max_body: spec.max_content_length,
+        };
         HttpProvider {
-            client,
-            upstream: spec.upstream.clone(),
-            domain: spec.domain.clone(),
-            default_method: spec.default_method.clone(),
-            request_timeout: spec.request_timeout,
-            max_content_length: spec.max_content_length,
+            client: HttpClient::new(sockets.clone(), settings),
+            mode,
+            upstream,
             enable_http_exception: spec.enable_http_exception,
-            connections: Semaphore::new(max_connections),
         }
     }
 
@@ -174,293 +134,42 @@ impl HttpProvider {
 
     /// The response meta and body of a success, or the exception to answer with.
     async fn exchange(&self, req: &Frame) -> Result<(Meta, Bytes), Exception> {
-        if req.meta.get(meta_keys::HTTP_PROXY).and_then(parse_go_bool) == Some(true) {
-            return Err(Exception::service(
-                501,
-                "HTTP provider: transparent HTTP proxy mode (HTTP_PROXY=true) is not supported by sockmesh",
-            ));
-        }
-        let upstream = &self.upstream;
-        let http_req = self.build_request(req, upstream)?;
-        let (status, headers, body) =
-            match tokio::time::timeout(self.request_timeout, self.send(upstream, http_req)).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    return Err(Exception::business(
-                        503,
-                        format!(
-                            "HTTP upstream {upstream} did not answer within {} ms",
-                            self.request_timeout.as_millis()
-                        ),
-                    ));
-                }
-            };
-        if self.enable_http_exception && status.as_u16() >= 400 {
-            return Err(Exception::business(
-                i64::from(status.as_u16()),
-                String::from_utf8_lossy(&body).into_owned(),
-            ));
-        }
-        let mut meta = Meta::with_capacity(headers.len() + 2);
-        for (name, value) in &headers {
-            if RESPONSE_HEADERS_NOT_RETURNED.contains(name) {
-                continue;
-            }
-            let key = canonical_header_key(name.as_str());
-            // Keys of this shape are protocol keys (M_e, M_pt...), which a header must not fake.
-            if key.starts_with("M_") {
-                continue;
-            }
-            // Several values under one name: the last wins, as in motan-go (fasthttp VisitAll).
-            meta.insert(key, Bytes::copy_from_slice(value.as_bytes()));
-        }
-        meta.insert(meta_keys::UPSTREAM_CODE, status.as_u16().to_string());
-        Ok((meta, encode_args(&[Value::Bytes(body)])))
-    }
-
-    /// Map the Motan2 request to the HTTP request (spec 4.12 table).
-    fn build_request(&self, req: &Frame, upstream: &Authority) -> Result<Request<Full<Bytes>>, Exception> {
-        let number = req.header.serialization();
-        if number != serialization::SIMPLE {
-            return Err(Exception::service(
-                500,
-                format!(
-                    "HTTP provider: serialization {} ({number}) is not supported, only simple (6)",
-                    serialization_name(number)
-                ),
-            ));
-        }
-        let bad_request = |msg: String| Exception::business(400, format!("HTTP provider: {msg}"));
-        let method = match req.meta.get_non_empty(meta_keys::HTTP_METHOD) {
-            Some(m) => Method::from_bytes(m.as_bytes())
-                .map_err(|_| bad_request(format!("{m:?} is not an HTTP method")))?,
-            None => self.default_method.clone(),
-        };
-        let arg = single_argument(req).map_err(bad_request)?;
-
-        let mut headers = request_headers(&req.meta, self.domain.as_ref());
-        let mut query = req
-            .meta
-            .get_bytes(meta_keys::HTTP_QUERY_STRING)
-            .map(|q| percent_encode(q, QUERY_ESCAPES).to_string())
-            .unwrap_or_default();
-        let body = match arg {
-            None | Some(Value::Null) => Bytes::new(),
-            Some(Value::String(b) | Value::Bytes(b)) => b,
-            Some(Value::StringMap(entries)) => {
-                let mut form = form_urlencoded::Serializer::new(String::new());
-                for (k, v) in &entries {
-                    form.append_pair(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
-                }
-                let form = form.finish();
-                if method == Method::GET {
-                    if !query.is_empty() && !form.is_empty() {
-                        query.push('&');
-                    }
-                    query.push_str(&form);
-                    Bytes::new()
-                } else {
-                    headers.insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/x-www-form-urlencoded"),
-                    );
-                    Bytes::from(form)
-                }
-            }
-            Some(other) => {
-                return Err(bad_request(format!(
-                    "unsupported argument type {}: one map<string,string>, string or bytes argument is allowed",
-                    value_type_name(&other)
-                )));
-            }
-        };
-
-        let method_path = req
-            .meta
-            .get_bytes(keys::METHOD)
-            .map(Bytes::as_ref)
-            .unwrap_or_default();
-        let mut path_and_query = String::with_capacity(method_path.len() + query.len() + 2);
-        if !method_path.starts_with(b"/") {
-            path_and_query.push('/');
-        }
-        let _ = write!(path_and_query, "{}", percent_encode(method_path, PATH_ESCAPES));
-        if !query.is_empty() {
-            path_and_query.push('?');
-            path_and_query.push_str(&query);
-        }
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(upstream.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| bad_request(format!("path/query cannot form a URL: {e}")))?;
-
-        let mut http_req = Request::new(Full::new(body));
-        *http_req.method_mut() = method;
-        *http_req.uri_mut() = uri;
-        *http_req.headers_mut() = headers;
-        Ok(http_req)
-    }
-
-    /// Send the request and read the whole response (no timeout here: the caller sets one).
-    async fn send(
-        &self,
-        upstream: &Authority,
-        http_req: Request<Full<Bytes>>,
-    ) -> Result<(http::StatusCode, HeaderMap, Bytes), Exception> {
-        let unreachable = |e: &dyn std::error::Error| {
-            Exception::business(503, format!("HTTP upstream {}: {}", upstream, chain(e)))
-        };
-        // The semaphore is never closed, so acquire only fails if it were; treat as unreachable.
-        let _permit = self.connections.acquire().await.map_err(|e| unreachable(&e))?;
-        let resp: Response<Incoming> = self.client.request(http_req).await.map_err(|e| unreachable(&e))?;
-        let (parts, body) = resp.into_parts();
-        let body = match Limited::new(body, self.max_content_length).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+        check_serialization(req)?;
+        let transparent = req.meta.get(meta_keys::HTTP_PROXY).and_then(parse_go_bool) == Some(true);
+        let http_req = match (&self.mode, transparent) {
+            (Mode::Proxy(t), false) => proxy::request(req, t)?,
+            (Mode::Proxy(t), true) => transparent::request(req, t)?,
+            (Mode::Format(t), false) => format::request(req, t)?.0,
+            (Mode::Format(_), true) => {
                 return Err(Exception::business(
-                    500,
-                    format!(
-                        "HTTP upstream {}: response body larger than maxContentLength ({} bytes)",
-                        upstream, self.max_content_length
-                    ),
+                    400,
+                    "HTTP provider: transparent HTTP requests (HTTP_PROXY=true) need a proxyAddress provider, this one has URL_FORMAT",
                 ));
             }
-            Err(e) => return Err(unreachable(e.as_ref())),
         };
-        Ok((parts.status, parts.headers, body))
-    }
-}
-
-/// An error and its sources, `a: b: c` (hyper's top-level messages alone say little).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let _ = write!(s, ": {inner}");
-        source = inner.source();
-    }
-    s
-}
-
-/// The request's one argument (`None` for an empty body); more than one is an error.
-fn single_argument(req: &Frame) -> Result<Option<Value>, String> {
-    let body = if req.header.is_gzip() {
-        // Normally the server gunzips on receipt (spec 1.6); this keeps the provider correct
-        // if it is handed a compressed frame anyway.
-        let mut plain = req.clone();
-        plain
-            .gunzip(DEFAULT_MAX_CONTENT_LENGTH)
-            .map_err(|e| format!("request body: {e}"))?;
-        plain.body
-    } else {
-        req.body.clone()
-    };
-    let mut args = decode_all(&body).map_err(|e| format!("request body is not simple-serialized: {e}"))?;
-    if args.len() > 1 {
-        return Err(format!("{} arguments, at most one is allowed", args.len()));
-    }
-    Ok(args.pop())
-}
-
-/// Request headers from meta (spec 4.12): `M_x` → `MOTAN-x`, `http_X` → `X`, any other key as
-/// is; Host from `http_Host`/`http_host`, else `domain`; X-Forwarded-For kept when present,
-/// else `remoteIP`, else `host`. Keys or values that are not valid in HTTP are left out.
-fn request_headers(meta: &Meta, domain: Option<&HeaderValue>) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(meta.len() + 2);
-    for (key, value) in meta.iter() {
-        let Ok(key) = std::str::from_utf8(key) else {
-            continue;
-        };
-        if NOT_HEADERS.iter().any(|k| key.eq_ignore_ascii_case(k)) {
-            continue;
+        let reply = self
+            .client
+            .send(http_req)
+            .await
+            .map_err(|e| exchange_error(&self.upstream, e))?;
+        let status = reply.status.as_u16();
+        if self.enable_http_exception && status >= 400 {
+            return Err(Exception::business(
+                i64::from(status),
+                String::from_utf8_lossy(&reply.body).into_owned(),
+            ));
         }
-        let name: Cow<'_, str> = if let Some(rest) = key.strip_prefix("M_") {
-            Cow::Owned(format!("MOTAN-{rest}"))
-        } else {
-            Cow::Borrowed(key.strip_prefix(meta_keys::HEADER_PREFIX).unwrap_or(key))
+        let (mut meta, value) = match (&self.mode, transparent) {
+            (Mode::Format(_), _) => (format::reply_meta(req, &reply.headers), Value::String(reply.body)),
+            (Mode::Proxy(_), true) => (Meta::with_capacity(2), transparent::reply_value(reply)),
+            (Mode::Proxy(_), false) => {
+                let mut meta = Meta::with_capacity(reply.headers.len() + 2);
+                response_meta(&reply.headers, &mut meta);
+                (meta, Value::Bytes(reply.body))
+            }
         };
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_maybe_shared(value.clone()),
-        ) else {
-            tracing::debug!(key, "meta entry is not a valid HTTP header; not forwarded");
-            continue;
-        };
-        if !REQUEST_HEADERS_NOT_FORWARDED.contains(&name) {
-            headers.append(name, value);
-        }
-    }
-    let host = ["http_Host", "http_host"]
-        .iter()
-        .find_map(|k| meta.get_bytes(k).filter(|v| !v.is_empty()))
-        .and_then(|v| HeaderValue::from_maybe_shared(v.clone()).ok())
-        .or_else(|| domain.cloned());
-    if let Some(host) = host {
-        headers.insert(header::HOST, host);
-    }
-    if !headers.contains_key(X_FORWARDED_FOR) {
-        let client_ip = meta
-            .get_bytes(meta_keys::REMOTE_IP)
-            .filter(|v| !v.is_empty())
-            .or_else(|| meta.get_bytes(keys::HOST).filter(|v| !v.is_empty()))
-            .and_then(|v| HeaderValue::from_maybe_shared(v.clone()).ok());
-        if let Some(ip) = client_ip {
-            headers.insert(X_FORWARDED_FOR, ip);
-        }
-    }
-    headers
-}
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// Go's canonical header key (textproto.CanonicalMIMEHeaderKey) for a valid lower-case name:
-/// the first letter and every letter after `-` upper case.
-fn canonical_header_key(name: &str) -> String {
-    let mut upper = true;
-    name.chars()
-        .map(|c| {
-            let out = if upper { c.to_ascii_uppercase() } else { c };
-            upper = c == '-';
-            out
-        })
-        .collect()
-}
-
-/// Name of a serialization number (spec 1.2), for error messages.
-fn serialization_name(number: u8) -> &'static str {
-    match number {
-        serialization::HESSIAN2 => "hessian2",
-        serialization::GRPC_PB => "grpc-pb",
-        serialization::JSON => "json",
-        serialization::MSGPACK => "msgpack",
-        serialization::HPROSE => "hprose",
-        serialization::PROTOBUF => "protobuf",
-        serialization::SIMPLE => "simple",
-        serialization::GRPC_PB_JSON => "grpc-pb-json",
-        serialization::BREEZE => "breeze",
-        _ => "unknown",
-    }
-}
-
-/// Name of a simple value's type, for error messages.
-fn value_type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::String(_) => "string",
-        Value::StringMap(_) => "map<string,string>",
-        Value::Bytes(_) => "bytes",
-        Value::StringArray(_) => "array<string>",
-        Value::Bool(_) => "bool",
-        Value::Byte(_) => "byte",
-        Value::I16(_) => "int16",
-        Value::I32(_) => "int32",
-        Value::I64(_) => "int64",
-        Value::F32(_) => "float32",
-        Value::F64(_) => "float64",
-        Value::Map(_) => "map",
-        Value::Array(_) => "array",
+        meta.insert(meta_keys::UPSTREAM_CODE, status.to_string());
+        Ok((meta, encode_args(&[value])))
     }
 }
 
@@ -475,14 +184,24 @@ mod tests {
     use axum::routing::any;
     use serde_json::{Value as Json, json};
 
+    use std::time::Duration;
+
     use super::*;
+    use crate::config::http::HttpSections;
     use crate::protocol::motan2::ErrorType;
+    use crate::protocol::motan2::frame::serialization;
+    use crate::protocol::motan2::simple::decode_all;
     use crate::url::Url;
 
     fn provider(service: &Url) -> HttpProvider {
+        provider_with(service, &HttpSections::default())
+    }
+
+    fn provider_with(service: &Url, sections: &HttpSections) -> HttpProvider {
         HttpProvider::new(
             &service.path,
-            &HttpProviderSpec::from_url(service, false).unwrap(),
+            &HttpProviderSpec::from_url(service, sections).unwrap(),
+            &SocketFactory::default(),
         )
     }
     use crate::protocol::motan2::frame::FLAG_GZIP;
@@ -925,13 +644,163 @@ mod tests {
         assert_eq!(e["body"], "zipped");
     }
 
+    fn sections(yaml: &str) -> HttpSections {
+        let root: std::collections::BTreeMap<String, serde_yaml_ng::Value> =
+            serde_yaml_ng::from_str(yaml).unwrap();
+        HttpSections {
+            locations: crate::config::http_locations::HttpLocations::from_section(root.get("http-locations"))
+                .0,
+            formats: crate::config::http::HttpServiceFormats::from_section(root.get("http-service")).0,
+        }
+    }
+
     #[tokio::test]
-    async fn unsupported_modes_are_501() {
+    async fn locations_rewrite_the_path_and_a_miss_is_404() {
         let addr = upstream().await;
-        let req = request("/v1/users", &[], &[("HTTP_PROXY", "true")]);
+        let s = sections(
+            "http-locations:\n  api.hello.com:\n    - {match: /v1, type: start, upstream: u, rewriteRules: ['regexp ^/v1/ ^/v1/(.*) /v2/$1']}\n    - {match: /exact, type: exact, upstream: u}\n    - {match: '^/re/[0-9]+$', type: regexp, upstream: u, rewriteRules: ['regexpVar ^/re ^/re/(.*) /id/$1/{who}']}\n",
+        );
+        let p = provider_with(&service(addr), &s);
+        let path = |m: &'static str, q: &'static str| {
+            let p = &p;
+            async move {
+                let meta: &[(&str, &str)] = if q.is_empty() {
+                    &[]
+                } else {
+                    &[("HTTP_QueryString", q)]
+                };
+                let req = request(m, &[], meta);
+                echoed(&req, &p.call(&req, Instant::now()).await)["path"].clone()
+            }
+        };
+        assert_eq!(path("/v1/users", "").await, "/v2/users");
+        assert_eq!(path("/exact", "").await, "/exact");
+        assert_eq!(path("/re/42", "who=bob").await, "/id/42/bob");
+        let req = request("/other", &[], &[]);
+        let e = exception(&req, &p.call(&req, Instant::now()).await);
+        assert_eq!((e.errcode, e.errtype), (404, ErrorType::Business));
+        assert!(e.errmsg.contains("service not found"), "{}", e.errmsg);
+        // enableRewrite: false sends M_m whatever the rules.
+        let p = provider_with(&service(addr).with_param("enableRewrite", "false"), &s);
+        let req = request("/other", &[], &[]);
+        assert_eq!(
+            echoed(&req, &p.call(&req, Instant::now()).await)["path"],
+            "/other"
+        );
+    }
+
+    #[tokio::test]
+    async fn unix_socket_proxy_address() {
+        let dir = std::env::temp_dir().join(format!("sockmesh-provider-unix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move { axum::serve(listener, Router::new().fallback(echo)).await.unwrap() });
+        let svc = Url::new("motan2", "127.0.0.1", 9982, "api.hello.com", "g")
+            .with_param("proxyAddress", &format!("unix://{}", path.display()))
+            .with_param("domain", "api.hello.com");
+        let req = request("/over/unix", &[string_map(&[("a", "1")])], &[]);
+        let e = echoed(&req, &call(&svc, &req).await);
+        assert_eq!(
+            (e["path"].as_str(), e["query"].as_str()),
+            (Some("/over/unix"), Some("a=1"))
+        );
+        assert_eq!(e["headers"]["host"], json!(["api.hello.com"]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn string_body(resp: &Frame) -> Bytes {
+        match decode_all(&resp.body).unwrap().as_slice() {
+            [Value::String(b)] => b.clone(),
+            other => panic!("not one string: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn url_format_get_post_and_per_method_overrides() {
+        let addr = upstream().await;
+        let s = sections(&format!(
+            "http-service:\n  fmt:\n    special: {{URL_FORMAT: \"http://{addr}/special/%s\", HTTP_REQUEST_METHOD: POST}}\n"
+        ));
+        let svc = Url::new("motan2", "127.0.0.1", 9982, "com.weibo.Hello", "g")
+            .with_param("conf-id", "fmt")
+            .with_param("URL_FORMAT", &format!("http://{addr}/fmt%s"));
+        let p = provider_with(&svc, &s);
+        let req = request(
+            "/hello",
+            &[string_map(&[("name", "a b")])],
+            &[("M_s", "caller"), ("trace", "t1")],
+        );
+        let resp = p.call(&req, Instant::now()).await;
+        // URL-format answers are strings (tag 01), with the request meta and response headers.
+        assert_eq!(resp.body.first(), Some(&0x01));
+        let body = string_body(&resp);
+        let e: Json = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e["method"], "GET");
+        assert_eq!(e["path"], "/fmt/hello");
+        let rid = req.header.request_id.to_string();
+        assert_eq!(e["query"], format!("requestIdFromClient={rid}&name=a+b"));
+        assert_eq!(e["headers"]["motan-s"], json!(["caller"]));
+        assert_eq!(e["headers"]["trace"], json!(["t1"]));
+        assert_eq!(resp.meta.get("trace"), Some("t1"));
+        assert_eq!(resp.meta.get("Content-Type"), Some("application/json"));
+        assert_eq!(resp.meta.get("upstreamCode"), Some("200"));
+        // A method's own entry: its URL and POST, the argument as a Go-encoded form body.
+        let req = request("special", &[Value::from("x=1 y")], &[]);
+        let resp = p.call(&req, Instant::now()).await;
+        let body = string_body(&resp);
+        let e: Json = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (e["method"].as_str(), e["path"].as_str()),
+            (Some("POST"), Some("/special/special"))
+        );
+        assert_eq!(e["body"], format!("requestIdFromClient={rid}&x%3D1+y="));
+        assert_eq!(
+            e["headers"]["content-type"],
+            json!(["application/x-www-form-urlencoded"])
+        );
+    }
+
+    #[tokio::test]
+    async fn transparent_requests_carry_the_whole_http_request() {
+        let addr = upstream().await;
+        let head = b"PUT /v1/x?q=1 HTTP/1.1\r\nHost: api.hello.com\r\nX-Custom: c\r\nContent-Length: 4\r\nConnection: close\r\n\r\n";
+        let req = request(
+            "/v1/x",
+            &[
+                Value::Bytes(Bytes::from_static(head)),
+                Value::Bytes(Bytes::from_static(b"data")),
+            ],
+            &[("HTTP_PROXY", "true"), ("M_s", "app"), ("host", "10.0.0.9")],
+        );
+        let resp = call(&service(addr), &req).await;
+        assert!(!resp.is_exception(), "{:?}", resp.meta.get(keys::EXCEPTION));
+        assert_eq!(resp.meta.get("upstreamCode"), Some("200"));
+        let (rhead, rbody) = match decode_all(&resp.body).unwrap().as_slice() {
+            [Value::Array(parts)] => match parts.as_slice() {
+                [Value::Bytes(h), Value::Bytes(b)] => (h.clone(), b.clone()),
+                other => panic!("not [head, body]: {other:?}"),
+            },
+            other => panic!("not one array: {other:?}"),
+        };
+        let rh = crate::protocol::http::parse_response_head(&rhead).unwrap();
+        assert_eq!(rh.status, 200);
+        assert_eq!(rh.headers["content-type"], "application/json");
+        let e: Json = serde_json::from_slice(&rbody).unwrap();
+        assert_eq!(
+            (e["method"].as_str(), e["path"].as_str(), e["query"].as_str()),
+            (Some("PUT"), Some("/v1/x"), Some("q=1"))
+        );
+        assert_eq!(e["body"], "data");
+        assert_eq!(e["headers"]["x-custom"], json!(["c"]));
+        assert_eq!(e["headers"]["motan-s"], json!(["app"]));
+        assert_eq!(e["headers"]["x-forwarded-for"], json!(["10.0.0.9"]));
+        assert_eq!(e["headers"]["connection"], Json::Null);
+        // One argument only is a bad request.
+        let req = request("/v1/x", &[Value::from("x")], &[("HTTP_PROXY", "true")]);
         let e = exception(&req, &call(&service(addr), &req).await);
-        assert_eq!((e.errcode, e.errtype), (501, ErrorType::Service));
-        assert!(e.errmsg.contains("not supported by sockmesh"), "{}", e.errmsg);
+        assert_eq!((e.errcode, e.errtype), (400, ErrorType::Business));
     }
 
     #[test]
@@ -942,13 +811,5 @@ mod tests {
         send_sync(&provider);
         let req = request("/", &[], &[]);
         send(&provider.call(&req, Instant::now()));
-    }
-
-    #[test]
-    fn canonical_header_keys() {
-        assert_eq!(canonical_header_key("content-type"), "Content-Type");
-        assert_eq!(canonical_header_key("x-b3-traceid"), "X-B3-Traceid");
-        assert_eq!(canonical_header_key("etag"), "Etag");
-        assert_eq!(canonical_header_key("m_pt"), "M_pt");
     }
 }
