@@ -471,3 +471,46 @@ fn oversize_reply(buf: &[u8], e: &CodecError) -> Option<Bytes> {
     let ex = Exception::service(500, format!("request refused by the agent: {fe}"));
     Some(Frame::agent_exception(id, &ex).encode_to_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::sections::LimitsSection;
+
+    #[tokio::test]
+    async fn next_connection_stops_accepting_at_the_cap_until_a_slot_is_given_back() {
+        let budget = Budget::new(LimitsSection {
+            listener_connections: 1,
+            ..Default::default()
+        });
+        let mut gate = AcceptGate::new(&budget);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        let (_, _, slot) = next_connection("test", &listener, &mut gate, &shutdown)
+            .await
+            .unwrap();
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(200),
+            next_connection("test", &listener, &mut gate, &shutdown),
+        )
+        .await;
+        assert!(waiting.is_err(), "accepted beyond listener_connections");
+        drop(slot);
+        let second = tokio::time::timeout(
+            Duration::from_secs(5),
+            next_connection("test", &listener, &mut gate, &shutdown),
+        )
+        .await
+        .unwrap();
+        assert!(second.is_some());
+        shutdown.cancel();
+        assert!(
+            next_connection("test", &listener, &mut gate, &shutdown)
+                .await
+                .is_none()
+        );
+    }
+}
