@@ -104,6 +104,9 @@ struct Session {
     deny: Vec<String>,
     /// hport: apply `httpProxyDefaultDomain`, allow CONNECT.
     forward_proxy: bool,
+    /// `sockmesh.limits`: each request counts against the agent's requests in flight; one
+    /// beyond it (or arriving while the agent is over its bytes) is answered 503.
+    budget: Arc<Budget>,
 }
 
 /// The plain HTTP client of hport (shared by its connections) or of one intercepted
@@ -128,6 +131,7 @@ impl Session {
         sockets: SocketFactory,
         plain: Arc<HttpClient>,
         hport: Option<u16>,
+        budget: Arc<Budget>,
     ) -> Session {
         let spec = mesh.load().http.proxy.clone();
         Session {
@@ -140,10 +144,17 @@ impl Session {
                 .unwrap_or_default(),
             forward_proxy: hport.is_some(),
             spec,
+            budget,
         }
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+        let Some(_lease) = self.budget.admit(0) else {
+            return Ok(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sockmesh: agent overloaded (sockmesh.limits)",
+            ));
+        };
         if req.method() == Method::CONNECT {
             return Ok(self.connect(req).await);
         }
@@ -534,6 +545,7 @@ impl HttpProxyServer {
                 self.sockets.clone(),
                 self.plain.clone(),
                 Some(self.port),
+                self.budget.clone(),
             ));
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
@@ -596,19 +608,20 @@ fn starts_like_http(buf: &[u8]) -> bool {
 
 /// Serve an intercepted HTTP connection (its first bytes in `prefix`): requests for
 /// `http-client` domains over Motan2, everything else as plain HTTP to `orig`, with sockets
-/// from `sockets` (the app's network namespace).
+/// from `sockets` (the app's network namespace); `(orig, peer)` are the original destination
+/// and the app's address.
 pub async fn serve_intercepted(
     conn: TcpStream,
     prefix: BytesMut,
-    orig: SocketAddr,
-    peer: SocketAddr,
+    (orig, peer): (SocketAddr, SocketAddr),
     sockets: SocketFactory,
     mesh: MeshHandle,
+    budget: Arc<Budget>,
     shutdown: CancellationToken,
 ) {
     let _ = conn.set_nodelay(true);
     let plain = plain_client(&mesh.load().http.proxy, &sockets, HttpTarget::Addr(orig));
-    let session = Arc::new(Session::new(mesh, peer, sockets, plain, None));
+    let session = Arc::new(Session::new(mesh, peer, sockets, plain, None, budget));
     serve(Prefixed { prefix, inner: conn }, session, shutdown).await;
 }
 

@@ -173,8 +173,16 @@ impl TransparentProxy {
                 self.stats.routed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, original_dst = %orig, "intercepted HTTP connection routed by the mesh");
                 let shutdown = self.shutdown.clone();
-                http_proxy::serve_intercepted(conn, prefix, orig, peer, sockets, mesh.clone(), shutdown)
-                    .await;
+                http_proxy::serve_intercepted(
+                    conn,
+                    prefix,
+                    (orig, peer),
+                    sockets,
+                    mesh.clone(),
+                    self.budget.clone(),
+                    shutdown,
+                )
+                .await;
                 return;
             }
         }
