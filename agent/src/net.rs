@@ -62,10 +62,6 @@ impl SocketFactory {
         }
     }
 
-    pub fn mark(&self) -> u32 {
-        self.mark
-    }
-
     /// Whether the sockets are made inside another network namespace (`in_namespace`).
     pub fn in_other_namespace(&self) -> bool {
         self.netns.is_some()
