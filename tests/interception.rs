@@ -344,6 +344,148 @@ fn fail_open_when_killed_and_interception_back_after_restart() {
     );
 }
 
+/// Stuck-agent fail-open: a SIGSTOPped agent keeps its listener, but its heartbeat goes stale,
+/// so the app's new connections go direct within `liveness_timeout_ms`; after SIGCONT they are
+/// intercepted again.
+#[test]
+fn stopped_agent_fails_open_within_the_liveness_timeout() {
+    if !privileged("stopped_agent_fails_open_within_the_liveness_timeout") {
+        return;
+    }
+    let _g = serial();
+    const TIMEOUT_MS: u64 = 500;
+    let echo = EchoServer::start("127.0.0.6:0", None);
+    let d = Daemon::start_with("stuck", &format!("    liveness_timeout_ms: {TIMEOUT_MS}\n"));
+    let (cg, rel) = test_cgroup("smt-stuck");
+    d.enable(&rel, "ebpf-connect");
+    let accepted = || {
+        serde_json::from_str::<serde_json::Value>(&d.cli(&["status", "--json"]).1).unwrap()["transparent_proxy"]
+            ["accepted"]
+            .as_u64()
+            .unwrap()
+    };
+    let stalled = || {
+        let v = d.intercept_status();
+        v["cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cgroup"] == rel)
+            .unwrap_or_else(|| panic!("cgroup {rel} not in status {v}"))["fail_open_stalled"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(client(Some(cg.path()), echo.addr, 65536, "blocking")["ok"], true);
+    assert_eq!(d.counters(&rel), (1, 0, 0));
+    assert_eq!(accepted(), 1);
+
+    {
+        // The agent stops with its listener open: only the stale heartbeat can send apps
+        // direct. SIGCONT when this scope ends, also on failure.
+        let _stopped = d.stop();
+        let stopped_at = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(TIMEOUT_MS + 150));
+        let r = client(Some(cg.path()), echo.addr, 65536, "blocking");
+        let took = stopped_at.elapsed();
+        assert_eq!(r["ok"], true, "a stopped agent must not hold the app: {r}");
+        assert_eq!(r["received"], 65536, "{r}");
+        assert_eq!(r["peer"], echo.addr.to_string(), "{r}");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "the direct connection took {took:?} after SIGSTOP"
+        );
+    }
+    // Resumed: the connect above went direct, counted as fail-open for a stale heartbeat, and the
+    // agent never saw it.
+    assert_eq!(d.counters(&rel), (1, 0, 1));
+    assert_eq!(stalled(), 1);
+    assert_eq!(
+        accepted(),
+        1,
+        "the agent accepted the connection made while it was stopped"
+    );
+    let metrics = d.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sockmesh_intercept_fail_open_stalled_total{")
+                && l.contains(&rel)
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+
+    // The heartbeat is fresh again within an interval: new connections go through the agent.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = client(Some(cg.path()), echo.addr, 65536, "blocking");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(d.counters(&rel), (2, 0, 1), "not intercepted after SIGCONT");
+    assert_eq!(accepted(), 2);
+    assert_eq!(stalled(), 1);
+}
+
+/// Stuck-agent fail-open for an agent that runs but cannot accept: at the transparent
+/// listener's connection cap (`sockmesh.limits.listener_connections`) the heartbeat pauses, new
+/// connections go direct instead of waiting in the backlog, and once the listener accepts again
+/// they are intercepted again.
+#[test]
+fn listener_at_its_cap_fails_open_within_the_liveness_timeout() {
+    if !privileged("listener_at_its_cap_fails_open_within_the_liveness_timeout") {
+        return;
+    }
+    let _g = serial();
+    let echo = EchoServer::start("127.0.0.7:0", None);
+    let d = Daemon::launch_admin(
+        "capped",
+        Ports::pick(),
+        "",
+        "  limits:\n    listener_connections: 1\n",
+        "",
+        "    liveness_timeout_ms: 500\n",
+    );
+    let (cg, rel) = test_cgroup("smt-capped");
+    d.enable(&rel, "ebpf-connect");
+    // One long-lived intercepted connection takes the only slot (about 2 s of round trips).
+    let held = PingPong::start(cg.path(), echo.addr, 8, 250);
+    assert_eq!(d.counters(&rel), (1, 0, 0));
+    std::thread::sleep(std::time::Duration::from_millis(650));
+    let started = std::time::Instant::now();
+    let r = client(Some(cg.path()), echo.addr, 65536, "blocking");
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the connection waited for the capped listener"
+    );
+    let st = d.intercept_status();
+    let c = st["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup"] == rel)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            c["redirected"].as_u64(),
+            c["fail_open"].as_u64(),
+            c["fail_open_stalled"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{st}"
+    );
+    d.wait_log("heartbeat paused", 1);
+
+    // The slot comes back: the listener catches up, the heartbeat resumes.
+    assert_eq!(held.finish(), "ok 8");
+    d.wait_log("heartbeat resumed", 1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(client(Some(cg.path()), echo.addr, 65536, "blocking")["ok"], true);
+    assert_eq!(
+        d.counters(&rel),
+        (2, 0, 1),
+        "not intercepted once the listener accepts again"
+    );
+}
+
 #[test]
 fn uninstall_leaves_no_bpf_objects() {
     if !privileged("uninstall_leaves_no_bpf_objects") {

@@ -10,10 +10,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::config::intercept::HEARTBEAT_INTERVAL;
 use crate::control::{AppState, LogReload, MeshShared, build_mesh, register_switchers, sockets};
 use crate::drain::{DRAIN_DEADLINE, Drain};
 use crate::filter::FilterShared;
-use crate::intercept::ebpf::{mode_name, mount_bpffs};
+use crate::intercept::ebpf::{Heartbeat, mode_name, mount_bpffs};
 use crate::intercept::iptables::Iptables;
 use crate::intercept::netns::{self, NamespaceWatcher};
 use crate::intercept::pins::PinDirLock;
@@ -22,7 +23,7 @@ use crate::intercept::{EbpfInterceptor, StartError};
 use crate::proxy::budget::Budget;
 use crate::proxy::http_proxy::HttpProxyServer;
 use crate::proxy::mesh::{ClientHandler, MeshHandle, ServerHandler};
-use crate::proxy::serve::{ConnectionLimits, ServeStats, accept_loop};
+use crate::proxy::serve::{AcceptProgress, ConnectionLimits, ServeStats, accept_loop};
 use crate::proxy::transparent::{Stats, TransparentProxy};
 
 /// How the binary started the daemon.
@@ -227,13 +228,25 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         budget: budget.clone(),
         shutdown: shutdown.clone(),
     });
+    // Whether the transparent listeners keep up: the heartbeat stops while one does not.
+    let mut accept_progress = Vec::new();
     for l in transparent {
         listeners.push(("transparent".to_string(), l.addr().to_string()));
-        tasks.spawn(
-            proxy
-                .clone()
-                .run(l.ready()?, shutdown.clone(), tasks.clone(), sockets(&config)),
-        );
+        let progress = Arc::new(AcceptProgress::default());
+        accept_progress.push(progress.clone());
+        tasks.spawn(proxy.clone().run_watched(
+            l.ready()?,
+            Some(progress),
+            shutdown.clone(),
+            tasks.clone(),
+            sockets(&config),
+        ));
+    }
+    // Stuck-agent fail-open: a task on the runtime that serves every listener keeps the
+    // heartbeat fresh while the transparent listeners keep up; a stopped or stalled runtime, or
+    // a listener that cannot accept, lets it go stale, and apps connect directly.
+    if let Some(heartbeat) = interceptor.as_mut().and_then(|i| i.take_heartbeat()) {
+        tasks.spawn(keep_heartbeat(heartbeat, accept_progress, shutdown.clone()));
     }
 
     // The hport forward proxy (motan-go's httpProxyEnable; bound at start with the other
@@ -384,6 +397,52 @@ async fn forget_removed_cgroups(state: Arc<AppState>, shutdown: CancellationToke
 }
 
 /// aya-log records from the kernel programs go through `log` into tracing.
+/// Refresh the kernel's view of the agent's liveness every `HEARTBEAT_INTERVAL` while every
+/// transparent listener keeps up, until shutdown (then the listeners close, and a missing
+/// listener fails open as before).
+async fn keep_heartbeat(
+    mut heartbeat: Heartbeat,
+    listeners: Vec<Arc<AcceptProgress>>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    // Since when a listener has been behind, and whether that was logged (after a second, so
+    // that a listener brushing its cap now and then does not fill the log).
+    let mut behind: Option<(Instant, bool)> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // A listener at its connection cap or failing to accept: new connections would wait in
+        // its backlog, so no heartbeat; after liveness_timeout_ms apps connect directly.
+        if listeners.iter().any(|p| p.is_behind()) {
+            let (since, logged) = behind.get_or_insert((Instant::now(), false));
+            if !*logged && since.elapsed() >= Duration::from_secs(1) {
+                *logged = true;
+                tracing::warn!(
+                    "a transparent listener cannot accept (connection cap or accept errors): heartbeat paused, apps connect directly after sockmesh.intercept.liveness_timeout_ms"
+                );
+            }
+            continue;
+        }
+        if let Some((_, true)) = behind.take() {
+            tracing::info!("the transparent listeners accept again: heartbeat resumed");
+        }
+        match heartbeat.beat() {
+            Ok(()) => failing = false,
+            // Logged once per run of failures: apps fail open while it lasts.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!("{e:#}: apps fail open once the liveness timeout passes");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 async fn forward_bpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>, shutdown: CancellationToken) {
     // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd holds the logger.
     let registered =

@@ -277,7 +277,7 @@ impl AppState {
         };
         let mut cgroups = ebpf.as_array().cloned().unwrap_or_default();
         for c in self.iptables.lock().unwrap().cgroups()? {
-            cgroups.push(json!({ "cgroup": c.cgroup, "mode": c.mode, "redirected": c.redirected, "passed": 0, "fail_open": 0 }));
+            cgroups.push(json!({ "cgroup": c.cgroup, "mode": c.mode, "redirected": c.redirected, "passed": 0, "fail_open": 0, "fail_open_stalled": 0 }));
         }
         Ok(json!({
             "available": error.is_none(),
@@ -354,7 +354,8 @@ impl AppState {
         }
         let policy_changed = o.exclude_ports != n.exclude_ports
             || o.include_cidrs != n.include_cidrs
-            || o.exclude_cidrs != n.exclude_cidrs;
+            || o.exclude_cidrs != n.exclude_cidrs
+            || o.liveness_timeout_ms != n.liveness_timeout_ms;
         // Keys that need a restart keep their running values.
         let mut effective = new.clone();
         effective.agent.port = old.agent.port;
@@ -378,7 +379,7 @@ impl AppState {
                 i.update_policy(settings.clone())?;
             }
             self.iptables.lock().unwrap().update_policy(settings)?;
-            applied.push("sockmesh.intercept policy (exclude_ports, include_cidrs, exclude_cidrs)");
+            applied.push("sockmesh.intercept policy (exclude_ports, include_cidrs, exclude_cidrs, liveness_timeout_ms)");
         }
         if o.default_mode != n.default_mode {
             applied.push("sockmesh.intercept.default_mode");

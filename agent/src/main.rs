@@ -342,17 +342,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     v["transparent_listener"].as_str().unwrap_or("?")
                 );
                 println!(
-                    "{:<32} {:<14} {:>10} {:>10} {:>10}",
-                    "CGROUP", "MODE", "REDIRECTED", "PASSED", "FAIL-OPEN"
+                    "{:<32} {:<14} {:>10} {:>10} {:>10} {:>8}",
+                    "CGROUP", "MODE", "REDIRECTED", "PASSED", "FAIL-OPEN", "STALLED"
                 );
                 for c in v["cgroups"].as_array().into_iter().flatten() {
                     println!(
-                        "{:<32} {:<14} {:>10} {:>10} {:>10}",
+                        "{:<32} {:<14} {:>10} {:>10} {:>10} {:>8}",
                         c["cgroup"].as_str().unwrap_or("?"),
                         c["mode"].as_str().unwrap_or("?"),
                         c["redirected"].as_u64().unwrap_or(0),
                         c["passed"].as_u64().unwrap_or(0),
-                        c["fail_open"].as_u64().unwrap_or(0)
+                        c["fail_open"].as_u64().unwrap_or(0),
+                        c["fail_open_stalled"].as_u64().unwrap_or(0)
                     );
                 }
             }

@@ -280,6 +280,18 @@ pub fn netns_cookie(fd: impl AsFd) -> io::Result<u64> {
     Ok(u64::from_ne_bytes(buf))
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads, so the kernel
+/// programs can compare the agent's heartbeat with their own "now".
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Raise the soft RLIMIT_NOFILE to the hard limit (systemd's unit does it with LimitNOFILE; a
 /// hand-started agent gets 1024 otherwise). Returns (old soft, new soft).
 pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {

@@ -207,6 +207,17 @@ impl Daemon {
         self.child.take().is_some_and(|mut c| c.wait().unwrap().success())
     }
 
+    /// Stop the daemon with SIGSTOP (we started it) until the guard is dropped, which sends
+    /// SIGCONT, also when the test fails in between.
+    pub fn stop(&self) -> Stopped<'_> {
+        self.child
+            .as_ref()
+            .expect("daemon running")
+            .signal(libc::SIGSTOP)
+            .unwrap();
+        Stopped(self)
+    }
+
     /// Send SIGHUP to the daemon (we started it).
     pub fn sighup(&self) {
         self.child
@@ -244,6 +255,13 @@ impl Daemon {
         let (code, body) = http::get(self.admin, path).unwrap();
         assert_eq!(code, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// The Prometheus text on the TCP admin port's `/metrics`.
+    pub fn metrics(&self) -> String {
+        let (code, body) = http::get(self.admin, "/metrics").unwrap();
+        assert_eq!(code, 200, "GET /metrics: {body}");
+        body
     }
 
     /// Replace the motan sections of the configuration file (for reload tests).
@@ -340,6 +358,17 @@ impl Daemon {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into()
+    }
+}
+
+/// A daemon stopped by [`Daemon::stop`]; dropping it resumes the daemon.
+pub struct Stopped<'a>(&'a Daemon);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0.child {
+            let _ = c.signal(libc::SIGCONT);
+        }
     }
 }
 

@@ -148,7 +148,12 @@ impl Collector for AgentCollector {
                 ),
                 (
                     "intercept_fail_open",
-                    "Connects sent directly because the agent was not listening, per cgroup",
+                    "Connects sent directly because the agent was not listening or was stuck, per cgroup",
+                    Vec::new(),
+                ),
+                (
+                    "intercept_fail_open_stalled",
+                    "The part of intercept_fail_open sent directly because the agent's heartbeat was stale, per cgroup",
                     Vec::new(),
                 ),
             ];
@@ -159,7 +164,8 @@ impl Collector for AgentCollector {
                 ];
                 by[0].2.push((l.clone(), num(&c["redirected"])));
                 by[1].2.push((l.clone(), num(&c["passed"])));
-                by[2].2.push((l, num(&c["fail_open"])));
+                by[2].2.push((l.clone(), num(&c["fail_open"])));
+                by[3].2.push((l, num(&c["fail_open_stalled"])));
             }
             for (name, help, rows) in &by {
                 family(&mut enc, name, help, MetricType::Counter, rows)?;

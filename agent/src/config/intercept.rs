@@ -2,6 +2,7 @@
 //! once from the `sockmesh.intercept` section.
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -22,6 +23,8 @@ pub struct InterceptSettings {
     pub exclude_cidrs: Vec<Cidr>,
     /// aya-log level compiled into the programs (0 off .. 5 trace).
     pub bpf_log_level: u8,
+    /// Connects go direct when the agent's heartbeat is older than this; zero = never.
+    pub liveness_timeout: Duration,
 }
 
 impl InterceptSettings {
@@ -105,6 +108,13 @@ pub fn check_chain_name(chain: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// How often the agent refreshes its heartbeat in the kernel (`SM_HEARTBEAT`).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Bounds of a non-zero `sockmesh.intercept.liveness_timeout_ms`: at least three heartbeats, so
+/// that one late timer tick does not send apps direct; at most ten minutes.
+pub const LIVENESS_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 300..=600_000;
 
 /// Upper bound of `sockmesh.intercept.max_netns_listeners` (a thread and a socket each).
 pub const MAX_NETNS_LISTENERS: usize = 4096;

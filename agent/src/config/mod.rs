@@ -24,7 +24,10 @@ use sockmesh_common::{
     MAX_INCLUDE_CIDRS_V6,
 };
 
-use self::intercept::{Cidr, InterceptSettings, MAX_NETNS_LISTENERS, check_capacity, check_chain_name};
+use self::intercept::{
+    Cidr, HEARTBEAT_INTERVAL, InterceptSettings, LIVENESS_TIMEOUT_MS, MAX_NETNS_LISTENERS, check_capacity,
+    check_chain_name,
+};
 use self::motan::{MotanConfig, MotanEnv};
 use self::sections::bpf_log_level;
 pub use self::sections::{
@@ -240,6 +243,15 @@ impl Config {
                 i.max_netns_listeners
             ));
         }
+        if i.liveness_timeout_ms != 0 && !LIVENESS_TIMEOUT_MS.contains(&i.liveness_timeout_ms) {
+            e.push(format!(
+                "{src}: section sockmesh.intercept, key liveness_timeout_ms: {} is neither 0 (off) nor in {}..={} (the agent refreshes its heartbeat every {} ms)",
+                i.liveness_timeout_ms,
+                LIVENESS_TIMEOUT_MS.start(),
+                LIVENESS_TIMEOUT_MS.end(),
+                HEARTBEAT_INTERVAL.as_millis()
+            ));
+        }
         e
     }
 
@@ -282,6 +294,7 @@ impl Config {
             include_cidrs: i.include_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
             exclude_cidrs: i.exclude_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
             bpf_log_level: bpf_log_level(&i.bpf_log_level).unwrap_or(3),
+            liveness_timeout: std::time::Duration::from_millis(i.liveness_timeout_ms),
         }
     }
 }
@@ -371,6 +384,37 @@ mod tests {
         );
         assert!(all.contains("key max_netns_listeners"), "{all}");
         assert!(!all.contains("include_cidrs"), "{all}");
+    }
+
+    #[test]
+    fn liveness_timeout_is_off_or_in_range() {
+        let parse = |v: &str| {
+            Config::parse(
+                &format!("sockmesh:\n  intercept:\n    liveness_timeout_ms: {v}\n"),
+                "l.yaml",
+            )
+        };
+        assert_eq!(
+            parse("0").unwrap().intercept_settings().liveness_timeout,
+            std::time::Duration::ZERO
+        );
+        assert_eq!(
+            parse("500").unwrap().intercept_settings().liveness_timeout,
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(
+            Config::embedded().unwrap().intercept_settings().liveness_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        for bad in ["50", "600001"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("l.yaml: section sockmesh.intercept, key liveness_timeout_ms: ")
+                    && err.contains("neither 0 (off) nor in 300..=600000"),
+                "{err}"
+            );
+        }
+        assert!(parse("-1").is_err());
     }
 
     #[test]

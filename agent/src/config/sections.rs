@@ -182,6 +182,9 @@ pub struct InterceptSection {
     /// At most this many network namespaces (containers) get a transparent listener (a thread
     /// and a socket each); intercepted apps in further namespaces connect directly.
     pub max_netns_listeners: usize,
+    /// Stuck-agent fail-open (eBPF modes): apps connect directly while the agent's heartbeat
+    /// in the kernel is older than this; 0 = off (only a missing listener fails open).
+    pub liveness_timeout_ms: u64,
 }
 
 impl Default for InterceptSection {
@@ -199,6 +202,7 @@ impl Default for InterceptSection {
             iptables_chain: "SOCKMESH".into(),
             bpf_log_level: "info".into(),
             max_netns_listeners: 256,
+            liveness_timeout_ms: 2000,
         }
     }
 }

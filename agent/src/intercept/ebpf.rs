@@ -45,6 +45,8 @@ pub struct CgroupStatus {
     pub redirected: u64,
     pub passed: u64,
     pub fail_open: u64,
+    /// The part of `fail_open` sent direct because the agent's heartbeat was stale.
+    pub fail_open_stalled: u64,
 }
 
 pub fn mode_name(m: Mode) -> &'static str {
@@ -252,11 +254,36 @@ fn update_trie<K: aya::Pod + PartialEq + std::fmt::Debug>(
     Ok(())
 }
 
+/// The agent's side of stuck-agent fail-open: writes `SM_HEARTBEAT`, which the connect hook
+/// compares with `sockmesh.intercept.liveness_timeout_ms`. Whoever holds it calls
+/// [`Heartbeat::beat`] every `HEARTBEAT_INTERVAL` from the runtime that serves the transparent
+/// listeners: when that runtime stops, the heartbeat goes stale and apps connect directly.
+pub struct Heartbeat {
+    map: Array<MapData, sockmesh_common::Heartbeat>,
+}
+
+impl Heartbeat {
+    fn new(bpf: &mut Ebpf) -> Result<Heartbeat> {
+        let map = bpf.take_map("SM_HEARTBEAT").context("SM_HEARTBEAT")?;
+        Ok(Heartbeat {
+            map: Array::try_from(map)?,
+        })
+    }
+
+    /// Record "alive now" (`CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`).
+    pub fn beat(&mut self) -> Result<()> {
+        self.map
+            .set(0, sys::monotonic_ns(), 0)
+            .context("writing SM_HEARTBEAT")
+    }
+}
+
 pub struct EbpfInterceptor {
     settings: InterceptSettings,
     layout: PinLayout,
     cgroup_mount: PathBuf,
     bpf: Ebpf,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl EbpfInterceptor {
@@ -275,8 +302,14 @@ impl EbpfInterceptor {
             layout,
             cgroup_mount,
             bpf,
+            heartbeat: None,
         };
         let attached = (|| {
+            // A heartbeat left by an earlier run is stale (the programs still attached send apps
+            // direct): a fresh one goes in before the policy, links and redirects are ours.
+            let mut heartbeat = Heartbeat::new(&mut me.bpf)?;
+            heartbeat.beat()?;
+            me.heartbeat = Some(heartbeat);
             me.write_policy()?;
             me.attach_host()?;
             me.adopt_cgroups()
@@ -297,6 +330,11 @@ impl EbpfInterceptor {
 
     pub fn cgroup_mount(&self) -> &Path {
         &self.cgroup_mount
+    }
+
+    /// The heartbeat writer, for the task that proves the agent alive (once).
+    pub fn take_heartbeat(&mut self) -> Option<Heartbeat> {
+        self.heartbeat.take()
     }
 
     /// Start forwarding aya-log records of the programs into `log` (and so into tracing).
@@ -337,6 +375,7 @@ impl EbpfInterceptor {
             enabled: 1,
             agent_ports,
             listen_ip6: ip6_of((*s.listen6().ip()).into()),
+            liveness_timeout_ns: u64::try_from(s.liveness_timeout.as_nanos()).unwrap_or(u64::MAX),
         };
         let want_ports: Vec<u32> = s.exclude_ports.iter().map(|p| *p as u32).collect();
         let mut ports: HashMap<&mut MapData, u32, u8> =
@@ -566,6 +605,7 @@ impl EbpfInterceptor {
                 redirected: p.redirected,
                 passed: p.passed,
                 fail_open: p.fail_open,
+                fail_open_stalled: p.fail_open_stalled,
             });
         }
         out.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
@@ -607,12 +647,13 @@ mod tests {
     #[test]
     fn map_layout_is_versioned() {
         const LAYOUT: (u32, &str) = (
-            3,
-            "SM_CGROUPS 1 8 32 1024 0x0\n\
-             SM_CONFIG 2 4 64 1 0x0\n\
+            4,
+            "SM_CGROUPS 1 8 40 1024 0x0\n\
+             SM_CONFIG 2 4 72 1 0x0\n\
              SM_EXCLUDE_PORTS 1 4 1 256 0x0\n\
              SM_EXCLUDE_V4 11 8 1 256 0x1\n\
              SM_EXCLUDE_V6 11 20 1 256 0x1\n\
+             SM_HEARTBEAT 2 4 8 1 0x0\n\
              SM_INCLUDE_V4 11 8 1 256 0x1\n\
              SM_INCLUDE_V6 11 20 1 256 0x1\n\
              SM_ORIG_DST 9 8 32 65536 0x0\n\

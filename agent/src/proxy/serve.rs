@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -190,12 +190,35 @@ pub async fn accept_loop<H: Handler>(
     }
 }
 
+/// Whether a listener's accept loop keeps up: it is *behind* from the moment it cannot take a
+/// waiting connection (at its connection cap, or accept failing, e.g. out of descriptors) until
+/// it finds the kernel's backlog empty again. A new connection to a listener that is behind
+/// waits in the backlog; the heartbeat of stuck-agent fail-open stops while one is (app.rs).
+#[derive(Debug, Default)]
+pub struct AcceptProgress {
+    behind: AtomicBool,
+}
+
+impl AcceptProgress {
+    pub fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::Relaxed)
+    }
+
+    fn set_behind(&self, behind: bool) {
+        // Read first: the accept path stays free of cache-line writes while nothing changes.
+        if self.behind.load(Ordering::Relaxed) != behind {
+            self.behind.store(behind, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What a listener may accept: at most `sockmesh.limits.listener_connections` open connections
 /// (at the cap the listener stops accepting and the kernel's backlog holds the rest), and failed
 /// accepts back off ([`AcceptBackoff`]).
 pub struct AcceptGate {
     slots: Arc<Semaphore>,
     backoff: AcceptBackoff,
+    progress: Option<Arc<AcceptProgress>>,
 }
 
 impl AcceptGate {
@@ -203,6 +226,19 @@ impl AcceptGate {
         AcceptGate {
             slots: Arc::new(Semaphore::new(budget.limits.listener_connections as usize)),
             backoff: AcceptBackoff::default(),
+            progress: None,
+        }
+    }
+
+    /// Report whether this listener keeps up into `progress`.
+    pub fn watched_by(mut self, progress: Option<Arc<AcceptProgress>>) -> AcceptGate {
+        self.progress = progress;
+        self
+    }
+
+    fn behind(&self, behind: bool) {
+        if let Some(p) = &self.progress {
+            p.set_behind(behind);
         }
     }
 }
@@ -217,16 +253,36 @@ pub async fn next_connection(
     shutdown: &CancellationToken,
 ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
     // At the connection cap the listener stops accepting: the kernel's backlog holds the rest.
-    let slot = tokio::select! {
-        _ = shutdown.cancelled() => return None,
-        s = gate.slots.clone().acquire_owned() => s.ok()?,
+    let slot = match gate.slots.clone().try_acquire_owned() {
+        Ok(s) => s,
+        Err(_) => {
+            gate.behind(true);
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                s = gate.slots.clone().acquire_owned() => s.ok()?,
+            }
+        }
     };
+    let progress = gate.progress.clone();
     loop {
+        // An accept that would wait found the backlog empty: the listener has caught up.
+        let accept = std::future::poll_fn(|cx| {
+            let r = listener.poll_accept(cx);
+            if r.is_pending()
+                && let Some(p) = &progress
+            {
+                p.set_behind(false);
+            }
+            r
+        });
         tokio::select! {
             _ = shutdown.cancelled() => return None,
-            r = listener.accept() => match r {
+            r = accept => match r {
                 Ok((conn, peer)) => return Some((conn, peer, slot)),
-                Err(e) => gate.backoff.failed(name, &e).await,
+                Err(e) => {
+                    gate.behind(true);
+                    gate.backoff.failed(name, &e).await
+                }
             },
         }
     }
@@ -499,6 +555,29 @@ mod tests {
         .await;
         assert!(waiting.is_err(), "accepted beyond listener_connections");
         drop(slot);
+        // Watched: at the cap it is behind; once the backlog is empty it has caught up.
+        let progress = Arc::new(AcceptProgress::default());
+        let mut gate = gate.watched_by(Some(progress.clone()));
+        let (_, _, slot) = next_connection("test", &listener, &mut gate, &shutdown)
+            .await
+            .unwrap();
+        assert!(!progress.is_behind(), "accepted without waiting");
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(100),
+            next_connection("test", &listener, &mut gate, &shutdown),
+        )
+        .await;
+        assert!(waiting.is_err());
+        assert!(progress.is_behind(), "at the cap, not behind");
+        drop(slot);
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(100),
+            next_connection("test", &listener, &mut gate, &shutdown),
+        )
+        .await;
+        assert!(waiting.is_err(), "the backlog should be empty");
+        assert!(!progress.is_behind(), "an empty backlog is caught up");
+        let _c = TcpStream::connect(addr).await.unwrap();
         let second = tokio::time::timeout(
             Duration::from_secs(5),
             next_connection("test", &listener, &mut gate, &shutdown),

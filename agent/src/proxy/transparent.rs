@@ -28,7 +28,9 @@ use crate::protocol::motan2::codec::frame_len;
 use crate::protocol::motan2::{DecodeLimits, Motan2Codec};
 use crate::proxy::budget::Budget;
 use crate::proxy::mesh::{ClientHandler, MeshHandle};
-use crate::proxy::serve::{AcceptGate, ConnectionLimits, ServeStats, next_connection, serve_connection};
+use crate::proxy::serve::{
+    AcceptGate, AcceptProgress, ConnectionLimits, ServeStats, next_connection, serve_connection,
+};
 use crate::sys;
 
 #[derive(Default, Debug)]
@@ -100,8 +102,20 @@ impl TransparentProxy {
         tasks: TaskTracker,
         sockets: SocketFactory,
     ) {
+        self.run_watched(listener, None, shutdown, tasks, sockets).await
+    }
+
+    /// [`TransparentProxy::run`], reporting into `progress` whether the listener keeps up.
+    pub async fn run_watched(
+        self: Arc<Self>,
+        listener: TcpListener,
+        progress: Option<Arc<AcceptProgress>>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+        sockets: SocketFactory,
+    ) {
         let local = listener.local_addr().ok();
-        let mut gate = AcceptGate::new(&self.budget);
+        let mut gate = AcceptGate::new(&self.budget).watched_by(progress);
         while let Some((conn, peer, slot)) =
             next_connection("transparent", &listener, &mut gate, &shutdown).await
         {

@@ -73,7 +73,7 @@ pub const MAX_AGENT_PORTS: usize = 8;
 /// `maps`, layout 1). Bump it whenever a pinned map changes its name, type, key, value (also the
 /// meaning of a field), size or flags: an agent refuses to run its programs on maps pinned by
 /// another layout. The agent's unit test `map_layout_is_versioned` fails until it is bumped.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Capacity (max_entries) of `SM_CGROUPS`: how many cgroups can be intercepted at once.
 pub const MAX_CGROUPS: u32 = 1024;
@@ -134,7 +134,14 @@ pub struct GlobalConfig {
     pub agent_ports: [u32; MAX_AGENT_PORTS],
     /// Transparent listener for native IPv6 connects (::1), network order; same port.
     pub listen_ip6: Ip6,
+    /// Stuck-agent fail-open: connects go direct when the agent's heartbeat (`SM_HEARTBEAT`)
+    /// is older than this many nanoseconds; 0 = never (`sockmesh.intercept.liveness_timeout_ms`).
+    pub liveness_timeout_ns: u64,
 }
+
+/// The agent's heartbeat, one entry in `SM_HEARTBEAT` (array): `CLOCK_MONOTONIC` nanoseconds
+/// (what `bpf_ktime_get_ns` returns) of the agent's last proof of life; 0 = none yet.
+pub type Heartbeat = u64;
 
 /// Per enabled cgroup, keyed by cgroup id in `SM_CGROUPS`. The agent writes `mode`; the
 /// programs bump the counters atomically.
@@ -147,8 +154,12 @@ pub struct CgroupPolicy {
     pub redirected: u64,
     /// connect() calls left alone by policy (excluded port/CIDR, agent port, not TCP).
     pub passed: u64,
-    /// connect() calls left alone because no agent listener was alive (fail-open).
+    /// connect() calls left alone because no agent listener was alive or the agent's heartbeat
+    /// was stale (fail-open, all reasons).
     pub fail_open: u64,
+    /// The part of `fail_open` due to a stale heartbeat: the agent's listener was there but the
+    /// agent had stopped refreshing `SM_HEARTBEAT` (stuck: stopped, stalled, not accepting).
+    pub fail_open_stalled: u64,
 }
 
 /// Original destination of an intercepted connection. Value of `SM_ORIG_DST` (keyed by the app
@@ -224,8 +235,8 @@ mod tests {
 
     #[test]
     fn sizes_have_no_hidden_padding() {
-        assert_eq!(core::mem::size_of::<GlobalConfig>(), 32 + 4 * MAX_AGENT_PORTS);
-        assert_eq!(core::mem::size_of::<CgroupPolicy>(), 32);
+        assert_eq!(core::mem::size_of::<GlobalConfig>(), 40 + 4 * MAX_AGENT_PORTS);
+        assert_eq!(core::mem::size_of::<CgroupPolicy>(), 40);
         assert_eq!(core::mem::size_of::<OrigDst>(), 32);
         assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
         assert_eq!(core::mem::size_of::<SockKey>(), 48);

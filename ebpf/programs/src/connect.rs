@@ -6,6 +6,8 @@
 //! Only a listener of the agent counts: the listening socket found at the transparent address
 //! must carry the agent's socket mark. Any other listener there (a process that bound the
 //! address while the agent was down) gets nothing: the app connects directly (fail-open).
+//! A stuck agent (stopped, stalled runtime) keeps its listener, so the agent's heartbeat counts
+//! too: when it is older than the liveness timeout the app connects directly as well.
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
@@ -23,7 +25,7 @@ use sockmesh_common::{
 
 use crate::maps::{
     SM_CGROUPS, SM_EXCLUDE_PORTS, SM_EXCLUDE_V4, SM_EXCLUDE_V6, SM_INCLUDE_V4, SM_INCLUDE_V6, SM_ORIG_DST,
-    config, is_agent_socket,
+    agent_stalled, config, is_agent_socket,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -71,6 +73,8 @@ enum Verdict {
     Redirected,
     Passed,
     FailOpen,
+    /// Fail-open because the agent's heartbeat is stale (counted in `fail_open` too).
+    Stalled,
 }
 
 /// Decide for a TCP connect to `dst` (IPv6 or IPv4-mapped); returns the listener address (in
@@ -96,6 +100,8 @@ fn try_connect(ctx: &SockAddrContext, dst: Ip6) -> Option<(Ip6, u32)> {
     let mut rewrite = None;
     let verdict = if !policy_allows(cfg, &dst, v4, dst_port) {
         Verdict::Passed
+    } else if agent_stalled(cfg) {
+        Verdict::Stalled
     } else if !agent_listening(ctx, cfg, v4) {
         Verdict::FailOpen
     } else {
@@ -128,6 +134,10 @@ fn try_connect(ctx: &SockAddrContext, dst: Ip6) -> Option<(Ip6, u32)> {
             Verdict::Redirected => &raw mut (*policy).redirected,
             Verdict::Passed => &raw mut (*policy).passed,
             Verdict::FailOpen => &raw mut (*policy).fail_open,
+            Verdict::Stalled => {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*policy).fail_open_stalled, 1);
+                &raw mut (*policy).fail_open
+            }
         }
     };
     // A BPF atomic add (BPF_XADD): several CPUs may count for the same cgroup at once.

@@ -7,13 +7,19 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, SockHash},
 };
 use sockmesh_common::{
-    CgroupPolicy, EndpointKey, GlobalConfig, Ip6, MAX_CGROUPS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_CIDRS_V6,
-    MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, OrigDst, SockKey,
+    CgroupPolicy, EndpointKey, GlobalConfig, Heartbeat, Ip6, MAX_CGROUPS, MAX_EXCLUDE_CIDRS,
+    MAX_EXCLUDE_CIDRS_V6, MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, OrigDst, SockKey,
 };
 
 /// Global settings (listeners, agent mark, agent ports). Written by the agent; read by all programs.
 #[map(name = "SM_CONFIG")]
 pub static SM_CONFIG: Array<GlobalConfig> = Array::pinned(1, 0);
+
+/// The agent's heartbeat (`CLOCK_MONOTONIC` ns, as `bpf_ktime_get_ns`), 0 = none yet. Written
+/// by the agent every 100 ms from its runtime; read by `connect4`/`connect6`, which send apps
+/// direct when it is older than `GlobalConfig::liveness_timeout_ns` (a stuck agent).
+#[map(name = "SM_HEARTBEAT")]
+pub static SM_HEARTBEAT: Array<Heartbeat> = Array::pinned(1, 0);
 
 /// Enabled cgroups by cgroup id: mode plus counters. Mode written by the agent, counters bumped by
 /// `connect4`, read by the agent (`intercept status`).
@@ -69,6 +75,23 @@ pub static SM_SOCKS: SockHash<SockKey> = SockHash::pinned(65536, 0);
 pub fn config() -> Option<&'static GlobalConfig> {
     let cfg = SM_CONFIG.get(0)?;
     if cfg.enabled == 0 { None } else { Some(cfg) }
+}
+
+/// Whether the agent is stuck: a liveness timeout is set, the agent has sent a heartbeat, and
+/// the last one is older than the timeout. No heartbeat yet (0) is not stuck: then the listener
+/// check alone decides, as before heartbeats existed. A heartbeat newer than `now` (written
+/// between our clock read and the map read) is fresh.
+#[inline(always)]
+pub fn agent_stalled(cfg: &GlobalConfig) -> bool {
+    if cfg.liveness_timeout_ns == 0 {
+        return false;
+    }
+    let beat = match SM_HEARTBEAT.get(0) {
+        Some(b) => *b,
+        None => return false,
+    };
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    beat != 0 && now > beat && now - beat > cfg.liveness_timeout_ns
 }
 
 /// Whether `sk` is one of the agent's sockets: its listeners carry the agent's mark, and sockets
