@@ -510,7 +510,7 @@ fn config_validate_reports_all_problems() {
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
-        "motan-agent:\n  port: 8002\n  mport: 8002\nsockmesh:\n  intercept:\n    default_mode: warp\n",
+        "motan-agent:\n  port: 8002\n  mport: 8002\nsockmesh:\n  intercept:\n    default_mode: warp\n    liveness_timeout_ms: 100\n",
     )
     .unwrap();
     let out = Command::new(bin())
@@ -520,9 +520,13 @@ fn config_validate_reports_all_problems() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("2 configuration problem(s)"), "{err}");
+    assert!(err.contains("3 configuration problem(s)"), "{err}");
     assert!(
         err.contains("bad.yaml") && err.contains("default_mode") && err.contains("mport"),
+        "{err}"
+    );
+    assert!(
+        err.contains("section sockmesh.intercept, key liveness_timeout_ms: 100 is neither 0 (off) nor in 300..=600000"),
         "{err}"
     );
     let good = dir.join("good.yaml");
