@@ -170,12 +170,46 @@ fn pingpong(args: &[String]) {
     println!("ok {count}");
 }
 
+/// `until-echo [--cgroup DIR] --connect ADDR [--wait-ms N]`: connect, send a few bytes and wait
+/// `wait-ms` for their echo; again on a new connection until one answers (at most 30 s). Prints
+/// `{"attempts": N, "ms": M}`: how many connections it took and how long.
+fn until_echo(args: &[String]) {
+    let get = |k: &str| args.iter().position(|a| a == k).map(|i| args[i + 1].clone());
+    if let Some(cg) = get("--cgroup") {
+        std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string()).expect("join cgroup");
+    }
+    let addr: SocketAddr = get("--connect").expect("--connect").parse().unwrap();
+    let wait = Duration::from_millis(get("--wait-ms").map(|c| c.parse().unwrap()).unwrap_or(50));
+    let start = std::time::Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no echo in 30 s ({attempts} attempts)"
+        );
+        attempts += 1;
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+            continue;
+        };
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 5];
+        if s.write_all(b"probe").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"probe" {
+            break;
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "attempts": attempts, "ms": start.elapsed().as_millis() as u64 })
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("echo-server") => echo_server(&args[1]),
         Some("client") => client(&args[1..]),
         Some("pingpong") => pingpong(&args[1..]),
+        Some("until-echo") => until_echo(&args[1..]),
         Some("motan2-provider") => motan2_provider(&args[1..]),
         Some("motan2-call") => motan2_call(&args[1..]),
         Some("untrusted-listener") => untrusted_listener(&args[1..]),
@@ -192,7 +226,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: sockmesh-testpeer echo-server ADDR | motan2-provider --listen ADDR --name NAME [--delay-ms N [--slow-every N]] | motan2-call [--cgroup DIR] --connect ADDR --service S [--method M] [--arg TEXT] | hold CGROUP-DIR | untrusted-listener ADDR... | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio]"
+                "usage: sockmesh-testpeer echo-server ADDR | motan2-provider --listen ADDR --name NAME [--delay-ms N [--slow-every N]] | motan2-call [--cgroup DIR] --connect ADDR --service S [--method M] [--arg TEXT] | hold CGROUP-DIR | untrusted-listener ADDR... | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio] | until-echo [--cgroup DIR] --connect ADDR [--wait-ms N]"
             );
             std::process::exit(2);
         }

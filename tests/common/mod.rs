@@ -627,6 +627,29 @@ fn peer_cmd(netns: Option<&VethNetNs>) -> Command {
     }
 }
 
+/// Connect from `cgroup` to the echo server `connect` on new connections until one echoes
+/// within `wait_ms` (testpeer until-echo); returns `{"attempts": N, "ms": M}`.
+pub fn until_echo(cgroup: &Path, connect: SocketAddr, wait_ms: u64) -> serde_json::Value {
+    let out = Command::new(peer_bin())
+        .arg("until-echo")
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args([
+            "--connect",
+            &connect.to_string(),
+            "--wait-ms",
+            &wait_ms.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "until-echo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A client with one long-lived connection doing periodic round trips (see testpeer pingpong).
 pub struct PingPong(ChildProcess);
 
