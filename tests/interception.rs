@@ -355,16 +355,16 @@ fn stopped_agent_fails_open_within_the_liveness_timeout() {
     let _g = serial();
     const TIMEOUT_MS: u64 = 500;
     let echo = EchoServer::start("127.0.0.6:0", None);
-    let d = Daemon::start_with("stuck", &format!("    liveness_timeout_ms: {TIMEOUT_MS}\n"));
+    let mut d = Daemon::start_with("stuck", &format!("    liveness_timeout_ms: {TIMEOUT_MS}\n"));
     let (cg, rel) = test_cgroup("smt-stuck");
     d.enable(&rel, "ebpf-connect");
-    let accepted = || {
+    let accepted = |d: &Daemon| {
         serde_json::from_str::<serde_json::Value>(&d.cli(&["status", "--json"]).1).unwrap()["transparent_proxy"]
             ["accepted"]
             .as_u64()
             .unwrap()
     };
-    let stalled = || {
+    let stalled = |d: &Daemon| {
         let v = d.intercept_status();
         v["cgroups"]
             .as_array()
@@ -377,7 +377,7 @@ fn stopped_agent_fails_open_within_the_liveness_timeout() {
     };
     assert_eq!(client(Some(cg.path()), echo.addr, 65536, "blocking")["ok"], true);
     assert_eq!(d.counters(&rel), (1, 0, 0));
-    assert_eq!(accepted(), 1);
+    assert_eq!(accepted(&d), 1);
 
     let stuck = {
         // The agent stops with its listener open: only the stale heartbeat can send apps
@@ -402,7 +402,7 @@ fn stopped_agent_fails_open_within_the_liveness_timeout() {
     // Resumed: the answered probe and the client went direct, counted as fail-open for a stale
     // heartbeat; the probes before went to the agent.
     assert_eq!(d.counters(&rel), (1 + stuck, 0, 2));
-    assert_eq!(stalled(), 2);
+    assert_eq!(stalled(&d), 2);
     let metrics = d.metrics();
     assert!(
         metrics
@@ -422,19 +422,34 @@ fn stopped_agent_fails_open_within_the_liveness_timeout() {
         (2 + stuck, 0, 2),
         "not intercepted after SIGCONT"
     );
-    assert_eq!(stalled(), 2);
+    assert_eq!(stalled(&d), 2);
     // The agent accepted what was redirected to it (the backlog after SIGCONT, then the client)
     // and nothing else.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while accepted() != 2 + stuck {
+    while accepted(&d) != 2 + stuck {
         assert!(
             std::time::Instant::now() < deadline,
             "accepted {} connections, {} were redirected",
-            accepted(),
+            accepted(&d),
             2 + stuck
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+
+    // A killed agent leaves a stale heartbeat behind: no listener is the plain fail-open, not a
+    // stalled one, and a restarted agent writes a fresh heartbeat before it redirects again.
+    d.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(TIMEOUT_MS + 200));
+    assert_eq!(client(Some(cg.path()), echo.addr, 4096, "blocking")["ok"], true);
+    d.spawn();
+    assert_eq!(d.counters(&rel), (2 + stuck, 0, 3));
+    assert_eq!(stalled(&d), 2);
+    assert_eq!(client(Some(cg.path()), echo.addr, 4096, "blocking")["ok"], true);
+    assert_eq!(
+        d.counters(&rel),
+        (3 + stuck, 0, 3),
+        "not intercepted after restart"
+    );
 }
 
 /// Stuck-agent fail-open for an agent that runs but cannot accept: at the transparent

@@ -396,7 +396,6 @@ async fn forget_removed_cgroups(state: Arc<AppState>, shutdown: CancellationToke
     }
 }
 
-/// aya-log records from the kernel programs go through `log` into tracing.
 /// Refresh the kernel's view of the agent's liveness every `HEARTBEAT_INTERVAL` while every
 /// transparent listener keeps up, until shutdown (then the listeners close, and a missing
 /// listener fails open as before).
@@ -443,6 +442,7 @@ async fn keep_heartbeat(
     }
 }
 
+/// aya-log records from the kernel programs go through `log` into tracing.
 async fn forward_bpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>, shutdown: CancellationToken) {
     // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd holds the logger.
     let registered =

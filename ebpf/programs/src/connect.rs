@@ -100,10 +100,12 @@ fn try_connect(ctx: &SockAddrContext, dst: Ip6) -> Option<(Ip6, u32)> {
     let mut rewrite = None;
     let verdict = if !policy_allows(cfg, &dst, v4, dst_port) {
         Verdict::Passed
-    } else if agent_stalled(cfg) {
-        Verdict::Stalled
     } else if !agent_listening(ctx, cfg, v4) {
         Verdict::FailOpen
+    } else if agent_stalled(cfg) {
+        // Listening but stuck (after the listener check, so that a dead agent's stale heartbeat
+        // counts as the plain fail-open it is).
+        Verdict::Stalled
     } else {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         let orig = OrigDst {

@@ -11,7 +11,8 @@ use sockmesh_common::{
     MAX_EXCLUDE_CIDRS_V6, MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, OrigDst, SockKey,
 };
 
-/// Global settings (listeners, agent mark, agent ports). Written by the agent; read by all programs.
+/// Global settings (listeners, agent mark, agent ports, liveness timeout). Written by the agent;
+/// read by all programs.
 #[map(name = "SM_CONFIG")]
 pub static SM_CONFIG: Array<GlobalConfig> = Array::pinned(1, 0);
 
@@ -79,8 +80,8 @@ pub fn config() -> Option<&'static GlobalConfig> {
 
 /// Whether the agent is stuck: a liveness timeout is set, the agent has sent a heartbeat, and
 /// the last one is older than the timeout. No heartbeat yet (0) is not stuck: then the listener
-/// check alone decides, as before heartbeats existed. A heartbeat newer than `now` (written
-/// between our clock read and the map read) is fresh.
+/// check alone decides, as before heartbeats existed. A heartbeat not older than `now` is
+/// fresh (checked first, so the subtraction cannot wrap).
 #[inline(always)]
 pub fn agent_stalled(cfg: &GlobalConfig) -> bool {
     if cfg.liveness_timeout_ns == 0 {
