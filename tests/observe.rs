@@ -6,7 +6,7 @@
 //! across rotations (`sockmesh.log.rotate_interval_ms`).
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -218,9 +218,9 @@ fn graphite_lines_and_access_log_files_in_motan_go_layout() {
         collector.bad.lock().unwrap()
     );
     let (cs, ss) = (scrape(&client), scrape(&server));
-    for (d, s, role, app, total) in [
-        (&client, &cs, "client-agent", "test-observe-client", &client_total),
-        (&server, &ss, "server-agent", "test-observe-server", &server_total),
+    for (s, role, app, total) in [
+        (&cs, "client-agent", "test-observe-client", &client_total),
+        (&ss, "server-agent", "test-observe-server", &server_total),
     ] {
         let labels = [
             ("role", role),
@@ -279,7 +279,6 @@ fn graphite_lines_and_access_log_files_in_motan_go_layout() {
         let conns = st("motan_server_connection_count");
         let open = sample(s, "sockmesh_listener_open_connections", &[("listener", "export")]);
         assert_eq!(conns.last().copied(), Some(open), "{role}: export connections");
-        let _ = d;
     }
     // The client agent's pooled connection to the server agent's export port is open.
     assert!(
@@ -317,8 +316,7 @@ fn graphite_lines_and_access_log_files_in_motan_go_layout() {
             "{role}: every call once"
         );
     }
-    let by_role: BTreeMap<_, _> = [("client", client.log()), ("server", server.log())].into();
-    for (role, log) in by_role {
+    for (role, log) in [("client", client.log()), ("server", server.log())] {
         assert!(log.contains("access log goes to its file"), "{role}: {log}");
         assert!(
             !log.contains(" access role="),
