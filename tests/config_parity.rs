@@ -198,6 +198,21 @@ const CASES: &[(&str, &str, bool)] = &[
         "  httpProxyDefaultDomain: nowhere.example.com\n#agent\n",
         false,
     ),
+    (
+        "motan-go's metrics section and log keys",
+        "  log_dir: stdout\n  log_async: true\n  log_structured: false\n  rotate_per_hour: true\n  log_buffer_size: 5000\n#agent\nmetrics:\n  period: 5\n  processor: 1\n  graphite:\n    - {name: g, host: 127.0.0.1, port: 1}\n",
+        true,
+    ),
+    (
+        "a graphite port out of range",
+        "metrics:\n  graphite:\n    - {name: g, host: 127.0.0.1, port: 70000}\n",
+        false,
+    ),
+    (
+        "rotate_per_hour not a boolean",
+        "  rotate_per_hour: hourly\n#agent\n",
+        false,
+    ),
 ];
 
 /// The configuration of one case: `motan` may start with extra `motan-agent` keys, ended by a

@@ -104,6 +104,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         overrides: Arc::default(),
     };
     register_switchers(&config, &mesh_shared.filters);
+    crate::observe::start_access_log(&config, &mesh_shared.filters);
     let mesh = build_mesh(&config, None, &mesh_shared)?;
     // The default export port listens even with nothing exported yet (server role ready; a
     // reload can add services on it).
@@ -310,6 +311,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         tasks.spawn(forget_removed_cgroups(state.clone(), shutdown.clone()));
     }
     crate::admin::state_metrics::register(&state);
+    crate::observe::start_graphite(&config, &state, shutdown.clone(), tasks);
     let access = crate::admin::access::Access::new(
         state.clone(),
         control_group,

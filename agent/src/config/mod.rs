@@ -8,6 +8,7 @@ pub mod http_client;
 pub mod http_locations;
 pub mod intercept;
 pub mod motan;
+pub mod observe;
 pub mod refer;
 pub mod registry;
 pub mod sections;
@@ -48,6 +49,8 @@ pub struct Config {
     /// The same sections typed and checked, once: what `sockmesh run` builds the mesh from and
     /// what `sockmesh config validate` reports on.
     pub mesh: MotanConfig,
+    /// The `metrics` section and the access-log keys of `motan-agent`, typed.
+    pub observe: observe::ObserveSpec,
 }
 
 impl Config {
@@ -97,16 +100,24 @@ impl Config {
                 }
             }
         }
-        let (mesh, mesh_errors) = MotanConfig::build(source, &agent, &motan, &MotanEnv::from_process());
+        let (mut mesh, mesh_errors) = MotanConfig::build(source, &agent, &motan, &MotanEnv::from_process());
+        let aids = observe::SockmeshAids {
+            rotate_interval_ms: sockmesh.log.rotate_interval_ms,
+            status_period_ms: sockmesh.metrics.status_period_ms,
+        };
+        let (observe, found) = observe::ObserveSpec::build(source, motan.get("metrics"), &agent.other, aids);
+        mesh.warnings.extend(found.warnings);
         let cfg = Config {
             source: source.to_string(),
             agent,
             sockmesh,
             motan,
             mesh,
+            observe,
         };
         errors.extend(cfg.validate());
         errors.extend(mesh_errors);
+        errors.extend(found.errors);
         if errors.is_empty() {
             Ok(cfg)
         } else {

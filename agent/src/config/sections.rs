@@ -55,6 +55,25 @@ pub struct SockmeshSection {
     pub intercept: InterceptSection,
     pub limits: LimitsSection,
     pub admin: AdminSection,
+    /// Test/ops aids for the access-log files (config/observe.rs).
+    pub log: LogAidsSection,
+    /// Test/ops aids for the Graphite status samples (config/observe.rs).
+    pub metrics: MetricsAidsSection,
+}
+
+/// `sockmesh.log`: rotate the access-log files every `rotate_interval_ms` (0: by
+/// `motan-agent.rotate_per_hour`, as motan-go). A test and operations aid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogAidsSection {
+    pub rotate_interval_ms: u64,
+}
+
+/// `sockmesh.metrics`: sample the runtime status every `status_period_ms` (0: motan-go's 30 s).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsAidsSection {
+    pub status_period_ms: u64,
 }
 
 impl Default for SockmeshSection {
@@ -69,6 +88,8 @@ impl Default for SockmeshSection {
             intercept: InterceptSection::default(),
             limits: LimitsSection::default(),
             admin: AdminSection::default(),
+            log: LogAidsSection::default(),
+            metrics: MetricsAidsSection::default(),
         }
     }
 }

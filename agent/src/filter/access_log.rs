@@ -14,7 +14,15 @@
 //! [`AccessLogWriter::flush`] writes what is queued at once (shutdown does). The daemon has the
 //! thread format the lines itself, in its subscriber's text or JSON format ([`write_directly`]),
 //! which costs about a fifth of formatting them as tracing events.
-use std::sync::atomic::{AtomicBool, Ordering};
+//!
+//! With `motan-agent.log_dir` set, the lines go instead to motan-go's own access-log file,
+//! `<log_dir>/<program>-access.log`, in its format ([`Record::format_motan`]: zap's console
+//! encoder, `<ISO 8601 time>\t` then the `|`-separated fields of log/log.go `doAccessLog`, or
+//! with `log_structured` its JSON fields), rotated as motan-go rotates it (`crate::log_file`).
+//! Like motan-go's access logger they are then written whenever the filter is on
+//! (`/logConfig/set?access=`), whatever the daemon's log level.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -22,6 +30,8 @@ use prometheus_client::metrics::counter::Counter;
 use tracing::Dispatch;
 
 use super::call::{CallInfo, Filter, Observer, Observing, Role, Sent};
+use crate::config::observe::AccessLogSpec;
+use crate::log_file::{RotatingFile, Rotation, iso8601_local};
 use crate::log_writer::LogWriter;
 use crate::protocol::motan2::{Frame, keys as meta_keys};
 use crate::url::{Url, keys};
@@ -63,11 +73,11 @@ pub fn response_code(resp: &Frame) -> i64 {
 struct Texts {
     text: String,
     /// Where each part ends in `text`.
-    ends: [usize; 5],
+    ends: [usize; 6],
 }
 
 impl Texts {
-    fn new(parts: [&str; 5]) -> Texts {
+    fn new(parts: [&str; 6]) -> Texts {
         let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
         let ends = parts.map(|p| {
             text.push_str(p);
@@ -87,7 +97,8 @@ struct Record {
     role: Role,
     /// The refer's or service's URL (for `conf-id`).
     url: Arc<Url>,
-    /// Service, method, method descriptor, peer, exception JSON (empty on success).
+    /// Service, method, method descriptor, peer, exception JSON (empty on success), the
+    /// response's `upstreamCode` (empty when absent).
     texts: Texts,
     sent: Sent,
     code: i64,
@@ -114,6 +125,7 @@ impl Record {
                 &info.method_desc,
                 &info.peer,
                 exception,
+                resp.meta.get(UPSTREAM_CODE).unwrap_or(""),
             ]),
             sent,
             code: response_code(resp),
@@ -177,6 +189,53 @@ impl Record {
         }
     }
 
+    /// Append the line as motan-go's access logger writes it: zap's console encoder with an
+    /// ISO 8601 `time` and the message; the message is the `|`-joined fields of log/log.go
+    /// (filterName, role, requestID, service, method, desc, remoteAddress, reqSize, resSize,
+    /// bizTime, totalTime (ms), success, responseCode, exception, upstreamCode), or, with
+    /// `structured`, an empty message and the same fields as a JSON object.
+    fn format_motan(&self, ts: &str, structured: bool, out: &mut String) {
+        use std::fmt::Write as _;
+        let (service, method, desc, peer, exception, upstream) = (
+            self.part(0),
+            self.part(1),
+            self.part(2),
+            self.part(3),
+            self.part(4),
+            self.part(5),
+        );
+        // motan-go: the exception's errcode, else 200 (upstreamCode is its own field).
+        let code = if self.success { 200 } else { self.code };
+        let (role, id, req, res, biz) = (
+            self.role.as_str(),
+            self.sent.request_id,
+            self.sent.body_len,
+            self.res_size,
+            self.biz_time_ms,
+        );
+        let total = self.latency_us / 1000;
+        let ok = self.success;
+        if structured {
+            let j = |s: &str| serde_json::Value::from(s);
+            let _ = writeln!(
+                out,
+                "{ts}\t\t{{\"filterName\":\"{NAME}\",\"role\":{},\"requestID\":{id},\"service\":{},\"method\":{},\"desc\":{},\"remoteAddress\":{},\"reqSize\":{req},\"resSize\":{res},\"bizTime\":{biz},\"totalTime\":{total},\"success\":{ok},\"responseCode\":\"{code}\",\"exception\":{},\"upstreamCode\":{}}}",
+                j(role),
+                j(service),
+                j(method),
+                j(desc),
+                j(peer),
+                j(exception),
+                j(upstream),
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{ts}\t{NAME}|{role}|{id}|{service}|{method}|{desc}|{peer}|{req}|{res}|{biz}|{total}|{ok}|{code}|{exception}|{upstream}"
+            );
+        }
+    }
+
     fn write(&self) {
         tracing::info!(
             target: TARGET,
@@ -206,7 +265,9 @@ pub struct AccessLogWriter {
     queue: Mutex<Vec<Record>>,
     /// Held while a batch is written (the queue's lock is not: calls keep queueing meanwhile).
     writing: Mutex<()>,
-    max_queued: usize,
+    max_queued: AtomicUsize,
+    /// motan-go's access-log file, when `log_dir` is set (else the daemon's log).
+    file: Mutex<Option<AccessFile>>,
     dropped: Counter,
     /// The subscriber the lines go to: the one in effect where the writer was made (a test's
     /// capturing subscriber, else the global one).
@@ -226,7 +287,8 @@ impl AccessLogWriter {
             enabled: AtomicBool::new(true),
             queue: Mutex::new(Vec::new()),
             writing: Mutex::new(()),
-            max_queued,
+            max_queued: AtomicUsize::new(max_queued),
+            file: Mutex::new(None),
             dropped,
             dispatch: tracing::dispatcher::get_default(|d| d.clone()),
             started: OnceLock::new(),
@@ -242,10 +304,45 @@ impl AccessLogWriter {
         self.enabled.store(on, Ordering::Relaxed);
     }
 
+    /// Records dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+
+    /// Records queued at most before new ones are dropped (`motan-agent.log_buffer_size`).
+    pub fn set_max_queued(&self, n: usize) {
+        self.max_queued.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Write the lines to motan-go's access-log file under `spec.dir` from now on; returns
+    /// its path. The file is opened (and its directory made) here; on an error nothing changes.
+    pub fn write_to_file(self: &Arc<Self>, spec: &AccessLogSpec) -> std::io::Result<PathBuf> {
+        let program = std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "sockmesh".into());
+        let rotation = match (spec.rotate_interval, spec.rotate_per_hour) {
+            (Some(d), _) => Rotation::Every(d),
+            (None, true) => Rotation::Hourly,
+            (None, false) => Rotation::SizeOnly,
+        };
+        let path = spec.dir.join(format!("{program}-access.log"));
+        let file = RotatingFile::open(path.clone(), rotation)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = Some(AccessFile {
+            file,
+            structured: spec.structured,
+            failing: false,
+        });
+        // Time-based rotation runs on the writer thread even before the first line.
+        self.started.get_or_init(|| self.start());
+        Ok(path)
+    }
+
     fn push(self: &Arc<Self>, r: Record) {
         self.started.get_or_init(|| self.start());
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= self.max_queued {
+        if q.len() >= self.max_queued.load(Ordering::Relaxed) {
             drop(q);
             self.dropped.inc();
             return;
@@ -270,7 +367,7 @@ impl AccessLogWriter {
                             tracing::warn!(
                                 "access log: {} line(s) dropped because the writer fell {} behind (sockmesh_access_log_dropped_total)",
                                 dropped - reported,
-                                w.max_queued
+                                w.max_queued.load(Ordering::Relaxed)
                             )
                         });
                         reported = dropped;
@@ -289,6 +386,10 @@ impl AccessLogWriter {
     pub fn flush(&self) {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(f) = self.file.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            f.write(&batch, &self.dispatch);
+            return;
+        }
         if batch.is_empty() {
             return;
         }
@@ -311,6 +412,43 @@ impl AccessLogWriter {
             None => {
                 tracing::dispatcher::with_default(&self.dispatch, || batch.iter().for_each(Record::write))
             }
+        }
+    }
+}
+
+/// motan-go's access-log file and its format.
+struct AccessFile {
+    file: RotatingFile,
+    structured: bool,
+    /// The last write failed (warned once until one succeeds again).
+    failing: bool,
+}
+
+impl AccessFile {
+    /// Rotate when due, then append the batch's lines (one write for the batch). A failed
+    /// write (disk full...) loses that batch and is logged once, not per batch.
+    fn write(&mut self, batch: &[Record], dispatch: &Dispatch) {
+        let now = std::time::SystemTime::now();
+        let result = if batch.is_empty() {
+            self.file.rotate_if_due(now)
+        } else {
+            let ts = iso8601_local(now);
+            let mut text = String::with_capacity(batch.len() * 256);
+            for r in batch {
+                r.format_motan(&ts, self.structured, &mut text);
+            }
+            self.file.write(text.as_bytes(), now)
+        };
+        match result {
+            Ok(()) => self.failing = false,
+            Err(e) if !self.failing => {
+                self.failing = true;
+                let path = self.file.path().display().to_string();
+                tracing::dispatcher::with_default(dispatch, || {
+                    tracing::error!("access log: writing {path}: {e} ({} line(s) lost)", batch.len())
+                });
+            }
+            Err(_) => {}
         }
     }
 }
@@ -444,6 +582,7 @@ mod tests {
                 &i.method_desc,
                 &i.peer,
                 r#"{"errcode":503,"errmsg":"a \"quoted\" é\n","errtype":2}"#,
+                "",
             ]),
             sent: Sent {
                 request_id: -42,
@@ -483,6 +622,46 @@ mod tests {
                 assert_eq!((ta.len(), tb.ends_with('Z')), (tb.len(), true));
             }
         }
+    }
+
+    #[test]
+    fn motan_go_line_format() {
+        let i = info(refer(&[("filter", "accessLog")]), "hello");
+        let mut r = Record {
+            role: i.role,
+            url: i.url.clone(),
+            texts: Texts::new([&i.service, &i.method, "", &i.peer, "", "404"]),
+            sent: Sent {
+                request_id: 77,
+                body_len: 7,
+            },
+            code: 404,
+            success: true,
+            res_size: 12,
+            biz_time_ms: 3,
+            latency_us: 4999,
+        };
+        let mut out = String::new();
+        r.format_motan("2026-12-01T04:00:00.000Z", false, &mut out);
+        assert_eq!(
+            out,
+            "2026-12-01T04:00:00.000Z\taccessLog|client-agent|77|com.example.Hello|hello||127.0.0.1:9982|7|12|3|4|true|200||404\n"
+        );
+        r.success = false;
+        r.code = 503;
+        r.texts = Texts::new([&i.service, &i.method, "", &i.peer, r#"{"errcode":503}"#, ""]);
+        out.clear();
+        r.format_motan("T", true, &mut out);
+        let (head, json) = out.trim_end().split_once("\t\t").unwrap();
+        assert_eq!(head, "T");
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["filterName"], "accessLog");
+        assert_eq!(v["requestID"], 77);
+        assert_eq!(v["responseCode"], "503");
+        assert_eq!(v["success"], false);
+        assert_eq!(v["exception"], r#"{"errcode":503}"#);
+        assert_eq!(v["totalTime"], 4);
+        assert_eq!(v.as_object().unwrap().len(), 15);
     }
 
     #[test]

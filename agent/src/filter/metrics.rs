@@ -12,7 +12,10 @@
 //! with `_` for `.`), with per-period counters `total_count`, `biz_error_count`,
 //! `other_error_count`, `slow_count` (> 200 ms) and `Less50ms` … `More500ms` (`|c`), latency
 //! percentiles `p50` … `p9999` (`|kv`) and `avg_time` (`|ms`), in milliseconds. See
-//! [`Metrics::run_graphite`].
+//! [`Metrics::run_graphite`]. The runtime status (metrics/metrics.go `sampleStatus`: memory,
+//! cpu, goroutine_count, ...) goes in the same datagrams as gauges
+//! `motan-agent.<agent application>.motan-stat.byhost.<local ip>.status.<key>:<value>|kv`,
+//! sampled every status period (motan-go: 30 s).
 //!
 //! Per request: one hash of the label strings and a read-locked map lookup finds the series
 //! (created once, with its label strings, on first use); then atomic adds. The series count is
@@ -156,11 +159,35 @@ pub struct PeriodSnapshot {
 /// Where and how often to push to Graphite.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GraphiteConfig {
-    /// `host:port` of the collector (UDP).
-    pub addr: String,
+    /// `host:port` of each collector (UDP).
+    pub addrs: Vec<String>,
     /// Push period (motan-go's default is 5 s).
     pub period: Duration,
+    /// How often the status samplers run (motan-go: 30 s).
+    pub status_period: Duration,
+    /// The agent's application (status keys; motan-go's default `unknown`).
+    pub application: String,
 }
+
+/// One runtime-status value (motan-go `RegisterStatusSampleFunc`): its key and how to read it.
+pub struct StatusSampler {
+    pub key: &'static str,
+    pub sample: Box<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl StatusSampler {
+    pub fn new(key: &'static str, sample: impl Fn() -> i64 + Send + Sync + 'static) -> StatusSampler {
+        StatusSampler {
+            key,
+            sample: Box::new(sample),
+        }
+    }
+}
+
+/// motan-go's status keys: `DefaultStatRole`, `DefaultStatGroup`, `DefaultStatService`.
+const STATUS_ROLE: &str = "motan-agent";
+const STATUS_GROUP: &str = "motan-stat";
+const STATUS_SERVICE: &str = "status";
 
 /// Request metrics (registered in the agent's [`MetricsRegistry`]).
 pub struct Metrics {
@@ -357,29 +384,63 @@ impl Metrics {
         out
     }
 
-    /// Push the per-period counts to Graphite every `cfg.period` until `shutdown`. Errors (the
-    /// address does not resolve, a send fails) are logged and retried next period, as upstream.
-    pub async fn run_graphite(self: Arc<Self>, cfg: GraphiteConfig, shutdown: CancellationToken) {
+    /// Push the per-period counts (and, every `cfg.status_period`, the status samples) to
+    /// each Graphite collector every `cfg.period` until `shutdown`. Errors (the address does
+    /// not resolve, a send fails) are logged and retried next period, as upstream.
+    pub async fn run_graphite(
+        self: Arc<Self>,
+        cfg: GraphiteConfig,
+        samplers: Vec<StatusSampler>,
+        shutdown: CancellationToken,
+    ) {
         self.pushing.store(true, Ordering::Relaxed);
         let mut tick = tokio::time::interval(cfg.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status_tick = tokio::time::interval(cfg.status_period);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        status_tick.tick().await;
+        let app = if cfg.application.is_empty() {
+            "unknown".to_string()
+        } else {
+            cfg.application.clone()
+        };
+        // Samples wait for the next push, as motan-go's gauges wait for its next sink.
+        let mut status: Vec<StatusSample> = Vec::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = status_tick.tick() => {
+                    status = samplers
+                        .iter()
+                        .map(|s| StatusSample { application: app.clone(), key: s.key, value: (s.sample)() })
+                        .collect();
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             let snaps = self.take_period();
-            if let Err(e) = push_graphite(&cfg.addr, &snaps).await {
-                tracing::warn!("graphite push to {} failed: {e}", cfg.addr);
+            let sent = std::mem::take(&mut status);
+            for addr in &cfg.addrs {
+                if let Err(e) = push_graphite(addr, &snaps, &sent).await {
+                    tracing::warn!("graphite push to {addr} failed: {e}");
+                }
             }
         }
         self.pushing.store(false, Ordering::Relaxed);
     }
 }
 
-async fn push_graphite(addr: &str, snaps: &[PeriodSnapshot]) -> std::io::Result<()> {
-    if snaps.is_empty() {
+/// One status value of a push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusSample {
+    pub application: String,
+    pub key: &'static str,
+    pub value: i64,
+}
+
+async fn push_graphite(addr: &str, snaps: &[PeriodSnapshot], status: &[StatusSample]) -> std::io::Result<()> {
+    if snaps.is_empty() && status.is_empty() {
         return Ok(());
     }
     let target = tokio::net::lookup_host(addr)
@@ -390,7 +451,7 @@ async fn push_graphite(addr: &str, snaps: &[PeriodSnapshot]) -> std::io::Result<
     let sock = tokio::net::UdpSocket::bind(bind).await?;
     sock.connect(target).await?;
     let local_ip = sock.local_addr()?.ip().to_string().replace(['.', ':'], "_");
-    for message in graphite_messages(&local_ip, snaps) {
+    for message in graphite_messages(&local_ip, snaps, status) {
         sock.send(message.as_bytes()).await?;
     }
     Ok(())
@@ -410,15 +471,18 @@ pub fn escape(s: &str) -> String {
 }
 
 /// The datagrams for one period (each at most 5 KiB unless a single series' lines are longer).
-pub fn graphite_messages(local_ip: &str, snaps: &[PeriodSnapshot]) -> Vec<String> {
+pub fn graphite_messages(local_ip: &str, snaps: &[PeriodSnapshot], status: &[StatusSample]) -> Vec<String> {
     let mut messages = Vec::new();
     let mut buf = String::with_capacity(GRAPHITE_MESSAGE_MAX);
+    let mut add = |segment: String, buf: &mut String| {
+        if !buf.is_empty() && buf.len() + segment.len() > GRAPHITE_MESSAGE_MAX {
+            messages.push(std::mem::take(buf));
+        }
+        buf.push_str(&segment);
+    };
     for s in snaps {
-        let app = if s.application.is_empty() {
-            "unknown".to_string()
-        } else {
-            escape(&s.application)
-        };
+        // As motan-go's filter: the URL's application, escaped, empty when it has none.
+        let app = escape(&s.application);
         let prefix = format!(
             "{}.{}.{}.byhost.{}.{}.{}",
             s.role.metrics_key(),
@@ -445,10 +509,18 @@ pub fn graphite_messages(local_ip: &str, snaps: &[PeriodSnapshot]) -> Vec<String
             let _ = writeln!(segment, "{prefix}.{name}:{v:.2}|kv");
         }
         let _ = writeln!(segment, "{prefix}.avg_time:{:.2}|ms", s.mean_ms);
-        if !buf.is_empty() && buf.len() + segment.len() > GRAPHITE_MESSAGE_MAX {
-            messages.push(std::mem::take(&mut buf));
-        }
-        buf.push_str(&segment);
+        add(segment, &mut buf);
+    }
+    for st in status {
+        add(
+            format!(
+                "{STATUS_ROLE}.{}.{STATUS_GROUP}.byhost.{local_ip}.{STATUS_SERVICE}.{}:{}|kv\n",
+                escape(&st.application),
+                escape(st.key),
+                st.value
+            ),
+            &mut buf,
+        );
     }
     if !buf.is_empty() {
         messages.push(buf);
@@ -618,7 +690,7 @@ mod tests {
         m.record(&i, Duration::from_millis(300), &biz);
         let snaps = m.take_period();
         assert_eq!(snaps.len(), 1);
-        let msgs = graphite_messages("10_0_0_1", &snaps);
+        let msgs = graphite_messages("10_0_0_1", &snaps, &[]);
         assert_eq!(msgs.len(), 1);
         let p = "motan-client-agent.my_app.g1.byhost.10_0_0_1.com_example_Hello.say_hi";
         let lines: Vec<&str> = msgs[0].lines().collect();
@@ -664,12 +736,20 @@ mod tests {
             mean_ms: 1.0,
         };
         let snaps: Vec<_> = (0..100).map(snap).collect();
-        let msgs = graphite_messages("127_0_0_1", &snaps);
+        let status = [StatusSample {
+            application: "my.app".into(),
+            key: "goroutine_count",
+            value: 12,
+        }];
+        let msgs = graphite_messages("127_0_0_1", &snaps, &status);
         assert!(msgs.len() > 1);
         assert!(msgs.iter().all(|m| m.len() <= GRAPHITE_MESSAGE_MAX));
-        assert_eq!(msgs.iter().map(|m| m.lines().count()).sum::<usize>(), 100 * 9);
+        assert_eq!(msgs.iter().map(|m| m.lines().count()).sum::<usize>(), 100 * 9 + 1);
+        assert!(msgs[0].starts_with("motan-server-agent..g.byhost.127_0_0_1.svc0.m.total_count:1|c\n"));
         assert!(
-            msgs[0].starts_with("motan-server-agent.unknown.g.byhost.127_0_0_1.svc0.m.total_count:1|c\n")
+            msgs.last()
+                .unwrap()
+                .ends_with("\nmotan-agent.my_app.motan-stat.byhost.127_0_0_1.status.goroutine_count:12|kv\n")
         );
     }
 
@@ -677,12 +757,14 @@ mod tests {
     async fn graphite_push_over_udp() {
         let collector = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let cfg = GraphiteConfig {
-            addr: collector.local_addr().unwrap().to_string(),
+            addrs: vec![collector.local_addr().unwrap().to_string()],
             period: Duration::from_millis(50),
+            status_period: Duration::from_secs(3600),
+            application: String::new(),
         };
         let m = Arc::new(Metrics::new(&MetricsRegistry::new()));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(m.clone().run_graphite(cfg, stop.clone()));
+        let task = tokio::spawn(m.clone().run_graphite(cfg, Vec::new(), stop.clone()));
         while !m.pushing.load(Ordering::Relaxed) {
             tokio::task::yield_now().await;
         }

@@ -55,7 +55,7 @@ pub use report::{Cycle, LayerViolation, Ref, Report};
 /// lower one, never of a higher one.
 #[rustfmt::skip]
 pub const LAYERS: &[(&str, &[&str])] = &[
-    ("top",       &["main", "app", "admin", "control", "install", "check"]),
+    ("top",       &["main", "app", "admin", "control", "install", "check", "observe"]),
     ("intercept", &["intercept"]),
     ("proxy",     &["proxy"]),     // transparent, passthrough, serve, outbound = client role, inbound = server role
     ("filter",    &["filter"]),
@@ -65,7 +65,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("registry",  &["registry"]),  // direct, command, zookeeper
     ("runtime",   &["net", "drain", "metrics", "switcher"]),
     ("config",    &["config"]),
-    ("base",      &["protocol", "url", "sys", "cgroup", "recent", "log_writer", "locks"]),
+    ("base",      &["protocol", "url", "sys", "cgroup", "recent", "log_writer", "log_file", "locks"]),
 ];
 
 /// Check `agent/src`: prints the violations and fails, or returns a one-line summary.
