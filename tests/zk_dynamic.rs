@@ -119,14 +119,20 @@ fn provider_registers_through_its_agent_and_survives_a_restart_while_zookeeper_i
         provider.addr.port(),
         zk.port()
     );
+    let t0 = Instant::now();
     let (code, msg) = motan_answer(
         "register",
         http::post(server.admin, "/registry/register", &form).unwrap(),
     );
     assert_eq!((code, msg.as_str()), (200, "ok"));
+    let answered = t0.elapsed();
     wait_for("the registration in ZooKeeper", Duration::from_secs(10), || {
         server_node(&rt, &zk, &server).is_some()
     });
+    eprintln!(
+        "register answered in {answered:?}, node in ZooKeeper after {:?}",
+        t0.elapsed()
+    );
     let list = server.admin_json("/registry/list");
     let node = &list["body"]["register_nodes"][0];
     assert_eq!(node["path"], SVC, "{list}");
@@ -196,10 +202,15 @@ fn provider_registers_through_its_agent_and_survives_a_restart_while_zookeeper_i
         "recovered: {list}"
     );
     zk.spawn();
+    let t0 = Instant::now();
     wait_for(
         "the registration back in ZooKeeper",
         Duration::from_secs(30),
         || server_node(&rt, &zk, &server).is_some_and(|owner| owner != before),
+    );
+    eprintln!(
+        "registration recovered from the snapshot {:?} after ZooKeeper answered again",
+        t0.elapsed()
     );
     wait_for("calls routed again", Duration::from_secs(15), || {
         call(&rt, &client).as_deref() == Ok("pdyn")
