@@ -53,8 +53,8 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// The server node of the service in ZooKeeper and its session (`None`: no such node).
-fn server_node(rt: &tokio::runtime::Runtime, zk: &ZkServer, server: &Daemon) -> Option<i64> {
+/// The server node of the service in ZooKeeper: its session and creation (`None`: no such node).
+fn server_node(rt: &tokio::runtime::Runtime, zk: &ZkServer, server: &Daemon) -> Option<(i64, i64)> {
     rt.block_on(async {
         let c = raw(zk).await;
         let node = format!("/motan/{GROUP}/{SVC}/server/127.0.0.1:{}", server.ports.eport);
@@ -62,7 +62,7 @@ fn server_node(rt: &tokio::runtime::Runtime, zk: &ZkServer, server: &Daemon) -> 
             Ok((data, stat)) => {
                 let url = sockmesh::url::Url::parse_node(&sockmesh::url::Url::node_data_text(&data)).unwrap();
                 assert_eq!((url.path.as_str(), url.group.as_str()), (SVC, GROUP), "{url:?}");
-                Some(stat.ephemeral_owner)
+                Some((stat.ephemeral_owner, stat.czxid))
             }
             Err(zookeeper_client::Error::NoNode) => None,
             Err(e) => panic!("reading {node}: {e}"),
@@ -167,6 +167,15 @@ fn provider_registers_through_its_agent_and_survives_a_restart_while_zookeeper_i
         call(&rt, &client).as_deref() == Ok("pdyn")
     });
 
+    // A reload that changes the motan sections keeps the dynamic registration (the same node,
+    // not a new one).
+    let owner = server_node(&rt, &zk, &server);
+    server.rewrite_motan(&format!("{}switcher:\n  dyn.test: true\n", zk_registry(&zk)));
+    let (code, body) = server.control_post("/reload");
+    assert!(code == 200 && body.contains("motan sections"), "{code} {body}");
+    assert_eq!(server_node(&rt, &zk, &server), owner);
+    assert_eq!(call(&rt, &client).as_deref(), Ok("pdyn"));
+
     // A subscription as motan-go's mesh registry sends it (JSON), on the control socket of an
     // agent with no refers: the refer is added, and calls through it route.
     let sub = agent("dyn-sub", &zk, "", "");
@@ -189,7 +198,7 @@ fn provider_registers_through_its_agent_and_survives_a_restart_while_zookeeper_i
 
     // ZooKeeper down; the server agent restarts meanwhile: it recovers the registration from
     // its snapshot and registers it again when ZooKeeper is back, in a session of its own.
-    let before = server_node(&rt, &zk, &server).expect("registered");
+    let (before, _) = server_node(&rt, &zk, &server).expect("registered");
     zk.stop();
     server.kill9();
     server.spawn();
@@ -206,7 +215,7 @@ fn provider_registers_through_its_agent_and_survives_a_restart_while_zookeeper_i
     wait_for(
         "the registration back in ZooKeeper",
         Duration::from_secs(30),
-        || server_node(&rt, &zk, &server).is_some_and(|owner| owner != before),
+        || server_node(&rt, &zk, &server).is_some_and(|(owner, _)| owner != before),
     );
     eprintln!(
         "registration recovered from the snapshot {:?} after ZooKeeper answered again",

@@ -617,3 +617,57 @@ pub(crate) fn auto_mode_for(test: Option<&SelfTest>, allow_sockmap: bool) -> Mod
         _ => Mode::Connect,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::dynamic::{refer_url, service_url};
+    use crate::url::Url;
+
+    #[test]
+    fn snapshot_entries_the_configuration_refuses_are_dropped_at_start() {
+        let dir = std::env::temp_dir().join(format!("sockmesh-runtime-{}", std::process::id()));
+        let cfg = Config::parse(
+            &format!(
+                "motan-agent:\n  runtime_dir: {}\nmotan-registry:\n  zk: {{protocol: direct, address: \"127.0.0.1:9\"}}\n",
+                dir.display()
+            ),
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(runtime_dir(&cfg), dir);
+        let req = Url::new("motan2", "", 8100, "S", "g");
+        let mut set = DynamicSet::default();
+        set.register(service_url(&req, "zk", 9982, "127.0.0.1", ""));
+        set.register(service_url(
+            &Url {
+                group: "h".into(),
+                ..req.clone()
+            },
+            "gone",
+            9982,
+            "127.0.0.1",
+            "",
+        ));
+        set.subscribe(refer_url(&req, "zk"));
+        set.subscribe(refer_url(&req, "gone"));
+        set.save(&dir.join(crate::registry::dynamic::SNAPSHOT_FILE))
+            .unwrap();
+        let shared = MeshShared::new(&cfg);
+        let kept = shared.dynamic.lock().unwrap().clone();
+        let registries = |us: &[Url]| {
+            us.iter()
+                .map(|u| u.param("registry").unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(registries(&kept.registers), ["zk"]);
+        assert_eq!(registries(&kept.subscribes), ["zk"]);
+        // The entries are the configuration's own, with their checks: a taken id is refused.
+        let entries = kept.service_entries();
+        let with = cfg.with_entries(&entries, &kept.refer_entries()).unwrap();
+        assert!(with.mesh.exports.contains_key(&entries[0].0));
+        let err = with.with_entries(&entries, &[]).unwrap_err().to_string();
+        assert!(err.contains("already has an entry"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
