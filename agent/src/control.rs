@@ -186,6 +186,11 @@ fn usable_entries(cfg: &Config, set: DynamicSet) -> DynamicSet {
             Err(e) => tracing::error!(refer = %u.identity(), "dynamic subscription not recovered: {e}"),
         }
     }
+    // Each fits, but not all together: start with the configuration alone rather than not at all.
+    if let Err(e) = cfg.with_entries(&kept.service_entries(), &kept.refer_entries()) {
+        tracing::error!("dynamic registrations not recovered: {e}");
+        return DynamicSet::default();
+    }
     kept
 }
 
