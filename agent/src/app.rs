@@ -13,7 +13,6 @@ use crate::config::Config;
 use crate::config::intercept::HEARTBEAT_INTERVAL;
 use crate::control::{AppState, LogReload, MeshShared, build_mesh, register_switchers, sockets};
 use crate::drain::{DRAIN_DEADLINE, Drain};
-use crate::filter::FilterShared;
 use crate::intercept::ebpf::{Heartbeat, mode_name, mount_bpffs};
 use crate::intercept::iptables::Iptables;
 use crate::intercept::netns::{self, NamespaceWatcher};
@@ -99,10 +98,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let pin_dir = config.sockmesh.intercept.pin_dir.clone();
     let _lock = tokio::task::spawn_blocking(move || PinDirLock::acquire(&pin_dir)).await??;
 
-    let mesh_shared = MeshShared {
-        filters: FilterShared::new(),
-        overrides: Arc::default(),
-    };
+    let mesh_shared = MeshShared::new(&config);
     register_switchers(&config, &mesh_shared.filters);
     crate::observe::start_access_log(&config, &mesh_shared.filters);
     let mesh = build_mesh(&config, None, &mesh_shared)?;

@@ -22,6 +22,7 @@ use crate::net::SocketFactory;
 use crate::proxy::mesh::{Mesh, MeshHandle, MeshOptions};
 use crate::proxy::serve::ServeStats;
 use crate::proxy::transparent::Stats;
+use crate::registry::dynamic::DynamicSet;
 use crate::upstream::channel::Transport;
 
 /// Replaces the process's log filter (e.g. "debug"); errors name what is wrong with it.
@@ -56,6 +57,17 @@ pub struct AppState {
     pub export_stats: Arc<ServeStats>,
     /// Export ports listening (a reload that needs others reports a restart).
     pub export_ports: Vec<u16>,
+}
+
+/// Why a change of the dynamic registrations failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DynamicError {
+    /// The change does not pass the configuration's checks; nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// Applied, but the snapshot could not be written.
+    #[error("{0}")]
+    NotSaved(String),
 }
 
 /// How the agent's own upstream connections are made.
@@ -99,6 +111,108 @@ pub struct MeshShared {
     /// Switches, metrics, rate limits and circuits shared by every filter chain.
     pub filters: Arc<FilterShared>,
     pub overrides: Arc<Mutex<crate::registry::command::SwitcherOverrides>>,
+    /// What the admin API registered and subscribed (`/registry/register`, `/registry/subscribe`):
+    /// served besides the configured entries, and kept in `dynamic_file`.
+    pub dynamic: Mutex<DynamicSet>,
+    /// `<runtime dir>/registry.snap`.
+    pub dynamic_file: PathBuf,
+    /// One mesh rebuild at a time (reload, dynamic registration).
+    pub rebuild: tokio::sync::Mutex<()>,
+}
+
+impl MeshShared {
+    /// Fresh filter state; the dynamic registrations are read from their snapshot in the
+    /// runtime directory of `cfg` (those the configuration no longer accepts are dropped, each
+    /// with an error in the log).
+    pub fn new(cfg: &Config) -> MeshShared {
+        let dynamic_file = runtime_dir(cfg).join(crate::registry::dynamic::SNAPSHOT_FILE);
+        let set = match DynamicSet::load(&dynamic_file) {
+            Ok(set) => set,
+            Err(e) => {
+                tracing::error!("dynamic registrations not recovered: {e}");
+                DynamicSet::default()
+            }
+        };
+        let set = usable_entries(cfg, set);
+        if !set.is_empty() {
+            tracing::info!(
+                registered = set.registers.len(),
+                subscribed = set.subscribes.len(),
+                file = %dynamic_file.display(),
+                "dynamic registrations recovered from the snapshot"
+            );
+        }
+        MeshShared {
+            filters: FilterShared::new(),
+            overrides: Arc::default(),
+            dynamic: Mutex::new(set),
+            dynamic_file,
+            rebuild: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+/// The snapshot's entries that `cfg` accepts, each checked on its own.
+fn usable_entries(cfg: &Config, set: DynamicSet) -> DynamicSet {
+    if set.is_empty()
+        || cfg
+            .with_entries(&set.service_entries(), &set.refer_entries())
+            .is_ok()
+    {
+        return set;
+    }
+    let mut kept = DynamicSet::default();
+    for u in set.registers {
+        let one = DynamicSet {
+            registers: vec![u.clone()],
+            ..Default::default()
+        };
+        match cfg.with_entries(&one.service_entries(), &[]) {
+            Ok(_) => {
+                kept.register(u);
+            }
+            Err(e) => tracing::error!(service = %u.identity(), "dynamic registration not recovered: {e}"),
+        }
+    }
+    for u in set.subscribes {
+        let one = DynamicSet {
+            subscribes: vec![u.clone()],
+            ..Default::default()
+        };
+        match cfg.with_entries(&[], &one.refer_entries()) {
+            Ok(_) => {
+                kept.subscribe(u);
+            }
+            Err(e) => tracing::error!(refer = %u.identity(), "dynamic subscription not recovered: {e}"),
+        }
+    }
+    // Each fits, but not all together: start with the configuration alone rather than not at all.
+    if let Err(e) = cfg.with_entries(&kept.service_entries(), &kept.refer_entries()) {
+        tracing::error!("dynamic registrations not recovered: {e}");
+        return DynamicSet::default();
+    }
+    kept
+}
+
+/// `motan-agent.runtime_dir` (motan-go's key), else the registry snapshot directory.
+pub(crate) fn runtime_dir(cfg: &Config) -> PathBuf {
+    agent_str(cfg, "runtime_dir")
+        .or_else(|| agent_str(cfg, "snapshot_dir"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SNAPSHOT_DIR))
+}
+
+fn agent_str(cfg: &Config, k: &str) -> Option<String> {
+    match cfg.agent.other.get(k) {
+        Some(serde_yaml_ng::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The IP this agent registers its exports with: `motan-agent.localIP`, else the address that
+/// reaches the first ZooKeeper registry.
+pub(crate) fn local_ip(cfg: &Config) -> String {
+    agent_str(cfg, "localIP").unwrap_or_else(|| local_ip_towards(&cfg.mesh))
 }
 
 /// The local address that reaches the first ZooKeeper registry (a UDP connect sends nothing),
@@ -119,20 +233,31 @@ fn local_ip_towards(mc: &crate::config::motan::MotanConfig) -> String {
         .unwrap_or_else(|| "127.0.0.1".to_string())
 }
 
-/// Build the mesh from a configuration (errors name section, entry and key).
+/// Build the mesh from a configuration and the dynamic registrations (errors name section,
+/// entry and key).
 pub(crate) fn build_mesh(cfg: &Config, previous: Option<&Mesh>, shared: &MeshShared) -> Result<Mesh> {
+    let set = shared.dynamic.lock().unwrap().clone();
+    build_mesh_with(cfg, &set, previous, shared)
+}
+
+/// As `build_mesh`, with the dynamic registrations `set`.
+fn build_mesh_with(
+    cfg: &Config,
+    set: &DynamicSet,
+    previous: Option<&Mesh>,
+    shared: &MeshShared,
+) -> Result<Mesh> {
+    let cfg = &cfg
+        .with_entries(&set.service_entries(), &set.refer_entries())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mc = &cfg.mesh;
     for w in &mc.warnings {
         tracing::warn!("{w}");
     }
-    let agent_str = |k: &str| match cfg.agent.other.get(k) {
-        Some(serde_yaml_ng::Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        _ => None,
-    };
-    let local_ip = agent_str("localIP").unwrap_or_else(|| local_ip_towards(mc));
+    let agent_str = |k: &str| agent_str(cfg, k);
     let opts = MeshOptions {
         transport: transport(cfg),
-        local_ip,
+        local_ip: local_ip(cfg),
         application: cfg.agent.application.clone(),
         snapshot_dir: agent_str("snapshot_dir")
             .map(PathBuf::from)
@@ -405,6 +530,7 @@ impl AppState {
             }
         }
         if old.motan != new.motan || old.agent.application != new.agent.application {
+            let _one = self.mesh_shared.rebuild.lock().await;
             let current = self.mesh.load_full();
             let mesh = match build_mesh(&new, Some(&current), &self.mesh_shared) {
                 Ok(m) => m,
@@ -417,17 +543,55 @@ impl AppState {
             if ports.iter().any(|p| !self.export_ports.contains(p)) {
                 restart.push("motan-service export ports (new ports listen after a restart)");
             }
-            mesh.wait_ready().await;
-            let online = self.online.load(std::sync::atomic::Ordering::Relaxed);
-            mesh.register(online).await;
-            current.unregister(Some(&mesh)).await;
-            self.mesh.store(Arc::new(mesh));
-            current.stop();
+            self.swap_mesh(current, mesh).await;
             applied.push("motan sections (registries, refers, services)");
         }
         *self.config.write().unwrap() = effective;
         tracing::info!(applied = ?applied, needs_restart = ?restart, source = %new.source, "configuration reloaded");
         Ok(json!({ "source": new.source, "applied": applied, "needs_restart": restart }))
+    }
+
+    /// Put `mesh` in place of `current`: its clusters connected (bounded), its exports
+    /// registered (available when the agent is online), the registrations `current` has and
+    /// `mesh` not removed; requests in flight finish on `current`.
+    async fn swap_mesh(&self, current: Arc<Mesh>, mesh: Mesh) {
+        mesh.wait_ready().await;
+        let online = self.online.load(std::sync::atomic::Ordering::Relaxed);
+        mesh.register(online).await;
+        current.unregister(Some(&mesh)).await;
+        self.mesh.store(Arc::new(mesh));
+        current.stop();
+    }
+
+    /// Change the dynamic registrations (admin API `/registry/register` and friends). `change`
+    /// edits a copy of the set and says whether it changed anything; the mesh is then rebuilt
+    /// with the copy (checked like a configuration: on an error nothing changes), swapped in as
+    /// a reload's is, and the set written to its snapshot. A registry that cannot be reached
+    /// is no error: it gets the registration when it can be (as after a restart).
+    pub async fn update_dynamic(
+        &self,
+        change: impl FnOnce(&mut DynamicSet) -> bool,
+    ) -> Result<bool, DynamicError> {
+        let _one = self.mesh_shared.rebuild.lock().await;
+        let mut set = self.mesh_shared.dynamic.lock().unwrap().clone();
+        if !change(&mut set) {
+            return Ok(false);
+        }
+        let cfg = self.config.read().unwrap().clone();
+        let current = self.mesh.load_full();
+        let mesh = build_mesh_with(&cfg, &set, Some(&current), &self.mesh_shared)
+            .map_err(|e| DynamicError::Refused(format!("{e:#}")))?;
+        self.swap_mesh(current, mesh).await;
+        *self.mesh_shared.dynamic.lock().unwrap() = set.clone();
+        let file = &self.mesh_shared.dynamic_file;
+        if let Err(e) = set.save(file) {
+            tracing::error!(file = %file.display(), "dynamic registrations applied but not saved: {e}");
+            return Err(DynamicError::NotSaved(format!(
+                "applied, but the snapshot {} could not be written ({e}): a restart would lose it",
+                file.display()
+            )));
+        }
+        Ok(true)
     }
 
     pub fn status_json(&self) -> Value {
@@ -457,5 +621,59 @@ pub(crate) fn auto_mode_for(test: Option<&SelfTest>, allow_sockmap: bool) -> Mod
     match test {
         Some(t) if allow_sockmap && t.sockmap_safe() => Mode::Sockmap,
         _ => Mode::Connect,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::dynamic::{refer_url, service_url};
+    use crate::url::Url;
+
+    #[test]
+    fn snapshot_entries_the_configuration_refuses_are_dropped_at_start() {
+        let dir = std::env::temp_dir().join(format!("sockmesh-runtime-{}", std::process::id()));
+        let cfg = Config::parse(
+            &format!(
+                "motan-agent:\n  runtime_dir: {}\nmotan-registry:\n  zk: {{protocol: direct, address: \"127.0.0.1:9\"}}\n",
+                dir.display()
+            ),
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(runtime_dir(&cfg), dir);
+        let req = Url::new("motan2", "", 8100, "S", "g");
+        let mut set = DynamicSet::default();
+        set.register(service_url(&req, "zk", 9982, "127.0.0.1", ""));
+        set.register(service_url(
+            &Url {
+                group: "h".into(),
+                ..req.clone()
+            },
+            "gone",
+            9982,
+            "127.0.0.1",
+            "",
+        ));
+        set.subscribe(refer_url(&req, "zk"));
+        set.subscribe(refer_url(&req, "gone"));
+        set.save(&dir.join(crate::registry::dynamic::SNAPSHOT_FILE))
+            .unwrap();
+        let shared = MeshShared::new(&cfg);
+        let kept = shared.dynamic.lock().unwrap().clone();
+        let registries = |us: &[Url]| {
+            us.iter()
+                .map(|u| u.param("registry").unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(registries(&kept.registers), ["zk"]);
+        assert_eq!(registries(&kept.subscribes), ["zk"]);
+        // The entries are the configuration's own, with their checks: a taken id is refused.
+        let entries = kept.service_entries();
+        let with = cfg.with_entries(&entries, &kept.refer_entries()).unwrap();
+        assert!(with.mesh.exports.contains_key(&entries[0].0));
+        let err = with.with_entries(&entries, &[]).unwrap_err().to_string();
+        assert!(err.contains("already has an entry"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

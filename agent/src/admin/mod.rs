@@ -1,7 +1,7 @@
-//! Admin API (JSON over HTTP): health and status, online/offline, filter state, and the
-//! interception control calls the CLI uses. One router behind two doors, the control socket
-//! and the loopback TCP port; `access.rs` decides who may call what on each. Bad requests get
-//! a 4xx with a message.
+//! Admin API (JSON over HTTP): health and status, online/offline, filter state, the
+//! interception control calls the CLI uses, and motan-go's dynamic registration (`dynamic.rs`).
+//! One router behind two doors, the control socket and the loopback TCP port; `access.rs`
+//! decides who may call what on each. Bad requests get a 4xx with a message.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub mod access;
 pub mod client;
 pub mod control_socket;
+pub mod dynamic;
 pub mod filters;
 pub mod state_metrics;
 
@@ -40,7 +41,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/503", any(set_offline))
         .route("/version", get(|| async { env!("CARGO_PKG_VERSION") }))
         .route("/status", get(status))
-        .route("/registry/list", get(registry_list))
         .route("/intercept/status", get(intercept_status))
         .route("/intercept/enable", post(intercept_enable))
         .route("/intercept/disable", post(intercept_disable))
@@ -49,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint; see /status") })
         .with_state(state.clone())
         .merge(crate::admin::filters::routes(state.mesh_shared.filters.clone()))
+        .merge(crate::admin::dynamic::routes(state.clone()))
 }
 
 /// The router with every request checked by `access.rs` first.
@@ -83,10 +84,6 @@ pub async fn serve(
 /// A boolean parameter such as `all=true` or `force=1`.
 fn flag(q: &HashMap<String, String>, name: &str) -> bool {
     q.get(name).is_some_and(|v| v == "true" || v == "1")
-}
-
-async fn registry_list(State(s): State<Arc<AppState>>) -> Response {
-    axum::Json(s.mesh.load().registry_json()).into_response()
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> Response {

@@ -25,10 +25,13 @@ pub enum Mutation {
     Shutdown,
     InterceptEnable,
     InterceptDisable,
+    RegistryRegister,
+    RegistryUnregister,
+    RegistrySubscribe,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 9] = [
+    pub const ALL: [Mutation; 12] = [
         Mutation::Online,
         Mutation::Offline,
         Mutation::SwitcherSet,
@@ -38,6 +41,9 @@ impl Mutation {
         Mutation::Shutdown,
         Mutation::InterceptEnable,
         Mutation::InterceptDisable,
+        Mutation::RegistryRegister,
+        Mutation::RegistryUnregister,
+        Mutation::RegistrySubscribe,
     ];
 
     pub fn path(self) -> &'static str {
@@ -51,6 +57,9 @@ impl Mutation {
             Mutation::Shutdown => "/shutdown",
             Mutation::InterceptEnable => "/intercept/enable",
             Mutation::InterceptDisable => "/intercept/disable",
+            Mutation::RegistryRegister => "/registry/register",
+            Mutation::RegistryUnregister => "/registry/unregister",
+            Mutation::RegistrySubscribe => "/registry/subscribe",
         }
     }
 

@@ -34,6 +34,7 @@ use self::sections::bpf_log_level;
 pub use self::sections::{
     AdminSection, AgentSection, ConfigErrors, InterceptSection, RequestedMode, SettingError, SockmeshSection,
 };
+use crate::url::Url;
 
 /// The configuration `sockmesh run` uses when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
@@ -123,6 +124,55 @@ impl Config {
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// This configuration with extra `motan-service` and `motan-refer` entries (the dynamic
+    /// registrations of the admin API). The motan sections are checked again as a whole, so
+    /// such an entry is held to the rules of a configured one; errors name its entry id. An id
+    /// the configuration already uses is an error.
+    pub fn with_entries(
+        &self,
+        services: &[(String, Url)],
+        refers: &[(String, Url)],
+    ) -> Result<Config, ConfigErrors> {
+        if services.is_empty() && refers.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut sections = self.motan.clone();
+        for (section, entries) in [(motan::SERVICE_SECTION, services), (motan::REFER_SECTION, refers)] {
+            let v = sections
+                .entry(section.to_string())
+                .or_insert(Value::Mapping(Default::default()));
+            if v.is_null() {
+                *v = Value::Mapping(Default::default());
+            }
+            let Value::Mapping(m) = v else {
+                return Err(ConfigErrors(vec![format!(
+                    "{}: section {section} must be a mapping of entry id → settings",
+                    self.source
+                )]));
+            };
+            for (id, u) in entries {
+                let key = Value::String(id.clone());
+                if m.contains_key(&key) {
+                    return Err(ConfigErrors(vec![format!(
+                        "{}: section {section} already has an entry {id:?}",
+                        self.source
+                    )]));
+                }
+                m.insert(key, Value::Mapping(entry_mapping(u)));
+            }
+        }
+        let (mesh, errors) =
+            MotanConfig::build(&self.source, &self.agent, &sections, &MotanEnv::from_process());
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Config {
+            motan: sections,
+            mesh,
+            ..self.clone()
+        })
     }
 
     fn validate(&self) -> Vec<String> {
@@ -308,6 +358,24 @@ impl Config {
             liveness_timeout: std::time::Duration::from_millis(i.liveness_timeout_ms),
         }
     }
+}
+
+/// A configuration entry (as YAML) for `u`: protocol, path, group and every parameter; host and
+/// port are not entry settings of a service or refer.
+fn entry_mapping(u: &Url) -> serde_yaml_ng::Mapping {
+    let mut m = serde_yaml_ng::Mapping::new();
+    let mut put = |k: &str, v: &str| {
+        m.insert(Value::String(k.to_string()), Value::String(v.to_string()));
+    };
+    for (k, v) in &u.params {
+        put(k, v);
+    }
+    if !u.protocol.is_empty() {
+        put("protocol", &u.protocol);
+    }
+    put("path", &u.path);
+    put("group", &u.group);
+    m
 }
 
 #[cfg(test)]

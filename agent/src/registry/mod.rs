@@ -1,8 +1,10 @@
 //! Service discovery and registration (4.9). A `Registry` streams the server list of a refer
 //! and the registry's command texts (4.10), and, for the server role, registers exported
 //! services. `direct` is a static list; `zookeeper` is motan's ZooKeeper layout.
+//! `dynamic` holds what the admin API registered and subscribed at run time (and its snapshot).
 pub mod command;
 pub mod direct;
+pub mod dynamic;
 pub mod zookeeper;
 
 use std::future::Future;
