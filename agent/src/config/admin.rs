@@ -22,19 +22,22 @@ pub enum Mutation {
     RatelimitSet,
     LogConfigSet,
     Reload,
+    /// motan-go's `/reload/clusters`: re-read the configuration file (as `/reload`).
+    ReloadClusters,
     Shutdown,
     InterceptEnable,
     InterceptDisable,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 9] = [
+    pub const ALL: [Mutation; 10] = [
         Mutation::Online,
         Mutation::Offline,
         Mutation::SwitcherSet,
         Mutation::RatelimitSet,
         Mutation::LogConfigSet,
         Mutation::Reload,
+        Mutation::ReloadClusters,
         Mutation::Shutdown,
         Mutation::InterceptEnable,
         Mutation::InterceptDisable,
@@ -48,6 +51,7 @@ impl Mutation {
             Mutation::RatelimitSet => "/ratelimit/set",
             Mutation::LogConfigSet => "/logConfig/set",
             Mutation::Reload => "/reload",
+            Mutation::ReloadClusters => "/reload/clusters",
             Mutation::Shutdown => "/shutdown",
             Mutation::InterceptEnable => "/intercept/enable",
             Mutation::InterceptDisable => "/intercept/disable",
@@ -65,7 +69,11 @@ impl Mutation {
     pub fn socket_only(self) -> bool {
         matches!(
             self,
-            Mutation::Reload | Mutation::Shutdown | Mutation::InterceptEnable | Mutation::InterceptDisable
+            Mutation::Reload
+                | Mutation::ReloadClusters
+                | Mutation::Shutdown
+                | Mutation::InterceptEnable
+                | Mutation::InterceptDisable
         )
     }
 

@@ -45,6 +45,8 @@ pub struct Config {
     /// The same sections typed and checked, once: what `sockmesh run` builds the mesh from and
     /// what `sockmesh config validate` reports on.
     pub mesh: MotanConfig,
+    /// The whole document as read, every section (motan-go's `GetOriginMap`, for `/getConfig`).
+    pub origin: Value,
 }
 
 impl Config {
@@ -71,6 +73,7 @@ impl Config {
             }
             Err(e) => return Err(ConfigErrors(vec![format!("{source}: not valid YAML: {e}")])),
         };
+        let origin = root.clone();
         let Value::Mapping(map) = root else { unreachable!() };
         let mut agent = AgentSection::default();
         let mut sockmesh = SockmeshSection::default();
@@ -101,6 +104,7 @@ impl Config {
             sockmesh,
             motan,
             mesh,
+            origin,
         };
         errors.extend(cfg.validate());
         errors.extend(mesh_errors);
