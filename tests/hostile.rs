@@ -284,5 +284,7 @@ fn attacks_leave_a_well_behaved_client_unharmed() {
         measure(&ch, 50, every).await
     });
     assert_eq!(again.1, 0);
-    assert!(agent.admin_json("/status").is_object() || agent.admin_json("/status").is_array());
+    assert!(
+        agent.admin_json("/sockmesh/status").is_object() || agent.admin_json("/sockmesh/status").is_array()
+    );
 }

@@ -552,7 +552,7 @@ fn hport_sends_served_paths_over_motan2_and_the_rest_as_plain_http() {
     });
 
     // The status lists the http-client and its service cluster.
-    let st = client.admin_json("/status").to_string();
+    let st = client.admin_json("/sockmesh/status").to_string();
     assert!(
         st.contains("http_clients") && st.contains("localhost.api"),
         "{st}"
@@ -609,7 +609,7 @@ fn intercepted_http_takes_the_same_path_without_proxy_settings() {
     let e: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(e["path"], "/other");
     assert!(e["headers"]["motan-p"].is_null(), "{e}");
-    let st = client.admin_json("/status");
+    let st = client.admin_json("/sockmesh/status");
     assert!(st["transparent_proxy"]["routed"].as_u64().unwrap() >= 3, "{st}");
     let (redirected, _, _) = client.counters(&rel);
     assert!(redirected >= 3, "{redirected}");

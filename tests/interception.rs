@@ -705,7 +705,7 @@ fn install_status_uninstall_leaves_nothing() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
-        if let Ok((200, body)) = sockmesh_testkit::http::get(d.admin, "/status") {
+        if let Ok((200, body)) = sockmesh_testkit::http::get(d.admin, "/sockmesh/status") {
             break serde_json::from_str::<serde_json::Value>(&body).unwrap();
         }
         assert!(
@@ -910,7 +910,7 @@ fn intercepted_motan2_requests_are_routed_by_service() {
     assert_eq!(r["provider"], "routed-provider", "{r}");
     assert_eq!(r["body"], "ping");
     assert_eq!(r["id"], 77, "the app's own request id comes back");
-    let st = d.admin_json("/status");
+    let st = d.admin_json("/sockmesh/status");
     assert_eq!(st["transparent_proxy"]["routed"], 1, "{st}");
 
     // A Motan2 request for a service no cluster knows goes to its original destination.
@@ -918,6 +918,6 @@ fn intercepted_motan2_requests_are_routed_by_service() {
     let r = motan2_call(cg.path(), echo.addr, "com.example.Unknown");
     // The echo server returns the request itself: a request frame, so no provider meta.
     assert_eq!(r["provider"], serde_json::Value::Null, "{r}");
-    assert_eq!(d.admin_json("/status")["transparent_proxy"]["routed"], 1);
+    assert_eq!(d.admin_json("/sockmesh/status")["transparent_proxy"]["routed"], 1);
     assert!(d.counters(&rel).0 >= 2);
 }

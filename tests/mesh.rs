@@ -96,12 +96,12 @@ fn app_to_client_agent_to_server_agent_to_motan2_provider() {
         assert_eq!(msg, "provider not exist serviceKey=g1_com.example.Other");
     });
     // Status shows the cluster with a healthy endpoint and the export.
-    let st = client.admin_json("/status");
+    let st = client.admin_json("/sockmesh/status");
     let c = &st["mesh"]["clusters"][0];
     assert_eq!(c["service"], SVC);
     assert_eq!(c["available_endpoints"], 1, "{st}");
     assert_eq!(c["endpoints"][0]["available"], true);
-    let st = server.admin_json("/status");
+    let st = server.admin_json("/sockmesh/status");
     assert_eq!(st["mesh"]["exports"][0]["service"], SVC, "{st}");
     // Endpoint health and listener counters are on /metrics too.
     let (code, text) = sockmesh_testkit::http::get(client.admin, "/metrics").unwrap();
@@ -161,13 +161,13 @@ fn oneway_requests_are_forwarded_and_answered_without_waiting_for_the_provider()
         );
     });
     // Nothing is left waiting for an answer in either agent.
-    let st = client.admin_json("/status");
+    let st = client.admin_json("/sockmesh/status");
     assert_eq!(st["mesh"]["clusters"][0]["endpoints"][0]["in_flight"], 0, "{st}");
     assert_eq!(
         st["mesh"]["clusters"][0]["endpoints"][0]["consecutive_errors"], 0,
         "{st}"
     );
-    let st = server.admin_json("/status");
+    let st = server.admin_json("/sockmesh/status");
     assert_eq!(st["mesh"]["exports"][0]["provider"]["in_flight"], 0, "{st}");
 }
 
@@ -368,7 +368,7 @@ fn failover_loses_no_request_when_a_provider_dies() {
     assert!(failed.is_empty(), "lost requests: {failed:?}");
     assert_eq!(ok, 8 * 150);
     // The dead endpoint is marked unavailable after its consecutive errors.
-    let st = t.agent.admin_json("/status");
+    let st = t.agent.admin_json("/sockmesh/status");
     let eps = st["mesh"]["clusters"][0]["endpoints"].as_array().unwrap().clone();
     let dead = eps
         .iter()
@@ -381,7 +381,7 @@ fn failover_loses_no_request_when_a_provider_dies() {
     t.providers[1] = Provider::start_on(&addr.to_string(), "p1-again", 0, 1);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let st = t.agent.admin_json("/status");
+        let st = t.agent.admin_json("/sockmesh/status");
         let back = st["mesh"]["clusters"][0]["endpoints"]
             .as_array()
             .unwrap()
@@ -549,7 +549,7 @@ fn a_malformed_or_oversized_frame_only_hurts_its_own_connection() {
             vec![Value::from("after")]
         );
     });
-    let st = client.admin_json("/status");
+    let st = client.admin_json("/sockmesh/status");
     assert!(st["agent_port"]["bad_frames"].as_u64().unwrap() >= 2, "{st}");
 }
 

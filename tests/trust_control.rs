@@ -202,7 +202,9 @@ const MUTATIONS: &[(&str, &str)] = &[
     ("POST", "/ratelimit/set?service=com.example.Echo&rate=1"),
     ("POST", "/logConfig/set?access=false"),
     ("GET", "/logConfig/set?access=false"),
+    ("POST", "/logConfig/set?level=trace"),
     ("POST", "/reload"),
+    ("POST", "/reload/clusters"),
     ("POST", "/shutdown"),
     ("GET", "/shutdown"),
     ("POST", "/intercept/enable?cgroup=/&mode=iptables&force=true"),
@@ -266,7 +268,7 @@ fn an_unprivileged_user_cannot_change_the_daemon() {
 
     // Nothing changed: still running, still offline (exports not announced), switch and access
     // log as configured, nothing intercepted; every refusal was logged.
-    let st = d.admin_json("/status");
+    let st = d.admin_json("/sockmesh/status");
     assert_eq!(st["status"], 503, "{st}");
     assert_eq!(
         http::get(d.admin, "/switcher/get?name=feature.x").unwrap().1,
@@ -331,7 +333,7 @@ fn the_control_socket_admits_root_and_the_control_group_only() {
         &raw("POST", "/shutdown", "localhost", &[]),
     );
     assert_eq!(r.status(), 403, "{r:?}");
-    assert_eq!(d.admin_json("/status")["status"], 503, "still running");
+    assert_eq!(d.admin_json("/sockmesh/status")["status"], 503, "still running");
     let log = d.log();
     assert!(
         log.contains("admin POST /reload caller=uid 65534 gid 65534"),
@@ -482,7 +484,7 @@ fn tcp_mutations_need_the_config_and_the_token() {
     let tcp = Door::Tcp(d.admin);
     let host = d.admin.to_string();
     let bearer = format!("Authorization: Bearer {token}");
-    let online = || d.admin_json("/status")["status"].as_u64().unwrap();
+    let online = || d.admin_json("/sockmesh/status")["status"].as_u64().unwrap();
 
     // Enabled, but without the token: 401 naming the key.
     let r = as_nobody(tcp, &raw("POST", "/200", &host, &[]));
@@ -537,7 +539,7 @@ fn shutdown_over_the_socket_exits_zero_and_a_stale_socket_is_replaced() {
     d.kill9();
     assert!(d.control.exists());
     assert_eq!(
-        http::unix_get(&d.control, "/status")
+        http::unix_get(&d.control, "/sockmesh/status")
             .err()
             .map(|e| format!("{e:#}")),
         Some(format!(

@@ -66,7 +66,7 @@ fn offline(d: &Daemon) {
 
 /// Addresses of the client's available endpoints.
 fn available(d: &Daemon) -> Vec<String> {
-    let st = d.admin_json("/status");
+    let st = d.admin_json("/sockmesh/status");
     let mut v: Vec<String> = st["mesh"]["clusters"][0]["endpoints"]
         .as_array()
         .unwrap()

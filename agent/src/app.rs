@@ -270,11 +270,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         online: AtomicBool::new(false),
         config: RwLock::new(config.clone()),
         config_path: opts.config_path,
-        log_reload: if opts.log_level_pinned {
-            None
-        } else {
-            opts.log_reload
-        },
+        log_reload: opts.log_reload,
+        log_level_pinned: opts.log_level_pinned,
         interceptor: Mutex::new(interceptor),
         iptables: Mutex::new(Iptables::new(
             &config.sockmesh.intercept.iptables_chain,

@@ -37,6 +37,9 @@ pub struct AppState {
     pub config_path: Option<PathBuf>,
     /// Changes the log filter of the running process (set up by the binary).
     pub log_reload: Option<LogReload>,
+    /// `--log-level` was given: a reload leaves the level alone (`/logConfig/set` still
+    /// changes it, being asked for explicitly).
+    pub log_level_pinned: bool,
     pub interceptor: Mutex<Option<EbpfInterceptor>>,
     pub iptables: Mutex<Iptables>,
     /// Why interception is unavailable, when it is.
@@ -522,11 +525,11 @@ impl AppState {
         }
         if old.sockmesh.log_level != new.sockmesh.log_level {
             match &self.log_reload {
-                Some(f) => {
+                Some(f) if !self.log_level_pinned => {
                     f(&new.sockmesh.log_level)?;
                     applied.push("sockmesh.log_level");
                 }
-                None => restart.push("sockmesh.log_level (pinned by --log-level)"),
+                _ => restart.push("sockmesh.log_level (pinned by --log-level)"),
             }
         }
         if old.motan != new.motan || old.agent.application != new.agent.application {

@@ -371,7 +371,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { json, admin } => {
-            let v = admin_call(&admin, "GET", "/status")?;
+            let v = admin_call(&admin, "GET", "/sockmesh/status")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

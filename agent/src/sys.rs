@@ -429,6 +429,33 @@ fn own_dir(dir: &Path, group: Option<u32>) -> io::Result<()> {
     Ok(())
 }
 
+/// This process's CPU time so far (user + system, seconds) and resident memory (bytes), from
+/// /proc/self/stat and /proc/self/statm.
+pub fn self_usage() -> io::Result<(f64, u64)> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat format");
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) start at field 3, `state`.
+    let rest = stat.rsplit_once(')').ok_or_else(bad)?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).ok_or_else(bad);
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after `state`.
+    let cpu_ticks = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf has no preconditions.
+    let (hz, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((cpu_ticks as f64 / hz.max(1) as f64, pages * page.max(1) as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

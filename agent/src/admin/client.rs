@@ -139,7 +139,7 @@ mod tests {
             "{head:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
-        let err = format!("{:#}", target.request("GET", "/status").unwrap_err());
+        let err = format!("{:#}", target.request("GET", "/sockmesh/status").unwrap_err());
         assert!(
             err.contains("cannot reach the sockmesh daemon's control socket"),
             "{err}"

@@ -8,26 +8,27 @@
 //! | `/ratelimit/list` | every rate-limited service's buckets, JSON |
 //! | `/ratelimit/set?service=&rate=[&method=]` | change a rate (0.001..=1e9 per second, else 400); `rate=off` removes the limit |
 //! | `/circuitBreaker/list` | every circuit's state and window counts, JSON |
-//! | `/logConfig/set?access=<bool>` | access log on/off: `{"code":200,"body":"set accessLog status:<v>"}` |
 //! | `/metrics` | Prometheus text (`text/plain; version=0.0.4`) |
 //!
-//! Any method is accepted (upstream serves them on Go's mux). A missing or bad parameter is a
-//! 400 whose text names the parameter.
+//! Any method is accepted (upstream serves them on Go's mux); parameters come from the query
+//! or a urlencoded POST body (`form.rs`). A missing or bad parameter is a 400 whose text names
+//! the parameter. `/logConfig/*` is in motan.rs.
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use serde_json::json;
 
+use super::form::Form;
 use crate::filter::FilterShared;
 use crate::filter::rate_limit::check_rate;
 use crate::url::parse_go_bool;
 
-type Params = Query<HashMap<String, String>>;
+type Params = Form;
 type Shared = State<Arc<FilterShared>>;
 
 /// Content type of `/metrics`.
@@ -42,7 +43,6 @@ pub fn routes(shared: Arc<FilterShared>) -> Router {
         .route("/ratelimit/list", any(ratelimit_list))
         .route("/ratelimit/set", any(ratelimit_set))
         .route("/circuitBreaker/list", any(breaker_list))
-        .route("/logConfig/set", any(log_config_set))
         .route("/metrics", any(metrics))
         .with_state(shared)
 }
@@ -79,13 +79,13 @@ async fn switcher_list(State(s): Shared) -> Response {
     axum::Json(s.switchers.all()).into_response()
 }
 
-async fn switcher_get(State(s): Shared, Query(q): Params) -> Handled {
+async fn switcher_get(State(s): Shared, Form(q): Params) -> Handled {
     let name = required(&q, "name")?;
     let v = s.switchers.get(name).ok_or_else(|| not_registered(name))?;
     Ok(format!("Switcher value for {name} is {v}!").into_response())
 }
 
-async fn switcher_set(State(s): Shared, Query(q): Params) -> Handled {
+async fn switcher_set(State(s): Shared, Form(q): Params) -> Handled {
     let name = required(&q, "name")?;
     let value = bool_param(&q, "value")?;
     if !s.switchers.set(name, value) {
@@ -98,7 +98,7 @@ async fn ratelimit_list(State(s): Shared) -> Response {
     axum::Json(s.rate_limits.list()).into_response()
 }
 
-async fn ratelimit_set(State(s): Shared, Query(q): Params) -> Handled {
+async fn ratelimit_set(State(s): Shared, Form(q): Params) -> Handled {
     let service = required(&q, "service")?;
     let text = required(&q, "rate")?;
     let rate = match text {
@@ -119,14 +119,6 @@ async fn ratelimit_set(State(s): Shared, Query(q): Params) -> Handled {
 
 async fn breaker_list(State(s): Shared) -> Response {
     axum::Json(s.breakers.list()).into_response()
-}
-
-async fn log_config_set(State(s): Shared, Query(q): Params) -> Handled {
-    let on = bool_param(&q, "access")?;
-    s.access_log.set_enabled(on);
-    tracing::info!("access log set to {on}");
-    let body = format!("set accessLog status:{on}");
-    Ok(axum::Json(json!({ "code": 200, "body": body })).into_response())
 }
 
 async fn metrics(State(s): Shared) -> Response {
@@ -256,29 +248,6 @@ mod tests {
         ] {
             assert_bad(&shared, uri, needle).await;
         }
-    }
-
-    #[tokio::test]
-    async fn log_config_toggles_the_access_log() {
-        let shared = FilterShared::new();
-        assert!(shared.access_log.enabled());
-        let (st, _, body) = get(&shared, "/logConfig/set?access=false").await;
-        assert_eq!(st, StatusCode::OK);
-        assert_eq!(
-            json(&body),
-            json!({"code": 200, "body": "set accessLog status:false"})
-        );
-        assert!(!shared.access_log.enabled());
-        let (st, _, body) = get(&shared, "/logConfig/set?access=maybe").await;
-        assert_eq!(st, StatusCode::BAD_REQUEST);
-        assert!(body.contains("parameter access"), "{body}");
-        let (st, _, body) = get(&shared, "/logConfig/set").await;
-        assert_eq!(
-            (st, body.as_str()),
-            (StatusCode::BAD_REQUEST, "missing parameter access")
-        );
-        get(&shared, "/logConfig/set?access=1").await;
-        assert!(shared.access_log.enabled());
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -20,15 +20,18 @@ pub mod client;
 pub mod control_socket;
 pub mod dynamic;
 pub mod filters;
+pub mod form;
+pub mod motan;
 pub mod state_metrics;
 
 use self::access::{Access, Caller};
 use self::control_socket::ControlSocket;
+use self::form::Form;
 
 use crate::config::RequestedMode;
 use crate::control::AppState;
 
-type Params = Query<HashMap<String, String>>;
+type Params = Form;
 
 fn error(code: StatusCode, msg: impl std::fmt::Display) -> Response {
     (code, axum::Json(json!({ "error": msg.to_string() }))).into_response()
@@ -39,17 +42,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", any(health))
         .route("/200", any(set_online))
         .route("/503", any(set_offline))
-        .route("/version", get(|| async { env!("CARGO_PKG_VERSION") }))
-        .route("/status", get(status))
+        // sockmesh's own status (the CLI's `sockmesh status`); motan-go's `/status` is in motan.rs.
+        .route("/sockmesh/status", get(status))
         .route("/intercept/status", get(intercept_status))
         .route("/intercept/enable", post(intercept_enable))
         .route("/intercept/disable", post(intercept_disable))
         .route("/shutdown", post(shutdown))
         .route("/reload", post(reload))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint; see /status") })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such admin endpoint; see /sockmesh/status",
+            )
+        })
         .with_state(state.clone())
         .merge(crate::admin::filters::routes(state.mesh_shared.filters.clone()))
         .merge(crate::admin::dynamic::routes(state.clone()))
+        .merge(crate::admin::motan::routes(state.clone()))
 }
 
 /// The router with every request checked by `access.rs` first.
@@ -119,7 +128,7 @@ async fn intercept_status(State(s): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn intercept_enable(State(s): State<Arc<AppState>>, Query(q): Params) -> Response {
+async fn intercept_enable(State(s): State<Arc<AppState>>, Form(q): Params) -> Response {
     let Some(cgroup) = q.get("cgroup") else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -137,7 +146,7 @@ async fn intercept_enable(State(s): State<Arc<AppState>>, Query(q): Params) -> R
     }
 }
 
-async fn intercept_disable(State(s): State<Arc<AppState>>, Query(q): Params) -> Response {
+async fn intercept_disable(State(s): State<Arc<AppState>>, Form(q): Params) -> Response {
     let r = if flag(&q, "all") {
         s.disable_all().map(|n| json!({ "disabled": n }))
     } else if let Some(cg) = q.get("cgroup") {

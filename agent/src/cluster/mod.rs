@@ -550,6 +550,37 @@ impl Cluster {
         ep.keepalive_finished();
     }
 
+    /// Whether some endpoint is available (motan-go's `MotanCluster.IsAvailable`).
+    pub fn is_available(&self) -> bool {
+        self.balancer.load().endpoints().iter().any(|e| e.is_available())
+    }
+
+    /// The endpoints in motan-go's `/runtime/info` shape (cluster/motanCluster.go
+    /// `GetRuntimeInfo`, endpoint/motanCommonEndpoint.go): `{available: {..}, unavailable: {..}}`
+    /// keyed `<index>-<identity>`, each `{name, errorCount, keepaliveRunning, keepaliveType}`.
+    pub fn referers_runtime_info(&self) -> (usize, Value) {
+        let balancer = self.balancer.load();
+        let (mut available, mut unavailable) = (serde_json::Map::new(), serde_json::Map::new());
+        for (i, ep) in balancer.endpoints().iter().enumerate() {
+            let info = json!({
+                "name": "motan2",
+                "errorCount": ep.consecutive_errors(),
+                "keepaliveRunning": ep.keepalive_running(),
+                "keepaliveType": 0,
+            });
+            let key = format!("{i}-{}", ep.identity());
+            if ep.is_available() {
+                available.insert(key, info);
+            } else {
+                unavailable.insert(key, info);
+            }
+        }
+        (
+            balancer.endpoints().len(),
+            json!({ "available": available, "unavailable": unavailable }),
+        )
+    }
+
     pub fn status_json(&self) -> Value {
         let balancer = self.balancer.load();
         let pools = self.pools.read_unpoisoned();

@@ -22,6 +22,8 @@ pub enum Mutation {
     RatelimitSet,
     LogConfigSet,
     Reload,
+    /// motan-go's `/reload/clusters`: re-read the configuration file (as `/reload`).
+    ReloadClusters,
     Shutdown,
     InterceptEnable,
     InterceptDisable,
@@ -31,13 +33,14 @@ pub enum Mutation {
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 12] = [
+    pub const ALL: [Mutation; 13] = [
         Mutation::Online,
         Mutation::Offline,
         Mutation::SwitcherSet,
         Mutation::RatelimitSet,
         Mutation::LogConfigSet,
         Mutation::Reload,
+        Mutation::ReloadClusters,
         Mutation::Shutdown,
         Mutation::InterceptEnable,
         Mutation::InterceptDisable,
@@ -54,6 +57,7 @@ impl Mutation {
             Mutation::RatelimitSet => "/ratelimit/set",
             Mutation::LogConfigSet => "/logConfig/set",
             Mutation::Reload => "/reload",
+            Mutation::ReloadClusters => "/reload/clusters",
             Mutation::Shutdown => "/shutdown",
             Mutation::InterceptEnable => "/intercept/enable",
             Mutation::InterceptDisable => "/intercept/disable",
@@ -74,7 +78,11 @@ impl Mutation {
     pub fn socket_only(self) -> bool {
         matches!(
             self,
-            Mutation::Reload | Mutation::Shutdown | Mutation::InterceptEnable | Mutation::InterceptDisable
+            Mutation::Reload
+                | Mutation::ReloadClusters
+                | Mutation::Shutdown
+                | Mutation::InterceptEnable
+                | Mutation::InterceptDisable
         )
     }
 

@@ -52,6 +52,8 @@ pub struct Config {
     pub mesh: MotanConfig,
     /// The `metrics` section and the access-log keys of `motan-agent`, typed.
     pub observe: observe::ObserveSpec,
+    /// The whole document as read, every section (motan-go's `GetOriginMap`, for `/getConfig`).
+    pub origin: Value,
 }
 
 impl Config {
@@ -78,6 +80,7 @@ impl Config {
             }
             Err(e) => return Err(ConfigErrors(vec![format!("{source}: not valid YAML: {e}")])),
         };
+        let origin = root.clone();
         let Value::Mapping(map) = root else { unreachable!() };
         let mut agent = AgentSection::default();
         let mut sockmesh = SockmeshSection::default();
@@ -115,6 +118,7 @@ impl Config {
             motan,
             mesh,
             observe,
+            origin,
         };
         errors.extend(cfg.validate());
         errors.extend(mesh_errors);

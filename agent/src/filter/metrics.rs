@@ -335,6 +335,21 @@ impl Metrics {
         }
     }
 
+    /// The requests counted so far per method of `role`, `group` and `service` (cumulative;
+    /// empty when no metrics filter saw that service).
+    pub fn request_totals(&self, role: Role, group: &str, service: &str) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = self
+            .series
+            .read_unpoisoned()
+            .values()
+            .flatten()
+            .filter(|s| s.role == role && s.group == group && s.service == service)
+            .map(|s| (s.method.clone(), s.requests.get()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Take (and reset) the per-period counts of every series that had requests.
     pub fn take_period(&self) -> Vec<PeriodSnapshot> {
         let all: Vec<Arc<Series>> = self

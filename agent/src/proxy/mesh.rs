@@ -18,6 +18,7 @@ use crate::cluster::{Cluster, discovery};
 use crate::config::motan::MotanConfig;
 use crate::config::registry::RegistrySpec;
 use crate::filter::{FilterChain, FilterShared};
+use crate::locks::Locked;
 use crate::protocol::motan2::{DecodeLimits, Frame, keys};
 use crate::registry::{self, Registry};
 use crate::upstream::channel::Transport;
@@ -56,7 +57,34 @@ pub struct Mesh {
     /// The agent's own node per registry (`motan-agent` `registry`).
     pub agent_nodes: Vec<(Arc<dyn Registry>, crate::url::Url)>,
     pub limits: DecodeLimits,
+    /// The outcome of the last registry call for each of `registrations` (same order), for
+    /// motan-go's `/registry/status`.
+    pub registration_status: Vec<std::sync::Mutex<RegistrationStatus>>,
 }
+
+/// Where one registration stands after the agent's last call to its registry, in motan-go's
+/// words (core/constants.go: `register-success`, `register-failed`, `unregister-success`,
+/// `unregister-failed`, `not-register`) with the error of a failed call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationStatus {
+    pub status: &'static str,
+    pub error: String,
+}
+
+impl Default for RegistrationStatus {
+    fn default() -> RegistrationStatus {
+        RegistrationStatus {
+            status: NOT_REGISTER,
+            error: String::new(),
+        }
+    }
+}
+
+pub const REGISTER_SUCCESS: &str = "register-success";
+pub const REGISTER_FAILED: &str = "register-failed";
+pub const UNREGISTER_SUCCESS: &str = "unregister-success";
+pub const UNREGISTER_FAILED: &str = "unregister-failed";
+pub const NOT_REGISTER: &str = "not-register";
 
 pub type MeshHandle = Arc<ArcSwap<Mesh>>;
 
@@ -181,6 +209,7 @@ impl Mesh {
             http,
             exporter,
             registries,
+            registration_status: registrations.iter().map(|_| Default::default()).collect(),
             registrations,
             limits: transport.limits,
         })
@@ -195,27 +224,66 @@ impl Mesh {
                 tracing::warn!("agent node registration failed: {e}");
             }
         }
-        for (r, url) in &self.registrations {
-            if let Err(e) = r.register(url).await {
-                tracing::warn!(service = %url.path, "register failed: {e}");
+        for (i, (r, url)) in self.registrations.iter().enumerate() {
+            // Registered as unavailable is "unregistered" for callers (motan-go's meaning).
+            let mut st = match r.register(url).await {
+                Ok(()) => (UNREGISTER_SUCCESS, String::new()),
+                Err(e) => {
+                    tracing::warn!(service = %url.path, "register failed: {e}");
+                    let s = if online { REGISTER_FAILED } else { NOT_REGISTER };
+                    (s, e.to_string())
+                }
+            };
+            if online && st.0 == UNREGISTER_SUCCESS {
+                st = match r.available(Some(url)).await {
+                    Ok(()) => (REGISTER_SUCCESS, String::new()),
+                    Err(e) => {
+                        tracing::warn!(service = %url.path, "available failed: {e}");
+                        (REGISTER_FAILED, e.to_string())
+                    }
+                };
             }
-            if online && let Err(e) = r.available(Some(url)).await {
-                tracing::warn!(service = %url.path, "available failed: {e}");
-            }
+            self.set_registration_status(i, st);
         }
+    }
+
+    fn set_registration_status(&self, i: usize, (status, error): (&'static str, String)) {
+        if let Some(m) = self.registration_status.get(i) {
+            *m.locked() = RegistrationStatus { status, error };
+        }
+    }
+
+    /// Each registration with the outcome of the last registry call for it.
+    pub fn registrations_with_status(&self) -> Vec<(&crate::url::Url, RegistrationStatus)> {
+        self.registrations
+            .iter()
+            .zip(&self.registration_status)
+            .map(|((_, u), s)| (u, s.locked().clone()))
+            .collect()
     }
 
     /// `/200` and `/503`: every registered export becomes available or unavailable.
     pub async fn set_online(&self, online: bool) {
-        for (r, url) in &self.registrations {
+        for (i, (r, url)) in self.registrations.iter().enumerate() {
             let res = if online {
                 r.available(Some(url)).await
             } else {
                 r.unavailable(Some(url)).await
             };
-            if let Err(e) = res {
-                tracing::warn!(service = %url.path, online, "registry update failed: {e}");
-            }
+            let st = match (res, online) {
+                (Ok(()), true) => (REGISTER_SUCCESS, String::new()),
+                (Ok(()), false) => (UNREGISTER_SUCCESS, String::new()),
+                (Err(e), _) => {
+                    tracing::warn!(service = %url.path, online, "registry update failed: {e}");
+                    let s = if online {
+                        REGISTER_FAILED
+                    } else {
+                        UNREGISTER_FAILED
+                    };
+                    (s, e.to_string())
+                }
+            };
+            self.set_registration_status(i, st);
         }
     }
 

@@ -1,5 +1,5 @@
 //! Starting an agent the way every harness does: `sockmesh run --config FILE` with its output
-//! in a log file, then waiting until its admin API answers `GET /status`.
+//! in a log file, then waiting until its admin API answers `GET /sockmesh/status`.
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,9 +28,9 @@ pub fn spawn(what: &str, mut cmd: Command, config: &Path, log: &Path) -> Result<
     ChildProcess::spawn(what, &mut cmd)
 }
 
-/// Whether the admin API at `admin` answers `GET /status` with 200.
+/// Whether the admin API at `admin` answers `GET /sockmesh/status` with 200.
 pub fn answers(admin: SocketAddr) -> bool {
-    matches!(crate::http::get(admin, "/status"), Ok((200, _)))
+    matches!(crate::http::get(admin, "/sockmesh/status"), Ok((200, _)))
 }
 
 /// Wait until the agent's admin API (reachable from here) answers; an error carries the end of

@@ -19,7 +19,28 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result
     let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .with_context(|| format!("cannot reach the admin API at {addr}"))?;
     s.set_read_timeout(Some(READ_TIMEOUT))?;
-    exchange(s, &addr.to_string(), method, path, body).with_context(|| format!("{method} {path} at {addr}"))
+    exchange(s, &addr.to_string(), method, path, "", body)
+        .with_context(|| format!("{method} {path} at {addr}"))
+}
+
+/// The `Content-Type` header of an HTML form's POST (what Go's `FormValue` reads besides the query).
+const FORM: &str = "Content-Type: application/x-www-form-urlencoded\r\n";
+
+/// POST `form` (`a=1&b=2`) as an urlencoded form body to `addr`.
+pub fn post_form(addr: SocketAddr, path: &str, form: &str) -> Result<(u16, String)> {
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .with_context(|| format!("cannot reach the admin API at {addr}"))?;
+    s.set_read_timeout(Some(READ_TIMEOUT))?;
+    exchange(s, &addr.to_string(), "POST", path, FORM, form).with_context(|| format!("POST {path} at {addr}"))
+}
+
+/// POST `form` as an urlencoded form body on the Unix socket `socket`.
+pub fn unix_post_form(socket: &Path, path: &str, form: &str) -> Result<(u16, String)> {
+    let s = UnixStream::connect(socket)
+        .with_context(|| format!("cannot reach the control socket {}", socket.display()))?;
+    s.set_read_timeout(Some(READ_TIMEOUT))?;
+    exchange(s, "localhost", "POST", path, FORM, form)
+        .with_context(|| format!("POST {path} at {}", socket.display()))
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
@@ -35,7 +56,7 @@ pub fn unix_request(socket: &Path, method: &str, path: &str, body: &str) -> Resu
     let s = UnixStream::connect(socket)
         .with_context(|| format!("cannot reach the control socket {}", socket.display()))?;
     s.set_read_timeout(Some(READ_TIMEOUT))?;
-    exchange(s, "localhost", method, path, body)
+    exchange(s, "localhost", method, path, "", body)
         .with_context(|| format!("{method} {path} at {}", socket.display()))
 }
 
@@ -47,17 +68,19 @@ pub fn unix_post(socket: &Path, path: &str, body: &str) -> Result<(u16, String)>
     unix_request(socket, "POST", path, body)
 }
 
-/// Send one request on a fresh connection and read the whole answer.
+/// Send one request (`headers`: extra header lines, each ending in CRLF) on a fresh connection
+/// and read the whole answer.
 fn exchange(
     mut s: impl Read + Write,
     host: &str,
     method: &str,
     path: &str,
+    headers: &str,
     body: &str,
 ) -> Result<(u16, String)> {
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut answer = Vec::new();

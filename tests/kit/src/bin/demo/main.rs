@@ -245,7 +245,7 @@ fn run(opts: &Opts) -> Result<Value> {
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let st: Value = serde_json::from_str(&d.host("host-a").admin("/status")?)?;
+        let st: Value = serde_json::from_str(&d.host("host-a").admin("/sockmesh/status")?)?;
         if st["mesh"]["clusters"][0]["available_endpoints"].as_u64() >= Some(1) {
             say!("  cluster echo: endpoint {b_ip}:{EXPORT_PORT} available");
             break;

@@ -257,7 +257,7 @@ impl Demo {
         started
             .wait_until(agent::START_TIMEOUT, || {
                 check_interrupted()?;
-                Ok(h.admin("/status").is_ok())
+                Ok(h.admin("/sockmesh/status").is_ok())
             })
             .with_context(|| format!("the {what} did not answer; its log:\n{}", log_tail(&log, 15)))?;
         Ok(pid)
