@@ -20,6 +20,12 @@ pub struct MotanEnv {
     pub reg_group_suffix: String,
     /// `MESH_MULTI_SUB_GROUP_SUFFIX`: for every refer, an extra refer of `group + suffix`.
     pub sub_group_suffix: String,
+    /// `MESH_DIRECT_RPC`: refers served by fixed server lists (launch_env.rs).
+    pub direct_rpc: String,
+    /// The whole environment, for the metadata variables (`META_*` or `envMetaPrefix`).
+    pub vars: Vec<(String, String)>,
+    /// `-idc`: what `${idc}` in refer groups becomes.
+    pub idc: String,
 }
 
 impl MotanEnv {
@@ -30,6 +36,9 @@ impl MotanEnv {
             additional_group: var("MESH_SERVICE_ADDITIONAL_GROUP"),
             reg_group_suffix: var("RPC_REG_GROUP_SUFFIX"),
             sub_group_suffix: var("MESH_MULTI_SUB_GROUP_SUFFIX"),
+            direct_rpc: var(super::launch_env::DIRECT_RPC_ENV),
+            vars: std::env::vars().collect(),
+            idc: String::new(),
         }
     }
 }
