@@ -183,9 +183,10 @@ struct MotanFlags {
     /// motan-agent.hport (HTTP forward proxy port).
     #[arg(long)]
     hport: Option<u16>,
-    /// Start with the 200/503 status saved in motan-agent.runtime_dir (instead of 503).
-    #[arg(long)]
-    recover: bool,
+    /// Start with the 200/503 status saved in motan-agent.runtime_dir (instead of 503);
+    /// `-recover=false` as Go's flags take it.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+    recover: Option<bool>,
     /// motan-agent.pidfile.
     #[arg(long)]
     pidfile: Option<PathBuf>,
@@ -203,10 +204,14 @@ impl MotanFlags {
             mport: self.mport,
             eport: self.eport,
             hport: self.hport,
-            recover: self.recover,
+            recover: self.recover.unwrap_or(false),
             pidfile: self.pidfile,
         }
     }
+}
+
+fn go_bool(s: &str) -> Result<bool, String> {
+    sockmesh::url::parse_go_bool(s).ok_or_else(|| format!("{s:?} is not a boolean (true or false)"))
 }
 
 fn parse_mode(s: &str) -> Result<RequestedMode, String> {

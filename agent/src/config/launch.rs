@@ -345,6 +345,10 @@ pub mod keys {
     pub const PIDFILE: &str = "pidfile";
     pub const RUNTIME_DIR: &str = "runtime_dir";
     pub const INIT_CLUSTER_TIMEOUT: &str = "initClusterTimeout";
+    /// motan-go: the agent port on a Unix socket instead of TCP (refused).
+    pub const UNIX_SOCK: &str = "unixSock";
+    /// motan-go: the management port on a Unix socket instead of TCP (refused).
+    pub const MANAGEMENT_UNIX_SOCK: &str = "managementUnixSock";
 }
 
 /// motan-go's default `runtime_dir` (relative to the working directory, as upstream).
@@ -418,6 +422,26 @@ impl ProcessSettings {
                     format!("{v:?} is not a number of milliseconds in 1..=600000"),
                 )),
             },
+        }
+        for (k, instead) in [
+            (
+                keys::UNIX_SOCK,
+                "apps reach the agent port (motan-agent.port) on TCP",
+            ),
+            (
+                keys::MANAGEMENT_UNIX_SOCK,
+                "the admin API is on mport and, for root, on sockmesh.admin.control_socket",
+            ),
+        ] {
+            if other
+                .get(k)
+                .is_some_and(|v| !v.is_null() && v.as_str() != Some(""))
+            {
+                errors.push(SettingError::new(
+                    k,
+                    format!("listening on a Unix socket is not supported: {instead}"),
+                ));
+            }
         }
         (s, errors)
     }
@@ -536,9 +560,12 @@ mod tests {
         assert_eq!(s.status_file(), Path::new("/var/x/status"));
         assert_eq!(s.init_cluster_timeout, Duration::from_millis(500));
         let other: BTreeMap<String, Value> =
-            serde_yaml_ng::from_str("pidfile: [1]\ninitClusterTimeout: soon\n").unwrap();
+            serde_yaml_ng::from_str("pidfile: [1]\ninitClusterTimeout: soon\nunixSock: /run/a.sock\nmanagementUnixSock: /run/m.sock\n").unwrap();
         let (_, e) = ProcessSettings::from_agent(&other, &LaunchOptions::default());
         let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["pidfile", "initClusterTimeout"]);
+        assert_eq!(
+            keys,
+            ["pidfile", "initClusterTimeout", "unixSock", "managementUnixSock"]
+        );
     }
 }
