@@ -151,7 +151,7 @@ fn flags_win_over_the_file() {
     std::fs::write(
         &conf,
         format!(
-            "motan-agent:\n  port: {}\n  mport: {}\n  eport: {}\n  hport: {}\n  httpProxyEnable: true\n  pidfile: {}/other.pid\n\
+            "motan-agent:\n  port: {}\n  mport: {}\n  eport: {}\n  hport: {}\n  httpProxyEnable: true\n  pidfile: {}/other.pid\n  initClusterTimeout: 700\n\
              motan-registry:\n  d: {{protocol: direct, address: \"127.0.0.1:1\"}}\n\
              motan-refer:\n  r:\n    path: {SVC}\n    group: \"echo-${{idc}}\"\n    registry: d\n\
              motan-service:\n  s:\n    path: {SVC}\n    group: g\n    registry: d\n    export: \"motan2:{}\"\n    provider: motan2\n    proxy: \"motan2:1\"\n{section}",
@@ -387,7 +387,8 @@ fn pool_mode_on_motan_go_example_configs() {
 }
 
 /// `MESH_DIRECT_RPC=<service suffix>>host:port` sends a refer's calls to that server instead of
-/// its registry's (here one that has only a dead address).
+/// its registry's (here one that has only a dead address). Also: the `mport` variable wins
+/// over the key.
 #[test]
 fn mesh_direct_rpc_replaces_the_registry() {
     if !common::privileged("mesh_direct_rpc_replaces_the_registry") {
@@ -395,7 +396,7 @@ fn mesh_direct_rpc_replaces_the_registry() {
     }
     let provider = Provider::start("direct-p", 0);
     let (_scratch, dir) = test_dir("direct");
-    let p = free_ports(4);
+    let p = free_ports(5);
     let (section, pins, control) = sockmesh_section(&dir, p[3]);
     let conf = dir.join("motan.yaml");
     std::fs::write(
@@ -404,7 +405,7 @@ fn mesh_direct_rpc_replaces_the_registry() {
             "motan-agent:\n  port: {}\n  mport: {}\n  eport: {}\n\
              motan-registry:\n  d: {{protocol: direct, address: \"127.0.0.1:1\"}}\n\
              motan-refer:\n  r:\n    path: {SVC}\n    group: g1\n    registry: d\n    requestTimeout: 3000\n{section}",
-            p[0], p[1], p[2]
+            p[0], p[4], p[2]
         ),
     )
     .unwrap();
@@ -412,7 +413,8 @@ fn mesh_direct_rpc_replaces_the_registry() {
     let a = FlagAgent::start(
         &dir,
         &s(&["-c", conf.to_str().unwrap()]),
-        &[("MESH_DIRECT_RPC", &rule)],
+        // motan-go reads `mport` from the environment before the key (here p[4]).
+        &[("MESH_DIRECT_RPC", &rule), ("mport", &p[1].to_string())],
         p[1],
         pins,
         control,
