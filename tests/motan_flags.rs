@@ -498,3 +498,44 @@ fn register_meta_puts_env_meta_into_the_zookeeper_node() {
     });
     drop(a);
 }
+
+/// `initClusterTimeout` (ms) bounds how long start-up waits for a refer whose registry does
+/// not answer (a ZooKeeper address where nothing listens); the agent then serves anyway.
+#[test]
+fn init_cluster_timeout_bounds_the_wait() {
+    if !common::privileged("init_cluster_timeout_bounds_the_wait") {
+        return;
+    }
+    let (_scratch, dir) = test_dir("inittimeout");
+    let p = free_ports(5);
+    let (section, pins, control) = sockmesh_section(&dir, p[3]);
+    let conf = dir.join("motan.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "motan-agent:\n  port: {}\n  mport: {}\n  eport: {}\n  initClusterTimeout: 600\n  snapshot_dir: {}/snap\n\
+             motan-registry:\n  zk: {{protocol: zookeeper, host: 127.0.0.1, port: {}}}\n\
+             motan-refer:\n  r:\n    path: {SVC}\n    group: g1\n    registry: zk\n{section}",
+            p[0],
+            p[1],
+            p[2],
+            dir.display(),
+            p[4]
+        ),
+    )
+    .unwrap();
+    let a = FlagAgent::start(
+        &dir,
+        &s(&["-c", conf.to_str().unwrap()]),
+        &[],
+        p[1],
+        pins,
+        control,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        a.log().contains("cluster not fully connected after 600ms"),
+        "{}",
+        a.log()
+    );
+}
