@@ -465,8 +465,10 @@ impl AppState {
     pub async fn set_online(&self, online: bool) {
         self.online.store(online, std::sync::atomic::Ordering::Relaxed);
         self.mesh.load().set_online(online).await;
-        let file = self.config.read().unwrap().process.status_file();
-        save_status(&file, online);
+        let process = self.config.read().unwrap().process.clone();
+        if process.save_status {
+            save_status(&process.status_file(), online);
+        }
     }
 }
 

@@ -367,6 +367,10 @@ pub struct ProcessSettings {
     pub pidfile: Option<PathBuf>,
     pub runtime_dir: PathBuf,
     pub recover: bool,
+    /// Save the status on /200 and /503: when `runtime_dir` is set or `-recover` is given (so
+    /// that agents started without either, such as test agents, write nothing into their
+    /// working directory).
+    pub save_status: bool,
     pub init_cluster_timeout: Duration,
     /// `-idc` (also used for `${idc}` in refer groups).
     pub idc: Option<String>,
@@ -378,6 +382,7 @@ impl Default for ProcessSettings {
             pidfile: None,
             runtime_dir: PathBuf::from(DEFAULT_RUNTIME_DIR),
             recover: false,
+            save_status: false,
             init_cluster_timeout: DEFAULT_INIT_CLUSTER_TIMEOUT,
             idc: None,
         }
@@ -409,7 +414,9 @@ impl ProcessSettings {
         s.pidfile = path(keys::PIDFILE, &mut errors);
         if let Some(d) = path(keys::RUNTIME_DIR, &mut errors) {
             s.runtime_dir = d;
+            s.save_status = true;
         }
+        s.save_status |= s.recover;
         match other.get(keys::INIT_CLUSTER_TIMEOUT) {
             None | Some(Value::Null) => {}
             Some(v) => match v
@@ -559,6 +566,18 @@ mod tests {
         assert_eq!(s.pidfile.as_deref(), Some(Path::new("/run/a.pid")));
         assert_eq!(s.status_file(), Path::new("/var/x/status"));
         assert_eq!(s.init_cluster_timeout, Duration::from_millis(500));
+        assert!(s.save_status);
+        let (s, _) = ProcessSettings::from_agent(&BTreeMap::new(), &LaunchOptions::default());
+        assert!(!s.save_status && s.status_file() == Path::new("./agent_runtime/status"));
+        let recover = LaunchOptions {
+            recover: true,
+            ..Default::default()
+        };
+        assert!(
+            ProcessSettings::from_agent(&BTreeMap::new(), &recover)
+                .0
+                .save_status
+        );
         let other: BTreeMap<String, Value> =
             serde_yaml_ng::from_str("pidfile: [1]\ninitClusterTimeout: soon\nunixSock: /run/a.sock\nmanagementUnixSock: /run/m.sock\n").unwrap();
         let (_, e) = ProcessSettings::from_agent(&other, &LaunchOptions::default());
