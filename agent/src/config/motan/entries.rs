@@ -45,8 +45,8 @@ impl MotanEnv {
 
 // ---- placeholders (4.2.4, file mode) -------------------------------------------------------
 
-/// `dynamic-param` values. A map value (pool mode: per pool name or `regexp:` key) uses its
-/// `default` entry, since sockmesh has no pool name.
+/// `dynamic-param` values. A per-pool map (pool name or `regexp:` keys) was resolved for
+/// `-pool` before (config/launch.rs); one left here had no match and uses its `default`.
 pub(super) fn dynamic_params(section: Option<&Value>, p: &mut Problems) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     let Some(section) = section else { return out };
@@ -80,7 +80,7 @@ pub(super) fn dynamic_params(section: Option<&Value>, p: &mut Problems) -> BTree
                     DYNAMIC_PARAM_SECTION,
                     None,
                     Some(key),
-                    "per-pool values without a `default` entry: sockmesh has no pool name, so ${key} stays unreplaced",
+                    "per-pool values without a `default` entry and none for this -pool: ${key} stays unreplaced",
                 ),
             },
             other => {
