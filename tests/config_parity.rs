@@ -213,6 +213,26 @@ const CASES: &[(&str, &str, bool)] = &[
         "  rotate_per_hour: hourly\n#agent\n",
         false,
     ),
+    (
+        "a refer group with ${idc} and no -idc",
+        "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nmotan-refer:\n  r: {path: com.example.A, group: \"g-${idc}\", registry: d}\n",
+        false,
+    ),
+    (
+        "initClusterTimeout, runtime_dir and registerMeta",
+        "  initClusterTimeout: 500\n  runtime_dir: /tmp/sockmesh-parity-runtime\n#agent\nmotan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nmotan-service:\n  s: {path: com.example.A, group: g, registry: d, export: \"motan2:EPORT\", proxy: \"motan2:1\", registerMeta: true}\n",
+        true,
+    ),
+    (
+        "initClusterTimeout that is not milliseconds",
+        "  initClusterTimeout: soon\n#agent\n",
+        false,
+    ),
+    (
+        "the agent port on a unix socket (motan-agent.unixSock)",
+        "  unixSock: /run/agent.sock\n#agent\n",
+        false,
+    ),
 ];
 
 /// The configuration of one case: `motan` may start with extra `motan-agent` keys, ended by a

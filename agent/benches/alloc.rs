@@ -166,7 +166,9 @@ fn start_agent(rt: &tokio::runtime::Runtime, provider: SocketAddr) -> (SocketAdd
             shutdown,
             tasks,
         ));
-        mesh.load().wait_ready().await;
+        mesh.load()
+            .wait_ready(sockmesh::config::launch::DEFAULT_INIT_CLUSTER_TIMEOUT)
+            .await;
     });
     (agent, export)
 }

@@ -213,9 +213,11 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     }
 
     // Listeners are bound first: a refer may point at this agent's own export port.
-    mesh.load().wait_ready().await;
-    // Server role: exports are registered unavailable until /200 (4.15).
-    mesh.load().register(false).await;
+    mesh.load().wait_ready(config.process.init_cluster_timeout).await;
+    // Server role: exports are registered unavailable until /200 (4.15), unless -recover
+    // finds a saved 200.
+    let online = crate::control::recovered_status(&config.process);
+    mesh.load().register(online).await;
 
     let stats = Arc::new(Stats::default());
     let proxy = Arc::new(TransparentProxy {
@@ -267,7 +269,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
 
     let state = Arc::new(AppState {
         started: Instant::now(),
-        online: AtomicBool::new(false),
+        online: AtomicBool::new(online),
         config: RwLock::new(config.clone()),
         config_path: opts.config_path,
         log_reload: opts.log_reload,
@@ -327,6 +329,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         tracing::warn!("running without interception: apps can still use the agent on purpose");
     }
 
+    let _pidfile = config.process.pidfile.as_deref().and_then(PidFile::write);
     wait_for_signal(&state).await;
     // Callers stop choosing this agent's exports first (ephemeral nodes would go with the
     // session anyway).
@@ -456,5 +459,26 @@ async fn forward_bpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>, sh
         };
         guard.get_inner_mut().flush();
         guard.clear_ready();
+    }
+}
+
+/// motan-go's `pidfile`: this process's PID, removed at a clean exit.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Option<PidFile> {
+        match std::fs::write(path, std::process::id().to_string()) {
+            Ok(()) => Some(PidFile(path.to_path_buf())),
+            Err(e) => {
+                tracing::error!("cannot write the pidfile {}: {e}", path.display());
+                None
+            }
+        }
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }

@@ -424,10 +424,9 @@ impl AppState {
     /// name take effect after a restart and are reported as such. A configuration with errors
     /// is refused and the running one stays.
     pub async fn reload(&self) -> Result<Value> {
-        let new = match &self.config_path {
-            Some(p) => Config::load(p),
-            None => Config::embedded(),
-        };
+        // The same flags as at start (`-c`, `-pool`, `-port`, ...).
+        let launch = self.config.read().unwrap().launch.clone();
+        let new = Config::launch(&launch);
         let new = match new {
             Ok(c) => c,
             Err(e) => {
@@ -546,7 +545,8 @@ impl AppState {
             if ports.iter().any(|p| !self.export_ports.contains(p)) {
                 restart.push("motan-service export ports (new ports listen after a restart)");
             }
-            self.swap_mesh(current, mesh).await;
+            self.swap_mesh(current, mesh, new.process.init_cluster_timeout)
+                .await;
             applied.push("motan sections (registries, refers, services)");
         }
         *self.config.write().unwrap() = effective;
@@ -557,8 +557,8 @@ impl AppState {
     /// Put `mesh` in place of `current`: its clusters connected (bounded), its exports
     /// registered (available when the agent is online), the registrations `current` has and
     /// `mesh` not removed; requests in flight finish on `current`.
-    async fn swap_mesh(&self, current: Arc<Mesh>, mesh: Mesh) {
-        mesh.wait_ready().await;
+    async fn swap_mesh(&self, current: Arc<Mesh>, mesh: Mesh, init_wait: std::time::Duration) {
+        mesh.wait_ready(init_wait).await;
         let online = self.online.load(std::sync::atomic::Ordering::Relaxed);
         mesh.register(online).await;
         current.unregister(Some(&mesh)).await;
@@ -584,7 +584,8 @@ impl AppState {
         let current = self.mesh.load_full();
         let mesh = build_mesh_with(&cfg, &set, Some(&current), &self.mesh_shared)
             .map_err(|e| DynamicError::Refused(format!("{e:#}")))?;
-        self.swap_mesh(current, mesh).await;
+        self.swap_mesh(current, mesh, cfg.process.init_cluster_timeout)
+            .await;
         *self.mesh_shared.dynamic.lock().unwrap() = set.clone();
         let file = &self.mesh_shared.dynamic_file;
         if let Err(e) = set.save(file) {
@@ -624,6 +625,58 @@ pub(crate) fn auto_mode_for(test: Option<&SelfTest>, allow_sockmap: bool) -> Mod
     match test {
         Some(t) if allow_sockmap && t.sockmap_safe() => Mode::Sockmap,
         _ => Mode::Connect,
+    }
+}
+
+/// The 200/503 status motan-go keeps in `runtime_dir/status` for `-recover`.
+impl AppState {
+    /// `/200` and `/503`: every export becomes visible to callers or is taken back, and the
+    /// status is saved for a restart with `-recover`.
+    pub async fn set_online(&self, online: bool) {
+        self.online.store(online, std::sync::atomic::Ordering::Relaxed);
+        self.mesh.load().set_online(online).await;
+        let process = self.config.read().unwrap().process.clone();
+        if process.save_status {
+            save_status(&process.status_file(), online);
+        }
+    }
+}
+
+fn save_status(file: &std::path::Path, online: bool) {
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(file, if online { "200" } else { "503" })
+    };
+    if let Err(e) = write() {
+        tracing::warn!("cannot save the status in {}: {e}", file.display());
+    }
+}
+
+/// The status to start with: 200 only with `-recover` and a saved 200, as motan-go.
+pub fn recovered_status(p: &crate::config::launch::ProcessSettings) -> bool {
+    if !p.recover {
+        return false;
+    }
+    let file = p.status_file();
+    match std::fs::read_to_string(&file) {
+        Ok(s) => {
+            let online = s.trim() == "200";
+            tracing::info!(
+                "-recover: status {} restored from {}",
+                if online { 200 } else { 503 },
+                file.display()
+            );
+            online
+        }
+        Err(e) => {
+            tracing::warn!(
+                "-recover: no saved status in {} ({e}); starting at 503",
+                file.display()
+            );
+            false
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use sockmesh::admin::client::AdminTarget;
 use sockmesh::config::admin::DEFAULT_CONTROL_SOCKET;
+use sockmesh::config::launch::{LaunchOptions, normalize_args};
 use sockmesh::config::{Config, RequestedMode};
 
 #[derive(Parser)]
@@ -45,7 +46,8 @@ impl AdminArgs {
 enum Cmd {
     /// Run the daemon in the foreground.
     Run {
-        /// Configuration file (motan-go YAML layout); the embedded default when omitted.
+        /// Configuration file (motan-go YAML layout), or a directory (pool mode); the embedded
+        /// default when omitted.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Log level or filter (overrides sockmesh.log_level), e.g. debug or sockmesh=trace.
@@ -54,6 +56,8 @@ enum Cmd {
         /// Log as JSON lines.
         #[arg(long)]
         log_json: bool,
+        #[command(flatten)]
+        motan: MotanFlags,
     },
     /// Probe this kernel for everything interception needs.
     Check {
@@ -106,8 +110,12 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ConfigCmd {
-    /// Check a configuration file and report every problem.
-    Validate { file: PathBuf },
+    /// Check a configuration file (or pool directory) and report every problem.
+    Validate {
+        file: PathBuf,
+        #[command(flatten)]
+        motan: MotanFlags,
+    },
     /// Print the embedded default configuration.
     ShowDefault,
 }
@@ -146,12 +154,72 @@ enum InterceptCmd {
     },
 }
 
+/// motan-go's agent flags, as its init scripts pass them (one dash works: see
+/// `normalize_args`); each has the effect of its `motan-agent` key and wins over it.
+#[derive(Args, Clone, Default)]
+struct MotanFlags {
+    /// Pool mode: the pool name (`app-idc-level`); pools/<app>.yaml, pools/<app-idc>.yaml ...
+    #[arg(long)]
+    pool: Option<String>,
+    /// Pool mode: the application file (default: the pool's first part); also
+    /// motan-agent.application when the configuration sets none.
+    #[arg(long)]
+    application: Option<String>,
+    /// The IDC: `${idc}` in refer groups becomes it.
+    #[arg(long)]
+    idc: Option<String>,
+    /// motan-agent.localIP: the IP exports are registered with.
+    #[arg(long = "localIP")]
+    local_ip: Option<String>,
+    /// motan-agent.port (agent port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// motan-agent.mport (admin port).
+    #[arg(long)]
+    mport: Option<u16>,
+    /// motan-agent.eport (default export port).
+    #[arg(long)]
+    eport: Option<u16>,
+    /// motan-agent.hport (HTTP forward proxy port).
+    #[arg(long)]
+    hport: Option<u16>,
+    /// Start with the 200/503 status saved in motan-agent.runtime_dir (instead of 503);
+    /// `-recover=false` as Go's flags take it.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+    recover: Option<bool>,
+    /// motan-agent.pidfile.
+    #[arg(long)]
+    pidfile: Option<PathBuf>,
+}
+
+impl MotanFlags {
+    fn launch(self, config: Option<PathBuf>) -> LaunchOptions {
+        LaunchOptions {
+            config,
+            pool: self.pool,
+            application: self.application,
+            idc: self.idc,
+            local_ip: self.local_ip,
+            port: self.port,
+            mport: self.mport,
+            eport: self.eport,
+            hport: self.hport,
+            recover: self.recover.unwrap_or(false),
+            pidfile: self.pidfile,
+        }
+    }
+}
+
+fn go_bool(s: &str) -> Result<bool, String> {
+    sockmesh::url::parse_go_bool(s).ok_or_else(|| format!("{s:?} is not a boolean (true or false)"))
+}
+
 fn parse_mode(s: &str) -> Result<RequestedMode, String> {
     s.parse()
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(normalize_args(std::env::args_os()));
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -241,12 +309,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             config,
             log_level,
             log_json,
+            motan,
         } => {
-            let cfg = match &config {
-                Some(p) => Config::load(p),
-                None => Config::embedded(),
-            }
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let cfg = Config::launch(&motan.launch(config.clone())).map_err(|e| anyhow::anyhow!("{e}"))?;
             let (log_reload, _log_flush) =
                 init_logging(log_level.as_deref().unwrap_or(&cfg.sockmesh.log_level), log_json)?;
             tracing::info!(config = %cfg.source, version = env!("CARGO_PKG_VERSION"), "sockmesh starting");
@@ -276,7 +341,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Cmd::Config(ConfigCmd::Validate { file }) => match Config::load(&file) {
+        Cmd::Config(ConfigCmd::Validate { file, motan }) => match Config::launch(&motan.launch(Some(file))) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} motan section(s), admin {} and {}, transparent listener {})",

@@ -104,15 +104,13 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn set_online(State(s): State<Arc<AppState>>) -> &'static str {
-    s.online.store(true, Ordering::Relaxed);
-    s.mesh.load().set_online(true).await;
+    s.set_online(true).await;
     tracing::info!("status set to 200 (online)");
     "ok."
 }
 
 async fn set_offline(State(s): State<Arc<AppState>>) -> &'static str {
-    s.online.store(false, Ordering::Relaxed);
-    s.mesh.load().set_online(false).await;
+    s.set_online(false).await;
     tracing::info!("status set to 503 (offline)");
     "ok."
 }

@@ -7,6 +7,7 @@ pub mod http;
 pub mod http_client;
 pub mod http_locations;
 pub mod intercept;
+pub mod launch;
 pub mod motan;
 pub mod observe;
 pub mod refer;
@@ -17,6 +18,8 @@ pub mod service;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
+
+use self::launch::{LaunchOptions, ProcessSettings};
 
 use serde_yaml_ng::Value;
 
@@ -54,6 +57,10 @@ pub struct Config {
     pub observe: observe::ObserveSpec,
     /// The whole document as read, every section (motan-go's `GetOriginMap`, for `/getConfig`).
     pub origin: Value,
+    /// The command-line flags it was loaded with (a reload applies them again).
+    pub launch: LaunchOptions,
+    /// The agent process's own settings (pidfile, status recovery, init wait).
+    pub process: ProcessSettings,
 }
 
 impl Config {
@@ -62,26 +69,89 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
-        Config::parse(&text, &path.display().to_string())
+        Config::launch(&LaunchOptions {
+            config: Some(path.to_path_buf()),
+            ..Default::default()
+        })
+    }
+
+    /// The configuration `sockmesh run` starts with these flags: `-c` a file, or a directory
+    /// (pool mode, also with `-pool` alone: the working directory), else the embedded default;
+    /// the flags written over the `motan-agent` keys.
+    pub fn launch(o: &LaunchOptions) -> Result<Config, ConfigErrors> {
+        let mut o = o.clone();
+        if o.mport.is_none() {
+            // motan-go: the `mport` environment variable comes between the flag and the key.
+            o.mport = std::env::var(launch::MPORT_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        }
+        let path = match (&o.config, &o.pool) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(_)) => Some(std::path::PathBuf::from("./")),
+            (None, None) => None,
+        };
+        let (mut map, source) = match &path {
+            None => (
+                Self::root(EMBEDDED_DEFAULT, "<embedded default>")?,
+                "<embedded default>".to_string(),
+            ),
+            Some(p) if p.is_dir() => {
+                let pool = launch::load_pool(p, o.application.as_deref(), o.pool.as_deref())?;
+                let files: Vec<String> = pool.files.iter().map(|f| f.display().to_string()).collect();
+                (
+                    pool.root,
+                    format!(
+                        "{} (pool {:?}: {})",
+                        p.display(),
+                        o.pool.as_deref().unwrap_or(""),
+                        files.join(", ")
+                    ),
+                )
+            }
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", p.display())]))?;
+                let source = p.display().to_string();
+                (Self::root(&text, &source)?, source)
+            }
+        };
+        let pool_errors = launch::resolve_pool_params(&mut map, o.pool.as_deref().unwrap_or(""));
+        if !pool_errors.is_empty() {
+            return Err(ConfigErrors(
+                pool_errors
+                    .into_iter()
+                    .map(|e| format!("{source}: {e}"))
+                    .collect(),
+            ));
+        }
+        launch::apply_flags(&mut map, &o);
+        Config::from_mapping(map, &source, o)
+    }
+
+    fn root(text: &str, source: &str) -> Result<serde_yaml_ng::Mapping, ConfigErrors> {
+        match serde_yaml_ng::from_str(text) {
+            Ok(Value::Null) => Ok(Default::default()),
+            Ok(Value::Mapping(m)) => Ok(m),
+            Ok(_) => Err(ConfigErrors(vec![format!(
+                "{source}: the top level must be a mapping of sections"
+            )])),
+            Err(e) => Err(ConfigErrors(vec![format!("{source}: not valid YAML: {e}")])),
+        }
     }
 
     /// Parse and validate; every section is checked so that all problems are reported together.
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+        Config::from_mapping(Self::root(text, source)?, source, LaunchOptions::default())
+    }
+
+    fn from_mapping(
+        map: serde_yaml_ng::Mapping,
+        source: &str,
+        launch: LaunchOptions,
+    ) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
-        let root: Value = match serde_yaml_ng::from_str(text) {
-            Ok(Value::Null) => Value::Mapping(Default::default()),
-            Ok(v @ Value::Mapping(_)) => v,
-            Ok(_) => {
-                return Err(ConfigErrors(vec![format!(
-                    "{source}: the top level must be a mapping of sections"
-                )]));
-            }
-            Err(e) => return Err(ConfigErrors(vec![format!("{source}: not valid YAML: {e}")])),
-        };
-        let origin = root.clone();
-        let Value::Mapping(map) = root else { unreachable!() };
+        let origin = Value::Mapping(map.clone());
         let mut agent = AgentSection::default();
         let mut sockmesh = SockmeshSection::default();
         let mut motan = BTreeMap::new();
@@ -104,13 +174,22 @@ impl Config {
                 }
             }
         }
-        let (mut mesh, mesh_errors) = MotanConfig::build(source, &agent, &motan, &MotanEnv::from_process());
+        let mut env = MotanEnv::from_process();
+        env.idc = launch.idc.clone().unwrap_or_default();
+        let (mut mesh, mesh_errors) = MotanConfig::build(source, &agent, &motan, &env);
         let aids = observe::SockmeshAids {
             rotate_interval_ms: sockmesh.log.rotate_interval_ms,
             status_period_ms: sockmesh.metrics.status_period_ms,
         };
         let (observe, found) = observe::ObserveSpec::build(source, motan.get("metrics"), &agent.other, aids);
         mesh.warnings.extend(found.warnings);
+        let (process, process_errors) = ProcessSettings::from_agent(&agent.other, &launch);
+        for e in process_errors {
+            errors.push(format!(
+                "{source}: section motan-agent, key {}: {}",
+                e.key, e.reason
+            ));
+        }
         let cfg = Config {
             source: source.to_string(),
             agent,
@@ -119,6 +198,8 @@ impl Config {
             mesh,
             observe,
             origin,
+            launch,
+            process,
         };
         errors.extend(cfg.validate());
         errors.extend(mesh_errors);
@@ -167,8 +248,9 @@ impl Config {
                 m.insert(key, Value::Mapping(entry_mapping(u)));
             }
         }
-        let (mesh, errors) =
-            MotanConfig::build(&self.source, &self.agent, &sections, &MotanEnv::from_process());
+        let mut env = MotanEnv::from_process();
+        env.idc = self.launch.idc.clone().unwrap_or_default();
+        let (mesh, errors) = MotanConfig::build(&self.source, &self.agent, &sections, &env);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }

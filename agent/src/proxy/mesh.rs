@@ -23,11 +23,6 @@ use crate::protocol::motan2::{DecodeLimits, Frame, keys};
 use crate::registry::{self, Registry};
 use crate::upstream::channel::Transport;
 
-/// How long start-up and reload wait for clusters to connect (motan-go `initClusterTimeout`
-/// defaults to 10 s; loopback and LAN connects take milliseconds, so a shorter cap keeps a
-/// reload with an unreachable endpoint from stalling).
-pub const INIT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// Agent-wide settings the mesh needs besides the motan sections.
 #[derive(Clone)]
 pub struct MeshOptions {
@@ -329,12 +324,13 @@ impl Mesh {
         })
     }
 
-    /// Wait (bounded) until every cluster has its first endpoints connected.
-    pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + INIT_CLUSTER_TIMEOUT;
+    /// Wait (at most `timeout`, motan-agent `initClusterTimeout`) until every cluster has its
+    /// first endpoints connected.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
         for c in self.router.clusters().chain(self.http.clusters()) {
             if !c.wait_ready(deadline).await {
-                tracing::warn!(cluster = %c.conf_id, "cluster not fully connected after {INIT_CLUSTER_TIMEOUT:?}; serving with what is available");
+                tracing::warn!(cluster = %c.conf_id, "cluster not fully connected after {timeout:?}; serving with what is available");
             }
         }
     }

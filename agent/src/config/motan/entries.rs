@@ -20,6 +20,12 @@ pub struct MotanEnv {
     pub reg_group_suffix: String,
     /// `MESH_MULTI_SUB_GROUP_SUFFIX`: for every refer, an extra refer of `group + suffix`.
     pub sub_group_suffix: String,
+    /// `MESH_DIRECT_RPC`: refers served by fixed server lists (launch_env.rs).
+    pub direct_rpc: String,
+    /// The whole environment, for the metadata variables (`META_*` or `envMetaPrefix`).
+    pub vars: Vec<(String, String)>,
+    /// `-idc`: what `${idc}` in refer groups becomes.
+    pub idc: String,
 }
 
 impl MotanEnv {
@@ -30,14 +36,17 @@ impl MotanEnv {
             additional_group: var("MESH_SERVICE_ADDITIONAL_GROUP"),
             reg_group_suffix: var("RPC_REG_GROUP_SUFFIX"),
             sub_group_suffix: var("MESH_MULTI_SUB_GROUP_SUFFIX"),
+            direct_rpc: var(super::launch_env::DIRECT_RPC_ENV),
+            vars: std::env::vars().collect(),
+            idc: String::new(),
         }
     }
 }
 
 // ---- placeholders (4.2.4, file mode) -------------------------------------------------------
 
-/// `dynamic-param` values. A map value (pool mode: per pool name or `regexp:` key) uses its
-/// `default` entry, since sockmesh has no pool name.
+/// `dynamic-param` values. A per-pool map (pool name or `regexp:` keys) was resolved for
+/// `-pool` before (config/launch.rs); one left here had no match and uses its `default`.
 pub(super) fn dynamic_params(section: Option<&Value>, p: &mut Problems) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     let Some(section) = section else { return out };
@@ -71,7 +80,7 @@ pub(super) fn dynamic_params(section: Option<&Value>, p: &mut Problems) -> BTree
                     DYNAMIC_PARAM_SECTION,
                     None,
                     Some(key),
-                    "per-pool values without a `default` entry: sockmesh has no pool name, so ${key} stays unreplaced",
+                    "per-pool values without a `default` entry and none for this -pool: ${key} stays unreplaced",
                 ),
             },
             other => {

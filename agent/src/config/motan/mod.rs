@@ -5,12 +5,14 @@
 //! final filter list, and is checked. Every problem is reported at once, each naming file,
 //! section, entry and key.
 //!
-//! Not covered: pool mode (`-c <dir>`, `import-*`), `MESH_DIRECT_RPC`, `${idc}` resolution
-//! (needs the registry), and placeholders in the typed `motan-agent` keys (`port`, `mport`,
+//! Pool mode (`-c <dir>`, `import-*`) is assembled before this (config/launch.rs);
+//! `${idc}`, `MESH_DIRECT_RPC` and `registerMeta` are applied here (launch_env.rs).
+//! Not covered: placeholders in the typed `motan-agent` keys (`port`, `mport`,
 //! `eport`, `application` are deserialised by `Config::parse` before substitution can run).
 
 mod checks;
 mod entries;
+mod launch_env;
 mod names;
 mod problems;
 
@@ -73,7 +75,7 @@ impl MotanConfig {
             section_urls(name, &v, p)
         };
         let agent_params = agent_params(agent, &placeholders, &mut p);
-        let registries: BTreeMap<String, Url> = section(REGISTRY_SECTION, &mut p).into_iter().collect();
+        let mut registries: BTreeMap<String, Url> = section(REGISTRY_SECTION, &mut p).into_iter().collect();
         let basic_refers: BTreeMap<String, Url> = section(BASIC_REFER_SECTION, &mut p).into_iter().collect();
         let basic_services: BTreeMap<String, Url> =
             section(BASIC_SERVICE_SECTION, &mut p).into_iter().collect();
@@ -144,6 +146,7 @@ impl MotanConfig {
         for (id, raw) in raw_refers {
             let mut u = inherit(REFER_SECTION, &id, raw, BASIC_REFER_KEY, &basic_refers, &mut p);
             finish_refer(&mut u, application, &agent_params, env);
+            launch_env::resolve_idc(REFER_SECTION, &id, &mut u, &env.idc, &mut p);
             ctx.check_refer(REFER_SECTION, &id, &u, &mut p);
             check_filters(REFER_SECTION, &id, &u, &mut p);
             if let Err(e) = HashKeySource::from_url(&u) {
@@ -152,6 +155,9 @@ impl MotanConfig {
             refers.insert(id, u);
         }
         add_sub_group_refers(&mut refers, &env.sub_group_suffix);
+        // Added to `registries` at the end (the checks above borrow them).
+        let mut direct_registries = BTreeMap::new();
+        launch_env::apply_direct_rpc(&env.direct_rpc, &mut refers, &mut direct_registries, &mut p);
         let mut http_clients = BTreeMap::new();
         for (id, raw) in raw_http {
             let mut u = inherit(
@@ -163,6 +169,7 @@ impl MotanConfig {
                 &mut p,
             );
             finish_refer(&mut u, application, &agent_params, env);
+            launch_env::resolve_idc(HTTP_CLIENT_SECTION, &id, &mut u, &env.idc, &mut p);
             ctx.check_refer(HTTP_CLIENT_SECTION, &id, &u, &mut p);
             check_filters(HTTP_CLIENT_SECTION, &id, &u, &mut p);
             http_clients.insert(id, u);
@@ -201,6 +208,11 @@ impl MotanConfig {
             }
             http_routes.insert(id.clone(), spec);
         }
+        let meta_prefix = match sections.get(launch_env::ENV_META_PREFIX_KEY) {
+            Some(Value::String(s)) => s.as_str(),
+            _ => launch_env::DEFAULT_META_PREFIX,
+        };
+        let meta = launch_env::env_meta(&env.vars, meta_prefix);
         let mut services = BTreeMap::new();
         for (id, raw) in raw_services {
             // Early motan-go (the Weibo Mesh article's time) named a service's template with
@@ -217,6 +229,7 @@ impl MotanConfig {
             }
             ctx.check_service(&id, &u, &mut p);
             check_filters(SERVICE_SECTION, &id, &u, &mut p);
+            launch_env::add_register_meta(&mut u, &meta);
             services.insert(id, u);
         }
         expand_service_groups(&mut services, env);
@@ -250,6 +263,7 @@ impl MotanConfig {
             );
         }
 
+        registries.extend(direct_registries);
         let mc = MotanConfig {
             registries,
             refers,
