@@ -236,7 +236,7 @@ impl Report {
         let (t_ref, t_end, t_max) = summary(&threads);
         let _ = writeln!(
             md,
-            "| threads | first minute {t_ref:.0}, last {t_end:.0}, max {t_max:.0} |"
+            "| threads (the agent exposes no tokio task count) | first minute {t_ref:.0}, last {t_end:.0}, max {t_max:.0} |"
         );
         let _ = writeln!(
             md,
@@ -273,7 +273,9 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "## Latency per interception mode (intervals outside fault windows)\n"
+            "## Latency per interception mode\n\nRequests and failures over every interval of the mode; latencies over \
+             its intervals outside fault windows (each interval's p50 and p99 from the load generator's histogram, \
+             measured from intended send times).\n"
         );
         let _ = writeln!(
             md,
@@ -327,6 +329,7 @@ impl Report {
         for (m, v) in &by_min {
             let up: Vec<&&Sample> = v.iter().filter(|s| s.pid != 0 && s.rss_kib > 0).collect();
             let mut ms: Vec<&str> = v.iter().map(|s| s.mode).collect();
+            ms.sort();
             ms.dedup();
             let _ = writeln!(
                 md,
