@@ -271,6 +271,51 @@ impl Report {
             plan.warmup.as_secs(),
             plan.settle.as_secs()
         );
+        let _ = writeln!(md, "## Agent incarnations\n");
+        let _ = writeln!(
+            md,
+            "A leak lives within one process: RSS per incarnation (MiB) at its first sample, once settled ({} s in), at \
+             its last sample, and its maximum once settled; its fds.\n",
+            plan.settle.as_secs()
+        );
+        let _ = writeln!(
+            md,
+            "| # | alive (s since start) | life | RSS first | RSS settled | RSS last | RSS max settled | fds | mode at start |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for (i, b) in &born {
+            let v: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.incarnation == *i && s.pid != 0 && s.rss_kib > 0)
+                .collect();
+            let (Some(first), Some(last)) = (v.first(), v.last()) else {
+                continue;
+            };
+            let settled: Vec<&&Sample> = v
+                .iter()
+                .filter(|s| s.end - b >= plan.settle.as_secs_f64())
+                .collect();
+            let mib = |k: u64| k as f64 / 1024.0;
+            let _ = writeln!(
+                md,
+                "| {i} | {b:.0}–{:.0} | {:.0} s | {:.1} | {} | {:.1} | {} | {}–{} | {} |",
+                last.end,
+                last.end - b,
+                mib(first.rss_kib),
+                settled
+                    .first()
+                    .map_or("–".into(), |s| format!("{:.1}", mib(s.rss_kib))),
+                mib(last.rss_kib),
+                settled
+                    .iter()
+                    .map(|s| s.rss_kib)
+                    .max()
+                    .map_or("–".into(), |k| format!("{:.1}", mib(k))),
+                v.iter().map(|s| s.fds).min().unwrap_or(0),
+                v.iter().map(|s| s.fds).max().unwrap_or(0),
+                first.mode
+            );
+        }
+        md.push('\n');
         let _ = writeln!(
             md,
             "## Latency per interception mode\n\nRequests and failures over every interval of the mode; latencies over \
