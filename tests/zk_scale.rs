@@ -293,7 +293,7 @@ fn run_size(zk: &mut ZkServer, services: usize, per: usize) -> Value {
         std::thread::sleep(Duration::from_secs(2));
         zk.stop();
         std::thread::sleep(Duration::from_secs(5));
-        zk.spawn();
+        zk.spawn().unwrap();
         let t = Instant::now();
         restart_converge = wait_until(Duration::from_secs(30), || {
             counts(&d, services).iter().sum::<usize>() == total

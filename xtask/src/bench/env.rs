@@ -10,29 +10,11 @@ use anyhow::{Context, Result, bail};
 use sockmesh_testkit::{ChildCgroup, ChildProcess, NatChain, PinDir, agent, free_ports};
 
 use super::{Case, Mode, Options, Run};
-use crate::util::project_root;
+use crate::util::{proc_cpu_rss, project_root};
 
 /// How long the agent may drain after SIGTERM before it is killed (as `sockmesh uninstall`
 /// would wait for it).
 const AGENT_GRACE: Duration = Duration::from_secs(15);
-
-/// utime+stime of a process in seconds, and its current RSS in KiB.
-fn proc_cpu_rss(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks / hz, rss)
-}
 
 /// The provider, the agent and haproxy, and the cgroup the load generator runs in. Dropping it
 /// removes everything (fields drop in declaration order): the processes first, so the agent lets

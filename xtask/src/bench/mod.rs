@@ -187,13 +187,14 @@ fn trim_agent_log(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(opts: Options) -> Result<()> {
-    if !sockmesh_testkit::is_root() {
-        bail!("cargo xtask bench needs root (cgroups, BPF, iptables)");
-    }
+/// Setup, the BPF object, then the release binaries of the sockmesh package (the agent and
+/// the load generator) in target/release. `what` names the caller in the progress line.
+pub fn build_bins(what: &str) -> Result<()> {
     crate::setup::run()?;
     crate::build_ebpf()?;
-    let step = Step::start("bench: building release binaries (sockmesh, sockmesh-loadgen)");
+    let step = Step::start(&format!(
+        "{what}: building release binaries (sockmesh, sockmesh-loadgen)"
+    ));
     let st = cargo(None)
         .args(["build", "--release", "--package", "sockmesh", "--bins"])
         .status()?;
@@ -201,10 +202,21 @@ pub fn run(opts: Options) -> Result<()> {
         bail!("release build failed");
     }
     step.done("ok");
+    Ok(())
+}
 
-    let stamp = Command::new("date").arg("+%Y-%m-%dT%H%M%S").output()?;
-    let stamp = String::from_utf8_lossy(&stamp.stdout).trim().to_string();
-    let dir = project_root().join("bench/results").join(&stamp);
+/// The local time as results folders are named, e.g. 2026-11-29T114847.
+pub fn stamp() -> Result<String> {
+    let out = Command::new("date").arg("+%Y-%m-%dT%H%M%S").output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    if !sockmesh_testkit::is_root() {
+        bail!("cargo xtask bench needs root (cgroups, BPF, iptables)");
+    }
+    build_bins("bench")?;
+    let dir = project_root().join("bench/results").join(stamp()?);
     let raw = dir.join("raw");
     std::fs::create_dir_all(&raw)?;
     let env = start_env(&raw, opts.agent_workers, opts.baseline_bin.as_deref())?;
