@@ -765,3 +765,152 @@ fn sigterm_answers_every_accepted_request() {
     assert_eq!(answered, 20);
     assert!(client.wait_exit(), "the agent exits cleanly after draining");
 }
+
+/// An upstream capture of a Java client's motan v1 frame (tests/data/motan1).
+fn motan1_vector(name: &str) -> Vec<u8> {
+    let path = format!("{}/../tests/data/motan1/{name}.hex", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let hex: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| l.trim().chars())
+        .collect();
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Read one v1 frame from `s` (blocking, with the socket's read timeout).
+fn read_v1(s: &mut std::net::TcpStream) -> Vec<u8> {
+    use sockmesh::protocol::motan2::v1;
+    let mut head = vec![0u8; 16];
+    s.read_exact(&mut head).expect("a v1 frame");
+    let n = v1::frame_len(&head, 1 << 20).unwrap().unwrap();
+    head.resize(n, 0);
+    s.read_exact(&mut head[16..]).expect("the rest of the v1 frame");
+    head
+}
+
+#[test]
+fn motan_v1_requests_reach_a_motan2_provider_through_both_agents() {
+    use sockmesh::protocol::motan2::v1;
+    let _serial = common::serial();
+    const DEMO: &str = "com.weibo.motan.demo.service.MotanDemoService";
+    let provider = Provider::start("p1", 0);
+    let server_ports = Ports::pick();
+    let server = Daemon::mesh(
+        "v1-server",
+        server_ports,
+        &format!(
+            "motan-service:\n  demo:\n    path: {DEMO}\n    group: motan-demo-rpc\n    export: \"motan2:{}\"\n    provider: motan2\n    proxy: \"motan2:{}\"\n",
+            server_ports.eport,
+            provider.addr.port()
+        ),
+    );
+    let client = Daemon::mesh(
+        "v1-client",
+        Ports::pick(),
+        &format!(
+            "motan-registry:\n{}motan-refer:\n  demo:\n    path: {DEMO}\n    group: motan-demo-rpc\n    protocol: motan2\n    registry: servers\n    requestTimeout: 3000\n",
+            direct_registry("servers", &[export_addr(&server)])
+        ),
+    );
+    let addr = agent_addr(&client);
+    let connect = || {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let mut java = connect();
+    // hello("motan0"): the provider echoes the hessian2 argument; the v1 client gets it back
+    // as a java.lang.String value under its own request id.
+    let hello = motan1_vector("request_hello");
+    let id = v1::decode_header(&hello).unwrap().request_id;
+    java.write_all(&hello).unwrap();
+    let resp = read_v1(&mut java);
+    let h = v1::decode_header(&resp).unwrap();
+    assert_eq!((h.request_id, h.flag), (id, 0x01), "{resp:?}");
+    assert!(resp.windows(16).any(|w| w == b"java.lang.String"), "{resp:?}");
+    assert!(resp.ends_with(b"\x00\x00\x00\x07\x06motan0"), "{resp:?}");
+
+    // Two arguments (one a TC_REFERENCE) and none: both reach the provider; no value is a void
+    // response.
+    for (name, flag, tail) in [
+        ("request_multi_param", 0x01, &b"\x04ray0"[..]),
+        ("request_no_param", 0x03, &b""[..]),
+    ] {
+        let req = motan1_vector(name);
+        java.write_all(&req).unwrap();
+        let resp = read_v1(&mut java);
+        let h = v1::decode_header(&resp).unwrap();
+        assert_eq!(
+            (h.request_id, h.flag),
+            (v1::decode_header(&req).unwrap().request_id, flag),
+            "{name}"
+        );
+        assert!(resp.ends_with(tail), "{name}: {resp:?}");
+    }
+    let rt = motan::rt();
+    let count = rt.block_on(async {
+        let ch = motan::connect(provider.addr).await;
+        let r = motan::call(&ch, motan::request(DEMO, "count", &[], &[])).await;
+        motan::simple::decode_all(&r.body).unwrap()[0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
+    assert_eq!(
+        count, "4",
+        "three v1 requests (and our count) reached the Motan2 provider"
+    );
+
+    // A payload that is not a Java object stream: a v1 exception naming the problem; the
+    // framing is intact, so the connection stays and serves the next request.
+    let mut bad = hello.clone();
+    bad[32] = 0;
+    java.write_all(&bad).unwrap();
+    let resp = read_v1(&mut java);
+    assert_eq!(v1::decode_header(&resp).unwrap().flag, 0x05);
+    assert!(
+        resp.windows(19).any(|w| w == b"not a Java object s"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    java.write_all(&hello).unwrap();
+    assert_eq!(v1::decode_header(&read_v1(&mut java)).unwrap().flag, 0x01);
+
+    // Broken framing (wrong inner magic) on another connection: a v1 exception, then that
+    // connection closes; the first one and a Motan2 app keep working.
+    let mut other = connect();
+    let mut broken = hello.clone();
+    broken[16] = 0;
+    other.write_all(&broken).unwrap();
+    let resp = read_v1(&mut other);
+    let h = v1::decode_header(&resp).unwrap();
+    assert_eq!((h.request_id, h.flag), (id, 0x05));
+    assert!(
+        resp.windows(11).any(|w| w == b"inner magic"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    let mut rest = Vec::new();
+    assert_eq!(other.read_to_end(&mut rest).unwrap(), 0, "then closed");
+
+    java.write_all(&hello).unwrap();
+    assert!(read_v1(&mut java).ends_with(b"\x06motan0"));
+    rt.block_on(async {
+        let app = motan::connect(addr).await;
+        let r = motan::call(
+            &app,
+            motan::request(DEMO, "echo", &[("M_g", "motan-demo-rpc")], &[Value::from("v2")]),
+        )
+        .await;
+        assert_eq!(
+            motan::simple::decode_all(&r.body).unwrap(),
+            vec![Value::from("v2")]
+        );
+    });
+    let st = client.admin_json("/status");
+    assert!(st["agent_port"]["bad_frames"].as_u64().unwrap() >= 2, "{st}");
+}

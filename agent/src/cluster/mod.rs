@@ -1,6 +1,7 @@
 //! A running cluster: one refer's endpoints as the registries report them, a balancer over
 //! them, a connection pool per endpoint, and the HA strategy that drives a call (4.4–4.8).
 //! The pure decisions live in `crate::cluster`; this file only connects them to sockets.
+pub mod circuit;
 pub mod discovery;
 pub mod endpoint;
 pub mod endpoints;
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use self::circuit::{Breakers, EndpointFilters};
 use self::endpoint::Endpoint;
 use self::endpoint::{KeepaliveKind, KeepaliveRequest, MethodLatencies};
 use self::endpoints::EndpointSet;
@@ -73,6 +75,8 @@ pub struct Cluster {
     /// Traffic-control group weights in force.
     group_weights: Mutex<Option<String>>,
     stop: CancellationToken,
+    /// Per-endpoint circuits and failfast (the refer's endpoint filters).
+    endpoint_filters: EndpointFilters,
     /// The idle-pool sweeper is running.
     sweeping: AtomicBool,
     /// Pools of the cluster this one replaces (reload): endpoints it knew keep their
@@ -92,12 +96,15 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// Checks the refer's HA and balancer settings (errors name the key).
+    /// Checks the refer's HA and balancer settings (errors name the key). Endpoint circuits
+    /// and failfast statuses live in `breakers` (the agent's, so the admin API lists them and
+    /// they survive a reload).
     pub fn new(
         conf_id: &str,
         refer: Url,
         transport: Transport,
         previous: Option<&Cluster>,
+        breakers: &Arc<Breakers>,
     ) -> Result<Arc<Cluster>, String> {
         let ha = HaKind::from_url(&refer).map_err(|e| e.to_string())?;
         let lb = LbConfig::from_url(&refer).map_err(|e| e.to_string())?;
@@ -133,6 +140,7 @@ impl Cluster {
             degraded: AtomicBool::new(false),
             group_weights: Mutex::new(None),
             stop: CancellationToken::new(),
+            endpoint_filters: EndpointFilters::from_refer(&refer, breakers.clone()),
             sweeping: AtomicBool::new(false),
             adopt: previous
                 .map(|p| p.pools.read_unpoisoned().clone())
@@ -184,6 +192,9 @@ impl Cluster {
             return;
         }
         for ep in &outcome.added {
+            if let Some(g) = self.endpoint_filters.guard(ep.identity(), ep.address()) {
+                ep.set_guard(g);
+            }
             let id = ep.identity().to_string();
             if let Some(pool) = self.adopt.get(&id).filter(|p| p.usage().0 > 0) {
                 self.pools.write_unpoisoned().insert(id, pool.clone());
@@ -362,7 +373,12 @@ impl Cluster {
     pub fn is_ready(&self) -> bool {
         self.registries_seen.load(Ordering::Relaxed) >= self.registries_total.load(Ordering::Relaxed)
             && (self.connects_pending.load(Ordering::Relaxed) == 0
-                || self.balancer.load().endpoints().iter().any(|e| e.is_available()))
+                || self
+                    .balancer
+                    .load()
+                    .endpoints()
+                    .iter()
+                    .any(|e| e.status_available()))
     }
 
     /// Wait until ready or `deadline` (motan-go waits `initClusterTimeout` for refers at start).
@@ -488,6 +504,16 @@ impl Cluster {
         } else {
             req
         };
+        // The endpoint's own circuit (motan-go's endpoint filter `circuitBreaker`): an open
+        // circuit answers at once, without counting against the endpoint's health; failover
+        // then tries another endpoint.
+        let circuit_slot = match ep.guard().and_then(|g| g.circuit.as_ref()) {
+            Some(c) => match c.enter() {
+                Ok(slot) => Some(slot),
+                Err(text) => return Err(CallError::service(400, text)),
+            },
+            None => None,
+        };
         let oneway = req.header.is_oneway();
         let started = Instant::now();
         let guard = ep.begin();
@@ -505,6 +531,10 @@ impl Cluster {
             resp.meta.insert("x-forwarded-for", ep.address_bytes());
         }
         let error = error_of(&r);
+        if let Some(g) = ep.guard() {
+            g.record(error.as_ref());
+        }
+        drop(circuit_slot);
         // A oneway request's "latency" is the time to queue it: not recorded.
         let keepalive = if oneway {
             drop(guard);
@@ -592,7 +622,8 @@ impl Cluster {
                 json!({
                     "address": ep.address(),
                     "group": ep.url().group,
-                    "available": ep.is_available(),
+                    "available": ep.status_available(),
+                    "circuit_open": ep.guard().and_then(|g| g.circuit.as_ref()).map(|c| c.is_open()),
                     "consecutive_errors": ep.consecutive_errors(),
                     "active": ep.active(),
                     "weight": ep.weight(),
@@ -601,7 +632,11 @@ impl Cluster {
                 })
             })
             .collect();
-        let available = balancer.endpoints().iter().filter(|e| e.is_available()).count();
+        let available = balancer
+            .endpoints()
+            .iter()
+            .filter(|e| e.status_available())
+            .count();
         json!({
             "name": self.conf_id,
             "service": self.refer.path,
@@ -644,7 +679,7 @@ mod tests {
     async fn an_endpoint_added_back_within_the_remove_delay_keeps_its_new_pool() {
         let addr = crate::upstream::channel::tests::upstream().await;
         let refer = Url::new("motan2", "", 0, "s", "g");
-        let c = Cluster::new("c", refer, Transport::default(), None).unwrap();
+        let c = Cluster::new("c", refer, Transport::default(), None, &Arc::default()).unwrap();
         // Two registries, so an empty list really removes this registry's endpoints.
         c.apply("r1", 2, &[server(addr)], None);
         let call = |c: Arc<Cluster>| async move {
@@ -693,7 +728,7 @@ mod tests {
             .with_param("requestTimeout", "300")
             .with_param("retries", "3");
         // Connects would hang for 1 s: longer than the request timeout.
-        let c = Cluster::new("c", refer, Transport::default(), None).unwrap();
+        let c = Cluster::new("c", refer, Transport::default(), None, &Arc::default()).unwrap();
         c.apply("r1", 1, &[server(silent), server(dead)], None);
         available(&c, 1).await;
         // The dead endpoint as one that stopped accepting after it was enabled: its slots
@@ -730,7 +765,7 @@ mod tests {
         use crate::upstream::channel::tests::silent_upstream;
         let (silent, mut requests) = silent_upstream().await;
         let refer = Url::new("motan2", "", 0, "s", "g").with_param("requestTimeout", "100");
-        let c = Cluster::new("c", refer, Transport::default(), None).unwrap();
+        let c = Cluster::new("c", refer, Transport::default(), None, &Arc::default()).unwrap();
         c.apply("r1", 1, &[server(silent)], None);
         assert!(
             c.wait_ready(tokio::time::Instant::now() + Duration::from_secs(5))
@@ -769,7 +804,7 @@ mod tests {
         let refer = Url::new("motan2", "", 0, "s", "g")
             .with_param(WARM_ENDPOINTS, "1")
             .with_param(POOL_IDLE_TIMEOUT, "300");
-        let c = Cluster::new("c", refer, Transport::default(), None).unwrap();
+        let c = Cluster::new("c", refer, Transport::default(), None, &Arc::default()).unwrap();
         let servers: Vec<Url> = addrs.iter().map(|a| server(*a)).collect();
         c.apply("r1", 1, &servers, None);
         assert!(
@@ -811,6 +846,7 @@ mod tests {
             Url::new("motan2", "", 0, "s", "g"),
             Transport::default(),
             None,
+            &Arc::default(),
         )
         .unwrap();
         c.apply("r1", 1, &[server(dead), server(dead_port), server(good)], None);

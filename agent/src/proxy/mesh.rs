@@ -125,8 +125,14 @@ impl Mesh {
         let mut refers = Vec::new();
         for (id, refer) in &mc.refers {
             let old = previous.and_then(|p| p.router.clusters().find(|c| &c.conf_id == id));
-            let chain = FilterChain::build(refer, filters).map_err(|e| format!("key filter: {e}"));
-            let cluster = Cluster::new(id, refer.clone(), transport.clone(), old.map(|c| c.as_ref()));
+            let chain = FilterChain::build_refer(refer, filters).map_err(|e| format!("key filter: {e}"));
+            let cluster = Cluster::new(
+                id,
+                refer.clone(),
+                transport.clone(),
+                old.map(|c| c.as_ref()),
+                &filters.breakers,
+            );
             match chain.and_then(|chain| {
                 Ok(Refer {
                     cluster: cluster?,

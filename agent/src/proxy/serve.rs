@@ -5,6 +5,12 @@
 //! Bad input affects only its own connection: an oversized frame is answered with an exception
 //! frame carrying its request id and the connection is closed (the rest of the stream cannot be
 //! trusted); any other malformed frame closes the connection (spec 1.13).
+//!
+//! Motan v1 frames (old Java clients) share the port, as with motan-go: heartbeats are answered,
+//! requests continue as Motan2 requests and their responses go back as v1 (`v1.rs`). A v1
+//! frame whose framing is broken gets a v1 exception and closes its connection; a well-framed
+//! request whose payload cannot be read gets a v1 exception and the connection stays, as
+//! motan-go's `processV1` does.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -326,24 +332,41 @@ pub async fn serve_connection<H: Handler>(
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => {
-                    if !dispatch(frame, &conn).await {
+                    if !dispatch(frame, Wire::Motan2, &conn).await {
                         break 'conn "writer closed".into();
                     }
                 }
                 Ok(None) => break,
-                Err(CodecError::Frame(FrameError::MotanV1)) => match v1_frame(&mut buf, &limits.decode) {
-                    Ok(None) => break,
-                    Ok(Some(reply)) => {
-                        stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-                        if tx.send(reply.into()).await.is_err() {
-                            break 'conn "writer closed".into();
+                Err(CodecError::Frame(FrameError::MotanV1)) => {
+                    let reply = match v1_frame(&mut buf, &limits.decode) {
+                        V1Frame::Incomplete => break,
+                        V1Frame::Request(frame) => {
+                            if !dispatch(frame, Wire::V1, &conn).await {
+                                break 'conn "writer closed".into();
+                            }
+                            continue;
                         }
+                        V1Frame::Heartbeat(reply) => {
+                            stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                            reply
+                        }
+                        V1Frame::Refused(reply, why) => {
+                            stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "motan v1 request refused: {why}");
+                            reply
+                        }
+                        V1Frame::Broken(reply, why) => {
+                            stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                            if let Some(reply) = reply {
+                                let _ = tx.send(reply.into()).await;
+                            }
+                            break 'conn why;
+                        }
+                    };
+                    if tx.send(reply.into()).await.is_err() {
+                        break 'conn "writer closed".into();
                     }
-                    Err(e) => {
-                        stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-                        break 'conn e;
-                    }
-                },
+                }
                 Err(e) => {
                     stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                     if let Some(reply) = oversize_reply(&buf, &e) {
@@ -378,7 +401,7 @@ pub async fn serve_connection<H: Handler>(
     drop(tx);
     let _ = writer.await;
     stats.active_connections.fetch_sub(1, Ordering::Relaxed);
-    if why.starts_with("bad frame") || why.starts_with("motan v1") {
+    if why.starts_with("bad frame") || why.starts_with("bad motan v1") {
         warn_connection(peer, &why);
     } else {
         tracing::debug!(%peer, "connection ended: {why}");
@@ -404,8 +427,28 @@ struct Conn<'a, H> {
     share: &'a Arc<ConnectionShare>,
 }
 
+/// How a request came and how its answer goes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    Motan2,
+    /// A motan v1 request converted to Motan2: the response is converted back.
+    V1,
+}
+
+impl Wire {
+    fn encode(self, request_id: u64, mut resp: Frame) -> Bytes {
+        match self {
+            Wire::Motan2 => {
+                resp.header.request_id = request_id;
+                resp.encode_to_bytes()
+            }
+            Wire::V1 => v1::response_from_motan2(request_id, &resp),
+        }
+    }
+}
+
 /// Handle one decoded frame; false when the writer is gone.
-async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
+async fn dispatch<H: Handler>(mut frame: Frame, via: Wire, conn: &Conn<'_, H>) -> bool {
     let Conn {
         peer,
         peer_ip,
@@ -437,7 +480,7 @@ async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
     let id = frame.header.request_id;
     let refuse = |code, msg: String| {
         let ex = Exception::service(code, msg);
-        tx.send(Frame::agent_exception(id, &ex).encode_to_bytes().into())
+        tx.send(via.encode(id, Frame::agent_exception(id, &ex)).into())
     };
     // This connection's share first: waiting here stops reading from it.
     let wire = frame.encoded_len() as u64;
@@ -471,13 +514,12 @@ async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
     // The handler's future is made inside the task: a future made outside and moved in would
     // be stored twice in the task (once captured, once awaited).
     requests.spawn(async move {
-        let mut resp = handler.handle(frame, ctx).await;
+        let resp = handler.handle(frame, ctx).await;
         // The request's bytes are given back before its response waits for room, so a full
         // share always drains.
         let slot = permit.into_slot();
         drop(lease);
-        resp.header.request_id = id;
-        let bytes = resp.encode_to_bytes();
+        let bytes = via.encode(id, resp);
         let held = share.response(bytes.len() as u64).await;
         let lease = budget.hold(bytes.len() as u64);
         drop(slot);
@@ -499,21 +541,48 @@ fn over_budget(budget: &Budget) -> String {
     )
 }
 
-/// A motan v1 frame: heartbeats are answered (old Java clients probe with them); anything else
-/// is refused by closing, as this agent speaks Motan2 only.
-fn v1_frame(buf: &mut BytesMut, limits: &DecodeLimits) -> Result<Option<Bytes>, String> {
-    let max = limits.max_body;
-    match v1::frame_len(buf, max) {
-        Ok(None) => Ok(None),
-        Ok(Some(n)) if buf.len() < n => Ok(None),
-        Ok(Some(n)) => {
-            let frame = buf.split_to(n);
-            match v1::answer_heartbeat(&frame) {
-                Some(reply) => Ok(Some(reply)),
-                None => Err("motan v1 request: only motan2 is supported (v1 heartbeats are answered)".into()),
-            }
+/// What to do with a motan v1 frame at the start of the buffer.
+#[derive(Debug)]
+enum V1Frame {
+    /// Not all of it is buffered yet.
+    Incomplete,
+    /// A heartbeat: its answer.
+    Heartbeat(Bytes),
+    /// A request, as Motan2.
+    Request(Frame),
+    /// A well-framed request that cannot be served: a v1 exception; the connection stays.
+    Refused(Bytes, String),
+    /// Broken framing: the rest of the stream cannot be trusted. A v1 exception when the
+    /// request id could be read, then the connection closes.
+    Broken(Option<Bytes>, String),
+}
+
+fn v1_frame(buf: &mut BytesMut, limits: &DecodeLimits) -> V1Frame {
+    let broken = |buf: &[u8], e: FrameError| {
+        let why = format!("bad motan v1 frame: {e}");
+        let reply = v1::outer_request_id(buf).map(|id| v1::exception_response(id, &why));
+        V1Frame::Broken(reply, why)
+    };
+    let n = match v1::frame_len(buf, limits.max_body) {
+        Ok(None) => return V1Frame::Incomplete,
+        Ok(Some(n)) if buf.len() < n => return V1Frame::Incomplete,
+        Ok(Some(n)) => n,
+        Err(e) => return broken(buf, e),
+    };
+    let frame = buf.split_to(n);
+    if let Err(e) = v1::decode_header(&frame) {
+        return broken(&frame, e);
+    }
+    if let Some(reply) = v1::answer_heartbeat(&frame) {
+        return V1Frame::Heartbeat(reply);
+    }
+    match v1::decode_request(&frame) {
+        Ok(req) => V1Frame::Request(req.to_motan2()),
+        Err(e) => {
+            let why = format!("bad motan v1 request: {e}");
+            let id = v1::outer_request_id(&frame).unwrap_or(0);
+            V1Frame::Refused(v1::exception_response(id, &why), why)
         }
-        Err(e) => Err(format!("bad frame: {e}")),
     }
 }
 
