@@ -62,6 +62,7 @@ pub struct AppState {
 pub(crate) fn transport(cfg: &Config) -> Transport {
     Transport {
         sockets: sockets(cfg),
+        values: cfg.sockmesh.limits.values(),
         ..Transport::default()
     }
 }

@@ -242,6 +242,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             log_level,
             log_json,
         } => {
+            sockmesh::sys::tune_allocator();
             let cfg = match &config {
                 Some(p) => Config::load(p),
                 None => Config::embedded(),

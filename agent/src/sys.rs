@@ -280,6 +280,20 @@ pub fn netns_cookie(fd: impl AsFd) -> io::Result<u64> {
     Ok(u64::from_ne_bytes(buf))
 }
 
+/// glibc malloc tuned for bursts (issue #16). By default it raises its mmap threshold to the
+/// size of each large block freed and keeps a heap arena per thread, so the 64 KiB+ frames of
+/// a pipelining peer or a 10 MiB inflated body stay in RSS after they are freed, once per
+/// arena. Blocks of 64 KiB and more are mmapped (given back to the kernel on free), and two
+/// arenas serve the runtime's threads. Measured in tests/hostile.rs: +44..+49 MiB peak over
+/// idle under all attacks, against +57..+72 MiB untuned. Call before any thread starts.
+pub fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; it is called before other threads run.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Raise the soft RLIMIT_NOFILE to the hard limit (systemd's unit does it with LimitNOFILE; a
 /// hand-started agent gets 1024 otherwise). Returns (old soft, new soft).
 pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
