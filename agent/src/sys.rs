@@ -284,8 +284,9 @@ pub fn netns_cookie(fd: impl AsFd) -> io::Result<u64> {
 /// size of each large block freed and keeps a heap arena per thread, so the 64 KiB+ frames of
 /// a pipelining peer or a 10 MiB inflated body stay in RSS after they are freed, once per
 /// arena. Blocks of 64 KiB and more are mmapped (given back to the kernel on free), and two
-/// arenas serve the runtime's threads. Measured in tests/hostile.rs: +44..+49 MiB peak over
-/// idle under all attacks, against +57..+72 MiB untuned. Call before any thread starts.
+/// arenas serve the runtime's threads. Measured in tests/hostile.rs: the peak over
+/// idle under all attacks (+47..+57 MiB over five runs), against +57..+72 MiB untuned. Call
+/// before any thread starts.
 pub fn tune_allocator() {
     // SAFETY: mallopt only sets allocator parameters; it is called before other threads run.
     unsafe {
