@@ -312,7 +312,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         control_group,
         config.sockmesh.admin.control_socket.clone(),
     );
-    tasks.spawn(crate::admin::serve(admin, control, access, shutdown.clone()));
+    tasks.spawn(crate::admin::serve(
+        admin,
+        control,
+        access,
+        config.sockmesh.limits,
+        shutdown.clone(),
+    ));
 
     for (name, addr) in &listeners {
         tracing::info!(listener = %name, %addr, "listening");

@@ -77,6 +77,7 @@ pub enum DynamicError {
 pub(crate) fn transport(cfg: &Config) -> Transport {
     Transport {
         sockets: sockets(cfg),
+        values: cfg.sockmesh.limits.values(),
         ..Transport::default()
     }
 }

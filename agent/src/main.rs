@@ -311,6 +311,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             log_json,
             motan,
         } => {
+            sockmesh::sys::tune_allocator();
             let cfg = Config::launch(&motan.launch(config.clone())).map_err(|e| anyhow::anyhow!("{e}"))?;
             let (log_reload, _log_flush) =
                 init_logging(log_level.as_deref().unwrap_or(&cfg.sockmesh.log_level), log_json)?;

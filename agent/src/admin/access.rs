@@ -69,7 +69,13 @@ impl Connected<IncomingStream<'_, TcpListener>> for Caller {
 
 impl Connected<IncomingStream<'_, UnixListener>> for Caller {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Caller {
-        let io = stream.io();
+        Caller::unix(stream.io())
+    }
+}
+
+impl Caller {
+    /// The peer of a control-socket connection, with its credentials as of its connect().
+    pub fn unix(io: &tokio::net::UnixStream) -> Caller {
         // A peer whose credentials cannot be read is nobody: every request is refused.
         let nobody = |why: String| Peer {
             pid: None,

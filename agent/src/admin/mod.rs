@@ -12,8 +12,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::json;
+use std::time::Duration;
+
+use axum::extract::connect_info::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub mod access;
 pub mod client;
@@ -29,7 +35,9 @@ use self::control_socket::ControlSocket;
 use self::form::Form;
 
 use crate::config::RequestedMode;
+use crate::config::sections::LimitsSection;
 use crate::control::AppState;
+use crate::proxy::serve::{Accept, AcceptGate, next_connection};
 
 type Params = Form;
 
@@ -67,27 +75,76 @@ pub fn guarded_router(access: Arc<Access>) -> Router {
 }
 
 /// Serve the admin API on the TCP port and on the control socket until `shutdown`; the socket
-/// file is removed at the end.
+/// file is removed at the end. Each door accepts at most `sockmesh.limits.admin_connections`
+/// at once and closes a connection that sends no complete request head for
+/// `admin_idle_timeout_ms`, so thousands of idle peers on the TCP port cannot keep root out
+/// of the control socket.
 pub async fn serve(
     tcp: TcpListener,
     control: ControlSocket,
     access: Arc<Access>,
+    limits: LimitsSection,
     shutdown: CancellationToken,
 ) {
-    let app = guarded_router(access);
+    let door = Door {
+        app: guarded_router(access),
+        connections: limits.admin_connections,
+        idle: Duration::from_millis(limits.admin_idle_timeout_ms),
+        shutdown,
+    };
     let ControlSocket { listener, file } = control;
-    let (stop_tcp, stop_socket) = (shutdown.clone(), shutdown);
-    let tcp = axum::serve(tcp, app.clone().into_make_service_with_connect_info::<Caller>())
-        .with_graceful_shutdown(async move { stop_tcp.cancelled().await });
-    let socket = axum::serve(listener, app.into_make_service_with_connect_info::<Caller>())
-        .with_graceful_shutdown(async move { stop_socket.cancelled().await });
-    let (t, s) = tokio::join!(tcp.into_future(), socket.into_future());
-    for (door, r) in [("TCP admin port", t), ("control socket", s)] {
-        if let Err(e) = r {
-            tracing::error!("admin server on the {door} failed: {e}");
-        }
-    }
+    tokio::join!(
+        door.serve("admin", &tcp, |_, peer| Caller::Tcp(peer)),
+        door.serve("control socket", &listener, |io, _| Caller::unix(io)),
+    );
     drop(file);
+}
+
+/// One way into the admin API.
+struct Door {
+    app: Router,
+    connections: u32,
+    idle: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Door {
+    async fn serve<L: Accept>(
+        &self,
+        name: &'static str,
+        listener: &L,
+        caller: impl Fn(&L::Conn, L::Addr) -> Caller,
+    ) where
+        L::Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut gate = AcceptGate::with_cap(self.connections);
+        let tasks = TaskTracker::new();
+        while let Some((io, addr, slot)) = next_connection(name, listener, &mut gate, &self.shutdown).await {
+            let info = ConnectInfo(caller(&io, addr));
+            let app = self.app.clone();
+            let service = hyper::service::service_fn(move |mut req: axum::extract::Request<Incoming>| {
+                req.extensions_mut().insert(info.clone());
+                tower_service::Service::call(&mut app.clone(), req)
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(self.idle);
+            let shutdown = self.shutdown.clone();
+            tasks.spawn(async move {
+                let _slot = slot;
+                let conn = builder.serve_connection(TokioIo::new(io), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r { tracing::debug!("{name} connection ended: {e}") },
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    }
+                }
+            });
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
 }
 
 /// A boolean parameter such as `all=true` or `force=1`.

@@ -111,7 +111,7 @@ impl HttpRouter {
                     Err(m) => errors.push(format!("section http-client, entry {id}, service {service}: {m}")),
                 }
             }
-            let fallback = HttpProvider::new(&spec.domain, &spec.plain, &transport.sockets);
+            let fallback = HttpProvider::new(&spec.domain, &spec.plain, &transport.sockets, transport.values);
             domains.insert(
                 spec.domain.clone(),
                 HttpDomain {

@@ -229,8 +229,13 @@ pub struct AcceptGate {
 
 impl AcceptGate {
     pub fn new(budget: &Budget) -> AcceptGate {
+        AcceptGate::with_cap(budget.limits.listener_connections)
+    }
+
+    /// At most `connections` open at once (the admin doors have caps of their own).
+    pub fn with_cap(connections: u32) -> AcceptGate {
         AcceptGate {
-            slots: Arc::new(Semaphore::new(budget.limits.listener_connections as usize)),
+            slots: Arc::new(Semaphore::new(connections as usize)),
             backoff: AcceptBackoff::default(),
             progress: None,
         }
@@ -249,15 +254,41 @@ impl AcceptGate {
     }
 }
 
+/// A listener [`next_connection`] accepts from: TCP, or the admin control socket.
+pub trait Accept {
+    type Conn;
+    type Addr;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Conn, Self::Addr)>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Conn = TcpStream;
+    type Addr = SocketAddr;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send {
+        tokio::net::TcpListener::accept(self)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Conn = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+    fn accept(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)>> + Send
+    {
+        tokio::net::UnixListener::accept(self)
+    }
+}
+
 /// The next accepted connection with its slot of the listener's cap (keep it while the
 /// connection is open), or `None` once `shutdown` is cancelled; a failed accept (out of
 /// descriptors, say) is logged, rate limited, and retried after a pause.
-pub async fn next_connection(
+pub async fn next_connection<L: Accept>(
     name: &'static str,
-    listener: &tokio::net::TcpListener,
+    listener: &L,
     gate: &mut AcceptGate,
     shutdown: &CancellationToken,
-) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+) -> Option<(L::Conn, L::Addr, OwnedSemaphorePermit)> {
     // At the connection cap the listener stops accepting: the kernel's backlog holds the rest.
     let slot = match gate.slots.clone().try_acquire_owned() {
         Ok(s) => s,
@@ -309,30 +340,38 @@ pub async fn serve_connection<H: Handler>(
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.active_connections.fetch_add(1, Ordering::Relaxed);
     let _ = conn.set_nodelay(true);
-    let (rd, mut wr) = conn.into_split();
-    let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
-    let writer = tokio::spawn(async move { write_frames(&mut wr, rx).await });
+    let (rd, wr) = conn.into_split();
     let requests = TaskTracker::new();
     let peer_ip = Bytes::from(peer.ip().to_string());
     let mut codec = Motan2Codec::new(limits.decode);
-    let share = Arc::new(ConnectionShare::new(&limits.budget.limits));
     let idle = limits.idle_timeout();
-    let conn = Conn {
-        peer,
-        peer_ip: &peer_ip,
-        handler: &handler,
-        tx: &tx,
-        requests: &requests,
-        stats: &stats,
-        limits: &limits,
-        share: &share,
-    };
+    // The writer task, its queue and the connection's share are made with the first frame: a
+    // connection that never sends one (thousands of idle or slowloris peers) holds none of them.
+    let mut wr = Some(wr);
+    let mut out: Option<Output> = None;
     let why: String = 'conn: loop {
         // Decode everything buffered before reading more.
         loop {
-            match codec.decode(&mut buf) {
+            let decoded = codec.decode(&mut buf);
+            if matches!(decoded, Ok(None)) {
+                break;
+            }
+            let out = out.get_or_insert_with(|| Output::start(wr.take(), &limits));
+            let tx = &out.tx;
+            let conn = Conn {
+                peer,
+                peer_ip: &peer_ip,
+                handler: &handler,
+                tx,
+                requests: &requests,
+                stats: &stats,
+                limits: &limits,
+                share: &out.share,
+            };
+            match decoded {
                 Ok(Some(frame)) => {
-                    if !dispatch(frame, Wire::Motan2, &conn).await {
+                    // Boxed: the request path's state is not carried by every idle connection.
+                    if !Box::pin(dispatch(frame, Wire::Motan2, &conn)).await {
                         break 'conn "writer closed".into();
                     }
                 }
@@ -341,7 +380,7 @@ pub async fn serve_connection<H: Handler>(
                     let reply = match v1_frame(&mut buf, &limits.decode) {
                         V1Frame::Incomplete => break,
                         V1Frame::Request(frame) => {
-                            if !dispatch(frame, Wire::V1, &conn).await {
+                            if !Box::pin(dispatch(frame, Wire::V1, &conn)).await {
                                 break 'conn "writer closed".into();
                             }
                             continue;
@@ -386,9 +425,7 @@ pub async fn serve_connection<H: Handler>(
         if let Err(e) = ready {
             break 'conn format!("read error: {e}");
         }
-        // The buffer grows only once data is there: thousands of idle connections hold none.
-        buf.reserve(4096);
-        match rd.try_read_buf(&mut buf) {
+        match read_some(&rd, &mut buf) {
             Ok(0) => break 'conn "closed by peer".into(),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -398,14 +435,60 @@ pub async fn serve_connection<H: Handler>(
     // Answer what was accepted, then close.
     requests.close();
     requests.wait().await;
-    drop(tx);
-    let _ = writer.await;
+    if let Some(Output { tx, writer, .. }) = out {
+        drop(tx);
+        let _ = writer.await;
+    }
     stats.active_connections.fetch_sub(1, Ordering::Relaxed);
     if why.starts_with("bad frame") || why.starts_with("bad motan v1") {
         warn_connection(peer, &why);
     } else {
         tracing::debug!(%peer, "connection ended: {why}");
     }
+}
+
+/// A connection's way out: the writer task and its queue, and the connection's share of the
+/// budget.
+struct Output {
+    tx: mpsc::Sender<Queued>,
+    writer: tokio::task::JoinHandle<std::io::Result<()>>,
+    share: Arc<ConnectionShare>,
+}
+
+impl Output {
+    fn start(wr: Option<tokio::net::tcp::OwnedWriteHalf>, limits: &ConnectionLimits) -> Output {
+        let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
+        let writer = tokio::spawn(async move {
+            match wr {
+                Some(mut wr) => write_frames(&mut wr, rx).await,
+                None => Ok(()),
+            }
+        });
+        Output {
+            tx,
+            writer,
+            share: Arc::new(ConnectionShare::new(&limits.budget.limits)),
+        }
+    }
+}
+
+/// Read what is there. Into the buffer's spare room when the codec has reserved some for a
+/// frame in progress; else through a stack buffer, so a peer that sent three bytes holds three
+/// bytes, not a 4 KiB read buffer.
+fn read_some(rd: &tokio::net::tcp::OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() > buf.len() {
+        return rd.try_read_buf(buf);
+    }
+    let mut scratch = [0u8; 8192];
+    let n = rd.try_read(&mut scratch)?;
+    if buf.is_empty() {
+        // A buffer of its own for what arrived: growing the one shared with the frames split
+        // off it would allocate its original capacity and double it for the next frame.
+        *buf = BytesMut::from(&scratch[..n]);
+    } else {
+        buf.extend_from_slice(&scratch[..n]);
+    }
+    Ok(n)
 }
 
 async fn sleep_or_never(d: Option<Duration>) {
@@ -493,7 +576,20 @@ async fn dispatch<H: Handler>(mut frame: Frame, via: Wire, conn: &Conn<'_, H>) -
         // Inflate no further than the budgets have room for (a gzip bomb stops there).
         let room = budget.bytes_left().min(u64::from(budget.limits.connection_bytes));
         let cap = (limits.decode.max_body as u64).min(room) as usize;
-        if let Err(e) = frame.gunzip(cap) {
+        // Off the runtime's workers: inflating megabytes would stall every task queued on this
+        // worker for as long.
+        let inflated = tokio::task::spawn_blocking(move || {
+            let r = frame.gunzip(cap);
+            (frame, r)
+        })
+        .await;
+        let Ok((inflated, r)) = inflated else {
+            return refuse(500, "cannot decompress the request body".into())
+                .await
+                .is_ok();
+        };
+        frame = inflated;
+        if let Err(e) = r {
             let (code, msg) = match e {
                 FrameError::BodyTooLarge { .. } if cap < limits.decode.max_body => {
                     budget.rejected.inc();
@@ -510,19 +606,17 @@ async fn dispatch<H: Handler>(mut frame: Frame, via: Wire, conn: &Conn<'_, H>) -
             return refuse(503, over_budget(budget)).await.is_ok();
         }
     }
-    let (handler, tx, share, budget) = (handler.clone(), tx.clone(), share.clone(), budget.clone());
+    let (handler, tx, budget) = (handler.clone(), tx.clone(), budget.clone());
     // The handler's future is made inside the task: a future made outside and moved in would
     // be stored twice in the task (once captured, once awaited).
     requests.spawn(async move {
         let resp = handler.handle(frame, ctx).await;
-        // The request's bytes are given back before its response waits for room, so a full
-        // share always drains.
-        let slot = permit.into_slot();
-        drop(lease);
+        // The response takes over its request's share (and slot) without waiting: requests
+        // and their responses together stay within the share, and a full share always drains.
         let bytes = via.encode(id, resp);
-        let held = share.response(bytes.len() as u64).await;
+        let held = permit.into_response(bytes.len() as u64);
+        drop(lease);
         let lease = budget.hold(bytes.len() as u64);
-        drop(slot);
         let _ = tx
             .send(Queued {
                 frame: bytes,
