@@ -311,8 +311,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             log_json,
             motan,
         } => {
-            sockmesh::sys::tune_allocator();
             let cfg = Config::launch(&motan.launch(config.clone())).map_err(|e| anyhow::anyhow!("{e}"))?;
+            // Before the logging thread and the runtime's threads make arenas of their own.
+            let workers = match cfg.sockmesh.worker_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            sockmesh::sys::tune_malloc(workers);
             let (log_reload, _log_flush) =
                 init_logging(log_level.as_deref().unwrap_or(&cfg.sockmesh.log_level), log_json)?;
             tracing::info!(config = %cfg.source, version = env!("CARGO_PKG_VERSION"), "sockmesh starting");
