@@ -911,6 +911,109 @@ fn motan_v1_requests_reach_a_motan2_provider_through_both_agents() {
             vec![Value::from("v2")]
         );
     });
-    let st = client.admin_json("/status");
+    let st = client.admin_json("/sockmesh/status");
     assert!(st["agent_port"]["bad_frames"].as_u64().unwrap() >= 2, "{st}");
+}
+
+/// One agent that exports SVC on its eport (metrics filter) and refers to SVC with that export
+/// port as the one endpoint (metrics filter); `sockmesh_extra` adds `sockmesh` keys.
+fn self_referring_agent(name: &str, provider: SocketAddr, sockmesh_extra: &str) -> Daemon {
+    let ports = Ports::pick();
+    let export: SocketAddr = format!("127.0.0.1:{}", ports.eport).parse().unwrap();
+    let motan = format!(
+        "motan-service:\n  echo:\n    path: {SVC}\n    group: g1\n    export: \"motan2:{}\"\n    provider: motan2\n    proxy: \"motan2:{}\"\n    filter: metrics\n{}",
+        ports.eport,
+        provider.port(),
+        client_motan(&[export], "    filter: metrics\n")
+    );
+    Daemon::launch_admin(name, ports, "", sockmesh_extra, &motan, "    enabled: false\n")
+}
+
+/// The value of the first `/metrics` sample named `name` whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn a_refer_to_the_agents_own_export_is_served_in_process() {
+    let _serial = common::serial();
+    let calls = 20;
+    for (shortcut, extra) in [(true, ""), (false, "  local_shortcut: false\n")] {
+        let name = if shortcut { "self-in" } else { "self-tcp" };
+        let provider = Provider::start(name, 0);
+        let agent = self_referring_agent(name, provider.addr, extra);
+        // Over TCP the endpoint is connected in the background (the mesh is built before the
+        // export listener is bound): wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent.admin_json("/sockmesh/status")["mesh"]["clusters"][0]["available_endpoints"] != 1 {
+            assert!(Instant::now() < deadline, "endpoint never available");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        motan::rt().block_on(async {
+            let ch = motan::connect(agent_addr(&agent)).await;
+            for i in 0..calls {
+                let arg = Value::from(format!("call {i}"));
+                let req = motan::request(SVC, "echo", &[("M_s", "self-app")], std::slice::from_ref(&arg));
+                let resp = motan::call(&ch, req).await;
+                assert_eq!(motan::exception(&resp), None, "{resp:?}");
+                assert_eq!(motan::simple::decode_all(&resp.body).unwrap(), vec![arg]);
+                assert_eq!(motan::meta(&resp, "provider"), name);
+                assert_eq!(motan::meta(&resp, "seen-group"), "g1");
+                assert_eq!(motan::meta(&resp, "seen-proxy"), "1");
+                assert_eq!(motan::meta(&resp, "seen-source"), "self-app");
+                assert!(resp.header.is_proxy());
+            }
+            // A method the provider fails: the exception frame comes back as over TCP.
+            let resp = motan::call(&ch, motan::request(SVC, "echo", &[("fail", "biz")], &[])).await;
+            assert!(motan::exception(&resp).is_some(), "{resp:?}");
+        });
+        let text = agent.metrics();
+        let n = f64::from(calls + 1);
+        // Both roles' filters saw every call.
+        for role in ["client-agent", "server-agent"] {
+            let labels = [&format!("role=\"{role}\"")[..], "method=\"echo\"", "group=\"g1\""];
+            assert_eq!(
+                metric(&text, "sockmesh_requests_total", &labels),
+                Some(n),
+                "{role}: {text}"
+            );
+        }
+        let export_requests = metric(
+            &text,
+            "sockmesh_listener_requests_total",
+            &["listener=\"export\""],
+        );
+        let shortcuts = metric(&text, "sockmesh_local_shortcut_total", &[]);
+        let st = agent.admin_json("/sockmesh/status");
+        if shortcut {
+            assert_eq!(shortcuts, Some(n), "{text}");
+            // Nothing reached the export listener over TCP, and no connection was made to it.
+            assert_eq!(export_requests, Some(0.0), "{text}");
+            assert_eq!(
+                metric(
+                    &text,
+                    "sockmesh_listener_open_connections",
+                    &["listener=\"export\""]
+                ),
+                Some(0.0),
+                "{text}"
+            );
+            assert_eq!(st["mesh"]["clusters"][0]["endpoints"][0]["channels"], 0, "{st}");
+        } else {
+            assert_eq!(shortcuts, Some(0.0), "{text}");
+            assert_eq!(export_requests, Some(n), "{text}");
+            assert!(
+                metric(
+                    &text,
+                    "sockmesh_listener_open_connections",
+                    &["listener=\"export\""]
+                ) > Some(0.0),
+                "{text}"
+            );
+        }
+        assert_eq!(st["mesh"]["clusters"][0]["available_endpoints"], 1, "{st}");
+    }
 }

@@ -200,6 +200,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         shutdown.clone(),
         tasks.clone(),
     ));
+    mesh_shared.shortcut.attach(&mesh);
     for (port, l) in exports {
         listeners.push((format!("export:{port}"), config.export_addr(port).to_string()));
         let handler = Arc::new(ServerHandler {

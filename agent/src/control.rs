@@ -122,6 +122,8 @@ pub struct MeshShared {
     pub dynamic_file: PathBuf,
     /// One mesh rebuild at a time (reload, dynamic registration).
     pub rebuild: tokio::sync::Mutex<()>,
+    /// The local short-cut, attached to the running mesh once the export listeners are bound.
+    pub shortcut: Arc<crate::proxy::mesh::LocalShortcut>,
 }
 
 impl MeshShared {
@@ -152,6 +154,10 @@ impl MeshShared {
             dynamic: Mutex::new(set),
             dynamic_file,
             rebuild: tokio::sync::Mutex::new(()),
+            shortcut: Arc::new(crate::proxy::mesh::LocalShortcut::new(
+                cfg.sockmesh.export_bind,
+                cfg.agent.eport,
+            )),
         }
     }
 }
@@ -272,6 +278,7 @@ fn build_mesh_with(
             .unwrap_or_default(),
         agent_port: cfg.agent.port,
         overrides: shared.overrides.clone(),
+        local: cfg.sockmesh.local_shortcut.then(|| shared.shortcut.clone()),
     };
     Mesh::build(mc, &opts, previous).map_err(|es| {
         anyhow::anyhow!(

@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod endpoints;
 pub mod ha;
 pub mod lb;
+pub mod local;
 pub mod route;
 
 use crate::locks::{Locked, Unpoisoned};
@@ -26,6 +27,7 @@ use self::endpoint::{KeepaliveKind, KeepaliveRequest, MethodLatencies};
 use self::endpoints::EndpointSet;
 use self::ha::{BackupRequestBudget, Failover, HaKind, call_with_backup, call_with_failover};
 use self::lb::{Balancer, LbConfig, LbRequest};
+use self::local::LocalExports;
 use crate::config::refer::{CallSettings, HashKeySource};
 use crate::protocol::motan2::call::{CallError, degraded_error, error_of};
 use crate::protocol::motan2::frame::FLAG_PROXY;
@@ -87,6 +89,9 @@ pub struct Cluster {
     registries_seen: std::sync::atomic::AtomicUsize,
     registries_total: std::sync::atomic::AtomicUsize,
     connects_pending: std::sync::atomic::AtomicUsize,
+    /// This agent's own server role, when the local short-cut is on: endpoints that are its
+    /// export listeners are called in-process.
+    local: std::sync::OnceLock<Arc<dyn LocalExports>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -148,8 +153,19 @@ impl Cluster {
             registries_seen: Default::default(),
             registries_total: Default::default(),
             connects_pending: Default::default(),
+            local: Default::default(),
             refer: Arc::new(refer),
         }))
+    }
+
+    /// Call endpoints that are this agent's own export listeners in-process (set once, before
+    /// the cluster follows its registries).
+    pub fn set_local(&self, local: Arc<dyn LocalExports>) {
+        let _ = self.local.set(local);
+    }
+
+    fn local_for(&self, ep: &Endpoint) -> Option<&Arc<dyn LocalExports>> {
+        self.local.get().filter(|l| l.is_local(ep.url()))
     }
 
     /// Registries the cluster follows (set by discovery when it starts).
@@ -194,6 +210,11 @@ impl Cluster {
         for ep in &outcome.added {
             if let Some(g) = self.endpoint_filters.guard(ep.identity(), ep.address()) {
                 ep.set_guard(g);
+            }
+            if self.local_for(ep).is_some() {
+                // Served in-process: no connection to make.
+                ep.set_available(true);
+                continue;
             }
             let id = ep.identity().to_string();
             if let Some(pool) = self.adopt.get(&id).filter(|p| p.usage().0 > 0) {
@@ -485,6 +506,9 @@ impl Cluster {
                 ),
             ));
         }
+        if let Some(local) = self.local_for(&ep) {
+            return self.call_local(local.clone(), ep, req, deadline, method).await;
+        }
         let pool = self.pool_for(&ep);
         // The endpoint's group wins (traffic control may route to other groups, 4.3 step 4).
         // The request is copied only when this attempt has to change it.
@@ -550,6 +574,72 @@ impl Cluster {
         // Only backupRequest reads per-method latencies (its delay); other strategies skip
         // the bookkeeping on every call.
         if error.is_none() && !oneway && self.ha == HaKind::BackupRequest {
+            self.latencies.get(method).record(started.elapsed());
+        }
+        r
+    }
+
+    /// [`Cluster::call_endpoint`] for an endpoint that is this agent's own export listener:
+    /// the server role is called in-process with what would have gone over the wire (group
+    /// and proxy flag set; not gzipped, as that would be undone at once), under the same
+    /// deadline and with the same endpoint bookkeeping. A oneway request is answered at once
+    /// and served in the background, as a written one would be.
+    async fn call_local(
+        self: &Arc<Self>,
+        local: Arc<dyn LocalExports>,
+        ep: Arc<Endpoint>,
+        req: &Frame,
+        deadline: Deadline,
+        method: &str,
+    ) -> Result<Frame, CallError> {
+        crate::metrics::LOCAL_SHORTCUTS.fetch_add(1, Ordering::Relaxed);
+        let mut r = req.clone();
+        let group = &ep.url().group;
+        if !group.is_empty() && r.meta.get(keys::GROUP) != Some(group.as_str()) {
+            r.meta
+                .insert(keys::GROUP, Bytes::copy_from_slice(group.as_bytes()));
+        }
+        r.header.set_flag(FLAG_PROXY, true);
+        // The source address a loopback connect to the endpoint would have.
+        let peer_ip = Bytes::copy_from_slice(ep.url().host.as_bytes());
+        let port = ep.url().port;
+        if r.header.is_oneway() {
+            let answer = oneway_answer(&r);
+            let served = local.call(port, r, peer_ip);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout_at(deadline.at(), served).await;
+            });
+            return Ok(answer);
+        }
+        let started = Instant::now();
+        let guard = ep.begin();
+        let r = match tokio::time::timeout_at(deadline.at(), local.call(port, r, peer_ip)).await {
+            Ok(mut resp) => {
+                if resp.header.is_gzip()
+                    && let Err(e) = resp.gunzip(self.transport.limits.max_body)
+                {
+                    tracing::warn!(endpoint = ep.address(), "cannot decompress a response: {e}");
+                }
+                resp.meta.insert("x-forwarded-for", ep.address_bytes());
+                Ok(resp)
+            }
+            Err(_) => Err(CallError::service(
+                400,
+                format!(
+                    "channel call error: request timed out after {} ms waiting for {} (in-process)",
+                    deadline.timeout().as_millis(),
+                    ep.address()
+                ),
+            )),
+        };
+        let error = error_of(&r);
+        if let Some(k) = guard.finish(error.as_ref()) {
+            // Probed like any endpoint (heartbeats over TCP to the export listener).
+            tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), "endpoint disabled after consecutive errors (last: {})", error.as_ref().map(|e| e.to_string()).unwrap_or_default());
+            let (me, pool) = (self.clone(), self.pool_for(&ep));
+            tokio::spawn(async move { me.keepalive(ep, pool, k).await });
+        }
+        if error.is_none() && self.ha == HaKind::BackupRequest {
             self.latencies.get(method).record(started.elapsed());
         }
         r

@@ -39,6 +39,102 @@ pub struct MeshOptions {
     pub agent_registries: Vec<String>,
     pub agent_port: u16,
     pub overrides: Arc<std::sync::Mutex<crate::registry::command::SwitcherOverrides>>,
+    /// The local short-cut (`sockmesh.local_shortcut`): `None` when off.
+    pub local: Option<Arc<LocalShortcut>>,
+}
+
+/// The local short-cut (issue #17): a refer's endpoint that is one of this agent's own export
+/// listeners is served in-process by the current mesh's server role ([`Exporter::handle`], as
+/// [`ServerHandler`] would) instead of over a TCP connection to itself. One per agent, kept
+/// across reloads. The listeners are those of the first mesh built (the ones bound at start);
+/// calls are served once [`LocalShortcut::attach`]ed to the running mesh.
+pub struct LocalShortcut {
+    /// The export listeners' address and the default export port (bound even when unused).
+    bind: std::net::Ipv4Addr,
+    eport: u16,
+    ports: std::sync::OnceLock<std::collections::BTreeSet<u16>>,
+    mesh: std::sync::OnceLock<std::sync::Weak<ArcSwap<Mesh>>>,
+    /// Hosts already checked: whether they are addresses of this host.
+    hosts: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+}
+
+impl LocalShortcut {
+    pub fn new(bind: std::net::Ipv4Addr, eport: u16) -> LocalShortcut {
+        LocalShortcut {
+            bind,
+            eport,
+            ports: Default::default(),
+            mesh: Default::default(),
+            hosts: Default::default(),
+        }
+    }
+
+    /// The export ports of the first mesh built: the listeners bound at start.
+    fn listen_on(&self, exporter: &Exporter) {
+        self.ports.get_or_init(|| {
+            let mut ports = exporter.ports().clone();
+            ports.insert(self.eport);
+            ports
+        });
+    }
+
+    /// Serve calls through `mesh` (the running mesh, whichever a reload swapped in).
+    pub fn attach(&self, mesh: &MeshHandle) {
+        let _ = self.mesh.set(Arc::downgrade(mesh));
+    }
+
+    /// Whether a TCP connect to `host` would reach a listener bound at `bind`: the bind
+    /// address itself, or, for a wildcard bind, any address of this host (one that a socket
+    /// can bind to; checked once per host).
+    fn reaches(&self, host: &str, bind: std::net::Ipv4Addr) -> bool {
+        let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+            return host == "localhost" && (bind.is_unspecified() || bind.is_loopback());
+        };
+        if !bind.is_unspecified() {
+            return ip == std::net::IpAddr::V4(bind);
+        }
+        if ip.is_loopback() {
+            return true;
+        }
+        if ip.is_unspecified() || ip.is_multicast() {
+            return false;
+        }
+        let mut hosts = crate::locks::Locked::locked(&self.hosts);
+        *hosts
+            .entry(host.to_string())
+            .or_insert_with(|| std::net::UdpSocket::bind((ip, 0)).is_ok())
+    }
+}
+
+impl crate::cluster::local::LocalExports for LocalShortcut {
+    fn is_local(&self, endpoint: &crate::url::Url) -> bool {
+        let Some(ports) = self.ports.get() else {
+            return false;
+        };
+        ports.contains(&endpoint.port) && self.reaches(&endpoint.host, self.bind)
+    }
+
+    fn call(
+        &self,
+        port: u16,
+        req: Frame,
+        peer_ip: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Frame> + Send>> {
+        let mesh = self.mesh.get().and_then(|m| m.upgrade()).map(|m| m.load_full());
+        Box::pin(async move {
+            match mesh {
+                Some(m) => {
+                    m.exporter
+                        .handle(port, req, &peer_ip, std::time::Instant::now())
+                        .await
+                }
+                None => {
+                    let e = crate::protocol::motan2::call::CallError::service(503, "agent is not serving");
+                    crate::protocol::motan2::call::error_frame(req.header.request_id, &e)
+                }
+            }
+        })
+    }
 }
 
 pub struct Mesh {
@@ -193,6 +289,17 @@ impl Mesh {
             switchers: filters.switchers.clone(),
             overrides: opts.overrides.clone(),
         };
+        // Sockets made in another namespace do not reach this agent's listeners.
+        if let Some(l) = opts
+            .local
+            .as_ref()
+            .filter(|_| !transport.sockets.in_other_namespace())
+        {
+            l.listen_on(&exporter);
+            for r in &refers {
+                r.cluster.set_local(l.clone());
+            }
+        }
         for c in refers.iter().map(|r| &r.cluster).chain(http.clusters()) {
             if let Err(m) = discovery::start(c, &registries, &ctx) {
                 errors.push(format!("section motan-refer, entry {}: {m}", c.conf_id));
