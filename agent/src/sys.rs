@@ -429,51 +429,6 @@ fn own_dir(dir: &Path, group: Option<u32>) -> io::Result<()> {
     Ok(())
 }
 
-/// Hand memory freed by a burst of discovery work back to the kernel, soon and once per
-/// burst: a fleet's first lists (or a large change) allocate and free hundreds of MB that
-/// glibc's malloc otherwise keeps (RSS). Every call after the first in a burst only marks the
-/// work; a background task trims (`malloc_trim`) once no call came for `TRIM_QUIET`.
-pub fn trim_after_burst() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    static RUNNING: AtomicBool = AtomicBool::new(false);
-    const TRIM_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
-    CALLS.fetch_add(1, Ordering::Relaxed);
-    if RUNNING.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        RUNNING.store(false, Ordering::Release);
-        return;
-    };
-    rt.spawn(async move {
-        let mut seen = CALLS.load(Ordering::Relaxed);
-        loop {
-            tokio::time::sleep(TRIM_QUIET).await;
-            let now = CALLS.load(Ordering::Relaxed);
-            if now == seen {
-                break;
-            }
-            seen = now;
-        }
-        RUNNING.store(false, Ordering::Release);
-        let _ = tokio::task::spawn_blocking(release_free_memory).await;
-        // Calls that came in between start the next round.
-        if CALLS.load(Ordering::Relaxed) != seen {
-            trim_after_burst();
-        }
-    });
-}
-
-/// Return the allocator's free memory to the kernel (glibc `malloc_trim`; elsewhere nothing).
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers; it only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -210,7 +210,6 @@ async fn run(cluster: Arc<Cluster>, registries: Vec<(String, Arc<dyn Registry>)>
                 }
             }
         }
-        crate::sys::trim_after_burst();
     }
     for (_, h) in subs {
         h.abort();
