@@ -606,12 +606,14 @@ impl AppState {
         Ok(true)
     }
 
-    pub fn status_json(&self) -> Value {
+    /// `/status`; `view` picks which endpoints the clusters list (`Err`: no such cluster).
+    pub fn status_json(&self, view: &crate::proxy::mesh::StatusView) -> Result<Value, String> {
+        let mesh = self.mesh.load().status_json_view(view)?;
         let intercept = match self.intercept_json() {
             Ok(v) => v,
             Err(e) => json!({ "available": false, "error": format!("{e:#}"), "cgroups": [] }),
         };
-        json!({
+        Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "status": if self.online.load(std::sync::atomic::Ordering::Relaxed) { 200 } else { 503 },
@@ -622,9 +624,9 @@ impl AppState {
             "transparent_proxy": self.proxy_stats.snapshot(),
             "agent_port": self.agent_stats.snapshot(),
             "export_ports": self.export_stats.snapshot(),
-            "mesh": self.mesh.load().status_json(),
+            "mesh": mesh,
             "recent_errors": crate::recent::snapshot(),
-        })
+        }))
     }
 }
 

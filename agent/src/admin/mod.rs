@@ -38,6 +38,7 @@ use crate::config::RequestedMode;
 use crate::config::sections::LimitsSection;
 use crate::control::AppState;
 use crate::proxy::serve::{Accept, AcceptGate, next_connection};
+use crate::proxy::mesh::StatusView;
 
 type Params = Form;
 
@@ -172,8 +173,44 @@ async fn set_offline(State(s): State<Arc<AppState>>) -> &'static str {
     "ok."
 }
 
-async fn status(State(s): State<Arc<AppState>>) -> Response {
-    axum::Json(s.status_json()).into_response()
+async fn status(State(s): State<Arc<AppState>>, Query(q): Params) -> Response {
+    let view = match status_view(&q) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match s.status_json(&view) {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+/// Most endpoints one `/status?cluster=NAME` page lists (and the default page size).
+pub const STATUS_PAGE_MAX: usize = 1000;
+
+/// `/status` lists a summary of the clusters' endpoints; `cluster=NAME` (with `offset=` and
+/// `limit=`, at most [`STATUS_PAGE_MAX`]) pages through one cluster's endpoints instead.
+fn status_view(q: &HashMap<String, String>) -> Result<StatusView, String> {
+    let number = |key: &str, default: usize| -> Result<usize, String> {
+        q.get(key).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| format!("{key}={v:?} is not a non-negative integer"))
+        })
+    };
+    let (offset, limit) = (number("offset", 0)?, number("limit", STATUS_PAGE_MAX)?);
+    match q.get("cluster") {
+        None if q.contains_key("offset") || q.contains_key("limit") => {
+            Err("offset= and limit= page one cluster's endpoints: give cluster=NAME too".into())
+        }
+        None => Ok(StatusView::Summary),
+        Some(_) if limit == 0 || limit > STATUS_PAGE_MAX => {
+            Err(format!("limit={limit} is out of range 1..={STATUS_PAGE_MAX}"))
+        }
+        Some(name) => Ok(StatusView::Cluster {
+            name: name.clone(),
+            offset,
+            limit,
+        }),
+    }
 }
 
 async fn intercept_status(State(s): State<Arc<AppState>>) -> Response {

@@ -701,33 +701,61 @@ impl Cluster {
         )
     }
 
+    /// The cluster's status with every endpoint listed (small clusters, tests).
     pub fn status_json(&self) -> Value {
+        self.status_json_with(EndpointList::All)
+    }
+
+    /// The cluster's status with the endpoints `list` asks for; the counts always cover all
+    /// of them (`endpoint_count`, `available_endpoints`), `endpoints_listed` says which are
+    /// in `endpoints`, and `endpoints_omitted` how many are not.
+    pub fn status_json_with(&self, list: EndpointList) -> Value {
         let balancer = self.balancer.load();
         let pools = self.pools.read_unpoisoned();
-        let endpoints: Vec<Value> = balancer
-            .endpoints()
-            .iter()
-            .map(|ep| {
-                let (channels, in_flight) = pools.get(ep.identity()).map(|p| p.usage()).unwrap_or((0, 0));
-                json!({
-                    "address": ep.address(),
-                    "group": ep.url().group,
-                    "available": ep.status_available(),
-                    "circuit_open": ep.guard().and_then(|g| g.circuit.as_ref()).map(|c| c.is_open()),
-                    "consecutive_errors": ep.consecutive_errors(),
-                    "active": ep.active(),
-                    "weight": ep.weight(),
-                    "channels": channels,
-                    "in_flight": in_flight,
-                })
+        let all = balancer.endpoints();
+        let total = all.len();
+        let available = all.iter().filter(|e| e.status_available()).count();
+        let row = |ep: &Arc<Endpoint>| {
+            let (channels, in_flight) = pools.get(ep.identity()).map(|p| p.usage()).unwrap_or((0, 0));
+            json!({
+                "address": ep.address(),
+                "group": ep.url().group,
+                "available": ep.status_available(),
+                "circuit_open": ep.guard().and_then(|g| g.circuit.as_ref()).map(|c| c.is_open()),
+                "consecutive_errors": ep.consecutive_errors(),
+                "active": ep.active(),
+                "weight": ep.weight(),
+                "channels": channels,
+                "in_flight": in_flight,
             })
-            .collect();
-        let available = balancer
-            .endpoints()
-            .iter()
-            .filter(|e| e.status_available())
-            .count();
-        json!({
+        };
+        let mut page = None;
+        let (listed, picked): (&str, Vec<&Arc<Endpoint>>) = match list {
+            EndpointList::All => ("all", all.iter().collect()),
+            EndpointList::Summary { max } if total <= SMALL_CLUSTER.min(max) => ("all", all.iter().collect()),
+            EndpointList::Summary { max } => (
+                "unavailable",
+                all.iter()
+                    .filter(|e| !e.status_available())
+                    .take(max.min(UNAVAILABLE_LISTED))
+                    .collect(),
+            ),
+            EndpointList::Page { offset, limit } => {
+                // By address, so pages are stable while the list does not change.
+                let mut sorted: Vec<&Arc<Endpoint>> = all.iter().collect();
+                sorted.sort_unstable_by(|a, b| a.identity().cmp(b.identity()));
+                let end = offset.saturating_add(limit).min(total);
+                let picked = sorted.get(offset.min(total)..end).unwrap_or_default().to_vec();
+                page = Some(json!({
+                    "offset": offset,
+                    "limit": limit,
+                    "next_offset": (end < total).then_some(end),
+                }));
+                ("page", picked)
+            }
+        };
+        let endpoints: Vec<Value> = picked.iter().map(|ep| row(ep)).collect();
+        let mut v = json!({
             "name": self.conf_id,
             "service": self.refer.path,
             "group": self.refer.group,
@@ -735,10 +763,36 @@ impl Cluster {
             "loadbalance": balancer.config().kind.name(),
             "degraded": self.degraded.load(Ordering::Relaxed),
             "group_weights": self.group_weights.locked().clone(),
+            "endpoint_count": total,
             "available_endpoints": available,
+            "endpoints_listed": listed,
+            "endpoints_omitted": total - endpoints.len(),
             "endpoints": endpoints,
-        })
+        });
+        if let Some(p) = page {
+            v["page"] = p;
+        }
+        v
     }
+}
+
+/// Clusters this small are listed in full in the summary view.
+pub const SMALL_CLUSTER: usize = 32;
+/// At most this many unavailable endpoints per larger cluster in the summary view.
+pub const UNAVAILABLE_LISTED: usize = 10;
+
+/// Which endpoints [`Cluster::status_json_with`] lists. At 100 providers per service and a
+/// thousand services, listing every endpoint makes `/status` megabytes, so the admin API
+/// summarises by default and pages on request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointList {
+    /// Every endpoint.
+    All,
+    /// Every endpoint of a cluster of at most [`SMALL_CLUSTER`]; of a larger one, its
+    /// unavailable endpoints, at most [`UNAVAILABLE_LISTED`]. Never more than `max` either way.
+    Summary { max: usize },
+    /// Endpoints `offset..offset + limit` in address order.
+    Page { offset: usize, limit: usize },
 }
 
 /// What a caller gets for a oneway request once it is written: an empty success response.
@@ -883,6 +937,56 @@ mod tests {
         assert_eq!(st["endpoints"][0]["in_flight"], 0, "{st}");
         assert_eq!(st["endpoints"][0]["consecutive_errors"], 0, "{st}");
         c.stop();
+    }
+
+    #[tokio::test]
+    async fn the_summary_lists_small_clusters_whole_and_large_ones_by_unavailable_endpoints() {
+        let cluster = |n: u16| {
+            let c = Cluster::new(
+                "c",
+                Url::new("motan2", "", 0, "s", "g").with_param("lazyInit", "true"),
+                Transport::default(),
+                None,
+            )
+            .unwrap();
+            let servers: Vec<Url> = (0..n)
+                .map(|p| Url::new("motan2", "127.0.0.1", 1000 + p, "s", "g"))
+                .collect();
+            c.apply("r1", 1, &servers, None);
+            c
+        };
+        let listed = |v: &Value| v["endpoints"].as_array().unwrap().len();
+        let small = cluster(SMALL_CLUSTER as u16);
+        let v = small.status_json_with(EndpointList::Summary { max: 1000 });
+        assert_eq!(
+            (listed(&v), v["endpoints_listed"].as_str()),
+            (SMALL_CLUSTER, Some("all"))
+        );
+        let big = cluster(100);
+        for ep in big.balancer.load().endpoints().iter().step_by(5) {
+            ep.set_available(false);
+        }
+        let v = big.status_json_with(EndpointList::Summary { max: 1000 });
+        assert_eq!(listed(&v), UNAVAILABLE_LISTED, "{v}");
+        assert_eq!(v["endpoint_count"], 100);
+        assert_eq!(v["available_endpoints"], 80);
+        assert_eq!(v["endpoints_omitted"], 100 - UNAVAILABLE_LISTED);
+        assert!(
+            v["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["available"] == false)
+        );
+        // The caller's budget caps it.
+        assert_eq!(listed(&big.status_json_with(EndpointList::Summary { max: 3 })), 3);
+        assert_eq!(
+            listed(&small.status_json_with(EndpointList::Summary { max: 3 })),
+            0
+        );
+        assert_eq!(listed(&big.status_json_with(EndpointList::All)), 100);
+        small.stop();
+        big.stop();
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use super::http_route::HttpRouter;
 use super::inbound::{self, Exporter};
 use super::outbound::{Refer, Router};
 use super::serve::{Handler, RequestContext};
-use crate::cluster::{Cluster, discovery};
+use crate::cluster::{Cluster, EndpointList, discovery};
 use crate::config::motan::MotanConfig;
 use crate::config::registry::RegistrySpec;
 use crate::filter::{FilterChain, FilterShared};
@@ -455,13 +455,50 @@ impl Mesh {
         }
     }
 
+    /// The mesh's status with every endpoint of every cluster (`/metrics`).
     pub fn status_json(&self) -> Value {
-        json!({
-            "clusters": self.router.refers().iter().map(|r| {
-                let mut s = r.cluster.status_json();
+        self.status_json_view(&StatusView::All)
+            .unwrap_or_else(|e| json!({ "error": e }))
+    }
+
+    /// The mesh's status with the clusters' endpoints `view` asks for; `Err` names a cluster
+    /// that does not exist.
+    pub fn status_json_view(&self, view: &StatusView) -> Result<Value, String> {
+        let refers = self.router.refers();
+        let clusters: Vec<Value> = match view {
+            StatusView::Cluster { name, offset, limit } => {
+                let r = refers
+                    .iter()
+                    .find(|r| r.cluster.conf_id == *name)
+                    .ok_or_else(|| format!("no cluster named {name:?}"))?;
+                let list = EndpointList::Page {
+                    offset: *offset,
+                    limit: *limit,
+                };
+                let mut s = r.cluster.status_json_with(list);
                 s["filters"] = json!(r.chain.names());
-                s
-            }).collect::<Vec<_>>(),
+                vec![s]
+            }
+            StatusView::All | StatusView::Summary => {
+                let mut budget = STATUS_ENDPOINT_BUDGET;
+                refers
+                    .iter()
+                    .map(|r| {
+                        let list = match view {
+                            StatusView::All => EndpointList::All,
+                            _ => EndpointList::Summary { max: budget },
+                        };
+                        let mut s = r.cluster.status_json_with(list);
+                        let n = s["endpoints"].as_array().map_or(0, Vec::len);
+                        budget = budget.saturating_sub(n);
+                        s["filters"] = json!(r.chain.names());
+                        s
+                    })
+                    .collect()
+            }
+        };
+        Ok(json!({
+            "clusters": clusters,
             "exports": self.exporter.exports().map(|e| json!({
                 "name": e.conf_id,
                 "service": e.service.path,
@@ -478,8 +515,27 @@ impl Mesh {
             })).collect::<Vec<_>>(),
             "registries": self.registries_json(),
             "http_clients": self.http.status_json(),
-        })
+        }))
     }
+}
+
+/// At most this many endpoints, over all clusters, in the summary `/status`.
+pub const STATUS_ENDPOINT_BUDGET: usize = 1000;
+
+/// Which endpoints `/status` lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusView {
+    /// Every endpoint of every cluster.
+    All,
+    /// Small clusters in full, larger ones by their unavailable endpoints (capped), at most
+    /// [`STATUS_ENDPOINT_BUDGET`] in all (see [`EndpointList::Summary`]).
+    Summary,
+    /// One cluster, with a page of its endpoints in address order.
+    Cluster {
+        name: String,
+        offset: usize,
+        limit: usize,
+    },
 }
 
 /// The agent port (and intercepted Motan2 connections): client role.
