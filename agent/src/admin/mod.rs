@@ -1,5 +1,6 @@
 //! Admin API (JSON over HTTP): health and status, online/offline, filter state, the
-//! interception control calls the CLI uses, and motan-go's dynamic registration (`dynamic.rs`).
+//! interception control calls the CLI uses, motan-go's dynamic registration (`dynamic.rs`) and
+//! dynamic meta (`meta.rs`).
 //! One router behind two doors, the control socket and the loopback TCP port; `access.rs`
 //! decides who may call what on each. Bad requests get a 4xx with a message.
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ pub mod control_socket;
 pub mod dynamic;
 pub mod filters;
 pub mod form;
+pub mod meta;
 pub mod motan;
 pub mod state_metrics;
 
@@ -68,6 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::admin::filters::routes(state.mesh_shared.filters.clone()))
         .merge(crate::admin::dynamic::routes(state.clone()))
         .merge(crate::admin::motan::routes(state.clone()))
+        .merge(crate::admin::meta::routes())
 }
 
 /// The router with every request checked by `access.rs` first.
