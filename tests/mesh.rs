@@ -1072,7 +1072,9 @@ fn status_summarises_thousands_of_endpoints_and_pages_through_each_once() {
     let mut offset = 0;
     let mut pages = 0;
     loop {
-        let p = d.admin_json(&format!("/sockmesh/status?cluster=big-a&offset={offset}&limit=700"));
+        let p = d.admin_json(&format!(
+            "/sockmesh/status?cluster=big-a&offset={offset}&limit=700"
+        ));
         let c = &p["mesh"]["clusters"][0];
         assert_eq!(p["mesh"]["clusters"].as_array().unwrap().len(), 1);
         assert_eq!(c["name"], "big-a");

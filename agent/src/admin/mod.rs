@@ -39,8 +39,8 @@ use self::form::Form;
 use crate::config::RequestedMode;
 use crate::config::sections::LimitsSection;
 use crate::control::AppState;
-use crate::proxy::serve::{Accept, AcceptGate, next_connection};
 use crate::proxy::mesh::StatusView;
+use crate::proxy::serve::{Accept, AcceptGate, next_connection};
 
 type Params = Form;
 
