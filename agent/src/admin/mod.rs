@@ -176,7 +176,7 @@ async fn set_offline(State(s): State<Arc<AppState>>) -> &'static str {
     "ok."
 }
 
-async fn status(State(s): State<Arc<AppState>>, Query(q): Params) -> Response {
+async fn status(State(s): State<Arc<AppState>>, Form(q): Params) -> Response {
     let view = match status_view(&q) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -187,10 +187,10 @@ async fn status(State(s): State<Arc<AppState>>, Query(q): Params) -> Response {
     }
 }
 
-/// Most endpoints one `/status?cluster=NAME` page lists (and the default page size).
+/// Most endpoints one `/sockmesh/status?cluster=NAME` page lists (and the default page size).
 pub const STATUS_PAGE_MAX: usize = 1000;
 
-/// `/status` lists a summary of the clusters' endpoints; `cluster=NAME` (with `offset=` and
+/// `/sockmesh/status` lists a summary of the clusters' endpoints; `cluster=NAME` (with `offset=` and
 /// `limit=`, at most [`STATUS_PAGE_MAX`]) pages through one cluster's endpoints instead.
 fn status_view(q: &HashMap<String, String>) -> Result<StatusView, String> {
     let number = |key: &str, default: usize| -> Result<usize, String> {

@@ -952,6 +952,7 @@ mod tests {
                 Url::new("motan2", "", 0, "s", "g").with_param("lazyInit", "true"),
                 Transport::default(),
                 None,
+                &Default::default(),
             )
             .unwrap();
             let servers: Vec<Url> = (0..n)
