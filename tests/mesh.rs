@@ -1046,6 +1046,18 @@ fn status_summarises_thousands_of_endpoints_and_pages_through_each_once() {
         refer("tiny", "com.example.Tiny", "small"),
     );
     let d = Daemon::mesh("status-paging", Ports::pick(), &motan);
+    // The direct registry's lists reach the clusters just after the listeners open.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while d.admin_json("/sockmesh/status")["mesh"]["clusters"]
+        .as_array()
+        .is_none_or(|cs| cs.iter().any(|c| c["endpoint_count"] == 0))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clusters never got their endpoints"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let (code, body) = sockmesh_testkit::http::get(d.admin, "/sockmesh/status").unwrap();
     assert_eq!(code, 200, "{body}");
