@@ -24,8 +24,8 @@ pub mod form;
 pub mod motan;
 pub mod state_metrics;
 
-use self::access::{Access, Caller};
-use self::control_socket::ControlSocket;
+use self::access::{Access, Caller, ManagementSocket};
+use self::control_socket::{ControlSocket, SocketFile};
 use self::form::Form;
 
 use crate::config::RequestedMode;
@@ -66,10 +66,17 @@ pub fn guarded_router(access: Arc<Access>) -> Router {
     router(access.state.clone()).layer(axum::middleware::from_fn_with_state(access, access::guard))
 }
 
-/// Serve the admin API on the TCP port and on the control socket until `shutdown`; the socket
-/// file is removed at the end.
+/// Where motan-go's tooling reaches the admin API: the TCP port (mport), or the Unix socket
+/// `managementUnixSock` instead (with its file, removed when serving ends).
+pub enum ManagementDoor {
+    Tcp(TcpListener),
+    Unix(ManagementSocket, SocketFile),
+}
+
+/// Serve the admin API on the management door and on the control socket until `shutdown`; the
+/// socket files are removed at the end.
 pub async fn serve(
-    tcp: TcpListener,
+    door: ManagementDoor,
     control: ControlSocket,
     access: Arc<Access>,
     shutdown: CancellationToken,
@@ -77,17 +84,29 @@ pub async fn serve(
     let app = guarded_router(access);
     let ControlSocket { listener, file } = control;
     let (stop_tcp, stop_socket) = (shutdown.clone(), shutdown);
-    let tcp = axum::serve(tcp, app.clone().into_make_service_with_connect_info::<Caller>())
-        .with_graceful_shutdown(async move { stop_tcp.cancelled().await });
+    let stop = async move { stop_tcp.cancelled().await };
+    let service = app.clone().into_make_service_with_connect_info::<Caller>();
+    type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+    let (tcp, management_file): (Serving, _) = match door {
+        ManagementDoor::Tcp(l) => (
+            Box::pin(axum::serve(l, service).with_graceful_shutdown(stop).into_future()),
+            None,
+        ),
+        ManagementDoor::Unix(l, f) => (
+            Box::pin(axum::serve(l, service).with_graceful_shutdown(stop).into_future()),
+            Some(f),
+        ),
+    };
     let socket = axum::serve(listener, app.into_make_service_with_connect_info::<Caller>())
         .with_graceful_shutdown(async move { stop_socket.cancelled().await });
-    let (t, s) = tokio::join!(tcp.into_future(), socket.into_future());
-    for (door, r) in [("TCP admin port", t), ("control socket", s)] {
+    let (t, s) = tokio::join!(tcp, socket.into_future());
+    for (door, r) in [("management port", t), ("control socket", s)] {
         if let Err(e) = r {
             tracing::error!("admin server on the {door} failed: {e}");
         }
     }
     drop(file);
+    drop(management_file);
 }
 
 /// A boolean parameter such as `all=true` or `force=1`.

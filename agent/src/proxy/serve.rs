@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -170,9 +170,9 @@ impl ServeStats {
 }
 
 /// Accept on `listener` until `shutdown`, serving each connection on a task tracked by `tasks`.
-pub async fn accept_loop<H: Handler>(
+pub async fn accept_loop<H: Handler, L: Accept>(
     name: &'static str,
-    listener: tokio::net::TcpListener,
+    listener: L,
     handler: Arc<H>,
     limits: ConnectionLimits,
     stats: Arc<ServeStats>,
@@ -187,6 +187,89 @@ pub async fn accept_loop<H: Handler>(
             let _slot = slot;
             serve_connection(conn, peer, BytesMut::new(), h, l, s, sd).await
         });
+    }
+}
+
+/// A listener the agent accepts Motan2 connections on: a TCP port, or a Unix socket
+/// (`motan-agent.unixSock`).
+pub trait Accept: Send + Sync + 'static {
+    type Stream: Inbound;
+    /// The next connection and its peer; a Unix socket's peer is local, given as 127.0.0.1:0
+    /// (what the `host` meta value says, as for an app on the loopback agent port).
+    fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<(Self::Stream, SocketAddr)>>;
+}
+
+/// The peer a Unix socket connection is reported as.
+pub const UNIX_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = TcpStream;
+    fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<(TcpStream, SocketAddr)>> {
+        tokio::net::TcpListener::poll_accept(self, cx)
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+    fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<(UnixStream, SocketAddr)>> {
+        UnixListener::poll_accept(self, cx).map_ok(|(s, _)| (s, UNIX_PEER))
+    }
+}
+
+/// A connection [`serve_connection`] reads frames from (readiness, then a non-blocking read, so
+/// an idle connection holds no buffer) and writes answers to.
+pub trait Inbound: Send + 'static {
+    type Read: ReadHalf;
+    type Write: tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn split_inbound(self) -> (Self::Read, Self::Write);
+}
+
+pub trait ReadHalf: Send + Sync {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
+}
+
+impl Inbound for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split_inbound(self) -> (Self::Read, Self::Write) {
+        let _ = self.set_nodelay(true);
+        self.into_split()
+    }
+}
+
+impl Inbound for UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn split_inbound(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        tokio::net::tcp::OwnedReadHalf::readable(self)
+    }
+    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        tokio::net::tcp::OwnedReadHalf::try_read_buf(self, buf)
+    }
+}
+
+impl ReadHalf for tokio::net::unix::OwnedReadHalf {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        tokio::net::unix::OwnedReadHalf::readable(self)
+    }
+    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        tokio::net::unix::OwnedReadHalf::try_read_buf(self, buf)
     }
 }
 
@@ -246,12 +329,12 @@ impl AcceptGate {
 /// The next accepted connection with its slot of the listener's cap (keep it while the
 /// connection is open), or `None` once `shutdown` is cancelled; a failed accept (out of
 /// descriptors, say) is logged, rate limited, and retried after a pause.
-pub async fn next_connection(
+pub async fn next_connection<L: Accept>(
     name: &'static str,
-    listener: &tokio::net::TcpListener,
+    listener: &L,
     gate: &mut AcceptGate,
     shutdown: &CancellationToken,
-) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+) -> Option<(L::Stream, SocketAddr, OwnedSemaphorePermit)> {
     // At the connection cap the listener stops accepting: the kernel's backlog holds the rest.
     let slot = match gate.slots.clone().try_acquire_owned() {
         Ok(s) => s,
@@ -291,8 +374,8 @@ pub async fn next_connection(
 /// Serve one connection until the peer closes, a bad frame arrives, or `shutdown`; requests
 /// already read are answered before the connection closes. `buf` holds bytes already read
 /// from the connection (protocol sniffing).
-pub async fn serve_connection<H: Handler>(
-    conn: TcpStream,
+pub async fn serve_connection<H: Handler, S: Inbound>(
+    conn: S,
     peer: SocketAddr,
     mut buf: BytesMut,
     handler: Arc<H>,
@@ -302,8 +385,7 @@ pub async fn serve_connection<H: Handler>(
 ) {
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.active_connections.fetch_add(1, Ordering::Relaxed);
-    let _ = conn.set_nodelay(true);
-    let (rd, mut wr) = conn.into_split();
+    let (rd, mut wr) = conn.split_inbound();
     let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
     let writer = tokio::spawn(async move { write_frames(&mut wr, rx).await });
     let requests = TaskTracker::new();
