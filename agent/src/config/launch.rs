@@ -442,13 +442,12 @@ impl ProcessSettings {
             path(keys::MANAGEMENT_UNIX_SOCK, &mut errors),
             &mut errors,
         );
-        if s.unix_sock.is_some() && s.unix_sock == s.management_unix_sock {
+        if let Some(p) = &s.unix_sock
+            && s.management_unix_sock.as_ref() == Some(p)
+        {
             errors.push(SettingError::new(
                 keys::MANAGEMENT_UNIX_SOCK,
-                format!(
-                    "{} is also unixSock; give each its own path",
-                    s.unix_sock.as_ref().unwrap().display()
-                ),
+                format!("{} is also unixSock; give each its own path", p.display()),
             ));
         }
         (s, errors)
