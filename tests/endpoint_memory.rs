@@ -59,7 +59,7 @@ fn an_idle_endpoint_costs_at_most_a_kib() {
         .with_param("haStrategy", "failover")
         .with_param("loadbalance", "random")
         .with_param("warmEndpoints", "0");
-    let c = Cluster::new("c", refer, Transport::default(), None).unwrap();
+    let c = Cluster::new("c", refer, Transport::default(), None, &Default::default()).unwrap();
     let before = LIVE.load(Ordering::Relaxed);
     c.apply("zk", 1, &servers, None);
     let per = (LIVE.load(Ordering::Relaxed) - before) as f64 / N as f64;

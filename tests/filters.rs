@@ -663,3 +663,150 @@ fn trace_context_crosses_both_agents_and_each_logs_a_span() {
     assert_ne!(field(&s, "span_id"), field(&c, "span_id"));
     assert_eq!(seen, format!("00-{trace_id}-{}-01", field(&s, "span_id")));
 }
+
+/// Switch a provider's `set-fail` mode (`service`, `biz`, `off`) on a direct connection.
+async fn set_fail(p: &Provider, mode: &str) {
+    let ch = motan::connect(p.addr).await;
+    motan::call(&ch, echo("set-fail", &[], mode)).await;
+}
+
+#[test]
+fn circuit_breaker_is_per_endpoint_and_the_others_serve_every_request() {
+    let _serial = serial();
+    let providers: Vec<Provider> = ["p1", "p2", "p3"].iter().map(|n| Provider::start(n, 0)).collect();
+    let addrs: Vec<SocketAddr> = providers.iter().map(|p| p.addr).collect();
+    let sleep_window = Duration::from_millis(1000);
+    // errorCountThreshold 0: the endpoint's own health check stays out of the way, so only
+    // its circuit keeps traffic off the failing node. One retry: a request that meets the
+    // open circuit is answered by another endpoint.
+    let extra = format!(
+        "    filter: circuitBreaker\n    circuitBreaker.requestThreshold: 4\n    circuitBreaker.sleepWindow: {}\n    errorCountThreshold: 0\n    retries: 1\n    loadbalance: roundrobin\n",
+        sleep_window.as_millis()
+    );
+    let agent = client_agent("ep-breaker", &addrs, &extra);
+    let circuits = || -> HashMap<String, serde_json::Value> {
+        let list = agent.admin_json("/circuitBreaker/list");
+        let all = list.as_object().expect("a JSON object");
+        addrs
+            .iter()
+            .map(|a| {
+                let (_, c) = all
+                    .iter()
+                    .find(|(name, _)| name.contains(&a.to_string()))
+                    .unwrap_or_else(|| panic!("no circuit for {a}: {list}"));
+                (a.to_string(), c.clone())
+            })
+            .collect()
+    };
+    let rt = motan::rt();
+    let ch = Arc::new(rt.block_on(motan::connect(agent_addr(&agent))));
+    let mut served = Vec::new();
+    for p in &providers {
+        served.push(rt.block_on(Served::new(p)));
+    }
+    let bad = providers[2].addr.to_string();
+    // Requests answered by the agent: (successes, errors, answered by p3).
+    let send = |n: usize| {
+        let ch = ch.clone();
+        rt.block_on(async move {
+            let (mut ok, mut errors, mut by_bad) = (0, 0, 0);
+            for i in 0..n {
+                let resp = motan::call(&ch, echo("echo", &[], &format!("r{i}"))).await;
+                match motan::exception(&resp) {
+                    None => {
+                        assert_eq!(body_str(&resp), format!("r{i}"));
+                        ok += 1;
+                        by_bad += usize::from(motan::meta(&resp, "provider") == "p3");
+                    }
+                    Some(_) => errors += 1,
+                }
+            }
+            (ok, errors, by_bad)
+        })
+    };
+    rt.block_on(set_fail(&providers[2], "service"));
+    // p3 fails every call; its failures are retried on p1/p2. Once p3's window holds 4
+    // failures its circuit opens.
+    let (ok, errors, _) = send(30);
+    assert_eq!((ok, errors), (30, 0), "failover hides p3's failures");
+    let c = circuits();
+    assert_eq!(c[&bad]["open"], true, "{c:?}");
+    for a in &addrs[..2] {
+        assert_eq!(c[&a.to_string()]["open"], false, "only p3's circuit opens: {c:?}");
+        assert_eq!(c[&a.to_string()]["errors"], 0, "{c:?}");
+    }
+    let p3_before = rt.block_on(served[2].now());
+    let (p1_before, p2_before) = (rt.block_on(served[0].now()), rt.block_on(served[1].now()));
+    let opened_at = Instant::now();
+    // Open: p3 is not called at all; p1 and p2 serve every request.
+    let (ok, errors, by_bad) = send(60);
+    assert!(
+        opened_at.elapsed() < sleep_window,
+        "the batch outlasted the sleep window"
+    );
+    assert_eq!((ok, errors, by_bad), (60, 0, 0));
+    assert_eq!(
+        rt.block_on(served[2].now()),
+        p3_before,
+        "an open circuit keeps p3 out"
+    );
+    let (p1, p2) = (
+        rt.block_on(served[0].now()) - p1_before,
+        rt.block_on(served[1].now()) - p2_before,
+    );
+    assert_eq!(p1 + p2, 60, "p1 {p1} + p2 {p2}");
+    assert!(
+        p1 >= 20 && p2 >= 20,
+        "both healthy endpoints share the load: {p1}/{p2}"
+    );
+
+    // After the sleep window one probe reaches p3; it still fails, so the circuit stays open.
+    std::thread::sleep(sleep_window + Duration::from_millis(100));
+    let (ok, errors, by_bad) = send(20);
+    assert_eq!((ok, errors, by_bad), (20, 0, 0));
+    assert_eq!(rt.block_on(served[2].now()), p3_before + 1, "exactly one probe");
+    assert_eq!(circuits()[&bad]["open"], true);
+
+    // p3 recovers: the next probe succeeds and closes the circuit; p3 takes its share again.
+    rt.block_on(set_fail(&providers[2], "off"));
+    std::thread::sleep(sleep_window + Duration::from_millis(100));
+    let (ok, errors, by_bad) = send(30);
+    assert_eq!((ok, errors), (30, 0));
+    assert_eq!(circuits()[&bad]["open"], false, "the successful probe closed it");
+    assert!(by_bad >= 8, "p3 serves again after closing: {by_bad} of 30");
+}
+
+#[test]
+fn failfast_takes_an_endpoint_out_after_ten_exceptions_business_ones_too() {
+    let _serial = serial();
+    let providers: Vec<Provider> = ["p1", "p2"].iter().map(|n| Provider::start(n, 0)).collect();
+    let addrs: Vec<SocketAddr> = providers.iter().map(|p| p.addr).collect();
+    let agent = client_agent(
+        "failfast",
+        &addrs,
+        "    filter: failfast\n    errorCountThreshold: 0\n    loadbalance: roundrobin\n",
+    );
+    let rt = motan::rt();
+    rt.block_on(async {
+        let ch = motan::connect(agent_addr(&agent)).await;
+        let mut bad = Served::new(&providers[1]).await;
+        set_fail(&providers[1], "biz").await;
+        // Business exceptions are not retried: the caller sees p2's ten, then p2 is out.
+        let mut biz = 0;
+        for i in 0..40 {
+            let resp = motan::call(&ch, echo("echo", &[], &i.to_string())).await;
+            if let Some((code, msg, t)) = motan::exception(&resp) {
+                assert_eq!((code, msg.as_str(), t), (503, "biz failure at p2", 2));
+                biz += 1;
+            }
+        }
+        assert_eq!(biz, 10, "ten business errors make p2 unavailable");
+        assert_eq!(bad.now().await, 10, "p2 is not picked any more");
+        for i in 0..20 {
+            let resp = motan::call(&ch, echo("echo", &[], &i.to_string())).await;
+            assert!(motan::exception(&resp).is_none(), "{resp:?}");
+            assert_eq!(motan::meta(&resp, "provider"), "p1");
+        }
+        assert_eq!(bad.now().await, 10);
+    });
+}

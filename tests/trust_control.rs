@@ -646,12 +646,16 @@ fn the_agent_port_and_the_admin_api_on_unix_sockets() {
     let version = as_nobody(mgmt, &raw("GET", "/version", "localhost", &[]));
     assert_eq!(version.status(), 200, "{version:?}");
     assert_eq!(version.body(), env!("CARGO_PKG_VERSION"));
+    // motan-go's /status shape at /status, sockmesh's own at /sockmesh/status.
     let status = as_nobody(mgmt, &raw("GET", "/status", "localhost", &[]));
     assert_eq!(status.status(), 200, "{status:?}");
-    assert!(
-        serde_json::from_str::<serde_json::Value>(status.body()).is_ok(),
-        "{status:?}"
-    );
+    let motan: serde_json::Value = serde_json::from_str(status.body()).unwrap();
+    assert_eq!(motan["code"], 200, "{status:?}");
+    assert!(motan["body"]["services"].is_array(), "{status:?}");
+    let own = as_nobody(mgmt, &raw("GET", "/sockmesh/status", "localhost", &[]));
+    assert_eq!(own.status(), 200, "{own:?}");
+    let own: serde_json::Value = serde_json::from_str(own.body()).unwrap();
+    assert!(own["status"].is_u64(), "{own}");
     // Mutations: nobody only those tcp_mutations lists, root all of them.
     let r = as_nobody(mgmt, &raw("POST", "/503", "localhost", &[]));
     assert_eq!(r.status(), 403, "{r:?}");
@@ -664,6 +668,10 @@ fn the_agent_port_and_the_admin_api_on_unix_sockets() {
     let r = as_nobody(mgmt, &raw("POST", "/200", "localhost", &[]));
     assert_eq!(r.status(), 200, "{r:?}");
     assert_eq!(http::unix_get(&mgmt_sock, "/").unwrap().0, 200);
+    let (code, own) = http::unix_get(&mgmt_sock, "/sockmesh/status").unwrap();
+    assert_eq!(code, 200, "{own}");
+    let own: serde_json::Value = serde_json::from_str(&own).unwrap();
+    assert_eq!(own["status"], 200, "{own}");
 
     d.sigterm();
     assert!(d.wait_exit(), "clean exit; log:\n{}", d.log());

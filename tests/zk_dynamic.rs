@@ -210,7 +210,7 @@ fn provider_registers_through_its_agent_and_survives_a_restart_while_zookeeper_i
         list["body"]["register_nodes"][0]["path"], SVC,
         "recovered: {list}"
     );
-    zk.spawn();
+    zk.spawn().unwrap();
     let t0 = Instant::now();
     wait_for(
         "the registration back in ZooKeeper",

@@ -329,7 +329,7 @@ fn zookeeper_outage_keeps_traffic_and_snapshot_serves_a_restarted_agent() {
     );
 
     // ZooKeeper back: the server's registration returns.
-    zk.spawn();
+    zk.spawn().unwrap();
     rt.block_on(async {
         let c = raw(&zk).await;
         let deadline = Instant::now() + Duration::from_secs(15);

@@ -257,7 +257,7 @@ async fn session_loss_keeps_lists_and_recovery_reregisters() {
 
     // Restarted on the same port and data dir: a new session, registrations come back with
     // the state they had (up available, down not).
-    blocking(|| zk.spawn());
+    blocking(|| zk.spawn()).unwrap();
     let raw = raw_client(&zk).await;
     eventually("reconnected", Duration::from_secs(15), || async {
         reg.is_connected()
@@ -382,7 +382,7 @@ async fn snapshot_serves_while_zookeeper_is_down() {
     assert_eq!(status["commands"][0]["source"], "snapshot", "{status:#}");
 
     // Back up: ZooKeeper's values take over.
-    blocking(|| zk.spawn());
+    blocking(|| zk.spawn()).unwrap();
     let b = provider("127.0.0.2", 18022);
     eventually(
         "provider registry reconnected",

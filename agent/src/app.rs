@@ -143,7 +143,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         Some(path) => {
             let (l, f) =
                 crate::unix_socket::bind(path, 0o666, "management socket", "motan-agent.managementUnixSock")?;
-            ManagementDoor::Unix(crate::admin::access::ManagementSocket(l), f)
+            ManagementDoor::Unix(l, f)
         }
         None => ManagementDoor::Tcp(bind("admin", config.admin_addr()).await?),
     };
@@ -162,15 +162,20 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let (mut interceptor, intercept_error, test, auto_mode) = if config.sockmesh.intercept.enabled {
         let allow = config.sockmesh.intercept.auto_sockmap;
         let settings = config.intercept_settings();
-        let (test, auto_mode) = tokio::task::spawn_blocking(move || {
+        // Blocking work, off the runtime's workers; what it parsed (kernel BTF, the object, the
+        // self-test's buffers) is freed at its end and handed back to the kernel.
+        let (test, auto_mode, started) = tokio::task::spawn_blocking(move || {
             // The self-test pins under /sys/fs/bpf too.
             if let Err(e) = mount_bpffs(&settings.pin_dir) {
                 tracing::warn!("{e:#}");
             }
-            kernel_selftest(allow)
+            let (test, auto_mode) = kernel_selftest(allow);
+            let started = EbpfInterceptor::start(settings);
+            crate::sys::release_free_memory();
+            (test, auto_mode, started)
         })
         .await?;
-        match EbpfInterceptor::start(config.intercept_settings()) {
+        match started {
             Ok(i) => (Some(i), None, test, auto_mode),
             Err(StartError::Refused(e)) => {
                 return Err(e.context("refusing to use the pinned interception state"));
@@ -237,6 +242,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             });
         }
     }
+    mesh_shared.shortcut.attach(&mesh);
     for (port, l) in exports {
         listeners.push((format!("export:{port}"), config.export_addr(port).to_string()));
         let handler = Arc::new(ServerHandler {
@@ -358,7 +364,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         control_group,
         config.sockmesh.admin.control_socket.clone(),
     );
-    tasks.spawn(crate::admin::serve(admin, control, access, shutdown.clone()));
+    tasks.spawn(crate::admin::serve(
+        admin,
+        control,
+        access,
+        config.sockmesh.limits,
+        shutdown.clone(),
+    ));
 
     for (name, addr) in &listeners {
         tracing::info!(listener = %name, %addr, "listening");
@@ -508,13 +520,13 @@ async fn forward_bpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>, sh
     }
 }
 
-/// motan-go's `pidfile`: this process's PID, removed at a clean exit.
 /// The agent port: TCP, or motan-go's `unixSock` instead.
 enum AgentListener {
     Tcp(TcpListener),
     Unix((tokio::net::UnixListener, crate::unix_socket::SocketFile)),
 }
 
+/// motan-go's `pidfile`: this process's PID, removed at a clean exit.
 struct PidFile(PathBuf);
 
 impl PidFile {

@@ -287,7 +287,9 @@ fn flag(args: &[String], k: &str) -> Option<String> {
 /// A Motan2 provider for the mesh tests. It echoes the request body and reports in the
 /// response meta who answered (`provider`) and what it saw (`seen-rid`, `seen-host`,
 /// `seen-group`, `seen-proxy`). Request meta `delay-ms` delays the answer, `fail` = `biz` or
-/// `service` answers with that exception; method `count` returns the number of requests served.
+/// `service` answers with that exception; method `count` returns the number of requests served;
+/// method `set-fail` (argument `service`, `biz` or `off`, not counted) makes every later request
+/// fail that way until switched off.
 /// Oneway requests (flag 0x04) are counted and never answered, as a provider that honours the
 /// flag does.
 fn motan2_provider(args: &[String]) {
@@ -317,9 +319,11 @@ fn motan2_provider(args: &[String]) {
         println!("ready {}", l.local_addr().unwrap());
         std::io::stdout().flush().unwrap();
         let count = Arc::new(AtomicU64::new(0));
+        // 0 answer, 1 business exceptions, 2 service exceptions (`set-fail`).
+        let failing = Arc::new(std::sync::atomic::AtomicU8::new(0));
         let name: Arc<str> = name.into();
         while let Ok((s, _)) = l.accept().await {
-            let (count, name) = (count.clone(), name.clone());
+            let (count, name, failing) = (count.clone(), name.clone(), failing.clone());
             tokio::spawn(async move {
                 let _ = s.set_nodelay(true);
                 let (mut sink, mut stream) =
@@ -337,11 +341,25 @@ fn motan2_provider(args: &[String]) {
                         let _ = tx.send(Frame::heartbeat_response(req.header.request_id));
                         continue;
                     }
+                    if req.meta.get("M_m") == Some("set-fail") {
+                        let arg = sockmesh::protocol::motan2::simple::decode_all(&req.body)
+                            .ok()
+                            .and_then(|v| v.first().and_then(|v| v.as_str().map(str::to_string)));
+                        let mode = match arg.as_deref() {
+                            Some("biz") => 1,
+                            Some("service") => 2,
+                            _ => 0,
+                        };
+                        failing.store(mode, Ordering::Relaxed);
+                        let _ = tx.send(Frame::response_to(&req, req.body.clone()));
+                        continue;
+                    }
                     let n = count.fetch_add(1, Ordering::Relaxed) + 1;
                     if req.header.is_oneway() {
                         continue;
                     }
                     let (tx, name) = (tx.clone(), name.clone());
+                    let mode = failing.load(Ordering::Relaxed);
                     tokio::spawn(async move {
                         let m = &req.meta;
                         let extra: u64 = m.get("delay-ms").and_then(|d| d.parse().ok()).unwrap_or(0);
@@ -350,7 +368,12 @@ fn motan2_provider(args: &[String]) {
                             tokio::time::sleep(Duration::from_millis(own + extra)).await;
                         }
                         let id = req.header.request_id;
-                        let mut resp = match m.get("fail") {
+                        let fail = match (mode, m.get("M_m")) {
+                            (_, Some("count")) | (0, _) => m.get("fail"),
+                            (1, _) => Some("biz"),
+                            _ => Some("service"),
+                        };
+                        let mut resp = match fail {
                             Some("biz") => Frame::exception_response(
                                 id,
                                 &Exception::business(503, format!("biz failure at {name}")),

@@ -4,6 +4,7 @@ mod lint;
 mod plots;
 mod scale;
 mod setup;
+mod soak;
 mod util;
 
 use std::path::PathBuf;
@@ -85,6 +86,19 @@ enum Cmd {
         #[arg(long, default_value = "100x10,500x50,1000x100")]
         sizes: String,
     },
+    /// Soak (issue #16): open-loop load through eBPF interception (ebpf-connect and
+    /// ebpf-sockmap in turn) while provider restarts, ZooKeeper flaps, agent reloads and agent
+    /// kills are injected; RSS, fds, threads, p50/p99 and errors sampled every 2 s; report and
+    /// plots under bench/results/soak-<date>/. Fails on errors outside the injected faults or
+    /// RSS/fds growth after warm-up.
+    Soak {
+        /// Length of the run in minutes (at least 1).
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Open-loop request rate of the load (req/s).
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -98,6 +112,7 @@ fn main() -> Result<()> {
         Cmd::Demo { args } => demo(&args),
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Scale { sizes } => scale::run(&sizes),
+        Cmd::Soak { minutes, rate } => soak::run(soak::Options { minutes, rate }),
         Cmd::Bench {
             quick,
             rounds,

@@ -8,6 +8,8 @@
 //!   token when `sockmesh.admin.token` is set; interception, reload and shutdown never. Its
 //!   requests must name an IP literal or `localhost` as Host (no DNS rebinding from a browser),
 //!   and a browser's cross-site request may not mutate.
+//! - motan-go's `managementUnixSock`, when set, replaces the TCP port: root (SO_PEERCRED) gets
+//!   what the control socket gives, any other local user what the TCP port gives.
 //!
 //! Mutations are POSTs, except /200 and /503 which motan-go's scripts GET. Every refusal is a
 //! 401, 403 or 405 whose body says why, and is logged (a burst, then a count of the rest).
@@ -75,19 +77,21 @@ impl Connected<IncomingStream<'_, TcpListener>> for Caller {
 
 impl Connected<IncomingStream<'_, UnixListener>> for Caller {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Caller {
-        Caller::Socket(peer_of(stream.io()))
+        Caller::unix(stream.io())
     }
 }
 
-impl Connected<IncomingStream<'_, ManagementSocket>> for Caller {
-    fn connect_info(stream: IncomingStream<'_, ManagementSocket>) -> Caller {
-        Caller::Management(peer_of(stream.io()))
+impl Caller {
+    /// The peer of a control-socket connection, with its credentials as of its connect().
+    pub fn unix(io: &tokio::net::UnixStream) -> Caller {
+        Caller::Socket(peer_of(io))
     }
 }
 
-/// The credentials of a Unix socket's peer as of its connect(); a peer whose credentials cannot
-/// be read is nobody: no uid, no group.
-fn peer_of(io: &tokio::net::UnixStream) -> Peer {
+/// The credentials of a Unix socket's peer as of its connect() (the control socket's, or
+/// `managementUnixSock`'s); a peer whose credentials cannot be read is nobody: no uid, no group,
+/// every request the control socket serves is refused.
+pub fn peer_of(io: &tokio::net::UnixStream) -> Peer {
     match io.peer_cred() {
         Ok(c) => Peer {
             pid: c.pid(),
@@ -101,21 +105,6 @@ fn peer_of(io: &tokio::net::UnixStream) -> Peer {
             gid: u32::MAX,
             groups: Err(format!("SO_PEERCRED: {e}")),
         },
-    }
-}
-
-/// motan-go's management Unix socket (`managementUnixSock`), a listener of its own so that its
-/// callers are told apart from the control socket's.
-pub struct ManagementSocket(pub UnixListener);
-
-impl axum::serve::Listener for ManagementSocket {
-    type Io = tokio::net::UnixStream;
-    type Addr = tokio::net::unix::SocketAddr;
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        axum::serve::Listener::accept(&mut self.0).await
-    }
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        axum::serve::Listener::local_addr(&self.0)
     }
 }
 

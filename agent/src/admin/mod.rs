@@ -1,6 +1,7 @@
 //! Admin API (JSON over HTTP): health and status, online/offline, filter state, the
 //! interception control calls the CLI uses, and motan-go's dynamic registration (`dynamic.rs`).
-//! One router behind two doors, the control socket and the loopback TCP port; `access.rs`
+//! One router behind two doors, the control socket and the loopback TCP port (or motan-go's
+//! `managementUnixSock` instead); `access.rs`
 //! decides who may call what on each. Bad requests get a 4xx with a message.
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,8 +13,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::json;
-use tokio::net::TcpListener;
+use std::time::Duration;
+
+use axum::extract::connect_info::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub mod access;
 pub mod client;
@@ -24,12 +31,15 @@ pub mod form;
 pub mod motan;
 pub mod state_metrics;
 
-use self::access::{Access, Caller, ManagementSocket};
+use self::access::{Access, Caller, peer_of};
 use self::control_socket::{ControlSocket, SocketFile};
 use self::form::Form;
 
 use crate::config::RequestedMode;
+use crate::config::sections::LimitsSection;
 use crate::control::AppState;
+use crate::proxy::mesh::StatusView;
+use crate::proxy::serve::{Accept, AcceptGate, next_connection};
 
 type Params = Form;
 
@@ -70,43 +80,90 @@ pub fn guarded_router(access: Arc<Access>) -> Router {
 /// `managementUnixSock` instead (with its file, removed when serving ends).
 pub enum ManagementDoor {
     Tcp(TcpListener),
-    Unix(ManagementSocket, SocketFile),
+    Unix(UnixListener, SocketFile),
 }
 
-/// Serve the admin API on the management door and on the control socket until `shutdown`; the
-/// socket files are removed at the end.
+/// Serve the admin API on the management door (TCP port or `managementUnixSock`) and on the
+/// control socket until `shutdown`; the socket files are removed at the end. Each door accepts
+/// at most `sockmesh.limits.admin_connections` at once and closes a connection that sends no
+/// complete request head for `admin_idle_timeout_ms`, so thousands of idle peers on the
+/// management door cannot keep root out of the control socket.
 pub async fn serve(
-    door: ManagementDoor,
+    door_listener: ManagementDoor,
     control: ControlSocket,
     access: Arc<Access>,
+    limits: LimitsSection,
     shutdown: CancellationToken,
 ) {
-    let app = guarded_router(access);
-    let ControlSocket { listener, file } = control;
-    let (stop_tcp, stop_socket) = (shutdown.clone(), shutdown);
-    let stop = async move { stop_tcp.cancelled().await };
-    let service = app.clone().into_make_service_with_connect_info::<Caller>();
-    type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
-    let (tcp, management_file): (Serving, _) = match door {
-        ManagementDoor::Tcp(l) => (
-            Box::pin(axum::serve(l, service).with_graceful_shutdown(stop).into_future()),
-            None,
-        ),
-        ManagementDoor::Unix(l, f) => (
-            Box::pin(axum::serve(l, service).with_graceful_shutdown(stop).into_future()),
-            Some(f),
-        ),
+    let door = Door {
+        app: guarded_router(access),
+        connections: limits.admin_connections,
+        idle: Duration::from_millis(limits.admin_idle_timeout_ms),
+        shutdown,
     };
-    let socket = axum::serve(listener, app.into_make_service_with_connect_info::<Caller>())
-        .with_graceful_shutdown(async move { stop_socket.cancelled().await });
-    let (t, s) = tokio::join!(tcp, socket.into_future());
-    for (door, r) in [("management port", t), ("control socket", s)] {
-        if let Err(e) = r {
-            tracing::error!("admin server on the {door} failed: {e}");
+    let ControlSocket { listener, file } = control;
+    let management = async {
+        match &door_listener {
+            ManagementDoor::Tcp(tcp) => door.serve("admin", tcp, |_, peer| Caller::Tcp(peer)).await,
+            ManagementDoor::Unix(unix, _) => {
+                door.serve("management socket", unix, |io, _| Caller::Management(peer_of(io)))
+                    .await
+            }
         }
-    }
+    };
+    tokio::join!(
+        management,
+        door.serve("control socket", &listener, |io, _| Caller::unix(io)),
+    );
     drop(file);
-    drop(management_file);
+    drop(door_listener);
+}
+
+/// One way into the admin API.
+struct Door {
+    app: Router,
+    connections: u32,
+    idle: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Door {
+    async fn serve<L: Accept>(
+        &self,
+        name: &'static str,
+        listener: &L,
+        caller: impl Fn(&L::Conn, L::Addr) -> Caller,
+    ) where
+        L::Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut gate = AcceptGate::with_cap(self.connections);
+        let tasks = TaskTracker::new();
+        while let Some((io, addr, slot)) = next_connection(name, listener, &mut gate, &self.shutdown).await {
+            let info = ConnectInfo(caller(&io, addr));
+            let app = self.app.clone();
+            let service = hyper::service::service_fn(move |mut req: axum::extract::Request<Incoming>| {
+                req.extensions_mut().insert(info.clone());
+                tower_service::Service::call(&mut app.clone(), req)
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(self.idle);
+            let shutdown = self.shutdown.clone();
+            tasks.spawn(async move {
+                let _slot = slot;
+                let conn = builder.serve_connection(TokioIo::new(io), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r { tracing::debug!("{name} connection ended: {e}") },
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    }
+                }
+            });
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
 }
 
 /// A boolean parameter such as `all=true` or `force=1`.
@@ -134,8 +191,44 @@ async fn set_offline(State(s): State<Arc<AppState>>) -> &'static str {
     "ok."
 }
 
-async fn status(State(s): State<Arc<AppState>>) -> Response {
-    axum::Json(s.status_json()).into_response()
+async fn status(State(s): State<Arc<AppState>>, Form(q): Params) -> Response {
+    let view = match status_view(&q) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match s.status_json(&view) {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+/// Most endpoints one `/status?cluster=NAME` page lists (and the default page size).
+pub const STATUS_PAGE_MAX: usize = 1000;
+
+/// `/status` lists a summary of the clusters' endpoints; `cluster=NAME` (with `offset=` and
+/// `limit=`, at most [`STATUS_PAGE_MAX`]) pages through one cluster's endpoints instead.
+fn status_view(q: &HashMap<String, String>) -> Result<StatusView, String> {
+    let number = |key: &str, default: usize| -> Result<usize, String> {
+        q.get(key).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| format!("{key}={v:?} is not a non-negative integer"))
+        })
+    };
+    let (offset, limit) = (number("offset", 0)?, number("limit", STATUS_PAGE_MAX)?);
+    match q.get("cluster") {
+        None if q.contains_key("offset") || q.contains_key("limit") => {
+            Err("offset= and limit= page one cluster's endpoints: give cluster=NAME too".into())
+        }
+        None => Ok(StatusView::Summary),
+        Some(_) if limit == 0 || limit > STATUS_PAGE_MAX => {
+            Err(format!("limit={limit} is out of range 1..={STATUS_PAGE_MAX}"))
+        }
+        Some(name) => Ok(StatusView::Cluster {
+            name: name.clone(),
+            offset,
+            limit,
+        }),
+    }
 }
 
 async fn intercept_status(State(s): State<Arc<AppState>>) -> Response {

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Cluster;
+use crate::locks::Locked;
 use crate::registry::command::{CommandSource, ReferCommands, SwitcherOverrides};
 use crate::registry::{CommandScope, Registry, ServerList};
 use crate::switcher::Switchers;
@@ -184,8 +185,7 @@ async fn run(cluster: Arc<Cluster>, registries: Vec<(String, Arc<dyn Registry>)>
                 let switchers = &ctx.switchers;
                 let set = ctx
                     .overrides
-                    .lock()
-                    .unwrap()
+                    .locked()
                     .apply(&eff.switchers(), |n| switchers.get(n));
                 for (name, value) in set {
                     switchers.set(&name, value);

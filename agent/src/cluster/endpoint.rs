@@ -3,11 +3,12 @@
 //! counter leastActive reads, recent latencies (P90 for backupRequest) and the wrr weight.
 //! The connection pool that actually talks to the endpoint is `upstream::pool::Pool`.
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::circuit::EndpointGuard;
 use crate::protocol::motan2::call::CallError;
 use crate::url::{Url, keys};
 
@@ -58,6 +59,9 @@ pub struct Endpoint {
     static_weight: u32,
     /// 0 = none fetched; else overrides the static weight (dynamic meta, 4.16).
     dynamic_weight: AtomicU32,
+    /// Its circuit and failfast status, when the refer lists those endpoint filters (set once
+    /// by the cluster before the endpoint is in a balancer).
+    guard: OnceLock<EndpointGuard>,
 }
 
 impl Endpoint {
@@ -80,6 +84,7 @@ impl Endpoint {
             active: AtomicUsize::new(0),
             latency: LatencyStats::new(),
             dynamic_weight: AtomicU32::new(0),
+            guard: OnceLock::new(),
         };
         // The settings above are all the endpoint reads from its parameters: they are not
         // kept (most of an idle endpoint's memory at a fleet's size).
@@ -107,8 +112,33 @@ impl Endpoint {
         self.address_bytes.clone()
     }
 
+    /// Whether a balancer may pick it: connected and not disabled, and not failed fast (a
+    /// failed-fast endpoint answers true once per probe interval: the caller is expected to
+    /// call it, as upstream's `IsAvailable`). Status pages use [`Endpoint::status_available`].
     pub fn is_available(&self) -> bool {
         self.available.load(Ordering::Acquire)
+            && self
+                .guard()
+                .and_then(|g| g.failfast.as_ref())
+                .is_none_or(|f| f.allows_pick())
+    }
+
+    /// [`Endpoint::is_available`] without taking a failfast probe.
+    pub fn status_available(&self) -> bool {
+        self.available.load(Ordering::Acquire)
+            && self
+                .guard()
+                .and_then(|g| g.failfast.as_ref())
+                .is_none_or(|f| f.is_available())
+    }
+
+    /// Give the endpoint its circuit / failfast status (the first call wins).
+    pub fn set_guard(&self, guard: EndpointGuard) {
+        let _ = self.guard.set(guard);
+    }
+
+    pub fn guard(&self) -> Option<&EndpointGuard> {
+        self.guard.get()
     }
 
     pub fn set_available(&self, available: bool) {

@@ -39,9 +39,10 @@ impl HashKeySource {
         match self {
             HashKeySource::Meta(k) => req.meta.get_non_empty(k).map(str::to_string),
             HashKeySource::Arg(n) => {
-                // Only the arguments up to the key are decoded; a key longer than
-                // MAX_HASH_KEY is no key (the request is balanced as one without).
-                let v = simple::decode_nth(&req.body, *n).ok()??;
+                // The arguments before the key are stepped over, not decoded; a key that is
+                // not one scalar, or is longer than MAX_HASH_KEY, is no key (the request is
+                // balanced as one without).
+                let v = simple::decode_nth(&req.body, *n, 1).ok()??;
                 match v.as_str() {
                     Some(s) if s.len() <= MAX_HASH_KEY => Some(s.to_string()),
                     Some(_) => None,

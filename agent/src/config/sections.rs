@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::admin::{DEFAULT_CONTROL_SOCKET, MAX_SOCKET_PATH, Mutation, resolve_group};
+use crate::protocol::motan2::simple::ValueLimits;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -49,6 +50,9 @@ pub struct SockmeshSection {
     /// and passed through (only when clusters are configured; server-first protocols wait
     /// this long once per connection).
     pub sniff_timeout_ms: u64,
+    /// Call a refer's endpoint that is one of this agent's own export listeners in-process
+    /// (server role, filters and all) instead of over TCP to itself.
+    pub local_shortcut: bool,
     pub log_level: String,
     /// Runtime worker threads; 0 = one per CPU.
     pub worker_threads: usize,
@@ -83,6 +87,7 @@ impl Default for SockmeshSection {
             agent_bind: Ipv4Addr::LOCALHOST,
             export_bind: Ipv4Addr::UNSPECIFIED,
             sniff_timeout_ms: 200,
+            local_shortcut: true,
             log_level: "info".into(),
             worker_threads: 0,
             intercept: InterceptSection::default(),
@@ -254,8 +259,17 @@ pub struct LimitsSection {
     pub client_idle_timeout_ms: u64,
     /// A passed-through connection with no data either way for this long is closed (0: never).
     pub passthrough_idle_timeout_ms: u64,
-    /// Largest decoded value (a hash key argument, an HTTP provider argument), bytes.
+    /// Largest argument (encoded bytes) the HTTP provider decodes.
     pub decoded_value_bytes: u32,
+    /// Open connections on each admin door (the TCP admin port, the control socket); beyond
+    /// it the door stops accepting and new connections wait in the kernel's backlog.
+    pub admin_connections: u32,
+    /// An admin connection that sends no complete request head for this long is closed (idle
+    /// keep-alive connections and slow senders alike).
+    pub admin_idle_timeout_ms: u64,
+    /// Most values built from one body (each nested value, map entry and array item counts)
+    /// by the HTTP provider and hport's `/proxy_to_rpc` answers.
+    pub decoded_values: u32,
 }
 
 impl Default for LimitsSection {
@@ -268,12 +282,23 @@ impl Default for LimitsSection {
             listener_connections: 16384,
             client_idle_timeout_ms: 30 * 60 * 1000,
             passthrough_idle_timeout_ms: 60 * 60 * 1000,
-            decoded_value_bytes: 1 << 20,
+            decoded_value_bytes: 10 << 20,
+            decoded_values: 65536,
+            admin_connections: 256,
+            admin_idle_timeout_ms: 30_000,
         }
     }
 }
 
 impl LimitsSection {
+    /// What decoding one request body may build.
+    pub fn values(&self) -> ValueLimits {
+        ValueLimits {
+            max_values: self.decoded_values as usize,
+            max_value_bytes: self.decoded_value_bytes as usize,
+        }
+    }
+
     /// Every unusable key, named as it is written.
     pub fn check(&self) -> Vec<SettingError> {
         let mut e = Vec::new();
@@ -284,6 +309,9 @@ impl LimitsSection {
             ("bytes", self.bytes),
             ("listener_connections", u64::from(self.listener_connections)),
             ("decoded_value_bytes", u64::from(self.decoded_value_bytes)),
+            ("decoded_values", u64::from(self.decoded_values)),
+            ("admin_connections", u64::from(self.admin_connections)),
+            ("admin_idle_timeout_ms", self.admin_idle_timeout_ms),
         ];
         for (key, v) in positive {
             if v == 0 {

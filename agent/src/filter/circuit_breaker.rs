@@ -1,20 +1,13 @@
-//! `circuitBreaker` (motan-go filter/circuitBreaker.go on hystrix-go, spec 4.7): one circuit per
-//! URL identity, shared by every chain built from that identity (hystrix's circuits are global
-//! by name).
+//! `circuitBreaker` on a service and `clusterCircuitBreaker` on a refer (motan-go
+//! filter/circuitBreaker.go and clusterCircuitBreaker.go on hystrix-go, spec 4.7): one circuit
+//! per URL identity around the whole call, shared by every chain built from that identity
+//! (hystrix's circuits are global by name). On a refer, `circuitBreaker` is an endpoint filter
+//! in motan-go: the cluster gives each endpoint its own circuit (`cluster::circuit`, where the
+//! circuit rules are).
 //!
-//! hystrix-go's rules, kept here:
-//! - a rolling window of 10 one-second buckets counts requests and errors (failures, timeouts,
-//!   rejections and short circuits are errors);
-//! - a closed circuit opens when the window holds at least `circuitBreaker.requestThreshold`
-//!   (20) requests and the error percentage, rounded, is at least `circuitBreaker.errorPercent`
-//!   (50);
-//! - while open, requests are answered at once; once `circuitBreaker.sleepWindow` (5000 ms)
-//!   has passed since it opened or since the last probe, one request is let through as a probe;
-//! - a success closes the circuit and clears the window; a failed probe keeps it open for
-//!   another sleep window;
-//! - at most `circuitBreaker.maxConcurrent` (5000) calls run at once; a call is given up after
-//!   the timeout (the URL's `requestTimeout`, 1000 ms; see [`Settings::timeout_for`]).
-//! - With `circuitBreaker.bizException` (true) business exceptions count as failures.
+//! The filter adds hystrix's call timeout: a call is given up after the URL's
+//! `requestTimeout` (1000 ms; see `CallTimeout::for_request`). With
+//! `circuitBreaker.bizException` (true) business exceptions count as failures.
 //!
 //! The breaker's own answers are errcode 400 errtype 1 with hystrix's texts: `hystrix: circuit
 //! open`, `hystrix: max concurrency`, `hystrix: timeout`.
@@ -23,87 +16,21 @@
 //! errcode 400 errtype 1 exception with the same text, which turns business errors into
 //! retryable service errors. Here an upstream exception is relayed unchanged (spec 1.9: relayed
 //! exceptions keep their `M_e`); it is only counted.
-use crate::locks::{Locked, Unpoisoned};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use tokio::time::Instant;
-
 use super::call::{CallInfo, Filter, FilterFuture, Next, exception_of, reject};
+pub use crate::cluster::circuit::{
+    BIZ_EXCEPTION_KEY, Breakers, Circuit, CircuitView, ERR_MAX_CONCURRENCY, ERR_OPEN, ERR_TIMEOUT,
+    ERROR_PERCENT_KEY, MAX_CONCURRENT_KEY, Outcome, REQUEST_THRESHOLD_KEY, SLEEP_WINDOW_KEY, Settings,
+};
 use crate::protocol::motan2::{ErrorType, Exception, Frame, keys as meta_keys};
 use crate::url::{Url, keys};
 
 pub const NAME: &str = "circuitBreaker";
 pub const INDEX: i32 = 20;
 
-pub const REQUEST_THRESHOLD_KEY: &str = "circuitBreaker.requestThreshold";
-pub const SLEEP_WINDOW_KEY: &str = "circuitBreaker.sleepWindow";
-pub const ERROR_PERCENT_KEY: &str = "circuitBreaker.errorPercent";
-pub const MAX_CONCURRENT_KEY: &str = "circuitBreaker.maxConcurrent";
-pub const BIZ_EXCEPTION_KEY: &str = "circuitBreaker.bizException";
-
-pub const ERR_OPEN: &str = "hystrix: circuit open";
-pub const ERR_MAX_CONCURRENCY: &str = "hystrix: max concurrency";
-pub const ERR_TIMEOUT: &str = "hystrix: timeout";
-
-/// hystrix-go's rolling window: 10 buckets of one second.
-const WINDOW_SECS: u64 = 10;
 const DEFAULT_TIMEOUT_MS: i64 = 1000;
-
-/// A circuit's thresholds (hystrix `CommandConfig` as motan-go fills it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Settings {
-    pub request_threshold: u64,
-    #[serde(serialize_with = "as_millis")]
-    pub sleep_window: Duration,
-    pub error_percent: u64,
-    pub max_concurrent: usize,
-}
-
-fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_millis() as u64)
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            request_threshold: 20,
-            sleep_window: Duration::from_millis(5000),
-            error_percent: 50,
-            max_concurrent: 5000,
-        }
-    }
-}
-
-impl Settings {
-    /// From the URL's `circuitBreaker.*` parameters: a value that is not a positive integer
-    /// (or an error percent above 100) gives the default, as upstream.
-    pub fn from_url(url: &Url) -> Settings {
-        let d = Settings::default();
-        let positive = |key: &str, default: u64| -> u64 {
-            match url.param(key).map(str::parse::<u64>) {
-                Some(Ok(v)) if v > 0 && (key != ERROR_PERCENT_KEY || v <= 100) => v,
-                None => default,
-                Some(_) => {
-                    tracing::warn!("[circuitBreaker] {}: bad {key}, using {default}", url.path);
-                    default
-                }
-            }
-        };
-        Settings {
-            request_threshold: positive(REQUEST_THRESHOLD_KEY, d.request_threshold),
-            sleep_window: Duration::from_millis(positive(
-                SLEEP_WINDOW_KEY,
-                d.sleep_window.as_millis() as u64,
-            )),
-            error_percent: positive(ERROR_PERCENT_KEY, d.error_percent),
-            max_concurrent: positive(MAX_CONCURRENT_KEY, d.max_concurrent as u64) as usize,
-        }
-    }
-}
 
 /// The call timeout of a breaker: upstream gives hystrix the URL's `requestTimeout`. A
 /// request's `M_tmo` within [`minRequestTimeout`, `maxRequestTimeout`] (what the endpoint
@@ -147,203 +74,6 @@ impl CallTimeout {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Slot {
-    sec: u64,
-    requests: u64,
-    errors: u64,
-}
-
-/// Requests and errors of the last `WINDOW_SECS` seconds.
-#[derive(Debug)]
-struct Window {
-    base: Instant,
-    slots: [Slot; WINDOW_SECS as usize],
-}
-
-impl Window {
-    fn new(now: Instant) -> Window {
-        Window {
-            base: now,
-            slots: [Slot::default(); WINDOW_SECS as usize],
-        }
-    }
-
-    fn sec(&self, now: Instant) -> u64 {
-        // +1 so that slot second 0 means "never used".
-        now.saturating_duration_since(self.base).as_secs() + 1
-    }
-
-    fn record(&mut self, now: Instant, error: bool) {
-        let sec = self.sec(now);
-        let slot = &mut self.slots[(sec % WINDOW_SECS) as usize];
-        if slot.sec != sec {
-            *slot = Slot {
-                sec,
-                ..Slot::default()
-            };
-        }
-        slot.requests += 1;
-        slot.errors += u64::from(error);
-    }
-
-    fn sum(&self, now: Instant) -> (u64, u64) {
-        let sec = self.sec(now);
-        self.slots
-            .iter()
-            .filter(|s| s.sec != 0 && sec - s.sec < WINDOW_SECS)
-            .fold((0, 0), |(r, e), s| (r + s.requests, e + s.errors))
-    }
-}
-
-#[derive(Debug)]
-struct State {
-    settings: Settings,
-    open: bool,
-    opened_or_last_tested: Instant,
-    window: Window,
-}
-
-/// How a call through the circuit ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Success,
-    Error,
-}
-
-/// One circuit.
-#[derive(Debug)]
-pub struct Circuit {
-    name: String,
-    state: Mutex<State>,
-    active: AtomicUsize,
-}
-
-/// A circuit as `/circuitBreaker/list` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct CircuitView {
-    pub open: bool,
-    pub requests: u64,
-    pub errors: u64,
-    pub active: usize,
-    pub settings: Settings,
-}
-
-impl Circuit {
-    fn new(name: String, settings: Settings) -> Circuit {
-        let now = Instant::now();
-        Circuit {
-            name,
-            state: Mutex::new(State {
-                settings,
-                open: false,
-                opened_or_last_tested: now,
-                window: Window::new(now),
-            }),
-            active: AtomicUsize::new(0),
-        }
-    }
-
-    /// Whether a request may go through now (hystrix `AllowRequest`); a refused one is counted
-    /// as a short circuit.
-    fn allow(&self) -> bool {
-        let now = Instant::now();
-        let mut s = self.state.locked();
-        if !s.open {
-            let (requests, errors) = s.window.sum(now);
-            if requests >= s.settings.request_threshold
-                && error_percent(requests, errors) >= s.settings.error_percent
-            {
-                tracing::warn!(
-                    "[circuitBreaker] opening circuit {}: {errors} of {requests} requests failed",
-                    self.name
-                );
-                s.open = true;
-                s.opened_or_last_tested = now;
-            }
-        }
-        if !s.open {
-            return true;
-        }
-        if now > s.opened_or_last_tested + s.settings.sleep_window {
-            s.opened_or_last_tested = now;
-            tracing::info!(
-                "[circuitBreaker] allowing one probe through circuit {}",
-                self.name
-            );
-            return true;
-        }
-        s.window.record(now, true);
-        false
-    }
-
-    fn report(&self, outcome: Outcome) {
-        let now = Instant::now();
-        let mut s = self.state.locked();
-        if outcome == Outcome::Success && s.open {
-            tracing::info!("[circuitBreaker] closing circuit {}", self.name);
-            s.open = false;
-            s.window = Window::new(now);
-        }
-        s.window.record(now, outcome == Outcome::Error);
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.state.locked().open
-    }
-
-    pub fn view(&self) -> CircuitView {
-        let s = self.state.locked();
-        let (requests, errors) = s.window.sum(Instant::now());
-        CircuitView {
-            open: s.open,
-            requests,
-            errors,
-            active: self.active.load(Ordering::Relaxed),
-            settings: s.settings,
-        }
-    }
-}
-
-/// hystrix's `int(errors/requests*100 + 0.5)`.
-fn error_percent(requests: u64, errors: u64) -> u64 {
-    if requests == 0 {
-        return 0;
-    }
-    ((errors as f64 / requests as f64) * 100.0 + 0.5) as u64
-}
-
-/// Every circuit, by name (the URL identity).
-#[derive(Debug, Default)]
-pub struct Breakers {
-    map: RwLock<HashMap<String, Arc<Circuit>>>,
-}
-
-impl Breakers {
-    /// The circuit of that name with these settings (a later configuration replaces the
-    /// settings of an existing circuit, as hystrix's `ConfigureCommand` does).
-    pub fn circuit(&self, name: &str, settings: Settings) -> Arc<Circuit> {
-        let mut map = self.map.write_unpoisoned();
-        let c = map
-            .entry(name.to_string())
-            .or_insert_with(|| Arc::new(Circuit::new(name.to_string(), settings)));
-        c.state.locked().settings = settings;
-        c.clone()
-    }
-
-    pub fn get(&self, name: &str) -> Option<Arc<Circuit>> {
-        self.map.read_unpoisoned().get(name).cloned()
-    }
-
-    pub fn list(&self) -> BTreeMap<String, CircuitView> {
-        self.map
-            .read_unpoisoned()
-            .iter()
-            .map(|(k, c)| (k.clone(), c.view()))
-            .collect()
-    }
-}
-
 struct CircuitBreaker {
     circuit: Arc<Circuit>,
     timeout: CallTimeout,
@@ -369,15 +99,6 @@ pub fn build(url: &Url, breakers: &Breakers) -> Arc<dyn Filter> {
     })
 }
 
-/// Releases a concurrency slot even when the call is dropped half way.
-struct Active<'a>(&'a AtomicUsize);
-
-impl Drop for Active<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Filter for CircuitBreaker {
     fn name(&self) -> &'static str {
         NAME
@@ -388,20 +109,14 @@ impl Filter for CircuitBreaker {
     fn call<'a>(&'a self, req: Frame, info: &'a CallInfo, next: Next<'a>) -> FilterFuture<'a> {
         Box::pin(async move {
             let c = &self.circuit;
-            if !c.allow() {
-                return reject(&req, &Exception::service(400, ERR_OPEN));
-            }
-            let max = c.state.locked().settings.max_concurrent;
-            let active = Active(&c.active);
-            if c.active.fetch_add(1, Ordering::Relaxed) >= max {
-                drop(active);
-                c.report(Outcome::Error);
-                return reject(&req, &Exception::service(400, ERR_MAX_CONCURRENCY));
-            }
+            let slot = match c.enter() {
+                Ok(slot) => slot,
+                Err(text) => return reject(&req, &Exception::service(400, text)),
+            };
             let id = req.header.request_id;
             let timeout = self.timeout.for_request(&req);
             let resp = tokio::time::timeout(timeout, next.run(req, info)).await;
-            drop(active);
+            drop(slot);
             let Ok(resp) = resp else {
                 c.report(Outcome::Error);
                 return Frame::agent_exception(id, &Exception::service(400, ERR_TIMEOUT));
@@ -420,6 +135,8 @@ mod tests {
     use crate::filter::FilterChain;
     use crate::filter::FilterShared;
     use crate::filter::test_support::*;
+    use crate::locks::Locked;
+    use tokio::time::Instant;
 
     fn breaker(params: &[(&str, &str)]) -> (Arc<FilterShared>, FilterChain, CallInfo) {
         let shared = FilterShared::new();
@@ -454,10 +171,6 @@ mod tests {
                 error_percent: 50,
                 max_concurrent: 5000
             }
-        );
-        assert_eq!(
-            (error_percent(3, 1), error_percent(200, 99), error_percent(0, 0)),
-            (33, 50, 0)
         );
     }
 

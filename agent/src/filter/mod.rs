@@ -29,8 +29,8 @@ use std::time::Instant;
 use crate::protocol::motan2::Frame;
 use crate::url::Url;
 
-use crate::config::filters::filter_names;
 pub use crate::config::filters::known_names;
+use crate::config::filters::{Side, filter_names};
 use crate::metrics::MetricsRegistry;
 pub use crate::switcher::Switchers;
 pub use call::{
@@ -76,11 +76,21 @@ impl FilterChain {
         FilterChain::default()
     }
 
-    /// The chain for a refer or service URL from its `filter` list (comma separated names;
-    /// motan-go's `cluster*` names are aliases, duplicates count once). An unknown name is an
-    /// error naming it and the known ones.
+    /// The chain for a service URL from its `filter` list (comma separated names; motan-go's
+    /// `cluster*` names are aliases, duplicates count once). An unknown name is an error naming
+    /// it and the known ones.
     pub fn build(url: &Url, shared: &Arc<FilterShared>) -> Result<FilterChain, String> {
-        let wanted = filter_names(url).map_err(|e| format!("{} in {}", e.reason, url.path))?;
+        Self::build_for(url, Side::Service, shared)
+    }
+
+    /// The chain for a refer URL: as [`FilterChain::build`], without the endpoint filters
+    /// (`circuitBreaker`, `failfast`), which the refer's cluster applies per endpoint.
+    pub fn build_refer(url: &Url, shared: &Arc<FilterShared>) -> Result<FilterChain, String> {
+        Self::build_for(url, Side::Refer, shared)
+    }
+
+    fn build_for(url: &Url, side: Side, shared: &Arc<FilterShared>) -> Result<FilterChain, String> {
+        let wanted = filter_names(url, side).map_err(|e| format!("{} in {}", e.reason, url.path))?;
         for (n, why) in &wanted.skipped {
             tracing::warn!("filter {n} of {} is not a filter here: {why}", url.path);
         }
@@ -156,8 +166,8 @@ pub struct FilterShared {
     pub metrics: Arc<Metrics>,
     /// Rate-limit buckets per service (`/ratelimit/*`).
     pub rate_limits: RateLimits,
-    /// Circuits per URL identity.
-    pub breakers: Breakers,
+    /// Circuits per URL identity (the clusters' endpoint circuits too) and failfast statuses.
+    pub breakers: Arc<Breakers>,
     /// The accessLog filters' line queue and its on/off toggle.
     pub access_log: Arc<access_log::AccessLogWriter>,
 }
@@ -183,7 +193,7 @@ impl FilterShared {
             registry,
             metrics,
             rate_limits: RateLimits::default(),
-            breakers: Breakers::default(),
+            breakers: Arc::default(),
             access_log: access_log::AccessLogWriter::new(dropped),
         }
     }

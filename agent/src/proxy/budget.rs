@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::sections::LimitsSection;
 
@@ -97,26 +97,66 @@ impl Drop for Lease {
     }
 }
 
-/// One connection's share: requests in flight and bytes held, waited for.
+/// One connection's share: requests in flight and bytes held. Only the connection's reader
+/// waits for it (a new request, an inflated body); a response takes over its request's bytes
+/// without waiting (more if it is larger), so requests and responses together stay within the
+/// share, give or take responses larger than their requests, and a full share always drains
+/// as the peer reads.
 #[derive(Debug)]
 pub struct ConnectionShare {
     requests: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
-    max_bytes: u32,
+    bytes: Arc<ShareBytes>,
+}
+
+#[derive(Debug)]
+struct ShareBytes {
+    held: AtomicU64,
+    max: u64,
+    /// Bytes given back: wakes the reader waiting for room.
+    room: Notify,
+}
+
+/// Bytes held of a connection's share, given back on drop.
+#[derive(Debug)]
+struct HeldBytes {
+    share: Arc<ShareBytes>,
+    n: u64,
+}
+
+impl HeldBytes {
+    /// Hold `n` bytes instead, at once (never waits).
+    fn resize(&mut self, n: u64) {
+        if n >= self.n {
+            self.share.held.fetch_add(n - self.n, Ordering::Relaxed);
+        } else {
+            self.share.held.fetch_sub(self.n - n, Ordering::Relaxed);
+            self.share.room.notify_one();
+        }
+        self.n = n;
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.share.held.fetch_sub(self.n, Ordering::Relaxed);
+        self.share.room.notify_one();
+    }
 }
 
 /// What one request or response holds of its connection's share.
 #[derive(Debug)]
 pub struct SharePermit {
     request: Option<OwnedSemaphorePermit>,
-    bytes: OwnedSemaphorePermit,
+    bytes: HeldBytes,
 }
 
 impl SharePermit {
-    /// Give the bytes back and keep the request's slot: a request whose response waits for
-    /// room still counts as in flight, so a peer that does not read cannot start more.
-    pub fn into_slot(self) -> Option<OwnedSemaphorePermit> {
-        self.request
+    /// The request's permit becomes its response's: the request's slot is given back and its
+    /// bytes become the response's `bytes`, without waiting.
+    pub fn into_response(mut self, bytes: u64) -> SharePermit {
+        self.request = None;
+        self.bytes.resize(bytes);
+        self
     }
 }
 
@@ -124,8 +164,11 @@ impl ConnectionShare {
     pub fn new(limits: &LimitsSection) -> ConnectionShare {
         ConnectionShare {
             requests: Arc::new(Semaphore::new(limits.connection_requests as usize)),
-            bytes: Arc::new(Semaphore::new(limits.connection_bytes as usize)),
-            max_bytes: limits.connection_bytes,
+            bytes: Arc::new(ShareBytes {
+                held: AtomicU64::new(0),
+                max: u64::from(limits.connection_bytes),
+                room: Notify::new(),
+            }),
         }
     }
 
@@ -133,37 +176,48 @@ impl ConnectionShare {
     /// all of it).
     pub async fn request(&self, bytes: u64) -> SharePermit {
         let request = self.requests.clone().acquire_owned().await.ok();
-        let bytes = self.bytes(bytes).await;
+        let bytes = self.room(bytes).await;
         SharePermit { request, bytes }
     }
 
     /// Wait for `more` bytes on a request's permit (its inflated body), never beyond the whole
     /// share for one request.
     pub async fn request_more(&self, mut permit: SharePermit, more: u64) -> SharePermit {
-        let held = permit.bytes.num_permits() as u64;
-        let more = more.min(u64::from(self.max_bytes).saturating_sub(held));
+        let held = permit.bytes.n;
+        let more = more.min(self.bytes.max.saturating_sub(held));
         if more > 0 {
-            permit.bytes.merge(self.bytes(more).await);
+            let extra = self.room(more).await;
+            permit.bytes.n += extra.n;
+            std::mem::forget(extra); // its bytes now belong to `permit`
         }
         permit
     }
 
-    /// Wait for room for `bytes` of a response.
-    pub async fn response(&self, bytes: u64) -> SharePermit {
-        SharePermit {
-            request: None,
-            bytes: self.bytes(bytes).await,
-        }
+    /// Bytes held now (requests and responses).
+    pub fn held(&self) -> u64 {
+        self.bytes.held.load(Ordering::Relaxed)
     }
 
-    async fn bytes(&self, n: u64) -> OwnedSemaphorePermit {
-        let n = n.clamp(1, u64::from(self.max_bytes)) as u32;
-        // The semaphores are never closed.
-        self.bytes
-            .clone()
-            .acquire_many_owned(n)
-            .await
-            .unwrap_or_else(|_| unreachable!("connection share semaphores are never closed"))
+    async fn room(&self, n: u64) -> HeldBytes {
+        let share = &self.bytes;
+        let n = n.clamp(1, share.max);
+        loop {
+            let took = share
+                .held
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                    (h + n <= share.max).then_some(h + n)
+                })
+                .is_ok();
+            if took {
+                return HeldBytes {
+                    share: share.clone(),
+                    n,
+                };
+            }
+            // Only this connection's reader waits here; a release in between leaves a permit
+            // in `room`, so no wake-up is lost.
+            share.room.notified().await;
+        }
     }
 }
 
@@ -211,10 +265,20 @@ mod tests {
         assert!(waits(s.request(1_000_000)).await);
         drop(p1);
         let p2 = s.request(1_000_000).await;
-        assert!(waits(s.response(1)).await, "no bytes left");
-        drop(p2);
-        let (_a, _b) = (s.request(1).await, s.request(1).await);
+        assert_eq!(s.held(), 100);
+        // Its response takes over its bytes without waiting, and gives back the rest.
+        let r2 = p2.into_response(30);
+        assert_eq!(s.held(), 30);
+        assert!(waits(s.request(80)).await, "no room for 80 bytes");
+        drop(r2);
+        let (a, _b) = (s.request(1).await, s.request(1).await);
         assert!(waits(s.request(1)).await, "two requests in flight at most");
-        let _r = s.response(1).await; // responses need bytes only
+        // A response larger than its request holds more than the share for a while: the
+        // reader waits until it has been written.
+        let big = a.into_response(500);
+        assert_eq!(s.held(), 501);
+        assert!(waits(s.request(1)).await, "over the share: nothing more is read");
+        drop(big);
+        let _c = s.request(1).await;
     }
 }

@@ -46,7 +46,7 @@ use crate::config::http_client::{HttpProxySpec, MAX_RESPONSE_BODY};
 use crate::net::SocketFactory;
 use crate::protocol::http::{parse_response_head, write_request_head};
 use crate::protocol::motan2::call::{E_NO_ENDPOINTS, mark_proxied};
-use crate::protocol::motan2::simple::{Value, decode_all, encode_args};
+use crate::protocol::motan2::simple::{Value, ValueLimits, decode_first, encode_args};
 use crate::protocol::motan2::{Frame, keys};
 use crate::provider::http::mapping::{canonical_header_key, meta_keys};
 use crate::upstream::http::{HttpClient, HttpClientSettings, HttpError, HttpTarget};
@@ -240,7 +240,7 @@ impl Session {
             req.meta.insert(meta_keys::HTTP_PROXY, "true");
             mark_proxied(&mut req, &self.peer_ip);
             let resp = refer.call(req).await;
-            match transparent_reply(&resp) {
+            match transparent_reply(&resp, self.budget.limits.values()) {
                 Ok(reply) => return reply,
                 Err(Fallback::NoEndpoints) => {
                     tracing::debug!(
@@ -361,7 +361,7 @@ impl Session {
         if let Some(e) = resp.as_response().and_then(|r| r.exception()) {
             return error(StatusCode::BAD_GATEWAY, e.errmsg);
         }
-        let body = match response_values(&resp).as_deref() {
+        let body = match response_values(&resp, self.budget.limits.values()).as_deref() {
             Ok([Value::String(b) | Value::Bytes(b)]) => b.clone(),
             Ok(other) => {
                 return error(
@@ -439,15 +439,19 @@ fn request_authority(parts: &http::request::Parts) -> Option<Authority> {
     parts.headers.get(header::HOST)?.to_str().ok()?.parse().ok()
 }
 
-/// The values of a Motan2 answer.
-fn response_values(resp: &Frame) -> Result<Vec<Value>, String> {
+/// The value of a Motan2 answer (one at most), decoded within `sockmesh.limits`.
+fn response_values(resp: &Frame, limits: ValueLimits) -> Result<Vec<Value>, String> {
     let mut plain = resp.clone();
     if plain.header.is_gzip() {
         plain
             .gunzip(MAX_RESPONSE_BODY)
             .map_err(|e| format!("response body: {e}"))?;
     }
-    decode_all(&plain.body).map_err(|e| e.to_string())
+    match decode_first(&plain.body, 1, limits) {
+        Ok((v, false)) => Ok(v),
+        Ok((_, true)) => Err("the answer has more than one value".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 enum Fallback {
@@ -457,14 +461,14 @@ enum Fallback {
 }
 
 /// The HTTP response carried by a transparent-mode answer ([header block, body]).
-fn transparent_reply(resp: &Frame) -> Result<Reply, Fallback> {
+fn transparent_reply(resp: &Frame, limits: ValueLimits) -> Result<Reply, Fallback> {
     if let Some(e) = resp.as_response().and_then(|r| r.exception()) {
         if e.errcode == i64::from(E_NO_ENDPOINTS) {
             return Err(Fallback::NoEndpoints);
         }
         return Err(Fallback::Failed(e.errmsg));
     }
-    let values = response_values(resp).map_err(Fallback::Failed)?;
+    let values = response_values(resp, limits).map_err(Fallback::Failed)?;
     let (head, body) = match values.as_slice() {
         [Value::Array(parts)] => match parts.as_slice() {
             [Value::Bytes(h), Value::Bytes(b)] => (h.clone(), b.clone()),
@@ -488,11 +492,21 @@ where
     let spec = session.spec.clone();
     let service = service_fn(move |req| session.clone().handle(req));
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // One request at a time per connection (hyper reads the next only once the answer is
+    // written), a head within MAX_HEAD and `httpProxyKeepaliveTimeout` (idle and slowloris
+    // alike), a body within `httpProxyTimeout`, and an answer the client takes nothing of for
+    // `httpProxyTimeout` ends the connection: a client that pipelines and never reads holds
+    // one answer, for a while.
     builder
         .timer(TokioTimer::new())
         .keep_alive(spec.keepalive)
         .header_read_timeout(spec.keepalive_timeout)
         .max_buf_size(MAX_HEAD);
+    let io = WriteStall {
+        inner: io,
+        limit: spec.timeout,
+        stalled: None,
+    };
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -623,6 +637,64 @@ pub async fn serve_intercepted(
     let plain = plain_client(&mesh.load().http.proxy, &sockets, HttpTarget::Addr(orig));
     let session = Arc::new(Session::new(mesh, peer, sockets, plain, None, budget));
     serve(Prefixed { prefix, inner: conn }, session, shutdown).await;
+}
+
+/// A stream whose writes fail once the peer has taken nothing for `limit`.
+struct WriteStall<S> {
+    inner: S,
+    limit: Duration,
+    /// Since when a write has been waiting for the peer.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteStall<S> {
+    fn waited<T>(&mut self, cx: &mut Context<'_>, r: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        let limit = self.limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took nothing for {} ms", limit.as_millis()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteStall<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.waited(cx, r)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.waited(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A stream whose first reads return bytes already read from it.

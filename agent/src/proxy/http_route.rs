@@ -96,11 +96,11 @@ impl HttpRouter {
                 let old = previous
                     .and_then(|p| p.clusters().find(|c| c.conf_id == name))
                     .map(|c| c.as_ref());
-                let made = FilterChain::build(&refer, filters)
+                let made = FilterChain::build_refer(&refer, filters)
                     .map_err(|e| format!("key filter: {e}"))
                     .and_then(|chain| {
                         Ok(Refer {
-                            cluster: Cluster::new(&name, refer, transport.clone(), old)?,
+                            cluster: Cluster::new(&name, refer, transport.clone(), old, &filters.breakers)?,
                             chain,
                         })
                     });
@@ -111,7 +111,7 @@ impl HttpRouter {
                     Err(m) => errors.push(format!("section http-client, entry {id}, service {service}: {m}")),
                 }
             }
-            let fallback = HttpProvider::new(&spec.domain, &spec.plain, &transport.sockets);
+            let fallback = HttpProvider::new(&spec.domain, &spec.plain, &transport.sockets, transport.values);
             domains.insert(
                 spec.domain.clone(),
                 HttpDomain {

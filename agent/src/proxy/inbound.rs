@@ -104,6 +104,7 @@ impl Exporter {
                 &spec.url.path,
                 http,
                 &transport.sockets,
+                transport.values,
             ))),
         };
         Ok(Export {

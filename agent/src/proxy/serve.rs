@@ -5,6 +5,12 @@
 //! Bad input affects only its own connection: an oversized frame is answered with an exception
 //! frame carrying its request id and the connection is closed (the rest of the stream cannot be
 //! trusted); any other malformed frame closes the connection (spec 1.13).
+//!
+//! Motan v1 frames (old Java clients) share the port, as with motan-go: heartbeats are answered,
+//! requests continue as Motan2 requests and their responses go back as v1 (`v1.rs`). A v1
+//! frame whose framing is broken gets a v1 exception and closes its connection; a well-framed
+//! request whose payload cannot be read gets a v1 exception and the connection stays, as
+//! motan-go's `processV1` does.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -170,7 +176,7 @@ impl ServeStats {
 }
 
 /// Accept on `listener` until `shutdown`, serving each connection on a task tracked by `tasks`.
-pub async fn accept_loop<H: Handler, L: Accept>(
+pub async fn accept_loop<H: Handler, L>(
     name: &'static str,
     listener: L,
     handler: Arc<H>,
@@ -178,9 +184,14 @@ pub async fn accept_loop<H: Handler, L: Accept>(
     stats: Arc<ServeStats>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-) {
+) where
+    L: Accept + Send + Sync + 'static,
+    L::Conn: Inbound,
+    L::Addr: AgentPeer,
+{
     let mut gate = AcceptGate::new(&limits.budget);
     while let Some((conn, peer, slot)) = next_connection(name, &listener, &mut gate, &shutdown).await {
+        let peer = peer.agent_peer();
         let h = handler.clone();
         let (l, s, sd) = (limits.clone(), stats.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -190,38 +201,25 @@ pub async fn accept_loop<H: Handler, L: Accept>(
     }
 }
 
-/// A listener the agent accepts Motan2 connections on: a TCP port, or a Unix socket
-/// (`motan-agent.unixSock`).
-pub trait Accept: Send + Sync + 'static {
-    type Stream: Inbound;
-    /// The next connection and its peer; a Unix socket's peer is local, given as 127.0.0.1:0
-    /// (what the `host` meta value says, as for an app on the loopback agent port).
-    fn poll_accept(
-        &self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<(Self::Stream, SocketAddr)>>;
+/// What an agent listener's peer is reported as: a TCP peer as it is, a Unix socket's peer
+/// (`motan-agent.unixSock`) as 127.0.0.1:0, what the `host` meta value says for an app on the
+/// loopback agent port.
+pub trait AgentPeer {
+    fn agent_peer(self) -> SocketAddr;
 }
 
 /// The peer a Unix socket connection is reported as.
 pub const UNIX_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
-impl Accept for tokio::net::TcpListener {
-    type Stream = TcpStream;
-    fn poll_accept(
-        &self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<(TcpStream, SocketAddr)>> {
-        tokio::net::TcpListener::poll_accept(self, cx)
+impl AgentPeer for SocketAddr {
+    fn agent_peer(self) -> SocketAddr {
+        self
     }
 }
 
-impl Accept for UnixListener {
-    type Stream = UnixStream;
-    fn poll_accept(
-        &self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<(UnixStream, SocketAddr)>> {
-        UnixListener::poll_accept(self, cx).map_ok(|(s, _)| (s, UNIX_PEER))
+impl AgentPeer for tokio::net::unix::SocketAddr {
+    fn agent_peer(self) -> SocketAddr {
+        UNIX_PEER
     }
 }
 
@@ -236,6 +234,7 @@ pub trait Inbound: Send + 'static {
 pub trait ReadHalf: Send + Sync {
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
     fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
 }
 
 impl Inbound for TcpStream {
@@ -262,6 +261,9 @@ impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
     fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
         tokio::net::tcp::OwnedReadHalf::try_read_buf(self, buf)
     }
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        tokio::net::tcp::OwnedReadHalf::try_read(self, buf)
+    }
 }
 
 impl ReadHalf for tokio::net::unix::OwnedReadHalf {
@@ -270,6 +272,9 @@ impl ReadHalf for tokio::net::unix::OwnedReadHalf {
     }
     fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
         tokio::net::unix::OwnedReadHalf::try_read_buf(self, buf)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        tokio::net::unix::OwnedReadHalf::try_read(self, buf)
     }
 }
 
@@ -306,8 +311,13 @@ pub struct AcceptGate {
 
 impl AcceptGate {
     pub fn new(budget: &Budget) -> AcceptGate {
+        AcceptGate::with_cap(budget.limits.listener_connections)
+    }
+
+    /// At most `connections` open at once (the admin doors have caps of their own).
+    pub fn with_cap(connections: u32) -> AcceptGate {
         AcceptGate {
-            slots: Arc::new(Semaphore::new(budget.limits.listener_connections as usize)),
+            slots: Arc::new(Semaphore::new(connections as usize)),
             backoff: AcceptBackoff::default(),
             progress: None,
         }
@@ -326,6 +336,39 @@ impl AcceptGate {
     }
 }
 
+/// A listener [`next_connection`] accepts from: TCP, or the admin control socket. Polled, so
+/// an accept that would wait (the backlog is empty) can be told from one that got a connection.
+pub trait Accept {
+    type Conn;
+    type Addr;
+    fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<(Self::Conn, Self::Addr)>>;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Conn = TcpStream;
+    type Addr = SocketAddr;
+    fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<(TcpStream, SocketAddr)>> {
+        tokio::net::TcpListener::poll_accept(self, cx)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Conn = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+    fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)>> {
+        tokio::net::UnixListener::poll_accept(self, cx)
+    }
+}
+
 /// The next accepted connection with its slot of the listener's cap (keep it while the
 /// connection is open), or `None` once `shutdown` is cancelled; a failed accept (out of
 /// descriptors, say) is logged, rate limited, and retried after a pause.
@@ -334,7 +377,7 @@ pub async fn next_connection<L: Accept>(
     listener: &L,
     gate: &mut AcceptGate,
     shutdown: &CancellationToken,
-) -> Option<(L::Stream, SocketAddr, OwnedSemaphorePermit)> {
+) -> Option<(L::Conn, L::Addr, OwnedSemaphorePermit)> {
     // At the connection cap the listener stops accepting: the kernel's backlog holds the rest.
     let slot = match gate.slots.clone().try_acquire_owned() {
         Ok(s) => s,
@@ -350,7 +393,7 @@ pub async fn next_connection<L: Accept>(
     loop {
         // An accept that would wait found the backlog empty: the listener has caught up.
         let accept = std::future::poll_fn(|cx| {
-            let r = listener.poll_accept(cx);
+            let r = Accept::poll_accept(listener, cx);
             if r.is_pending()
                 && let Some(p) = &progress
             {
@@ -385,47 +428,72 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
 ) {
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.active_connections.fetch_add(1, Ordering::Relaxed);
-    let (rd, mut wr) = conn.split_inbound();
-    let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
-    let writer = tokio::spawn(async move { write_frames(&mut wr, rx).await });
+    let (rd, wr) = conn.split_inbound();
     let requests = TaskTracker::new();
     let peer_ip = Bytes::from(peer.ip().to_string());
     let mut codec = Motan2Codec::new(limits.decode);
-    let share = Arc::new(ConnectionShare::new(&limits.budget.limits));
     let idle = limits.idle_timeout();
-    let conn = Conn {
-        peer,
-        peer_ip: &peer_ip,
-        handler: &handler,
-        tx: &tx,
-        requests: &requests,
-        stats: &stats,
-        limits: &limits,
-        share: &share,
-    };
+    // The writer task, its queue and the connection's share are made with the first frame: a
+    // connection that never sends one (thousands of idle or slowloris peers) holds none of them.
+    let mut wr = Some(wr);
+    let mut out: Option<Output> = None;
     let why: String = 'conn: loop {
         // Decode everything buffered before reading more.
         loop {
-            match codec.decode(&mut buf) {
+            let decoded = codec.decode(&mut buf);
+            if matches!(decoded, Ok(None)) {
+                break;
+            }
+            let out = out.get_or_insert_with(|| Output::start(wr.take(), &limits));
+            let tx = &out.tx;
+            let conn = Conn {
+                peer,
+                peer_ip: &peer_ip,
+                handler: &handler,
+                tx,
+                requests: &requests,
+                stats: &stats,
+                limits: &limits,
+                share: &out.share,
+            };
+            match decoded {
                 Ok(Some(frame)) => {
-                    if !dispatch(frame, &conn).await {
+                    // Boxed: the request path's state is not carried by every idle connection.
+                    if !Box::pin(dispatch(frame, Wire::Motan2, &conn)).await {
                         break 'conn "writer closed".into();
                     }
                 }
                 Ok(None) => break,
-                Err(CodecError::Frame(FrameError::MotanV1)) => match v1_frame(&mut buf, &limits.decode) {
-                    Ok(None) => break,
-                    Ok(Some(reply)) => {
-                        stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-                        if tx.send(reply.into()).await.is_err() {
-                            break 'conn "writer closed".into();
+                Err(CodecError::Frame(FrameError::MotanV1)) => {
+                    let reply = match v1_frame(&mut buf, &limits.decode) {
+                        V1Frame::Incomplete => break,
+                        V1Frame::Request(frame) => {
+                            if !Box::pin(dispatch(frame, Wire::V1, &conn)).await {
+                                break 'conn "writer closed".into();
+                            }
+                            continue;
                         }
+                        V1Frame::Heartbeat(reply) => {
+                            stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                            reply
+                        }
+                        V1Frame::Refused(reply, why) => {
+                            stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "motan v1 request refused: {why}");
+                            reply
+                        }
+                        V1Frame::Broken(reply, why) => {
+                            stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                            if let Some(reply) = reply {
+                                let _ = tx.send(reply.into()).await;
+                            }
+                            break 'conn why;
+                        }
+                    };
+                    if tx.send(reply.into()).await.is_err() {
+                        break 'conn "writer closed".into();
                     }
-                    Err(e) => {
-                        stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-                        break 'conn e;
-                    }
-                },
+                }
                 Err(e) => {
                     stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                     if let Some(reply) = oversize_reply(&buf, &e) {
@@ -445,9 +513,7 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
         if let Err(e) = ready {
             break 'conn format!("read error: {e}");
         }
-        // The buffer grows only once data is there: thousands of idle connections hold none.
-        buf.reserve(4096);
-        match rd.try_read_buf(&mut buf) {
+        match read_some(&rd, &mut buf) {
             Ok(0) => break 'conn "closed by peer".into(),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -457,14 +523,63 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
     // Answer what was accepted, then close.
     requests.close();
     requests.wait().await;
-    drop(tx);
-    let _ = writer.await;
+    if let Some(Output { tx, writer, .. }) = out {
+        drop(tx);
+        let _ = writer.await;
+    }
     stats.active_connections.fetch_sub(1, Ordering::Relaxed);
-    if why.starts_with("bad frame") || why.starts_with("motan v1") {
+    if why.starts_with("bad frame") || why.starts_with("bad motan v1") {
         warn_connection(peer, &why);
     } else {
         tracing::debug!(%peer, "connection ended: {why}");
     }
+}
+
+/// A connection's way out: the writer task and its queue, and the connection's share of the
+/// budget.
+struct Output {
+    tx: mpsc::Sender<Queued>,
+    writer: tokio::task::JoinHandle<std::io::Result<()>>,
+    share: Arc<ConnectionShare>,
+}
+
+impl Output {
+    fn start<W>(wr: Option<W>, limits: &ConnectionLimits) -> Output
+    where
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
+        let writer = tokio::spawn(async move {
+            match wr {
+                Some(mut wr) => write_frames(&mut wr, rx).await,
+                None => Ok(()),
+            }
+        });
+        Output {
+            tx,
+            writer,
+            share: Arc::new(ConnectionShare::new(&limits.budget.limits)),
+        }
+    }
+}
+
+/// Read what is there. Into the buffer's spare room when the codec has reserved some for a
+/// frame in progress; else through a stack buffer, so a peer that sent three bytes holds three
+/// bytes, not a 4 KiB read buffer.
+fn read_some(rd: &impl ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() > buf.len() {
+        return rd.try_read_buf(buf);
+    }
+    let mut scratch = [0u8; 8192];
+    let n = rd.try_read(&mut scratch)?;
+    if buf.is_empty() {
+        // A buffer of its own for what arrived: growing the one shared with the frames split
+        // off it would allocate its original capacity and double it for the next frame.
+        *buf = BytesMut::from(&scratch[..n]);
+    } else {
+        buf.extend_from_slice(&scratch[..n]);
+    }
+    Ok(n)
 }
 
 async fn sleep_or_never(d: Option<Duration>) {
@@ -486,8 +601,28 @@ struct Conn<'a, H> {
     share: &'a Arc<ConnectionShare>,
 }
 
+/// How a request came and how its answer goes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    Motan2,
+    /// A motan v1 request converted to Motan2: the response is converted back.
+    V1,
+}
+
+impl Wire {
+    fn encode(self, request_id: u64, mut resp: Frame) -> Bytes {
+        match self {
+            Wire::Motan2 => {
+                resp.header.request_id = request_id;
+                resp.encode_to_bytes()
+            }
+            Wire::V1 => v1::response_from_motan2(request_id, &resp),
+        }
+    }
+}
+
 /// Handle one decoded frame; false when the writer is gone.
-async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
+async fn dispatch<H: Handler>(mut frame: Frame, via: Wire, conn: &Conn<'_, H>) -> bool {
     let Conn {
         peer,
         peer_ip,
@@ -519,7 +654,7 @@ async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
     let id = frame.header.request_id;
     let refuse = |code, msg: String| {
         let ex = Exception::service(code, msg);
-        tx.send(Frame::agent_exception(id, &ex).encode_to_bytes().into())
+        tx.send(via.encode(id, Frame::agent_exception(id, &ex)).into())
     };
     // This connection's share first: waiting here stops reading from it.
     let wire = frame.encoded_len() as u64;
@@ -532,7 +667,20 @@ async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
         // Inflate no further than the budgets have room for (a gzip bomb stops there).
         let room = budget.bytes_left().min(u64::from(budget.limits.connection_bytes));
         let cap = (limits.decode.max_body as u64).min(room) as usize;
-        if let Err(e) = frame.gunzip(cap) {
+        // Off the runtime's workers: inflating megabytes would stall every task queued on this
+        // worker for as long.
+        let inflated = tokio::task::spawn_blocking(move || {
+            let r = frame.gunzip(cap);
+            (frame, r)
+        })
+        .await;
+        let Ok((inflated, r)) = inflated else {
+            return refuse(500, "cannot decompress the request body".into())
+                .await
+                .is_ok();
+        };
+        frame = inflated;
+        if let Err(e) = r {
             let (code, msg) = match e {
                 FrameError::BodyTooLarge { .. } if cap < limits.decode.max_body => {
                     budget.rejected.inc();
@@ -549,20 +697,17 @@ async fn dispatch<H: Handler>(mut frame: Frame, conn: &Conn<'_, H>) -> bool {
             return refuse(503, over_budget(budget)).await.is_ok();
         }
     }
-    let (handler, tx, share, budget) = (handler.clone(), tx.clone(), share.clone(), budget.clone());
+    let (handler, tx, budget) = (handler.clone(), tx.clone(), budget.clone());
     // The handler's future is made inside the task: a future made outside and moved in would
     // be stored twice in the task (once captured, once awaited).
     requests.spawn(async move {
-        let mut resp = handler.handle(frame, ctx).await;
-        // The request's bytes are given back before its response waits for room, so a full
-        // share always drains.
-        let slot = permit.into_slot();
+        let resp = handler.handle(frame, ctx).await;
+        // The response takes over its request's share (and slot) without waiting: requests
+        // and their responses together stay within the share, and a full share always drains.
+        let bytes = via.encode(id, resp);
+        let held = permit.into_response(bytes.len() as u64);
         drop(lease);
-        resp.header.request_id = id;
-        let bytes = resp.encode_to_bytes();
-        let held = share.response(bytes.len() as u64).await;
         let lease = budget.hold(bytes.len() as u64);
-        drop(slot);
         let _ = tx
             .send(Queued {
                 frame: bytes,
@@ -581,21 +726,48 @@ fn over_budget(budget: &Budget) -> String {
     )
 }
 
-/// A motan v1 frame: heartbeats are answered (old Java clients probe with them); anything else
-/// is refused by closing, as this agent speaks Motan2 only.
-fn v1_frame(buf: &mut BytesMut, limits: &DecodeLimits) -> Result<Option<Bytes>, String> {
-    let max = limits.max_body;
-    match v1::frame_len(buf, max) {
-        Ok(None) => Ok(None),
-        Ok(Some(n)) if buf.len() < n => Ok(None),
-        Ok(Some(n)) => {
-            let frame = buf.split_to(n);
-            match v1::answer_heartbeat(&frame) {
-                Some(reply) => Ok(Some(reply)),
-                None => Err("motan v1 request: only motan2 is supported (v1 heartbeats are answered)".into()),
-            }
+/// What to do with a motan v1 frame at the start of the buffer.
+#[derive(Debug)]
+enum V1Frame {
+    /// Not all of it is buffered yet.
+    Incomplete,
+    /// A heartbeat: its answer.
+    Heartbeat(Bytes),
+    /// A request, as Motan2.
+    Request(Frame),
+    /// A well-framed request that cannot be served: a v1 exception; the connection stays.
+    Refused(Bytes, String),
+    /// Broken framing: the rest of the stream cannot be trusted. A v1 exception when the
+    /// request id could be read, then the connection closes.
+    Broken(Option<Bytes>, String),
+}
+
+fn v1_frame(buf: &mut BytesMut, limits: &DecodeLimits) -> V1Frame {
+    let broken = |buf: &[u8], e: FrameError| {
+        let why = format!("bad motan v1 frame: {e}");
+        let reply = v1::outer_request_id(buf).map(|id| v1::exception_response(id, &why));
+        V1Frame::Broken(reply, why)
+    };
+    let n = match v1::frame_len(buf, limits.max_body) {
+        Ok(None) => return V1Frame::Incomplete,
+        Ok(Some(n)) if buf.len() < n => return V1Frame::Incomplete,
+        Ok(Some(n)) => n,
+        Err(e) => return broken(buf, e),
+    };
+    let frame = buf.split_to(n);
+    if let Err(e) = v1::decode_header(&frame) {
+        return broken(&frame, e);
+    }
+    if let Some(reply) = v1::answer_heartbeat(&frame) {
+        return V1Frame::Heartbeat(reply);
+    }
+    match v1::decode_request(&frame) {
+        Ok(req) => V1Frame::Request(req.to_motan2()),
+        Err(e) => {
+            let why = format!("bad motan v1 request: {e}");
+            let id = v1::outer_request_id(&frame).unwrap_or(0);
+            V1Frame::Refused(v1::exception_response(id, &why), why)
         }
-        Err(e) => Err(format!("bad frame: {e}")),
     }
 }
 

@@ -23,6 +23,7 @@ use tokio_util::codec::FramedRead;
 use super::Deadline;
 use crate::net::SocketFactory;
 use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL};
+use crate::protocol::motan2::simple::ValueLimits;
 use crate::protocol::motan2::{DecodeLimits, Frame, Motan2Codec};
 
 /// Frames queued per channel before callers wait (back-pressure instead of unbounded memory).
@@ -54,6 +55,8 @@ pub struct Transport {
     pub sockets: SocketFactory,
     pub connect_timeout: Duration,
     pub limits: DecodeLimits,
+    /// What decoding one body's arguments may build (the HTTP provider's requests).
+    pub values: ValueLimits,
 }
 
 impl Default for Transport {
@@ -62,6 +65,7 @@ impl Default for Transport {
             sockets: SocketFactory::default(),
             connect_timeout: Duration::from_millis(1000),
             limits: DecodeLimits::default(),
+            values: ValueLimits::default(),
         }
     }
 }

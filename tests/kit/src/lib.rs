@@ -15,6 +15,8 @@
 //! - [`http`]: a blocking HTTP/1.1 client for the agent's admin API (TCP port or control socket).
 //! - [`agent`]: start `sockmesh run --config FILE` and wait until its admin API answers.
 //! - [`privilege`]: root or an explicit skip (SOCKMESH_SKIP_PRIVILEGED=1).
+//! - [`zk`]: a real ZooKeeper server on a loopback port ([`ZkServer`]), killed and its data
+//!   dir removed on drop.
 //!
 //! The crate does not depend on the `sockmesh` crate: xtask depends on it and has to build before
 //! the BPF object the agent embeds exists. Agent functions are reached through the `sockmesh`
@@ -28,6 +30,7 @@ pub mod pins;
 pub mod ports;
 pub mod privilege;
 pub mod proc;
+pub mod zk;
 
 pub use cgroup::{ChildCgroup, cgroup2_mount};
 pub use iptables::NatChain;
@@ -36,3 +39,4 @@ pub use pins::PinDir;
 pub use ports::{free_port, free_ports};
 pub use privilege::{is_root, privileged};
 pub use proc::ChildProcess;
+pub use zk::ZkServer;

@@ -32,6 +32,10 @@ pub enum Mode {
     Haproxy,
     /// agent-explicit to a service whose refer and export run the default filter chain.
     AgentFilters,
+    /// The agent's client role alone: agent port -> provider (one Motan2 hop).
+    AgentClient,
+    /// The agent's server role alone: export port -> provider (one Motan2 hop).
+    AgentServer,
     /// agent-explicit through another build of the agent (`--baseline-bin`), for comparing
     /// two builds in one run.
     AgentBaseline,
@@ -60,8 +64,10 @@ impl Mode {
             .collect()
     }
 
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 9] = [
         Mode::Direct,
+        Mode::AgentClient,
+        Mode::AgentServer,
         Mode::AgentExplicit,
         Mode::AgentFilters,
         Mode::Iptables,
@@ -78,6 +84,8 @@ impl Mode {
             Mode::EbpfSockmap => "ebpf-sockmap",
             Mode::Haproxy => "haproxy",
             Mode::AgentFilters => "agent-filters",
+            Mode::AgentClient => "agent-client",
+            Mode::AgentServer => "agent-server",
             Mode::AgentBaseline => "agent-baseline",
         }
     }
@@ -187,13 +195,14 @@ fn trim_agent_log(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(opts: Options) -> Result<()> {
-    if !sockmesh_testkit::is_root() {
-        bail!("cargo xtask bench needs root (cgroups, BPF, iptables)");
-    }
+/// Setup, the BPF object, then the release binaries of the sockmesh package (the agent and
+/// the load generator) in target/release. `what` names the caller in the progress line.
+pub fn build_bins(what: &str) -> Result<()> {
     crate::setup::run()?;
     crate::build_ebpf()?;
-    let step = Step::start("bench: building release binaries (sockmesh, sockmesh-loadgen)");
+    let step = Step::start(&format!(
+        "{what}: building release binaries (sockmesh, sockmesh-loadgen)"
+    ));
     let st = cargo(None)
         .args(["build", "--release", "--package", "sockmesh", "--bins"])
         .status()?;
@@ -201,10 +210,21 @@ pub fn run(opts: Options) -> Result<()> {
         bail!("release build failed");
     }
     step.done("ok");
+    Ok(())
+}
 
-    let stamp = Command::new("date").arg("+%Y-%m-%dT%H%M%S").output()?;
-    let stamp = String::from_utf8_lossy(&stamp.stdout).trim().to_string();
-    let dir = project_root().join("bench/results").join(&stamp);
+/// The local time as results folders are named, e.g. 2026-11-29T114847.
+pub fn stamp() -> Result<String> {
+    let out = Command::new("date").arg("+%Y-%m-%dT%H%M%S").output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    if !sockmesh_testkit::is_root() {
+        bail!("cargo xtask bench needs root (cgroups, BPF, iptables)");
+    }
+    build_bins("bench")?;
+    let dir = project_root().join("bench/results").join(stamp()?);
     let raw = dir.join("raw");
     std::fs::create_dir_all(&raw)?;
     let env = start_env(&raw, opts.agent_workers, opts.baseline_bin.as_deref())?;
@@ -265,8 +285,17 @@ pub fn run(opts: Options) -> Result<()> {
         }
     }
     println!();
+    let agent_idle_rss_kib = env.agent_idle_rss_kib;
     drop(env);
-    let report = Report::build(&runs, &cases, &runnable, &unavailable, &opts, started.elapsed());
+    let report = Report::build(
+        &runs,
+        &cases,
+        &runnable,
+        &unavailable,
+        &opts,
+        started.elapsed(),
+        agent_idle_rss_kib,
+    );
     std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&report.json)?)?;
     std::fs::write(dir.join("report.md"), &report.markdown)?;
     plots::write_all(&dir, &runs, &cases, &runnable)?;

@@ -2,7 +2,7 @@
 //! registries named, and the service specs the exporter is built from.
 use std::collections::BTreeMap;
 
-use super::super::filters::filter_names;
+use super::super::filters::{Side, filter_names};
 use super::super::http::{HttpMode, HttpSections};
 use super::super::refer::{HaKind, LbKind};
 use super::super::registry::{RegistrySpec, SESSION_TIMEOUT};
@@ -272,7 +272,11 @@ impl Checks<'_> {
 
 /// The final filter list of a refer or service names only filters the agent has.
 pub(super) fn check_filters(section: &str, id: &str, u: &Url, p: &mut Problems) {
-    match filter_names(u) {
+    let side = match section {
+        SERVICE_SECTION => Side::Service,
+        _ => Side::Refer,
+    };
+    match filter_names(u, side) {
         Ok(f) => {
             for (n, why) in f.skipped {
                 p.warn(

@@ -42,6 +42,10 @@ pub enum SimpleError {
     TooDeep(usize),
     #[error("string is not valid UTF-8")]
     InvalidUtf8,
+    #[error("more than {0} values (sockmesh.limits.decoded_values)")]
+    TooManyValues(usize),
+    #[error("a value of {0} bytes, over {1} (sockmesh.limits.decoded_value_bytes)")]
+    ValueTooLarge(usize, usize),
 }
 
 /// Who failed, which decides retries and endpoint health (spec 1.10).

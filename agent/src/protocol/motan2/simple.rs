@@ -317,9 +317,29 @@ impl Value {
 
     /// Decode one value from the start of `src`; returns it and the bytes it used.
     pub fn decode(src: &Bytes) -> Result<(Value, usize), SimpleError> {
-        let mut r = Reader { buf: src, pos: 0 };
+        let mut r = Reader::new(src, usize::MAX);
         let v = r.value(0)?;
         Ok((v, r.pos))
+    }
+}
+
+/// What decoding one body may build: values (every nested value, map entry and array item
+/// counts one) and the encoded size of one top-level value. Values are slices of the body, so
+/// the count, not the bytes, is what a hostile body could multiply: 10 MiB of zero bytes is
+/// ten million nulls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValueLimits {
+    pub max_values: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for ValueLimits {
+    /// The `sockmesh.limits` defaults (`decoded_values`, `decoded_value_bytes`).
+    fn default() -> ValueLimits {
+        ValueLimits {
+            max_values: 65536,
+            max_value_bytes: 10 << 20,
+        }
     }
 }
 
@@ -333,9 +353,9 @@ pub fn encode_args(args: &[Value]) -> Bytes {
 }
 
 /// Decode every value in a body (Go's untyped multi-decode: values until the bytes run out). An
-/// empty body is no arguments.
+/// empty body is no arguments. For bodies from peers use [`decode_first`], which is bounded.
 pub fn decode_all(body: &Bytes) -> Result<Vec<Value>, SimpleError> {
-    let mut r = Reader { buf: body, pos: 0 };
+    let mut r = Reader::new(body, usize::MAX);
     let mut out = Vec::new();
     while r.pos < body.len() {
         out.push(r.value(0)?);
@@ -343,20 +363,36 @@ pub fn decode_all(body: &Bytes) -> Result<Vec<Value>, SimpleError> {
     Ok(out)
 }
 
-/// Decode the body's values only up to the `n`th (0-based) and return it; None when the body has
-/// fewer. The values after it are never looked at.
-pub fn decode_nth(body: &Bytes, n: usize) -> Result<Option<Value>, SimpleError> {
-    let mut r = Reader { buf: body, pos: 0 };
-    for i in 0..=n {
+/// Decode at most the first `n` values of a body within `limits`; the `bool` says whether
+/// bytes follow them (more arguments than the caller takes, never decoded).
+pub fn decode_first(body: &Bytes, n: usize, limits: ValueLimits) -> Result<(Vec<Value>, bool), SimpleError> {
+    let mut r = Reader::new(body, limits.max_values);
+    let mut out = Vec::new();
+    while out.len() < n && r.pos < body.len() {
+        let start = r.pos;
+        out.push(r.value(0)?);
+        if r.pos - start > limits.max_value_bytes {
+            return Err(SimpleError::ValueTooLarge(r.pos - start, limits.max_value_bytes));
+        }
+    }
+    Ok((out, r.pos < body.len()))
+}
+
+/// Decode the body's `n`th (0-based) value, skipping the ones before it without building them,
+/// and building at most `max_values` values for it; None when the body has fewer. The values
+/// after it are never looked at.
+pub fn decode_nth(body: &Bytes, n: usize, max_values: usize) -> Result<Option<Value>, SimpleError> {
+    let mut r = Reader::new(body, max_values);
+    for _ in 0..n {
         if r.pos >= body.len() {
             return Ok(None);
         }
-        let v = r.value(0)?;
-        if i == n {
-            return Ok(Some(v));
-        }
+        r.skip()?;
     }
-    Ok(None)
+    if r.pos >= body.len() {
+        return Ok(None);
+    }
+    r.value(0).map(Some)
 }
 
 pub fn zigzag32(n: i32) -> u32 {
@@ -409,9 +445,56 @@ fn container(dst: &mut BytesMut, tag: u8, items: impl FnOnce(&mut BytesMut)) {
 struct Reader<'a> {
     buf: &'a Bytes,
     pos: usize,
+    /// Values that may still be built.
+    values_left: usize,
+    max_values: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(buf: &'a Bytes, max_values: usize) -> Reader<'a> {
+        Reader {
+            buf,
+            pos: 0,
+            values_left: max_values,
+            max_values,
+        }
+    }
+    /// One more value built.
+    fn count(&mut self) -> Result<(), SimpleError> {
+        self.values_left = self
+            .values_left
+            .checked_sub(1)
+            .ok_or(SimpleError::TooManyValues(self.max_values))?;
+        Ok(())
+    }
+    /// Step over one value without building it (containers by their declared size).
+    fn skip(&mut self) -> Result<(), SimpleError> {
+        match self.u8()? {
+            TAG_NULL => {}
+            TAG_STRING | TAG_BYTES => {
+                let n = self.u32()?;
+                self.slice(n)?;
+            }
+            TAG_BOOL | TAG_BYTE => {
+                self.u8()?;
+            }
+            TAG_I16 => {
+                self.array::<2>()?;
+            }
+            TAG_I32 | TAG_I64 => {
+                self.varint()?;
+            }
+            TAG_F32 => {
+                self.array::<4>()?;
+            }
+            TAG_F64 => {
+                self.array::<8>()?;
+            }
+            TAG_STRING_MAP | TAG_STRING_ARRAY | TAG_MAP | TAG_ARRAY => self.pos = self.container_end()?,
+            other => return Err(SimpleError::UnknownTag(other)),
+        }
+        Ok(())
+    }
     fn need(&self, n: usize) -> Result<(), SimpleError> {
         let left = self.buf.len() - self.pos;
         if left < n {
@@ -462,6 +545,7 @@ impl Reader<'_> {
         Ok(self.pos + n)
     }
     fn value(&mut self, depth: usize) -> Result<Value, SimpleError> {
+        self.count()?;
         let tag = self.u8()?;
         Ok(match tag {
             TAG_NULL => Value::Null,
@@ -482,6 +566,7 @@ impl Reader<'_> {
                 let end = self.container_end()?;
                 let mut entries = Vec::new();
                 while self.pos < end {
+                    self.count()?;
                     let k = self.len_bytes()?;
                     let v = self.len_bytes()?;
                     entries.push((k, v));
@@ -493,6 +578,7 @@ impl Reader<'_> {
                 let end = self.container_end()?;
                 let mut items = Vec::new();
                 while self.pos < end {
+                    self.count()?;
                     items.push(self.len_bytes()?);
                 }
                 self.check_end(end)?;
@@ -692,7 +778,51 @@ mod tests {
         body.extend_from_slice(&[0xFF, 0xFF, 0xFF]); // not a value: never read
         let body = body.freeze();
         assert!(decode_all(&body).is_err());
-        assert_eq!(decode_nth(&body, 1).unwrap().unwrap().as_str(), Some("key"));
-        assert_eq!(decode_nth(&encode_args(&[Value::from("a")]), 3).unwrap(), None);
+        assert_eq!(decode_nth(&body, 1, 1).unwrap().unwrap().as_str(), Some("key"));
+        assert_eq!(decode_nth(&encode_args(&[Value::from("a")]), 3, 1).unwrap(), None);
+        // The values before the wanted one are stepped over, not built.
+        let big = Value::Array(vec![Value::Null; 100_000]);
+        let body = encode_args(&[big, Value::I64(7)]);
+        assert_eq!(decode_nth(&body, 1, 1).unwrap(), Some(Value::I64(7)));
+        assert_eq!(decode_nth(&body, 0, 10), Err(SimpleError::TooManyValues(10)));
+    }
+
+    #[test]
+    fn decode_first_is_bounded_by_count_and_size() {
+        let limits = ValueLimits {
+            max_values: 1000,
+            max_value_bytes: 100,
+        };
+        // 10 MiB of zero bytes: ten million nulls; two are decoded and the rest never looked at.
+        let zeros = Bytes::from(vec![0u8; 10 << 20]);
+        assert_eq!(
+            decode_first(&zeros, 2, limits).unwrap(),
+            (vec![Value::Null, Value::Null], true)
+        );
+        // One argument holding a million values stops at the cap.
+        let mut many = BytesMut::new();
+        container(&mut many, TAG_ARRAY, |b| b.put_bytes(0, 1_000_000));
+        assert_eq!(
+            decode_first(&many.freeze(), 1, limits),
+            Err(SimpleError::TooManyValues(1000))
+        );
+        let mut map = BytesMut::new();
+        container(&mut map, TAG_STRING_MAP, |b| {
+            for _ in 0..2000 {
+                b.put_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+            }
+        });
+        assert_eq!(
+            decode_first(&map.freeze(), 1, limits),
+            Err(SimpleError::TooManyValues(1000))
+        );
+        let long = encode_args(&[Value::from("x".repeat(200))]);
+        assert_eq!(
+            decode_first(&long, 1, limits),
+            Err(SimpleError::ValueTooLarge(205, 100))
+        );
+        let two = encode_args(&[Value::from("a"), Value::from("b")]);
+        assert!(!decode_first(&two, 2, limits).unwrap().1);
+        assert_eq!(decode_first(&Bytes::new(), 1, limits).unwrap(), (vec![], false));
     }
 }

@@ -18,7 +18,7 @@ use super::mapping::{
     response_meta, single_argument, value_type_name,
 };
 use crate::config::http::{DEFAULT_METHOD_CONF, MethodFormat, UrlFormat};
-use crate::protocol::motan2::simple::Value;
+use crate::protocol::motan2::simple::{Value, ValueLimits};
 use crate::protocol::motan2::{Exception, Frame, Meta, keys};
 
 /// motan-go's query key for the caller's request id.
@@ -31,7 +31,11 @@ pub(super) struct FormatTarget {
 }
 
 /// The HTTP request and its URL (for messages).
-pub(super) fn request(req: &Frame, t: &FormatTarget) -> Result<(Request<Full<Bytes>>, String), Exception> {
+pub(super) fn request(
+    req: &Frame,
+    t: &FormatTarget,
+    values: ValueLimits,
+) -> Result<(Request<Full<Bytes>>, String), Exception> {
     let m = req.meta.get(keys::METHOD).unwrap_or_default();
     let own = t.methods.get(m).or_else(|| t.methods.get(DEFAULT_METHOD_CONF));
     let url = own
@@ -54,7 +58,7 @@ pub(super) fn request(req: &Frame, t: &FormatTarget) -> Result<(Request<Full<Byt
         &method_piece[1..]
     };
     let mut url = url.url(method_piece);
-    let query = query_string(req)?;
+    let query = query_string(req, values)?;
     let body = if method == Method::GET {
         if !query.is_empty() {
             url.push(if url.contains('?') { '&' } else { '?' });
@@ -100,8 +104,8 @@ pub(super) fn request(req: &Frame, t: &FormatTarget) -> Result<(Request<Full<Byt
 
 /// `requestIdFromClient=<id>` and the argument: a map as `&k=v` pairs (values escaped, keys
 /// raw, as motan-go), a string (or bytes) as `&<escaped>`; nothing without an argument.
-fn query_string(req: &Frame) -> Result<String, Exception> {
-    let arg = single_argument(req).map_err(bad_request)?;
+fn query_string(req: &Frame, values: ValueLimits) -> Result<String, Exception> {
+    let arg = single_argument(req, values).map_err(bad_request)?;
     let mut q = String::new();
     let rid = |q: &mut String| {
         q.push_str(REQUEST_ID_KEY);

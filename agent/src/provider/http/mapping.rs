@@ -9,7 +9,7 @@ use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC, percent_encode};
 
 use crate::config::http::DEFAULT_MAX_CONTENT_LENGTH;
 use crate::protocol::motan2::frame::serialization;
-use crate::protocol::motan2::simple::{Value, decode_all};
+use crate::protocol::motan2::simple::{Value, ValueLimits, decode_first};
 use crate::protocol::motan2::{Exception, Frame, Meta, keys};
 use crate::upstream::http::HttpError;
 
@@ -134,8 +134,9 @@ pub(super) fn check_serialization(req: &Frame) -> Result<(), Exception> {
     ))
 }
 
-/// The request's arguments.
-pub(super) fn arguments(req: &Frame) -> Result<Vec<Value>, String> {
+/// The request's first `most` arguments, decoded within `limits`; more arguments than that are
+/// an error and are never decoded (a body of ten million nulls costs `most` values).
+pub(super) fn arguments(req: &Frame, most: usize, limits: ValueLimits) -> Result<Vec<Value>, String> {
     let body = if req.header.is_gzip() {
         // Normally the server gunzips on receipt (spec 1.6); this keeps the provider correct
         // if it is handed a compressed frame anyway.
@@ -147,16 +148,16 @@ pub(super) fn arguments(req: &Frame) -> Result<Vec<Value>, String> {
     } else {
         req.body.clone()
     };
-    decode_all(&body).map_err(|e| format!("request body is not simple-serialized: {e}"))
+    match decode_first(&body, most, limits) {
+        Ok((args, false)) => Ok(args),
+        Ok((_, true)) => Err(format!("more than {most} argument(s), at most {most} allowed")),
+        Err(e) => Err(format!("request body is not simple-serialized: {e}")),
+    }
 }
 
 /// The request's one argument (`None` for an empty body); more than one is an error.
-pub(super) fn single_argument(req: &Frame) -> Result<Option<Value>, String> {
-    let mut args = arguments(req)?;
-    if args.len() > 1 {
-        return Err(format!("{} arguments, at most one is allowed", args.len()));
-    }
-    Ok(args.pop())
+pub(super) fn single_argument(req: &Frame, limits: ValueLimits) -> Result<Option<Value>, String> {
+    Ok(arguments(req, 1, limits)?.pop())
 }
 
 /// The `MOTAN-*` header of a protocol meta key (motan-go's InnerAttachmentsConvertMap).

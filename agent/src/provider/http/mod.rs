@@ -36,7 +36,7 @@ use self::proxy::ProxyTarget;
 use crate::config::http::{HttpMode, HttpProviderSpec, ProxyAddress};
 use crate::net::SocketFactory;
 use crate::protocol::motan2::frame::{FLAG_PROXY, FLAG_RESPONSE};
-use crate::protocol::motan2::simple::{Value, encode_args};
+use crate::protocol::motan2::simple::{Value, ValueLimits, encode_args};
 use crate::protocol::motan2::{Exception, Frame, Header, Meta, keys};
 use crate::upstream::http::{HttpClient, HttpClientSettings, HttpTarget};
 use crate::url::parse_go_bool;
@@ -53,12 +53,20 @@ pub struct HttpProvider {
     /// Where requests go, for messages.
     upstream: String,
     enable_http_exception: bool,
+    /// `sockmesh.limits.decoded_values` and `decoded_value_bytes`: what one request's
+    /// arguments may decode to.
+    values: ValueLimits,
 }
 
 impl HttpProvider {
     /// The provider of `service` (its path, for messages) with checked settings; its sockets
     /// come from `sockets`.
-    pub fn new(service: &str, spec: &HttpProviderSpec, sockets: &SocketFactory) -> HttpProvider {
+    pub fn new(
+        service: &str,
+        spec: &HttpProviderSpec,
+        sockets: &SocketFactory,
+        values: ValueLimits,
+    ) -> HttpProvider {
         if spec.keepalive_timeout_ignored {
             tracing::warn!(
                 service,
@@ -102,6 +110,7 @@ impl HttpProvider {
             mode,
             upstream,
             enable_http_exception: spec.enable_http_exception,
+            values,
         }
     }
 
@@ -137,9 +146,9 @@ impl HttpProvider {
         check_serialization(req)?;
         let transparent = req.meta.get(meta_keys::HTTP_PROXY).and_then(parse_go_bool) == Some(true);
         let http_req = match (&self.mode, transparent) {
-            (Mode::Proxy(t), false) => proxy::request(req, t)?,
-            (Mode::Proxy(t), true) => transparent::request(req, t)?,
-            (Mode::Format(t), false) => format::request(req, t)?.0,
+            (Mode::Proxy(t), false) => proxy::request(req, t, self.values)?,
+            (Mode::Proxy(t), true) => transparent::request(req, t, self.values)?,
+            (Mode::Format(t), false) => format::request(req, t, self.values)?.0,
             (Mode::Format(_), true) => {
                 return Err(Exception::business(
                     400,
@@ -202,6 +211,7 @@ mod tests {
             &service.path,
             &HttpProviderSpec::from_url(service, sections).unwrap(),
             &SocketFactory::default(),
+            ValueLimits::default(),
         )
     }
     use crate::protocol::motan2::frame::FLAG_GZIP;
@@ -599,6 +609,35 @@ mod tests {
         let e = exception(&req, &call(&svc, &req).await);
         assert_eq!((e.errcode, e.errtype), (400, ErrorType::Business));
         assert!(e.errmsg.contains("G E T"), "{}", e.errmsg);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_millions_of_values_is_refused_without_decoding_them() {
+        let addr = upstream().await;
+        let svc = service(addr);
+        // 10 MiB of zero bytes, gzipped: ten million null arguments once inflated.
+        let mut req = request("/v1/users", &[], &[]);
+        req.body = Bytes::from(vec![0u8; 10 << 20]);
+        assert!(req.gzip_if_larger(1));
+        assert!(req.body.len() < 64 << 10);
+        let e = exception(&req, &call(&svc, &req).await);
+        assert_eq!((e.errcode, e.errtype), (400, ErrorType::Business), "{}", e.errmsg);
+        assert!(e.errmsg.contains("at most 1"), "{}", e.errmsg);
+        // One argument that holds a million values stops at sockmesh.limits.decoded_values.
+        let many = Value::Map(vec![(Value::Null, Value::Null); 500_000]);
+        let req = request("/v1/users", &[many], &[]);
+        let e = exception(&req, &call(&svc, &req).await);
+        assert_eq!((e.errcode, e.errtype), (400, ErrorType::Business), "{}", e.errmsg);
+        assert!(
+            e.errmsg.contains("sockmesh.limits.decoded_values"),
+            "{}",
+            e.errmsg
+        );
+        // Transparent requests take two arguments, no more.
+        let three = [Value::from("GET / HTTP/1.1\r\n\r\n"), Value::Null, Value::Null];
+        let req = request("/v1/users", &three, &[("HTTP_PROXY", "true")]);
+        let e = exception(&req, &call(&svc, &req).await);
+        assert_eq!((e.errcode, e.errtype), (400, ErrorType::Business), "{}", e.errmsg);
     }
 
     #[tokio::test]

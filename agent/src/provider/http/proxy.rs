@@ -14,7 +14,7 @@ use super::mapping::{
     bad_request, escape_path, escape_query, meta_keys, request_headers, single_argument, value_type_name,
 };
 use crate::config::http_locations::LocationMatcher;
-use crate::protocol::motan2::simple::Value;
+use crate::protocol::motan2::simple::{Value, ValueLimits};
 use crate::protocol::motan2::{Exception, Frame, keys};
 
 /// Where and how proxy-mode (and transparent) requests go.
@@ -66,13 +66,17 @@ impl ProxyTarget {
 }
 
 /// Map the Motan2 request to the HTTP request (spec 4.12 table).
-pub(super) fn request(req: &Frame, t: &ProxyTarget) -> Result<Request<Full<Bytes>>, Exception> {
+pub(super) fn request(
+    req: &Frame,
+    t: &ProxyTarget,
+    values: ValueLimits,
+) -> Result<Request<Full<Bytes>>, Exception> {
     let method = match req.meta.get_non_empty(meta_keys::HTTP_METHOD) {
         Some(m) => Method::from_bytes(m.as_bytes())
             .map_err(|_| bad_request(format!("{m:?} is not an HTTP method")))?,
         None => t.default_method.clone(),
     };
-    let arg = single_argument(req).map_err(bad_request)?;
+    let arg = single_argument(req, values).map_err(bad_request)?;
     let mut headers = request_headers(&req.meta, t.domain.as_ref());
     let mut query = req
         .meta

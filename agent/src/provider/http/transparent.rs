@@ -12,13 +12,17 @@ use http_body_util::Full;
 use super::mapping::{add_forwarded_for, arguments, bad_request, motan_header};
 use super::proxy::ProxyTarget;
 use crate::protocol::http::{parse_request_head, write_response_head};
-use crate::protocol::motan2::simple::Value;
+use crate::protocol::motan2::simple::{Value, ValueLimits};
 use crate::protocol::motan2::{Exception, Frame};
 use crate::upstream::http::HttpReply;
 
-pub(super) fn request(req: &Frame, t: &ProxyTarget) -> Result<Request<Full<Bytes>>, Exception> {
-    let mut args = arguments(req).map_err(bad_request)?.into_iter();
-    let (Some(head), body, None) = (args.next(), args.next(), args.next()) else {
+pub(super) fn request(
+    req: &Frame,
+    t: &ProxyTarget,
+    values: ValueLimits,
+) -> Result<Request<Full<Bytes>>, Exception> {
+    let mut args = arguments(req, 2, values).map_err(bad_request)?.into_iter();
+    let (Some(head), body) = (args.next(), args.next()) else {
         return Err(bad_request(
             "transparent HTTP requests (HTTP_PROXY=true) carry two byte arrays: header block and body",
         ));
