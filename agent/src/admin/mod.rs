@@ -1,5 +1,6 @@
 //! Admin API (JSON over HTTP): health and status, online/offline, filter state, the
-//! interception control calls the CLI uses, and motan-go's dynamic registration (`dynamic.rs`).
+//! interception control calls the CLI uses, motan-go's dynamic registration (`dynamic.rs`) and
+//! dynamic meta (`meta.rs`).
 //! One router behind two doors, the control socket and the loopback TCP port (or motan-go's
 //! `managementUnixSock` instead); `access.rs`
 //! decides who may call what on each. Bad requests get a 4xx with a message.
@@ -28,6 +29,7 @@ pub mod control_socket;
 pub mod dynamic;
 pub mod filters;
 pub mod form;
+pub mod meta;
 pub mod motan;
 pub mod state_metrics;
 
@@ -69,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::admin::filters::routes(state.mesh_shared.filters.clone()))
         .merge(crate::admin::dynamic::routes(state.clone()))
         .merge(crate::admin::motan::routes(state.clone()))
+        .merge(crate::admin::meta::routes())
 }
 
 /// The router with every request checked by `access.rs` first.
@@ -202,10 +205,10 @@ async fn status(State(s): State<Arc<AppState>>, Form(q): Params) -> Response {
     }
 }
 
-/// Most endpoints one `/status?cluster=NAME` page lists (and the default page size).
+/// Most endpoints one `/sockmesh/status?cluster=NAME` page lists (and the default page size).
 pub const STATUS_PAGE_MAX: usize = 1000;
 
-/// `/status` lists a summary of the clusters' endpoints; `cluster=NAME` (with `offset=` and
+/// `/sockmesh/status` lists a summary of the clusters' endpoints; `cluster=NAME` (with `offset=` and
 /// `limit=`, at most [`STATUS_PAGE_MAX`]) pages through one cluster's endpoints instead.
 fn status_view(q: &HashMap<String, String>) -> Result<StatusView, String> {
     let number = |key: &str, default: usize| -> Result<usize, String> {

@@ -9,6 +9,7 @@ pub mod ha;
 pub mod lb;
 pub mod local;
 pub mod route;
+mod weights;
 
 use crate::locks::{Locked, Unpoisoned};
 use std::collections::HashMap;
@@ -81,6 +82,8 @@ pub struct Cluster {
     endpoint_filters: EndpointFilters,
     /// The idle-pool sweeper is running.
     sweeping: AtomicBool,
+    /// The wrr weight refresher (`weights.rs`) is running.
+    refreshing_weights: AtomicBool,
     /// Pools of the cluster this one replaces (reload): endpoints it knew keep their
     /// connections and are available at once.
     adopt: HashMap<String, Arc<Pool>>,
@@ -147,6 +150,7 @@ impl Cluster {
             stop: CancellationToken::new(),
             endpoint_filters: EndpointFilters::from_refer(&refer, breakers.clone()),
             sweeping: AtomicBool::new(false),
+            refreshing_weights: AtomicBool::new(false),
             adopt: previous
                 .map(|p| p.pools.read_unpoisoned().clone())
                 .unwrap_or_default(),
@@ -254,6 +258,7 @@ impl Cluster {
         }
         let balancer = self.balancer.load().rebuild(all, group_weights);
         self.balancer.store(Arc::new(balancer));
+        self.start_weight_refresher();
         tracing::info!(
             cluster = %self.conf_id, registry = registry_id,
             added = outcome.added.len(), removed = outcome.removed.len(),
@@ -947,7 +952,7 @@ mod tests {
                 Url::new("motan2", "", 0, "s", "g").with_param("lazyInit", "true"),
                 Transport::default(),
                 None,
-                &Arc::default(),
+                &Default::default(),
             )
             .unwrap();
             let servers: Vec<Url> = (0..n)
