@@ -230,14 +230,25 @@ const CASES: &[(&str, &str, bool)] = &[
     ),
     (
         "the agent port on a unix socket (motan-agent.unixSock)",
-        "  unixSock: /run/agent.sock\n#agent\n",
+        "  unixSock: SOCKDIR/agent.sock\n#agent\n",
+        true,
+    ),
+    (
+        "unixSock as a relative path",
+        "  unixSock: run/agent.sock\n#agent\n",
+        false,
+    ),
+    (
+        "managementUnixSock naming a directory",
+        "  managementUnixSock: /run/\n#agent\n",
         false,
     ),
 ];
 
 /// The configuration of one case: `motan` may start with extra `motan-agent` keys, ended by a
 /// `#agent` line; PORT, EPORT and HPORT name the case's ports. `control` is the case's own
-/// control socket, in a directory the daemon creates.
+/// control socket, in a directory the daemon creates; SOCKDIR is the test's directory (root's,
+/// 0755: fit for a Unix socket).
 fn config_text(motan: &str, ports: &[u16], control: &Path) -> String {
     let [port, eport, mport, tport, hport] = [ports[0], ports[1], ports[2], ports[3], ports[4]];
     let (agent, motan) = motan.split_once("#agent\n").unwrap_or(("", motan));
@@ -249,6 +260,7 @@ fn config_text(motan: &str, ports: &[u16], control: &Path) -> String {
     .replace("HPORT", &hport.to_string())
     .replace("PORT", &port.to_string())
     .replace("CONTROL", &control.display().to_string())
+    .replace("SOCKDIR", &control.parent().unwrap().parent().unwrap().display().to_string())
 }
 
 fn validate(file: &Path) -> (bool, String) {
@@ -302,6 +314,8 @@ fn run(file: &Path, mport: u16, log: &Path) -> (bool, String) {
 fn validate_and_run_give_the_same_verdict() {
     let dir = std::env::temp_dir().join(format!("sockmesh-parity-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut mismatches = Vec::new();
     for (n, (name, motan, expected)) in CASES.iter().enumerate() {
         let ports = free_ports(5);

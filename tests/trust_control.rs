@@ -557,3 +557,126 @@ fn shutdown_over_the_socket_exits_zero_and_a_stale_socket_is_replaced() {
     assert!(d.wait_exit(), "an admin-requested shutdown exits 0");
     assert!(!d.control.exists(), "the socket file is removed on the way out");
 }
+
+/// One Motan2 request over a Unix socket, the way an app on the host sends it; the answer.
+fn motan_over_unix(socket: &Path, req: motan::Frame) -> motan::Frame {
+    use std::io::{Read, Write};
+    use tokio_util::codec::Decoder;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(&req.encode_to_bytes()).unwrap();
+    let mut codec = sockmesh::protocol::motan2::Motan2Codec::new(Default::default());
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        if let Some(f) = codec.decode(&mut buf).unwrap() {
+            return f;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "the agent closed the Unix socket connection without answering"
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// motan-go's `unixSock` and `managementUnixSock` (issue #20): the agent port and the admin API
+/// listen on the Unix sockets instead of TCP; an app's Motan2 request over the socket reaches
+/// the provider; on the management socket anyone may read and, other than root, mutate only
+/// what `sockmesh.admin.tcp_mutations` lists; both files are removed at a clean exit.
+#[test]
+fn the_agent_port_and_the_admin_api_on_unix_sockets() {
+    if !privileged("the_agent_port_and_the_admin_api_on_unix_sockets") {
+        return;
+    }
+    let _g = serial();
+    let provider = Provider::start("p-unix", 0);
+    let name = "trust-unixsock";
+    let dir = std::env::temp_dir().join(format!("sockmesh-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Root's and not writable by others: the agent refuses any other directory for the sockets.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (agent_sock, mgmt_sock) = (dir.join("agent.sock"), dir.join("mgmt.sock"));
+    let mut d = Daemon::launch_admin(
+        name,
+        Ports::pick(),
+        &format!(
+            "  unixSock: {}\n  managementUnixSock: {}\n",
+            agent_sock.display(),
+            mgmt_sock.display()
+        ),
+        "    tcp_mutations: [\"/200\"]\n",
+        &client_motan(&[provider.addr], ""),
+        "    enabled: false\n",
+    );
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    assert!(
+        std::fs::symlink_metadata(&agent_sock)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    assert_eq!((mode(&agent_sock), mode(&mgmt_sock)), (0o666, 0o666));
+    // Instead of TCP, as motan-go.
+    assert!(
+        !sockmesh_testkit::ports::accepts(agent_addr(&d)),
+        "the TCP agent port listens"
+    );
+    assert!(
+        !sockmesh_testkit::ports::accepts(d.admin),
+        "the TCP admin port listens"
+    );
+
+    // Client role over the agent socket: answered by the provider.
+    let args = vec![motan::Value::from("over unix")];
+    let resp = motan_over_unix(
+        &agent_sock,
+        motan::request(SVC, "echo", &[("M_s", "unix-app")], &args),
+    );
+    assert_eq!(motan::exception(&resp), None, "{resp:?}");
+    assert_eq!(motan::simple::decode_all(&resp.body).unwrap(), args);
+    assert_eq!(motan::meta(&resp, "provider"), "p-unix");
+    // Answers stay correct on a second request on a new connection (the accept loop goes on).
+    let resp = motan_over_unix(&agent_sock, motan::request(SVC, "echo", &[], &args));
+    assert_eq!(motan::simple::decode_all(&resp.body).unwrap(), args);
+
+    // The management socket: reads for anyone (nobody here), motan-go's routes included.
+    let mgmt = Door::Socket(&mgmt_sock);
+    let version = as_nobody(mgmt, &raw("GET", "/version", "localhost", &[]));
+    assert_eq!(version.status(), 200, "{version:?}");
+    assert_eq!(version.body(), env!("CARGO_PKG_VERSION"));
+    // motan-go's /status shape at /status, sockmesh's own at /sockmesh/status.
+    let status = as_nobody(mgmt, &raw("GET", "/status", "localhost", &[]));
+    assert_eq!(status.status(), 200, "{status:?}");
+    let motan: serde_json::Value = serde_json::from_str(status.body()).unwrap();
+    assert_eq!(motan["code"], 200, "{status:?}");
+    assert!(motan["body"]["services"].is_array(), "{status:?}");
+    let own = as_nobody(mgmt, &raw("GET", "/sockmesh/status", "localhost", &[]));
+    assert_eq!(own.status(), 200, "{own:?}");
+    let own: serde_json::Value = serde_json::from_str(own.body()).unwrap();
+    assert!(own["status"].is_u64(), "{own}");
+    // Mutations: nobody only those tcp_mutations lists, root all of them.
+    let r = as_nobody(mgmt, &raw("POST", "/503", "localhost", &[]));
+    assert_eq!(r.status(), 403, "{r:?}");
+    assert!(r.body().contains("managementUnixSock"), "{r:?}");
+    let r = as_nobody(mgmt, &raw("POST", "/shutdown", "localhost", &[]));
+    assert_eq!(r.status(), 403, "{r:?}");
+    let (code, body) = http::unix_request(&mgmt_sock, "POST", "/503", "").unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok."));
+    assert_eq!(http::unix_get(&mgmt_sock, "/").unwrap().0, 503);
+    let r = as_nobody(mgmt, &raw("POST", "/200", "localhost", &[]));
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(http::unix_get(&mgmt_sock, "/").unwrap().0, 200);
+    let (code, own) = http::unix_get(&mgmt_sock, "/sockmesh/status").unwrap();
+    assert_eq!(code, 200, "{own}");
+    let own: serde_json::Value = serde_json::from_str(&own).unwrap();
+    assert_eq!(own["status"], 200, "{own}");
+
+    d.sigterm();
+    assert!(d.wait_exit(), "clean exit; log:\n{}", d.log());
+    assert!(!agent_sock.exists(), "the agent socket is removed at exit");
+    assert!(!mgmt_sock.exists(), "the management socket is removed at exit");
+}

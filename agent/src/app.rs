@@ -9,6 +9,7 @@ use sockmesh_common::Mode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::ManagementDoor;
 use crate::config::Config;
 use crate::config::intercept::HEARTBEAT_INTERVAL;
 use crate::control::{AppState, LogReload, MeshShared, build_mesh, register_switchers, sockets};
@@ -108,7 +109,17 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     if !export_ports.contains(&config.agent.eport) {
         export_ports.insert(0, config.agent.eport);
     }
-    let agent = bind("agent", config.agent_addr()).await?;
+    // motan-go's unixSock: the agent port listens on the Unix socket instead of TCP. Mode 0666:
+    // any local app may call the mesh, as any local app reaches a loopback port.
+    let agent = match &config.process.unix_sock {
+        Some(path) => AgentListener::Unix(crate::unix_socket::bind(
+            path,
+            0o666,
+            "agent socket",
+            "motan-agent.unixSock",
+        )?),
+        None => AgentListener::Tcp(bind("agent", config.agent_addr()).await?),
+    };
     let mut exports = Vec::new();
     for port in &export_ports {
         exports.push((*port, bind("export", config.export_addr(*port)).await?));
@@ -126,7 +137,16 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     } else {
         None
     };
-    let admin = bind("admin", config.admin_addr()).await?;
+    // motan-go's managementUnixSock: the admin API on the Unix socket instead of mport. Mode
+    // 0666: callers other than root get what the TCP port gives them (access.rs).
+    let admin = match &config.process.management_unix_sock {
+        Some(path) => {
+            let (l, f) =
+                crate::unix_socket::bind(path, 0o666, "management socket", "motan-agent.managementUnixSock")?;
+            ManagementDoor::Unix(l, f)
+        }
+        None => ManagementDoor::Tcp(bind("admin", config.admin_addr()).await?),
+    };
     // The control socket is a listener too: a second daemon with the same socket stops here.
     let admin_cfg = &config.sockmesh.admin;
     let control_group = match &admin_cfg.control_group {
@@ -190,16 +210,38 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         decode: crate::protocol::motan2::DecodeLimits::default(),
         budget: budget.clone(),
     };
-    listeners.push(("agent".to_string(), config.agent_addr().to_string()));
-    tasks.spawn(accept_loop(
-        "agent",
-        agent,
-        Arc::new(ClientHandler(mesh.clone())),
-        limits.clone(),
-        agent_stats.clone(),
-        shutdown.clone(),
-        tasks.clone(),
-    ));
+    let client = Arc::new(ClientHandler(mesh.clone()));
+    match agent {
+        AgentListener::Tcp(l) => {
+            listeners.push(("agent".to_string(), config.agent_addr().to_string()));
+            tasks.spawn(accept_loop(
+                "agent",
+                l,
+                client,
+                limits.clone(),
+                agent_stats.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
+        AgentListener::Unix((l, file)) => {
+            listeners.push(("agent".to_string(), format!("unix://{}", file.path().display())));
+            let serving = accept_loop(
+                "agent",
+                l,
+                client,
+                limits.clone(),
+                agent_stats.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            );
+            // The file goes when the listener stops (at shutdown).
+            tasks.spawn(async move {
+                serving.await;
+                drop(file);
+            });
+        }
+    }
     mesh_shared.shortcut.attach(&mesh);
     for (port, l) in exports {
         listeners.push((format!("export:{port}"), config.export_addr(port).to_string()));
@@ -267,7 +309,11 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         tasks.spawn(server.run(l, shutdown.clone(), tasks.clone()));
     }
 
-    listeners.push(("admin".to_string(), config.admin_addr().to_string()));
+    let admin_addr = match &config.process.management_unix_sock {
+        Some(p) => format!("unix://{}", p.display()),
+        None => config.admin_addr().to_string(),
+    };
+    listeners.push(("admin".to_string(), admin_addr));
     listeners.push((
         "control".to_string(),
         admin_cfg.control_socket.display().to_string(),
@@ -472,6 +518,12 @@ async fn forward_bpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>, sh
         guard.get_inner_mut().flush();
         guard.clear_ready();
     }
+}
+
+/// The agent port: TCP, or motan-go's `unixSock` instead.
+enum AgentListener {
+    Tcp(TcpListener),
+    Unix((tokio::net::UnixListener, crate::unix_socket::SocketFile)),
 }
 
 /// motan-go's `pidfile`: this process's PID, removed at a clean exit.

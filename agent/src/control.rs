@@ -451,6 +451,14 @@ impl AppState {
             ("motan-agent.eport", old.agent.eport != new.agent.eport),
             ("motan-agent.mport", old.agent.mport != new.agent.mport),
             (
+                "motan-agent.unixSock",
+                old.process.unix_sock != new.process.unix_sock,
+            ),
+            (
+                "motan-agent.managementUnixSock",
+                old.process.management_unix_sock != new.process.management_unix_sock,
+            ),
+            (
                 "motan-agent.hport / httpProxyEnable",
                 (old.mesh.http_proxy.enabled, old.mesh.http_proxy.port)
                     != (new.mesh.http_proxy.enabled, new.mesh.http_proxy.port),
@@ -496,6 +504,8 @@ impl AppState {
         effective.agent.port = old.agent.port;
         effective.agent.eport = old.agent.eport;
         effective.agent.mport = old.agent.mport;
+        effective.process.unix_sock = old.process.unix_sock.clone();
+        effective.process.management_unix_sock = old.process.management_unix_sock.clone();
         effective.sockmesh.admin_bind = old.sockmesh.admin_bind;
         effective.sockmesh.admin.control_socket = old.sockmesh.admin.control_socket.clone();
         effective.sockmesh.admin.control_group = old.sockmesh.admin.control_group.clone();

@@ -28,6 +28,7 @@ pub mod recent;
 pub mod registry;
 pub mod switcher;
 pub mod sys;
+pub mod unix_socket;
 pub mod upstream;
 pub mod url;
 

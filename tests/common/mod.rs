@@ -173,7 +173,11 @@ impl Daemon {
         let child = self
             .child
             .insert(agent::spawn("sockmesh run", Command::new(bin()), &self.config, &self.log).unwrap());
-        if let Err(e) = child.wait_until(agent::START_TIMEOUT, || Ok(agent::answers(self.admin))) {
+        // Up when the TCP admin port answers, or the control socket does (a daemon whose admin
+        // API is on managementUnixSock has no TCP admin port).
+        let (admin, control) = (self.admin, self.control.clone());
+        let up = move || agent::answers(admin) || http::unix_request(&control, "GET", "/version", "").is_ok();
+        if let Err(e) = child.wait_until(agent::START_TIMEOUT, || Ok(up())) {
             panic!("daemon on {}: {e:#}; log:\n{}", self.admin, self.log());
         }
     }

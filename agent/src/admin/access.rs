@@ -8,6 +8,8 @@
 //!   token when `sockmesh.admin.token` is set; interception, reload and shutdown never. Its
 //!   requests must name an IP literal or `localhost` as Host (no DNS rebinding from a browser),
 //!   and a browser's cross-site request may not mutate.
+//! - motan-go's `managementUnixSock`, when set, replaces the TCP port: root (SO_PEERCRED) gets
+//!   what the control socket gives, any other local user what the TCP port gives.
 //!
 //! Mutations are POSTs, except /200 and /503 which motan-go's scripts GET. Every refusal is a
 //! 401, 403 or 405 whose body says why, and is logged (a burst, then a count of the rest).
@@ -35,6 +37,9 @@ pub enum Caller {
     Tcp(SocketAddr),
     /// A connection to the control socket, with the peer's credentials as of its connect().
     Socket(Peer),
+    /// A connection to motan-go's management Unix socket (`managementUnixSock`): root gets
+    /// what the control socket gives, anyone else what the TCP admin port gives.
+    Management(Peer),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +55,10 @@ impl std::fmt::Display for Caller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Caller::Tcp(a) => write!(f, "tcp {a}"),
-            Caller::Socket(p) => {
+            Caller::Socket(p) | Caller::Management(p) => {
+                if let Caller::Management(_) = self {
+                    write!(f, "managementUnixSock ")?;
+                }
                 write!(f, "uid {} gid {}", p.uid, p.gid)?;
                 match p.pid {
                     Some(pid) => write!(f, " pid {pid}"),
@@ -76,23 +84,27 @@ impl Connected<IncomingStream<'_, UnixListener>> for Caller {
 impl Caller {
     /// The peer of a control-socket connection, with its credentials as of its connect().
     pub fn unix(io: &tokio::net::UnixStream) -> Caller {
-        // A peer whose credentials cannot be read is nobody: every request is refused.
-        let nobody = |why: String| Peer {
+        Caller::Socket(peer_of(io))
+    }
+}
+
+/// The credentials of a Unix socket's peer as of its connect() (the control socket's, or
+/// `managementUnixSock`'s); a peer whose credentials cannot be read is nobody: no uid, no group,
+/// every request the control socket serves is refused.
+pub fn peer_of(io: &tokio::net::UnixStream) -> Peer {
+    match io.peer_cred() {
+        Ok(c) => Peer {
+            pid: c.pid(),
+            uid: c.uid(),
+            gid: c.gid(),
+            groups: crate::sys::peer_groups(io).map_err(|e| format!("SO_PEERGROUPS: {e}")),
+        },
+        Err(e) => Peer {
             pid: None,
             uid: u32::MAX,
             gid: u32::MAX,
-            groups: Err(why),
-        };
-        let peer = match io.peer_cred() {
-            Ok(c) => Peer {
-                pid: c.pid(),
-                uid: c.uid(),
-                gid: c.gid(),
-                groups: crate::sys::peer_groups(io).map_err(|e| format!("SO_PEERGROUPS: {e}")),
-            },
-            Err(e) => nobody(format!("SO_PEERCRED: {e}")),
-        };
-        Caller::Socket(peer)
+            groups: Err(format!("SO_PEERCRED: {e}")),
+        },
     }
 }
 
@@ -162,7 +174,19 @@ impl Rules<'_> {
     ) -> Result<(), Refusal> {
         let forbidden = |reason: String| Err(Refusal::new(StatusCode::FORBIDDEN, reason));
         let socket = self.socket.display();
+        // Root on the management socket is served as on the control socket; anyone else there
+        // as on the TCP port (reads, and the listed tcp_mutations).
+        let remote = match caller {
+            Caller::Tcp(_) => true,
+            Caller::Management(p) => p.uid != 0,
+            Caller::Socket(_) => false,
+        };
+        let door = match caller {
+            Caller::Management(_) => "managementUnixSock (to callers other than root)",
+            _ => "the TCP admin port",
+        };
         match caller {
+            Caller::Management(_) => {}
             Caller::Socket(peer) => {
                 if let Err(why) = self.trusted(peer) {
                     return forbidden(format!("control socket: {why}"));
@@ -181,16 +205,16 @@ impl Rules<'_> {
             return Ok(());
         };
         let path = m.path();
-        if let Caller::Tcp(_) = caller {
+        if remote {
             if m.socket_only() {
                 return forbidden(format!(
                     "{path} is served only on the control socket {socket} (root or sockmesh.admin.control_group), \
-                     never over the TCP admin port; run the sockmesh CLI as root"
+                     never over {door}; run the sockmesh CLI as root"
                 ));
             }
             if !self.tcp_mutations.contains(&m) {
                 return forbidden(format!(
-                    "{path} changes the daemon and is not enabled over the TCP admin port (add it to \
+                    "{path} changes the daemon and is not enabled over {door} (add it to \
                      sockmesh.admin.tcp_mutations, or use the control socket {socket})"
                 ));
             }
@@ -202,7 +226,7 @@ impl Rules<'_> {
                 header: Some((header::ALLOW, if m.allows_get() { "GET, POST" } else { "POST" })),
             });
         }
-        if let Caller::Tcp(_) = caller {
+        if remote {
             if let Some(h) = cross_site(headers) {
                 return forbidden(format!(
                     "{path}: a browser's cross-site request ({h}) may not change the daemon"
@@ -214,7 +238,7 @@ impl Rules<'_> {
                 return Err(Refusal {
                     status: StatusCode::UNAUTHORIZED,
                     reason: format!(
-                        "{path} over the TCP admin port needs the admin token (sockmesh.admin.token): \
+                        "{path} over {door} needs the admin token (sockmesh.admin.token): \
                          send `Authorization: Bearer <token>` or the parameter token=<token>"
                     ),
                     header: Some((header::WWW_AUTHENTICATE, "Bearer realm=\"sockmesh admin\"")),
@@ -434,6 +458,35 @@ mod tests {
     }
 
     type Case<'a> = (&'a Caller, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+    #[test]
+    fn the_management_socket_gives_root_everything_and_others_the_tcp_rules() {
+        let mgmt = |uid| {
+            Caller::Management(Peer {
+                pid: Some(7),
+                uid,
+                gid: uid,
+                groups: Ok(vec![]),
+            })
+        };
+        let (root, nobody) = (mgmt(0), mgmt(65534));
+        let r = rules(&[Mutation::Online], None);
+        expect(
+            &r,
+            &[
+                ((&root, "POST", "/shutdown", &[]), 200),
+                ((&root, "POST", "/503", &[]), 200),
+                // No Host check: a browser cannot reach a Unix socket.
+                ((&nobody, "GET", "/status", &[("host", "evil.example")]), 200),
+                ((&nobody, "POST", "/200", &[]), 200),
+                ((&nobody, "POST", "/503", &[]), 403),
+                ((&nobody, "POST", "/shutdown", &[]), 403),
+                ((&nobody, "POST", "/200", &[("origin", "http://x")]), 403),
+            ],
+        );
+        let e = check(&r, (&nobody, "POST", "/503", &[])).unwrap_err();
+        assert!(e.reason.contains("managementUnixSock"), "{}", e.reason);
+    }
 
     fn check(r: &Rules, (caller, method, uri, headers): Case) -> Result<(), Refusal> {
         let mut h = HeaderMap::new();

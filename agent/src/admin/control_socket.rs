@@ -10,41 +10,20 @@
 //! only when nothing answers on it.
 use std::fs::Permissions;
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, chown};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::config::admin::BIND_SUFFIX;
 use crate::sys;
+pub use crate::unix_socket::SocketFile;
+use crate::unix_socket::clear_stale;
 
 /// The bound socket and its file.
 pub struct ControlSocket {
     pub listener: tokio::net::UnixListener,
     pub file: SocketFile,
-}
-
-/// The socket's path; dropping it removes the file if it is still the one we bound.
-pub struct SocketFile {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl SocketFile {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let ours =
-            std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);
-        if ours && let Err(e) = std::fs::remove_file(&self.path) {
-            tracing::warn!("removing the control socket {}: {e}", self.path.display());
-        }
-    }
 }
 
 /// Bind the control socket at `path` (`sockmesh.admin.control_socket`), open to root and, when
@@ -55,7 +34,7 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<ControlSocket> {
         .parent()
         .with_context(|| format!("{key}: {} has no directory", path.display()))?;
     prepare_dir(dir, group).with_context(|| format!("{key}: {}", path.display()))?;
-    clear_stale(path).with_context(|| format!("{key}: {}", path.display()))?;
+    clear_stale(path, "control socket", key).with_context(|| format!("{key}: {}", path.display()))?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(BIND_SUFFIX);
     let tmp = PathBuf::from(tmp);
@@ -69,14 +48,9 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<ControlSocket> {
         let _ = std::fs::remove_file(&tmp);
     }
     let listener = bound.with_context(|| format!("{key}: binding {}", path.display()))?;
-    let meta = std::fs::symlink_metadata(path)?;
     Ok(ControlSocket {
         listener,
-        file: SocketFile {
-            path: path.to_path_buf(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        },
+        file: SocketFile::at(path)?,
     })
 }
 
@@ -126,30 +100,6 @@ fn prepare_dir(dir: &Path, group: Option<u32>) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A socket file at `path` that nothing answers on is a dead daemon's: remove it. Anything
-/// else there is left alone and refused.
-fn clear_stale(path: &Path) -> Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    if !meta.file_type().is_socket() {
-        bail!("the path exists and is not a socket; not removing it");
-    }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => bail!(
-            "something already answers on this control socket: is another sockmesh daemon running? Stop it, or give this one another control_socket"
-        ),
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-            std::fs::remove_file(path)?;
-            tracing::info!("removed the stale control socket {}", path.display());
-            Ok(())
-        }
-        Err(e) => Err(e).context("probing the existing socket"),
-    }
 }
 
 #[cfg(test)]

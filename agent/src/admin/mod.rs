@@ -1,7 +1,8 @@
 //! Admin API (JSON over HTTP): health and status, online/offline, filter state, the
 //! interception control calls the CLI uses, motan-go's dynamic registration (`dynamic.rs`) and
 //! dynamic meta (`meta.rs`).
-//! One router behind two doors, the control socket and the loopback TCP port; `access.rs`
+//! One router behind two doors, the control socket and the loopback TCP port (or motan-go's
+//! `managementUnixSock` instead); `access.rs`
 //! decides who may call what on each. Bad requests get a 4xx with a message.
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use axum::extract::connect_info::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,8 +33,8 @@ pub mod meta;
 pub mod motan;
 pub mod state_metrics;
 
-use self::access::{Access, Caller};
-use self::control_socket::ControlSocket;
+use self::access::{Access, Caller, peer_of};
+use self::control_socket::{ControlSocket, SocketFile};
 use self::form::Form;
 
 use crate::config::RequestedMode;
@@ -78,13 +79,20 @@ pub fn guarded_router(access: Arc<Access>) -> Router {
     router(access.state.clone()).layer(axum::middleware::from_fn_with_state(access, access::guard))
 }
 
-/// Serve the admin API on the TCP port and on the control socket until `shutdown`; the socket
-/// file is removed at the end. Each door accepts at most `sockmesh.limits.admin_connections`
-/// at once and closes a connection that sends no complete request head for
-/// `admin_idle_timeout_ms`, so thousands of idle peers on the TCP port cannot keep root out
-/// of the control socket.
+/// Where motan-go's tooling reaches the admin API: the TCP port (mport), or the Unix socket
+/// `managementUnixSock` instead (with its file, removed when serving ends).
+pub enum ManagementDoor {
+    Tcp(TcpListener),
+    Unix(UnixListener, SocketFile),
+}
+
+/// Serve the admin API on the management door (TCP port or `managementUnixSock`) and on the
+/// control socket until `shutdown`; the socket files are removed at the end. Each door accepts
+/// at most `sockmesh.limits.admin_connections` at once and closes a connection that sends no
+/// complete request head for `admin_idle_timeout_ms`, so thousands of idle peers on the
+/// management door cannot keep root out of the control socket.
 pub async fn serve(
-    tcp: TcpListener,
+    door_listener: ManagementDoor,
     control: ControlSocket,
     access: Arc<Access>,
     limits: LimitsSection,
@@ -97,11 +105,21 @@ pub async fn serve(
         shutdown,
     };
     let ControlSocket { listener, file } = control;
+    let management = async {
+        match &door_listener {
+            ManagementDoor::Tcp(tcp) => door.serve("admin", tcp, |_, peer| Caller::Tcp(peer)).await,
+            ManagementDoor::Unix(unix, _) => {
+                door.serve("management socket", unix, |io, _| Caller::Management(peer_of(io)))
+                    .await
+            }
+        }
+    };
     tokio::join!(
-        door.serve("admin", &tcp, |_, peer| Caller::Tcp(peer)),
+        management,
         door.serve("control socket", &listener, |io, _| Caller::unix(io)),
     );
     drop(file);
+    drop(door_listener);
 }
 
 /// One way into the admin API.

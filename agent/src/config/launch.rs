@@ -345,9 +345,9 @@ pub mod keys {
     pub const PIDFILE: &str = "pidfile";
     pub const RUNTIME_DIR: &str = "runtime_dir";
     pub const INIT_CLUSTER_TIMEOUT: &str = "initClusterTimeout";
-    /// motan-go: the agent port on a Unix socket instead of TCP (refused).
+    /// motan-go: the agent port on a Unix socket instead of TCP.
     pub const UNIX_SOCK: &str = "unixSock";
-    /// motan-go: the management port on a Unix socket instead of TCP (refused).
+    /// motan-go: the management port on a Unix socket instead of TCP.
     pub const MANAGEMENT_UNIX_SOCK: &str = "managementUnixSock";
 }
 
@@ -374,6 +374,10 @@ pub struct ProcessSettings {
     pub init_cluster_timeout: Duration,
     /// `-idc` (also used for `${idc}` in refer groups).
     pub idc: Option<String>,
+    /// `unixSock`: the agent port listens on this Unix socket instead of TCP (as motan-go).
+    pub unix_sock: Option<PathBuf>,
+    /// `managementUnixSock`: the admin API listens on this Unix socket instead of mport.
+    pub management_unix_sock: Option<PathBuf>,
 }
 
 impl Default for ProcessSettings {
@@ -385,6 +389,8 @@ impl Default for ProcessSettings {
             save_status: false,
             init_cluster_timeout: DEFAULT_INIT_CLUSTER_TIMEOUT,
             idc: None,
+            unix_sock: None,
+            management_unix_sock: None,
         }
     }
 }
@@ -430,25 +436,19 @@ impl ProcessSettings {
                 )),
             },
         }
-        for (k, instead) in [
-            (
-                keys::UNIX_SOCK,
-                "apps reach the agent port (motan-agent.port) on TCP",
-            ),
-            (
+        s.unix_sock = socket_path(keys::UNIX_SOCK, path(keys::UNIX_SOCK, &mut errors), &mut errors);
+        s.management_unix_sock = socket_path(
+            keys::MANAGEMENT_UNIX_SOCK,
+            path(keys::MANAGEMENT_UNIX_SOCK, &mut errors),
+            &mut errors,
+        );
+        if let Some(p) = &s.unix_sock
+            && s.management_unix_sock.as_ref() == Some(p)
+        {
+            errors.push(SettingError::new(
                 keys::MANAGEMENT_UNIX_SOCK,
-                "the admin API is on mport and, for root, on sockmesh.admin.control_socket",
-            ),
-        ] {
-            if other
-                .get(k)
-                .is_some_and(|v| !v.is_null() && v.as_str() != Some(""))
-            {
-                errors.push(SettingError::new(
-                    k,
-                    format!("listening on a Unix socket is not supported: {instead}"),
-                ));
-            }
+                format!("{} is also unixSock; give each its own path", p.display()),
+            ));
         }
         (s, errors)
     }
@@ -457,6 +457,24 @@ impl ProcessSettings {
     pub fn status_file(&self) -> PathBuf {
         self.runtime_dir.join(STATUS_FILE)
     }
+}
+
+/// A Unix socket path must be absolute (the daemon's working directory is no place for a
+/// socket apps find) and fit `sun_path`. Its directory is checked when it is bound.
+fn socket_path(key: &str, p: Option<PathBuf>, errors: &mut Vec<SettingError>) -> Option<PathBuf> {
+    let p = p?;
+    // sun_path is 108 bytes with the terminating NUL.
+    let why = if !p.is_absolute() {
+        "is not an absolute path"
+    } else if p.as_os_str().len() > 107 {
+        "is longer than a Unix socket path may be (107 bytes)"
+    } else if p.file_name().is_none() || p.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        "names no file"
+    } else {
+        return Some(p);
+    };
+    errors.push(SettingError::new(key, format!("{} {why}", p.display())));
+    None
 }
 
 #[cfg(test)]
@@ -578,13 +596,21 @@ mod tests {
                 .0
                 .save_status
         );
-        let other: BTreeMap<String, Value> =
-            serde_yaml_ng::from_str("pidfile: [1]\ninitClusterTimeout: soon\nunixSock: /run/a.sock\nmanagementUnixSock: /run/m.sock\n").unwrap();
+        let other: BTreeMap<String, Value> = serde_yaml_ng::from_str(
+            "pidfile: [1]\ninitClusterTimeout: soon\nunixSock: run/a.sock\nmanagementUnixSock: /run/\n",
+        )
+        .unwrap();
         let (_, e) = ProcessSettings::from_agent(&other, &LaunchOptions::default());
         let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
             ["pidfile", "initClusterTimeout", "unixSock", "managementUnixSock"]
         );
+        let other: BTreeMap<String, Value> =
+            serde_yaml_ng::from_str("unixSock: /run/a.sock\nmanagementUnixSock: /run/m.sock\n").unwrap();
+        let (s, e) = ProcessSettings::from_agent(&other, &LaunchOptions::default());
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(s.unix_sock.as_deref(), Some(Path::new("/run/a.sock")));
+        assert_eq!(s.management_unix_sock.as_deref(), Some(Path::new("/run/m.sock")));
     }
 }

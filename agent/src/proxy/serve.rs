@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -176,23 +176,105 @@ impl ServeStats {
 }
 
 /// Accept on `listener` until `shutdown`, serving each connection on a task tracked by `tasks`.
-pub async fn accept_loop<H: Handler>(
+pub async fn accept_loop<H: Handler, L>(
     name: &'static str,
-    listener: tokio::net::TcpListener,
+    listener: L,
     handler: Arc<H>,
     limits: ConnectionLimits,
     stats: Arc<ServeStats>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-) {
+) where
+    L: Accept + Send + Sync + 'static,
+    L::Conn: Inbound,
+    L::Addr: AgentPeer,
+{
     let mut gate = AcceptGate::new(&limits.budget);
     while let Some((conn, peer, slot)) = next_connection(name, &listener, &mut gate, &shutdown).await {
+        let peer = peer.agent_peer();
         let h = handler.clone();
         let (l, s, sd) = (limits.clone(), stats.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _slot = slot;
             serve_connection(conn, peer, BytesMut::new(), h, l, s, sd).await
         });
+    }
+}
+
+/// What an agent listener's peer is reported as: a TCP peer as it is, a Unix socket's peer
+/// (`motan-agent.unixSock`) as 127.0.0.1:0, what the `host` meta value says for an app on the
+/// loopback agent port.
+pub trait AgentPeer {
+    fn agent_peer(self) -> SocketAddr;
+}
+
+/// The peer a Unix socket connection is reported as.
+pub const UNIX_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+impl AgentPeer for SocketAddr {
+    fn agent_peer(self) -> SocketAddr {
+        self
+    }
+}
+
+impl AgentPeer for tokio::net::unix::SocketAddr {
+    fn agent_peer(self) -> SocketAddr {
+        UNIX_PEER
+    }
+}
+
+/// A connection [`serve_connection`] reads frames from (readiness, then a non-blocking read, so
+/// an idle connection holds no buffer) and writes answers to.
+pub trait Inbound: Send + 'static {
+    type Read: ReadHalf;
+    type Write: tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn split_inbound(self) -> (Self::Read, Self::Write);
+}
+
+pub trait ReadHalf: Send + Sync {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+impl Inbound for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split_inbound(self) -> (Self::Read, Self::Write) {
+        let _ = self.set_nodelay(true);
+        self.into_split()
+    }
+}
+
+impl Inbound for UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn split_inbound(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        tokio::net::tcp::OwnedReadHalf::readable(self)
+    }
+    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        tokio::net::tcp::OwnedReadHalf::try_read_buf(self, buf)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        tokio::net::tcp::OwnedReadHalf::try_read(self, buf)
+    }
+}
+
+impl ReadHalf for tokio::net::unix::OwnedReadHalf {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        tokio::net::unix::OwnedReadHalf::readable(self)
+    }
+    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        tokio::net::unix::OwnedReadHalf::try_read_buf(self, buf)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        tokio::net::unix::OwnedReadHalf::try_read(self, buf)
     }
 }
 
@@ -335,8 +417,8 @@ pub async fn next_connection<L: Accept>(
 /// Serve one connection until the peer closes, a bad frame arrives, or `shutdown`; requests
 /// already read are answered before the connection closes. `buf` holds bytes already read
 /// from the connection (protocol sniffing).
-pub async fn serve_connection<H: Handler>(
-    conn: TcpStream,
+pub async fn serve_connection<H: Handler, S: Inbound>(
+    conn: S,
     peer: SocketAddr,
     mut buf: BytesMut,
     handler: Arc<H>,
@@ -346,8 +428,7 @@ pub async fn serve_connection<H: Handler>(
 ) {
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.active_connections.fetch_add(1, Ordering::Relaxed);
-    let _ = conn.set_nodelay(true);
-    let (rd, wr) = conn.into_split();
+    let (rd, wr) = conn.split_inbound();
     let requests = TaskTracker::new();
     let peer_ip = Bytes::from(peer.ip().to_string());
     let mut codec = Motan2Codec::new(limits.decode);
@@ -463,7 +544,10 @@ struct Output {
 }
 
 impl Output {
-    fn start(wr: Option<tokio::net::tcp::OwnedWriteHalf>, limits: &ConnectionLimits) -> Output {
+    fn start<W>(wr: Option<W>, limits: &ConnectionLimits) -> Output
+    where
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
         let writer = tokio::spawn(async move {
             match wr {
@@ -482,7 +566,7 @@ impl Output {
 /// Read what is there. Into the buffer's spare room when the codec has reserved some for a
 /// frame in progress; else through a stack buffer, so a peer that sent three bytes holds three
 /// bytes, not a 4 KiB read buffer.
-fn read_some(rd: &tokio::net::tcp::OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+fn read_some(rd: &impl ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.capacity() > buf.len() {
         return rd.try_read_buf(buf);
     }
