@@ -282,7 +282,7 @@ impl Env {
 
     /// The agent's refer has an available endpoint.
     fn agent_serving(&self) -> bool {
-        let Ok((200, body)) = http::get(self.admin, "/status") else {
+        let Ok((200, body)) = http::get(self.admin, "/sockmesh/status") else {
             return false;
         };
         let Ok(st) = serde_json::from_str::<serde_json::Value>(&body) else {
