@@ -911,6 +911,219 @@ fn motan_v1_requests_reach_a_motan2_provider_through_both_agents() {
             vec![Value::from("v2")]
         );
     });
-    let st = client.admin_json("/status");
+    let st = client.admin_json("/sockmesh/status");
     assert!(st["agent_port"]["bad_frames"].as_u64().unwrap() >= 2, "{st}");
+}
+
+/// One agent that exports SVC on its eport (metrics filter) and refers to SVC with that export
+/// port as the one endpoint (metrics filter); `sockmesh_extra` adds `sockmesh` keys.
+fn self_referring_agent(name: &str, provider: SocketAddr, sockmesh_extra: &str) -> Daemon {
+    let ports = Ports::pick();
+    let export: SocketAddr = format!("127.0.0.1:{}", ports.eport).parse().unwrap();
+    let motan = format!(
+        "motan-service:\n  echo:\n    path: {SVC}\n    group: g1\n    export: \"motan2:{}\"\n    provider: motan2\n    proxy: \"motan2:{}\"\n    filter: metrics\n{}",
+        ports.eport,
+        provider.port(),
+        client_motan(&[export], "    filter: metrics\n")
+    );
+    Daemon::launch_admin(name, ports, "", sockmesh_extra, &motan, "    enabled: false\n")
+}
+
+/// The value of the first `/metrics` sample named `name` whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn a_refer_to_the_agents_own_export_is_served_in_process() {
+    let _serial = common::serial();
+    let calls = 20;
+    for (shortcut, extra) in [(true, ""), (false, "  local_shortcut: false\n")] {
+        let name = if shortcut { "self-in" } else { "self-tcp" };
+        let provider = Provider::start(name, 0);
+        let agent = self_referring_agent(name, provider.addr, extra);
+        // Over TCP the endpoint is connected in the background (the mesh is built before the
+        // export listener is bound): wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent.admin_json("/sockmesh/status")["mesh"]["clusters"][0]["available_endpoints"] != 1 {
+            assert!(Instant::now() < deadline, "endpoint never available");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        motan::rt().block_on(async {
+            let ch = motan::connect(agent_addr(&agent)).await;
+            for i in 0..calls {
+                let arg = Value::from(format!("call {i}"));
+                let req = motan::request(SVC, "echo", &[("M_s", "self-app")], std::slice::from_ref(&arg));
+                let resp = motan::call(&ch, req).await;
+                assert_eq!(motan::exception(&resp), None, "{resp:?}");
+                assert_eq!(motan::simple::decode_all(&resp.body).unwrap(), vec![arg]);
+                assert_eq!(motan::meta(&resp, "provider"), name);
+                assert_eq!(motan::meta(&resp, "seen-group"), "g1");
+                assert_eq!(motan::meta(&resp, "seen-proxy"), "1");
+                assert_eq!(motan::meta(&resp, "seen-source"), "self-app");
+                assert!(resp.header.is_proxy());
+            }
+            // A method the provider fails: the exception frame comes back as over TCP.
+            let resp = motan::call(&ch, motan::request(SVC, "echo", &[("fail", "biz")], &[])).await;
+            assert!(motan::exception(&resp).is_some(), "{resp:?}");
+        });
+        let text = agent.metrics();
+        let n = f64::from(calls + 1);
+        // Both roles' filters saw every call.
+        for role in ["client-agent", "server-agent"] {
+            let labels = [&format!("role=\"{role}\"")[..], "method=\"echo\"", "group=\"g1\""];
+            assert_eq!(
+                metric(&text, "sockmesh_requests_total", &labels),
+                Some(n),
+                "{role}: {text}"
+            );
+        }
+        let export_requests = metric(
+            &text,
+            "sockmesh_listener_requests_total",
+            &["listener=\"export\""],
+        );
+        let shortcuts = metric(&text, "sockmesh_local_shortcut_total", &[]);
+        let st = agent.admin_json("/sockmesh/status");
+        if shortcut {
+            assert_eq!(shortcuts, Some(n), "{text}");
+            // Nothing reached the export listener over TCP, and no connection was made to it.
+            assert_eq!(export_requests, Some(0.0), "{text}");
+            assert_eq!(
+                metric(
+                    &text,
+                    "sockmesh_listener_open_connections",
+                    &["listener=\"export\""]
+                ),
+                Some(0.0),
+                "{text}"
+            );
+            assert_eq!(st["mesh"]["clusters"][0]["endpoints"][0]["channels"], 0, "{st}");
+        } else {
+            assert_eq!(shortcuts, Some(0.0), "{text}");
+            assert_eq!(export_requests, Some(n), "{text}");
+            assert!(
+                metric(
+                    &text,
+                    "sockmesh_listener_open_connections",
+                    &["listener=\"export\""]
+                ) > Some(0.0),
+                "{text}"
+            );
+        }
+        assert_eq!(st["mesh"]["clusters"][0]["available_endpoints"], 1, "{st}");
+    }
+}
+
+/// At fleet size (thousands of endpoints) `/status` stays small: large clusters show their
+/// counts and a few unavailable endpoints; `?cluster=NAME&offset=&limit=` pages through one
+/// cluster, every endpoint exactly once, and `sockmesh status --cluster NAME` lists them all.
+#[test]
+fn status_summarises_thousands_of_endpoints_and_pages_through_each_once() {
+    const N: usize = 3000;
+    // Loopback addresses nothing listens on: the warm subset's connects are refused (those
+    // endpoints become unavailable), the rest are on demand and never dialled.
+    let big: Vec<SocketAddr> = (0..N)
+        .map(|i| format!("127.77.{}.{}:9", i / 250, i % 250 + 1).parse().unwrap())
+        .collect();
+    let small: Vec<SocketAddr> = (0..3)
+        .map(|i| format!("127.78.0.{}:9", i + 1).parse().unwrap())
+        .collect();
+    let refer = |name: &str, path: &str, registry: &str| {
+        format!(
+            "  {name}:\n    path: {path}\n    group: g1\n    protocol: motan2\n    registry: {registry}\n"
+        )
+    };
+    let motan = format!(
+        "motan-registry:\n{}{}motan-refer:\n{}{}{}",
+        direct_registry("big", &big),
+        direct_registry("small", &small),
+        refer("big-a", "com.example.BigA", "big"),
+        refer("big-b", "com.example.BigB", "big"),
+        refer("tiny", "com.example.Tiny", "small"),
+    );
+    let d = Daemon::mesh("status-paging", Ports::pick(), &motan);
+
+    let (code, body) = sockmesh_testkit::http::get(d.admin, "/sockmesh/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.len() < 64 * 1024, "/sockmesh/status is {} bytes", body.len());
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let clusters = st["mesh"]["clusters"].as_array().unwrap();
+    assert_eq!(clusters.len(), 3, "{st}");
+    for c in clusters {
+        let listed = c["endpoints"].as_array().unwrap();
+        if c["name"] == "tiny" {
+            assert_eq!(c["endpoints_listed"], "all", "{c}");
+            assert_eq!(listed.len(), 3, "{c}");
+            continue;
+        }
+        assert_eq!(c["endpoint_count"], N, "{c}");
+        assert_eq!(c["endpoints_listed"], "unavailable", "{c}");
+        assert!(listed.len() <= 10, "{c}");
+        assert!(listed.iter().all(|e| e["available"] == false), "{c}");
+        assert_eq!(c["endpoints_omitted"], N - listed.len(), "{c}");
+    }
+
+    // Pages of 700: every endpoint once, in address order, and the last page says so.
+    let mut seen = std::collections::HashSet::new();
+    let mut offset = 0;
+    let mut pages = 0;
+    loop {
+        let p = d.admin_json(&format!(
+            "/sockmesh/status?cluster=big-a&offset={offset}&limit=700"
+        ));
+        let c = &p["mesh"]["clusters"][0];
+        assert_eq!(p["mesh"]["clusters"].as_array().unwrap().len(), 1);
+        assert_eq!(c["name"], "big-a");
+        assert_eq!(c["endpoint_count"], N);
+        for e in c["endpoints"].as_array().unwrap() {
+            assert!(
+                seen.insert(e["address"].as_str().unwrap().to_string()),
+                "twice: {e}"
+            );
+        }
+        pages += 1;
+        match c["page"]["next_offset"].as_u64() {
+            Some(next) => offset = next as usize,
+            None => break,
+        }
+    }
+    assert_eq!(pages, N.div_ceil(700));
+    let want: std::collections::HashSet<String> = big.iter().map(|a| a.to_string()).collect();
+    assert_eq!(seen, want);
+
+    // Bad paging parameters are refused with a message; an unknown cluster is a 404.
+    for (q, want) in [
+        ("/sockmesh/status?cluster=big-a&limit=0", 400),
+        ("/sockmesh/status?cluster=big-a&limit=100000", 400),
+        ("/sockmesh/status?cluster=big-a&offset=-1", 400),
+        ("/sockmesh/status?offset=5", 400),
+        ("/sockmesh/status?cluster=nope", 404),
+    ] {
+        let (code, body) = sockmesh_testkit::http::get(d.admin, q).unwrap();
+        assert_eq!(code, want, "{q}: {body}");
+        assert!(body.contains("error"), "{q}: {body}");
+    }
+    // Past the end: an empty page.
+    let p = d.admin_json("/sockmesh/status?cluster=big-a&offset=5000");
+    assert_eq!(p["mesh"]["clusters"][0]["endpoints"].as_array().unwrap().len(), 0);
+
+    // The CLI: the summary names how to see the rest; --cluster lists every endpoint.
+    let (ok, out, err) = d.cli(&["status"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sockmesh status --cluster big-b"), "{out}");
+    assert!(out.contains("endpoints available"), "{out}");
+    let (ok, out, err) = d.cli(&["status", "--cluster", "big-b"]);
+    assert!(ok, "{err}");
+    let lines = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("127.77."))
+        .count();
+    assert_eq!(lines, N, "{out}");
+    let (ok, _, err) = d.cli(&["status", "--cluster", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("nope"), "{err}");
 }

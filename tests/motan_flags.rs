@@ -201,7 +201,7 @@ fn flags_win_over_the_file() {
         format!("127.0.0.7:{}", flag_ports[2]),
         "{reg}"
     );
-    let status = a.json("/status");
+    let status = a.json("/sockmesh/status");
     assert!(
         status["config"].as_str().unwrap().ends_with("motan.yaml"),
         "{status}"
@@ -238,7 +238,7 @@ fn recover_restores_the_saved_status() {
         all.extend(s(args));
         FlagAgent::start(&dir, &all, &[], p[1], pins, control)
     };
-    let status = |a: &FlagAgent| a.json("/status")["status"].as_i64().unwrap();
+    let status = |a: &FlagAgent| a.json("/sockmesh/status")["status"].as_i64().unwrap();
 
     let mut a = start(&[]);
     assert_eq!(status(&a), 503);
@@ -319,7 +319,7 @@ fn pool_mode_on_motan_go_example_configs() {
         ])
     };
     let mut a = FlagAgent::start(&dir, &args("server_demo-yf"), &[], p[1], pins, control);
-    let status = a.json("/status");
+    let status = a.json("/sockmesh/status");
     let mut exports: Vec<(String, String, String)> = status["mesh"]["exports"]
         .as_array()
         .unwrap()
@@ -354,7 +354,7 @@ fn pool_mode_on_motan_go_example_configs() {
 
     let (_, pins, control) = sockmesh_section(&dir, p[4]);
     let mut a = FlagAgent::start(&dir, &args("client_demo-yf"), &[], p[1], pins, control);
-    let status = a.json("/status");
+    let status = a.json("/sockmesh/status");
     let source = status["config"].as_str().unwrap();
     for f in [
         "basic.yaml",
@@ -374,7 +374,7 @@ fn pool_mode_on_motan_go_example_configs() {
     only_app.drain(2..4);
     only_app.extend(s(&["-application", "server_demo"]));
     let mut a = FlagAgent::start(&dir, &only_app, &[], p[1], pins, control);
-    let status = a.json("/status");
+    let status = a.json("/sockmesh/status");
     let names: Vec<&str> = status["mesh"]["exports"]
         .as_array()
         .unwrap()

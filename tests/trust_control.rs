@@ -209,6 +209,8 @@ const MUTATIONS: &[(&str, &str)] = &[
     ("GET", "/shutdown"),
     ("POST", "/intercept/enable?cgroup=/&mode=iptables&force=true"),
     ("POST", "/intercept/disable?all=true"),
+    ("POST", "/meta/update?META_WEIGHT=500"),
+    ("POST", "/meta/delete?key=META_WEIGHT"),
 ];
 
 /// A daemon without interception (no BPF needed) and with extra `sockmesh.admin` keys.

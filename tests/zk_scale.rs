@@ -1,7 +1,7 @@
 //! Discovery at fleet scale (issue #21), run by `cargo xtask scale` (ignored otherwise): a real
 //! ZooKeeper, `S x P` providers created as persistent nodes in motan's layout (not listening),
-//! one agent referring every service. Reports time to converge, RSS at convergence, CPU 30–40 s
-//! after, single add/delete visibility (p99 over 20 changes) and a 10% bulk change, per size,
+//! one agent referring every service. Reports time to converge, RSS at convergence and 40 s
+//! after, CPU 30–40 s after, single add/delete visibility (p99 over 20 changes) and a 10% bulk change, per size,
 //! into `$SOCKMESH_SCALE_OUT/{report.md,results.json}`.
 mod common;
 #[path = "common/zk.rs"]
@@ -232,7 +232,8 @@ fn run_size(zk: &mut ZkServer, services: usize, per: usize) -> Value {
     let c0 = cpu_secs(pid);
     std::thread::sleep(Duration::from_secs(10));
     let cpu = (cpu_secs(pid) - c0) / 10.0 * 100.0;
-    eprintln!("{name}: CPU {cpu:.1}% of a core 30-40 s after convergence");
+    let rss_settled = rss_mb(pid);
+    eprintln!("{name}: CPU {cpu:.1}% of a core 30-40 s after convergence, RSS then {rss_settled:.0} MB");
 
     // Single changes: add a provider to a random service, then delete it; 20 changes.
     let mut single = Vec::new();
@@ -318,6 +319,7 @@ fn run_size(zk: &mut ZkServer, services: usize, per: usize) -> Value {
         "providers": total,
         "converge_ms": ms(converged),
         "rss_mb": (rss * 10.0).round() / 10.0,
+        "rss_40s_after_mb": (rss_settled * 10.0).round() / 10.0,
         "cpu_percent_30_40s": (cpu * 10.0).round() / 10.0,
         "single_change_p99_ms": ms(p99),
         "single_changes_missed": missed,
@@ -341,7 +343,7 @@ fn discovery_at_scale() {
         results.push(run_size(&mut zk, s.parse().unwrap(), p.parse().unwrap()));
     }
     let mut md = String::from(
-        "# Discovery at scale (issue #21)\n\nOne agent referring every service; providers are persistent nodes in motan's layout, not listening. Single change: p99 over 20 (10 adds, 10 deletes); bulk: 10% of every service's providers deleted, then added back, timed from the first write.\n\n| size | converge | RSS | CPU 30–40 s after | single add/delete p99 | 10% bulk delete | 10% bulk add | 1,000 req/s p50 / p99, errors | during ZooKeeper kill+restart p50 / p99, errors | lists equal after restart |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "# Discovery at scale (issue #21)\n\nOne agent referring every service; providers are persistent nodes in motan's layout, not listening. Single change: p99 over 20 (10 adds, 10 deletes); bulk: 10% of every service's providers deleted, then added back, timed from the first write.\n\n| size | converge | RSS at convergence / 40 s after | CPU 30–40 s after | single add/delete p99 | 10% bulk delete | 10% bulk add | 1,000 req/s p50 / p99, errors | during ZooKeeper kill+restart p50 / p99, errors | lists equal after restart |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &results {
         let f = |k: &str| match &r[k] {
@@ -349,10 +351,11 @@ fn discovery_at_scale() {
             v => v.to_string(),
         };
         md.push_str(&format!(
-            "| {} | {} ms | {} MB | {}% | {} ms | {} ms | {} ms | {} / {} ms, {} | {} / {} ms, {} of {} | {} ms |\n",
+            "| {} | {} ms | {} / {} MB | {}% | {} ms | {} ms | {} ms | {} / {} ms, {} | {} / {} ms, {} of {} | {} ms |\n",
             f("size"),
             f("converge_ms"),
             f("rss_mb"),
+            f("rss_40s_after_mb"),
             f("cpu_percent_30_40s"),
             f("single_change_p99_ms"),
             f("bulk_delete_10pct_ms"),

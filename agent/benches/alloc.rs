@@ -136,6 +136,8 @@ fn start_agent(rt: &tokio::runtime::Runtime, provider: SocketAddr) -> (SocketAdd
         agent_registries: Vec::new(),
         agent_port: agent.port(),
         overrides: Arc::default(),
+        // The bench measures the TCP path between the roles.
+        local: None,
     };
     rt.block_on(async move {
         let mesh = Mesh::build(mc, &opts, None).unwrap_or_else(|e| panic!("{}", e.join("\n")));

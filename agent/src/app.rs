@@ -142,15 +142,20 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let (mut interceptor, intercept_error, test, auto_mode) = if config.sockmesh.intercept.enabled {
         let allow = config.sockmesh.intercept.auto_sockmap;
         let settings = config.intercept_settings();
-        let (test, auto_mode) = tokio::task::spawn_blocking(move || {
+        // Blocking work, off the runtime's workers; what it parsed (kernel BTF, the object, the
+        // self-test's buffers) is freed at its end and handed back to the kernel.
+        let (test, auto_mode, started) = tokio::task::spawn_blocking(move || {
             // The self-test pins under /sys/fs/bpf too.
             if let Err(e) = mount_bpffs(&settings.pin_dir) {
                 tracing::warn!("{e:#}");
             }
-            kernel_selftest(allow)
+            let (test, auto_mode) = kernel_selftest(allow);
+            let started = EbpfInterceptor::start(settings);
+            crate::sys::release_free_memory();
+            (test, auto_mode, started)
         })
         .await?;
-        match EbpfInterceptor::start(config.intercept_settings()) {
+        match started {
             Ok(i) => (Some(i), None, test, auto_mode),
             Err(StartError::Refused(e)) => {
                 return Err(e.context("refusing to use the pinned interception state"));
@@ -195,6 +200,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         shutdown.clone(),
         tasks.clone(),
     ));
+    mesh_shared.shortcut.attach(&mesh);
     for (port, l) in exports {
         listeners.push((format!("export:{port}"), config.export_addr(port).to_string()));
         let handler = Arc::new(ServerHandler {

@@ -122,6 +122,8 @@ pub struct MeshShared {
     pub dynamic_file: PathBuf,
     /// One mesh rebuild at a time (reload, dynamic registration).
     pub rebuild: tokio::sync::Mutex<()>,
+    /// The local short-cut, attached to the running mesh once the export listeners are bound.
+    pub shortcut: Arc<crate::proxy::mesh::LocalShortcut>,
 }
 
 impl MeshShared {
@@ -152,6 +154,10 @@ impl MeshShared {
             dynamic: Mutex::new(set),
             dynamic_file,
             rebuild: tokio::sync::Mutex::new(()),
+            shortcut: Arc::new(crate::proxy::mesh::LocalShortcut::new(
+                cfg.sockmesh.export_bind,
+                cfg.agent.eport,
+            )),
         }
     }
 }
@@ -272,6 +278,7 @@ fn build_mesh_with(
             .unwrap_or_default(),
         agent_port: cfg.agent.port,
         overrides: shared.overrides.clone(),
+        local: cfg.sockmesh.local_shortcut.then(|| shared.shortcut.clone()),
     };
     Mesh::build(mc, &opts, previous).map_err(|es| {
         anyhow::anyhow!(
@@ -599,12 +606,14 @@ impl AppState {
         Ok(true)
     }
 
-    pub fn status_json(&self) -> Value {
+    /// `/status`; `view` picks which endpoints the clusters list (`Err`: no such cluster).
+    pub fn status_json(&self, view: &crate::proxy::mesh::StatusView) -> Result<Value, String> {
+        let mesh = self.mesh.load().status_json_view(view)?;
         let intercept = match self.intercept_json() {
             Ok(v) => v,
             Err(e) => json!({ "available": false, "error": format!("{e:#}"), "cgroups": [] }),
         };
-        json!({
+        Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "status": if self.online.load(std::sync::atomic::Ordering::Relaxed) { 200 } else { 503 },
@@ -615,9 +624,9 @@ impl AppState {
             "transparent_proxy": self.proxy_stats.snapshot(),
             "agent_port": self.agent_stats.snapshot(),
             "export_ports": self.export_stats.snapshot(),
-            "mesh": self.mesh.load().status_json(),
+            "mesh": mesh,
             "recent_errors": crate::recent::snapshot(),
-        })
+        }))
     }
 }
 

@@ -17,6 +17,7 @@ pub mod intercept;
 pub mod locks;
 pub mod log_file;
 pub mod log_writer;
+pub mod meta;
 pub mod metrics;
 pub mod net;
 pub mod observe;

@@ -70,10 +70,14 @@ enum Cmd {
     /// Control interception through the running daemon.
     #[command(subcommand)]
     Intercept(InterceptCmd),
-    /// Summary of the running daemon.
+    /// Summary of the running daemon (large clusters by their counts and unavailable
+    /// endpoints; `--cluster NAME` lists every endpoint of one cluster).
     Status {
         #[arg(long)]
         json: bool,
+        /// List every endpoint of this cluster (the `name` of a refer), page by page.
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -303,6 +307,75 @@ fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> Result<serde_json:
     Ok(v)
 }
 
+/// One cluster's status and all its endpoints, fetched page by page from `/status?cluster=`.
+fn cluster_endpoints(admin: &AdminArgs, name: &str) -> Result<(serde_json::Value, Vec<serde_json::Value>)> {
+    let mut endpoints = Vec::new();
+    let mut offset = 0;
+    loop {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("cluster", name)
+            .append_pair("offset", &offset.to_string())
+            .finish();
+        let mut v = admin_call(admin, "GET", &format!("/sockmesh/status?{query}"))?;
+        let mut c = v["mesh"]["clusters"][0].take();
+        endpoints.extend(
+            c["endpoints"]
+                .as_array_mut()
+                .map(std::mem::take)
+                .unwrap_or_default(),
+        );
+        match c["page"]["next_offset"].as_u64() {
+            Some(next) if next as usize > offset => offset = next as usize,
+            _ => return Ok((c, endpoints)),
+        }
+    }
+}
+
+/// A cluster's line of `sockmesh status`; `listed` endpoints follow it.
+fn print_cluster(c: &serde_json::Value, listed: usize) {
+    let total = c["endpoint_count"].as_u64().unwrap_or(0) as usize;
+    println!(
+        "  cluster {:<20} {} group {} ({}, {}): {}/{} endpoints available{}",
+        c["name"].as_str().unwrap_or("?"),
+        c["service"].as_str().unwrap_or("?"),
+        c["group"].as_str().unwrap_or("?"),
+        c["ha"].as_str().unwrap_or("?"),
+        c["loadbalance"].as_str().unwrap_or("?"),
+        c["available_endpoints"],
+        total,
+        if c["degraded"].as_bool() == Some(true) {
+            ", DEGRADED"
+        } else {
+            ""
+        }
+    );
+    if listed < total {
+        let which = match c["endpoints_listed"].as_str() {
+            Some("unavailable") => "only unavailable ones are listed",
+            _ => "listed",
+        };
+        println!(
+            "    ({listed} of {total}: {which}; `sockmesh status --cluster {}` lists all)",
+            c["name"].as_str().unwrap_or("?")
+        );
+    }
+}
+
+fn print_endpoint(e: &serde_json::Value) {
+    println!(
+        "    {:<24} {:<11} errors {} active {} channels {}",
+        e["address"].as_str().unwrap_or("?"),
+        if e["available"].as_bool() == Some(true) {
+            "available"
+        } else {
+            "UNAVAILABLE"
+        },
+        e["consecutive_errors"],
+        e["active"],
+        e["channels"]
+    );
+}
+
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Run {
@@ -311,8 +384,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             log_json,
             motan,
         } => {
-            sockmesh::sys::tune_allocator();
             let cfg = Config::launch(&motan.launch(config.clone())).map_err(|e| anyhow::anyhow!("{e}"))?;
+            // Before the logging thread and the runtime's threads make arenas of their own.
+            let workers = match cfg.sockmesh.worker_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            sockmesh::sys::tune_malloc(workers);
             let (log_reload, _log_flush) =
                 init_logging(log_level.as_deref().unwrap_or(&cfg.sockmesh.log_level), log_json)?;
             tracing::info!(config = %cfg.source, version = env!("CARGO_PKG_VERSION"), "sockmesh starting");
@@ -436,7 +514,27 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { json, admin } => {
+        Cmd::Status {
+            json,
+            cluster: Some(name),
+            admin,
+        } => {
+            let (cluster, endpoints) = cluster_endpoints(&admin, &name)?;
+            if json {
+                let mut c = cluster;
+                c["endpoints"] = serde_json::Value::Array(endpoints);
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print_cluster(&cluster, endpoints.len());
+                endpoints.iter().for_each(print_endpoint);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status {
+            json,
+            cluster: None,
+            admin,
+        } => {
             let v = admin_call(&admin, "GET", "/sockmesh/status")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -479,35 +577,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
                 let mesh = &v["mesh"];
                 for c in mesh["clusters"].as_array().into_iter().flatten() {
-                    println!(
-                        "  cluster {:<20} {} group {} ({}, {}): {}/{} endpoints available{}",
-                        c["name"].as_str().unwrap_or("?"),
-                        c["service"].as_str().unwrap_or("?"),
-                        c["group"].as_str().unwrap_or("?"),
-                        c["ha"].as_str().unwrap_or("?"),
-                        c["loadbalance"].as_str().unwrap_or("?"),
-                        c["available_endpoints"],
-                        c["endpoints"].as_array().map_or(0, |a| a.len()),
-                        if c["degraded"].as_bool() == Some(true) {
-                            ", DEGRADED"
-                        } else {
-                            ""
-                        }
-                    );
-                    for e in c["endpoints"].as_array().into_iter().flatten() {
-                        println!(
-                            "    {:<24} {:<11} errors {} active {} channels {}",
-                            e["address"].as_str().unwrap_or("?"),
-                            if e["available"].as_bool() == Some(true) {
-                                "available"
-                            } else {
-                                "UNAVAILABLE"
-                            },
-                            e["consecutive_errors"],
-                            e["active"],
-                            e["channels"]
-                        );
-                    }
+                    print_cluster(c, c["endpoints"].as_array().map_or(0, |a| a.len()));
+                    c["endpoints"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .for_each(print_endpoint);
                 }
                 for r in mesh["registries"].as_array().into_iter().flatten() {
                     let state = match (r["protocol"].as_str(), r["connected"].as_bool()) {

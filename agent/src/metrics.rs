@@ -15,6 +15,10 @@ pub const PREFIX: &str = "sockmesh";
 /// registry reports them as `sockmesh_upstream_connect_failures_total`).
 pub static UPSTREAM_CONNECT_FAILURES: AtomicU64 = AtomicU64::new(0);
 
+/// Calls the client role handed to this agent's own server role in-process (the local
+/// short-cut, `sockmesh.local_shortcut`), reported as `sockmesh_local_shortcut_total`.
+pub static LOCAL_SHORTCUTS: AtomicU64 = AtomicU64::new(0);
+
 /// Reports the process-wide counters above at every scrape.
 #[derive(Debug)]
 struct ProcessCounters;
@@ -28,6 +32,15 @@ impl Collector for ProcessCounters {
         let me = encoder.encode_descriptor(
             "upstream_connect_failures",
             "Connects to upstream endpoints that failed",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(me)?;
+        let c =
+            prometheus_client::metrics::counter::ConstCounter::new(LOCAL_SHORTCUTS.load(Ordering::Relaxed));
+        let me = encoder.encode_descriptor(
+            "local_shortcut",
+            "Calls to this agent's own exports served in-process instead of over TCP",
             None,
             c.metric_type(),
         )?;

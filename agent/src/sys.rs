@@ -292,21 +292,6 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// glibc malloc tuned for bursts (issue #16). By default it raises its mmap threshold to the
-/// size of each large block freed and keeps a heap arena per thread, so the 64 KiB+ frames of
-/// a pipelining peer or a 10 MiB inflated body stay in RSS after they are freed, once per
-/// arena. Blocks of 64 KiB and more are mmapped (given back to the kernel on free), and two
-/// arenas serve the runtime's threads. Measured in tests/hostile.rs: the peak over
-/// idle under all attacks (+47..+57 MiB over five runs), against +57..+72 MiB untuned. Call
-/// before any thread starts.
-pub fn tune_allocator() {
-    // SAFETY: mallopt only sets allocator parameters; it is called before other threads run.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 /// Raise the soft RLIMIT_NOFILE to the hard limit (systemd's unit does it with LimitNOFILE; a
 /// hand-started agent gets 1024 otherwise). Returns (old soft, new soft).
 pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
@@ -327,6 +312,47 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     }
     Ok((old, lim.rlim_cur))
 }
+
+/// Bound what glibc's allocator keeps (call before the runtime starts its threads). glibc gives
+/// every thread an arena of its own, up to 8 per core, and an arena keeps the pages it freed;
+/// its mmap threshold also grows to the largest block freed so far (the kernel BTF aya parses at
+/// load is megabytes), after which big buffers come from, and stay in, the arenas. Measured on a
+/// 2-core host: with interception on, the idle agent held 24 MiB of anonymous memory this way
+/// (ARCHITECTURE.md, "Memory"). At most `arenas` arenas (one per runtime
+/// worker keeps them from contending) and a fixed 64 KiB threshold. Settings given through
+/// `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` win.
+#[cfg(target_env = "gnu")]
+pub fn tune_malloc(arenas: usize) {
+    let set = |k: &str| std::env::var_os(k).is_some();
+    if set("MALLOC_ARENA_MAX") || set("GLIBC_TUNABLES") {
+        return;
+    }
+    let arenas = arenas.clamp(1, 64) as libc::c_int;
+    // SAFETY: mallopt only changes allocator parameters; both values are in range.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+        // 64 KiB: the 64 KiB+ frames of a pipelining peer and inflated bodies are mmapped and
+        // given back on free (tests/hostile.rs: +47..+57 MiB peak over idle under every attack,
+        // against +57..+72 MiB with glibc's sliding threshold).
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+pub fn tune_malloc(_arenas: usize) {}
+
+/// Hand the allocator's free pages back to the kernel (every arena), after work whose memory
+/// is gone for good: loading and self-testing the BPF programs.
+#[cfg(target_env = "gnu")]
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+pub fn release_free_memory() {}
 
 /// `SO_PEERGROUPS` (Linux 4.13+): the supplementary groups of a Unix socket's peer as they were
 /// at connect(), taken with its SO_PEERCRED credentials. Unlike /proc/<pid>/status this cannot

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 
 use crate::bench::{Case, Mode, Run};
 
-const COLORS: [RGBColor; 8] = [
+const COLORS: [RGBColor; 10] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0x17, 0xbe, 0xcf),
     RGBColor(0xff, 0x7f, 0x0e),
@@ -16,6 +16,8 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(0x94, 0x67, 0xbd),
     RGBColor(0x8c, 0x56, 0x4b),
     RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0xbc, 0xbd, 0x22),
 ];
 
 fn color(m: Mode) -> RGBColor {

@@ -1,5 +1,6 @@
 //! Admin API (JSON over HTTP): health and status, online/offline, filter state, the
-//! interception control calls the CLI uses, and motan-go's dynamic registration (`dynamic.rs`).
+//! interception control calls the CLI uses, motan-go's dynamic registration (`dynamic.rs`) and
+//! dynamic meta (`meta.rs`).
 //! One router behind two doors, the control socket and the loopback TCP port; `access.rs`
 //! decides who may call what on each. Bad requests get a 4xx with a message.
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ pub mod control_socket;
 pub mod dynamic;
 pub mod filters;
 pub mod form;
+pub mod meta;
 pub mod motan;
 pub mod state_metrics;
 
@@ -37,6 +39,7 @@ use self::form::Form;
 use crate::config::RequestedMode;
 use crate::config::sections::LimitsSection;
 use crate::control::AppState;
+use crate::proxy::mesh::StatusView;
 use crate::proxy::serve::{Accept, AcceptGate, next_connection};
 
 type Params = Form;
@@ -67,6 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::admin::filters::routes(state.mesh_shared.filters.clone()))
         .merge(crate::admin::dynamic::routes(state.clone()))
         .merge(crate::admin::motan::routes(state.clone()))
+        .merge(crate::admin::meta::routes())
 }
 
 /// The router with every request checked by `access.rs` first.
@@ -172,8 +176,44 @@ async fn set_offline(State(s): State<Arc<AppState>>) -> &'static str {
     "ok."
 }
 
-async fn status(State(s): State<Arc<AppState>>) -> Response {
-    axum::Json(s.status_json()).into_response()
+async fn status(State(s): State<Arc<AppState>>, Form(q): Params) -> Response {
+    let view = match status_view(&q) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match s.status_json(&view) {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+/// Most endpoints one `/sockmesh/status?cluster=NAME` page lists (and the default page size).
+pub const STATUS_PAGE_MAX: usize = 1000;
+
+/// `/sockmesh/status` lists a summary of the clusters' endpoints; `cluster=NAME` (with `offset=` and
+/// `limit=`, at most [`STATUS_PAGE_MAX`]) pages through one cluster's endpoints instead.
+fn status_view(q: &HashMap<String, String>) -> Result<StatusView, String> {
+    let number = |key: &str, default: usize| -> Result<usize, String> {
+        q.get(key).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| format!("{key}={v:?} is not a non-negative integer"))
+        })
+    };
+    let (offset, limit) = (number("offset", 0)?, number("limit", STATUS_PAGE_MAX)?);
+    match q.get("cluster") {
+        None if q.contains_key("offset") || q.contains_key("limit") => {
+            Err("offset= and limit= page one cluster's endpoints: give cluster=NAME too".into())
+        }
+        None => Ok(StatusView::Summary),
+        Some(_) if limit == 0 || limit > STATUS_PAGE_MAX => {
+            Err(format!("limit={limit} is out of range 1..={STATUS_PAGE_MAX}"))
+        }
+        Some(name) => Ok(StatusView::Cluster {
+            name: name.clone(),
+            offset,
+            limit,
+        }),
+    }
 }
 
 async fn intercept_status(State(s): State<Arc<AppState>>) -> Response {

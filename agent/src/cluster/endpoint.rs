@@ -166,10 +166,9 @@ impl Endpoint {
         }
     }
 
-    /// Set the weight fetched from the endpoint's dynamic meta (`None` clears it). Not called
-    /// yet: its caller is the planned wrr weight refresher (motan-go's
-    /// `weightRefreshPeriodSecond`, issue #20), which would then check
-    /// `Balancer::weights_changed` and rebuild. Until it exists, `weight()` is the static one.
+    /// Set the weight fetched from the endpoint's dynamic meta (`None` clears it); the wrr
+    /// weight refresher (`cluster/weights.rs`) calls it, then rebuilds the balancer when
+    /// `Balancer::weights_changed`.
     pub fn set_dynamic_weight(&self, raw: Option<&str>) {
         let w = raw.map(|r| parse_weight(Some(r))).unwrap_or(0);
         self.dynamic_weight.store(w, Ordering::Relaxed);

@@ -7,7 +7,9 @@ pub mod endpoint;
 pub mod endpoints;
 pub mod ha;
 pub mod lb;
+pub mod local;
 pub mod route;
+mod weights;
 
 use crate::locks::{Locked, Unpoisoned};
 use std::collections::HashMap;
@@ -26,6 +28,7 @@ use self::endpoint::{KeepaliveKind, KeepaliveRequest, MethodLatencies};
 use self::endpoints::EndpointSet;
 use self::ha::{BackupRequestBudget, Failover, HaKind, call_with_backup, call_with_failover};
 use self::lb::{Balancer, LbConfig, LbRequest};
+use self::local::LocalExports;
 use crate::config::refer::{CallSettings, HashKeySource};
 use crate::protocol::motan2::call::{CallError, degraded_error, error_of};
 use crate::protocol::motan2::frame::FLAG_PROXY;
@@ -79,6 +82,8 @@ pub struct Cluster {
     endpoint_filters: EndpointFilters,
     /// The idle-pool sweeper is running.
     sweeping: AtomicBool,
+    /// The wrr weight refresher (`weights.rs`) is running.
+    refreshing_weights: AtomicBool,
     /// Pools of the cluster this one replaces (reload): endpoints it knew keep their
     /// connections and are available at once.
     adopt: HashMap<String, Arc<Pool>>,
@@ -87,6 +92,9 @@ pub struct Cluster {
     registries_seen: std::sync::atomic::AtomicUsize,
     registries_total: std::sync::atomic::AtomicUsize,
     connects_pending: std::sync::atomic::AtomicUsize,
+    /// This agent's own server role, when the local short-cut is on: endpoints that are its
+    /// export listeners are called in-process.
+    local: std::sync::OnceLock<Arc<dyn LocalExports>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -142,14 +150,26 @@ impl Cluster {
             stop: CancellationToken::new(),
             endpoint_filters: EndpointFilters::from_refer(&refer, breakers.clone()),
             sweeping: AtomicBool::new(false),
+            refreshing_weights: AtomicBool::new(false),
             adopt: previous
                 .map(|p| p.pools.read_unpoisoned().clone())
                 .unwrap_or_default(),
             registries_seen: Default::default(),
             registries_total: Default::default(),
             connects_pending: Default::default(),
+            local: Default::default(),
             refer: Arc::new(refer),
         }))
+    }
+
+    /// Call endpoints that are this agent's own export listeners in-process (set once, before
+    /// the cluster follows its registries).
+    pub fn set_local(&self, local: Arc<dyn LocalExports>) {
+        let _ = self.local.set(local);
+    }
+
+    fn local_for(&self, ep: &Endpoint) -> Option<&Arc<dyn LocalExports>> {
+        self.local.get().filter(|l| l.is_local(ep.url()))
     }
 
     /// Registries the cluster follows (set by discovery when it starts).
@@ -195,6 +215,11 @@ impl Cluster {
             if let Some(g) = self.endpoint_filters.guard(ep.identity(), ep.address()) {
                 ep.set_guard(g);
             }
+            if self.local_for(ep).is_some() {
+                // Served in-process: no connection to make.
+                ep.set_available(true);
+                continue;
+            }
             let id = ep.identity().to_string();
             if let Some(pool) = self.adopt.get(&id).filter(|p| p.usage().0 > 0) {
                 self.pools.write_unpoisoned().insert(id, pool.clone());
@@ -233,6 +258,7 @@ impl Cluster {
         }
         let balancer = self.balancer.load().rebuild(all, group_weights);
         self.balancer.store(Arc::new(balancer));
+        self.start_weight_refresher();
         tracing::info!(
             cluster = %self.conf_id, registry = registry_id,
             added = outcome.added.len(), removed = outcome.removed.len(),
@@ -485,6 +511,9 @@ impl Cluster {
                 ),
             ));
         }
+        if let Some(local) = self.local_for(&ep) {
+            return self.call_local(local.clone(), ep, req, deadline, method).await;
+        }
         let pool = self.pool_for(&ep);
         // The endpoint's group wins (traffic control may route to other groups, 4.3 step 4).
         // The request is copied only when this attempt has to change it.
@@ -555,6 +584,72 @@ impl Cluster {
         r
     }
 
+    /// [`Cluster::call_endpoint`] for an endpoint that is this agent's own export listener:
+    /// the server role is called in-process with what would have gone over the wire (group
+    /// and proxy flag set; not gzipped, as that would be undone at once), under the same
+    /// deadline and with the same endpoint bookkeeping. A oneway request is answered at once
+    /// and served in the background, as a written one would be.
+    async fn call_local(
+        self: &Arc<Self>,
+        local: Arc<dyn LocalExports>,
+        ep: Arc<Endpoint>,
+        req: &Frame,
+        deadline: Deadline,
+        method: &str,
+    ) -> Result<Frame, CallError> {
+        crate::metrics::LOCAL_SHORTCUTS.fetch_add(1, Ordering::Relaxed);
+        let mut r = req.clone();
+        let group = &ep.url().group;
+        if !group.is_empty() && r.meta.get(keys::GROUP) != Some(group.as_str()) {
+            r.meta
+                .insert(keys::GROUP, Bytes::copy_from_slice(group.as_bytes()));
+        }
+        r.header.set_flag(FLAG_PROXY, true);
+        // The source address a loopback connect to the endpoint would have.
+        let peer_ip = Bytes::copy_from_slice(ep.url().host.as_bytes());
+        let port = ep.url().port;
+        if r.header.is_oneway() {
+            let answer = oneway_answer(&r);
+            let served = local.call(port, r, peer_ip);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout_at(deadline.at(), served).await;
+            });
+            return Ok(answer);
+        }
+        let started = Instant::now();
+        let guard = ep.begin();
+        let r = match tokio::time::timeout_at(deadline.at(), local.call(port, r, peer_ip)).await {
+            Ok(mut resp) => {
+                if resp.header.is_gzip()
+                    && let Err(e) = resp.gunzip(self.transport.limits.max_body)
+                {
+                    tracing::warn!(endpoint = ep.address(), "cannot decompress a response: {e}");
+                }
+                resp.meta.insert("x-forwarded-for", ep.address_bytes());
+                Ok(resp)
+            }
+            Err(_) => Err(CallError::service(
+                400,
+                format!(
+                    "channel call error: request timed out after {} ms waiting for {} (in-process)",
+                    deadline.timeout().as_millis(),
+                    ep.address()
+                ),
+            )),
+        };
+        let error = error_of(&r);
+        if let Some(k) = guard.finish(error.as_ref()) {
+            // Probed like any endpoint (heartbeats over TCP to the export listener).
+            tracing::warn!(cluster = %self.conf_id, endpoint = ep.address(), "endpoint disabled after consecutive errors (last: {})", error.as_ref().map(|e| e.to_string()).unwrap_or_default());
+            let (me, pool) = (self.clone(), self.pool_for(&ep));
+            tokio::spawn(async move { me.keepalive(ep, pool, k).await });
+        }
+        if error.is_none() && self.ha == HaKind::BackupRequest {
+            self.latencies.get(method).record(started.elapsed());
+        }
+        r
+    }
+
     /// Probe a disabled endpoint until it answers a heartbeat (then it is available again), it
     /// is removed, or the cluster stops (4.8).
     async fn keepalive(self: Arc<Self>, ep: Arc<Endpoint>, pool: Arc<Pool>, k: KeepaliveRequest) {
@@ -611,33 +706,61 @@ impl Cluster {
         )
     }
 
+    /// The cluster's status with every endpoint listed (small clusters, tests).
     pub fn status_json(&self) -> Value {
+        self.status_json_with(EndpointList::All)
+    }
+
+    /// The cluster's status with the endpoints `list` asks for; the counts always cover all
+    /// of them (`endpoint_count`, `available_endpoints`), `endpoints_listed` says which are
+    /// in `endpoints`, and `endpoints_omitted` how many are not.
+    pub fn status_json_with(&self, list: EndpointList) -> Value {
         let balancer = self.balancer.load();
         let pools = self.pools.read_unpoisoned();
-        let endpoints: Vec<Value> = balancer
-            .endpoints()
-            .iter()
-            .map(|ep| {
-                let (channels, in_flight) = pools.get(ep.identity()).map(|p| p.usage()).unwrap_or((0, 0));
-                json!({
-                    "address": ep.address(),
-                    "group": ep.url().group,
-                    "available": ep.status_available(),
-                    "circuit_open": ep.guard().and_then(|g| g.circuit.as_ref()).map(|c| c.is_open()),
-                    "consecutive_errors": ep.consecutive_errors(),
-                    "active": ep.active(),
-                    "weight": ep.weight(),
-                    "channels": channels,
-                    "in_flight": in_flight,
-                })
+        let all = balancer.endpoints();
+        let total = all.len();
+        let available = all.iter().filter(|e| e.status_available()).count();
+        let row = |ep: &Arc<Endpoint>| {
+            let (channels, in_flight) = pools.get(ep.identity()).map(|p| p.usage()).unwrap_or((0, 0));
+            json!({
+                "address": ep.address(),
+                "group": ep.url().group,
+                "available": ep.status_available(),
+                "circuit_open": ep.guard().and_then(|g| g.circuit.as_ref()).map(|c| c.is_open()),
+                "consecutive_errors": ep.consecutive_errors(),
+                "active": ep.active(),
+                "weight": ep.weight(),
+                "channels": channels,
+                "in_flight": in_flight,
             })
-            .collect();
-        let available = balancer
-            .endpoints()
-            .iter()
-            .filter(|e| e.status_available())
-            .count();
-        json!({
+        };
+        let mut page = None;
+        let (listed, picked): (&str, Vec<&Arc<Endpoint>>) = match list {
+            EndpointList::All => ("all", all.iter().collect()),
+            EndpointList::Summary { max } if total <= SMALL_CLUSTER.min(max) => ("all", all.iter().collect()),
+            EndpointList::Summary { max } => (
+                "unavailable",
+                all.iter()
+                    .filter(|e| !e.status_available())
+                    .take(max.min(UNAVAILABLE_LISTED))
+                    .collect(),
+            ),
+            EndpointList::Page { offset, limit } => {
+                // By address, so pages are stable while the list does not change.
+                let mut sorted: Vec<&Arc<Endpoint>> = all.iter().collect();
+                sorted.sort_unstable_by(|a, b| a.identity().cmp(b.identity()));
+                let end = offset.saturating_add(limit).min(total);
+                let picked = sorted.get(offset.min(total)..end).unwrap_or_default().to_vec();
+                page = Some(json!({
+                    "offset": offset,
+                    "limit": limit,
+                    "next_offset": (end < total).then_some(end),
+                }));
+                ("page", picked)
+            }
+        };
+        let endpoints: Vec<Value> = picked.iter().map(|ep| row(ep)).collect();
+        let mut v = json!({
             "name": self.conf_id,
             "service": self.refer.path,
             "group": self.refer.group,
@@ -645,10 +768,36 @@ impl Cluster {
             "loadbalance": balancer.config().kind.name(),
             "degraded": self.degraded.load(Ordering::Relaxed),
             "group_weights": self.group_weights.locked().clone(),
+            "endpoint_count": total,
             "available_endpoints": available,
+            "endpoints_listed": listed,
+            "endpoints_omitted": total - endpoints.len(),
             "endpoints": endpoints,
-        })
+        });
+        if let Some(p) = page {
+            v["page"] = p;
+        }
+        v
     }
+}
+
+/// Clusters this small are listed in full in the summary view.
+pub const SMALL_CLUSTER: usize = 32;
+/// At most this many unavailable endpoints per larger cluster in the summary view.
+pub const UNAVAILABLE_LISTED: usize = 10;
+
+/// Which endpoints [`Cluster::status_json_with`] lists. At 100 providers per service and a
+/// thousand services, listing every endpoint makes `/status` megabytes, so the admin API
+/// summarises by default and pages on request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointList {
+    /// Every endpoint.
+    All,
+    /// Every endpoint of a cluster of at most [`SMALL_CLUSTER`]; of a larger one, its
+    /// unavailable endpoints, at most [`UNAVAILABLE_LISTED`]. Never more than `max` either way.
+    Summary { max: usize },
+    /// Endpoints `offset..offset + limit` in address order.
+    Page { offset: usize, limit: usize },
 }
 
 /// What a caller gets for a oneway request once it is written: an empty success response.
@@ -793,6 +942,57 @@ mod tests {
         assert_eq!(st["endpoints"][0]["in_flight"], 0, "{st}");
         assert_eq!(st["endpoints"][0]["consecutive_errors"], 0, "{st}");
         c.stop();
+    }
+
+    #[tokio::test]
+    async fn the_summary_lists_small_clusters_whole_and_large_ones_by_unavailable_endpoints() {
+        let cluster = |n: u16| {
+            let c = Cluster::new(
+                "c",
+                Url::new("motan2", "", 0, "s", "g").with_param("lazyInit", "true"),
+                Transport::default(),
+                None,
+                &Default::default(),
+            )
+            .unwrap();
+            let servers: Vec<Url> = (0..n)
+                .map(|p| Url::new("motan2", "127.0.0.1", 1000 + p, "s", "g"))
+                .collect();
+            c.apply("r1", 1, &servers, None);
+            c
+        };
+        let listed = |v: &Value| v["endpoints"].as_array().unwrap().len();
+        let small = cluster(SMALL_CLUSTER as u16);
+        let v = small.status_json_with(EndpointList::Summary { max: 1000 });
+        assert_eq!(
+            (listed(&v), v["endpoints_listed"].as_str()),
+            (SMALL_CLUSTER, Some("all"))
+        );
+        let big = cluster(100);
+        for ep in big.balancer.load().endpoints().iter().step_by(5) {
+            ep.set_available(false);
+        }
+        let v = big.status_json_with(EndpointList::Summary { max: 1000 });
+        assert_eq!(listed(&v), UNAVAILABLE_LISTED, "{v}");
+        assert_eq!(v["endpoint_count"], 100);
+        assert_eq!(v["available_endpoints"], 80);
+        assert_eq!(v["endpoints_omitted"], 100 - UNAVAILABLE_LISTED);
+        assert!(
+            v["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["available"] == false)
+        );
+        // The caller's budget caps it.
+        assert_eq!(listed(&big.status_json_with(EndpointList::Summary { max: 3 })), 3);
+        assert_eq!(
+            listed(&small.status_json_with(EndpointList::Summary { max: 3 })),
+            0
+        );
+        assert_eq!(listed(&big.status_json_with(EndpointList::All)), 100);
+        small.stop();
+        big.stop();
     }
 
     #[tokio::test]

@@ -30,10 +30,12 @@ pub enum Mutation {
     RegistryRegister,
     RegistryUnregister,
     RegistrySubscribe,
+    MetaUpdate,
+    MetaDelete,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 13] = [
+    pub const ALL: [Mutation; 15] = [
         Mutation::Online,
         Mutation::Offline,
         Mutation::SwitcherSet,
@@ -47,6 +49,8 @@ impl Mutation {
         Mutation::RegistryRegister,
         Mutation::RegistryUnregister,
         Mutation::RegistrySubscribe,
+        Mutation::MetaUpdate,
+        Mutation::MetaDelete,
     ];
 
     pub fn path(self) -> &'static str {
@@ -64,6 +68,8 @@ impl Mutation {
             Mutation::RegistryRegister => "/registry/register",
             Mutation::RegistryUnregister => "/registry/unregister",
             Mutation::RegistrySubscribe => "/registry/subscribe",
+            Mutation::MetaUpdate => "/meta/update",
+            Mutation::MetaDelete => "/meta/delete",
         }
     }
 

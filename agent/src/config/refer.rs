@@ -137,7 +137,16 @@ pub struct LbConfig {
     pub hash_load: f64,
     /// `consistentHashKey.replica`: virtual nodes per member; 0 → 20 (< 100 endpoints) or 10.
     pub hash_replica: usize,
+    /// wrr only: how often the endpoints' dynamic meta is fetched for their weights
+    /// (`weightRefreshPeriodSecond`, default 3 s); `None` when `dynamicMeta` is false.
+    pub weight_refresh: Option<Duration>,
 }
+
+/// motan-go's `weightRefreshPeriodSecond` and its default.
+pub const WEIGHT_REFRESH_PERIOD_KEY: &str = "weightRefreshPeriodSecond";
+pub const DEFAULT_WEIGHT_REFRESH_PERIOD: Duration = Duration::from_secs(3);
+/// motan-go's `dynamicMeta` (default true): whether the endpoints' dynamic meta is fetched.
+pub const DYNAMIC_META_KEY: &str = "dynamicMeta";
 
 impl LbConfig {
     pub const MIN_HASH_LOAD: f64 = 1.1;
@@ -148,6 +157,7 @@ impl LbConfig {
             hash_part_size: 0,
             hash_load: Self::MIN_HASH_LOAD,
             hash_replica: 0,
+            weight_refresh: None,
         }
     }
 
@@ -160,11 +170,25 @@ impl LbConfig {
             .and_then(|v| v.parse::<f64>().ok())
             .filter(|l| *l >= Self::MIN_HASH_LOAD)
             .unwrap_or(Self::MIN_HASH_LOAD);
+        let weight_refresh = match refer.param(WEIGHT_REFRESH_PERIOD_KEY) {
+            None => DEFAULT_WEIGHT_REFRESH_PERIOD,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(s) if (1..=86_400).contains(&s) => Duration::from_secs(s),
+                _ => {
+                    return Err(SettingError::new(
+                        WEIGHT_REFRESH_PERIOD_KEY,
+                        format!("{v:?} is not a whole number of seconds in 1..86400"),
+                    ));
+                }
+            },
+        };
+        let refresh = kind == LbKind::WeightedRoundRobin && refer.get_bool(DYNAMIC_META_KEY, true);
         Ok(LbConfig {
             kind,
             hash_part_size: refer.get_int("consistentHashKey.partSize", 0).max(0) as usize,
             hash_load: load,
             hash_replica: refer.get_int("consistentHashKey.replica", 0).max(0) as usize,
+            weight_refresh: refresh.then_some(weight_refresh),
         })
     }
 }
@@ -340,6 +364,26 @@ mod tests {
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+
+    #[test]
+    fn weight_refresh_period_only_for_wrr_with_dynamic_meta() {
+        let wrr = Url::new("motan2", "", 0, "p", "g").with_param("loadbalance", "wrr");
+        let c = LbConfig::from_url(&wrr).unwrap();
+        assert_eq!(c.weight_refresh, Some(DEFAULT_WEIGHT_REFRESH_PERIOD));
+        let one = wrr.clone().with_param(WEIGHT_REFRESH_PERIOD_KEY, "1");
+        assert_eq!(
+            LbConfig::from_url(&one).unwrap().weight_refresh,
+            Some(Duration::from_secs(1))
+        );
+        let off = one.clone().with_param(DYNAMIC_META_KEY, "false");
+        assert_eq!(LbConfig::from_url(&off).unwrap().weight_refresh, None);
+        let random = Url::new("motan2", "", 0, "p", "g");
+        assert_eq!(LbConfig::from_url(&random).unwrap().weight_refresh, None);
+        for bad in ["0", "-3", "1.5", "x"] {
+            let e = LbConfig::from_url(&wrr.clone().with_param(WEIGHT_REFRESH_PERIOD_KEY, bad)).unwrap_err();
+            assert_eq!(e.key, WEIGHT_REFRESH_PERIOD_KEY, "{bad}");
+        }
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct SockmeshSection {
     /// and passed through (only when clusters are configured; server-first protocols wait
     /// this long once per connection).
     pub sniff_timeout_ms: u64,
+    /// Call a refer's endpoint that is one of this agent's own export listeners in-process
+    /// (server role, filters and all) instead of over TCP to itself.
+    pub local_shortcut: bool,
     pub log_level: String,
     /// Runtime worker threads; 0 = one per CPU.
     pub worker_threads: usize,
@@ -84,6 +87,7 @@ impl Default for SockmeshSection {
             agent_bind: Ipv4Addr::LOCALHOST,
             export_bind: Ipv4Addr::UNSPECIFIED,
             sniff_timeout_ms: 200,
+            local_shortcut: true,
             log_level: "info".into(),
             worker_threads: 0,
             intercept: InterceptSection::default(),

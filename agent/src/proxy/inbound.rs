@@ -11,8 +11,10 @@ use crate::cluster::oneway_answer;
 use crate::config::refer::{PerMethod, TimeoutSettings};
 use crate::config::service::{ProviderSpec, ServiceSpec};
 use crate::filter::{CallInfo, FilterChain, FilterShared, Role};
+use crate::meta;
+use crate::protocol::motan2::breeze::encode_string_map;
 use crate::protocol::motan2::call::{CallError, error_frame, host, mark_proxied};
-use crate::protocol::motan2::frame::FLAG_PROXY;
+use crate::protocol::motan2::frame::{FLAG_PROXY, serialization};
 use crate::protocol::motan2::{Frame, keys};
 use crate::provider::http::HttpProvider;
 use crate::upstream::Deadline;
@@ -129,8 +131,11 @@ impl Exporter {
     pub async fn handle(&self, port: u16, mut req: Frame, peer_ip: &Bytes, received: Instant) -> Frame {
         let id = req.header.request_id;
         if req.meta.get_non_empty(keys::FRAMEWORK_SERVICE).is_some() {
+            if req.meta.get(keys::SERVICE) == Some(meta::META_SERVICE) {
+                return meta_response(&req, received);
+            }
             // 501 so that callers do not trip circuit breakers (4.11).
-            return error_frame(id, &CallError::service(501, "service not support"));
+            return error_frame(id, &CallError::service(501, meta::SERVICE_NOT_SUPPORT));
         }
         let group = req
             .meta
@@ -187,4 +192,14 @@ impl Exporter {
             }
         }
     }
+}
+
+/// motan-go's MetaProvider: the dynamic meta as a Breeze `map[string]string` (serialization 8),
+/// whatever the method, past the services' filters.
+fn meta_response(req: &Frame, received: Instant) -> Frame {
+    let mut resp = Frame::response_to(req, encode_string_map(&meta::all()));
+    resp.header.set_serialization(serialization::BREEZE);
+    resp.header.set_flag(FLAG_PROXY, true);
+    resp.set_process_time_if_absent(received.elapsed());
+    resp
 }

@@ -14,7 +14,7 @@ use super::http_route::HttpRouter;
 use super::inbound::{self, Exporter};
 use super::outbound::{Refer, Router};
 use super::serve::{Handler, RequestContext};
-use crate::cluster::{Cluster, discovery};
+use crate::cluster::{Cluster, EndpointList, discovery};
 use crate::config::motan::MotanConfig;
 use crate::config::registry::RegistrySpec;
 use crate::filter::{FilterChain, FilterShared};
@@ -39,6 +39,102 @@ pub struct MeshOptions {
     pub agent_registries: Vec<String>,
     pub agent_port: u16,
     pub overrides: Arc<std::sync::Mutex<crate::registry::command::SwitcherOverrides>>,
+    /// The local short-cut (`sockmesh.local_shortcut`): `None` when off.
+    pub local: Option<Arc<LocalShortcut>>,
+}
+
+/// The local short-cut (issue #17): a refer's endpoint that is one of this agent's own export
+/// listeners is served in-process by the current mesh's server role ([`Exporter::handle`], as
+/// [`ServerHandler`] would) instead of over a TCP connection to itself. One per agent, kept
+/// across reloads. The listeners are those of the first mesh built (the ones bound at start);
+/// calls are served once [`LocalShortcut::attach`]ed to the running mesh.
+pub struct LocalShortcut {
+    /// The export listeners' address and the default export port (bound even when unused).
+    bind: std::net::Ipv4Addr,
+    eport: u16,
+    ports: std::sync::OnceLock<std::collections::BTreeSet<u16>>,
+    mesh: std::sync::OnceLock<std::sync::Weak<ArcSwap<Mesh>>>,
+    /// Hosts already checked: whether they are addresses of this host.
+    hosts: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+}
+
+impl LocalShortcut {
+    pub fn new(bind: std::net::Ipv4Addr, eport: u16) -> LocalShortcut {
+        LocalShortcut {
+            bind,
+            eport,
+            ports: Default::default(),
+            mesh: Default::default(),
+            hosts: Default::default(),
+        }
+    }
+
+    /// The export ports of the first mesh built: the listeners bound at start.
+    fn listen_on(&self, exporter: &Exporter) {
+        self.ports.get_or_init(|| {
+            let mut ports = exporter.ports().clone();
+            ports.insert(self.eport);
+            ports
+        });
+    }
+
+    /// Serve calls through `mesh` (the running mesh, whichever a reload swapped in).
+    pub fn attach(&self, mesh: &MeshHandle) {
+        let _ = self.mesh.set(Arc::downgrade(mesh));
+    }
+
+    /// Whether a TCP connect to `host` would reach a listener bound at `bind`: the bind
+    /// address itself, or, for a wildcard bind, any address of this host (one that a socket
+    /// can bind to; checked once per host).
+    fn reaches(&self, host: &str, bind: std::net::Ipv4Addr) -> bool {
+        let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+            return host == "localhost" && (bind.is_unspecified() || bind.is_loopback());
+        };
+        if !bind.is_unspecified() {
+            return ip == std::net::IpAddr::V4(bind);
+        }
+        if ip.is_loopback() {
+            return true;
+        }
+        if ip.is_unspecified() || ip.is_multicast() {
+            return false;
+        }
+        let mut hosts = crate::locks::Locked::locked(&self.hosts);
+        *hosts
+            .entry(host.to_string())
+            .or_insert_with(|| std::net::UdpSocket::bind((ip, 0)).is_ok())
+    }
+}
+
+impl crate::cluster::local::LocalExports for LocalShortcut {
+    fn is_local(&self, endpoint: &crate::url::Url) -> bool {
+        let Some(ports) = self.ports.get() else {
+            return false;
+        };
+        ports.contains(&endpoint.port) && self.reaches(&endpoint.host, self.bind)
+    }
+
+    fn call(
+        &self,
+        port: u16,
+        req: Frame,
+        peer_ip: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Frame> + Send>> {
+        let mesh = self.mesh.get().and_then(|m| m.upgrade()).map(|m| m.load_full());
+        Box::pin(async move {
+            match mesh {
+                Some(m) => {
+                    m.exporter
+                        .handle(port, req, &peer_ip, std::time::Instant::now())
+                        .await
+                }
+                None => {
+                    let e = crate::protocol::motan2::call::CallError::service(503, "agent is not serving");
+                    crate::protocol::motan2::call::error_frame(req.header.request_id, &e)
+                }
+            }
+        })
+    }
 }
 
 pub struct Mesh {
@@ -193,6 +289,17 @@ impl Mesh {
             switchers: filters.switchers.clone(),
             overrides: opts.overrides.clone(),
         };
+        // Sockets made in another namespace do not reach this agent's listeners.
+        if let Some(l) = opts
+            .local
+            .as_ref()
+            .filter(|_| !transport.sockets.in_other_namespace())
+        {
+            l.listen_on(&exporter);
+            for r in &refers {
+                r.cluster.set_local(l.clone());
+            }
+        }
         for c in refers.iter().map(|r| &r.cluster).chain(http.clusters()) {
             if let Err(m) = discovery::start(c, &registries, &ctx) {
                 errors.push(format!("section motan-refer, entry {}: {m}", c.conf_id));
@@ -348,13 +455,50 @@ impl Mesh {
         }
     }
 
+    /// The mesh's status with every endpoint of every cluster (`/metrics`).
     pub fn status_json(&self) -> Value {
-        json!({
-            "clusters": self.router.refers().iter().map(|r| {
-                let mut s = r.cluster.status_json();
+        self.status_json_view(&StatusView::All)
+            .unwrap_or_else(|e| json!({ "error": e }))
+    }
+
+    /// The mesh's status with the clusters' endpoints `view` asks for; `Err` names a cluster
+    /// that does not exist.
+    pub fn status_json_view(&self, view: &StatusView) -> Result<Value, String> {
+        let refers = self.router.refers();
+        let clusters: Vec<Value> = match view {
+            StatusView::Cluster { name, offset, limit } => {
+                let r = refers
+                    .iter()
+                    .find(|r| r.cluster.conf_id == *name)
+                    .ok_or_else(|| format!("no cluster named {name:?}"))?;
+                let list = EndpointList::Page {
+                    offset: *offset,
+                    limit: *limit,
+                };
+                let mut s = r.cluster.status_json_with(list);
                 s["filters"] = json!(r.chain.names());
-                s
-            }).collect::<Vec<_>>(),
+                vec![s]
+            }
+            StatusView::All | StatusView::Summary => {
+                let mut budget = STATUS_ENDPOINT_BUDGET;
+                refers
+                    .iter()
+                    .map(|r| {
+                        let list = match view {
+                            StatusView::All => EndpointList::All,
+                            _ => EndpointList::Summary { max: budget },
+                        };
+                        let mut s = r.cluster.status_json_with(list);
+                        let n = s["endpoints"].as_array().map_or(0, Vec::len);
+                        budget = budget.saturating_sub(n);
+                        s["filters"] = json!(r.chain.names());
+                        s
+                    })
+                    .collect()
+            }
+        };
+        Ok(json!({
+            "clusters": clusters,
             "exports": self.exporter.exports().map(|e| json!({
                 "name": e.conf_id,
                 "service": e.service.path,
@@ -371,8 +515,27 @@ impl Mesh {
             })).collect::<Vec<_>>(),
             "registries": self.registries_json(),
             "http_clients": self.http.status_json(),
-        })
+        }))
     }
+}
+
+/// At most this many endpoints, over all clusters, in the summary `/status`.
+pub const STATUS_ENDPOINT_BUDGET: usize = 1000;
+
+/// Which endpoints `/status` lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusView {
+    /// Every endpoint of every cluster.
+    All,
+    /// Small clusters in full, larger ones by their unavailable endpoints (capped), at most
+    /// [`STATUS_ENDPOINT_BUDGET`] in all (see [`EndpointList::Summary`]).
+    Summary,
+    /// One cluster, with a page of its endpoints in address order.
+    Cluster {
+        name: String,
+        offset: usize,
+        limit: usize,
+    },
 }
 
 /// The agent port (and intercepted Motan2 connections): client role.

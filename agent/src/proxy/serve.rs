@@ -254,29 +254,36 @@ impl AcceptGate {
     }
 }
 
-/// A listener [`next_connection`] accepts from: TCP, or the admin control socket.
+/// A listener [`next_connection`] accepts from: TCP, or the admin control socket. Polled, so
+/// an accept that would wait (the backlog is empty) can be told from one that got a connection.
 pub trait Accept {
     type Conn;
     type Addr;
-    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Conn, Self::Addr)>> + Send;
+    fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<(Self::Conn, Self::Addr)>>;
 }
 
 impl Accept for tokio::net::TcpListener {
     type Conn = TcpStream;
     type Addr = SocketAddr;
-    fn accept(&self) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send {
-        tokio::net::TcpListener::accept(self)
+    fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<(TcpStream, SocketAddr)>> {
+        tokio::net::TcpListener::poll_accept(self, cx)
     }
 }
 
 impl Accept for tokio::net::UnixListener {
     type Conn = tokio::net::UnixStream;
     type Addr = tokio::net::unix::SocketAddr;
-    fn accept(
+    fn poll_accept(
         &self,
-    ) -> impl Future<Output = std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)>> + Send
-    {
-        tokio::net::UnixListener::accept(self)
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)>> {
+        tokio::net::UnixListener::poll_accept(self, cx)
     }
 }
 
@@ -304,7 +311,7 @@ pub async fn next_connection<L: Accept>(
     loop {
         // An accept that would wait found the backlog empty: the listener has caught up.
         let accept = std::future::poll_fn(|cx| {
-            let r = listener.poll_accept(cx);
+            let r = Accept::poll_accept(listener, cx);
             if r.is_pending()
                 && let Some(p) = &progress
             {

@@ -25,9 +25,13 @@ pub struct Env {
     provider_addr: String,
     /// The agent's control socket (interception is switched there).
     agent_control: PathBuf,
-    /// The agent port (client role), for agent-explicit.
+    /// The agent port (client role), for agent-explicit and agent-client.
     agent_port_addr: String,
+    /// The export port (server role), for agent-server.
+    export_port_addr: String,
     agent_pid: u32,
+    /// The agent's RSS (KiB) idle, after start-up (interception loaded and self-tested).
+    pub agent_idle_rss_kib: u64,
     /// The baseline build's agent port and PID (agent-baseline mode), when given.
     baseline: Option<(String, u32)>,
     haproxy_addr: String,
@@ -45,6 +49,9 @@ pub struct Env {
 const SERVICE: &str = "com.weibo.bench.EchoService";
 /// The same echo service behind the default filter chain (agent-filters mode).
 const FILTERED_SERVICE: &str = "com.weibo.bench.FilteredEchoService";
+/// The echo service through the client role alone (agent-client mode): a refer whose direct
+/// registry is the provider itself, one Motan2 hop like haproxy's one L4 hop.
+const CLIENT_SERVICE: &str = "com.weibo.bench.ClientEchoService";
 /// What sockmesh calls its default filter chain: an access-log line and metrics per call, on
 /// both roles.
 const DEFAULT_FILTERS: &str = "accessLog,metrics";
@@ -69,8 +76,12 @@ fn mesh_sections(eport: u16, provider: &str) -> Result<String> {
             "  {id}:\n    path: {path}\n    group: bench\n    export: \"motan2:{eport}\"\n    provider: motan2\n    proxy: \"motan2:{port}\"\n    proxy.host: {host}\n    requestTimeout: 5000\n{filter}"
         );
     }
+    refers += &format!(
+        "  client:\n    path: {CLIENT_SERVICE}\n    group: bench\n    registry: provider\n    requestTimeout: 5000\n"
+    );
     Ok(format!(
         "motan-registry:\n  self:\n    protocol: direct\n    address: \"127.0.0.1:{eport}\"\n\
+         \x20 provider:\n    protocol: direct\n    address: \"{provider}\"\n\
          motan-refer:\n{refers}motan-service:\n{services}"
     ))
 }
@@ -124,6 +135,9 @@ pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>) 
     let started = agent::await_admin(&mut agent, agent_admin, &agent_log);
     procs.push(agent);
     started?;
+    // Start-up work (BPF load, self-test) is done once the admin port answers; let it settle.
+    std::thread::sleep(Duration::from_secs(1));
+    let agent_idle_rss_kib = proc_cpu_rss(agent_pid).1;
 
     // The baseline build: the same mesh on its own ports, without interception.
     let baseline = match baseline_bin {
@@ -184,7 +198,9 @@ pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>) 
         provider_addr,
         agent_control,
         agent_port_addr: format!("127.0.0.1:{}", ports[1]),
+        export_port_addr: format!("127.0.0.1:{}", ports[2]),
         agent_pid,
+        agent_idle_rss_kib,
         baseline,
         haproxy_addr: haproxy_addr.to_string(),
         haproxy_pid,
@@ -233,7 +249,10 @@ impl Env {
     pub fn target(&self, mode: Mode) -> Option<String> {
         match mode {
             Mode::Haproxy => Some(self.haproxy_addr.clone()),
-            Mode::AgentExplicit | Mode::AgentFilters => Some(self.agent_port_addr.clone()),
+            Mode::AgentExplicit | Mode::AgentFilters | Mode::AgentClient => {
+                Some(self.agent_port_addr.clone())
+            }
+            Mode::AgentServer => Some(self.export_port_addr.clone()),
             Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.0.clone()),
             _ => Some(self.provider_addr.clone()),
         }
@@ -257,10 +276,10 @@ impl Env {
         cmd.args(["run", "--target", &target, "--conns", &case.conns.to_string()])
             .args([
                 "--service",
-                if mode == Mode::AgentFilters {
-                    FILTERED_SERVICE
-                } else {
-                    SERVICE
+                match mode {
+                    Mode::AgentFilters => FILTERED_SERVICE,
+                    Mode::AgentClient => CLIENT_SERVICE,
+                    _ => SERVICE,
                 },
             ])
             .args(["--payload", &case.payload.to_string()])
@@ -275,7 +294,20 @@ impl Env {
         if case.conn_per_request {
             cmd.arg("--conn-per-request");
         }
-        let out = cmd.output().context("running sockmesh-loadgen")?;
+        // The proxy's RSS is sampled while the load runs; the report shows the peak.
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running sockmesh-loadgen")?;
+        let mut peak_rss = 0;
+        while child.try_wait()?.is_none() {
+            if let Some(p) = pid {
+                peak_rss = peak_rss.max(proc_cpu_rss(p).1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().context("running sockmesh-loadgen")?;
         if !out.status.success() {
             bail!(
                 "loadgen failed in mode {}: {}",
@@ -291,7 +323,7 @@ impl Env {
             round,
             json,
             proxy_cpu_s: after.0 - before.0,
-            proxy_rss_kib: after.1,
+            proxy_rss_kib: after.1.max(peak_rss),
         })
     }
 }

@@ -32,6 +32,10 @@ pub enum Mode {
     Haproxy,
     /// agent-explicit to a service whose refer and export run the default filter chain.
     AgentFilters,
+    /// The agent's client role alone: agent port -> provider (one Motan2 hop).
+    AgentClient,
+    /// The agent's server role alone: export port -> provider (one Motan2 hop).
+    AgentServer,
     /// agent-explicit through another build of the agent (`--baseline-bin`), for comparing
     /// two builds in one run.
     AgentBaseline,
@@ -60,8 +64,10 @@ impl Mode {
             .collect()
     }
 
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 9] = [
         Mode::Direct,
+        Mode::AgentClient,
+        Mode::AgentServer,
         Mode::AgentExplicit,
         Mode::AgentFilters,
         Mode::Iptables,
@@ -78,6 +84,8 @@ impl Mode {
             Mode::EbpfSockmap => "ebpf-sockmap",
             Mode::Haproxy => "haproxy",
             Mode::AgentFilters => "agent-filters",
+            Mode::AgentClient => "agent-client",
+            Mode::AgentServer => "agent-server",
             Mode::AgentBaseline => "agent-baseline",
         }
     }
@@ -277,8 +285,17 @@ pub fn run(opts: Options) -> Result<()> {
         }
     }
     println!();
+    let agent_idle_rss_kib = env.agent_idle_rss_kib;
     drop(env);
-    let report = Report::build(&runs, &cases, &runnable, &unavailable, &opts, started.elapsed());
+    let report = Report::build(
+        &runs,
+        &cases,
+        &runnable,
+        &unavailable,
+        &opts,
+        started.elapsed(),
+        agent_idle_rss_kib,
+    );
     std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&report.json)?)?;
     std::fs::write(dir.join("report.md"), &report.markdown)?;
     plots::write_all(&dir, &runs, &cases, &runnable)?;

@@ -41,6 +41,7 @@ impl Report {
         unavailable: &[(Mode, &str)],
         opts: &Options,
         took: Duration,
+        agent_idle_rss_kib: u64,
     ) -> Report {
         use std::fmt::Write as _;
         let kernel = Command::new("uname")
@@ -98,6 +99,21 @@ impl Report {
         let _ = writeln!(
             md,
             "- proxy CPU = utime+stime of the agent (haproxy in haproxy mode) per 1,000 requests. agent-explicit and the intercepted modes take the full mesh path: the agent's client role routes the Motan2 request to its own export port (server role), which forwards it to the provider (two Motan2 hops in one process); haproxy is one L4 hop"
+        );
+        let _ = writeln!(
+            md,
+            "- agent-client is the client role alone (agent port -> provider) and agent-server the server role alone (export port -> provider): one Motan2 hop each, like haproxy's one L4 hop"
+        );
+        let load_rss = runs
+            .iter()
+            .filter(|r| !matches!(r.mode, Mode::Direct | Mode::Haproxy | Mode::AgentBaseline))
+            .map(|r| r.proxy_rss_kib)
+            .max();
+        let _ = writeln!(
+            md,
+            "- agent RSS (interception on): idle {:.1} MiB after start-up, under load {} (peak sampled every 100 ms during the runs)",
+            agent_idle_rss_kib as f64 / 1024.0,
+            load_rss.map_or("-".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
         );
         for (m, why) in unavailable {
             let _ = writeln!(md, "- mode `{}` not run: {why}", m.name());
@@ -284,6 +300,87 @@ impl Report {
                 let _ = writeln!(md, "- {label}: {m:+.1}% [{lo:+.1}..{hi:+.1}]");
                 diffs.insert(label, serde_json::json!({"median": m, "min": lo, "max": hi}));
             }
+            // Per hop against haproxy: what each proxy adds over direct (paired per round) and
+            // its CPU per request, and the ratio of each to haproxy's.
+            let added = |m: Mode, key: &str| -> f64 {
+                let d: Vec<f64> = per(m)
+                    .iter()
+                    .filter_map(|x| {
+                        per(Mode::Direct)
+                            .into_iter()
+                            .find(|y| y.round == x.round)
+                            .map(|y| x.get(&["latency_us", key]) - y.get(&["latency_us", key]))
+                    })
+                    .collect();
+                median(d)
+            };
+            let cpu_per_req = |m: Mode| -> f64 {
+                median(
+                    per(m)
+                        .iter()
+                        .map(|r| {
+                            let n = r.get(&["requests"]);
+                            if n > 0.0 {
+                                r.proxy_cpu_s * 1e6 / n
+                            } else {
+                                f64::NAN
+                            }
+                        })
+                        .collect(),
+                )
+            };
+            let hop_modes: Vec<Mode> = [
+                Mode::Haproxy,
+                Mode::AgentClient,
+                Mode::AgentServer,
+                Mode::AgentExplicit,
+            ]
+            .into_iter()
+            .filter(|m| modes.contains(m))
+            .collect();
+            if modes.contains(&Mode::Direct) && hop_modes.len() > 1 {
+                let (h50, h99, hcpu) = (
+                    added(Mode::Haproxy, "p50"),
+                    added(Mode::Haproxy, "p99"),
+                    cpu_per_req(Mode::Haproxy),
+                );
+                let ratio = |x: f64, base: f64| {
+                    if x.is_finite() && base.is_finite() && base.abs() > f64::EPSILON {
+                        format!("{:.2}", x / base)
+                    } else {
+                        "-".to_string()
+                    }
+                };
+                let _ = writeln!(
+                    md,
+                    "
+Per hop against haproxy (added = mode - direct, paired per round, median; agent-explicit is two hops):
+"
+                );
+                let _ = writeln!(
+                    md,
+                    "| mode | hops | added p50 µs | x haproxy | added p99 µs | x haproxy | CPU ms / 1k req | x haproxy |"
+                );
+                let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+                let mut hops_json = BTreeMap::new();
+                for m in &hop_modes {
+                    let (a50, a99, cpu) = (added(*m, "p50"), added(*m, "p99"), cpu_per_req(*m));
+                    let hops = if *m == Mode::AgentExplicit { 2 } else { 1 };
+                    let _ = writeln!(
+                        md,
+                        "| {} | {hops} | {a50:+.0} | {} | {a99:+.0} | {} | {cpu:.1} | {} |",
+                        m.name(),
+                        ratio(a50, h50),
+                        ratio(a99, h99),
+                        ratio(cpu, hcpu)
+                    );
+                    hops_json.insert(m.name(), serde_json::json!({
+                        "hops": hops, "added_p50_us": a50, "added_p99_us": a99, "cpu_ms_per_1k": cpu,
+                        "p50_x_haproxy": a50 / h50, "p99_x_haproxy": a99 / h99, "cpu_x_haproxy": cpu / hcpu,
+                    }));
+                }
+                diffs.insert("per_hop_vs_haproxy", serde_json::json!(hops_json));
+            }
             diffs.insert("ratios", serde_json::json!(ratios));
             cases_json.insert(case.name, serde_json::json!({
                 "rate": case.rate, "conns": case.conns, "payload": case.payload, "conn_per_request": case.conn_per_request,
@@ -292,7 +389,7 @@ impl Report {
         }
         let json = serde_json::json!({
             "command": cmd, "kernel": kernel, "haproxy": haproxy, "sockmesh": env!("CARGO_PKG_VERSION"),
-            "rounds": opts.rounds, "duration_ms": opts.duration.as_millis() as u64, "warmup_ms": opts.warmup.as_millis() as u64,
+            "agent_idle_rss_kib": agent_idle_rss_kib, "rounds": opts.rounds, "duration_ms": opts.duration.as_millis() as u64, "warmup_ms": opts.warmup.as_millis() as u64,
             "unavailable_modes": unavailable.iter().map(|(m, w)| serde_json::json!({"mode": m.name(), "why": w})).collect::<Vec<_>>(),
             "cases": cases_json,
         });

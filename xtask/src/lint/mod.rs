@@ -63,7 +63,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("provider",  &["provider"]),  // http provider
     ("upstream",  &["upstream"]),  // channel, pool
     ("registry",  &["registry"]),  // direct, command, zookeeper
-    ("runtime",   &["net", "drain", "metrics", "switcher"]),
+    ("runtime",   &["net", "drain", "metrics", "switcher", "meta"]), // meta: the dynamic meta store
     ("config",    &["config"]),
     ("base",      &["protocol", "url", "sys", "cgroup", "recent", "log_writer", "log_file", "locks"]),
 ];

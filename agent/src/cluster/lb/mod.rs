@@ -1,8 +1,8 @@
 //! Load balancers (4.5). A `Balancer` is built from a refer's endpoint list (and, with traffic
 //! control, group weights) and then only read: `select` picks one endpoint, `select_array` up to
 //! three for HA. The cluster rebuilds it when the endpoint list changes; the request path keeps
-//! the current one behind an `Arc` it swaps. (Rebuilding when wrr weights change waits for the
-//! weight refresher, issue #20: see `Balancer::weights_changed`.)
+//! the current one behind an `Arc` it swaps; it also rebuilds a wrr balancer when the weight
+//! refresher (`cluster/weights.rs`) changed a weight (`Balancer::weights_changed`).
 //!
 //! Every policy skips unavailable endpoints the way upstream does: when the chosen endpoint is
 //! unavailable, scan forward from a *second* random index (so a dead node's traffic spreads
@@ -155,9 +155,8 @@ impl Balancer {
         }
     }
 
-    /// For wrr: whether any endpoint's weight differs from the one this balancer was built with.
-    /// Not called yet: it is for the planned weight refresher (motan-go's
-    /// `weightRefreshPeriodSecond`, issue #20), which would check it every period and rebuild.
+    /// For wrr: whether any endpoint's weight differs from the one this balancer was built with
+    /// (the weight refresher, `cluster/weights.rs`, checks it every period and rebuilds).
     pub fn weights_changed(&self) -> bool {
         let changed = |p: &Policy| match p {
             Policy::Wrr(w) => w.weights_changed(),

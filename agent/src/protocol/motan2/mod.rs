@@ -4,7 +4,9 @@
 //! - `codec`: the streaming tokio codec with size limits;
 //! - `error`: typed decode errors and the `M_e` exception convention;
 //! - `simple`: the simple serialization ([`Value`]);
+//! - `breeze`: the Breeze string map of the MetaService (`getDynamicMeta`);
 //! - `v1`: legacy motan v1 framing, enough to answer v1 heartbeats.
+pub mod breeze;
 pub mod call;
 pub mod codec;
 pub mod error;
