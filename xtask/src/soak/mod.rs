@@ -50,11 +50,25 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ROTATION: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 5] = [
         FaultKind::ProviderRestart,
         FaultKind::AgentReload,
         FaultKind::ZkFlap,
         FaultKind::AgentKill,
+        FaultKind::AgentTerm,
+    ];
+    /// Agent restarts come after six other faults each, so an agent lives long enough (about
+    /// ten minutes in a 30-minute run) for a leak within one process to show.
+    pub const ROTATION: [FaultKind; 10] = [
+        FaultKind::ProviderRestart,
+        FaultKind::AgentReload,
+        FaultKind::ZkFlap,
+        FaultKind::ProviderRestart,
+        FaultKind::AgentReload,
+        FaultKind::ZkFlap,
+        FaultKind::AgentKill,
+        FaultKind::ProviderRestart,
+        FaultKind::AgentReload,
         FaultKind::AgentTerm,
     ];
     pub fn name(self) -> &'static str {

@@ -242,7 +242,7 @@ impl Report {
             md,
             "| faults injected | {} ({}) |",
             faults.len(),
-            FaultKind::ROTATION
+            FaultKind::ALL
                 .iter()
                 .map(|k| format!("{} {}", faults.iter().filter(|f| f.kind == *k).count(), k.name()))
                 .collect::<Vec<_>>()
