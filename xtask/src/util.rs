@@ -130,3 +130,18 @@ pub fn run_streaming(cmd: &mut Command) -> Result<TestSummary> {
     sum.success = child.wait()?.success();
     Ok(sum)
 }
+
+/// The median of the finite values (NaN when there are none): the bench's and the soak's reports.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

@@ -5,20 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{Case, Mode, Options, Run};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+use crate::util::median;
 
 fn spread(v: &[f64]) -> (f64, f64) {
     let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();

@@ -20,6 +20,7 @@ use plotters::prelude::*;
 
 use super::load::Sample;
 use super::{Fault, FaultKind, Plan};
+use crate::util::median;
 
 /// Per mode: p50s and p99s of the intervals outside fault windows, requests ok, failed.
 type ModeLatency = (Vec<f64>, Vec<f64>, u64, u64);
@@ -39,19 +40,6 @@ pub struct Report {
     samples: Vec<Sample>,
     faults: Vec<Fault>,
     modes: Vec<(f64, String)>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn overlaps(s: &Sample, f: &Fault) -> bool {
