@@ -520,16 +520,23 @@ async fn lists_converge_despite_failed_reads() {
     )
     .unwrap();
     let mut rx = reg.subscribe(&refer()).await.unwrap();
-    let wait = |n: usize| {
+    // Wait for exactly these servers: the list passes through other lists of the same length
+    // while nodes are created and deleted (60 + 5 created = 65 before any delete is seen).
+    let wait = |ports: std::ops::Range<u16>| {
         let mut rx = rx.clone();
+        let want: Vec<String> = ports.map(|p| format!("127.0.0.1:{}", 20000 + p)).collect();
         async move {
-            tokio::time::timeout(Duration::from_secs(15), rx.wait_for(|l| l.len() == n))
+            let done = tokio::time::timeout(Duration::from_secs(15), rx.wait_for(|l| addresses(l) == want))
                 .await
-                .unwrap_or_else(|_| panic!("{n} servers not within 15 s"))
-                .unwrap();
+                .is_ok();
+            assert!(
+                done,
+                "servers {want:?} not within 15 s; have {:?}",
+                addresses(&rx.borrow())
+            );
         }
     };
-    wait(60).await;
+    wait(0..60).await;
     for i in 60..70u16 {
         create_provider_node(&raw, &provider("127.0.0.1", 20000 + i)).await;
     }
@@ -537,7 +544,7 @@ async fn lists_converge_despite_failed_reads() {
         let path = format!("{}/127.0.0.1:{}", server_path("server"), 20000 + i);
         raw.delete(&path, None).await.unwrap();
     }
-    wait(65).await;
+    wait(5..70).await;
     let list = rx.borrow_and_update().clone();
     let want: Vec<String> = (5..70u16).map(|i| format!("127.0.0.1:{}", 20000 + i)).collect();
     assert_eq!(addresses(&list), want);
