@@ -188,7 +188,8 @@ fn test(extra: &[String]) -> Result<()> {
     step.done("clean");
     let step = Step::start("test: cargo test (unit, integration and privileged tests)");
     let mut cmd = cargo(None);
-    cmd.arg("test").args(extra);
+    // Every test binary runs even after one fails, so one run reports every failure.
+    cmd.args(["test", "--no-fail-fast"]).args(extra);
     let summary = run_streaming(&mut cmd)?;
     step.done(&format!(
         "{} passed, {} failed, {} ignored",
