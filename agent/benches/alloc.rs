@@ -136,6 +136,7 @@ fn start_agent(rt: &tokio::runtime::Runtime, provider: SocketAddr) -> (SocketAdd
         agent_registries: Vec::new(),
         agent_port: agent.port(),
         overrides: Arc::default(),
+        idc: String::new(),
         // The bench measures the TCP path between the roles.
         local: None,
     };

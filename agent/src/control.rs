@@ -278,6 +278,7 @@ fn build_mesh_with(
             .unwrap_or_default(),
         agent_port: cfg.agent.port,
         overrides: shared.overrides.clone(),
+        idc: cfg.launch.idc.clone().unwrap_or_default(),
         local: cfg.sockmesh.local_shortcut.then(|| shared.shortcut.clone()),
     };
     Mesh::build(mc, &opts, previous).map_err(|es| {

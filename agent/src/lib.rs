@@ -21,6 +21,7 @@ pub mod meta;
 pub mod metrics;
 pub mod net;
 pub mod observe;
+pub mod ping;
 pub mod protocol;
 pub mod provider;
 pub mod proxy;

@@ -213,6 +213,7 @@ fn main() {
         Some("motan2-provider") => motan2_provider(&args[1..]),
         Some("motan2-call") => motan2_call(&args[1..]),
         Some("untrusted-listener") => untrusted_listener(&args[1..]),
+        Some("icmp-responder") => icmp_responder(&args[1..]),
         Some("hold") => {
             // Join a cgroup and stay there (a resident app process) until killed.
             std::fs::write(
@@ -226,7 +227,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: sockmesh-testpeer echo-server ADDR | motan2-provider --listen ADDR --name NAME [--delay-ms N [--slow-every N]] | motan2-call [--cgroup DIR] --connect ADDR --service S [--method M] [--arg TEXT] | hold CGROUP-DIR | untrusted-listener ADDR... | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio] | until-echo [--cgroup DIR] --connect ADDR [--wait-ms N]"
+                "usage: sockmesh-testpeer echo-server ADDR | motan2-provider --listen ADDR --name NAME [--delay-ms N [--slow-every N]] | motan2-call [--cgroup DIR] --connect ADDR --service S [--method M] [--arg TEXT] | hold CGROUP-DIR | untrusted-listener ADDR... | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio] | until-echo [--cgroup DIR] --connect ADDR [--wait-ms N] | icmp-responder --delay-ms N"
             );
             std::process::exit(2);
         }
@@ -277,6 +278,49 @@ fn untrusted_listener(addrs: &[String]) {
         .collect();
     for t in threads {
         let _ = t.join();
+    }
+}
+
+/// A slow ICMPv4 echo responder, for a network namespace whose kernel does not answer echoes
+/// (`net.ipv4.icmp_echo_ignore_all=1`): every echo request is answered after `--delay-ms`
+/// from a raw socket. Prints `ready icmp`, then serves until killed.
+fn icmp_responder(args: &[String]) {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::mem::MaybeUninit;
+    use std::sync::Arc;
+    let delay = Duration::from_millis(flag(args, "--delay-ms").map_or(5, |v| v.parse().unwrap()));
+    let sock =
+        Arc::new(Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw ICMP socket"));
+    println!("ready icmp");
+    std::io::stdout().flush().unwrap();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // SAFETY: recv_from only writes into the buffer; u8 has no invalid bit patterns.
+        let uninit = unsafe { &mut *(buf.as_mut_slice() as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        let Ok((n, from)) = sock.recv_from(uninit) else {
+            continue;
+        };
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        // Echo requests only (type 8); a raw socket also sees other ICMP traffic.
+        if n < ihl + 8 || buf[ihl] != 8 {
+            continue;
+        }
+        let mut reply = buf[ihl..n].to_vec();
+        reply[0] = 0;
+        reply[2..4].copy_from_slice(&[0, 0]);
+        let mut sum: u32 = reply
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        reply[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = sock.send_to(&reply, &from);
+        });
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Daemon {
     /// The daemon's pins and iptables chain, removed after it is stopped.
     pins: PinDir,
     chain: NatChain,
+    /// `sockmesh run` flags after the configuration (motan-go's, e.g. `-idc yf`).
+    flags: Vec<String>,
 }
 
 impl Daemon {
@@ -122,6 +124,20 @@ impl Daemon {
         motan: &str,
         extra_intercept: &str,
     ) -> Daemon {
+        let mut d = Daemon::configure(name, ports, agent, admin, motan, extra_intercept);
+        d.spawn();
+        d
+    }
+
+    /// Write the configuration (as `launch_admin`), without starting the daemon.
+    fn configure(
+        name: &str,
+        ports: Ports,
+        agent: &str,
+        admin: &str,
+        motan: &str,
+        extra_intercept: &str,
+    ) -> Daemon {
         let dir = std::env::temp_dir().join(format!("sockmesh-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let Ports {
@@ -151,7 +167,7 @@ impl Daemon {
             ),
         )
         .unwrap();
-        let mut d = Daemon {
+        Daemon {
             child: None,
             ports,
             admin: format!("127.0.0.1:{mport}").parse().unwrap(),
@@ -164,15 +180,29 @@ impl Daemon {
             log: dir.join("agent.log"),
             dir,
             config,
-        };
+            flags: Vec::new(),
+        }
+    }
+
+    /// A mesh daemon without interception (as `mesh_with_agent`) started with `flags`.
+    pub fn mesh_with_flags(name: &str, ports: Ports, agent: &str, motan: &str, flags: &[&str]) -> Daemon {
+        let mut d = Daemon::configure(name, ports, agent, "", motan, "    enabled: false\n");
+        d.flags = flags.iter().map(|f| f.to_string()).collect();
         d.spawn();
         d
     }
 
     pub fn spawn(&mut self) {
-        let child = self
-            .child
-            .insert(agent::spawn("sockmesh run", Command::new(bin()), &self.config, &self.log).unwrap());
+        let child = self.child.insert(
+            agent::spawn_with_flags(
+                "sockmesh run",
+                Command::new(bin()),
+                &self.config,
+                &self.log,
+                &self.flags,
+            )
+            .unwrap(),
+        );
         // Up when the TCP admin port answers, or the control socket does (a daemon whose admin
         // API is on managementUnixSock has no TCP admin port).
         let (admin, control) = (self.admin, self.control.clone());
@@ -562,6 +592,21 @@ impl VethNetNs {
         }
     }
 
+    /// `sysctl -w KEY=VALUE` inside the namespace (net.* keys are per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let out = self
+            .ns
+            .command("sysctl")
+            .args(["-w", &format!("{key}={value}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sysctl {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// IPv6 on the veth pair too: root side `fd00:213:<subnet>::1/64`, namespace side `::2`
     /// (a ULA range only this test uses; `nodad` so the addresses are usable at once). Returns
     /// (host, namespace) addresses.
@@ -592,6 +637,25 @@ impl VethNetNs {
             ])
             .unwrap();
         (h, n)
+    }
+}
+
+/// A slow ICMP echo responder inside a namespace (testpeer icmp-responder), stopped on drop.
+/// The namespace's kernel stops answering echoes itself first.
+pub struct IcmpResponder(#[allow(dead_code)] ChildProcess);
+
+impl IcmpResponder {
+    pub fn start(netns: &VethNetNs, delay_ms: u64) -> IcmpResponder {
+        netns.sysctl("net.ipv4.icmp_echo_ignore_all", "1");
+        let mut p = ChildProcess::spawn(
+            "icmp responder",
+            peer_cmd(Some(netns))
+                .args(["icmp-responder", "--delay-ms", &delay_ms.to_string()])
+                .stdout(Stdio::piped()),
+        )
+        .unwrap();
+        assert_eq!(p.ready().unwrap(), "icmp");
+        IcmpResponder(p)
     }
 }
 
@@ -758,9 +822,20 @@ impl Provider {
 
     /// `delay_ms` applies to every `slow_every`-th request.
     pub fn start_on(listen: &str, name: &str, delay_ms: u64, slow_every: u64) -> Provider {
+        Provider::start_in(None, listen, name, delay_ms, slow_every)
+    }
+
+    /// As `start_on`, inside `netns` when given.
+    pub fn start_in(
+        netns: Option<&VethNetNs>,
+        listen: &str,
+        name: &str,
+        delay_ms: u64,
+        slow_every: u64,
+    ) -> Provider {
         let mut process = ChildProcess::spawn(
             "motan2 provider",
-            Command::new(peer_bin())
+            peer_cmd(netns)
                 .args(["motan2-provider", "--listen", listen, "--name", name])
                 .args(["--delay-ms", &delay_ms.to_string()])
                 .args(["--slow-every", &slow_every.to_string()])

@@ -287,7 +287,7 @@ async fn get_refer_service(State(a): St) -> Response {
     let service: Vec<Value> = mesh
         .router
         .clusters()
-        .map(|c| json!({ "name": cluster_key(&c.refer), "status": c.is_available() }))
+        .map(|c| json!({ "name": cluster_key(&c.refer()), "status": c.is_available() }))
         .collect();
     json_response(
         StatusCode::OK,
@@ -369,8 +369,8 @@ fn clusters_info(mesh: &Mesh) -> Value {
     for r in mesh.router.refers() {
         let c = &r.cluster;
         let (size, referers) = c.referers_runtime_info();
-        let registries: Map<String, Value> = c
-            .refer
+        let refer = c.refer();
+        let registries: Map<String, Value> = refer
             .get_list(crate::url::keys::REGISTRY)
             .into_iter()
             .filter_map(|id| mesh.registries.get(id))
@@ -379,11 +379,11 @@ fn clusters_info(mesh: &Mesh) -> Value {
         let mut info = Map::new();
         info.insert("name".into(), json!("MotanCluster"));
         info.insert("refererSize".into(), json!(size));
-        info.insert("url".into(), json!(ext_info(&c.refer)));
+        info.insert("url".into(), json!(ext_info(&c.refer())));
         info.insert("referers".into(), referers);
         info.insert("registries".into(), Value::Object(registries));
         filters_into(&mut info, &r.chain.names());
-        out.insert(cluster_key(&c.refer), Value::Object(info));
+        out.insert(cluster_key(&c.refer()), Value::Object(info));
     }
     Value::Object(out)
 }
@@ -667,7 +667,7 @@ async fn reload_clusters(State(a): St) -> Response {
                 .map(|c| {
                     (
                         c.conf_id.clone(),
-                        serde_json::to_value(&*c.refer).unwrap_or_default(),
+                        serde_json::to_value(&*c.refer()).unwrap_or_default(),
                     )
                 })
                 .collect();

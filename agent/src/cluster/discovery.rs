@@ -10,6 +10,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Cluster;
+use super::idc::{self, PingFn};
+use crate::config::motan::IDC_PLACEHOLDER;
 use crate::locks::Locked;
 use crate::registry::command::{CommandSource, ReferCommands, SwitcherOverrides};
 use crate::registry::{CommandScope, Registry, ServerList};
@@ -26,6 +28,10 @@ pub struct DiscoveryContext {
     pub switchers: Arc<Switchers>,
     /// Switcher values set by commands (process-wide, like switchers), to restore them.
     pub overrides: Arc<std::sync::Mutex<SwitcherOverrides>>,
+    /// `-idc`: what `${idc}` in a refer's group is tried as first (`idc.rs`); empty without.
+    pub idc: String,
+    /// How `${idc}` resolution measures a host (ICMP; tests may replace it).
+    pub ping: PingFn,
 }
 
 enum Event {
@@ -67,7 +73,7 @@ fn subscribe(
     group: &str,
     tx: &mpsc::UnboundedSender<Event>,
 ) -> JoinHandle<()> {
-    let mut refer: Url = (*cluster.refer).clone();
+    let mut refer: Url = (*cluster.refer()).clone();
     refer.group = group.to_string();
     let (id, reg) = (registry.0.to_string(), registry.1.clone());
     let (tx, stop, group, conf) = (
@@ -100,7 +106,7 @@ pub fn start(
     ctx: &DiscoveryContext,
 ) -> Result<(), String> {
     let ids: Vec<String> = cluster
-        .refer
+        .refer()
         .get_list(crate::url::keys::REGISTRY)
         .into_iter()
         .map(String::from)
@@ -123,7 +129,34 @@ pub fn start(
 
 async fn run(cluster: Arc<Cluster>, registries: Vec<(String, Arc<dyn Registry>)>, ctx: DiscoveryContext) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let own = cluster.refer.group.clone();
+    let mut own = cluster.refer().group.clone();
+    if own.contains(IDC_PLACEHOLDER)
+        && let Some((id, reg)) = registries.first()
+    {
+        let refer = cluster.refer();
+        let resolving = idc::resolve(&refer, reg.as_ref(), &ctx.idc, &ctx.ping);
+        let r = tokio::select! {
+            _ = cluster.stopped().cancelled() => return,
+            r = resolving => r,
+        };
+        let rtts: Vec<String> = r
+            .rtts
+            .iter()
+            .map(|(g, v)| match v {
+                Ok(d) => format!("{g}={d:?}"),
+                Err(e) => format!("{g}=({e})"),
+            })
+            .collect();
+        tracing::info!(
+            cluster = %cluster.conf_id, registry = %id, configured = %own, candidates = ?r.candidates,
+            rule = r.rule, rtts = ?rtts, "idc: group resolved to {}", r.group
+        );
+        if let Some(w) = &r.warning {
+            tracing::warn!(cluster = %cluster.conf_id, "idc: {w}");
+        }
+        cluster.set_resolved_group(&r.group, r.to_json());
+        own = r.group;
+    }
     let mut subs: HashMap<(String, String), JoinHandle<()>> = HashMap::new();
     for (id, reg) in &registries {
         subs.insert(
@@ -148,7 +181,7 @@ async fn run(cluster: Arc<Cluster>, registries: Vec<(String, Arc<dyn Registry>)>
         }
     }
     let mut lists: BTreeMap<(String, String), ServerList> = BTreeMap::new();
-    let mut commands = ReferCommands::new(&cluster.refer);
+    let mut commands = ReferCommands::new(&cluster.refer());
     let mut applied_tc = commands.traffic_control();
     ensure_groups(&cluster, &registries, &applied_tc, &own, &mut subs, &tx);
     loop {

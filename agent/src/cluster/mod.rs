@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod endpoint;
 pub mod endpoints;
 pub mod ha;
+pub mod idc;
 pub mod lb;
 pub mod local;
 pub mod route;
@@ -55,7 +56,12 @@ const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const CONNECT_LOG_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Cluster {
     pub conf_id: String,
-    pub refer: Arc<Url>,
+    /// The refer; its group is the resolved one once discovery resolved `${idc}` (`idc.rs`).
+    refer: ArcSwap<Url>,
+    /// The group as configured (it may hold `${idc}`).
+    configured_group: String,
+    /// How `${idc}` was resolved (for the status), once it was.
+    idc: Mutex<Option<Value>>,
     ha: HaKind,
     hash_key: HashKeySource,
     /// Per-method timeouts, retries and backupRequest settings, resolved once.
@@ -158,7 +164,9 @@ impl Cluster {
             registries_total: Default::default(),
             connects_pending: Default::default(),
             local: Default::default(),
-            refer: Arc::new(refer),
+            configured_group: refer.group.clone(),
+            idc: Mutex::new(None),
+            refer: ArcSwap::from_pointee(refer),
         }))
     }
 
@@ -170,6 +178,25 @@ impl Cluster {
 
     fn local_for(&self, ep: &Endpoint) -> Option<&Arc<dyn LocalExports>> {
         self.local.get().filter(|l| l.is_local(ep.url()))
+    }
+
+    /// The refer, with the group requests go to (resolved, once `${idc}` was).
+    pub fn refer(&self) -> Arc<Url> {
+        self.refer.load_full()
+    }
+
+    /// The group as configured (it may hold `${idc}`).
+    pub fn configured_group(&self) -> &str {
+        &self.configured_group
+    }
+
+    /// Discovery resolved `${idc}`: requests go to `group` from now on; `how` is shown in the
+    /// status.
+    pub(super) fn set_resolved_group(&self, group: &str, how: Value) {
+        let mut u = (*self.refer.load_full()).clone();
+        u.group = group.to_string();
+        self.refer.store(Arc::new(u));
+        *self.idc.locked() = Some(how);
     }
 
     /// Registries the cluster follows (set by discovery when it starts).
@@ -199,7 +226,7 @@ impl Cluster {
     ) {
         let (outcome, all) = {
             let mut set = self.endpoints.locked();
-            let outcome = set.notify(registry_id, &self.refer, registry_count, servers);
+            let outcome = set.notify(registry_id, &self.refer.load(), registry_count, servers);
             (outcome, set.shuffled())
         };
         let weights_changed = {
@@ -760,11 +787,12 @@ impl Cluster {
             }
         };
         let endpoints: Vec<Value> = picked.iter().map(|ep| row(ep)).collect();
+        let refer = self.refer.load();
         let mut v = json!({
             "name": self.conf_id,
-            "service": self.refer.path,
-            "group": self.refer.group,
-            "ha": self.refer.get_str(crate::url::keys::HA_STRATEGY, "failover"),
+            "service": refer.path,
+            "group": refer.group,
+            "ha": refer.get_str(crate::url::keys::HA_STRATEGY, "failover"),
             "loadbalance": balancer.config().kind.name(),
             "degraded": self.degraded.load(Ordering::Relaxed),
             "group_weights": self.group_weights.locked().clone(),
@@ -776,6 +804,10 @@ impl Cluster {
         });
         if let Some(p) = page {
             v["page"] = p;
+        }
+        if let Some(idc) = self.idc.locked().clone() {
+            v["configured_group"] = json!(self.configured_group);
+            v["idc"] = idc;
         }
         v
     }

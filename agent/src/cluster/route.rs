@@ -91,6 +91,18 @@ impl RouteTable {
     /// The answer is an index into the refers the table was built from. (`http-client`
     /// clusters, which upstream tries next by `domain`, do not exist in sockmesh.)
     pub fn route(&self, req: &RouteRequest<'_>) -> Result<usize, RouteError> {
+        self.route_by(req, |i, r| {
+            self.refers[i].is_match(r.service, r.group, r.proxy_protocol, r.version)
+        })
+    }
+
+    /// As `route`, with `is_match` saying whether refer `i` matches (the caller's current
+    /// view of it, e.g. a group resolved after the table was built).
+    pub fn route_by(
+        &self,
+        req: &RouteRequest<'_>,
+        is_match: impl Fn(usize, &RouteRequest<'_>) -> bool,
+    ) -> Result<usize, RouteError> {
         if req.service.is_empty() {
             return Err(RouteError::EmptyService);
         }
@@ -111,7 +123,7 @@ impl RouteTable {
         candidates
             .iter()
             .copied()
-            .find(|&i| self.refers[i].is_match(req.service, req.group, req.proxy_protocol, req.version))
+            .find(|&i| is_match(i, req))
             .ok_or_else(|| RouteError::NoMatch {
                 service: req.service.to_string(),
                 group: req.group.to_string(),

@@ -39,6 +39,8 @@ pub struct MeshOptions {
     pub agent_registries: Vec<String>,
     pub agent_port: u16,
     pub overrides: Arc<std::sync::Mutex<crate::registry::command::SwitcherOverrides>>,
+    /// `-idc` (empty without): resolves `${idc}` in refer groups when clusters start.
+    pub idc: String,
     /// The local short-cut (`sockmesh.local_shortcut`): `None` when off.
     pub local: Option<Arc<LocalShortcut>>,
 }
@@ -288,6 +290,8 @@ impl Mesh {
             application: opts.application.clone(),
             switchers: filters.switchers.clone(),
             overrides: opts.overrides.clone(),
+            idc: opts.idc.clone(),
+            ping: crate::cluster::idc::icmp_ping(),
         };
         // Sockets made in another namespace do not reach this agent's listeners.
         if let Some(l) = opts
@@ -430,8 +434,8 @@ impl Mesh {
                 "registry": r.url().identity(), "service": u.path, "group": u.group, "address": u.address(),
             })).collect::<Vec<_>>(),
             "subscriptions": self.router.clusters().map(|c| json!({
-                "cluster": c.conf_id, "service": c.refer.path, "group": c.refer.group,
-                "registries": c.refer.get_list(crate::url::keys::REGISTRY),
+                "cluster": c.conf_id, "service": c.refer().path, "group": c.refer().group,
+                "registries": c.refer().get_list(crate::url::keys::REGISTRY),
                 "endpoints": c.endpoint_count(),
             })).collect::<Vec<_>>(),
         })

@@ -35,7 +35,7 @@ async fn call_cluster(cluster: &Arc<Cluster>, req: Frame, caller_id: u64) -> Fra
 impl Router {
     /// `refers` in the order the route table is built from.
     pub fn new(refers: Vec<Refer>) -> Router {
-        let urls = refers.iter().map(|r| (*r.cluster.refer).clone()).collect();
+        let urls = refers.iter().map(|r| (*r.cluster.refer()).clone()).collect();
         Router {
             table: RouteTable::new(urls),
             refers,
@@ -58,7 +58,12 @@ impl Router {
             version: m.get(keys::VERSION).unwrap_or(""),
             proxy_protocol: m.get(keys::PROXY_PROTOCOL).unwrap_or(""),
         };
-        match self.table.route(&r) {
+        // Against each cluster's current refer: its group may have been resolved (`${idc}`).
+        let current = |i: usize, r: &RouteRequest<'_>| {
+            let u = self.refers[i].cluster.refer();
+            u.is_match(r.service, r.group, r.proxy_protocol, r.version)
+        };
+        match self.table.route_by(&r, current) {
             Ok(i) => Ok(&self.refers[i]),
             Err(e) => Err(e.to_call_error()),
         }
@@ -86,8 +91,9 @@ impl Refer {
     pub async fn call(&self, mut req: Frame) -> Frame {
         let caller_id = req.header.request_id;
         let (cluster, chain) = (&self.cluster, &self.chain);
+        let refer = cluster.refer();
         let d = request_defaults(
-            &cluster.refer,
+            &refer,
             req.meta.get(keys::SOURCE),
             req.meta.get("application"),
             req.meta.get(keys::GROUP),
@@ -102,7 +108,7 @@ impl Refer {
         let mut resp = if chain.is_empty() {
             call_cluster(cluster, req, caller_id).await
         } else {
-            let info = CallInfo::from_request(Role::ClientAgent, &req, cluster.refer.clone(), host(&req));
+            let info = CallInfo::from_request(Role::ClientAgent, &req, refer, host(&req));
             let terminal = |r: Frame| call_cluster(cluster, r, caller_id);
             chain.call(req, &info, terminal).await
         };

@@ -66,6 +66,19 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     /// again: keep using the last value. Dropping the receiver unsubscribes.
     fn subscribe<'a>(&'a self, refer: &'a Url) -> RegistryFuture<'a, watch::Receiver<ServerList>>;
 
+    /// One look at the servers of `refer` (its group and path) as the registry has them now,
+    /// following nothing (motan-go's `Discover`; `${idc}` resolution probes groups with it).
+    /// The default takes a subscription's current value.
+    fn discover<'a>(&'a self, refer: &'a Url) -> RegistryFuture<'a, Vec<Url>> {
+        Box::pin(async move { Ok(self.subscribe(refer).await?.borrow().as_ref().clone()) })
+    }
+
+    /// Every group the registry holds (for `${idc}` resolution), or `None` when it cannot list
+    /// them (upstream's `GroupDiscoverableRegistry`; of ours only ZooKeeper can).
+    fn list_groups(&self) -> RegistryFuture<'_, Option<Vec<String>>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Server role: make `service` known to callers, as unavailable (4.9 lifecycle).
     fn register<'a>(&'a self, service: &'a Url) -> RegistryFuture<'a, ()>;
     fn unregister<'a>(&'a self, service: &'a Url) -> RegistryFuture<'a, ()>;

@@ -15,7 +15,18 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Start `sockmesh run --config CONFIG`. `cmd` runs the binary (`Command::new(sockmesh)`, or
 /// `NetNs::command(sockmesh)` inside a namespace); its stdout and stderr are appended to `log`.
-pub fn spawn(what: &str, mut cmd: Command, config: &Path, log: &Path) -> Result<ChildProcess> {
+pub fn spawn(what: &str, cmd: Command, config: &Path, log: &Path) -> Result<ChildProcess> {
+    spawn_with_flags(what, cmd, config, log, &[])
+}
+
+/// As `spawn`, with motan-go style `flags` after the configuration (e.g. `-idc`, `yf`).
+pub fn spawn_with_flags(
+    what: &str,
+    mut cmd: Command,
+    config: &Path,
+    log: &Path,
+    flags: &[String],
+) -> Result<ChildProcess> {
     let out = OpenOptions::new()
         .create(true)
         .append(true)
@@ -23,6 +34,7 @@ pub fn spawn(what: &str, mut cmd: Command, config: &Path, log: &Path) -> Result<
         .with_context(|| format!("opening {}", log.display()))?;
     cmd.args(["run", "--config"])
         .arg(config)
+        .args(flags)
         .stdout(out.try_clone()?)
         .stderr(out);
     ChildProcess::spawn(what, &mut cmd)

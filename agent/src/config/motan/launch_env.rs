@@ -19,27 +19,38 @@ pub const DEFAULT_META_PREFIX: &str = "META_";
 /// Service key: register the environment metadata with the service's URL.
 pub const REGISTER_META_KEY: &str = "registerMeta";
 
-/// `${idc}` in a refer's group becomes `-idc`'s value. motan-go probes the registry for the
-/// value as given, lower-case and upper-case and, without `-idc`, pings one node of every
-/// matching group and takes the lowest RTT; sockmesh uses the value as given and refuses a
-/// refer that needs the probe (it would find no servers).
-pub(super) fn resolve_idc(section: &str, id: &str, u: &mut Url, idc: &str, p: &mut Problems) {
-    if !u.group.contains(IDC_PLACEHOLDER) {
+/// `${idc}` in a refer's group is resolved when the cluster starts (`cluster::idc`, as
+/// motan-go's `getSubscribeGroup`): `-idc`'s value (as given, lower, upper case) first, then,
+/// in a registry that lists its groups (ZooKeeper), the matching group with the lowest ping
+/// RTT. Here only what cannot find a group is reported: no `-idc` and a first registry that
+/// cannot list groups (the group would be used as written).
+pub(super) fn check_idc(
+    section: &str,
+    id: &str,
+    u: &Url,
+    idc: &str,
+    registries: &BTreeMap<String, Url>,
+    p: &mut Problems,
+) {
+    if !u.group.contains(IDC_PLACEHOLDER) || !idc.is_empty() {
         return;
     }
-    if idc.is_empty() {
-        p.error(
+    let first = u.get_list(keys::REGISTRY).into_iter().next();
+    let lists_groups = first
+        .and_then(|r| registries.get(r))
+        .is_some_and(|r| r.protocol == "zookeeper");
+    if !lists_groups {
+        p.warn(
             section,
             Some(id),
             Some("group"),
             format!(
-                "{:?} needs -idc (or --idc): sockmesh does not choose the group by probing the registry",
-                u.group
+                "{:?}: without -idc only a zookeeper registry can resolve ${{idc}} (registry {:?} cannot list groups); the group is used as written",
+                u.group,
+                first.unwrap_or("")
             ),
         );
-        return;
     }
-    u.group = u.group.replacen(IDC_PLACEHOLDER, idc, 1);
 }
 
 /// One `MESH_DIRECT_RPC` rule: `service>group@host:port,host:port` or `service>host:port`;
@@ -206,15 +217,23 @@ mod tests {
     #[test]
     fn idc_and_meta() {
         let mut p = problems();
-        let mut u = Url::new("motan2", "", 0, "s", "api-${idc}");
-        resolve_idc("motan-refer", "r", &mut u, "yf", &mut p);
-        assert_eq!(u.group, "api-yf");
-        let mut u = Url::new("motan2", "", 0, "s", "api-${idc}");
-        resolve_idc("motan-refer", "r", &mut u, "", &mut p);
+        let regs = BTreeMap::from([
+            ("zk".to_string(), Url::new("zookeeper", "127.0.0.1", 2181, "", "")),
+            ("d".to_string(), Url::new("direct", "127.0.0.1", 1, "", "")),
+        ]);
+        let u = |reg: &str| Url::new("motan2", "", 0, "s", "api-${idc}").with_param("registry", reg);
+        // Resolved at cluster start, not here: the group keeps ${idc}.
+        check_idc("motan-refer", "r", &u("d"), "yf", &regs, &mut p);
+        check_idc("motan-refer", "r", &u("zk"), "", &regs, &mut p);
+        check_idc("motan-refer", "r", &u("zk,d"), "", &regs, &mut p);
+        assert!(p.errors.is_empty() && p.warnings.is_empty(), "{:?}", p.warnings);
+        check_idc("motan-refer", "r", &u("d,zk"), "", &regs, &mut p);
+        assert!(p.errors.is_empty());
         assert!(
-            p.errors[0].contains("entry r, key group: \"api-${idc}\" needs -idc"),
+            p.warnings[0]
+                .contains("entry r, key group: \"api-${idc}\": without -idc only a zookeeper registry"),
             "{:?}",
-            p.errors
+            p.warnings
         );
 
         let vars = vec![

@@ -26,6 +26,7 @@ use self::entries::{
     add_sub_group_refers, agent_params, compose_filters, dynamic_params, expand_service_groups, finish_refer,
     inherit, section_urls, substitute, unknown_registry,
 };
+pub use self::launch_env::IDC_PLACEHOLDER;
 pub use self::names::*;
 use self::problems::Problems;
 use super::http::{HTTP_SERVICE_SECTION, HttpSections, HttpServiceFormats};
@@ -146,7 +147,7 @@ impl MotanConfig {
         for (id, raw) in raw_refers {
             let mut u = inherit(REFER_SECTION, &id, raw, BASIC_REFER_KEY, &basic_refers, &mut p);
             finish_refer(&mut u, application, &agent_params, env);
-            launch_env::resolve_idc(REFER_SECTION, &id, &mut u, &env.idc, &mut p);
+            launch_env::check_idc(REFER_SECTION, &id, &u, &env.idc, &registries, &mut p);
             ctx.check_refer(REFER_SECTION, &id, &u, &mut p);
             check_filters(REFER_SECTION, &id, &u, &mut p);
             if let Err(e) = HashKeySource::from_url(&u) {
@@ -169,7 +170,7 @@ impl MotanConfig {
                 &mut p,
             );
             finish_refer(&mut u, application, &agent_params, env);
-            launch_env::resolve_idc(HTTP_CLIENT_SECTION, &id, &mut u, &env.idc, &mut p);
+            launch_env::check_idc(HTTP_CLIENT_SECTION, &id, &u, &env.idc, &registries, &mut p);
             ctx.check_refer(HTTP_CLIENT_SECTION, &id, &u, &mut p);
             check_filters(HTTP_CLIENT_SECTION, &id, &u, &mut p);
             http_clients.insert(id, u);

@@ -3,7 +3,9 @@
 use crate::registry::CommandScope;
 use crate::url::{Url, keys};
 
-const NAMESPACE: &str = "/motan";
+pub(super) const NAMESPACE: &str = "/motan";
+/// The child of the namespace that holds agents, not a group.
+pub(super) const AGENT_NODE: &str = "agent";
 pub(super) const NODE_SERVER: &str = "server";
 pub(super) const NODE_UNAVAILABLE: &str = "unavailableServer";
 pub(super) const NODE_CLIENT: &str = "client";
@@ -21,7 +23,7 @@ pub fn node_path(url: &Url, kind: &str) -> String {
 /// `/motan/agent/<application>/node/<host:port>` of an agent URL.
 pub fn agent_node_path(agent: &Url) -> String {
     format!(
-        "{NAMESPACE}/agent/{}/node/{}:{}",
+        "{NAMESPACE}/{AGENT_NODE}/{}/node/{}:{}",
         agent.get_str(keys::APPLICATION, ""),
         agent.host,
         agent.port

@@ -251,6 +251,51 @@ impl ZkRegistry {
         out
     }
 
+    /// A connected session, waiting for the first connection attempt; `Unavailable` without.
+    async fn connected_session(&self) -> Result<session::Session, RegistryError> {
+        self.shared.wait_first_attempt().await;
+        self.shared.session().ok_or_else(|| RegistryError::Unavailable {
+            registry: self.shared.name.clone(),
+            message: "not connected to ZooKeeper".into(),
+        })
+    }
+
+    fn unavailable(&self, what: &str, e: zookeeper_client::Error) -> RegistryError {
+        RegistryError::Unavailable {
+            registry: self.shared.name.clone(),
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    /// The servers of `refer` now: the children of its `server` node, each read once (no
+    /// watch, no subscription, no snapshot). A service without the node has none.
+    pub async fn discover_once(&self, refer: &Url) -> Result<Vec<Url>, RegistryError> {
+        let s = self.connected_session().await?;
+        let path = node_type_path(refer, layout::NODE_SERVER);
+        let children = match session::op(s.client.list_children(&path)).await {
+            Ok(c) => c,
+            Err(zookeeper_client::Error::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(self.unavailable(&format!("listing {path}"), e)),
+        };
+        let reads = self.shared.reader.read(&s, &path, refer, children).await;
+        Ok(reads.servers.into_values().flatten().collect())
+    }
+
+    /// The groups: the children of `/motan` except `agent` (the agents' own nodes).
+    pub async fn groups(&self) -> Result<Vec<String>, RegistryError> {
+        let s = self.connected_session().await?;
+        let root = layout::NAMESPACE;
+        match session::op(s.client.list_children(root)).await {
+            Ok(mut c) => {
+                c.retain(|g| g != layout::AGENT_NODE);
+                c.sort();
+                Ok(c)
+            }
+            Err(zookeeper_client::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(self.unavailable(&format!("listing {root}"), e)),
+        }
+    }
+
     /// Whether a ZooKeeper session is connected now.
     pub fn is_connected(&self) -> bool {
         self.shared.live.lock().unwrap().connected
@@ -299,6 +344,14 @@ impl Registry for ZkRegistry {
             }
             Ok(shared.subscribe_servers(refer).await)
         })
+    }
+
+    fn discover<'a>(&'a self, refer: &'a Url) -> RegistryFuture<'a, Vec<Url>> {
+        Box::pin(self.discover_once(refer))
+    }
+
+    fn list_groups(&self) -> RegistryFuture<'_, Option<Vec<String>>> {
+        Box::pin(async move { self.groups().await.map(Some) })
     }
 
     fn register<'a>(&'a self, service: &'a Url) -> RegistryFuture<'a, ()> {
