@@ -214,9 +214,14 @@ const CASES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
-        "a refer group with ${idc} and no -idc",
+        "a refer group with ${idc}, no -idc and a registry that cannot list groups (warned: used as written)",
         "motan-registry:\n  d: {protocol: direct, address: \"127.0.0.1:1\"}\nmotan-refer:\n  r: {path: com.example.A, group: \"g-${idc}\", registry: d}\n",
-        false,
+        true,
+    ),
+    (
+        "a refer group with ${idc} and no -idc in zookeeper (resolved by ping at start)",
+        "motan-registry:\n  z: {protocol: zookeeper, address: \"127.0.0.1:1\"}\nmotan-refer:\n  r: {path: com.example.A, group: \"g-${idc}\", registry: z}\n",
+        true,
     ),
     (
         "initClusterTimeout, runtime_dir and registerMeta",

@@ -880,6 +880,30 @@ fn motan_v1_requests_reach_a_motan2_provider_through_both_agents() {
     java.write_all(&hello).unwrap();
     assert_eq!(v1::decode_header(&read_v1(&mut java)).unwrap().flag, 0x01);
 
+    // Compressed v1 (Java's compress codec, inner version 2), gzipped, with the method named:
+    // served, answered as a version-1 response (which that codec reads with its v1 codec).
+    let mut zipped = v1::decode_request(&hello, 1 << 20).unwrap();
+    zipped.request_id = 4242;
+    let frame = v1::encode_request(&zipped, v1::V1Encoding::Compressed { gzip: true });
+    java.write_all(&frame).unwrap();
+    let resp = read_v1(&mut java);
+    let h = v1::decode_header(&resp).unwrap();
+    assert_eq!(
+        (h.request_id, h.flag, h.inner_version),
+        (4242, 0x01, 1),
+        "{resp:?}"
+    );
+    assert!(resp.ends_with(b"\x00\x00\x00\x07\x06motan0"), "{resp:?}");
+    // With a method signature (upstream's capture): a v1 exception that says why.
+    java.write_all(&motan1_vector("request_compressed")).unwrap();
+    let resp = read_v1(&mut java);
+    assert_eq!(v1::decode_header(&resp).unwrap().flag, 0x05);
+    assert!(
+        resp.windows(16).any(|w| w == b"method signature"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+
     // Broken framing (wrong inner magic) on another connection: a v1 exception, then that
     // connection closes; the first one and a Motan2 app keep working.
     let mut other = connect();

@@ -761,7 +761,7 @@ fn v1_frame(buf: &mut BytesMut, limits: &DecodeLimits) -> V1Frame {
     if let Some(reply) = v1::answer_heartbeat(&frame) {
         return V1Frame::Heartbeat(reply);
     }
-    match v1::decode_request(&frame) {
+    match v1::decode_request(&frame, limits.max_body) {
         Ok(req) => V1Frame::Request(req.to_motan2()),
         Err(e) => {
             let why = format!("bad motan v1 request: {e}");

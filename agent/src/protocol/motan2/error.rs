@@ -25,6 +25,9 @@ pub enum FrameError {
     TooLargeToEncode { what: &'static str, len: usize },
     #[error("bad motan v1 frame: {0}")]
     V1Frame(&'static str),
+    /// A well-formed v1 request sockmesh cannot serve, and why.
+    #[error("{0}")]
+    V1Unsupported(String),
 }
 
 /// A decoding failure of the simple serialization (spec 2.5).

@@ -11,8 +11,16 @@
 //! One difference from motan-go on purpose: motan-go relays the v1 frame itself to a provider
 //! that speaks v1 (Java servers take both versions on one port); here the request continues as
 //! Motan2, so every provider of the mesh serves it (filters, metrics and routing see an
-//! ordinary request). Compressed v1 (inner version 2, method signatures instead of names) is
-//! refused with a v1 exception.
+//! ordinary request).
+//!
+//! Compressed v1 (inner version 2, Java motan's `CompressRpcCodec`; motan-go reads it in
+//! `newObjectStream`/`parseReq`/`readAttachments`): the object stream may be gzipped whole, the
+//! attachment count is 16 bits, and the method is normally a signature (`"1"`, then
+//! `<4 chars of the method><12 hex digits of an md5>`) that only the Java provider holding the
+//! interface can map back. Gzip, the short count and full method names are served; a signature
+//! is refused with a v1 exception that says so (motan-go names such a request's service
+//! `v1compressMethodSign`, which no cluster serves either). The answer is a version-1 response,
+//! which Java's compress codec reads with its v1 codec.
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::FrameError;
@@ -154,6 +162,14 @@ const FLAG_RESPONSE: u8 = 0x01;
 const FLAG_RESPONSE_VOID: u8 = 0x03;
 const VERSION_V1: u8 = 0x01;
 const VERSION_V1_COMPRESS: u8 = 0x02;
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// Java motan's `CompressRpcCodec`: the first string `"1"` means a method signature follows;
+/// its own attachment keys (attachment signature, unknown signature, client request id).
+const METHOD_SIGN_FLAG: &str = "1";
+const SIGN_ATTACHMENT: &str = "_A";
+const UNSIGNED_ATTACHMENT: &str = "_UA";
+const CLIENT_REQUEST_ID: &str = "_RID";
+const REQUEST_ID_FROM_CLIENT: &str = "requestIdFromClient";
 const OS_HEADER: [u8; 4] = [0xac, 0xed, 0x00, 0x05];
 const TC_ARRAY: u8 = 0x75;
 const TC_CLASSDESC: u8 = 0x72;
@@ -282,27 +298,59 @@ impl<'a> Cursor<'a> {
 }
 
 /// Decode a complete v1 request frame. Framing is checked by [`decode_header`]; the errors
-/// here are about the payload.
-pub fn decode_request(frame: &[u8]) -> Result<V1Request, FrameError> {
+/// here are about the payload. A compressed request (inner version 2) may be gzipped whole;
+/// `max_inflated` bounds what it inflates to.
+pub fn decode_request(frame: &[u8], max_inflated: usize) -> Result<V1Request, FrameError> {
     let h = decode_header(frame)?;
     if h.flag != FLAG_REQUEST {
         return Err(bad("not a request"));
     }
+    let payload = &frame[HEADER_LEN..];
     match h.inner_version {
-        VERSION_V1 => {}
-        VERSION_V1_COMPRESS => return Err(bad("compressed motan v1 (version 2) is not supported")),
-        _ => return Err(bad("unknown inner version")),
+        VERSION_V1 => decode_stream(h.request_id, payload, false),
+        VERSION_V1_COMPRESS if payload.starts_with(&GZIP_MAGIC) => {
+            decode_stream(h.request_id, &gunzip(payload, max_inflated)?, true)
+        }
+        VERSION_V1_COMPRESS => decode_stream(h.request_id, payload, true),
+        _ => Err(bad("unknown inner version")),
     }
-    let mut os = Cursor {
-        b: &frame[HEADER_LEN..],
-        pos: 0,
-    };
+}
+
+/// Inflate a gzipped object stream, at most `max` bytes.
+fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, FrameError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| bad("compressed body is not valid gzip"))?;
+    if out.len() > max {
+        return Err(bad("compressed body inflates beyond the body limit"));
+    }
+    Ok(out)
+}
+
+/// The object stream of a request. `compressed` (inner version 2, Java motan's
+/// `CompressRpcCodec`): the method may be a signature (`"1"`, then the signature), the
+/// attachment count is 16 bits, and the codec's own attachments are undone: `_A` and `_UA`
+/// (attachment signatures, which only a Java server keeps) are dropped, `_RID` is the client's
+/// `requestIdFromClient`.
+fn decode_stream(request_id: u64, stream: &[u8], compressed: bool) -> Result<V1Request, FrameError> {
+    let mut os = Cursor { b: stream, pos: 0 };
     if os.take(4).ok() != Some(&OS_HEADER[..]) {
         return Err(bad("not a Java object stream"));
     }
     let info = os.block()?;
     let mut info = Cursor { b: &info, pos: 0 };
     let service = info.utf()?;
+    if compressed && service == METHOD_SIGN_FLAG {
+        // The signature is md5-based over group, interface, method, parameter types and
+        // version; only a Java server holding the interface can map it back.
+        let sign = info.utf()?;
+        return Err(FrameError::V1Unsupported(format!(
+            "compressed motan v1 request with method signature {sign:?}: sockmesh cannot map method signatures to methods (only the Java provider that has the interface can); configure the client with codec motan or motan2"
+        )));
+    }
     let method = info.utf()?;
     let param_desc = info.utf()?;
     let mut args = Vec::new();
@@ -328,17 +376,32 @@ pub fn decode_request(frame: &[u8]) -> Result<V1Request, FrameError> {
             pos: 0,
         }
     };
-    let n = attachments.u32()? as usize;
+    let n = if compressed {
+        attachments.u16()? as usize
+    } else {
+        attachments.u32()? as usize
+    };
     // Each entry takes at least 4 bytes: a count beyond that is a lie, not an allocation.
     if n > attachments.remaining() / 4 {
         return Err(bad("attachment count larger than the frame"));
     }
     let mut list = Vec::with_capacity(n);
     for _ in 0..n {
-        list.push((attachments.utf()?, attachments.utf()?));
+        let (k, v) = (attachments.utf()?, attachments.utf()?);
+        if compressed {
+            match k.as_str() {
+                SIGN_ATTACHMENT | UNSIGNED_ATTACHMENT => continue,
+                CLIENT_REQUEST_ID => {
+                    list.push((REQUEST_ID_FROM_CLIENT.to_string(), v));
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        list.push((k, v));
     }
     Ok(V1Request {
-        request_id: h.request_id,
+        request_id,
         service,
         method,
         param_desc,
@@ -407,6 +470,87 @@ fn finish_frame(mut out: BytesMut, request_id: u64) -> Bytes {
     out[12..16].copy_from_slice(&((total - OUTER_HEADER_LEN) as u32).to_be_bytes());
     out[28..32].copy_from_slice(&((total - HEADER_LEN) as u32).to_be_bytes());
     out.freeze()
+}
+
+/// How [`encode_request`] writes a request: Java motan's v1 codec (`DefaultRpcCodec`) or its
+/// compress codec (inner version 2, 16-bit attachment count), optionally gzipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum V1Encoding {
+    Plain,
+    Compressed { gzip: bool },
+}
+
+/// A v1 request frame as a Java client writes one (for tests and tools; the agent itself only
+/// reads requests): the object stream of [`decode_request`] with the method named in full.
+pub fn encode_request(req: &V1Request, encoding: V1Encoding) -> Bytes {
+    fn utf(text: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    fn block(data: &[u8], out: &mut Vec<u8>) {
+        match u8::try_from(data.len()) {
+            Ok(n) => out.extend_from_slice(&[TC_BLOCKDATA, n]),
+            Err(_) => {
+                out.push(TC_BLOCKDATALONG);
+                out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(data);
+    }
+    let compressed = matches!(encoding, V1Encoding::Compressed { .. });
+    let mut info = Vec::new();
+    for t in [&req.service, &req.method, &req.param_desc] {
+        utf(t, &mut info);
+    }
+    let mut atts = Vec::new();
+    if compressed {
+        atts.extend_from_slice(&(req.attachments.len() as u16).to_be_bytes());
+    } else {
+        atts.extend_from_slice(&(req.attachments.len() as u32).to_be_bytes());
+    }
+    for (k, v) in &req.attachments {
+        utf(k, &mut atts);
+        utf(v, &mut atts);
+    }
+    let mut stream = OS_HEADER.to_vec();
+    if req.args.is_empty() {
+        info.extend_from_slice(&atts);
+        block(&info, &mut stream);
+    } else {
+        block(&info, &mut stream);
+        for a in &req.args {
+            match a {
+                None => stream.push(TC_NULL),
+                Some(b) => {
+                    stream.push(TC_ARRAY);
+                    stream.extend_from_slice(&BYTE_ARRAY_DESC);
+                    stream.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                    stream.extend_from_slice(b);
+                }
+            }
+        }
+        block(&atts, &mut stream);
+    }
+    if encoding == (V1Encoding::Compressed { gzip: true }) {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&stream).expect("writing to memory");
+        stream = gz.finish().expect("writing to memory");
+    }
+    let mut out = BytesMut::with_capacity(HEADER_LEN + stream.len());
+    out.put_slice(&OUTER_MAGIC);
+    out.put_slice(&[0, FLAG_REQUEST]);
+    out.put_slice(&[0; 12]);
+    out.put_slice(&INNER_MAGIC);
+    out.put_u8(if compressed {
+        VERSION_V1_COMPRESS
+    } else {
+        VERSION_V1
+    });
+    out.put_u8(FLAG_REQUEST);
+    out.put_slice(&[0; 12]);
+    out.put_slice(&stream);
+    finish_frame(out, req.request_id)
 }
 
 /// A v1 exception response with `message` (a `MotanServiceException`, byte for byte as
@@ -613,7 +757,7 @@ mod tests {
 
     #[test]
     fn java_requests_decode_as_upstream_reads_them() {
-        let r = decode_request(&vector("request_hello")).unwrap();
+        let r = decode_request(&vector("request_hello"), 1 << 20).unwrap();
         assert_eq!(
             (&*r.service, &*r.method, &*r.param_desc),
             (
@@ -643,12 +787,12 @@ mod tests {
             assert_eq!(f.meta.get(k), Some(v), "{k}");
         }
 
-        let r = decode_request(&vector("request_no_param")).unwrap();
+        let r = decode_request(&vector("request_no_param"), 1 << 20).unwrap();
         assert_eq!((&*r.method, &*r.param_desc, r.args.len()), ("noParam", "void", 0));
         assert_eq!(r.attachments.len(), 5);
         assert!(r.to_motan2().body.is_empty());
 
-        let r = decode_request(&vector("request_multi_param")).unwrap();
+        let r = decode_request(&vector("request_multi_param"), 1 << 20).unwrap();
         assert_eq!(r.method, "rename");
         assert_eq!(r.args.len(), 2);
         assert_eq!(
@@ -661,12 +805,54 @@ mod tests {
             r.args.iter().map(|a| a.as_ref().unwrap().len()).sum::<usize>()
         );
 
-        let r = decode_request(&vector("request_long_attachment")).unwrap();
+        let r = decode_request(&vector("request_long_attachment"), 1 << 20).unwrap();
         assert_eq!(attachment(&r, "tempkey").len(), 1200);
         assert_eq!(attachment(&r, "group"), "motan-demo-rpc");
 
-        let e = decode_request(&vector("request_compressed")).unwrap_err();
-        assert!(e.to_string().contains("compressed"), "{e}");
+        // Java's compress codec signs the method: refused, naming the signature.
+        let e = decode_request(&vector("request_compressed"), 1 << 20).unwrap_err();
+        assert!(
+            e.to_string().contains("method signature \"hell817ff3733269\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn compressed_requests_with_method_names_gzipped_or_not() {
+        let mut want = decode_request(&vector("request_hello"), 1 << 20).unwrap();
+        // The codec's own keys as a compress-codec client adds them.
+        let mut sent = want.clone();
+        sent.attachments.push(("_A".into(), "4996".into()));
+        sent.attachments.push(("_RID".into(), "77".into()));
+        want.attachments.push(("requestIdFromClient".into(), "77".into()));
+        for gzip in [false, true] {
+            let frame = encode_request(&sent, V1Encoding::Compressed { gzip });
+            assert_eq!(decode_header(&frame).unwrap().inner_version, 2);
+            assert_eq!(frame[HEADER_LEN..].starts_with(&GZIP_MAGIC), gzip);
+            assert_eq!(decode_request(&frame, 1 << 20).unwrap(), want, "gzip {gzip}");
+        }
+        // Plain encoding is what Java's v1 codec writes: the capture decodes the same.
+        let plain = encode_request(&want, V1Encoding::Plain);
+        assert_eq!(decode_request(&plain, 1 << 20).unwrap(), want);
+        // No arguments: attachments share the service block.
+        let mut none = decode_request(&vector("request_no_param"), 1 << 20).unwrap();
+        none.attachments.push(("k".into(), "v".repeat(300)));
+        let frame = encode_request(&none, V1Encoding::Compressed { gzip: true });
+        assert_eq!(decode_request(&frame, 1 << 20).unwrap(), none);
+        // Inflating beyond the limit, or not gzip after the magic: refused, no panic.
+        let big = V1Request {
+            args: vec![Some(Bytes::from(vec![b'x'; 100_000]))],
+            ..want.clone()
+        };
+        let frame = encode_request(&big, V1Encoding::Compressed { gzip: true });
+        assert!(frame.len() < 10_000);
+        let e = decode_request(&frame, 50_000).unwrap_err();
+        assert!(e.to_string().contains("beyond the body limit"), "{e}");
+        assert!(decode_request(&frame, 200_000).is_ok());
+        let mut broken = encode_request(&want, V1Encoding::Compressed { gzip: true }).to_vec();
+        let n = broken.len();
+        broken[n - 12..].fill(0);
+        assert!(decode_request(&broken, 1 << 20).is_err());
     }
 
     #[test]
@@ -719,7 +905,7 @@ mod tests {
         for cut in HEADER_LEN..good.len() {
             let mut t = good[..cut].to_vec();
             t[28..32].copy_from_slice(&((cut - HEADER_LEN) as u32).to_be_bytes());
-            assert!(decode_request(&t).is_err(), "cut {cut}");
+            assert!(decode_request(&t, 1 << 20).is_err(), "cut {cut}");
         }
         // A lying attachment count or a wrong object-stream magic.
         let mut lie = vector("request_no_param");
@@ -727,17 +913,17 @@ mod tests {
         let at = HEADER_LEN + 4 + 2 + (2 + 45) + (2 + 7) + (2 + 4);
         assert_eq!(&lie[at..at + 4], &[0, 0, 0, 5]);
         lie[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(decode_request(&lie).is_err());
+        assert!(decode_request(&lie, 1 << 20).is_err());
         let mut magic = vector("request_hello");
         magic[HEADER_LEN] = 0;
         assert!(
-            decode_request(&magic)
+            decode_request(&magic, 1 << 20)
                 .unwrap_err()
                 .to_string()
                 .contains("object stream")
         );
         assert!(
-            decode_request(&heartbeat_response(1)).is_err(),
+            decode_request(&heartbeat_response(1), 1 << 20).is_err(),
             "a response is not a request"
         );
     }
