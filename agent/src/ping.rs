@@ -260,16 +260,18 @@ mod tests {
     fn loopback_answers_within_the_bound() {
         // Needs a raw socket (root) or ping_group_range; either way the bound holds.
         let opts = PingOptions::default();
-        let t0 = Instant::now();
-        let r = ping("127.0.0.1".parse().unwrap(), &opts);
-        assert!(t0.elapsed() < opts.timeout + Duration::from_millis(200));
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            assert!(r.is_ok(), "root makes a raw socket: {r:?}");
-        }
-        if let Ok(rtts) = r {
-            assert_eq!(rtts.len(), 5, "loopback answers every echo");
-            assert!(trimmed_mean(&rtts).unwrap() < Duration::from_millis(100));
+        for host in ["127.0.0.1", "::1"] {
+            let t0 = Instant::now();
+            let r = ping(host.parse().unwrap(), &opts);
+            assert!(t0.elapsed() < opts.timeout + Duration::from_millis(200), "{host}");
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                assert!(r.is_ok(), "{host}: root makes a raw socket: {r:?}");
+            }
+            if let Ok(rtts) = r {
+                assert_eq!(rtts.len(), 5, "{host}: loopback answers every echo");
+                assert!(trimmed_mean(&rtts).unwrap() < Duration::from_millis(100));
+            }
         }
     }
 }
