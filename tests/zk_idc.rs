@@ -64,8 +64,17 @@ fn resolved(d: &Daemon) -> serde_json::Value {
     }
 }
 
-/// Calls through the agent: all answered by `provider`.
+/// Calls through the agent (once the cluster has an endpoint): all answered by `provider`.
 fn calls_reach(d: &Daemon, provider: &str) {
+    let t0 = Instant::now();
+    while d.admin_json("/sockmesh/status")["mesh"]["clusters"][0]["available_endpoints"] == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no endpoint:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let rt = motan::rt();
     rt.block_on(async {
         let ch = motan::connect(agent_addr(d)).await;
@@ -173,4 +182,44 @@ fn without_idc_the_group_with_the_lowest_ping_rtt_wins() {
         drop(d);
         drop(responder);
     }
+}
+
+/// ZooKeeper down when the agent starts: without `-idc` nothing can be decided, so the cluster
+/// asks again until ZooKeeper answers (then pings, as always); with `-idc` the value as given is
+/// used at once (a registry snapshot may serve it).
+#[test]
+fn unreachable_zookeeper_at_start_resolves_once_it_answers() {
+    if !common::privileged("unreachable_zookeeper_at_start_resolves_once_it_answers") {
+        return;
+    }
+    let Some(mut zk) = zookeeper("zk-idc-late") else {
+        return;
+    };
+    let p = Provider::start("p-late", 0);
+    motan::rt().block_on(async {
+        register(&raw_client(&zk).await, "api-late", "127.0.0.1", p.addr.port()).await;
+    });
+    zk.stop();
+    let d = Daemon::mesh_with_agent("idclate", Ports::pick(), &agent_keys("idclate"), &motan(&zk));
+    let f = Daemon::mesh_with_flags(
+        "idclatef",
+        Ports::pick(),
+        &agent_keys("idclatef"),
+        &motan(&zk),
+        &["-idc", "Late"],
+    );
+    d.wait_log("idc: cannot resolve \"api-${idc}\" yet", 1);
+    let c = d.admin_json("/sockmesh/status")["mesh"]["clusters"][0].clone();
+    assert_eq!(
+        c["group"], "api-${idc}",
+        "not decided while ZooKeeper is down: {c}"
+    );
+    let cf = resolved(&f);
+    assert_eq!(cf["group"], "api-Late", "{cf}");
+    assert_eq!(cf["idc"]["rule"], "registry-unreachable", "{cf}");
+    zk.spawn().unwrap();
+    let c = resolved(&d);
+    assert_eq!(c["group"], "api-late", "{c}");
+    assert_eq!(c["idc"]["rule"], "rtt", "{c}");
+    calls_reach(&d, "p-late");
 }

@@ -133,11 +133,8 @@ async fn run(cluster: Arc<Cluster>, registries: Vec<(String, Arc<dyn Registry>)>
     if own.contains(IDC_PLACEHOLDER)
         && let Some((id, reg)) = registries.first()
     {
-        let refer = cluster.refer();
-        let resolving = idc::resolve(&refer, reg.as_ref(), &ctx.idc, &ctx.ping);
-        let r = tokio::select! {
-            _ = cluster.stopped().cancelled() => return,
-            r = resolving => r,
+        let Some(r) = resolve_idc(&cluster, reg.as_ref(), &ctx).await else {
+            return; // stopped
         };
         let rtts: Vec<String> = r
             .rtts
@@ -246,6 +243,41 @@ async fn run(cluster: Arc<Cluster>, registries: Vec<(String, Arc<dyn Registry>)>
     }
     for (_, h) in subs {
         h.abort();
+    }
+}
+
+/// How long discovery waits before asking a registry that could not answer again.
+const IDC_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Resolve `${idc}` in the cluster's group against `reg` (`idc.rs`), asking again while the
+/// registry cannot answer and `-idc` gives no fallback. `None`: the cluster stopped.
+async fn resolve_idc(
+    cluster: &Arc<Cluster>,
+    reg: &dyn Registry,
+    ctx: &DiscoveryContext,
+) -> Option<idc::Resolution> {
+    let refer = cluster.refer();
+    let mut warned = false;
+    loop {
+        let r = tokio::select! {
+            _ = cluster.stopped().cancelled() => return None,
+            r = idc::resolve(&refer, reg, &ctx.idc, &ctx.ping) => r,
+        };
+        let e = match r {
+            Ok(r) => return Some(r),
+            Err(e) => e,
+        };
+        if let Some(r) = idc::unreachable_fallback(&refer.group, &ctx.idc, &e) {
+            return Some(r);
+        }
+        if !warned {
+            tracing::warn!(cluster = %cluster.conf_id, "idc: cannot resolve {:?} yet ({e}); asking again every {IDC_RETRY:?}", refer.group);
+            warned = true;
+        }
+        tokio::select! {
+            _ = cluster.stopped().cancelled() => return None,
+            _ = tokio::time::sleep(IDC_RETRY) => {}
+        }
     }
 }
 

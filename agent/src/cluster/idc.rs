@@ -13,7 +13,9 @@
 //!    last one. Matches without servers → the last match. No match → the group as written.
 //!
 //! Listed groups are sorted, so "the last" is well defined (upstream iterates a Go map).
-//! Resolution happens once per cluster start (and reload), as upstream.
+//! Resolution happens once per cluster start (and reload), as upstream. A registry that cannot
+//! be asked yet (ZooKeeper not connected): with `-idc` its value as given is used at once (a
+//! snapshot still serves it), without `-idc` discovery asks again until the registry answers.
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::config::motan::IDC_PLACEHOLDER;
 use crate::ping::trimmed_mean;
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 use crate::url::Url;
 
 /// Pings one host: the RTTs of its replies, or why there are none.
@@ -122,33 +124,26 @@ fn with_group(refer: &Url, group: &str) -> Url {
     u
 }
 
-/// Whether `registry` has servers of `refer` in `group` (a failed look is none, logged).
-async fn servers_in(registry: &dyn Registry, refer: &Url, group: &str) -> Vec<Url> {
-    match registry.discover(&with_group(refer, group)).await {
-        Ok(list) => list,
-        Err(e) => {
-            tracing::warn!(group, service = %refer.path, "idc: discovering servers failed: {e}");
-            Vec::new()
-        }
-    }
+/// The servers `registry` has for `refer` in `group`.
+async fn servers_in(registry: &dyn Registry, refer: &Url, group: &str) -> Result<Vec<Url>, RegistryError> {
+    registry.discover(&with_group(refer, group)).await
 }
 
 /// Resolve `refer.group` (which holds `${idc}`) against `registry`; `idc` is `-idc` (empty
-/// without), `ping` measures a host.
-pub async fn resolve(refer: &Url, registry: &dyn Registry, idc: &str, ping: &PingFn) -> Resolution {
+/// without), `ping` measures a host. `Err`: the registry could not answer (not connected), so
+/// nothing can be decided yet.
+pub async fn resolve(
+    refer: &Url,
+    registry: &dyn Registry,
+    idc: &str,
+    ping: &PingFn,
+) -> Result<Resolution, RegistryError> {
     let group = refer.group.as_str();
     let cands = candidates(group, idc);
-    let listed = match registry.list_groups().await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(group, "idc: listing the registry's groups failed: {e}");
-            None
-        }
-    };
-    let Some(listed) = listed else {
+    let Some(listed) = registry.list_groups().await? else {
         for c in &cands {
-            if !servers_in(registry, refer, c).await.is_empty() {
-                return Resolution::new(c, &cands, "candidate");
+            if !servers_in(registry, refer, c).await?.is_empty() {
+                return Ok(Resolution::new(c, &cands, "candidate"));
             }
         }
         let mut r = Resolution::new(group, &cands, "literal");
@@ -163,17 +158,17 @@ pub async fn resolve(refer: &Url, registry: &dyn Registry, idc: &str, ping: &Pin
                 registry.url().identity()
             )
         });
-        return r;
+        return Ok(r);
     };
     for c in &cands {
-        if listed.contains(c) && !servers_in(registry, refer, c).await.is_empty() {
-            return Resolution::new(c, &cands, "candidate");
+        if listed.contains(c) && !servers_in(registry, refer, c).await?.is_empty() {
+            return Ok(Resolution::new(c, &cands, "candidate"));
         }
     }
     let matched: Vec<&String> = listed.iter().filter(|g| matches(group, g)).collect();
     let mut with_servers: Vec<(String, Vec<Url>)> = Vec::new();
     for g in &matched {
-        let list = servers_in(registry, refer, g).await;
+        let list = servers_in(registry, refer, g).await?;
         if !list.is_empty() {
             with_servers.push(((*g).clone(), list));
         }
@@ -185,13 +180,13 @@ pub async fn resolve(refer: &Url, registry: &dyn Registry, idc: &str, ping: &Pin
                 "group {group:?}: no group of registry {} matches; the group is used as written",
                 registry.url().identity()
             ));
-            return r;
+            return Ok(r);
         };
         let mut r = Resolution::new(last, &cands, "last-match");
         r.warning = Some(format!(
             "group {group:?}: none of the matching groups {matched:?} has servers; using the last, {last:?}"
         ));
-        return r;
+        return Ok(r);
     }
     // One random server per group, all pinged at once.
     let mut set = tokio::task::JoinSet::new();
@@ -226,7 +221,19 @@ pub async fn resolve(refer: &Url, registry: &dyn Registry, idc: &str, ping: &Pin
         ));
     }
     r.rtts = rtts;
-    r
+    Ok(r)
+}
+
+/// When the registry cannot answer yet and `-idc` is set: its value as given (what sockmesh
+/// did before resolving at start), so a registry snapshot still serves; `None` without `-idc`.
+pub fn unreachable_fallback(group: &str, idc: &str, e: &RegistryError) -> Option<Resolution> {
+    let cands = candidates(group, idc);
+    let first = cands.first()?;
+    let mut r = Resolution::new(first, &cands, "registry-unreachable");
+    r.warning = Some(format!(
+        "group {group:?}: the registry cannot be asked ({e}); using -idc's value as given, {first:?}"
+    ));
+    Some(r)
 }
 
 #[cfg(test)]
@@ -267,9 +274,9 @@ mod tests {
         let reg = DirectRegistry::new(Url::new("direct", "127.0.0.1", 1, "", "")).unwrap();
         let refer = Url::new("motan2", "", 0, "s", "api-${idc}");
         let never: PingFn = Arc::new(|_| Box::pin(async { Err("no ping".to_string()) }));
-        let r = resolve(&refer, &reg, "YF", &never).await;
+        let r = resolve(&refer, &reg, "YF", &never).await.unwrap();
         assert_eq!((r.group.as_str(), r.rule), ("api-YF", "candidate"));
-        let r = resolve(&refer, &reg, "", &never).await;
+        let r = resolve(&refer, &reg, "", &never).await.unwrap();
         assert_eq!((r.group.as_str(), r.rule), ("api-${idc}", "literal"));
         assert!(
             r.warning
