@@ -118,6 +118,12 @@ fn idc_flag_probes_the_value_as_given_then_lower_and_upper_case() {
     calls_reach(&d, "p-yf");
     let reg = d.admin_json("/registry/list");
     assert_eq!(reg["subscriptions"][0]["group"], "api-yf", "{reg}");
+    let refs = d.admin_json("/getReferService");
+    assert_eq!(
+        refs["body"]["service"][0]["name"],
+        format!("api-yf_1.0_motan2_{SVC}"),
+        "{refs}"
+    );
     d.wait_log("idc: group resolved to api-yf", 1);
 }
 
