@@ -554,3 +554,46 @@ async fn lists_converge_despite_failed_reads() {
     .await;
     reg.close();
 }
+
+/// What `${idc}` resolution asks (cluster/idc.rs): the groups under `/motan` (not `agent`) and
+/// one look at a group's servers, which follows nothing (no watch, no client node); both fail
+/// plainly while ZooKeeper is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_and_one_shot_discovery() {
+    init_logs();
+    let Some(mut zk) = blocking(|| zookeeper("groups")) else {
+        return;
+    };
+    let raw = raw_client(&zk).await;
+    let reg = registry(&zk, 10, None);
+    assert_eq!(reg.list_groups().await.unwrap(), Some(vec![]), "no /motan yet");
+    let a = provider("127.0.0.1", 18101);
+    create_provider_node(&raw, &a).await;
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    raw.mkdir(&format!("/motan/zk-test-other/{SERVICE}/server"), &persistent)
+        .await
+        .unwrap();
+    reg.register_agent_node(&Url::new("motan2", "127.0.0.1", 9981, "", "").with_param("application", "app"))
+        .await
+        .unwrap();
+    assert_eq!(
+        reg.list_groups().await.unwrap(),
+        Some(vec![GROUP.to_string(), "zk-test-other".to_string()])
+    );
+    assert_eq!(reg.discover(&refer()).await.unwrap(), vec![a.clone()]);
+    let mut missing = refer();
+    missing.group = "zk-test-none".into();
+    assert!(reg.discover(&missing).await.unwrap().is_empty());
+    assert!(
+        children(&raw, &server_path("client")).await.is_empty(),
+        "a one-shot look registers no subscriber"
+    );
+    assert!(reg.status()["subscriptions"].as_array().unwrap().is_empty());
+    blocking(|| zk.stop());
+    eventually("disconnected", Duration::from_secs(15), || async {
+        !reg.is_connected()
+    })
+    .await;
+    assert!(reg.list_groups().await.is_err());
+    assert!(reg.discover(&refer()).await.is_err());
+}

@@ -169,7 +169,7 @@ struct MotanFlags {
     /// motan-agent.application when the configuration sets none.
     #[arg(long)]
     application: Option<String>,
-    /// The IDC: `${idc}` in refer groups becomes it.
+    /// The IDC: `${idc}` in refer groups is tried as it (as given, lower, upper case) first.
     #[arg(long)]
     idc: Option<String>,
     /// motan-agent.localIP: the IP exports are registered with.

@@ -27,7 +27,7 @@ pub struct LaunchOptions {
     /// `-application`: the application file of pool mode; also the agent's `application`
     /// when the configuration sets none.
     pub application: Option<String>,
-    /// `-idc`: what `${idc}` in refer groups becomes.
+    /// `-idc`: what `${idc}` in refer groups is tried as first (resolved at cluster start).
     pub idc: Option<String>,
     /// `-localIP`: `motan-agent.localIP`.
     pub local_ip: Option<String>,

@@ -24,7 +24,7 @@ pub struct MotanEnv {
     pub direct_rpc: String,
     /// The whole environment, for the metadata variables (`META_*` or `envMetaPrefix`).
     pub vars: Vec<(String, String)>,
-    /// `-idc`: what `${idc}` in refer groups becomes.
+    /// `-idc`: what `${idc}` in refer groups is tried as first (resolved at cluster start).
     pub idc: String,
 }
 

@@ -1,8 +1,9 @@
-//! What the agent's start (flags, environment) changes in the typed URLs: `${idc}` in refer
-//! groups (`-idc`), `MESH_DIRECT_RPC` (refers served by a fixed server list instead of their
-//! registries) and the `META_*` environment variables a service with `registerMeta: true`
-//! registers (motan-go: cluster/motanCluster.go `getSubscribeGroup`, core/util.go
-//! `GetDirectEnvRegistry`, meta/meta.go and server/server.go `Export`).
+//! What the agent's start (flags, environment) changes in the typed URLs, and the check of
+//! `${idc}` in refer groups (resolved when the cluster starts: `cluster::idc`, motan-go's
+//! cluster/motanCluster.go `getSubscribeGroup`): `MESH_DIRECT_RPC` (refers served by a fixed
+//! server list instead of their registries) and the `META_*` environment variables a service
+//! with `registerMeta: true` registers (motan-go: core/util.go `GetDirectEnvRegistry`,
+//! meta/meta.go and server/server.go `Export`).
 use std::collections::BTreeMap;
 
 use super::super::registry::DirectSpec;
