@@ -3,7 +3,7 @@
 //! servers are pinged (ICMP, from the agent) and the lowest RTT wins. The servers of the
 //! RTT test live in network namespaces the test creates (10.213.41-43.0/30), one of which
 //! answers echoes slowly (its kernel ignores them; a userspace responder answers late) and one
-//! not at all.
+//! not at all. Also: ZooKeeper down at start, and the pinger without CAP_NET_RAW.
 mod common;
 #[path = "common/zk.rs"]
 mod zk_server;
@@ -228,4 +228,72 @@ fn unreachable_zookeeper_at_start_resolves_once_it_answers() {
     assert_eq!(c["group"], "api-late", "{c}");
     assert_eq!(c["idc"]["rule"], "rtt", "{c}");
     calls_reach(&d, "p-late");
+}
+
+/// Drop CAP_NET_RAW from the calling thread's effective set (capabilities are per thread).
+fn drop_net_raw_on_this_thread() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_RAW: u32 = 13;
+    let mut h = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data words, as the kernel expects.
+    unsafe {
+        assert_eq!(libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()), 0);
+        d[0].effective &= !(1 << CAP_NET_RAW);
+        assert_eq!(libc::syscall(libc::SYS_capset, &h, d.as_ptr()), 0);
+    }
+}
+
+/// Without CAP_NET_RAW the pinger uses an unprivileged ICMP datagram socket (allowed here by
+/// `net.ipv4.ping_group_range` inside a namespace the test creates), and still measures.
+#[test]
+fn ping_without_cap_net_raw_uses_an_icmp_datagram_socket() {
+    if !common::privileged("ping_without_cap_net_raw_uses_an_icmp_datagram_socket") {
+        return;
+    }
+    let ns = sockmesh_testkit::NetNs::add(format!("smt-idcping-{}", std::process::id())).unwrap();
+    ns.ip(&["link", "set", "lo", "up"]).unwrap();
+    let out = ns
+        .command("sysctl")
+        .args(["-w", "net.ipv4.ping_group_range=0 0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (raw, rtts) = ns
+        .within(|| {
+            drop_net_raw_on_this_thread();
+            let raw = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::ICMPV4),
+            );
+            let opts = sockmesh::ping::PingOptions::default();
+            (
+                raw.map(|_| ()),
+                sockmesh::ping::ping("127.0.0.1".parse().unwrap(), &opts),
+            )
+        })
+        .unwrap();
+    assert_eq!(
+        raw.unwrap_err().raw_os_error(),
+        Some(libc::EPERM),
+        "no raw socket without CAP_NET_RAW"
+    );
+    let rtts = rtts.expect("the datagram socket pings");
+    assert_eq!(rtts.len(), 5, "{rtts:?}");
 }
