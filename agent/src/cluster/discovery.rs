@@ -30,7 +30,7 @@ pub struct DiscoveryContext {
     pub overrides: Arc<std::sync::Mutex<SwitcherOverrides>>,
     /// `-idc`: what `${idc}` in a refer's group is tried as first (`idc.rs`); empty without.
     pub idc: String,
-    /// How `${idc}` resolution measures a host (ICMP; tests may replace it).
+    /// How `${idc}` resolution measures a host (`idc::icmp_ping` in the agent).
     pub ping: PingFn,
 }
 
