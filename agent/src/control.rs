@@ -411,6 +411,11 @@ impl AppState {
             Ok(c) => (serde_json::to_value(c)?, None),
             Err(e) => (json!([]), Some(format!("{e:#}"))),
         };
+        let sockhash = self
+            .with_interceptor(|i| i.sockhash_status())
+            .ok()
+            .map(serde_json::to_value)
+            .transpose()?;
         let mut cgroups = ebpf.as_array().cloned().unwrap_or_default();
         for c in self.iptables.lock().unwrap().cgroups()? {
             cgroups.push(json!({ "cgroup": c.cgroup, "mode": c.mode, "redirected": c.redirected, "passed": 0, "fail_open": 0, "fail_open_stalled": 0 }));
@@ -422,6 +427,7 @@ impl AppState {
             "transparent_listener": self.config.read().unwrap().transparent_addr().to_string(),
             "iptables_chain": self.iptables.lock().unwrap().chain(),
             "netns_listeners": *self.netns_listeners.lock().unwrap(),
+            "sockhash": sockhash,
             "cgroups": cgroups,
         }))
     }
@@ -498,7 +504,8 @@ impl AppState {
         let policy_changed = o.exclude_ports != n.exclude_ports
             || o.include_cidrs != n.include_cidrs
             || o.exclude_cidrs != n.exclude_cidrs
-            || o.liveness_timeout_ms != n.liveness_timeout_ms;
+            || o.liveness_timeout_ms != n.liveness_timeout_ms
+            || old.local_sockmap_ports() != new.local_sockmap_ports();
         // Keys that need a restart keep their running values.
         let mut effective = new.clone();
         effective.agent.port = old.agent.port;
@@ -524,7 +531,7 @@ impl AppState {
                 i.update_policy(settings.clone())?;
             }
             self.iptables.lock().unwrap().update_policy(settings)?;
-            applied.push("sockmesh.intercept policy (exclude_ports, include_cidrs, exclude_cidrs, liveness_timeout_ms)");
+            applied.push("sockmesh.intercept policy (exclude_ports, include_cidrs, exclude_cidrs, liveness_timeout_ms, the exports' sockmesh.sockmap ports)");
         }
         if o.default_mode != n.default_mode {
             applied.push("sockmesh.intercept.default_mode");

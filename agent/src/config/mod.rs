@@ -25,7 +25,7 @@ use serde_yaml_ng::Value;
 
 use sockmesh_common::{
     MAX_AGENT_PORTS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_CIDRS_V6, MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS,
-    MAX_INCLUDE_CIDRS_V6,
+    MAX_INCLUDE_CIDRS_V6, MAX_LOCAL_PORTS,
 };
 
 use self::intercept::{
@@ -384,6 +384,11 @@ impl Config {
                 "{src}: section motan-agent, keys port, eport, mport (the agent ports the programs never intercept): {m}"
             ));
         }
+        if let Err(m) = check_capacity(self.local_sockmap_ports().len(), MAX_LOCAL_PORTS) {
+            e.push(format!(
+                "{src}: section motan-service, key sockmesh.sockmap (export and provider ports of the exports that set it): {m}"
+            ));
+        }
         if !(1..=MAX_NETNS_LISTENERS).contains(&i.max_netns_listeners) {
             e.push(format!(
                 "{src}: section sockmesh.intercept, key max_netns_listeners: {} is not in 1..={MAX_NETNS_LISTENERS} (each is a thread and a socket)",
@@ -442,7 +447,21 @@ impl Config {
             exclude_cidrs: i.exclude_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
             bpf_log_level: bpf_log_level(&i.bpf_log_level).unwrap_or(3),
             liveness_timeout: std::time::Duration::from_millis(i.liveness_timeout_ms),
+            local_ports: self.local_sockmap_ports(),
         }
+    }
+
+    /// The ports of every export's `sockmesh.sockmap` local legs, sorted, no duplicates.
+    pub fn local_sockmap_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .mesh
+            .exports
+            .values()
+            .flat_map(|s| s.sockmap_ports())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 }
 
