@@ -136,6 +136,11 @@ fn opted_in_export_legs_go_through_sk_msg_and_others_keep_tcp() {
         n("bytes_redirected")
     );
     assert!(n("msg_redirected") > 0, "{st}");
+    let metrics = server.metrics();
+    assert!(
+        metrics.contains("sockmesh_sockhash_bytes_redirected_total"),
+        "sockhash counters in /metrics:\n{metrics}"
+    );
 
     // The blocking provider's export did not opt in: its leg stays on TCP, and it keeps
     // answering (the client agent -> export leg is shared and short-circuited).

@@ -36,6 +36,8 @@ pub struct Env {
     baseline: Option<(String, u32)>,
     /// The "legs" agent's port and PID (agent-two-hop-* modes), when one of them runs.
     legs: Option<(String, u32)>,
+    /// The legs agent's control socket.
+    legs_control: PathBuf,
     haproxy_addr: String,
     haproxy_pid: u32,
     _procs: Vec<ChildProcess>,
@@ -230,6 +232,7 @@ pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>, 
         agent_idle_rss_kib,
         baseline,
         legs,
+        legs_control: dir.join("legs.sock"),
         haproxy_addr: haproxy_addr.to_string(),
         haproxy_pid,
         _procs: procs,
@@ -312,6 +315,25 @@ fn start_legs_agent(
 }
 
 impl Env {
+    /// The legs agent's sockhash counters (`sockmesh intercept status --json`), when it runs.
+    pub fn legs_sockhash(&self) -> Result<Option<serde_json::Value>> {
+        if self.legs.is_none() {
+            return Ok(None);
+        }
+        let out = Command::new(&self.bin)
+            .args(["intercept", "status", "--json", "--control"])
+            .arg(&self.legs_control)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "sockmesh intercept status (legs agent): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("intercept status")?;
+        Ok(Some(v["sockhash"].clone()))
+    }
+
     fn cli(&self, args: &[&str]) -> Result<()> {
         let out = Command::new(&self.bin)
             .args(args)

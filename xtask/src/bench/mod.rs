@@ -302,7 +302,20 @@ pub fn run(opts: Options) -> Result<()> {
     }
     println!();
     let agent_idle_rss_kib = env.agent_idle_rss_kib;
+    // The legs agent's sockhash counters: proof that agent-two-hop-skmsg took the sk_msg path.
+    let sockhash = if runnable.contains(&Mode::AgentTwoHopSkmsg) {
+        env.legs_sockhash()?
+    } else {
+        None
+    };
     drop(env);
+    if let Some(h) = &sockhash {
+        std::fs::write(raw.join("legs-sockhash.json"), serde_json::to_vec_pretty(h)?)?;
+        println!("xtask: bench: legs agent's sockhash: {h}");
+        if h["msg_redirected"].as_u64().unwrap_or(0) == 0 {
+            bail!("agent-two-hop-skmsg ran but sk_msg redirected nothing: {h}");
+        }
+    }
     let report = Report::build(
         &runs,
         &cases,
