@@ -183,6 +183,15 @@ impl Config {
         };
         let (observe, found) = observe::ObserveSpec::build(source, motan.get("metrics"), &agent.other, aids);
         mesh.warnings.extend(found.warnings);
+        if !sockmesh.intercept.enabled {
+            for (id, spec) in &mesh.exports {
+                if spec.sockmap {
+                    mesh.warnings.push(format!(
+                        "{source}: section motan-service, entry {id}, key sockmesh.sockmap: no effect while sockmesh.intercept.enabled is false (the sk_msg programs are not loaded)"
+                    ));
+                }
+            }
+        }
         let (process, process_errors) = ProcessSettings::from_agent(&agent.other, &launch);
         for e in process_errors {
             errors.push(format!(
@@ -677,6 +686,40 @@ mod tests {
             err.contains("tcp_mutations") && err.contains("\"/nope\" is not an admin mutation"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sockmap_exports_give_the_local_leg_ports() {
+        let svc = |id: &str, eport: u16, proxy: u16, extra: &str| {
+            format!(
+                "  {id}:\n    path: com.weibo.{id}\n    group: g\n    export: \"motan2:{eport}\"\n    proxy: \"motan2:{proxy}\"\n{extra}"
+            )
+        };
+        let text = |intercept: &str, extra: &str| {
+            format!(
+                "sockmesh:\n  intercept:\n    enabled: {intercept}\nmotan-service:\n{}{}",
+                svc("a", 8100, 9100, extra),
+                svc("b", 8100, 9200, "")
+            )
+        };
+        let c = Config::parse(&text("true", "    sockmesh.sockmap: true\n"), "s.yaml").unwrap();
+        assert_eq!(c.intercept_settings().local_ports, vec![8100, 9100]);
+        assert!(c.mesh.warnings.iter().all(|w| !w.contains("sockmesh.sockmap")));
+        let off = Config::parse(&text("false", "    sockmesh.sockmap: true\n"), "s.yaml").unwrap();
+        assert!(
+            off.mesh
+                .warnings
+                .iter()
+                .any(|w| w.contains("entry a, key sockmesh.sockmap")),
+            "{:?}",
+            off.mesh.warnings
+        );
+        let none = Config::parse(&text("true", ""), "s.yaml").unwrap();
+        assert!(none.intercept_settings().local_ports.is_empty());
+        let bad = Config::parse(&text("true", "    sockmesh.sockmap: maybe\n"), "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("sockmesh.sockmap") && bad.contains("maybe"), "{bad}");
     }
 
     #[test]
