@@ -199,3 +199,37 @@ fn without_the_opt_in_no_local_leg_enters_the_sockhash() {
     assert_eq!(st["local_leg_sockets"], 0, "{st}");
     assert_eq!(st["msg_redirected"], 0, "{st}");
 }
+
+#[test]
+fn opted_in_refer_to_a_local_provider_goes_through_sk_msg() {
+    if !privileged("opted_in_refer_to_a_local_provider_goes_through_sk_msg") {
+        return;
+    }
+    let _g = serial();
+    // The client role dials a provider on loopback directly (no server agent): the refer's
+    // opt-in covers that leg; the agent's interception supplies the programs.
+    let provider = Provider::start("skmsg-refer-provider", 0);
+    let refers = format!(
+        "motan-registry:\n{}motan-refer:\n  fast:\n    path: {FAST}\n    group: g1\n    registry: local\n    requestTimeout: 5000\n    sockmesh.sockmap: true\n",
+        direct_registry("local", &[provider.addr])
+    );
+    let client = Daemon::launch("skmsg-refer", Ports::pick(), &refers, "");
+    let st = client.intercept_status()["sockhash"].clone();
+    assert_eq!(
+        st["local_ports"],
+        serde_json::json!([provider.addr.port()]),
+        "{st}"
+    );
+    pipelined_load(agent_addr(&client), FAST, REQUESTS);
+    let socks = sockhash_ports(&client.pin_dir);
+    assert!(
+        both_ends(&socks, provider.addr.port()),
+        "client role -> local provider: both ends in the sockhash: {socks:?}"
+    );
+    let st = client.intercept_status()["sockhash"].clone();
+    let redirected = st["bytes_redirected"].as_u64().unwrap();
+    assert!(
+        redirected >= (2 * REQUESTS * BODY) as u64 * 9 / 10,
+        "requests and answers on the one leg: {st}"
+    );
+}

@@ -243,6 +243,17 @@ fn local_ip_towards(mc: &crate::config::motan::MotanConfig) -> String {
         .unwrap_or_else(|| "127.0.0.1".to_string())
 }
 
+/// The export ports the mesh `build_mesh` would build serves (the configuration's exports and
+/// the dynamic registrations'), known before the mesh is built: the listeners are bound, and
+/// the kernel programs loaded, before the mesh's clusters start connecting.
+pub(crate) fn export_ports(cfg: &Config, shared: &MeshShared) -> Result<std::collections::BTreeSet<u16>> {
+    let set = shared.dynamic.lock().unwrap().clone();
+    let cfg = cfg
+        .with_entries(&set.service_entries(), &set.refer_entries())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(cfg.mesh.exports.values().map(|s| s.export_port).collect())
+}
+
 /// Build the mesh from a configuration and the dynamic registrations (errors name section,
 /// entry and key).
 pub(crate) fn build_mesh(cfg: &Config, previous: Option<&Mesh>, shared: &MeshShared) -> Result<Mesh> {

@@ -33,11 +33,12 @@ use self::intercept::{
     check_chain_name,
 };
 use self::motan::{MotanConfig, MotanEnv};
+use self::registry::RegistrySpec;
 use self::sections::bpf_log_level;
 pub use self::sections::{
     AdminSection, AgentSection, ConfigErrors, InterceptSection, RequestedMode, SettingError, SockmeshSection,
 };
-use crate::url::Url;
+use crate::url::{Url, keys, parse_go_bool};
 
 /// The configuration `sockmesh run` uses when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
@@ -460,7 +461,9 @@ impl Config {
         }
     }
 
-    /// The ports of every export's `sockmesh.sockmap` local legs, sorted, no duplicates.
+    /// The ports of every `sockmesh.sockmap` local leg, sorted, no duplicates: each opted-in
+    /// export's export and provider ports, and each opted-in refer's endpoints on loopback in
+    /// its direct registries (a ZooKeeper registry's endpoints are not known here).
     pub fn local_sockmap_ports(&self) -> Vec<u16> {
         let mut ports: Vec<u16> = self
             .mesh
@@ -468,6 +471,34 @@ impl Config {
             .values()
             .flat_map(|s| s.sockmap_ports())
             .collect();
+        let loopback = |h: &str| {
+            h == "localhost"
+                || h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        };
+        for refer in self.mesh.refers.values() {
+            if !refer
+                .param(keys::SOCKMAP)
+                .and_then(parse_go_bool)
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            for id in refer.get_list(keys::REGISTRY) {
+                if let Some(Ok(RegistrySpec::Direct(d))) =
+                    self.mesh.registries.get(id).map(RegistrySpec::from_url)
+                {
+                    ports.extend(
+                        d.servers
+                            .iter()
+                            .filter(|s| s.port != 0 && loopback(&s.host))
+                            .map(|s| s.port),
+                    );
+                }
+            }
+        }
         ports.sort_unstable();
         ports.dedup();
         ports
@@ -720,6 +751,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(bad.contains("sockmesh.sockmap") && bad.contains("maybe"), "{bad}");
+    }
+
+    #[test]
+    fn sockmap_refers_give_their_loopback_direct_endpoints() {
+        let text = |v: &str| {
+            format!(
+                "motan-registry:\n  local:\n    protocol: direct\n    address: \"127.0.0.1:9300,10.0.0.5:9400,[::1]:9500\"\n\
+                 motan-refer:\n  r:\n    path: com.weibo.R\n    group: g\n    registry: local\n    sockmesh.sockmap: {v}\n"
+            )
+        };
+        let c = Config::parse(&text("true"), "r.yaml").unwrap();
+        assert_eq!(c.intercept_settings().local_ports, vec![9300, 9500]);
+        let c = Config::parse(&text("false"), "r.yaml").unwrap();
+        assert!(c.intercept_settings().local_ports.is_empty());
+        let bad = Config::parse(&text("often"), "r.yaml").unwrap_err().to_string();
+        assert!(
+            bad.contains("entry r") && bad.contains("sockmesh.sockmap"),
+            "{bad}"
+        );
     }
 
     #[test]
