@@ -542,7 +542,7 @@ impl AppState {
                 i.update_policy(settings.clone())?;
             }
             self.iptables.lock().unwrap().update_policy(settings)?;
-            applied.push("sockmesh.intercept policy (exclude_ports, include_cidrs, exclude_cidrs, liveness_timeout_ms, the exports' sockmesh.sockmap ports)");
+            applied.push("sockmesh.intercept policy (exclude_ports, include_cidrs, exclude_cidrs, liveness_timeout_ms, the sockmesh.sockmap ports)");
         }
         if o.default_mode != n.default_mode {
             applied.push("sockmesh.intercept.default_mode");

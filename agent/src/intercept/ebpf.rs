@@ -54,7 +54,8 @@ pub struct CgroupStatus {
 /// it takes, as `intercept status` shows them.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SockhashStatus {
-    /// `sockmesh.sockmap` ports (export and provider ports) in `SM_LOCAL_PORTS`.
+    /// `sockmesh.sockmap` ports (exports' export and provider ports, refers' loopback endpoints)
+    /// in `SM_LOCAL_PORTS`.
     pub local_ports: Vec<u16>,
     /// Sockets of app<->agent connections (ebpf-sockmap cgroups) put into the sockhash.
     pub app_leg_sockets: u64,

@@ -74,7 +74,8 @@ pub static SM_PEER_ORIG: LruHashMap<EndpointKey, OrigDst> = LruHashMap::pinned(6
 pub static SM_SOCKS: SockHash<SockKey> = SockHash::pinned(65536, 0);
 
 /// Local legs to short-circuit: destination ports (host order) of the export ports and local
-/// providers whose export says `sockmesh.sockmap: true`. Written by the agent (policy); read by
+/// providers whose export says `sockmesh.sockmap: true`, and of the loopback endpoints of refers
+/// that say it. Written by the agent (policy); read by
 /// `sockops`, which puts both ends of an agent-dialled connection to such a port on this host
 /// into `SM_SOCKS`.
 #[map(name = "SM_LOCAL_PORTS")]
