@@ -83,7 +83,8 @@ async fn bind(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpListener> {
 /// Run the daemon until SIGINT/SIGTERM or an admin shutdown.
 ///
 /// Start-up order: the pin directory's lock, then every listener bound, and only then any BPF
-/// state touched (self-test, programs, pins, maps). A second daemon with the same pin directory
+/// state touched (self-test, programs, pins, maps); the mesh (whose clusters connect at once)
+/// last, so its connections to `sockmesh.sockmap` local legs meet the programs. A second daemon with the same pin directory
 /// stops at the lock, one with another pin directory but the same ports at its first bind;
 /// neither swaps programs or rewrites maps of the running one.
 pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
@@ -102,10 +103,14 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let mesh_shared = MeshShared::new(&config);
     register_switchers(&config, &mesh_shared.filters);
     crate::observe::start_access_log(&config, &mesh_shared.filters);
-    let mesh = build_mesh(&config, None, &mesh_shared)?;
+    // The mesh itself is built once interception is up: its clusters connect at once (warm
+    // endpoints), and a `sockmesh.sockmap` local leg joins the sockhash only when it is
+    // established after the programs know its port.
     // The default export port listens even with nothing exported yet (server role ready; a
     // reload can add services on it).
-    let mut export_ports: Vec<u16> = mesh.exporter.ports().iter().copied().collect();
+    let mut export_ports: Vec<u16> = crate::control::export_ports(&config, &mesh_shared)?
+        .into_iter()
+        .collect();
     if !export_ports.contains(&config.agent.eport) {
         export_ports.insert(0, config.agent.eport);
     }
@@ -197,6 +202,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         tasks.spawn(forward_bpf_logs(logger, shutdown.clone()));
     }
 
+    let mesh = build_mesh(&config, None, &mesh_shared)?;
+    for p in mesh.exporter.ports().iter().filter(|p| !export_ports.contains(p)) {
+        tracing::warn!(
+            port = p,
+            "export port not bound at start; its exports are not served"
+        );
+    }
     let mesh: MeshHandle = Arc::new(arc_swap::ArcSwap::from_pointee(mesh));
     let agent_stats = Arc::new(ServeStats::default());
     let export_stats = Arc::new(ServeStats::default());

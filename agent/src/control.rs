@@ -243,6 +243,17 @@ fn local_ip_towards(mc: &crate::config::motan::MotanConfig) -> String {
         .unwrap_or_else(|| "127.0.0.1".to_string())
 }
 
+/// The export ports the mesh `build_mesh` would build serves (the configuration's exports and
+/// the dynamic registrations'), known before the mesh is built: the listeners are bound, and
+/// the kernel programs loaded, before the mesh's clusters start connecting.
+pub(crate) fn export_ports(cfg: &Config, shared: &MeshShared) -> Result<std::collections::BTreeSet<u16>> {
+    let set = shared.dynamic.lock().unwrap().clone();
+    let cfg = cfg
+        .with_entries(&set.service_entries(), &set.refer_entries())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(cfg.mesh.exports.values().map(|s| s.export_port).collect())
+}
+
 /// Build the mesh from a configuration and the dynamic registrations (errors name section,
 /// entry and key).
 pub(crate) fn build_mesh(cfg: &Config, previous: Option<&Mesh>, shared: &MeshShared) -> Result<Mesh> {
@@ -412,6 +423,11 @@ impl AppState {
             Ok(c) => (serde_json::to_value(c)?, None),
             Err(e) => (json!([]), Some(format!("{e:#}"))),
         };
+        let sockhash = self
+            .with_interceptor(|i| i.sockhash_status())
+            .ok()
+            .map(serde_json::to_value)
+            .transpose()?;
         let mut cgroups = ebpf.as_array().cloned().unwrap_or_default();
         for c in self.iptables.lock().unwrap().cgroups()? {
             cgroups.push(json!({ "cgroup": c.cgroup, "mode": c.mode, "redirected": c.redirected, "passed": 0, "fail_open": 0, "fail_open_stalled": 0 }));
@@ -423,6 +439,7 @@ impl AppState {
             "transparent_listener": self.config.read().unwrap().transparent_addr().to_string(),
             "iptables_chain": self.iptables.lock().unwrap().chain(),
             "netns_listeners": *self.netns_listeners.lock().unwrap(),
+            "sockhash": sockhash,
             "cgroups": cgroups,
         }))
     }
@@ -499,7 +516,8 @@ impl AppState {
         let policy_changed = o.exclude_ports != n.exclude_ports
             || o.include_cidrs != n.include_cidrs
             || o.exclude_cidrs != n.exclude_cidrs
-            || o.liveness_timeout_ms != n.liveness_timeout_ms;
+            || o.liveness_timeout_ms != n.liveness_timeout_ms
+            || old.local_sockmap_ports() != new.local_sockmap_ports();
         // Keys that need a restart keep their running values.
         let mut effective = new.clone();
         effective.agent.port = old.agent.port;
@@ -525,7 +543,7 @@ impl AppState {
                 i.update_policy(settings.clone())?;
             }
             self.iptables.lock().unwrap().update_policy(settings)?;
-            applied.push("sockmesh.intercept policy (exclude_ports, include_cidrs, exclude_cidrs, liveness_timeout_ms)");
+            applied.push("sockmesh.intercept policy (exclude_ports, include_cidrs, exclude_cidrs, liveness_timeout_ms, the sockmesh.sockmap ports)");
         }
         if o.default_mode != n.default_mode {
             applied.push("sockmesh.intercept.default_mode");

@@ -500,6 +500,20 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         c["fail_open_stalled"].as_u64().unwrap_or(0)
                     );
                 }
+                let h = &v["sockhash"];
+                if h.is_object() {
+                    let n = |k: &str| h[k].as_u64().unwrap_or(0);
+                    println!(
+                        "sockhash: local-leg ports {}   sockets app {} local {}   sk_msg redirected {} msgs / {} bytes, passed {}, insert failures {}",
+                        h["local_ports"],
+                        n("app_leg_sockets"),
+                        n("local_leg_sockets"),
+                        n("msg_redirected"),
+                        n("bytes_redirected"),
+                        n("msg_passed"),
+                        n("insert_failed")
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -29,6 +29,8 @@ pub mod keys {
     pub const PROVIDER: &str = "provider";
     pub const PROXY: &str = "proxy";
     pub const DOMAIN: &str = "domain";
+    /// sockmesh extension on a service entry: short-circuit its local legs with sk_msg.
+    pub const SOCKMAP: &str = "sockmesh.sockmap";
 }
 
 /// Protocol value of a unix-socket host (`unix://path`, port 0).

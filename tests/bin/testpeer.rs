@@ -227,7 +227,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: sockmesh-testpeer echo-server ADDR | motan2-provider --listen ADDR --name NAME [--delay-ms N [--slow-every N]] | motan2-call [--cgroup DIR] --connect ADDR --service S [--method M] [--arg TEXT] | hold CGROUP-DIR | untrusted-listener ADDR... | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio] | until-echo [--cgroup DIR] --connect ADDR [--wait-ms N] | icmp-responder --delay-ms N"
+                "usage: sockmesh-testpeer echo-server ADDR | motan2-provider --listen ADDR --name NAME [--delay-ms N [--slow-every N] | --blocking] | motan2-call [--cgroup DIR] --connect ADDR --service S [--method M] [--arg TEXT] | hold CGROUP-DIR | untrusted-listener ADDR... | client [--cgroup DIR] --connect ADDR [--bytes N] [--reader blocking|fionread|tokio] | until-echo [--cgroup DIR] --connect ADDR [--wait-ms N] | icmp-responder --delay-ms N"
             );
             std::process::exit(2);
         }
@@ -337,6 +337,9 @@ fn flag(args: &[String], k: &str) -> Option<String> {
 /// Oneway requests (flag 0x04) are counted and never answered, as a provider that honours the
 /// flag does.
 fn motan2_provider(args: &[String]) {
+    if args.iter().any(|a| a == "--blocking") {
+        return blocking_motan2_provider(args);
+    }
     use bytes::Bytes;
     use futures_util::{SinkExt, StreamExt};
     use sockmesh::protocol::motan2::{Exception, Frame, Motan2Codec, Value};
@@ -455,6 +458,54 @@ fn motan2_provider(args: &[String]) {
             });
         }
     });
+}
+
+/// `motan2-provider --blocking`: a provider written as classic blocking I/O (std::net, a thread
+/// per connection that reads a frame with a blocking `read`, then writes the echo), the kind of
+/// provider the sk_msg kernel bug can hit. Answers requests (not heartbeats' bodies) with the
+/// request body and `provider` meta, heartbeats with heartbeat responses.
+fn blocking_motan2_provider(args: &[String]) {
+    use sockmesh::protocol::motan2::{Frame, Motan2Codec};
+    use tokio_util::codec::Decoder;
+    let listen = flag(args, "--listen").expect("--listen");
+    let name = flag(args, "--name").expect("--name");
+    let l = TcpListener::bind(&listen).expect("bind provider");
+    println!("ready {}", l.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    for c in l.incoming() {
+        let Ok(mut c) = c else { continue };
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let _ = c.set_nodelay(true);
+            let mut buf = bytes::BytesMut::new();
+            let mut codec = Motan2Codec::default();
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let req = match codec.decode(&mut buf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => match c.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            buf.extend_from_slice(&chunk[..n]);
+                            continue;
+                        }
+                    },
+                    Err(_) => return,
+                };
+                let resp = if req.header.is_heartbeat() {
+                    Frame::heartbeat_response(req.header.request_id)
+                } else {
+                    let mut r = Frame::response_to(&req, req.body.clone());
+                    r.meta
+                        .insert("provider", bytes::Bytes::copy_from_slice(name.as_bytes()));
+                    r
+                };
+                if c.write_all(&resp.encode_to_bytes()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// One Motan2 call (optionally from inside a cgroup, for interception tests); prints the

@@ -850,6 +850,30 @@ impl Provider {
         }
     }
 
+    /// A provider written as blocking I/O (std::net, a thread per connection) on loopback.
+    pub fn start_blocking(name: &str) -> Provider {
+        let mut process = ChildProcess::spawn(
+            "blocking motan2 provider",
+            Command::new(peer_bin())
+                .args([
+                    "motan2-provider",
+                    "--blocking",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--name",
+                    name,
+                ])
+                .stdout(Stdio::piped()),
+        )
+        .unwrap();
+        let addr = process.ready().unwrap().parse().unwrap();
+        Provider {
+            process: Some(process),
+            addr,
+            name: name.to_string(),
+        }
+    }
+
     /// SIGKILL it (we started it; stopped by its PID).
     pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {

@@ -170,6 +170,49 @@ impl Collector for AgentCollector {
             for (name, help, rows) in &by {
                 family(&mut enc, name, help, MetricType::Counter, rows)?;
             }
+            let h = &i["sockhash"];
+            if h.is_object() {
+                for (key, name, help) in [
+                    (
+                        "app_leg_sockets",
+                        "sockhash_app_leg_sockets",
+                        "Sockets of app<->agent connections (ebpf-sockmap) put into the sockhash",
+                    ),
+                    (
+                        "local_leg_sockets",
+                        "sockhash_local_leg_sockets",
+                        "Sockets of local legs (exports with sockmesh.sockmap) put into the sockhash",
+                    ),
+                    (
+                        "msg_redirected",
+                        "sockhash_msg_redirected",
+                        "Messages sk_msg moved into the peer socket without TCP",
+                    ),
+                    (
+                        "bytes_redirected",
+                        "sockhash_bytes_redirected",
+                        "Bytes sk_msg moved into the peer socket without TCP",
+                    ),
+                    (
+                        "msg_passed",
+                        "sockhash_msg_passed",
+                        "Messages left to TCP because the peer socket was not in the sockhash",
+                    ),
+                    (
+                        "insert_failed",
+                        "sockhash_insert_failed",
+                        "Sockhash inserts that failed (those sockets keep the TCP path)",
+                    ),
+                ] {
+                    family(
+                        &mut enc,
+                        name,
+                        help,
+                        MetricType::Counter,
+                        &[(Vec::new(), num(&h[key]))],
+                    )?;
+                }
+            }
         }
         let p = state.proxy_stats.snapshot();
         let l: Labels = Vec::new();

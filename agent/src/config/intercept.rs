@@ -25,6 +25,9 @@ pub struct InterceptSettings {
     pub bpf_log_level: u8,
     /// Connects go direct when the agent's heartbeat is older than this; zero = never.
     pub liveness_timeout: Duration,
+    /// Ports whose local legs go into the sockhash (`sockmesh.sockmap` on an export: its export
+    /// port and its provider's port), sorted, no duplicates.
+    pub local_ports: Vec<u16>,
 }
 
 impl InterceptSettings {

@@ -25,7 +25,7 @@ use serde_yaml_ng::Value;
 
 use sockmesh_common::{
     MAX_AGENT_PORTS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_CIDRS_V6, MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS,
-    MAX_INCLUDE_CIDRS_V6,
+    MAX_INCLUDE_CIDRS_V6, MAX_LOCAL_PORTS,
 };
 
 use self::intercept::{
@@ -33,11 +33,12 @@ use self::intercept::{
     check_chain_name,
 };
 use self::motan::{MotanConfig, MotanEnv};
+use self::registry::RegistrySpec;
 use self::sections::bpf_log_level;
 pub use self::sections::{
     AdminSection, AgentSection, ConfigErrors, InterceptSection, RequestedMode, SettingError, SockmeshSection,
 };
-use crate::url::Url;
+use crate::url::{Url, keys, parse_go_bool};
 
 /// The configuration `sockmesh run` uses when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
@@ -183,6 +184,15 @@ impl Config {
         };
         let (observe, found) = observe::ObserveSpec::build(source, motan.get("metrics"), &agent.other, aids);
         mesh.warnings.extend(found.warnings);
+        if !sockmesh.intercept.enabled {
+            for (id, spec) in &mesh.exports {
+                if spec.sockmap {
+                    mesh.warnings.push(format!(
+                        "{source}: section motan-service, entry {id}, key sockmesh.sockmap: no effect while sockmesh.intercept.enabled is false (the sk_msg programs are not loaded)"
+                    ));
+                }
+            }
+        }
         let (process, process_errors) = ProcessSettings::from_agent(&agent.other, &launch);
         for e in process_errors {
             errors.push(format!(
@@ -384,6 +394,11 @@ impl Config {
                 "{src}: section motan-agent, keys port, eport, mport (the agent ports the programs never intercept): {m}"
             ));
         }
+        if let Err(m) = check_capacity(self.local_sockmap_ports().len(), MAX_LOCAL_PORTS) {
+            e.push(format!(
+                "{src}: section motan-service, key sockmesh.sockmap (export and provider ports of the exports that set it): {m}"
+            ));
+        }
         if !(1..=MAX_NETNS_LISTENERS).contains(&i.max_netns_listeners) {
             e.push(format!(
                 "{src}: section sockmesh.intercept, key max_netns_listeners: {} is not in 1..={MAX_NETNS_LISTENERS} (each is a thread and a socket)",
@@ -442,7 +457,51 @@ impl Config {
             exclude_cidrs: i.exclude_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
             bpf_log_level: bpf_log_level(&i.bpf_log_level).unwrap_or(3),
             liveness_timeout: std::time::Duration::from_millis(i.liveness_timeout_ms),
+            local_ports: self.local_sockmap_ports(),
         }
+    }
+
+    /// The ports of every `sockmesh.sockmap` local leg, sorted, no duplicates: each opted-in
+    /// export's export and provider ports, and each opted-in refer's endpoints on loopback in
+    /// its direct registries (a ZooKeeper registry's endpoints are not known here).
+    pub fn local_sockmap_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .mesh
+            .exports
+            .values()
+            .flat_map(|s| s.sockmap_ports())
+            .collect();
+        let loopback = |h: &str| {
+            h == "localhost"
+                || h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        };
+        for refer in self.mesh.refers.values() {
+            if !refer
+                .param(keys::SOCKMAP)
+                .and_then(parse_go_bool)
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            for id in refer.get_list(keys::REGISTRY) {
+                if let Some(Ok(RegistrySpec::Direct(d))) =
+                    self.mesh.registries.get(id).map(RegistrySpec::from_url)
+                {
+                    ports.extend(
+                        d.servers
+                            .iter()
+                            .filter(|s| s.port != 0 && loopback(&s.host))
+                            .map(|s| s.port),
+                    );
+                }
+            }
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 }
 
@@ -657,6 +716,59 @@ mod tests {
         assert!(
             err.contains("tcp_mutations") && err.contains("\"/nope\" is not an admin mutation"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn sockmap_exports_give_the_local_leg_ports() {
+        let svc = |id: &str, eport: u16, proxy: u16, extra: &str| {
+            format!(
+                "  {id}:\n    path: com.weibo.{id}\n    group: g\n    export: \"motan2:{eport}\"\n    proxy: \"motan2:{proxy}\"\n{extra}"
+            )
+        };
+        let text = |intercept: &str, extra: &str| {
+            format!(
+                "sockmesh:\n  intercept:\n    enabled: {intercept}\nmotan-service:\n{}{}",
+                svc("a", 8100, 9100, extra),
+                svc("b", 8100, 9200, "")
+            )
+        };
+        let c = Config::parse(&text("true", "    sockmesh.sockmap: true\n"), "s.yaml").unwrap();
+        assert_eq!(c.intercept_settings().local_ports, vec![8100, 9100]);
+        assert!(c.mesh.warnings.iter().all(|w| !w.contains("sockmesh.sockmap")));
+        let off = Config::parse(&text("false", "    sockmesh.sockmap: true\n"), "s.yaml").unwrap();
+        assert!(
+            off.mesh
+                .warnings
+                .iter()
+                .any(|w| w.contains("entry a, key sockmesh.sockmap")),
+            "{:?}",
+            off.mesh.warnings
+        );
+        let none = Config::parse(&text("true", ""), "s.yaml").unwrap();
+        assert!(none.intercept_settings().local_ports.is_empty());
+        let bad = Config::parse(&text("true", "    sockmesh.sockmap: maybe\n"), "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("sockmesh.sockmap") && bad.contains("maybe"), "{bad}");
+    }
+
+    #[test]
+    fn sockmap_refers_give_their_loopback_direct_endpoints() {
+        let text = |v: &str| {
+            format!(
+                "motan-registry:\n  local:\n    protocol: direct\n    address: \"127.0.0.1:9300,10.0.0.5:9400,[::1]:9500\"\n\
+                 motan-refer:\n  r:\n    path: com.weibo.R\n    group: g\n    registry: local\n    sockmesh.sockmap: {v}\n"
+            )
+        };
+        let c = Config::parse(&text("true"), "r.yaml").unwrap();
+        assert_eq!(c.intercept_settings().local_ports, vec![9300, 9500]);
+        let c = Config::parse(&text("false"), "r.yaml").unwrap();
+        assert!(c.intercept_settings().local_ports.is_empty());
+        let bad = Config::parse(&text("often"), "r.yaml").unwrap_err().to_string();
+        assert!(
+            bad.contains("entry r") && bad.contains("sockmesh.sockmap"),
+            "{bad}"
         );
     }
 

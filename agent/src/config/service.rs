@@ -3,10 +3,10 @@
 //! the running exporter both use [`ServiceSpec::from_url`].
 use std::net::SocketAddr;
 
-use super::http::{HttpProviderSpec, HttpSections};
+use super::http::{HttpMode, HttpProviderSpec, HttpSections, ProxyAddress};
 use super::refer::{PerMethod, TimeoutSettings};
 use super::sections::SettingError;
-use crate::url::{Url, keys};
+use crate::url::{Url, keys, parse_go_bool};
 
 /// Export protocols the server role speaks.
 pub const EXPORT_PROTOCOLS: [&str; 2] = ["motan2", "motan"];
@@ -32,6 +32,10 @@ pub struct ServiceSpec {
     pub provider: ProviderSpec,
     /// Per-method call timeouts of the provider (`requestTimeout` and its method overrides).
     pub timeouts: PerMethod<TimeoutSettings>,
+    /// `sockmesh.sockmap` (default false): the local legs of this export (an agent on this host
+    /// dialling the export port, the export dialling a provider on this host) go into the
+    /// sockhash, so sk_msg moves their data without the loopback TCP stack.
+    pub sockmap: bool,
 }
 
 impl ServiceSpec {
@@ -84,12 +88,42 @@ impl ServiceSpec {
                 ));
             }
         };
+        let sockmap = match url.param(keys::SOCKMAP) {
+            None => false,
+            Some(v) => parse_go_bool(v).ok_or_else(|| {
+                SettingError::new(keys::SOCKMAP, format!("{v:?} is not a boolean (true or false)"))
+            })?,
+        };
         Ok(ServiceSpec {
             url: url.clone(),
             export_port,
             provider,
             timeouts: TimeoutSettings::per_method(url),
+            sockmap,
         })
+    }
+
+    /// The ports whose local legs `sockmesh.sockmap` short-circuits: the export port and the
+    /// provider's port (a Motan2 backend, an HTTP provider's TCP `proxyAddress`). The kernel
+    /// program only takes connections the agent dials to an address of this host.
+    pub fn sockmap_ports(&self) -> Vec<u16> {
+        if !self.sockmap {
+            return Vec::new();
+        }
+        let mut ports = vec![self.export_port];
+        match &self.provider {
+            ProviderSpec::Motan2 { backend } => ports.push(backend.port()),
+            ProviderSpec::Http(h) => {
+                if let HttpMode::Proxy {
+                    address: ProxyAddress::Tcp(a),
+                    ..
+                } = &h.mode
+                {
+                    ports.push(a.port_u16().unwrap_or(80));
+                }
+            }
+        }
+        ports
     }
 
     /// Services on one export port are told apart by group and path.
@@ -134,6 +168,17 @@ mod tests {
         .unwrap();
         assert_eq!(s.export_port, 8100);
         assert!(matches!(s.provider, ProviderSpec::Motan2 { backend } if backend.port() == 9100));
+        assert!(!s.sockmap && s.sockmap_ports().is_empty());
+        let on = ServiceSpec::from_url(
+            &url(&[
+                ("export", "motan2:8100"),
+                ("proxy", "motan2:9100"),
+                ("sockmesh.sockmap", "true"),
+            ]),
+            &HttpSections::default(),
+        )
+        .unwrap();
+        assert_eq!(on.sockmap_ports(), vec![8100, 9100]);
         let s = ServiceSpec::from_url(
             &url(&[("provider", "http"), ("proxyAddress", "127.0.0.1:80")]),
             &HttpSections::default(),
@@ -151,6 +196,10 @@ mod tests {
             ),
             (&[("export", "http:80"), ("proxy", "9100")][..], keys::EXPORT),
             (&[("export", "motan2:0"), ("proxy", "9100")][..], keys::EXPORT),
+            (
+                &[("proxy", "9100"), ("sockmesh.sockmap", "yes")][..],
+                keys::SOCKMAP,
+            ),
         ] {
             let e = ServiceSpec::from_url(&url(params), &HttpSections::default()).unwrap_err();
             assert_eq!(e.key, key, "{params:?}: {e}");

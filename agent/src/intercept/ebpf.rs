@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use serde::Serialize;
 use sockmesh_common::{
     CgroupPolicy, GlobalConfig, Ip6, MAX_AGENT_PORTS, MAX_EXCLUDE_CIDRS, MAX_EXCLUDE_CIDRS_V6,
-    MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, Mode, ip6_of,
+    MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, MAX_LOCAL_PORTS, Mode, STAT_COUNT, Stat,
+    ip6_of,
 };
 
 use super::pins::{PinLayout, remove_pins};
@@ -47,6 +48,26 @@ pub struct CgroupStatus {
     pub fail_open: u64,
     /// The part of `fail_open` sent direct because the agent's heartbeat was stale.
     pub fail_open_stalled: u64,
+}
+
+/// The sockhash's counters (`SM_STATS`, summed over the CPUs) and the ports whose local legs
+/// it takes, as `intercept status` shows them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SockhashStatus {
+    /// `sockmesh.sockmap` ports (exports' export and provider ports, refers' loopback endpoints)
+    /// in `SM_LOCAL_PORTS`.
+    pub local_ports: Vec<u16>,
+    /// Sockets of app<->agent connections (ebpf-sockmap cgroups) put into the sockhash.
+    pub app_leg_sockets: u64,
+    /// Sockets of local legs put into the sockhash (both ends counted).
+    pub local_leg_sockets: u64,
+    /// sk_msg messages redirected into the peer socket, and their bytes.
+    pub msg_redirected: u64,
+    pub bytes_redirected: u64,
+    /// sk_msg messages left to TCP (the peer was not in the sockhash).
+    pub msg_passed: u64,
+    /// Sockhash inserts that failed (those sockets keep the TCP path).
+    pub insert_failed: u64,
 }
 
 pub fn mode_name(m: Mode) -> &'static str {
@@ -388,6 +409,17 @@ impl EbpfInterceptor {
             }
             .with_context(|| format!("SM_EXCLUDE_PORTS: {c:?}"))?;
         }
+        let want_local: Vec<u32> = s.local_ports.iter().map(|p| *p as u32).collect();
+        let mut local: HashMap<&mut MapData, u32, u8> =
+            HashMap::try_from(self.bpf.map_mut("SM_LOCAL_PORTS").context("SM_LOCAL_PORTS")?)?;
+        let current: Vec<u32> = local.keys().filter_map(|k| k.ok()).collect();
+        for c in policy_changes("SM_LOCAL_PORTS", MAX_LOCAL_PORTS, &current, &want_local) {
+            match &c {
+                Change::Insert(p) => local.insert(*p, 1, 0),
+                Change::Remove(p) => local.remove(p),
+            }
+            .with_context(|| format!("SM_LOCAL_PORTS: {c:?}"))?;
+        }
         let (include, exclude) = (&s.include_cidrs, &s.exclude_cidrs);
         for (map, capacity, list) in [
             ("SM_INCLUDE_V4", MAX_INCLUDE_CIDRS, include),
@@ -575,6 +607,30 @@ impl EbpfInterceptor {
         Ok(gone)
     }
 
+    /// The sockhash's counters and local-leg ports.
+    pub fn sockhash_status(&self) -> Result<SockhashStatus> {
+        let stats: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.bpf.map("SM_STATS").context("SM_STATS")?)?;
+        let mut sums = [0u64; STAT_COUNT as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum = stats.get(&(i as u32), 0)?.iter().sum();
+        }
+        let local: HashMap<&MapData, u32, u8> =
+            HashMap::try_from(self.bpf.map("SM_LOCAL_PORTS").context("SM_LOCAL_PORTS")?)?;
+        let mut local_ports: Vec<u16> = local.keys().filter_map(|k| k.ok()).map(|p| p as u16).collect();
+        local_ports.sort_unstable();
+        let at = |s: Stat| sums[s as usize];
+        Ok(SockhashStatus {
+            local_ports,
+            app_leg_sockets: at(Stat::AppLegSocks),
+            local_leg_sockets: at(Stat::LocalLegSocks),
+            msg_redirected: at(Stat::MsgRedirected),
+            bytes_redirected: at(Stat::BytesRedirected),
+            msg_passed: at(Stat::MsgPassed),
+            insert_failed: at(Stat::InsertFailed),
+        })
+    }
+
     fn status_of(&self, id: u64) -> Result<CgroupStatus> {
         self.status()?
             .into_iter()
@@ -647,7 +703,7 @@ mod tests {
     #[test]
     fn map_layout_is_versioned() {
         const LAYOUT: (u32, &str) = (
-            4,
+            5,
             "SM_CGROUPS 1 8 40 1024 0x0\n\
              SM_CONFIG 2 4 72 1 0x0\n\
              SM_EXCLUDE_PORTS 1 4 1 256 0x0\n\
@@ -656,9 +712,12 @@ mod tests {
              SM_HEARTBEAT 2 4 8 1 0x0\n\
              SM_INCLUDE_V4 11 8 1 256 0x1\n\
              SM_INCLUDE_V6 11 20 1 256 0x1\n\
+             SM_LOCAL_DIALS 9 48 1 4096 0x0\n\
+             SM_LOCAL_PORTS 1 4 1 256 0x0\n\
              SM_ORIG_DST 9 8 32 65536 0x0\n\
              SM_PEER_ORIG 9 32 32 65536 0x0\n\
-             SM_SOCKS 18 48 4 65536 0x0",
+             SM_SOCKS 18 48 4 65536 0x0\n\
+             SM_STATS 6 4 8 6 0x0",
         );
         let now = pinned_map_layout().unwrap();
         assert_eq!(

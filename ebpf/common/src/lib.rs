@@ -73,7 +73,7 @@ pub const MAX_AGENT_PORTS: usize = 8;
 /// `maps`, layout 1). Bump it whenever a pinned map changes its name, type, key, value (also the
 /// meaning of a field), size or flags: an agent refuses to run its programs on maps pinned by
 /// another layout. The agent's unit test `map_layout_is_versioned` fails until it is bumped.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Capacity (max_entries) of `SM_CGROUPS`: how many cgroups can be intercepted at once.
 pub const MAX_CGROUPS: u32 = 1024;
@@ -91,6 +91,36 @@ pub const MAX_INCLUDE_CIDRS_V6: u32 = 256;
 pub const MAX_EXCLUDE_CIDRS_V6: u32 = 256;
 /// Capacity of `SM_EXCLUDE_PORTS`; `sockmesh.intercept.exclude_ports` is checked against it.
 pub const MAX_EXCLUDE_PORTS: u32 = 256;
+
+/// Capacity of `SM_LOCAL_PORTS`: how many ports (export ports and local providers' ports of
+/// the exports with `sockmesh.sockmap: true`) have their local legs short-circuited.
+pub const MAX_LOCAL_PORTS: u32 = 256;
+/// Capacity of `SM_LOCAL_DIALS` (LRU): agent-dialled local legs whose server end has not been
+/// established yet; on loopback the server end follows within the handshake.
+pub const MAX_LOCAL_DIALS: u32 = 4096;
+
+/// Counters of the sockhash programs, indexes into `SM_STATS` (a per-CPU array): the agent sums
+/// the CPUs (`intercept status`, metrics).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Sockets of app<->agent connections (ebpf-sockmap cgroups) put into `SM_SOCKS`.
+    AppLegSocks = 0,
+    /// Sockets of local legs (agent -> export port or local provider opted in) put into
+    /// `SM_SOCKS`, both ends counted.
+    LocalLegSocks = 1,
+    /// `sk_msg` messages redirected into the peer socket (no TCP).
+    MsgRedirected = 2,
+    /// Bytes in those messages.
+    BytesRedirected = 3,
+    /// `sk_msg` messages left to TCP: the peer socket is not (yet) in `SM_SOCKS`.
+    MsgPassed = 4,
+    /// `bpf_sock_hash_update` failures (the socket stays on the TCP path).
+    InsertFailed = 5,
+}
+
+/// Number of `SM_STATS` entries.
+pub const STAT_COUNT: u32 = 6;
 
 /// How deep the connect hook looks for an enabled ancestor cgroup.
 pub const MAX_CGROUP_DEPTH: u32 = 16;

@@ -4,11 +4,12 @@
 use aya_ebpf::{
     bindings::bpf_sock,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use sockmesh_common::{
     CgroupPolicy, EndpointKey, GlobalConfig, Heartbeat, Ip6, MAX_CGROUPS, MAX_EXCLUDE_CIDRS,
-    MAX_EXCLUDE_CIDRS_V6, MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, OrigDst, SockKey,
+    MAX_EXCLUDE_CIDRS_V6, MAX_EXCLUDE_PORTS, MAX_INCLUDE_CIDRS, MAX_INCLUDE_CIDRS_V6, MAX_LOCAL_DIALS,
+    MAX_LOCAL_PORTS, OrigDst, STAT_COUNT, SockKey, Stat,
 };
 
 /// Global settings (listeners, agent mark, agent ports, liveness timeout). Written by the agent;
@@ -66,10 +67,39 @@ pub static SM_ORIG_DST: LruHashMap<u64, OrigDst> = LruHashMap::pinned(65536, 0);
 #[map(name = "SM_PEER_ORIG")]
 pub static SM_PEER_ORIG: LruHashMap<EndpointKey, OrigDst> = LruHashMap::pinned(65536, 0);
 
-/// Both ends of every sockmap-mode app<->agent connection, keyed by their own view of the tuple.
-/// Filled by `sockops`; the kernel removes sockets when they close; read by `skmsg`.
+/// Both ends of every sockmap-mode app<->agent connection and of every opted-in local leg, keyed
+/// by their own view of the tuple. Filled by `sockops`; the kernel removes sockets when they
+/// close; read by `skmsg`.
 #[map(name = "SM_SOCKS")]
 pub static SM_SOCKS: SockHash<SockKey> = SockHash::pinned(65536, 0);
+
+/// Local legs to short-circuit: destination ports (host order) of the export ports and local
+/// providers whose export says `sockmesh.sockmap: true`, and of the loopback endpoints of refers
+/// that say it. Written by the agent (policy); read by
+/// `sockops`, which puts both ends of an agent-dialled connection to such a port on this host
+/// into `SM_SOCKS`.
+#[map(name = "SM_LOCAL_PORTS")]
+pub static SM_LOCAL_PORTS: HashMap<u32, u8> = HashMap::pinned(MAX_LOCAL_PORTS, 0);
+
+/// Agent-dialled local legs waiting for their server end, keyed by the tuple as the server end
+/// sees it. Written by `sockops` on the agent's active established, taken (deleted) by `sockops`
+/// on the server end's passive established, which then joins `SM_SOCKS`. LRU: an entry whose
+/// server end never comes (a reset handshake) cannot pile up.
+#[map(name = "SM_LOCAL_DIALS")]
+pub static SM_LOCAL_DIALS: LruHashMap<SockKey, u8> = LruHashMap::pinned(MAX_LOCAL_DIALS, 0);
+
+/// Counters of `sockops` (sockhash inserts) and `skmsg` (redirects), indexed by [`Stat`]; per
+/// CPU, so counting costs no atomic. Bumped by the programs, summed by the agent.
+#[map(name = "SM_STATS")]
+pub static SM_STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+/// Add `n` to counter `s` (this CPU's slot; programs do not migrate while they run).
+#[inline(always)]
+pub fn count(s: Stat, n: u64) {
+    if let Some(p) = SM_STATS.get_ptr_mut(s as u32) {
+        unsafe { *p += n };
+    }
+}
 
 /// The single global settings entry, if the agent wrote one.
 #[inline(always)]

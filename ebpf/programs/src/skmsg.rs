@@ -1,5 +1,5 @@
-//! sk_msg (attached to `SM_SOCKS`): data sent on one end of an app<->agent connection goes
-//! straight into the other end's receive queue, skipping the loopback TCP stack.
+//! sk_msg (attached to `SM_SOCKS`): data sent on one end of an app<->agent connection or of a
+//! local leg goes straight into the other end's receive queue, skipping the loopback TCP stack.
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_INGRESS, sk_action::SK_PASS},
@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::sk_msg,
     programs::SkMsgContext,
 };
-use sockmesh_common::SockKey;
+use sockmesh_common::{SockKey, Stat};
 
-use crate::maps::{SM_SOCKS, sock_ip};
+use crate::maps::{SM_SOCKS, count, sock_ip};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -33,6 +33,11 @@ pub fn sm_skmsg(ctx: SkMsgContext) -> u32 {
         netns,
     };
     // A missing peer makes the helper return SK_DROP; pass instead so data takes the TCP path.
-    let _ = SM_SOCKS.redirect_msg(&ctx, peer, BPF_F_INGRESS as u64);
+    if SM_SOCKS.redirect_msg(&ctx, peer, BPF_F_INGRESS as u64) == SK_PASS as _ {
+        count(Stat::MsgRedirected, 1);
+        count(Stat::BytesRedirected, md.size as u64);
+    } else {
+        count(Stat::MsgPassed, 1);
+    }
     SK_PASS
 }

@@ -5,7 +5,12 @@
 //! - agent side, passive established on a transparent listener (the agent's mark, inherited
 //!   from the listener, and the listener's address): in sockmap mode put the accepted socket
 //!   into `SM_SOCKS`, and ask for a state callback so the record is dropped when the agent's
-//!   socket closes.
+//!   socket closes;
+//! - local legs (`SM_LOCAL_PORTS`, the exports with `sockmesh.sockmap: true`): an agent socket
+//!   (the agent's mark) that connects to such a port on this host (loopback, or its own
+//!   address) goes into `SM_SOCKS` and leaves a record in `SM_LOCAL_DIALS`; the server end's
+//!   passive established (the provider's or the export's accepted socket) finds the record and
+//!   joins it, so both directions skip the TCP stack. Nothing else on such a port is touched.
 //!
 //! IPv4 sockets, dual-stack sockets on IPv4-mapped connections and native IPv6 sockets alike:
 //! addresses are compared in their IPv6 form (IPv4 mapped), so an app's dual-stack socket and
@@ -21,9 +26,12 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use aya_log_ebpf::warn;
-use sockmesh_common::{EndpointKey, GlobalConfig, Ip6, Mode, SockKey, v4_mapped};
+use sockmesh_common::{EndpointKey, GlobalConfig, Ip6, Mode, SockKey, Stat, is_v4_mapped, v4_mapped};
 
-use crate::maps::{SM_ORIG_DST, SM_PEER_ORIG, SM_SOCKS, config, is_agent_socket, sock_ip};
+use crate::maps::{
+    SM_LOCAL_DIALS, SM_LOCAL_PORTS, SM_ORIG_DST, SM_PEER_ORIG, SM_SOCKS, config, count, is_agent_socket,
+    sock_ip,
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -44,8 +52,14 @@ pub fn sm_sockops(ctx: SockOpsContext) -> u32 {
     }
     let Some(cfg) = config() else { return 1 };
     match op {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => app_established(&ctx),
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => agent_established(&ctx, cfg),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            app_established(&ctx);
+            local_dialled(&ctx, cfg);
+        }
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            agent_established(&ctx, cfg);
+            local_accepted(&ctx);
+        }
         _ => agent_state(&ctx, cfg),
     }
     1
@@ -127,16 +141,7 @@ fn app_established(ctx: &SockOpsContext) {
         return;
     }
     if orig.mode == Mode::Sockmap as u32 {
-        let key = sock_key(ctx, netns);
-        if SM_SOCKS
-            .update(key, unsafe { &mut *ctx.ops }, BPF_ANY as u64)
-            .is_err()
-        {
-            warn!(
-                ctx,
-                "sockmesh: sockhash insert failed (app side); data takes the TCP path"
-            );
-        }
+        insert(ctx, sock_key(ctx, netns), Stat::AppLegSocks);
     }
 }
 
@@ -151,17 +156,72 @@ fn agent_established(ctx: &SockOpsContext, cfg: &GlobalConfig) {
     // Drop the record when this (agent-side) socket closes.
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     if unsafe { (*orig).mode } == Mode::Sockmap as u32 {
-        let key = sock_key(ctx, netns);
-        if SM_SOCKS
-            .update(key, unsafe { &mut *ctx.ops }, BPF_ANY as u64)
-            .is_err()
-        {
-            warn!(
-                ctx,
-                "sockmesh: sockhash insert failed (agent side); data takes the TCP path"
-            );
-        }
+        insert(ctx, sock_key(ctx, netns), Stat::AppLegSocks);
     }
+}
+
+/// Put this socket into `SM_SOCKS` under `key`, counted as `what`.
+#[inline(always)]
+fn insert(ctx: &SockOpsContext, key: SockKey, what: Stat) {
+    if SM_SOCKS
+        .update(key, unsafe { &mut *ctx.ops }, BPF_ANY as u64)
+        .is_err()
+    {
+        count(Stat::InsertFailed, 1);
+        warn!(
+            ctx,
+            "sockmesh: sockhash insert failed (port {}); data takes the TCP path", key.local_port
+        );
+    } else {
+        count(what, 1);
+    }
+}
+
+/// Whether a connection from `me` to `peer` stays on this host: a loopback peer (127/8, ::1)
+/// or the socket's own address (a dial to the host's own IP goes through loopback too).
+#[inline(always)]
+fn on_this_host(me: &Ip6, peer: &Ip6) -> bool {
+    let loopback = if is_v4_mapped(peer) {
+        u32::from_be(peer[3]) >> 24 == 127
+    } else {
+        peer[0] == 0 && peer[1] == 0 && peer[2] == 0 && peer[3] == 1u32.to_be()
+    };
+    loopback || (me[0] == peer[0] && me[1] == peer[1] && me[2] == peer[2] && me[3] == peer[3])
+}
+
+/// Active established: an agent socket dialling an opted-in port on this host joins
+/// `SM_SOCKS` and announces itself to the server end (`SM_LOCAL_DIALS`).
+fn local_dialled(ctx: &SockOpsContext, cfg: &GlobalConfig) {
+    let port = u32::from_be(ctx.remote_port());
+    if SM_LOCAL_PORTS.get_ptr(&port).is_none() {
+        return;
+    }
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if !is_agent_socket(sk, cfg) || !on_this_host(&local_ip(ctx), &remote_ip(ctx)) {
+        return;
+    }
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = sock_key(ctx, netns);
+    if SM_LOCAL_DIALS.insert(&key.peer(), &1, BPF_ANY as u64).is_err() {
+        return;
+    }
+    insert(ctx, key, Stat::LocalLegSocks);
+}
+
+/// Passive established on an opted-in port: the server end of a connection the agent dialled
+/// (its record in `SM_LOCAL_DIALS`) joins `SM_SOCKS`. On loopback the dialler's active
+/// established runs before its final ACK leaves, so the record is there.
+fn local_accepted(ctx: &SockOpsContext) {
+    if SM_LOCAL_PORTS.get_ptr(&ctx.local_port()).is_none() {
+        return;
+    }
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = sock_key(ctx, netns);
+    if SM_LOCAL_DIALS.get_ptr(&key).is_none() {
+        return;
+    }
+    let _ = SM_LOCAL_DIALS.remove(&key);
+    insert(ctx, key, Stat::LocalLegSocks);
 }
 
 fn agent_state(ctx: &SockOpsContext, cfg: &GlobalConfig) {

@@ -34,11 +34,17 @@ pub struct Env {
     pub agent_idle_rss_kib: u64,
     /// The baseline build's agent port and PID (agent-baseline mode), when given.
     baseline: Option<(String, u32)>,
+    /// The "legs" agent's port and PID (agent-two-hop-* modes), when one of them runs.
+    legs: Option<(String, u32)>,
+    /// The legs agent's control socket.
+    legs_control: PathBuf,
     haproxy_addr: String,
     haproxy_pid: u32,
     _procs: Vec<ChildProcess>,
     _pins: PinDir,
     _chain: NatChain,
+    _legs_pins: PinDir,
+    _legs_chain: NatChain,
     cgroup: ChildCgroup,
 }
 
@@ -52,6 +58,10 @@ const FILTERED_SERVICE: &str = "com.weibo.bench.FilteredEchoService";
 /// The echo service through the client role alone (agent-client mode): a refer whose direct
 /// registry is the provider itself, one Motan2 hop like haproxy's one L4 hop.
 const CLIENT_SERVICE: &str = "com.weibo.bench.ClientEchoService";
+/// The echo service through the legs agent's client role to its own export port over TCP
+/// (agent-two-hop-tcp), and the same with sk_msg on both local legs (agent-two-hop-skmsg).
+const TWO_HOP_TCP_SERVICE: &str = "com.weibo.bench.TwoHopTcpEchoService";
+const TWO_HOP_SKMSG_SERVICE: &str = "com.weibo.bench.TwoHopSkmsgEchoService";
 /// What sockmesh calls its default filter chain: an access-log line and metrics per call, on
 /// both roles.
 const DEFAULT_FILTERS: &str = "accessLog,metrics";
@@ -87,15 +97,18 @@ fn mesh_sections(eport: u16, provider: &str) -> Result<String> {
 }
 
 /// Start the provider, the agent and haproxy with their configs and logs in `dir`.
-pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>) -> Result<Env> {
+pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>, legs: bool) -> Result<Env> {
     let root = project_root();
     let bin = root.join("target/release/sockmesh");
     let loadgen = root.join("target/release/sockmesh-loadgen");
-    let ports = free_ports(11);
+    let ports = free_ports(18);
     // Declared before the processes, so that on an early return they go after them.
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-bench-{}", std::process::id()));
     let pins = PinDir::new(&bin, &pin_dir);
     let chain = NatChain::new(format!("SMBENCH{}", std::process::id()));
+    let legs_pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-bench-legs-{}", std::process::id()));
+    let legs_pins = PinDir::new(&bin, &legs_pin_dir);
+    let legs_chain = NatChain::new(format!("SMBLEGS{}", std::process::id()));
     let mut procs = Vec::new();
 
     // The provider listens on its own loopback address; that is what clients dial.
@@ -167,6 +180,22 @@ pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>) 
         }
     };
 
+    let legs = if legs {
+        Some(start_legs_agent(
+            dir,
+            &bin,
+            &loadgen,
+            agent_workers,
+            &ports[11..18],
+            &legs_pin_dir,
+            legs_chain.name(),
+            &provider_addr,
+            &mut procs,
+        )?)
+    } else {
+        None
+    };
+
     let haproxy_addr: SocketAddr = ([127, 0, 0, 1], ports[5]).into();
     let hcfg = dir.join("haproxy.cfg");
     std::fs::write(
@@ -202,16 +231,109 @@ pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>) 
         agent_pid,
         agent_idle_rss_kib,
         baseline,
+        legs,
+        legs_control: dir.join("legs.sock"),
         haproxy_addr: haproxy_addr.to_string(),
         haproxy_pid,
         _procs: procs,
         _pins: pins,
         _chain: chain,
+        _legs_pins: legs_pins,
+        _legs_chain: legs_chain,
         cgroup,
     })
 }
 
+/// The "legs" agent of the agent-two-hop-* modes: the local short-cut off, so its client role
+/// dials its own export ports over loopback; one export (TWO_HOP_TCP_SERVICE) in front of the
+/// bench provider, one (TWO_HOP_SKMSG_SERVICE) with `sockmesh.sockmap: true` in front of a
+/// provider of its own (the kernel's list is by port, so the opted-in provider must not be the
+/// one the other modes use). Interception on (its own pins), for the sock_ops and sk_msg
+/// programs; no cgroup is enabled. `ports`: agent, mport, transparent, two export ports, the
+/// own provider, spare. Returns the agent port and PID.
+#[allow(clippy::too_many_arguments)]
+fn start_legs_agent(
+    dir: &Path,
+    bin: &Path,
+    loadgen: &Path,
+    agent_workers: usize,
+    ports: &[u16],
+    pin_dir: &Path,
+    chain: &str,
+    bench_provider: &str,
+    procs: &mut Vec<ChildProcess>,
+) -> Result<(String, u32)> {
+    let mut provider = ChildProcess::spawn(
+        "the sk_msg legs' Motan2 provider (sockmesh-loadgen serve)",
+        Command::new(loadgen)
+            .args(["serve", "--listen", &format!("127.0.0.10:{}", ports[5])])
+            .stdout(Stdio::piped()),
+    )?;
+    let own_provider = provider.ready()?;
+    procs.push(provider);
+    let service = |id: &str, path: &str, eport: u16, provider: &str, extra: &str| -> Result<String> {
+        let (host, port) = provider.rsplit_once(':').context("provider address")?;
+        Ok(format!(
+            "  {id}:\n    path: {path}\n    group: bench\n    export: \"motan2:{eport}\"\n    provider: motan2\n    proxy: \"motan2:{port}\"\n    proxy.host: {host}\n    requestTimeout: 5000\n{extra}"
+        ))
+    };
+    let (tcp_eport, skmsg_eport) = (ports[3], ports[4]);
+    let cfg = dir.join("legs.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "motan-agent:\n  port: {}\n  eport: {tcp_eport}\n  mport: {}\n  application: bench-legs\n\
+             sockmesh:\n  log_level: warn\n  worker_threads: {agent_workers}\n  local_shortcut: false\n\
+             \x20 admin:\n    control_socket: {}\n  intercept:\n    transparent_port: {}\n    pin_dir: {}\n    iptables_chain: {chain}\n    bpf_log_level: warn\n\
+             motan-registry:\n  tcp:\n    protocol: direct\n    address: \"127.0.0.1:{tcp_eport}\"\n\
+             \x20 skmsg:\n    protocol: direct\n    address: \"127.0.0.1:{skmsg_eport}\"\n\
+             motan-refer:\n  tcp:\n    path: {TWO_HOP_TCP_SERVICE}\n    group: bench\n    registry: tcp\n    requestTimeout: 5000\n\
+             \x20 skmsg:\n    path: {TWO_HOP_SKMSG_SERVICE}\n    group: bench\n    registry: skmsg\n    requestTimeout: 5000\n\
+             motan-service:\n{}{}",
+            ports[0],
+            ports[1],
+            dir.join("legs.sock").display(),
+            ports[2],
+            pin_dir.display(),
+            service("tcp", TWO_HOP_TCP_SERVICE, tcp_eport, bench_provider, "")?,
+            service(
+                "skmsg",
+                TWO_HOP_SKMSG_SERVICE,
+                skmsg_eport,
+                &own_provider,
+                "    sockmesh.sockmap: true\n"
+            )?,
+        ),
+    )?;
+    let log = dir.join("legs.log");
+    let mut agent = agent::spawn("the legs agent", Command::new(bin), &cfg, &log)?.with_grace(AGENT_GRACE);
+    let pid = agent.pid();
+    let started = agent::await_admin(&mut agent, ([127, 0, 0, 1], ports[1]).into(), &log);
+    procs.push(agent);
+    started?;
+    Ok((format!("127.0.0.1:{}", ports[0]), pid))
+}
+
 impl Env {
+    /// The legs agent's sockhash counters (`sockmesh intercept status --json`), when it runs.
+    pub fn legs_sockhash(&self) -> Result<Option<serde_json::Value>> {
+        if self.legs.is_none() {
+            return Ok(None);
+        }
+        let out = Command::new(&self.bin)
+            .args(["intercept", "status", "--json", "--control"])
+            .arg(&self.legs_control)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "sockmesh intercept status (legs agent): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("intercept status")?;
+        Ok(Some(v["sockhash"].clone()))
+    }
+
     fn cli(&self, args: &[&str]) -> Result<()> {
         let out = Command::new(&self.bin)
             .args(args)
@@ -254,6 +376,7 @@ impl Env {
             }
             Mode::AgentServer => Some(self.export_port_addr.clone()),
             Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.0.clone()),
+            Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => self.legs.as_ref().map(|l| l.0.clone()),
             _ => Some(self.provider_addr.clone()),
         }
     }
@@ -263,6 +386,7 @@ impl Env {
             Mode::Direct => None,
             Mode::Haproxy => Some(self.haproxy_pid),
             Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.1),
+            Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => self.legs.as_ref().map(|l| l.1),
             _ => Some(self.agent_pid),
         }
     }
@@ -279,6 +403,8 @@ impl Env {
                 match mode {
                     Mode::AgentFilters => FILTERED_SERVICE,
                     Mode::AgentClient => CLIENT_SERVICE,
+                    Mode::AgentTwoHopTcp => TWO_HOP_TCP_SERVICE,
+                    Mode::AgentTwoHopSkmsg => TWO_HOP_SKMSG_SERVICE,
                     _ => SERVICE,
                 },
             ])

@@ -39,6 +39,12 @@ pub enum Mode {
     /// agent-explicit through another build of the agent (`--baseline-bin`), for comparing
     /// two builds in one run.
     AgentBaseline,
+    /// Two Motan2 hops on one host over TCP: the client role dials its own export port (local
+    /// short-cut off), the export dials the provider (a second agent, the "legs" agent).
+    AgentTwoHopTcp,
+    /// The same two hops with `sockmesh.sockmap: true` on the export: both local legs (agent ->
+    /// export port, export -> provider) short-circuited by sk_msg.
+    AgentTwoHopSkmsg,
 }
 
 impl Mode {
@@ -64,11 +70,13 @@ impl Mode {
             .collect()
     }
 
-    pub const ALL: [Mode; 9] = [
+    pub const ALL: [Mode; 11] = [
         Mode::Direct,
         Mode::AgentClient,
         Mode::AgentServer,
         Mode::AgentExplicit,
+        Mode::AgentTwoHopTcp,
+        Mode::AgentTwoHopSkmsg,
         Mode::AgentFilters,
         Mode::Iptables,
         Mode::EbpfConnect,
@@ -87,7 +95,14 @@ impl Mode {
             Mode::AgentClient => "agent-client",
             Mode::AgentServer => "agent-server",
             Mode::AgentBaseline => "agent-baseline",
+            Mode::AgentTwoHopTcp => "agent-two-hop-tcp",
+            Mode::AgentTwoHopSkmsg => "agent-two-hop-skmsg",
         }
+    }
+
+    /// Modes served by the second ("legs") agent.
+    pub fn uses_legs_agent(self) -> bool {
+        matches!(self, Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg)
     }
 }
 
@@ -227,14 +242,15 @@ pub fn run(opts: Options) -> Result<()> {
     let dir = project_root().join("bench/results").join(stamp()?);
     let raw = dir.join("raw");
     std::fs::create_dir_all(&raw)?;
-    let env = start_env(&raw, opts.agent_workers, opts.baseline_bin.as_deref())?;
-
-    let cases = cases();
     let modes: Vec<Mode> = if opts.modes.is_empty() {
         Mode::ALL.to_vec()
     } else {
         opts.modes.clone()
     };
+    let legs = modes.iter().any(|m| m.uses_legs_agent());
+    let env = start_env(&raw, opts.agent_workers, opts.baseline_bin.as_deref(), legs)?;
+
+    let cases = cases();
     let unavailable: Vec<(Mode, &str)> = modes
         .iter()
         .filter(|m| env.target(**m).is_none())
@@ -286,7 +302,20 @@ pub fn run(opts: Options) -> Result<()> {
     }
     println!();
     let agent_idle_rss_kib = env.agent_idle_rss_kib;
+    // The legs agent's sockhash counters: proof that agent-two-hop-skmsg took the sk_msg path.
+    let sockhash = if runnable.contains(&Mode::AgentTwoHopSkmsg) {
+        env.legs_sockhash()?
+    } else {
+        None
+    };
     drop(env);
+    if let Some(h) = &sockhash {
+        std::fs::write(raw.join("legs-sockhash.json"), serde_json::to_vec_pretty(h)?)?;
+        println!("xtask: bench: legs agent's sockhash: {h}");
+        if h["msg_redirected"].as_u64().unwrap_or(0) == 0 {
+            bail!("agent-two-hop-skmsg ran but sk_msg redirected nothing: {h}");
+        }
+    }
     let report = Report::build(
         &runs,
         &cases,

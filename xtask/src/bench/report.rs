@@ -91,6 +91,10 @@ impl Report {
             md,
             "- agent-client is the client role alone (agent port -> provider) and agent-server the server role alone (export port -> provider): one Motan2 hop each, like haproxy's one L4 hop"
         );
+        let _ = writeln!(
+            md,
+            "- agent-explicit serves its own export in-process (local short-cut); agent-two-hop-tcp and agent-two-hop-skmsg (a second agent, short-cut off) dial their own export port over loopback TCP, the latter with `sockmesh.sockmap: true` on the export, so sk_msg carries both local legs (agent -> export port, export -> provider); the app -> agent port leg is TCP in all three"
+        );
         let load_rss = runs
             .iter()
             .filter(|r| !matches!(r.mode, Mode::Direct | Mode::Haproxy | Mode::AgentBaseline))
@@ -204,6 +208,11 @@ impl Report {
                     Mode::Haproxy,
                     Mode::Direct,
                     "haproxy hop: haproxy - direct (one L4 hop)",
+                ),
+                (
+                    Mode::AgentTwoHopSkmsg,
+                    Mode::AgentTwoHopTcp,
+                    "sk_msg on both local legs: agent-two-hop-skmsg - agent-two-hop-tcp",
                 ),
                 (
                     Mode::AgentExplicit,
@@ -321,6 +330,8 @@ impl Report {
                 Mode::AgentClient,
                 Mode::AgentServer,
                 Mode::AgentExplicit,
+                Mode::AgentTwoHopTcp,
+                Mode::AgentTwoHopSkmsg,
             ]
             .into_iter()
             .filter(|m| modes.contains(m))
@@ -341,7 +352,7 @@ impl Report {
                 let _ = writeln!(
                     md,
                     "
-Per hop against haproxy (added = mode - direct, paired per round, median; agent-explicit is two hops):
+Per hop against haproxy (added = mode - direct, paired per round, median; agent-explicit (local short-cut) and agent-two-hop-* are two hops):
 "
                 );
                 let _ = writeln!(
@@ -352,7 +363,10 @@ Per hop against haproxy (added = mode - direct, paired per round, median; agent-
                 let mut hops_json = BTreeMap::new();
                 for m in &hop_modes {
                     let (a50, a99, cpu) = (added(*m, "p50"), added(*m, "p99"), cpu_per_req(*m));
-                    let hops = if *m == Mode::AgentExplicit { 2 } else { 1 };
+                    let hops = match m {
+                        Mode::AgentExplicit | Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => 2,
+                        _ => 1,
+                    };
                     let _ = writeln!(
                         md,
                         "| {} | {hops} | {a50:+.0} | {} | {a99:+.0} | {} | {cpu:.1} | {} |",

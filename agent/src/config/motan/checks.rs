@@ -174,6 +174,16 @@ impl Checks<'_> {
     }
 
     pub(super) fn check_refer(&self, section: &str, id: &str, u: &Url, p: &mut Problems) {
+        if let Some(v) = u.param(keys::SOCKMAP)
+            && parse_go_bool(v).is_none()
+        {
+            p.error(
+                section,
+                Some(id),
+                Some(keys::SOCKMAP),
+                format!("{v:?} is not a boolean (true or false)"),
+            );
+        }
         if u.path.is_empty() && section == REFER_SECTION {
             p.error(
                 section,
