@@ -766,21 +766,6 @@ fn sigterm_answers_every_accepted_request() {
     assert!(client.wait_exit(), "the agent exits cleanly after draining");
 }
 
-/// An upstream capture of a Java client's motan v1 frame (tests/data/motan1).
-fn motan1_vector(name: &str) -> Vec<u8> {
-    let path = format!("{}/../tests/data/motan1/{name}.hex", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let hex: String = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .flat_map(|l| l.trim().chars())
-        .collect();
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 /// Read one v1 frame from `s` (blocking, with the socket's read timeout).
 fn read_v1(s: &mut std::net::TcpStream) -> Vec<u8> {
     use sockmesh::protocol::motan2::v1;
@@ -825,7 +810,7 @@ fn motan_v1_requests_reach_a_motan2_provider_through_both_agents() {
     let mut java = connect();
     // hello("motan0"): the provider echoes the hessian2 argument; the v1 client gets it back
     // as a java.lang.String value under its own request id.
-    let hello = motan1_vector("request_hello");
+    let hello = sockmesh_testkit::vectors::motan1("request_hello");
     let id = v1::decode_header(&hello).unwrap().request_id;
     java.write_all(&hello).unwrap();
     let resp = read_v1(&mut java);
@@ -840,7 +825,7 @@ fn motan_v1_requests_reach_a_motan2_provider_through_both_agents() {
         ("request_multi_param", 0x01, &b"\x04ray0"[..]),
         ("request_no_param", 0x03, &b""[..]),
     ] {
-        let req = motan1_vector(name);
+        let req = sockmesh_testkit::vectors::motan1(name);
         java.write_all(&req).unwrap();
         let resp = read_v1(&mut java);
         let h = v1::decode_header(&resp).unwrap();
