@@ -234,29 +234,57 @@ fn load_balancers_spread_requests_as_configured() {
         assert!(by.values().all(|&n| (99..=101).contains(&n)), "{lb}: {by:?}");
     }
 
-    // leastActive: a slow provider (100 ms) gets few of many concurrent requests.
-    let t = three("lb-least", "    loadbalance: leastActive\n", [100, 0, 0]);
-    let by = rt.block_on(async {
+    // leastActive: a slow provider gets few of many concurrent requests. Six workers call back
+    // to back (a closed loop: an open one, a request every ms whatever the answers, queued up
+    // at a load average of 20 until every call took ~750 ms, the slow one's 100 ms included,
+    // and leastActive had nothing to tell apart). With C calls in flight, the fast providers
+    // hold (C - a)/2 each while the slow one holds a, and it is picked only while a <= that,
+    // so a ~ C/3: it gets (C/3)/S calls a second against (2C/3)/L for the two fast ones (L:
+    // their latency), a share of 1/(1 + 2S/L); random would give 1/3 (100 of 300). L grows
+    // with the machine's load (tens of ms at a load average of 20 on 2 cores), so S is 500 ms:
+    // the bound of 40 of 300 (13%) holds while L stays under ~150 ms.
+    let slow = Duration::from_millis(500);
+    let t = three(
+        "lb-least",
+        "    loadbalance: leastActive\n",
+        [slow.as_millis() as u64, 0, 0],
+    );
+    let answers = rt.block_on(async {
         let ch = Arc::new(motan::connect(agent_addr(&t.agent)).await);
-        let mut tasks = Vec::new();
-        for i in 0..300 {
+        let mut workers = Vec::new();
+        for _ in 0..6 {
             let ch = ch.clone();
-            tasks.push(tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(i)).await;
-                let r = motan::call(&ch, motan::request(SVC, "echo", &[], &[])).await;
-                motan::meta(&r, "provider").to_string()
+            workers.push(tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for _ in 0..50 {
+                    let t0 = Instant::now();
+                    let r = motan::call(&ch, motan::request(SVC, "echo", &[], &[])).await;
+                    answers.push((motan::meta(&r, "provider").to_string(), t0.elapsed()));
+                }
+                answers
             }));
         }
-        let mut by: HashMap<String, usize> = HashMap::new();
-        for t in tasks {
-            *by.entry(t.await.unwrap()).or_default() += 1;
+        let mut answers = Vec::new();
+        for w in workers {
+            answers.extend(w.await.unwrap());
         }
-        by
+        answers
     });
-    let slow = by.get("p0").copied().unwrap_or(0);
+    let mut by: HashMap<&str, usize> = HashMap::new();
+    for (p, _) in &answers {
+        *by.entry(p.as_str()).or_default() += 1;
+    }
+    let fast: Vec<Duration> = answers
+        .iter()
+        .filter(|(p, _)| p != "p0")
+        .map(|(_, d)| *d)
+        .collect();
+    let mean_fast = fast.iter().sum::<Duration>() / fast.len().max(1) as u32;
+    let slow_n = by.get("p0").copied().unwrap_or(0);
+    eprintln!("leastActive: {by:?}, fast answers in {mean_fast:?} on average");
     assert!(
-        slow < 40,
-        "leastActive sent {slow} of 300 to the slow provider: {by:?}"
+        slow_n < 40,
+        "leastActive sent {slow_n} of 300 to the slow provider ({slow:?}; the fast ones answered in {mean_fast:?} on average): {by:?}"
     );
 }
 
@@ -397,17 +425,26 @@ fn failover_loses_no_request_when_a_provider_dies() {
     assert!(by.get("p1-again").copied().unwrap_or(0) >= 5, "{by:?}");
 }
 
-/// p99 of `n` sequential calls; also returns how many requests the providers served.
-async fn p99(ch: &motan::Channel, n: usize) -> Duration {
-    let mut lat = Vec::with_capacity(n);
+/// Latencies of `n` rounds of one call on each of `chs` in turn: interleaved, so that every
+/// channel sees the same moments of machine load. `[channel][round]`, unsorted.
+async fn interleaved_latencies(chs: &[&motan::Channel], n: usize) -> Vec<Vec<Duration>> {
+    let mut lat = vec![Vec::with_capacity(n); chs.len()];
     for i in 0..n {
-        let t0 = Instant::now();
-        let r = motan::call(ch, motan::request(SVC, "echo", &[], &[Value::from(i as i64)])).await;
-        assert_eq!(motan::exception(&r), None);
-        lat.push(t0.elapsed());
+        for (ch, lat) in chs.iter().zip(&mut lat) {
+            let t0 = Instant::now();
+            let r = motan::call(ch, motan::request(SVC, "echo", &[], &[Value::from(i as i64)])).await;
+            assert_eq!(motan::exception(&r), None);
+            lat.push(t0.elapsed());
+        }
     }
-    lat.sort();
-    lat[n * 99 / 100]
+    lat
+}
+
+/// The `q`-quantile (0..1) of `lat` (nearest rank).
+fn quantile(lat: &[Duration], q: f64) -> Duration {
+    let mut sorted = lat.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 async fn served(p: &Provider) -> usize {
@@ -422,36 +459,83 @@ fn backup_request_cuts_the_tail_within_its_budget() {
     // One at a time: several tests compare latencies or count requests per provider.
     let _serial = common::serial();
     let rt = motan::rt();
-    let n = 400;
-    // One of three providers is slow (80 ms) on every 3rd request: ~11% of all requests, within
-    // the backup budget of 15 per 100 requests.
+    let n = 300;
+    // Three providers behind round robin, three times over: all fast (the baseline: what the
+    // machine's load alone does to a call), and one of them slow on every 3rd of its requests
+    // (1 in 9 of all calls, ~11%: within the backup budget of 15 per 100 requests) behind
+    // failfast and behind backupRequest. The three are called in turn (`interleaved_latencies`)
+    // so that they see the same moments of load.
+    //
+    // The delays are far above what load does to a plain call: at a load average of 20 on
+    // 2 cores a plain call took 12-30 ms at the median and 70-185 ms at p90-p95. The old 10 ms
+    // backup delay then fired for half the plain calls, so the 15-per-100 budget was gone
+    // before the slow calls came (all 60 permits of 400 calls spent) and the tail stayed.
+    let slow = Duration::from_millis(500);
+    let delay = Duration::from_millis(100);
+    let rr = "    loadbalance: roundrobin\n";
+    let slow_ms = slow.as_millis() as u64;
+    let base = three("ha-base", &format!("    haStrategy: failfast\n{rr}"), [0; 3]);
     let ff = three_slow(
         "ha-failfast",
-        "    haStrategy: failfast\n    loadbalance: roundrobin\n",
-        [80, 0, 0],
+        &format!("    haStrategy: failfast\n{rr}"),
+        [slow_ms, 0, 0],
         3,
     );
     let br = three_slow(
         "ha-backup",
-        "    haStrategy: backupRequest\n    retries: 1\n    loadbalance: roundrobin\n    backupRequestDelayTime: 10\n",
-        [80, 0, 0],
+        &format!(
+            "    haStrategy: backupRequest\n    retries: 1\n{rr}    backupRequestDelayTime: {}\n",
+            delay.as_millis()
+        ),
+        [slow_ms, 0, 0],
         3,
     );
-    let (p99_ff, p99_br, extra) = rt.block_on(async {
-        let a = motan::connect(agent_addr(&ff.agent)).await;
-        let b = motan::connect(agent_addr(&br.agent)).await;
-        let p99_ff = p99(&a, n).await;
-        let p99_br = p99(&b, n).await;
+    let (lat, extra) = rt.block_on(async {
+        let chs = [
+            motan::connect(agent_addr(&base.agent)).await,
+            motan::connect(agent_addr(&ff.agent)).await,
+            motan::connect(agent_addr(&br.agent)).await,
+        ];
+        let lat = interleaved_latencies(&[&chs[0], &chs[1], &chs[2]], n).await;
         let mut total = 0;
         for p in &br.providers {
             total += served(p).await;
         }
-        (p99_ff, p99_br, total - n)
+        (lat, total - n)
     });
-    assert!(p99_ff >= Duration::from_millis(80), "failfast p99 {p99_ff:?}");
+    // The tail: calls over half the slow delay, beyond the baseline's own (load) share. A slow
+    // call takes >= 500 ms; one cut by a backup ~100 ms plus two plain calls.
+    let over = |l: &[Duration]| l.iter().filter(|d| **d >= slow / 2).count();
+    let (base_over, ff_over, br_over) = (over(&lat[0]), over(&lat[1]), over(&lat[2]));
+    let report = format!(
+        "calls >= {:?} of {n}: baseline {base_over}, failfast {ff_over}, backupRequest {br_over}; \
+         p50/p95 baseline {:?}/{:?}, failfast {:?}/{:?}, backupRequest {:?}/{:?}; {extra} backups",
+        slow / 2,
+        quantile(&lat[0], 0.5),
+        quantile(&lat[0], 0.95),
+        quantile(&lat[1], 0.5),
+        quantile(&lat[1], 0.95),
+        quantile(&lat[2], 0.5),
+        quantile(&lat[2], 0.95),
+    );
+    eprintln!("{report}");
+    // failfast keeps every slow call: n/9 (33) take the full delay (3/4 of that allowed for an
+    // endpoint round robin skipped while unavailable).
+    let slow_calls = lat[1].iter().filter(|d| **d >= slow).count();
     assert!(
-        p99_br < p99_ff / 2,
-        "backupRequest p99 {p99_br:?} should be well below failfast p99 {p99_ff:?}"
+        slow_calls >= n / 12,
+        "failfast: only {slow_calls} slow calls; {report}"
+    );
+    // backupRequest removes at least half of that tail. The margin: ~33 slow calls, half is
+    // 16; the baseline and the plain calls of backupRequest are two draws of the same load
+    // (Binomial(300, p) each, p = P(a plain call >= 250 ms): up to 4% measured at a load
+    // average of 25), so their difference has a standard deviation of at most
+    // sqrt(2 * 300 * 0.04) = 4.9: 16 is over 3 of them.
+    let tail_ff = ff_over.saturating_sub(base_over);
+    let tail_br = br_over.saturating_sub(base_over);
+    assert!(
+        tail_br * 2 <= tail_ff,
+        "backupRequest kept {tail_br} of failfast's {tail_ff} slow calls; {report}"
     );
     // Budget: backupRequestMaxRetryRatio 15 per round of 100 requests.
     assert!(extra > 0, "no backup request was sent");
