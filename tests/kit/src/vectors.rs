@@ -17,7 +17,7 @@ pub fn hex_bytes(what: &str, text: &str) -> Vec<u8> {
         .filter(|l| !l.starts_with('#'))
         .flat_map(|l| l.bytes().filter(|b| !b.is_ascii_whitespace()))
         .collect();
-    assert!(digits.len() % 2 == 0, "{what}: odd number of hex digits");
+    assert!(digits.len().is_multiple_of(2), "{what}: odd number of hex digits");
     digits
         .chunks(2)
         .map(|pair| {
