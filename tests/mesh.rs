@@ -239,10 +239,11 @@ fn load_balancers_spread_requests_as_configured() {
     // at a load average of 20 until every call took ~750 ms, the slow one's 100 ms included,
     // and leastActive had nothing to tell apart). With C calls in flight, the fast providers
     // hold (C - a)/2 each while the slow one holds a, and it is picked only while a <= that,
-    // so a ~ C/3: it gets (C/3)/S calls a second against (2C/3)/L for the two fast ones (L:
-    // their latency), a share of 1/(1 + 2S/L); random would give 1/3 (100 of 300). L grows
-    // with the machine's load (tens of ms at a load average of 20 on 2 cores), so S is 500 ms:
-    // the bound of 40 of 300 (13%) holds while L stays under ~150 ms.
+    // so a ~ C/3: it gets (C/3)/S calls a second against (2C/3)/L for the two fast ones (L: a
+    // worker's time per fast call), a share of 1/(1 + 2S/L) plus the first picks, all tied at
+    // 0; random would give 1/3 (100 of 300). L grows with the machine's load (tens of ms at a
+    // load average of 20 on 2 cores), so S is 500 ms: the bound of 40 of 300 (13%) holds while
+    // L stays under ~150 ms. Measured at a load average of 25: 12-20 of 300.
     let slow = Duration::from_millis(500);
     let t = three(
         "lb-least",
@@ -763,12 +764,14 @@ fn reload_under_load_moves_endpoints_without_losing_a_request() {
     let client = client_agent("reload-load", &[p1.addr], "    retries: 1\n");
     let rt = motan::rt();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Answers by provider so far, watched while the load runs.
+    let by = Arc::new(std::sync::Mutex::new(HashMap::<String, usize>::new()));
+    let answered_by = |p: &str| by.lock().unwrap().get(p).copied().unwrap_or(0);
     let load = {
-        let stop = stop.clone();
+        let (stop, by) = (stop.clone(), by.clone());
         let addr = agent_addr(&client);
         rt.spawn(async move {
             let ch = Arc::new(motan::connect(addr).await);
-            let mut by: HashMap<String, usize> = HashMap::new();
             let mut failed = Vec::new();
             let mut i = 0i64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -780,22 +783,39 @@ fn reload_under_load_moves_endpoints_without_losing_a_request() {
                     .await;
                 match r {
                     Ok(f) if motan::exception(&f).is_none() => {
-                        *by.entry(motan::meta(&f, "provider").to_string()).or_default() += 1
+                        *by.lock()
+                            .unwrap()
+                            .entry(motan::meta(&f, "provider").to_string())
+                            .or_default() += 1
                     }
                     other => failed.push(format!("{i}: {other:?}")),
                 }
                 i += 1;
             }
-            (by, failed)
+            failed
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The load is running (not a fixed sleep: a loaded machine may not have sent one yet), the
+    // reload moves it, and it runs on for a while on the new endpoint.
+    let wait_answers = |p: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while answered_by(p) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{p} answered {} of {n}",
+                answered_by(p)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_answers("p1", 100);
     client.rewrite_motan(&client_motan(&[p2.addr], "    retries: 1\n"));
     let (ok, out, err) = client.cli(&["reload"]);
     assert!(ok, "{out}{err}");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_answers("p2", 100);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (by, failed) = rt.block_on(load).unwrap();
+    let failed = rt.block_on(load).unwrap();
+    let by = by.lock().unwrap().clone();
     assert!(failed.is_empty(), "requests lost across the reload: {failed:?}");
     assert!(
         by.get("p1").copied().unwrap_or(0) > 0 && by.get("p2").copied().unwrap_or(0) > 0,
