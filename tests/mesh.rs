@@ -234,29 +234,58 @@ fn load_balancers_spread_requests_as_configured() {
         assert!(by.values().all(|&n| (99..=101).contains(&n)), "{lb}: {by:?}");
     }
 
-    // leastActive: a slow provider (100 ms) gets few of many concurrent requests.
-    let t = three("lb-least", "    loadbalance: leastActive\n", [100, 0, 0]);
-    let by = rt.block_on(async {
+    // leastActive: a slow provider gets few of many concurrent requests. Six workers call back
+    // to back (a closed loop: an open one, a request every ms whatever the answers, queued up
+    // at a load average of 20 until every call took ~750 ms, the slow one's 100 ms included,
+    // and leastActive had nothing to tell apart). With C calls in flight, the fast providers
+    // hold (C - a)/2 each while the slow one holds a, and it is picked only while a <= that,
+    // so a ~ C/3: it gets (C/3)/S calls a second against (2C/3)/L for the two fast ones (L: a
+    // worker's time per fast call), a share of 1/(1 + 2S/L) plus the first picks, all tied at
+    // 0; random would give 1/3 (100 of 300). L grows with the machine's load (tens of ms at a
+    // load average of 20 on 2 cores), so S is 500 ms: the bound of 40 of 300 (13%) holds while
+    // L stays under ~150 ms. Measured at a load average of 25: 12-20 of 300.
+    let slow = Duration::from_millis(500);
+    let t = three(
+        "lb-least",
+        "    loadbalance: leastActive\n",
+        [slow.as_millis() as u64, 0, 0],
+    );
+    let answers = rt.block_on(async {
         let ch = Arc::new(motan::connect(agent_addr(&t.agent)).await);
-        let mut tasks = Vec::new();
-        for i in 0..300 {
+        let mut workers = Vec::new();
+        for _ in 0..6 {
             let ch = ch.clone();
-            tasks.push(tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(i)).await;
-                let r = motan::call(&ch, motan::request(SVC, "echo", &[], &[])).await;
-                motan::meta(&r, "provider").to_string()
+            workers.push(tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for _ in 0..50 {
+                    let t0 = Instant::now();
+                    let r = motan::call(&ch, motan::request(SVC, "echo", &[], &[])).await;
+                    answers.push((motan::meta(&r, "provider").to_string(), t0.elapsed()));
+                }
+                answers
             }));
         }
-        let mut by: HashMap<String, usize> = HashMap::new();
-        for t in tasks {
-            *by.entry(t.await.unwrap()).or_default() += 1;
+        let mut answers = Vec::new();
+        for w in workers {
+            answers.extend(w.await.unwrap());
         }
-        by
+        answers
     });
-    let slow = by.get("p0").copied().unwrap_or(0);
+    let mut by: HashMap<&str, usize> = HashMap::new();
+    for (p, _) in &answers {
+        *by.entry(p.as_str()).or_default() += 1;
+    }
+    let fast: Vec<Duration> = answers
+        .iter()
+        .filter(|(p, _)| p != "p0")
+        .map(|(_, d)| *d)
+        .collect();
+    let mean_fast = fast.iter().sum::<Duration>() / fast.len().max(1) as u32;
+    let slow_n = by.get("p0").copied().unwrap_or(0);
+    eprintln!("leastActive: {by:?}, fast answers in {mean_fast:?} on average");
     assert!(
-        slow < 40,
-        "leastActive sent {slow} of 300 to the slow provider: {by:?}"
+        slow_n < 40,
+        "leastActive sent {slow_n} of 300 to the slow provider ({slow:?}; the fast ones answered in {mean_fast:?} on average): {by:?}"
     );
 }
 
@@ -397,17 +426,26 @@ fn failover_loses_no_request_when_a_provider_dies() {
     assert!(by.get("p1-again").copied().unwrap_or(0) >= 5, "{by:?}");
 }
 
-/// p99 of `n` sequential calls; also returns how many requests the providers served.
-async fn p99(ch: &motan::Channel, n: usize) -> Duration {
-    let mut lat = Vec::with_capacity(n);
+/// Latencies of `n` rounds of one call on each of `chs` in turn: interleaved, so that every
+/// channel sees the same moments of machine load. `[channel][round]`, unsorted.
+async fn interleaved_latencies(chs: &[&motan::Channel], n: usize) -> Vec<Vec<Duration>> {
+    let mut lat = vec![Vec::with_capacity(n); chs.len()];
     for i in 0..n {
-        let t0 = Instant::now();
-        let r = motan::call(ch, motan::request(SVC, "echo", &[], &[Value::from(i as i64)])).await;
-        assert_eq!(motan::exception(&r), None);
-        lat.push(t0.elapsed());
+        for (ch, lat) in chs.iter().zip(&mut lat) {
+            let t0 = Instant::now();
+            let r = motan::call(ch, motan::request(SVC, "echo", &[], &[Value::from(i as i64)])).await;
+            assert_eq!(motan::exception(&r), None);
+            lat.push(t0.elapsed());
+        }
     }
-    lat.sort();
-    lat[n * 99 / 100]
+    lat
+}
+
+/// The `q`-quantile (0..1) of `lat` (nearest rank).
+fn quantile(lat: &[Duration], q: f64) -> Duration {
+    let mut sorted = lat.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 async fn served(p: &Provider) -> usize {
@@ -422,36 +460,83 @@ fn backup_request_cuts_the_tail_within_its_budget() {
     // One at a time: several tests compare latencies or count requests per provider.
     let _serial = common::serial();
     let rt = motan::rt();
-    let n = 400;
-    // One of three providers is slow (80 ms) on every 3rd request: ~11% of all requests, within
-    // the backup budget of 15 per 100 requests.
+    let n = 300;
+    // Three providers behind round robin, three times over: all fast (the baseline: what the
+    // machine's load alone does to a call), and one of them slow on every 3rd of its requests
+    // (1 in 9 of all calls, ~11%: within the backup budget of 15 per 100 requests) behind
+    // failfast and behind backupRequest. The three are called in turn (`interleaved_latencies`)
+    // so that they see the same moments of load.
+    //
+    // The delays are far above what load does to a plain call: at a load average of 20 on
+    // 2 cores a plain call took 12-30 ms at the median and 70-185 ms at p90-p95. The old 10 ms
+    // backup delay then fired for half the plain calls, so the 15-per-100 budget was gone
+    // before the slow calls came (all 60 permits of 400 calls spent) and the tail stayed.
+    let slow = Duration::from_millis(500);
+    let delay = Duration::from_millis(100);
+    let rr = "    loadbalance: roundrobin\n";
+    let slow_ms = slow.as_millis() as u64;
+    let base = three("ha-base", &format!("    haStrategy: failfast\n{rr}"), [0; 3]);
     let ff = three_slow(
         "ha-failfast",
-        "    haStrategy: failfast\n    loadbalance: roundrobin\n",
-        [80, 0, 0],
+        &format!("    haStrategy: failfast\n{rr}"),
+        [slow_ms, 0, 0],
         3,
     );
     let br = three_slow(
         "ha-backup",
-        "    haStrategy: backupRequest\n    retries: 1\n    loadbalance: roundrobin\n    backupRequestDelayTime: 10\n",
-        [80, 0, 0],
+        &format!(
+            "    haStrategy: backupRequest\n    retries: 1\n{rr}    backupRequestDelayTime: {}\n",
+            delay.as_millis()
+        ),
+        [slow_ms, 0, 0],
         3,
     );
-    let (p99_ff, p99_br, extra) = rt.block_on(async {
-        let a = motan::connect(agent_addr(&ff.agent)).await;
-        let b = motan::connect(agent_addr(&br.agent)).await;
-        let p99_ff = p99(&a, n).await;
-        let p99_br = p99(&b, n).await;
+    let (lat, extra) = rt.block_on(async {
+        let chs = [
+            motan::connect(agent_addr(&base.agent)).await,
+            motan::connect(agent_addr(&ff.agent)).await,
+            motan::connect(agent_addr(&br.agent)).await,
+        ];
+        let lat = interleaved_latencies(&[&chs[0], &chs[1], &chs[2]], n).await;
         let mut total = 0;
         for p in &br.providers {
             total += served(p).await;
         }
-        (p99_ff, p99_br, total - n)
+        (lat, total - n)
     });
-    assert!(p99_ff >= Duration::from_millis(80), "failfast p99 {p99_ff:?}");
+    // The tail: calls over half the slow delay, beyond the baseline's own (load) share. A slow
+    // call takes >= 500 ms; one cut by a backup ~100 ms plus two plain calls.
+    let over = |l: &[Duration]| l.iter().filter(|d| **d >= slow / 2).count();
+    let (base_over, ff_over, br_over) = (over(&lat[0]), over(&lat[1]), over(&lat[2]));
+    let report = format!(
+        "calls >= {:?} of {n}: baseline {base_over}, failfast {ff_over}, backupRequest {br_over}; \
+         p50/p95 baseline {:?}/{:?}, failfast {:?}/{:?}, backupRequest {:?}/{:?}; {extra} backups",
+        slow / 2,
+        quantile(&lat[0], 0.5),
+        quantile(&lat[0], 0.95),
+        quantile(&lat[1], 0.5),
+        quantile(&lat[1], 0.95),
+        quantile(&lat[2], 0.5),
+        quantile(&lat[2], 0.95),
+    );
+    eprintln!("{report}");
+    // failfast keeps every slow call: n/9 (33) take the full delay (3/4 of that allowed for an
+    // endpoint round robin skipped while unavailable).
+    let slow_calls = lat[1].iter().filter(|d| **d >= slow).count();
     assert!(
-        p99_br < p99_ff / 2,
-        "backupRequest p99 {p99_br:?} should be well below failfast p99 {p99_ff:?}"
+        slow_calls >= n / 12,
+        "failfast: only {slow_calls} slow calls; {report}"
+    );
+    // backupRequest removes at least half of that tail. The margin: ~33 slow calls, half is
+    // 16; the baseline and the plain calls of backupRequest are two draws of the same load
+    // (Binomial(300, p) each, p = P(a plain call >= 250 ms): up to 4% measured at a load
+    // average of 25), so their difference has a standard deviation of at most
+    // sqrt(2 * 300 * 0.04) = 4.9: 16 is over 3 of them.
+    let tail_ff = ff_over.saturating_sub(base_over);
+    let tail_br = br_over.saturating_sub(base_over);
+    assert!(
+        tail_br * 2 <= tail_ff,
+        "backupRequest kept {tail_br} of failfast's {tail_ff} slow calls; {report}"
     );
     // Budget: backupRequestMaxRetryRatio 15 per round of 100 requests.
     assert!(extra > 0, "no backup request was sent");
@@ -679,12 +764,14 @@ fn reload_under_load_moves_endpoints_without_losing_a_request() {
     let client = client_agent("reload-load", &[p1.addr], "    retries: 1\n");
     let rt = motan::rt();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Answers by provider so far, watched while the load runs.
+    let by = Arc::new(std::sync::Mutex::new(HashMap::<String, usize>::new()));
+    let answered_by = |p: &str| by.lock().unwrap().get(p).copied().unwrap_or(0);
     let load = {
-        let stop = stop.clone();
+        let (stop, by) = (stop.clone(), by.clone());
         let addr = agent_addr(&client);
         rt.spawn(async move {
             let ch = Arc::new(motan::connect(addr).await);
-            let mut by: HashMap<String, usize> = HashMap::new();
             let mut failed = Vec::new();
             let mut i = 0i64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -696,22 +783,39 @@ fn reload_under_load_moves_endpoints_without_losing_a_request() {
                     .await;
                 match r {
                     Ok(f) if motan::exception(&f).is_none() => {
-                        *by.entry(motan::meta(&f, "provider").to_string()).or_default() += 1
+                        *by.lock()
+                            .unwrap()
+                            .entry(motan::meta(&f, "provider").to_string())
+                            .or_default() += 1
                     }
                     other => failed.push(format!("{i}: {other:?}")),
                 }
                 i += 1;
             }
-            (by, failed)
+            failed
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The load is running (not a fixed sleep: a loaded machine may not have sent one yet), the
+    // reload moves it, and it runs on for a while on the new endpoint.
+    let wait_answers = |p: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while answered_by(p) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{p} answered {} of {n}",
+                answered_by(p)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_answers("p1", 100);
     client.rewrite_motan(&client_motan(&[p2.addr], "    retries: 1\n"));
     let (ok, out, err) = client.cli(&["reload"]);
     assert!(ok, "{out}{err}");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_answers("p2", 100);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (by, failed) = rt.block_on(load).unwrap();
+    let failed = rt.block_on(load).unwrap();
+    let by = by.lock().unwrap().clone();
     assert!(failed.is_empty(), "requests lost across the reload: {failed:?}");
     assert!(
         by.get("p1").copied().unwrap_or(0) > 0 && by.get("p2").copied().unwrap_or(0) > 0,
@@ -766,21 +870,6 @@ fn sigterm_answers_every_accepted_request() {
     assert!(client.wait_exit(), "the agent exits cleanly after draining");
 }
 
-/// An upstream capture of a Java client's motan v1 frame (tests/data/motan1).
-fn motan1_vector(name: &str) -> Vec<u8> {
-    let path = format!("{}/../tests/data/motan1/{name}.hex", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let hex: String = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .flat_map(|l| l.trim().chars())
-        .collect();
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 /// Read one v1 frame from `s` (blocking, with the socket's read timeout).
 fn read_v1(s: &mut std::net::TcpStream) -> Vec<u8> {
     use sockmesh::protocol::motan2::v1;
@@ -825,7 +914,7 @@ fn motan_v1_requests_reach_a_motan2_provider_through_both_agents() {
     let mut java = connect();
     // hello("motan0"): the provider echoes the hessian2 argument; the v1 client gets it back
     // as a java.lang.String value under its own request id.
-    let hello = motan1_vector("request_hello");
+    let hello = sockmesh_testkit::vectors::motan1("request_hello");
     let id = v1::decode_header(&hello).unwrap().request_id;
     java.write_all(&hello).unwrap();
     let resp = read_v1(&mut java);
@@ -840,7 +929,7 @@ fn motan_v1_requests_reach_a_motan2_provider_through_both_agents() {
         ("request_multi_param", 0x01, &b"\x04ray0"[..]),
         ("request_no_param", 0x03, &b""[..]),
     ] {
-        let req = motan1_vector(name);
+        let req = sockmesh_testkit::vectors::motan1(name);
         java.write_all(&req).unwrap();
         let resp = read_v1(&mut java);
         let h = v1::decode_header(&resp).unwrap();

@@ -33,15 +33,7 @@ fn vectors(prefix: &str) -> Vec<Vector> {
             .find_map(|l| l.strip_prefix("# decoded: "))
             .unwrap()
             .to_string();
-        let hex: String = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .collect::<String>()
-            .split_whitespace()
-            .collect();
-        let bytes = (0..hex.len() / 2)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-            .collect::<Vec<u8>>();
+        let bytes = sockmesh_testkit::vectors::hex_bytes(&name, &text);
         out.push(Vector {
             name,
             decoded,

@@ -65,6 +65,32 @@ fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
+/// An answer's body, once its status is `code` (and the body says `says`).
+fn answered((got, body): (u16, String), code: u16, says: &str) -> String {
+    assert_eq!(got, code, "{body}");
+    assert!(body.contains(says), "{body:?} should say {says:?}");
+    body
+}
+
+/// The answer a handler's json.Encoder writes, `{code int, body string}` (and its newline).
+fn encoded(text: &str) -> Value {
+    assert!(text.ends_with('\n'), "json.Encoder's newline: {text:?}");
+    let v = json(text);
+    exact(&v, &[("code", T::Int), ("body", T::Str)]);
+    v
+}
+
+/// core/url.go URL: {protocol, host string, port int, path, group string, parameters
+/// map[string]string}.
+const URL: &[(&str, T)] = &[
+    ("protocol", T::Str),
+    ("host", T::Str),
+    ("port", T::Int),
+    ("path", T::Str),
+    ("group", T::Str),
+    ("parameters", T::Obj),
+];
+
 const TOKEN: &str = "sekrit-admin-token-19";
 
 /// A provider and an agent that refers SVC (group g1) through a direct registry naming its own
@@ -270,17 +296,7 @@ fn get_all_service_lists_the_service_urls() {
         &[("services", T::ArrOrNull), ("dynamic_services", T::ArrOrNull)],
     );
     let u = &v["services"][0];
-    exact(
-        u,
-        &[
-            ("protocol", T::Str),
-            ("host", T::Str),
-            ("port", T::Int),
-            ("path", T::Str),
-            ("group", T::Str),
-            ("parameters", T::Obj),
-        ],
-    );
+    exact(u, URL);
     assert_eq!((&u["path"], &u["group"]), (&Value::from(SVC), &Value::from("g1")));
     assert!(
         u["parameters"]
@@ -298,8 +314,7 @@ fn get_config_is_the_running_yaml_without_the_token() {
     let _serial = common::serial();
     let f = fixture("madm-config");
     // agent.go getConfigData: yaml.Marshal of the configuration's origin map.
-    let (code, body) = f.get("/getConfig");
-    assert_eq!(code, 200, "{body}");
+    let body = answered(f.get("/getConfig"), 200, "");
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&body).unwrap();
     assert_eq!(doc["motan-service"]["echo"]["path"].as_str(), Some(SVC), "{body}");
     assert_eq!(
@@ -432,13 +447,16 @@ fn runtime_info_has_upstream_keys_and_reads_keys_from_query_and_form() {
         &v,
         &[("result", T::Str), ("instanceType", T::Str), ("basic", T::Obj)],
     );
-    let (code, body) = http::post_form(
-        f.agent.admin,
-        "/runtime/info?keys=basic",
-        "keys=clusters%2Cservers",
-    )
-    .unwrap();
-    assert_eq!(code, 200, "{body}");
+    let body = answered(
+        http::post_form(
+            f.agent.admin,
+            "/runtime/info?keys=basic",
+            "keys=clusters%2Cservers",
+        )
+        .unwrap(),
+        200,
+        "",
+    );
     exact(
         &json(&body),
         &[
@@ -457,9 +475,9 @@ fn log_config_get_and_set_change_the_level_at_runtime() {
     // LogHandler: a json.Encoder writes {code int, body string}; /logConfig/get's body is itself
     // JSON text {level string, accessLog bool, metricsLog bool}.
     let get = || {
-        let v = f.get_json("/logConfig/get");
-        exact(&v, &[("code", T::Int), ("body", T::Str)]);
-        let b = json(v["body"].as_str().unwrap());
+        let (code, text) = f.get("/logConfig/get");
+        assert_eq!(code, 200, "{text}");
+        let b = json(encoded(&text)["body"].as_str().unwrap());
         exact(
             &b,
             &[("level", T::Str), ("accessLog", T::Bool), ("metricsLog", T::Bool)],
@@ -470,17 +488,20 @@ fn log_config_get_and_set_change_the_level_at_runtime() {
     assert_eq!(get()["accessLog"], true);
 
     // A mutation: refused over TCP unless listed in tcp_mutations (with the token).
-    let (code, body) = http::post_form(f.agent.admin, "/logConfig/set", "level=info").unwrap();
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("tcp_mutations"), "{body}");
+    answered(
+        http::post_form(f.agent.admin, "/logConfig/set", "level=info").unwrap(),
+        403,
+        "tcp_mutations",
+    );
 
     // On the control socket, `level` from a form body (the query's value loses, as in Go).
-    let (code, body) = f.control_form("/logConfig/set?level=trace", "level=info");
-    assert_eq!(code, 200, "{body}");
-    assert!(body.ends_with('\n'), "json.Encoder's newline: {body:?}");
-    exact(&json(&body), &[("code", T::Int), ("body", T::Str)]);
+    let body = answered(
+        f.control_form("/logConfig/set?level=trace", "level=info"),
+        200,
+        "",
+    );
     assert_eq!(
-        json(&body),
+        encoded(&body),
         serde_json::json!({"code": 200, "body": "set log level:info"})
     );
     assert_eq!(get()["level"], "info");
@@ -503,10 +524,9 @@ fn log_config_get_and_set_change_the_level_at_runtime() {
     assert_eq!(get()["level"], "debug");
 
     // A level motan-go does not know: 400 with upstream's {code: 500} body; nothing changes.
-    let (code, body) = f.control_form("/logConfig/set", "level=verbose");
-    assert_eq!(code, 400, "{body}");
+    let body = answered(f.control_form("/logConfig/set", "level=verbose"), 400, "");
     assert_eq!(
-        json(&body),
+        encoded(&body),
         serde_json::json!({"code": 500, "body": "set log level failed. err:unrecognized level:verbose"})
     );
     assert_eq!(get()["level"], "debug");
@@ -525,29 +545,18 @@ fn reload_clusters_is_a_control_socket_mutation() {
     let _serial = common::serial();
     let f = fixture("madm-reload");
     // Never over TCP, whatever tcp_mutations says (it re-reads the configuration, as /reload).
-    let (code, body) = http::post(f.agent.admin, "/reload/clusters", "").unwrap();
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("only on the control socket"), "{body}");
+    answered(
+        http::post(f.agent.admin, "/reload/clusters", "").unwrap(),
+        403,
+        "only on the control socket",
+    );
     let (code, _) = f.agent.control_request("GET", "/reload/clusters");
     assert_eq!(code, 405, "a mutation is a POST");
     // HotReload: a json.Encoder writes {code int, body string}; the body is the JSON of the
     // refer URLs by name (core Context.RefersURLs: map[string]*URL).
-    let (code, body) = f.agent.control_post("/reload/clusters");
-    assert_eq!(code, 200, "{body}");
-    let v = json(&body);
-    exact(&v, &[("code", T::Int), ("body", T::Str)]);
+    let v = encoded(&answered(f.agent.control_post("/reload/clusters"), 200, ""));
     let refers = json(v["body"].as_str().unwrap());
-    has(
-        &refers["echo"],
-        &[
-            ("protocol", T::Str),
-            ("host", T::Str),
-            ("port", T::Int),
-            ("path", T::Str),
-            ("group", T::Str),
-            ("parameters", T::Obj),
-        ],
-    );
+    has(&refers["echo"], URL);
     assert_eq!(refers["echo"]["path"], SVC);
     // The mesh still serves after the reload.
     f.calls(1);

@@ -5,8 +5,9 @@
 //! only on loopback.
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -332,35 +333,86 @@ fn threads_named(pid: u32, name: &str) -> usize {
         .count()
 }
 
-/// The daemon's open sockets.
-fn sockets_of(pid: u32) -> usize {
+/// The daemon's open sockets (their `socket:[inode]` names).
+fn sockets_of(pid: u32) -> BTreeSet<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
-        .filter(|f| std::fs::read_link(f.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")))
-        .count()
-}
-
-/// `n` short-lived processes, each in a network namespace of its own (loopback up) and in
-/// `cgroup`, for `seconds`.
-fn namespaced_residents(n: usize, cgroup: &Path, seconds: u32) -> Vec<std::process::Child> {
-    let script = format!(
-        "ip link set lo up && echo $$ > {}/cgroup.procs && exec sleep {seconds}",
-        cgroup.display()
-    );
-    (0..n)
-        .map(|_| {
-            Command::new("unshare")
-                .args(["--net", "sh", "-c", &script])
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
+        .filter_map(|f| std::fs::read_link(f.path()).ok())
+        .map(|t| t.to_string_lossy().into_owned())
+        .filter(|t| t.starts_with("socket:"))
         .collect()
 }
 
-fn netns_listeners(d: &Daemon) -> usize {
-    d.intercept_status()["netns_listeners"].as_array().unwrap().len()
+/// Processes, each in a network namespace of its own (loopback up) and in a test cgroup, until
+/// [`Residents::end`] or drop closes their stdin. (They used to sleep a fixed time: under load,
+/// starting 200 of them took longer than that, the first were gone before the last came, and
+/// the daemon never had a listener in all of them at once.)
+struct Residents(Vec<Child>);
+
+fn namespaced_residents(n: usize, cgroup: &Path) -> Residents {
+    let script = format!(
+        "ip link set lo up && echo $$ > {}/cgroup.procs && exec cat > /dev/null",
+        cgroup.display()
+    );
+    Residents(
+        (0..n)
+            .map(|_| {
+                Command::new("unshare")
+                    .args(["--net", "sh", "-c", &script])
+                    .stdin(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    )
+}
+
+impl Residents {
+    /// Their network namespaces (inodes), once every one has joined `cgroup` (it unshared
+    /// before): what the daemon should have listeners in.
+    fn namespaces(&self, cgroup: &Path) -> BTreeSet<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let pids: BTreeSet<String> = self.0.iter().map(|c| c.id().to_string()).collect();
+        wait_for("the residents in their cgroup", Duration::from_secs(60), || {
+            let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+            procs.lines().filter(|p| pids.contains(*p)).count() == pids.len()
+        });
+        self.0
+            .iter()
+            .map(|c| {
+                std::fs::metadata(format!("/proc/{}/ns/net", c.id()))
+                    .unwrap()
+                    .ino()
+            })
+            .collect()
+    }
+
+    /// Close their stdin and wait until they exited.
+    fn end(&mut self) {
+        for c in &mut self.0 {
+            drop(c.stdin.take());
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Residents {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// The network namespaces (inodes) the daemon has a transparent listener in.
+fn netns_listeners(d: &Daemon) -> BTreeSet<u64> {
+    d.intercept_status()["netns_listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -376,26 +428,36 @@ fn two_hundred_short_lived_namespaces_leave_nothing_behind() {
     let sockets_before = sockets_of(d.pid());
     assert_eq!(threads_named(d.pid(), "sockmesh-netns"), 0);
 
-    let mut residents = namespaced_residents(200, cg.path(), 6);
+    let t0 = Instant::now();
+    let mut residents = namespaced_residents(200, cg.path());
+    let namespaces = residents.namespaces(cg.path());
+    assert_eq!(namespaces.len(), 200, "a namespace each");
+    // Exactly theirs (a count could be reached by other namespaces while some of these lack one).
     wait_for(
         "a listener in each of the 200 namespaces",
-        Duration::from_secs(30),
-        || netns_listeners(&d) == 200,
+        Duration::from_secs(60),
+        || netns_listeners(&d) == namespaces,
     );
+    eprintln!(
+        "200 namespaces started, a listener in each, after {:?}",
+        t0.elapsed()
+    );
+    // A listener is reported once its thread has bound it.
     assert_eq!(threads_named(d.pid(), "sockmesh-netns"), 200);
-    for r in &mut residents {
-        r.wait().unwrap();
-    }
+    // The sockets the namespaces brought: each of them must go.
+    let theirs: BTreeSet<String> = sockets_of(d.pid()).difference(&sockets_before).cloned().collect();
+    assert!(theirs.len() >= 200, "a listening socket each: {}", theirs.len());
+    residents.end();
     wait_for(
         "the listeners of the gone namespaces closed",
-        Duration::from_secs(10),
-        || netns_listeners(&d) == 0,
+        Duration::from_secs(30),
+        || netns_listeners(&d).is_empty(),
     );
-    wait_for("their threads ended", Duration::from_secs(10), || {
+    wait_for("their threads ended", Duration::from_secs(30), || {
         threads_named(d.pid(), "sockmesh-netns") == 0
     });
-    wait_for("their sockets closed", Duration::from_secs(10), || {
-        sockets_of(d.pid()) <= sockets_before
+    wait_for("their sockets closed", Duration::from_secs(30), || {
+        sockets_of(d.pid()).is_disjoint(&theirs)
     });
     let st = d.intercept_status();
     let cgroups = st["cgroups"].as_array().unwrap();
@@ -420,17 +482,23 @@ fn namespace_listeners_are_capped() {
     let d = Daemon::start_with("nscap", "    max_netns_listeners: 3\n");
     let (cg, rel) = test_cgroup("smt-nscap");
     d.enable(&rel, "ebpf-connect");
-    let mut residents = namespaced_residents(5, cg.path(), 4);
-    wait_for("three listeners", Duration::from_secs(10), || {
-        netns_listeners(&d) == 3
+    let mut residents = namespaced_residents(5, cg.path());
+    let namespaces = residents.namespaces(cg.path());
+    wait_for("three listeners", Duration::from_secs(30), || {
+        netns_listeners(&d).len() == 3
     });
     d.wait_log("max_netns_listeners reached", 1);
     assert!(d.log().contains("namespaces=2"), "{}", d.log());
-    assert_eq!(netns_listeners(&d), 3, "never more than the cap");
-    for r in &mut residents {
-        r.wait().unwrap();
-    }
-    wait_for("all closed", Duration::from_secs(10), || netns_listeners(&d) == 0);
+    let listeners = netns_listeners(&d);
+    assert_eq!(listeners.len(), 3, "never more than the cap");
+    assert!(
+        listeners.is_subset(&namespaces),
+        "{listeners:?} in {namespaces:?}"
+    );
+    residents.end();
+    wait_for("all closed", Duration::from_secs(30), || {
+        netns_listeners(&d).is_empty()
+    });
 }
 
 #[test]

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use sockmesh_common::Mode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::ManagementDoor;
 use crate::config::Config;
@@ -23,7 +24,9 @@ use crate::intercept::{EbpfInterceptor, StartError};
 use crate::proxy::budget::Budget;
 use crate::proxy::http_proxy::HttpProxyServer;
 use crate::proxy::mesh::{ClientHandler, MeshHandle, ServerHandler};
-use crate::proxy::serve::{AcceptProgress, ConnectionLimits, ServeStats, accept_loop};
+use crate::proxy::serve::{
+    Accept, AcceptProgress, AgentPeer, ConnectionLimits, Handler, Inbound, ServeStats, accept_loop,
+};
 use crate::proxy::transparent::{Stats, TransparentProxy};
 
 /// How the binary started the daemon.
@@ -218,40 +221,23 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         "Requests refused with a 503 exception because the agent was over its sockmesh.limits budget",
         budget.rejected.clone(),
     );
-    let limits = ConnectionLimits {
-        decode: crate::protocol::motan2::DecodeLimits::default(),
-        budget: budget.clone(),
+    let loops = AcceptLoops {
+        limits: ConnectionLimits {
+            decode: crate::protocol::motan2::DecodeLimits::default(),
+            budget: budget.clone(),
+        },
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
     };
     let client = Arc::new(ClientHandler(mesh.clone()));
     match agent {
         AgentListener::Tcp(l) => {
             listeners.push(("agent".to_string(), config.agent_addr().to_string()));
-            tasks.spawn(accept_loop(
-                "agent",
-                l,
-                client,
-                limits.clone(),
-                agent_stats.clone(),
-                shutdown.clone(),
-                tasks.clone(),
-            ));
+            loops.spawn("agent", l, client, agent_stats.clone(), ());
         }
         AgentListener::Unix((l, file)) => {
             listeners.push(("agent".to_string(), format!("unix://{}", file.path().display())));
-            let serving = accept_loop(
-                "agent",
-                l,
-                client,
-                limits.clone(),
-                agent_stats.clone(),
-                shutdown.clone(),
-                tasks.clone(),
-            );
-            // The file goes when the listener stops (at shutdown).
-            tasks.spawn(async move {
-                serving.await;
-                drop(file);
-            });
+            loops.spawn("agent", l, client, agent_stats.clone(), file);
         }
     }
     mesh_shared.shortcut.attach(&mesh);
@@ -261,15 +247,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             mesh: mesh.clone(),
             port,
         });
-        tasks.spawn(accept_loop(
-            "export",
-            l,
-            handler,
-            limits.clone(),
-            export_stats.clone(),
-            shutdown.clone(),
-            tasks.clone(),
-        ));
+        loops.spawn("export", l, handler, export_stats.clone(), ());
     }
 
     // Listeners are bound first: a refer may point at this agent's own export port.
@@ -529,6 +507,44 @@ async fn forward_bpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>, sh
         };
         guard.get_inner_mut().flush();
         guard.clear_ready();
+    }
+}
+
+/// What the accept loops of the Motan2 listeners (agent port, export ports) share.
+struct AcceptLoops {
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl AcceptLoops {
+    /// `listener`'s accept loop as a tracked task. `keep` lives as long as the loop: the agent
+    /// socket's file goes when its listener stops (at shutdown).
+    fn spawn<H: Handler, L>(
+        &self,
+        name: &'static str,
+        listener: L,
+        handler: Arc<H>,
+        stats: Arc<ServeStats>,
+        keep: impl Send + 'static,
+    ) where
+        L: Accept + Send + Sync + 'static,
+        L::Conn: Inbound,
+        L::Addr: AgentPeer + Send,
+    {
+        let serving = accept_loop(
+            name,
+            listener,
+            handler,
+            self.limits.clone(),
+            stats,
+            self.shutdown.clone(),
+            self.tasks.clone(),
+        );
+        self.tasks.spawn(async move {
+            serving.await;
+            drop(keep);
+        });
     }
 }
 

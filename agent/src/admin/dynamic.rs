@@ -24,6 +24,7 @@ use axum::routing::{any, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::form::Form;
 use crate::control::{AppState, DynamicError, local_ip};
 use crate::registry::dynamic::{check_name, refer_url, resolve_registry, service_url};
 use crate::url::Url;
@@ -108,7 +109,9 @@ fn parse_request(headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Result<Vec<Url>
             params,
         }
     } else {
-        form_url(body, uri.query().unwrap_or(""))?
+        // The body whatever its Content-Type: motan-go reads it whatever the header says, and
+        // a form sent without the header is taken as one rather than refused.
+        form_url(Form::from_parts(body, uri.query().unwrap_or("")))?
     };
     // motan-go: the group may also come as a parameter.
     if url.group.is_empty() {
@@ -131,12 +134,8 @@ fn parse_request(headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Result<Vec<Url>
     Ok(urls)
 }
 
-/// Form fields, the body's before the query's (Go `FormValue`: the first value of a name).
-fn form_url(body: &[u8], query: &str) -> Result<Url, String> {
-    let mut fields: BTreeMap<String, String> = BTreeMap::new();
-    for (k, v) in form_urlencoded::parse(body).chain(form_urlencoded::parse(query.as_bytes())) {
-        fields.entry(k.into_owned()).or_insert_with(|| v.into_owned());
-    }
+/// The service that form fields describe.
+fn form_url(Form(mut fields): Form) -> Result<Url, String> {
     fields.remove("token");
     let mut url = match fields.remove("url") {
         Some(text) => Url::parse_node(&text).map_err(|e| format!("parameter url: {e}"))?,

@@ -26,10 +26,15 @@ impl IntoResponse for FormRejection {
     }
 }
 
-/// Add `pairs` to `out`, keeping values already there (the first value of a name counts).
-fn add_first(out: &mut HashMap<String, String>, pairs: &[u8]) {
-    for (k, v) in form_urlencoded::parse(pairs) {
-        out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+impl Form {
+    /// The urlencoded pairs of `body`, then those of `query`, the first value of a name counting
+    /// (Go's `ParseForm` order). For a handler that has read the body itself.
+    pub fn from_parts(body: &[u8], query: &str) -> Form {
+        let mut out = HashMap::new();
+        for (k, v) in form_urlencoded::parse(body).chain(form_urlencoded::parse(query.as_bytes())) {
+            out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+        }
+        Form(out)
     }
 }
 
@@ -49,20 +54,19 @@ impl<S: Send + Sync> FromRequest<S> for Form {
 
     async fn from_request(req: Request, _state: &S) -> Result<Form, FormRejection> {
         let query = req.uri().query().unwrap_or("").to_string();
-        let mut out = HashMap::new();
-        if is_form(&req) {
-            let body = axum::body::to_bytes(req.into_body(), MAX_FORM_BODY)
+        let body = if is_form(&req) {
+            axum::body::to_bytes(req.into_body(), MAX_FORM_BODY)
                 .await
                 .map_err(|e| {
                     FormRejection(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!("form body unreadable or over {MAX_FORM_BODY} bytes: {e}"),
                     )
-                })?;
-            add_first(&mut out, &body);
-        }
-        add_first(&mut out, query.as_bytes());
-        Ok(Form(out))
+                })?
+        } else {
+            Default::default()
+        };
+        Ok(Form::from_parts(&body, &query))
     }
 }
 

@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use super::budget::Budget;
 use super::http_route::HttpRouter;
 use super::mesh::MeshHandle;
+use super::read_hook::{Hooked, ReadHook};
 use super::serve::{AcceptGate, next_connection};
 use crate::config::http_client::{HttpProxySpec, MAX_RESPONSE_BODY};
 use crate::net::SocketFactory;
@@ -636,7 +637,11 @@ pub async fn serve_intercepted(
     let _ = conn.set_nodelay(true);
     let plain = plain_client(&mesh.load().http.proxy, &sockets, HttpTarget::Addr(orig));
     let session = Arc::new(Session::new(mesh, peer, sockets, plain, None, budget));
-    serve(Prefixed { prefix, inner: conn }, session, shutdown).await;
+    let conn = Hooked {
+        inner: conn,
+        hook: Prefix(prefix),
+    };
+    serve(conn, session, shutdown).await;
 }
 
 /// A stream whose writes fail once the peer has taken nothing for `limit`.
@@ -697,43 +702,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
     }
 }
 
-/// A stream whose first reads return bytes already read from it.
-struct Prefixed<S> {
-    prefix: BytesMut,
-    inner: S,
-}
+/// A stream whose first reads return bytes already read from it (the sniffed ones).
+struct Prefix(BytesMut);
 
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl ReadHook for Prefix {
+    fn poll_read<S: AsyncRead + Unpin>(
+        &mut self,
+        inner: &mut S,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
+        if !self.0.is_empty() {
+            let n = self.0.len().min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(inner).poll_read(cx, buf)
     }
 }
 

@@ -6,5 +6,6 @@ pub mod inbound;
 pub mod mesh;
 pub mod outbound;
 pub mod passthrough;
+pub mod read_hook;
 pub mod serve;
 pub mod transparent;

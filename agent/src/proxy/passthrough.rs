@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::read_hook::{Hooked, ReadHook};
 
 /// Forward until both directions are closed, or nothing moved either way for `idle`; returns
 /// (bytes app->upstream, upstream->app).
@@ -24,16 +26,14 @@ pub async fn forward(
     };
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let mut app = Active {
-        inner: app,
-        start,
-        last: last.clone(),
+    let noted = |inner| Hooked {
+        inner,
+        hook: LastRead {
+            start,
+            last: last.clone(),
+        },
     };
-    let mut upstream = Active {
-        inner: upstream,
-        start,
-        last: last.clone(),
-    };
+    let (mut app, mut upstream) = (noted(app), noted(upstream));
     let copy = tokio::io::copy_bidirectional(&mut app, &mut upstream);
     tokio::pin!(copy);
     loop {
@@ -51,42 +51,26 @@ pub async fn forward(
     }
 }
 
-/// A stream that notes when data last arrived on it (ms since `start`).
-struct Active {
-    inner: TcpStream,
+/// Notes when data last arrived on a stream (ms since `start`).
+struct LastRead {
     start: Instant,
     last: Arc<AtomicU64>,
 }
 
-impl AsyncRead for Active {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl ReadHook for LastRead {
+    fn poll_read<S: AsyncRead + Unpin>(
+        &mut self,
+        inner: &mut S,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let r = Pin::new(inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             let ms = self.start.elapsed().as_millis() as u64;
             self.last.store(ms, Ordering::Relaxed);
         }
         r
-    }
-}
-
-impl AsyncWrite for Active {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

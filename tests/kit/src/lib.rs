@@ -17,6 +17,8 @@
 //! - [`privilege`]: root or an explicit skip (SOCKMESH_SKIP_PRIVILEGED=1).
 //! - [`zk`]: a real ZooKeeper server on a loopback port ([`ZkServer`]), killed and its data
 //!   dir removed on drop.
+//! - [`vectors`]: the wire captures under tests/data (`.hex` files), also for the agent's unit
+//!   tests.
 //!
 //! The crate does not depend on the `sockmesh` crate: xtask depends on it and has to build before
 //! the BPF object the agent embeds exists. Agent functions are reached through the `sockmesh`
@@ -30,6 +32,7 @@ pub mod pins;
 pub mod ports;
 pub mod privilege;
 pub mod proc;
+pub mod vectors;
 pub mod zk;
 
 pub use cgroup::{ChildCgroup, cgroup2_mount};

@@ -733,19 +733,9 @@ mod tests {
         }
     }
 
-    /// An upstream capture from tests/data/motan1 (`#` lines are comments, the rest hex).
+    /// An upstream capture from tests/data/motan1.
     fn vector(name: &str) -> Vec<u8> {
-        let path = format!("{}/../tests/data/motan1/{name}.hex", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let hex: String = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .flat_map(|l| l.trim().chars())
-            .collect();
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect()
+        sockmesh_testkit::vectors::motan1(name)
     }
 
     fn attachment<'a>(r: &'a V1Request, k: &str) -> &'a str {
