@@ -984,7 +984,8 @@ fn motan_v1_requests_reach_a_motan2_provider_through_both_agents() {
     );
     assert!(resp.ends_with(b"\x00\x00\x00\x07\x06motan0"), "{resp:?}");
     // With a method signature (upstream's capture): a v1 exception that says why.
-    java.write_all(&motan1_vector("request_compressed")).unwrap();
+    java.write_all(&sockmesh_testkit::vectors::motan1("request_compressed"))
+        .unwrap();
     let resp = read_v1(&mut java);
     assert_eq!(v1::decode_header(&resp).unwrap().flag, 0x05);
     assert!(
