@@ -3,7 +3,7 @@
 //! for: a request beyond it is refused at once with a 503 exception frame).
 //!
 //! Bytes are counted from the decoded frame (meta + body), again for an inflated body, and for
-//! a response until the writer has taken it off the queue.
+//! a response until it has been written.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 

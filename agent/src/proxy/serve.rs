@@ -470,6 +470,11 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
     let peer_ip = Bytes::from(peer.ip().to_string());
     let mut codec = Motan2Codec::new(limits.decode);
     let idle = limits.idle_timeout();
+    // One idle timer for the connection's life, moved on only when it fires: going idle after
+    // each request costs a clock read, not a timer registration.
+    let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle.unwrap_or_default()));
+    let mut idle_since = tokio::time::Instant::now();
+    let mut was_busy = false;
     // The connection's share is made with the first frame: a connection that never sends one
     // (thousands of idle or slowloris peers) holds none.
     let mut share: Option<Arc<ConnectionShare>> = None;
@@ -542,7 +547,13 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
             break 'conn why;
         }
         // Only a connection with nothing in flight is idle.
-        let idle = idle.filter(|_| !busy && closing.is_none());
+        if busy {
+            was_busy = true;
+        } else if was_busy {
+            was_busy = false;
+            idle_since = tokio::time::Instant::now();
+        }
+        let idle_armed = idle.is_some() && !busy && closing.is_none();
         let read = closing.is_none() && admission.is_none() && out.has_room();
         tokio::select! {
             Some(done) = inflight.next(), if !inflight.is_empty() => {
@@ -570,12 +581,18 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
                 }
             }
             _ = shutdown.cancelled(), if closing.is_none() => closing = Some("agent shutting down".into()),
-            _ = sleep_or_never(idle), if idle.is_some() => break 'conn "idle timeout".into(),
+            () = &mut idle_timer, if idle_armed => {
+                let due = idle_since + idle.unwrap_or_default();
+                if tokio::time::Instant::now() >= due {
+                    break 'conn "idle timeout".into();
+                }
+                idle_timer.as_mut().reset(due);
+            }
             r = rd.readable(), if read => {
                 let r = r.and_then(|()| read_some(&rd, &mut buf));
                 match r {
                     Ok(0) => closing = Some("closed by peer".into()),
-                    Ok(_) => {}
+                    Ok(_) => idle_since = tokio::time::Instant::now(),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => closing = Some(format!("read error: {e}")),
                 }
@@ -673,13 +690,6 @@ fn read_some(rd: &impl ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
         buf.extend_from_slice(&scratch[..n]);
     }
     Ok(n)
-}
-
-async fn sleep_or_never(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// What `take` needs of its connection.
@@ -936,6 +946,74 @@ fn oversize_reply(buf: &[u8], e: &CodecError) -> Option<Bytes> {
 mod tests {
     use super::*;
     use crate::config::sections::LimitsSection;
+    use futures_util::SinkExt;
+    use tokio::io::AsyncReadExt;
+    use tokio_util::codec::Framed;
+
+    /// Answers every request with its own body.
+    struct Echo;
+
+    impl Handler for Echo {
+        fn handle(&self, req: Frame, _: RequestContext) -> impl Future<Output = Frame> + Send + 'static {
+            let resp = Frame::response_to(&req, req.body.clone());
+            async move { resp }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_is_closed_after_its_timeout_and_an_active_one_is_not() {
+        let limits = ConnectionLimits {
+            decode: DecodeLimits::default(),
+            budget: Budget::new(LimitsSection {
+                client_idle_timeout_ms: 300,
+                ..Default::default()
+            }),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(accept_loop(
+            "test",
+            listener,
+            Arc::new(Echo),
+            limits,
+            Arc::default(),
+            shutdown.clone(),
+            TaskTracker::new(),
+        ));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut active = Framed::new(TcpStream::connect(addr).await.unwrap(), Motan2Codec::default());
+        let t0 = Instant::now();
+        // A request every 100 ms for a second: answered, the connection stays.
+        for i in 0..10 {
+            let req = Frame::request(i, "s", "m", Bytes::from_static(b"x"));
+            active.send(req).await.unwrap();
+            let resp = active.next().await.unwrap().unwrap();
+            assert_eq!(resp.header.request_id, i);
+            assert_eq!(resp.body.as_ref(), b"x");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(1000));
+        // The one that never sent anything was closed meanwhile.
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_millis(100), idle.read(&mut b))
+            .await
+            .expect("the idle connection is still open")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        // The active one, idle now, goes after its timeout too.
+        let went_idle = Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(3), active.next())
+            .await
+            .expect("the connection stayed open");
+        assert!(end.is_none_or(|r| r.is_err()));
+        let after = went_idle.elapsed();
+        assert!(
+            after >= Duration::from_millis(150),
+            "closed {after:?} after its last answer"
+        );
+        shutdown.cancel();
+    }
 
     #[tokio::test]
     async fn next_connection_stops_accepting_at_the_cap_until_a_slot_is_given_back() {

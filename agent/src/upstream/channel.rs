@@ -587,6 +587,50 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn frames_larger_than_the_socket_takes_go_out_whole_through_the_backlog() {
+        let addr = upstream().await;
+        let ch = Arc::new(
+            Channel::connect(&addr.to_string(), &Transport::default())
+                .await
+                .unwrap(),
+        );
+        // Several megabytes at once: the socket's buffer fills mid-frame, the rest of that
+        // frame and the frames after it wait in the backlog for the flusher.
+        let calls: Vec<_> = (1..=4u8)
+            .map(|i| {
+                let ch = ch.clone();
+                tokio::spawn(async move {
+                    let mut body = vec![i; 3 << 20];
+                    body[0] = 0; // no delay upstream
+                    let req = Frame::request(u64::from(i), "s", "m", Bytes::from(body));
+                    let resp = ch
+                        .call_until(&req, Deadline::after(Duration::from_secs(20)))
+                        .await
+                        .unwrap();
+                    (i, resp)
+                })
+            })
+            .collect();
+        for c in calls {
+            let (i, resp) = c.await.unwrap();
+            assert_eq!(resp.body.len(), 3 << 20);
+            assert_eq!(resp.body[0], i);
+            assert_eq!(*resp.body.last().unwrap(), 0);
+            assert!(resp.body[..(3 << 20) - 1].iter().all(|b| *b == i));
+        }
+        assert_eq!(ch.in_flight(), 0);
+        // Small calls after it go straight out again.
+        let resp = ch
+            .call(
+                Frame::request(9, "s", "m", Bytes::from_static(b"\x00ok")),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.body.as_ref(), b"ko\x00");
+    }
+
+    #[tokio::test]
     async fn a_cancelled_call_leaves_no_waiter_behind() {
         let (addr, _requests) = silent_upstream().await;
         let ch = Channel::connect(&addr.to_string(), &Transport::default())
