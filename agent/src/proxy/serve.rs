@@ -597,6 +597,9 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
                     Err(e) => closing = Some(format!("read error: {e}")),
                 }
             }
+            // Not reached (a connection that is not closing waits for shutdown, one that is
+            // has something in flight), but never a panic on the request path.
+            else => break 'conn "nothing left to wait for".into(),
         }
     };
     // Requests still in flight (the peer is gone or cannot be written to) are cancelled here.
