@@ -3,7 +3,7 @@
 //! for: a request beyond it is refused at once with a 503 exception frame).
 //!
 //! Bytes are counted from the decoded frame (meta + body), again for an inflated body, and for
-//! a response until the writer has taken it off the queue.
+//! a response until it has been written.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -88,6 +88,23 @@ pub struct Lease {
     budget: Arc<Budget>,
     requests: u64,
     bytes: u64,
+}
+
+impl Lease {
+    /// A request's lease becomes its response's: the request is given back and the lease holds
+    /// the response's `bytes` instead (as [`Budget::hold`]: never refused).
+    pub fn into_response(mut self, bytes: u64) -> Lease {
+        let b = &self.budget;
+        b.requests
+            .fetch_sub(std::mem::take(&mut self.requests), Ordering::Relaxed);
+        if bytes >= self.bytes {
+            b.bytes.fetch_add(bytes - self.bytes, Ordering::Relaxed);
+        } else {
+            b.bytes.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+        }
+        self.bytes = bytes;
+        self
+    }
 }
 
 impl Drop for Lease {
@@ -180,6 +197,16 @@ impl ConnectionShare {
         SharePermit { request, bytes }
     }
 
+    /// Room for one request of `bytes` if there is some now (the common case: no future).
+    pub fn try_request(&self, bytes: u64) -> Option<SharePermit> {
+        let request = self.requests.clone().try_acquire_owned().ok()?;
+        let bytes = self.try_room(bytes)?;
+        Some(SharePermit {
+            request: Some(request),
+            bytes,
+        })
+    }
+
     /// Wait for `more` bytes on a request's permit (its inflated body), never beyond the whole
     /// share for one request.
     pub async fn request_more(&self, mut permit: SharePermit, more: u64) -> SharePermit {
@@ -198,21 +225,26 @@ impl ConnectionShare {
         self.bytes.held.load(Ordering::Relaxed)
     }
 
-    async fn room(&self, n: u64) -> HeldBytes {
+    fn try_room(&self, n: u64) -> Option<HeldBytes> {
         let share = &self.bytes;
         let n = n.clamp(1, share.max);
+        share
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                (h + n <= share.max).then_some(h + n)
+            })
+            .ok()?;
+        Some(HeldBytes {
+            share: share.clone(),
+            n,
+        })
+    }
+
+    async fn room(&self, n: u64) -> HeldBytes {
+        let share = &self.bytes;
         loop {
-            let took = share
-                .held
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
-                    (h + n <= share.max).then_some(h + n)
-                })
-                .is_ok();
-            if took {
-                return HeldBytes {
-                    share: share.clone(),
-                    n,
-                };
+            if let Some(held) = self.try_room(n) {
+                return held;
             }
             // Only this connection's reader waits here; a release in between leaves a permit
             // in `room`, so no wake-up is lost.

@@ -1,6 +1,7 @@
 //! The inbound side of a Motan2 connection (apps on the agent port, client agents on an
-//! export port, intercepted connections): decode frames, answer heartbeats, hand each request
-//! to a [`Handler`] on its own task (full multiplexing) and write responses as they complete.
+//! export port, intercepted connections): decode frames, answer heartbeats, drive each request's
+//! [`Handler`] future inside the connection's task (full multiplexing) and write responses as
+//! they complete, those that complete together in one write.
 //!
 //! Bad input affects only its own connection: an oversized frame is answered with an exception
 //! frame carrying its request id and the connection is closed (the rest of the stream cannot be
@@ -11,16 +12,21 @@
 //! frame whose framing is broken gets a v1 exception and closes its connection; a well-framed
 //! request whose payload cannot be read gets a v1 exception and the connection stays, as
 //! motan-go's `processV1` does.
+use std::collections::VecDeque;
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,7 +34,6 @@ use tokio_util::task::TaskTracker;
 use crate::locks::Locked;
 use crate::protocol::motan2::{CodecError, DecodeLimits, Exception, Frame, FrameError, Motan2Codec, v1};
 use crate::proxy::budget::{Budget, ConnectionShare, Lease, SharePermit};
-use crate::upstream::channel::{WRITE_QUEUE, write_frames};
 
 /// What bounds a connection: frame limits, the agent's budget (with each connection's share)
 /// and how long an idle client is kept.
@@ -55,18 +60,12 @@ impl ConnectionLimits {
     }
 }
 
-/// A frame on its way to the peer with what it holds of the budgets, given back once the
-/// writer has taken it (a peer that does not read keeps its share full: its connection is no
-/// longer read from).
+/// A frame on its way to the peer with what it holds of the budgets, given back once it is
+/// written (a peer that does not read keeps its share full: its connection is no longer read
+/// from).
 struct Queued {
     frame: Bytes,
     _held: Option<(SharePermit, Lease)>,
-}
-
-impl AsRef<[u8]> for Queued {
-    fn as_ref(&self) -> &[u8] {
-        &self.frame
-    }
 }
 
 impl From<Bytes> for Queued {
@@ -128,8 +127,8 @@ pub fn warn_connection(peer: SocketAddr, why: &str) {
 }
 
 /// What a listener does with each request: its answer (oneway requests are answered too, see
-/// `cluster::oneway_answer`). The future runs as the request's task; being a concrete type
-/// (not boxed) it costs no allocation of its own.
+/// `cluster::oneway_answer`). The future is driven by its connection's task; being a concrete
+/// type (not boxed) it costs no allocation of its own.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Frame, ctx: RequestContext) -> impl Future<Output = Frame> + Send + 'static;
 }
@@ -227,8 +226,32 @@ impl AgentPeer for tokio::net::unix::SocketAddr {
 /// an idle connection holds no buffer) and writes answers to.
 pub trait Inbound: Send + 'static {
     type Read: ReadHalf;
-    type Write: tokio::io::AsyncWrite + Unpin + Send + 'static;
+    type Write: WriteHalf;
     fn split_inbound(self) -> (Self::Read, Self::Write);
+}
+
+/// Writes go straight from the connection's task: readiness, then a non-blocking write.
+pub trait WriteHalf: Send + Sync {
+    fn writable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
+}
+
+impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
+    fn writable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        tokio::net::tcp::OwnedWriteHalf::writable(self)
+    }
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+}
+
+impl WriteHalf for tokio::net::unix::OwnedWriteHalf {
+    fn writable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        tokio::net::unix::OwnedWriteHalf::writable(self)
+    }
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        tokio::net::unix::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
 }
 
 pub trait ReadHalf: Send + Sync {
@@ -414,9 +437,24 @@ pub async fn next_connection<L: Accept>(
     }
 }
 
+/// Most answers waiting for a peer that does not read before the connection stops reading
+/// (answers also hold their share of the budgets; refusals and heartbeat answers only this).
+const OUT_FRAMES: usize = 4096;
+/// Most frames in one vectored write.
+const MAX_IOV: usize = 64;
+
+/// A request waiting for room in its connection's share or for its body to be inflated.
+type Admission = Pin<Box<dyn Future<Output = Admitted> + Send>>;
+
 /// Serve one connection until the peer closes, a bad frame arrives, or `shutdown`; requests
 /// already read are answered before the connection closes. `buf` holds bytes already read
 /// from the connection (protocol sniffing).
+///
+/// One task does it all: it reads and decodes frames, drives every request of the connection
+/// (a `FuturesUnordered`, bounded by the connection's share) and writes the answers that are
+/// ready with one vectored write per wake-up. No task is spawned and no channel crossed per
+/// request; only a request that must wait for room or have its body inflated (on the blocking
+/// pool) takes a detour, during which the connection is not read from.
 pub async fn serve_connection<H: Handler, S: Inbound>(
     conn: S,
     peer: SocketAddr,
@@ -429,104 +467,143 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.active_connections.fetch_add(1, Ordering::Relaxed);
     let (rd, wr) = conn.split_inbound();
-    let requests = TaskTracker::new();
     let peer_ip = Bytes::from(peer.ip().to_string());
     let mut codec = Motan2Codec::new(limits.decode);
     let idle = limits.idle_timeout();
-    // The writer task, its queue and the connection's share are made with the first frame: a
-    // connection that never sends one (thousands of idle or slowloris peers) holds none of them.
-    let mut wr = Some(wr);
-    let mut out: Option<Output> = None;
+    // One idle timer for the connection's life, moved on only when it fires: going idle after
+    // each request costs a clock read, not a timer registration.
+    let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle.unwrap_or_default()));
+    let mut idle_since = tokio::time::Instant::now();
+    let mut was_busy = false;
+    // The connection's share is made with the first frame: a connection that never sends one
+    // (thousands of idle or slowloris peers) holds none.
+    let mut share: Option<Arc<ConnectionShare>> = None;
+    let mut inflight = FuturesUnordered::new();
+    let mut out = Out::default();
+    let mut admission: Option<Admission> = None;
+    // Why the connection is closing, while what was accepted is still being answered.
+    let mut closing: Option<String> = None;
     let why: String = 'conn: loop {
         // Decode everything buffered before reading more.
-        loop {
+        while closing.is_none() && admission.is_none() && out.has_room() {
             let decoded = codec.decode(&mut buf);
             if matches!(decoded, Ok(None)) {
                 break;
             }
-            let out = out.get_or_insert_with(|| Output::start(wr.take(), &limits));
-            let tx = &out.tx;
+            let share = share.get_or_insert_with(|| Arc::new(ConnectionShare::new(&limits.budget.limits)));
             let conn = Conn {
                 peer,
                 peer_ip: &peer_ip,
-                handler: &handler,
-                tx,
-                requests: &requests,
                 stats: &stats,
                 limits: &limits,
-                share: &out.share,
+                share,
             };
-            match decoded {
-                Ok(Some(frame)) => {
-                    // Boxed: the request path's state is not carried by every idle connection.
-                    if !Box::pin(dispatch(frame, Wire::Motan2, &conn)).await {
-                        break 'conn "writer closed".into();
-                    }
-                }
+            let step = match decoded {
+                Ok(Some(frame)) => take(frame, Wire::Motan2, &conn),
                 Ok(None) => break,
-                Err(CodecError::Frame(FrameError::MotanV1)) => {
-                    let reply = match v1_frame(&mut buf, &limits.decode) {
-                        V1Frame::Incomplete => break,
-                        V1Frame::Request(frame) => {
-                            if !Box::pin(dispatch(frame, Wire::V1, &conn)).await {
-                                break 'conn "writer closed".into();
-                            }
-                            continue;
-                        }
-                        V1Frame::Heartbeat(reply) => {
-                            stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-                            reply
-                        }
-                        V1Frame::Refused(reply, why) => {
-                            stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%peer, "motan v1 request refused: {why}");
-                            reply
-                        }
-                        V1Frame::Broken(reply, why) => {
-                            stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-                            if let Some(reply) = reply {
-                                let _ = tx.send(reply.into()).await;
-                            }
-                            break 'conn why;
-                        }
-                    };
-                    if tx.send(reply.into()).await.is_err() {
-                        break 'conn "writer closed".into();
+                Err(CodecError::Frame(FrameError::MotanV1)) => match v1_frame(&mut buf, &limits.decode) {
+                    V1Frame::Incomplete => break,
+                    V1Frame::Request(frame) => take(frame, Wire::V1, &conn),
+                    V1Frame::Heartbeat(reply) => {
+                        stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                        Step::Reply(reply)
                     }
-                }
+                    V1Frame::Refused(reply, why) => {
+                        stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "motan v1 request refused: {why}");
+                        Step::Reply(reply)
+                    }
+                    V1Frame::Broken(reply, why) => {
+                        stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        if let Some(reply) = reply {
+                            out.push(reply.into());
+                        }
+                        closing = Some(why);
+                        break;
+                    }
+                },
                 Err(e) => {
                     stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                     if let Some(reply) = oversize_reply(&buf, &e) {
-                        let _ = tx.send(reply.into()).await;
+                        out.push(reply.into());
                     }
-                    break 'conn format!("bad frame: {e}");
+                    closing = Some(format!("bad frame: {e}"));
+                    break;
                 }
+            };
+            match step {
+                Step::Nothing => {}
+                Step::Reply(reply) => out.push(reply.into()),
+                Step::Start(s) => inflight.push(answer(&*handler, s)),
+                Step::Wait(a) => admission = Some(a),
             }
         }
-        // Only a connection with nothing in flight is idle.
-        let idle = idle.filter(|_| requests.is_empty());
-        let ready = tokio::select! {
-            _ = shutdown.cancelled() => break 'conn "agent shutting down".into(),
-            _ = sleep_or_never(idle) => break 'conn "idle timeout".into(),
-            r = rd.readable() => r,
-        };
-        if let Err(e) = ready {
-            break 'conn format!("read error: {e}");
+        // Everything ready goes out in one write.
+        if let Err(e) = out.write_now(&wr) {
+            break 'conn format!("write error: {e}");
         }
-        match read_some(&rd, &mut buf) {
-            Ok(0) => break 'conn "closed by peer".into(),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => break 'conn format!("read error: {e}"),
+        let busy = !inflight.is_empty() || admission.is_some() || !out.is_empty();
+        if !busy && let Some(why) = closing.take() {
+            break 'conn why;
+        }
+        // Only a connection with nothing in flight is idle.
+        if busy {
+            was_busy = true;
+        } else if was_busy {
+            was_busy = false;
+            idle_since = tokio::time::Instant::now();
+        }
+        let idle_armed = idle.is_some() && !busy && closing.is_none();
+        let read = closing.is_none() && admission.is_none() && out.has_room();
+        tokio::select! {
+            Some(done) = inflight.next(), if !inflight.is_empty() => {
+                out.push(done);
+                // Every other answer that is ready joins the same write.
+                while let Some(Some(done)) = inflight.next().now_or_never() {
+                    out.push(done);
+                }
+            }
+            admitted = async {
+                match admission.as_mut() {
+                    Some(a) => a.await,
+                    None => std::future::pending().await,
+                }
+            }, if admission.is_some() => {
+                admission = None;
+                match admitted {
+                    Admitted::Start(s) => inflight.push(answer(&*handler, s)),
+                    Admitted::Reply(reply) => out.push(reply.into()),
+                }
+            }
+            r = wr.writable(), if !out.is_empty() => {
+                if let Err(e) = r {
+                    break 'conn format!("write error: {e}");
+                }
+            }
+            _ = shutdown.cancelled(), if closing.is_none() => closing = Some("agent shutting down".into()),
+            () = &mut idle_timer, if idle_armed => {
+                let due = idle_since + idle.unwrap_or_default();
+                if tokio::time::Instant::now() >= due {
+                    break 'conn "idle timeout".into();
+                }
+                idle_timer.as_mut().reset(due);
+            }
+            r = rd.readable(), if read => {
+                let r = r.and_then(|()| read_some(&rd, &mut buf));
+                match r {
+                    Ok(0) => closing = Some("closed by peer".into()),
+                    Ok(_) => idle_since = tokio::time::Instant::now(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => closing = Some(format!("read error: {e}")),
+                }
+            }
+            // Not reached (a connection that is not closing waits for shutdown, one that is
+            // has something in flight), but never a panic on the request path.
+            else => break 'conn "nothing left to wait for".into(),
         }
     };
-    // Answer what was accepted, then close.
-    requests.close();
-    requests.wait().await;
-    if let Some(Output { tx, writer, .. }) = out {
-        drop(tx);
-        let _ = writer.await;
-    }
+    // Requests still in flight (the peer is gone or cannot be written to) are cancelled here.
+    drop(inflight);
     stats.active_connections.fetch_sub(1, Ordering::Relaxed);
     if why.starts_with("bad frame") || why.starts_with("bad motan v1") {
         warn_connection(peer, &why);
@@ -535,31 +612,67 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
     }
 }
 
-/// A connection's way out: the writer task and its queue, and the connection's share of the
-/// budget.
-struct Output {
-    tx: mpsc::Sender<Queued>,
-    writer: tokio::task::JoinHandle<std::io::Result<()>>,
-    share: Arc<ConnectionShare>,
+/// Answers on their way to the peer, oldest first, each with what it holds of the budgets
+/// until it is written.
+#[derive(Default)]
+struct Out {
+    frames: VecDeque<Queued>,
+    /// Bytes of the first frame already written.
+    written: usize,
 }
 
-impl Output {
-    fn start<W>(wr: Option<W>, limits: &ConnectionLimits) -> Output
-    where
-        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
-        let writer = tokio::spawn(async move {
-            match wr {
-                Some(mut wr) => write_frames(&mut wr, rx).await,
-                None => Ok(()),
+impl Out {
+    fn push(&mut self, q: Queued) {
+        self.frames.push_back(q);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn has_room(&self) -> bool {
+        self.frames.len() < OUT_FRAMES
+    }
+
+    /// Write as much as the socket takes now (one vectored write of up to [`MAX_IOV`] frames
+    /// while it takes everything); a written frame gives back what it holds.
+    fn write_now(&mut self, wr: &impl WriteHalf) -> std::io::Result<()> {
+        while !self.frames.is_empty() {
+            let r = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let mut n = 0;
+                for (slot, q) in iov.iter_mut().zip(self.frames.iter()) {
+                    let b = q.frame.as_ref();
+                    *slot = IoSlice::new(if n == 0 { &b[self.written..] } else { b });
+                    n += 1;
+                }
+                wr.try_write_vectored(&iov[..n])
+            };
+            match r {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(mut w) => {
+                    while w > 0 {
+                        let Some(front) = self.frames.front() else { break };
+                        let left = front.frame.len() - self.written;
+                        if w >= left {
+                            w -= left;
+                            self.frames.pop_front();
+                            self.written = 0;
+                        } else {
+                            self.written += w;
+                            w = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
             }
-        });
-        Output {
-            tx,
-            writer,
-            share: Arc::new(ConnectionShare::new(&limits.budget.limits)),
         }
+        // A burst's queue is not kept by an idle connection.
+        if self.frames.capacity() > 64 {
+            self.frames = VecDeque::new();
+        }
+        Ok(())
     }
 }
 
@@ -582,20 +695,10 @@ fn read_some(rd: &impl ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
     Ok(n)
 }
 
-async fn sleep_or_never(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// What `dispatch` needs of its connection.
-struct Conn<'a, H> {
+/// What `take` needs of its connection.
+struct Conn<'a> {
     peer: SocketAddr,
     peer_ip: &'a Bytes,
-    handler: &'a Arc<H>,
-    tx: &'a mpsc::Sender<Queued>,
-    requests: &'a TaskTracker,
     stats: &'a ServeStats,
     limits: &'a ConnectionLimits,
     share: &'a Arc<ConnectionShare>,
@@ -619,31 +722,57 @@ impl Wire {
             Wire::V1 => v1::response_from_motan2(request_id, &resp),
         }
     }
+
+    fn refuse(self, id: u64, code: i64, msg: String) -> Bytes {
+        let ex = Exception::service(code, msg);
+        self.encode(id, Frame::agent_exception(id, &ex))
+    }
 }
 
-/// Handle one decoded frame; false when the writer is gone.
-async fn dispatch<H: Handler>(mut frame: Frame, via: Wire, conn: &Conn<'_, H>) -> bool {
+/// A request admitted to the budgets, ready for its handler.
+struct Started {
+    frame: Frame,
+    ctx: RequestContext,
+    via: Wire,
+    id: u64,
+    permit: SharePermit,
+    lease: Lease,
+}
+
+/// What to do with one decoded frame.
+enum Step {
+    Nothing,
+    /// Answer at once (heartbeats, refusals).
+    Reply(Bytes),
+    Start(Started),
+    /// Wait (not reading) for room in the connection's share, or inflate the body first.
+    Wait(Admission),
+}
+
+/// What a waiting request became.
+enum Admitted {
+    Start(Started),
+    Reply(Bytes),
+}
+
+/// Take one decoded frame: the common request (room in the share, not compressed) is started
+/// without waiting or allocating.
+fn take(frame: Frame, via: Wire, conn: &Conn<'_>) -> Step {
     let Conn {
         peer,
         peer_ip,
-        handler,
-        tx,
-        requests,
         stats,
         limits,
         share,
     } = *conn;
     if frame.header.is_response() {
         // Apps do not send responses to an agent; ignore rather than fail the connection.
-        return true;
+        return Step::Nothing;
     }
     if frame.header.is_heartbeat() {
         stats.heartbeats.fetch_add(1, Ordering::Relaxed);
         let id = frame.header.request_id;
-        return tx
-            .send(Frame::heartbeat_response(id).encode_to_bytes().into())
-            .await
-            .is_ok();
+        return Step::Reply(Frame::heartbeat_response(id).encode_to_bytes());
     }
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let ctx = RequestContext {
@@ -652,16 +781,42 @@ async fn dispatch<H: Handler>(mut frame: Frame, via: Wire, conn: &Conn<'_, H>) -
         received: Instant::now(),
     };
     let id = frame.header.request_id;
-    let refuse = |code, msg: String| {
-        let ex = Exception::service(code, msg);
-        tx.send(via.encode(id, Frame::agent_exception(id, &ex)).into())
-    };
-    // This connection's share first: waiting here stops reading from it.
+    let wire = frame.encoded_len() as u64;
+    if !frame.header.is_gzip()
+        && let Some(permit) = share.try_request(wire)
+    {
+        let budget = &limits.budget;
+        return match budget.admit(wire) {
+            Some(lease) => Step::Start(Started {
+                frame,
+                ctx,
+                via,
+                id,
+                permit,
+                lease,
+            }),
+            None => Step::Reply(via.refuse(id, 503, over_budget(budget))),
+        };
+    }
+    Step::Wait(Box::pin(admit(frame, ctx, via, share.clone(), limits.clone())))
+}
+
+/// A request that waits for room in its connection's share (the connection is not read from
+/// meanwhile) or has a compressed body.
+async fn admit(
+    mut frame: Frame,
+    ctx: RequestContext,
+    via: Wire,
+    share: Arc<ConnectionShare>,
+    limits: ConnectionLimits,
+) -> Admitted {
+    let id = frame.header.request_id;
+    let refuse = |code, msg: String| Admitted::Reply(via.refuse(id, code, msg));
     let wire = frame.encoded_len() as u64;
     let mut permit = share.request(wire).await;
     let budget = &limits.budget;
     let Some(mut lease) = budget.admit(wire) else {
-        return refuse(503, over_budget(budget)).await.is_ok();
+        return refuse(503, over_budget(budget));
     };
     if frame.header.is_gzip() {
         // Inflate no further than the budgets have room for (a gzip bomb stops there).
@@ -675,9 +830,7 @@ async fn dispatch<H: Handler>(mut frame: Frame, via: Wire, conn: &Conn<'_, H>) -
         })
         .await;
         let Ok((inflated, r)) = inflated else {
-            return refuse(500, "cannot decompress the request body".into())
-                .await
-                .is_ok();
+            return refuse(500, "cannot decompress the request body".into());
         };
         frame = inflated;
         if let Err(e) = r {
@@ -688,34 +841,44 @@ async fn dispatch<H: Handler>(mut frame: Frame, via: Wire, conn: &Conn<'_, H>) -
                 }
                 e => (500, format!("cannot decompress the request body: {e}")),
             };
-            return refuse(code, msg).await.is_ok();
+            return refuse(code, msg);
         }
         let inflated = frame.body.len() as u64;
         permit = share.request_more(permit, inflated).await;
         if !budget.grow(&mut lease, inflated) {
             budget.rejected.inc();
-            return refuse(503, over_budget(budget)).await.is_ok();
+            return refuse(503, over_budget(budget));
         }
     }
-    let (handler, tx, budget) = (handler.clone(), tx.clone(), budget.clone());
-    // The handler's future is made inside the task: a future made outside and moved in would
-    // be stored twice in the task (once captured, once awaited).
-    requests.spawn(async move {
-        let resp = handler.handle(frame, ctx).await;
-        // The response takes over its request's share (and slot) without waiting: requests
-        // and their responses together stay within the share, and a full share always drains.
-        let bytes = via.encode(id, resp);
-        let held = permit.into_response(bytes.len() as u64);
-        drop(lease);
-        let lease = budget.hold(bytes.len() as u64);
-        let _ = tx
-            .send(Queued {
-                frame: bytes,
-                _held: Some((held, lease)),
-            })
-            .await;
-    });
-    true
+    Admitted::Start(Started {
+        frame,
+        ctx,
+        via,
+        id,
+        permit,
+        lease,
+    })
+}
+
+/// One request's answer, driven by its connection's task. The response takes over its
+/// request's share and lease without waiting: requests and their responses together stay
+/// within the share, and a full share always drains.
+async fn answer<H: Handler>(handler: &H, s: Started) -> Queued {
+    let Started {
+        frame,
+        ctx,
+        via,
+        id,
+        permit,
+        lease,
+    } = s;
+    let resp = handler.handle(frame, ctx).await;
+    let bytes = via.encode(id, resp);
+    let n = bytes.len() as u64;
+    Queued {
+        frame: bytes,
+        _held: Some((permit.into_response(n), lease.into_response(n))),
+    }
 }
 
 fn over_budget(budget: &Budget) -> String {
@@ -786,6 +949,74 @@ fn oversize_reply(buf: &[u8], e: &CodecError) -> Option<Bytes> {
 mod tests {
     use super::*;
     use crate::config::sections::LimitsSection;
+    use futures_util::SinkExt;
+    use tokio::io::AsyncReadExt;
+    use tokio_util::codec::Framed;
+
+    /// Answers every request with its own body.
+    struct Echo;
+
+    impl Handler for Echo {
+        fn handle(&self, req: Frame, _: RequestContext) -> impl Future<Output = Frame> + Send + 'static {
+            let resp = Frame::response_to(&req, req.body.clone());
+            async move { resp }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_is_closed_after_its_timeout_and_an_active_one_is_not() {
+        let limits = ConnectionLimits {
+            decode: DecodeLimits::default(),
+            budget: Budget::new(LimitsSection {
+                client_idle_timeout_ms: 300,
+                ..Default::default()
+            }),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(accept_loop(
+            "test",
+            listener,
+            Arc::new(Echo),
+            limits,
+            Arc::default(),
+            shutdown.clone(),
+            TaskTracker::new(),
+        ));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut active = Framed::new(TcpStream::connect(addr).await.unwrap(), Motan2Codec::default());
+        let t0 = Instant::now();
+        // A request every 100 ms for a second: answered, the connection stays.
+        for i in 0..10 {
+            let req = Frame::request(i, "s", "m", Bytes::from_static(b"x"));
+            active.send(req).await.unwrap();
+            let resp = active.next().await.unwrap().unwrap();
+            assert_eq!(resp.header.request_id, i);
+            assert_eq!(resp.body.as_ref(), b"x");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(1000));
+        // The one that never sent anything was closed meanwhile.
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_millis(100), idle.read(&mut b))
+            .await
+            .expect("the idle connection is still open")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        // The active one, idle now, goes after its timeout too.
+        let went_idle = Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(3), active.next())
+            .await
+            .expect("the connection stayed open");
+        assert!(end.is_none_or(|r| r.is_err()));
+        let after = went_idle.elapsed();
+        assert!(
+            after >= Duration::from_millis(150),
+            "closed {after:?} after its last answer"
+        );
+        shutdown.cancel();
+    }
 
     #[tokio::test]
     async fn next_connection_stops_accepting_at_the_cap_until_a_slot_is_given_back() {

@@ -2,9 +2,9 @@
 //! (many requests in flight, responses matched by request id). `upstream::pool` keeps them.
 //!
 //! Request ids are remapped per channel (spec 1.9): the caller's id is kept by the caller and
-//! restored on the response. Every frame is encoded into one contiguous buffer before it is
-//! queued, so a reader never sees a frame in fragments made by us; the writer task batches
-//! whole frames into one write when several are queued.
+//! restored on the response. Every frame is encoded into one contiguous buffer and written by
+//! the task that made it (one write, no task in between); only while the socket is full do
+//! frames wait in a byte-bounded backlog that a flusher task writes, whole frames batched.
 use crate::locks::Locked;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,11 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+
+use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::codec::FramedRead;
 
 use super::Deadline;
@@ -26,27 +27,144 @@ use crate::protocol::motan2::call::{CallError, E_NO_CHANNEL};
 use crate::protocol::motan2::simple::ValueLimits;
 use crate::protocol::motan2::{DecodeLimits, Frame, Motan2Codec};
 
-/// Frames queued per channel before callers wait (back-pressure instead of unbounded memory).
-pub const WRITE_QUEUE: usize = 4096;
-/// Most bytes queued for one upstream connection's writer: a slow upstream makes callers wait
-/// (up to their deadline) instead of the agent holding 4096 frames of up to 10 MiB.
+/// Most bytes waiting for one upstream connection's socket: a slow upstream makes callers wait
+/// (up to their deadline) instead of the agent holding any number of frames of up to 10 MiB.
 pub const WRITE_QUEUE_BYTES: usize = 16 << 20;
+/// Most frames in one vectored write of the backlog.
+const MAX_IOV: usize = 64;
 
-/// A frame queued for an upstream writer with its room in the byte-bounded queue, given back
-/// once the writer has taken it.
+/// A frame waiting for the socket with its room in the byte bound, given back once written.
 #[derive(Debug)]
 struct QueuedFrame {
     frame: Bytes,
-    _room: tokio::sync::OwnedSemaphorePermit,
+    _room: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-impl AsRef<[u8]> for QueuedFrame {
-    fn as_ref(&self) -> &[u8] {
-        &self.frame
+/// The write side of a channel. The task that has a frame writes it to the socket itself (no
+/// task or channel in between); only when the socket is full do frames wait in the backlog,
+/// which the channel's flusher task writes as the socket drains.
+#[derive(Debug)]
+struct Writer {
+    wr: OwnedWriteHalf,
+    backlog: Mutex<Backlog>,
+    /// A backlog started, or the channel was dropped: wakes the flusher.
+    kick: tokio::sync::Notify,
+    /// The last handle is gone: the flusher writes what is left and ends (the socket is shut).
+    dropped: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Backlog {
+    frames: VecDeque<QueuedFrame>,
+    /// Bytes of the first frame already written.
+    written: usize,
+    /// A write failed: nothing more is written.
+    failed: bool,
+}
+
+/// What became of a frame handed to the [`Writer`].
+enum Sent {
+    Written,
+    /// Others wait before it: it needs room in the backlog first.
+    NeedsRoom(Bytes),
+    Failed,
+}
+
+impl Writer {
+    /// Write `frame` now, or queue it behind the backlog with its `room` (a frame partly
+    /// written is queued whatever the room: nothing may come between its bytes).
+    fn send(&self, frame: Bytes, room: Option<tokio::sync::OwnedSemaphorePermit>) -> Sent {
+        let mut b = self.backlog.locked();
+        if b.failed {
+            return Sent::Failed;
+        }
+        if b.frames.is_empty() {
+            let done = match self.wr.try_write(&frame) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(_) => {
+                    b.failed = true;
+                    return Sent::Failed;
+                }
+            };
+            if done == frame.len() {
+                return Sent::Written;
+            }
+            b.written = done;
+            b.frames.push_back(QueuedFrame { frame, _room: room });
+            drop(b);
+            self.kick.notify_one();
+            return Sent::Written;
+        }
+        if room.is_none() {
+            return Sent::NeedsRoom(frame);
+        }
+        b.frames.push_back(QueuedFrame { frame, _room: room });
+        Sent::Written
+    }
+
+    /// Write the backlog while the socket takes it: Ok(true) once it is empty.
+    fn flush_now(&self) -> std::io::Result<bool> {
+        let mut b = self.backlog.locked();
+        while !b.frames.is_empty() {
+            let r = {
+                let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
+                let mut n = 0;
+                for (slot, q) in iov.iter_mut().zip(b.frames.iter()) {
+                    *slot = std::io::IoSlice::new(if n == 0 { &q.frame[b.written..] } else { &q.frame });
+                    n += 1;
+                }
+                self.wr.try_write_vectored(&iov[..n])
+            };
+            match r {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(mut w) => {
+                    while w > 0 {
+                        let Some(front) = b.frames.front() else { break };
+                        let left = front.frame.len() - b.written;
+                        if w >= left {
+                            w -= left;
+                            b.frames.pop_front();
+                            b.written = 0;
+                        } else {
+                            b.written += w;
+                            w = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        if b.frames.capacity() > 64 {
+            b.frames = VecDeque::new();
+        }
+        Ok(true)
+    }
+
+    fn fail(&self) {
+        let mut b = self.backlog.locked();
+        b.failed = true;
+        b.frames.clear();
+    }
+
+    /// The flusher: wakes only when the socket was full.
+    async fn flush(self: Arc<Self>) -> std::io::Result<()> {
+        loop {
+            self.kick.notified().await;
+            loop {
+                match self.flush_now() {
+                    Ok(true) => break,
+                    Ok(false) => self.wr.writable().await?,
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.dropped.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
     }
 }
-/// Upper bound of one batched write.
-const MAX_BATCH: usize = 256 * 1024;
 
 /// How channels are made: the socket factory (the agent's mark, namespace), the connect
 /// timeout and the frame limits for responses.
@@ -167,7 +285,7 @@ impl Drop for PendingEntry<'_> {
 #[derive(Debug)]
 pub struct Channel {
     peer: String,
-    tx: mpsc::Sender<QueuedFrame>,
+    writer: Arc<Writer>,
     room: Arc<tokio::sync::Semaphore>,
     pending: Arc<Pending>,
     next_id: AtomicU64,
@@ -193,17 +311,24 @@ impl Channel {
     }
 
     fn start(stream: TcpStream, peer: String, limits: DecodeLimits) -> Channel {
-        let (rd, mut wr) = stream.into_split();
-        let (tx, rx) = mpsc::channel::<QueuedFrame>(WRITE_QUEUE);
+        let (rd, wr) = stream.into_split();
+        let writer = Arc::new(Writer {
+            wr,
+            backlog: Mutex::default(),
+            kick: tokio::sync::Notify::new(),
+            dropped: AtomicBool::new(false),
+        });
         let pending: Arc<Pending> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let closed_w = closed.clone();
         let peer_w = peer.clone();
+        let flusher = writer.clone();
         tokio::spawn(async move {
-            if let Err(e) = write_frames(&mut wr, rx).await {
+            if let Err(e) = flusher.clone().flush().await {
                 tracing::debug!(peer = %peer_w, "upstream write failed: {e}");
+                flusher.fail();
+                closed_w.store(true, Ordering::Release);
             }
-            closed_w.store(true, Ordering::Release);
         });
         // Reader: hand each response to its caller; on EOF or error fail everything pending.
         let pending_r = pending.clone();
@@ -226,7 +351,7 @@ impl Channel {
         });
         Channel {
             peer,
-            tx,
+            writer,
             room: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_BYTES)),
             pending,
             next_id: AtomicU64::new(1),
@@ -235,7 +360,7 @@ impl Channel {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire) || self.tx.is_closed()
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Calls waiting for their response.
@@ -295,25 +420,36 @@ impl Channel {
         self.enqueue(req.encode_to_bytes_with_id(id), deadline).await
     }
 
-    /// Queue one encoded frame for the writer, waiting for room at most until `deadline`.
+    /// Write one encoded frame; when the socket is full and others wait before it, wait for
+    /// room in the backlog at most until `deadline`.
     async fn enqueue(&self, frame: Bytes, deadline: Deadline) -> Result<(), CallError> {
-        let n = frame.len().clamp(1, WRITE_QUEUE_BYTES) as u32;
-        let queue = async {
-            let room = self.room.clone().acquire_many_owned(n).await.map_err(|_| ())?;
-            self.tx
-                .send(QueuedFrame { frame, _room: room })
-                .await
-                .map_err(|_| ())
+        let frame = match self.writer.send(frame, None) {
+            Sent::Written => return Ok(()),
+            Sent::Failed => return Err(self.write_failed()),
+            Sent::NeedsRoom(frame) => frame,
         };
-        match tokio::time::timeout_at(deadline.at(), queue).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(channel_error(format!("cannot write to {}", self.peer))),
-            Err(_) => Err(channel_error(format!(
-                "request timed out after {} ms: the write queue to {} stayed full",
-                deadline.timeout().as_millis(),
-                self.peer
-            ))),
+        let n = frame.len().clamp(1, WRITE_QUEUE_BYTES) as u32;
+        let room = match tokio::time::timeout_at(deadline.at(), self.room.clone().acquire_many_owned(n)).await
+        {
+            Ok(Ok(room)) => room,
+            Ok(Err(_)) => return Err(self.write_failed()),
+            Err(_) => {
+                return Err(channel_error(format!(
+                    "request timed out after {} ms: the write queue to {} stayed full",
+                    deadline.timeout().as_millis(),
+                    self.peer
+                )));
+            }
+        };
+        match self.writer.send(frame, Some(room)) {
+            Sent::Written | Sent::NeedsRoom(_) => Ok(()),
+            Sent::Failed => Err(self.write_failed()),
         }
+    }
+
+    fn write_failed(&self) -> CallError {
+        self.closed.store(true, Ordering::Release);
+        channel_error(format!("cannot write to {}", self.peer))
     }
 
     pub async fn heartbeat(&self, timeout: Duration) -> Result<(), CallError> {
@@ -326,39 +462,19 @@ impl Channel {
     }
 }
 
-/// Write queued frames (each already one contiguous buffer) until every sender is gone,
-/// batching whole frames into one write while more are queued. A queued item is dropped once
-/// its bytes are written or copied into the batch (what it holds of a budget is given back).
-pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin, T: AsRef<[u8]>>(
-    wr: &mut W,
-    mut rx: mpsc::Receiver<T>,
-) -> std::io::Result<()> {
-    let mut batch = BytesMut::new();
-    while let Some(first) = rx.recv().await {
-        match rx.try_recv() {
-            Err(_) => wr.write_all(first.as_ref()).await?,
-            Ok(second) => {
-                batch.clear();
-                batch.extend_from_slice(first.as_ref());
-                batch.extend_from_slice(second.as_ref());
-                drop((first, second));
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(b) => batch.extend_from_slice(b.as_ref()),
-                        Err(_) => break,
-                    }
-                }
-                wr.write_all(&batch).await?
-            }
-        }
+impl Drop for Channel {
+    /// The flusher writes what is left, then lets go of the socket (which shuts it).
+    fn drop(&mut self) {
+        self.writer.dropped.store(true, Ordering::Release);
+        self.writer.kick.notify_one();
     }
-    wr.flush().await
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
     use tokio_util::codec::Framed;
 
     use futures_util::SinkExt;
@@ -468,6 +584,50 @@ pub(crate) mod tests {
         assert_eq!(resp.header.request_id, 1, "the channel's own id");
         assert_eq!(req.header.request_id, 77, "the request is not changed");
         assert_eq!(ch.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn frames_larger_than_the_socket_takes_go_out_whole_through_the_backlog() {
+        let addr = upstream().await;
+        let ch = Arc::new(
+            Channel::connect(&addr.to_string(), &Transport::default())
+                .await
+                .unwrap(),
+        );
+        // Several megabytes at once: the socket's buffer fills mid-frame, the rest of that
+        // frame and the frames after it wait in the backlog for the flusher.
+        let calls: Vec<_> = (1..=4u8)
+            .map(|i| {
+                let ch = ch.clone();
+                tokio::spawn(async move {
+                    let mut body = vec![i; 3 << 20];
+                    body[0] = 0; // no delay upstream
+                    let req = Frame::request(u64::from(i), "s", "m", Bytes::from(body));
+                    let resp = ch
+                        .call_until(&req, Deadline::after(Duration::from_secs(20)))
+                        .await
+                        .unwrap();
+                    (i, resp)
+                })
+            })
+            .collect();
+        for c in calls {
+            let (i, resp) = c.await.unwrap();
+            assert_eq!(resp.body.len(), 3 << 20);
+            assert_eq!(resp.body[0], i);
+            assert_eq!(*resp.body.last().unwrap(), 0);
+            assert!(resp.body[..(3 << 20) - 1].iter().all(|b| *b == i));
+        }
+        assert_eq!(ch.in_flight(), 0);
+        // Small calls after it go straight out again.
+        let resp = ch
+            .call(
+                Frame::request(9, "s", "m", Bytes::from_static(b"\x00ok")),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.body.as_ref(), b"ko\x00");
     }
 
     #[tokio::test]
