@@ -36,7 +36,7 @@ mod shared_lists {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use crate::registry::ServerList;
-    use crate::url::Url;
+    use crate::url::{ParamsPool, Url};
 
     pub(super) fn serialize<S: Serializer>(
         m: &BTreeMap<String, ServerList>,
@@ -53,7 +53,12 @@ mod shared_lists {
         d: D,
     ) -> Result<BTreeMap<String, ServerList>, D::Error> {
         let m = BTreeMap::<String, Vec<Url>>::deserialize(d)?;
-        Ok(m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+        let share = |mut list: Vec<Url>| {
+            let mut pool = ParamsPool::default();
+            list.iter_mut().for_each(|u| pool.share(u));
+            Arc::new(list)
+        };
+        Ok(m.into_iter().map(|(k, v)| (k, share(v))).collect())
     }
 }
 

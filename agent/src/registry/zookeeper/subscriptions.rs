@@ -13,7 +13,7 @@ use super::layout::{NODE_CLIENT, NODE_SERVER, command_path, node_path, node_type
 use super::session::{OP_TIMEOUT, Session, delete_node, ensure_node, op};
 use super::state::{CommandWatch, Shared, Source, Subscription};
 use crate::registry::{CommandScope, ServerList};
-use crate::url::Url;
+use crate::url::{ParamsPool, Url};
 
 impl Shared {
     /// Watch the servers of `refer` (group and path checked by the caller). While ZooKeeper is
@@ -236,6 +236,8 @@ pub(super) async fn watch_servers(
     // servers themselves live only in the published list: at a fleet's size a second copy
     // of every URL is most of the registry's memory.
     let mut known: BTreeMap<String, Option<String>> = BTreeMap::new();
+    // The servers of a service mostly have the same parameters: one map for all of them.
+    let mut params = ParamsPool::default();
     let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut watcher: Option<Event> = None;
     let mut resync = shared.resync.subscribe();
@@ -274,43 +276,48 @@ pub(super) async fn watch_servers(
                 if let Some(w) = w {
                     watcher = Some(Box::pin(w.changed()));
                 }
-                let children: BTreeSet<String> = children.into_iter().collect();
-                let known_before = known.len();
-                known.retain(|c, _| children.contains(c));
-                let dropped = known.len() != known_before;
-                failed.retain(|c| children.contains(c));
-                let wanted: Vec<String> = children
-                    .iter()
-                    .filter(|c| full_read || !known.contains_key(*c) || failed.contains(*c))
-                    .cloned()
-                    .collect();
-                let read_nothing = wanted.is_empty();
-                let mut fresh: HashMap<String, Url> = HashMap::new();
-                if !wanted.is_empty() {
-                    let reads = shared.reader.read(&session, &path, &refer, wanted).await;
-                    for (child, server) in reads.servers {
-                        failed.remove(&child);
-                        let address = server.map(|u| {
-                            let a = u.address();
-                            fresh.insert(a.clone(), u);
-                            a
-                        });
-                        known.insert(child, address);
+                // One pass, in a block: what it read is dropped before the wait below (a
+                // list's worth of URLs per subscription otherwise stays until the next event).
+                {
+                    let children: BTreeSet<String> = children.into_iter().collect();
+                    let known_before = known.len();
+                    known.retain(|c, _| children.contains(c));
+                    let dropped = known.len() != known_before;
+                    failed.retain(|c| children.contains(c));
+                    let wanted: Vec<String> = children
+                        .iter()
+                        .filter(|c| full_read || !known.contains_key(*c) || failed.contains(*c))
+                        .cloned()
+                        .collect();
+                    let read_nothing = wanted.is_empty();
+                    let mut fresh: HashMap<String, Url> = HashMap::new();
+                    if !wanted.is_empty() {
+                        let reads = shared.reader.read(&session, &path, &refer, wanted).await;
+                        for (child, server) in reads.servers {
+                            failed.remove(&child);
+                            let address = server.map(|mut u| {
+                                params.share(&mut u);
+                                let a = u.address();
+                                fresh.insert(a.clone(), u);
+                                a
+                            });
+                            known.insert(child, address);
+                        }
+                        failed.extend(reads.failed);
                     }
-                    failed.extend(reads.failed);
-                }
-                if !failed.is_empty() {
-                    tracing::warn!(
-                        path,
-                        failed = failed.len(),
-                        "server nodes could not be read; retrying"
-                    );
-                }
-                // Nothing read and nothing gone: the published list stands.
-                if dropped || !fresh.is_empty() || !read_nothing {
-                    let list = current_list(&tx, &mut known, &fresh, &mut failed);
-                    if !list.is_empty() {
-                        shared.publish_servers(&path, &tx, list);
+                    if !failed.is_empty() {
+                        tracing::warn!(
+                            path,
+                            failed = failed.len(),
+                            "server nodes could not be read; retrying"
+                        );
+                    }
+                    // Nothing read and nothing gone: the published list stands.
+                    if dropped || !fresh.is_empty() || !read_nothing {
+                        let list = current_list(&tx, &mut known, fresh, &mut failed);
+                        if !list.is_empty() {
+                            shared.publish_servers(&path, &tx, list);
+                        }
                     }
                 }
                 if client_node.is_none() {
@@ -376,17 +383,30 @@ type Event = std::pin::Pin<Box<dyn std::future::Future<Output = zk::WatchedEvent
 fn current_list(
     tx: &watch::Sender<ServerList>,
     known: &mut BTreeMap<String, Option<String>>,
-    fresh: &HashMap<String, Url>,
+    mut fresh: HashMap<String, Url>,
     failed: &mut BTreeSet<String>,
 ) -> Vec<Url> {
     let published = tx.borrow().clone();
-    let before: HashMap<String, &Url> = published.iter().map(|u| (u.address(), u)).collect();
-    let mut list = Vec::with_capacity(known.len());
+    // The old list by address, made only if something was not read in this pass.
+    let mut before: Option<HashMap<String, &Url>> = None;
+    // Where each address went in `list` (two children may name the same server).
+    let mut placed: HashMap<&str, usize> = HashMap::new();
+    let mut list: Vec<Url> = Vec::with_capacity(known.len());
     let mut lost = Vec::new();
     for (child, address) in known.iter() {
         let Some(address) = address else { continue };
-        match fresh.get(address).or_else(|| before.get(address).copied()) {
-            Some(u) => list.push(u.clone()),
+        if let Some(u) = fresh.remove(address) {
+            placed.insert(address, list.len());
+            list.push(u);
+            continue;
+        }
+        if let Some(&i) = placed.get(address.as_str()) {
+            list.push(list[i].clone());
+            continue;
+        }
+        let before = before.get_or_insert_with(|| published.iter().map(|u| (u.address(), u)).collect());
+        match before.get(address) {
+            Some(u) => list.push((*u).clone()),
             None => lost.push(child.clone()),
         }
     }
