@@ -666,6 +666,32 @@ mod tests {
     }
 
     #[test]
+    fn params_are_shared_copy_on_write() {
+        let mut pool = ParamsPool::default();
+        let mut a = Url::new("motan2", "10.0.0.1", 1, "p", "g").with_param("nodeType", "service");
+        let mut b = Url::new("motan2", "10.0.0.2", 1, "p", "g").with_param("nodeType", "service");
+        let mut c = Url::new("motan2", "10.0.0.3", 1, "p", "g").with_param("nodeType", "other");
+        for u in [&mut a, &mut b, &mut c] {
+            pool.share(u);
+        }
+        assert!(a.params.shares(&b.params), "equal maps are one");
+        assert!(!a.params.shares(&c.params));
+        // A change copies: the other URL keeps its value.
+        b.params.insert("weight".into(), "3".into());
+        assert_eq!(a.param("weight"), None);
+        assert_eq!(b.param("weight"), Some("3"));
+        // Empty is empty however it came to be, and costs no map.
+        let mut d = Url::new("motan2", "h", 1, "p", "g").with_param("x", "1");
+        d.params.remove("x");
+        assert_eq!(d.params, Params::default());
+        assert_eq!(Url::new("motan2", "h", 1, "p", "g"), d);
+        // (De)serialised as the map.
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["parameters"], serde_json::json!({"nodeType": "service"}));
+        assert_eq!(serde_json::from_value::<Url>(json).unwrap(), a);
+    }
+
+    #[test]
     fn json_shape_of_registry_register() {
         let u: Url = serde_json::from_str(
             r#"{"protocol":"motan2","host":"127.0.0.1","port":8100,"path":"p","group":"g","parameters":{"a":"b"}}"#,

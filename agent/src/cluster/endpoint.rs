@@ -44,8 +44,7 @@ pub struct KeepaliveRequest {
 #[derive(Debug)]
 pub struct Endpoint {
     url: Url,
-    address: String,
-    /// `address` as meta value (`x-forwarded-for` of every response): shared, not copied.
+    /// `host:port` (or the unix socket path), also the meta value (`x-forwarded-for` of every response): shared, not copied.
     address_bytes: Bytes,
     /// `url.identity()`, computed once: endpoints and their pools are keyed by it.
     identity: String,
@@ -76,8 +75,7 @@ impl Endpoint {
             keepalive_interval: url.get_duration_ms(keys::KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_INTERVAL),
             static_weight: parse_weight(url.params.get(WEIGHT_META_KEY).map(String::as_str)),
             url: Url::default(),
-            address_bytes: Bytes::from(address.clone()),
-            address,
+            address_bytes: Bytes::from(address),
             available: AtomicBool::new(false),
             consecutive_errors: AtomicU32::new(0),
             keepalive_running: AtomicBool::new(false),
@@ -104,7 +102,8 @@ impl Endpoint {
 
     /// `host:port` (or the unix socket path): the member key of the consistent-hash ring.
     pub fn address(&self) -> &str {
-        &self.address
+        // Made from a String: always UTF-8.
+        std::str::from_utf8(&self.address_bytes).unwrap_or_default()
     }
 
     /// [`Endpoint::address`] sharing one buffer (a reference count per use, no copy).
@@ -270,7 +269,9 @@ fn parse_weight(raw: Option<&str>) -> u32 {
 /// recomputed after `RECOMPUTE_EVERY` new samples, so asking per request stays cheap.
 #[derive(Debug)]
 pub struct LatencyStats {
-    ring: Mutex<Ring>,
+    /// Made by the first sample: an endpoint that never carries a call (most of a large
+    /// fleet, with pools on demand) costs a pointer.
+    ring: OnceLock<Box<Mutex<Ring>>>,
 }
 
 #[derive(Debug)]
@@ -289,20 +290,25 @@ impl LatencyStats {
 
     pub fn new() -> LatencyStats {
         LatencyStats {
-            ring: Mutex::new(Ring {
-                // Grown by use: an endpoint that never carries a call (most of a large
-                // fleet, with pools on demand) costs no sample buffer.
-                samples: Vec::new(),
-                next: 0,
-                new_since_cache: 0,
-                cache: None,
-            }),
+            ring: OnceLock::new(),
         }
+    }
+
+    fn ring(&self) -> Option<std::sync::MutexGuard<'_, Ring>> {
+        Some(self.ring.get()?.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn record(&self, d: Duration) {
         let micros = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
-        let mut r = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = self.ring.get_or_init(|| {
+            Box::new(Mutex::new(Ring {
+                samples: Vec::new(),
+                next: 0,
+                new_since_cache: 0,
+                cache: None,
+            }))
+        });
+        let mut r = ring.lock().unwrap_or_else(|e| e.into_inner());
         if r.samples.len() < Self::CAPACITY {
             r.samples.push(micros);
         } else {
@@ -314,7 +320,7 @@ impl LatencyStats {
     }
 
     pub fn len(&self) -> usize {
-        self.ring.lock().unwrap_or_else(|e| e.into_inner()).samples.len()
+        self.ring().map_or(0, |r| r.samples.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -326,7 +332,7 @@ impl LatencyStats {
     pub fn percentile(&self, p: f64) -> Option<Duration> {
         let p = p.clamp(0.0, 100.0);
         let key = (p * 100.0) as u32;
-        let mut r = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.ring()?;
         let n = r.samples.len();
         if n < Self::MIN_SAMPLES {
             return None;

@@ -140,7 +140,7 @@ impl Shared {
             }
             live.snapshot.servers.insert(path.to_string(), current);
         }
-        self.save_snapshot();
+        self.save_snapshot(path);
     }
 
     fn publish_command(&self, path: &str, tx: &Arc<watch::Sender<Option<String>>>, text: Option<String>) {
@@ -168,12 +168,12 @@ impl Shared {
                 None => live.snapshot.commands.remove(path),
             };
         }
-        self.save_snapshot();
+        self.save_snapshot(path);
     }
 
-    fn save_snapshot(&self) {
+    fn save_snapshot(&self, path: &str) {
         if let Some(store) = &self.snapshot {
-            store.mark_dirty();
+            store.mark_dirty(path);
         }
     }
 }
@@ -232,10 +232,10 @@ pub(super) async fn watch_servers(
     mut first: Option<oneshot::Sender<()>>,
 ) {
     let mut client_node: Option<String> = None;
-    // Child → the address of the server it describes (`None`: not a usable server). The
-    // servers themselves live only in the published list: at a fleet's size a second copy
-    // of every URL is most of the registry's memory.
-    let mut known: BTreeMap<String, Option<String>> = BTreeMap::new();
+    // Child → the address of the server it describes. The servers themselves live only in
+    // the published list: at a fleet's size a second copy of every URL is most of the
+    // registry's memory.
+    let mut known: BTreeMap<String, Known> = BTreeMap::new();
     // The servers of a service mostly have the same parameters: one map for all of them.
     let mut params = ParamsPool::default();
     let mut failed: BTreeSet<String> = BTreeSet::new();
@@ -295,12 +295,19 @@ pub(super) async fn watch_servers(
                         let reads = shared.reader.read(&session, &path, &refer, wanted).await;
                         for (child, server) in reads.servers {
                             failed.remove(&child);
-                            let address = server.map(|mut u| {
-                                params.share(&mut u);
-                                let a = u.address();
-                                fresh.insert(a.clone(), u);
-                                a
-                            });
+                            let address = match server {
+                                Some(mut u) => {
+                                    params.share(&mut u);
+                                    let a = u.address();
+                                    let k = match a == child {
+                                        true => Known::Named,
+                                        false => Known::At(a.clone().into()),
+                                    };
+                                    fresh.insert(a, u);
+                                    k
+                                }
+                                None => Known::Unusable,
+                            };
                             known.insert(child, address);
                         }
                         failed.extend(reads.failed);
@@ -377,12 +384,23 @@ pub(super) async fn watch_servers(
 /// A set watch's event, to come.
 type Event = std::pin::Pin<Box<dyn std::future::Future<Output = zk::WatchedEvent> + Send>>;
 
+/// What a child of a list names.
+#[derive(Debug)]
+enum Known {
+    /// Not a usable server.
+    Unusable,
+    /// The server whose address is the child's name (`host:port`, motan's layout).
+    Named,
+    /// The server at this address.
+    At(Box<str>),
+}
+
 /// The list of the `known` children: servers just read (`fresh`) or, for the others, as
 /// published before. A known child whose server is in neither (the last list was not
 /// published: it was empty) is read again.
 fn current_list(
     tx: &watch::Sender<ServerList>,
-    known: &mut BTreeMap<String, Option<String>>,
+    known: &mut BTreeMap<String, Known>,
     mut fresh: HashMap<String, Url>,
     failed: &mut BTreeSet<String>,
 ) -> Vec<Url> {
@@ -393,14 +411,18 @@ fn current_list(
     let mut placed: HashMap<&str, usize> = HashMap::new();
     let mut list: Vec<Url> = Vec::with_capacity(known.len());
     let mut lost = Vec::new();
-    for (child, address) in known.iter() {
-        let Some(address) = address else { continue };
+    for (child, known) in known.iter() {
+        let address = match known {
+            Known::Unusable => continue,
+            Known::Named => child.as_str(),
+            Known::At(a) => a,
+        };
         if let Some(u) = fresh.remove(address) {
             placed.insert(address, list.len());
             list.push(u);
             continue;
         }
-        if let Some(&i) = placed.get(address.as_str()) {
+        if let Some(&i) = placed.get(address) {
             list.push(list[i].clone());
             continue;
         }
