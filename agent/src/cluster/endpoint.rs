@@ -43,11 +43,16 @@ pub struct KeepaliveRequest {
 
 #[derive(Debug)]
 pub struct Endpoint {
+    /// Host, port and group of the server URL (protocol and path are in `identity`).
     url: Url,
-    /// `host:port` (or the unix socket path), also the meta value (`x-forwarded-for` of every response): shared, not copied.
-    address_bytes: Bytes,
-    /// `url.identity()`, computed once: endpoints and their pools are keyed by it.
-    identity: String,
+    /// One buffer for the identity (`url.identity()`, computed once: endpoints and their
+    /// pools are keyed by it) and the address (`host:port` or the unix socket path, also the
+    /// meta value `x-forwarded-for` of every response, shared, not copied): the address is
+    /// part of the identity, else appended to it. At a fleet's size every allocation per idle
+    /// endpoint counts.
+    text: Bytes,
+    identity_len: u32,
+    address_at: (u32, u32),
     available: AtomicBool,
     consecutive_errors: AtomicU32,
     error_threshold: i64,
@@ -68,14 +73,25 @@ impl Endpoint {
     /// connection pool exists. Call `set_available(true)` then.
     pub fn new(mut url: Url) -> Endpoint {
         let address = url.address();
-        let identity = url.identity();
+        let mut text = url.identity();
+        let identity_len = text.len();
+        let start = url.protocol.len() + 3;
+        let address_at = match text.get(start..).is_some_and(|t| t.starts_with(&address)) {
+            true => (start, start + address.len()),
+            false => {
+                text.push_str(&address);
+                (identity_len, text.len())
+            }
+        };
+        let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let settings = Endpoint {
-            identity,
+            text: Bytes::from(text),
+            identity_len: as_u32(identity_len),
+            address_at: (as_u32(address_at.0), as_u32(address_at.1)),
             error_threshold: url.get_int(keys::ERROR_COUNT_THRESHOLD, DEFAULT_ERROR_COUNT_THRESHOLD),
             keepalive_interval: url.get_duration_ms(keys::KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_INTERVAL),
             static_weight: parse_weight(url.params.get(WEIGHT_META_KEY).map(String::as_str)),
             url: Url::default(),
-            address_bytes: Bytes::from(address),
             available: AtomicBool::new(false),
             consecutive_errors: AtomicU32::new(0),
             keepalive_running: AtomicBool::new(false),
@@ -86,29 +102,39 @@ impl Endpoint {
         };
         // The settings above are all the endpoint reads from its parameters: they are not
         // kept (most of an idle endpoint's memory at a fleet's size).
+        // Nor are the protocol and path, which the identity has (the cluster's refer says
+        // them too).
         url.params = Default::default();
+        url.protocol = String::new();
+        url.path = String::new();
         Endpoint { url, ..settings }
     }
 
-    /// The server URL without its parameters (scheme, host, port, path, group).
+    /// The server URL's host, port and group (no parameters, protocol or path: see
+    /// [`Endpoint::identity`]).
     pub fn url(&self) -> &Url {
         &self.url
     }
 
+    fn text(&self, (from, to): (u32, u32)) -> &str {
+        // Made from Strings at char boundaries: always UTF-8.
+        std::str::from_utf8(self.text.get(from as usize..to as usize).unwrap_or_default()).unwrap_or_default()
+    }
+
     /// `protocol://host:port/path?group=G`: what endpoints are reused and keyed by (4.4).
     pub fn identity(&self) -> &str {
-        &self.identity
+        self.text((0, self.identity_len))
     }
 
     /// `host:port` (or the unix socket path): the member key of the consistent-hash ring.
     pub fn address(&self) -> &str {
-        // Made from a String: always UTF-8.
-        std::str::from_utf8(&self.address_bytes).unwrap_or_default()
+        self.text(self.address_at)
     }
 
     /// [`Endpoint::address`] sharing one buffer (a reference count per use, no copy).
     pub fn address_bytes(&self) -> Bytes {
-        self.address_bytes.clone()
+        let (from, to) = self.address_at;
+        self.text.slice(from as usize..to as usize)
     }
 
     /// Whether a balancer may pick it: connected and not disabled, and not failed fast (a
