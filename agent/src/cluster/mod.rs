@@ -1042,6 +1042,24 @@ mod tests {
                 .iter()
                 .all(|e| e["available"] == false)
         );
+        // /metrics: totals over all, rows for a small cluster's endpoints and a large one's
+        // unavailable or busy ones, within the budget.
+        let h = small.health(1000);
+        assert_eq!((h.endpoints, h.listed.len()), (SMALL_CLUSTER, SMALL_CLUSTER));
+        let busy = big.balancer.load().endpoints()[1].clone();
+        let call = busy.begin();
+        let h = big.health(1000);
+        assert_eq!((h.endpoints, h.available, h.active), (100, 80, 1));
+        assert_eq!(h.listed.len(), 21, "{h:?}");
+        assert!(
+            h.listed
+                .iter()
+                .any(|e| e.address == busy.address() && e.active == 1)
+        );
+        assert!(h.listed.iter().all(|e| !e.available || e.active == 1));
+        drop(call);
+        assert_eq!(big.health(3).listed.len(), 3);
+        assert_eq!(big.health(3).endpoints, 100);
         // The caller's budget caps it.
         assert_eq!(listed(&big.status_json_with(EndpointList::Summary { max: 3 })), 3);
         assert_eq!(
