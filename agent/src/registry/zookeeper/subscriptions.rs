@@ -2,7 +2,7 @@
 //! subscriber record `.../client/<ip:port>`) and each command node, followed for as long as
 //! anyone receives them and restarted on every new session. Every value is published to its
 //! receivers and into the snapshot.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -234,8 +234,9 @@ pub(super) async fn watch_servers(
     let mut client_node: Option<String> = None;
     // Child → the address of the server it describes. The servers themselves live only in
     // the published list: at a fleet's size a second copy of every URL is most of the
-    // registry's memory.
-    let mut known: BTreeMap<String, Known> = BTreeMap::new();
+    // registry's memory. Children are known by a 64-bit hash of their name (`child_key`),
+    // not a copy of it: the names are in every listing.
+    let mut known: HashMap<u64, Known> = HashMap::new();
     // The servers of a service mostly have the same parameters: one map for all of them.
     let mut params = ParamsPool::default();
     let mut failed: BTreeSet<String> = BTreeSet::new();
@@ -280,13 +281,14 @@ pub(super) async fn watch_servers(
                 // list's worth of URLs per subscription otherwise stays until the next event).
                 {
                     let children: BTreeSet<String> = children.into_iter().collect();
+                    let keys: HashSet<u64> = children.iter().map(|c| child_key(c)).collect();
                     let known_before = known.len();
-                    known.retain(|c, _| children.contains(c));
+                    known.retain(|k, _| keys.contains(k));
                     let dropped = known.len() != known_before;
                     failed.retain(|c| children.contains(c));
                     let wanted: Vec<String> = children
                         .iter()
-                        .filter(|c| full_read || !known.contains_key(*c) || failed.contains(*c))
+                        .filter(|c| full_read || !known.contains_key(&child_key(c)) || failed.contains(*c))
                         .cloned()
                         .collect();
                     let read_nothing = wanted.is_empty();
@@ -308,7 +310,7 @@ pub(super) async fn watch_servers(
                                 }
                                 None => Known::Unusable,
                             };
-                            known.insert(child, address);
+                            known.insert(child_key(&child), address);
                         }
                         failed.extend(reads.failed);
                     }
@@ -321,7 +323,7 @@ pub(super) async fn watch_servers(
                     }
                     // Nothing read and nothing gone: the published list stands.
                     if dropped || !fresh.is_empty() || !read_nothing {
-                        let list = current_list(&tx, &mut known, fresh, &mut failed);
+                        let list = current_list(&tx, &children, &mut known, fresh, &mut failed);
                         if !list.is_empty() {
                             shared.publish_servers(&path, &tx, list);
                         }
@@ -384,6 +386,12 @@ pub(super) async fn watch_servers(
 /// A set watch's event, to come.
 type Event = std::pin::Pin<Box<dyn std::future::Future<Output = zk::WatchedEvent> + Send>>;
 
+/// How a list's child is known: a hash of its name (two of a list's children hashing alike,
+/// at 2^-64 per pair, would be read as one).
+fn child_key(child: &str) -> u64 {
+    xxhash_rust::xxh64::xxh64(child.as_bytes(), 0)
+}
+
 /// What a child of a list names.
 #[derive(Debug)]
 enum Known {
@@ -400,7 +408,8 @@ enum Known {
 /// published: it was empty) is read again.
 fn current_list(
     tx: &watch::Sender<ServerList>,
-    known: &mut BTreeMap<String, Known>,
+    children: &BTreeSet<String>,
+    known: &mut HashMap<u64, Known>,
     mut fresh: HashMap<String, Url>,
     failed: &mut BTreeSet<String>,
 ) -> Vec<Url> {
@@ -411,8 +420,11 @@ fn current_list(
     let mut placed: HashMap<&str, usize> = HashMap::new();
     let mut list: Vec<Url> = Vec::with_capacity(known.len());
     let mut lost = Vec::new();
-    for (child, known) in known.iter() {
-        let address = match known {
+    for child in children {
+        let Some(k) = known.get(&child_key(child)) else {
+            continue;
+        };
+        let address = match k {
             Known::Unusable => continue,
             Known::Named => child.as_str(),
             Known::At(a) => a,
@@ -433,7 +445,7 @@ fn current_list(
         }
     }
     for child in lost {
-        known.remove(&child);
+        known.remove(&child_key(&child));
         failed.insert(child);
     }
     list
