@@ -83,6 +83,9 @@ impl Endpoint {
                 (identity_len, text.len())
             }
         };
+        // Exactly its length: a `Bytes` made from a `String` with spare capacity keeps the
+        // spare bytes and allocates a header besides.
+        text.shrink_to_fit();
         let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let settings = Endpoint {
             text: Bytes::from(text),
