@@ -293,6 +293,10 @@ pub(super) async fn watch_servers(
                         .collect();
                     let read_nothing = wanted.is_empty();
                     let mut fresh: HashMap<String, Url> = HashMap::new();
+                    let _turn = match wanted.is_empty() {
+                        true => None,
+                        false => shared.reader.pass().await,
+                    };
                     if !wanted.is_empty() {
                         let reads = shared.reader.read(&session, &path, &refer, wanted).await;
                         for (child, server) in reads.servers {
