@@ -206,7 +206,11 @@ impl SnapshotStore {
         }
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // Nodes marked but not written yet are not lost at shutdown.
+                    self.write_dirty(&newest).await;
+                    return;
+                }
                 _ = self.wake.notified() => {}
             }
             self.write_dirty(&newest).await;
