@@ -174,6 +174,22 @@ fn percentile(v: &mut [f64], p: f64) -> Value {
     json!((v[i] * 1000.0).round() / 1000.0)
 }
 
+/// The agent a wrapper (`SOCKMESH_TEST_AGENT_WRAPPER`, our child `wrapper`) started: its
+/// descendant named sockmesh*.
+fn wrapped_agent(wrapper: u32) -> Option<i32> {
+    std::env::var_os("SOCKMESH_TEST_AGENT_WRAPPER")?;
+    let mut todo = vec![wrapper];
+    while let Some(p) = todo.pop() {
+        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        if p != wrapper && comm.starts_with("sockmesh") {
+            return Some(p as i32);
+        }
+        let kids = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        todo.extend(kids.split_whitespace().filter_map(|k| k.parse::<u32>().ok()));
+    }
+    None
+}
+
 fn run_size(zk: &mut ZkServer, services: usize, per: usize) -> Value {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -218,7 +234,7 @@ fn run_size(zk: &mut ZkServer, services: usize, per: usize) -> Value {
     let _ = std::fs::remove_dir_all(&snap);
     let agent = format!("  snapshot_dir: {}\n  localIP: 127.0.0.1\n", snap.display());
     let started = Instant::now();
-    let d = Daemon::mesh_with_agent(&name, Ports::pick(), &agent, &motan);
+    let mut d = Daemon::mesh_with_agent(&name, Ports::pick(), &agent, &motan);
     let total = services * per;
     let converged = wait_until(Duration::from_secs(120), || {
         counts(&d, services).iter().sum::<usize>() == total
@@ -227,6 +243,23 @@ fn run_size(zk: &mut ZkServer, services: usize, per: usize) -> Value {
     let pid = d.pid();
     let rss = rss_mb(pid);
     eprintln!("{name}: converged {converged:?}, RSS {rss:.0} MB");
+    if std::env::var_os("SOCKMESH_SCALE_PROFILE").is_some() {
+        // Profiling (with SOCKMESH_TEST_AGENT_WRAPPER): the heap live 5 s after convergence
+        // is what a SIGKILL leaves unfreed.
+        std::thread::sleep(Duration::from_secs(5));
+        if let Some(agent) = wrapped_agent(d.pid()) {
+            // SAFETY: a signal to the agent the wrapper (our child) started.
+            unsafe { libc::kill(agent, libc::SIGKILL) };
+            // The wrapper writes its profile once the agent is gone.
+            wait_until(Duration::from_secs(120), || {
+                !std::path::Path::new(&format!("/proc/{agent}")).exists()
+            });
+            std::thread::sleep(Duration::from_secs(10));
+        }
+        d.kill9();
+        let _ = std::fs::remove_dir_all(&snap);
+        return json!({ "size": format!("{services}x{per}"), "converge_ms": ms(converged), "rss_mb": rss });
+    }
     // CPU 30–40 s after convergence.
     std::thread::sleep(Duration::from_secs(30));
     let c0 = cpu_secs(pid);
@@ -325,8 +358,10 @@ fn run_size(zk: &mut ZkServer, services: usize, per: usize) -> Value {
         "single_changes_missed": missed,
         "bulk_delete_10pct_ms": ms(del),
         "bulk_delete_writes_ms": ms(Some(written_del)),
+        "bulk_delete_after_writes_ms": ms(del.map(|d| d.saturating_sub(written_del))),
         "bulk_add_10pct_ms": ms(add),
         "bulk_add_writes_ms": ms(Some(written_add)),
+        "bulk_add_after_writes_ms": ms(add.map(|d| d.saturating_sub(written_add))),
     })
 }
 
@@ -343,7 +378,7 @@ fn discovery_at_scale() {
         results.push(run_size(&mut zk, s.parse().unwrap(), p.parse().unwrap()));
     }
     let mut md = String::from(
-        "# Discovery at scale (issue #21)\n\nOne agent referring every service; providers are persistent nodes in motan's layout, not listening. Single change: p99 over 20 (10 adds, 10 deletes); bulk: 10% of every service's providers deleted, then added back, timed from the first write.\n\n| size | converge | RSS at convergence / 40 s after | CPU 30–40 s after | single add/delete p99 | 10% bulk delete | 10% bulk add | 1,000 req/s p50 / p99, errors | during ZooKeeper kill+restart p50 / p99, errors | lists equal after restart |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "# Discovery at scale (issue #21)\n\nOne agent referring every service; providers are persistent nodes in motan's layout, not listening. Single change: p99 over 20 (10 adds, 10 deletes); bulk: 10% of every service's providers deleted, then added back, timed from the first write.\n\n| size | converge | RSS at convergence / 40 s after | CPU 30–40 s after | single add/delete p99 | 10% bulk delete (ZooKeeper writes; after the last) | 10% bulk add (writes; after the last) | 1,000 req/s p50 / p99, errors | during ZooKeeper kill+restart p50 / p99, errors | lists equal after restart |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &results {
         let f = |k: &str| match &r[k] {
@@ -351,7 +386,7 @@ fn discovery_at_scale() {
             v => v.to_string(),
         };
         md.push_str(&format!(
-            "| {} | {} ms | {} / {} MB | {}% | {} ms | {} ms | {} ms | {} / {} ms, {} | {} / {} ms, {} of {} | {} ms |\n",
+            "| {} | {} ms | {} / {} MB | {}% | {} ms | {} ms ({}; {}) | {} ms ({}; {}) | {} / {} ms, {} | {} / {} ms, {} of {} | {} ms |\n",
             f("size"),
             f("converge_ms"),
             f("rss_mb"),
@@ -359,7 +394,11 @@ fn discovery_at_scale() {
             f("cpu_percent_30_40s"),
             f("single_change_p99_ms"),
             f("bulk_delete_10pct_ms"),
+            f("bulk_delete_writes_ms"),
+            f("bulk_delete_after_writes_ms"),
             f("bulk_add_10pct_ms"),
+            f("bulk_add_writes_ms"),
+            f("bulk_add_after_writes_ms"),
             f("load_p50_ms"),
             f("load_p99_ms"),
             f("load_errors"),

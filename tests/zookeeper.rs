@@ -347,10 +347,20 @@ async fn snapshot_serves_while_zookeeper_is_down() {
         .await
         .unwrap();
     assert_eq!(cmd.borrow().as_deref(), Some(command));
-    let file = dir.0.join(format!("zookeeper_127.0.0.1_{}.json", zk.port()));
+    // A file per node in the registry's snapshot directory.
+    let snap = dir.0.join(format!("zookeeper_127.0.0.1_{}.d", zk.port()));
+    let all_files = || {
+        std::fs::read_dir(&snap)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect::<String>()
+    };
     // Snapshot writes are coalesced to one per 2 s: the command may come with the second.
     eventually("snapshot written", NOTICE * 3, || async {
-        std::fs::read_to_string(&file).is_ok_and(|t| t.contains("18021") && t.contains("clientCommandList"))
+        let t = all_files();
+        t.contains("18021") && t.contains("clientCommandList")
     })
     .await;
     drop(rx);
@@ -403,7 +413,7 @@ async fn snapshot_serves_while_zookeeper_is_down() {
     assert!(cold.status()["serving_from_snapshot_since"].is_null());
     // The snapshot now has both servers.
     eventually("snapshot updated", NOTICE, || async {
-        std::fs::read_to_string(&file).is_ok_and(|t| t.contains("18022"))
+        all_files().contains("18022")
     })
     .await;
 }

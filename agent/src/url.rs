@@ -48,7 +48,119 @@ pub struct Url {
     pub path: String,
     pub group: String,
     #[serde(rename = "parameters")]
-    pub params: BTreeMap<String, String>,
+    pub params: Params,
+}
+
+/// A URL's parameters: a map sorted by key, used as one (`Deref`/`DerefMut` to the
+/// `BTreeMap`), shared copy-on-write. The providers of one service mostly carry the same
+/// parameters: a registry shares one map between them ([`ParamsPool`]), so a fleet's server
+/// lists cost a map per distinct parameter set instead of one per server. Empty costs nothing.
+#[derive(Clone, Default)]
+pub struct Params(Option<std::sync::Arc<BTreeMap<String, String>>>);
+
+static NO_PARAMS: BTreeMap<String, String> = BTreeMap::new();
+
+impl std::ops::Deref for Params {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &BTreeMap<String, String> {
+        self.0.as_deref().unwrap_or(&NO_PARAMS)
+    }
+}
+
+impl std::ops::DerefMut for Params {
+    /// Copies the map first when it is shared.
+    fn deref_mut(&mut self) -> &mut BTreeMap<String, String> {
+        std::sync::Arc::make_mut(self.0.get_or_insert_with(Default::default))
+    }
+}
+
+impl Params {
+    /// Whether both are the same shared map (then they are equal without comparing).
+    pub fn shares(&self, other: &Params) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq for Params {
+    fn eq(&self, other: &Params) -> bool {
+        self.shares(other) || **self == **other
+    }
+}
+
+impl Eq for Params {}
+
+impl fmt::Debug for Params {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl From<BTreeMap<String, String>> for Params {
+    fn from(m: BTreeMap<String, String>) -> Params {
+        Params((!m.is_empty()).then(|| std::sync::Arc::new(m)))
+    }
+}
+
+impl FromIterator<(String, String)> for Params {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Params {
+        Params::from(iter.into_iter().collect::<BTreeMap<_, _>>())
+    }
+}
+
+impl<'a> IntoIterator for &'a Params {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        (**self).iter()
+    }
+}
+
+impl Serialize for Params {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Params, D::Error> {
+        BTreeMap::deserialize(d).map(Params::from)
+    }
+}
+
+/// Shares equal parameter maps between URLs (a registry's server lists): a URL whose
+/// parameters equal one already pooled gets that map. Holds a few recent distinct maps, so a
+/// list whose servers all differ costs a bounded comparison per server.
+#[derive(Debug, Default)]
+pub struct ParamsPool {
+    recent: std::collections::VecDeque<Params>,
+}
+
+impl ParamsPool {
+    const KEEP: usize = 8;
+
+    /// Give `url` the pooled map equal to its own, or pool its own.
+    pub fn share(&mut self, url: &mut Url) {
+        if url.params.0.is_none() {
+            return;
+        }
+        match self.recent.iter().position(|p| *p == url.params) {
+            Some(i) => {
+                url.params = self.recent[i].clone();
+                if i > 0 {
+                    let p = self.recent.remove(i).unwrap();
+                    self.recent.push_front(p);
+                }
+            }
+            None => {
+                self.recent.push_front(url.params.clone());
+                self.recent.truncate(Self::KEEP);
+            }
+        }
+    }
 }
 
 /// A registry node string that could not be read as a URL.
@@ -67,7 +179,7 @@ impl Url {
             port,
             path: path.into(),
             group: group.into(),
-            params: BTreeMap::new(),
+            params: Params::default(),
         }
     }
 
@@ -553,6 +665,32 @@ mod tests {
         grpc.protocol = "grpc".into();
         assert!(grpc.is_match("com.weibo.HelloService", "g", "grpc", ""));
         assert!(!grpc.is_match("com.weibo.HelloService", "g", "motan2", ""));
+    }
+
+    #[test]
+    fn params_are_shared_copy_on_write() {
+        let mut pool = ParamsPool::default();
+        let mut a = Url::new("motan2", "10.0.0.1", 1, "p", "g").with_param("nodeType", "service");
+        let mut b = Url::new("motan2", "10.0.0.2", 1, "p", "g").with_param("nodeType", "service");
+        let mut c = Url::new("motan2", "10.0.0.3", 1, "p", "g").with_param("nodeType", "other");
+        for u in [&mut a, &mut b, &mut c] {
+            pool.share(u);
+        }
+        assert!(a.params.shares(&b.params), "equal maps are one");
+        assert!(!a.params.shares(&c.params));
+        // A change copies: the other URL keeps its value.
+        b.params.insert("weight".into(), "3".into());
+        assert_eq!(a.param("weight"), None);
+        assert_eq!(b.param("weight"), Some("3"));
+        // Empty is empty however it came to be, and costs no map.
+        let mut d = Url::new("motan2", "h", 1, "p", "g").with_param("x", "1");
+        d.params.remove("x");
+        assert_eq!(d.params, Params::default());
+        assert_eq!(Url::new("motan2", "h", 1, "p", "g"), d);
+        // (De)serialised as the map.
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["parameters"], serde_json::json!({"nodeType": "service"}));
+        assert_eq!(serde_json::from_value::<Url>(json).unwrap(), a);
     }
 
     #[test]

@@ -193,15 +193,18 @@ impl Daemon {
     }
 
     pub fn spawn(&mut self) {
+        // `SOCKMESH_TEST_AGENT_WRAPPER="heaptrack -o /tmp/x"` runs the daemon under a profiler.
+        let cmd = match std::env::var("SOCKMESH_TEST_AGENT_WRAPPER") {
+            Ok(w) if !w.trim().is_empty() => {
+                let mut words = w.split_whitespace();
+                let mut cmd = Command::new(words.next().unwrap());
+                cmd.args(words).arg(bin());
+                cmd
+            }
+            _ => Command::new(bin()),
+        };
         let child = self.child.insert(
-            agent::spawn_with_flags(
-                "sockmesh run",
-                Command::new(bin()),
-                &self.config,
-                &self.log,
-                &self.flags,
-            )
-            .unwrap(),
+            agent::spawn_with_flags("sockmesh run", cmd, &self.config, &self.log, &self.flags).unwrap(),
         );
         // Up when the TCP admin port answers, or the control socket does (a daemon whose admin
         // API is on managementUnixSock has no TCP admin port).

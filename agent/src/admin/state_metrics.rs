@@ -1,6 +1,8 @@
 //! Agent state on `/metrics` besides the per-request families of the metrics filter: endpoint
-//! and pool health of every cluster, the agent port's connection counters, and the
-//! interception counters read from the BPF maps (or the iptables chain) at scrape time.
+//! and pool health of every cluster (totals per cluster; rows per endpoint only for small
+//! clusters and endpoints with something to say, bounded, so a fleet's 100,000 idle endpoints
+//! are not 400,000 rows), the agent port's connection counters, and the interception counters
+//! read from the BPF maps (or the iptables chain) at scrape time.
 use std::sync::{Arc, Weak};
 
 use prometheus_client::collector::Collector;
@@ -13,6 +15,9 @@ use serde_json::Value;
 use crate::control::AppState;
 
 type Labels = Vec<(&'static str, String)>;
+
+/// At most this many per-endpoint rows per family (`Cluster::health` says which endpoints).
+const ENDPOINT_ROWS: usize = 1000;
 
 /// Registered once the agent state exists; holds it weakly so the registry does not keep it.
 pub struct AgentCollector(pub Weak<AppState>);
@@ -53,28 +58,62 @@ impl Collector for AgentCollector {
         let Some(state) = self.0.upgrade() else {
             return Ok(());
         };
-        let mesh = state.mesh.load().status_json();
+        let health = state.mesh.load().endpoint_health(ENDPOINT_ROWS);
+        let mut per_cluster: [Vec<(Labels, u64)>; 4] = Default::default();
         let mut available = Vec::new();
         let mut active = Vec::new();
         let mut errors = Vec::new();
         let mut channels = Vec::new();
-        for c in mesh["clusters"].as_array().into_iter().flatten() {
-            for e in c["endpoints"].as_array().into_iter().flatten() {
-                let l: Labels = vec![
-                    ("cluster", c["name"].as_str().unwrap_or("").to_string()),
-                    ("service", c["service"].as_str().unwrap_or("").to_string()),
-                    ("endpoint", e["address"].as_str().unwrap_or("").to_string()),
-                ];
-                available.push((l.clone(), num(&e["available"])));
-                active.push((l.clone(), num(&e["active"])));
-                errors.push((l.clone(), num(&e["consecutive_errors"])));
-                channels.push((l, num(&e["channels"])));
+        for (cluster, service, h) in &health {
+            let c: Labels = vec![("cluster", cluster.clone()), ("service", service.clone())];
+            for (rows, v) in per_cluster
+                .iter_mut()
+                .zip([h.endpoints, h.available, h.active, h.channels])
+            {
+                rows.push((c.clone(), v as u64));
+            }
+            for e in &h.listed {
+                let mut l = c.clone();
+                l.push(("endpoint", e.address.clone()));
+                available.push((l.clone(), u64::from(e.available)));
+                active.push((l.clone(), e.active as u64));
+                errors.push((l.clone(), u64::from(e.consecutive_errors)));
+                channels.push((l, e.channels as u64));
             }
         }
+        let [c_endpoints, c_available, c_active, c_channels] = &per_cluster;
+        family(
+            &mut enc,
+            "cluster_endpoints",
+            "Endpoints of the cluster",
+            MetricType::Gauge,
+            c_endpoints,
+        )?;
+        family(
+            &mut enc,
+            "cluster_available_endpoints",
+            "Endpoints of the cluster that take requests",
+            MetricType::Gauge,
+            c_available,
+        )?;
+        family(
+            &mut enc,
+            "cluster_active_requests",
+            "Requests in flight to the cluster's endpoints",
+            MetricType::Gauge,
+            c_active,
+        )?;
+        family(
+            &mut enc,
+            "cluster_pool_channels",
+            "Live upstream connections to the cluster's endpoints",
+            MetricType::Gauge,
+            c_channels,
+        )?;
         family(
             &mut enc,
             "endpoint_available",
-            "1 when the endpoint takes requests",
+            "1 when the endpoint takes requests (rows: see endpoint_rows_omitted)",
             MetricType::Gauge,
             &available,
         )?;
@@ -98,6 +137,14 @@ impl Collector for AgentCollector {
             "Live upstream connections per endpoint",
             MetricType::Gauge,
             &channels,
+        )?;
+        let omitted: usize = health.iter().map(|(_, _, h)| h.endpoints - h.listed.len()).sum();
+        family(
+            &mut enc,
+            "endpoint_rows_omitted",
+            "Endpoints without rows of their own: idle and healthy in a cluster of more than 32, or past the 1,000-row bound",
+            MetricType::Gauge,
+            &[(Vec::new(), omitted as u64)],
         )?;
 
         let listeners: [(&str, &crate::proxy::serve::ServeStats); 2] =

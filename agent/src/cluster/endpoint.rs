@@ -43,12 +43,16 @@ pub struct KeepaliveRequest {
 
 #[derive(Debug)]
 pub struct Endpoint {
+    /// Host, port and group of the server URL (protocol and path are in `identity`).
     url: Url,
-    address: String,
-    /// `address` as meta value (`x-forwarded-for` of every response): shared, not copied.
-    address_bytes: Bytes,
-    /// `url.identity()`, computed once: endpoints and their pools are keyed by it.
-    identity: String,
+    /// One buffer for the identity (`url.identity()`, computed once: endpoints and their
+    /// pools are keyed by it) and the address (`host:port` or the unix socket path, also the
+    /// meta value `x-forwarded-for` of every response, shared, not copied): the address is
+    /// part of the identity, else appended to it. At a fleet's size every allocation per idle
+    /// endpoint counts.
+    text: Bytes,
+    identity_len: u32,
+    address_at: (u32, u32),
     available: AtomicBool,
     consecutive_errors: AtomicU32,
     error_threshold: i64,
@@ -69,15 +73,28 @@ impl Endpoint {
     /// connection pool exists. Call `set_available(true)` then.
     pub fn new(mut url: Url) -> Endpoint {
         let address = url.address();
-        let identity = url.identity();
+        let mut text = url.identity();
+        let identity_len = text.len();
+        let start = url.protocol.len() + 3;
+        let address_at = match text.get(start..).is_some_and(|t| t.starts_with(&address)) {
+            true => (start, start + address.len()),
+            false => {
+                text.push_str(&address);
+                (identity_len, text.len())
+            }
+        };
+        // Exactly its length: a `Bytes` made from a `String` with spare capacity keeps the
+        // spare bytes and allocates a header besides.
+        text.shrink_to_fit();
+        let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let settings = Endpoint {
-            identity,
+            text: Bytes::from(text),
+            identity_len: as_u32(identity_len),
+            address_at: (as_u32(address_at.0), as_u32(address_at.1)),
             error_threshold: url.get_int(keys::ERROR_COUNT_THRESHOLD, DEFAULT_ERROR_COUNT_THRESHOLD),
             keepalive_interval: url.get_duration_ms(keys::KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_INTERVAL),
             static_weight: parse_weight(url.params.get(WEIGHT_META_KEY).map(String::as_str)),
             url: Url::default(),
-            address_bytes: Bytes::from(address.clone()),
-            address,
             available: AtomicBool::new(false),
             consecutive_errors: AtomicU32::new(0),
             keepalive_running: AtomicBool::new(false),
@@ -88,28 +105,39 @@ impl Endpoint {
         };
         // The settings above are all the endpoint reads from its parameters: they are not
         // kept (most of an idle endpoint's memory at a fleet's size).
+        // Nor are the protocol and path, which the identity has (the cluster's refer says
+        // them too).
         url.params = Default::default();
+        url.protocol = String::new();
+        url.path = String::new();
         Endpoint { url, ..settings }
     }
 
-    /// The server URL without its parameters (scheme, host, port, path, group).
+    /// The server URL's host, port and group (no parameters, protocol or path: see
+    /// [`Endpoint::identity`]).
     pub fn url(&self) -> &Url {
         &self.url
     }
 
+    fn text(&self, (from, to): (u32, u32)) -> &str {
+        // Made from Strings at char boundaries: always UTF-8.
+        std::str::from_utf8(self.text.get(from as usize..to as usize).unwrap_or_default()).unwrap_or_default()
+    }
+
     /// `protocol://host:port/path?group=G`: what endpoints are reused and keyed by (4.4).
     pub fn identity(&self) -> &str {
-        &self.identity
+        self.text((0, self.identity_len))
     }
 
     /// `host:port` (or the unix socket path): the member key of the consistent-hash ring.
     pub fn address(&self) -> &str {
-        &self.address
+        self.text(self.address_at)
     }
 
     /// [`Endpoint::address`] sharing one buffer (a reference count per use, no copy).
     pub fn address_bytes(&self) -> Bytes {
-        self.address_bytes.clone()
+        let (from, to) = self.address_at;
+        self.text.slice(from as usize..to as usize)
     }
 
     /// Whether a balancer may pick it: connected and not disabled, and not failed fast (a
@@ -270,7 +298,9 @@ fn parse_weight(raw: Option<&str>) -> u32 {
 /// recomputed after `RECOMPUTE_EVERY` new samples, so asking per request stays cheap.
 #[derive(Debug)]
 pub struct LatencyStats {
-    ring: Mutex<Ring>,
+    /// Made by the first sample: an endpoint that never carries a call (most of a large
+    /// fleet, with pools on demand) costs a pointer.
+    ring: OnceLock<Box<Mutex<Ring>>>,
 }
 
 #[derive(Debug)]
@@ -289,20 +319,25 @@ impl LatencyStats {
 
     pub fn new() -> LatencyStats {
         LatencyStats {
-            ring: Mutex::new(Ring {
-                // Grown by use: an endpoint that never carries a call (most of a large
-                // fleet, with pools on demand) costs no sample buffer.
-                samples: Vec::new(),
-                next: 0,
-                new_since_cache: 0,
-                cache: None,
-            }),
+            ring: OnceLock::new(),
         }
+    }
+
+    fn ring(&self) -> Option<std::sync::MutexGuard<'_, Ring>> {
+        Some(self.ring.get()?.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn record(&self, d: Duration) {
         let micros = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
-        let mut r = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = self.ring.get_or_init(|| {
+            Box::new(Mutex::new(Ring {
+                samples: Vec::new(),
+                next: 0,
+                new_since_cache: 0,
+                cache: None,
+            }))
+        });
+        let mut r = ring.lock().unwrap_or_else(|e| e.into_inner());
         if r.samples.len() < Self::CAPACITY {
             r.samples.push(micros);
         } else {
@@ -314,7 +349,7 @@ impl LatencyStats {
     }
 
     pub fn len(&self) -> usize {
-        self.ring.lock().unwrap_or_else(|e| e.into_inner()).samples.len()
+        self.ring().map_or(0, |r| r.samples.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -326,7 +361,7 @@ impl LatencyStats {
     pub fn percentile(&self, p: f64) -> Option<Duration> {
         let p = p.clamp(0.0, 100.0);
         let key = (p * 100.0) as u32;
-        let mut r = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.ring()?;
         let n = r.samples.len();
         if n < Self::MIN_SAMPLES {
             return None;

@@ -1,6 +1,6 @@
 //! A refer's endpoints as the registries report them (4.4): one list per registry, endpoints
 //! reused by URL identity, the refer's parameters merged over each server URL.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::endpoint::Endpoint;
@@ -40,23 +40,26 @@ impl EndpointSet {
         registry_count: usize,
         servers: &[Url],
     ) -> NotifyOutcome {
-        let mut old: HashMap<String, Arc<Endpoint>> = self
-            .by_registry
-            .get(registry_id)
-            .into_iter()
-            .flatten()
-            .map(|e| (e.identity().to_string(), e.clone()))
-            .collect();
+        let old = self.by_registry.remove(registry_id).unwrap_or_default();
+        // Old endpoints by identity (borrowed: a list change costs no copy of them).
+        let index: HashMap<&str, usize> = old.iter().enumerate().map(|(i, e)| (e.identity(), i)).collect();
+        let mut reused = vec![false; old.len()];
         let mut out = NotifyOutcome::default();
         let mut fresh: Vec<Arc<Endpoint>> = Vec::with_capacity(servers.len());
+        let mut seen: HashSet<String> = HashSet::with_capacity(servers.len());
         for server in servers.iter().filter(|s| s.can_serve(refer)) {
             let id = server.identity();
-            if fresh.iter().any(|e| e.identity() == id) {
-                continue;
-            }
-            let ep = match old.remove(&id) {
-                Some(ep) => ep,
+            let ep = match index.get(id.as_str()) {
+                Some(&i) if !reused[i] => {
+                    reused[i] = true;
+                    old[i].clone()
+                }
+                // Listed twice.
+                Some(_) => continue,
                 None => {
+                    if !seen.insert(id) {
+                        continue;
+                    }
                     let mut url = server.clone();
                     url.merge_params(&refer.params);
                     let ep = Arc::new(Endpoint::new(url));
@@ -66,16 +69,28 @@ impl EndpointSet {
             };
             fresh.push(ep);
         }
+        drop(index);
         if fresh.is_empty() {
-            if registry_count > 1
-                && let Some(gone) = self.by_registry.remove(registry_id)
-            {
-                out.removed = gone;
-                out.changed = true;
+            match registry_count > 1 {
+                true if !old.is_empty() => {
+                    out.removed = old;
+                    out.changed = true;
+                }
+                true => {}
+                // A single registry's empty list is ignored: its endpoints stay.
+                false => {
+                    if !old.is_empty() {
+                        self.by_registry.insert(registry_id.to_string(), old);
+                    }
+                }
             }
             return out;
         }
-        out.removed = old.into_values().collect();
+        out.removed = old
+            .into_iter()
+            .zip(reused)
+            .filter_map(|(e, used)| (!used).then_some(e))
+            .collect();
         self.by_registry.insert(registry_id.to_string(), fresh);
         out.changed = true;
         out

@@ -813,6 +813,64 @@ impl Cluster {
     }
 }
 
+/// One endpoint's health as `/metrics` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointHealth {
+    pub address: String,
+    pub available: bool,
+    pub active: usize,
+    pub consecutive_errors: u32,
+    /// Open connections of its pool (0: no pool).
+    pub channels: usize,
+}
+
+/// A cluster's endpoint health for `/metrics`: totals over every endpoint, and the endpoints
+/// that get a row of their own ([`Cluster::health`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterHealth {
+    pub endpoints: usize,
+    pub available: usize,
+    pub active: usize,
+    pub channels: usize,
+    pub listed: Vec<EndpointHealth>,
+}
+
+impl Cluster {
+    /// Totals over every endpoint, and rows for: every endpoint of a cluster of at most
+    /// [`SMALL_CLUSTER`]; of a larger one, those with something to say (unavailable, calls
+    /// in flight, consecutive errors, open connections). At most `max` rows.
+    pub fn health(&self, max: usize) -> ClusterHealth {
+        let balancer = self.balancer.load();
+        let pools = self.pools.read_unpoisoned();
+        let all = balancer.endpoints();
+        let small = all.len() <= SMALL_CLUSTER;
+        let mut h = ClusterHealth {
+            endpoints: all.len(),
+            ..ClusterHealth::default()
+        };
+        for ep in all {
+            let row = EndpointHealth {
+                address: String::new(),
+                available: ep.status_available(),
+                active: ep.active(),
+                consecutive_errors: ep.consecutive_errors(),
+                channels: pools.get(ep.identity()).map_or(0, |p| p.usage().0),
+            };
+            h.available += usize::from(row.available);
+            h.active += row.active;
+            h.channels += row.channels;
+            let notable = !row.available || row.active > 0 || row.consecutive_errors > 0 || row.channels > 0;
+            if (small || notable) && h.listed.len() < max {
+                h.listed.push(EndpointHealth {
+                    address: ep.address().to_string(),
+                    ..row
+                });
+            }
+        }
+        h
+    }
+}
+
 /// Clusters this small are listed in full in the summary view.
 pub const SMALL_CLUSTER: usize = 32;
 /// At most this many unavailable endpoints per larger cluster in the summary view.
@@ -1016,6 +1074,24 @@ mod tests {
                 .iter()
                 .all(|e| e["available"] == false)
         );
+        // /metrics: totals over all, rows for a small cluster's endpoints and a large one's
+        // unavailable or busy ones, within the budget.
+        let h = small.health(1000);
+        assert_eq!((h.endpoints, h.listed.len()), (SMALL_CLUSTER, SMALL_CLUSTER));
+        let busy = big.balancer.load().endpoints()[1].clone();
+        let call = busy.begin();
+        let h = big.health(1000);
+        assert_eq!((h.endpoints, h.available, h.active), (100, 80, 1));
+        assert_eq!(h.listed.len(), 21, "{h:?}");
+        assert!(
+            h.listed
+                .iter()
+                .any(|e| e.address == busy.address() && e.active == 1)
+        );
+        assert!(h.listed.iter().all(|e| !e.available || e.active == 1));
+        drop(call);
+        assert_eq!(big.health(3).listed.len(), 3);
+        assert_eq!(big.health(3).endpoints, 100);
         // The caller's budget caps it.
         assert_eq!(listed(&big.status_json_with(EndpointList::Summary { max: 3 })), 3);
         assert_eq!(

@@ -460,6 +460,21 @@ impl Mesh {
     }
 
     /// The mesh's status with every endpoint of every cluster (`/metrics`).
+    /// Every cluster's endpoint health (name, service, health) for `/metrics`, with at most
+    /// `max_rows` endpoint rows in all ([`crate::cluster::Cluster::health`]).
+    pub fn endpoint_health(&self, max_rows: usize) -> Vec<(String, String, crate::cluster::ClusterHealth)> {
+        let mut budget = max_rows;
+        self.router
+            .refers()
+            .iter()
+            .map(|r| {
+                let h = r.cluster.health(budget);
+                budget -= h.listed.len();
+                (r.cluster.conf_id.clone(), r.cluster.refer().path.clone(), h)
+            })
+            .collect()
+    }
+
     pub fn status_json(&self) -> Value {
         self.status_json_view(&StatusView::All)
             .unwrap_or_else(|e| json!({ "error": e }))

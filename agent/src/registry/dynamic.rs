@@ -240,7 +240,7 @@ pub fn service_url(req: &Url, registry: &str, eport: u16, local_ip: &str, applic
         port: eport,
         path: req.path.clone(),
         group: req.group.clone(),
-        params,
+        params: params.into(),
     }
 }
 
@@ -253,7 +253,7 @@ pub fn refer_url(req: &Url, registry: &str) -> Url {
         port: 0,
         path: req.path.clone(),
         group: req.group.clone(),
-        params: service_params(req, registry),
+        params: service_params(req, registry).into(),
     }
 }
 

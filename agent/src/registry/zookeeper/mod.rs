@@ -30,8 +30,9 @@
 //!   data, so a removed command would never be noticed); the registry never creates command
 //!   nodes (upstream creates an empty one).
 //! - Snapshot: with `snapshot_dir`, every discovered server list and command text is written
-//!   to `<snapshot_dir>/zookeeper_<address>.json` (atomically: temp file, fsync, rename), in
-//!   the background and at most once per interval, so no list update waits for it.
+//!   to `<snapshot_dir>/zookeeper_<address>.d/`, a file per node (atomically: temp file,
+//!   rename, directory fsync), in the background, at most once per interval and only the
+//!   nodes that changed, so no list update waits for it (`snapshot.rs`).
 //! - Exact lists: a server node is read once (bounded reads in flight, per-read timeouts,
 //!   failed reads retried with back-off, never dropped); the children are listed again
 //!   periodically and when the connection comes back, so a list always converges to
@@ -154,7 +155,7 @@ impl ZkRegistry {
             let s = shared.clone();
             runtime.spawn(async move {
                 if let Some(store) = &s.snapshot {
-                    let newest = || s.live.lock().unwrap().snapshot.clone();
+                    let newest = |path: &str| s.live.lock().unwrap().snapshot.value(path);
                     store.run_writer(s.shutdown.clone(), newest).await;
                 }
             });
@@ -240,7 +241,7 @@ impl ZkRegistry {
             "session": live.session.as_ref().map(|x| format!("{:#x}", x.id)),
             "session_timeout_ms": s.session_timeout.as_millis() as u64,
             "serving_from_snapshot_since": snapshot_since.map(unix_secs),
-            "snapshot_file": s.snapshot.as_ref().map(|f| f.file.display().to_string()),
+            "snapshot_dir": s.snapshot.as_ref().map(|f| f.dir.display().to_string()),
             "subscriptions": subscriptions,
             "commands": commands,
             "registered": registered,

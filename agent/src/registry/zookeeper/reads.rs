@@ -17,6 +17,10 @@ use crate::url::Url;
 /// Reads in flight per registry: enough to pipeline, few enough that a read is answered well
 /// within its timeout even when thousands are wanted at once.
 pub(super) const READ_CONCURRENCY: usize = 128;
+/// Lists whose nodes are read at once: enough to keep `READ_CONCURRENCY` reads in flight,
+/// few enough that what a pass holds until its list is published (the servers read, by child
+/// and by address) is not held for every list at once while a fleet's lists are first read.
+const PASSES: usize = 16;
 /// Attempts per read within one pass (then the child waits for the watch loop's retry).
 const ATTEMPTS: u32 = 3;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -26,6 +30,8 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub(super) struct NodeReader {
     permits: Arc<Semaphore>,
+    /// Lists being read at once (`pass`).
+    passes: Semaphore,
     /// Per mille of reads made to fail (`ZkOptions::inject_read_failures`); 0 in production.
     fail_per_mille: u32,
 }
@@ -43,8 +49,14 @@ impl NodeReader {
     pub(super) fn new(fail_per_mille: u32) -> NodeReader {
         NodeReader {
             permits: Arc::new(Semaphore::new(READ_CONCURRENCY)),
+            passes: Semaphore::new(PASSES),
             fail_per_mille: fail_per_mille.min(1000),
         }
+    }
+
+    /// Wait for a turn to read a list's nodes (held until its list is published).
+    pub(super) async fn pass(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.passes.acquire().await.ok()
     }
 
     /// Read the nodes `children` of `path`, retrying failures `ATTEMPTS` times in all. A node

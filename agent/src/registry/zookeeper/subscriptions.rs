@@ -2,7 +2,7 @@
 //! subscriber record `.../client/<ip:port>`) and each command node, followed for as long as
 //! anyone receives them and restarted on every new session. Every value is published to its
 //! receivers and into the snapshot.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +13,7 @@ use super::layout::{NODE_CLIENT, NODE_SERVER, command_path, node_path, node_type
 use super::session::{OP_TIMEOUT, Session, delete_node, ensure_node, op};
 use super::state::{CommandWatch, Shared, Source, Subscription};
 use crate::registry::{CommandScope, ServerList};
-use crate::url::Url;
+use crate::url::{ParamsPool, Url};
 
 impl Shared {
     /// Watch the servers of `refer` (group and path checked by the caller). While ZooKeeper is
@@ -140,7 +140,7 @@ impl Shared {
             }
             live.snapshot.servers.insert(path.to_string(), current);
         }
-        self.save_snapshot();
+        self.save_snapshot(path);
     }
 
     fn publish_command(&self, path: &str, tx: &Arc<watch::Sender<Option<String>>>, text: Option<String>) {
@@ -168,12 +168,12 @@ impl Shared {
                 None => live.snapshot.commands.remove(path),
             };
         }
-        self.save_snapshot();
+        self.save_snapshot(path);
     }
 
-    fn save_snapshot(&self) {
+    fn save_snapshot(&self, path: &str) {
         if let Some(store) = &self.snapshot {
-            store.mark_dirty();
+            store.mark_dirty(path);
         }
     }
 }
@@ -232,10 +232,13 @@ pub(super) async fn watch_servers(
     mut first: Option<oneshot::Sender<()>>,
 ) {
     let mut client_node: Option<String> = None;
-    // Child → the address of the server it describes (`None`: not a usable server). The
-    // servers themselves live only in the published list: at a fleet's size a second copy
-    // of every URL is most of the registry's memory.
-    let mut known: BTreeMap<String, Option<String>> = BTreeMap::new();
+    // Child → the address of the server it describes. The servers themselves live only in
+    // the published list: at a fleet's size a second copy of every URL is most of the
+    // registry's memory. Children are known by a 64-bit hash of their name (`child_key`),
+    // not a copy of it: the names are in every listing.
+    let mut known: HashMap<u64, Known> = HashMap::new();
+    // The servers of a service mostly have the same parameters: one map for all of them.
+    let mut params = ParamsPool::default();
     let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut watcher: Option<Event> = None;
     let mut resync = shared.resync.subscribe();
@@ -274,43 +277,60 @@ pub(super) async fn watch_servers(
                 if let Some(w) = w {
                     watcher = Some(Box::pin(w.changed()));
                 }
-                let children: BTreeSet<String> = children.into_iter().collect();
-                let known_before = known.len();
-                known.retain(|c, _| children.contains(c));
-                let dropped = known.len() != known_before;
-                failed.retain(|c| children.contains(c));
-                let wanted: Vec<String> = children
-                    .iter()
-                    .filter(|c| full_read || !known.contains_key(*c) || failed.contains(*c))
-                    .cloned()
-                    .collect();
-                let read_nothing = wanted.is_empty();
-                let mut fresh: HashMap<String, Url> = HashMap::new();
-                if !wanted.is_empty() {
-                    let reads = shared.reader.read(&session, &path, &refer, wanted).await;
-                    for (child, server) in reads.servers {
-                        failed.remove(&child);
-                        let address = server.map(|u| {
-                            let a = u.address();
-                            fresh.insert(a.clone(), u);
-                            a
-                        });
-                        known.insert(child, address);
+                // One pass, in a block: what it read is dropped before the wait below (a
+                // list's worth of URLs per subscription otherwise stays until the next event).
+                {
+                    let children: BTreeSet<String> = children.into_iter().collect();
+                    let keys: HashSet<u64> = children.iter().map(|c| child_key(c)).collect();
+                    let known_before = known.len();
+                    known.retain(|k, _| keys.contains(k));
+                    let dropped = known.len() != known_before;
+                    failed.retain(|c| children.contains(c));
+                    let wanted: Vec<String> = children
+                        .iter()
+                        .filter(|c| full_read || !known.contains_key(&child_key(c)) || failed.contains(*c))
+                        .cloned()
+                        .collect();
+                    let read_nothing = wanted.is_empty();
+                    let mut fresh: HashMap<String, Url> = HashMap::new();
+                    let _turn = match wanted.is_empty() {
+                        true => None,
+                        false => shared.reader.pass().await,
+                    };
+                    if !wanted.is_empty() {
+                        let reads = shared.reader.read(&session, &path, &refer, wanted).await;
+                        for (child, server) in reads.servers {
+                            failed.remove(&child);
+                            let address = match server {
+                                Some(mut u) => {
+                                    params.share(&mut u);
+                                    let a = u.address();
+                                    let k = match a == child {
+                                        true => Known::Named,
+                                        false => Known::At(a.clone().into()),
+                                    };
+                                    fresh.insert(a, u);
+                                    k
+                                }
+                                None => Known::Unusable,
+                            };
+                            known.insert(child_key(&child), address);
+                        }
+                        failed.extend(reads.failed);
                     }
-                    failed.extend(reads.failed);
-                }
-                if !failed.is_empty() {
-                    tracing::warn!(
-                        path,
-                        failed = failed.len(),
-                        "server nodes could not be read; retrying"
-                    );
-                }
-                // Nothing read and nothing gone: the published list stands.
-                if dropped || !fresh.is_empty() || !read_nothing {
-                    let list = current_list(&tx, &mut known, &fresh, &mut failed);
-                    if !list.is_empty() {
-                        shared.publish_servers(&path, &tx, list);
+                    if !failed.is_empty() {
+                        tracing::warn!(
+                            path,
+                            failed = failed.len(),
+                            "server nodes could not be read; retrying"
+                        );
+                    }
+                    // Nothing read and nothing gone: the published list stands.
+                    if dropped || !fresh.is_empty() || !read_nothing {
+                        let list = current_list(&tx, &children, &mut known, fresh, &mut failed);
+                        if !list.is_empty() {
+                            shared.publish_servers(&path, &tx, list);
+                        }
                     }
                 }
                 if client_node.is_none() {
@@ -370,28 +390,66 @@ pub(super) async fn watch_servers(
 /// A set watch's event, to come.
 type Event = std::pin::Pin<Box<dyn std::future::Future<Output = zk::WatchedEvent> + Send>>;
 
+/// How a list's child is known: a hash of its name (two of a list's children hashing alike,
+/// at 2^-64 per pair, would be read as one).
+fn child_key(child: &str) -> u64 {
+    xxhash_rust::xxh64::xxh64(child.as_bytes(), 0)
+}
+
+/// What a child of a list names.
+#[derive(Debug)]
+enum Known {
+    /// Not a usable server.
+    Unusable,
+    /// The server whose address is the child's name (`host:port`, motan's layout).
+    Named,
+    /// The server at this address.
+    At(Box<str>),
+}
+
 /// The list of the `known` children: servers just read (`fresh`) or, for the others, as
 /// published before. A known child whose server is in neither (the last list was not
 /// published: it was empty) is read again.
 fn current_list(
     tx: &watch::Sender<ServerList>,
-    known: &mut BTreeMap<String, Option<String>>,
-    fresh: &HashMap<String, Url>,
+    children: &BTreeSet<String>,
+    known: &mut HashMap<u64, Known>,
+    mut fresh: HashMap<String, Url>,
     failed: &mut BTreeSet<String>,
 ) -> Vec<Url> {
     let published = tx.borrow().clone();
-    let before: HashMap<String, &Url> = published.iter().map(|u| (u.address(), u)).collect();
-    let mut list = Vec::with_capacity(known.len());
+    // The old list by address, made only if something was not read in this pass.
+    let mut before: Option<HashMap<String, &Url>> = None;
+    // Where each address went in `list` (two children may name the same server).
+    let mut placed: HashMap<&str, usize> = HashMap::new();
+    let mut list: Vec<Url> = Vec::with_capacity(known.len());
     let mut lost = Vec::new();
-    for (child, address) in known.iter() {
-        let Some(address) = address else { continue };
-        match fresh.get(address).or_else(|| before.get(address).copied()) {
-            Some(u) => list.push(u.clone()),
+    for child in children {
+        let Some(k) = known.get(&child_key(child)) else {
+            continue;
+        };
+        let address = match k {
+            Known::Unusable => continue,
+            Known::Named => child.as_str(),
+            Known::At(a) => a,
+        };
+        if let Some(u) = fresh.remove(address) {
+            placed.insert(address, list.len());
+            list.push(u);
+            continue;
+        }
+        if let Some(&i) = placed.get(address) {
+            list.push(list[i].clone());
+            continue;
+        }
+        let before = before.get_or_insert_with(|| published.iter().map(|u| (u.address(), u)).collect());
+        match before.get(address) {
+            Some(u) => list.push((*u).clone()),
             None => lost.push(child.clone()),
         }
     }
     for child in lost {
-        known.remove(&child);
+        known.remove(&child_key(&child));
         failed.insert(child);
     }
     list
