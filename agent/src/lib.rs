@@ -32,6 +32,7 @@ pub mod sys;
 pub mod unix_socket;
 pub mod upstream;
 pub mod url;
+pub mod write_queue;
 
 /// The BPF object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SOCKMESH_EBPF_OBJECT"));

@@ -12,7 +12,6 @@
 //! frame whose framing is broken gets a v1 exception and closes its connection; a well-framed
 //! request whose payload cannot be read gets a v1 exception and the connection stays, as
 //! motan-go's `processV1` does.
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -34,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::locks::Locked;
 use crate::protocol::motan2::{CodecError, DecodeLimits, Exception, Frame, FrameError, Motan2Codec, v1};
 use crate::proxy::budget::{Budget, ConnectionShare, Lease, SharePermit};
+use crate::write_queue::{self, WriteQueue};
 
 /// What bounds a connection: frame limits, the agent's budget (with each connection's share)
 /// and how long an idle client is kept.
@@ -440,8 +440,6 @@ pub async fn next_connection<L: Accept>(
 /// Most answers waiting for a peer that does not read before the connection stops reading
 /// (answers also hold their share of the budgets; refusals and heartbeat answers only this).
 const OUT_FRAMES: usize = 4096;
-/// Most frames in one vectored write.
-const MAX_IOV: usize = 64;
 
 /// A request waiting for room in its connection's share or for its body to be inflated.
 type Admission = Pin<Box<dyn Future<Output = Admitted> + Send>>;
@@ -615,64 +613,31 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
 /// Answers on their way to the peer, oldest first, each with what it holds of the budgets
 /// until it is written.
 #[derive(Default)]
-struct Out {
-    frames: VecDeque<Queued>,
-    /// Bytes of the first frame already written.
-    written: usize,
-}
+struct Out(WriteQueue<Queued>);
 
 impl Out {
     fn push(&mut self, q: Queued) {
-        self.frames.push_back(q);
+        self.0.push(q);
     }
 
     fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.0.is_empty()
     }
 
     fn has_room(&self) -> bool {
-        self.frames.len() < OUT_FRAMES
+        self.0.len() < OUT_FRAMES
     }
 
-    /// Write as much as the socket takes now (one vectored write of up to [`MAX_IOV`] frames
+    /// Write as much as the socket takes now (vectored writes of up to [`write_queue::MAX_IOV`] frames
     /// while it takes everything); a written frame gives back what it holds.
     fn write_now(&mut self, wr: &impl WriteHalf) -> std::io::Result<()> {
-        while !self.frames.is_empty() {
-            let r = {
-                let mut iov = [IoSlice::new(&[]); MAX_IOV];
-                let mut n = 0;
-                for (slot, q) in iov.iter_mut().zip(self.frames.iter()) {
-                    let b = q.frame.as_ref();
-                    *slot = IoSlice::new(if n == 0 { &b[self.written..] } else { b });
-                    n += 1;
-                }
-                wr.try_write_vectored(&iov[..n])
-            };
-            match r {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(mut w) => {
-                    while w > 0 {
-                        let Some(front) = self.frames.front() else { break };
-                        let left = front.frame.len() - self.written;
-                        if w >= left {
-                            w -= left;
-                            self.frames.pop_front();
-                            self.written = 0;
-                        } else {
-                            self.written += w;
-                            w = 0;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        // A burst's queue is not kept by an idle connection.
-        if self.frames.capacity() > 64 {
-            self.frames = VecDeque::new();
-        }
-        Ok(())
+        self.0.write_with(|iov| wr.try_write_vectored(iov)).map(|_| ())
+    }
+}
+
+impl write_queue::Frame for Queued {
+    fn bytes(&self) -> &[u8] {
+        &self.frame
     }
 }
 

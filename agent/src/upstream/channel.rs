@@ -6,14 +6,13 @@
 //! the task that made it (one write, no task in between); only while the socket is full do
 //! frames wait in a byte-bounded backlog that a flusher task writes, whole frames batched.
 use crate::locks::Locked;
+use crate::write_queue::{self, WriteQueue};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-
-use std::collections::VecDeque;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -30,14 +29,18 @@ use crate::protocol::motan2::{DecodeLimits, Frame, Motan2Codec};
 /// Most bytes waiting for one upstream connection's socket: a slow upstream makes callers wait
 /// (up to their deadline) instead of the agent holding any number of frames of up to 10 MiB.
 pub const WRITE_QUEUE_BYTES: usize = 16 << 20;
-/// Most frames in one vectored write of the backlog.
-const MAX_IOV: usize = 64;
 
 /// A frame waiting for the socket with its room in the byte bound, given back once written.
 #[derive(Debug)]
 struct QueuedFrame {
     frame: Bytes,
     _room: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl write_queue::Frame for QueuedFrame {
+    fn bytes(&self) -> &[u8] {
+        &self.frame
+    }
 }
 
 /// The write side of a channel. The task that has a frame writes it to the socket itself (no
@@ -55,9 +58,7 @@ struct Writer {
 
 #[derive(Debug, Default)]
 struct Backlog {
-    frames: VecDeque<QueuedFrame>,
-    /// Bytes of the first frame already written.
-    written: usize,
+    frames: WriteQueue<QueuedFrame>,
     /// A write failed: nothing more is written.
     failed: bool,
 }
@@ -90,8 +91,7 @@ impl Writer {
             if done == frame.len() {
                 return Sent::Written;
             }
-            b.written = done;
-            b.frames.push_back(QueuedFrame { frame, _room: room });
+            b.frames.push_partial(QueuedFrame { frame, _room: room }, done);
             drop(b);
             self.kick.notify_one();
             return Sent::Written;
@@ -99,47 +99,14 @@ impl Writer {
         if room.is_none() {
             return Sent::NeedsRoom(frame);
         }
-        b.frames.push_back(QueuedFrame { frame, _room: room });
+        b.frames.push(QueuedFrame { frame, _room: room });
         Sent::Written
     }
 
     /// Write the backlog while the socket takes it: Ok(true) once it is empty.
     fn flush_now(&self) -> std::io::Result<bool> {
         let mut b = self.backlog.locked();
-        while !b.frames.is_empty() {
-            let r = {
-                let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
-                let mut n = 0;
-                for (slot, q) in iov.iter_mut().zip(b.frames.iter()) {
-                    *slot = std::io::IoSlice::new(if n == 0 { &q.frame[b.written..] } else { &q.frame });
-                    n += 1;
-                }
-                self.wr.try_write_vectored(&iov[..n])
-            };
-            match r {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(mut w) => {
-                    while w > 0 {
-                        let Some(front) = b.frames.front() else { break };
-                        let left = front.frame.len() - b.written;
-                        if w >= left {
-                            w -= left;
-                            b.frames.pop_front();
-                            b.written = 0;
-                        } else {
-                            b.written += w;
-                            w = 0;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        if b.frames.capacity() > 64 {
-            b.frames = VecDeque::new();
-        }
-        Ok(true)
+        b.frames.write_with(|iov| self.wr.try_write_vectored(iov))
     }
 
     fn fail(&self) {

@@ -65,7 +65,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("registry",  &["registry"]),  // direct, command, zookeeper
     ("runtime",   &["net", "drain", "metrics", "switcher", "meta"]), // meta: the dynamic meta store
     ("config",    &["config"]),
-    ("base",      &["protocol", "url", "sys", "ping", "cgroup", "recent", "log_writer", "log_file", "locks", "unix_socket"]),
+    ("base",      &["protocol", "url", "sys", "ping", "cgroup", "recent", "log_writer", "log_file", "locks", "unix_socket", "write_queue"]),
 ];
 
 /// Check `agent/src`: prints the violations and fails, or returns a one-line summary.
