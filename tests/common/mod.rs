@@ -836,39 +836,35 @@ impl Provider {
         delay_ms: u64,
         slow_every: u64,
     ) -> Provider {
-        let mut process = ChildProcess::spawn(
+        Provider::spawn(
             "motan2 provider",
+            name,
             peer_cmd(netns)
                 .args(["motan2-provider", "--listen", listen, "--name", name])
                 .args(["--delay-ms", &delay_ms.to_string()])
-                .args(["--slow-every", &slow_every.to_string()])
-                .stdout(Stdio::piped()),
+                .args(["--slow-every", &slow_every.to_string()]),
         )
-        .unwrap();
-        let addr = process.ready().unwrap().parse().unwrap();
-        Provider {
-            process: Some(process),
-            addr,
-            name: name.to_string(),
-        }
     }
 
     /// A provider written as blocking I/O (std::net, a thread per connection) on loopback.
     pub fn start_blocking(name: &str) -> Provider {
-        let mut process = ChildProcess::spawn(
+        Provider::spawn(
             "blocking motan2 provider",
-            Command::new(peer_bin())
-                .args([
-                    "motan2-provider",
-                    "--blocking",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--name",
-                    name,
-                ])
-                .stdout(Stdio::piped()),
+            name,
+            Command::new(peer_bin()).args([
+                "motan2-provider",
+                "--blocking",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                name,
+            ]),
         )
-        .unwrap();
+    }
+
+    /// Start the test peer's provider `cmd` and wait for the address it prints.
+    fn spawn(what: &str, name: &str, cmd: &mut Command) -> Provider {
+        let mut process = ChildProcess::spawn(what, cmd.stdout(Stdio::piped())).unwrap();
         let addr = process.ready().unwrap().parse().unwrap();
         Provider {
             process: Some(process),
