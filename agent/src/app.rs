@@ -442,9 +442,12 @@ async fn forget_removed_cgroups(state: Arc<AppState>, shutdown: CancellationToke
     }
 }
 
+/// A shard that has not ticked (every 100 ms) for this long is stalled.
+const SHARD_STALL: Duration = Duration::from_millis(500);
+
 /// Refresh the kernel's view of the agent's liveness every `HEARTBEAT_INTERVAL` while every
-/// transparent listener keeps up, until shutdown (then the listeners close, and a missing
-/// listener fails open as before).
+/// transparent listener keeps up and every data-plane shard runs, until shutdown (then the
+/// listeners close, and a missing listener fails open as before).
 async fn keep_heartbeat(
     mut heartbeat: Heartbeat,
     listeners: Vec<Arc<AcceptProgress>>,
@@ -456,6 +459,7 @@ async fn keep_heartbeat(
     // Since when a listener has been behind, and whether that was logged (after a second, so
     // that a listener brushing its cap now and then does not fill the log).
     let mut behind: Option<(Instant, bool)> = None;
+    let mut stalled = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -475,6 +479,21 @@ async fn keep_heartbeat(
         }
         if let Some((_, true)) = behind.take() {
             tracing::info!("the transparent listeners accept again: heartbeat resumed");
+        }
+        // A data-plane shard that has not run for a while serves nobody it was handed.
+        let stall = crate::shard::longest_stall();
+        if stall >= SHARD_STALL {
+            if !stalled {
+                stalled = true;
+                tracing::warn!(
+                    "a data-plane shard has not run for {} ms: heartbeat paused, apps connect directly after sockmesh.intercept.liveness_timeout_ms",
+                    stall.as_millis()
+                );
+            }
+            continue;
+        }
+        if std::mem::take(&mut stalled) {
+            tracing::info!("the data-plane shards run again: heartbeat resumed");
         }
         match heartbeat.beat() {
             Ok(()) => failing = false,
@@ -529,7 +548,7 @@ impl AcceptLoops {
         keep: impl Send + 'static,
     ) where
         L: Accept + Send + Sync + 'static,
-        L::Conn: Inbound,
+        L::Conn: Inbound + crate::shard::Rehome,
         L::Addr: AgentPeer + Send,
     {
         let serving = accept_loop(

@@ -27,6 +27,7 @@ pub mod provider;
 pub mod proxy;
 pub mod recent;
 pub mod registry;
+pub mod shard;
 pub mod switcher;
 pub mod sys;
 pub mod unix_socket;

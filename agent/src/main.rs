@@ -404,7 +404,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 log_reload: Some(log_reload),
                 log_level_pinned: log_level.is_some(),
             };
-            rt.block_on(sockmesh::app::run(cfg, opts))?;
+            if cfg.sockmesh.shards {
+                sockmesh::shard::start(workers).context("starting the data-plane shards")?;
+            }
+            let ran = rt.block_on(sockmesh::app::run(cfg, opts));
+            // The runtime first (its tasks are drained by now), then the shards' threads.
+            drop(rt);
+            sockmesh::shard::stop();
+            ran?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { json } => {

@@ -56,6 +56,9 @@ pub struct SockmeshSection {
     pub log_level: String,
     /// Runtime worker threads; 0 = one per CPU.
     pub worker_threads: usize,
+    /// Serve connections on one current-thread runtime per worker thread (shard.rs), each with
+    /// its own share of every upstream pool, instead of on the multi-threaded runtime.
+    pub shards: bool,
     pub intercept: InterceptSection,
     pub limits: LimitsSection,
     pub admin: AdminSection,
@@ -90,6 +93,7 @@ impl Default for SockmeshSection {
             local_shortcut: true,
             log_level: "info".into(),
             worker_threads: 0,
+            shards: true,
             intercept: InterceptSection::default(),
             limits: LimitsSection::default(),
             admin: AdminSection::default(),

@@ -174,7 +174,8 @@ impl ServeStats {
     }
 }
 
-/// Accept on `listener` until `shutdown`, serving each connection on a task tracked by `tasks`.
+/// Accept on `listener` until `shutdown`, serving each connection on a task tracked by `tasks`
+/// (on a data-plane shard when they run).
 pub async fn accept_loop<H: Handler, L>(
     name: &'static str,
     listener: L,
@@ -185,7 +186,7 @@ pub async fn accept_loop<H: Handler, L>(
     tasks: TaskTracker,
 ) where
     L: Accept + Send + Sync + 'static,
-    L::Conn: Inbound,
+    L::Conn: Inbound + crate::shard::Rehome,
     L::Addr: AgentPeer,
 {
     let mut gate = AcceptGate::new(&limits.budget);
@@ -193,7 +194,7 @@ pub async fn accept_loop<H: Handler, L>(
         let peer = peer.agent_peer();
         let h = handler.clone();
         let (l, s, sd) = (limits.clone(), stats.clone(), shutdown.clone());
-        tasks.spawn(async move {
+        crate::shard::serve(&tasks, conn, move |conn| async move {
             let _slot = slot;
             serve_connection(conn, peer, BytesMut::new(), h, l, s, sd).await
         });
@@ -473,6 +474,8 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
     let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle.unwrap_or_default()));
     let mut idle_since = tokio::time::Instant::now();
     let mut was_busy = false;
+    // Made once: a fresh `cancelled()` per wake-up registers and unregisters a waiter each time.
+    let mut shutting_down = std::pin::pin!(shutdown.cancelled());
     // The connection's share is made with the first frame: a connection that never sends one
     // (thousands of idle or slowloris peers) holds none.
     let mut share: Option<Arc<ConnectionShare>> = None;
@@ -553,7 +556,10 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
         }
         let idle_armed = idle.is_some() && !busy && closing.is_none();
         let read = closing.is_none() && admission.is_none() && out.has_room();
+        // Biased: in this order, answers first; and no random start (a thread-local RNG per
+        // wake-up).
         tokio::select! {
+            biased;
             Some(done) = inflight.next(), if !inflight.is_empty() => {
                 out.push(done);
                 // Every other answer that is ready joins the same write.
@@ -578,7 +584,7 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
                     break 'conn format!("write error: {e}");
                 }
             }
-            _ = shutdown.cancelled(), if closing.is_none() => closing = Some("agent shutting down".into()),
+            () = &mut shutting_down, if closing.is_none() => closing = Some("agent shutting down".into()),
             () = &mut idle_timer, if idle_armed => {
                 let due = idle_since + idle.unwrap_or_default();
                 if tokio::time::Instant::now() >= due {

@@ -121,7 +121,7 @@ impl TransparentProxy {
         {
             let me = self.clone();
             let sockets = sockets.clone();
-            tasks.spawn(async move {
+            crate::shard::serve(&tasks, conn, move |conn| async move {
                 let _slot = slot;
                 me.handle(conn, peer, local, sockets).await
             });

@@ -27,7 +27,8 @@ enum Slot {
     Connected(Arc<Channel>),
 }
 
-/// `size` channels to one address. Callers are spread over the slots by a rotating index.
+/// `size` channels to one address (at least one per data-plane shard, shard.rs). Callers are
+/// spread over the slots by a rotating index, on a shard over the slots that shard owns.
 #[derive(Debug)]
 pub struct Pool {
     addr: String,
@@ -54,7 +55,9 @@ impl Pool {
         Pool {
             addr,
             transport,
-            slots: (0..size.max(1)).map(|_| Mutex::new(Slot::Empty)).collect(),
+            slots: (0..crate::shard::pool_slots(size))
+                .map(|_| Mutex::new(Slot::Empty))
+                .collect(),
             next: AtomicUsize::new(0),
             last_used: AtomicU64::new(now_ms()),
         }
@@ -73,7 +76,7 @@ impl Pool {
     /// slot's new connection if it is made before `deadline` (errcode 1002 otherwise).
     pub async fn get(&self, deadline: Deadline) -> Result<Arc<Channel>, CallError> {
         self.last_used.store(now_ms(), Ordering::Relaxed);
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let i = crate::shard::slot_for(self.next.fetch_add(1, Ordering::Relaxed), self.slots.len());
         let connect = match self.live_or_connect(i) {
             Ok(c) => return Ok(c),
             Err(connect) => connect,
@@ -96,9 +99,10 @@ impl Pool {
         *slot = Slot::Connecting(connect.clone());
         drop(slot);
         // A task of its own: the connect finishes (within the connect timeout) for whoever
-        // waits next, even when the caller that started it gives up.
+        // waits next, even when the caller that started it gives up. On the shard that owns
+        // the slot, so the channel's reader and writer run where its callers do.
         let (slots, addr, transport) = (self.slots.clone(), self.addr.clone(), self.transport.clone());
-        tokio::spawn(async move {
+        crate::shard::spawn_for_slot(i, async move {
             let made = Channel::connect(&addr, &transport).await.map(Arc::new);
             if made.is_err() {
                 crate::metrics::UPSTREAM_CONNECT_FAILURES.fetch_add(1, Ordering::Relaxed);

@@ -63,7 +63,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("provider",  &["provider"]),  // http provider
     ("upstream",  &["upstream"]),  // channel, pool
     ("registry",  &["registry"]),  // direct, command, zookeeper
-    ("runtime",   &["net", "drain", "metrics", "switcher", "meta"]), // meta: the dynamic meta store
+    ("runtime",   &["net", "drain", "metrics", "switcher", "meta", "shard"]), // meta: the dynamic meta store; shard: the data-plane runtimes
     ("config",    &["config"]),
     ("base",      &["protocol", "url", "sys", "ping", "cgroup", "recent", "log_writer", "log_file", "locks", "unix_socket", "write_queue"]),
 ];
