@@ -36,6 +36,8 @@ pub struct Env {
     baseline: Option<(String, u32)>,
     /// The "legs" agent's port and PID (agent-two-hop-* modes), when one of them runs.
     legs: Option<(String, u32)>,
+    /// The shared-runtime agent's port and PID (agent-client-shared mode), when it runs.
+    shared: Option<(String, u32)>,
     /// The legs agent's control socket.
     legs_control: PathBuf,
     haproxy_addr: String,
@@ -97,11 +99,17 @@ fn mesh_sections(eport: u16, provider: &str) -> Result<String> {
 }
 
 /// Start the provider, the agent and haproxy with their configs and logs in `dir`.
-pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>, legs: bool) -> Result<Env> {
+pub fn start_env(
+    dir: &Path,
+    agent_workers: usize,
+    baseline_bin: Option<&Path>,
+    legs: bool,
+    shared: bool,
+) -> Result<Env> {
     let root = project_root();
     let bin = root.join("target/release/sockmesh");
     let loadgen = root.join("target/release/sockmesh-loadgen");
-    let ports = free_ports(18);
+    let ports = free_ports(22);
     // Declared before the processes, so that on an early return they go after them.
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-bench-{}", std::process::id()));
     let pins = PinDir::new(&bin, &pin_dir);
@@ -152,32 +160,40 @@ pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>, 
     std::thread::sleep(Duration::from_secs(1));
     let agent_idle_rss_kib = proc_cpu_rss(agent_pid).1;
 
-    // The baseline build: the same mesh on its own ports, without interception.
+    // Another agent with the same mesh on its own ports, without interception: `ports` are its
+    // agent port, export port, mport and transparent port; `extra` goes into its sockmesh section.
+    let mut side_agent = |name: &str, bin: &Path, ports: &[u16], extra: &str| -> Result<(String, u32)> {
+        let cfg = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "motan-agent:\n  port: {}\n  eport: {}\n  mport: {}\n  application: bench-{name}\n\
+                 sockmesh:\n  log_level: \"warn,sockmesh::access=info\"\n  worker_threads: {agent_workers}\n{extra}  intercept:\n    enabled: false\n    transparent_port: {}\n{}",
+                ports[0],
+                ports[1],
+                ports[2],
+                ports[3],
+                mesh_sections(ports[1], &provider_addr)?
+            ),
+        )?;
+        let log = dir.join(format!("{name}.log"));
+        let mut a = agent::spawn(&format!("the {name} agent"), Command::new(bin), &cfg, &log)?
+            .with_grace(AGENT_GRACE);
+        let pid = a.pid();
+        let started = agent::await_admin(&mut a, ([127, 0, 0, 1], ports[2]).into(), &log);
+        procs.push(a);
+        started?;
+        Ok((format!("127.0.0.1:{}", ports[0]), pid))
+    };
+    // The baseline build (agent-baseline mode).
     let baseline = match baseline_bin {
         None => None,
-        Some(bbin) => {
-            let bcfg = dir.join("baseline.yaml");
-            std::fs::write(
-                &bcfg,
-                format!(
-                    "motan-agent:\n  port: {}\n  eport: {}\n  mport: {}\n  application: bench-baseline\n\
-                     sockmesh:\n  log_level: \"warn,sockmesh::access=info\"\n  worker_threads: {agent_workers}\n  intercept:\n    enabled: false\n    transparent_port: {}\n{}",
-                    ports[7],
-                    ports[8],
-                    ports[9],
-                    ports[10],
-                    mesh_sections(ports[8], &provider_addr)?
-                ),
-            )?;
-            let blog = dir.join("baseline.log");
-            let mut b =
-                agent::spawn("the baseline agent", Command::new(bbin), &bcfg, &blog)?.with_grace(AGENT_GRACE);
-            let pid = b.pid();
-            let started = agent::await_admin(&mut b, ([127, 0, 0, 1], ports[9]).into(), &blog);
-            procs.push(b);
-            started?;
-            Some((format!("127.0.0.1:{}", ports[7]), pid))
-        }
+        Some(bbin) => Some(side_agent("baseline", bbin, &ports[7..11], "")?),
+    };
+    // This build with its connections on the multi-threaded runtime (agent-client-shared mode).
+    let shared = match shared {
+        false => None,
+        true => Some(side_agent("shared", &bin, &ports[18..22], "  shards: false\n")?),
     };
 
     let legs = if legs {
@@ -231,6 +247,7 @@ pub fn start_env(dir: &Path, agent_workers: usize, baseline_bin: Option<&Path>, 
         agent_pid,
         agent_idle_rss_kib,
         baseline,
+        shared,
         legs,
         legs_control: dir.join("legs.sock"),
         haproxy_addr: haproxy_addr.to_string(),
@@ -376,6 +393,7 @@ impl Env {
             }
             Mode::AgentServer => Some(self.export_port_addr.clone()),
             Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.0.clone()),
+            Mode::AgentClientShared => self.shared.as_ref().map(|b| b.0.clone()),
             Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => self.legs.as_ref().map(|l| l.0.clone()),
             _ => Some(self.provider_addr.clone()),
         }
@@ -386,6 +404,7 @@ impl Env {
             Mode::Direct => None,
             Mode::Haproxy => Some(self.haproxy_pid),
             Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.1),
+            Mode::AgentClientShared => self.shared.as_ref().map(|b| b.1),
             Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => self.legs.as_ref().map(|l| l.1),
             _ => Some(self.agent_pid),
         }
@@ -402,7 +421,7 @@ impl Env {
                 "--service",
                 match mode {
                     Mode::AgentFilters => FILTERED_SERVICE,
-                    Mode::AgentClient => CLIENT_SERVICE,
+                    Mode::AgentClient | Mode::AgentClientShared => CLIENT_SERVICE,
                     Mode::AgentTwoHopTcp => TWO_HOP_TCP_SERVICE,
                     Mode::AgentTwoHopSkmsg => TWO_HOP_SKMSG_SERVICE,
                     _ => SERVICE,

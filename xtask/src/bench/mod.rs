@@ -34,6 +34,9 @@ pub enum Mode {
     AgentFilters,
     /// The agent's client role alone: agent port -> provider (one Motan2 hop).
     AgentClient,
+    /// agent-client through a second agent with `sockmesh.shards: false` (connections on the
+    /// multi-threaded runtime), to measure what the data-plane shards win.
+    AgentClientShared,
     /// The agent's server role alone: export port -> provider (one Motan2 hop).
     AgentServer,
     /// agent-explicit through another build of the agent (`--baseline-bin`), for comparing
@@ -70,9 +73,10 @@ impl Mode {
             .collect()
     }
 
-    pub const ALL: [Mode; 11] = [
+    pub const ALL: [Mode; 12] = [
         Mode::Direct,
         Mode::AgentClient,
+        Mode::AgentClientShared,
         Mode::AgentServer,
         Mode::AgentExplicit,
         Mode::AgentTwoHopTcp,
@@ -93,6 +97,7 @@ impl Mode {
             Mode::Haproxy => "haproxy",
             Mode::AgentFilters => "agent-filters",
             Mode::AgentClient => "agent-client",
+            Mode::AgentClientShared => "agent-client-shared",
             Mode::AgentServer => "agent-server",
             Mode::AgentBaseline => "agent-baseline",
             Mode::AgentTwoHopTcp => "agent-two-hop-tcp",
@@ -248,7 +253,14 @@ pub fn run(opts: Options) -> Result<()> {
         opts.modes.clone()
     };
     let legs = modes.iter().any(|m| m.uses_legs_agent());
-    let env = start_env(&raw, opts.agent_workers, opts.baseline_bin.as_deref(), legs)?;
+    let shared = modes.contains(&Mode::AgentClientShared);
+    let env = start_env(
+        &raw,
+        opts.agent_workers,
+        opts.baseline_bin.as_deref(),
+        legs,
+        shared,
+    )?;
 
     let cases = cases();
     let unavailable: Vec<(Mode, &str)> = modes

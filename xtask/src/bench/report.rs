@@ -93,11 +93,20 @@ impl Report {
         );
         let _ = writeln!(
             md,
+            "- agent-client serves its connections on the data-plane shards (`sockmesh.shards: true`, the default: one single-threaded runtime per worker thread); agent-client-shared is the same hop through a second agent with `sockmesh.shards: false` (the multi-threaded runtime)"
+        );
+        let _ = writeln!(
+            md,
             "- agent-explicit serves its own export in-process (local short-cut); agent-two-hop-tcp and agent-two-hop-skmsg (a second agent, short-cut off) dial their own export port over loopback TCP, the latter with `sockmesh.sockmap: true` on the export, so sk_msg carries both local legs (agent -> export port, export -> provider); the app -> agent port leg is TCP in all three"
         );
         let load_rss = runs
             .iter()
-            .filter(|r| !matches!(r.mode, Mode::Direct | Mode::Haproxy | Mode::AgentBaseline))
+            .filter(|r| {
+                !matches!(
+                    r.mode,
+                    Mode::Direct | Mode::Haproxy | Mode::AgentBaseline | Mode::AgentClientShared
+                )
+            })
             .map(|r| r.proxy_rss_kib)
             .max();
         let _ = writeln!(
@@ -249,6 +258,11 @@ impl Report {
                     Mode::EbpfConnect,
                     "ebpf-sockmap - ebpf-connect (loopback bypass)",
                 ),
+                (
+                    Mode::AgentClient,
+                    Mode::AgentClientShared,
+                    "data-plane shards: agent-client - agent-client-shared",
+                ),
             ] {
                 if let Some((m, lo, hi)) = paired(a, b) {
                     let _ = writeln!(md, "- {label}: {m:+.1} [{lo:+.1}..{hi:+.1}]");
@@ -328,6 +342,7 @@ impl Report {
             let hop_modes: Vec<Mode> = [
                 Mode::Haproxy,
                 Mode::AgentClient,
+                Mode::AgentClientShared,
                 Mode::AgentServer,
                 Mode::AgentExplicit,
                 Mode::AgentTwoHopTcp,
