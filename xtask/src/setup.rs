@@ -21,6 +21,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("zookeeper", "/usr/share/java/zookeeper.jar"),
     ("default-jre-headless", "/usr/bin/java"),
     ("curl", "/usr/bin/curl"),
+    // perf stat: the bench's per-request task-clock, context switches and syscalls.
+    ("linux-perf", "/usr/bin/perf"),
 ];
 
 pub fn cargo_home() -> PathBuf {

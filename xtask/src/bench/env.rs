@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use sockmesh_testkit::{ChildCgroup, ChildProcess, NatChain, PinDir, agent, free_ports};
 
-use super::{Case, Mode, Options, Run};
+use super::{Case, Counters, Mode, Options, Run};
 use crate::util::{proc_cpu_rss, project_root};
 
 /// How long the agent may drain after SIGTERM before it is killed (as `sockmesh uninstall`
@@ -445,6 +445,12 @@ impl Env {
             .stderr(Stdio::piped())
             .spawn()
             .context("running sockmesh-loadgen")?;
+        // The counters cover the measured window: from the end of the warm-up to shortly before
+        // the end of the run.
+        let counting = match pid {
+            Some(p) => Some(PerfStat::start_after(p, opts.warmup, opts.duration)),
+            None => None,
+        };
         let mut peak_rss = 0;
         while child.try_wait()?.is_none() {
             if let Some(p) = pid {
@@ -469,6 +475,62 @@ impl Env {
             json,
             proxy_cpu_s: after.0 - before.0,
             proxy_rss_kib: after.1.max(peak_rss),
+            counters: counting.and_then(PerfStat::finish),
         })
+    }
+}
+
+/// A `perf stat -p PID` counting in the background (started after a delay, for a window).
+struct PerfStat {
+    child: Option<std::process::Child>,
+    window: Duration,
+}
+
+impl PerfStat {
+    fn start_after(pid: u32, delay: Duration, duration: Duration) -> PerfStat {
+        // Stop counting a little before the load generator stops sending.
+        let window = duration
+            .saturating_sub(Duration::from_millis(200))
+            .max(Duration::from_millis(100));
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "sleep {:.3}; exec perf stat -x, -p {pid} -e task-clock,context-switches,raw_syscalls:sys_enter -- sleep {:.3}",
+                delay.as_secs_f64(),
+                window.as_secs_f64()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok();
+        PerfStat { child, window }
+    }
+
+    /// The counters, or None when perf is missing or could not count (the report says so).
+    fn finish(self) -> Option<Counters> {
+        let out = self.child?.wait_with_output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let mut c = Counters {
+            window_s: self.window.as_secs_f64(),
+            ..Counters::default()
+        };
+        let mut seen = 0;
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            // value,unit,event,...
+            let f: Vec<&str> = line.split(',').collect();
+            let (Some(v), Some(ev)) = (f.first().and_then(|v| v.parse::<f64>().ok()), f.get(2)) else {
+                continue;
+            };
+            match *ev {
+                "task-clock" => c.task_clock_ms = v,
+                "context-switches" => c.context_switches = v,
+                "raw_syscalls:sys_enter" => c.syscalls = v,
+                _ => continue,
+            }
+            seen += 1;
+        }
+        (seen == 3).then_some(c)
     }
 }

@@ -177,6 +177,19 @@ pub struct Run {
     pub json: serde_json::Value,
     pub proxy_cpu_s: f64,
     pub proxy_rss_kib: u64,
+    /// The proxy's scheduler counters over the measured window (`perf stat`), when perf runs.
+    pub counters: Option<Counters>,
+}
+
+/// `perf stat -p` of the proxy over the load generator's measured window: CPU time on the
+/// scheduler's clock (not the tick-sampled utime+stime), context switches and syscalls.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub task_clock_ms: f64,
+    pub context_switches: f64,
+    pub syscalls: f64,
+    /// How long perf counted.
+    pub window_s: f64,
 }
 
 impl Run {

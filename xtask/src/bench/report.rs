@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{Case, Mode, Options, Run};
+use super::{Case, Counters, Mode, Options, Run};
 use crate::util::median;
 
 fn spread(v: &[f64]) -> (f64, f64) {
@@ -86,6 +86,12 @@ impl Report {
         let _ = writeln!(
             md,
             "- proxy CPU = utime+stime of the agent (haproxy in haproxy mode) per 1,000 requests. agent-explicit and the intercepted modes take the full mesh path: the agent's client role routes the Motan2 request to its own export port (server role), which forwards it to the provider (two Motan2 hops in one process); haproxy is one L4 hop"
+        );
+        let counted_runs = runs.iter().filter(|r| r.counters.is_some()).count();
+        let _ = writeln!(
+            md,
+            "- task-clock, context switches and syscalls per request: `perf stat -p` of the proxy over the measured window, divided by the requests answered in it (counted in {counted_runs} of {} runs; `-` where perf could not count); task-clock is the scheduler's CPU time, finer than the tick-sampled utime+stime of the CPU column",
+            runs.iter().filter(|r| r.mode != Mode::Direct).count()
         );
         let _ = writeln!(
             md,
@@ -339,6 +345,20 @@ impl Report {
                         .collect(),
                 )
             };
+            // perf stat's counters per request (median over rounds): task-clock µs, context
+            // switches, syscalls.
+            let counted = |m: Mode, f: fn(&Counters) -> f64| -> f64 {
+                median(
+                    per(m)
+                        .iter()
+                        .filter_map(|r| {
+                            let c = r.counters.as_ref()?;
+                            let n = r.get(&["throughput"]) * c.window_s;
+                            (n > 0.0).then(|| f(c) / n)
+                        })
+                        .collect(),
+                )
+            };
             let hop_modes: Vec<Mode> = [
                 Mode::Haproxy,
                 Mode::AgentClient,
@@ -372,27 +392,44 @@ Per hop against haproxy (added = mode - direct, paired per round, median; agent-
                 );
                 let _ = writeln!(
                     md,
-                    "| mode | hops | added p50 µs | x haproxy | added p99 µs | x haproxy | CPU ms / 1k req | x haproxy |"
+                    "| mode | hops | added p50 µs | x haproxy | added p99 µs | x haproxy | CPU ms / 1k req | x haproxy | task-clock µs / req | x haproxy | context switches / req | syscalls / req |"
                 );
-                let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+                let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+                let htc = counted(Mode::Haproxy, |c| c.task_clock_ms * 1e3);
                 let mut hops_json = BTreeMap::new();
                 for m in &hop_modes {
                     let (a50, a99, cpu) = (added(*m, "p50"), added(*m, "p99"), cpu_per_req(*m));
+                    let tc = counted(*m, |c| c.task_clock_ms * 1e3);
+                    let cs = counted(*m, |c| c.context_switches);
+                    let sc = counted(*m, |c| c.syscalls);
+                    let num = |x: f64, digits: usize| {
+                        if x.is_finite() {
+                            format!("{x:.digits$}")
+                        } else {
+                            "-".to_string()
+                        }
+                    };
                     let hops = match m {
                         Mode::AgentExplicit | Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => 2,
                         _ => 1,
                     };
                     let _ = writeln!(
                         md,
-                        "| {} | {hops} | {a50:+.0} | {} | {a99:+.0} | {} | {cpu:.1} | {} |",
+                        "| {} | {hops} | {a50:+.0} | {} | {a99:+.0} | {} | {cpu:.1} | {} | {} | {} | {} | {} |",
                         m.name(),
                         ratio(a50, h50),
                         ratio(a99, h99),
-                        ratio(cpu, hcpu)
+                        ratio(cpu, hcpu),
+                        num(tc, 1),
+                        ratio(tc, htc),
+                        num(cs, 2),
+                        num(sc, 1)
                     );
                     hops_json.insert(m.name(), serde_json::json!({
                         "hops": hops, "added_p50_us": a50, "added_p99_us": a99, "cpu_ms_per_1k": cpu,
                         "p50_x_haproxy": a50 / h50, "p99_x_haproxy": a99 / h99, "cpu_x_haproxy": cpu / hcpu,
+                        "task_clock_us_per_req": tc, "task_clock_x_haproxy": tc / htc,
+                        "context_switches_per_req": cs, "syscalls_per_req": sc,
                     }));
                 }
                 diffs.insert("per_hop_vs_haproxy", serde_json::json!(hops_json));
