@@ -447,10 +447,7 @@ impl Env {
             .context("running sockmesh-loadgen")?;
         // The counters cover the measured window: from the end of the warm-up to shortly before
         // the end of the run.
-        let counting = match pid {
-            Some(p) => Some(PerfStat::start_after(p, opts.warmup, opts.duration)),
-            None => None,
-        };
+        let counting = pid.map(|p| PerfStat::start_after(p, opts.warmup, opts.duration));
         let mut peak_rss = 0;
         while child.try_wait()?.is_none() {
             if let Some(p) = pid {
