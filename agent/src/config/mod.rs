@@ -162,13 +162,13 @@ impl Config {
                 continue;
             };
             match key.as_str() {
-                "motan-agent" => match serde_yaml_ng::from_value::<AgentSection>(v) {
+                "motan-agent" => match typed_section::<AgentSection>(v) {
                     Ok(a) => agent = a,
-                    Err(e) => errors.push(format!("{source}: section motan-agent: {e}")),
+                    Err(e) => errors.push(format!("{source}: section motan-agent{e}")),
                 },
-                "sockmesh" => match serde_yaml_ng::from_value::<SockmeshSection>(v) {
+                "sockmesh" => match typed_section::<SockmeshSection>(v) {
                     Ok(s) => sockmesh = s,
-                    Err(e) => errors.push(format!("{source}: section sockmesh: {e}")),
+                    Err(e) => errors.push(format!("{source}: section sockmesh{e}")),
                 },
                 _ => {
                     motan.insert(key, v);
@@ -550,6 +550,39 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_type_names_its_key() {
+        let err = Config::parse("sockmesh:\n  shards: maybe\n", "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "s.yaml: section sockmesh, key shards: invalid type: string \"maybe\", expected a boolean"
+            ),
+            "{err}"
+        );
+        let err = Config::parse(
+            "sockmesh:\n  intercept:\n    liveness_timeout_ms: soon\n",
+            "s.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("section sockmesh, key intercept.liveness_timeout_ms: invalid type"),
+            "{err}"
+        );
+        let err = Config::parse("motan-agent:\n  port: high\n", "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("section motan-agent, key port: invalid type"),
+            "{err}"
+        );
+        let c = Config::parse("sockmesh:\n  shards: false\n", "s.yaml").unwrap();
+        assert!(!c.sockmesh.shards);
+        assert!(Config::embedded().unwrap().sockmesh.shards);
+    }
+
+    #[test]
     fn limits_are_checked_by_key() {
         let c = Config::embedded().unwrap();
         assert_eq!(c.sockmesh.limits, sections::LimitsSection::default());
@@ -781,4 +814,18 @@ mod tests {
         .unwrap();
         assert!(c.motan.contains_key("motan-refer"));
     }
+}
+
+/// A typed section, or what is wrong with it as the tail of "section NAME...": ", key
+/// intercept.pin_dir: invalid type ..." when the error is inside one key (serde alone would not
+/// say which), ": ..." when it is about the section as a whole.
+fn typed_section<T: serde::de::DeserializeOwned>(v: serde_yaml_ng::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            format!(": {}", e.inner())
+        } else {
+            format!(", key {path}: {}", e.inner())
+        }
+    })
 }
