@@ -523,6 +523,20 @@ fn entry_mapping(u: &Url) -> serde_yaml_ng::Mapping {
     m
 }
 
+/// A typed section, or what is wrong with it as the tail of "section NAME...": ", key
+/// intercept.pin_dir: invalid type ..." when the error is inside one key (serde alone would not
+/// say which), ": ..." when it is about the section as a whole.
+fn typed_section<T: serde::de::DeserializeOwned>(v: serde_yaml_ng::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            format!(": {}", e.inner())
+        } else {
+            format!(", key {path}: {}", e.inner())
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -814,18 +828,4 @@ mod tests {
         .unwrap();
         assert!(c.motan.contains_key("motan-refer"));
     }
-}
-
-/// A typed section, or what is wrong with it as the tail of "section NAME...": ", key
-/// intercept.pin_dir: invalid type ..." when the error is inside one key (serde alone would not
-/// say which), ": ..." when it is about the section as a whole.
-fn typed_section<T: serde::de::DeserializeOwned>(v: serde_yaml_ng::Value) -> Result<T, String> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            format!(": {}", e.inner())
-        } else {
-            format!(", key {path}: {}", e.inner())
-        }
-    })
 }
