@@ -23,7 +23,7 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 
 struct Shard {
     handle: tokio::runtime::Handle,
-    /// When the shard last ran its tick, in ms since [`epoch`].
+    /// When the shard last ran its tick, in [`crate::sys::monotonic_ms`].
     ticked: AtomicU64,
 }
 
@@ -39,15 +39,6 @@ static SHARDS: OnceLock<Shards> = OnceLock::new();
 thread_local! {
     /// The shard this thread runs, if it is a shard's thread.
     static CURRENT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
 }
 
 /// Start `n` shards on threads `sockmesh-shard-K` (once per process; `n` = 0 starts none).
@@ -67,7 +58,7 @@ pub fn start(n: usize) -> std::io::Result<()> {
             .build()?;
         shards.push(Shard {
             handle: rt.handle().clone(),
-            ticked: AtomicU64::new(now_ms()),
+            ticked: AtomicU64::new(crate::sys::monotonic_ms()),
         });
         let stop = stop.clone();
         threads.push(
@@ -83,7 +74,7 @@ pub fn start(n: usize) -> std::io::Result<()> {
                                 _ = stop.cancelled() => break,
                                 _ = tick.tick() => {
                                     if let Some(s) = SHARDS.get() {
-                                        s.shards[k].ticked.store(now_ms(), Ordering::Relaxed);
+                                        s.shards[k].ticked.store(crate::sys::monotonic_ms(), Ordering::Relaxed);
                                     }
                                 }
                             }
@@ -131,7 +122,7 @@ pub fn longest_stall() -> Duration {
     let Some(s) = SHARDS.get() else {
         return Duration::ZERO;
     };
-    let now = now_ms();
+    let now = crate::sys::monotonic_ms();
     let oldest = s
         .shards
         .iter()

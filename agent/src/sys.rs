@@ -292,6 +292,12 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// `CLOCK_MONOTONIC` in milliseconds: a timestamp that fits an `AtomicU64` (when a pool was
+/// last used, when a shard last ran).
+pub fn monotonic_ms() -> u64 {
+    monotonic_ns() / 1_000_000
+}
+
 /// Raise the soft RLIMIT_NOFILE to the hard limit (systemd's unit does it with LimitNOFILE; a
 /// hand-started agent gets 1024 otherwise). Returns (old soft, new soft).
 pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {

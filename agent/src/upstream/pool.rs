@@ -36,18 +36,8 @@ pub struct Pool {
     /// Shared with the connect tasks, which store what they made.
     slots: Arc<[Mutex<Slot>]>,
     next: AtomicUsize,
-    /// When a caller last asked for a channel, in ms since `epoch()` (for idle close).
+    /// When a caller last asked for a channel, in `sys::monotonic_ms` (for idle close).
     last_used: AtomicU64,
-}
-
-/// The process's reference instant for `last_used`.
-fn epoch() -> std::time::Instant {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(std::time::Instant::now)
-}
-
-fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
 }
 
 impl Pool {
@@ -59,13 +49,15 @@ impl Pool {
                 .map(|_| Mutex::new(Slot::Empty))
                 .collect(),
             next: AtomicUsize::new(0),
-            last_used: AtomicU64::new(now_ms()),
+            last_used: AtomicU64::new(crate::sys::monotonic_ms()),
         }
     }
 
     /// How long no caller asked for a channel.
     pub fn idle_for(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.last_used.load(Ordering::Relaxed)))
+        Duration::from_millis(
+            crate::sys::monotonic_ms().saturating_sub(self.last_used.load(Ordering::Relaxed)),
+        )
     }
 
     pub fn address(&self) -> &str {
@@ -75,7 +67,8 @@ impl Pool {
     /// A live channel: the next slot's, another live one while that slot connects, or the
     /// slot's new connection if it is made before `deadline` (errcode 1002 otherwise).
     pub async fn get(&self, deadline: Deadline) -> Result<Arc<Channel>, CallError> {
-        self.last_used.store(now_ms(), Ordering::Relaxed);
+        self.last_used
+            .store(crate::sys::monotonic_ms(), Ordering::Relaxed);
         let i = crate::shard::slot_for(self.next.fetch_add(1, Ordering::Relaxed), self.slots.len());
         let connect = match self.live_or_connect(i) {
             Ok(c) => return Ok(c),
