@@ -22,7 +22,7 @@ use sockmesh::config::Config;
 use sockmesh::filter::FilterShared;
 use sockmesh::protocol::motan2::{Frame, Motan2Codec};
 use sockmesh::proxy::mesh::{ClientHandler, Mesh, MeshHandle, MeshOptions, ServerHandler};
-use sockmesh::proxy::serve::{ConnectionLimits, ServeStats, accept_loop};
+use sockmesh::proxy::serve::{AcceptGate, ConnectionLimits, ServeStats, accept_loop};
 use sockmesh::upstream::channel::Transport;
 use tokio_util::codec::{Decoder, Framed};
 use tokio_util::sync::CancellationToken;
@@ -151,6 +151,7 @@ fn start_agent(rt: &tokio::runtime::Runtime, provider: SocketAddr) -> (SocketAdd
         tokio::spawn(accept_loop(
             "agent",
             listen(agent_l),
+            AcceptGate::new(&ConnectionLimits::default().budget),
             Arc::new(ClientHandler(mesh.clone())),
             ConnectionLimits::default(),
             Arc::new(ServeStats::default()),
@@ -160,6 +161,7 @@ fn start_agent(rt: &tokio::runtime::Runtime, provider: SocketAddr) -> (SocketAdd
         tokio::spawn(accept_loop(
             "export",
             listen(export_l),
+            AcceptGate::new(&ConnectionLimits::default().budget),
             Arc::new(ServerHandler {
                 mesh: mesh.clone(),
                 port: export.port(),

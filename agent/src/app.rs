@@ -25,7 +25,8 @@ use crate::proxy::budget::Budget;
 use crate::proxy::http_proxy::HttpProxyServer;
 use crate::proxy::mesh::{ClientHandler, MeshHandle, ServerHandler};
 use crate::proxy::serve::{
-    Accept, AcceptProgress, AgentPeer, ConnectionLimits, Handler, Inbound, ServeStats, accept_loop,
+    Accept, AcceptGate, AcceptProgress, AgentPeer, ConnectionLimits, Handler, Inbound, ServeStats,
+    accept_loop,
 };
 use crate::proxy::transparent::{Stats, TransparentProxy};
 
@@ -77,6 +78,16 @@ fn kernel_selftest(allow_sockmap: bool) -> (Option<SelfTest>, Mode) {
     }
 }
 
+/// A data-plane listener: one socket per shard (`net::listen_group`), non-blocking.
+fn bind_group(name: &str, addr: std::net::SocketAddrV4) -> Result<Vec<std::net::TcpListener>> {
+    let group = crate::net::listen_group(addr.into(), crate::shard::count())
+        .with_context(|| format!("binding the {name} listener on {addr}"))?;
+    for l in &group {
+        l.set_nonblocking(true)?;
+    }
+    Ok(group)
+}
+
 async fn bind(name: &str, addr: std::net::SocketAddrV4) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -126,11 +137,11 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             "agent socket",
             "motan-agent.unixSock",
         )?),
-        None => AgentListener::Tcp(bind("agent", config.agent_addr()).await?),
+        None => AgentListener::Tcp(bind_group("agent", config.agent_addr())?),
     };
     let mut exports = Vec::new();
     for port in &export_ports {
-        exports.push((*port, bind("export", config.export_addr(*port)).await?));
+        exports.push((*port, bind_group("export", config.export_addr(*port))?));
     }
     // The transparent listeners (IPv4 and IPv6) listen from here on, so their addresses are the
     // agent's; the kernel programs redirect to them only once they carry the agent's mark
@@ -233,7 +244,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     match agent {
         AgentListener::Tcp(l) => {
             listeners.push(("agent".to_string(), config.agent_addr().to_string()));
-            loops.spawn("agent", l, client, agent_stats.clone(), ());
+            loops.spawn_group("agent", l, client, agent_stats.clone());
         }
         AgentListener::Unix((l, file)) => {
             listeners.push(("agent".to_string(), format!("unix://{}", file.path().display())));
@@ -247,7 +258,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             mesh: mesh.clone(),
             port,
         });
-        loops.spawn("export", l, handler, export_stats.clone(), ());
+        loops.spawn_group("export", l, handler, export_stats.clone());
     }
 
     // Listeners are bound first: a refer may point at this agent's own export port.
@@ -269,15 +280,22 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     let mut accept_progress = Vec::new();
     for l in transparent {
         listeners.push(("transparent".to_string(), l.addr().to_string()));
-        let progress = Arc::new(AcceptProgress::default());
-        accept_progress.push(progress.clone());
-        tasks.spawn(proxy.clone().run_watched(
-            l.ready()?,
-            Some(progress),
-            shutdown.clone(),
-            tasks.clone(),
-            sockets(&config),
-        ));
+        // One socket per shard, each accepted on its shard, sharing the listener's cap.
+        let gate = AcceptGate::new(&budget);
+        for (k, socket) in l.ready()?.into_iter().enumerate() {
+            let progress = Arc::new(AcceptProgress::default());
+            accept_progress.push(progress.clone());
+            let gate = gate.sibling().watched_by(Some(progress));
+            let (proxy, shutdown, t, sockets) =
+                (proxy.clone(), shutdown.clone(), tasks.clone(), sockets(&config));
+            let serving = async move {
+                match TcpListener::from_std(socket) {
+                    Ok(l) => proxy.run_watched(l, gate, shutdown, t, sockets).await,
+                    Err(e) => tracing::error!("a transparent listener is not served on shard {k}: {e}"),
+                }
+            };
+            crate::shard::spawn_on(k, tasks.track_future(serving));
+        }
     }
     // Stuck-agent fail-open: a task on the runtime that serves every listener keeps the
     // heartbeat fresh while the transparent listeners keep up; a stopped or stalled runtime, or
@@ -554,6 +572,7 @@ impl AcceptLoops {
         let serving = accept_loop(
             name,
             listener,
+            AcceptGate::new(&self.limits.budget),
             handler,
             self.limits.clone(),
             stats,
@@ -565,11 +584,40 @@ impl AcceptLoops {
             drop(keep);
         });
     }
+
+    /// The accept loops of a listener group (`bind_group`), one on each shard, sharing the
+    /// listener's connection cap.
+    fn spawn_group<H: Handler>(
+        &self,
+        name: &'static str,
+        group: Vec<std::net::TcpListener>,
+        handler: Arc<H>,
+        stats: Arc<ServeStats>,
+    ) {
+        let gate = AcceptGate::new(&self.limits.budget);
+        for (k, l) in group.into_iter().enumerate() {
+            let (gate, handler, limits, stats) = (
+                gate.sibling(),
+                handler.clone(),
+                self.limits.clone(),
+                stats.clone(),
+            );
+            let (shutdown, tasks) = (self.shutdown.clone(), self.tasks.clone());
+            // Registered with the reactor of the shard that accepts on it.
+            let serving = async move {
+                match TcpListener::from_std(l) {
+                    Ok(l) => accept_loop(name, l, gate, handler, limits, stats, shutdown, tasks).await,
+                    Err(e) => tracing::error!("the {name} listener is not served on shard {k}: {e}"),
+                }
+            };
+            crate::shard::spawn_on(k, self.tasks.track_future(serving));
+        }
+    }
 }
 
 /// The agent port: TCP, or motan-go's `unixSock` instead.
 enum AgentListener {
-    Tcp(TcpListener),
+    Tcp(Vec<std::net::TcpListener>),
     Unix((tokio::net::UnixListener, crate::unix_socket::SocketFile)),
 }
 

@@ -68,18 +68,19 @@ impl SocketFactory {
     }
 
     /// A transparent listener at `addr`, made in the factory's namespace like its upstream
-    /// sockets; it gets the factory's mark when it is ready to serve.
+    /// sockets; it gets the factory's mark when it is ready to serve. On the host, with
+    /// data-plane shards, it is a group of one socket per shard ([`listen_group`]).
     pub async fn bind_listener(&self, addr: SocketAddr) -> Result<TransparentListener> {
-        let socket = match &self.netns {
-            Some(ns) => ns.socket(Domain::for_address(addr)).await?,
-            None => Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?,
+        let bound = match &self.netns {
+            Some(ns) => listen_at(ns.socket(Domain::for_address(addr)).await?, addr).map(|l| vec![l]),
+            None => listen_group(addr, crate::shard::count()),
         };
-        let listener = listen_at(socket, addr).map_err(|e| {
+        let listeners = bound.map_err(|e| {
             anyhow::Error::new(e).context(format!("binding the transparent listener on {addr}"))
         })?;
-        let addr = listener.local_addr()?;
+        let addr = listeners[0].local_addr()?;
         Ok(TransparentListener {
-            listener,
+            listeners,
             addr,
             mark: self.mark,
         })
@@ -140,7 +141,8 @@ impl SocketFactory {
 /// (fail-open) instead of waiting in a backlog.
 #[derive(Debug)]
 pub struct TransparentListener {
-    listener: std::net::TcpListener,
+    /// One socket, or one per data-plane shard.
+    listeners: Vec<std::net::TcpListener>,
     addr: SocketAddr,
     mark: u32,
 }
@@ -152,16 +154,20 @@ impl TransparentListener {
 
     /// Put the agent's mark on it: from now on the connect hook redirects here (and the
     /// sockets accepted from it inherit the mark, which is what lets them read original
-    /// destinations).
-    pub fn ready(self) -> Result<tokio::net::TcpListener> {
-        let socket = Socket::from(self.listener);
-        if self.mark != 0 {
-            socket
-                .set_mark(self.mark)
-                .with_context(|| format!("setting SO_MARK on the listener {}", self.addr))?;
+    /// destinations). Non-blocking, for the runtime (or shard) that serves each.
+    pub fn ready(self) -> Result<Vec<std::net::TcpListener>> {
+        let mut out = Vec::with_capacity(self.listeners.len());
+        for l in self.listeners {
+            let socket = Socket::from(l);
+            if self.mark != 0 {
+                socket
+                    .set_mark(self.mark)
+                    .with_context(|| format!("setting SO_MARK on the listener {}", self.addr))?;
+            }
+            socket.set_nonblocking(true)?;
+            out.push(socket.into());
         }
-        socket.set_nonblocking(true)?;
-        Ok(tokio::net::TcpListener::from_std(socket.into())?)
+        Ok(out)
     }
 }
 
@@ -189,6 +195,41 @@ fn listen_at(socket: Socket, addr: SocketAddr) -> io::Result<std::net::TcpListen
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// A listening address served by `n` data-plane shards: `n` sockets with SO_REUSEPORT, one per
+/// shard, and the kernel spreads new connections over them by their 4-tuple hash, so each
+/// shard accepts what it serves (no hand-over between threads per connection). With `n` ≤ 1,
+/// one socket ([`listen_at`]).
+///
+/// SO_REUSEPORT lets another socket of the same user join the group, so the address is first
+/// bound without it: if anything listens there (a second daemon, whichever user), that bind
+/// fails with "Address already in use" as a plain listener's would. Only sockets of the same
+/// user can join a group afterwards (the kernel checks), and the daemon's user is root.
+pub fn listen_group(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let socket = || Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP));
+    if n <= 1 {
+        return Ok(vec![listen_at(socket()?, addr)?]);
+    }
+    let at = {
+        let probe = socket()?;
+        probe.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            probe.set_only_v6(true)?;
+        }
+        probe.bind(&addr.into())?;
+        probe
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("bound socket without an address"))?
+    };
+    (0..n)
+        .map(|_| {
+            let s = socket()?;
+            s.set_reuse_port(true)?;
+            listen_at(s, at)
+        })
+        .collect()
 }
 
 /// Creates TCP sockets inside one network namespace, from a thread that lives there (a socket
@@ -246,13 +287,49 @@ mod tests {
         // Listening already: nobody else can listen there, even with SO_REUSEADDR.
         assert!(std::net::TcpListener::bind(at).is_err());
         let early = tokio::net::TcpStream::connect(at).await.unwrap();
-        let l = l.ready().unwrap();
+        let mut l = l.ready().unwrap();
+        assert_eq!(l.len(), 1);
+        let l = tokio::net::TcpListener::from_std(l.remove(0)).unwrap();
         let (a, _) = l.accept().await.unwrap();
         assert_eq!(a.peer_addr().unwrap(), early.local_addr().unwrap());
         match f.bind_listener("[::1]:0".parse().unwrap()).await {
             Ok(l6) => assert!(l6.addr().is_ipv6()),
             Err(e) => assert!(ipv6_unavailable(&e), "{e:#}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_listener_group_spreads_connections_and_keeps_its_address() {
+        let group = listen_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        assert_eq!(group.len(), 2);
+        let at = group[0].local_addr().unwrap();
+        assert_ne!(at.port(), 0);
+        assert_eq!(group[1].local_addr().unwrap(), at);
+        // Nobody else listens there: neither a plain listener nor a second group (whose probe
+        // binds without SO_REUSEPORT).
+        assert!(std::net::TcpListener::bind(at).is_err());
+        let err = listen_group(at, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        // The kernel spreads connections over both sockets.
+        let group: Vec<_> = group
+            .into_iter()
+            .map(|l| {
+                l.set_nonblocking(true).unwrap();
+                tokio::net::TcpListener::from_std(l).unwrap()
+            })
+            .collect();
+        let mut clients = Vec::new();
+        for _ in 0..64 {
+            clients.push(tokio::net::TcpStream::connect(at).await.unwrap());
+        }
+        let mut taken = [0; 2];
+        for (i, l) in group.iter().enumerate() {
+            while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(50), l.accept()).await {
+                taken[i] += 1;
+            }
+        }
+        assert_eq!(taken[0] + taken[1], 64, "{taken:?}");
+        assert!(taken[0] > 0 && taken[1] > 0, "all on one socket: {taken:?}");
     }
 
     #[tokio::test]

@@ -5,8 +5,12 @@
 //! task runs on one worker, the upstream channel's reader and writer tasks on others, and each
 //! hand-over is a cross-thread wake-up (a futex, a context switch on a 2-core machine). On a
 //! shard, the connection, the upstream channels it uses and their tasks share one thread, so a
-//! request is woken where it runs. Accept loops, the admin API, discovery and everything else
-//! stay on the main runtime; an accepted connection is handed to the shards round-robin.
+//! request is woken where it runs. The TCP listeners of the data plane (agent port, export
+//! ports, the host's transparent listeners) are groups of one SO_REUSEPORT socket per shard
+//! (`net::listen_group`), each accepted on its shard, so a new connection starts where it is
+//! served. Other listeners (the agent's Unix socket, transparent listeners in other network
+//! namespaces) accept on the main runtime and hand connections to the shards round-robin. The
+//! admin API, discovery and everything else stay on the main runtime.
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -169,7 +173,9 @@ where
     F: FnOnce(C) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Some(s) = SHARDS.get() else {
+    // Accepted on a shard (its own listener of a group, `net::listen_group`): served there.
+    let on_shard = CURRENT.with(|c| c.get()).is_some();
+    let Some(s) = SHARDS.get().filter(|_| !on_shard) else {
         tasks.spawn(serve(conn));
         return;
     };
@@ -187,6 +193,14 @@ where
             Err(e) => tracing::debug!("connection dropped: a shard cannot take it: {e}"),
         }
     }));
+}
+
+/// Run `fut` on shard `k` (of [`count`]); on the current runtime when no shards run.
+pub fn spawn_on<F>(k: usize, fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    spawn_for_slot(k, fut)
 }
 
 /// How many slots a pool of `size` channels has: at least one per shard, so that every shard

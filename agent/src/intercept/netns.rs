@@ -140,7 +140,12 @@ impl NamespaceWatcher {
         let sockets = self.sockets.in_namespace(ns);
         let mut listeners = Vec::new();
         for l in sockets.bind_listeners(&self.listen).await? {
-            listeners.push((l.addr(), l.ready()?));
+            // Made in the namespace, so one socket (no shard group): accepted on the main
+            // runtime, connections handed to the shards.
+            let addr = l.addr();
+            for socket in l.ready()? {
+                listeners.push((addr, TcpListener::from_std(socket)?));
+            }
         }
         Ok((sockets, listeners))
     }

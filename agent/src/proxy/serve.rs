@@ -174,11 +174,13 @@ impl ServeStats {
     }
 }
 
-/// Accept on `listener` until `shutdown`, serving each connection on a task tracked by `tasks`
-/// (on a data-plane shard when they run).
+/// Accept on `listener` through `gate` until `shutdown`, serving each connection on a task
+/// tracked by `tasks` (on a data-plane shard when they run).
+#[allow(clippy::too_many_arguments)]
 pub async fn accept_loop<H: Handler, L>(
     name: &'static str,
     listener: L,
+    mut gate: AcceptGate,
     handler: Arc<H>,
     limits: ConnectionLimits,
     stats: Arc<ServeStats>,
@@ -189,7 +191,6 @@ pub async fn accept_loop<H: Handler, L>(
     L::Conn: Inbound + crate::shard::Rehome,
     L::Addr: AgentPeer,
 {
-    let mut gate = AcceptGate::new(&limits.budget);
     while let Some((conn, peer, slot)) = next_connection(name, &listener, &mut gate, &shutdown).await {
         let peer = peer.agent_peer();
         let h = handler.clone();
@@ -347,6 +348,16 @@ impl AcceptGate {
         }
     }
 
+    /// A gate for another socket of the same listener group (`net::listen_group`): the same
+    /// connection cap, a backoff of its own, and no progress report until `watched_by`.
+    pub fn sibling(&self) -> AcceptGate {
+        AcceptGate {
+            slots: self.slots.clone(),
+            backoff: AcceptBackoff::default(),
+            progress: None,
+        }
+    }
+
     /// Report whether this listener keeps up into `progress`.
     pub fn watched_by(mut self, progress: Option<Arc<AcceptProgress>>) -> AcceptGate {
         self.progress = progress;
@@ -402,19 +413,19 @@ pub async fn next_connection<L: Accept>(
     gate: &mut AcceptGate,
     shutdown: &CancellationToken,
 ) -> Option<(L::Conn, L::Addr, OwnedSemaphorePermit)> {
-    // At the connection cap the listener stops accepting: the kernel's backlog holds the rest.
-    let slot = match gate.slots.clone().try_acquire_owned() {
-        Ok(s) => s,
-        Err(_) => {
+    let progress = gate.progress.clone();
+    loop {
+        // At the connection cap the listener stops accepting: the kernel's backlog holds the
+        // rest. It waits for a slot to come free without taking it: the sockets of a listener
+        // group share the cap, and a slot held by one waiting for a connection would keep
+        // the others from accepting.
+        if gate.slots.available_permits() == 0 {
             gate.behind(true);
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                s = gate.slots.clone().acquire_owned() => s.ok()?,
+                s = gate.slots.acquire() => drop(s.ok()?),
             }
         }
-    };
-    let progress = gate.progress.clone();
-    loop {
         // An accept that would wait found the backlog empty: the listener has caught up.
         let accept = std::future::poll_fn(|cx| {
             let r = Accept::poll_accept(listener, cx);
@@ -425,16 +436,30 @@ pub async fn next_connection<L: Accept>(
             }
             r
         });
-        tokio::select! {
+        let (conn, peer) = tokio::select! {
             _ = shutdown.cancelled() => return None,
             r = accept => match r {
-                Ok((conn, peer)) => return Some((conn, peer, slot)),
+                Ok(accepted) => accepted,
                 Err(e) => {
                     gate.behind(true);
-                    gate.backoff.failed(name, &e).await
+                    gate.backoff.failed(name, &e).await;
+                    continue;
                 }
             },
-        }
+        };
+        // Another socket of the group may have taken the last slot since: this connection
+        // waits for one, and the listener counts as behind meanwhile.
+        let slot = match gate.slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                gate.behind(true);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    s = gate.slots.clone().acquire_owned() => s.ok()?,
+                }
+            }
+        };
+        return Some((conn, peer, slot));
     }
 }
 
@@ -949,6 +974,7 @@ mod tests {
         tokio::spawn(accept_loop(
             "test",
             listener,
+            AcceptGate::new(&limits.budget),
             Arc::new(Echo),
             limits,
             Arc::default(),
@@ -987,6 +1013,47 @@ mod tests {
             "closed {after:?} after its last answer"
         );
         shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn sockets_of_a_group_share_the_cap_and_an_idle_one_holds_no_slot() {
+        let budget = Budget::new(LimitsSection {
+            listener_connections: 1,
+            ..Default::default()
+        });
+        let mut a = AcceptGate::new(&budget);
+        let mut b = a.sibling();
+        let la = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let lb = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (at_a, at_b) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        // A waits for a connection that does not come: B still accepts, within the cap.
+        let sd = shutdown.clone();
+        let waiting_a = tokio::spawn(async move {
+            let got = next_connection("a", &la, &mut a, &sd)
+                .await
+                .map(|(c, _, s)| (c, s));
+            (got, la, a)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _cb = TcpStream::connect(at_b).await.unwrap();
+        let (_, _, slot_b) = tokio::time::timeout(
+            Duration::from_secs(2),
+            next_connection("b", &lb, &mut b, &shutdown),
+        )
+        .await
+        .expect("an idle sibling held the only slot")
+        .unwrap();
+        // The cap is shared: A's connection waits until B's slot comes back.
+        let _ca = TcpStream::connect(at_a).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting_a.is_finished(), "accepted beyond listener_connections");
+        drop(slot_b);
+        let (got, _la, _a) = tokio::time::timeout(Duration::from_secs(2), waiting_a)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got.is_some());
     }
 
     #[tokio::test]

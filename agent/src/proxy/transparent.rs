@@ -28,9 +28,7 @@ use crate::protocol::motan2::codec::frame_len;
 use crate::protocol::motan2::{DecodeLimits, Motan2Codec};
 use crate::proxy::budget::Budget;
 use crate::proxy::mesh::{ClientHandler, MeshHandle};
-use crate::proxy::serve::{
-    AcceptGate, AcceptProgress, ConnectionLimits, ServeStats, next_connection, serve_connection,
-};
+use crate::proxy::serve::{AcceptGate, ConnectionLimits, ServeStats, next_connection, serve_connection};
 use crate::sys;
 
 #[derive(Default, Debug)]
@@ -102,20 +100,21 @@ impl TransparentProxy {
         tasks: TaskTracker,
         sockets: SocketFactory,
     ) {
-        self.run_watched(listener, None, shutdown, tasks, sockets).await
+        let gate = AcceptGate::new(&self.budget);
+        self.run_watched(listener, gate, shutdown, tasks, sockets).await
     }
 
-    /// [`TransparentProxy::run`], reporting into `progress` whether the listener keeps up.
+    /// [`TransparentProxy::run`] through `gate` (a socket of a listener group shares its
+    /// group's connection cap; the gate reports whether the listener keeps up).
     pub async fn run_watched(
         self: Arc<Self>,
         listener: TcpListener,
-        progress: Option<Arc<AcceptProgress>>,
+        mut gate: AcceptGate,
         shutdown: CancellationToken,
         tasks: TaskTracker,
         sockets: SocketFactory,
     ) {
         let local = listener.local_addr().ok();
-        let mut gate = AcceptGate::new(&self.budget).watched_by(progress);
         while let Some((conn, peer, slot)) =
             next_connection("transparent", &listener, &mut gate, &shutdown).await
         {
