@@ -459,6 +459,70 @@ fn stopped_agent_fails_open_within_the_liveness_timeout() {
     );
 }
 
+/// Stuck-agent fail-open for one stalled data-plane shard: the rest of the agent runs (the
+/// heartbeat task, the other shards), but connections the stalled shard accepts or was handed
+/// would wait, so the heartbeat pauses and apps connect directly; once the shard runs again
+/// they are intercepted again.
+#[test]
+fn a_stalled_shard_fails_open_within_the_liveness_timeout() {
+    if !privileged("a_stalled_shard_fails_open_within_the_liveness_timeout") {
+        return;
+    }
+    let _g = serial();
+    let echo = EchoServer::start("127.0.0.8:0", None);
+    let d = Daemon::launch_admin(
+        "shardstall",
+        Ports::pick(),
+        "",
+        "",
+        "",
+        "    liveness_timeout_ms: 500\n",
+    );
+    let (cg, rel) = test_cgroup("smt-shardstall");
+    d.enable(&rel, "ebpf-connect");
+    assert_eq!(client(Some(cg.path()), echo.addr, 65536, "blocking")["ok"], true);
+    assert_eq!(d.counters(&rel), (1, 0, 0));
+    let stalled = |d: &Daemon| {
+        d.intercept_status()["cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cgroup"] == rel)
+            .unwrap()["fail_open_stalled"]
+            .as_u64()
+            .unwrap()
+    };
+    {
+        let _stall = d.stall_thread("sm-shard-0");
+        let at = std::time::Instant::now();
+        d.wait_log("a data-plane shard has not run", 1);
+        let noticed = at.elapsed();
+        assert!(
+            noticed < std::time::Duration::from_millis(2000),
+            "the stall was noticed after {noticed:?}"
+        );
+        // The last heartbeat ages past the liveness timeout (500 ms).
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let r = client(Some(cg.path()), echo.addr, 65536, "blocking");
+        assert_eq!(r["ok"], true, "a stalled shard must not hold the app: {r}");
+        assert_eq!(r["peer"], echo.addr.to_string(), "{r}");
+        assert_eq!(
+            d.counters(&rel),
+            (1, 0, 1),
+            "not sent direct while a shard is stalled"
+        );
+        assert_eq!(stalled(&d), 1);
+    }
+    d.wait_log("the data-plane shards run again", 1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(client(Some(cg.path()), echo.addr, 65536, "blocking")["ok"], true);
+    assert_eq!(
+        d.counters(&rel),
+        (2, 0, 1),
+        "not intercepted once the shard runs again"
+    );
+}
+
 /// Stuck-agent fail-open for an agent that runs but cannot accept: at the transparent
 /// listener's connection cap (`sockmesh.limits.listener_connections`) the heartbeat pauses, new
 /// connections go direct instead of waiting in the backlog, and once the listener accepts again

@@ -45,7 +45,8 @@ thread_local! {
     static CURRENT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
-/// Start `n` shards on threads `sockmesh-shard-K` (once per process; `n` = 0 starts none).
+/// Start `n` shards on threads `sm-shard-K` (once per process; `n` = 0 starts none). The name
+/// fits the kernel's 15 characters, so `top -H` and /proc tell the shards apart.
 pub fn start(n: usize) -> std::io::Result<()> {
     if n == 0 || SHARDS.get().is_some() {
         return Ok(());
@@ -58,7 +59,7 @@ pub fn start(n: usize) -> std::io::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
-            .thread_name(format!("sockmesh-shard-{k}"))
+            .thread_name(format!("sm-shard-{k}"))
             .build()?;
         shards.push(Shard {
             handle: rt.handle().clone(),
@@ -67,7 +68,7 @@ pub fn start(n: usize) -> std::io::Result<()> {
         let stop = stop.clone();
         threads.push(
             std::thread::Builder::new()
-                .name(format!("sockmesh-shard-{k}"))
+                .name(format!("sm-shard-{k}"))
                 .spawn(move || {
                     CURRENT.with(|c| c.set(Some(k)));
                     rt.block_on(async {

@@ -255,6 +255,46 @@ impl Daemon {
         Stopped(self)
     }
 
+    /// Stop one thread of the daemon, found by its name (e.g. `sm-shard-0`), while the others
+    /// run on: PTRACE_SEIZE then PTRACE_INTERRUPT stop that thread alone (a signal would stop
+    /// the whole process). Dropping the guard detaches, which resumes it; it must be dropped on
+    /// the thread that made it (the tracer is a thread).
+    pub fn stall_thread(&self, name: &str) -> StalledThread<'_> {
+        let tasks = format!("/proc/{}/task", self.pid());
+        let tid: libc::pid_t = std::fs::read_dir(&tasks)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name))
+            .unwrap_or_else(|| panic!("no thread {name} in {tasks}"))
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .unwrap();
+        // SAFETY: ptrace and waitpid on a thread of a process this test started.
+        unsafe {
+            let seized = libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0);
+            assert_eq!(
+                seized,
+                0,
+                "PTRACE_SEIZE {name} ({tid}): {}",
+                std::io::Error::last_os_error()
+            );
+            let stall = StalledThread { tid, _daemon: self };
+            let interrupted = libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0);
+            assert_eq!(
+                interrupted,
+                0,
+                "PTRACE_INTERRUPT {name}: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut status = 0;
+            let waited = libc::waitpid(tid, &mut status, libc::__WALL);
+            assert_eq!(waited, tid, "waitpid {name}: {}", std::io::Error::last_os_error());
+            assert!(libc::WIFSTOPPED(status), "{name} not stopped: status {status:#x}");
+            stall
+        }
+    }
+
     /// Send SIGHUP to the daemon (we started it).
     pub fn sighup(&self) {
         self.child
@@ -405,6 +445,21 @@ impl Drop for Stopped<'_> {
     fn drop(&mut self) {
         if let Some(c) = &self.0.child {
             let _ = c.signal(libc::SIGCONT);
+        }
+    }
+}
+
+/// A thread of the daemon stopped by [`Daemon::stall_thread`]; dropping it resumes the thread.
+pub struct StalledThread<'a> {
+    tid: libc::pid_t,
+    _daemon: &'a Daemon,
+}
+
+impl Drop for StalledThread<'_> {
+    fn drop(&mut self) {
+        // SAFETY: detaching the thread this test seized.
+        unsafe {
+            libc::ptrace(libc::PTRACE_DETACH, self.tid, 0, 0);
         }
     }
 }
