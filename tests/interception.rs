@@ -371,17 +371,7 @@ fn stopped_agent_fails_open_within_the_liveness_timeout() {
             .as_u64()
             .unwrap()
     };
-    let stalled = |d: &Daemon| {
-        let v = d.intercept_status();
-        v["cgroups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["cgroup"] == rel)
-            .unwrap_or_else(|| panic!("cgroup {rel} not in status {v}"))["fail_open_stalled"]
-            .as_u64()
-            .unwrap()
-    };
+    let stalled = |d: &Daemon| fail_open_stalled(d, &rel);
     assert_eq!(client(Some(cg.path()), echo.addr, 65536, "blocking")["ok"], true);
     assert_eq!(d.counters(&rel), (1, 0, 0));
     assert_eq!(accepted(&d), 1);
@@ -459,6 +449,19 @@ fn stopped_agent_fails_open_within_the_liveness_timeout() {
     );
 }
 
+/// The cgroup's `fail_open_stalled` count in `intercept status`.
+fn fail_open_stalled(d: &Daemon, rel: &str) -> u64 {
+    let v = d.intercept_status();
+    v["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup"] == rel)
+        .unwrap_or_else(|| panic!("cgroup {rel} not in status {v}"))["fail_open_stalled"]
+        .as_u64()
+        .unwrap()
+}
+
 /// Stuck-agent fail-open for one stalled data-plane shard: the rest of the agent runs (the
 /// heartbeat task, the other shards), but connections the stalled shard accepts or was handed
 /// would wait, so the heartbeat pauses and apps connect directly; once the shard runs again
@@ -482,16 +485,7 @@ fn a_stalled_shard_fails_open_within_the_liveness_timeout() {
     d.enable(&rel, "ebpf-connect");
     assert_eq!(client(Some(cg.path()), echo.addr, 65536, "blocking")["ok"], true);
     assert_eq!(d.counters(&rel), (1, 0, 0));
-    let stalled = |d: &Daemon| {
-        d.intercept_status()["cgroups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["cgroup"] == rel)
-            .unwrap()["fail_open_stalled"]
-            .as_u64()
-            .unwrap()
-    };
+    let stalled = |d: &Daemon| fail_open_stalled(d, &rel);
     {
         let _stall = d.stall_thread("sm-shard-0");
         let at = std::time::Instant::now();
