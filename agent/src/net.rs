@@ -205,7 +205,8 @@ fn listen_at(socket: Socket, addr: SocketAddr) -> io::Result<std::net::TcpListen
 /// SO_REUSEPORT lets another socket of the same user join the group, so the address is first
 /// bound without it: if anything listens there (a second daemon, whichever user), that bind
 /// fails with "Address already in use" as a plain listener's would. Only sockets of the same
-/// user can join a group afterwards (the kernel checks), and the daemon's user is root.
+/// user can join a group afterwards (the kernel checks), and one that does gets no connection
+/// ([`select_within`]).
 pub fn listen_group(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
     let socket = || Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP));
     if n <= 1 {
@@ -223,13 +224,56 @@ pub fn listen_group(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpL
             .as_socket()
             .ok_or_else(|| io::Error::other("bound socket without an address"))?
     };
-    (0..n)
+    let group = (0..n)
         .map(|_| {
             let s = socket()?;
             s.set_reuse_port(true)?;
             listen_at(s, at)
         })
-        .collect()
+        .collect::<io::Result<Vec<_>>>()?;
+    select_within(&group[0], n)?;
+    Ok(group)
+}
+
+/// Make the kernel pick one of the group's first `n` sockets (ours) for each new connection, at
+/// random: a classic BPF program on the group (SO_ATTACH_REUSEPORT_CBPF) that returns an index
+/// below `n`. Without it, a socket another process of the same user made with SO_REUSEPORT at
+/// the address would join the group and get its share of the connections; with it, such a
+/// socket is never chosen (while all of ours listen, which is until shutdown).
+fn select_within(member: &std::net::TcpListener, n: usize) -> io::Result<()> {
+    let ins = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut program = [
+        // A = a random u32; A %= n; return A (the index of the socket in the group).
+        ins(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32,
+        ),
+        ins(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, n as u32),
+        ins(libc::BPF_RET | libc::BPF_A, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: setsockopt on a socket we own, with a valid sock_fprog that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            member.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Creates TCP sockets inside one network namespace, from a thread that lives there (a socket
@@ -310,9 +354,15 @@ mod tests {
         assert!(std::net::TcpListener::bind(at).is_err());
         let err = listen_group(at, 2).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
-        // The kernel spreads connections over both sockets.
+        // A socket of the same user with SO_REUSEPORT can join the group, but it is never
+        // chosen: the group's program picks one of the first two.
+        let joined = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        joined.set_reuse_port(true).unwrap();
+        let joined = listen_at(joined, at).expect("same user, SO_REUSEPORT: joins");
+        // The kernel spreads connections over both of ours.
         let group: Vec<_> = group
             .into_iter()
+            .chain([joined])
             .map(|l| {
                 l.set_nonblocking(true).unwrap();
                 tokio::net::TcpListener::from_std(l).unwrap()
@@ -322,12 +372,13 @@ mod tests {
         for _ in 0..64 {
             clients.push(tokio::net::TcpStream::connect(at).await.unwrap());
         }
-        let mut taken = [0; 2];
+        let mut taken = [0; 3];
         for (i, l) in group.iter().enumerate() {
             while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(50), l.accept()).await {
                 taken[i] += 1;
             }
         }
+        assert_eq!(taken[2], 0, "the joined socket got connections: {taken:?}");
         assert_eq!(taken[0] + taken[1], 64, "{taken:?}");
         assert!(taken[0] > 0 && taken[1] > 0, "all on one socket: {taken:?}");
     }
