@@ -282,7 +282,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         listeners.push(("transparent".to_string(), l.addr().to_string()));
         // One socket per shard, each accepted on its shard, sharing the listener's cap.
         let gate = AcceptGate::new(&budget);
-        for (k, socket) in l.ready()?.into_iter().enumerate() {
+        let group = l.ready()?;
+        let n = group.len();
+        for (k, socket) in group.into_iter().enumerate() {
             let progress = Arc::new(AcceptProgress::default());
             accept_progress.push(progress.clone());
             let gate = gate.sibling().watched_by(Some(progress));
@@ -294,7 +296,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
                     Err(e) => tracing::error!("a transparent listener is not served on shard {k}: {e}"),
                 }
             };
-            crate::shard::spawn_on(k, tasks.track_future(serving));
+            crate::shard::spawn_accept(k, n, tasks.track_future(serving));
         }
     }
     // Stuck-agent fail-open: a task on the runtime that serves every listener keeps the
@@ -595,6 +597,7 @@ impl AcceptLoops {
         stats: Arc<ServeStats>,
     ) {
         let gate = AcceptGate::new(&self.limits.budget);
+        let n = group.len();
         for (k, l) in group.into_iter().enumerate() {
             let (gate, handler, limits, stats) = (
                 gate.sibling(),
@@ -610,7 +613,7 @@ impl AcceptLoops {
                     Err(e) => tracing::error!("the {name} listener is not served on shard {k}: {e}"),
                 }
             };
-            crate::shard::spawn_on(k, self.tasks.track_future(serving));
+            crate::shard::spawn_accept(k, n, self.tasks.track_future(serving));
         }
     }
 }

@@ -231,7 +231,15 @@ pub fn listen_group(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpL
             listen_at(s, at)
         })
         .collect::<io::Result<Vec<_>>>()?;
-    select_within(&group[0], n)?;
+    if let Err(e) = select_within(&group[0], n) {
+        // Without the program a socket that joined would get connections: one socket instead,
+        // whose accept loop hands connections to the shards.
+        tracing::warn!(
+            "{at}: cannot attach the reuseport program ({e}); one listening socket for all shards"
+        );
+        drop(group);
+        return Ok(vec![listen_at(socket()?, at)?]);
+    }
     Ok(group)
 }
 

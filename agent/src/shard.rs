@@ -196,12 +196,18 @@ where
     }));
 }
 
-/// Run `fut` on shard `k` (of [`count`]); on the current runtime when no shards run.
-pub fn spawn_on<F>(k: usize, fut: F)
+/// Run the accept loop `fut` of socket `k` of a listener group of `sockets` sockets
+/// (`net::listen_group`): on shard `k` when each shard has its socket, otherwise (one socket)
+/// on the current runtime, which hands each connection to a shard ([`serve`]).
+pub fn spawn_accept<F>(k: usize, sockets: usize, fut: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    spawn_for_slot(k, fut)
+    if sockets > 1 {
+        spawn_for_slot(k, fut)
+    } else {
+        tokio::spawn(fut);
+    }
 }
 
 /// How many slots a pool of `size` channels has: at least one per shard, so that every shard
