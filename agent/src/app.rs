@@ -282,22 +282,14 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         listeners.push(("transparent".to_string(), l.addr().to_string()));
         // One socket per shard, each accepted on its shard, sharing the listener's cap.
         let gate = AcceptGate::new(&budget);
-        let group = l.ready()?;
-        let n = group.len();
-        for (k, socket) in group.into_iter().enumerate() {
+        serve_group("transparent", l.ready()?, tasks, || {
             let progress = Arc::new(AcceptProgress::default());
             accept_progress.push(progress.clone());
             let gate = gate.sibling().watched_by(Some(progress));
             let (proxy, shutdown, t, sockets) =
                 (proxy.clone(), shutdown.clone(), tasks.clone(), sockets(&config));
-            let serving = async move {
-                match TcpListener::from_std(socket) {
-                    Ok(l) => proxy.run_watched(l, gate, shutdown, t, sockets).await,
-                    Err(e) => tracing::error!("a transparent listener is not served on shard {k}: {e}"),
-                }
-            };
-            crate::shard::spawn_accept(k, n, tasks.track_future(serving));
-        }
+            move |listener| proxy.run_watched(listener, gate, shutdown, t, sockets)
+        });
     }
     // Stuck-agent fail-open: a task on the runtime that serves every listener keeps the
     // heartbeat fresh while the transparent listeners keep up; a stopped or stalled runtime, or
@@ -597,8 +589,7 @@ impl AcceptLoops {
         stats: Arc<ServeStats>,
     ) {
         let gate = AcceptGate::new(&self.limits.budget);
-        let n = group.len();
-        for (k, l) in group.into_iter().enumerate() {
+        serve_group(name, group, &self.tasks, || {
             let (gate, handler, limits, stats) = (
                 gate.sibling(),
                 handler.clone(),
@@ -606,15 +597,35 @@ impl AcceptLoops {
                 stats.clone(),
             );
             let (shutdown, tasks) = (self.shutdown.clone(), self.tasks.clone());
-            // Registered with the reactor of the shard that accepts on it.
-            let serving = async move {
-                match TcpListener::from_std(l) {
-                    Ok(l) => accept_loop(name, l, gate, handler, limits, stats, shutdown, tasks).await,
-                    Err(e) => tracing::error!("the {name} listener is not served on shard {k}: {e}"),
-                }
-            };
-            crate::shard::spawn_accept(k, n, self.tasks.track_future(serving));
-        }
+            move |listener| accept_loop(name, listener, gate, handler, limits, stats, shutdown, tasks)
+        });
+    }
+}
+
+/// An accept loop for each socket of a listener group (`net::listen_group`), made by `make`
+/// and tracked by `tasks`: on its shard when each shard has a socket, on the current runtime
+/// when the group is one socket (`shard::spawn_accept`). The socket is registered with the
+/// reactor of the runtime that runs its loop.
+fn serve_group<F, G, Fut>(
+    name: &'static str,
+    group: Vec<std::net::TcpListener>,
+    tasks: &TaskTracker,
+    mut make: F,
+) where
+    F: FnMut() -> G,
+    G: FnOnce(TcpListener) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let n = group.len();
+    for (k, socket) in group.into_iter().enumerate() {
+        let serve = make();
+        let serving = async move {
+            match TcpListener::from_std(socket) {
+                Ok(l) => serve(l).await,
+                Err(e) => tracing::error!("a {name} listener socket is not served (shard {k}): {e}"),
+            }
+        };
+        crate::shard::spawn_accept(k, n, tasks.track_future(serving));
     }
 }
 

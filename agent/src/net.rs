@@ -188,13 +188,18 @@ pub fn ipv6_unavailable(e: &anyhow::Error) -> bool {
 /// it never lets two listening sockets share the address), IPV6_V6ONLY for IPv6 (IPv4-mapped
 /// connections belong to the IPv4 listener), bind, listen.
 fn listen_at(socket: Socket, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    bind_at(&socket, addr)?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// [`listen_at`] up to the bind.
+fn bind_at(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
+    socket.bind(&addr.into())
 }
 
 /// A listening address served by `n` data-plane shards: `n` sockets with SO_REUSEPORT, one per
@@ -214,11 +219,7 @@ pub fn listen_group(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpL
     }
     let at = {
         let probe = socket()?;
-        probe.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            probe.set_only_v6(true)?;
-        }
-        probe.bind(&addr.into())?;
+        bind_at(&probe, addr)?;
         probe
             .local_addr()?
             .as_socket()
