@@ -291,9 +291,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             move |listener| proxy.run_watched(listener, gate, shutdown, t, sockets)
         });
     }
-    // Stuck-agent fail-open: a task on the runtime that serves every listener keeps the
-    // heartbeat fresh while the transparent listeners keep up; a stopped or stalled runtime, or
-    // a listener that cannot accept, lets it go stale, and apps connect directly.
+    // Stuck-agent fail-open: a task on the main runtime keeps the heartbeat fresh while every
+    // data-plane shard runs and the transparent listeners keep up; a stopped process, a stalled
+    // runtime or shard, or a listener that cannot accept lets it go stale, and apps connect
+    // directly.
     if let Some(heartbeat) = interceptor.as_mut().and_then(|i| i.take_heartbeat()) {
         tasks.spawn(keep_heartbeat(heartbeat, accept_progress, shutdown.clone()));
     }
