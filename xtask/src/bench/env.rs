@@ -23,6 +23,8 @@ pub struct Env {
     bin: PathBuf,
     loadgen: PathBuf,
     provider_addr: String,
+    /// SKMSG_SERVICE's provider (the ebpf-sockmap-legs app dials it).
+    skmsg_provider_addr: String,
     /// The agent's control socket (interception is switched there).
     agent_control: PathBuf,
     /// The agent port (client role), for agent-explicit and agent-client.
@@ -64,14 +66,40 @@ const CLIENT_SERVICE: &str = "com.weibo.bench.ClientEchoService";
 /// (agent-two-hop-tcp), and the same with sk_msg on both local legs (agent-two-hop-skmsg).
 const TWO_HOP_TCP_SERVICE: &str = "com.weibo.bench.TwoHopTcpEchoService";
 const TWO_HOP_SKMSG_SERVICE: &str = "com.weibo.bench.TwoHopSkmsgEchoService";
+/// The echo service through both roles of the main agent (local short-cut) to a provider of its
+/// own, with `sockmesh.sockmap: true` on the export, so sk_msg carries the provider leg
+/// (agent-explicit-skmsg). Its export port and provider are its own: the kernel's list is by
+/// port, and the other modes' legs must stay TCP.
+const SKMSG_SERVICE: &str = "com.weibo.bench.SkmsgEchoService";
+/// The echo service through the client role alone to that provider, with `sockmesh.sockmap:
+/// true` on the refer (its direct endpoint is on loopback): ebpf-sockmap-legs, one hop with sk_msg
+/// on both local legs (app -> agent, agent -> provider).
+const SKMSG_CLIENT_SERVICE: &str = "com.weibo.bench.SkmsgClientEchoService";
 /// What sockmesh calls its default filter chain: an access-log line and metrics per call, on
 /// both roles.
 const DEFAULT_FILTERS: &str = "accessLog,metrics";
 
-fn mesh_sections(eport: u16, provider: &str) -> Result<String> {
+/// The bench mesh of an agent whose export port is `eport`; `skmsg` (the main agent only): the
+/// SKMSG_SERVICE export's own port and provider.
+fn mesh_sections(eport: u16, provider: &str, skmsg: Option<(u16, &str)>) -> Result<String> {
     let (host, port) = provider.rsplit_once(':').context("provider address")?;
+    let mut registries = String::new();
     let mut refers = String::new();
     let mut services = String::new();
+    if let Some((sk_eport, sk_provider)) = skmsg {
+        let (sk_host, sk_port) = sk_provider.rsplit_once(':').context("provider address")?;
+        registries += &format!(
+            "  self_skmsg:\n    protocol: direct\n    address: \"127.0.0.1:{sk_eport}\"\n\
+             \x20 provider_skmsg:\n    protocol: direct\n    address: \"{sk_provider}\"\n"
+        );
+        refers += &format!(
+            "  skmsg:\n    path: {SKMSG_SERVICE}\n    group: bench\n    registry: self_skmsg\n    requestTimeout: 5000\n\
+             \x20 skmsg_client:\n    path: {SKMSG_CLIENT_SERVICE}\n    group: bench\n    registry: provider_skmsg\n    requestTimeout: 5000\n    sockmesh.sockmap: true\n"
+        );
+        services += &format!(
+            "  skmsg:\n    path: {SKMSG_SERVICE}\n    group: bench\n    export: \"motan2:{sk_eport}\"\n    provider: motan2\n    proxy: \"motan2:{sk_port}\"\n    proxy.host: {sk_host}\n    requestTimeout: 5000\n    sockmesh.sockmap: true\n"
+        );
+    }
     for (id, path, filters) in [
         ("bench", SERVICE, ""),
         ("filtered", FILTERED_SERVICE, DEFAULT_FILTERS),
@@ -93,7 +121,7 @@ fn mesh_sections(eport: u16, provider: &str) -> Result<String> {
     );
     Ok(format!(
         "motan-registry:\n  self:\n    protocol: direct\n    address: \"127.0.0.1:{eport}\"\n\
-         \x20 provider:\n    protocol: direct\n    address: \"{provider}\"\n\
+         \x20 provider:\n    protocol: direct\n    address: \"{provider}\"\n{registries}\
          motan-refer:\n{refers}motan-service:\n{services}"
     ))
 }
@@ -109,7 +137,9 @@ pub fn start_env(
     let root = project_root();
     let bin = root.join("target/release/sockmesh");
     let loadgen = root.join("target/release/sockmesh-loadgen");
-    let ports = free_ports(22);
+    // 0 provider, 1-4 agent (agent port, eport, mport, transparent), 5 haproxy, 7-10 baseline,
+    // 11-17 legs, 18-21 shared, 22 the SKMSG_SERVICE export port, 23 its provider.
+    let ports = free_ports(24);
     // Declared before the processes, so that on an early return they go after them.
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-bench-{}", std::process::id()));
     let pins = PinDir::new(&bin, &pin_dir);
@@ -128,6 +158,14 @@ pub fn start_env(
     )?;
     let provider_addr = provider.ready()?;
     procs.push(provider);
+    let mut skmsg_provider = ChildProcess::spawn(
+        "the sk_msg provider leg's Motan2 provider (sockmesh-loadgen serve)",
+        Command::new(&loadgen)
+            .args(["serve", "--listen", &format!("127.0.0.11:{}", ports[23])])
+            .stdout(Stdio::piped()),
+    )?;
+    let skmsg_provider_addr = skmsg_provider.ready()?;
+    procs.push(skmsg_provider);
 
     let cfg = dir.join("agent.yaml");
     // The agent removes it when it stops, so nothing is left among the results.
@@ -145,7 +183,7 @@ pub fn start_env(
             ports[4],
             pin_dir.display(),
             chain.name(),
-            mesh_sections(ports[2], &provider_addr)?
+            mesh_sections(ports[2], &provider_addr, Some((ports[22], &skmsg_provider_addr)))?
         ),
     )?;
     let agent_log = dir.join("agent.log");
@@ -173,7 +211,7 @@ pub fn start_env(
                 ports[1],
                 ports[2],
                 ports[3],
-                mesh_sections(ports[1], &provider_addr)?
+                mesh_sections(ports[1], &provider_addr, None)?
             ),
         )?;
         let log = dir.join(format!("{name}.log"));
@@ -241,6 +279,7 @@ pub fn start_env(
         bin,
         loadgen,
         provider_addr,
+        skmsg_provider_addr,
         agent_control,
         agent_port_addr: format!("127.0.0.1:{}", ports[1]),
         export_port_addr: format!("127.0.0.1:{}", ports[2]),
@@ -337,18 +376,15 @@ impl Env {
         if self.legs.is_none() {
             return Ok(None);
         }
-        let out = Command::new(&self.bin)
-            .args(["intercept", "status", "--json", "--control"])
-            .arg(&self.legs_control)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "sockmesh intercept status (legs agent): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("intercept status")?;
-        Ok(Some(v["sockhash"].clone()))
+        sockhash(&self.bin, &self.legs_control, "legs agent").map(Some)
+    }
+
+    /// How many messages the main agent's sk_msg program has redirected so far.
+    fn msg_redirected(&self) -> Result<u64> {
+        let h = sockhash(&self.bin, &self.agent_control, "agent")?;
+        h["msg_redirected"]
+            .as_u64()
+            .with_context(|| format!("no msg_redirected in the agent's sockhash counters: {h}"))
     }
 
     fn cli(&self, args: &[&str]) -> Result<()> {
@@ -370,13 +406,20 @@ impl Env {
     /// Put the client cgroup into the mode's interception state.
     fn prepare(&self, mode: Mode) -> Result<()> {
         match mode {
-            Mode::Iptables | Mode::EbpfConnect | Mode::EbpfSockmap => self.cli(&[
+            Mode::Iptables
+            | Mode::EbpfConnect
+            | Mode::EbpfSockmap
+            | Mode::EbpfSockmapClient
+            | Mode::EbpfSockmapLegs => self.cli(&[
                 "intercept",
                 "enable",
                 "--cgroup",
                 self.cgroup.rel(),
                 "--mode",
-                mode.name(),
+                match mode {
+                    Mode::EbpfSockmapClient | Mode::EbpfSockmapLegs => Mode::EbpfSockmap.name(),
+                    m => m.name(),
+                },
             ]),
             _ => {
                 let _ = self.cli(&["intercept", "disable", "--all"]);
@@ -388,13 +431,14 @@ impl Env {
     pub fn target(&self, mode: Mode) -> Option<String> {
         match mode {
             Mode::Haproxy => Some(self.haproxy_addr.clone()),
-            Mode::AgentExplicit | Mode::AgentFilters | Mode::AgentClient => {
+            Mode::AgentExplicit | Mode::AgentExplicitSkmsg | Mode::AgentFilters | Mode::AgentClient => {
                 Some(self.agent_port_addr.clone())
             }
             Mode::AgentServer => Some(self.export_port_addr.clone()),
             Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.0.clone()),
             Mode::AgentClientShared => self.shared.as_ref().map(|b| b.0.clone()),
             Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => self.legs.as_ref().map(|l| l.0.clone()),
+            Mode::EbpfSockmapLegs => Some(self.skmsg_provider_addr.clone()),
             _ => Some(self.provider_addr.clone()),
         }
     }
@@ -414,6 +458,12 @@ impl Env {
         let target = self.target(mode).context("mode unavailable")?;
         self.prepare(mode)?;
         let pid = self.proxy_pid(mode);
+        // agent-explicit-skmsg has no intercepted app leg: whatever sk_msg redirects during its
+        // run is the provider leg's traffic, the proof that it took the sk_msg path.
+        let redirected_before = match mode {
+            Mode::AgentExplicitSkmsg => Some(self.msg_redirected()?),
+            _ => None,
+        };
         let before = pid.map(proc_cpu_rss).unwrap_or_default();
         let mut cmd = Command::new(&self.loadgen);
         cmd.args(["run", "--target", &target, "--conns", &case.conns.to_string()])
@@ -421,9 +471,11 @@ impl Env {
                 "--service",
                 match mode {
                     Mode::AgentFilters => FILTERED_SERVICE,
-                    Mode::AgentClient | Mode::AgentClientShared => CLIENT_SERVICE,
+                    Mode::AgentClient | Mode::AgentClientShared | Mode::EbpfSockmapClient => CLIENT_SERVICE,
                     Mode::AgentTwoHopTcp => TWO_HOP_TCP_SERVICE,
                     Mode::AgentTwoHopSkmsg => TWO_HOP_SKMSG_SERVICE,
+                    Mode::AgentExplicitSkmsg => SKMSG_SERVICE,
+                    Mode::EbpfSockmapLegs => SKMSG_CLIENT_SERVICE,
                     _ => SERVICE,
                 },
             ])
@@ -464,6 +516,15 @@ impl Env {
             );
         }
         let after = pid.map(proc_cpu_rss).unwrap_or_default();
+        if let Some(b) = redirected_before {
+            let a = self.msg_redirected()?;
+            if a <= b {
+                bail!(
+                    "mode {} ran but sk_msg redirected nothing on its provider leg (msg_redirected stayed {b}); is sockmesh.sockmap on its export in effect?",
+                    mode.name()
+                );
+            }
+        }
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("loadgen output")?;
         Ok(Run {
             mode,
@@ -530,4 +591,20 @@ impl PerfStat {
         }
         (seen == 3).then_some(c)
     }
+}
+
+/// An agent's sockhash counters (`sockmesh intercept status --json` on its control socket).
+fn sockhash(bin: &Path, control: &Path, who: &str) -> Result<serde_json::Value> {
+    let out = Command::new(bin)
+        .args(["intercept", "status", "--json", "--control"])
+        .arg(control)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "sockmesh intercept status ({who}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("intercept status")?;
+    Ok(v["sockhash"].clone())
 }

@@ -48,6 +48,15 @@ pub enum Mode {
     /// The same two hops with `sockmesh.sockmap: true` on the export: both local legs (agent ->
     /// export port, export -> provider) short-circuited by sk_msg.
     AgentTwoHopSkmsg,
+    /// agent-explicit (local short-cut) to a service whose export has `sockmesh.sockmap: true`:
+    /// the provider leg (agent -> provider) is short-circuited by sk_msg.
+    AgentExplicitSkmsg,
+    /// ebpf-sockmap through the client role alone (one hop: intercepted app -> agent ->
+    /// provider over TCP).
+    EbpfSockmapClient,
+    /// ebpf-sockmap-client to a refer with `sockmesh.sockmap: true`: one hop with sk_msg on both
+    /// local legs (app -> agent, agent -> provider).
+    EbpfSockmapLegs,
 }
 
 impl Mode {
@@ -73,18 +82,21 @@ impl Mode {
             .collect()
     }
 
-    pub const ALL: [Mode; 12] = [
+    pub const ALL: [Mode; 15] = [
         Mode::Direct,
         Mode::AgentClient,
         Mode::AgentClientShared,
         Mode::AgentServer,
         Mode::AgentExplicit,
+        Mode::AgentExplicitSkmsg,
         Mode::AgentTwoHopTcp,
         Mode::AgentTwoHopSkmsg,
         Mode::AgentFilters,
         Mode::Iptables,
         Mode::EbpfConnect,
         Mode::EbpfSockmap,
+        Mode::EbpfSockmapClient,
+        Mode::EbpfSockmapLegs,
         Mode::Haproxy,
     ];
     pub fn name(self) -> &'static str {
@@ -102,6 +114,9 @@ impl Mode {
             Mode::AgentBaseline => "agent-baseline",
             Mode::AgentTwoHopTcp => "agent-two-hop-tcp",
             Mode::AgentTwoHopSkmsg => "agent-two-hop-skmsg",
+            Mode::AgentExplicitSkmsg => "agent-explicit-skmsg",
+            Mode::EbpfSockmapClient => "ebpf-sockmap-client",
+            Mode::EbpfSockmapLegs => "ebpf-sockmap-legs",
         }
     }
 

@@ -105,6 +105,10 @@ impl Report {
             md,
             "- agent-explicit serves its own export in-process (local short-cut); agent-two-hop-tcp and agent-two-hop-skmsg (a second agent, short-cut off) dial their own export port over loopback TCP, the latter with `sockmesh.sockmap: true` on the export, so sk_msg carries both local legs (agent -> export port, export -> provider); the app -> agent port leg is TCP in all three"
         );
+        let _ = writeln!(
+            md,
+            "- agent-explicit-skmsg is agent-explicit (local short-cut) to a service whose export sets `sockmesh.sockmap: true` (its own export port and provider), so sk_msg carries the provider leg; ebpf-sockmap-client is the intercepted app through the client role alone (one hop: app -> agent by sk_msg, agent -> provider over TCP), ebpf-sockmap-legs the same hop to a refer with `sockmesh.sockmap: true` (sk_msg on both local legs)"
+        );
         let load_rss = runs
             .iter()
             .filter(|r| {
@@ -269,6 +273,21 @@ impl Report {
                     Mode::AgentClientShared,
                     "data-plane shards: agent-client - agent-client-shared",
                 ),
+                (
+                    Mode::AgentExplicitSkmsg,
+                    Mode::AgentExplicit,
+                    "sk_msg on the provider leg: agent-explicit-skmsg - agent-explicit",
+                ),
+                (
+                    Mode::EbpfSockmapClient,
+                    Mode::AgentClient,
+                    "interception overhead, one hop: ebpf-sockmap-client - agent-client",
+                ),
+                (
+                    Mode::EbpfSockmapLegs,
+                    Mode::EbpfSockmapClient,
+                    "sk_msg on the provider leg, intercepted one hop: ebpf-sockmap-legs - ebpf-sockmap-client",
+                ),
             ] {
                 if let Some((m, lo, hi)) = paired(a, b) {
                     let _ = writeln!(md, "- {label}: {m:+.1} [{lo:+.1}..{hi:+.1}]");
@@ -365,8 +384,12 @@ impl Report {
                 Mode::AgentClientShared,
                 Mode::AgentServer,
                 Mode::AgentExplicit,
+                Mode::AgentExplicitSkmsg,
                 Mode::AgentTwoHopTcp,
                 Mode::AgentTwoHopSkmsg,
+                Mode::EbpfSockmap,
+                Mode::EbpfSockmapClient,
+                Mode::EbpfSockmapLegs,
             ]
             .into_iter()
             .filter(|m| modes.contains(m))
@@ -387,14 +410,14 @@ impl Report {
                 let _ = writeln!(
                     md,
                     "
-Per hop against haproxy (added = mode - direct, paired per round, median; agent-explicit (local short-cut) and agent-two-hop-* are two hops):
+Per hop against haproxy (added = mode - direct, paired per round, median; agent-explicit*, agent-two-hop-* and ebpf-sockmap (the agent-explicit path behind interception) are two Motan2 hops; req/s x haproxy is paired per round):
 "
                 );
                 let _ = writeln!(
                     md,
-                    "| mode | hops | added p50 µs | x haproxy | added p99 µs | x haproxy | CPU ms / 1k req | x haproxy | task-clock µs / req | x haproxy | context switches / req | syscalls / req |"
+                    "| mode | hops | added p50 µs | x haproxy | added p99 µs | x haproxy | CPU ms / 1k req | x haproxy | task-clock µs / req | x haproxy | context switches / req | syscalls / req | req/s x haproxy |"
                 );
-                let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+                let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
                 let htc = counted(Mode::Haproxy, |c| c.task_clock_ms * 1e3);
                 let mut hops_json = BTreeMap::new();
                 for m in &hop_modes {
@@ -410,12 +433,29 @@ Per hop against haproxy (added = mode - direct, paired per round, median; agent-
                         }
                     };
                     let hops = match m {
-                        Mode::AgentExplicit | Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => 2,
-                        _ => 1,
+                        Mode::Haproxy
+                        | Mode::AgentClient
+                        | Mode::AgentClientShared
+                        | Mode::AgentServer
+                        | Mode::EbpfSockmapClient
+                        | Mode::EbpfSockmapLegs => 1,
+                        _ => 2,
                     };
+                    // Throughput against haproxy's in the same round (closed loop: what the
+                    // proxy lets through; open loop: the offered rate, so about 1).
+                    let tput = median(
+                        per(*m)
+                            .iter()
+                            .filter_map(|x| {
+                                let h = per(Mode::Haproxy).into_iter().find(|y| y.round == x.round)?;
+                                let ht = h.get(&["throughput"]);
+                                (ht > 0.0).then(|| x.get(&["throughput"]) / ht)
+                            })
+                            .collect(),
+                    );
                     let _ = writeln!(
                         md,
-                        "| {} | {hops} | {a50:+.0} | {} | {a99:+.0} | {} | {cpu:.1} | {} | {} | {} | {} | {} |",
+                        "| {} | {hops} | {a50:+.0} | {} | {a99:+.0} | {} | {cpu:.1} | {} | {} | {} | {} | {} | {} |",
                         m.name(),
                         ratio(a50, h50),
                         ratio(a99, h99),
@@ -423,13 +463,14 @@ Per hop against haproxy (added = mode - direct, paired per round, median; agent-
                         num(tc, 1),
                         ratio(tc, htc),
                         num(cs, 2),
-                        num(sc, 1)
+                        num(sc, 1),
+                        num(tput, 2)
                     );
                     hops_json.insert(m.name(), serde_json::json!({
                         "hops": hops, "added_p50_us": a50, "added_p99_us": a99, "cpu_ms_per_1k": cpu,
                         "p50_x_haproxy": a50 / h50, "p99_x_haproxy": a99 / h99, "cpu_x_haproxy": cpu / hcpu,
                         "task_clock_us_per_req": tc, "task_clock_x_haproxy": tc / htc,
-                        "context_switches_per_req": cs, "syscalls_per_req": sc,
+                        "context_switches_per_req": cs, "syscalls_per_req": sc, "throughput_x_haproxy": tput,
                     }));
                 }
                 diffs.insert("per_hop_vs_haproxy", serde_json::json!(hops_json));
