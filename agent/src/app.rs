@@ -236,6 +236,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
         limits: ConnectionLimits {
             decode: crate::protocol::motan2::DecodeLimits::default(),
             budget: budget.clone(),
+            drained_reads: false,
         },
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
@@ -244,11 +245,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
     match agent {
         AgentListener::Tcp(l) => {
             listeners.push(("agent".to_string(), config.agent_addr().to_string()));
-            loops.spawn_group("agent", l, client, agent_stats.clone());
+            // Apps' connections to the agent port are never in the sockhash (intercepted ones
+            // arrive on the transparent listeners).
+            loops.spawn_group("agent", l, true, client, agent_stats.clone());
         }
         AgentListener::Unix((l, file)) => {
             listeners.push(("agent".to_string(), format!("unix://{}", file.path().display())));
-            loops.spawn("agent", l, client, agent_stats.clone(), file);
+            loops.spawn("agent", l, true, client, agent_stats.clone(), file);
         }
     }
     mesh_shared.shortcut.attach(&mesh);
@@ -258,7 +261,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<()> {
             mesh: mesh.clone(),
             port,
         });
-        loops.spawn_group("export", l, handler, export_stats.clone());
+        // An export port's connections may join the sockhash (`sockmesh.sockmap`, also after a
+        // reload) whenever the BPF programs run.
+        let drained = !config.sockmesh.intercept.enabled;
+        loops.spawn_group("export", l, drained, handler, export_stats.clone());
     }
 
     // Listeners are bound first: a refer may point at this agent's own export port.
@@ -550,12 +556,21 @@ struct AcceptLoops {
 }
 
 impl AcceptLoops {
+    /// The limits of a listener's connections (`ConnectionLimits::drained_reads`).
+    fn limits(&self, drained_reads: bool) -> ConnectionLimits {
+        ConnectionLimits {
+            drained_reads,
+            ..self.limits.clone()
+        }
+    }
+
     /// `listener`'s accept loop as a tracked task. `keep` lives as long as the loop: the agent
     /// socket's file goes when its listener stops (at shutdown).
     fn spawn<H: Handler, L>(
         &self,
         name: &'static str,
         listener: L,
+        drained_reads: bool,
         handler: Arc<H>,
         stats: Arc<ServeStats>,
         keep: impl Send + 'static,
@@ -569,7 +584,7 @@ impl AcceptLoops {
             listener,
             AcceptGate::new(&self.limits.budget),
             handler,
-            self.limits.clone(),
+            self.limits(drained_reads),
             stats,
             self.shutdown.clone(),
             self.tasks.clone(),
@@ -586,6 +601,7 @@ impl AcceptLoops {
         &self,
         name: &'static str,
         group: Vec<std::net::TcpListener>,
+        drained_reads: bool,
         handler: Arc<H>,
         stats: Arc<ServeStats>,
     ) {
@@ -594,7 +610,7 @@ impl AcceptLoops {
             let (gate, handler, limits, stats) = (
                 gate.sibling(),
                 handler.clone(),
-                self.limits.clone(),
+                self.limits(drained_reads),
                 stats.clone(),
             );
             let (shutdown, tasks) = (self.shutdown.clone(), self.tasks.clone());

@@ -36,11 +36,19 @@ use crate::proxy::budget::{Budget, ConnectionShare, Lease, SharePermit};
 use crate::write_queue::{self, WriteQueue};
 
 /// What bounds a connection: frame limits, the agent's budget (with each connection's share)
-/// and how long an idle client is kept.
+/// and how long an idle client is kept; and how its socket is read.
 #[derive(Clone, Debug)]
 pub struct ConnectionLimits {
     pub decode: DecodeLimits,
     pub budget: Arc<Budget>,
+    /// The listener's sockets are never in the sockhash (the agent port, its Unix socket, an
+    /// export port while no BPF program runs): a read that does not fill the buffer shows the
+    /// socket's queue is empty, so it is not read again until the next readiness event. That
+    /// saves a read returning EAGAIN per request. A socket in the sockhash may return a short
+    /// read from the sk_msg queue while its TCP queue still holds bytes (the first message of a
+    /// connection can take the TCP path before both ends are in the sockhash), so those are
+    /// read until EAGAIN (`false`, the default).
+    pub drained_reads: bool,
 }
 
 impl Default for ConnectionLimits {
@@ -49,6 +57,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             decode: DecodeLimits::default(),
             budget: Budget::new(Default::default()),
+            drained_reads: false,
         }
     }
 }
@@ -260,6 +269,38 @@ pub trait ReadHalf: Send + Sync {
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
     fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
     fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// One read into `buf` (`recv`) that, when it does not fill `buf`, also clears the
+    /// socket's read readiness, as a read returning EAGAIN would (`ConnectionLimits::
+    /// drained_reads`): with edge-triggered epoll, bytes arriving later raise a new event.
+    fn try_read_drained(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+/// `recv` on `fd` through the reactor's `try_io`: a short read is reported to it as
+/// WouldBlock, which clears the readiness it saw, and returned as the bytes it read.
+fn recv_drained(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+    try_io: impl FnOnce(&mut dyn FnMut() -> std::io::Result<usize>) -> std::io::Result<usize>,
+) -> std::io::Result<usize> {
+    let len = buf.len();
+    let mut got = 0;
+    let r = try_io(&mut || {
+        // SAFETY: `buf` is valid for `len` writable bytes; `fd` is the open socket of the
+        // half that called.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), len, 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        got = n as usize;
+        if got > 0 && got < len {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(got)
+    });
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
+    }
 }
 
 impl Inbound for TcpStream {
@@ -289,6 +330,11 @@ impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
     fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         tokio::net::tcp::OwnedReadHalf::try_read(self, buf)
     }
+    fn try_read_drained(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let s: &TcpStream = self.as_ref();
+        recv_drained(s.as_raw_fd(), buf, |f| s.try_io(tokio::io::Interest::READABLE, f))
+    }
 }
 
 impl ReadHalf for tokio::net::unix::OwnedReadHalf {
@@ -300,6 +346,11 @@ impl ReadHalf for tokio::net::unix::OwnedReadHalf {
     }
     fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         tokio::net::unix::OwnedReadHalf::try_read(self, buf)
+    }
+    fn try_read_drained(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let s: &UnixStream = self.as_ref();
+        recv_drained(s.as_raw_fd(), buf, |f| s.try_io(tokio::io::Interest::READABLE, f))
     }
 }
 
@@ -618,7 +669,7 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
                 idle_timer.as_mut().reset(due);
             }
             r = rd.readable(), if read => {
-                let r = r.and_then(|()| read_some(&rd, &mut buf));
+                let r = r.and_then(|()| read_some(&rd, &mut buf, limits.drained_reads));
                 match r {
                     Ok(0) => closing = Some("closed by peer".into()),
                     Ok(_) => idle_since = tokio::time::Instant::now(),
@@ -674,13 +725,27 @@ impl write_queue::Frame for Queued {
 
 /// Read what is there. Into the buffer's spare room when the codec has reserved some for a
 /// frame in progress; else through a stack buffer, so a peer that sent three bytes holds three
-/// bytes, not a 4 KiB read buffer.
-fn read_some(rd: &impl ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+/// bytes, not a 4 KiB read buffer. `drained`: see `ConnectionLimits::drained_reads`.
+fn read_some(rd: &impl ReadHalf, buf: &mut BytesMut, drained: bool) -> std::io::Result<usize> {
     if buf.capacity() > buf.len() {
-        return rd.try_read_buf(buf);
+        if !drained {
+            return rd.try_read_buf(buf);
+        }
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `recv` only writes into the spare room; the bytes it wrote (and only
+        // those) are marked initialised below.
+        let room = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len()) };
+        let n = rd.try_read_drained(room)?;
+        // SAFETY: `n` bytes of the spare room were written by `recv`.
+        unsafe { buf.set_len(buf.len() + n) };
+        return Ok(n);
     }
     let mut scratch = [0u8; 8192];
-    let n = rd.try_read(&mut scratch)?;
+    let n = if drained {
+        rd.try_read_drained(&mut scratch)?
+    } else {
+        rd.try_read(&mut scratch)?
+    };
     if buf.is_empty() {
         // A buffer of its own for what arrived: growing the one shared with the frames split
         // off it would allocate its original capacity and double it for the next frame.
@@ -967,6 +1032,7 @@ mod tests {
                 client_idle_timeout_ms: 300,
                 ..Default::default()
             }),
+            drained_reads: false,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1013,6 +1079,111 @@ mod tests {
             "closed {after:?} after its last answer"
         );
         shutdown.cancel();
+    }
+
+    /// What a client of a `drained_reads` listener does: a frame in pieces with pauses, a body
+    /// larger than the read buffer, many requests in one write; every answer comes back.
+    async fn drained_reads_answer_everything<S>(mut conn: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut codec = Motan2Codec::default();
+        let mut wire = BytesMut::new();
+        let mut answers = BytesMut::new();
+        let mut next = async |conn: &mut S, answers: &mut BytesMut| -> Frame {
+            let mut codec = Motan2Codec::default();
+            loop {
+                if let Some(f) = codec.decode(answers).unwrap() {
+                    return f;
+                }
+                let n = tokio::time::timeout(Duration::from_secs(5), conn.read_buf(answers))
+                    .await
+                    .expect("an answer did not come: a read readiness was lost")
+                    .unwrap();
+                assert!(n > 0, "the agent closed the connection");
+            }
+        };
+        // One frame in three pieces, 30 ms apart: each piece is a short read.
+        tokio_util::codec::Encoder::encode(
+            &mut codec,
+            Frame::request(1, "s", "m", Bytes::from_static(b"split")),
+            &mut wire,
+        )
+        .unwrap();
+        let third = wire.len() / 3;
+        for piece in [wire.split_to(third), wire.split_to(third), wire.split()] {
+            conn.write_all(&piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let f = next(&mut conn, &mut answers).await;
+        assert_eq!((f.header.request_id, f.body.as_ref()), (1, &b"split"[..]));
+        // A 200 KiB body: read into the room the codec reserved, across many reads.
+        let big = Bytes::from(vec![7u8; 200 * 1024]);
+        tokio_util::codec::Encoder::encode(&mut codec, Frame::request(2, "s", "m", big.clone()), &mut wire)
+            .unwrap();
+        conn.write_all(&wire.split()).await.unwrap();
+        let f = next(&mut conn, &mut answers).await;
+        assert_eq!(f.header.request_id, 2);
+        assert!(f.body == big, "the large body came back changed");
+        // 64 requests in one write: all answered.
+        for i in 0..64 {
+            tokio_util::codec::Encoder::encode(
+                &mut codec,
+                Frame::request(100 + i, "s", "m", Bytes::from_static(b"p")),
+                &mut wire,
+            )
+            .unwrap();
+        }
+        conn.write_all(&wire.split()).await.unwrap();
+        let mut ids: Vec<u64> = Vec::new();
+        for _ in 0..64 {
+            ids.push(next(&mut conn, &mut answers).await.header.request_id);
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, (100..164).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test]
+    async fn drained_reads_lose_no_frame_over_tcp_and_unix_sockets() {
+        let limits = ConnectionLimits {
+            drained_reads: true,
+            ..ConnectionLimits::default()
+        };
+        let shutdown = CancellationToken::new();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let dir = std::env::temp_dir().join(format!("sockmesh-drained-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let unix = tokio::net::UnixListener::bind(&dir).unwrap();
+        for l in [
+            tokio::spawn(accept_loop(
+                "tcp",
+                tcp,
+                AcceptGate::new(&limits.budget),
+                Arc::new(Echo),
+                limits.clone(),
+                Arc::default(),
+                shutdown.clone(),
+                TaskTracker::new(),
+            )),
+            tokio::spawn(accept_loop(
+                "unix",
+                unix,
+                AcceptGate::new(&limits.budget),
+                Arc::new(Echo),
+                limits.clone(),
+                Arc::default(),
+                shutdown.clone(),
+                TaskTracker::new(),
+            )),
+        ] {
+            drop(l);
+        }
+        drained_reads_answer_everything(TcpStream::connect(addr).await.unwrap()).await;
+        drained_reads_answer_everything(UnixStream::connect(&dir).await.unwrap()).await;
+        shutdown.cancel();
+        let _ = std::fs::remove_file(&dir);
     }
 
     #[tokio::test]

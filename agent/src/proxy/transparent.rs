@@ -172,9 +172,11 @@ impl TransparentProxy {
                 tracing::debug!(%peer, original_dst = %orig, "intercepted Motan2 connection routed by the mesh");
                 let handler = Arc::new(ClientHandler(mesh.clone()));
                 let stats = agent_stats.clone();
+                // Intercepted connections may be in the sockhash (ebpf-sockmap).
                 let limits = ConnectionLimits {
                     decode: limits,
                     budget: self.budget.clone(),
+                    drained_reads: false,
                 };
                 serve_connection(conn, peer, prefix, handler, limits, stats, self.shutdown.clone()).await;
                 return;

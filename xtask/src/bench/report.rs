@@ -384,6 +384,7 @@ impl Report {
                 Mode::AgentClientShared,
                 Mode::AgentServer,
                 Mode::AgentExplicit,
+                Mode::AgentBaseline,
                 Mode::AgentExplicitSkmsg,
                 Mode::AgentTwoHopTcp,
                 Mode::AgentTwoHopSkmsg,
