@@ -1091,7 +1091,7 @@ mod tests {
         let mut codec = Motan2Codec::default();
         let mut wire = BytesMut::new();
         let mut answers = BytesMut::new();
-        let mut next = async |conn: &mut S, answers: &mut BytesMut| -> Frame {
+        let next = async |conn: &mut S, answers: &mut BytesMut| -> Frame {
             let mut codec = Motan2Codec::default();
             loop {
                 if let Some(f) = codec.decode(answers).unwrap() {
