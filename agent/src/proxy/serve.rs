@@ -1144,6 +1144,25 @@ mod tests {
         assert_eq!(ids, (100..164).collect::<Vec<u64>>());
     }
 
+    /// An echo server's accept loop on `listener` with `limits`, until `shutdown`.
+    fn spawn_echo<L>(name: &'static str, listener: L, limits: &ConnectionLimits, shutdown: &CancellationToken)
+    where
+        L: Accept + Send + Sync + 'static,
+        L::Conn: Inbound + crate::shard::Rehome,
+        L::Addr: AgentPeer + Send,
+    {
+        tokio::spawn(accept_loop(
+            name,
+            listener,
+            AcceptGate::new(&limits.budget),
+            Arc::new(Echo),
+            limits.clone(),
+            Arc::default(),
+            shutdown.clone(),
+            TaskTracker::new(),
+        ));
+    }
+
     #[tokio::test]
     async fn drained_reads_lose_no_frame_over_tcp_and_unix_sockets() {
         let limits = ConnectionLimits {
@@ -1156,30 +1175,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sockmesh-drained-{}", std::process::id()));
         let _ = std::fs::remove_file(&dir);
         let unix = tokio::net::UnixListener::bind(&dir).unwrap();
-        for l in [
-            tokio::spawn(accept_loop(
-                "tcp",
-                tcp,
-                AcceptGate::new(&limits.budget),
-                Arc::new(Echo),
-                limits.clone(),
-                Arc::default(),
-                shutdown.clone(),
-                TaskTracker::new(),
-            )),
-            tokio::spawn(accept_loop(
-                "unix",
-                unix,
-                AcceptGate::new(&limits.budget),
-                Arc::new(Echo),
-                limits.clone(),
-                Arc::default(),
-                shutdown.clone(),
-                TaskTracker::new(),
-            )),
-        ] {
-            drop(l);
-        }
+        spawn_echo("tcp", tcp, &limits, &shutdown);
+        spawn_echo("unix", unix, &limits, &shutdown);
         drained_reads_answer_everything(TcpStream::connect(addr).await.unwrap()).await;
         drained_reads_answer_everything(UnixStream::connect(&dir).await.unwrap()).await;
         shutdown.cancel();

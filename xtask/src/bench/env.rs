@@ -150,22 +150,13 @@ pub fn start_env(
     let mut procs = Vec::new();
 
     // The provider listens on its own loopback address; that is what clients dial.
-    let mut provider = ChildProcess::spawn(
-        "the Motan2 provider (sockmesh-loadgen serve)",
-        Command::new(&loadgen)
-            .args(["serve", "--listen", &format!("127.0.0.10:{}", ports[0])])
-            .stdout(Stdio::piped()),
+    let provider_addr = start_provider(&loadgen, "the ", &format!("127.0.0.10:{}", ports[0]), &mut procs)?;
+    let skmsg_provider_addr = start_provider(
+        &loadgen,
+        "the sk_msg provider leg's ",
+        &format!("127.0.0.11:{}", ports[23]),
+        &mut procs,
     )?;
-    let provider_addr = provider.ready()?;
-    procs.push(provider);
-    let mut skmsg_provider = ChildProcess::spawn(
-        "the sk_msg provider leg's Motan2 provider (sockmesh-loadgen serve)",
-        Command::new(&loadgen)
-            .args(["serve", "--listen", &format!("127.0.0.11:{}", ports[23])])
-            .stdout(Stdio::piped()),
-    )?;
-    let skmsg_provider_addr = skmsg_provider.ready()?;
-    procs.push(skmsg_provider);
 
     let cfg = dir.join("agent.yaml");
     // The agent removes it when it stops, so nothing is left among the results.
@@ -319,14 +310,12 @@ fn start_legs_agent(
     bench_provider: &str,
     procs: &mut Vec<ChildProcess>,
 ) -> Result<(String, u32)> {
-    let mut provider = ChildProcess::spawn(
-        "the sk_msg legs' Motan2 provider (sockmesh-loadgen serve)",
-        Command::new(loadgen)
-            .args(["serve", "--listen", &format!("127.0.0.10:{}", ports[5])])
-            .stdout(Stdio::piped()),
+    let own_provider = start_provider(
+        loadgen,
+        "the sk_msg legs' ",
+        &format!("127.0.0.10:{}", ports[5]),
+        procs,
     )?;
-    let own_provider = provider.ready()?;
-    procs.push(provider);
     let service = |id: &str, path: &str, eport: u16, provider: &str, extra: &str| -> Result<String> {
         let (host, port) = provider.rsplit_once(':').context("provider address")?;
         Ok(format!(
@@ -368,6 +357,25 @@ fn start_legs_agent(
     procs.push(agent);
     started?;
     Ok((format!("127.0.0.1:{}", ports[0]), pid))
+}
+
+/// A Motan2 echo provider (`sockmesh-loadgen serve`) listening on `listen`, kept in `procs`;
+/// returns the address it listens on. `whose` prefixes its name in errors.
+fn start_provider(
+    loadgen: &Path,
+    whose: &str,
+    listen: &str,
+    procs: &mut Vec<ChildProcess>,
+) -> Result<String> {
+    let mut provider = ChildProcess::spawn(
+        format!("{whose}Motan2 provider (sockmesh-loadgen serve)"),
+        Command::new(loadgen)
+            .args(["serve", "--listen", listen])
+            .stdout(Stdio::piped()),
+    )?;
+    let addr = provider.ready()?;
+    procs.push(provider);
+    Ok(addr)
 }
 
 impl Env {
