@@ -197,17 +197,24 @@ where
 }
 
 /// Run the accept loop `fut` of socket `k` of a listener group of `sockets` sockets
-/// (`net::listen_group`): on shard `k` when each shard has its socket, otherwise (one socket)
-/// on the current runtime, which hands each connection to a shard ([`serve`]).
+/// (`net::listen_group`): on shard `k` when each shard has its socket (also the one socket of a
+/// single shard), otherwise (one socket for several shards, or no shards) on the current
+/// runtime, which hands each connection to a shard ([`serve`]).
 pub fn spawn_accept<F>(k: usize, sockets: usize, fut: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    if sockets > 1 {
-        spawn_for_slot(k, fut)
-    } else {
-        tokio::spawn(fut);
+    match accept_on(k, sockets, count()) {
+        Some(shard) => spawn_for_slot(shard, fut),
+        None => {
+            tokio::spawn(fut);
+        }
     }
+}
+
+/// The shard that accepts on socket `k` of a group of `sockets`, when `shards` run.
+fn accept_on(k: usize, sockets: usize, shards: usize) -> Option<usize> {
+    (shards > 0 && sockets == shards).then_some(k)
 }
 
 /// How many slots a pool of `size` channels has: at least one per shard, so that every shard
@@ -250,7 +257,21 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::slot_on;
+    use super::{accept_on, slot_on};
+
+    #[test]
+    fn a_group_with_a_socket_per_shard_accepts_on_the_shards() {
+        // One socket per shard, one shard included: each accepts where it serves.
+        assert_eq!(accept_on(0, 1, 1), Some(0));
+        assert_eq!(
+            (0..2).map(|k| accept_on(k, 2, 2)).collect::<Vec<_>>(),
+            [Some(0), Some(1)]
+        );
+        // One socket for two shards (the reuseport program could not be attached), or no
+        // shards at all: the current runtime accepts.
+        assert_eq!(accept_on(0, 1, 2), None);
+        assert_eq!(accept_on(0, 1, 0), None);
+    }
 
     #[test]
     fn slots_are_spread_over_the_shards_that_own_them() {
