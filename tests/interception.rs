@@ -451,15 +451,7 @@ fn stopped_agent_fails_open_within_the_liveness_timeout() {
 
 /// The cgroup's `fail_open_stalled` count in `intercept status`.
 fn fail_open_stalled(d: &Daemon, rel: &str) -> u64 {
-    let v = d.intercept_status();
-    v["cgroups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["cgroup"] == rel)
-        .unwrap_or_else(|| panic!("cgroup {rel} not in status {v}"))["fail_open_stalled"]
-        .as_u64()
-        .unwrap()
+    d.cgroup_status(rel)["fail_open_stalled"].as_u64().unwrap()
 }
 
 /// Stuck-agent fail-open for one stalled data-plane shard: the rest of the agent runs (the
@@ -549,14 +541,7 @@ fn listener_at_its_cap_fails_open_within_the_liveness_timeout() {
         started.elapsed() < std::time::Duration::from_secs(5),
         "the connection waited for the capped listener"
     );
-    let st = d.intercept_status();
-    let c = st["cgroups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["cgroup"] == rel)
-        .unwrap()
-        .clone();
+    let c = d.cgroup_status(&rel);
     assert_eq!(
         (
             c["redirected"].as_u64(),
@@ -564,7 +549,7 @@ fn listener_at_its_cap_fails_open_within_the_liveness_timeout() {
             c["fail_open_stalled"].as_u64()
         ),
         (Some(1), Some(1), Some(1)),
-        "{st}"
+        "{c}"
     );
     d.wait_log("heartbeat paused", 1);
 
@@ -669,18 +654,11 @@ fn iptables_mode_redirects_and_uninstall_removes_every_rule() {
         d.log().contains(&format!("original_dst={}", echo.addr)),
         "conntrack original destination not used"
     );
-    let st = d.intercept_status();
-    let c = st["cgroups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["cgroup"] == rel.as_str())
-        .unwrap()
-        .clone();
+    let c = d.cgroup_status(&rel);
     assert_eq!(
         (c["mode"].as_str(), c["redirected"].as_u64()),
         (Some("iptables"), Some(1)),
-        "{st}"
+        "{c}"
     );
 
     // Not intercepted outside the cgroup (the rule count stays 1).

@@ -399,16 +399,22 @@ impl Daemon {
         }
     }
 
-    /// Counters of one intercepted cgroup: (redirected, passed, fail_open).
-    pub fn counters(&self, cgroup_rel: &str) -> (u64, u64, u64) {
+    /// One intercepted cgroup's entry in `intercept status` (panics, with the status, when it
+    /// is not there).
+    pub fn cgroup_status(&self, cgroup_rel: &str) -> serde_json::Value {
         let v = self.intercept_status();
-        let c = v["cgroups"]
+        v["cgroups"]
             .as_array()
             .unwrap()
             .iter()
             .find(|c| c["cgroup"] == cgroup_rel)
             .unwrap_or_else(|| panic!("cgroup {cgroup_rel} not in status {v}"))
-            .clone();
+            .clone()
+    }
+
+    /// Counters of one intercepted cgroup: (redirected, passed, fail_open).
+    pub fn counters(&self, cgroup_rel: &str) -> (u64, u64, u64) {
+        let c = self.cgroup_status(cgroup_rel);
         (
             c["redirected"].as_u64().unwrap(),
             c["passed"].as_u64().unwrap(),

@@ -1037,16 +1037,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(accept_loop(
-            "test",
-            listener,
-            AcceptGate::new(&limits.budget),
-            Arc::new(Echo),
-            limits,
-            Arc::default(),
-            shutdown.clone(),
-            TaskTracker::new(),
-        ));
+        spawn_echo("test", listener, &limits, &shutdown);
         let mut idle = TcpStream::connect(addr).await.unwrap();
         let mut active = Framed::new(TcpStream::connect(addr).await.unwrap(), Motan2Codec::default());
         let t0 = Instant::now();
