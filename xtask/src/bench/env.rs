@@ -384,31 +384,19 @@ impl Env {
         if self.legs.is_none() {
             return Ok(None);
         }
-        sockhash(&self.bin, &self.legs_control, "legs agent").map(Some)
+        sockhash(&self.bin, &self.legs_control).map(Some)
     }
 
     /// How many messages the main agent's sk_msg program has redirected so far.
     fn msg_redirected(&self) -> Result<u64> {
-        let h = sockhash(&self.bin, &self.agent_control, "agent")?;
+        let h = sockhash(&self.bin, &self.agent_control)?;
         h["msg_redirected"]
             .as_u64()
             .with_context(|| format!("no msg_redirected in the agent's sockhash counters: {h}"))
     }
 
     fn cli(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .arg("--control")
-            .arg(&self.agent_control)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "sockmesh {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+        control_cli(&self.bin, &self.agent_control, args).map(drop)
     }
 
     /// Put the client cgroup into the mode's interception state.
@@ -601,18 +589,28 @@ impl PerfStat {
     }
 }
 
-/// An agent's sockhash counters (`sockmesh intercept status --json` on its control socket).
-fn sockhash(bin: &Path, control: &Path, who: &str) -> Result<serde_json::Value> {
+/// `sockmesh ARGS --control CONTROL` against an agent's control socket; its stdout, or an
+/// error with its stderr.
+fn control_cli(bin: &Path, control: &Path, args: &[&str]) -> Result<Vec<u8>> {
     let out = Command::new(bin)
-        .args(["intercept", "status", "--json", "--control"])
+        .args(args)
+        .arg("--control")
         .arg(control)
         .output()?;
     if !out.status.success() {
         bail!(
-            "sockmesh intercept status ({who}): {}",
+            "sockmesh {} --control {}: {}",
+            args.join(" "),
+            control.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("intercept status")?;
+    Ok(out.stdout)
+}
+
+/// An agent's sockhash counters (`sockmesh intercept status --json` on its control socket).
+fn sockhash(bin: &Path, control: &Path) -> Result<serde_json::Value> {
+    let out = control_cli(bin, control, &["intercept", "status", "--json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out).context("intercept status")?;
     Ok(v["sockhash"].clone())
 }

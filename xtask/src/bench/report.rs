@@ -196,19 +196,21 @@ impl Report {
                 }));
             }
             // Paired per-round differences against direct and haproxy at p50.
+            // `f` of each run of mode `a` with the run of mode `b` in the same round.
+            let by_round = |a: Mode, b: Mode, f: &dyn Fn(&Run, &Run) -> Option<f64>| -> Vec<f64> {
+                let rb = per(b);
+                per(a)
+                    .iter()
+                    .filter_map(|x| rb.iter().find(|y| y.round == x.round).and_then(|y| f(x, y)))
+                    .collect()
+            };
             let paired = |a: Mode, b: Mode| -> Option<(f64, f64, f64)> {
-                let (ra, rb) = (per(a), per(b));
-                if ra.is_empty() || rb.is_empty() {
+                if per(a).is_empty() || per(b).is_empty() {
                     return None;
                 }
-                let d: Vec<f64> = ra
-                    .iter()
-                    .filter_map(|x| {
-                        rb.iter()
-                            .find(|y| y.round == x.round)
-                            .map(|y| x.get(&["latency_us", "p50"]) - y.get(&["latency_us", "p50"]))
-                    })
-                    .collect();
+                let d = by_round(a, b, &|x, y| {
+                    Some(x.get(&["latency_us", "p50"]) - y.get(&["latency_us", "p50"]))
+                });
                 let (lo, hi) = spread(&d);
                 Some((median(d), lo, hi))
             };
@@ -317,16 +319,10 @@ impl Report {
                 }
             }
             // The filter chain's cost relative to the same path without filters, per round.
-            let rel: Vec<f64> = per(Mode::AgentFilters)
-                .iter()
-                .filter_map(|x| {
-                    let y = per(Mode::AgentExplicit)
-                        .into_iter()
-                        .find(|y| y.round == x.round)?;
-                    let base = y.get(&["latency_us", "p50"]);
-                    (base > 0.0).then(|| 100.0 * (x.get(&["latency_us", "p50"]) / base - 1.0))
-                })
-                .collect();
+            let rel = by_round(Mode::AgentFilters, Mode::AgentExplicit, &|x, y| {
+                let base = y.get(&["latency_us", "p50"]);
+                (base > 0.0).then(|| 100.0 * (x.get(&["latency_us", "p50"]) / base - 1.0))
+            });
             if !rel.is_empty() {
                 let (lo, hi) = spread(&rel);
                 let m = median(rel);
@@ -338,16 +334,9 @@ impl Report {
             // Per hop against haproxy: what each proxy adds over direct (paired per round) and
             // its CPU per request, and the ratio of each to haproxy's.
             let added = |m: Mode, key: &str| -> f64 {
-                let d: Vec<f64> = per(m)
-                    .iter()
-                    .filter_map(|x| {
-                        per(Mode::Direct)
-                            .into_iter()
-                            .find(|y| y.round == x.round)
-                            .map(|y| x.get(&["latency_us", key]) - y.get(&["latency_us", key]))
-                    })
-                    .collect();
-                median(d)
+                median(by_round(m, Mode::Direct, &|x, y| {
+                    Some(x.get(&["latency_us", key]) - y.get(&["latency_us", key]))
+                }))
             };
             let cpu_per_req = |m: Mode| -> f64 {
                 median(
@@ -444,16 +433,10 @@ Per hop against haproxy (added = mode - direct, paired per round, median; agent-
                     };
                     // Throughput against haproxy's in the same round (closed loop: what the
                     // proxy lets through; open loop: the offered rate, so about 1).
-                    let tput = median(
-                        per(*m)
-                            .iter()
-                            .filter_map(|x| {
-                                let h = per(Mode::Haproxy).into_iter().find(|y| y.round == x.round)?;
-                                let ht = h.get(&["throughput"]);
-                                (ht > 0.0).then(|| x.get(&["throughput"]) / ht)
-                            })
-                            .collect(),
-                    );
+                    let tput = median(by_round(*m, Mode::Haproxy, &|x, h| {
+                        let ht = h.get(&["throughput"]);
+                        (ht > 0.0).then(|| x.get(&["throughput"]) / ht)
+                    }));
                     let _ = writeln!(
                         md,
                         "| {} | {hops} | {a50:+.0} | {} | {a99:+.0} | {} | {cpu:.1} | {} | {} | {} | {} | {} | {} |",
