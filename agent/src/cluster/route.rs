@@ -1,6 +1,6 @@
 //! Choosing the refer (cluster) for a request in the client agent (4.3 step 2), and the
 //! request defaults filled from it (step 3). Pure functions over the configured refers.
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fmt;
 
 use crate::protocol::motan2::call::CallError;
@@ -68,14 +68,14 @@ impl RouteError {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     refers: Vec<Url>,
-    by_path: HashMap<String, Vec<usize>>,
+    by_path: FxHashMap<String, Vec<usize>>,
 }
 
 impl RouteTable {
     /// `refers` in the order routing should prefer them when several match (upstream's order is
     /// undefined; we keep the given one).
     pub fn new(refers: Vec<Url>) -> RouteTable {
-        let mut by_path: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_path: FxHashMap<String, Vec<usize>> = FxHashMap::default();
         for (i, r) in refers.iter().enumerate() {
             by_path.entry(r.path.clone()).or_default().push(i);
         }

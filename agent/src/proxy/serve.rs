@@ -14,6 +14,7 @@
 //! motan-go's `processV1` does.
 use std::future::Future;
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -265,28 +266,30 @@ impl WriteHalf for tokio::net::unix::OwnedWriteHalf {
     }
 }
 
+/// Reads go into room that need not be initialised (`MaybeUninit`): the read buffer on the
+/// stack is not zeroed on every read.
 pub trait ReadHalf: Send + Sync {
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
-    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
-    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// One read into `buf`; the first `n` bytes it returns are initialised.
+    fn try_read(&self, buf: &mut [MaybeUninit<u8>]) -> std::io::Result<usize>;
     /// One read into `buf` (`recv`) that, when it does not fill `buf`, also clears the
     /// socket's read readiness, as a read returning EAGAIN would (`ConnectionLimits::
     /// drained_reads`): with edge-triggered epoll, bytes arriving later raise a new event.
-    fn try_read_drained(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+    fn try_read_drained(&self, buf: &mut [MaybeUninit<u8>]) -> std::io::Result<usize>;
 }
 
 /// `recv` on `fd` through the reactor's `try_io`: a short read is reported to it as
 /// WouldBlock, which clears the readiness it saw, and returned as the bytes it read.
 fn recv_drained(
     fd: std::os::fd::RawFd,
-    buf: &mut [u8],
+    buf: &mut [MaybeUninit<u8>],
     try_io: impl FnOnce(&mut dyn FnMut() -> std::io::Result<usize>) -> std::io::Result<usize>,
 ) -> std::io::Result<usize> {
     let len = buf.len();
     let mut got = 0;
     let r = try_io(&mut || {
-        // SAFETY: `buf` is valid for `len` writable bytes; `fd` is the open socket of the
-        // half that called.
+        // SAFETY: `buf` is valid for `len` writable bytes (recv only writes them); `fd` is the
+        // open socket of the half that called.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), len, 0) };
         if n < 0 {
             return Err(std::io::Error::last_os_error());
@@ -324,13 +327,10 @@ impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
         tokio::net::tcp::OwnedReadHalf::readable(self)
     }
-    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        tokio::net::tcp::OwnedReadHalf::try_read_buf(self, buf)
+    fn try_read(&self, mut buf: &mut [MaybeUninit<u8>]) -> std::io::Result<usize> {
+        tokio::net::tcp::OwnedReadHalf::try_read_buf(self, &mut buf)
     }
-    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        tokio::net::tcp::OwnedReadHalf::try_read(self, buf)
-    }
-    fn try_read_drained(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+    fn try_read_drained(&self, buf: &mut [MaybeUninit<u8>]) -> std::io::Result<usize> {
         use std::os::fd::AsRawFd;
         let s: &TcpStream = self.as_ref();
         recv_drained(s.as_raw_fd(), buf, |f| s.try_io(tokio::io::Interest::READABLE, f))
@@ -341,13 +341,10 @@ impl ReadHalf for tokio::net::unix::OwnedReadHalf {
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
         tokio::net::unix::OwnedReadHalf::readable(self)
     }
-    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        tokio::net::unix::OwnedReadHalf::try_read_buf(self, buf)
+    fn try_read(&self, mut buf: &mut [MaybeUninit<u8>]) -> std::io::Result<usize> {
+        tokio::net::unix::OwnedReadHalf::try_read_buf(self, &mut buf)
     }
-    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        tokio::net::unix::OwnedReadHalf::try_read(self, buf)
-    }
-    fn try_read_drained(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+    fn try_read_drained(&self, buf: &mut [MaybeUninit<u8>]) -> std::io::Result<usize> {
         use std::os::fd::AsRawFd;
         let s: &UnixStream = self.as_ref();
         recv_drained(s.as_raw_fd(), buf, |f| s.try_io(tokio::io::Interest::READABLE, f))
@@ -727,31 +724,26 @@ impl write_queue::Frame for Queued {
 /// frame in progress; else through a stack buffer, so a peer that sent three bytes holds three
 /// bytes, not a 4 KiB read buffer. `drained`: see `ConnectionLimits::drained_reads`.
 fn read_some(rd: &impl ReadHalf, buf: &mut BytesMut, drained: bool) -> std::io::Result<usize> {
+    let read = |room: &mut [MaybeUninit<u8>]| match drained {
+        true => rd.try_read_drained(room),
+        false => rd.try_read(room),
+    };
     if buf.capacity() > buf.len() {
-        if !drained {
-            return rd.try_read_buf(buf);
-        }
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: `recv` only writes into the spare room; the bytes it wrote (and only
-        // those) are marked initialised below.
-        let room = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len()) };
-        let n = rd.try_read_drained(room)?;
-        // SAFETY: `n` bytes of the spare room were written by `recv`.
+        let n = read(buf.spare_capacity_mut())?;
+        // SAFETY: the read initialised `n` bytes of the spare room.
         unsafe { buf.set_len(buf.len() + n) };
         return Ok(n);
     }
-    let mut scratch = [0u8; 8192];
-    let n = if drained {
-        rd.try_read_drained(&mut scratch)?
-    } else {
-        rd.try_read(&mut scratch)?
-    };
+    let mut scratch = [MaybeUninit::<u8>::uninit(); 8192];
+    let n = read(&mut scratch)?;
+    // SAFETY: the read initialised the first `n` bytes.
+    let got = unsafe { std::slice::from_raw_parts(scratch.as_ptr().cast::<u8>(), n) };
     if buf.is_empty() {
         // A buffer of its own for what arrived: growing the one shared with the frames split
         // off it would allocate its original capacity and double it for the next frame.
-        *buf = BytesMut::from(&scratch[..n]);
+        *buf = BytesMut::from(got);
     } else {
-        buf.extend_from_slice(&scratch[..n]);
+        buf.extend_from_slice(got);
     }
     Ok(n)
 }

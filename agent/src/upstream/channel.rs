@@ -7,7 +7,7 @@
 //! frames wait in a byte-bounded backlog that a flusher task writes, whole frames batched.
 use crate::locks::Locked;
 use crate::write_queue::{self, WriteQueue};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -160,7 +160,7 @@ impl Default for Transport {
 /// so once the map has grown to the channel's usual concurrency a call allocates nothing here.
 #[derive(Debug, Default)]
 struct Pending {
-    waiters: Mutex<HashMap<u64, Waiter>>,
+    waiters: Mutex<FxHashMap<u64, Waiter>>,
 }
 
 #[derive(Debug)]
