@@ -1253,3 +1253,75 @@ fn status_summarises_thousands_of_endpoints_and_pages_through_each_once() {
     assert!(!ok);
     assert!(err.contains("nope"), "{err}");
 }
+
+/// `sockmesh.shard_policy: batch` schedules every shard's thread SCHED_BATCH, and the agent
+/// serves through them as before; the default leaves them SCHED_OTHER. A policy it does not
+/// know is a config error naming the key.
+#[test]
+fn shard_policy_batch_runs_the_shards_sched_batch() {
+    let _serial = common::serial();
+    let provider = Provider::start("batch", 0);
+    let motan = client_motan(&[provider.addr], "");
+    // Extra lines after `sockmesh.admin`'s control socket: a 2-space indent is a sockmesh key.
+    let batch = Daemon::launch_admin(
+        "shard-batch",
+        Ports::pick(),
+        "",
+        "  shard_policy: batch\n  worker_threads: 2\n",
+        &motan,
+        "    enabled: false\n",
+    );
+    let normal = Daemon::launch_admin(
+        "shard-normal",
+        Ports::pick(),
+        "",
+        "  worker_threads: 2\n",
+        &motan,
+        "    enabled: false\n",
+    );
+    // The policy is field 41 of /proc/PID/task/TID/stat (after the command in parentheses).
+    let policy = |d: &Daemon, thread: &str| -> u32 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/task/{}/stat", d.pid(), d.thread(thread))).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        fields[38].parse().unwrap()
+    };
+    for k in 0..2 {
+        let shard = format!("sm-shard-{k}");
+        assert_eq!(
+            policy(&batch, &shard),
+            libc::SCHED_BATCH as u32,
+            "{shard} of the batch agent"
+        );
+        assert_eq!(
+            policy(&normal, &shard),
+            libc::SCHED_OTHER as u32,
+            "{shard} of the default agent"
+        );
+    }
+    let rt = motan::rt();
+    rt.block_on(async {
+        let ch = motan::connect(agent_addr(&batch)).await;
+        for i in 0..20 {
+            let arg = Value::from(format!("batch {i}"));
+            let resp = motan::call(&ch, motan::request(SVC, "echo", &[], std::slice::from_ref(&arg))).await;
+            assert_eq!(motan::exception(&resp), None, "{resp:?}");
+            assert_eq!(motan::simple::decode_all(&resp.body).unwrap(), vec![arg]);
+        }
+    });
+    let bad = batch.dir.join("bad-policy.yaml");
+    std::fs::write(&bad, "sockmesh:\n  shard_policy: fifo\n").unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["config", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "section sockmesh, key shard_policy: unknown variant `fifo`, expected `normal` or `batch`"
+        ),
+        "{err}"
+    );
+}

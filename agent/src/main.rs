@@ -405,7 +405,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 log_level_pinned: log_level.is_some(),
             };
             if cfg.sockmesh.shards {
-                sockmesh::shard::start(workers).context("starting the data-plane shards")?;
+                sockmesh::shard::start(workers, cfg.sockmesh.shard_policy)
+                    .context("starting the data-plane shards")?;
             }
             let ran = rt.block_on(sockmesh::app::run(cfg, opts));
             // The runtime first (its tasks are drained by now), then the shards' threads.

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::sections::ShardPolicy;
+
 /// How often a shard proves it runs (see [`longest_stall`]).
 const TICK: Duration = Duration::from_millis(100);
 
@@ -45,9 +47,15 @@ thread_local! {
     static CURRENT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
-/// Start `n` shards on threads `sm-shard-K` (once per process; `n` = 0 starts none). The name
-/// fits the kernel's 15 characters, so `top -H` and /proc tell the shards apart.
-pub fn start(n: usize) -> std::io::Result<()> {
+/// The shard whose thread the caller runs on, if any.
+fn current() -> Option<usize> {
+    CURRENT.with(|c| c.get())
+}
+
+/// Start `n` shards on threads `sm-shard-K` (once per process; `n` = 0 starts none), scheduled
+/// by `policy`. The name fits the kernel's 15 characters, so `top -H` and /proc tell the shards
+/// apart.
+pub fn start(n: usize, policy: ShardPolicy) -> std::io::Result<()> {
     if n == 0 || SHARDS.get().is_some() {
         return Ok(());
     }
@@ -71,6 +79,9 @@ pub fn start(n: usize) -> std::io::Result<()> {
                 .name(format!("sm-shard-{k}"))
                 .spawn(move || {
                     CURRENT.with(|c| c.set(Some(k)));
+                    if let Err(e) = set_policy(policy) {
+                        tracing::warn!("shard {k}: cannot set scheduling policy {policy:?}: {e}");
+                    }
                     rt.block_on(async {
                         let mut tick = tokio::time::interval(TICK);
                         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -97,6 +108,20 @@ pub fn start(n: usize) -> std::io::Result<()> {
         stop,
         threads: Mutex::new(threads),
     });
+    Ok(())
+}
+
+/// Schedule the calling thread by `policy` (SCHED_OTHER or SCHED_BATCH, priority 0).
+fn set_policy(policy: ShardPolicy) -> std::io::Result<()> {
+    let p = match policy {
+        ShardPolicy::Normal => return Ok(()),
+        ShardPolicy::Batch => libc::SCHED_BATCH,
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, p, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(())
 }
 
@@ -175,7 +200,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     // Accepted on a shard (its own listener of a group, `net::listen_group`): served there.
-    let on_shard = CURRENT.with(|c| c.get()).is_some();
+    let on_shard = current().is_some();
     let Some(s) = SHARDS.get().filter(|_| !on_shard) else {
         tasks.spawn(serve(conn));
         return;
@@ -226,7 +251,7 @@ pub fn pool_slots(size: usize) -> usize {
 /// Which of `slots` slots the caller's `turn` takes: on a shard, one of the slots that shard
 /// owns (slot `i` belongs to shard `i mod n`); elsewhere any.
 pub fn slot_for(turn: usize, slots: usize) -> usize {
-    slot_on(CURRENT.with(|c| c.get()), count(), turn, slots)
+    slot_on(current(), count(), turn, slots)
 }
 
 fn slot_on(shard: Option<usize>, shards: usize, turn: usize, slots: usize) -> usize {

@@ -255,13 +255,10 @@ impl Daemon {
         Stopped(self)
     }
 
-    /// Stop one thread of the daemon, found by its name (e.g. `sm-shard-0`), while the others
-    /// run on: PTRACE_SEIZE then PTRACE_INTERRUPT stop that thread alone (a signal would stop
-    /// the whole process). Dropping the guard detaches, which resumes it; it must be dropped on
-    /// the thread that made it (the tracer is a thread).
-    pub fn stall_thread(&self, name: &str) -> StalledThread<'_> {
+    /// The thread id of the daemon's thread called `name` (e.g. `sm-shard-0`).
+    pub fn thread(&self, name: &str) -> libc::pid_t {
         let tasks = format!("/proc/{}/task", self.pid());
-        let tid: libc::pid_t = std::fs::read_dir(&tasks)
+        std::fs::read_dir(&tasks)
             .unwrap()
             .filter_map(|e| e.ok())
             .find(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name))
@@ -269,7 +266,15 @@ impl Daemon {
             .file_name()
             .to_string_lossy()
             .parse()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Stop one thread of the daemon, found by its name (e.g. `sm-shard-0`), while the others
+    /// run on: PTRACE_SEIZE then PTRACE_INTERRUPT stop that thread alone (a signal would stop
+    /// the whole process). Dropping the guard detaches, which resumes it; it must be dropped on
+    /// the thread that made it (the tracer is a thread).
+    pub fn stall_thread(&self, name: &str) -> StalledThread<'_> {
+        let tid = self.thread(name);
         // SAFETY: ptrace and waitpid on a thread of a process this test started.
         unsafe {
             let seized = libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0);

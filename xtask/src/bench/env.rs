@@ -40,6 +40,8 @@ pub struct Env {
     legs: Option<(String, u32)>,
     /// The shared-runtime agent's port and PID (agent-client-shared mode), when it runs.
     shared: Option<(String, u32)>,
+    /// The SCHED_BATCH agent's port and PID (agent-client-batch mode), when it runs.
+    batch: Option<(String, u32)>,
     /// The legs agent's control socket.
     legs_control: PathBuf,
     haproxy_addr: String,
@@ -133,13 +135,14 @@ pub fn start_env(
     baseline_bin: Option<&Path>,
     legs: bool,
     shared: bool,
+    batch: bool,
 ) -> Result<Env> {
     let root = project_root();
     let bin = root.join("target/release/sockmesh");
     let loadgen = root.join("target/release/sockmesh-loadgen");
     // 0 provider, 1-4 agent (agent port, eport, mport, transparent), 5 haproxy, 7-10 baseline,
-    // 11-17 legs, 18-21 shared, 22 the SKMSG_SERVICE export port, 23 its provider.
-    let ports = free_ports(24);
+    // 11-17 legs, 18-21 shared, 22 the SKMSG_SERVICE export port, 23 its provider, 24-27 batch.
+    let ports = free_ports(28);
     // Declared before the processes, so that on an early return they go after them.
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sockmesh-bench-{}", std::process::id()));
     let pins = PinDir::new(&bin, &pin_dir);
@@ -224,6 +227,16 @@ pub fn start_env(
         false => None,
         true => Some(side_agent("shared", &bin, &ports[18..22], "  shards: false\n")?),
     };
+    // This build with its shards' threads SCHED_BATCH (agent-client-batch mode).
+    let batch = match batch {
+        false => None,
+        true => Some(side_agent(
+            "batch",
+            &bin,
+            &ports[24..28],
+            "  shard_policy: batch\n",
+        )?),
+    };
 
     let legs = if legs {
         Some(start_legs_agent(
@@ -278,6 +291,7 @@ pub fn start_env(
         agent_idle_rss_kib,
         baseline,
         shared,
+        batch,
         legs,
         legs_control: dir.join("legs.sock"),
         haproxy_addr: haproxy_addr.to_string(),
@@ -433,6 +447,7 @@ impl Env {
             Mode::AgentServer => Some(self.export_port_addr.clone()),
             Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.0.clone()),
             Mode::AgentClientShared => self.shared.as_ref().map(|b| b.0.clone()),
+            Mode::AgentClientBatch => self.batch.as_ref().map(|b| b.0.clone()),
             Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => self.legs.as_ref().map(|l| l.0.clone()),
             Mode::EbpfSockmapLegs => Some(self.skmsg_provider_addr.clone()),
             _ => Some(self.provider_addr.clone()),
@@ -445,6 +460,7 @@ impl Env {
             Mode::Haproxy => Some(self.haproxy_pid),
             Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.1),
             Mode::AgentClientShared => self.shared.as_ref().map(|b| b.1),
+            Mode::AgentClientBatch => self.batch.as_ref().map(|b| b.1),
             Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => self.legs.as_ref().map(|l| l.1),
             _ => Some(self.agent_pid),
         }
@@ -467,7 +483,10 @@ impl Env {
                 "--service",
                 match mode {
                     Mode::AgentFilters => FILTERED_SERVICE,
-                    Mode::AgentClient | Mode::AgentClientShared | Mode::EbpfSockmapClient => CLIENT_SERVICE,
+                    Mode::AgentClient
+                    | Mode::AgentClientShared
+                    | Mode::AgentClientBatch
+                    | Mode::EbpfSockmapClient => CLIENT_SERVICE,
                     Mode::AgentTwoHopTcp => TWO_HOP_TCP_SERVICE,
                     Mode::AgentTwoHopSkmsg => TWO_HOP_SKMSG_SERVICE,
                     Mode::AgentExplicitSkmsg => SKMSG_SERVICE,

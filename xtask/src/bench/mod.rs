@@ -37,6 +37,9 @@ pub enum Mode {
     /// agent-client through a second agent with `sockmesh.shards: false` (connections on the
     /// multi-threaded runtime), to measure what the data-plane shards win.
     AgentClientShared,
+    /// agent-client through a second agent with `sockmesh.shard_policy: batch` (the shards'
+    /// threads SCHED_BATCH), to measure what the opt-in policy wins.
+    AgentClientBatch,
     /// The agent's server role alone: export port -> provider (one Motan2 hop).
     AgentServer,
     /// agent-explicit through another build of the agent (`--baseline-bin`), for comparing
@@ -82,10 +85,11 @@ impl Mode {
             .collect()
     }
 
-    pub const ALL: [Mode; 15] = [
+    pub const ALL: [Mode; 16] = [
         Mode::Direct,
         Mode::AgentClient,
         Mode::AgentClientShared,
+        Mode::AgentClientBatch,
         Mode::AgentServer,
         Mode::AgentExplicit,
         Mode::AgentExplicitSkmsg,
@@ -110,6 +114,7 @@ impl Mode {
             Mode::AgentFilters => "agent-filters",
             Mode::AgentClient => "agent-client",
             Mode::AgentClientShared => "agent-client-shared",
+            Mode::AgentClientBatch => "agent-client-batch",
             Mode::AgentServer => "agent-server",
             Mode::AgentBaseline => "agent-baseline",
             Mode::AgentTwoHopTcp => "agent-two-hop-tcp",
@@ -282,12 +287,14 @@ pub fn run(opts: Options) -> Result<()> {
     };
     let legs = modes.iter().any(|m| m.uses_legs_agent());
     let shared = modes.contains(&Mode::AgentClientShared);
+    let batch = modes.contains(&Mode::AgentClientBatch);
     let env = start_env(
         &raw,
         opts.agent_workers,
         opts.baseline_bin.as_deref(),
         legs,
         shared,
+        batch,
     )?;
 
     let cases = cases();

@@ -99,7 +99,7 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "- agent-client serves its connections on the data-plane shards (`sockmesh.shards: true`, the default: one single-threaded runtime per worker thread); agent-client-shared is the same hop through a second agent with `sockmesh.shards: false` (the multi-threaded runtime)"
+            "- agent-client serves its connections on the data-plane shards (`sockmesh.shards: true`, the default: one single-threaded runtime per worker thread); agent-client-shared is the same hop through a second agent with `sockmesh.shards: false` (the multi-threaded runtime), agent-client-batch through a second agent with `sockmesh.shard_policy: batch` (the shards' threads SCHED_BATCH: no preemption on wake-up)"
         );
         let _ = writeln!(
             md,
@@ -114,7 +114,11 @@ impl Report {
             .filter(|r| {
                 !matches!(
                     r.mode,
-                    Mode::Direct | Mode::Haproxy | Mode::AgentBaseline | Mode::AgentClientShared
+                    Mode::Direct
+                        | Mode::Haproxy
+                        | Mode::AgentBaseline
+                        | Mode::AgentClientShared
+                        | Mode::AgentClientBatch
                 )
             })
             .map(|r| r.proxy_rss_kib)
@@ -276,6 +280,11 @@ impl Report {
                     "data-plane shards: agent-client - agent-client-shared",
                 ),
                 (
+                    Mode::AgentClientBatch,
+                    Mode::AgentClient,
+                    "SCHED_BATCH shards: agent-client-batch - agent-client",
+                ),
+                (
                     Mode::AgentExplicitSkmsg,
                     Mode::AgentExplicit,
                     "sk_msg on the provider leg: agent-explicit-skmsg - agent-explicit",
@@ -371,6 +380,7 @@ impl Report {
                 Mode::Haproxy,
                 Mode::AgentClient,
                 Mode::AgentClientShared,
+                Mode::AgentClientBatch,
                 Mode::AgentServer,
                 Mode::AgentExplicit,
                 Mode::AgentBaseline,
@@ -426,6 +436,7 @@ Per hop against haproxy (added = mode - direct, paired per round, median; agent-
                         Mode::Haproxy
                         | Mode::AgentClient
                         | Mode::AgentClientShared
+                        | Mode::AgentClientBatch
                         | Mode::AgentServer
                         | Mode::EbpfSockmapClient
                         | Mode::EbpfSockmapLegs => 1,
