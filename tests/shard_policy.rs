@@ -1,13 +1,9 @@
 //! `sockmesh.shard_policy`: the scheduling policy of the data-plane shards' threads, read from
-//! /proc while the daemon serves. Its own test binary: `auto` follows the host's CPU pressure,
-//! which tests running beside it would change.
+//! /proc while the daemon serves.
 mod common;
-
-use std::time::{Duration, Instant};
 
 use common::motan::{self, Value};
 use common::{Daemon, Ports, Provider, SVC, agent_addr, client_motan};
-use sockmesh_testkit::ChildProcess;
 
 /// A mesh daemon with two shards and `sockmesh.<policy_line>` calling `provider`.
 fn agent(name: &str, provider: &Provider, policy_line: &str) -> Daemon {
@@ -31,21 +27,6 @@ fn policy(d: &Daemon, thread: &str) -> u32 {
     fields[38].parse().unwrap()
 }
 
-/// Both shards of `d` have `want` within `within`; else the policies last seen.
-fn shards_become(d: &Daemon, want: libc::c_int, within: Duration) -> Result<(), Vec<u32>> {
-    let until = Instant::now() + within;
-    loop {
-        let now: Vec<u32> = (0..2).map(|k| policy(d, &format!("sm-shard-{k}"))).collect();
-        if now.iter().all(|p| *p == want as u32) {
-            return Ok(());
-        }
-        if Instant::now() > until {
-            return Err(now);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Twenty echo calls through the agent port answer.
 fn serves(d: &Daemon) {
     motan::rt().block_on(async {
@@ -64,8 +45,6 @@ fn serves(d: &Daemon) {
 /// know is a config error naming the key.
 #[test]
 fn batch_runs_the_shards_sched_batch() {
-    // One at a time: the other test reads the host's CPU pressure.
-    let _serial = common::serial();
     let provider = Provider::start("batch", 0);
     let batch = agent("shard-batch", &provider, "  shard_policy: batch\n");
     let normal = agent("shard-normal", &provider, "");
@@ -94,43 +73,8 @@ fn batch_runs_the_shards_sched_batch() {
     assert!(!out.status.success(), "{err}");
     assert!(
         err.contains(
-            "section sockmesh, key shard_policy: unknown variant `fifo`, expected one of `normal`, `batch`, `auto`"
+            "section sockmesh, key shard_policy: unknown variant `fifo`, expected `normal` or `batch`"
         ),
         "{err}"
     );
-}
-
-/// `auto`: SCHED_BATCH while the host is quiet, SCHED_OTHER within seconds of its CPUs being
-/// held by busy loops, SCHED_BATCH again once they stop; the agent serves throughout.
-#[test]
-fn auto_follows_the_cpu_pressure() {
-    let _serial = common::serial();
-    let provider = Provider::start("auto", 0);
-    let d = agent("shard-auto", &provider, "  shard_policy: auto\n");
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    shards_become(&d, libc::SCHED_BATCH, Duration::from_secs(15)).unwrap_or_else(|p| {
-        panic!(
-            "quiet host: shards still {p:?}, not SCHED_BATCH (3); /proc/pressure/cpu: {:?}",
-            std::fs::read_to_string("/proc/pressure/cpu")
-        )
-    });
-    serves(&d);
-    {
-        // More busy loops than CPUs: some task always waits for one.
-        let _hogs: Vec<ChildProcess> = (0..cpus + 1)
-            .map(|_| {
-                ChildProcess::spawn(
-                    "a busy loop",
-                    std::process::Command::new("sh").args(["-c", "while :; do :; done"]),
-                )
-                .unwrap()
-            })
-            .collect();
-        shards_become(&d, libc::SCHED_OTHER, Duration::from_secs(10))
-            .unwrap_or_else(|p| panic!("busy host: shards still {p:?}, not SCHED_OTHER (0)"));
-        serves(&d);
-    }
-    shards_become(&d, libc::SCHED_BATCH, Duration::from_secs(15))
-        .unwrap_or_else(|p| panic!("after the busy loops: shards still {p:?}, not SCHED_BATCH (3)"));
-    d.wait_log("the shards now run SCHED_OTHER", 1);
 }

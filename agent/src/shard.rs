@@ -12,8 +12,8 @@
 //! namespaces) accept on the main runtime and hand connections to the shards round-robin. The
 //! admin API, discovery and everything else stay on the main runtime.
 use std::future::Future;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -29,8 +29,6 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 
 struct Shard {
     handle: tokio::runtime::Handle,
-    /// The thread's id (0 until it runs), for `sockmesh.shard_policy: auto` to reschedule it.
-    tid: Arc<AtomicI32>,
     /// When the shard last ran its tick, in [`crate::sys::monotonic_ms`].
     ticked: AtomicU64,
 }
@@ -71,10 +69,8 @@ pub fn start(n: usize, policy: ShardPolicy) -> std::io::Result<()> {
             .enable_time()
             .thread_name(format!("sm-shard-{k}"))
             .build()?;
-        let tid = Arc::new(AtomicI32::new(0));
         shards.push(Shard {
             handle: rt.handle().clone(),
-            tid: tid.clone(),
             ticked: AtomicU64::new(crate::sys::monotonic_ms()),
         });
         let stop = stop.clone();
@@ -83,12 +79,8 @@ pub fn start(n: usize, policy: ShardPolicy) -> std::io::Result<()> {
                 .name(format!("sm-shard-{k}"))
                 .spawn(move || {
                     CURRENT.with(|c| c.set(Some(k)));
-                    // SAFETY: gettid has no preconditions.
-                    tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
-                    if policy == ShardPolicy::Batch
-                        && let Err(e) = set_batch(0, true)
-                    {
-                        tracing::warn!("shard {k}: cannot set scheduling policy SCHED_BATCH: {e}");
+                    if let Err(e) = set_policy(policy) {
+                        tracing::warn!("shard {k}: cannot set scheduling policy {policy:?}: {e}");
                     }
                     rt.block_on(async {
                         let mut tick = tokio::time::interval(TICK);
@@ -110,14 +102,6 @@ pub fn start(n: usize, policy: ShardPolicy) -> std::io::Result<()> {
                 })?,
         );
     }
-    if policy == ShardPolicy::Auto {
-        let stop = stop.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("sm-shard-sched".into())
-                .spawn(move || follow_pressure(&stop))?,
-        );
-    }
     let _ = SHARDS.set(Shards {
         shards,
         next: AtomicUsize::new(0),
@@ -127,96 +111,18 @@ pub fn start(n: usize, policy: ShardPolicy) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Schedule thread `tid` (0: the caller) SCHED_BATCH or back to SCHED_OTHER, priority 0.
-fn set_batch(tid: libc::pid_t, batch: bool) -> std::io::Result<()> {
-    let policy = if batch {
-        libc::SCHED_BATCH
-    } else {
-        libc::SCHED_OTHER
+/// Schedule the calling thread by `policy` (SCHED_OTHER or SCHED_BATCH, priority 0).
+fn set_policy(policy: ShardPolicy) -> std::io::Result<()> {
+    let p = match policy {
+        ShardPolicy::Normal => return Ok(()),
+        ShardPolicy::Batch => libc::SCHED_BATCH,
     };
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param; `tid` is 0 or a thread of this process.
-    if unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0 {
+    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, p, &param) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// How often `auto` reads the host's CPU pressure.
-const PRESSURE_EVERY: Duration = Duration::from_secs(1);
-/// `auto` leaves SCHED_BATCH when some task waited for a CPU this share of the last second or
-/// more, and goes back below [`QUIET`] (two thresholds, so it does not flap).
-const BUSY: f64 = 0.20;
-const QUIET: f64 = 0.10;
-
-/// What `sockmesh.shard_policy: auto` runs the shards as (true: SCHED_BATCH), given the share
-/// of the last interval in which some task on the host waited for a CPU and whether they are
-/// SCHED_BATCH now.
-fn auto_batch(pressure: f64, batch_now: bool) -> bool {
-    pressure < if batch_now { BUSY } else { QUIET }
-}
-
-/// The microseconds some task has waited for a CPU since boot (`some ... total=` of
-/// /proc/pressure/cpu, the kernel's PSI).
-fn cpu_pressure_total() -> std::io::Result<u64> {
-    let text = std::fs::read_to_string("/proc/pressure/cpu")?;
-    parse_pressure_total(&text)
-        .ok_or_else(|| std::io::Error::other(format!("/proc/pressure/cpu: no `some ... total=` in {text:?}")))
-}
-
-fn parse_pressure_total(text: &str) -> Option<u64> {
-    let some = text.lines().find(|l| l.starts_with("some "))?;
-    some.split_whitespace()
-        .find_map(|f| f.strip_prefix("total="))?
-        .parse()
-        .ok()
-}
-
-/// `sockmesh.shard_policy: auto`: every [`PRESSURE_EVERY`], SCHED_BATCH for the shards while the
-/// host's CPUs are not contended, SCHED_OTHER while they are. Without PSI (a kernel without it,
-/// or booted with `psi=0`) the shards stay SCHED_OTHER.
-fn follow_pressure(stop: &CancellationToken) {
-    let mut last = match cpu_pressure_total() {
-        Ok(total) => (total, Instant::now()),
-        Err(e) => {
-            tracing::warn!(
-                "sockmesh.shard_policy auto: cannot read the CPU pressure ({e}): the shards stay SCHED_OTHER"
-            );
-            return;
-        }
-    };
-    let mut batch = false;
-    while !stop.is_cancelled() {
-        std::thread::sleep(PRESSURE_EVERY);
-        let Ok(total) = cpu_pressure_total() else { continue };
-        let now = Instant::now();
-        let waited = total.saturating_sub(last.0) as f64;
-        let pressure = waited / now.duration_since(last.1).as_micros().max(1) as f64;
-        last = (total, now);
-        let want = auto_batch(pressure, batch);
-        if want == batch {
-            continue;
-        }
-        let Some(s) = SHARDS.get() else { continue };
-        let failed = s
-            .shards
-            .iter()
-            .map(|x| x.tid.load(Ordering::Relaxed))
-            .filter(|&tid| tid > 0)
-            .filter_map(|tid| set_batch(tid, want).err())
-            .last();
-        match failed {
-            Some(e) => tracing::warn!("sockmesh.shard_policy auto: cannot reschedule the shards: {e}"),
-            None => {
-                batch = want;
-                tracing::info!(
-                    "CPU pressure {:.0}%: the shards now run {}",
-                    pressure * 100.0,
-                    if want { "SCHED_BATCH" } else { "SCHED_OTHER" }
-                );
-            }
-        }
-    }
 }
 
 /// Stop the shards and wait (at most [`STOP_WAIT`]) for their threads.
@@ -376,26 +282,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::{accept_on, auto_batch, parse_pressure_total, slot_on};
-
-    #[test]
-    fn auto_leaves_batch_when_the_cpus_are_contended_and_comes_back_when_quiet() {
-        // From SCHED_OTHER: batch only below 10%.
-        assert!(auto_batch(0.03, false));
-        assert!(!auto_batch(0.15, false));
-        // From SCHED_BATCH: it stays up to 20%, so a load near one threshold does not flap.
-        assert!(auto_batch(0.15, true));
-        assert!(!auto_batch(0.20, true));
-        assert!(!auto_batch(0.95, true));
-    }
-
-    #[test]
-    fn the_pressure_total_is_read_from_the_some_line() {
-        let psi = "some avg10=0.99 avg60=1.05 avg300=2.59 total=270719682\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
-        assert_eq!(parse_pressure_total(psi), Some(270_719_682));
-        assert_eq!(parse_pressure_total("full avg10=0.00 total=5\n"), None);
-        assert_eq!(parse_pressure_total("some avg10=0.99 total=x\n"), None);
-    }
+    use super::{accept_on, slot_on};
 
     #[test]
     fn a_group_with_a_socket_per_shard_accepts_on_the_shards() {
