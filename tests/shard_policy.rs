@@ -62,6 +62,22 @@ fn batch_runs_the_shards_sched_batch() {
         );
     }
     serves(&batch);
+    // The policy is set when the shards start: a reload names it as needing a restart and the
+    // threads keep theirs.
+    let cfg = std::fs::read_to_string(batch.config_path()).unwrap();
+    std::fs::write(
+        batch.config_path(),
+        cfg.replace("shard_policy: batch", "shard_policy: normal"),
+    )
+    .unwrap();
+    let (ok, out, err) = batch.cli(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("needs a restart: sockmesh.worker_threads / shards / shard_policy"),
+        "{out}"
+    );
+    assert_eq!(policy(&batch, "sm-shard-0"), libc::SCHED_BATCH as u32);
+    serves(&batch);
     let bad = batch.dir.join("bad-policy.yaml");
     std::fs::write(&bad, "sockmesh:\n  shard_policy: fifo\n").unwrap();
     let out = std::process::Command::new(common::bin())

@@ -493,6 +493,18 @@ impl AppState {
                 "sockmesh.admin.control_group",
                 old.sockmesh.admin.control_group != new.sockmesh.admin.control_group,
             ),
+            (
+                "sockmesh.worker_threads / shards / shard_policy",
+                (
+                    old.sockmesh.worker_threads,
+                    old.sockmesh.shards,
+                    old.sockmesh.shard_policy,
+                ) != (
+                    new.sockmesh.worker_threads,
+                    new.sockmesh.shards,
+                    new.sockmesh.shard_policy,
+                ),
+            ),
             ("sockmesh.intercept.enabled", o.enabled != n.enabled),
             (
                 "sockmesh.intercept.transparent_port",

@@ -194,17 +194,23 @@ pub fn start_env(
 
     // Another agent with the same mesh on its own ports, without interception: `ports` are its
     // agent port, export port, mport and transparent port; `extra` goes into its sockmesh section.
+    // Each with its own control socket and pin directory (whose lock says one daemon per pin
+    // directory; nothing is pinned with interception off), so several can run at once.
     let mut side_agent = |name: &str, bin: &Path, ports: &[u16], extra: &str| -> Result<(String, u32)> {
         let cfg = dir.join(format!("{name}.yaml"));
         std::fs::write(
             &cfg,
             format!(
                 "motan-agent:\n  port: {}\n  eport: {}\n  mport: {}\n  application: bench-{name}\n\
-                 sockmesh:\n  log_level: \"warn,sockmesh::access=info\"\n  worker_threads: {agent_workers}\n{extra}  intercept:\n    enabled: false\n    transparent_port: {}\n{}",
+                 sockmesh:\n  log_level: \"warn,sockmesh::access=info\"\n  worker_threads: {agent_workers}\n{extra}\
+                 \x20 admin:\n    control_socket: {}\n\
+                 \x20 intercept:\n    enabled: false\n    transparent_port: {}\n    pin_dir: /sys/fs/bpf/sockmesh-bench-{name}-{}\n{}",
                 ports[0],
                 ports[1],
                 ports[2],
+                dir.join(format!("{name}.sock")).display(),
                 ports[3],
+                std::process::id(),
                 mesh_sections(ports[1], &provider_addr, None)?
             ),
         )?;
