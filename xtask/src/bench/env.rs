@@ -1,6 +1,7 @@
 //! The bench's set-up: a Motan2 provider, the agent (both roles, with interception) and haproxy,
 //! each a guarded process, the agent's pins and iptables chain, and the client cgroup; and one
 //! load-generator run in a mode.
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,14 +35,12 @@ pub struct Env {
     agent_pid: u32,
     /// The agent's RSS (KiB) idle, after start-up (interception loaded and self-tested).
     pub agent_idle_rss_kib: u64,
-    /// The baseline build's agent port and PID (agent-baseline mode), when given.
-    baseline: Option<(String, u32)>,
+    /// The agents of one mode each, with their agent port and PID, for those that run: the
+    /// baseline build (agent-baseline, when given), this build with `shards: false`
+    /// (agent-client-shared) and with `shard_policy: batch` (agent-client-batch).
+    side: BTreeMap<Mode, (String, u32)>,
     /// The "legs" agent's port and PID (agent-two-hop-* modes), when one of them runs.
     legs: Option<(String, u32)>,
-    /// The shared-runtime agent's port and PID (agent-client-shared mode), when it runs.
-    shared: Option<(String, u32)>,
-    /// The SCHED_BATCH agent's port and PID (agent-client-batch mode), when it runs.
-    batch: Option<(String, u32)>,
     /// The legs agent's control socket.
     legs_control: PathBuf,
     haproxy_addr: String,
@@ -223,26 +222,28 @@ pub fn start_env(
         started?;
         Ok((format!("127.0.0.1:{}", ports[0]), pid))
     };
+    let mut side = BTreeMap::new();
     // The baseline build (agent-baseline mode).
-    let baseline = match baseline_bin {
-        None => None,
-        Some(bbin) => Some(side_agent("baseline", bbin, &ports[7..11], "")?),
-    };
+    if let Some(bbin) = baseline_bin {
+        side.insert(
+            Mode::AgentBaseline,
+            side_agent("baseline", bbin, &ports[7..11], "")?,
+        );
+    }
     // This build with its connections on the multi-threaded runtime (agent-client-shared mode).
-    let shared = match shared {
-        false => None,
-        true => Some(side_agent("shared", &bin, &ports[18..22], "  shards: false\n")?),
-    };
+    if shared {
+        side.insert(
+            Mode::AgentClientShared,
+            side_agent("shared", &bin, &ports[18..22], "  shards: false\n")?,
+        );
+    }
     // This build with its shards' threads SCHED_BATCH (agent-client-batch mode).
-    let batch = match batch {
-        false => None,
-        true => Some(side_agent(
-            "batch",
-            &bin,
-            &ports[24..28],
-            "  shard_policy: batch\n",
-        )?),
-    };
+    if batch {
+        side.insert(
+            Mode::AgentClientBatch,
+            side_agent("batch", &bin, &ports[24..28], "  shard_policy: batch\n")?,
+        );
+    }
 
     let legs = if legs {
         Some(start_legs_agent(
@@ -295,9 +296,7 @@ pub fn start_env(
         export_port_addr: format!("127.0.0.1:{}", ports[2]),
         agent_pid,
         agent_idle_rss_kib,
-        baseline,
-        shared,
-        batch,
+        side,
         legs,
         legs_control: dir.join("legs.sock"),
         haproxy_addr: haproxy_addr.to_string(),
@@ -451,9 +450,9 @@ impl Env {
                 Some(self.agent_port_addr.clone())
             }
             Mode::AgentServer => Some(self.export_port_addr.clone()),
-            Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.0.clone()),
-            Mode::AgentClientShared => self.shared.as_ref().map(|b| b.0.clone()),
-            Mode::AgentClientBatch => self.batch.as_ref().map(|b| b.0.clone()),
+            Mode::AgentBaseline | Mode::AgentClientShared | Mode::AgentClientBatch => {
+                self.side.get(&mode).map(|a| a.0.clone())
+            }
             Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => self.legs.as_ref().map(|l| l.0.clone()),
             Mode::EbpfSockmapLegs => Some(self.skmsg_provider_addr.clone()),
             _ => Some(self.provider_addr.clone()),
@@ -464,9 +463,9 @@ impl Env {
         match mode {
             Mode::Direct => None,
             Mode::Haproxy => Some(self.haproxy_pid),
-            Mode::AgentBaseline => self.baseline.as_ref().map(|b| b.1),
-            Mode::AgentClientShared => self.shared.as_ref().map(|b| b.1),
-            Mode::AgentClientBatch => self.batch.as_ref().map(|b| b.1),
+            Mode::AgentBaseline | Mode::AgentClientShared | Mode::AgentClientBatch => {
+                self.side.get(&mode).map(|a| a.1)
+            }
             Mode::AgentTwoHopTcp | Mode::AgentTwoHopSkmsg => self.legs.as_ref().map(|l| l.1),
             _ => Some(self.agent_pid),
         }
