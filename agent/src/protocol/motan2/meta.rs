@@ -44,10 +44,19 @@ const LINEAR_DEDUP_MAX: usize = 32;
 /// key (last one wins, as in every upstream decoder), in the order first seen. A small vector:
 /// frames carry about ten keys, where a linear scan beats hashing. Decoded keys and values are
 /// `Bytes` slices of the frame, not copies. Equality is map equality: order does not matter.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Meta {
     /// Keys are unique: every way in (decode, insert, collect) keeps them so.
     entries: Vec<(Bytes, Bytes)>,
+    /// No key is empty and no key or value holds a newline: true of every decoded entry, so
+    /// encoding skips looking inside them; an insert that breaks it clears it.
+    plain: bool,
+}
+
+impl Default for Meta {
+    fn default() -> Meta {
+        Meta::with_capacity(0)
+    }
 }
 
 impl PartialEq for Meta {
@@ -70,6 +79,7 @@ impl Meta {
     pub fn with_capacity(n: usize) -> Meta {
         Meta {
             entries: Vec::with_capacity(n),
+            plain: true,
         }
     }
 
@@ -102,10 +112,21 @@ impl Meta {
         self.position(key.as_bytes()).is_some()
     }
 
+    fn note(&mut self, key: &[u8], value: &[u8]) {
+        if self.plain
+            && (key.is_empty()
+                || memchr::memchr(b'\n', key).is_some()
+                || memchr::memchr(b'\n', value).is_some())
+        {
+            self.plain = false;
+        }
+    }
+
     /// Set a key; an existing entry keeps its place and gets the new value.
     pub fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) {
         let key = key.into();
         let value = value.into();
+        self.note(&key, &value);
         match self.position(&key) {
             Some(i) => self.entries[i].1 = value,
             None => self.entries.push((key, value)),
@@ -118,7 +139,9 @@ impl Meta {
         if self.position(&key).is_some() {
             return false;
         }
-        self.entries.push((key, value.into()));
+        let value = value.into();
+        self.note(&key, &value);
+        self.entries.push((key, value));
         true
     }
 
@@ -142,11 +165,21 @@ impl Meta {
     /// Go's encoder drops entries with an empty key or value, or with a newline in either
     /// (spec 1.3); we encode the same way so every peer reads what we send.
     pub fn is_encodable(key: &[u8], value: &[u8]) -> bool {
-        !key.is_empty() && !value.is_empty() && !key.contains(&b'\n') && !value.contains(&b'\n')
+        !key.is_empty()
+            && !value.is_empty()
+            && memchr::memchr(b'\n', key).is_none()
+            && memchr::memchr(b'\n', value).is_none()
     }
 
     fn encodable(&self) -> impl Iterator<Item = &(Bytes, Bytes)> {
-        self.entries.iter().filter(|(k, v)| Meta::is_encodable(k, v))
+        let plain = self.plain;
+        self.entries.iter().filter(move |(k, v)| {
+            if plain {
+                !v.is_empty()
+            } else {
+                Meta::is_encodable(k, v)
+            }
+        })
     }
 
     /// Bytes of the encoded block (entries Go cannot send are not counted).
@@ -185,27 +218,21 @@ impl Meta {
         if block.is_empty() {
             return Ok(Meta::default());
         }
-        let newlines = block.iter().filter(|b| **b == b'\n').count();
+        let newlines = memchr::memchr_iter(b'\n', &block).count();
         let mut entries = Vec::with_capacity((newlines / 2 + 1).min(max_entries) + RELAY_ROOM);
         let mut key: Option<Bytes> = None;
         let mut start = 0;
-        for end in block
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'\n')
-            .map(|(i, _)| i)
-            .chain(std::iter::once(block.len()))
-        {
-            let seg = block.slice(start..end);
+        for end in memchr::memchr_iter(b'\n', &block).chain(std::iter::once(block.len())) {
+            let seg = (start < end).then(|| block.slice(start..end));
             start = end + 1;
-            match key.take() {
-                None if seg.is_empty() => {}
-                None => key = Some(seg),
-                Some(k) => {
+            match (key.take(), seg) {
+                (None, None) => {}
+                (None, Some(k)) => key = Some(k),
+                (Some(k), v) => {
                     if entries.len() >= max_entries {
                         return Err(FrameError::TooManyMetaEntries(max_entries));
                     }
-                    entries.push((k, seg));
+                    entries.push((k, v.unwrap_or_default()));
                 }
             }
         }
@@ -215,7 +242,7 @@ impl Meta {
             ));
         }
         dedup_last_wins(&mut entries);
-        Ok(Meta { entries })
+        Ok(Meta { entries, plain: true })
     }
 }
 
@@ -334,5 +361,12 @@ mod tests {
         assert!(m.insert_if_absent("new", "x") && !m.insert_if_absent("new", "y"));
         assert_eq!(m.remove("new").unwrap(), "x");
         assert_eq!(m.get_non_empty("empty"), None);
+        // A decoded block is known clean; what is added to it later is still checked.
+        let mut d = decode(b"a\n1\nb\n").unwrap();
+        d.insert("nl", "x\ny");
+        assert!(d.insert_if_absent("c", "3") && d.insert_if_absent("k\n", "v"));
+        let mut b = BytesMut::new();
+        d.encode_into(&mut b);
+        assert_eq!((&b[..], d.encoded_len()), (&b"a\n1\nc\n3"[..], 7));
     }
 }
