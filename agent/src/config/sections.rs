@@ -81,8 +81,9 @@ pub enum ShardPolicy {
     /// SCHED_BATCH (same share of the CPU, no preemption on wake-up): a shard woken by an app's
     /// request runs once that app waits, which saves context switches on an idle or lightly
     /// loaded host (README, "Data-plane shards": about half the CPU per request at 1k req/s,
-    /// 13% less at 5k) but delays requests by up to a scheduler slice when the host's CPUs are
-    /// busy (p50 about 1 ms instead of 0.1 ms with both cores saturated). Opt-in.
+    /// 13% less at 5k) but can delay requests by up to a scheduler slice when the host's CPUs
+    /// are busy (p50 about 1 ms instead of 0.1 ms in some runs with both cores saturated, not in
+    /// others: it depends on where the busy tasks run). Opt-in.
     Batch,
 }
 
