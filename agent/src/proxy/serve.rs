@@ -544,11 +544,17 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
     let idle = limits.idle_timeout();
     // One idle timer for the connection's life, moved on only when it fires: going idle after
     // each request costs a clock read, not a timer registration.
-    let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle.unwrap_or_default()));
+    let idle_sleep = std::pin::pin!(tokio::time::sleep(idle.unwrap_or_default()));
+    let mut idle_timer = WokenOnly::new(idle_sleep);
     let mut idle_since = tokio::time::Instant::now();
     let mut was_busy = false;
-    // Made once: a fresh `cancelled()` per wake-up registers and unregisters a waiter each time.
-    let mut shutting_down = std::pin::pin!(shutdown.cancelled());
+    // Made once: a fresh `cancelled()` per wake-up registers and unregisters a waiter each time;
+    // gated, as every pass of the loop would poll it (two locks) and only a shutdown wakes it.
+    let cancelled = std::pin::pin!(shutdown.cancelled());
+    let mut shutting_down = WokenOnly::new(cancelled);
+    // One readiness future at a time, replaced once it is ready: made afresh on every pass it
+    // would register and unregister a waiter each time.
+    let mut readable = WokenOnly::new(Box::pin(rd.readable()));
     // The connection's share is made with the first frame: a connection that never sends one
     // (thousands of idle or slowloris peers) holds none.
     let mut share: Option<Arc<ConnectionShare>> = None;
@@ -663,9 +669,10 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
                 if tokio::time::Instant::now() >= due {
                     break 'conn "idle timeout".into();
                 }
-                idle_timer.as_mut().reset(due);
+                idle_timer.inner_mut().as_mut().reset(due);
             }
-            r = rd.readable(), if read => {
+            r = &mut readable, if read => {
+                readable.replace(Box::pin(rd.readable()));
                 let r = r.and_then(|()| read_some(&rd, &mut buf, limits.drained_reads));
                 match r {
                     Ok(0) => closing = Some("closed by peer".into()),
@@ -686,6 +693,76 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
         warn_connection(peer, &why);
     } else {
         tracing::debug!(%peer, "connection ended: {why}");
+    }
+}
+
+/// A future polled again only after it has woken the task: `select!` polls every branch on each
+/// pass of a connection's loop (several per request), and polling a registered waiter again
+/// (a cancellation token, a notification) takes its locks although nothing changed. The inner
+/// future is given a waker of its own, which marks it woken and wakes the task.
+struct WokenOnly<F> {
+    inner: F,
+    gate: Arc<Gate>,
+    waker: std::task::Waker,
+    polled: bool,
+}
+
+#[derive(Default)]
+struct Gate {
+    woken: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future + Unpin> WokenOnly<F> {
+    fn new(inner: F) -> WokenOnly<F> {
+        let gate = Arc::new(Gate::default());
+        WokenOnly {
+            inner,
+            waker: gate.clone().into(),
+            gate,
+            polled: false,
+        }
+    }
+}
+
+impl<F> WokenOnly<F> {
+    /// The inner future, to change it; it is polled on the next poll (a reset timer registers
+    /// its new deadline).
+    fn inner_mut(&mut self) -> &mut F {
+        self.polled = false;
+        &mut self.inner
+    }
+
+    /// Put `inner` in place of the current future (which may have completed); it is polled on
+    /// the next poll.
+    fn replace(&mut self, inner: F) {
+        *self.inner_mut() = inner;
+    }
+}
+
+impl<F: Future + Unpin> Future for WokenOnly<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = &mut *self;
+        // Registered before the check: a wake-up after it finds this task's waker.
+        this.gate.task.register(cx.waker());
+        if this.polled && !this.gate.woken.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Pending;
+        }
+        this.polled = true;
+        Pin::new(&mut this.inner).poll(&mut std::task::Context::from_waker(&this.waker))
     }
 }
 
@@ -1005,6 +1082,37 @@ mod tests {
     use futures_util::SinkExt;
     use tokio::io::AsyncReadExt;
     use tokio_util::codec::Framed;
+
+    #[test]
+    fn a_gated_future_is_polled_again_only_once_it_woke_the_task_or_was_replaced() {
+        let notify = tokio::sync::Notify::new();
+        let polls = std::cell::Cell::new(0);
+        let counted = |n: &'static str| {
+            let mut notified = Box::pin(notify.notified());
+            let polls = &polls;
+            std::future::poll_fn(move |cx| {
+                polls.set(polls.get() + 1);
+                notified.as_mut().poll(cx).map(|()| n)
+            })
+        };
+        let mut gated = WokenOnly::new(Box::pin(counted("first")));
+        let task = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&task);
+        let mut poll = |g: &mut WokenOnly<_>| Pin::new(g).poll(&mut cx);
+        assert!(poll(&mut gated).is_pending());
+        // Nothing woke it: polling the branch again does not reach the inner future.
+        assert!(poll(&mut gated).is_pending() && poll(&mut gated).is_pending());
+        assert_eq!(polls.get(), 1);
+        notify.notify_waiters();
+        assert_eq!(poll(&mut gated), std::task::Poll::Ready("first"));
+        assert_eq!(polls.get(), 2);
+        // A replaced future is polled at once (it has not registered anything yet).
+        gated.replace(Box::pin(counted("second")));
+        assert!(poll(&mut gated).is_pending());
+        assert_eq!(polls.get(), 3);
+        notify.notify_waiters();
+        assert_eq!(poll(&mut gated), std::task::Poll::Ready("second"));
+    }
 
     /// Answers every request with its own body.
     struct Echo;
