@@ -552,8 +552,8 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
     // gated, as every pass of the loop would poll it (two locks) and only a shutdown wakes it.
     let cancelled = std::pin::pin!(shutdown.cancelled());
     let mut shutting_down = WokenOnly::new(cancelled);
-    // One readiness future at a time, replaced once it is ready: made afresh on every pass it
-    // would register and unregister a waiter each time.
+    // One readiness future at a time, replaced in its box once it is ready: made afresh on
+    // every pass it would register and unregister a waiter each time.
     let mut readable = WokenOnly::new(Box::pin(rd.readable()));
     // The connection's share is made with the first frame: a connection that never sends one
     // (thousands of idle or slowloris peers) holds none.
@@ -672,7 +672,7 @@ pub async fn serve_connection<H: Handler, S: Inbound>(
                 idle_timer.inner_mut().as_mut().reset(due);
             }
             r = &mut readable, if read => {
-                readable.replace(Box::pin(rd.readable()));
+                readable.inner_mut().set(rd.readable());
                 let r = r.and_then(|()| read_some(&rd, &mut buf, limits.drained_reads));
                 match r {
                     Ok(0) => closing = Some("closed by peer".into()),
@@ -737,17 +737,11 @@ impl<F: Future + Unpin> WokenOnly<F> {
 }
 
 impl<F> WokenOnly<F> {
-    /// The inner future, to change it; it is polled on the next poll (a reset timer registers
-    /// its new deadline).
+    /// The inner future, to change or replace it; it is polled on the next poll (a reset timer
+    /// registers its new deadline, a new future its waiter).
     fn inner_mut(&mut self) -> &mut F {
         self.polled = false;
         &mut self.inner
-    }
-
-    /// Put `inner` in place of the current future (which may have completed); it is polled on
-    /// the next poll.
-    fn replace(&mut self, inner: F) {
-        *self.inner_mut() = inner;
     }
 }
 
@@ -1107,7 +1101,7 @@ mod tests {
         assert_eq!(poll(&mut gated), std::task::Poll::Ready("first"));
         assert_eq!(polls.get(), 2);
         // A replaced future is polled at once (it has not registered anything yet).
-        gated.replace(Box::pin(counted("second")));
+        gated.inner_mut().set(counted("second"));
         assert!(poll(&mut gated).is_pending());
         assert_eq!(polls.get(), 3);
         notify.notify_waiters();
