@@ -112,14 +112,9 @@ impl Meta {
         self.position(key.as_bytes()).is_some()
     }
 
+    /// Keep `plain` true only while every entry added is plain.
     fn note(&mut self, key: &[u8], value: &[u8]) {
-        if self.plain
-            && (key.is_empty()
-                || memchr::memchr(b'\n', key).is_some()
-                || memchr::memchr(b'\n', value).is_some())
-        {
-            self.plain = false;
-        }
+        self.plain = self.plain && Meta::is_plain(key, value);
     }
 
     /// Set a key; an existing entry keeps its place and gets the new value.
@@ -165,10 +160,13 @@ impl Meta {
     /// Go's encoder drops entries with an empty key or value, or with a newline in either
     /// (spec 1.3); we encode the same way so every peer reads what we send.
     pub fn is_encodable(key: &[u8], value: &[u8]) -> bool {
-        !key.is_empty()
-            && !value.is_empty()
-            && memchr::memchr(b'\n', key).is_none()
-            && memchr::memchr(b'\n', value).is_none()
+        !value.is_empty() && Meta::is_plain(key, value)
+    }
+
+    /// No empty key and no newline in key or value: true of every decoded entry; encodable
+    /// once the value is not empty either.
+    fn is_plain(key: &[u8], value: &[u8]) -> bool {
+        !key.is_empty() && memchr::memchr(b'\n', key).is_none() && memchr::memchr(b'\n', value).is_none()
     }
 
     fn encodable(&self) -> impl Iterator<Item = &(Bytes, Bytes)> {
