@@ -8,6 +8,7 @@
 use crate::locks::Locked;
 use crate::write_queue::{self, WriteQueue};
 use rustc_hash::FxHashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use super::Deadline;
@@ -158,29 +160,66 @@ impl Default for Transport {
 /// Calls waiting for their response, by channel request id. A waiter is an entry of this map
 /// rather than a channel of its own: the reader fills the entry in and wakes the caller's task,
 /// so once the map has grown to the channel's usual concurrency a call allocates nothing here.
+///
+/// Deadlines are kept here too, not as one timer per call: the reader task holds a single timer,
+/// armed at the earliest deadline it knows of, and expires the calls that are due when it fires.
+/// A call whose deadline comes after the armed one (the usual case: one timeout per service, so
+/// later calls end later) touches no timer at all; an earlier one re-arms it through `rearm`.
 #[derive(Debug, Default)]
 struct Pending {
-    waiters: Mutex<FxHashMap<u64, Waiter>>,
+    waiters: Mutex<Waiters>,
+    /// Set with `armed` moved earlier: the reader re-arms its timer.
+    rearm: AtomicBool,
+    /// The reader task, woken to re-arm.
+    reader: futures_util::task::AtomicWaker,
+}
+
+#[derive(Debug, Default)]
+struct Waiters {
+    calls: FxHashMap<u64, Waiter>,
+    /// When the reader's timer fires (`None`: not armed).
+    armed: Option<Instant>,
 }
 
 #[derive(Debug)]
 enum Waiter {
-    /// The caller's task, once it has polled.
-    Waiting(Option<Waker>),
+    /// The caller's task, once it has polled, and the call's deadline.
+    Waiting(Option<Waker>, Instant),
     Answered(Frame),
+    /// The deadline passed first.
+    Expired,
 }
 
+/// What became of a call, seen by its caller.
+enum Outcome {
+    Answered(Frame),
+    Expired,
+    /// The connection closed with the call in flight.
+    Gone,
+}
+
+/// The reader's timer moves on by at least this much per firing, so calls that expire close
+/// together are swept together (a timeout fires at most this late).
+const SWEEP_STEP: Duration = Duration::from_millis(1);
+
 impl Pending {
-    fn insert(&self, id: u64) {
-        self.waiters.locked().insert(id, Waiter::Waiting(None));
+    fn insert(&self, id: u64, due: Instant) {
+        let mut w = self.waiters.locked();
+        w.calls.insert(id, Waiter::Waiting(None, due));
+        if w.armed.is_none_or(|at| due < at) {
+            w.armed = Some(due);
+            drop(w);
+            self.rearm.store(true, Ordering::Release);
+            self.reader.wake();
+        }
     }
 
     fn remove(&self, id: u64) {
-        self.waiters.locked().remove(&id);
+        self.waiters.locked().calls.remove(&id);
     }
 
     fn len(&self) -> usize {
-        self.waiters.locked().len()
+        self.waiters.locked().calls.len()
     }
 
     /// Hand `resp` to the call waiting for its id; a response nobody waits for (the call timed
@@ -188,10 +227,10 @@ impl Pending {
     fn answer(&self, resp: Frame) {
         let waker = {
             let mut waiters = self.waiters.locked();
-            match waiters.get_mut(&resp.header.request_id) {
-                Some(w @ Waiter::Waiting(_)) => match std::mem::replace(w, Waiter::Answered(resp)) {
-                    Waiter::Waiting(waker) => waker,
-                    Waiter::Answered(_) => None,
+            match waiters.calls.get_mut(&resp.header.request_id) {
+                Some(w @ Waiter::Waiting(..)) => match std::mem::replace(w, Waiter::Answered(resp)) {
+                    Waiter::Waiting(waker, _) => waker,
+                    _ => None,
                 },
                 _ => None,
             }
@@ -201,39 +240,79 @@ impl Pending {
         }
     }
 
-    /// The response of call `id` once answered; `None` when the entry is gone (the connection
-    /// closed with the call in flight).
-    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+    /// How call `id` ended, once it has.
+    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut waiters = self.waiters.locked();
-        match waiters.get_mut(&id) {
-            None => Poll::Ready(None),
-            Some(Waiter::Waiting(waker)) => {
+        match waiters.calls.get_mut(&id) {
+            None => Poll::Ready(Outcome::Gone),
+            Some(Waiter::Waiting(waker, _)) => {
                 if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     *waker = Some(cx.waker().clone());
                 }
                 Poll::Pending
             }
-            Some(Waiter::Answered(_)) => match waiters.remove(&id) {
-                Some(Waiter::Answered(resp)) => Poll::Ready(Some(resp)),
-                _ => Poll::Ready(None),
+            Some(_) => match waiters.calls.remove(&id) {
+                Some(Waiter::Answered(resp)) => Poll::Ready(Outcome::Answered(resp)),
+                Some(Waiter::Expired) => Poll::Ready(Outcome::Expired),
+                _ => Poll::Ready(Outcome::Gone),
             },
         }
+    }
+
+    /// The reader's timer fired at `now`: expire every call due by then and say when to fire
+    /// next (`None`: nothing waits).
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut woken = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut waiters = self.waiters.locked();
+        for w in waiters.calls.values_mut() {
+            if let Waiter::Waiting(waker, due) = w {
+                if *due <= now {
+                    woken.extend(waker.take());
+                    *w = Waiter::Expired;
+                } else {
+                    next = Some(next.map_or(*due, |n| n.min(*due)));
+                }
+            }
+        }
+        let next = next.map(|n| n.max(now + SWEEP_STEP));
+        waiters.armed = next;
+        drop(waiters);
+        for w in woken {
+            w.wake();
+        }
+        next
+    }
+
+    /// When the reader's timer should fire now.
+    fn armed(&self) -> Option<Instant> {
+        self.waiters.locked().armed
     }
 
     /// The connection is gone: every call still waiting fails (answered ones keep their answer).
     fn fail_waiting(&self) {
         let mut woken = Vec::new();
-        self.waiters.locked().retain(|_, w| match w {
-            Waiter::Waiting(waker) => {
+        self.waiters.locked().calls.retain(|_, w| match w {
+            Waiter::Waiting(waker, _) => {
                 woken.extend(waker.take());
                 false
             }
-            Waiter::Answered(_) => true,
+            Waiter::Answered(_) | Waiter::Expired => true,
         });
         for w in woken {
             w.wake();
         }
     }
+}
+
+/// Point the reader's timer at `at` (made on first use); false when there is nothing to time.
+fn arm(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>, at: Option<Instant>) -> bool {
+    let Some(at) = at else { return false };
+    match timer {
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+    true
 }
 
 /// A call's entry in `Pending`, removed however the call ends (timeout, error, cancellation).
@@ -303,14 +382,33 @@ impl Channel {
         let peer_r = peer.clone();
         tokio::spawn(async move {
             let mut frames = FramedRead::new(rd, Motan2Codec::new(limits));
-            let why = loop {
-                match frames.next().await {
-                    Some(Ok(f)) if f.header.is_response() => pending_r.answer(f),
-                    Some(Ok(_)) => {} // a request from upstream: nothing asks for that; ignore
-                    Some(Err(e)) => break format!("{e}"),
-                    None => break "connection closed by peer".to_string(),
-                };
-            };
+            // The deadlines' one timer (see `Pending`), made at the first call.
+            let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+            let mut timing = false;
+            let why = std::future::poll_fn(|cx| {
+                pending_r.reader.register(cx.waker());
+                if pending_r.rearm.load(Ordering::Acquire) {
+                    pending_r.rearm.store(false, Ordering::Release);
+                    timing = arm(&mut timer, pending_r.armed());
+                }
+                while timing {
+                    let Some(t) = timer.as_mut() else { break };
+                    if t.as_mut().poll(cx).is_pending() {
+                        break;
+                    }
+                    timing = arm(&mut timer, pending_r.expire(Instant::now()));
+                }
+                loop {
+                    match frames.poll_next_unpin(cx) {
+                        Poll::Ready(Some(Ok(f))) if f.header.is_response() => pending_r.answer(f),
+                        Poll::Ready(Some(Ok(_))) => {} // a request from upstream: nothing asks for that
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(format!("{e}")),
+                        Poll::Ready(None) => return Poll::Ready("connection closed by peer".to_string()),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            })
+            .await;
             tracing::debug!(peer = %peer_r, "upstream channel closed: {why}");
             // Closed first: a call that registers after the sweep sees it and gives up.
             closed_r.store(true, Ordering::Release);
@@ -347,7 +445,7 @@ impl Channel {
     pub async fn call_until(&self, req: &Frame, deadline: Deadline) -> Result<Frame, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = req.encode_to_bytes_with_id(id);
-        self.pending.insert(id);
+        self.pending.insert(id, deadline.at());
         let entry = PendingEntry {
             pending: &self.pending,
             id,
@@ -357,18 +455,17 @@ impl Channel {
             return Err(channel_error(format!("connection to {} is closed", self.peer)));
         }
         self.enqueue(bytes, deadline).await?;
-        let answer = std::future::poll_fn(|cx| self.pending.poll_answer(id, cx));
-        match tokio::time::timeout_at(deadline.at(), answer).await {
-            Ok(Some(resp)) => {
+        match std::future::poll_fn(|cx| self.pending.poll_answer(id, cx)).await {
+            Outcome::Answered(resp) => {
                 // Already removed with its answer.
                 std::mem::forget(entry);
                 Ok(resp)
             }
-            Ok(None) => Err(channel_error(format!(
+            Outcome::Gone => Err(channel_error(format!(
                 "connection to {} closed with the request in flight",
                 self.peer
             ))),
-            Err(_) => Err(channel_error(format!(
+            Outcome::Expired => Err(channel_error(format!(
                 "request timed out after {} ms waiting for {}",
                 deadline.timeout().as_millis(),
                 self.peer
@@ -607,6 +704,47 @@ pub(crate) mod tests {
         let call = ch.call_until(&req, Deadline::after(Duration::from_secs(60)));
         let cancelled = tokio::time::timeout(Duration::from_millis(50), call).await;
         assert!(cancelled.is_err(), "still waiting when dropped");
+        assert_eq!(ch.in_flight(), 0);
+    }
+
+    /// One timer serves every deadline of a channel: a later call with a shorter timeout
+    /// re-arms it earlier, each call times out at its own deadline, and a call answered after
+    /// others expired still gets its answer.
+    #[tokio::test]
+    async fn each_call_times_out_at_its_own_deadline_on_one_timer() {
+        let addr = upstream().await;
+        let ch = Arc::new(
+            Channel::connect(&addr.to_string(), &Transport::default())
+                .await
+                .unwrap(),
+        );
+        // (timeout, the upstream's delay): answered in time, or not.
+        let call = |timeout_ms: u64, delay_ms: u8| {
+            let ch = ch.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let req = Frame::request(7, "s", "m", Bytes::from(vec![delay_ms, 1, 2]));
+                let r = ch
+                    .call_until(&req, Deadline::after(Duration::from_millis(timeout_ms)))
+                    .await;
+                (r, started.elapsed())
+            })
+        };
+        let answered = call(400, 255);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let expiring = [call(100, 200), call(150, 250), call(200, 255)];
+        for (c, ms) in expiring.into_iter().zip([100u64, 150, 200]) {
+            let (r, took) = c.await.unwrap();
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(&format!("timed out after {ms} ms")), "{e}");
+            let ms = Duration::from_millis(ms);
+            assert!(
+                took >= ms && took < ms + Duration::from_millis(200),
+                "the {ms:?} call ended after {took:?}"
+            );
+        }
+        let (r, took) = answered.await.unwrap();
+        assert_eq!(&r.unwrap().body[..], &[2, 1, 255], "after {took:?}");
         assert_eq!(ch.in_flight(), 0);
     }
 
