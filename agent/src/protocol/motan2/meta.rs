@@ -51,6 +51,16 @@ pub struct Meta {
     /// No key is empty and no key or value holds a newline: true of every decoded entry, so
     /// encoding skips looking inside them; an insert that breaks it clears it.
     plain: bool,
+    /// Every value is UTF-8: [`Meta::get`] needs no check. True of a decoded block that is UTF-8
+    /// as a whole (a newline never falls inside a multi-byte character, so each value is too);
+    /// an insert of a value that is not clears it.
+    text: bool,
+    /// The decoded block, while its first `raw_entries` entries are exactly what it holds and
+    /// none of them changed: encoding copies it whole and adds only the entries after them.
+    /// Empty when not (a block with duplicate keys, an empty key or value, or an entry since
+    /// overwritten or removed).
+    raw: Bytes,
+    raw_entries: usize,
 }
 
 impl Default for Meta {
@@ -80,6 +90,9 @@ impl Meta {
         Meta {
             entries: Vec::with_capacity(n),
             plain: true,
+            text: true,
+            raw: Bytes::new(),
+            raw_entries: 0,
         }
     }
 
@@ -93,7 +106,12 @@ impl Meta {
 
     /// The value as UTF-8 text (None when absent or not UTF-8).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.get_bytes(key).and_then(|v| std::str::from_utf8(v).ok())
+        let v = self.get_bytes(key)?;
+        if self.text {
+            // SAFETY: `text` holds only while every value is UTF-8 (see the field).
+            return Some(unsafe { std::str::from_utf8_unchecked(v) });
+        }
+        std::str::from_utf8(v).ok()
     }
 
     /// The value as UTF-8 text sharing the frame's buffer (a reference count, no copy); None
@@ -112,9 +130,18 @@ impl Meta {
         self.position(key.as_bytes()).is_some()
     }
 
-    /// Keep `plain` true only while every entry added is plain.
+    /// Entry `i` changes: the raw block no longer says what the entries hold if it covers it.
+    fn touch(&mut self, i: usize) {
+        if i < self.raw_entries {
+            self.raw = Bytes::new();
+            self.raw_entries = 0;
+        }
+    }
+
+    /// Keep `plain` and `text` true only while every entry added is plain and text.
     fn note(&mut self, key: &[u8], value: &[u8]) {
         self.plain = self.plain && Meta::is_plain(key, value);
+        self.text = self.text && (value.is_ascii() || std::str::from_utf8(value).is_ok());
     }
 
     /// Set a key; an existing entry keeps its place and gets the new value.
@@ -123,7 +150,10 @@ impl Meta {
         let value = value.into();
         self.note(&key, &value);
         match self.position(&key) {
-            Some(i) => self.entries[i].1 = value,
+            Some(i) => {
+                self.touch(i);
+                self.entries[i].1 = value;
+            }
             None => self.entries.push((key, value)),
         }
     }
@@ -142,6 +172,7 @@ impl Meta {
 
     pub fn remove(&mut self, key: &str) -> Option<Bytes> {
         let i = self.position(key.as_bytes())?;
+        self.touch(i);
         Some(self.entries.remove(i).1)
     }
 
@@ -166,12 +197,19 @@ impl Meta {
     /// No empty key and no newline in key or value: true of every decoded entry; encodable
     /// once the value is not empty either.
     fn is_plain(key: &[u8], value: &[u8]) -> bool {
-        !key.is_empty() && memchr::memchr(b'\n', key).is_none() && memchr::memchr(b'\n', value).is_none()
+        // `contains` (a word at a time) rather than memchr: keys and values are short, where
+        // memchr's set-up costs more than the search.
+        !key.is_empty() && !key.contains(&b'\n') && !value.contains(&b'\n')
     }
 
     fn encodable(&self) -> impl Iterator<Item = &(Bytes, Bytes)> {
+        self.encodable_from(0)
+    }
+
+    /// [`Meta::encodable`] from entry `from` on.
+    fn encodable_from(&self, from: usize) -> impl Iterator<Item = &(Bytes, Bytes)> {
         let plain = self.plain;
-        self.entries.iter().filter(move |(k, v)| {
+        self.entries[from..].iter().filter(move |(k, v)| {
             if plain {
                 !v.is_empty()
             } else {
@@ -198,10 +236,18 @@ impl Meta {
 
     /// Append the block (without its length field).
     pub fn encode_into(&self, dst: &mut BytesMut) {
-        for (i, (k, v)) in self.encodable().enumerate() {
-            if i > 0 {
+        let mut first = true;
+        let mut rest = self.encodable_from(0);
+        if !self.raw.is_empty() {
+            dst.put_slice(&self.raw);
+            first = false;
+            rest = self.encodable_from(self.raw_entries);
+        }
+        for (k, v) in rest {
+            if !first {
                 dst.put_u8(b'\n');
             }
+            first = false;
             dst.put_slice(k);
             dst.put_u8(b'\n');
             dst.put_slice(v);
@@ -216,12 +262,17 @@ impl Meta {
         if block.is_empty() {
             return Ok(Meta::default());
         }
-        let newlines = memchr::memchr_iter(b'\n', &block).count();
-        let mut entries = Vec::with_capacity((newlines / 2 + 1).min(max_entries) + RELAY_ROOM);
+        // About one entry per 16 bytes (no counting pass): a block of short entries grows the
+        // vector once or twice.
+        let mut entries = Vec::with_capacity((block.len() / 16 + 1).min(max_entries) + RELAY_ROOM);
+        let text = std::str::from_utf8(&block).is_ok();
         let mut key: Option<Bytes> = None;
         let mut start = 0;
+        // The block is its own encoding unless a segment is empty or a key repeats.
+        let mut exact = true;
         for end in memchr::memchr_iter(b'\n', &block).chain(std::iter::once(block.len())) {
             let seg = (start < end).then(|| block.slice(start..end));
+            exact &= seg.is_some();
             start = end + 1;
             match (key.take(), seg) {
                 (None, None) => {}
@@ -239,13 +290,21 @@ impl Meta {
                 "a key without a value (odd number of segments)",
             ));
         }
-        dedup_last_wins(&mut entries);
-        Ok(Meta { entries, plain: true })
+        exact &= !dedup_last_wins(&mut entries);
+        let raw_entries = if exact { entries.len() } else { 0 };
+        Ok(Meta {
+            entries,
+            plain: true,
+            text,
+            raw: if exact { block } else { Bytes::new() },
+            raw_entries,
+        })
     }
 }
 
-/// Keep one entry per key: the first position, the last value.
-fn dedup_last_wins(entries: &mut Vec<(Bytes, Bytes)>) {
+/// Keep one entry per key: the first position, the last value. True when a key repeated.
+fn dedup_last_wins(entries: &mut Vec<(Bytes, Bytes)>) -> bool {
+    let before = entries.len();
     if entries.len() <= LINEAR_DEDUP_MAX {
         let mut i = 1;
         while i < entries.len() {
@@ -257,7 +316,7 @@ fn dedup_last_wins(entries: &mut Vec<(Bytes, Bytes)>) {
                 None => i += 1,
             }
         }
-        return;
+        return entries.len() != before;
     }
     let mut first_at: std::collections::HashMap<Bytes, usize> =
         std::collections::HashMap::with_capacity(entries.len());
@@ -272,6 +331,7 @@ fn dedup_last_wins(entries: &mut Vec<(Bytes, Bytes)>) {
         }
     }
     *entries = out;
+    entries.len() != before
 }
 
 impl<K: Into<Bytes>, V: Into<Bytes>> FromIterator<(K, V)> for Meta {
@@ -291,6 +351,89 @@ mod tests {
 
     fn decode(s: &'static [u8]) -> Result<Meta, FrameError> {
         Meta::decode(Bytes::from_static(s), 100)
+    }
+
+    /// Encoding a decoded block copies it whole while it still says what the entries hold, and
+    /// always gives what encoding the same entries afresh gives.
+    #[test]
+    fn a_decoded_block_is_reused_only_while_it_is_exact() {
+        fn encoded(m: &Meta) -> Vec<u8> {
+            let mut b = BytesMut::new();
+            m.encode_into(&mut b);
+            assert_eq!(b.len(), m.encoded_len());
+            b.to_vec()
+        }
+        // The same entries, built by inserts: no block to reuse.
+        fn fresh(m: &Meta) -> Vec<u8> {
+            encoded(&m.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Meta>())
+        }
+        type Change = fn(&mut Meta);
+        let changes: [(&str, Change); 6] = [
+            ("none", |_| {}),
+            ("append", |m| m.insert("M_rid", "42")),
+            ("append empty", |m| m.insert("e", "")),
+            ("overwrite first", |m| m.insert("a", "z")),
+            ("remove first", |m| {
+                m.remove("a");
+            }),
+            ("append, then remove it", |m| {
+                m.insert("n", "1");
+                m.remove("n");
+            }),
+        ];
+        let blocks: [&[u8]; 5] = [
+            b"a\nx\nb\ny",
+            b"a\nx\nb\n",
+            b"a\nx\na\ny",
+            b"\na\nx",
+            b"a\nx\n\nb\ny",
+        ];
+        for block in blocks {
+            for (what, change) in changes {
+                let mut m = Meta::decode(Bytes::from_static(block), 100).unwrap();
+                let reused = !m.raw.is_empty();
+                change(&mut m);
+                assert_eq!(
+                    encoded(&m),
+                    fresh(&m),
+                    "{:?}, {what}",
+                    String::from_utf8_lossy(block)
+                );
+                if what == "none" {
+                    // Only an exact block is reused.
+                    assert_eq!(
+                        reused,
+                        block == b"a\nx\nb\ny",
+                        "{:?}",
+                        String::from_utf8_lossy(block)
+                    );
+                }
+            }
+        }
+        let mut m = Meta::decode(Bytes::from_static(b"a\nx\nb\ny"), 100).unwrap();
+        m.insert("c", "w");
+        assert_eq!(encoded(&m), b"a\nx\nb\ny\nc\nw");
+        m.insert("b", "v");
+        assert_eq!(encoded(&m), b"a\nx\nb\nv\nc\nw");
+        assert!(m.raw.is_empty());
+    }
+
+    #[test]
+    fn get_gives_text_only_for_utf8_values_however_they_came_in() {
+        // Decoded: a block with one value that is not UTF-8 checks every value.
+        let m = Meta::decode(Bytes::from_static(b"a\n\xff\xfe\nb\nh\xc3\xa9"), 100).unwrap();
+        assert_eq!((m.get("a"), m.get("b")), (None, Some("h\u{e9}")));
+        assert_eq!(m.get_bytes("a").map(|v| &v[..]), Some(&b"\xff\xfe"[..]));
+        // A UTF-8 block (multi-byte characters included) stays text until an insert breaks it.
+        let mut m = Meta::decode(Bytes::from_static(b"a\nx\nb\nh\xc3\xa9"), 100).unwrap();
+        assert_eq!((m.get("a"), m.get("b")), (Some("x"), Some("h\u{e9}")));
+        m.insert("c", Bytes::from_static("\u{e9}t\u{e9}".as_bytes()));
+        assert_eq!(m.get("c"), Some("\u{e9}t\u{e9}"));
+        m.insert("d", Bytes::from_static(b"\xc3"));
+        assert_eq!((m.get("d"), m.get("a")), (None, Some("x")));
+        // Overwriting the bad value does not make the map text again, but get stays right.
+        m.insert("d", "fine");
+        assert_eq!(m.get("d"), Some("fine"));
     }
 
     #[test]
