@@ -50,7 +50,7 @@ pub struct Endpoint {
     /// meta value `x-forwarded-for` of every response, shared, not copied): the address is
     /// part of the identity, else appended to it. At a fleet's size every allocation per idle
     /// endpoint counts.
-    text: Bytes,
+    text: bytestring::ByteString,
     identity_len: u32,
     address_at: (u32, u32),
     available: AtomicBool,
@@ -88,7 +88,7 @@ impl Endpoint {
         text.shrink_to_fit();
         let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let settings = Endpoint {
-            text: Bytes::from(text),
+            text: bytestring::ByteString::from(text),
             identity_len: as_u32(identity_len),
             address_at: (as_u32(address_at.0), as_u32(address_at.1)),
             error_threshold: url.get_int(keys::ERROR_COUNT_THRESHOLD, DEFAULT_ERROR_COUNT_THRESHOLD),
@@ -120,8 +120,8 @@ impl Endpoint {
     }
 
     fn text(&self, (from, to): (u32, u32)) -> &str {
-        // Made from Strings at char boundaries: always UTF-8.
-        std::str::from_utf8(self.text.get(from as usize..to as usize).unwrap_or_default()).unwrap_or_default()
+        // Cut at char boundaries of the Strings it was made from.
+        self.text.get(from as usize..to as usize).unwrap_or_default()
     }
 
     /// `protocol://host:port/path?group=G`: what endpoints are reused and keyed by (4.4).
@@ -137,7 +137,7 @@ impl Endpoint {
     /// [`Endpoint::address`] sharing one buffer (a reference count per use, no copy).
     pub fn address_bytes(&self) -> Bytes {
         let (from, to) = self.address_at;
-        self.text.slice(from as usize..to as usize)
+        self.text.as_bytes().slice(from as usize..to as usize)
     }
 
     /// Whether a balancer may pick it: connected and not disabled, and not failed fast (a

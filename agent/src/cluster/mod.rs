@@ -68,7 +68,9 @@ pub struct Cluster {
     calls: CallSettings,
     balancer: ArcSwap<Balancer>,
     endpoints: Mutex<EndpointSet>,
-    pools: RwLock<HashMap<String, Arc<Pool>>>,
+    /// By endpoint identity; looked up on every call, so hashed with foldhash (seeded per
+    /// process) rather than SipHash.
+    pools: RwLock<HashMap<String, Arc<Pool>, foldhash::fast::RandomState>>,
     budget: BackupRequestBudget,
     latencies: MethodLatencies,
     transport: Transport,
@@ -92,7 +94,7 @@ pub struct Cluster {
     refreshing_weights: AtomicBool,
     /// Pools of the cluster this one replaces (reload): endpoints it knew keep their
     /// connections and are available at once.
-    adopt: HashMap<String, Arc<Pool>>,
+    adopt: HashMap<String, Arc<Pool>, foldhash::fast::RandomState>,
     /// Registries that delivered their first list, and first connects still running: the
     /// cluster is ready when all registries answered and no first connect is pending.
     registries_seen: std::sync::atomic::AtomicUsize,
@@ -571,7 +573,9 @@ impl Cluster {
             None => None,
         };
         let oneway = req.header.is_oneway();
-        let started = Instant::now();
+        // Only backupRequest reads per-method latencies (its delay): other strategies skip the
+        // clock and the bookkeeping on every call.
+        let started = (self.ha == HaKind::BackupRequest).then(Instant::now);
         let guard = ep.begin();
         let mut r = if oneway {
             pool.send_oneway(req, deadline).await.map(|()| oneway_answer(req))
@@ -603,9 +607,7 @@ impl Cluster {
             let me = self.clone();
             tokio::spawn(async move { me.keepalive(ep, pool, k).await });
         }
-        // Only backupRequest reads per-method latencies (its delay); other strategies skip
-        // the bookkeeping on every call.
-        if error.is_none() && !oneway && self.ha == HaKind::BackupRequest {
+        if let (None, false, Some(started)) = (&error, oneway, started) {
             self.latencies.get(method).record(started.elapsed());
         }
         r
